@@ -1,0 +1,437 @@
+//! The JSON configuration of the filter (the `configuration` of the Envoy Wasm filter).
+//! Written by the operator and local mode, read by the filter; defined only here.
+//!
+//! ```json
+//! {"version": 1, "endpoints": [{"name": "titanic", "namespace": "default",
+//!   "hosts": ["titanic.example.com"],
+//!   "variants": [{"name": "a", "model": "titanic-v1", "weight": 80},
+//!                {"name": "b", "model": "titanic-v2", "weight": 20}],
+//!   "allocation": [{"variant": "a", "start": 0, "end": 8000},
+//!                  {"variant": "b", "start": 8000, "end": 10000}],
+//!   "routing": {"sticky": {"header": "x-user-id"}}}]}
+//! ```
+//! See `examples/filter-config.json` for every field.
+
+use crate::allocation::{Allocation, AllocationError};
+use crate::metrics::{COOKIE_PREFIX, DEFAULT_TARGET_HEADER};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The only configuration version this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// Most variants one endpoint may have (the filter's bucket table stores a `u8` index).
+pub const MAX_VARIANTS: usize = 64;
+
+/// A configuration error, naming the field (`endpoints[0].variants[1].name`) and the problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Must be [`CONFIG_VERSION`].
+    pub version: u32,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The ModelEndpoint's name (metric label `endpoint`).
+    pub name: String,
+    /// The ModelEndpoint's namespace (metric label `namespace`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Hosts this endpoint answers for, matched against `:authority` without its port,
+    /// case-insensitively. `*` matches every host.
+    pub hosts: Vec<String>,
+    pub variants: Vec<VariantConfig>,
+    /// Bucket ownership; must match the weights exactly (see [`Allocation`]).
+    pub allocation: Allocation,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VariantConfig {
+    /// Variant name: the value of `x-mlep-variant` and the DestinationRule subset.
+    pub name: String,
+    /// The Model serving this variant (metric label `model`).
+    pub model: String,
+    /// Percent of traffic, 0..=100; the weights of an endpoint sum to 100.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Header clients use to pick a variant.
+    #[serde(default = "default_target_header")]
+    pub target_header: String,
+    /// Whether clients may pick a variant at all.
+    #[serde(default = "default_true")]
+    pub allow_targeting: bool,
+    /// What to do with a target naming no variant: reject with 400 (default) or ignore it.
+    #[serde(default)]
+    pub unknown_target: UnknownTarget,
+    #[serde(default)]
+    pub sticky: StickyConfig,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            target_header: default_target_header(),
+            allow_targeting: true,
+            unknown_target: UnknownTarget::default(),
+            sticky: StickyConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UnknownTarget {
+    #[default]
+    Reject,
+    Ignore,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StickyConfig {
+    /// Header carrying the user key (e.g. `x-user-id`); if absent on a request, the cookie is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Cookie name; defaults to `mlep-<endpoint>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Cookie Max-Age in seconds (default 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_max_age_seconds: Option<u64>,
+}
+
+/// Default sticky cookie lifetime: 30 days.
+pub const DEFAULT_COOKIE_MAX_AGE_SECONDS: u64 = 30 * 24 * 3600;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Envoy cluster the copies go to.
+    pub cluster: String,
+    /// `:authority` of the copies (defaults to the cluster name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// The shadow Model (metric label `model`).
+    pub model: String,
+    /// Share of requests mirrored, 0..=100 (fractions allowed).
+    pub percent: f64,
+    /// Largest request body copied; larger bodies are not mirrored (counted as `outcome=skipped`).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u32,
+    /// Shadow call timeout.
+    #[serde(default = "default_shadow_timeout_ms")]
+    pub timeout_ms: u32,
+    /// Copy `Authorization` and `Cookie` to the shadow (off by default).
+    #[serde(default)]
+    pub forward_credentials: bool,
+    #[serde(default)]
+    pub compare: CompareConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompareConfig {
+    #[serde(default)]
+    pub mode: CompareMode,
+    /// Absolute numeric tolerance for `json` mode.
+    #[serde(default)]
+    pub tolerance: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CompareMode {
+    /// Only count shadow outcomes.
+    #[default]
+    Off,
+    /// Responses agree when their bodies are byte-identical.
+    Exact,
+    /// Responses agree when they parse to the same JSON, numbers within `tolerance`.
+    Json,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_target_header() -> String {
+    DEFAULT_TARGET_HEADER.into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_body_bytes() -> u32 {
+    64 * 1024
+}
+fn default_shadow_timeout_ms() -> u32 {
+    1000
+}
+
+/// A DNS-1123 label: lowercase alphanumerics and `-`, starting and ending alphanumeric, at
+/// most 63 bytes. Variant names are subset names, label values and header values, so they
+/// must be all three.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// An HTTP header name as Envoy accepts it in lowercase: RFC 7230 token characters.
+pub fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&c)
+        })
+}
+
+/// A cookie name: RFC 6265 token characters.
+fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+impl FilterConfig {
+    /// Parse and validate; the error names the offending field.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let cfg: FilterConfig = serde_json::from_slice(bytes).map_err(|e| {
+            ConfigError::new(format!("line {} column {}", e.line(), e.column()), e.to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(ConfigError::new(
+                "version",
+                format!("unsupported version {}, this filter reads {CONFIG_VERSION}", self.version),
+            ));
+        }
+        let mut hosts = BTreeSet::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let at = format!("endpoints[{i}]");
+            ep.validate(&at)?;
+            for h in &ep.hosts {
+                if !hosts.insert(h.to_ascii_lowercase()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.hosts"),
+                        format!("host {h:?} is claimed by more than one endpoint"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EndpointConfig {
+    /// The sticky cookie name in effect.
+    pub fn cookie_name(&self) -> String {
+        self.routing.sticky.cookie.clone().unwrap_or_else(|| format!("{COOKIE_PREFIX}{}", self.name))
+    }
+
+    /// The salt of the sticky hash: `namespace/name`.
+    pub fn salt(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// `(name, weight)` pairs in order, as the allocation functions take them.
+    pub fn weights(&self) -> Vec<(&str, u32)> {
+        self.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect()
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+        }
+        if self.hosts.is_empty() {
+            return Err(ConfigError::new(format!("{at}.hosts"), "must name at least one host"));
+        }
+        for (j, h) in self.hosts.iter().enumerate() {
+            if h.is_empty() || h.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+                return Err(ConfigError::new(format!("{at}.hosts[{j}]"), format!("{h:?} is not a host name")));
+            }
+        }
+        if self.variants.is_empty() {
+            return Err(ConfigError::new(format!("{at}.variants"), "must have at least one variant"));
+        }
+        if self.variants.len() > MAX_VARIANTS {
+            return Err(ConfigError::new(format!("{at}.variants"), format!("at most {MAX_VARIANTS} variants")));
+        }
+        let mut names = BTreeSet::new();
+        let mut sum = 0u64;
+        for (j, v) in self.variants.iter().enumerate() {
+            if !is_dns_label(&v.name) {
+                return Err(ConfigError::new(
+                    format!("{at}.variants[{j}].name"),
+                    format!("{:?} must be a DNS label (lowercase letters, digits, '-', at most 63)", v.name),
+                ));
+            }
+            if !names.insert(v.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.variants[{j}].name"),
+                    format!("duplicate variant name {:?}", v.name),
+                ));
+            }
+            if v.model.is_empty() {
+                return Err(ConfigError::new(format!("{at}.variants[{j}].model"), "must not be empty"));
+            }
+            if v.weight > 100 {
+                return Err(ConfigError::new(
+                    format!("{at}.variants[{j}].weight"),
+                    format!("{} is over 100", v.weight),
+                ));
+            }
+            sum += u64::from(v.weight);
+        }
+        if sum != 100 {
+            return Err(ConfigError::new(format!("{at}.variants"), format!("weights sum to {sum}, must be 100")));
+        }
+        self.allocation
+            .validate(&self.weights())
+            .map_err(|e: AllocationError| ConfigError::new(format!("{at}.allocation"), e.to_string()))?;
+        let r = &self.routing;
+        if !is_header_name(&r.target_header) {
+            return Err(ConfigError::new(
+                format!("{at}.routing.targetHeader"),
+                format!("{:?} is not a lowercase header name", r.target_header),
+            ));
+        }
+        if let Some(h) = &r.sticky.header {
+            if !is_header_name(h) {
+                return Err(ConfigError::new(
+                    format!("{at}.routing.sticky.header"),
+                    format!("{h:?} is not a lowercase header name"),
+                ));
+            }
+        }
+        if !is_cookie_name(&self.cookie_name()) {
+            return Err(ConfigError::new(
+                format!("{at}.routing.sticky.cookie"),
+                format!("{:?} is not a cookie name", self.cookie_name()),
+            ));
+        }
+        if let Some(s) = &self.shadow {
+            if s.cluster.is_empty() {
+                return Err(ConfigError::new(format!("{at}.shadow.cluster"), "must not be empty"));
+            }
+            if s.model.is_empty() {
+                return Err(ConfigError::new(format!("{at}.shadow.model"), "must not be empty"));
+            }
+            if !(0.0..=100.0).contains(&s.percent) {
+                return Err(ConfigError::new(
+                    format!("{at}.shadow.percent"),
+                    format!("{} must be within 0..=100", s.percent),
+                ));
+            }
+            if s.timeout_ms == 0 {
+                return Err(ConfigError::new(format!("{at}.shadow.timeoutMs"), "must be positive"));
+            }
+            if !(s.compare.tolerance >= 0.0 && s.compare.tolerance.is_finite()) {
+                return Err(ConfigError::new(
+                    format!("{at}.shadow.compare.tolerance"),
+                    "must be a finite number >= 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Build an endpoint's config with its allocation carried forward from `previous` (or laid
+/// out fresh), so every writer of filter config derives allocations the same way.
+pub fn carry_allocation(previous: Option<&Allocation>, weights: &[(&str, u32)]) -> Result<Allocation, AllocationError> {
+    match previous {
+        Some(prev) => prev.rebalance(weights),
+        None => Allocation::initial(weights),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> &'static str {
+        include_str!("../../examples/filter-config.json")
+    }
+
+    #[test]
+    fn documented_example_config_is_valid() {
+        let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
+        assert_eq!(cfg.endpoints[0].variants.len(), 2);
+        assert_eq!(cfg.endpoints[0].cookie_name(), "mlep-titanic");
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
+        let again = FilterConfig::from_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
+        assert_eq!(cfg, again);
+    }
+
+    fn with(f: impl FnOnce(&mut serde_json::Value)) -> Result<FilterConfig, ConfigError> {
+        let mut v: serde_json::Value = serde_json::from_str(example()).unwrap();
+        f(&mut v);
+        FilterConfig::from_json(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn errors_name_the_offending_field() {
+        let e = with(|v| v["endpoints"][0]["variants"][1]["weight"] = 30.into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants");
+        assert!(e.message.contains("sum to 110"), "{e}");
+        let e = with(|v| v["endpoints"][0]["variants"][1]["name"] = "a".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants[1].name");
+        let e = with(|v| v["endpoints"][0]["variants"][1]["name"] = "B!".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants[1].name");
+        let e = with(|v| v["endpoints"][0]["shadow"]["percent"] = 101.into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].shadow.percent");
+        let e = with(|v| v["endpoints"][0]["routing"]["sticky"]["header"] = "X User".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].routing.sticky.header");
+        let e = with(|v| v["version"] = 2.into()).unwrap_err();
+        assert_eq!(e.field, "version");
+        let e = with(|v| v["endpoints"][0]["allocation"][0]["end"] = 7000.into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].allocation");
+        let e = with(|v| v["endpoints"][0]["bogus"] = 1.into()).unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn non_json_is_rejected_with_position() {
+        let e = FilterConfig::from_json(b"{\"version\": 1,\n  nope").unwrap_err();
+        assert!(e.field.starts_with("line 2"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = FilterConfig::from_json(&bytes);
+        }
+    }
+}

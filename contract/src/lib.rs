@@ -1,0 +1,21 @@
+//! The contract between the control plane (operator, local mode) and the data plane (the
+//! proxy-wasm filter). Everything here is plain data and pure functions: no proxy-wasm, no
+//! kube, no I/O, so it compiles to `wasm32-wasip1` and natively and is tested on both.
+//!
+//! - [`config`]: the JSON the filter reads, with validation that names the offending field.
+//! - [`hash`]: the stable sticky-key hash and bucket function (documented in the README).
+//! - [`allocation`]: which buckets belong to which variant, and how a new allocation is
+//!   derived from the previous one so that users move only when they must.
+//! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
+
+pub mod allocation;
+pub mod config;
+pub mod hash;
+pub mod metrics;
+
+pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
+pub use config::{
+    CompareConfig, CompareMode, ConfigError, EndpointConfig, FilterConfig, RoutingConfig,
+    ShadowConfig, StickyConfig, UnknownTarget, VariantConfig, CONFIG_VERSION, carry_allocation, is_dns_label, is_header_name,
+};
+pub use hash::{bucket_of, hash_key};
