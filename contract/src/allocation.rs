@@ -19,6 +19,7 @@ pub const BUCKETS_PER_PERCENT: u32 = BUCKETS / 100;
 
 /// A half-open run of buckets `[start, end)` owned by one variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BucketRange {
     pub variant: String,
@@ -28,6 +29,7 @@ pub struct BucketRange {
 
 /// The whole bucket space as sorted, contiguous, non-overlapping ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Allocation {
     pub ranges: Vec<BucketRange>,

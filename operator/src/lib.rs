@@ -1,1 +1,7 @@
-//! placeholder
+//! The K8SMLEndpoints operator library: the API types (single source of truth for the CRDs),
+//! spec validation, and the pure rendering of filter config and Kubernetes objects. The binary
+//! `mlep-operator` and the CLI `mlep` both build on it.
+
+pub mod crd;
+pub mod filter_config;
+pub mod validate;
