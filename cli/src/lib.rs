@@ -2,3 +2,4 @@
 //! local topology, the metrics table) and the thin shells (artifacts, processes, local mode).
 
 pub mod load;
+pub mod table;
