@@ -3,3 +3,4 @@
 
 pub mod load;
 pub mod table;
+pub mod artifacts;
