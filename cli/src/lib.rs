@@ -4,3 +4,5 @@
 pub mod load;
 pub mod table;
 pub mod artifacts;
+pub mod http;
+pub mod supervisor;
