@@ -6,3 +6,4 @@ pub mod table;
 pub mod artifacts;
 pub mod http;
 pub mod supervisor;
+pub mod plan;
