@@ -7,3 +7,4 @@ pub mod artifacts;
 pub mod http;
 pub mod supervisor;
 pub mod plan;
+pub mod upstreams;

@@ -195,13 +195,10 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
     Ok(Desired { endpoints })
 }
 
-/// Envoy cluster names local mode uses (the bootstrap renderer creates clusters by these names).
-pub fn variant_cluster(namespace: &str, endpoint: &str, variant: &str) -> String {
-    format!("mlep.{namespace}.{endpoint}.{variant}")
-}
-
+/// The Envoy cluster of an endpoint's shadow (variant clusters are `envoy::variant_cluster`,
+/// `mlep|<endpoint>|<variant>`; this name cannot collide with them, even for a variant called `shadow`).
 pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
-    format!("mlep.{namespace}.{endpoint}.shadow")
+    format!("mlep-shadow|{namespace}|{endpoint}")
 }
 
 /// The filter configuration for the local topology, with each endpoint's allocation carried

@@ -6,6 +6,9 @@
 use mlep_contract::metrics::{REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL};
 use std::collections::BTreeMap;
 
+/// The `variant` of the shadow's row (and the filter's `variant` label of shadow traffic).
+pub const SHADOW_ROW: &str = "shadow";
+
 /// One sample line: `name{labels} value`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -201,12 +204,20 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
         .iter()
         .map(|info| {
             let (ep, v) = (info.endpoint.as_str(), info.variant.as_str());
-            let total = sum_where(cur, REQUESTS_TOTAL, of(ep, v));
-            let errors = sum_where(cur, REQUESTS_TOTAL, |x| of(ep, v)(x) && x.label("code_class") == "5xx");
+            // The shadow row counts mirrored copies; its agreement covers the whole endpoint
+            // (the filter compares every mirrored answer with the primary's).
+            let shadow = v == SHADOW_ROW;
+            let counted = if shadow { SHADOW_REQUESTS_TOTAL } else { REQUESTS_TOTAL };
+            let total = sum_where(cur, counted, of(ep, v));
+            let errors = if shadow {
+                sum_where(cur, counted, |x| of(ep, v)(x) && matches!(x.label("outcome"), "error" | "timeout"))
+            } else {
+                sum_where(cur, counted, |x| of(ep, v)(x) && x.label("code_class") == "5xx")
+            };
             let cur_b = buckets(cur, ep, v);
             let (rps, window) = match prev {
                 Some(p) if cur.at_secs > p.at_secs => {
-                    let before = sum_where(p, REQUESTS_TOTAL, of(ep, v));
+                    let before = sum_where(p, counted, of(ep, v));
                     let rps = (total - before).max(0.0) / (cur.at_secs - p.at_secs);
                     let prev_b = buckets(p, ep, v);
                     let delta: Vec<(f64, f64)> = cur_b
@@ -222,8 +233,9 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
             };
             // Latency over the window when there were requests in it, else since start.
             let lat = if window.last().is_some_and(|x| x.1 > 0.0) { window } else { cur_b };
-            let matched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| of(ep, v)(x) && x.label("result") == "match");
-            let mismatched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| of(ep, v)(x) && x.label("result") == "mismatch");
+            let agreement_of = |x: &Sample| x.label("endpoint") == ep && (shadow || x.label("variant") == v);
+            let matched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| agreement_of(x) && x.label("result") == "match");
+            let mismatched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| agreement_of(x) && x.label("result") == "mismatch");
             let compared = matched + mismatched;
             Row {
                 info: info.clone(),
@@ -305,6 +317,17 @@ mod tests {
              envoy_cluster_upstream_rq{{envoy_cluster_name=\"x\"}} 7\n",
             a_buckets[0], a_buckets[1], a_buckets[2], a_buckets[3]
         )
+    }
+
+    #[test]
+    fn the_shadow_row_counts_mirrored_copies_and_endpoint_wide_agreement() {
+        let t = "mlep_shadow_requests_total{endpoint=\"titanic\",variant=\"shadow\",model=\"m2\",outcome=\"ok\"} 8\n\
+                 mlep_shadow_requests_total{endpoint=\"titanic\",variant=\"shadow\",model=\"m2\",outcome=\"timeout\"} 2\n\
+                 mlep_shadow_agreement_total{endpoint=\"titanic\",variant=\"shadow\",model=\"m2\",result=\"match\"} 6\n\
+                 mlep_shadow_agreement_total{endpoint=\"titanic\",variant=\"shadow\",model=\"m2\",result=\"mismatch\"} 2\n\
+                 mlep_shadow_agreement_total{endpoint=\"other\",variant=\"shadow\",model=\"m2\",result=\"mismatch\"} 5\n";
+        let r = &rows(None, &Scrape::new(0.0, t), &[info(SHADOW_ROW, "m2", 0)])[0];
+        assert_eq!((r.total, r.errors, r.shadow_agreement), (10, 2, Some(0.75)));
     }
 
     #[test]
