@@ -6,6 +6,7 @@
 //!   - `{"instances": [...]}` with records or positional arrays (metadata feature order),
 //!   - columns: `{"pclass": [3, 1], "sex": ["male", "female"], ...}`,
 //!   - positional rows: `[[3, "male", 22.0, 7.25], ...]`.
+//!
 //!   Fields not named in the metadata are ignored; a missing or `null` feature is an error.
 //! - `text/csv`: one row per line, comma-separated, RFC 4180 quoting. The header is optional
 //!   (SageMaker built-in algorithms send none): if the first line contains every feature name
