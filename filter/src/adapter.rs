@@ -84,7 +84,9 @@ struct EnvoyHost {
 
 impl Host for EnvoyHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
     fn request_headers(&self) -> Vec<(String, String)> {
         hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
@@ -96,7 +98,9 @@ impl Host for EnvoyHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
     }
     fn set_response_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
@@ -105,10 +109,16 @@ impl Host for EnvoyHost {
         let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
     }
     fn request_body(&self, len: usize) -> Vec<u8> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len).ok().flatten().unwrap_or_default()
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
     fn response_body(&self, len: usize) -> Vec<u8> {
-        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, len).ok().flatten().unwrap_or_default()
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, len)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
     fn increment(&mut self, metric: MetricId) {
         let _ = hostcalls::increment_metric(metric, 1);
@@ -140,27 +150,56 @@ struct Root {
 
 impl Root {
     fn new(id: u32) -> Self {
-        Self { id, config: None, hub: Rc::new(RefCell::new(Hub::new())), config_errors: None }
+        Self {
+            id,
+            config: None,
+            hub: Rc::new(RefCell::new(Hub::new())),
+            config_errors: None,
+        }
     }
 
     fn host(&self) -> EnvoyHost {
-        EnvoyHost { root_id: self.id, context_id: self.id }
+        EnvoyHost {
+            root_id: self.id,
+            context_id: self.id,
+        }
     }
 
     /// Send every queued copy; runs only in root callbacks, so the root owns the calls.
     fn flush(&mut self) {
-        let Some(cfg) = self.config.clone() else { return };
+        let Some(cfg) = self.config.clone() else {
+            return;
+        };
         let out = self.hub.borrow_mut().drain();
         let mut host = self.host();
         for o in out {
-            let Some(s) = cfg.endpoints.get(o.ep).and_then(|e| e.shadow.as_ref()) else { continue };
-            let headers: Vec<(&str, &str)> = o.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let body = if o.body.is_empty() { None } else { Some(o.body.as_slice()) };
+            let Some(s) = cfg.endpoints.get(o.ep).and_then(|e| e.shadow.as_ref()) else {
+                continue;
+            };
+            let headers: Vec<(&str, &str)> = o
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let body = if o.body.is_empty() {
+                None
+            } else {
+                Some(o.body.as_slice())
+            };
             let timeout = Duration::from_millis(u64::from(s.timeout_ms));
             match hostcalls::dispatch_http_call(&s.cluster, headers, body, vec![], timeout) {
-                Ok(token) => self.hub.borrow_mut().sent(o.id, o.body.len(), token, now_ms()),
+                Ok(token) => self
+                    .hub
+                    .borrow_mut()
+                    .sent(o.id, o.body.len(), token, now_ms()),
                 Err(status) => {
-                    log(LogLevel::Warn, &format!("mlep: shadow call to cluster {} failed: {status:?}", s.cluster));
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "mlep: shadow call to cluster {} failed: {status:?}",
+                            s.cluster
+                        ),
+                    );
                     let events = self.hub.borrow_mut().send_failed(o.id, o.body.len());
                     count(&cfg, &events, &mut host);
                 }
@@ -186,18 +225,32 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some(cfg) = self.config.clone() else { return };
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(cfg) = self.config.clone() else {
+            return;
+        };
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
         let body = if body_size > 0 && self.hub.borrow().wants_body(token) {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
-        let events = self.hub.borrow_mut().shadow_done(token, status, body, now_ms());
+        let events = self
+            .hub
+            .borrow_mut()
+            .shadow_done(token, status, body, now_ms());
         count(&cfg, &events, &mut self.host());
         // Under load, answers arrive often: send what queued up meanwhile.
         self.flush();
@@ -217,12 +270,18 @@ impl RootContext for Root {
         match Compiled::from_json(&bytes, &mut Sink) {
             Ok(c) => {
                 let names: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
-                log(LogLevel::Info, &format!("mlep: configured endpoints {names:?}"));
+                log(
+                    LogLevel::Info,
+                    &format!("mlep: configured endpoints {names:?}"),
+                );
                 self.config = Some(Rc::new(c));
                 true
             }
             Err(e) => {
-                log(LogLevel::Error, &format!("mlep: rejecting configuration: {e}"));
+                log(
+                    LogLevel::Error,
+                    &format!("mlep: rejecting configuration: {e}"),
+                );
                 if let Some(id) = self.config_errors {
                     let _ = hostcalls::increment_metric(id, 1);
                 }
@@ -241,8 +300,17 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let stream = self.config.as_ref().map(|c| Stream::new(Rc::clone(c), Rc::clone(&self.hub)));
-        Some(Box::new(Http { stream, host: EnvoyHost { root_id: self.id, context_id } }))
+        let stream = self
+            .config
+            .as_ref()
+            .map(|c| Stream::new(Rc::clone(c), Rc::clone(&self.hub)));
+        Some(Box::new(Http {
+            stream,
+            host: EnvoyHost {
+                root_id: self.id,
+                context_id,
+            },
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -260,7 +328,9 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-        let Some(s) = &mut self.stream else { return Action::Continue };
+        let Some(s) = &mut self.stream else {
+            return Action::Continue;
+        };
         match s.on_request_headers(&mut self.host, end_of_stream) {
             RequestAction::Continue => Action::Continue,
             RequestAction::Reply { status, body } => {

@@ -12,7 +12,10 @@ pub fn agree(mode: CompareMode, tolerance: f64, primary: &[u8], shadow: &[u8]) -
     match mode {
         CompareMode::Off => false,
         CompareMode::Exact => primary == shadow,
-        CompareMode::Json => match (serde_json::from_slice::<Value>(primary), serde_json::from_slice::<Value>(shadow)) {
+        CompareMode::Json => match (
+            serde_json::from_slice::<Value>(primary),
+            serde_json::from_slice::<Value>(shadow),
+        ) {
             (Ok(a), Ok(b)) => json_agree(&a, &b, tolerance, 0),
             _ => primary == shadow,
         },
@@ -32,11 +35,15 @@ fn json_agree(a: &Value, b: &Value, tol: f64, depth: usize) -> bool {
             _ => x == y,
         },
         (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_agree(p, q, tol, depth + 1))
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(p, q)| json_agree(p, q, tol, depth + 1))
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_agree(v, w, tol, depth + 1)))
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_agree(v, w, tol, depth + 1)))
         }
         _ => a == b,
     }
@@ -63,9 +70,24 @@ mod tests {
 
     #[test]
     fn json_mode_sees_structural_differences() {
-        assert!(!agree(CompareMode::Json, 1.0, br#"[1, 2]"#, br#"[1, 2, 3]"#));
-        assert!(!agree(CompareMode::Json, 1.0, br#"{"a": 1}"#, br#"{"b": 1}"#));
-        assert!(!agree(CompareMode::Json, 1.0, br#"{"a": "1"}"#, br#"{"a": 1}"#));
+        assert!(!agree(
+            CompareMode::Json,
+            1.0,
+            br#"[1, 2]"#,
+            br#"[1, 2, 3]"#
+        ));
+        assert!(!agree(
+            CompareMode::Json,
+            1.0,
+            br#"{"a": 1}"#,
+            br#"{"b": 1}"#
+        ));
+        assert!(!agree(
+            CompareMode::Json,
+            1.0,
+            br#"{"a": "1"}"#,
+            br#"{"a": 1}"#
+        ));
     }
 
     #[test]

@@ -85,7 +85,8 @@ impl Compiled {
 
     pub fn compile(cfg: &FilterConfig, sink: &mut dyn MetricSink) -> Result<Self, CompileError> {
         let mut define = |kind, name: String| {
-            sink.define(kind, &name).map_err(|reason| CompileError::Metric { name, reason })
+            sink.define(kind, &name)
+                .map_err(|reason| CompileError::Metric { name, reason })
         };
         let mut out = Compiled::default();
         for (i, ep) in cfg.endpoints.iter().enumerate() {
@@ -98,7 +99,8 @@ impl Compiled {
                 ]
             };
             let name_of = |metric: &str, labels: &[(&str, String)], extra: Option<(&str, &str)>| {
-                let mut l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let mut l: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 if let Some(e) = extra {
                     l.push(e);
                 }
@@ -114,13 +116,25 @@ impl Compiled {
                         name_of(m::REQUESTS_TOTAL, &labels, Some((m::LABEL_CODE_CLASS, cc))),
                     )?;
                 }
-                let duration = define(MetricKind::Histogram, name_of(m::REQUEST_DURATION_MS, &labels, None))?;
+                let duration = define(
+                    MetricKind::Histogram,
+                    name_of(m::REQUEST_DURATION_MS, &labels, None),
+                )?;
                 let mut assignments = [0; 3];
                 for (j, r) in m::REASONS.iter().enumerate() {
-                    assignments[j] =
-                        define(MetricKind::Counter, name_of(m::ASSIGNMENTS_TOTAL, &labels, Some((m::LABEL_REASON, r))))?;
+                    assignments[j] = define(
+                        MetricKind::Counter,
+                        name_of(m::ASSIGNMENTS_TOTAL, &labels, Some((m::LABEL_REASON, r))),
+                    )?;
                 }
-                variants.push(Variant { name: v.name.clone(), metrics: VariantMetrics { requests, duration, assignments } });
+                variants.push(Variant {
+                    name: v.name.clone(),
+                    metrics: VariantMetrics {
+                        requests,
+                        duration,
+                        assignments,
+                    },
+                });
             }
             let names: Vec<&str> = ep.variants.iter().map(|v| v.name.as_str()).collect();
             let table = ep.allocation.to_table(&names);
@@ -132,14 +146,22 @@ impl Compiled {
                     for (j, o) in m::OUTCOMES.iter().enumerate() {
                         outcomes[j] = define(
                             MetricKind::Counter,
-                            name_of(m::SHADOW_REQUESTS_TOTAL, &labels, Some((m::LABEL_OUTCOME, o))),
+                            name_of(
+                                m::SHADOW_REQUESTS_TOTAL,
+                                &labels,
+                                Some((m::LABEL_OUTCOME, o)),
+                            ),
                         )?;
                     }
                     let mut agreement = [0; 2];
                     for (j, r) in m::RESULTS.iter().enumerate() {
                         agreement[j] = define(
                             MetricKind::Counter,
-                            name_of(m::SHADOW_AGREEMENT_TOTAL, &labels, Some((m::LABEL_RESULT, r))),
+                            name_of(
+                                m::SHADOW_AGREEMENT_TOTAL,
+                                &labels,
+                                Some((m::LABEL_RESULT, r)),
+                            ),
                         )?;
                     }
                     Some(Shadow {
@@ -158,7 +180,10 @@ impl Compiled {
                 }
             };
             let r = &ep.routing;
-            let max_age = r.sticky.cookie_max_age_seconds.unwrap_or(DEFAULT_COOKIE_MAX_AGE_SECONDS);
+            let max_age = r
+                .sticky
+                .cookie_max_age_seconds
+                .unwrap_or(DEFAULT_COOKIE_MAX_AGE_SECONDS);
             out.endpoints.push(Endpoint {
                 name: ep.name.clone(),
                 salt: ep.salt(),
@@ -168,7 +193,8 @@ impl Compiled {
                 sticky_header: r.sticky.header.clone(),
                 cookie_name: ep.cookie_name(),
                 cookie_attributes: format!("; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"),
-                valid_variants_json: serde_json::to_string(&names).unwrap_or_else(|_| "[]".to_owned()),
+                valid_variants_json: serde_json::to_string(&names)
+                    .unwrap_or_else(|_| "[]".to_owned()),
                 variants,
                 shadow,
             });

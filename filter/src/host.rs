@@ -62,7 +62,10 @@ pub struct MemHost {
 impl MemHost {
     pub fn with_request(headers: &[(&str, &str)]) -> Self {
         Self {
-            request: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            request: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..Self::default()
         }
     }
@@ -78,7 +81,11 @@ impl MemHost {
     }
 
     pub fn response_values(&self, name: &str) -> Vec<&str> {
-        self.response.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+        self.response
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -93,7 +100,9 @@ impl MetricSink for MemHost {
 }
 
 fn get<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a String> {
-    list.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    list.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 fn set(list: &mut Vec<(String, String)>, name: &str, value: &str) {

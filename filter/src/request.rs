@@ -18,7 +18,11 @@ pub enum Reason {
 pub enum Decision {
     /// Route to `variant` (index into the endpoint's variants); `set_cookie` is the full
     /// `Set-Cookie` value when the request carried no key.
-    Assign { variant: usize, reason: Reason, set_cookie: Option<String> },
+    Assign {
+        variant: usize,
+        reason: Reason,
+        set_cookie: Option<String>,
+    },
     /// Answer 400 with this JSON body (unknown target variant).
     Reject { body: String },
 }
@@ -33,10 +37,16 @@ pub fn decide(ep: &Endpoint, host: &mut dyn Host) -> Decision {
             let target = target.trim();
             if !target.is_empty() {
                 if let Some(i) = ep.variants.iter().position(|v| v.name == target) {
-                    return Decision::Assign { variant: i, reason: Reason::Target, set_cookie: None };
+                    return Decision::Assign {
+                        variant: i,
+                        reason: Reason::Target,
+                        set_cookie: None,
+                    };
                 }
                 if ep.reject_unknown_target {
-                    return Decision::Reject { body: unknown_target_body(ep, th, target) };
+                    return Decision::Reject {
+                        body: unknown_target_body(ep, th, target),
+                    };
                 }
             }
         }
@@ -66,8 +76,16 @@ fn sticky(ep: &Endpoint, key: &str, reason: Reason, set_cookie: Option<String>) 
     // The table has BUCKETS entries and every entry indexes a variant (to_table on a
     // validated allocation); fall back to variant 0 rather than trusting that blindly.
     let variant = ep.table.get(bucket).map_or(0, |v| *v as usize);
-    let variant = if variant < ep.variants.len() { variant } else { 0 };
-    Decision::Assign { variant, reason, set_cookie }
+    let variant = if variant < ep.variants.len() {
+        variant
+    } else {
+        0
+    };
+    Decision::Assign {
+        variant,
+        reason,
+        set_cookie,
+    }
 }
 
 fn cut(s: &str, max: usize) -> &str {
@@ -87,7 +105,11 @@ pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = pair.split_once('=')?;
         if k.trim() == name {
             let v = v.trim();
-            Some(v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v))
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|x| x.strip_suffix('"'))
+                    .unwrap_or(v),
+            )
         } else {
             None
         }
@@ -102,7 +124,10 @@ pub fn random_key(host: &mut dyn Host) -> String {
 fn unknown_target_body(ep: &Endpoint, header: &str, target: &str) -> String {
     let msg = format!("unknown variant {target:?} in header {header}");
     let msg = serde_json::to_string(&msg).unwrap_or_else(|_| "\"unknown variant\"".to_owned());
-    format!("{{\"error\":{msg},\"validVariants\":{}}}", ep.valid_variants_json)
+    format!(
+        "{{\"error\":{msg},\"validVariants\":{}}}",
+        ep.valid_variants_json
+    )
 }
 
 #[cfg(test)]
@@ -113,7 +138,10 @@ mod tests {
 
     fn endpoint(patch: impl Fn(&str) -> String) -> Endpoint {
         let cfg = patch(include_str!("../../examples/filter-config.json"));
-        Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap().endpoints.remove(0)
+        Compiled::from_json(cfg.as_bytes(), &mut MemHost::default())
+            .unwrap()
+            .endpoints
+            .remove(0)
     }
 
     fn ep() -> Endpoint {
@@ -123,13 +151,22 @@ mod tests {
     #[test]
     fn target_header_picks_the_named_variant() {
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "b"), ("x-user-id", "u1")]);
-        assert_eq!(decide(&ep(), &mut h), Decision::Assign { variant: 1, reason: Reason::Target, set_cookie: None });
+        assert_eq!(
+            decide(&ep(), &mut h),
+            Decision::Assign {
+                variant: 1,
+                reason: Reason::Target,
+                set_cookie: None
+            }
+        );
     }
 
     #[test]
     fn unknown_target_is_rejected_with_the_valid_variants() {
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz\"")]);
-        let Decision::Reject { body } = decide(&ep(), &mut h) else { panic!("not rejected") };
+        let Decision::Reject { body } = decide(&ep(), &mut h) else {
+            panic!("not rejected")
+        };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["validVariants"], serde_json::json!(["a", "b"]));
         assert!(v["error"].as_str().unwrap().contains("zz"), "{body}");
@@ -139,14 +176,26 @@ mod tests {
     fn unknown_target_is_ignored_when_configured() {
         let e = endpoint(|s| s.replace("\"reject\"", "\"ignore\""));
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
-        assert!(matches!(decide(&e, &mut h), Decision::Assign { reason: Reason::Sticky, .. }));
+        assert!(matches!(
+            decide(&e, &mut h),
+            Decision::Assign {
+                reason: Reason::Sticky,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn targeting_off_ignores_the_header() {
         let e = endpoint(|s| s.replace("\"allowTargeting\": true", "\"allowTargeting\": false"));
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
-        assert!(matches!(decide(&e, &mut h), Decision::Assign { reason: Reason::Sticky, .. }));
+        assert!(matches!(
+            decide(&e, &mut h),
+            Decision::Assign {
+                reason: Reason::Sticky,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -159,8 +208,14 @@ mod tests {
             let mut b = MemHost::with_request(&[("cookie", cookie.as_str())]);
             let (da, db) = (decide(&e, &mut a), decide(&e, &mut b));
             assert_eq!(da, db);
-            let expected = if (bucket_of("default/titanic", &key)) < 8000 { 0 } else { 1 };
-            assert!(matches!(da, Decision::Assign { variant, reason: Reason::Sticky, .. } if variant == expected));
+            let expected = if (bucket_of("default/titanic", &key)) < 8000 {
+                0
+            } else {
+                1
+            };
+            assert!(
+                matches!(da, Decision::Assign { variant, reason: Reason::Sticky, .. } if variant == expected)
+            );
         }
     }
 
@@ -168,13 +223,23 @@ mod tests {
     fn a_request_without_key_gets_a_random_key_and_a_cookie_that_sticks() {
         let e = ep();
         let mut h = MemHost::with_request(&[]);
-        let Decision::Assign { variant, reason: Reason::Random, set_cookie: Some(c) } = decide(&e, &mut h) else {
+        let Decision::Assign {
+            variant,
+            reason: Reason::Random,
+            set_cookie: Some(c),
+        } = decide(&e, &mut h)
+        else {
             panic!("no cookie")
         };
-        assert!(c.ends_with("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"), "{c}");
+        assert!(
+            c.ends_with("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"),
+            "{c}"
+        );
         let pair = c.split(';').next().unwrap().to_owned();
         let mut again = MemHost::with_request(&[("cookie", pair.as_str())]);
-        assert!(matches!(decide(&e, &mut again), Decision::Assign { variant: v, reason: Reason::Sticky, set_cookie: None } if v == variant));
+        assert!(
+            matches!(decide(&e, &mut again), Decision::Assign { variant: v, reason: Reason::Sticky, set_cookie: None } if v == variant)
+        );
     }
 
     #[test]

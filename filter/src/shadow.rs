@@ -120,12 +120,21 @@ impl Hub {
                 tolerance: spec.tolerance,
                 timeout_ms: u64::from(spec.timeout_ms),
                 created_ms: now_ms,
-                primary: if spec.mode == CompareMode::Off { Some(None) } else { None },
+                primary: if spec.mode == CompareMode::Off {
+                    Some(None)
+                } else {
+                    None
+                },
                 shadow: None,
                 bytes: body.len(),
             },
         );
-        self.queue.push_back(Outgoing { id, ep, headers, body });
+        self.queue.push_back(Outgoing {
+            id,
+            ep,
+            headers,
+            body,
+        });
         Some(id)
     }
 
@@ -147,7 +156,10 @@ impl Hub {
     pub fn send_failed(&mut self, id: u64, body_len: usize) -> Vec<Event> {
         self.bytes = self.bytes.saturating_sub(body_len);
         match self.remove(id) {
-            Some(p) => vec![Event::Outcome { ep: p.ep, outcome: Outcome::Error }],
+            Some(p) => vec![Event::Outcome {
+                ep: p.ep,
+                outcome: Outcome::Error,
+            }],
             None => vec![],
         }
     }
@@ -161,9 +173,19 @@ impl Hub {
     }
 
     /// The shadow answered `token` (`status` `None`: no response at all) at `now_ms`.
-    pub fn shadow_done(&mut self, token: u32, status: Option<u32>, body: Vec<u8>, now_ms: u64) -> Vec<Event> {
-        let Some((id, sent_ms)) = self.tokens.remove(&token) else { return vec![] };
-        let Some(p) = self.pending.get_mut(&id) else { return vec![] };
+    pub fn shadow_done(
+        &mut self,
+        token: u32,
+        status: Option<u32>,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        let Some((id, sent_ms)) = self.tokens.remove(&token) else {
+            return vec![];
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return vec![];
+        };
         let outcome = classify(status, now_ms.saturating_sub(sent_ms), p.timeout_ms);
         let ep = p.ep;
         let mut events = vec![Event::Outcome { ep, outcome }];
@@ -180,7 +202,9 @@ impl Hub {
 
     /// The primary response of copy `id` finished, with `body` (`None`: not comparable).
     pub fn primary_done(&mut self, id: u64, body: Option<Vec<u8>>) -> Vec<Event> {
-        let Some(p) = self.pending.get_mut(&id) else { return vec![] };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return vec![];
+        };
         if p.primary.is_some() {
             return vec![];
         }
@@ -192,14 +216,22 @@ impl Hub {
     }
 
     fn settle(&mut self, id: u64) -> Vec<Event> {
-        let ready = self.pending.get(&id).is_some_and(|p| p.primary.is_some() && p.shadow.is_some());
+        let ready = self
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.primary.is_some() && p.shadow.is_some());
         if !ready {
             return vec![];
         }
-        let Some(p) = self.remove(id) else { return vec![] };
+        let Some(p) = self.remove(id) else {
+            return vec![];
+        };
         match (p.primary, p.shadow) {
             (Some(Some(a)), Some(Some(b))) if p.compare != CompareMode::Off => {
-                vec![Event::Agreement { ep: p.ep, matched: agree(p.compare, p.tolerance, &a, &b) }]
+                vec![Event::Agreement {
+                    ep: p.ep,
+                    matched: agree(p.compare, p.tolerance, &a, &b),
+                }]
             }
             _ => vec![],
         }
@@ -224,7 +256,10 @@ impl Hub {
         for id in old {
             if let Some(p) = self.remove(id) {
                 if p.shadow.is_none() {
-                    events.push(Event::Outcome { ep: p.ep, outcome: Outcome::Timeout });
+                    events.push(Event::Outcome {
+                        ep: p.ep,
+                        outcome: Outcome::Timeout,
+                    });
                 }
             }
             self.tokens.retain(|_, (i, _)| *i != id);
@@ -272,7 +307,8 @@ pub fn shadow_headers(
         .filter(|(k, _)| {
             let k = k.to_ascii_lowercase();
             !DROP.contains(&k.as_str())
-                && (forward_credentials || (k != "authorization" && k != "cookie" && k != "proxy-authorization"))
+                && (forward_credentials
+                    || (k != "authorization" && k != "cookie" && k != "proxy-authorization"))
         })
         .collect();
     out.push((":authority".to_owned(), authority.to_owned()));
@@ -284,14 +320,22 @@ mod tests {
     use super::*;
 
     fn spec(mode: CompareMode) -> CompareSpec {
-        CompareSpec { mode, tolerance: 0.0, timeout_ms: 1000 }
+        CompareSpec {
+            mode,
+            tolerance: 0.0,
+            timeout_ms: 1000,
+        }
     }
 
     #[test]
     fn agreement_is_recorded_whichever_side_finishes_first() {
         let mut hub = Hub::new();
-        let a = hub.submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0).unwrap();
-        let b = hub.submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0).unwrap();
+        let a = hub
+            .submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0)
+            .unwrap();
+        let b = hub
+            .submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0)
+            .unwrap();
         for o in hub.drain() {
             hub.sent(o.id, o.body.len(), o.id as u32 + 100, 1);
         }
@@ -299,20 +343,47 @@ mod tests {
         assert!(hub.primary_done(a, Some(b"x".to_vec())).is_empty());
         assert_eq!(
             hub.shadow_done(a as u32 + 100, Some(200), b"x".to_vec(), 2),
-            vec![Event::Outcome { ep: 0, outcome: Outcome::Ok }, Event::Agreement { ep: 0, matched: true }]
+            vec![
+                Event::Outcome {
+                    ep: 0,
+                    outcome: Outcome::Ok
+                },
+                Event::Agreement {
+                    ep: 0,
+                    matched: true
+                }
+            ]
         );
-        assert_eq!(hub.shadow_done(b as u32 + 100, Some(200), b"y".to_vec(), 2).len(), 1);
-        assert_eq!(hub.primary_done(b, Some(b"x".to_vec())), vec![Event::Agreement { ep: 0, matched: false }]);
+        assert_eq!(
+            hub.shadow_done(b as u32 + 100, Some(200), b"y".to_vec(), 2)
+                .len(),
+            1
+        );
+        assert_eq!(
+            hub.primary_done(b, Some(b"x".to_vec())),
+            vec![Event::Agreement {
+                ep: 0,
+                matched: false
+            }]
+        );
         assert_eq!((hub.in_flight(), hub.bytes()), (0, 0));
     }
 
     #[test]
     fn a_failed_shadow_counts_an_outcome_and_no_agreement() {
         let mut hub = Hub::new();
-        let a = hub.submit(0, spec(CompareMode::Exact), vec![], vec![], 0).unwrap();
+        let a = hub
+            .submit(0, spec(CompareMode::Exact), vec![], vec![], 0)
+            .unwrap();
         hub.drain();
         hub.sent(a, 0, 7, 0);
-        assert_eq!(hub.shadow_done(7, Some(503), vec![], 3), vec![Event::Outcome { ep: 0, outcome: Outcome::Error }]);
+        assert_eq!(
+            hub.shadow_done(7, Some(503), vec![], 3),
+            vec![Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Error
+            }]
+        );
         assert!(hub.primary_done(a, Some(vec![])).is_empty());
         assert_eq!(hub.in_flight(), 0);
     }
@@ -321,28 +392,52 @@ mod tests {
     fn the_hub_is_bounded_and_evicts_stale_entries() {
         let mut hub = Hub::new();
         for _ in 0..MAX_PENDING {
-            assert!(hub.submit(0, spec(CompareMode::Json), vec![], vec![1], 0).is_some());
+            assert!(hub
+                .submit(0, spec(CompareMode::Json), vec![], vec![1], 0)
+                .is_some());
         }
-        assert!(hub.submit(0, spec(CompareMode::Json), vec![], vec![1], 0).is_none());
+        assert!(hub
+            .submit(0, spec(CompareMode::Json), vec![], vec![1], 0)
+            .is_none());
         let events = hub.evict(1000 + GRACE_MS + 1);
         assert_eq!(events.len(), MAX_PENDING);
-        assert!(events.iter().all(|e| *e == Event::Outcome { ep: 0, outcome: Outcome::Timeout }));
+        assert!(events.iter().all(|e| *e
+            == Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Timeout
+            }));
         assert_eq!((hub.in_flight(), hub.queued(), hub.bytes()), (0, 0, 0));
     }
 
     #[test]
     fn oversized_bodies_are_refused_by_byte_budget() {
         let mut hub = Hub::new();
-        assert!(hub.submit(0, spec(CompareMode::Off), vec![], vec![0; MAX_HUB_BYTES + 1], 0).is_none());
+        assert!(hub
+            .submit(
+                0,
+                spec(CompareMode::Off),
+                vec![],
+                vec![0; MAX_HUB_BYTES + 1],
+                0
+            )
+            .is_none());
     }
 
     #[test]
     fn compare_off_settles_on_the_shadow_response_alone() {
         let mut hub = Hub::new();
-        let a = hub.submit(0, spec(CompareMode::Off), vec![], vec![], 0).unwrap();
+        let a = hub
+            .submit(0, spec(CompareMode::Off), vec![], vec![], 0)
+            .unwrap();
         hub.sent(a, 0, 1, 0);
         assert!(!hub.wants_body(1));
-        assert_eq!(hub.shadow_done(1, Some(200), vec![], 1), vec![Event::Outcome { ep: 0, outcome: Outcome::Ok }]);
+        assert_eq!(
+            hub.shadow_done(1, Some(200), vec![], 1),
+            vec![Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Ok
+            }]
+        );
         assert_eq!(hub.in_flight(), 0);
     }
 
@@ -369,7 +464,14 @@ mod tests {
             h("x-mlep-variant", "a"),
         ];
         let out = shadow_headers(input.clone(), "shadow", false);
-        assert_eq!(out, vec![h(":method", "POST"), h("x-user-id", "u"), h(":authority", "shadow")]);
+        assert_eq!(
+            out,
+            vec![
+                h(":method", "POST"),
+                h("x-user-id", "u"),
+                h(":authority", "shadow")
+            ]
+        );
         let out = shadow_headers(input, "shadow", true);
         assert!(out.contains(&h("Authorization", "Bearer x")) && out.contains(&h("cookie", "a=1")));
     }

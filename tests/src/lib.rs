@@ -4,9 +4,12 @@
 //! so `unwrap`/`panic` are fine (clippy.toml allows them in tests; this crate is tests only).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mlep::envoy::{self, BootstrapSpec, EnvoyProcess, RouteEndpoint, RouteVariant, ShadowUpstream, StartOptions, WasmFilter};
+use mlep::envoy::{
+    self, BootstrapSpec, EnvoyProcess, RouteEndpoint, RouteVariant, ShadowUpstream, StartOptions,
+    WasmFilter,
+};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,7 +36,11 @@ pub struct Behaviour {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Self { status: 200, body: None, delay: Duration::ZERO }
+        Self {
+            status: 200,
+            body: None,
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -57,7 +64,10 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let count = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let body = b.body.clone().unwrap_or_else(|| format!("{{\"variant\":\"{name}\"}}"));
+        let body = b
+            .body
+            .clone()
+            .unwrap_or_else(|| format!("{{\"variant\":\"{name}\"}}"));
         let (s2, c2, st2) = (seen.clone(), count.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
@@ -69,7 +79,13 @@ impl Upstream {
                 std::thread::spawn(move || serve(conn, &s3, &c3, &body, &b));
             }
         });
-        Self { name: name.to_owned(), addr, seen, count, stop }
+        Self {
+            name: name.to_owned(),
+            addr,
+            seen,
+            count,
+            stop,
+        }
     }
 
     /// Requests seen so far (bodies kept only for the last 100 000).
@@ -94,7 +110,9 @@ type Message = (String, Vec<(String, String)>, Vec<u8>);
 fn fold(headers: &[(String, String)]) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for (k, v) in headers {
-        m.entry(k.clone()).and_modify(|old: &mut String| *old = format!("{old}, {v}")).or_insert_with(|| v.clone());
+        m.entry(k.clone())
+            .and_modify(|old: &mut String| *old = format!("{old}, {v}"))
+            .or_insert_with(|| v.clone());
     }
     m
 }
@@ -121,7 +139,10 @@ fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
     }
     let mut body = Vec::new();
     let folded = fold(&headers);
-    if folded.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if folded
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             r.read_line(&mut size).ok()?;
@@ -133,7 +154,10 @@ fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
             }
             body.extend_from_slice(&chunk[..n]);
         }
-    } else if let Some(n) = folded.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(n) = folded
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         body = vec![0; n];
         r.read_exact(&mut body).ok()?;
     }
@@ -150,7 +174,12 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, count: &AtomicU64, body: &str
         {
             let mut s = seen.lock().unwrap();
             if s.len() < 100_000 {
-                s.push(Seen { method, path, headers: fold(&headers), body: req_body });
+                s.push(Seen {
+                    method,
+                    path,
+                    headers: fold(&headers),
+                    body: req_body,
+                });
             }
         }
         count.fetch_add(1, Ordering::SeqCst);
@@ -186,7 +215,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 }
 
@@ -209,7 +241,14 @@ impl Client {
         self.send("POST", host, "/invocations", headers, body)
     }
 
-    pub fn send(&mut self, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         for _ in 0..2 {
             if let Some(r) = self.try_send(method, host, path, headers, body) {
                 return r;
@@ -219,7 +258,14 @@ impl Client {
         panic!("request to {} failed twice", self.addr);
     }
 
-    fn try_send(&mut self, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Response> {
+    fn try_send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<Response> {
         if self.conn.is_none() {
             let s = TcpStream::connect(self.addr).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
@@ -228,7 +274,10 @@ impl Client {
             self.conn = Some((s, r));
         }
         let (w, r) = self.conn.as_mut()?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n", body.len());
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -242,15 +291,22 @@ impl Client {
         for (k, v) in raw {
             headers.entry(k).or_default().push(v);
         }
-        Some(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+        Some(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 }
 
 /// The built filter: `$MLEP_FILTER_WASM`, else the workspace's release wasm32-wasip1 build.
 pub fn wasm_path() -> PathBuf {
-    let p = std::env::var_os("MLEP_FILTER_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/mlep_filter.wasm")
-    });
+    let p = std::env::var_os("MLEP_FILTER_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-wasip1/release/mlep_filter.wasm")
+        });
     assert!(
         p.is_file(),
         "{} missing: build it with `cargo build -p mlep-filter --target wasm32-wasip1 --release` (or set MLEP_FILTER_WASM)",
@@ -262,13 +318,18 @@ pub fn wasm_path() -> PathBuf {
 /// The Envoy binary (found or installed once per test process).
 pub fn envoy_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| envoy::find_or_install_envoy().unwrap()).clone()
+    BIN.get_or_init(|| envoy::find_or_install_envoy().unwrap())
+        .clone()
 }
 
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!("mlep-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join(format!(
+        "mlep-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -290,7 +351,12 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A filter config (contract JSON) for one endpoint `name` on `hosts`, sticky on
 /// `x-user-id`, with the given allocation. Tests patch the returned value.
-pub fn filter_config(name: &str, hosts: &[&str], variants: &[(&str, u32)], allocation: &mlep_contract::Allocation) -> serde_json::Value {
+pub fn filter_config(
+    name: &str,
+    hosts: &[&str],
+    variants: &[(&str, u32)],
+    allocation: &mlep_contract::Allocation,
+) -> serde_json::Value {
     let vs: Vec<serde_json::Value> = variants
         .iter()
         .map(|(n, w)| serde_json::json!({"name": n, "model": format!("model-{n}"), "weight": w}))
@@ -326,11 +392,20 @@ impl Env {
         let spec = BootstrapSpec {
             listener_port: 0,
             admin_port: 0,
-            filter: Some(WasmFilter { wasm: wasm_path(), config_path }),
+            filter: Some(WasmFilter {
+                wasm: wasm_path(),
+                config_path,
+            }),
             endpoints,
             mirroring: envoy::Mirroring::Filter,
         };
-        let mut env = Self { envoy: None, addr: dead_addr(), dir, spec, version: 0 };
+        let mut env = Self {
+            envoy: None,
+            addr: dead_addr(),
+            dir,
+            spec,
+            version: 0,
+        };
         env.write_config(config);
         env.boot();
         env
@@ -338,7 +413,13 @@ impl Env {
 
     fn boot(&mut self) {
         let bootstrap = envoy::render_bootstrap(&self.spec).unwrap();
-        let p = EnvoyProcess::start(&envoy_bin(), &bootstrap, &self.dir, &StartOptions::default()).unwrap();
+        let p = EnvoyProcess::start(
+            &envoy_bin(),
+            &bootstrap,
+            &self.dir,
+            &StartOptions::default(),
+        )
+        .unwrap();
         self.addr = p.listener_addr().unwrap();
         self.envoy = Some(p);
     }
@@ -346,7 +427,13 @@ impl Env {
     fn write_config(&mut self, config: &serde_json::Value) {
         self.version += 1;
         let f = self.spec.filter.as_ref().unwrap();
-        envoy::write_filter_config(&f.config_path, &f.wasm, &config.to_string(), &self.version.to_string()).unwrap();
+        envoy::write_filter_config(
+            &f.config_path,
+            &f.wasm,
+            &config.to_string(),
+            &self.version.to_string(),
+        )
+        .unwrap();
     }
 
     /// Swap the filter config live (atomic rename into the watched directory) and wait until
@@ -366,7 +453,13 @@ impl Env {
         let text = self.prometheus();
         ["update_success", "update_rejected", "update_failure"]
             .iter()
-            .map(|s| envoy::prometheus_value(&text, &format!("envoy_extension_config_discovery_http_filter_mlep_{s}"), &[]))
+            .map(|s| {
+                envoy::prometheus_value(
+                    &text,
+                    &format!("envoy_extension_config_discovery_http_filter_mlep_{s}"),
+                    &[],
+                )
+            })
             .sum()
     }
 
@@ -410,15 +503,27 @@ impl Drop for Env {
 }
 
 /// Route endpoint `name` on `hosts` to `upstreams` (one per variant, weights as given).
-pub fn route(name: &str, hosts: &[&str], upstreams: &[(&Upstream, u32)], shadow: Option<(&str, SocketAddr)>) -> RouteEndpoint {
+pub fn route(
+    name: &str,
+    hosts: &[&str],
+    upstreams: &[(&Upstream, u32)],
+    shadow: Option<(&str, SocketAddr)>,
+) -> RouteEndpoint {
     RouteEndpoint {
         name: name.to_owned(),
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
         variants: upstreams
             .iter()
-            .map(|(u, w)| RouteVariant { name: u.name.clone(), weight: *w, upstream: u.addr })
+            .map(|(u, w)| RouteVariant {
+                name: u.name.clone(),
+                weight: *w,
+                upstream: u.addr,
+            })
             .collect(),
-        shadow: shadow.map(|(c, a)| ShadowUpstream { cluster: c.to_owned(), upstream: a }),
+        shadow: shadow.map(|(c, a)| ShadowUpstream {
+            cluster: c.to_owned(),
+            upstream: a,
+        }),
     }
 }
 
