@@ -1,1 +1,3 @@
-//! placeholder
+//! The `mlep` command line: local mode and tools.
+
+pub mod envoy;
