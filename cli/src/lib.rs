@@ -1,10 +1,12 @@
 //! `mlep`, the K8SMLEndpoints CLI, as a library: the pure pieces (loading YAML, planning the
-//! local topology, the metrics table) and the thin shells (artifacts, processes, local mode).
+//! local topology, the metrics table, EDS files) and the thin shells around I/O (artifacts,
+//! processes, Envoy, local mode, rendering).
 
-pub mod load;
-pub mod table;
 pub mod artifacts;
+pub mod envoy;
 pub mod http;
-pub mod supervisor;
+pub mod load;
 pub mod plan;
+pub mod supervisor;
+pub mod table;
 pub mod upstreams;

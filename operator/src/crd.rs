@@ -3,7 +3,7 @@
 //! `kubectl explain` text.
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use mlep_contract::Allocation;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ pub struct ModelStatus {
 
 /// An endpoint: one or more variants of models behind one host, with weights, sticky routing,
 /// client targeting and an optional shadow.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mlep.dev",
     version = "v1alpha1",
@@ -105,8 +105,11 @@ pub struct ModelEndpointSpec {
     /// `istio-system/ingressgateway`). Without it the endpoint is reachable inside the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// The variants sharing the traffic. Weights are percentages and sum to 100.
+    /// The variants sharing the traffic. Weights are percentages and sum to 100; names are
+    /// unique. (Checked by the API server's CEL rules where supported, and by the operator.)
     #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.map(v, v.weight).sum() == 100").message("the weights of spec.variants must sum to 100"))]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.name == v.name))").message("spec.variants names must be unique"))]
     pub variants: Vec<VariantSpec>,
     /// How requests are assigned to variants.
     #[serde(default)]
@@ -117,6 +120,41 @@ pub struct ModelEndpointSpec {
     /// How the filter is wired into Envoy: `EnvoyFilter` (default) or `WasmPlugin`.
     #[serde(default)]
     pub filter_wiring: FilterWiring,
+    /// Create an Istio Gateway named after the endpoint, in its namespace, serving `hosts` on
+    /// the ingress gateway pods (port 80). Use it instead of `gateway` when no shared Gateway
+    /// exists. The filter is then also wired into the ingress gateway pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<bool>,
+    /// How a change of weights or models is rolled out. Today only `AllAtOnce` is acted on:
+    /// traffic moves as soon as the target variants are ready; staged strategies are planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+impl ModelEndpointSpec {
+    /// Whether the endpoint is reachable through an ingress gateway.
+    pub fn exposed(&self) -> bool {
+        self.gateway.is_some() || self.expose == Some(true)
+    }
+}
+
+/// Rollout of spec changes (reserved for staged strategies).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// `AllAtOnce` (default; the only strategy implemented so far), `Canary`, `Linear` or
+    /// `BlueGreen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RolloutStrategy>,
+}
+
+/// Rollout strategies.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategy {
+    AllAtOnce,
+    Canary,
+    Linear,
+    BlueGreen,
 }
 
 /// One variant of an endpoint.
@@ -125,7 +163,10 @@ pub struct ModelEndpointSpec {
 pub struct VariantSpec {
     /// Variant name: a DNS label (`a`, `blue`, `xgb-v2`). It is the value of the
     /// `x-mlep-variant` header, the `version` pod label and the DestinationRule subset.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Name of the Model (same namespace) this variant serves.
     pub model: String,
@@ -292,13 +333,20 @@ pub struct StatusSummary {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VariantStatus {
+    /// Variant name.
     pub name: String,
+    /// Model the variant's traffic goes to now (the previous model until a new one is ready).
     pub model: String,
+    /// Model the spec asks for; differs from `model` while a swap waits for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_model: Option<String>,
     /// Weight asked for in the spec.
     pub desired_weight: u32,
     /// Weight currently routed (lags the desired weight while a new model becomes ready).
     pub current_weight: u32,
+    /// Desired replicas of the serving Deployment.
     pub replicas: i32,
+    /// Ready replicas of the serving Deployment.
     pub ready_replicas: i32,
 }
 
@@ -336,4 +384,7 @@ pub mod conditions {
     pub const REASON_ROLLING_OUT: &str = "RollingOut";
     pub const REASON_RECONCILED: &str = "Reconciled";
     pub const REASON_RECONCILE_FAILED: &str = "ReconcileFailed";
+    pub const REASON_SWAPPING_MODEL: &str = "SwappingModel";
+    pub const REASON_NO_READY_VARIANT: &str = "NoReadyVariant";
+    pub const REASON_LAST_GOOD_CONFIG: &str = "ServingLastGoodConfig";
 }

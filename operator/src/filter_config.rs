@@ -4,8 +4,8 @@
 use crate::crd::{CompareSpecMode, ModelEndpointSpec, UnknownTargetPolicy};
 use crate::validate::SpecError;
 use mlep_contract::{
-    carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig, ShadowConfig,
-    StickyConfig, UnknownTarget, VariantConfig,
+    carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
+    ShadowConfig, StickyConfig, UnknownTarget, VariantConfig,
 };
 
 /// Where the filter sends shadow copies: an Envoy cluster and the `:authority` to use.
@@ -31,15 +31,19 @@ pub fn endpoint_config(
     previous: Option<&Allocation>,
     shadow_target: Option<ShadowTarget>,
 ) -> Result<EndpointConfig, SpecError> {
-    let allocation =
-        carry_allocation(previous, weights).map_err(|e| SpecError::invalid("spec.variants", e.to_string()))?;
+    let allocation = carry_allocation(previous, weights)
+        .map_err(|e| SpecError::invalid("spec.variants", e.to_string()))?;
     let variants = spec
         .variants
         .iter()
         .map(|v| VariantConfig {
             name: v.name.clone(),
             model: v.model.clone(),
-            weight: weights.iter().find(|(n, _)| *n == v.name).map(|(_, w)| *w).unwrap_or(0),
+            weight: weights
+                .iter()
+                .find(|(n, _)| *n == v.name)
+                .map(|(_, w)| *w)
+                .unwrap_or(0),
         })
         .collect();
     let r = &spec.routing;
@@ -93,7 +97,10 @@ pub fn endpoint_config(
 
 /// The spec's own weights, in variant order.
 pub fn spec_weights(spec: &ModelEndpointSpec) -> Vec<(&str, u32)> {
-    spec.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect()
+    spec.variants
+        .iter()
+        .map(|v| (v.name.as_str(), v.weight))
+        .collect()
 }
 
 #[cfg(test)]
@@ -127,18 +134,27 @@ mod tests {
                 replicas: None,
             }),
             filter_wiring: Default::default(),
+            expose: None,
+            rollout: None,
         }
     }
 
     fn target() -> Option<ShadowTarget> {
-        Some(ShadowTarget { cluster: "shadow".into(), authority: "titanic-shadow".into() })
+        Some(ShadowTarget {
+            cluster: "shadow".into(),
+            authority: "titanic-shadow".into(),
+        })
     }
 
     #[test]
     fn rendered_config_passes_the_filters_own_validation() {
         let s = spec();
-        let ep = endpoint_config("titanic", "default", &s, &spec_weights(&s), None, target()).unwrap();
-        let cfg = FilterConfig { version: CONFIG_VERSION, endpoints: vec![ep] };
+        let ep =
+            endpoint_config("titanic", "default", &s, &spec_weights(&s), None, target()).unwrap();
+        let cfg = FilterConfig {
+            version: CONFIG_VERSION,
+            endpoints: vec![ep],
+        };
         let parsed = FilterConfig::from_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
         let ep = &parsed.endpoints[0];
         assert_eq!(ep.cookie_name(), "mlep-titanic");
@@ -149,14 +165,33 @@ mod tests {
     #[test]
     fn weight_change_carries_the_previous_allocation_forward() {
         let s = spec();
-        let first = endpoint_config("titanic", "default", &s, &[("a", 80), ("b", 20)], None, None).unwrap();
-        let second =
-            endpoint_config("titanic", "default", &s, &[("a", 70), ("b", 30)], Some(&first.allocation), None)
-                .unwrap();
+        let first = endpoint_config(
+            "titanic",
+            "default",
+            &s,
+            &[("a", 80), ("b", 20)],
+            None,
+            None,
+        )
+        .unwrap();
+        let second = endpoint_config(
+            "titanic",
+            "default",
+            &s,
+            &[("a", 70), ("b", 30)],
+            Some(&first.allocation),
+            None,
+        )
+        .unwrap();
         // Every bucket of b stays b; exactly 1,000 of a's move.
         let moved = (0..10_000u32)
             .filter(|&b| first.allocation.lookup(b) != second.allocation.lookup(b))
-            .inspect(|&b| assert_eq!((first.allocation.lookup(b), second.allocation.lookup(b)), (Some("a"), Some("b"))))
+            .inspect(|&b| {
+                assert_eq!(
+                    (first.allocation.lookup(b), second.allocation.lookup(b)),
+                    (Some("a"), Some("b"))
+                )
+            })
             .count();
         assert_eq!(moved, 1000);
         assert_eq!(second.variants[1].weight, 30);

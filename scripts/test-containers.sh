@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build and test the model containers' binaries natively (no Docker here): mlep-model-init
+# against a real HTTP server started by the tests, mlep-model-server over real HTTP with the
+# committed Titanic artifacts. Installs nothing Python: the artifacts and expected.json are
+# committed (examples/titanic/train.py re-creates them, see its header).
+#
+#   scripts/test-containers.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+# Tools the tests call: sh (kill builtin), true, sha256sum (coreutils). Present on Debian.
+for tool in sh true sha256sum; do
+  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+
+echo "--> committed artifacts match SHA256SUMS"
+(cd examples/titanic/artifacts && sha256sum -c --quiet SHA256SUMS)
+
+echo "--> fmt and clippy (model-init, model-server)"
+cargo fmt -p mlep-model-init -p mlep-model-server -- --check
+cargo clippy --locked -p mlep-model-init -p mlep-model-server --all-targets -- -D warnings
+
+echo "--> tests"
+cargo test --locked -p mlep-model-init -p mlep-model-server
