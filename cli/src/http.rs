@@ -69,11 +69,22 @@ async fn send_inner(addr: &str, req: &Request<'_>) -> Result<Response, HttpError
         head.push_str(&format!("content-length: {}\r\n", req.body.len()));
     }
     head.push_str("connection: close\r\n\r\n");
-    s.write_all(head.as_bytes()).await.map_err(io)?;
-    s.write_all(req.body).await.map_err(io)?;
+    // One write: a server that answers before reading the body (a local reply from a filter)
+    // and closes would otherwise leave unread bytes, and the kernel answers those with a RST.
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(req.body);
+    s.write_all(&msg).await.map_err(io)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.map_err(io)?;
+    if let Err(e) = s.read_to_end(&mut raw).await {
+        // A reset after a complete response still delivered the response.
+        return parse_response(&raw).ok().filter(|r| complete(&raw, r)).ok_or_else(|| io(e));
+    }
     parse_response(&raw).map_err(|what| HttpError::Malformed { addr: addr.to_owned(), what })
+}
+
+/// Whether `raw` held the whole body `r` announces (by `content-length`).
+fn complete(raw: &[u8], r: &Response) -> bool {
+    r.header("content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l == r.body.len()) && !raw.is_empty()
 }
 
 /// Parse a complete HTTP/1.1 response (the connection was read to its end).
