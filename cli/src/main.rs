@@ -33,7 +33,9 @@ enum Cmd {
     #[command(subcommand)]
     Local(LocalCmd),
     /// Print every Kubernetes object the operator would create for the input (same code as the operator).
-    #[command(after_help = "Example:\n  mlep render -f examples/titanic | kubectl apply --dry-run=server -f -")]
+    #[command(
+        after_help = "Example:\n  mlep render -f examples/titanic | kubectl apply --dry-run=server -f -"
+    )]
     Render {
         /// A YAML file or a directory of *.yaml/*.yml files with Models and ModelEndpoints.
         #[arg(short = 'f', long = "filename")]
@@ -158,9 +160,14 @@ fn main() -> anyhow::Result<()> {
                 model_server: a.model_server,
                 ready_timeout: Duration::from_secs(a.ready_timeout_secs),
                 watch_interval: Duration::from_millis(a.watch_interval_ms.max(50)),
-                table_interval: (!a.no_table).then(|| Duration::from_millis(a.table_interval_ms.max(100))),
+                table_interval: (!a.no_table)
+                    .then(|| Duration::from_millis(a.table_interval_ms.max(100))),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
             match rt.block_on(local::up(opts)) {
                 Ok(()) => Ok(()),
                 Err(e) => {
