@@ -326,12 +326,14 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     }
     let endpoint_yaml = dir.join("input/endpoint.yaml");
     let models_yaml = dir.join("input/models.yaml");
+    let t0 = Instant::now();
     let mut up = Up::start(&dir);
     up.wait_for(
         "Endpoint ready: http://127.0.0.1:",
         0,
         Duration::from_secs(180),
     );
+    eprintln!("measured: ready after {:?}", t0.elapsed());
 
     // A prediction, with the variant on the response, equal to that variant's model's answer.
     let r = up.invoke(Some("alice"), &[]).await;
@@ -351,6 +353,7 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     // The 80/20 split over many user keys (the allocation is exact; the hash spreads keys).
     let before = split(&up, "user", 2000).await;
     let b_share = share(&before, "b");
+    eprintln!("measured: share of b over 2000 keys at 80/20: {b_share:.4}");
     assert!((b_share - 0.20).abs() < 0.03, "share of b {b_share}");
 
     // Stickiness: the same key keeps its variant.
@@ -395,6 +398,10 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     );
     tokio::time::sleep(Duration::from_millis(300)).await; // and still running after it
     let (ok, failed) = load.finish().await;
+    eprintln!(
+        "measured: weight change under load: {ok} ok, {} failed",
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} failed requests during the weight change, e.g. {:?}",
@@ -404,6 +411,10 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     assert!(ok > 50, "only {ok} requests ran across the change");
     let after = split(&up, "user", 2000).await;
     let b_share = share(&after, "b");
+    let moved = before.iter().filter(|(u, v)| after[*u] != **v).count();
+    eprintln!(
+        "measured: share of b at 50/50: {b_share:.4}; keys that changed variant: {moved} of 2000"
+    );
     assert!(
         (b_share - 0.50).abs() < 0.04,
         "share of b after 50/50: {b_share}"
@@ -435,6 +446,10 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         Duration::from_secs(60),
     );
     let (ok, failed) = load.finish().await;
+    eprintln!(
+        "measured: model change under load: {ok} ok, {} failed",
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} failed requests during the model change, e.g. {:?}",
@@ -475,6 +490,7 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    eprintln!("measured: shutdown took {:?}", start.elapsed());
     assert!(
         status.success(),
         "mlep exited with {status}:\n{}",
