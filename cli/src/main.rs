@@ -82,10 +82,11 @@ ready, then moves the variant's traffic to them and stops the old ones. Invalid 
 the running configuration stays. Each endpoint's bucket allocation is kept in --state-dir, so \
 stickiness survives restarts.";
 
-const LOCAL_UP_EXAMPLES: &str = "Examples:\n  \
-mlep local up -f examples/titanic\n  \
-curl -s localhost:8080/invocations -H 'x-user-id: alice' -H 'content-type: application/json' -d @examples/titanic/request.json\n  \
-curl -si localhost:8080/invocations -H 'x-mlep-target-variant: b' -d @examples/titanic/request.json";
+const LOCAL_UP_EXAMPLES: &str = "Examples:
+  mlep local up -f examples/titanic
+  cd examples/titanic
+  curl -s localhost:8080/invocations -H 'content-type: application/json' -H 'x-user-id: alice' -d @request.json
+  curl -si localhost:8080/invocations -H 'content-type: application/json' -H 'x-mlep-target-variant: b' -d @request.json";
 
 #[derive(Args)]
 struct UpArgs {
