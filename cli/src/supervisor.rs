@@ -314,6 +314,19 @@ impl Drop for Inner {
 mod tests {
     use super::*;
 
+    /// Whether `pid` is gone within a few seconds. A SIGKILL is delivered asynchronously and a
+    /// grandchild is not ours to wait for, so poll.
+    fn gone(pid: i32) -> bool {
+        let start = std::time::Instant::now();
+        while alive(pid) {
+            if start.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     fn alive(pid: i32) -> bool {
         nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
             && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -354,8 +367,8 @@ mod tests {
         let grandchild = read_pid(&pf).await;
         assert!(alive(leader) && alive(grandchild));
         sup.shutdown().await;
-        assert!(!alive(leader), "leader survived");
-        assert!(!alive(grandchild), "grandchild survived");
+        assert!(gone(leader), "leader survived");
+        assert!(gone(grandchild), "grandchild survived");
         assert!(sup.is_empty());
     }
 
@@ -378,7 +391,7 @@ mod tests {
             tokio::time::sleep(d).await
         })
         .await;
-        assert!(!alive(pid));
+        assert!(gone(pid));
     }
 
     #[test]
@@ -393,7 +406,7 @@ mod tests {
                 .unwrap();
             (sup.pid(id).unwrap() as i32, rt.block_on(read_pid(&pf)))
         };
-        assert!(!alive(leader) && !alive(grandchild));
+        assert!(gone(leader) && gone(grandchild));
     }
 
     #[test]
@@ -412,7 +425,7 @@ mod tests {
         });
         assert!(r.is_err());
         let (leader, grandchild) = *pids.lock().unwrap();
-        assert!(!alive(leader) && !alive(grandchild));
+        assert!(gone(leader) && gone(grandchild));
     }
 
     #[tokio::test]

@@ -496,7 +496,14 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         "mlep exited with {status}:\n{}",
         up.output()
     );
-    let left: Vec<u32> = groups.into_iter().filter(|p| alive(*p)).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left: Vec<u32> = groups.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(left.is_empty(), "processes left behind: {left:?}");
     up.wait_for("stopped Envoy and", 0, Duration::from_secs(5));
 }
