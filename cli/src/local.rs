@@ -782,9 +782,35 @@ fn weights_summary(d: &Desired) -> String {
         .join("; ")
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, LocalError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(io_err("install the SIGINT handler"))?,
+            term: signal(SignalKind::terminate()).map_err(io_err("install the SIGTERM handler"))?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted",
+            _ = self.term.recv() => "terminated",
+        }
+    }
+}
+
 /// Run local mode until Ctrl-C or SIGTERM.
 pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     let ui = Ui::new();
+    // Installed first: from here on Ctrl-C and SIGTERM mean "stop cleanly". The streams buffer
+    // a signal that arrives while nobody is waiting on them.
+    let mut signals = Signals::new()?;
     // Everything that can be checked before starting anything.
     let input = load::load(&opts.input)?;
     for (at, what) in &input.skipped {
@@ -854,7 +880,15 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         version: 0,
         generation: 0,
     };
-    let result = run(&mut s, desired, input).await;
+    // Ctrl-C or SIGTERM at any point (fetching, starting, serving, applying an edit) ends
+    // `run`; everything it started is registered with the supervisor and stopped below.
+    let result = tokio::select! {
+        r = run(&mut s, desired, input) => r,
+        which = signals.recv() => {
+            ui.say(format!("{which}: stopping"));
+            Ok(())
+        }
+    };
     // Stop Envoy first (no new requests), then the servers.
     let had_envoy = s.envoy.is_some();
     if let Some(e) = s.envoy.take() {
@@ -913,8 +947,6 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
         s.run_dir.display()
     );
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(io_err("install SIGTERM handler"))?;
     let mut watch = tokio::time::interval(s.opts.watch_interval);
     let table_every = s.opts.table_interval.unwrap_or(Duration::from_secs(3600));
     let mut table_tick = tokio::time::interval(table_every);
@@ -925,8 +957,6 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let mut drawn_lines = 0usize;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { s.ui.say("interrupted: stopping"); return Ok(()); }
-            _ = sigterm.recv() => { s.ui.say("terminated: stopping"); return Ok(()); }
             _ = watch.tick() => {
                 for (name, status) in s.sup.dead() {
                     s.ui.say(format!("warning: {name} exited ({status})"));

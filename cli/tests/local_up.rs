@@ -507,3 +507,57 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     assert!(left.is_empty(), "processes left behind: {left:?}");
     up.wait_for("stopped Envoy and", 0, Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_process_mlep_started() {
+    let dir = std::env::temp_dir().join(format!("mlep-e2e-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("input")).unwrap();
+    for f in ["models.yaml", "endpoint.yaml"] {
+        std::fs::copy(example().join(f), dir.join("input").join(f)).unwrap();
+    }
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    assert_eq!(up.invoke(Some("z"), &[]).await.status, 200);
+    let pid = up.child.id();
+    let kids = children_of(pid);
+    assert!(
+        kids.len() >= 3,
+        "expected Envoy and two model servers under mlep, found {kids:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mlep did not stop within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "mlep exited with {status}:\n{}",
+        up.output()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kids.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            kids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    up.wait_for("terminated: stopping", 0, Duration::from_secs(5));
+}
