@@ -747,7 +747,14 @@ impl Session {
                     endpoint: e.name().to_owned(),
                     variant: table::SHADOW_ROW.to_owned(),
                     model: s.model.clone(),
-                    weight: 0,
+                    // The share mirrored.
+                    weight: e
+                        .endpoint
+                        .spec
+                        .shadow
+                        .as_ref()
+                        .map(|sh| sh.percent.round() as u32)
+                        .unwrap_or(0),
                 });
             }
         }

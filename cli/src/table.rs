@@ -2,6 +2,11 @@
 //! `/stats/prometheus`) in, rows out. Pure: rates and latency quantiles come from two scrapes
 //! (the counter and histogram-bucket deltas between them), so the table shows what happens now,
 //! not since start.
+//!
+//! Envoy fact (1.40): counters in `/stats/prometheus` are live, but histogram buckets only
+//! change when Envoy flushes stats (`stats_flush_interval`, default 5 s), so latency lags the
+//! request rate by up to that long; rows fall back to the since-start quantiles when the window
+//! has no flushed observations.
 
 use mlep_contract::metrics::{
     REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,

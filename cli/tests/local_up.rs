@@ -561,3 +561,68 @@ async fn sigterm_stops_every_process_mlep_started() {
     }
     up.wait_for("terminated: stopping", 0, Duration::from_secs(5));
 }
+
+/// The shadow: a copy of every request goes to titanic-v2; the table's shadow row shows how
+/// often its answer agreed with the primary's (always for variant b, which is titanic-v2 too;
+/// never for variant a, whose probabilities differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_shows_shadow_traffic_and_agreement() {
+    let dir = std::env::temp_dir().join(format!("mlep-e2e-shadow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("input")).unwrap();
+    std::fs::copy(example().join("models.yaml"), dir.join("input/models.yaml")).unwrap();
+    let endpoint = std::fs::read_to_string(example().join("endpoint.yaml")).unwrap();
+    std::fs::write(
+        dir.join("input/endpoint.yaml"),
+        format!("{endpoint}  shadow:\n    model: titanic-v2\n    percent: 100\n"),
+    )
+    .unwrap();
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let mut b = 0;
+    for i in 0..200 {
+        let r = up.invoke(Some(&format!("s-{i}")), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        b += usize::from(r.header("x-mlep-variant") == Some("b"));
+    }
+    // Wait for a table whose shadow row has counted the copies and compared them.
+    let start = Instant::now();
+    let row = loop {
+        let out = up.output();
+        let row = out
+            .lines()
+            .rev()
+            .find(|l| l.split_whitespace().nth(1) == Some("shadow"))
+            .map(str::to_owned);
+        if let Some(row) = row.filter(|r| {
+            r.split_whitespace()
+                .nth(7)
+                .and_then(|n| n.parse::<u64>().ok())
+                >= Some(190)
+        }) {
+            break row;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no shadow row with the copies:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[2], "titanic-v2", "{row}");
+    let agreement: f64 = cols[9]
+        .trim_end_matches('%')
+        .parse()
+        .unwrap_or_else(|_| panic!("no agreement in {row}"));
+    let compared = cols[7].parse::<f64>().unwrap();
+    let want = 100.0 * b as f64 / 200.0;
+    eprintln!("measured: shadow copies {compared}, agreement {agreement}% (share of b {want}%)");
+    assert!(
+        (agreement - want).abs() <= 3.0,
+        "agreement {agreement}% but {want}% of requests went to b: {row}"
+    );
+}
