@@ -70,7 +70,7 @@ request = function()
 end
 LUA
 
-wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not ready: $1" >&2; return 1; }
+wait_http() { for _ in $(seq 1 1200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not ready: $1" >&2; return 1; }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # utime + stime of a process
 
@@ -90,13 +90,16 @@ measure() {
 
 run_envoy() {
   local mode=$1 dir="$WORK/envoy-$1" port
+  rm -rf "$dir"  # a stale admin-address file from an earlier run would point at a dead port
   port=$(free_port)
   local wasm=$WASM; [ "$mode" = noop ] && wasm=$NOOP_WASM
   "$RENDER" "$mode" "$dir" "$port" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm"
   "$ENVOY" -c "$dir/envoy.json" --concurrency 1 --disable-hot-restart -l warning --admin-address-path "$dir/admin" >"$dir/envoy.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 200); do [ -s "$dir/admin" ] && break; sleep 0.05; done
-  wait_http "http://$(cat "$dir/admin")/ready"
+  for _ in $(seq 1 1200); do [ -s "$dir/admin" ] && break; sleep 0.05; done
+  if ! wait_http "http://$(cat "$dir/admin")/ready"; then
+    echo "envoy ($mode) did not get ready:" >&2; tail -20 "$dir/envoy.log" >&2; kill "$pid"; return 1
+  fi
   measure "$port" "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
