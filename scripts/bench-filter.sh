@@ -5,12 +5,14 @@
 # distinct random x-user-id; the upstreams are one nginx worker answering a fixed JSON body.
 # cpu_us/req is the proxy's own CPU time (utime+stime from /proc) per request: on a shared
 # machine it is steadier than throughput, and it is what the filter adds.
-# Env: DURATION (s, default 10), RUNS (default 1; results per mode are the median run).
+# Env: DURATION (s, default 10), RUNS (default 1; results per mode are the median run),
+# MODES (subset of: nofilter noop filter shadow shadow-nocompare mirror nginx; nofilter first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-1}
+MODES=${MODES:-nofilter noop filter shadow shadow-nocompare mirror nginx}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
 done
@@ -115,8 +117,9 @@ wait_http "http://127.0.0.1:$UA/"
 echo "load before: $(uptime)"
 declare -A RES
 for r in $(seq 1 "$RUNS"); do
-  for mode in nofilter noop filter shadow mirror; do RES[$mode.$r]=$(run_envoy "$mode"); done
-  RES[nginx.$r]=$(run_nginx)
+  for mode in $MODES; do
+    if [ "$mode" = nginx ]; then RES[$mode.$r]=$(run_nginx); else RES[$mode.$r]=$(run_envoy "$mode"); fi
+  done
 done
 echo "load after:  $(uptime)"
 
@@ -126,13 +129,14 @@ median() { # mode -> "rps p50 p99" of the run with the median rps
 }
 read -r base_rps base_p50 base_p99 base_cpu <<<"$(median nofilter)"
 printf '\n%-34s %8s %6s %7s %8s %9s %9s %10s %9s\n' mode req/s ratio p50_us p99_us p99_ratio p99_added cpu_us/req cpu_added
-for mode in nofilter noop filter shadow mirror nginx; do
+for mode in $MODES; do
   read -r rps p50 p99 cpu <<<"$(median "$mode")"
   case $mode in
     nofilter) label="envoy, no filter";;
     noop) label="envoy + empty wasm filter";;
     filter) label="envoy + mlep filter";;
     shadow) label="envoy + mlep filter, 100% shadow";;
+    shadow-nocompare) label="  same, comparison off";;
     mirror) label="envoy, native mirror (100%)";;
     nginx) label="nginx split_clients + mirror";;
   esac

@@ -2,7 +2,8 @@
 //! uses (`mlep::envoy`):
 //!   bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm>
 //! mode: `nofilter` | `noop` (a Wasm filter that does nothing; pass the `bench-noop` build) |
-//! `filter` | `shadow` (filter + 100% shadow) | `mirror` (Envoy's native request mirroring). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
+//! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow-nocompare` |
+//! `mirror` (Envoy's native request mirroring). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench tool: fail loudly
 
 use mlep::envoy::{
@@ -21,7 +22,10 @@ fn main() {
     let addr = |s: &String| -> SocketAddr { s.parse().unwrap() };
     let shadow_cluster = "mlep|titanic|shadow";
     let config_path = dir.join("ecds").join("filter.json");
-    let with_filter = matches!(mode.as_str(), "noop" | "filter" | "shadow");
+    let with_filter = matches!(
+        mode.as_str(),
+        "noop" | "filter" | "shadow" | "shadow-nocompare"
+    );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
         admin_port: 0,
@@ -66,10 +70,11 @@ fn main() {
             &[("a", 80), ("b", 20)],
             &alloc,
         );
-        if mode == "shadow" {
+        if mode.starts_with("shadow") {
+            let compare = if mode == "shadow" { "json" } else { "off" };
             cfg["endpoints"][0]["shadow"] = serde_json::json!({
                 "cluster": shadow_cluster, "model": "model-s", "percent": 100, "timeoutMs": 1000,
-                "compare": {"mode": "json", "tolerance": 0.0}
+                "compare": {"mode": compare, "tolerance": 0.0}
             });
         }
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), &cfg.to_string(), "1")
