@@ -22,10 +22,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Tick period while copies wait to be sent.
+/// Tick period while copies wait to be sent or answers are awaited.
 const FAST_TICK: Duration = Duration::from_millis(1);
-/// Tick period while only answers are awaited (stale entries are evicted on ticks).
-const SLOW_TICK: Duration = Duration::from_millis(500);
+/// How often stale hub entries are looked for.
+const EVICT_EVERY_MS: u64 = 100;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -146,6 +146,7 @@ struct Root {
     config: Option<Rc<Compiled>>,
     hub: Rc<RefCell<Hub>>,
     config_errors: Option<MetricId>,
+    last_evict_ms: u64,
 }
 
 impl Root {
@@ -155,6 +156,7 @@ impl Root {
             config: None,
             hub: Rc::new(RefCell::new(Hub::new())),
             config_errors: None,
+            last_evict_ms: 0,
         }
     }
 
@@ -207,20 +209,21 @@ impl Root {
         }
     }
 
+    /// Keep the fast tick while anything is queued or in flight (re-arming costs a timer
+    /// re-creation in Envoy plus three host calls from the next stream, which under load
+    /// would happen on every tick); stop it when the hub is idle.
     fn retune_tick(&mut self) {
-        let period = {
+        let idle = {
             let mut hub = self.hub.borrow_mut();
-            if hub.queued() > 0 {
-                return;
+            let idle = hub.queued() == 0 && hub.in_flight() == 0;
+            if idle {
+                hub.tick_armed = false;
             }
-            hub.tick_armed = false;
-            if hub.in_flight() > 0 {
-                SLOW_TICK
-            } else {
-                Duration::ZERO
-            }
+            idle
         };
-        let _ = hostcalls::set_tick_period(period);
+        if idle {
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        }
     }
 }
 
@@ -292,9 +295,13 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.flush();
-        let events = self.hub.borrow_mut().evict(now_ms());
-        if let Some(cfg) = self.config.clone() {
-            count(&cfg, &events, &mut self.host());
+        let now = now_ms();
+        if now.saturating_sub(self.last_evict_ms) >= EVICT_EVERY_MS {
+            self.last_evict_ms = now;
+            let events = self.hub.borrow_mut().evict(now);
+            if let Some(cfg) = self.config.clone() {
+                count(&cfg, &events, &mut self.host());
+            }
         }
         self.retune_tick();
     }
