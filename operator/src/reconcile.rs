@@ -17,7 +17,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,35 +101,49 @@ fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     ))
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controller until `shutdown` resolves: a Model cache, and the ModelEndpoint
+/// controller owning Deployments. `scope` limits it to one namespace (tests); `None` watches all.
 pub async fn run(
-    ctx: Arc<Context>,
+    client: Client,
+    settings: RenderSettings,
+    metrics: Arc<Metrics>,
+    scope: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let endpoints: Api<ModelEndpoint> = Api::all(client.clone());
-    let controller = Controller::new(endpoints, watcher::Config::default());
+    fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (models, writer) = reflector::store::<Model>();
+    let model_cache = reflector(writer, watcher(api::<Model>(&client, scope), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    let model_task = tokio::spawn(model_cache);
+    let _ = models.wait_until_ready().await;
+    let ctx = Arc::new(Context { client: client.clone(), settings, metrics, models });
+
+    let controller = Controller::new(api::<ModelEndpoint>(&client, scope), watcher::Config::default());
     let endpoint_store = controller.store();
     controller
-        .owns(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_ENDPOINT),
-        )
-        .watches(
-            Api::<Model>::all(client),
-            watcher::Config::default(),
-            move |m: Model| {
-                // A Model change concerns every endpoint of its namespace that names it.
-                let ns = m.namespace();
-                let name = m.name_any();
-                endpoint_store
-                    .state()
-                    .into_iter()
-                    .filter(|e| e.namespace() == ns && references(&e.spec, &name))
-                    .map(|e| ObjectRef::from_obj(&*e))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .owns(api::<Deployment>(&client, scope), watcher::Config::default().labels(LABEL_ENDPOINT))
+        .watches(api::<Model>(&client, scope), watcher::Config::default(), move |m: Model| {
+            // A Model change concerns every endpoint of its namespace that names it.
+            let ns = m.namespace();
+            let name = m.name_any();
+            endpoint_store
+                .state()
+                .into_iter()
+                .filter(|e| e.namespace() == ns && references(&e.spec, &name))
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -138,6 +152,7 @@ pub async fn run(
             }
         })
         .await;
+    model_task.abort();
 }
 
 fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {

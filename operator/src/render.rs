@@ -117,7 +117,28 @@ pub fn render_all(
 
 /// The CRDs of `mlep.dev`, as installed by `manifests/crds/`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Model::crd(), ModelEndpoint::crd()]
+    vec![Model::crd(), ModelEndpoint::crd()].into_iter().map(without_null_enum_values).collect()
+}
+
+/// schemars lists `null` among the `enum` values of an optional enum. `nullable: true` already
+/// says that; the extra `null` makes Kubernetes 1.20's API server reject the whole CRD ("per-version
+/// schemas may not all be set to identical values"), so drop it.
+fn without_null_enum_values(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Array(e)) = m.get_mut("enum") {
+                    e.retain(|x| !x.is_null());
+                }
+                m.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut v) = serde_json::to_value(&crd) else { return crd };
+    walk(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
 }
 
 /// Render one endpoint. `models` are the Models of its namespace by name; the spec must have
@@ -435,7 +456,7 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
             json!({
                 "name": format!("variant-{}", v.name),
                 "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v.name } } }],
-                "route": [dest(&v.name)],
+                "route": [{ "destination": dest(&v.name) }],
             })
         })
         .collect();
