@@ -23,7 +23,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 /// Finalizer on every ModelEndpoint: removes the objects in other namespaces (the filter in
 /// the ingress gateway's namespace), which ownerReferences cannot reach.
@@ -121,29 +121,47 @@ pub async fn run(
         }
     }
     let (models, writer) = reflector::store::<Model>();
-    let model_cache = reflector(writer, watcher(api::<Model>(&client, scope), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let model_cache = reflector(
+        writer,
+        watcher(api::<Model>(&client, scope), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     let model_task = tokio::spawn(model_cache);
     let _ = models.wait_until_ready().await;
-    let ctx = Arc::new(Context { client: client.clone(), settings, metrics, models });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        metrics,
+        models,
+    });
 
-    let controller = Controller::new(api::<ModelEndpoint>(&client, scope), watcher::Config::default());
+    let controller = Controller::new(
+        api::<ModelEndpoint>(&client, scope),
+        watcher::Config::default(),
+    );
     let endpoint_store = controller.store();
     controller
-        .owns(api::<Deployment>(&client, scope), watcher::Config::default().labels(LABEL_ENDPOINT))
-        .watches(api::<Model>(&client, scope), watcher::Config::default(), move |m: Model| {
-            // A Model change concerns every endpoint of its namespace that names it.
-            let ns = m.namespace();
-            let name = m.name_any();
-            endpoint_store
-                .state()
-                .into_iter()
-                .filter(|e| e.namespace() == ns && references(&e.spec, &name))
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
-        })
+        .owns(
+            api::<Deployment>(&client, scope),
+            watcher::Config::default().labels(LABEL_ENDPOINT),
+        )
+        .watches(
+            api::<Model>(&client, scope),
+            watcher::Config::default(),
+            move |m: Model| {
+                // A Model change concerns every endpoint of its namespace that names it.
+                let ns = m.namespace();
+                let name = m.name_any();
+                endpoint_store
+                    .state()
+                    .into_iter()
+                    .filter(|e| e.namespace() == ns && references(&e.spec, &name))
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -246,7 +264,14 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         }
         match existing.get(&key) {
             Some(current) if contains(current, obj) => {}
-            _ => apply_object(ctx, obj, &key).await?,
+            current => {
+                let why = current.map_or_else(
+                    || "missing".to_owned(),
+                    |c| difference(c, obj, String::new()),
+                );
+                debug!(kind = %key.2, name = %key.3, %why, "out of date");
+                apply_object(ctx, obj, &key).await?
+            }
         }
     }
     // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant).
@@ -309,8 +334,11 @@ async fn list_existing(
             Err(e) => return Err(e.into()),
         };
         for o in list.items {
-            let v =
+            let mut v =
                 serde_json::to_value(&o).map_err(|_| Error::Malformed("serializable object"))?;
+            // Items of a list of built-in kinds carry no apiVersion/kind.
+            v["apiVersion"] = Value::from(*version);
+            v["kind"] = Value::from(*kind);
             out.insert(
                 ((*version).into(), ns.into(), (*kind).into(), o.name_any()),
                 v,
@@ -419,6 +447,31 @@ pub fn contains(have: &Value, want: &Value) -> bool {
         }
         (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
         _ => have == want,
+    }
+}
+
+/// Where `have` first differs from `want` (a JSON path), for the logs.
+fn difference(have: &Value, want: &Value, at: String) -> String {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .find(|(k, wv)| {
+                !h.get(*k)
+                    .map_or_else(|| is_empty(wv), |hv| contains(hv, wv))
+            })
+            .map(|(k, wv)| match h.get(k) {
+                Some(hv) => difference(hv, wv, format!("{at}.{k}")),
+                None => format!("{at}.{k} missing"),
+            })
+            .unwrap_or(at),
+        (Value::Array(h), Value::Array(w)) if h.len() == w.len() => h
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find(|(_, (a, b))| !contains(a, b))
+            .map(|(i, (a, b))| difference(a, b, format!("{at}[{i}]")))
+            .unwrap_or(at),
+        _ => format!("{at}: have {have}, want {want}"),
     }
 }
 

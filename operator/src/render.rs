@@ -117,7 +117,10 @@ pub fn render_all(
 
 /// The CRDs of `mlep.dev`, as installed by `manifests/crds/`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Model::crd(), ModelEndpoint::crd()].into_iter().map(without_null_enum_values).collect()
+    vec![Model::crd(), ModelEndpoint::crd()]
+        .into_iter()
+        .map(without_null_enum_values)
+        .collect()
 }
 
 /// schemars lists `null` among the `enum` values of an optional enum. `nullable: true` already
@@ -136,7 +139,9 @@ fn without_null_enum_values(crd: CustomResourceDefinition) -> CustomResourceDefi
             _ => {}
         }
     }
-    let Ok(mut v) = serde_json::to_value(&crd) else { return crd };
+    let Ok(mut v) = serde_json::to_value(&crd) else {
+        return crd;
+    };
     walk(&mut v);
     serde_json::from_value(v).unwrap_or(crd)
 }

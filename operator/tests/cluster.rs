@@ -45,12 +45,22 @@ fn strip_cel(v: &mut Value) {
 
 /// Install our CRDs and Istio's (server-side apply, CEL stripped for 1.20), once per run.
 async fn client() -> Client {
-    let client = Client::try_default().await.expect("KUBECONFIG must point at the test API server (scripts/test-operator.sh)");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG must point at the test API server (scripts/test-operator.sh)");
     let mut done = CRDS.lock().await;
     if !*done {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let mut crds: Vec<Value> = mlep_operator::render::crds().iter().map(|c| serde_json::to_value(c).unwrap()).collect();
-        let istio = std::fs::read_to_string(repo("../shared/istio/crd-all.gen.yaml")).expect("../shared/istio/crd-all.gen.yaml");
+        let mut crds: Vec<Value> = mlep_operator::render::crds()
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect();
+        let istio = std::fs::read_to_string(repo("../shared/istio/crd-all.gen.yaml"))
+            .expect("../shared/istio/crd-all.gen.yaml");
         for doc in serde_yaml::Deserializer::from_str(&istio) {
             let v: Value = serde::Deserialize::deserialize(doc).unwrap();
             if v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
@@ -62,14 +72,23 @@ async fn client() -> Client {
             // Server-side apply (create/replace of k8s-openapi's typed CRD trips 1.20's
             // "per-version schemas may not all be set to identical values" check).
             let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-            api.patch(&name, &PatchParams::apply("mlep-test").force(), &Patch::Apply(&v)).await.unwrap();
+            api.patch(
+                &name,
+                &PatchParams::apply("mlep-test").force(),
+                &Patch::Apply(&v),
+            )
+            .await
+            .unwrap();
             eventually(&format!("CRD {name} established"), || {
                 let api = api.clone();
                 let name = name.clone();
                 async move {
                     let c = api.get(&name).await.ok()?;
                     let conds = c.status?.conditions?;
-                    conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+                    conds
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
                 }
             })
             .await;
@@ -90,9 +109,17 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A namespace name unique to this test run (reruns against the same server start clean).
+fn ns(base: &str) -> String {
+    format!("{base}-{}", std::process::id())
 }
 
 fn settings(ns: &str) -> RenderSettings {
@@ -122,7 +149,11 @@ impl Operator {
             })
             .await
         });
-        Self { metrics, stop: Some(tx), task }
+        Self {
+            metrics,
+            stop: Some(tx),
+            task,
+        }
     }
 
     async fn stop(mut self) {
@@ -156,7 +187,9 @@ async fn namespace(client: &Client, name: &str) {
 
 fn yaml_docs(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(repo(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
 }
 
 /// Apply the example (`manifests/example/`) into `ns`; return the endpoint's name.
@@ -165,7 +198,13 @@ async fn apply_example(client: &Client, ns: &str, tweak: impl FnOnce(&mut Value)
     for mut m in yaml_docs("manifests/example/models.yaml") {
         m["metadata"]["namespace"] = json!(ns);
         let api: Api<Model> = Api::namespaced(client.clone(), ns);
-        api.patch(m["metadata"]["name"].as_str().unwrap(), &pp, &Patch::Apply(&m)).await.unwrap();
+        api.patch(
+            m["metadata"]["name"].as_str().unwrap(),
+            &pp,
+            &Patch::Apply(&m),
+        )
+        .await
+        .unwrap();
     }
     let mut ep = yaml_docs("manifests/example/endpoint.yaml").remove(0);
     ep["metadata"]["namespace"] = json!(ns);
@@ -176,22 +215,46 @@ async fn apply_example(client: &Client, ns: &str, tweak: impl FnOnce(&mut Value)
     name
 }
 
-fn dynamic(client: &Client, ns: &str, api_version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+fn dynamic(
+    client: &Client,
+    ns: &str,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
     let (g, v) = api_version.split_once('/').unwrap_or(("", api_version));
     let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, kind), plural);
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
 fn vs_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    dynamic(client, ns, "networking.istio.io/v1", "VirtualService", "virtualservices")
+    dynamic(
+        client,
+        ns,
+        "networking.istio.io/v1",
+        "VirtualService",
+        "virtualservices",
+    )
 }
 
 fn dr_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    dynamic(client, ns, "networking.istio.io/v1", "DestinationRule", "destinationrules")
+    dynamic(
+        client,
+        ns,
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "destinationrules",
+    )
 }
 
 fn ef_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    dynamic(client, ns, "networking.istio.io/v1alpha3", "EnvoyFilter", "envoyfilters")
+    dynamic(
+        client,
+        ns,
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "envoyfilters",
+    )
 }
 
 /// Weighted default route of the VirtualService: subset -> weight.
@@ -202,13 +265,19 @@ fn default_weights(vs: &DynamicObject) -> Vec<(String, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["destination"]["subset"].as_str().unwrap().to_owned(), r["weight"].as_u64().unwrap_or(100)))
+        .map(|r| {
+            (
+                r["destination"]["subset"].as_str().unwrap().to_owned(),
+                r["weight"].as_u64().unwrap_or(100),
+            )
+        })
         .collect()
 }
 
 /// The filter config JSON carried by the endpoint's EnvoyFilter.
 fn filter_config(ef: &DynamicObject) -> Value {
-    let s = ef.data["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]["value"]
+    let s = ef.data["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+        ["configuration"]["value"]
         .as_str()
         .unwrap();
     serde_json::from_str(s).unwrap()
@@ -217,31 +286,56 @@ fn filter_config(ef: &DynamicObject) -> Value {
 async fn set_ready(client: &Client, ns: &str, deployment: &str, ready: i32) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let status = json!({ "status": { "replicas": ready, "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": ready } });
-    api.patch_status(deployment, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    api.patch_status(deployment, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }
 
-async fn condition(client: &Client, ns: &str, name: &str, type_: &str) -> Option<(String, String, String)> {
+async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
     let ep = api.get(name).await.ok()?;
-    let c = ep.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
+    let c = ep
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
     Some((c.status, c.reason, c.message))
 }
 
 async fn deployments(client: &Client, ns: &str, ep: &str) -> Vec<Deployment> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    api.list(&ListParams::default().labels(&format!("{LABEL_ENDPOINT}={ep}"))).await.unwrap().items
+    api.list(&ListParams::default().labels(&format!("{LABEL_ENDPOINT}={ep}")))
+        .await
+        .unwrap()
+        .items
 }
 
 /// Apply the example, let the children appear, make both variants ready.
-async fn ready_example(client: &Client, ns: &str, op: &Operator, tweak: impl FnOnce(&mut Value)) -> String {
+async fn ready_example(
+    client: &Client,
+    ns: &str,
+    op: &Operator,
+    tweak: impl FnOnce(&mut Value),
+) -> String {
     namespace(client, ns).await;
     let ep = apply_example(client, ns, tweak).await;
-    eventually("two Deployments", || async { (deployments(client, ns, &ep).await.len() == 2).then_some(()) }).await;
+    eventually("two Deployments", || async {
+        (deployments(client, ns, &ep).await.len() == 2).then_some(())
+    })
+    .await;
     for d in ["titanic-a-titanic-v1", "titanic-b-titanic-v2"] {
         set_ready(client, ns, d, 1).await;
     }
     eventually("Ready=True", || async {
-        condition(client, ns, &ep, "Ready").await.filter(|c| c.0 == "True").map(|_| ())
+        condition(client, ns, &ep, "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+            .map(|_| ())
     })
     .await;
     op.reconciled(1).await;
@@ -251,7 +345,7 @@ async fn ready_example(client: &Client, ns: &str, op: &Operator, tweak: impl FnO
 #[tokio::test]
 async fn the_example_renders_accepted_children_and_becomes_ready_once_deployments_are() {
     let client = client().await;
-    let ns = "it-example";
+    let ns = &ns("it-example");
     namespace(&client, ns).await;
     let op = Operator::start(&client, ns);
     let ep = apply_example(&client, ns, |_| {}).await;
@@ -267,21 +361,47 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
     assert!(["a", "b"].contains(&labels["version"].as_str()));
     let spec = pod.spec.unwrap();
     assert_eq!(spec.init_containers.unwrap()[0].name, "model-init");
-    assert_eq!(spec.containers[0].args.as_deref(), Some(&["serve".to_owned()][..]));
-    for (kind, api) in [("VirtualService", vs_api(&client, ns)), ("DestinationRule", dr_api(&client, ns)), ("EnvoyFilter", ef_api(&client, ns))] {
-        eventually(kind, || async { api.list(&ListParams::default()).await.ok().filter(|l| !l.items.is_empty()).map(|_| ()) }).await;
+    assert_eq!(
+        spec.containers[0].args.as_deref(),
+        Some(&["serve".to_owned()][..])
+    );
+    for (kind, api) in [
+        ("VirtualService", vs_api(&client, ns)),
+        ("DestinationRule", dr_api(&client, ns)),
+        ("EnvoyFilter", ef_api(&client, ns)),
+    ] {
+        eventually(kind, || async {
+            api.list(&ListParams::default())
+                .await
+                .ok()
+                .filter(|l| !l.items.is_empty())
+                .map(|_| ())
+        })
+        .await;
     }
     let svc: Api<Service> = Api::namespaced(client.clone(), ns);
-    eventually("Service", || async { svc.get_opt(&ep).await.ok().flatten().map(|_| ()) }).await;
+    eventually("Service", || async {
+        svc.get_opt(&ep).await.ok().flatten().map(|_| ())
+    })
+    .await;
 
     // Nothing is ready: not Ready, and no header route to an unready variant.
     let (status, reason, _) = eventually("Ready=False", || async {
-        condition(&client, ns, &ep, "Ready").await.filter(|c| c.0 == "False")
+        condition(&client, ns, &ep, "Ready")
+            .await
+            .filter(|c| c.0 == "False")
     })
     .await;
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "NoReadyVariant"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NoReadyVariant")
+    );
     let vs = vs_api(&client, ns).get(&ep).await.unwrap();
-    assert_eq!(vs.data["spec"]["http"].as_array().unwrap().len(), 1, "only the default route while nothing is ready");
+    assert_eq!(
+        vs.data["spec"]["http"].as_array().unwrap().len(),
+        1,
+        "only the default route while nothing is ready"
+    );
 
     // One variant ready: it gets all the traffic.
     set_ready(&client, ns, "titanic-a-titanic-v1", 1).await;
@@ -292,13 +412,27 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
     .await;
 
     set_ready(&client, ns, "titanic-b-titanic-v2", 1).await;
-    eventually("Ready=True", || async { condition(&client, ns, &ep, "Ready").await.filter(|c| c.0 == "True") }).await;
+    eventually("Ready=True", || async {
+        condition(&client, ns, &ep, "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
     let vs = vs_api(&client, ns).get(&ep).await.unwrap();
-    assert_eq!(default_weights(&vs), vec![("a".to_owned(), 80), ("b".to_owned(), 20)]);
+    assert_eq!(
+        default_weights(&vs),
+        vec![("a".to_owned(), 80), ("b".to_owned(), 20)]
+    );
     let http = vs.data["spec"]["http"].as_array().unwrap();
-    assert_eq!(http[0]["match"][0]["headers"]["x-mlep-variant"]["exact"], "a");
+    assert_eq!(
+        http[0]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+        "a"
+    );
     let cfg = filter_config(&ef_api(&client, ns).get("titanic-mlep").await.unwrap());
-    assert_eq!(cfg["endpoints"][0]["routing"]["sticky"]["header"], "x-user-id");
+    assert_eq!(
+        cfg["endpoints"][0]["routing"]["sticky"]["header"],
+        "x-user-id"
+    );
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
     let st = api.get(&ep).await.unwrap().status.unwrap();
     assert_eq!(st.allocation.unwrap().counts()["a"], 8000);
@@ -309,45 +443,74 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
 #[tokio::test]
 async fn a_second_reconcile_and_an_operator_restart_write_nothing() {
     let client = client().await;
-    let ns = "it-idempotent";
+    let ns = &ns("it-idempotent");
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |_| {}).await;
     // Let the reconcile that follows the last status write finish, then poke it again.
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
     let before = op.metrics.reconciles();
-    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"annotations": {"poke": "1"}}})))
-        .await
-        .unwrap();
+    api.patch(
+        &ep,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"poke": "1"}}})),
+    )
+    .await
+    .unwrap();
     op.reconciled(before + 1).await;
     let writes = op.metrics.writes();
-    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"annotations": {"poke": "2"}}})))
-        .await
-        .unwrap();
+    api.patch(
+        &ep,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"poke": "2"}}})),
+    )
+    .await
+    .unwrap();
     op.reconciled(before + 2).await;
-    assert_eq!(op.metrics.writes(), writes, "a reconcile of an unchanged endpoint wrote something");
+    assert_eq!(
+        op.metrics.writes(),
+        writes,
+        "a reconcile of an unchanged endpoint wrote something"
+    );
     op.stop().await;
 
     let restarted = Operator::start(&client, ns);
     restarted.reconciled(1).await;
-    assert_eq!(restarted.metrics.writes(), 0, "a restarted operator rewrote unchanged objects");
+    assert_eq!(
+        restarted.metrics.writes(),
+        0,
+        "a restarted operator rewrote unchanged objects"
+    );
     restarted.stop().await;
 }
 
 #[tokio::test]
 async fn changing_weights_moves_only_routing_and_filter_config_and_keeps_users_put() {
     let client = client().await;
-    let ns = "it-weights";
+    let ns = &ns("it-weights");
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |_| {}).await;
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
-    let before = api.get(&ep).await.unwrap().status.unwrap().allocation.unwrap();
-    let generations: Vec<_> = deployments(&client, ns, &ep).await.iter().map(|d| (d.name_any(), d.metadata.generation)).collect();
+    let before = api
+        .get(&ep)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allocation
+        .unwrap();
+    let generations: Vec<_> = deployments(&client, ns, &ep)
+        .await
+        .iter()
+        .map(|d| (d.name_any(), d.metadata.generation))
+        .collect();
 
     let patch = json!({"spec": {"variants": [
         {"name": "a", "model": "titanic-v1", "weight": 50, "replicas": 1},
         {"name": "b", "model": "titanic-v2", "weight": 50, "replicas": 1},
     ]}});
-    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     eventually("VirtualService at 50/50", || async {
         let vs = vs_api(&client, ns).get(&ep).await.ok()?;
         (default_weights(&vs) == vec![("a".to_owned(), 50), ("b".to_owned(), 50)]).then_some(())
@@ -365,16 +528,27 @@ async fn changing_weights_moves_only_routing_and_filter_config_and_keeps_users_p
         }
     }
     let cfg = filter_config(&ef_api(&client, ns).get("titanic-mlep").await.unwrap());
-    assert_eq!(serde_json::to_value(&after).unwrap(), cfg["endpoints"][0]["allocation"]);
-    let now: Vec<_> = deployments(&client, ns, &ep).await.iter().map(|d| (d.name_any(), d.metadata.generation)).collect();
-    assert_eq!(now, generations, "a weight change touched Deployments (pods would restart)");
+    assert_eq!(
+        serde_json::to_value(&after).unwrap(),
+        cfg["endpoints"][0]["allocation"]
+    );
+    let now: Vec<_> = deployments(&client, ns, &ep)
+        .await
+        .iter()
+        .map(|d| (d.name_any(), d.metadata.generation))
+        .collect();
+    assert_eq!(
+        now, generations,
+        "a weight change touched Deployments (pods would restart)"
+    );
     op.stop().await;
 }
 
 #[tokio::test]
-async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_config_keeps_serving() {
+async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_config_keeps_serving()
+{
     let client = client().await;
-    let ns = "it-invalid";
+    let ns = &ns("it-invalid");
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |_| {}).await;
     let vs_before = vs_api(&client, ns).get(&ep).await.unwrap();
@@ -382,16 +556,36 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
 
     for (variants, field) in [
-        (json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "b", "model": "titanic-v2", "weight": 30}]), "spec.variants:"),
-        (json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "a", "model": "titanic-v2", "weight": 20}]), "spec.variants[1].name"),
-        (json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "b", "model": "nope", "weight": 20}]), "spec.variants[1].model"),
+        (
+            json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "b", "model": "titanic-v2", "weight": 30}]),
+            "spec.variants:",
+        ),
+        (
+            json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "a", "model": "titanic-v2", "weight": 20}]),
+            "spec.variants[1].name",
+        ),
+        (
+            json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "b", "model": "nope", "weight": 20}]),
+            "spec.variants[1].model",
+        ),
     ] {
-        api.patch(&ep, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"variants": variants}}))).await.unwrap();
+        api.patch(
+            &ep,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"variants": variants}})),
+        )
+        .await
+        .unwrap();
         let (_, _, msg) = eventually(&format!("condition naming {field}"), || async {
-            condition(&client, ns, &ep, "Ready").await.filter(|c| c.0 == "False" && c.2.starts_with(field))
+            condition(&client, ns, &ep, "Ready")
+                .await
+                .filter(|c| c.0 == "False" && c.2.starts_with(field))
         })
         .await;
-        assert!(msg.contains("last good configuration keeps serving"), "{msg}");
+        assert!(
+            msg.contains("last good configuration keeps serving"),
+            "{msg}"
+        );
     }
     // A Model with a malformed sha256 makes the endpoint invalid, naming the variant.
     let models: Api<Model> = Api::namespaced(client.clone(), ns);
@@ -399,18 +593,45 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
         {"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "b", "model": "titanic-v2", "weight": 20}]}})))
         .await
         .unwrap();
+    // The CRD's own schema refuses a malformed sha256 (the operator checks it too, for servers
+    // and tools that do not validate).
+    let refused = models
+        .patch(
+            "titanic-v2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"artifact": {"sha256": "XYZ"}}})),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 422),
+        "{refused:?}"
+    );
     models
-        .patch("titanic-v2", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"artifact": {"sha256": "XYZ"}}})))
+        .patch(
+            "titanic-v2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"artifact": {"uri": "ftp://example.com/m.tar.gz"}}})),
+        )
         .await
         .unwrap();
-    eventually("condition naming the model's sha256", || async {
-        condition(&client, ns, &ep, "Ready").await.filter(|c| c.2.starts_with("spec.variants[1].model") && c.2.contains("sha256"))
+    eventually("condition naming the model's artifact URI", || async {
+        condition(&client, ns, &ep, "Ready").await.filter(|c| {
+            c.2.starts_with("spec.variants[1].model") && c.2.contains("spec.artifact.uri")
+        })
     })
     .await;
     let vs_after = vs_api(&client, ns).get(&ep).await.unwrap();
     let ef_after = ef_api(&client, ns).get("titanic-mlep").await.unwrap();
-    assert_eq!(vs_after.resource_version(), vs_before.resource_version(), "the VirtualService changed");
-    assert_eq!(ef_after.resource_version(), ef_before.resource_version(), "the EnvoyFilter changed");
+    assert_eq!(
+        vs_after.resource_version(),
+        vs_before.resource_version(),
+        "the VirtualService changed"
+    );
+    assert_eq!(
+        ef_after.resource_version(),
+        ef_before.resource_version(),
+        "the EnvoyFilter changed"
+    );
     assert_eq!(deployments(&client, ns, &ep).await.len(), 2);
     op.stop().await;
 }
@@ -418,19 +639,30 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
 #[tokio::test]
 async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic_once_ready() {
     let client = client().await;
-    let ns = "it-swap";
+    let ns = &ns("it-swap");
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |_| {}).await;
     let models: Api<Model> = Api::namespaced(client.clone(), ns);
     let mut v3 = yaml_docs("manifests/example/models.yaml").remove(1);
     v3["metadata"] = json!({"name": "titanic-v3", "namespace": ns});
-    models.patch("titanic-v3", &PatchParams::apply("test"), &Patch::Apply(&v3)).await.unwrap();
-    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
-    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"variants": [
-        {"name": "a", "model": "titanic-v1", "weight": 80, "replicas": 1},
-        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}})))
+    models
+        .patch(
+            "titanic-v3",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&v3),
+        )
         .await
         .unwrap();
+    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        &ep,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"variants": [
+        {"name": "a", "model": "titanic-v1", "weight": 80, "replicas": 1},
+        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}})),
+    )
+    .await
+    .unwrap();
     eventually("new Deployment beside the old", || async {
         (deployments(&client, ns, &ep).await.len() == 3).then_some(())
     })
@@ -438,18 +670,41 @@ async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic
     let subset_model = || async {
         let dr = dr_api(&client, ns).get(&ep).await.ok()?;
         let subsets = dr.data["spec"]["subsets"].as_array()?.clone();
-        subsets.iter().find(|s| s["name"] == "b").map(|s| s["labels"]["mlep.dev/model"].as_str().unwrap_or("").to_owned())
+        subsets.iter().find(|s| s["name"] == "b").map(|s| {
+            s["labels"]["mlep.dev/model"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
     };
     eventually("Progressing with SwappingModel", || async {
-        condition(&client, ns, &ep, "Progressing").await.filter(|c| c.1 == "SwappingModel")
+        condition(&client, ns, &ep, "Progressing")
+            .await
+            .filter(|c| c.1 == "SwappingModel")
     })
     .await;
-    assert_eq!(subset_model().await.as_deref(), Some("titanic-v2"), "traffic moved before the new model was ready");
+    assert_eq!(
+        subset_model().await.as_deref(),
+        Some("titanic-v2"),
+        "traffic moved before the new model was ready"
+    );
     set_ready(&client, ns, "titanic-b-titanic-v3", 1).await;
-    eventually("subset b on titanic-v3", || async { subset_model().await.filter(|m| m == "titanic-v3") }).await;
+    eventually("subset b on titanic-v3", || async {
+        subset_model().await.filter(|m| m == "titanic-v3")
+    })
+    .await;
     eventually("old Deployment removed", || async {
-        let names: Vec<String> = deployments(&client, ns, &ep).await.iter().map(|d| d.name_any()).collect();
-        (names == vec!["titanic-a-titanic-v1".to_owned(), "titanic-b-titanic-v3".to_owned()]).then_some(())
+        let names: Vec<String> = deployments(&client, ns, &ep)
+            .await
+            .iter()
+            .map(|d| d.name_any())
+            .collect();
+        (names
+            == vec![
+                "titanic-a-titanic-v1".to_owned(),
+                "titanic-b-titanic-v3".to_owned(),
+            ])
+        .then_some(())
     })
     .await;
     op.stop().await;
@@ -458,23 +713,46 @@ async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic
 #[tokio::test]
 async fn deleting_the_endpoint_removes_everything_it_created() {
     let client = client().await;
-    let ns = "it-delete";
+    let ns = &ns("it-delete");
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |e| e["spec"]["expose"] = json!(true)).await;
     let gw_ns = format!("{ns}-gw");
     eventually("gateway-side EnvoyFilter", || async {
-        ef_api(&client, &gw_ns).get_opt("mlep-it-delete-titanic").await.ok().flatten().map(|_| ())
+        ef_api(&client, &gw_ns)
+            .get_opt(&format!("mlep-{ns}-titanic"))
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
     })
     .await;
     let gw = dynamic(&client, ns, "networking.istio.io/v1", "Gateway", "gateways");
-    assert!(gw.get_opt(&ep).await.unwrap().is_some(), "exposed endpoint has a Gateway");
+    assert!(
+        gw.get_opt(&ep).await.unwrap().is_some(),
+        "exposed endpoint has a Gateway"
+    );
 
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
     api.delete(&ep, &DeleteParams::default()).await.unwrap();
-    eventually("endpoint gone", || async { api.get_opt(&ep).await.ok().filter(|e| e.is_none()).map(|_| ()) }).await;
-    eventually("gateway-side EnvoyFilter removed by the finalizer", || async {
-        ef_api(&client, &gw_ns).get_opt("mlep-it-delete-titanic").await.ok().filter(|e| e.is_none()).map(|_| ())
+    eventually("endpoint gone", || async {
+        api.get_opt(&ep)
+            .await
+            .ok()
+            .filter(|e| e.is_none())
+            .map(|_| ())
     })
+    .await;
+    eventually(
+        "gateway-side EnvoyFilter removed by the finalizer",
+        || async {
+            ef_api(&client, &gw_ns)
+                .get_opt(&format!("mlep-{ns}-titanic"))
+                .await
+                .ok()
+                .filter(|e| e.is_none())
+                .map(|_| ())
+        },
+    )
     .await;
     let svc: Api<Service> = Api::namespaced(client.clone(), ns);
     eventually("children collected by the garbage collector", || async {
@@ -483,7 +761,13 @@ async fn deleting_the_endpoint_removes_everything_it_created() {
             + usize::from(vs_api(&client, ns).get_opt(&ep).await.ok()?.is_some())
             + usize::from(dr_api(&client, ns).get_opt(&ep).await.ok()?.is_some())
             + usize::from(gw.get_opt(&ep).await.ok()?.is_some())
-            + usize::from(ef_api(&client, ns).get_opt("titanic-mlep").await.ok()?.is_some());
+            + usize::from(
+                ef_api(&client, ns)
+                    .get_opt("titanic-mlep")
+                    .await
+                    .ok()?
+                    .is_some(),
+            );
         (left == 0).then_some(())
     })
     .await;
@@ -493,10 +777,12 @@ async fn deleting_the_endpoint_removes_everything_it_created() {
 #[tokio::test]
 async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply() {
     let client = client().await;
-    let ns = "it-dryrun";
+    let ns = &ns("it-dryrun");
     namespace(&client, ns).await;
-    let mut models: Vec<Model> =
-        yaml_docs("manifests/example/models.yaml").into_iter().map(|v| serde_json::from_value(v).unwrap()).collect();
+    let mut models: Vec<Model> = yaml_docs("manifests/example/models.yaml")
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
     for m in &mut models {
         m.metadata.namespace = Some(ns.into());
     }
@@ -510,14 +796,32 @@ async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply
         eps.push(serde_json::from_value::<ModelEndpoint>(e).unwrap());
     }
     let objects = render_all(&models, &eps, &settings(ns)).unwrap();
-    let kinds: std::collections::BTreeSet<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
-    for k in ["Deployment", "Service", "DestinationRule", "VirtualService", "Gateway", "EnvoyFilter", "WasmPlugin"] {
+    let kinds: std::collections::BTreeSet<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "Deployment",
+        "Service",
+        "DestinationRule",
+        "VirtualService",
+        "Gateway",
+        "EnvoyFilter",
+        "WasmPlugin",
+    ] {
         assert!(kinds.contains(k), "{k} not rendered");
     }
     let pp = PatchParams::apply("dry-run").dry_run();
     for o in &objects {
-        let (api_version, kind) = (o["apiVersion"].as_str().unwrap(), o["kind"].as_str().unwrap());
-        let plural = reconcile::KINDS.iter().find(|(v, k, _)| *v == api_version && *k == kind).unwrap().2;
+        let (api_version, kind) = (
+            o["apiVersion"].as_str().unwrap(),
+            o["kind"].as_str().unwrap(),
+        );
+        let plural = reconcile::KINDS
+            .iter()
+            .find(|(v, k, _)| *v == api_version && *k == kind)
+            .unwrap()
+            .2;
         let target_ns = o["metadata"]["namespace"].as_str().unwrap();
         let api = dynamic(&client, target_ns, api_version, kind, plural);
         let name = o["metadata"]["name"].as_str().unwrap();
@@ -530,18 +834,29 @@ async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply
 #[tokio::test]
 async fn the_operator_converges_after_an_api_server_restart_mid_reconcile() {
     let client = client().await;
-    let ns = "it-restart";
+    let ns = &ns("it-restart");
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |_| {}).await;
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
     let patch = json!({"spec": {"variants": [
         {"name": "a", "model": "titanic-v1", "weight": 30, "replicas": 1},
         {"name": "b", "model": "titanic-v2", "weight": 70, "replicas": 1}]}});
-    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     // Restart the API server while the operator reacts to that change.
     let script = repo("scripts/envtest/setup.sh");
-    let out = tokio::process::Command::new("bash").arg(&script).arg("restart-apiserver").output().await.unwrap();
-    assert!(out.status.success(), "restart failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg("restart-apiserver")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restart failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually("VirtualService at 30/70 after the restart", || async {
         let vs = vs_api(&client, ns).get(&ep).await.ok()?;
         (default_weights(&vs) == vec![("a".to_owned(), 30), ("b".to_owned(), 70)]).then_some(())
@@ -549,7 +864,9 @@ async fn the_operator_converges_after_an_api_server_restart_mid_reconcile() {
     .await;
     eventually("status shows 30/70", || async {
         let s = api.get(&ep).await.ok()?.status?;
-        (s.summary?.weights == "a=30,b=70" && s.observed_generation == api.get(&ep).await.ok()?.metadata.generation).then_some(())
+        (s.summary?.weights == "a=30,b=70"
+            && s.observed_generation == api.get(&ep).await.ok()?.metadata.generation)
+            .then_some(())
     })
     .await;
     op.stop().await;
@@ -558,16 +875,28 @@ async fn the_operator_converges_after_an_api_server_restart_mid_reconcile() {
 #[tokio::test]
 async fn only_one_replica_leads_and_an_expired_lease_is_taken_over() {
     let client = client().await;
-    let ns = "it-leader";
+    let ns = &ns("it-leader");
     namespace(&client, ns).await;
     let lease = Duration::from_secs(2);
     let a = LeaderElection::new(client.clone(), ns, "mlep-operator", "a".into(), lease);
     let b = LeaderElection::new(client.clone(), ns, "mlep-operator", "b".into(), lease);
-    assert!(a.try_acquire_or_renew().await.unwrap(), "the first candidate leads");
-    assert!(!b.try_acquire_or_renew().await.unwrap(), "a second candidate must not lead while the lease is held");
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "the first candidate leads"
+    );
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "a second candidate must not lead while the lease is held"
+    );
     assert!(a.try_acquire_or_renew().await.unwrap(), "the leader renews");
     // a stops renewing: once the lease expires, b takes over and a no longer leads.
-    let took = eventually("b takes over the expired lease", || async { b.try_acquire_or_renew().await.ok().filter(|x| *x) }).await;
+    let took = eventually("b takes over the expired lease", || async {
+        b.try_acquire_or_renew().await.ok().filter(|x| *x)
+    })
+    .await;
     assert!(took);
-    assert!(!a.try_acquire_or_renew().await.unwrap(), "the old leader must not win back a held lease");
+    assert!(
+        !a.try_acquire_or_renew().await.unwrap(),
+        "the old leader must not win back a held lease"
+    );
 }
