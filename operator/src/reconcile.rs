@@ -179,12 +179,12 @@ fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
 }
 
 fn error_policy(ep: Arc<ModelEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(endpoint = %ep.name_any(), namespace = ?ep.namespace(), %error, "reconcile failed");
+    warn!(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default(), %error, "reconcile failed");
     ctx.metrics.failure(error.reason());
     Action::requeue(Duration::from_secs(5))
 }
 
-#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = ?ep.namespace()))]
+#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default()))]
 async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = ep

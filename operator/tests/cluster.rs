@@ -7,6 +7,9 @@
 //! `x-kubernetes-validations` stripped (the operator's own checks are what is tested); no
 //! scheduler or kubelet, so Deployment readiness is simulated by patching status.
 
+// Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -898,5 +901,97 @@ async fn only_one_replica_leads_and_an_expired_lease_is_taken_over() {
     assert!(
         !a.try_acquire_or_renew().await.unwrap(),
         "the old leader must not win back a held lease"
+    );
+}
+
+/// GET `path` from 127.0.0.1:`port`; (status line, body).
+async fn http_get(port: u16, path: &str) -> Option<(String, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split])
+        .lines()
+        .next()?
+        .to_owned();
+    Some((head, buf[split + 4..].to_vec()))
+}
+
+#[tokio::test]
+async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_and_the_module() {
+    let client = client().await;
+    let ns = &ns("it-binary");
+    namespace(&client, ns).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let wasm = std::env::temp_dir().join(format!("mlep-test-{}.wasm", std::process::id()));
+    std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlep-operator"))
+        .env("POD_NAMESPACE", ns)
+        .env("POD_NAME", "test-replica")
+        .env("MLEP_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MLEP_WASM_PATH", &wasm)
+        .env("MLEP_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let health = eventually("/healthz", || http_get(port, "/healthz")).await;
+    assert!(health.0.contains("200"), "{health:?}");
+    let (status, module) = http_get(port, "/mlep_filter.wasm").await.unwrap();
+    assert!(status.contains("200"));
+    assert_eq!(module, b"\0asm\x01\0\0\0");
+    let (_, sum) = http_get(port, "/mlep_filter.wasm.sha256").await.unwrap();
+    let expected = mlep_operator::server::WasmModule::new(module).sha256;
+    assert_eq!(String::from_utf8(sum).unwrap().trim(), expected);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns);
+    let holder = eventually("the Lease held by the binary", || async {
+        leases
+            .get_opt("mlep-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    })
+    .await;
+    assert_eq!(holder, "test-replica");
+    let (_, metrics) = eventually("reconcile metrics", || async {
+        http_get(port, "/metrics").await.filter(|(_, b)| {
+            String::from_utf8_lossy(b).contains("mlep_operator_reconcile_duration_seconds_count")
+        })
+    })
+    .await;
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("# TYPE mlep_operator_reconciles_total counter")
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let _ = std::fs::remove_file(wasm);
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_its_module_and_says_why() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlep-operator"))
+        .env("MLEP_WASM_PATH", "/nonexistent/mlep_filter.wasm")
+        .env("MLEP_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MLEP_WASM_PATH") && err.contains("/nonexistent/mlep_filter.wasm"),
+        "{err}"
     );
 }
