@@ -137,6 +137,17 @@ pub async fn run(
         models,
     });
 
+    // Models get a status of their own: Ready when their spec is valid.
+    let models_controller =
+        Controller::new(api::<Model>(&client, scope), watcher::Config::default())
+            .run(reconcile_model, model_error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "model reconcile stream");
+                }
+            });
+    let models_task = tokio::spawn(models_controller);
+
     let controller = Controller::new(
         api::<ModelEndpoint>(&client, scope),
         watcher::Config::default(),
@@ -170,7 +181,37 @@ pub async fn run(
             }
         })
         .await;
+    models_task.abort();
     model_task.abort();
+}
+
+fn model_error_policy(m: Arc<Model>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(model = %m.name_any(), %error, "model reconcile failed");
+    ctx.metrics.failure(error.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// A Model's status: `Ready` when its spec is valid, else the field that is not.
+#[instrument(skip_all, fields(model = %m.name_any(), namespace = %m.namespace().unwrap_or_default()))]
+async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = m
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
+    let status = crate::status::model_status(&m, now());
+    if m.status.as_ref() == Some(&status) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        serde_json::json!({ "apiVersion": "mlep.dev/v1alpha1", "kind": "Model", "status": status });
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.write();
+    Ok(Action::await_change())
 }
 
 fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {

@@ -440,6 +440,19 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
     let st = api.get(&ep).await.unwrap().status.unwrap();
     assert_eq!(st.allocation.unwrap().counts()["a"], 8000);
     assert_eq!(st.summary.unwrap().weights, "a=80,b=20");
+    let models: Api<Model> = Api::namespaced(client.clone(), ns);
+    let ready = eventually("Model titanic-v1 Ready", || async {
+        models
+            .get("titanic-v1")
+            .await
+            .ok()?
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+    })
+    .await;
+    assert_eq!(ready.status, "True");
     op.stop().await;
 }
 
