@@ -17,13 +17,13 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 /// Finalizer on every ModelEndpoint: removes the objects in other namespaces (the filter in
 /// the ingress gateway's namespace), which ownerReferences cannot reach.
@@ -101,22 +101,65 @@ fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     ))
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controller until `shutdown` resolves: a Model cache, and the ModelEndpoint
+/// controller owning Deployments. `scope` limits it to one namespace (tests); `None` watches all.
 pub async fn run(
-    ctx: Arc<Context>,
+    client: Client,
+    settings: RenderSettings,
+    metrics: Arc<Metrics>,
+    scope: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let endpoints: Api<ModelEndpoint> = Api::all(client.clone());
-    let controller = Controller::new(endpoints, watcher::Config::default());
+    fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (models, writer) = reflector::store::<Model>();
+    let model_cache = reflector(
+        writer,
+        watcher(api::<Model>(&client, scope), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    let model_task = tokio::spawn(model_cache);
+    let _ = models.wait_until_ready().await;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        metrics,
+        models,
+    });
+
+    // Models get a status of their own: Ready when their spec is valid.
+    let models_controller =
+        Controller::new(api::<Model>(&client, scope), watcher::Config::default())
+            .run(reconcile_model, model_error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "model reconcile stream");
+                }
+            });
+    let models_task = tokio::spawn(models_controller);
+
+    let controller = Controller::new(
+        api::<ModelEndpoint>(&client, scope),
+        watcher::Config::default(),
+    );
     let endpoint_store = controller.store();
     controller
         .owns(
-            Api::<Deployment>::all(client.clone()),
+            api::<Deployment>(&client, scope),
             watcher::Config::default().labels(LABEL_ENDPOINT),
         )
         .watches(
-            Api::<Model>::all(client),
+            api::<Model>(&client, scope),
             watcher::Config::default(),
             move |m: Model| {
                 // A Model change concerns every endpoint of its namespace that names it.
@@ -138,6 +181,37 @@ pub async fn run(
             }
         })
         .await;
+    models_task.abort();
+    model_task.abort();
+}
+
+fn model_error_policy(m: Arc<Model>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(model = %m.name_any(), %error, "model reconcile failed");
+    ctx.metrics.failure(error.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// A Model's status: `Ready` when its spec is valid, else the field that is not.
+#[instrument(skip_all, fields(model = %m.name_any(), namespace = %m.namespace().unwrap_or_default()))]
+async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = m
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
+    let status = crate::status::model_status(&m, now());
+    if m.status.as_ref() == Some(&status) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        serde_json::json!({ "apiVersion": "mlep.dev/v1alpha1", "kind": "Model", "status": status });
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.write();
+    Ok(Action::await_change())
 }
 
 fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
@@ -146,12 +220,12 @@ fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
 }
 
 fn error_policy(ep: Arc<ModelEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(endpoint = %ep.name_any(), namespace = ?ep.namespace(), %error, "reconcile failed");
+    warn!(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default(), %error, "reconcile failed");
     ctx.metrics.failure(error.reason());
     Action::requeue(Duration::from_secs(5))
 }
 
-#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = ?ep.namespace()))]
+#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default()))]
 async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = ep
@@ -231,7 +305,14 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         }
         match existing.get(&key) {
             Some(current) if contains(current, obj) => {}
-            _ => apply_object(ctx, obj, &key).await?,
+            current => {
+                let why = current.map_or_else(
+                    || "missing".to_owned(),
+                    |c| difference(c, obj, String::new()),
+                );
+                debug!(kind = %key.2, name = %key.3, %why, "out of date");
+                apply_object(ctx, obj, &key).await?
+            }
         }
     }
     // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant).
@@ -294,8 +375,11 @@ async fn list_existing(
             Err(e) => return Err(e.into()),
         };
         for o in list.items {
-            let v =
+            let mut v =
                 serde_json::to_value(&o).map_err(|_| Error::Malformed("serializable object"))?;
+            // Items of a list of built-in kinds carry no apiVersion/kind.
+            v["apiVersion"] = Value::from(*version);
+            v["kind"] = Value::from(*kind);
             out.insert(
                 ((*version).into(), ns.into(), (*kind).into(), o.name_any()),
                 v,
@@ -404,6 +488,31 @@ pub fn contains(have: &Value, want: &Value) -> bool {
         }
         (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
         _ => have == want,
+    }
+}
+
+/// Where `have` first differs from `want` (a JSON path), for the logs.
+fn difference(have: &Value, want: &Value, at: String) -> String {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .find(|(k, wv)| {
+                !h.get(*k)
+                    .map_or_else(|| is_empty(wv), |hv| contains(hv, wv))
+            })
+            .map(|(k, wv)| match h.get(k) {
+                Some(hv) => difference(hv, wv, format!("{at}.{k}")),
+                None => format!("{at}.{k} missing"),
+            })
+            .unwrap_or(at),
+        (Value::Array(h), Value::Array(w)) if h.len() == w.len() => h
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find(|(_, (a, b))| !contains(a, b))
+            .map(|(i, (a, b))| difference(a, b, format!("{at}[{i}]")))
+            .unwrap_or(at),
+        _ => format!("{at}: have {have}, want {want}"),
     }
 }
 
