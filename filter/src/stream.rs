@@ -100,16 +100,21 @@ impl Stream {
         let Some(ep) = cfg.endpoints.get(ep_index) else {
             return RequestAction::Continue;
         };
-        // Clients must not pick a route by sending the routing header themselves.
-        h.remove_request_header(VARIANT_HEADER);
+        // Clients must not pick a route by sending the routing header themselves: every path
+        // below either replaces it (a host "set" replaces all values, one host call instead of
+        // remove + set) or removes it.
         match decide(ep, h) {
-            Decision::Reject { body } => RequestAction::Reply { status: 400, body },
+            Decision::Reject { body } => {
+                h.remove_request_header(VARIANT_HEADER);
+                RequestAction::Reply { status: 400, body }
+            }
             Decision::Assign {
                 variant,
                 reason,
                 set_cookie,
             } => {
                 let Some(v) = ep.variants.get(variant) else {
+                    h.remove_request_header(VARIANT_HEADER);
                     return RequestAction::Continue;
                 };
                 h.set_request_header(VARIANT_HEADER, &v.name);
