@@ -129,6 +129,14 @@ impl Host for EnvoyHost {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
+    fn request_duration_ms(&self) -> Option<u64> {
+        // Envoy's `request.duration` attribute: an int64 of nanoseconds, little-endian.
+        let bytes = hostcalls::get_property(vec!["request", "duration"])
+            .ok()
+            .flatten()?;
+        let nanos = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        Some(u64::try_from(nanos).ok()? / 1_000_000)
+    }
     fn random(&mut self) -> u64 {
         next_random()
     }
@@ -307,10 +315,14 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let stream = self
-            .config
-            .as_ref()
-            .map(|c| Stream::new(Rc::clone(c), Rc::clone(&self.hub)));
+        // `bench-noop`: a filter that is called for every stream and does nothing (benchmarks).
+        let stream = if cfg!(feature = "bench-noop") {
+            None
+        } else {
+            self.config
+                .as_ref()
+                .map(|c| Stream::new(Rc::clone(c), Rc::clone(&self.hub)))
+        };
         Some(Box::new(Http {
             stream,
             host: EnvoyHost {
