@@ -1,1 +1,24 @@
-//! placeholder
+//! The K8SMLEndpoints proxy-wasm filter.
+//!
+//! All decisions live in plain modules with no proxy-wasm dependency, tested natively and
+//! under `wasm32-wasip1`:
+//! - [`compiled`]: the configuration compiled once per `on_configure` (bucket tables, host
+//!   map, metric ids);
+//! - [`request`]: variant assignment (targeting, sticky key, cookie);
+//! - [`stream`]: one HTTP stream's callbacks over the [`host::Host`] trait;
+//! - [`shadow`]: shadow copies queued per VM and sent by the root context, with agreement;
+//! - [`compare`]: response agreement (exact or JSON with tolerance).
+//!
+//! `adapter` (wasm32 only, not in test builds) is the one file that talks to proxy-wasm.
+
+pub mod compare;
+pub mod compiled;
+pub mod host;
+pub mod request;
+pub mod shadow;
+pub mod stream;
+
+// Not in test builds: the wasm32 test binaries run under a plain WASI runner, which has no
+// proxy-wasm host functions to import.
+#[cfg(all(target_arch = "wasm32", not(test)))]
+mod adapter;

@@ -1,1 +1,536 @@
-//! placeholder
+//! Helpers for integration tests: tiny HTTP/1.1 upstreams on 127.0.0.1:0 that say which
+//! variant they are and record what they received, a keep-alive client, and an Envoy
+//! harness running the built filter. Test support code: failures here are test failures,
+//! so `unwrap`/`panic` are fine (clippy.toml allows them in tests; this crate is tests only).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use mlep::envoy::{
+    self, BootstrapSpec, EnvoyProcess, RouteEndpoint, RouteVariant, ShadowUpstream, StartOptions,
+    WasmFilter,
+};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A request as an upstream saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// How an upstream answers.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    pub status: u16,
+    /// `None`: `{"variant":"<name>"}`.
+    pub body: Option<String>,
+    pub delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            body: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream (keep-alive, thread per connection) on 127.0.0.1:0.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Self {
+        Self::with(name, Behaviour::default())
+    }
+
+    pub fn with(name: &str, b: Behaviour) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = b
+            .body
+            .clone()
+            .unwrap_or_else(|| format!("{{\"variant\":\"{name}\"}}"));
+        let (s2, c2, st2) = (seen.clone(), count.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if st2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (s3, c3, body, b) = (s2.clone(), c2.clone(), body.clone(), b.clone());
+                std::thread::spawn(move || serve(conn, &s3, &c3, &body, &b));
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            addr,
+            seen,
+            count,
+            stop,
+        }
+    }
+
+    /// Requests seen so far (bodies kept only for the last 100 000).
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+type Message = (String, Vec<(String, String)>, Vec<u8>);
+
+fn fold(headers: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for (k, v) in headers {
+        m.entry(k.clone())
+            .and_modify(|old: &mut String| *old = format!("{old}, {v}"))
+            .or_insert_with(|| v.clone());
+    }
+    m
+}
+
+fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let start = line.trim_end().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let mut body = Vec::new();
+    let folded = fold(&headers);
+    if folded
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = folded
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body = vec![0; n];
+        r.read_exact(&mut body).ok()?;
+    }
+    Some((start, headers, body))
+}
+
+fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, count: &AtomicU64, body: &str, b: &Behaviour) {
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    while let Some((start, headers, req_body)) = read_message(&mut r) {
+        let mut parts = start.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        {
+            let mut s = seen.lock().unwrap();
+            if s.len() < 100_000 {
+                s.push(Seen {
+                    method,
+                    path,
+                    headers: fold(&headers),
+                    body: req_body,
+                });
+            }
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        if !b.delay.is_zero() {
+            std::thread::sleep(b.delay);
+        }
+        let resp = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            b.status,
+            body.len(),
+            body
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A response as the client saw it.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header name (lowercase) -> all values.
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// A keep-alive HTTP/1.1 client to one address (reconnects when the server closes).
+pub struct Client {
+    addr: SocketAddr,
+    conn: Option<(TcpStream, BufReader<TcpStream>)>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, conn: None }
+    }
+
+    pub fn get(&mut self, host: &str, headers: &[(&str, &str)]) -> Response {
+        self.send("GET", host, "/invocations", headers, b"")
+    }
+
+    pub fn post(&mut self, host: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.send("POST", host, "/invocations", headers, body)
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        for _ in 0..2 {
+            if let Some(r) = self.try_send(method, host, path, headers, body) {
+                return r;
+            }
+            self.conn = None;
+        }
+        panic!("request to {} failed twice", self.addr);
+    }
+
+    fn try_send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<Response> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+            s.set_nodelay(true).ok()?;
+            let r = BufReader::new(s.try_clone().ok()?);
+            self.conn = Some((s, r));
+        }
+        let (w, r) = self.conn.as_mut()?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        w.write_all(&bytes).ok()?;
+        let (start, raw, body) = read_message(r)?;
+        let status = start.split_whitespace().nth(1)?.parse().ok()?;
+        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in raw {
+            headers.entry(k).or_default().push(v);
+        }
+        Some(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// The built filter: `$MLEP_FILTER_WASM`, else the workspace's release wasm32-wasip1 build.
+pub fn wasm_path() -> PathBuf {
+    let p = std::env::var_os("MLEP_FILTER_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-wasip1/release/mlep_filter.wasm")
+        });
+    assert!(
+        p.is_file(),
+        "{} missing: build it with `cargo build -p mlep-filter --target wasm32-wasip1 --release` (or set MLEP_FILTER_WASM)",
+        p.display()
+    );
+    p.canonicalize().unwrap()
+}
+
+/// The Envoy binary (found or installed once per test process).
+pub fn envoy_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| envoy::find_or_install_envoy().unwrap())
+        .clone()
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "mlep-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Poll `f` every 20 ms until it returns true or `timeout` passes; returns the last result.
+pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A filter config (contract JSON) for one endpoint `name` on `hosts`, sticky on
+/// `x-user-id`, with the given allocation. Tests patch the returned value.
+pub fn filter_config(
+    name: &str,
+    hosts: &[&str],
+    variants: &[(&str, u32)],
+    allocation: &mlep_contract::Allocation,
+) -> serde_json::Value {
+    let vs: Vec<serde_json::Value> = variants
+        .iter()
+        .map(|(n, w)| serde_json::json!({"name": n, "model": format!("model-{n}"), "weight": w}))
+        .collect();
+    serde_json::json!({
+        "version": 1,
+        "endpoints": [{
+            "name": name,
+            "namespace": "default",
+            "hosts": hosts,
+            "variants": vs,
+            "allocation": allocation,
+            "routing": {"sticky": {"header": "x-user-id"}}
+        }]
+    })
+}
+
+/// A running Envoy with the filter, configured through the ECDS file.
+pub struct Env {
+    pub envoy: Option<EnvoyProcess>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub spec: BootstrapSpec,
+    version: u64,
+}
+
+impl Env {
+    /// Start Envoy routing `endpoints` with the filter configured by `config`.
+    pub fn start(endpoints: Vec<RouteEndpoint>, config: &serde_json::Value) -> Self {
+        let dir = temp_dir("envoy");
+        let config_path = dir.join("ecds").join("filter.json");
+        std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
+        let spec = BootstrapSpec {
+            listener_port: 0,
+            admin_port: 0,
+            filter: Some(WasmFilter {
+                wasm: wasm_path(),
+                config_path,
+            }),
+            endpoints,
+            mirroring: envoy::Mirroring::Filter,
+        };
+        let mut env = Self {
+            envoy: None,
+            addr: dead_addr(),
+            dir,
+            spec,
+            version: 0,
+        };
+        env.write_config(config);
+        env.boot();
+        env
+    }
+
+    fn boot(&mut self) {
+        let bootstrap = envoy::render_bootstrap(&self.spec).unwrap();
+        let p = EnvoyProcess::start(
+            &envoy_bin(),
+            &bootstrap,
+            &self.dir,
+            &StartOptions::default(),
+        )
+        .unwrap();
+        self.addr = p.listener_addr().unwrap();
+        self.envoy = Some(p);
+    }
+
+    fn write_config(&mut self, config: &serde_json::Value) {
+        self.version += 1;
+        let f = self.spec.filter.as_ref().unwrap();
+        envoy::write_filter_config(
+            &f.config_path,
+            &f.wasm,
+            &config.to_string(),
+            &self.version.to_string(),
+        )
+        .unwrap();
+    }
+
+    /// Swap the filter config live (atomic rename into the watched directory) and wait until
+    /// Envoy has processed the update (accepted or rejected).
+    pub fn reload(&mut self, config: &serde_json::Value) {
+        let before = self.ecds_updates();
+        self.write_config(config);
+        assert!(
+            poll_until(Duration::from_secs(15), || self.ecds_updates() > before),
+            "Envoy did not process the config update:\n{}",
+            self.log()
+        );
+    }
+
+    /// ECDS updates of the filter processed so far (accepted, rejected or failed).
+    pub fn ecds_updates(&self) -> f64 {
+        let text = self.prometheus();
+        ["update_success", "update_rejected", "update_failure"]
+            .iter()
+            .map(|s| {
+                envoy::prometheus_value(
+                    &text,
+                    &format!("envoy_extension_config_discovery_http_filter_mlep_{s}"),
+                    &[],
+                )
+            })
+            .sum()
+    }
+
+    /// A Prometheus sample (summed over series matching `labels`).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        envoy::prometheus_value(&self.prometheus(), name, labels)
+    }
+
+    /// Stop and start Envoy again (same bootstrap, same config file).
+    pub fn restart(&mut self) {
+        if let Some(p) = self.envoy.take() {
+            p.stop();
+        }
+        self.boot();
+    }
+
+    pub fn envoy(&self) -> &EnvoyProcess {
+        self.envoy.as_ref().unwrap()
+    }
+
+    pub fn prometheus(&self) -> String {
+        self.envoy().prometheus().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.envoy().log()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(p) = self.envoy.take() {
+            p.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Route endpoint `name` on `hosts` to `upstreams` (one per variant, weights as given).
+pub fn route(
+    name: &str,
+    hosts: &[&str],
+    upstreams: &[(&Upstream, u32)],
+    shadow: Option<(&str, SocketAddr)>,
+) -> RouteEndpoint {
+    RouteEndpoint {
+        name: name.to_owned(),
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        variants: upstreams
+            .iter()
+            .map(|(u, w)| RouteVariant {
+                name: u.name.clone(),
+                weight: *w,
+                upstream: u.addr,
+            })
+            .collect(),
+        shadow: shadow.map(|(c, a)| ShadowUpstream {
+            cluster: c.to_owned(),
+            upstream: a,
+        }),
+    }
+}
+
+/// The variant an upstream reported in its `{"variant": ...}` body.
+pub fn served_by(r: &Response) -> String {
+    serde_json::from_str::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["variant"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("not an upstream answer: {} {}", r.status, r.body))
+}

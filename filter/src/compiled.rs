@@ -1,0 +1,286 @@
+//! The configuration compiled once per `on_configure`: bucket tables, a lowercase host map,
+//! precomputed header strings and every metric id the request path can need.
+
+use crate::host::{MetricId, MetricKind, MetricSink};
+use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
+use mlep_contract::metrics::{self as m, stat_name};
+use mlep_contract::{CompareMode, ConfigError, FilterConfig, UnknownTarget};
+use std::collections::HashMap;
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CompileError {
+    #[error("invalid filter configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot define metric {name}: {reason}")]
+    Metric { name: String, reason: String },
+}
+
+/// Metric ids of one variant.
+#[derive(Debug, Clone)]
+pub struct VariantMetrics {
+    /// `mlep_requests_total` by [`m::CODE_CLASSES`] index.
+    pub requests: [MetricId; 6],
+    pub duration: MetricId,
+    /// `mlep_assignments_total` by [`Reason`](crate::request::Reason) index.
+    pub assignments: [MetricId; 3],
+}
+
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: String,
+    pub metrics: VariantMetrics,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    pub cluster: String,
+    pub authority: String,
+    /// Sampling threshold out of 1,000,000.
+    pub per_million: u64,
+    pub max_body_bytes: usize,
+    pub timeout_ms: u32,
+    pub forward_credentials: bool,
+    pub compare: CompareMode,
+    pub tolerance: f64,
+    /// `mlep_shadow_requests_total` by [`m::OUTCOMES`] index.
+    pub outcomes: [MetricId; 4],
+    /// `mlep_shadow_agreement_total` by [`m::RESULTS`] index.
+    pub agreement: [MetricId; 2],
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub salt: String,
+    pub variants: Vec<Variant>,
+    /// `bucket -> variant index` (see `Allocation::to_table`).
+    pub table: Vec<u8>,
+    /// `None` when targeting is off.
+    pub target_header: Option<String>,
+    pub reject_unknown_target: bool,
+    pub sticky_header: Option<String>,
+    pub cookie_name: String,
+    /// `; Path=/; Max-Age=<n>; HttpOnly; SameSite=Lax`
+    pub cookie_attributes: String,
+    /// `"validVariants":[...]` rendered once for 400 replies.
+    pub valid_variants_json: String,
+    pub shadow: Option<Shadow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub endpoints: Vec<Endpoint>,
+    pub hosts: HashMap<String, usize>,
+    /// The endpoint claiming `*`, if any.
+    pub any_host: Option<usize>,
+}
+
+impl Compiled {
+    /// Parse, validate and compile `bytes`, defining every metric through `sink`.
+    pub fn from_json(bytes: &[u8], sink: &mut dyn MetricSink) -> Result<Self, CompileError> {
+        let cfg = FilterConfig::from_json(bytes)?;
+        Self::compile(&cfg, sink)
+    }
+
+    pub fn compile(cfg: &FilterConfig, sink: &mut dyn MetricSink) -> Result<Self, CompileError> {
+        let mut define = |kind, name: String| {
+            sink.define(kind, &name)
+                .map_err(|reason| CompileError::Metric { name, reason })
+        };
+        let mut out = Compiled::default();
+        for (i, ep) in cfg.endpoints.iter().enumerate() {
+            let base = |variant: &str, model: &str| {
+                vec![
+                    (m::LABEL_ENDPOINT, ep.name.clone()),
+                    (m::LABEL_NAMESPACE, ep.namespace.clone()),
+                    (m::LABEL_VARIANT, variant.to_owned()),
+                    (m::LABEL_MODEL, model.to_owned()),
+                ]
+            };
+            let name_of = |metric: &str, labels: &[(&str, String)], extra: Option<(&str, &str)>| {
+                let mut l: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if let Some(e) = extra {
+                    l.push(e);
+                }
+                stat_name(metric, &l)
+            };
+            let mut variants = Vec::with_capacity(ep.variants.len());
+            for v in &ep.variants {
+                let labels = base(&v.name, &v.model);
+                let mut requests = [0; 6];
+                for (j, cc) in m::CODE_CLASSES.iter().enumerate() {
+                    requests[j] = define(
+                        MetricKind::Counter,
+                        name_of(m::REQUESTS_TOTAL, &labels, Some((m::LABEL_CODE_CLASS, cc))),
+                    )?;
+                }
+                let duration = define(
+                    MetricKind::Histogram,
+                    name_of(m::REQUEST_DURATION_MS, &labels, None),
+                )?;
+                let mut assignments = [0; 3];
+                for (j, r) in m::REASONS.iter().enumerate() {
+                    assignments[j] = define(
+                        MetricKind::Counter,
+                        name_of(m::ASSIGNMENTS_TOTAL, &labels, Some((m::LABEL_REASON, r))),
+                    )?;
+                }
+                variants.push(Variant {
+                    name: v.name.clone(),
+                    metrics: VariantMetrics {
+                        requests,
+                        duration,
+                        assignments,
+                    },
+                });
+            }
+            let names: Vec<&str> = ep.variants.iter().map(|v| v.name.as_str()).collect();
+            let table = ep.allocation.to_table(&names);
+            let shadow = match &ep.shadow {
+                None => None,
+                Some(s) => {
+                    let labels = base(m::SHADOW_VARIANT_LABEL, &s.model);
+                    let mut outcomes = [0; 4];
+                    for (j, o) in m::OUTCOMES.iter().enumerate() {
+                        outcomes[j] = define(
+                            MetricKind::Counter,
+                            name_of(
+                                m::SHADOW_REQUESTS_TOTAL,
+                                &labels,
+                                Some((m::LABEL_OUTCOME, o)),
+                            ),
+                        )?;
+                    }
+                    let mut agreement = [0; 2];
+                    for (j, r) in m::RESULTS.iter().enumerate() {
+                        agreement[j] = define(
+                            MetricKind::Counter,
+                            name_of(
+                                m::SHADOW_AGREEMENT_TOTAL,
+                                &labels,
+                                Some((m::LABEL_RESULT, r)),
+                            ),
+                        )?;
+                    }
+                    Some(Shadow {
+                        cluster: s.cluster.clone(),
+                        authority: s.authority.clone().unwrap_or_else(|| s.cluster.clone()),
+                        // percent is validated to 0..=100, so this is 0..=1,000,000.
+                        per_million: (s.percent * 10_000.0).round() as u64,
+                        max_body_bytes: s.max_body_bytes as usize,
+                        timeout_ms: s.timeout_ms,
+                        forward_credentials: s.forward_credentials,
+                        compare: s.compare.mode,
+                        tolerance: s.compare.tolerance,
+                        outcomes,
+                        agreement,
+                    })
+                }
+            };
+            let r = &ep.routing;
+            let max_age = r
+                .sticky
+                .cookie_max_age_seconds
+                .unwrap_or(DEFAULT_COOKIE_MAX_AGE_SECONDS);
+            out.endpoints.push(Endpoint {
+                name: ep.name.clone(),
+                salt: ep.salt(),
+                table,
+                target_header: r.allow_targeting.then(|| r.target_header.clone()),
+                reject_unknown_target: r.unknown_target == UnknownTarget::Reject,
+                sticky_header: r.sticky.header.clone(),
+                cookie_name: ep.cookie_name(),
+                cookie_attributes: format!("; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"),
+                valid_variants_json: serde_json::to_string(&names)
+                    .unwrap_or_else(|_| "[]".to_owned()),
+                variants,
+                shadow,
+            });
+            for h in &ep.hosts {
+                if h == "*" {
+                    out.any_host = Some(i);
+                } else {
+                    out.hosts.insert(h.to_ascii_lowercase(), i);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The endpoint serving `authority` (`Host`/`:authority`, port and case ignored).
+    pub fn endpoint_for(&self, authority: &str) -> Option<usize> {
+        let host = strip_port(authority);
+        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(&host.to_ascii_lowercase())
+        } else {
+            self.hosts.get(host)
+        };
+        found.copied().or(self.any_host)
+    }
+}
+
+/// `host:port` -> `host`; `[v6]:port` -> `[v6]`; a bare IPv6 address stays whole.
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    match authority.rfind(':') {
+        Some(i) if authority[..i].contains(':') => authority,
+        Some(i) => &authority[..i],
+        None => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::MemHost;
+
+    pub(crate) const EXAMPLE: &str = include_str!("../../examples/filter-config.json");
+
+    #[test]
+    fn compiling_defines_every_label_combination_up_front() {
+        let mut host = MemHost::default();
+        let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut host).unwrap();
+        // 2 variants x (6 code classes + 1 histogram + 3 reasons) + 4 outcomes + 2 results.
+        assert_eq!(host.names.len(), 2 * 10 + 6);
+        assert!(host.names.contains(
+            &"mlep_requests_total.endpoint.titanic.namespace.default.variant.a.model.titanic-v1.code_class.2xx".to_owned()
+        ));
+        assert!(host.names.contains(
+            &"mlep_shadow_agreement_total.endpoint.titanic.namespace.default.variant.shadow.model.titanic-v2.result.match"
+                .to_owned()
+        ));
+        assert_eq!(c.endpoints[0].table.len(), 10_000);
+        assert_eq!(c.endpoints[0].shadow.as_ref().unwrap().per_million, 100_000);
+    }
+
+    #[test]
+    fn hosts_match_without_port_and_case() {
+        let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut MemHost::default()).unwrap();
+        assert_eq!(c.endpoint_for("Titanic.Example.com:8080"), Some(0));
+        assert_eq!(c.endpoint_for("titanic.example.com"), Some(0));
+        assert_eq!(c.endpoint_for("other.example.com"), None);
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn a_star_host_catches_every_other_host() {
+        let cfg = EXAMPLE.replace("\"titanic.example.com\", ", "\"*\", ");
+        let c = Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap();
+        assert_eq!(c.endpoint_for("anything:1"), Some(0));
+    }
+
+    #[test]
+    fn an_invalid_config_is_refused_naming_the_field() {
+        let cfg = EXAMPLE.replace("\"weight\": 20", "\"weight\": 30");
+        let e = Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap_err();
+        assert!(e.to_string().contains("endpoints[0].variants"), "{e}");
+    }
+}

@@ -1,0 +1,164 @@
+//! What the pure filter logic needs from its host, as a small trait, plus an in-memory host
+//! for tests. The proxy-wasm adapter (`adapter.rs`) is the only other implementation.
+
+use std::collections::BTreeMap;
+
+/// A metric handle handed out by the host when the metric is defined (at configure time).
+pub type MetricId = u32;
+
+/// The kind of a metric, as proxy-wasm defines them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+/// Defining metrics: done once per configuration, never per request.
+pub trait MetricSink {
+    /// Define (or look up) the metric called `name`; the error is the host's reason.
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<MetricId, String>;
+}
+
+/// Per-request host access. Every method is infallible from the caller's view: a host error
+/// becomes "absent" or a dropped update, never a panic.
+pub trait Host {
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// All request headers (only read for requests that get shadowed).
+    fn request_headers(&self) -> Vec<(String, String)>;
+    fn set_request_header(&mut self, name: &str, value: &str);
+    fn remove_request_header(&mut self, name: &str);
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn set_response_header(&mut self, name: &str, value: &str);
+    fn add_response_header(&mut self, name: &str, value: &str);
+    /// The current body chunk (`len` bytes) of the request or response.
+    fn request_body(&self, len: usize) -> Vec<u8>;
+    fn response_body(&self, len: usize) -> Vec<u8>;
+    fn increment(&mut self, metric: MetricId);
+    fn record(&mut self, metric: MetricId, value: u64);
+    /// Milliseconds on a clock that does not go backwards within a request.
+    fn now_ms(&self) -> u64;
+    fn random(&mut self) -> u64;
+    /// Ask the root context to send queued shadow copies soon.
+    fn wake_root(&mut self);
+}
+
+/// An in-memory host: headers in vectors, metrics in maps, a settable clock and a
+/// deterministic random sequence (splitmix64).
+#[derive(Debug, Default, Clone)]
+pub struct MemHost {
+    pub request: Vec<(String, String)>,
+    pub response: Vec<(String, String)>,
+    pub request_chunk: Vec<u8>,
+    pub response_chunk: Vec<u8>,
+    pub counters: BTreeMap<MetricId, u64>,
+    pub records: BTreeMap<MetricId, Vec<u64>>,
+    pub now: u64,
+    pub seed: u64,
+    pub names: Vec<String>,
+    /// How often `wake_root` was called.
+    pub woken: u32,
+}
+
+impl MemHost {
+    pub fn with_request(headers: &[(&str, &str)]) -> Self {
+        Self {
+            request: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Counter value by metric name (as defined through this host's [`MetricSink`]).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| self.counters.get(&(i as MetricId)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn response_values(&self, name: &str) -> Vec<&str> {
+        self.response
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+impl MetricSink for MemHost {
+    fn define(&mut self, _kind: MetricKind, name: &str) -> Result<MetricId, String> {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return Ok(i as MetricId);
+        }
+        self.names.push(name.to_owned());
+        Ok((self.names.len() - 1) as MetricId)
+    }
+}
+
+fn get<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a String> {
+    list.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn set(list: &mut Vec<(String, String)>, name: &str, value: &str) {
+    list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    list.push((name.to_owned(), value.to_owned()));
+}
+
+impl Host for MemHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        get(&self.request, name).cloned()
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request.clone()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        set(&mut self.request, name, value);
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.request.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        get(&self.response, name).cloned()
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        set(&mut self.response, name, value);
+    }
+    fn add_response_header(&mut self, name: &str, value: &str) {
+        self.response.push((name.to_owned(), value.to_owned()));
+    }
+    fn request_body(&self, len: usize) -> Vec<u8> {
+        self.request_chunk.iter().take(len).copied().collect()
+    }
+    fn response_body(&self, len: usize) -> Vec<u8> {
+        self.response_chunk.iter().take(len).copied().collect()
+    }
+    fn increment(&mut self, metric: MetricId) {
+        *self.counters.entry(metric).or_default() += 1;
+    }
+    fn record(&mut self, metric: MetricId, value: u64) {
+        self.records.entry(metric).or_default().push(value);
+    }
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+    fn random(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        splitmix(self.seed)
+    }
+    fn wake_root(&mut self) {
+        self.woken += 1;
+    }
+}
+
+/// The splitmix64 output function.
+pub fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

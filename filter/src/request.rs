@@ -1,0 +1,257 @@
+//! Variant assignment for one request: targeting header, sticky key (header, then cookie),
+//! else a fresh random key and a cookie so the next request sticks.
+
+use crate::compiled::Endpoint;
+use crate::host::Host;
+use mlep_contract::bucket_of;
+
+/// Why a request got its variant (index into `mlep_contract::metrics::REASONS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Sticky = 0,
+    Target = 1,
+    Random = 2,
+}
+
+/// The outcome of assignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Route to `variant` (index into the endpoint's variants); `set_cookie` is the full
+    /// `Set-Cookie` value when the request carried no key.
+    Assign {
+        variant: usize,
+        reason: Reason,
+        set_cookie: Option<String>,
+    },
+    /// Answer 400 with this JSON body (unknown target variant).
+    Reject { body: String },
+}
+
+/// Longest sticky key used; longer keys are cut (hashing stays cheap, same key same cut).
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Decide the variant of a request to `ep`.
+pub fn decide(ep: &Endpoint, host: &mut dyn Host) -> Decision {
+    if let Some(th) = &ep.target_header {
+        if let Some(target) = host.request_header(th) {
+            let target = target.trim();
+            if !target.is_empty() {
+                if let Some(i) = ep.variants.iter().position(|v| v.name == target) {
+                    return Decision::Assign {
+                        variant: i,
+                        reason: Reason::Target,
+                        set_cookie: None,
+                    };
+                }
+                if ep.reject_unknown_target {
+                    return Decision::Reject {
+                        body: unknown_target_body(ep, th, target),
+                    };
+                }
+            }
+        }
+    }
+    if let Some(sh) = &ep.sticky_header {
+        if let Some(key) = host.request_header(sh) {
+            if !key.is_empty() {
+                return sticky(ep, &key, Reason::Sticky, None);
+            }
+        }
+    }
+    if let Some(cookies) = host.request_header("cookie") {
+        if let Some(key) = find_cookie(&cookies, &ep.cookie_name) {
+            if !key.is_empty() {
+                return sticky(ep, key, Reason::Sticky, None);
+            }
+        }
+    }
+    let key = random_key(host);
+    let cookie = format!("{}={}{}", ep.cookie_name, key, ep.cookie_attributes);
+    sticky(ep, &key, Reason::Random, Some(cookie))
+}
+
+fn sticky(ep: &Endpoint, key: &str, reason: Reason, set_cookie: Option<String>) -> Decision {
+    let key = cut(key, MAX_KEY_BYTES);
+    let bucket = bucket_of(&ep.salt, key) as usize;
+    // The table has BUCKETS entries and every entry indexes a variant (to_table on a
+    // validated allocation); fall back to variant 0 rather than trusting that blindly.
+    let variant = ep.table.get(bucket).map_or(0, |v| *v as usize);
+    let variant = if variant < ep.variants.len() {
+        variant
+    } else {
+        0
+    };
+    Decision::Assign {
+        variant,
+        reason,
+        set_cookie,
+    }
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`), without surrounding quotes.
+pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim() == name {
+            let v = v.trim();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|x| x.strip_suffix('"'))
+                    .unwrap_or(v),
+            )
+        } else {
+            None
+        }
+    })
+}
+
+/// 128 random bits as 32 lowercase hex digits: a cookie value safe without quoting.
+pub fn random_key(host: &mut dyn Host) -> String {
+    format!("{:016x}{:016x}", host.random(), host.random())
+}
+
+fn unknown_target_body(ep: &Endpoint, header: &str, target: &str) -> String {
+    let msg = format!("unknown variant {target:?} in header {header}");
+    let msg = serde_json::to_string(&msg).unwrap_or_else(|_| "\"unknown variant\"".to_owned());
+    format!(
+        "{{\"error\":{msg},\"validVariants\":{}}}",
+        ep.valid_variants_json
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiled::Compiled;
+    use crate::host::MemHost;
+
+    fn endpoint(patch: impl Fn(&str) -> String) -> Endpoint {
+        let cfg = patch(include_str!("../../examples/filter-config.json"));
+        Compiled::from_json(cfg.as_bytes(), &mut MemHost::default())
+            .unwrap()
+            .endpoints
+            .remove(0)
+    }
+
+    fn ep() -> Endpoint {
+        endpoint(|s| s.to_owned())
+    }
+
+    #[test]
+    fn target_header_picks_the_named_variant() {
+        let mut h = MemHost::with_request(&[("x-mlep-target-variant", "b"), ("x-user-id", "u1")]);
+        assert_eq!(
+            decide(&ep(), &mut h),
+            Decision::Assign {
+                variant: 1,
+                reason: Reason::Target,
+                set_cookie: None
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_target_is_rejected_with_the_valid_variants() {
+        let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz\"")]);
+        let Decision::Reject { body } = decide(&ep(), &mut h) else {
+            panic!("not rejected")
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["validVariants"], serde_json::json!(["a", "b"]));
+        assert!(v["error"].as_str().unwrap().contains("zz"), "{body}");
+    }
+
+    #[test]
+    fn unknown_target_is_ignored_when_configured() {
+        let e = endpoint(|s| s.replace("\"reject\"", "\"ignore\""));
+        let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
+        assert!(matches!(
+            decide(&e, &mut h),
+            Decision::Assign {
+                reason: Reason::Sticky,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn targeting_off_ignores_the_header() {
+        let e = endpoint(|s| s.replace("\"allowTargeting\": true", "\"allowTargeting\": false"));
+        let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
+        assert!(matches!(
+            decide(&e, &mut h),
+            Decision::Assign {
+                reason: Reason::Sticky,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_same_key_gets_the_same_variant_from_header_or_cookie() {
+        let e = ep();
+        for i in 0..200 {
+            let key = format!("user-{i}");
+            let mut a = MemHost::with_request(&[("x-user-id", key.as_str())]);
+            let cookie = format!("other=1; mlep-titanic={key}");
+            let mut b = MemHost::with_request(&[("cookie", cookie.as_str())]);
+            let (da, db) = (decide(&e, &mut a), decide(&e, &mut b));
+            assert_eq!(da, db);
+            let expected = if (bucket_of("default/titanic", &key)) < 8000 {
+                0
+            } else {
+                1
+            };
+            assert!(
+                matches!(da, Decision::Assign { variant, reason: Reason::Sticky, .. } if variant == expected)
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_without_key_gets_a_random_key_and_a_cookie_that_sticks() {
+        let e = ep();
+        let mut h = MemHost::with_request(&[]);
+        let Decision::Assign {
+            variant,
+            reason: Reason::Random,
+            set_cookie: Some(c),
+        } = decide(&e, &mut h)
+        else {
+            panic!("no cookie")
+        };
+        assert!(
+            c.ends_with("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"),
+            "{c}"
+        );
+        let pair = c.split(';').next().unwrap().to_owned();
+        let mut again = MemHost::with_request(&[("cookie", pair.as_str())]);
+        assert!(
+            matches!(decide(&e, &mut again), Decision::Assign { variant: v, reason: Reason::Sticky, set_cookie: None } if v == variant)
+        );
+    }
+
+    #[test]
+    fn cookies_are_found_among_others_and_unquoted() {
+        assert_eq!(find_cookie("a=1; mlep-x=\"k\"; b=2", "mlep-x"), Some("k"));
+        assert_eq!(find_cookie("mlep-xy=1", "mlep-x"), None);
+        assert_eq!(find_cookie("junk;;=;", "mlep-x"), None);
+    }
+
+    #[test]
+    fn long_keys_are_cut_on_a_char_boundary() {
+        let k = "é".repeat(300);
+        assert!(cut(&k, MAX_KEY_BYTES).len() <= MAX_KEY_BYTES);
+    }
+}

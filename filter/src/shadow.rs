@@ -1,0 +1,478 @@
+//! Shadow copies and their bookkeeping, shared by all streams of one Wasm VM.
+//!
+//! Why a hub: a `dispatch_http_call` made from an HTTP stream's context loses its callback
+//! when the stream ends first (measured: 74% delivered; the proxy-wasm Rust SDK 0.2.5 maps
+//! each call token to the context that was active when it was made, `dispatcher.rs`
+//! `register_callout`, and silently drops the response once that context is deleted). The
+//! root context outlives streams, so streams only *queue* copies here; the root context
+//! sends them from its own callbacks (`on_tick`, `on_http_call_response`), which makes the
+//! root the owner of the call and of its response. Responses and primary bodies meet here
+//! by id, and the comparison runs when both have arrived. Everything is bounded: at most
+//! [`MAX_PENDING`] copies in flight and [`MAX_HUB_BYTES`] of buffered bodies; beyond that a
+//! copy is counted `skipped` instead of sent.
+
+use crate::compare::agree;
+use mlep_contract::CompareMode;
+use std::collections::{HashMap, VecDeque};
+
+/// Most shadow copies queued or in flight per VM.
+pub const MAX_PENDING: usize = 1024;
+/// Most body bytes (request copies + primary responses) held per VM.
+pub const MAX_HUB_BYTES: usize = 16 * 1024 * 1024;
+/// How long after its timeout an entry waiting for the primary's body is kept.
+pub const GRACE_MS: u64 = 5_000;
+
+/// `mlep_shadow_requests_total{outcome}` index (see `metrics::OUTCOMES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok = 0,
+    Error = 1,
+    Timeout = 2,
+    Skipped = 3,
+}
+
+/// Something to count, for endpoint `ep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Outcome { ep: usize, outcome: Outcome },
+    Agreement { ep: usize, matched: bool },
+}
+
+/// A copy waiting to be sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub id: u64,
+    pub ep: usize,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    ep: usize,
+    compare: CompareMode,
+    tolerance: f64,
+    timeout_ms: u64,
+    created_ms: u64,
+    /// `None`: not yet known; `Some(None)`: not comparable (too big, stream gone).
+    primary: Option<Option<Vec<u8>>>,
+    /// The shadow's body once it answered OK.
+    shadow: Option<Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+/// Comparison settings of an endpoint's shadow, as the hub needs them.
+#[derive(Clone, Copy, Debug)]
+pub struct CompareSpec {
+    pub mode: CompareMode,
+    pub tolerance: f64,
+    pub timeout_ms: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    queue: VecDeque<Outgoing>,
+    pending: HashMap<u64, Pending>,
+    tokens: HashMap<u32, (u64, u64)>,
+    next_id: u64,
+    bytes: usize,
+    /// Set by whoever arms the root's fast tick; cleared by the root when the queue drains.
+    pub tick_armed: bool,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queue a copy; `None` (count it `skipped`) when the hub is full.
+    pub fn submit(
+        &mut self,
+        ep: usize,
+        spec: CompareSpec,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Option<u64> {
+        if self.pending.len() >= MAX_PENDING || self.bytes + body.len() > MAX_HUB_BYTES {
+            return None;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.bytes += body.len();
+        self.pending.insert(
+            id,
+            Pending {
+                ep,
+                compare: spec.mode,
+                tolerance: spec.tolerance,
+                timeout_ms: u64::from(spec.timeout_ms),
+                created_ms: now_ms,
+                primary: if spec.mode == CompareMode::Off {
+                    Some(None)
+                } else {
+                    None
+                },
+                shadow: None,
+                bytes: body.len(),
+            },
+        );
+        self.queue.push_back(Outgoing {
+            id,
+            ep,
+            headers,
+            body,
+        });
+        Some(id)
+    }
+
+    /// Take every queued copy (the root context sends them).
+    pub fn drain(&mut self) -> Vec<Outgoing> {
+        self.queue.drain(..).collect()
+    }
+
+    /// The copy `id` was sent with call token `token` at `now_ms`; its body buffer is freed.
+    pub fn sent(&mut self, id: u64, body_len: usize, token: u32, now_ms: u64) {
+        self.bytes = self.bytes.saturating_sub(body_len);
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.bytes = p.bytes.saturating_sub(body_len);
+        }
+        self.tokens.insert(token, (id, now_ms));
+    }
+
+    /// The copy `id` could not be sent.
+    pub fn send_failed(&mut self, id: u64, body_len: usize) -> Vec<Event> {
+        self.bytes = self.bytes.saturating_sub(body_len);
+        match self.remove(id) {
+            Some(p) => vec![Event::Outcome {
+                ep: p.ep,
+                outcome: Outcome::Error,
+            }],
+            None => vec![],
+        }
+    }
+
+    /// Whether the response to `token` is worth reading a body for.
+    pub fn wants_body(&self, token: u32) -> bool {
+        self.tokens
+            .get(&token)
+            .and_then(|(id, _)| self.pending.get(id))
+            .is_some_and(|p| p.compare != CompareMode::Off && !matches!(p.primary, Some(None)))
+    }
+
+    /// The shadow answered `token` (`status` `None`: no response at all) at `now_ms`.
+    pub fn shadow_done(
+        &mut self,
+        token: u32,
+        status: Option<u32>,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        let Some((id, sent_ms)) = self.tokens.remove(&token) else {
+            return vec![];
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return vec![];
+        };
+        let outcome = classify(status, now_ms.saturating_sub(sent_ms), p.timeout_ms);
+        let ep = p.ep;
+        let mut events = vec![Event::Outcome { ep, outcome }];
+        if outcome != Outcome::Ok {
+            self.remove(id);
+            return events;
+        }
+        self.bytes += body.len();
+        p.bytes += body.len();
+        p.shadow = Some(Some(body));
+        events.extend(self.settle(id));
+        events
+    }
+
+    /// The primary response of copy `id` finished, with `body` (`None`: not comparable).
+    pub fn primary_done(&mut self, id: u64, body: Option<Vec<u8>>) -> Vec<Event> {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return vec![];
+        };
+        if p.primary.is_some() {
+            return vec![];
+        }
+        let len = body.as_ref().map_or(0, Vec::len);
+        self.bytes += len;
+        p.bytes += len;
+        p.primary = Some(body);
+        self.settle(id)
+    }
+
+    fn settle(&mut self, id: u64) -> Vec<Event> {
+        let ready = self
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.primary.is_some() && p.shadow.is_some());
+        if !ready {
+            return vec![];
+        }
+        let Some(p) = self.remove(id) else {
+            return vec![];
+        };
+        match (p.primary, p.shadow) {
+            (Some(Some(a)), Some(Some(b))) if p.compare != CompareMode::Off => {
+                vec![Event::Agreement {
+                    ep: p.ep,
+                    matched: agree(p.compare, p.tolerance, &a, &b),
+                }]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        self.bytes = self.bytes.saturating_sub(p.bytes);
+        Some(p)
+    }
+
+    /// Forget entries older than their timeout plus [`GRACE_MS`]: a shadow that never
+    /// answered counts `timeout`; a primary that never finished is simply dropped.
+    pub fn evict(&mut self, now_ms: u64) -> Vec<Event> {
+        let old: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.created_ms) > p.timeout_ms + GRACE_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut events = vec![];
+        for id in old {
+            if let Some(p) = self.remove(id) {
+                if p.shadow.is_none() {
+                    events.push(Event::Outcome {
+                        ep: p.ep,
+                        outcome: Outcome::Timeout,
+                    });
+                }
+            }
+            self.tokens.retain(|_, (i, _)| *i != id);
+        }
+        self.queue.retain(|o| self.pending.contains_key(&o.id));
+        events
+    }
+}
+
+/// The outcome of a shadow call: no response, or one at/after the timeout, is `timeout` when
+/// the time is up, else `error`; 5xx is `error` (Envoy answers a failed connect with a local
+/// 503); anything else is `ok`.
+pub fn classify(status: Option<u32>, elapsed_ms: u64, timeout_ms: u64) -> Outcome {
+    let timed_out = elapsed_ms + 5 >= timeout_ms;
+    match status {
+        None if timed_out => Outcome::Timeout,
+        None => Outcome::Error,
+        Some(504) if timed_out => Outcome::Timeout,
+        Some(s) if (200..500).contains(&s) => Outcome::Ok,
+        Some(_) => Outcome::Error,
+    }
+}
+
+/// Headers of the shadow copy: the client's headers minus hop-by-hop ones, framing (the
+/// host sets `content-length` for the copied body), our own routing header and, unless
+/// `forward_credentials`, `authorization` and `cookie`; `:authority` becomes `authority`.
+pub fn shadow_headers(
+    headers: Vec<(String, String)>,
+    authority: &str,
+    forward_credentials: bool,
+) -> Vec<(String, String)> {
+    const DROP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "content-length",
+        "x-mlep-variant",
+        ":authority",
+    ];
+    let mut out: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            !DROP.contains(&k.as_str())
+                && (forward_credentials
+                    || (k != "authorization" && k != "cookie" && k != "proxy-authorization"))
+        })
+        .collect();
+    out.push((":authority".to_owned(), authority.to_owned()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: CompareMode) -> CompareSpec {
+        CompareSpec {
+            mode,
+            tolerance: 0.0,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn agreement_is_recorded_whichever_side_finishes_first() {
+        let mut hub = Hub::new();
+        let a = hub
+            .submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0)
+            .unwrap();
+        let b = hub
+            .submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0)
+            .unwrap();
+        for o in hub.drain() {
+            hub.sent(o.id, o.body.len(), o.id as u32 + 100, 1);
+        }
+        // a: primary first; b: shadow first.
+        assert!(hub.primary_done(a, Some(b"x".to_vec())).is_empty());
+        assert_eq!(
+            hub.shadow_done(a as u32 + 100, Some(200), b"x".to_vec(), 2),
+            vec![
+                Event::Outcome {
+                    ep: 0,
+                    outcome: Outcome::Ok
+                },
+                Event::Agreement {
+                    ep: 0,
+                    matched: true
+                }
+            ]
+        );
+        assert_eq!(
+            hub.shadow_done(b as u32 + 100, Some(200), b"y".to_vec(), 2)
+                .len(),
+            1
+        );
+        assert_eq!(
+            hub.primary_done(b, Some(b"x".to_vec())),
+            vec![Event::Agreement {
+                ep: 0,
+                matched: false
+            }]
+        );
+        assert_eq!((hub.in_flight(), hub.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_shadow_counts_an_outcome_and_no_agreement() {
+        let mut hub = Hub::new();
+        let a = hub
+            .submit(0, spec(CompareMode::Exact), vec![], vec![], 0)
+            .unwrap();
+        hub.drain();
+        hub.sent(a, 0, 7, 0);
+        assert_eq!(
+            hub.shadow_done(7, Some(503), vec![], 3),
+            vec![Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Error
+            }]
+        );
+        assert!(hub.primary_done(a, Some(vec![])).is_empty());
+        assert_eq!(hub.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_hub_is_bounded_and_evicts_stale_entries() {
+        let mut hub = Hub::new();
+        for _ in 0..MAX_PENDING {
+            assert!(hub
+                .submit(0, spec(CompareMode::Json), vec![], vec![1], 0)
+                .is_some());
+        }
+        assert!(hub
+            .submit(0, spec(CompareMode::Json), vec![], vec![1], 0)
+            .is_none());
+        let events = hub.evict(1000 + GRACE_MS + 1);
+        assert_eq!(events.len(), MAX_PENDING);
+        assert!(events.iter().all(|e| *e
+            == Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Timeout
+            }));
+        assert_eq!((hub.in_flight(), hub.queued(), hub.bytes()), (0, 0, 0));
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_by_byte_budget() {
+        let mut hub = Hub::new();
+        assert!(hub
+            .submit(
+                0,
+                spec(CompareMode::Off),
+                vec![],
+                vec![0; MAX_HUB_BYTES + 1],
+                0
+            )
+            .is_none());
+    }
+
+    #[test]
+    fn compare_off_settles_on_the_shadow_response_alone() {
+        let mut hub = Hub::new();
+        let a = hub
+            .submit(0, spec(CompareMode::Off), vec![], vec![], 0)
+            .unwrap();
+        hub.sent(a, 0, 1, 0);
+        assert!(!hub.wants_body(1));
+        assert_eq!(
+            hub.shadow_done(1, Some(200), vec![], 1),
+            vec![Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Ok
+            }]
+        );
+        assert_eq!(hub.in_flight(), 0);
+    }
+
+    #[test]
+    fn outcomes_are_classified_by_status_and_time() {
+        assert_eq!(classify(Some(200), 10, 1000), Outcome::Ok);
+        assert_eq!(classify(Some(404), 10, 1000), Outcome::Ok);
+        assert_eq!(classify(Some(503), 10, 1000), Outcome::Error);
+        assert_eq!(classify(Some(504), 1000, 1000), Outcome::Timeout);
+        assert_eq!(classify(None, 1000, 1000), Outcome::Timeout);
+        assert_eq!(classify(None, 3, 1000), Outcome::Error);
+    }
+
+    #[test]
+    fn credentials_and_framing_are_dropped_from_copies() {
+        let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let input = vec![
+            h(":method", "POST"),
+            h(":authority", "api"),
+            h("Authorization", "Bearer x"),
+            h("cookie", "a=1"),
+            h("content-length", "3"),
+            h("x-user-id", "u"),
+            h("x-mlep-variant", "a"),
+        ];
+        let out = shadow_headers(input.clone(), "shadow", false);
+        assert_eq!(
+            out,
+            vec![
+                h(":method", "POST"),
+                h("x-user-id", "u"),
+                h(":authority", "shadow")
+            ]
+        );
+        let out = shadow_headers(input, "shadow", true);
+        assert!(out.contains(&h("Authorization", "Bearer x")) && out.contains(&h("cookie", "a=1")));
+    }
+}

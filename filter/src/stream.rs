@@ -1,0 +1,539 @@
+//! One HTTP stream through the filter, driven by the adapter's callbacks. Pure: all host
+//! access goes through [`Host`], so the whole request path runs in native tests.
+
+use crate::compiled::{Compiled, Endpoint};
+use crate::host::Host;
+use crate::request::{decide, Decision};
+use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
+use mlep_contract::metrics::{code_class_index, VARIANT_HEADER};
+use mlep_contract::CompareMode;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// What the adapter must do after the request headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestAction {
+    Continue,
+    /// Answer locally with this status and JSON body; the request goes nowhere.
+    Reply {
+        status: u32,
+        body: String,
+    },
+}
+
+#[derive(Debug)]
+struct Capture {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Stream {
+    cfg: Rc<Compiled>,
+    hub: Rc<RefCell<Hub>>,
+    /// `(endpoint, variant)` once assigned.
+    assigned: Option<(usize, usize)>,
+    set_cookie: Option<String>,
+    start_ms: u64,
+    status: Option<u32>,
+    capture: Option<Capture>,
+    shadow_id: Option<u64>,
+    /// The primary body collected for comparison (`None` once it is over the cap).
+    primary: Option<Vec<u8>>,
+    logged: bool,
+}
+
+/// Count `events` on the metrics of `cfg`.
+pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
+    for e in events {
+        let (ep, id) = match *e {
+            Event::Outcome { ep, outcome } => (
+                ep,
+                cfg.endpoints
+                    .get(ep)
+                    .and_then(|x| x.shadow.as_ref())
+                    .map(|s| s.outcomes[outcome as usize]),
+            ),
+            Event::Agreement { ep, matched } => (
+                ep,
+                cfg.endpoints
+                    .get(ep)
+                    .and_then(|x| x.shadow.as_ref())
+                    .map(|s| s.agreement[usize::from(!matched)]),
+            ),
+        };
+        let _ = ep;
+        if let Some(id) = id {
+            host.increment(id);
+        }
+    }
+}
+
+impl Stream {
+    pub fn new(cfg: Rc<Compiled>, hub: Rc<RefCell<Hub>>) -> Self {
+        Self {
+            cfg,
+            hub,
+            assigned: None,
+            set_cookie: None,
+            start_ms: 0,
+            status: None,
+            capture: None,
+            shadow_id: None,
+            primary: None,
+            logged: false,
+        }
+    }
+
+    fn endpoint(&self) -> Option<&Endpoint> {
+        self.assigned.and_then(|(ep, _)| self.cfg.endpoints.get(ep))
+    }
+
+    pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> RequestAction {
+        let Some(authority) = h.request_header(":authority") else {
+            return RequestAction::Continue;
+        };
+        let Some(ep_index) = self.cfg.endpoint_for(&authority) else {
+            return RequestAction::Continue;
+        };
+        let cfg = Rc::clone(&self.cfg);
+        let Some(ep) = cfg.endpoints.get(ep_index) else {
+            return RequestAction::Continue;
+        };
+        // Clients must not pick a route by sending the routing header themselves.
+        h.remove_request_header(VARIANT_HEADER);
+        match decide(ep, h) {
+            Decision::Reject { body } => RequestAction::Reply { status: 400, body },
+            Decision::Assign {
+                variant,
+                reason,
+                set_cookie,
+            } => {
+                let Some(v) = ep.variants.get(variant) else {
+                    return RequestAction::Continue;
+                };
+                h.set_request_header(VARIANT_HEADER, &v.name);
+                h.increment(v.metrics.assignments[reason as usize]);
+                self.assigned = Some((ep_index, variant));
+                self.set_cookie = set_cookie;
+                self.start_ms = h.now_ms();
+                if let Some(s) = &ep.shadow {
+                    if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
+                        let headers = shadow_headers(
+                            h.request_headers(),
+                            &s.authority,
+                            s.forward_credentials,
+                        );
+                        self.capture = Some(Capture {
+                            headers,
+                            body: Vec::new(),
+                        });
+                        if end_of_stream {
+                            self.submit(h);
+                        }
+                    }
+                }
+                RequestAction::Continue
+            }
+        }
+    }
+
+    pub fn on_request_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
+        let Some(max) = self
+            .endpoint()
+            .and_then(|e| e.shadow.as_ref())
+            .map(|s| s.max_body_bytes)
+        else {
+            return;
+        };
+        if let Some(c) = &mut self.capture {
+            if c.body.len() + len > max {
+                self.capture = None;
+                self.count_outcome(h, Outcome::Skipped);
+                return;
+            }
+            if len > 0 {
+                c.body.extend_from_slice(&h.request_body(len));
+            }
+        }
+        if end_of_stream {
+            self.submit(h);
+        }
+    }
+
+    /// Request trailers end the request body.
+    pub fn on_request_trailers(&mut self, h: &mut dyn Host) {
+        self.submit(h);
+    }
+
+    fn count_outcome(&self, h: &mut dyn Host, outcome: Outcome) {
+        if let Some((ep, _)) = self.assigned {
+            count(&self.cfg, &[Event::Outcome { ep, outcome }], h);
+        }
+    }
+
+    fn submit(&mut self, h: &mut dyn Host) {
+        let Some(c) = self.capture.take() else { return };
+        let Some((ep, _)) = self.assigned else { return };
+        let Some(s) = self.cfg.endpoints.get(ep).and_then(|e| e.shadow.as_ref()) else {
+            return;
+        };
+        let spec = CompareSpec {
+            mode: s.compare,
+            tolerance: s.tolerance,
+            timeout_ms: s.timeout_ms,
+        };
+        let now = h.now_ms();
+        let (id, wake) = {
+            let mut hub = self.hub.borrow_mut();
+            let id = hub.submit(ep, spec, c.headers, c.body, now);
+            let wake = id.is_some() && !hub.tick_armed;
+            if wake {
+                hub.tick_armed = true;
+            }
+            (id, wake)
+        };
+        match id {
+            None => self.count_outcome(h, Outcome::Skipped),
+            Some(id) => {
+                self.shadow_id = Some(id);
+                if s.compare != CompareMode::Off {
+                    self.primary = Some(Vec::new());
+                }
+                if wake {
+                    h.wake_root();
+                }
+            }
+        }
+    }
+
+    pub fn on_response_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) {
+        let Some((ep, variant)) = self.assigned else {
+            return;
+        };
+        self.status = h
+            .response_header(":status")
+            .and_then(|s| s.trim().parse().ok());
+        let cfg = Rc::clone(&self.cfg);
+        if let Some(v) = cfg.endpoints.get(ep).and_then(|e| e.variants.get(variant)) {
+            h.set_response_header(VARIANT_HEADER, &v.name);
+        }
+        if let Some(c) = self.set_cookie.take() {
+            h.add_response_header("set-cookie", &c);
+        }
+        if end_of_stream {
+            self.primary_finished(h);
+        }
+    }
+
+    pub fn on_response_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
+        let max = self
+            .endpoint()
+            .and_then(|e| e.shadow.as_ref())
+            .map_or(0, |s| s.max_body_bytes);
+        if let Some(b) = &mut self.primary {
+            if b.len() + len > max {
+                self.primary = None;
+                self.report_primary(h, None);
+            } else if len > 0 {
+                b.extend_from_slice(&h.response_body(len));
+            }
+        }
+        if end_of_stream {
+            self.primary_finished(h);
+        }
+    }
+
+    fn primary_finished(&mut self, h: &mut dyn Host) {
+        if let Some(b) = self.primary.take() {
+            self.report_primary(h, Some(b));
+        }
+    }
+
+    fn report_primary(&mut self, h: &mut dyn Host, body: Option<Vec<u8>>) {
+        if let Some(id) = self.shadow_id.take() {
+            let events = self.hub.borrow_mut().primary_done(id, body);
+            count(&self.cfg, &events, h);
+        }
+    }
+
+    /// The stream is over (proxy-wasm `on_log`): count the request and its duration.
+    pub fn on_log(&mut self, h: &mut dyn Host) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        // A stream that ended before its response finished cannot be compared.
+        self.primary = None;
+        self.report_primary(h, None);
+        if self.capture.take().is_some() {
+            self.count_outcome(h, Outcome::Skipped);
+        }
+        let Some((ep, variant)) = self.assigned else {
+            return;
+        };
+        let cfg = Rc::clone(&self.cfg);
+        let Some(v) = cfg.endpoints.get(ep).and_then(|e| e.variants.get(variant)) else {
+            return;
+        };
+        let class = self.status.map_or(5, code_class_index);
+        h.increment(v.metrics.requests[class]);
+        h.record(v.metrics.duration, h.now_ms().saturating_sub(self.start_ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::MemHost;
+
+    const EXAMPLE: &str = include_str!("../../examples/filter-config.json");
+
+    fn setup(patch: impl Fn(&str) -> String) -> (Rc<Compiled>, Rc<RefCell<Hub>>, MemHost) {
+        let mut host = MemHost::default();
+        let cfg = Compiled::from_json(patch(EXAMPLE).as_bytes(), &mut host).unwrap();
+        (Rc::new(cfg), Rc::new(RefCell::new(Hub::new())), host)
+    }
+
+    fn request(host: &mut MemHost, headers: &[(&str, &str)]) {
+        host.request = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        host.response = vec![(":status".into(), "200".into())];
+    }
+
+    #[test]
+    fn assigned_requests_carry_the_variant_both_ways_and_are_counted() {
+        let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 0"));
+        request(
+            &mut h,
+            &[
+                (":authority", "titanic.example.com"),
+                ("x-user-id", "u1"),
+                ("x-mlep-variant", "b"),
+            ],
+        );
+        let mut s = Stream::new(cfg, hub);
+        assert_eq!(s.on_request_headers(&mut h, true), RequestAction::Continue);
+        let v = h.request_header("x-mlep-variant").unwrap();
+        let expected = if mlep_contract::bucket_of("default/titanic", "u1") < 8000 {
+            "a"
+        } else {
+            "b"
+        };
+        assert_eq!(v, expected);
+        s.on_response_headers(&mut h, true);
+        assert_eq!(
+            h.response_header("x-mlep-variant").as_deref(),
+            Some(expected)
+        );
+        assert!(h.response_values("set-cookie").is_empty());
+        s.on_log(&mut h);
+        let model = if expected == "a" {
+            "titanic-v1"
+        } else {
+            "titanic-v2"
+        };
+        let base = format!("endpoint.titanic.namespace.default.variant.{expected}.model.{model}");
+        assert_eq!(
+            h.counter(&format!("mlep_requests_total.{base}.code_class.2xx")),
+            1
+        );
+        assert_eq!(
+            h.counter(&format!("mlep_assignments_total.{base}.reason.sticky")),
+            1
+        );
+    }
+
+    #[test]
+    fn a_client_sent_variant_header_is_stripped_even_when_assignment_fails() {
+        let (cfg, hub, mut h) = setup(|s| s.to_owned());
+        request(
+            &mut h,
+            &[
+                (":authority", "titanic.example.com"),
+                ("x-mlep-variant", "b"),
+                ("x-mlep-target-variant", "nope"),
+            ],
+        );
+        let mut s = Stream::new(cfg, hub);
+        assert!(matches!(
+            s.on_request_headers(&mut h, true),
+            RequestAction::Reply { status: 400, .. }
+        ));
+        assert_eq!(h.request_header("x-mlep-variant"), None);
+    }
+
+    #[test]
+    fn other_hosts_are_left_untouched() {
+        let (cfg, hub, mut h) = setup(|s| s.to_owned());
+        request(
+            &mut h,
+            &[(":authority", "elsewhere"), ("x-mlep-variant", "b")],
+        );
+        let before = h.clone();
+        let mut s = Stream::new(cfg, hub);
+        assert_eq!(s.on_request_headers(&mut h, true), RequestAction::Continue);
+        s.on_response_headers(&mut h, true);
+        s.on_log(&mut h);
+        assert_eq!(
+            (h.request, h.response, h.counters),
+            (before.request, before.response, before.counters)
+        );
+    }
+
+    #[test]
+    fn a_sampled_request_queues_a_copy_and_agreement_is_counted() {
+        let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 100"));
+        request(
+            &mut h,
+            &[
+                (":authority", "titanic.example.com"),
+                (":method", "POST"),
+                ("authorization", "x"),
+            ],
+        );
+        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+        s.on_request_headers(&mut h, false);
+        h.request_chunk = br#"{"x": 1}"#.to_vec();
+        s.on_request_body(&mut h, 8, true);
+        let sent = hub.borrow_mut().drain();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].body, br#"{"x": 1}"#.to_vec());
+        assert!(!sent[0].headers.iter().any(|(k, _)| k == "authorization"));
+        assert_eq!(h.woken, 1);
+        hub.borrow_mut().sent(sent[0].id, 8, 42, 0);
+        s.on_response_headers(&mut h, false);
+        h.response_chunk = br#"{"p": 0.5}"#.to_vec();
+        s.on_response_body(&mut h, 10, true);
+        s.on_log(&mut h);
+        let events =
+            hub.borrow_mut()
+                .shadow_done(42, Some(200), br#"{"p":0.5000000001}"#.to_vec(), 5);
+        count(&cfg, &events, &mut h);
+        let base = "endpoint.titanic.namespace.default.variant.shadow.model.titanic-v2";
+        assert_eq!(
+            h.counter(&format!("mlep_shadow_requests_total.{base}.outcome.ok")),
+            1
+        );
+        assert_eq!(
+            h.counter(&format!("mlep_shadow_agreement_total.{base}.result.match")),
+            1
+        );
+    }
+
+    #[test]
+    fn a_body_over_the_cap_is_not_mirrored_and_counts_skipped() {
+        let (cfg, hub, mut h) = setup(|s| {
+            s.replace("\"percent\": 10", "\"percent\": 100")
+                .replace("65536", "4")
+        });
+        request(&mut h, &[(":authority", "titanic.example.com")]);
+        let mut s = Stream::new(cfg, Rc::clone(&hub));
+        s.on_request_headers(&mut h, false);
+        h.request_chunk = b"12345".to_vec();
+        s.on_request_body(&mut h, 5, true);
+        assert_eq!(hub.borrow().queued(), 0);
+        let base = "endpoint.titanic.namespace.default.variant.shadow.model.titanic-v2";
+        assert_eq!(
+            h.counter(&format!(
+                "mlep_shadow_requests_total.{base}.outcome.skipped"
+            )),
+            1
+        );
+    }
+
+    #[test]
+    fn a_fresh_visitor_gets_a_cookie_on_the_response() {
+        let (cfg, hub, mut h) = setup(|s| s.to_owned());
+        request(&mut h, &[(":authority", "titanic.example.com")]);
+        let mut s = Stream::new(cfg, hub);
+        s.on_request_headers(&mut h, true);
+        s.on_response_headers(&mut h, true);
+        let c = h.response_values("set-cookie");
+        assert_eq!(c.len(), 1);
+        assert!(c[0].starts_with("mlep-titanic="), "{}", c[0]);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::host::MemHost;
+    use proptest::prelude::*;
+
+    fn header() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            Just(":authority".to_owned()),
+            Just("cookie".to_owned()),
+            Just("x-user-id".to_owned()),
+            Just("x-mlep-target-variant".to_owned()),
+            Just("x-mlep-variant".to_owned()),
+            "[a-z-]{1,12}",
+        ];
+        let value = prop_oneof![
+            Just("titanic.example.com".to_owned()),
+            Just("TITANIC.example.com:443".to_owned()),
+            Just("a".to_owned()),
+            "mlep-titanic=[ -~]{0,40}",
+            "\\PC{0,64}",
+            any::<String>(),
+        ];
+        (name, value)
+    }
+
+    proptest! {
+        /// Whatever the client sends, a stream never panics, and when it is assigned the
+        /// request carries exactly one valid variant.
+        #[test]
+        fn arbitrary_headers_and_cookies_never_panic(
+            headers in proptest::collection::vec(header(), 0..8),
+            status in any::<String>(),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            seed in any::<u64>(),
+        ) {
+            let mut h = MemHost { seed, ..MemHost::default() };
+            let cfg = Rc::new(Compiled::from_json(include_str!("../../examples/filter-config.json").as_bytes(), &mut h).unwrap());
+            let hub = Rc::new(RefCell::new(Hub::new()));
+            h.request = headers;
+            h.response = vec![(":status".into(), status)];
+            let len = body.len();
+            h.request_chunk = body.clone();
+            h.response_chunk = body;
+            let mut s = Stream::new(cfg, Rc::clone(&hub));
+            let action = s.on_request_headers(&mut h, false);
+            s.on_request_body(&mut h, len, true);
+            s.on_response_headers(&mut h, false);
+            s.on_response_body(&mut h, len, true);
+            s.on_log(&mut h);
+            let variants: Vec<_> = h.request.iter().filter(|(k, _)| k == "x-mlep-variant").map(|(_, v)| v.clone()).collect();
+            if action == RequestAction::Continue && s.assigned.is_some() {
+                prop_assert_eq!(variants.len(), 1);
+                prop_assert!(variants[0] == "a" || variants[0] == "b");
+            }
+            for o in hub.borrow_mut().drain() {
+                prop_assert!(!o.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("cookie")));
+            }
+        }
+
+        /// Arbitrary configuration bytes never panic the compiler (and define no metric
+        /// unless the config is valid).
+        #[test]
+        fn arbitrary_config_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut h = MemHost::default();
+            if Compiled::from_json(&bytes, &mut h).is_err() {
+                prop_assert!(h.names.is_empty());
+            }
+        }
+
+        /// Mutating the valid example in arbitrary places never panics either.
+        #[test]
+        fn mutated_configs_never_panic(pos in 0usize..2000, byte in any::<u8>()) {
+            let mut bytes = include_str!("../../examples/filter-config.json").as_bytes().to_vec();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            let _ = Compiled::from_json(&bytes, &mut MemHost::default());
+        }
+    }
+}

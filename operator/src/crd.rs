@@ -1,0 +1,390 @@
+//! The custom resources, `mlep.dev/v1alpha1`: the single source of truth for the API. The CRD
+//! YAML in `manifests/crds/` is generated from these types (`mlep crd`); doc comments become
+//! `kubectl explain` text.
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use kube::{CustomResource, KubeSchema};
+use mlep_contract::Allocation;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "mlep.dev";
+pub const VERSION: &str = "v1alpha1";
+/// Default port of the SageMaker inference contract.
+pub const DEFAULT_MODEL_PORT: u16 = 8080;
+
+/// A model: a container image that follows the SageMaker inference contract (`GET /ping`,
+/// `POST /invocations` on port 8080, model files in `/opt/ml/model`) and the artifact it serves.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "mlep.dev",
+    version = "v1alpha1",
+    kind = "Model",
+    namespaced,
+    shortname = "mlm",
+    status = "ModelStatus",
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Container image implementing the SageMaker inference contract, e.g. the generic
+    /// `mlep-model-server` runtime that serves ONNX models.
+    pub image: String,
+    /// The model artifact, fetched and verified into `/opt/ml/model` before the model starts.
+    /// Omit it when the image carries its model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    /// Port the model server listens on (default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Extra environment variables for the model container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Compute resources of the model container (a variant may override them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl ModelSpec {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_MODEL_PORT)
+    }
+}
+
+/// Where the model files come from, and their checksum.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// Artifact location: `https://`, `http://` or `file:///` (more schemes, such as `s3://`,
+    /// `gs://` and `pvc://`, are planned). `.tar.gz`, `.tar` and `.zip` are unpacked; any other
+    /// file is placed as is.
+    pub uri: String,
+    /// Lowercase hex SHA-256 of the artifact file; the download is refused on mismatch.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: String,
+}
+
+/// Observed state of a Model.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` once the spec is valid.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// An endpoint: one or more variants of models behind one host, with weights, sticky routing,
+/// client targeting and an optional shadow.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "mlep.dev",
+    version = "v1alpha1",
+    kind = "ModelEndpoint",
+    namespaced,
+    shortname = "mle",
+    status = "ModelEndpointStatus",
+    printcolumn = r#"{"name":"Variants","type":"string","jsonPath":".status.summary.variants"}"#,
+    printcolumn = r#"{"name":"Weights","type":"string","jsonPath":".status.summary.weights"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.summary.ready"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelEndpointSpec {
+    /// Hosts clients call this endpoint by (the `Host` header), e.g. `titanic.example.com`.
+    #[schemars(length(min = 1))]
+    pub hosts: Vec<String>,
+    /// Istio Gateway exposing the endpoint, as `namespace/name` (e.g.
+    /// `istio-system/ingressgateway`). Without it the endpoint is reachable inside the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The variants sharing the traffic. Weights are percentages and sum to 100; names are
+    /// unique. (Checked by the API server's CEL rules where supported, and by the operator.)
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.map(v, v.weight).sum() == 100").message("the weights of spec.variants must sum to 100"))]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w.name == v.name))").message("spec.variants names must be unique"))]
+    pub variants: Vec<VariantSpec>,
+    /// How requests are assigned to variants.
+    #[serde(default)]
+    pub routing: RoutingSpec,
+    /// Mirror a share of the traffic to a shadow model and compare its answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+    /// How the filter is wired into Envoy: `EnvoyFilter` (default) or `WasmPlugin`.
+    #[serde(default)]
+    pub filter_wiring: FilterWiring,
+    /// Create an Istio Gateway named after the endpoint, in its namespace, serving `hosts` on
+    /// the ingress gateway pods (port 80). Use it instead of `gateway` when no shared Gateway
+    /// exists. The filter is then also wired into the ingress gateway pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<bool>,
+    /// How a change of weights or models is rolled out. Today only `AllAtOnce` is acted on:
+    /// traffic moves as soon as the target variants are ready; staged strategies are planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+impl ModelEndpointSpec {
+    /// Whether the endpoint is reachable through an ingress gateway.
+    pub fn exposed(&self) -> bool {
+        self.gateway.is_some() || self.expose == Some(true)
+    }
+}
+
+/// Rollout of spec changes (reserved for staged strategies).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// `AllAtOnce` (default; the only strategy implemented so far), `Canary`, `Linear` or
+    /// `BlueGreen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RolloutStrategy>,
+}
+
+/// Rollout strategies.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategy {
+    AllAtOnce,
+    Canary,
+    Linear,
+    BlueGreen,
+}
+
+/// One variant of an endpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantSpec {
+    /// Variant name: a DNS label (`a`, `blue`, `xgb-v2`). It is the value of the
+    /// `x-mlep-variant` header, the `version` pod label and the DestinationRule subset.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Name of the Model (same namespace) this variant serves.
+    pub model: String,
+    /// Percent of the traffic, 0 to 100. The weights of all variants sum to 100.
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: u32,
+    /// Fixed replica count (default 1). Ignored when `autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// Scale between `minReplicas` and `maxReplicas` on CPU utilisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Compute resources of this variant's model container (overrides the Model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Horizontal autoscaling of a variant.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Lowest replica count.
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Highest replica count; at least `minReplicas`.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation in percent of the request (default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+/// Request assignment.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingSpec {
+    /// Header clients set to pick a variant by name (default `x-mlep-target-variant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_header: Option<String>,
+    /// Whether clients may pick a variant (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_targeting: Option<bool>,
+    /// A target naming no variant: `Reject` with 400 (default) or `Ignore` it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_target: Option<UnknownTargetPolicy>,
+    /// Sticky assignment: the same user key always gets the same variant while weights stay.
+    #[serde(default)]
+    pub sticky: StickySpec,
+}
+
+/// What to do with a request targeting a variant that does not exist.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum UnknownTargetPolicy {
+    Reject,
+    Ignore,
+}
+
+/// Where the user key comes from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StickySpec {
+    /// Header carrying the user key, e.g. `x-user-id`. Requests without it use the cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Cookie the filter sets when a request has no key (default `mlep-<endpoint>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Cookie lifetime in seconds (default 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_max_age_seconds: Option<u64>,
+}
+
+/// A shadow model receiving a copy of a share of the traffic; its answers never reach clients.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSpec {
+    /// Name of the Model (same namespace) to mirror to.
+    pub model: String,
+    /// Percent of requests mirrored, 0 to 100 (fractions allowed).
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+    /// Compare the shadow's answers with the primary's: `Off`, `Exact` (same bytes) or `Json`
+    /// (same JSON, numbers within `tolerance`). Default `Json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareSpecMode>,
+    /// Absolute numeric tolerance for `Json` comparison (default 1e-6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    /// Largest request body mirrored in bytes (default 65536); larger requests are not mirrored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
+    /// Copy `Authorization` and `Cookie` headers to the shadow (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_credentials: Option<bool>,
+    /// Shadow call timeout in milliseconds (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Replicas of the shadow model (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+}
+
+/// How shadow answers are compared.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CompareSpecMode {
+    Off,
+    Exact,
+    Json,
+}
+
+/// How the filter reaches Envoy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FilterWiring {
+    /// An `EnvoyFilter` inserting the Wasm HTTP filter before the router.
+    #[default]
+    EnvoyFilter,
+    /// An `extensions.istio.io` `WasmPlugin`.
+    WasmPlugin,
+}
+
+/// Observed state of a ModelEndpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelEndpointStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Per-variant desired and current weight and replicas.
+    #[serde(default)]
+    pub variants: Vec<VariantStatus>,
+    /// `Pending`, `Progressing`, `Ready` or `Degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Where the endpoint answers, e.g. `http://titanic.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The bucket allocation in effect. The next allocation is derived from it so that a weight
+    /// change moves only the users it must; do not edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
+    /// One-line summaries for `kubectl get mle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<StatusSummary>,
+}
+
+/// Printer-column text.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusSummary {
+    /// e.g. `a=titanic-v1,b=titanic-v2`.
+    pub variants: String,
+    /// Current weights, e.g. `a=80,b=20`.
+    pub weights: String,
+    /// Ready replicas over desired, e.g. `3/3`.
+    pub ready: String,
+}
+
+/// Observed state of one variant.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantStatus {
+    /// Variant name.
+    pub name: String,
+    /// Model the variant's traffic goes to now (the previous model until a new one is ready).
+    pub model: String,
+    /// Model the spec asks for; differs from `model` while a swap waits for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_model: Option<String>,
+    /// Weight asked for in the spec.
+    pub desired_weight: u32,
+    /// Weight currently routed (lags the desired weight while a new model becomes ready).
+    pub current_weight: u32,
+    /// Desired replicas of the serving Deployment.
+    pub replicas: i32,
+    /// Ready replicas of the serving Deployment.
+    pub ready_replicas: i32,
+}
+
+/// A status condition, keyed by `type`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason, e.g. `InvalidSpec`.
+    pub reason: String,
+    /// Human-readable detail; for invalid specs it names the field.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation this condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Condition types and reasons, in one place.
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const DEGRADED: &str = "Degraded";
+
+    pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+    pub const REASON_MODEL_NOT_FOUND: &str = "ModelNotFound";
+    pub const REASON_AVAILABLE: &str = "Available";
+    pub const REASON_WAITING_FOR_REPLICAS: &str = "WaitingForReplicas";
+    pub const REASON_ROLLING_OUT: &str = "RollingOut";
+    pub const REASON_RECONCILED: &str = "Reconciled";
+    pub const REASON_RECONCILE_FAILED: &str = "ReconcileFailed";
+    pub const REASON_SWAPPING_MODEL: &str = "SwappingModel";
+    pub const REASON_NO_READY_VARIANT: &str = "NoReadyVariant";
+    pub const REASON_LAST_GOOD_CONFIG: &str = "ServingLastGoodConfig";
+}

@@ -1,0 +1,206 @@
+//! From a ModelEndpoint to the filter's configuration (the `mlep-contract` types). The operator
+//! and local mode both call this; only the shadow's Envoy cluster name differs between them.
+
+use crate::crd::{CompareSpecMode, ModelEndpointSpec, UnknownTargetPolicy};
+use crate::validate::SpecError;
+use mlep_contract::{
+    carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
+    ShadowConfig, StickyConfig, UnknownTarget, VariantConfig,
+};
+
+/// Where the filter sends shadow copies: an Envoy cluster and the `:authority` to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowTarget {
+    pub cluster: String,
+    pub authority: String,
+}
+
+/// Default absolute tolerance of JSON comparison.
+pub const DEFAULT_TOLERANCE: f64 = 1e-6;
+
+/// Build one endpoint's filter config.
+///
+/// `weights` are the weights to route with now, in variant order (the spec's weights once
+/// every variant is ready; see the operator's planning for how they lag). The allocation is
+/// derived from `previous` when there is one, so users move only as the weight change demands.
+pub fn endpoint_config(
+    name: &str,
+    namespace: &str,
+    spec: &ModelEndpointSpec,
+    weights: &[(&str, u32)],
+    previous: Option<&Allocation>,
+    shadow_target: Option<ShadowTarget>,
+) -> Result<EndpointConfig, SpecError> {
+    let allocation = carry_allocation(previous, weights)
+        .map_err(|e| SpecError::invalid("spec.variants", e.to_string()))?;
+    let variants = spec
+        .variants
+        .iter()
+        .map(|v| VariantConfig {
+            name: v.name.clone(),
+            model: v.model.clone(),
+            weight: weights
+                .iter()
+                .find(|(n, _)| *n == v.name)
+                .map(|(_, w)| *w)
+                .unwrap_or(0),
+        })
+        .collect();
+    let r = &spec.routing;
+    let routing = RoutingConfig {
+        target_header: r
+            .target_header
+            .clone()
+            .unwrap_or_else(|| mlep_contract::metrics::DEFAULT_TARGET_HEADER.to_owned()),
+        allow_targeting: r.allow_targeting.unwrap_or(true),
+        unknown_target: match r.unknown_target {
+            Some(UnknownTargetPolicy::Ignore) => UnknownTarget::Ignore,
+            _ => UnknownTarget::Reject,
+        },
+        sticky: StickyConfig {
+            header: r.sticky.header.clone(),
+            cookie: r.sticky.cookie.clone(),
+            cookie_max_age_seconds: r.sticky.cookie_max_age_seconds,
+        },
+    };
+    let shadow = match (&spec.shadow, shadow_target) {
+        (Some(s), Some(t)) => Some(ShadowConfig {
+            cluster: t.cluster,
+            authority: Some(t.authority),
+            model: s.model.clone(),
+            percent: s.percent,
+            max_body_bytes: s.max_body_bytes.unwrap_or(64 * 1024),
+            timeout_ms: s.timeout_ms.unwrap_or(1000),
+            forward_credentials: s.forward_credentials.unwrap_or(false),
+            compare: CompareConfig {
+                mode: match s.compare.unwrap_or(CompareSpecMode::Json) {
+                    CompareSpecMode::Off => CompareMode::Off,
+                    CompareSpecMode::Exact => CompareMode::Exact,
+                    CompareSpecMode::Json => CompareMode::Json,
+                },
+                tolerance: s.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            },
+        }),
+        _ => None,
+    };
+    let cfg = EndpointConfig {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        hosts: spec.hosts.clone(),
+        variants,
+        allocation,
+        routing,
+        shadow,
+    };
+    Ok(cfg)
+}
+
+/// The spec's own weights, in variant order.
+pub fn spec_weights(spec: &ModelEndpointSpec) -> Vec<(&str, u32)> {
+    spec.variants
+        .iter()
+        .map(|v| (v.name.as_str(), v.weight))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ShadowSpec, VariantSpec};
+    use mlep_contract::{FilterConfig, CONFIG_VERSION};
+
+    fn spec() -> ModelEndpointSpec {
+        let v = |name: &str, model: &str, weight| VariantSpec {
+            name: name.into(),
+            model: model.into(),
+            weight,
+            replicas: None,
+            autoscaling: None,
+            resources: None,
+        };
+        ModelEndpointSpec {
+            hosts: vec!["titanic.example.com".into()],
+            gateway: None,
+            variants: vec![v("a", "titanic-v1", 80), v("b", "titanic-v2", 20)],
+            routing: Default::default(),
+            shadow: Some(ShadowSpec {
+                model: "titanic-v2".into(),
+                percent: 5.0,
+                compare: None,
+                tolerance: None,
+                max_body_bytes: None,
+                forward_credentials: None,
+                timeout_ms: None,
+                replicas: None,
+            }),
+            filter_wiring: Default::default(),
+            expose: None,
+            rollout: None,
+        }
+    }
+
+    fn target() -> Option<ShadowTarget> {
+        Some(ShadowTarget {
+            cluster: "shadow".into(),
+            authority: "titanic-shadow".into(),
+        })
+    }
+
+    #[test]
+    fn rendered_config_passes_the_filters_own_validation() {
+        let s = spec();
+        let ep =
+            endpoint_config("titanic", "default", &s, &spec_weights(&s), None, target()).unwrap();
+        let cfg = FilterConfig {
+            version: CONFIG_VERSION,
+            endpoints: vec![ep],
+        };
+        let parsed = FilterConfig::from_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let ep = &parsed.endpoints[0];
+        assert_eq!(ep.cookie_name(), "mlep-titanic");
+        assert_eq!(ep.shadow.as_ref().unwrap().compare.mode, CompareMode::Json);
+        assert_eq!(ep.allocation.counts()["a"], 8000);
+    }
+
+    #[test]
+    fn weight_change_carries_the_previous_allocation_forward() {
+        let s = spec();
+        let first = endpoint_config(
+            "titanic",
+            "default",
+            &s,
+            &[("a", 80), ("b", 20)],
+            None,
+            None,
+        )
+        .unwrap();
+        let second = endpoint_config(
+            "titanic",
+            "default",
+            &s,
+            &[("a", 70), ("b", 30)],
+            Some(&first.allocation),
+            None,
+        )
+        .unwrap();
+        // Every bucket of b stays b; exactly 1,000 of a's move.
+        let moved = (0..10_000u32)
+            .filter(|&b| first.allocation.lookup(b) != second.allocation.lookup(b))
+            .inspect(|&b| {
+                assert_eq!(
+                    (first.allocation.lookup(b), second.allocation.lookup(b)),
+                    (Some("a"), Some("b"))
+                )
+            })
+            .count();
+        assert_eq!(moved, 1000);
+        assert_eq!(second.variants[1].weight, 30);
+    }
+
+    #[test]
+    fn shadow_is_omitted_without_a_target_cluster() {
+        let s = spec();
+        let ep = endpoint_config("titanic", "default", &s, &spec_weights(&s), None, None).unwrap();
+        assert!(ep.shadow.is_none());
+    }
+}

@@ -1,0 +1,342 @@
+//! Planning: which Deployments must exist and which weights route *now*, given the spec, what
+//! is ready and the last configuration that served. Pure: no API access.
+//!
+//! Rules (each has a test below):
+//! - never route to a variant with no ready pod; its share goes to the ready variants, in
+//!   proportion to their spec weights, until it is ready;
+//! - a variant whose model changes keeps serving its previous model (and that Deployment
+//!   stays) until the new model's Deployment has a ready pod, then switches;
+//! - while nothing is ready, keep the last routed weights (or the spec's on a first rollout);
+//! - the bucket allocation is derived from the previous one (see `mlep_contract::carry_allocation`).
+
+use crate::crd::{ModelEndpointSpec, ModelEndpointStatus};
+use std::collections::BTreeMap;
+
+/// Readiness of one Deployment as observed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub replicas: i32,
+    pub ready_replicas: i32,
+}
+
+/// What the endpoint looks like now: Deployment readiness by (variant, model).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub deployments: BTreeMap<(String, String), Readiness>,
+}
+
+impl Observed {
+    fn ready(&self, variant: &str, model: &str) -> bool {
+        self.deployments
+            .get(&(variant.to_owned(), model.to_owned()))
+            .is_some_and(|r| r.ready_replicas > 0)
+    }
+}
+
+/// The plan for one variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantPlan {
+    pub name: String,
+    /// Model the spec asks for; its Deployment always exists.
+    pub desired_model: String,
+    /// Model traffic goes to now (equal to `desired_model` unless a swap waits for readiness).
+    pub serving_model: String,
+    /// Weight routed now.
+    pub weight: u32,
+    /// Whether the serving Deployment has a ready pod.
+    pub ready: bool,
+}
+
+impl VariantPlan {
+    /// Models whose Deployments must exist for this variant: the desired one and, during a
+    /// swap, the one still serving.
+    pub fn models(&self) -> Vec<&str> {
+        if self.serving_model == self.desired_model {
+            vec![&self.desired_model]
+        } else {
+            vec![&self.serving_model, &self.desired_model]
+        }
+    }
+
+    pub fn swapping(&self) -> bool {
+        self.serving_model != self.desired_model
+    }
+}
+
+/// The plan for an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub variants: Vec<VariantPlan>,
+}
+
+impl Plan {
+    /// Routed weights, in variant order.
+    pub fn weights(&self) -> Vec<(&str, u32)> {
+        self.variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.weight))
+            .collect()
+    }
+
+    /// Whether every variant serves its desired model, is ready and routes its spec weight.
+    pub fn settled(&self, spec: &ModelEndpointSpec) -> bool {
+        self.variants
+            .iter()
+            .zip(&spec.variants)
+            .all(|(p, s)| !p.swapping() && p.ready && p.weight == s.weight)
+    }
+
+    /// The plan for rendering without a cluster (`mlep render`, first sight): every variant
+    /// serves its spec model at its spec weight.
+    pub fn assume_ready(spec: &ModelEndpointSpec) -> Self {
+        Plan {
+            variants: spec
+                .variants
+                .iter()
+                .map(|v| VariantPlan {
+                    name: v.name.clone(),
+                    desired_model: v.model.clone(),
+                    serving_model: v.model.clone(),
+                    weight: v.weight,
+                    ready: true,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Plan an endpoint. `last` is the status written after the last good reconcile.
+pub fn plan(
+    spec: &ModelEndpointSpec,
+    last: Option<&ModelEndpointStatus>,
+    observed: &Observed,
+) -> Plan {
+    let last_variant = |name: &str| last.and_then(|s| s.variants.iter().find(|v| v.name == name));
+    let mut variants: Vec<VariantPlan> = spec
+        .variants
+        .iter()
+        .map(|v| {
+            let desired_ready = observed.ready(&v.name, &v.model);
+            // The model that served before: keep it while the new one is not ready yet.
+            let previous = last_variant(&v.name)
+                .map(|s| s.model.as_str())
+                .filter(|m| *m != v.model);
+            let serving = match previous {
+                Some(prev) if !desired_ready && observed.ready(&v.name, prev) => prev.to_owned(),
+                _ => v.model.clone(),
+            };
+            let ready = observed.ready(&v.name, &serving);
+            VariantPlan {
+                name: v.name.clone(),
+                desired_model: v.model.clone(),
+                serving_model: serving,
+                weight: 0,
+                ready,
+            }
+        })
+        .collect();
+
+    let spec_weights: Vec<u32> = spec.variants.iter().map(|s| s.weight).collect();
+    let weights = if variants.iter().any(|p| p.ready) {
+        // Ready variants share the traffic in proportion to their spec weights (evenly when
+        // only zero-weight variants are ready); unready ones get none.
+        let even = variants
+            .iter()
+            .zip(&spec_weights)
+            .all(|(p, w)| !p.ready || *w == 0);
+        let shares: Vec<u32> = variants
+            .iter()
+            .zip(&spec_weights)
+            .map(|(p, w)| match (p.ready, even) {
+                (false, _) => 0,
+                (true, true) => 1,
+                (true, false) => *w,
+            })
+            .collect();
+        spread(&shares)
+    } else {
+        // Nothing can serve: keep what routed last (nothing changes for clients), else the spec.
+        let last_weights: Vec<u32> = spec
+            .variants
+            .iter()
+            .map(|s| {
+                last_variant(&s.name)
+                    .map(|l| l.current_weight)
+                    .unwrap_or(s.weight)
+            })
+            .collect();
+        if last_weights.iter().sum::<u32>() == 100 {
+            last_weights
+        } else {
+            spec_weights
+        }
+    };
+    for (p, w) in variants.iter_mut().zip(weights) {
+        p.weight = w;
+    }
+    Plan { variants }
+}
+
+/// Scale `shares` to percentages summing to exactly 100 (largest remainder, ties to the first).
+fn spread(shares: &[u32]) -> Vec<u32> {
+    let total: u64 = shares.iter().map(|&s| u64::from(s)).sum();
+    if total == 0 {
+        return shares.to_vec();
+    }
+    let mut out: Vec<u32> = shares
+        .iter()
+        .map(|&s| (u64::from(s) * 100 / total) as u32)
+        .collect();
+    let mut rest = 100 - out.iter().sum::<u32>();
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(u64::from(shares[i]) * 100 % total));
+    for i in order {
+        if rest == 0 {
+            break;
+        }
+        out[i] += 1;
+        rest -= 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{VariantSpec, VariantStatus};
+
+    fn spec(v: &[(&str, &str, u32)]) -> ModelEndpointSpec {
+        ModelEndpointSpec {
+            hosts: vec!["h.example.com".into()],
+            gateway: None,
+            variants: v
+                .iter()
+                .map(|(n, m, w)| VariantSpec {
+                    name: (*n).into(),
+                    model: (*m).into(),
+                    weight: *w,
+                    replicas: None,
+                    autoscaling: None,
+                    resources: None,
+                })
+                .collect(),
+            routing: Default::default(),
+            shadow: None,
+            filter_wiring: Default::default(),
+            expose: None,
+            rollout: None,
+        }
+    }
+
+    fn observed(ready: &[(&str, &str, i32)]) -> Observed {
+        Observed {
+            deployments: ready
+                .iter()
+                .map(|(v, m, r)| {
+                    (
+                        ((*v).into(), (*m).into()),
+                        Readiness {
+                            replicas: 1,
+                            ready_replicas: *r,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn status(v: &[(&str, &str, u32)]) -> ModelEndpointStatus {
+        ModelEndpointStatus {
+            variants: v
+                .iter()
+                .map(|(n, m, w)| VariantStatus {
+                    name: (*n).into(),
+                    model: (*m).into(),
+                    current_weight: *w,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn all_ready_routes_the_spec_weights() {
+        let s = spec(&[("a", "m1", 80), ("b", "m2", 20)]);
+        let p = plan(&s, None, &observed(&[("a", "m1", 1), ("b", "m2", 1)]));
+        assert_eq!(p.weights(), vec![("a", 80), ("b", 20)]);
+        assert!(p.settled(&s));
+    }
+
+    #[test]
+    fn a_variant_without_ready_pods_gets_no_traffic_and_its_share_goes_to_the_ready_ones() {
+        let s = spec(&[("a", "m1", 60), ("b", "m2", 20), ("c", "m3", 20)]);
+        let p = plan(
+            &s,
+            None,
+            &observed(&[("a", "m1", 1), ("b", "m2", 1), ("c", "m3", 0)]),
+        );
+        assert_eq!(p.weights(), vec![("a", 75), ("b", 25), ("c", 0)]);
+        assert!(!p.settled(&s));
+    }
+
+    #[test]
+    fn a_model_swap_keeps_serving_the_old_model_until_the_new_one_is_ready() {
+        let s = spec(&[("a", "m1", 80), ("b", "m3", 20)]);
+        let last = status(&[("a", "m1", 80), ("b", "m2", 20)]);
+        let p = plan(
+            &s,
+            Some(&last),
+            &observed(&[("a", "m1", 1), ("b", "m2", 1), ("b", "m3", 0)]),
+        );
+        assert_eq!(p.variants[1].serving_model, "m2");
+        assert_eq!(p.variants[1].models(), vec!["m2", "m3"]);
+        assert_eq!(p.weights(), vec![("a", 80), ("b", 20)]);
+        let p = plan(
+            &s,
+            Some(&last),
+            &observed(&[("a", "m1", 1), ("b", "m2", 1), ("b", "m3", 1)]),
+        );
+        assert_eq!(p.variants[1].serving_model, "m3");
+        assert_eq!(p.variants[1].models(), vec!["m3"]);
+        assert!(p.settled(&s));
+    }
+
+    #[test]
+    fn nothing_ready_keeps_the_last_routed_weights_or_the_spec_on_first_rollout() {
+        let s = spec(&[("a", "m1", 50), ("b", "m2", 50)]);
+        assert_eq!(
+            plan(&s, None, &Observed::default()).weights(),
+            vec![("a", 50), ("b", 50)]
+        );
+        let last = status(&[("a", "m1", 90), ("b", "m2", 10)]);
+        assert_eq!(
+            plan(&s, Some(&last), &Observed::default()).weights(),
+            vec![("a", 90), ("b", 10)]
+        );
+        assert!(plan(&s, Some(&last), &Observed::default())
+            .variants
+            .iter()
+            .all(|v| !v.ready));
+    }
+
+    #[test]
+    fn only_zero_weight_variants_ready_share_evenly() {
+        let s = spec(&[("a", "m1", 100), ("b", "m2", 0), ("c", "m3", 0)]);
+        let p = plan(&s, None, &observed(&[("b", "m2", 1), ("c", "m3", 1)]));
+        assert_eq!(p.weights(), vec![("a", 0), ("b", 50), ("c", 50)]);
+    }
+
+    #[test]
+    fn spread_sums_to_100_for_awkward_shares() {
+        for shares in [
+            vec![1, 1, 1],
+            vec![33, 33, 1],
+            vec![7],
+            vec![1, 2, 3, 4, 5, 6, 7],
+        ] {
+            assert_eq!(spread(&shares).iter().sum::<u32>(), 100, "{shares:?}");
+        }
+        assert_eq!(spread(&[1, 1, 1]), vec![34, 33, 33]);
+    }
+}

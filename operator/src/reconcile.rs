@@ -1,0 +1,552 @@
+//! The reconciler: read, plan, render, apply, status. Thin: decisions live in `plan`, `render`
+//! and `status`; this file talks to the API server.
+
+use crate::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use crate::metrics::Metrics;
+use crate::plan::{plan, Observed, Readiness};
+use crate::render::{
+    render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
+    LABEL_MODEL, LABEL_VARIANT,
+};
+use crate::status::{endpoint_status, invalid_status, same_status};
+use crate::validate::validate_endpoint;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, instrument, warn};
+
+/// Finalizer on every ModelEndpoint: removes the objects in other namespaces (the filter in
+/// the ingress gateway's namespace), which ownerReferences cannot reach.
+pub const FINALIZER: &str = "modelendpoints.mlep.dev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+    #[error("rendered object has no {0}")]
+    Malformed(&'static str),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Short label for the failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "ApiError",
+            Error::Kube(_) => "ApiUnreachable",
+            Error::NoNamespace(_) => "NoNamespace",
+            Error::Malformed(_) => "Malformed",
+            Error::Finalizer(_) => "Finalizer",
+        }
+    }
+}
+
+/// Everything the reconciler needs.
+pub struct Context {
+    pub client: Client,
+    pub settings: RenderSettings,
+    pub metrics: Arc<Metrics>,
+    pub models: Store<Model>,
+}
+
+/// The kinds the operator writes, with their plurals (for listing and pruning).
+pub const KINDS: &[(&str, &str, &str)] = &[
+    ("apps/v1", "Deployment", "deployments"),
+    ("v1", "Service", "services"),
+    (
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "destinationrules",
+    ),
+    (
+        "networking.istio.io/v1",
+        "VirtualService",
+        "virtualservices",
+    ),
+    ("networking.istio.io/v1", "Gateway", "gateways"),
+    (
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "envoyfilters",
+    ),
+    ("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins"),
+    (
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+    ),
+];
+
+fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
+    let (_, _, plural) = KINDS
+        .iter()
+        .find(|(v, k, _)| *v == api_version && *k == kind)?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    Some(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind),
+        plural,
+    ))
+}
+
+/// Run the controller until `shutdown` resolves: a Model cache, and the ModelEndpoint
+/// controller owning Deployments. `scope` limits it to one namespace (tests); `None` watches all.
+pub async fn run(
+    client: Client,
+    settings: RenderSettings,
+    metrics: Arc<Metrics>,
+    scope: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (models, writer) = reflector::store::<Model>();
+    let model_cache = reflector(
+        writer,
+        watcher(api::<Model>(&client, scope), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    let model_task = tokio::spawn(model_cache);
+    let _ = models.wait_until_ready().await;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        metrics,
+        models,
+    });
+
+    // Models get a status of their own: Ready when their spec is valid.
+    let models_controller =
+        Controller::new(api::<Model>(&client, scope), watcher::Config::default())
+            .run(reconcile_model, model_error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "model reconcile stream");
+                }
+            });
+    let models_task = tokio::spawn(models_controller);
+
+    let controller = Controller::new(
+        api::<ModelEndpoint>(&client, scope),
+        watcher::Config::default(),
+    );
+    let endpoint_store = controller.store();
+    controller
+        .owns(
+            api::<Deployment>(&client, scope),
+            watcher::Config::default().labels(LABEL_ENDPOINT),
+        )
+        .watches(
+            api::<Model>(&client, scope),
+            watcher::Config::default(),
+            move |m: Model| {
+                // A Model change concerns every endpoint of its namespace that names it.
+                let ns = m.namespace();
+                let name = m.name_any();
+                endpoint_store
+                    .state()
+                    .into_iter()
+                    .filter(|e| e.namespace() == ns && references(&e.spec, &name))
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile stream");
+            }
+        })
+        .await;
+    models_task.abort();
+    model_task.abort();
+}
+
+fn model_error_policy(m: Arc<Model>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(model = %m.name_any(), %error, "model reconcile failed");
+    ctx.metrics.failure(error.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// A Model's status: `Ready` when its spec is valid, else the field that is not.
+#[instrument(skip_all, fields(model = %m.name_any(), namespace = %m.namespace().unwrap_or_default()))]
+async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = m
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
+    let status = crate::status::model_status(&m, now());
+    if m.status.as_ref() == Some(&status) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        serde_json::json!({ "apiVersion": "mlep.dev/v1alpha1", "kind": "Model", "status": status });
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.write();
+    Ok(Action::await_change())
+}
+
+fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
+    spec.variants.iter().any(|v| v.model == model)
+        || spec.shadow.as_ref().is_some_and(|s| s.model == model)
+}
+
+fn error_policy(ep: Arc<ModelEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default(), %error, "reconcile failed");
+    ctx.metrics.failure(error.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default()))]
+async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = ep
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(ep.name_any()))?;
+    let api: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ep, |event| async {
+        match event {
+            FinalizerEvent::Apply(ep) => apply(&ep, &ns, &ctx).await,
+            FinalizerEvent::Cleanup(ep) => cleanup(&ep, &ns, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+/// Remove what ownerReferences cannot: objects in other namespaces.
+async fn cleanup(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Error> {
+    let selector = format!(
+        "{LABEL_ENDPOINT}={},{LABEL_ENDPOINT_NAMESPACE}={ns}",
+        ep.name_any()
+    );
+    prune(ctx, &ctx.settings.gateway_namespace, &selector).await?;
+    info!("cleaned up");
+    Ok(Action::await_change())
+}
+
+async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Error> {
+    let name = ep.name_any();
+    let models: BTreeMap<String, ModelSpec> = ctx
+        .models
+        .state()
+        .into_iter()
+        .filter(|m| m.namespace().as_deref() == Some(ns))
+        .map(|m| (m.name_any(), m.spec.clone()))
+        .collect();
+    let last = ep.status.as_ref();
+    let endpoints: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), ns);
+
+    if let Err(e) = validate_endpoint(&ep.spec, |n| models.get(n)) {
+        // Nothing rendered changes: the last good configuration keeps serving.
+        info!(field = %e.field, reason = e.reason, "invalid spec");
+        let status = invalid_status(ep, last, &e, now());
+        write_status(ctx, &endpoints, &name, last, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let observed = observe(ctx, ns, &name).await?;
+    let p = plan(&ep.spec, last, &observed);
+    let previous = last.and_then(|s| s.allocation.as_ref());
+    let rendered = match render_endpoint(ep, ns, &models, &p, previous, &ctx.settings) {
+        Ok(r) => r,
+        Err(e) => {
+            let status = invalid_status(ep, last, &e, now());
+            write_status(ctx, &endpoints, &name, last, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let own_selector = format!("{LABEL_ENDPOINT}={name}");
+    let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
+    let mut keep_local = BTreeSet::new();
+    let mut keep_foreign = BTreeSet::new();
+    let mut existing = list_existing(ctx, ns, &own_selector).await?;
+    if ctx.settings.gateway_namespace != ns {
+        existing
+            .extend(list_existing(ctx, &ctx.settings.gateway_namespace, &foreign_selector).await?);
+    }
+    for obj in &rendered.objects {
+        let key = key_of(obj)?;
+        if key.1 == ns {
+            keep_local.insert(key.clone());
+        } else {
+            keep_foreign.insert(key.clone());
+        }
+        match existing.get(&key) {
+            Some(current) if contains(current, obj) => {}
+            current => {
+                let why = current.map_or_else(
+                    || "missing".to_owned(),
+                    |c| difference(c, obj, String::new()),
+                );
+                debug!(kind = %key.2, name = %key.3, %why, "out of date");
+                apply_object(ctx, obj, &key).await?
+            }
+        }
+    }
+    // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant).
+    for key in existing.keys().filter(|k| {
+        if k.1 == ns {
+            !keep_local.contains(*k)
+        } else {
+            !keep_foreign.contains(*k)
+        }
+    }) {
+        delete(ctx, key).await?;
+    }
+
+    let status = endpoint_status(ep, &p, &observed, rendered.allocation, last, now());
+    let settled = p.settled(&ep.spec);
+    write_status(ctx, &endpoints, &name, last, status).await?;
+    Ok(if settled {
+        Action::requeue(Duration::from_secs(600))
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// (apiVersion, namespace, kind, name)
+type Key = (String, String, String, String);
+
+fn key_of(obj: &Value) -> Result<Key, Error> {
+    let s = |v: &Value, f: &'static str| v.as_str().map(str::to_owned).ok_or(Error::Malformed(f));
+    Ok((
+        s(&obj["apiVersion"], "apiVersion")?,
+        s(&obj["metadata"]["namespace"], "metadata.namespace")?,
+        s(&obj["kind"], "kind")?,
+        s(&obj["metadata"]["name"], "metadata.name")?,
+    ))
+}
+
+/// Every object of our kinds in `ns` matching `selector`. A kind the server does not serve
+/// (e.g. autoscaling/v2 on old clusters, or Istio not installed) counts as empty.
+async fn list_existing(
+    ctx: &Context,
+    ns: &str,
+    selector: &str,
+) -> Result<BTreeMap<Key, Value>, Error> {
+    let mut out = BTreeMap::new();
+    for (version, kind, _) in KINDS {
+        let Some(ar) = api_resource(version, kind) else {
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+        let list = match api.list(&ListParams::default().labels(selector)).await {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for o in list.items {
+            let mut v =
+                serde_json::to_value(&o).map_err(|_| Error::Malformed("serializable object"))?;
+            // Items of a list of built-in kinds carry no apiVersion/kind.
+            v["apiVersion"] = Value::from(*version);
+            v["kind"] = Value::from(*kind);
+            out.insert(
+                ((*version).into(), ns.into(), (*kind).into(), o.name_any()),
+                v,
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn apply_object(ctx: &Context, obj: &Value, key: &Key) -> Result<(), Error> {
+    let (version, ns, kind, name) = key;
+    let ar = api_resource(version, kind).ok_or(Error::Malformed("known kind"))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    ctx.metrics.write();
+    info!(%kind, %name, namespace = %ns, "applied");
+    Ok(())
+}
+
+/// Delete every object of our kinds in `ns` matching `selector`.
+async fn prune(ctx: &Context, ns: &str, selector: &str) -> Result<(), Error> {
+    for key in list_existing(ctx, ns, selector).await?.keys() {
+        delete(ctx, key).await?;
+    }
+    Ok(())
+}
+
+async fn delete(ctx: &Context, key: &Key) -> Result<(), Error> {
+    let (version, ns, kind, name) = key;
+    let ar = api_resource(version, kind).ok_or(Error::Malformed("known kind"))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            ctx.metrics.write();
+            info!(%kind, %name, namespace = %ns, "deleted");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Readiness of this endpoint's Deployments, by (variant, model).
+async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let list = api
+        .list(&ListParams::default().labels(&format!("{LABEL_ENDPOINT}={name}")))
+        .await?;
+    let mut observed = Observed::default();
+    for d in list.items {
+        let labels = d.labels();
+        let (Some(v), Some(m)) = (labels.get(LABEL_VARIANT), labels.get(LABEL_MODEL)) else {
+            continue;
+        };
+        let st = d.status.as_ref();
+        let r = Readiness {
+            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready_replicas: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+        };
+        observed.deployments.insert((v.clone(), m.clone()), r);
+    }
+    Ok(observed)
+}
+
+/// Write status with server-side apply, only when it changed.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<ModelEndpoint>,
+    name: &str,
+    last: Option<&ModelEndpointStatus>,
+    status: ModelEndpointStatus,
+) -> Result<(), Error> {
+    if last.is_some_and(|l| same_status(l, &status)) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "mlep.dev/v1alpha1",
+        "kind": "ModelEndpoint",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.write();
+    Ok(())
+}
+
+/// Whether `have` already holds everything `want` says (fields the server added are ignored;
+/// an empty list or object in `want` matches a missing field).
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contains(hv, wv),
+            None => is_empty(wv),
+        }),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| contains(a, b))
+        }
+        (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
+        _ => have == want,
+    }
+}
+
+/// Where `have` first differs from `want` (a JSON path), for the logs.
+fn difference(have: &Value, want: &Value, at: String) -> String {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .find(|(k, wv)| {
+                !h.get(*k)
+                    .map_or_else(|| is_empty(wv), |hv| contains(hv, wv))
+            })
+            .map(|(k, wv)| match h.get(k) {
+                Some(hv) => difference(hv, wv, format!("{at}.{k}")),
+                None => format!("{at}.{k} missing"),
+            })
+            .unwrap_or(at),
+        (Value::Array(h), Value::Array(w)) if h.len() == w.len() => h
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find(|(_, (a, b))| !contains(a, b))
+            .map(|(i, (a, b))| difference(a, b, format!("{at}[{i}]")))
+            .unwrap_or(at),
+        _ => format!("{at}: have {have}, want {want}"),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_empty),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_defaults_do_not_count_as_a_difference_but_changed_values_do() {
+        let want = json!({"spec": {"replicas": 1, "ports": [{"name": "http", "protocol": "TCP"}], "env": []}});
+        let have = json!({"spec": {"replicas": 1, "ports": [{"name": "http", "protocol": "TCP", "targetPort": 8080}], "revisionHistoryLimit": 10}});
+        assert!(contains(&have, &want));
+        let changed =
+            json!({"spec": {"replicas": 2, "ports": [{"name": "http", "protocol": "TCP"}]}});
+        assert!(!contains(&have, &changed));
+        let extra = json!({"spec": {"replicas": 1, "ports": [{"name": "http", "protocol": "TCP"}, {"name": "x"}]}});
+        assert!(!contains(&have, &extra));
+    }
+
+    #[test]
+    fn every_written_kind_has_an_api_resource() {
+        for (v, k, plural) in KINDS {
+            let ar = api_resource(v, k).unwrap();
+            assert_eq!((ar.api_version.as_str(), ar.plural.as_str()), (*v, *plural));
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Status computation: pure functions from plan and observations to `ModelEndpointStatus`.
+
+use crate::crd::conditions::*;
+use crate::crd::{
+    Condition, Model, ModelEndpoint, ModelEndpointStatus, ModelStatus, StatusSummary, VariantStatus,
+};
+use crate::plan::{Observed, Plan};
+use crate::validate::{validate_model, SpecError};
+use mlep_contract::Allocation;
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: None,
+        observed_generation: generation,
+    }
+}
+
+/// Keep `lastTransitionTime` of conditions whose status did not change; stamp `now` on the rest.
+fn stamp(
+    mut conditions: Vec<Condition>,
+    last: Option<&ModelEndpointStatus>,
+    now: &str,
+) -> Vec<Condition> {
+    for c in &mut conditions {
+        let prev = last.and_then(|l| l.conditions.iter().find(|p| p.type_ == c.type_));
+        c.last_transition_time = match prev {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => Some(now.to_owned()),
+        };
+    }
+    conditions
+}
+
+/// Status after a reconcile that rendered and applied `plan`.
+pub fn endpoint_status(
+    ep: &ModelEndpoint,
+    plan: &Plan,
+    observed: &Observed,
+    allocation: Allocation,
+    last: Option<&ModelEndpointStatus>,
+    now: String,
+) -> ModelEndpointStatus {
+    let generation = ep.metadata.generation;
+    let variants: Vec<VariantStatus> = plan
+        .variants
+        .iter()
+        .zip(&ep.spec.variants)
+        .map(|(p, s)| {
+            let r = observed
+                .deployments
+                .get(&(p.name.clone(), p.serving_model.clone()))
+                .copied()
+                .unwrap_or_default();
+            VariantStatus {
+                name: p.name.clone(),
+                model: p.serving_model.clone(),
+                desired_model: p.swapping().then(|| p.desired_model.clone()),
+                desired_weight: s.weight,
+                current_weight: p.weight,
+                replicas: r.replicas,
+                ready_replicas: r.ready_replicas,
+            }
+        })
+        .collect();
+    // Ready: every variant routes its spec weight to its spec model with all replicas ready.
+    let settled = plan.settled(&ep.spec)
+        && variants
+            .iter()
+            .all(|v| v.ready_replicas >= v.replicas.max(1));
+    let any_ready = plan.variants.iter().any(|v| v.ready);
+    let waiting: Vec<&str> = plan
+        .variants
+        .iter()
+        .filter(|v| !v.ready)
+        .map(|v| v.name.as_str())
+        .collect();
+    let swapping: Vec<String> = plan
+        .variants
+        .iter()
+        .filter(|v| v.swapping())
+        .map(|v| format!("{} ({} -> {})", v.name, v.serving_model, v.desired_model))
+        .collect();
+    let (ready_reason, ready_msg) = if settled {
+        (
+            REASON_AVAILABLE,
+            "every variant serves its model at its weight".to_owned(),
+        )
+    } else if !any_ready {
+        (
+            REASON_NO_READY_VARIANT,
+            "no variant has a ready pod yet".to_owned(),
+        )
+    } else {
+        (
+            REASON_WAITING_FOR_REPLICAS,
+            format!("waiting for ready pods of: {}", waiting.join(", ")),
+        )
+    };
+    let progressing_reason = if !swapping.is_empty() {
+        REASON_SWAPPING_MODEL
+    } else {
+        REASON_ROLLING_OUT
+    };
+    let progressing_msg = if settled {
+        "rollout complete".to_owned()
+    } else if !swapping.is_empty() {
+        format!(
+            "model swap waits for the new model to be ready: {}",
+            swapping.join(", ")
+        )
+    } else {
+        format!(
+            "routing around variants that are not ready: {}",
+            waiting.join(", ")
+        )
+    };
+    let conditions = vec![
+        condition(READY, settled, ready_reason, ready_msg, generation),
+        condition(
+            PROGRESSING,
+            !settled,
+            if settled {
+                REASON_RECONCILED
+            } else {
+                progressing_reason
+            },
+            progressing_msg,
+            generation,
+        ),
+        condition(
+            DEGRADED,
+            false,
+            REASON_RECONCILED,
+            "spec is valid and applied".into(),
+            generation,
+        ),
+    ];
+    let ready_total: i32 = variants.iter().map(|v| v.ready_replicas).sum();
+    let replicas_total: i32 = variants.iter().map(|v| v.replicas).sum();
+    let summary = StatusSummary {
+        variants: variants
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.model))
+            .collect::<Vec<_>>()
+            .join(","),
+        weights: variants
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.current_weight))
+            .collect::<Vec<_>>()
+            .join(","),
+        ready: format!("{ready_total}/{replicas_total}"),
+    };
+    let host = ep.spec.hosts.first().cloned().unwrap_or_default();
+    ModelEndpointStatus {
+        observed_generation: generation,
+        conditions: stamp(conditions, last, &now),
+        variants,
+        phase: Some(if settled { "Ready" } else { "Progressing" }.into()),
+        url: Some(format!("http://{host}")),
+        allocation: Some(allocation),
+        summary: Some(summary),
+    }
+}
+
+/// Status of an invalid spec: the condition names the field; everything describing what
+/// serves (variants, weights, allocation) stays as it was.
+pub fn invalid_status(
+    ep: &ModelEndpoint,
+    last: Option<&ModelEndpointStatus>,
+    error: &SpecError,
+    now: String,
+) -> ModelEndpointStatus {
+    let generation = ep.metadata.generation;
+    let mut status = last.cloned().unwrap_or_default();
+    let serving = if status.allocation.is_some() {
+        "; the last good configuration keeps serving"
+    } else {
+        ""
+    };
+    let message = format!("{}: {}{serving}", error.field, error.message);
+    let conditions = vec![
+        condition(READY, false, error.reason, message.clone(), generation),
+        condition(
+            PROGRESSING,
+            false,
+            error.reason,
+            "nothing is rolled out until the spec is fixed".into(),
+            generation,
+        ),
+        Condition {
+            status: "True".into(),
+            ..condition(DEGRADED, true, error.reason, message, generation)
+        },
+    ];
+    status.observed_generation = generation;
+    status.conditions = stamp(conditions, last, &now);
+    status.phase = Some("Degraded".into());
+    status
+}
+
+/// A Model's status: `Ready` when its spec is valid (the transition time is kept while the
+/// condition's status does not change).
+pub fn model_status(m: &Model, now: String) -> ModelStatus {
+    let generation = m.metadata.generation;
+    let c = match validate_model(&m.spec) {
+        Ok(()) => condition(
+            READY,
+            true,
+            REASON_AVAILABLE,
+            "spec is valid".into(),
+            generation,
+        ),
+        Err(e) => condition(
+            READY,
+            false,
+            e.reason,
+            format!("{}: {}", e.field, e.message),
+            generation,
+        ),
+    };
+    let last = m
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|p| p.type_ == READY));
+    let c = Condition {
+        last_transition_time: match last {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => Some(now),
+        },
+        ..c
+    };
+    ModelStatus {
+        observed_generation: generation,
+        conditions: vec![c],
+    }
+}
+
+/// Equal apart from condition timestamps (which `stamp` carries over anyway).
+pub fn same_status(a: &ModelEndpointStatus, b: &ModelEndpointStatus) -> bool {
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ModelEndpointSpec, VariantSpec};
+    use crate::plan::{plan, Readiness};
+
+    fn ep() -> ModelEndpoint {
+        let v = |n: &str, m: &str, w| VariantSpec {
+            name: n.into(),
+            model: m.into(),
+            weight: w,
+            replicas: Some(2),
+            autoscaling: None,
+            resources: None,
+        };
+        let mut e = ModelEndpoint::new(
+            "titanic",
+            ModelEndpointSpec {
+                hosts: vec!["titanic.example.com".into()],
+                gateway: None,
+                variants: vec![v("a", "m1", 80), v("b", "m2", 20)],
+                routing: Default::default(),
+                shadow: None,
+                filter_wiring: Default::default(),
+                expose: None,
+                rollout: None,
+            },
+        );
+        e.metadata.generation = Some(3);
+        e
+    }
+
+    fn observed(b_ready: i32) -> Observed {
+        let r = |ready| Readiness {
+            replicas: 2,
+            ready_replicas: ready,
+        };
+        Observed {
+            deployments: [
+                (("a".into(), "m1".into()), r(2)),
+                (("b".into(), "m2".into()), r(b_ready)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn status_for(b_ready: i32, last: Option<&ModelEndpointStatus>) -> ModelEndpointStatus {
+        let e = ep();
+        let o = observed(b_ready);
+        let p = plan(&e.spec, last, &o);
+        let alloc = Allocation::initial(&p.weights()).unwrap();
+        endpoint_status(&e, &p, &o, alloc, last, "2026-01-01T00:00:00Z".into())
+    }
+
+    fn cond<'a>(s: &'a ModelEndpointStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn all_variants_ready_makes_the_endpoint_ready_with_printer_summaries() {
+        let s = status_for(2, None);
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(s.observed_generation, Some(3));
+        let sum = s.summary.as_ref().unwrap();
+        assert_eq!(
+            (sum.weights.as_str(), sum.ready.as_str()),
+            ("a=80,b=20", "4/4")
+        );
+        assert_eq!(s.url.as_deref(), Some("http://titanic.example.com"));
+    }
+
+    #[test]
+    fn an_unready_variant_is_progressing_with_a_message_naming_it() {
+        let s = status_for(0, None);
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, READY).reason, REASON_WAITING_FOR_REPLICAS);
+        assert!(
+            cond(&s, PROGRESSING).message.contains('b'),
+            "{:?}",
+            cond(&s, PROGRESSING)
+        );
+        assert_eq!(s.variants[1].current_weight, 0);
+    }
+
+    #[test]
+    fn transition_times_survive_when_the_status_does_not_change() {
+        let first = status_for(2, None);
+        let e = ep();
+        let o = observed(2);
+        let p = plan(&e.spec, Some(&first), &o);
+        let again = endpoint_status(
+            &e,
+            &p,
+            &o,
+            first.allocation.clone().unwrap(),
+            Some(&first),
+            "2030-01-01T00:00:00Z".into(),
+        );
+        assert!(same_status(&first, &again));
+    }
+
+    #[test]
+    fn a_model_is_ready_when_valid_and_names_the_bad_field_otherwise() {
+        let mut m = Model::new(
+            "m",
+            crate::crd::ModelSpec {
+                image: "img".into(),
+                artifact: Some(crate::crd::Artifact {
+                    uri: "https://x/m.tar.gz".into(),
+                    sha256: "a".repeat(64),
+                }),
+                port: None,
+                env: vec![],
+                resources: None,
+            },
+        );
+        let ok = model_status(&m, "t0".into());
+        assert_eq!(
+            (
+                ok.conditions[0].status.as_str(),
+                ok.conditions[0].last_transition_time.as_deref()
+            ),
+            ("True", Some("t0"))
+        );
+        m.status = Some(ok);
+        assert_eq!(
+            model_status(&m, "t1".into()).conditions[0]
+                .last_transition_time
+                .as_deref(),
+            Some("t0")
+        );
+        m.spec.artifact = Some(crate::crd::Artifact {
+            uri: "ftp://x".into(),
+            sha256: "a".repeat(64),
+        });
+        let bad = model_status(&m, "t2".into());
+        assert_eq!(bad.conditions[0].status, "False");
+        assert!(
+            bad.conditions[0].message.starts_with("spec.artifact.uri"),
+            "{:?}",
+            bad.conditions[0]
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_names_the_field_and_keeps_what_serves() {
+        let good = status_for(2, None);
+        let err = SpecError::invalid("spec.variants", "weights sum to 110, must be 100");
+        let s = invalid_status(&ep(), Some(&good), &err, "2030-01-01T00:00:00Z".into());
+        assert_eq!(cond(&s, READY).reason, REASON_INVALID_SPEC);
+        assert!(cond(&s, READY)
+            .message
+            .starts_with("spec.variants: weights sum to 110"));
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert_eq!(
+            (s.variants.clone(), s.allocation.clone()),
+            (good.variants.clone(), good.allocation.clone())
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! Spec validation, shared by the operator and `mlep` (local mode, render). Real clusters also
+//! enforce the OpenAPI constraints of the CRD, but not every API server does (no CEL before
+//! 1.25, and some checks need other objects, like "the model exists"), so every check lives here.
+
+use crate::crd::conditions::{REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
+use crate::crd::{ModelEndpointSpec, ModelSpec};
+use mlep_contract::{is_dns_label, is_header_name};
+use std::collections::BTreeSet;
+
+/// A spec problem: the field (`spec.variants[1].weight`), what is wrong, and the condition
+/// reason to report it under.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+    pub reason: &'static str,
+}
+
+impl SpecError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+            reason: REASON_INVALID_SPEC,
+        }
+    }
+}
+
+/// Artifact URI schemes model-init fetches today.
+pub const SUPPORTED_SCHEMES: &[&str] = &["http", "https", "file"];
+/// Schemes designed for but not implemented yet.
+pub const PLANNED_SCHEMES: &[&str] = &["s3", "gs", "pvc"];
+
+pub fn validate_model(spec: &ModelSpec) -> Result<(), SpecError> {
+    if spec.image.trim().is_empty() {
+        return Err(SpecError::invalid(
+            "spec.image",
+            "must name a container image",
+        ));
+    }
+    if spec.port == Some(0) {
+        return Err(SpecError::invalid("spec.port", "must be 1..65535"));
+    }
+    if let Some(a) = &spec.artifact {
+        if a.sha256.len() != 64
+            || !a
+                .sha256
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        {
+            return Err(SpecError::invalid(
+                "spec.artifact.sha256",
+                format!("{:?} is not 64 lowercase hex digits", a.sha256),
+            ));
+        }
+        let scheme = a.uri.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if PLANNED_SCHEMES.contains(&scheme) {
+            return Err(SpecError::invalid(
+                "spec.artifact.uri",
+                format!(
+                    "scheme {scheme}:// is not supported yet (use {})",
+                    SUPPORTED_SCHEMES.join(", ")
+                ),
+            ));
+        }
+        if !SUPPORTED_SCHEMES.contains(&scheme) {
+            return Err(SpecError::invalid(
+                "spec.artifact.uri",
+                format!("{:?} must start with http://, https:// or file:///", a.uri),
+            ));
+        }
+        let rest = &a.uri[scheme.len() + 3..];
+        if scheme == "file" && !rest.starts_with('/') {
+            return Err(SpecError::invalid(
+                "spec.artifact.uri",
+                format!("{:?}: file URIs must be absolute (file:///path)", a.uri),
+            ));
+        }
+        if scheme != "file" && (rest.is_empty() || rest.starts_with('/')) {
+            return Err(SpecError::invalid(
+                "spec.artifact.uri",
+                format!("{:?} has no host", a.uri),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_host(h: &str) -> bool {
+    let h = h.strip_prefix("*.").unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Validate an endpoint against its own rules and the models it names. `model` looks a Model
+/// up by name in the endpoint's namespace.
+pub fn validate_endpoint<'a>(
+    spec: &ModelEndpointSpec,
+    model: impl Fn(&str) -> Option<&'a ModelSpec>,
+) -> Result<(), SpecError> {
+    if spec.hosts.is_empty() {
+        return Err(SpecError::invalid(
+            "spec.hosts",
+            "must name at least one host",
+        ));
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if !is_host(h) {
+            return Err(SpecError::invalid(
+                format!("spec.hosts[{i}]"),
+                format!("{h:?} is not a DNS host name"),
+            ));
+        }
+    }
+    if let Some(g) = &spec.gateway {
+        let ok = matches!(g.split_once('/'), Some((ns, name)) if is_dns_label(ns) && !name.is_empty() && !name.contains('/'));
+        if !ok {
+            return Err(SpecError::invalid(
+                "spec.gateway",
+                format!("{g:?} must be namespace/name"),
+            ));
+        }
+    }
+    if spec.gateway.is_some() && spec.expose == Some(true) {
+        return Err(SpecError::invalid(
+            "spec.expose",
+            "set either gateway (a shared Gateway) or expose, not both",
+        ));
+    }
+    if let Some(s) = spec.rollout.as_ref().and_then(|r| r.strategy) {
+        if s != crate::crd::RolloutStrategy::AllAtOnce {
+            return Err(SpecError::invalid(
+                "spec.rollout.strategy",
+                format!("{s:?} is not implemented yet; use AllAtOnce (traffic moves once the target is ready)"),
+            ));
+        }
+    }
+    if spec.variants.is_empty() {
+        return Err(SpecError::invalid(
+            "spec.variants",
+            "must have at least one variant",
+        ));
+    }
+    if spec.variants.len() > mlep_contract::config::MAX_VARIANTS {
+        return Err(SpecError::invalid("spec.variants", "at most 64 variants"));
+    }
+    let mut names = BTreeSet::new();
+    let mut sum = 0u64;
+    for (i, v) in spec.variants.iter().enumerate() {
+        let at = format!("spec.variants[{i}]");
+        if !is_dns_label(&v.name) {
+            return Err(SpecError::invalid(
+                format!("{at}.name"),
+                format!(
+                    "{:?} must be a DNS label (lowercase letters, digits and '-', at most 63)",
+                    v.name
+                ),
+            ));
+        }
+        if v.name == crate::render::SHADOW {
+            return Err(SpecError::invalid(
+                format!("{at}.name"),
+                "\"shadow\" is reserved for the shadow model",
+            ));
+        }
+        if !names.insert(v.name.as_str()) {
+            return Err(SpecError::invalid(
+                format!("{at}.name"),
+                format!("duplicate variant name {:?}", v.name),
+            ));
+        }
+        if v.weight > 100 {
+            return Err(SpecError::invalid(
+                format!("{at}.weight"),
+                format!("{} is over 100", v.weight),
+            ));
+        }
+        sum += u64::from(v.weight);
+        if v.replicas.is_some_and(|r| r < 0) {
+            return Err(SpecError::invalid(
+                format!("{at}.replicas"),
+                "must not be negative",
+            ));
+        }
+        if let Some(a) = &v.autoscaling {
+            if a.min_replicas < 1 {
+                return Err(SpecError::invalid(
+                    format!("{at}.autoscaling.minReplicas"),
+                    "must be at least 1",
+                ));
+            }
+            if a.max_replicas < a.min_replicas {
+                return Err(SpecError::invalid(
+                    format!("{at}.autoscaling.maxReplicas"),
+                    format!("{} is below minReplicas {}", a.max_replicas, a.min_replicas),
+                ));
+            }
+        }
+        check_model(&format!("{at}.model"), &v.model, &model)?;
+    }
+    if sum != 100 {
+        return Err(SpecError::invalid(
+            "spec.variants",
+            format!("weights sum to {sum}, must be 100 ({})", weights_text(spec)),
+        ));
+    }
+    let r = &spec.routing;
+    if let Some(h) = &r.target_header {
+        if !is_header_name(h) {
+            return Err(SpecError::invalid(
+                "spec.routing.targetHeader",
+                format!("{h:?} is not a lowercase header name"),
+            ));
+        }
+    }
+    if let Some(h) = &r.sticky.header {
+        if !is_header_name(h) {
+            return Err(SpecError::invalid(
+                "spec.routing.sticky.header",
+                format!("{h:?} is not a lowercase header name"),
+            ));
+        }
+    }
+    if let Some(c) = &r.sticky.cookie {
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(SpecError::invalid(
+                "spec.routing.sticky.cookie",
+                format!("{c:?} is not a cookie name"),
+            ));
+        }
+    }
+    if let Some(s) = &spec.shadow {
+        if !(0.0..=100.0).contains(&s.percent) {
+            return Err(SpecError::invalid(
+                "spec.shadow.percent",
+                format!("{} must be within 0..=100", s.percent),
+            ));
+        }
+        if s.tolerance.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+            return Err(SpecError::invalid(
+                "spec.shadow.tolerance",
+                "must be a finite number >= 0",
+            ));
+        }
+        if s.timeout_ms == Some(0) {
+            return Err(SpecError::invalid(
+                "spec.shadow.timeoutMs",
+                "must be positive",
+            ));
+        }
+        check_model("spec.shadow.model", &s.model, &model)?;
+    }
+    Ok(())
+}
+
+fn check_model<'a>(
+    field: &str,
+    name: &str,
+    model: &impl Fn(&str) -> Option<&'a ModelSpec>,
+) -> Result<(), SpecError> {
+    match model(name) {
+        None => Err(SpecError {
+            field: field.to_owned(),
+            message: format!("no Model named {name:?} in this namespace"),
+            reason: REASON_MODEL_NOT_FOUND,
+        }),
+        Some(m) => validate_model(m).map_err(|e| SpecError {
+            field: field.to_owned(),
+            message: format!("Model {name:?} is invalid: {e}"),
+            reason: e.reason,
+        }),
+    }
+}
+
+/// `a=80,b=20`.
+pub fn weights_text(spec: &ModelEndpointSpec) -> String {
+    spec.variants
+        .iter()
+        .map(|v| format!("{}={}", v.name, v.weight))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Artifact, ShadowSpec, VariantSpec};
+    use std::collections::BTreeMap;
+
+    fn model() -> ModelSpec {
+        ModelSpec {
+            image: "ghcr.io/k8smlendpoints/mlep-model-server:0.1.0".into(),
+            artifact: Some(Artifact {
+                uri: "https://example.com/m.tar.gz".into(),
+                sha256: "a".repeat(64),
+            }),
+            port: None,
+            env: vec![],
+            resources: None,
+        }
+    }
+
+    fn variant(name: &str, model: &str, weight: u32) -> VariantSpec {
+        VariantSpec {
+            name: name.into(),
+            model: model.into(),
+            weight,
+            replicas: None,
+            autoscaling: None,
+            resources: None,
+        }
+    }
+
+    fn endpoint() -> ModelEndpointSpec {
+        ModelEndpointSpec {
+            hosts: vec!["titanic.example.com".into()],
+            gateway: None,
+            variants: vec![variant("a", "m1", 80), variant("b", "m2", 20)],
+            routing: Default::default(),
+            shadow: None,
+            filter_wiring: Default::default(),
+            expose: None,
+            rollout: None,
+        }
+    }
+
+    fn check(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
+        let models: BTreeMap<&str, ModelSpec> =
+            [("m1", model()), ("m2", model())].into_iter().collect();
+        validate_endpoint(spec, |n| models.get(n))
+    }
+
+    #[test]
+    fn a_valid_endpoint_passes() {
+        check(&endpoint()).unwrap();
+    }
+
+    #[test]
+    fn weights_not_summing_to_100_name_the_variants_field() {
+        let mut e = endpoint();
+        e.variants[1].weight = 30;
+        let err = check(&e).unwrap_err();
+        assert_eq!(err.field, "spec.variants");
+        assert!(
+            err.message.contains("sum to 110") && err.message.contains("a=80,b=30"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_and_malformed_variant_names_are_rejected() {
+        let mut e = endpoint();
+        e.variants[1].name = "a".into();
+        assert_eq!(check(&e).unwrap_err().field, "spec.variants[1].name");
+        e.variants[1].name = "B_2".into();
+        assert_eq!(check(&e).unwrap_err().field, "spec.variants[1].name");
+    }
+
+    #[test]
+    fn unknown_models_are_reported_with_their_own_reason() {
+        let mut e = endpoint();
+        e.variants[0].model = "nope".into();
+        let err = check(&e).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason),
+            ("spec.variants[0].model", REASON_MODEL_NOT_FOUND)
+        );
+        let mut e = endpoint();
+        e.shadow = Some(ShadowSpec {
+            model: "ghost".into(),
+            percent: 10.0,
+            compare: None,
+            tolerance: None,
+            max_body_bytes: None,
+            forward_credentials: None,
+            timeout_ms: None,
+            replicas: None,
+        });
+        assert_eq!(check(&e).unwrap_err().field, "spec.shadow.model");
+    }
+
+    #[test]
+    fn shadow_percent_must_be_within_0_and_100() {
+        let mut e = endpoint();
+        e.shadow = Some(ShadowSpec {
+            model: "m2".into(),
+            percent: 150.0,
+            compare: None,
+            tolerance: None,
+            max_body_bytes: None,
+            forward_credentials: None,
+            timeout_ms: None,
+            replicas: None,
+        });
+        assert_eq!(check(&e).unwrap_err().field, "spec.shadow.percent");
+    }
+
+    #[test]
+    fn malformed_sha256_and_uris_are_rejected() {
+        let mut m = model();
+        m.artifact = Some(Artifact {
+            uri: "https://x/m".into(),
+            sha256: "ABC".into(),
+        });
+        assert_eq!(
+            validate_model(&m).unwrap_err().field,
+            "spec.artifact.sha256"
+        );
+        for uri in [
+            "ftp://x/m",
+            "file://relative/m",
+            "s3://bucket/m",
+            "https:///m",
+            "m.tar.gz",
+        ] {
+            m.artifact = Some(Artifact {
+                uri: uri.into(),
+                sha256: "0".repeat(64),
+            });
+            assert_eq!(
+                validate_model(&m).unwrap_err().field,
+                "spec.artifact.uri",
+                "{uri}"
+            );
+        }
+        m.artifact = Some(Artifact {
+            uri: "file:///models/m.tar.gz".into(),
+            sha256: "0".repeat(64),
+        });
+        validate_model(&m).unwrap();
+    }
+
+    #[test]
+    fn an_invalid_model_makes_the_endpoint_invalid_naming_the_variant() {
+        let mut bad = model();
+        bad.image = " ".into();
+        let models: BTreeMap<&str, ModelSpec> =
+            [("m1", model()), ("m2", bad)].into_iter().collect();
+        let err = validate_endpoint(&endpoint(), |n| models.get(n)).unwrap_err();
+        assert_eq!(err.field, "spec.variants[1].model");
+        assert!(err.message.contains("spec.image"), "{err}");
+    }
+
+    #[test]
+    fn hosts_and_gateway_are_checked() {
+        let mut e = endpoint();
+        e.hosts = vec!["bad host".into()];
+        assert_eq!(check(&e).unwrap_err().field, "spec.hosts[0]");
+        let mut e = endpoint();
+        e.gateway = Some("gw".into());
+        assert_eq!(check(&e).unwrap_err().field, "spec.gateway");
+        e.gateway = Some("istio-system/ingressgateway".into());
+        check(&e).unwrap();
+    }
+}

