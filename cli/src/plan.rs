@@ -25,11 +25,24 @@ pub enum PlanError {
          (images named */mlep-model-server:*) as a local process; for any other image add the annotation \
          `{LOCAL_COMMAND_ANNOTATION}: <command>` (run with PORT and MODEL_DIR set)"
     )]
-    UnsupportedImage { namespace: String, model: String, image: String, at: String },
+    UnsupportedImage {
+        namespace: String,
+        model: String,
+        image: String,
+        at: String,
+    },
     #[error("ModelEndpoint {namespace}/{endpoint}: {message}")]
-    Config { namespace: String, endpoint: String, message: String },
+    Config {
+        namespace: String,
+        endpoint: String,
+        message: String,
+    },
     #[error("ModelEndpoint {namespace}/{endpoint}: model {model:?} is not loaded")]
-    MissingModel { namespace: String, endpoint: String, model: String },
+    MissingModel {
+        namespace: String,
+        endpoint: String,
+        model: String,
+    },
 }
 
 /// How a model runs locally.
@@ -85,14 +98,22 @@ impl ServerSet {
             Runtime::ModelServer => "mlep-model-server".to_owned(),
             Runtime::Command(c) => format!("cmd:{c}"),
         };
-        let sha = self.artifact.as_ref().map(|a| a.sha256.as_str()).unwrap_or("-");
+        let sha = self
+            .artifact
+            .as_ref()
+            .map(|a| a.sha256.as_str())
+            .unwrap_or("-");
         let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!("{}|{runtime}|{sha}|{}", self.model, env.join(","))
     }
 
     /// `(namespace, endpoint, role)`.
     pub fn key(&self) -> (String, String, Role) {
-        (self.namespace.clone(), self.endpoint.clone(), self.role.clone())
+        (
+            self.namespace.clone(),
+            self.endpoint.clone(),
+            self.role.clone(),
+        )
     }
 
     /// A short label for logs and progress: `titanic/a (titanic-v1)`.
@@ -137,12 +158,20 @@ impl Desired {
     }
 }
 
-fn server_set(input: &Input, ep: &LoadedEndpoint, role: Role, model: &str, replicas: u32) -> Result<ServerSet, PlanError> {
-    let m = input.model(&ep.namespace, model).ok_or_else(|| PlanError::MissingModel {
-        namespace: ep.namespace.clone(),
-        endpoint: ep.name.clone(),
-        model: model.to_owned(),
-    })?;
+fn server_set(
+    input: &Input,
+    ep: &LoadedEndpoint,
+    role: Role,
+    model: &str,
+    replicas: u32,
+) -> Result<ServerSet, PlanError> {
+    let m = input
+        .model(&ep.namespace, model)
+        .ok_or_else(|| PlanError::MissingModel {
+            namespace: ep.namespace.clone(),
+            endpoint: ep.name.clone(),
+            model: model.to_owned(),
+        })?;
     let runtime = match m.annotations.get(LOCAL_COMMAND_ANNOTATION) {
         Some(cmd) => Runtime::Command(cmd.clone()),
         None if is_model_server_image(&m.spec.image) => Runtime::ModelServer,
@@ -155,7 +184,12 @@ fn server_set(input: &Input, ep: &LoadedEndpoint, role: Role, model: &str, repli
             })
         }
     };
-    let env = m.spec.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+    let env = m
+        .spec
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
     Ok(ServerSet {
         namespace: ep.namespace.clone(),
         endpoint: ep.name.clone(),
@@ -181,7 +215,13 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
                 (None, None) => 1,
             };
             let replicas = u32::try_from(replicas).unwrap_or(1).max(1);
-            variants.push(server_set(input, ep, Role::Variant(v.name.clone()), &v.model, replicas)?);
+            variants.push(server_set(
+                input,
+                ep,
+                Role::Variant(v.name.clone()),
+                &v.model,
+                replicas,
+            )?);
         }
         let shadow = match &ep.spec.shadow {
             Some(s) => {
@@ -190,7 +230,11 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
             }
             None => None,
         };
-        endpoints.push(EndpointPlan { endpoint: ep.clone(), variants, shadow });
+        endpoints.push(EndpointPlan {
+            endpoint: ep.clone(),
+            variants,
+            shadow,
+        });
     }
     Ok(Desired { endpoints })
 }
@@ -206,7 +250,10 @@ pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
 /// (`mlep_operator::filter_config::endpoint_config`). With a single endpoint, `*` is added to
 /// its hosts so that `http://127.0.0.1:<port>` reaches it with any `Host`; with several, each
 /// is reached by its own hosts (send `Host: <host>`).
-pub fn filter_config(d: &Desired, previous: &BTreeMap<String, Allocation>) -> Result<FilterConfig, PlanError> {
+pub fn filter_config(
+    d: &Desired,
+    previous: &BTreeMap<String, Allocation>,
+) -> Result<FilterConfig, PlanError> {
     let single = d.endpoints.len() == 1;
     let mut endpoints: Vec<EndpointConfig> = Vec::new();
     for e in &d.endpoints {
@@ -215,14 +262,28 @@ pub fn filter_config(d: &Desired, previous: &BTreeMap<String, Allocation>) -> Re
             cluster: shadow_cluster(e.namespace(), e.name()),
             authority: format!("{}-shadow.local", e.name()),
         });
-        let mut cfg = endpoint_config(e.name(), e.namespace(), &e.endpoint.spec, &e.weights(), previous.get(&key), target)
-            .map_err(|err| PlanError::Config { namespace: e.namespace().into(), endpoint: e.name().into(), message: err.to_string() })?;
+        let mut cfg = endpoint_config(
+            e.name(),
+            e.namespace(),
+            &e.endpoint.spec,
+            &e.weights(),
+            previous.get(&key),
+            target,
+        )
+        .map_err(|err| PlanError::Config {
+            namespace: e.namespace().into(),
+            endpoint: e.name().into(),
+            message: err.to_string(),
+        })?;
         if single && !cfg.hosts.iter().any(|h| h == "*") {
             cfg.hosts.push("*".into());
         }
         endpoints.push(cfg);
     }
-    let cfg = FilterConfig { version: CONFIG_VERSION, endpoints };
+    let cfg = FilterConfig {
+        version: CONFIG_VERSION,
+        endpoints,
+    };
     cfg.validate().map_err(|err| PlanError::Config {
         namespace: String::new(),
         endpoint: String::new(),
@@ -251,18 +312,29 @@ pub struct Change {
 
 impl Change {
     pub fn is_empty(&self) -> bool {
-        self.start.is_empty() && self.stop.is_empty() && self.rescale.is_empty() && !self.routes_changed && !self.config_changed
+        self.start.is_empty()
+            && self.stop.is_empty()
+            && self.rescale.is_empty()
+            && !self.routes_changed
+            && !self.config_changed
     }
 
     /// Only the filter configuration changes: weights (or routing options); no process starts
     /// or stops, no route or cluster changes. Applied by an atomic filter-config reload.
     pub fn is_config_only(&self) -> bool {
-        self.config_changed && self.start.is_empty() && self.stop.is_empty() && self.rescale.is_empty() && !self.routes_changed
+        self.config_changed
+            && self.start.is_empty()
+            && self.stop.is_empty()
+            && self.rescale.is_empty()
+            && !self.routes_changed
     }
 }
 
+/// One endpoint's route layout: namespace, name, hosts, variant names, has a shadow.
+type RouteLayout = (String, String, Vec<String>, Vec<String>, bool);
+
 /// The route layout: endpoints, their hosts and variants, and whether they have a shadow.
-fn routes(d: &Desired) -> Vec<(String, String, Vec<String>, Vec<String>, bool)> {
+fn routes(d: &Desired) -> Vec<RouteLayout> {
     d.endpoints
         .iter()
         .map(|e| {
@@ -299,7 +371,12 @@ pub fn diff(old: &Desired, new: &Desired) -> Change {
         }
     }
     c.routes_changed = routes(old) != routes(new);
-    let specs = |d: &Desired| -> Vec<_> { d.endpoints.iter().map(|e| (e.endpoint.name.clone(), e.endpoint.spec.clone())).collect() };
+    let specs = |d: &Desired| -> Vec<_> {
+        d.endpoints
+            .iter()
+            .map(|e| (e.endpoint.name.clone(), e.endpoint.spec.clone()))
+            .collect()
+    };
     c.config_changed = specs(old) != specs(new);
     c
 }
@@ -361,15 +438,24 @@ spec:
 
     #[test]
     fn model_server_images_run_the_local_binary_and_others_need_a_local_command() {
-        assert!(is_model_server_image("ghcr.io/k8smlendpoints/mlep-model-server:0.1.0"));
+        assert!(is_model_server_image(
+            "ghcr.io/k8smlendpoints/mlep-model-server:0.1.0"
+        ));
         assert!(is_model_server_image("mlep-model-server"));
-        assert!(is_model_server_image("reg:5000/x/mlep-model-server@sha256:ab"));
+        assert!(is_model_server_image(
+            "reg:5000/x/mlep-model-server@sha256:ab"
+        ));
         assert!(!is_model_server_image("ghcr.io/x/mlep-model-server-gpu:1"));
         let d = plan(&endpoint(("m1", 80), ("custom", 20), ""));
         assert_eq!(d.endpoints[0].variants[0].runtime, Runtime::ModelServer);
-        assert_eq!(d.endpoints[0].variants[1].runtime, Runtime::Command("python3 -m http.server $PORT".into()));
+        assert_eq!(
+            d.endpoints[0].variants[1].runtime,
+            Runtime::Command("python3 -m http.server $PORT".into())
+        );
         assert_eq!(d.endpoints[0].variants[1].replicas, 2);
-        let err = desired(&input(&endpoint(("m1", 80), ("foreign", 20), ""))).unwrap_err().to_string();
+        let err = desired(&input(&endpoint(("m1", 80), ("foreign", 20), "")))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("Model default/foreign (m.yaml:23): image \"example.com/sklearn-server:1\" cannot run locally"), "{err}");
         assert!(err.contains(LOCAL_COMMAND_ANNOTATION), "{err}");
     }
@@ -389,17 +475,27 @@ spec:
         let new = plan(&endpoint(("m1", 80), ("custom", 20), ""));
         let c = diff(&old, &new);
         assert_eq!(c.start.len(), 1);
-        assert_eq!((c.start[0].role.clone(), c.start[0].model.as_str()), (Role::Variant("b".into()), "custom"));
+        assert_eq!(
+            (c.start[0].role.clone(), c.start[0].model.as_str()),
+            (Role::Variant("b".into()), "custom")
+        );
         assert_eq!(c.stop.len(), 1);
         assert_eq!(c.stop[0].model, "m2");
-        assert!(!c.routes_changed, "same variants, same routes; only the upstream moves");
+        assert!(
+            !c.routes_changed,
+            "same variants, same routes; only the upstream moves"
+        );
         assert!(c.config_changed, "the variant's model label changes");
     }
 
     #[test]
     fn adding_a_shadow_starts_it_and_changes_routes() {
         let old = plan(&endpoint(("m1", 80), ("m2", 20), ""));
-        let new = plan(&endpoint(("m1", 80), ("m2", 20), "  shadow: {model: m2, percent: 10}\n"));
+        let new = plan(&endpoint(
+            ("m1", 80),
+            ("m2", 20),
+            "  shadow: {model: m2, percent: 10}\n",
+        ));
         let c = diff(&old, &new);
         assert_eq!(c.start.len(), 1);
         assert_eq!(c.start[0].role, Role::Shadow);
@@ -421,18 +517,29 @@ spec:
 
     #[test]
     fn the_local_filter_config_adds_the_wildcard_host_and_carries_the_allocation() {
-        let d = plan(&endpoint(("m1", 80), ("m2", 20), "  shadow: {model: m2, percent: 10}\n"));
+        let d = plan(&endpoint(
+            ("m1", 80),
+            ("m2", 20),
+            "  shadow: {model: m2, percent: 10}\n",
+        ));
         let first = filter_config(&d, &BTreeMap::new()).unwrap();
         let ep = &first.endpoints[0];
         assert_eq!(ep.hosts, vec!["ep.example.com".to_owned(), "*".to_owned()]);
-        assert_eq!(ep.shadow.as_ref().unwrap().cluster, shadow_cluster("default", "ep"));
-        let prev: BTreeMap<String, Allocation> = [("default/ep".to_owned(), ep.allocation.clone())].into();
+        assert_eq!(
+            ep.shadow.as_ref().unwrap().cluster,
+            shadow_cluster("default", "ep")
+        );
+        let prev: BTreeMap<String, Allocation> =
+            [("default/ep".to_owned(), ep.allocation.clone())].into();
         let d2 = plan(&endpoint(("m1", 70), ("m2", 30), ""));
         let second = filter_config(&d2, &prev).unwrap();
         let moved = (0..mlep_contract::BUCKETS)
             .filter(|&b| ep.allocation.lookup(b) != second.endpoints[0].allocation.lookup(b))
             .inspect(|&b| assert_eq!(second.endpoints[0].allocation.lookup(b), Some("b")))
             .count();
-        assert_eq!(moved, 1000, "exactly the 10% that change hands move, all from a to b");
+        assert_eq!(
+            moved, 1000,
+            "exactly the 10% that change hands move, all from a to b"
+        );
     }
 }

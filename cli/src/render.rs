@@ -54,7 +54,8 @@ pub fn render_input(path: &Path) -> Result<String, RenderError> {
             r
         })
         .collect();
-    let objects = render_all(&models, &endpoints, &RenderSettings::default()).map_err(|e| RenderError::Spec(e.to_string()))?;
+    let objects = render_all(&models, &endpoints, &RenderSettings::default())
+        .map_err(|e| RenderError::Spec(e.to_string()))?;
     Ok(to_stream(&objects)?)
 }
 
@@ -84,6 +85,9 @@ mod tests {
     #[test]
     fn crd_prints_both_definitions() {
         let out = crds_yaml().unwrap();
-        assert!(out.contains("name: models.mlep.dev") && out.contains("name: modelendpoints.mlep.dev"), "{out}");
+        assert!(
+            out.contains("name: models.mlep.dev") && out.contains("name: modelendpoints.mlep.dev"),
+            "{out}"
+        );
     }
 }

@@ -20,13 +20,33 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("could not start {name} ({program}): {source}")]
-    Spawn { name: String, program: String, source: std::io::Error },
+    Spawn {
+        name: String,
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{name}: cannot open log file {}: {source}", .log.display())]
-    Log { name: String, log: PathBuf, source: std::io::Error },
+    Log {
+        name: String,
+        log: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{name} exited ({status}) before it was ready; last lines of {}:\n{tail}", .log.display())]
-    ExitedEarly { name: String, status: String, log: PathBuf, tail: String },
+    ExitedEarly {
+        name: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("{name} did not answer GET {path} with 200 on port {port} within {timeout:?} (last: {last}); log: {}", .log.display())]
-    NotReady { name: String, port: u16, path: String, timeout: Duration, last: String, log: PathBuf },
+    NotReady {
+        name: String,
+        port: u16,
+        path: String,
+        timeout: Duration,
+        last: String,
+        log: PathBuf,
+    },
 }
 
 /// Handle of a supervised process.
@@ -64,7 +84,9 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Supervisor {
@@ -79,14 +101,30 @@ impl Supervisor {
     }
 
     /// Start `cmd` as `name`, in its own process group, stdout and stderr appended to `log`.
-    pub fn spawn(&self, name: &str, mut cmd: Command, log: &Path) -> Result<ProcId, SupervisorError> {
-        let log_err = |source| SupervisorError::Log { name: name.to_owned(), log: log.to_owned(), source };
+    pub fn spawn(
+        &self,
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+    ) -> Result<ProcId, SupervisorError> {
+        let log_err = |source| SupervisorError::Log {
+            name: name.to_owned(),
+            log: log.to_owned(),
+            source,
+        };
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(log_err)?;
         }
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(log_err)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(log_err)?;
         let err = out.try_clone().map_err(log_err)?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
             name: name.to_owned(),
             program: cmd.get_program().to_string_lossy().into_owned(),
@@ -95,16 +133,29 @@ impl Supervisor {
         let mut inner = self.lock();
         inner.next += 1;
         let id = ProcId(inner.next);
-        inner.procs.push(Proc { id, name: name.to_owned(), child, log: log.to_owned() });
+        inner.procs.push(Proc {
+            id,
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        });
         Ok(id)
     }
 
     pub fn pid(&self, id: ProcId) -> Option<u32> {
-        self.lock().procs.iter().find(|p| p.id == id).map(|p| p.child.id())
+        self.lock()
+            .procs
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.child.id())
     }
 
     pub fn log(&self, id: ProcId) -> Option<PathBuf> {
-        self.lock().procs.iter().find(|p| p.id == id).map(|p| p.log.clone())
+        self.lock()
+            .procs
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.log.clone())
     }
 
     /// The exit status if the process has exited (it stays in the list until stopped).
@@ -120,12 +171,24 @@ impl Supervisor {
         inner
             .procs
             .iter_mut()
-            .filter_map(|p| p.child.try_wait().ok().flatten().map(|s| (p.name.clone(), s)))
+            .filter_map(|p| {
+                p.child
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| (p.name.clone(), s))
+            })
             .collect()
     }
 
     /// Poll `GET path` on `port` until it answers 200, failing early when the process exits.
-    pub async fn wait_ready(&self, id: ProcId, port: u16, path: &str, timeout: Duration) -> Result<(), SupervisorError> {
+    pub async fn wait_ready(
+        &self,
+        id: ProcId,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), SupervisorError> {
         let start = Instant::now();
         let (name, log) = {
             let inner = self.lock();
@@ -138,7 +201,12 @@ impl Supervisor {
         let mut delay = Duration::from_millis(20);
         loop {
             if let Some(status) = self.exited(id) {
-                return Err(SupervisorError::ExitedEarly { name, status: status.to_string(), tail: tail(&log, 15), log });
+                return Err(SupervisorError::ExitedEarly {
+                    name,
+                    status: status.to_string(),
+                    tail: tail(&log, 15),
+                    log,
+                });
             }
             match http::get(port, path, Duration::from_secs(2)).await {
                 Ok(r) if r.status == 200 => return Ok(()),
@@ -146,7 +214,14 @@ impl Supervisor {
                 Err(e) => last = e.to_string(),
             }
             if start.elapsed() >= timeout {
-                return Err(SupervisorError::NotReady { name, port, path: path.to_owned(), timeout, last, log });
+                return Err(SupervisorError::NotReady {
+                    name,
+                    port,
+                    path: path.to_owned(),
+                    timeout,
+                    last,
+                    log,
+                });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(250));
@@ -157,15 +232,25 @@ impl Supervisor {
     pub async fn stop(&self, id: ProcId) {
         let proc = {
             let mut inner = self.lock();
-            let Some(i) = inner.procs.iter().position(|p| p.id == id) else { return };
+            let Some(i) = inner.procs.iter().position(|p| p.id == id) else {
+                return;
+            };
             inner.procs.remove(i)
         };
-        stop_all(vec![proc], GRACE, |d| async move { tokio::time::sleep(d).await }).await;
+        stop_all(
+            vec![proc],
+            GRACE,
+            |d| async move { tokio::time::sleep(d).await },
+        )
+        .await;
     }
 
     /// Stop every process (children started last are signalled first, all together).
     pub async fn shutdown(&self) {
-        let procs: Vec<Proc> = std::mem::take(&mut self.lock().procs).into_iter().rev().collect();
+        let procs: Vec<Proc> = std::mem::take(&mut self.lock().procs)
+            .into_iter()
+            .rev()
+            .collect();
         stop_all(procs, GRACE, |d| async move { tokio::time::sleep(d).await }).await;
     }
 
@@ -229,9 +314,24 @@ impl Drop for Inner {
 mod tests {
     use super::*;
 
+    /// Whether `pid` is gone within a few seconds. A SIGKILL is delivered asynchronously and a
+    /// grandchild is not ours to wait for, so poll.
+    fn gone(pid: i32) -> bool {
+        let start = std::time::Instant::now();
+        while alive(pid) {
+            if start.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     fn alive(pid: i32) -> bool {
         nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
     }
 
     fn log(name: &str) -> PathBuf {
@@ -241,7 +341,8 @@ mod tests {
     /// A shell that starts a grandchild and records its pid.
     fn family(pidfile: &Path) -> Command {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(format!("sleep 300 & echo $! > {}; wait", pidfile.display()));
+        c.arg("-c")
+            .arg(format!("sleep 300 & echo $! > {}; wait", pidfile.display()));
         c
     }
 
@@ -266,8 +367,8 @@ mod tests {
         let grandchild = read_pid(&pf).await;
         assert!(alive(leader) && alive(grandchild));
         sup.shutdown().await;
-        assert!(!alive(leader), "leader survived");
-        assert!(!alive(grandchild), "grandchild survived");
+        assert!(gone(leader), "leader survived");
+        assert!(gone(grandchild), "grandchild survived");
         assert!(sup.is_empty());
     }
 
@@ -275,7 +376,8 @@ mod tests {
     async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period() {
         let sup = Supervisor::new();
         let mut c = Command::new("sh");
-        c.arg("-c").arg("trap '' TERM; echo ready; while true; do sleep 0.05; done");
+        c.arg("-c")
+            .arg("trap '' TERM; echo ready; while true; do sleep 0.05; done");
         let id = sup.spawn("stubborn", c, &log("stubborn")).unwrap();
         let pid = sup.pid(id).unwrap() as i32;
         let procs: Vec<Proc> = std::mem::take(&mut sup.lock().procs);
@@ -285,8 +387,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        stop_all(procs, Duration::from_millis(300), |d| async move { tokio::time::sleep(d).await }).await;
-        assert!(!alive(pid));
+        stop_all(procs, Duration::from_millis(300), |d| async move {
+            tokio::time::sleep(d).await
+        })
+        .await;
+        assert!(gone(pid));
     }
 
     #[test]
@@ -295,10 +400,13 @@ mod tests {
         let (leader, grandchild) = {
             let sup = Supervisor::new();
             let id = sup.spawn("family", family(&pf), &log("drop")).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             (sup.pid(id).unwrap() as i32, rt.block_on(read_pid(&pf)))
         };
-        assert!(!alive(leader) && !alive(grandchild));
+        assert!(gone(leader) && gone(grandchild));
     }
 
     #[test]
@@ -308,13 +416,16 @@ mod tests {
         let r = std::panic::catch_unwind(|| {
             let sup = Supervisor::new();
             let id = sup.spawn("family", family(&pf), &log("panic")).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             *pids.lock().unwrap() = (sup.pid(id).unwrap() as i32, rt.block_on(read_pid(&pf)));
             panic!("boom");
         });
         assert!(r.is_err());
         let (leader, grandchild) = *pids.lock().unwrap();
-        assert!(!alive(leader) && !alive(grandchild));
+        assert!(gone(leader) && gone(grandchild));
     }
 
     #[tokio::test]
@@ -324,15 +435,32 @@ mod tests {
         c.arg("-c").arg("echo 'model file missing' >&2; exit 3");
         let id = sup.spawn("bad-server", c, &log("bad")).unwrap();
         let port = free_port().unwrap();
-        let err = sup.wait_ready(id, port, "/ping", Duration::from_secs(30)).await.unwrap_err().to_string();
-        assert!(err.contains("bad-server exited") && err.contains("model file missing"), "{err}");
+        let err = sup
+            .wait_ready(id, port, "/ping", Duration::from_secs(30))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad-server exited") && err.contains("model file missing"),
+            "{err}"
+        );
         sup.shutdown().await;
     }
 
     #[test]
     fn a_missing_program_is_a_clear_error() {
         let sup = Supervisor::new();
-        let err = sup.spawn("x", Command::new("/nonexistent/mlep-model-server"), &log("x")).unwrap_err().to_string();
-        assert!(err.starts_with("could not start x (/nonexistent/mlep-model-server)"), "{err}");
+        let err = sup
+            .spawn(
+                "x",
+                Command::new("/nonexistent/mlep-model-server"),
+                &log("x"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("could not start x (/nonexistent/mlep-model-server)"),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! (the counter and histogram-bucket deltas between them), so the table shows what happens now,
 //! not since start.
 
-use mlep_contract::metrics::{REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL};
+use mlep_contract::metrics::{
+    REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
+};
 use std::collections::BTreeMap;
 
 /// The `variant` of the shadow's row (and the filter's `variant` label of shadow traffic).
@@ -44,7 +46,10 @@ fn parse_line(line: &str) -> Option<Sample> {
         let mut end = None;
         loop {
             // key
-            while chars.peek().is_some_and(|(_, c)| *c == ',' || c.is_whitespace()) {
+            while chars
+                .peek()
+                .is_some_and(|(_, c)| *c == ',' || c.is_whitespace())
+            {
                 chars.next();
             }
             match chars.peek() {
@@ -99,7 +104,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample { name: name.to_owned(), labels, value })
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
 }
 
 /// Envoy may prefix stat names (`envoy_`); accept both.
@@ -116,7 +125,10 @@ pub struct Scrape {
 
 impl Scrape {
     pub fn new(at_secs: f64, text: &str) -> Self {
-        Self { at_secs, samples: parse_prometheus(text) }
+        Self {
+            at_secs,
+            samples: parse_prometheus(text),
+        }
     }
 }
 
@@ -145,7 +157,11 @@ pub struct Row {
 }
 
 fn sum_where(s: &Scrape, metric: &str, f: impl Fn(&Sample) -> bool) -> f64 {
-    s.samples.iter().filter(|x| is(&x.name, metric) && f(x)).map(|x| x.value).sum()
+    s.samples
+        .iter()
+        .filter(|x| is(&x.name, metric) && f(x))
+        .map(|x| x.value)
+        .sum()
 }
 
 fn of<'a>(ep: &str, v: &'a str) -> impl Fn(&Sample) -> bool + 'a {
@@ -157,7 +173,11 @@ fn of<'a>(ep: &str, v: &'a str) -> impl Fn(&Sample) -> bool + 'a {
 fn buckets(s: &Scrape, ep: &str, v: &str) -> Vec<(f64, f64)> {
     let name = format!("{REQUEST_DURATION_MS}_bucket");
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for x in s.samples.iter().filter(|x| is(&x.name, &name) && of(ep, v)(x)) {
+    for x in s
+        .samples
+        .iter()
+        .filter(|x| is(&x.name, &name) && of(ep, v)(x))
+    {
         let le = match x.label("le") {
             "+Inf" => f64::INFINITY,
             l => match l.parse::<f64>() {
@@ -189,7 +209,11 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
                 return Some(prev_le);
             }
             let in_bucket = count - prev_count;
-            let frac = if in_bucket > 0.0 { (rank - prev_count) / in_bucket } else { 1.0 };
+            let frac = if in_bucket > 0.0 {
+                (rank - prev_count) / in_bucket
+            } else {
+                1.0
+            };
             return Some(prev_le + (le - prev_le) * frac);
         }
         prev_le = le;
@@ -207,12 +231,20 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
             // The shadow row counts mirrored copies; its agreement covers the whole endpoint
             // (the filter compares every mirrored answer with the primary's).
             let shadow = v == SHADOW_ROW;
-            let counted = if shadow { SHADOW_REQUESTS_TOTAL } else { REQUESTS_TOTAL };
+            let counted = if shadow {
+                SHADOW_REQUESTS_TOTAL
+            } else {
+                REQUESTS_TOTAL
+            };
             let total = sum_where(cur, counted, of(ep, v));
             let errors = if shadow {
-                sum_where(cur, counted, |x| of(ep, v)(x) && matches!(x.label("outcome"), "error" | "timeout"))
+                sum_where(cur, counted, |x| {
+                    of(ep, v)(x) && matches!(x.label("outcome"), "error" | "timeout")
+                })
             } else {
-                sum_where(cur, counted, |x| of(ep, v)(x) && x.label("code_class") == "5xx")
+                sum_where(cur, counted, |x| {
+                    of(ep, v)(x) && x.label("code_class") == "5xx"
+                })
             };
             let cur_b = buckets(cur, ep, v);
             let (rps, window) = match prev {
@@ -223,7 +255,11 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
                     let delta: Vec<(f64, f64)> = cur_b
                         .iter()
                         .map(|&(le, c)| {
-                            let before = prev_b.iter().find(|(l, _)| l.to_bits() == le.to_bits()).map(|x| x.1).unwrap_or(0.0);
+                            let before = prev_b
+                                .iter()
+                                .find(|(l, _)| l.to_bits() == le.to_bits())
+                                .map(|x| x.1)
+                                .unwrap_or(0.0);
                             (le, (c - before).max(0.0))
                         })
                         .collect();
@@ -232,10 +268,19 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
                 _ => (0.0, cur_b.clone()),
             };
             // Latency over the window when there were requests in it, else since start.
-            let lat = if window.last().is_some_and(|x| x.1 > 0.0) { window } else { cur_b };
-            let agreement_of = |x: &Sample| x.label("endpoint") == ep && (shadow || x.label("variant") == v);
-            let matched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| agreement_of(x) && x.label("result") == "match");
-            let mismatched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| agreement_of(x) && x.label("result") == "mismatch");
+            let lat = if window.last().is_some_and(|x| x.1 > 0.0) {
+                window
+            } else {
+                cur_b
+            };
+            let agreement_of =
+                |x: &Sample| x.label("endpoint") == ep && (shadow || x.label("variant") == v);
+            let matched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| {
+                agreement_of(x) && x.label("result") == "match"
+            });
+            let mismatched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| {
+                agreement_of(x) && x.label("result") == "mismatch"
+            });
             let compared = matched + mismatched;
             Row {
                 info: info.clone(),
@@ -253,7 +298,11 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
 /// Shadow copies sent per outcome for an endpoint, since start (`ok`, `error`, `timeout`, ...).
 pub fn shadow_outcomes(cur: &Scrape, endpoint: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for x in cur.samples.iter().filter(|x| is(&x.name, SHADOW_REQUESTS_TOTAL) && x.label("endpoint") == endpoint) {
+    for x in cur
+        .samples
+        .iter()
+        .filter(|x| is(&x.name, SHADOW_REQUESTS_TOTAL) && x.label("endpoint") == endpoint)
+    {
         *out.entry(x.label("outcome").to_owned()).or_insert(0) += x.value as u64;
     }
     out
@@ -271,7 +320,16 @@ fn ms(v: Option<f64>) -> String {
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
         "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
-        "ENDPOINT", "VARIANT", "MODEL", "WEIGHT", "REQ/S", "P50", "P99", "REQUESTS", "ERRORS", "SHADOW"
+        "ENDPOINT",
+        "VARIANT",
+        "MODEL",
+        "WEIGHT",
+        "REQ/S",
+        "P50",
+        "P99",
+        "REQUESTS",
+        "ERRORS",
+        "SHADOW"
     );
     for r in rows {
         out.push_str(&format!(
@@ -285,7 +343,9 @@ pub fn render(rows: &[Row]) -> String {
             ms(r.p99_ms),
             r.total,
             r.errors,
-            r.shadow_agreement.map(|a| format!("{:.0}%", a * 100.0)).unwrap_or_else(|| "-".into()),
+            r.shadow_agreement
+                .map(|a| format!("{:.0}%", a * 100.0))
+                .unwrap_or_else(|| "-".into()),
         ));
     }
     out
@@ -296,7 +356,12 @@ mod tests {
     use super::*;
 
     fn info(v: &str, m: &str, w: u32) -> VariantInfo {
-        VariantInfo { endpoint: "titanic".into(), variant: v.into(), model: m.into(), weight: w }
+        VariantInfo {
+            endpoint: "titanic".into(),
+            variant: v.into(),
+            model: m.into(),
+            weight: w,
+        }
     }
 
     fn text(a_ok: u64, a_5xx: u64, b_ok: u64, a_buckets: [u64; 4]) -> String {
@@ -332,7 +397,9 @@ mod tests {
 
     #[test]
     fn parses_labels_with_escapes_and_special_values() {
-        let s = parse_prometheus("# HELP x\nfoo{a=\"q\\\"uote\",b=\"x,y\"} +Inf\nbar 2.5\nbroken{a=\"x} 1\n");
+        let s = parse_prometheus(
+            "# HELP x\nfoo{a=\"q\\\"uote\",b=\"x,y\"} +Inf\nbar 2.5\nbroken{a=\"x} 1\n",
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].labels["a"], "q\"uote");
         assert_eq!(s[0].labels["b"], "x,y");
@@ -344,7 +411,11 @@ mod tests {
     fn rates_come_from_the_delta_between_two_scrapes() {
         let prev = Scrape::new(10.0, &text(100, 0, 30, [50, 90, 100, 100]));
         let cur = Scrape::new(12.0, &text(300, 4, 70, [50, 90, 100, 100]));
-        let rows = rows(Some(&prev), &cur, &[info("a", "titanic-v1", 80), info("b", "titanic-v2", 20)]);
+        let rows = rows(
+            Some(&prev),
+            &cur,
+            &[info("a", "titanic-v1", 80), info("b", "titanic-v2", 20)],
+        );
         assert_eq!(rows[0].rps, 102.0);
         assert_eq!(rows[1].rps, 20.0);
         assert_eq!((rows[0].total, rows[0].errors), (304, 4));
@@ -361,15 +432,28 @@ mod tests {
         assert_eq!(r.p50_ms, Some(7.5));
         assert!(r.p99_ms.unwrap() > 9.9 && r.p99_ms.unwrap() <= 10.0);
         // No new requests: fall back to since-start.
-        let r = &rows(Some(&cur), &Scrape { at_secs: 2.0, ..cur.clone() }, &[info("a", "m", 100)])[0];
+        let r = &rows(
+            Some(&cur),
+            &Scrape {
+                at_secs: 2.0,
+                ..cur.clone()
+            },
+            &[info("a", "m", 100)],
+        )[0];
         assert_eq!(r.rps, 0.0);
         assert_eq!(r.p50_ms, Some(1.0));
     }
 
     #[test]
     fn quantile_interpolates_within_buckets() {
-        assert_eq!(quantile(0.5, &[(1.0, 0.0), (2.0, 10.0), (f64::INFINITY, 10.0)]), Some(1.5));
-        assert_eq!(quantile(0.99, &[(1.0, 0.0), (f64::INFINITY, 10.0)]), Some(1.0));
+        assert_eq!(
+            quantile(0.5, &[(1.0, 0.0), (2.0, 10.0), (f64::INFINITY, 10.0)]),
+            Some(1.5)
+        );
+        assert_eq!(
+            quantile(0.99, &[(1.0, 0.0), (f64::INFINITY, 10.0)]),
+            Some(1.0)
+        );
         assert_eq!(quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]), None);
         assert_eq!(quantile(0.5, &[]), None);
     }
@@ -377,10 +461,20 @@ mod tests {
     #[test]
     fn render_shows_one_line_per_variant() {
         let cur = Scrape::new(1.0, &text(10, 0, 5, [10, 10, 10, 10]));
-        let out = render(&rows(None, &cur, &[info("a", "titanic-v1", 80), info("b", "titanic-v2", 20)]));
+        let out = render(&rows(
+            None,
+            &cur,
+            &[info("a", "titanic-v1", 80), info("b", "titanic-v2", 20)],
+        ));
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].contains("titanic-v1") && lines[1].contains("80%") && lines[1].contains("90%"), "{out}");
-        assert!(lines[2].contains("titanic-v2") && lines[2].contains("20%"), "{out}");
+        assert!(
+            lines[1].contains("titanic-v1") && lines[1].contains("80%") && lines[1].contains("90%"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("titanic-v2") && lines[2].contains("20%"),
+            "{out}"
+        );
     }
 }

@@ -19,20 +19,35 @@ pub enum UpstreamError {
     #[error("bootstrap has no static_resources.clusters")]
     NoClusters,
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// The EDS file of a cluster inside `dir`. Cluster names contain `|`, so files are named by a
 /// sanitized form.
 pub fn eds_path(dir: &Path, cluster: &str) -> PathBuf {
-    let safe: String = cluster.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     dir.join(format!("eds-{safe}.json"))
 }
 
 /// Rewrite every `STATIC` cluster of `bootstrap` to EDS from `eds_path(dir, name)`. Returns the
 /// clusters rewritten with the addresses they had (write them with [`write_eds`] before Envoy
 /// starts: an EDS cluster waits for its first assignment).
-pub fn use_eds(bootstrap: &mut Value, dir: &Path) -> Result<Vec<(String, Vec<SocketAddr>)>, UpstreamError> {
+pub fn use_eds(
+    bootstrap: &mut Value,
+    dir: &Path,
+) -> Result<Vec<(String, Vec<SocketAddr>)>, UpstreamError> {
     let clusters = bootstrap
         .pointer_mut("/static_resources/clusters")
         .and_then(Value::as_array_mut)
@@ -44,7 +59,9 @@ pub fn use_eds(bootstrap: &mut Value, dir: &Path) -> Result<Vec<(String, Vec<Soc
         }
         let name = c["name"].as_str().unwrap_or_default().to_owned();
         let addrs = addresses(&c["load_assignment"]);
-        let Some(obj) = c.as_object_mut() else { continue };
+        let Some(obj) = c.as_object_mut() else {
+            continue;
+        };
         obj.remove("load_assignment");
         obj.insert("type".into(), json!("EDS"));
         obj.insert(
@@ -63,7 +80,11 @@ pub fn use_eds(bootstrap: &mut Value, dir: &Path) -> Result<Vec<(String, Vec<Soc
 
 fn addresses(load_assignment: &Value) -> Vec<SocketAddr> {
     let mut out = Vec::new();
-    for locality in load_assignment["endpoints"].as_array().into_iter().flatten() {
+    for locality in load_assignment["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         for lb in locality["lb_endpoints"].as_array().into_iter().flatten() {
             let sa = &lb["endpoint"]["address"]["socket_address"];
             if let (Some(ip), Some(port)) = (sa["address"].as_str(), sa["port_value"].as_u64()) {
@@ -93,12 +114,23 @@ pub fn eds_response(cluster: &str, addrs: &[SocketAddr], version: &str) -> Value
 }
 
 /// Atomically replace a cluster's EDS file (temporary file + rename into the watched directory).
-pub fn write_eds(dir: &Path, cluster: &str, addrs: &[SocketAddr], version: &str) -> Result<(), UpstreamError> {
+pub fn write_eds(
+    dir: &Path,
+    cluster: &str,
+    addrs: &[SocketAddr],
+    version: &str,
+) -> Result<(), UpstreamError> {
     let path = eds_path(dir, cluster);
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
     let io = |what: String| move |source| UpstreamError::Io { what, source };
     std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-    std::fs::write(&tmp, eds_response(cluster, addrs, version).to_string()).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::write(&tmp, eds_response(cluster, addrs, version).to_string())
+        .map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))
 }
 
@@ -134,7 +166,13 @@ mod tests {
         let mut b = bootstrap();
         let dir = Path::new("/run/mlep/eds");
         let rewritten = use_eds(&mut b, dir).unwrap();
-        assert_eq!(rewritten, vec![("mlep|titanic|a".to_owned(), vec!["127.0.0.1:8001".parse().unwrap()])]);
+        assert_eq!(
+            rewritten,
+            vec![(
+                "mlep|titanic|a".to_owned(),
+                vec!["127.0.0.1:8001".parse().unwrap()]
+            )]
+        );
         let c = &b["static_resources"]["clusters"][0];
         assert_eq!(c["type"], "EDS");
         assert!(c.get("load_assignment").is_none());
@@ -146,11 +184,18 @@ mod tests {
 
     #[test]
     fn eds_responses_list_every_replica() {
-        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ];
         let v = eds_response("c", &addrs, "3");
         let r = &v["resources"][0];
         assert_eq!(r["cluster_name"], "c");
-        assert_eq!(r["endpoints"][0]["lb_endpoints"][1]["endpoint"]["address"]["socket_address"]["port_value"], 2);
+        assert_eq!(
+            r["endpoints"][0]["lb_endpoints"][1]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            2
+        );
         assert_eq!(v["version_info"], "3");
     }
 
@@ -161,8 +206,14 @@ mod tests {
                     mlep|titanic|a::127.0.0.1:8001::rq_total::3\n\
                     mlep|titanic|a::127.0.0.1:8003::cx_active::0\n\
                     mlep|titanic|b::127.0.0.1:8002::cx_active::0\n";
-        let a: Vec<SocketAddr> = vec!["127.0.0.1:8001".parse().unwrap(), "127.0.0.1:8003".parse().unwrap()];
+        let a: Vec<SocketAddr> = vec![
+            "127.0.0.1:8001".parse().unwrap(),
+            "127.0.0.1:8003".parse().unwrap(),
+        ];
         assert_eq!(cluster_hosts(text, "mlep|titanic|a"), a);
-        assert_eq!(cluster_hosts(text, "mlep|titanic|c"), Vec::<SocketAddr>::new());
+        assert_eq!(
+            cluster_hosts(text, "mlep|titanic|c"),
+            Vec::<SocketAddr>::new()
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! test binary (same target directory and profile) and
 //! `target/wasm32-wasip1/release/mlep_filter.wasm`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
 use mlep::http::{self, Request, Response};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn example() -> PathBuf {
@@ -24,7 +29,11 @@ fn example() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `mlep local up`, its output collected line by line.
@@ -41,7 +50,14 @@ impl Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlep"))
             .args(["local", "up", "-f"])
             .arg(dir.join("input"))
-            .args(["--port", &port.to_string(), "--table-interval-ms", "500", "--watch-interval-ms", "200"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--table-interval-ms",
+                "500",
+                "--watch-interval-ms",
+                "200",
+            ])
             .arg("--artifacts")
             .arg(example().join("artifacts"))
             .arg("--state-dir")
@@ -53,7 +69,10 @@ impl Up {
             .spawn()
             .expect("start mlep");
         let out = Arc::new(Mutex::new(Vec::new()));
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let out = out.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -61,7 +80,12 @@ impl Up {
                 }
             });
         }
-        Up { child, out, port, dir: dir.to_owned() }
+        Up {
+            child,
+            out,
+            port,
+            dir: dir.to_owned(),
+        }
     }
 
     fn output(&self) -> String {
@@ -72,13 +96,27 @@ impl Up {
     fn wait_for(&mut self, needle: &str, from: usize, timeout: Duration) -> usize {
         let start = Instant::now();
         loop {
-            if let Some(i) = self.out.lock().unwrap().iter().skip(from).position(|l| l.contains(needle)) {
+            if let Some(i) = self
+                .out
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(from)
+                .position(|l| l.contains(needle))
+            {
                 return from + i;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("mlep exited ({status}) before printing {needle:?}:\n{}", self.output());
+                panic!(
+                    "mlep exited ({status}) before printing {needle:?}:\n{}",
+                    self.output()
+                );
             }
-            assert!(start.elapsed() < timeout, "no {needle:?} within {timeout:?}:\n{}", self.output());
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} within {timeout:?}:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -94,14 +132,23 @@ impl Up {
             headers.push(("x-user-id", u.to_owned()));
         }
         headers.extend(extra.iter().cloned());
-        let req = Request { method: "POST", path: "/invocations", headers, body: &body };
-        http::send(self.port, &req, Duration::from_secs(10)).await.unwrap()
+        let req = Request {
+            method: "POST",
+            path: "/invocations",
+            headers,
+            body: &body,
+        };
+        http::send(self.port, &req, Duration::from_secs(10))
+            .await
+            .unwrap()
     }
 
     async fn variant_of(&self, user: &str) -> String {
         let r = self.invoke(Some(user), &[]).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        r.header("x-mlep-variant").expect("x-mlep-variant on the response").to_owned()
+        r.header("x-mlep-variant")
+            .expect("x-mlep-variant on the response")
+            .to_owned()
     }
 }
 
@@ -109,7 +156,10 @@ impl Drop for Up {
     fn drop(&mut self) {
         // A failed assertion must not leave processes behind.
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -120,10 +170,16 @@ impl Drop for Up {
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         // Fields after the command (which is in parentheses and may contain spaces).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.get(1).and_then(|f| f.parse::<u32>().ok()) == Some(pid) {
             out.push(p);
@@ -133,17 +189,31 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
 }
 
 fn predictions(r: &Response) -> Vec<f64> {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
-    v["predictions"].as_array().unwrap_or_else(|| panic!("no predictions: {v}")).iter().map(|p| p["probability"].as_f64().unwrap()).collect()
+    let v: Value =
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
+    v["predictions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no predictions: {v}"))
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .collect()
 }
 
 fn expected(version: &str) -> Vec<f64> {
-    let e: Value = serde_json::from_str(&std::fs::read_to_string(example().join("expected.json")).unwrap()).unwrap();
-    e["versions"][version]["predictions"].as_array().unwrap()[..2].iter().map(|p| p["probability"].as_f64().unwrap()).collect()
+    let e: Value =
+        serde_json::from_str(&std::fs::read_to_string(example().join("expected.json")).unwrap())
+            .unwrap();
+    e["versions"][version]["predictions"].as_array().unwrap()[..2]
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .collect()
 }
 
 fn close(a: &[f64], b: &[f64]) -> bool {
@@ -176,27 +246,48 @@ impl Load {
         let body = Arc::new(std::fs::read(example().join("request.json")).unwrap());
         let tasks = (0..workers)
             .map(|w| {
-                let (stop, ok, failed, body) = (stop.clone(), ok.clone(), failed.clone(), body.clone());
+                let (stop, ok, failed, body) =
+                    (stop.clone(), ok.clone(), failed.clone(), body.clone());
                 tokio::spawn(async move {
                     let start = Instant::now();
                     let mut i = 0u64;
                     // Bounded in count and time.
-                    while !stop.load(Ordering::Relaxed) && i < 20_000 && start.elapsed() < Duration::from_secs(120) {
+                    while !stop.load(Ordering::Relaxed)
+                        && i < 20_000
+                        && start.elapsed() < Duration::from_secs(120)
+                    {
                         i += 1;
-                        let headers = vec![("content-type", "application/json".to_owned()), ("x-user-id", format!("load-{w}-{i}"))];
-                        let req = Request { method: "POST", path: "/invocations", headers, body: &body };
+                        let headers = vec![
+                            ("content-type", "application/json".to_owned()),
+                            ("x-user-id", format!("load-{w}-{i}")),
+                        ];
+                        let req = Request {
+                            method: "POST",
+                            path: "/invocations",
+                            headers,
+                            body: &body,
+                        };
                         match http::send(port, &req, Duration::from_secs(10)).await {
                             Ok(r) if r.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Ok(r) => failed.lock().unwrap().push(format!("HTTP {}: {}", r.status, r.text())),
+                            Ok(r) => failed.lock().unwrap().push(format!(
+                                "HTTP {}: {}",
+                                r.status,
+                                r.text()
+                            )),
                             Err(e) => failed.lock().unwrap().push(e.to_string()),
                         }
                     }
                 })
             })
             .collect();
-        Load { stop, ok, failed, tasks }
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
     }
 
     async fn finish(self) -> (u64, Vec<String>) {
@@ -204,7 +295,10 @@ impl Load {
         for t in self.tasks {
             t.await.unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.lock().unwrap().clone())
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.lock().unwrap().clone(),
+        )
     }
 }
 
@@ -232,33 +326,59 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     }
     let endpoint_yaml = dir.join("input/endpoint.yaml");
     let models_yaml = dir.join("input/models.yaml");
+    let t0 = Instant::now();
     let mut up = Up::start(&dir);
-    up.wait_for("Endpoint ready: http://127.0.0.1:", 0, Duration::from_secs(180));
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    eprintln!("measured: ready after {:?}", t0.elapsed());
 
     // A prediction, with the variant on the response, equal to that variant's model's answer.
     let r = up.invoke(Some("alice"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.header("x-mlep-variant").unwrap().to_owned();
-    let want = if v == "a" { expected("v1") } else { expected("v2") };
-    assert!(close(&predictions(&r), &want), "variant {v}: {} vs {want:?}", r.text());
+    let want = if v == "a" {
+        expected("v1")
+    } else {
+        expected("v2")
+    };
+    assert!(
+        close(&predictions(&r), &want),
+        "variant {v}: {} vs {want:?}",
+        r.text()
+    );
 
     // The 80/20 split over many user keys (the allocation is exact; the hash spreads keys).
     let before = split(&up, "user", 2000).await;
     let b_share = share(&before, "b");
+    eprintln!("measured: share of b over 2000 keys at 80/20: {b_share:.4}");
     assert!((b_share - 0.20).abs() < 0.03, "share of b {b_share}");
 
     // Stickiness: the same key keeps its variant.
     for (user, v) in before.iter().take(100) {
-        assert_eq!(&up.variant_of(user).await, v, "{user} moved without a weight change");
+        assert_eq!(
+            &up.variant_of(user).await,
+            v,
+            "{user} moved without a weight change"
+        );
     }
 
     // Targeting: the header wins over assignment, and the right model answers.
     for i in 0..20 {
-        let r = up.invoke(Some(&format!("t-{i}")), &[("x-mlep-target-variant", "b".into())]).await;
+        let r = up
+            .invoke(
+                Some(&format!("t-{i}")),
+                &[("x-mlep-target-variant", "b".into())],
+            )
+            .await;
         assert_eq!((r.status, r.header("x-mlep-variant")), (200, Some("b")));
         assert!(close(&predictions(&r), &expected("v2")), "{}", r.text());
     }
-    let r = up.invoke(Some("x"), &[("x-mlep-target-variant", "nope".into())]).await;
+    let r = up
+        .invoke(Some("x"), &[("x-mlep-target-variant", "nope".into())])
+        .await;
     assert_eq!(r.status, 400, "unknown target: {}", r.text());
 
     // The live table shows both variants.
@@ -271,14 +391,34 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     let from = up.lines();
     edit(&endpoint_yaml, "weight: 80", "weight: 50");
     edit(&endpoint_yaml, "weight: 20", "weight: 50");
-    up.wait_for("applied: titanic a=50(titanic-v1) b=50(titanic-v2)", from, Duration::from_secs(30));
+    up.wait_for(
+        "applied: titanic a=50(titanic-v1) b=50(titanic-v2)",
+        from,
+        Duration::from_secs(30),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await; // and still running after it
     let (ok, failed) = load.finish().await;
-    assert!(failed.is_empty(), "{} failed requests during the weight change, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    eprintln!(
+        "measured: weight change under load: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed requests during the weight change, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 50, "only {ok} requests ran across the change");
     let after = split(&up, "user", 2000).await;
     let b_share = share(&after, "b");
-    assert!((b_share - 0.50).abs() < 0.04, "share of b after 50/50: {b_share}");
+    let moved = before.iter().filter(|(u, v)| after[*u] != **v).count();
+    eprintln!(
+        "measured: share of b at 50/50: {b_share:.4}; keys that changed variant: {moved} of 2000"
+    );
+    assert!(
+        (b_share - 0.50).abs() < 0.04,
+        "share of b after 50/50: {b_share}"
+    );
     for (user, v) in &before {
         if v == "b" {
             assert_eq!(after[user], "b", "{user} left b although b only grew");
@@ -288,7 +428,11 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     // A live model change: variant b now serves titanic-v1's artifact under a new model name.
     // The new server starts, is ready, then b's traffic moves to it; no request fails.
     let models = std::fs::read_to_string(&models_yaml).unwrap();
-    let v1_doc = models.split("\n---").next().unwrap().replace("  name: titanic-v1\n", "  name: titanic-v1b\n");
+    let v1_doc = models
+        .split("\n---")
+        .next()
+        .unwrap()
+        .replace("  name: titanic-v1\n", "  name: titanic-v1b\n");
     assert!(v1_doc.contains("name: titanic-v1b"), "{v1_doc}");
     let tmp = models_yaml.with_extension("tmp");
     std::fs::write(&tmp, format!("{models}\n---\n{v1_doc}\n")).unwrap();
@@ -296,29 +440,124 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     let load = Load::start(up.port, 3);
     let from = up.lines();
     edit(&endpoint_yaml, "model: titanic-v2", "model: titanic-v1b");
-    up.wait_for("applied: titanic a=50(titanic-v1) b=50(titanic-v1b)", from, Duration::from_secs(60));
+    up.wait_for(
+        "applied: titanic a=50(titanic-v1) b=50(titanic-v1b)",
+        from,
+        Duration::from_secs(60),
+    );
     let (ok, failed) = load.finish().await;
-    assert!(failed.is_empty(), "{} failed requests during the model change, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    eprintln!(
+        "measured: model change under load: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed requests during the model change, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 20, "only {ok} requests ran across the model change");
-    let r = up.invoke(Some("m"), &[("x-mlep-target-variant", "b".into())]).await;
-    assert!(close(&predictions(&r), &expected("v1")), "b should now answer like v1: {}", r.text());
+    let r = up
+        .invoke(Some("m"), &[("x-mlep-target-variant", "b".into())])
+        .await;
+    assert!(
+        close(&predictions(&r), &expected("v1")),
+        "b should now answer like v1: {}",
+        r.text()
+    );
 
     // Ctrl-C: every process mlep started is gone, and mlep exits 0.
     let pid = up.child.id();
     let kids = children_of(pid);
-    assert!(kids.len() >= 3, "expected Envoy and two model servers under mlep, found {kids:?}");
+    assert!(
+        kids.len() >= 3,
+        "expected Envoy and two model servers under mlep, found {kids:?}"
+    );
     let groups: BTreeSet<u32> = kids.iter().copied().collect();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = up.child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "mlep did not stop within 30s");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mlep did not stop within 30s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "mlep exited with {status}:\n{}", up.output());
-    let left: Vec<u32> = groups.into_iter().filter(|p| alive(*p)).collect();
+    eprintln!("measured: shutdown took {:?}", start.elapsed());
+    assert!(
+        status.success(),
+        "mlep exited with {status}:\n{}",
+        up.output()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left: Vec<u32> = groups.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(left.is_empty(), "processes left behind: {left:?}");
     up.wait_for("stopped Envoy and", 0, Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_process_mlep_started() {
+    let dir = std::env::temp_dir().join(format!("mlep-e2e-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("input")).unwrap();
+    for f in ["models.yaml", "endpoint.yaml"] {
+        std::fs::copy(example().join(f), dir.join("input").join(f)).unwrap();
+    }
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    assert_eq!(up.invoke(Some("z"), &[]).await.status, 200);
+    let pid = up.child.id();
+    let kids = children_of(pid);
+    assert!(
+        kids.len() >= 3,
+        "expected Envoy and two model servers under mlep, found {kids:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mlep did not stop within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "mlep exited with {status}:\n{}",
+        up.output()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kids.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            kids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    up.wait_for("terminated: stopping", 0, Duration::from_secs(5));
 }
