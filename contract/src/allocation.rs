@@ -44,13 +44,23 @@ pub enum AllocationError {
     #[error("weight of variant {variant:?} is {weight}, must be 0..=100")]
     WeightRange { variant: String, weight: u32 },
     #[error("range {index} [{start}, {end}) does not continue at bucket {expected} (ranges must be sorted, contiguous and cover 0..{BUCKETS})")]
-    Gap { index: usize, start: u32, end: u32, expected: u32 },
+    Gap {
+        index: usize,
+        start: u32,
+        end: u32,
+        expected: u32,
+    },
     #[error("ranges end at bucket {0}, must cover 0..{BUCKETS}")]
     Incomplete(u32),
     #[error("range {index} names variant {variant:?}, which is not in the variant list")]
     UnknownVariant { index: usize, variant: String },
     #[error("variant {variant:?} owns {owned} buckets but its weight {weight} needs {needed}")]
-    CountMismatch { variant: String, owned: u32, weight: u32, needed: u32 },
+    CountMismatch {
+        variant: String,
+        owned: u32,
+        weight: u32,
+        needed: u32,
+    },
 }
 
 fn check_weights(weights: &[(&str, u32)]) -> Result<(), AllocationError> {
@@ -61,7 +71,10 @@ fn check_weights(weights: &[(&str, u32)]) -> Result<(), AllocationError> {
             return Err(AllocationError::DuplicateVariant(name.to_owned()));
         }
         if weight > 100 {
-            return Err(AllocationError::WeightRange { variant: name.to_owned(), weight });
+            return Err(AllocationError::WeightRange {
+                variant: name.to_owned(),
+                weight,
+            });
         }
         sum += u64::from(weight);
     }
@@ -81,7 +94,11 @@ impl Allocation {
         for &(name, weight) in weights {
             let end = start + weight * BUCKETS_PER_PERCENT;
             if end > start {
-                ranges.push(BucketRange { variant: name.to_owned(), start, end });
+                ranges.push(BucketRange {
+                    variant: name.to_owned(),
+                    start,
+                    end,
+                });
             }
             start = end;
         }
@@ -96,8 +113,11 @@ impl Allocation {
     /// the space (uncovered buckets count as free).
     pub fn rebalance(&self, weights: &[(&str, u32)]) -> Result<Self, AllocationError> {
         check_weights(weights)?;
-        let index: BTreeMap<&str, usize> =
-            weights.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect();
+        let index: BTreeMap<&str, usize> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (*n, i))
+            .collect();
         // Owner of every bucket, as an index into `weights` (None = free).
         let mut owner: Vec<Option<usize>> = vec![None; BUCKETS as usize];
         for r in &self.ranges {
@@ -138,7 +158,11 @@ impl Allocation {
             let name = weights[*v].0;
             match ranges.last_mut() {
                 Some(last) if last.variant == name && last.end == b as u32 => last.end += 1,
-                _ => ranges.push(BucketRange { variant: name.to_owned(), start: b as u32, end: b as u32 + 1 }),
+                _ => ranges.push(BucketRange {
+                    variant: name.to_owned(),
+                    start: b as u32,
+                    end: b as u32 + 1,
+                }),
             }
         }
         Ok(Self { ranges })
@@ -153,10 +177,18 @@ impl Allocation {
         let mut owned: BTreeMap<&str, u32> = BTreeMap::new();
         for (index, r) in self.ranges.iter().enumerate() {
             if r.start != expected || r.end <= r.start || r.end > BUCKETS {
-                return Err(AllocationError::Gap { index, start: r.start, end: r.end, expected });
+                return Err(AllocationError::Gap {
+                    index,
+                    start: r.start,
+                    end: r.end,
+                    expected,
+                });
             }
             if !known.contains_key(r.variant.as_str()) {
-                return Err(AllocationError::UnknownVariant { index, variant: r.variant.clone() });
+                return Err(AllocationError::UnknownVariant {
+                    index,
+                    variant: r.variant.clone(),
+                });
             }
             *owned.entry(r.variant.as_str()).or_default() += r.end - r.start;
             expected = r.end;
@@ -168,7 +200,12 @@ impl Allocation {
             let got = owned.get(name).copied().unwrap_or(0);
             let needed = weight * BUCKETS_PER_PERCENT;
             if got != needed {
-                return Err(AllocationError::CountMismatch { variant: name.to_owned(), owned: got, weight, needed });
+                return Err(AllocationError::CountMismatch {
+                    variant: name.to_owned(),
+                    owned: got,
+                    weight,
+                    needed,
+                });
             }
         }
         Ok(())
@@ -177,7 +214,10 @@ impl Allocation {
     /// The variant owning `bucket` (binary search; the filter uses a precomputed table).
     pub fn lookup(&self, bucket: u32) -> Option<&str> {
         let i = self.ranges.partition_point(|r| r.end <= bucket);
-        self.ranges.get(i).filter(|r| r.start <= bucket).map(|r| r.variant.as_str())
+        self.ranges
+            .get(i)
+            .filter(|r| r.start <= bucket)
+            .map(|r| r.variant.as_str())
     }
 
     /// A dense table `bucket -> index into names`, for O(1) lookups on the request path.
@@ -209,7 +249,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn owners(a: &Allocation) -> Vec<String> {
-        (0..BUCKETS).map(|b| a.lookup(b).unwrap_or("<none>").to_owned()).collect()
+        (0..BUCKETS)
+            .map(|b| a.lookup(b).unwrap_or("<none>").to_owned())
+            .collect()
     }
 
     #[test]
@@ -218,8 +260,16 @@ mod tests {
         assert_eq!(
             a.ranges,
             vec![
-                BucketRange { variant: "a".into(), start: 0, end: 8000 },
-                BucketRange { variant: "b".into(), start: 8000, end: 10000 },
+                BucketRange {
+                    variant: "a".into(),
+                    start: 0,
+                    end: 8000
+                },
+                BucketRange {
+                    variant: "b".into(),
+                    start: 8000,
+                    end: 10000
+                },
             ]
         );
         a.validate(&[("a", 80), ("b", 20)]).unwrap();
@@ -227,7 +277,10 @@ mod tests {
 
     #[test]
     fn weights_not_summing_to_100_are_rejected() {
-        assert_eq!(Allocation::initial(&[("a", 80), ("b", 30)]), Err(AllocationError::WeightSum(110)));
+        assert_eq!(
+            Allocation::initial(&[("a", 80), ("b", 30)]),
+            Err(AllocationError::WeightSum(110))
+        );
         assert_eq!(
             Allocation::initial(&[("a", 50), ("a", 50)]),
             Err(AllocationError::DuplicateVariant("a".into()))
@@ -257,11 +310,20 @@ mod tests {
         let w = [("a", 50), ("b", 50)];
         let mut a = Allocation::initial(&w).unwrap();
         a.ranges[1].start = 5001;
-        assert!(matches!(a.validate(&w), Err(AllocationError::Gap { index: 1, .. })));
+        assert!(matches!(
+            a.validate(&w),
+            Err(AllocationError::Gap { index: 1, .. })
+        ));
         let a = Allocation::initial(&[("a", 60), ("b", 40)]).unwrap();
-        assert!(matches!(a.validate(&w), Err(AllocationError::CountMismatch { .. })));
+        assert!(matches!(
+            a.validate(&w),
+            Err(AllocationError::CountMismatch { .. })
+        ));
         let a = Allocation::initial(&[("a", 50), ("z", 50)]).unwrap();
-        assert!(matches!(a.validate(&w), Err(AllocationError::UnknownVariant { .. })));
+        assert!(matches!(
+            a.validate(&w),
+            Err(AllocationError::UnknownVariant { .. })
+        ));
     }
 
     fn weights_strategy() -> impl Strategy<Value = Vec<u32>> {

@@ -32,7 +32,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -197,7 +200,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -213,14 +217,18 @@ pub fn is_header_name(s: &str) -> bool {
 /// A cookie name: RFC 6265 token characters.
 fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 impl FilterConfig {
     /// Parse and validate; the error names the offending field.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let cfg: FilterConfig = serde_json::from_slice(bytes).map_err(|e| {
-            ConfigError::new(format!("line {} column {}", e.line(), e.column()), e.to_string())
+            ConfigError::new(
+                format!("line {} column {}", e.line(), e.column()),
+                e.to_string(),
+            )
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -230,7 +238,10 @@ impl FilterConfig {
         if self.version != CONFIG_VERSION {
             return Err(ConfigError::new(
                 "version",
-                format!("unsupported version {}, this filter reads {CONFIG_VERSION}", self.version),
+                format!(
+                    "unsupported version {}, this filter reads {CONFIG_VERSION}",
+                    self.version
+                ),
             ));
         }
         let mut hosts = BTreeSet::new();
@@ -253,7 +264,11 @@ impl FilterConfig {
 impl EndpointConfig {
     /// The sticky cookie name in effect.
     pub fn cookie_name(&self) -> String {
-        self.routing.sticky.cookie.clone().unwrap_or_else(|| format!("{COOKIE_PREFIX}{}", self.name))
+        self.routing
+            .sticky
+            .cookie
+            .clone()
+            .unwrap_or_else(|| format!("{COOKIE_PREFIX}{}", self.name))
     }
 
     /// The salt of the sticky hash: `namespace/name`.
@@ -263,7 +278,10 @@ impl EndpointConfig {
 
     /// `(name, weight)` pairs in order, as the allocation functions take them.
     pub fn weights(&self) -> Vec<(&str, u32)> {
-        self.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect()
+        self.variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.weight))
+            .collect()
     }
 
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
@@ -271,18 +289,33 @@ impl EndpointConfig {
             return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
         }
         if self.hosts.is_empty() {
-            return Err(ConfigError::new(format!("{at}.hosts"), "must name at least one host"));
+            return Err(ConfigError::new(
+                format!("{at}.hosts"),
+                "must name at least one host",
+            ));
         }
         for (j, h) in self.hosts.iter().enumerate() {
-            if h.is_empty() || h.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
-                return Err(ConfigError::new(format!("{at}.hosts[{j}]"), format!("{h:?} is not a host name")));
+            if h.is_empty()
+                || h.bytes()
+                    .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.hosts[{j}]"),
+                    format!("{h:?} is not a host name"),
+                ));
             }
         }
         if self.variants.is_empty() {
-            return Err(ConfigError::new(format!("{at}.variants"), "must have at least one variant"));
+            return Err(ConfigError::new(
+                format!("{at}.variants"),
+                "must have at least one variant",
+            ));
         }
         if self.variants.len() > MAX_VARIANTS {
-            return Err(ConfigError::new(format!("{at}.variants"), format!("at most {MAX_VARIANTS} variants")));
+            return Err(ConfigError::new(
+                format!("{at}.variants"),
+                format!("at most {MAX_VARIANTS} variants"),
+            ));
         }
         let mut names = BTreeSet::new();
         let mut sum = 0u64;
@@ -290,7 +323,10 @@ impl EndpointConfig {
             if !is_dns_label(&v.name) {
                 return Err(ConfigError::new(
                     format!("{at}.variants[{j}].name"),
-                    format!("{:?} must be a DNS label (lowercase letters, digits, '-', at most 63)", v.name),
+                    format!(
+                        "{:?} must be a DNS label (lowercase letters, digits, '-', at most 63)",
+                        v.name
+                    ),
                 ));
             }
             if !names.insert(v.name.as_str()) {
@@ -300,7 +336,10 @@ impl EndpointConfig {
                 ));
             }
             if v.model.is_empty() {
-                return Err(ConfigError::new(format!("{at}.variants[{j}].model"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{at}.variants[{j}].model"),
+                    "must not be empty",
+                ));
             }
             if v.weight > 100 {
                 return Err(ConfigError::new(
@@ -311,11 +350,16 @@ impl EndpointConfig {
             sum += u64::from(v.weight);
         }
         if sum != 100 {
-            return Err(ConfigError::new(format!("{at}.variants"), format!("weights sum to {sum}, must be 100")));
+            return Err(ConfigError::new(
+                format!("{at}.variants"),
+                format!("weights sum to {sum}, must be 100"),
+            ));
         }
         self.allocation
             .validate(&self.weights())
-            .map_err(|e: AllocationError| ConfigError::new(format!("{at}.allocation"), e.to_string()))?;
+            .map_err(|e: AllocationError| {
+                ConfigError::new(format!("{at}.allocation"), e.to_string())
+            })?;
         let r = &self.routing;
         if !is_header_name(&r.target_header) {
             return Err(ConfigError::new(
@@ -339,10 +383,16 @@ impl EndpointConfig {
         }
         if let Some(s) = &self.shadow {
             if s.cluster.is_empty() {
-                return Err(ConfigError::new(format!("{at}.shadow.cluster"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{at}.shadow.cluster"),
+                    "must not be empty",
+                ));
             }
             if s.model.is_empty() {
-                return Err(ConfigError::new(format!("{at}.shadow.model"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{at}.shadow.model"),
+                    "must not be empty",
+                ));
             }
             if !(0.0..=100.0).contains(&s.percent) {
                 return Err(ConfigError::new(
@@ -351,7 +401,10 @@ impl EndpointConfig {
                 ));
             }
             if s.timeout_ms == 0 {
-                return Err(ConfigError::new(format!("{at}.shadow.timeoutMs"), "must be positive"));
+                return Err(ConfigError::new(
+                    format!("{at}.shadow.timeoutMs"),
+                    "must be positive",
+                ));
             }
             if !(s.compare.tolerance >= 0.0 && s.compare.tolerance.is_finite()) {
                 return Err(ConfigError::new(
@@ -366,7 +419,10 @@ impl EndpointConfig {
 
 /// Build an endpoint's config with its allocation carried forward from `previous` (or laid
 /// out fresh), so every writer of filter config derives allocations the same way.
-pub fn carry_allocation(previous: Option<&Allocation>, weights: &[(&str, u32)]) -> Result<Allocation, AllocationError> {
+pub fn carry_allocation(
+    previous: Option<&Allocation>,
+    weights: &[(&str, u32)],
+) -> Result<Allocation, AllocationError> {
     match previous {
         Some(prev) => prev.rebalance(weights),
         None => Allocation::initial(weights),
@@ -412,7 +468,8 @@ mod tests {
         assert_eq!(e.field, "endpoints[0].variants[1].name");
         let e = with(|v| v["endpoints"][0]["shadow"]["percent"] = 101.into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].shadow.percent");
-        let e = with(|v| v["endpoints"][0]["routing"]["sticky"]["header"] = "X User".into()).unwrap_err();
+        let e = with(|v| v["endpoints"][0]["routing"]["sticky"]["header"] = "X User".into())
+            .unwrap_err();
         assert_eq!(e.field, "endpoints[0].routing.sticky.header");
         let e = with(|v| v["version"] = 2.into()).unwrap_err();
         assert_eq!(e.field, "version");

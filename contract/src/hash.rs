@@ -93,7 +93,10 @@ mod tests {
             counts[(bucket_of("default/titanic", &format!("user-{i}")) / 1000) as usize] += 1;
         }
         for c in counts {
-            assert!((9_500..=10_500).contains(&c), "decile count {c} is off 10,000 by > 5%");
+            assert!(
+                (9_500..=10_500).contains(&c),
+                "decile count {c} is off 10,000 by > 5%"
+            );
         }
     }
 }

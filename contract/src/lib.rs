@@ -15,7 +15,8 @@ pub mod metrics;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
-    CompareConfig, CompareMode, ConfigError, EndpointConfig, FilterConfig, RoutingConfig,
-    ShadowConfig, StickyConfig, UnknownTarget, VariantConfig, CONFIG_VERSION, carry_allocation, is_dns_label, is_header_name,
+    carry_allocation, is_dns_label, is_header_name, CompareConfig, CompareMode, ConfigError,
+    EndpointConfig, FilterConfig, RoutingConfig, ShadowConfig, StickyConfig, UnknownTarget,
+    VariantConfig, CONFIG_VERSION,
 };
 pub use hash::{bucket_of, hash_key};

@@ -37,6 +37,9 @@ pub trait Host {
     fn record(&mut self, metric: MetricId, value: u64);
     /// Milliseconds on a clock that does not go backwards within a request.
     fn now_ms(&self) -> u64;
+    /// How long the current stream has been running, by the host's own stream timing
+    /// (one host call at the end instead of two clock reads).
+    fn request_duration_ms(&self) -> Option<u64>;
     fn random(&mut self) -> u64;
     /// Ask the root context to send queued shadow copies soon.
     fn wake_root(&mut self);
@@ -57,6 +60,8 @@ pub struct MemHost {
     pub names: Vec<String>,
     /// How often `wake_root` was called.
     pub woken: u32,
+    /// What `request_duration_ms` answers.
+    pub duration: Option<u64>,
 }
 
 impl MemHost {
@@ -146,6 +151,9 @@ impl Host for MemHost {
     }
     fn now_ms(&self) -> u64 {
         self.now
+    }
+    fn request_duration_ms(&self) -> Option<u64> {
+        self.duration
     }
     fn random(&mut self) -> u64 {
         self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);

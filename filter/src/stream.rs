@@ -34,7 +34,6 @@ pub struct Stream {
     /// `(endpoint, variant)` once assigned.
     assigned: Option<(usize, usize)>,
     set_cookie: Option<String>,
-    start_ms: u64,
     status: Option<u32>,
     capture: Option<Capture>,
     shadow_id: Option<u64>,
@@ -76,7 +75,6 @@ impl Stream {
             hub,
             assigned: None,
             set_cookie: None,
-            start_ms: 0,
             status: None,
             capture: None,
             shadow_id: None,
@@ -100,23 +98,27 @@ impl Stream {
         let Some(ep) = cfg.endpoints.get(ep_index) else {
             return RequestAction::Continue;
         };
-        // Clients must not pick a route by sending the routing header themselves.
-        h.remove_request_header(VARIANT_HEADER);
+        // Clients must not pick a route by sending the routing header themselves: every path
+        // below either replaces it (a host "set" replaces all values, one host call instead of
+        // remove + set) or removes it.
         match decide(ep, h) {
-            Decision::Reject { body } => RequestAction::Reply { status: 400, body },
+            Decision::Reject { body } => {
+                h.remove_request_header(VARIANT_HEADER);
+                RequestAction::Reply { status: 400, body }
+            }
             Decision::Assign {
                 variant,
                 reason,
                 set_cookie,
             } => {
                 let Some(v) = ep.variants.get(variant) else {
+                    h.remove_request_header(VARIANT_HEADER);
                     return RequestAction::Continue;
                 };
                 h.set_request_header(VARIANT_HEADER, &v.name);
                 h.increment(v.metrics.assignments[reason as usize]);
                 self.assigned = Some((ep_index, variant));
                 self.set_cookie = set_cookie;
-                self.start_ms = h.now_ms();
                 if let Some(s) = &ep.shadow {
                     if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
                         let headers = shadow_headers(
@@ -278,7 +280,9 @@ impl Stream {
         };
         let class = self.status.map_or(5, code_class_index);
         h.increment(v.metrics.requests[class]);
-        h.record(v.metrics.duration, h.now_ms().saturating_sub(self.start_ms));
+        if let Some(ms) = h.request_duration_ms() {
+            h.record(v.metrics.duration, ms);
+        }
     }
 }
 
@@ -314,6 +318,7 @@ mod tests {
                 ("x-mlep-variant", "b"),
             ],
         );
+        h.duration = Some(7);
         let mut s = Stream::new(cfg, hub);
         assert_eq!(s.on_request_headers(&mut h, true), RequestAction::Continue);
         let v = h.request_header("x-mlep-variant").unwrap();
@@ -344,6 +349,12 @@ mod tests {
             h.counter(&format!("mlep_assignments_total.{base}.reason.sticky")),
             1
         );
+        let duration = h
+            .names
+            .iter()
+            .position(|n| *n == format!("mlep_request_duration_ms.{base}"))
+            .unwrap() as u32;
+        assert_eq!(h.records[&duration], vec![7]);
     }
 
     #[test]

@@ -4,12 +4,10 @@
 use crate::crd::{Model, ModelEndpoint};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::reconcile;
 use crate::render::{crds, RenderSettings};
 use crate::server::{self, WasmModule, WASM_PATH};
-use futures::StreamExt;
 use kube::api::{Api, ListParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Client;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -196,26 +194,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         election.acquire().await;
     }
 
-    let (models, writer) = reflector::store::<Model>();
-    let model_watch = reflector(
-        writer,
-        watcher(
-            Api::<Model>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
-    let model_task = tokio::spawn(model_watch);
-    let ctx = Arc::new(Context {
-        client,
-        settings,
-        metrics,
-        models: models.clone(),
-    });
-    let _ = models.wait_until_ready().await;
-
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -229,7 +207,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
         let _ = ctrl_c.await;
     };
-    let controller = reconcile::run(ctx, shutdown);
+    let controller = reconcile::run(client, settings, metrics, None, shutdown);
     if config.leader_elect {
         tokio::select! {
             _ = controller => info!("controller stopped"),
@@ -238,7 +216,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     } else {
         controller.await;
     }
-    model_task.abort();
     server.abort();
     warn!("stopped");
     Ok(())

@@ -17,13 +17,13 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 /// Finalizer on every ModelEndpoint: removes the objects in other namespaces (the filter in
 /// the ingress gateway's namespace), which ownerReferences cannot reach.
@@ -49,7 +49,11 @@ impl Error {
             Error::Kube(_) => "ApiUnreachable",
             Error::NoNamespace(_) => "NoNamespace",
             Error::Malformed(_) => "Malformed",
-            Error::Finalizer(_) => "Finalizer",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "Finalizer",
+            },
         }
     }
 }
@@ -61,6 +65,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub models: Store<Model>,
 }
+
+/// Reconciles running at once.
+pub const CONCURRENCY: u16 = 4;
 
 /// The kinds the operator writes, with their plurals (for listing and pruning).
 pub const KINDS: &[(&str, &str, &str)] = &[
@@ -90,6 +97,16 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The kinds the operator puts outside an endpoint's namespace (the gateway-side filter).
+pub const FOREIGN_KINDS: &[(&str, &str, &str)] = &[
+    (
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "envoyfilters",
+    ),
+    ("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins"),
+];
+
 fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     let (_, _, plural) = KINDS
         .iter()
@@ -101,22 +118,65 @@ fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
     ))
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controller until `shutdown` resolves: a Model cache, and the ModelEndpoint
+/// controller owning Deployments. `scope` limits it to one namespace (tests); `None` watches all.
 pub async fn run(
-    ctx: Arc<Context>,
+    client: Client,
+    settings: RenderSettings,
+    metrics: Arc<Metrics>,
+    scope: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let endpoints: Api<ModelEndpoint> = Api::all(client.clone());
-    let controller = Controller::new(endpoints, watcher::Config::default());
+    fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (models, writer) = reflector::store::<Model>();
+    let model_cache = reflector(
+        writer,
+        watcher(api::<Model>(&client, scope), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    let model_task = tokio::spawn(model_cache);
+    let _ = models.wait_until_ready().await;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        metrics,
+        models,
+    });
+
+    // Models get a status of their own: Ready when their spec is valid.
+    let models_controller =
+        Controller::new(api::<Model>(&client, scope), watcher::Config::default())
+            .run(reconcile_model, model_error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "model reconcile stream");
+                }
+            });
+    let models_task = tokio::spawn(models_controller);
+
+    let controller = Controller::new(
+        api::<ModelEndpoint>(&client, scope),
+        watcher::Config::default(),
+    );
     let endpoint_store = controller.store();
     controller
         .owns(
-            Api::<Deployment>::all(client.clone()),
+            api::<Deployment>(&client, scope),
             watcher::Config::default().labels(LABEL_ENDPOINT),
         )
         .watches(
-            Api::<Model>::all(client),
+            api::<Model>(&client, scope),
             watcher::Config::default(),
             move |m: Model| {
                 // A Model change concerns every endpoint of its namespace that names it.
@@ -130,6 +190,9 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        // A few reconciles at a time: each one lists its children kind by kind, and hundreds
+        // at once only queue up in the API server (measured: 34 s per reconcile, unbounded).
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -138,6 +201,37 @@ pub async fn run(
             }
         })
         .await;
+    models_task.abort();
+    model_task.abort();
+}
+
+fn model_error_policy(m: Arc<Model>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(model = %m.name_any(), %error, "model reconcile failed");
+    ctx.metrics.failure(error.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// A Model's status: `Ready` when its spec is valid, else the field that is not.
+#[instrument(skip_all, fields(model = %m.name_any(), namespace = %m.namespace().unwrap_or_default()))]
+async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = m
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
+    let status = crate::status::model_status(&m, now());
+    if m.status.as_ref() == Some(&status) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        serde_json::json!({ "apiVersion": "mlep.dev/v1alpha1", "kind": "Model", "status": status });
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.write();
+    Ok(Action::await_change())
 }
 
 fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
@@ -146,12 +240,12 @@ fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
 }
 
 fn error_policy(ep: Arc<ModelEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(endpoint = %ep.name_any(), namespace = ?ep.namespace(), %error, "reconcile failed");
+    warn!(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default(), %error, "reconcile failed");
     ctx.metrics.failure(error.reason());
     Action::requeue(Duration::from_secs(5))
 }
 
-#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = ?ep.namespace()))]
+#[instrument(skip_all, fields(endpoint = %ep.name_any(), namespace = %ep.namespace().unwrap_or_default()))]
 async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = ep
@@ -201,7 +295,15 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         return Ok(Action::await_change());
     }
 
-    let observed = observe(ctx, ns, &name).await?;
+    // One list per kind: what exists (to compare and prune) and the Deployments' readiness.
+    let own_selector = format!("{LABEL_ENDPOINT}={name}");
+    let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
+    let mut existing = list_existing(ctx, ns, &own_selector, KINDS).await?;
+    if ctx.settings.gateway_namespace != ns {
+        let gw_ns = &ctx.settings.gateway_namespace;
+        existing.extend(list_existing(ctx, gw_ns, &foreign_selector, FOREIGN_KINDS).await?);
+    }
+    let observed = observe(&existing);
     let p = plan(&ep.spec, last, &observed);
     let previous = last.and_then(|s| s.allocation.as_ref());
     let rendered = match render_endpoint(ep, ns, &models, &p, previous, &ctx.settings) {
@@ -213,15 +315,8 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    let own_selector = format!("{LABEL_ENDPOINT}={name}");
-    let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
     let mut keep_local = BTreeSet::new();
     let mut keep_foreign = BTreeSet::new();
-    let mut existing = list_existing(ctx, ns, &own_selector).await?;
-    if ctx.settings.gateway_namespace != ns {
-        existing
-            .extend(list_existing(ctx, &ctx.settings.gateway_namespace, &foreign_selector).await?);
-    }
     for obj in &rendered.objects {
         let key = key_of(obj)?;
         if key.1 == ns {
@@ -231,7 +326,14 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         }
         match existing.get(&key) {
             Some(current) if contains(current, obj) => {}
-            _ => apply_object(ctx, obj, &key).await?,
+            current => {
+                let why = current.map_or_else(
+                    || "missing".to_owned(),
+                    |c| difference(c, obj, String::new()),
+                );
+                debug!(kind = %key.2, name = %key.3, %why, "out of date");
+                apply_object(ctx, obj, &key).await?
+            }
         }
     }
     // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant).
@@ -281,9 +383,10 @@ async fn list_existing(
     ctx: &Context,
     ns: &str,
     selector: &str,
+    kinds: &[(&str, &str, &str)],
 ) -> Result<BTreeMap<Key, Value>, Error> {
     let mut out = BTreeMap::new();
-    for (version, kind, _) in KINDS {
+    for (version, kind, _) in kinds {
         let Some(ar) = api_resource(version, kind) else {
             continue;
         };
@@ -294,8 +397,11 @@ async fn list_existing(
             Err(e) => return Err(e.into()),
         };
         for o in list.items {
-            let v =
+            let mut v =
                 serde_json::to_value(&o).map_err(|_| Error::Malformed("serializable object"))?;
+            // Items of a list of built-in kinds carry no apiVersion/kind.
+            v["apiVersion"] = Value::from(*version);
+            v["kind"] = Value::from(*kind);
             out.insert(
                 ((*version).into(), ns.into(), (*kind).into(), o.name_any()),
                 v,
@@ -320,9 +426,12 @@ async fn apply_object(ctx: &Context, obj: &Value, key: &Key) -> Result<(), Error
     Ok(())
 }
 
-/// Delete every object of our kinds in `ns` matching `selector`.
+/// Delete every object the operator puts outside an endpoint's namespace matching `selector`.
 async fn prune(ctx: &Context, ns: &str, selector: &str) -> Result<(), Error> {
-    for key in list_existing(ctx, ns, selector).await?.keys() {
+    for key in list_existing(ctx, ns, selector, FOREIGN_KINDS)
+        .await?
+        .keys()
+    {
         delete(ctx, key).await?;
     }
     Ok(())
@@ -343,26 +452,23 @@ async fn delete(ctx: &Context, key: &Key) -> Result<(), Error> {
     }
 }
 
-/// Readiness of this endpoint's Deployments, by (variant, model).
-async fn observe(ctx: &Context, ns: &str, name: &str) -> Result<Observed, Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let list = api
-        .list(&ListParams::default().labels(&format!("{LABEL_ENDPOINT}={name}")))
-        .await?;
+/// Readiness of this endpoint's Deployments, by (variant, model), from the listed objects.
+fn observe(existing: &BTreeMap<Key, Value>) -> Observed {
     let mut observed = Observed::default();
-    for d in list.items {
-        let labels = d.labels();
-        let (Some(v), Some(m)) = (labels.get(LABEL_VARIANT), labels.get(LABEL_MODEL)) else {
+    for (_, d) in existing.iter().filter(|(k, _)| k.2 == "Deployment") {
+        let labels = &d["metadata"]["labels"];
+        let (Some(v), Some(m)) = (labels[LABEL_VARIANT].as_str(), labels[LABEL_MODEL].as_str())
+        else {
             continue;
         };
-        let st = d.status.as_ref();
+        let int = |v: &Value| v.as_i64().and_then(|n| i32::try_from(n).ok());
         let r = Readiness {
-            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            ready_replicas: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+            replicas: int(&d["spec"]["replicas"]).unwrap_or(1),
+            ready_replicas: int(&d["status"]["readyReplicas"]).unwrap_or(0),
         };
-        observed.deployments.insert((v.clone(), m.clone()), r);
+        observed.deployments.insert((v.to_owned(), m.to_owned()), r);
     }
-    Ok(observed)
+    observed
 }
 
 /// Write status with server-side apply, only when it changed.
@@ -404,6 +510,31 @@ pub fn contains(have: &Value, want: &Value) -> bool {
         }
         (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
         _ => have == want,
+    }
+}
+
+/// Where `have` first differs from `want` (a JSON path), for the logs.
+fn difference(have: &Value, want: &Value, at: String) -> String {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .find(|(k, wv)| {
+                !h.get(*k)
+                    .map_or_else(|| is_empty(wv), |hv| contains(hv, wv))
+            })
+            .map(|(k, wv)| match h.get(k) {
+                Some(hv) => difference(hv, wv, format!("{at}.{k}")),
+                None => format!("{at}.{k} missing"),
+            })
+            .unwrap_or(at),
+        (Value::Array(h), Value::Array(w)) if h.len() == w.len() => h
+            .iter()
+            .zip(w)
+            .enumerate()
+            .find(|(_, (a, b))| !contains(a, b))
+            .map(|(i, (a, b))| difference(a, b, format!("{at}[{i}]")))
+            .unwrap_or(at),
+        _ => format!("{at}: have {have}, want {want}"),
     }
 }
 

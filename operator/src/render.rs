@@ -118,6 +118,32 @@ pub fn render_all(
 /// The CRDs of `mlep.dev`, as installed by `manifests/crds/`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Model::crd(), ModelEndpoint::crd()]
+        .into_iter()
+        .map(without_null_enum_values)
+        .collect()
+}
+
+/// schemars lists `null` among the `enum` values of an optional enum. `nullable: true` already
+/// says that; the extra `null` makes Kubernetes 1.20's API server reject the whole CRD ("per-version
+/// schemas may not all be set to identical values"), so drop it.
+fn without_null_enum_values(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Array(e)) = m.get_mut("enum") {
+                    e.retain(|x| !x.is_null());
+                }
+                m.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut v) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
 }
 
 /// Render one endpoint. `models` are the Models of its namespace by name; the spec must have
@@ -435,7 +461,7 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
             json!({
                 "name": format!("variant-{}", v.name),
                 "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v.name } } }],
-                "route": [dest(&v.name)],
+                "route": [{ "destination": dest(&v.name) }],
             })
         })
         .collect();
@@ -673,4 +699,395 @@ fn wasm_plugin(
         spec["selector"] = json!({ "matchLabels": labels });
     }
     json!({ "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": metadata, "spec": spec })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Artifact, AutoscalingSpec, ModelEndpointSpec, ShadowSpec, VariantSpec};
+    use crate::plan::VariantPlan;
+
+    fn model(name: &str) -> Model {
+        let mut m = Model::new(
+            name,
+            ModelSpec {
+                image: "ghcr.io/k8smlendpoints/mlep-model-server:0.1.0".into(),
+                artifact: Some(Artifact {
+                    uri: format!("https://example.com/{name}.tar.gz"),
+                    sha256: "a".repeat(64),
+                }),
+                port: Some(9000),
+                env: vec![],
+                resources: None,
+            },
+        );
+        m.metadata.namespace = Some("ml".into());
+        m
+    }
+
+    fn variant(name: &str, model: &str, weight: u32) -> VariantSpec {
+        VariantSpec {
+            name: name.into(),
+            model: model.into(),
+            weight,
+            replicas: Some(2),
+            autoscaling: None,
+            resources: None,
+        }
+    }
+
+    fn endpoint() -> ModelEndpoint {
+        let mut e = ModelEndpoint::new(
+            "titanic",
+            ModelEndpointSpec {
+                hosts: vec!["titanic.example.com".into()],
+                gateway: None,
+                variants: vec![variant("a", "m1", 80), variant("b", "m2", 20)],
+                routing: Default::default(),
+                shadow: None,
+                filter_wiring: Default::default(),
+                expose: None,
+                rollout: None,
+            },
+        );
+        e.metadata.namespace = Some("ml".into());
+        e.metadata.uid = Some("uid-1".into());
+        e
+    }
+
+    fn models() -> BTreeMap<String, ModelSpec> {
+        ["m1", "m2", "m3"]
+            .iter()
+            .map(|n| ((*n).to_owned(), model(n).spec))
+            .collect()
+    }
+
+    fn render(ep: &ModelEndpoint, plan: &Plan) -> Vec<Value> {
+        render_endpoint(ep, "ml", &models(), plan, None, &RenderSettings::default())
+            .unwrap()
+            .objects
+    }
+
+    fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+        objs.iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind} {name} in {:#?}",
+                    objs.iter()
+                        .map(|o| (&o["kind"], &o["metadata"]["name"]))
+                        .collect::<Vec<_>>()
+                )
+            })
+    }
+
+    #[test]
+    fn deployment_follows_the_sagemaker_contract_and_runs_locked_down() {
+        let ep = endpoint();
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let d = find(&objs, "Deployment", "titanic-a-m1");
+        let pod = &d["spec"]["template"];
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(
+            (&labels["app"], &labels["version"]),
+            (&json!("titanic"), &json!("a"))
+        );
+        assert_eq!(
+            (
+                &labels[LABEL_ENDPOINT],
+                &labels[LABEL_VARIANT],
+                &labels[LABEL_MODEL]
+            ),
+            (&json!("titanic"), &json!("a"), &json!("m1"))
+        );
+        let init = &pod["spec"]["initContainers"][0];
+        assert_eq!(init["image"], RenderSettings::default().model_init_image);
+        assert!(init["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "MLEP_ARTIFACT_SHA256", "value": "a".repeat(64)})));
+        assert_eq!(init["volumeMounts"][0]["mountPath"], MODEL_DIR);
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["args"], json!(["serve"]));
+        assert_eq!(
+            c["ports"][0],
+            json!({"name": "http", "containerPort": 9000, "protocol": "TCP"})
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ping");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/ping");
+        assert_eq!(
+            c["volumeMounts"][1],
+            json!({"name": "model", "mountPath": MODEL_DIR, "readOnly": true})
+        );
+        for sc in [&c["securityContext"], &init["securityContext"]] {
+            assert_eq!(
+                (
+                    &sc["readOnlyRootFilesystem"],
+                    &sc["allowPrivilegeEscalation"],
+                    &sc["runAsNonRoot"]
+                ),
+                (&json!(true), &json!(false), &json!(true))
+            );
+        }
+        assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let annotation = pod["metadata"]["annotations"]["proxy.istio.io/config"]
+            .as_str()
+            .unwrap();
+        let cfg: Value = serde_json::from_str(annotation).unwrap();
+        assert_eq!(
+            cfg["proxyStatsMatcher"]["inclusionPrefixes"],
+            json!([STATS_PREFIX])
+        );
+    }
+
+    #[test]
+    fn service_ports_name_their_protocol_and_select_every_variant() {
+        let ep = endpoint();
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let s = find(&objs, "Service", "titanic");
+        assert_eq!(s["spec"]["selector"], json!({"app": "titanic"}));
+        assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], "http");
+    }
+
+    #[test]
+    fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
+        let ep = endpoint();
+        let mut plan = Plan::assume_ready(&ep.spec);
+        let objs = render(&ep, &plan);
+        let http = find(&objs, "VirtualService", "titanic")["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(http.len(), 3);
+        assert_eq!(
+            http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+            "b"
+        );
+        assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
+        let weights: Vec<(&Value, &Value)> = http[2]["route"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (&r["destination"]["subset"], &r["weight"]))
+            .collect();
+        assert_eq!(
+            weights,
+            vec![(&json!("a"), &json!(80)), (&json!("b"), &json!(20))]
+        );
+
+        // b not ready: no header route to it, all default traffic to a.
+        plan.variants[1] = VariantPlan {
+            ready: false,
+            weight: 0,
+            ..plan.variants[1].clone()
+        };
+        plan.variants[0].weight = 100;
+        let objs = render(&ep, &plan);
+        let http = find(&objs, "VirtualService", "titanic")["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(http.len(), 2);
+        assert_eq!(
+            http[1]["route"],
+            json!([{"destination": {"host": "titanic.ml.svc.cluster.local", "subset": "a", "port": {"number": 80}}}])
+        );
+    }
+
+    #[test]
+    fn a_swap_keeps_the_old_deployment_and_the_subset_on_the_serving_model() {
+        let mut ep = endpoint();
+        ep.spec.variants[1].model = "m3".into();
+        let mut plan = Plan::assume_ready(&ep.spec);
+        plan.variants[1].serving_model = "m2".into();
+        let objs = render(&ep, &plan);
+        find(&objs, "Deployment", "titanic-b-m2");
+        find(&objs, "Deployment", "titanic-b-m3");
+        let subsets = &find(&objs, "DestinationRule", "titanic")["spec"]["subsets"];
+        assert_eq!(
+            subsets[1],
+            json!({"name": "b", "labels": {"version": "b", LABEL_MODEL: "m2"}})
+        );
+    }
+
+    #[test]
+    fn envoy_filter_delivers_the_module_through_ecds_with_url_and_sha256() {
+        let ep = endpoint();
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let ef = find(&objs, "EnvoyFilter", "titanic-mlep");
+        let patches = ef["spec"]["configPatches"].as_array().unwrap();
+        assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
+        let cfg = &patches[0]["patch"]["value"]["typed_config"];
+        assert_eq!(cfg["@type"], WASM_TYPE_URL);
+        let remote = &cfg["config"]["vm_config"]["code"]["remote"];
+        let settings = RenderSettings::default();
+        assert_eq!(
+            (&remote["http_uri"]["uri"], &remote["sha256"]),
+            (&json!(settings.wasm_url), &json!(settings.wasm_sha256))
+        );
+        let filter: FilterConfig =
+            serde_json::from_str(cfg["config"]["configuration"]["value"].as_str().unwrap())
+                .unwrap();
+        filter.validate().unwrap();
+        assert_eq!(filter.endpoints[0].allocation.counts()["a"], 8000);
+        assert_eq!(patches[1]["applyTo"], "HTTP_FILTER");
+        assert_eq!(
+            patches[1]["patch"]["value"]["name"],
+            patches[0]["patch"]["value"]["name"]
+        );
+        assert_eq!(
+            patches[1]["patch"]["value"]["config_discovery"]["type_urls"],
+            json!([WASM_TYPE_URL])
+        );
+        assert_eq!(patches[1]["match"]["context"], "SIDECAR_OUTBOUND");
+        assert!(objs
+            .iter()
+            .all(|o| o["kind"] != "WasmPlugin" && o["kind"] != "Gateway"));
+    }
+
+    #[test]
+    fn exposing_adds_a_gateway_and_a_gateway_side_filter_outside_the_namespace() {
+        let mut ep = endpoint();
+        ep.spec.expose = Some(true);
+        ep.spec.filter_wiring = FilterWiring::WasmPlugin;
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let gw = find(&objs, "Gateway", "titanic");
+        assert_eq!(gw["spec"]["selector"], json!({"istio": "ingressgateway"}));
+        assert_eq!(
+            gw["spec"]["servers"][0]["hosts"],
+            json!(["titanic.example.com"])
+        );
+        let vs = find(&objs, "VirtualService", "titanic");
+        assert_eq!(vs["spec"]["gateways"], json!(["mesh", "ml/titanic"]));
+        let local = find(&objs, "WasmPlugin", "titanic-mlep");
+        assert_eq!(local["spec"]["url"], RenderSettings::default().wasm_url);
+        assert_eq!(
+            local["spec"]["pluginConfig"]["endpoints"][0]["name"],
+            "titanic"
+        );
+        let remote = find(&objs, "WasmPlugin", "mlep-ml-titanic");
+        assert_eq!(remote["metadata"]["namespace"], "istio-system");
+        assert!(
+            remote["metadata"].get("ownerReferences").is_none(),
+            "ownerReferences cannot cross namespaces"
+        );
+        assert_eq!(remote["metadata"]["labels"][LABEL_ENDPOINT_NAMESPACE], "ml");
+        assert_eq!(
+            remote["spec"]["selector"]["matchLabels"],
+            json!({"istio": "ingressgateway"})
+        );
+    }
+
+    #[test]
+    fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
+        let mut ep = endpoint();
+        ep.spec.variants[0].autoscaling = Some(AutoscalingSpec {
+            min_replicas: 2,
+            max_replicas: 5,
+            target_cpu_utilization_percentage: Some(60),
+        });
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "titanic-a-m1");
+        assert_eq!(
+            (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
+            (&json!(2), &json!(5))
+        );
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            60
+        );
+        assert!(find(&objs, "Deployment", "titanic-a-m1")["spec"]
+            .get("replicas")
+            .is_none());
+        assert_eq!(
+            find(&objs, "Deployment", "titanic-b-m2")["spec"]["replicas"],
+            2
+        );
+    }
+
+    #[test]
+    fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
+        let mut ep = endpoint();
+        ep.spec.shadow = Some(ShadowSpec {
+            model: "m3".into(),
+            percent: 10.0,
+            compare: None,
+            tolerance: None,
+            max_body_bytes: None,
+            forward_credentials: None,
+            timeout_ms: None,
+            replicas: None,
+        });
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let d = find(&objs, "Deployment", "titanic-shadow-m3");
+        assert_eq!(
+            d["spec"]["template"]["metadata"]["labels"]["app"],
+            "titanic-shadow"
+        );
+        assert_eq!(
+            find(&objs, "Service", "titanic-shadow")["spec"]["selector"],
+            json!({"app": "titanic-shadow"})
+        );
+        let cfg = &find(&objs, "EnvoyFilter", "titanic-mlep")["spec"]["configPatches"][0]["patch"]
+            ["value"]["typed_config"]["config"]["configuration"]["value"];
+        let filter: FilterConfig = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
+        let shadow = filter.endpoints[0].shadow.as_ref().unwrap();
+        assert_eq!(
+            shadow.cluster,
+            "outbound|80||titanic-shadow.ml.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn the_allocation_is_carried_from_the_previous_one() {
+        let ep = endpoint();
+        let prev = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+        let r = render_endpoint(
+            &ep,
+            "ml",
+            &models(),
+            &Plan::assume_ready(&ep.spec),
+            Some(&prev),
+            &RenderSettings::default(),
+        )
+        .unwrap();
+        // a grows from 50 to 80: every bucket a had stays a.
+        assert!((0..mlep_contract::BUCKETS)
+            .all(|b| prev.lookup(b) != Some("a") || r.allocation.lookup(b) == Some("a")));
+        assert_eq!(r.allocation.counts()["a"], 8000);
+    }
+
+    #[test]
+    fn render_all_renders_every_endpoint_and_reports_invalid_ones_by_name() {
+        let objs = render_all(
+            &[model("m1"), model("m2")],
+            &[endpoint()],
+            &RenderSettings::default(),
+        )
+        .unwrap();
+        assert!(objs.iter().any(|o| o["kind"] == "VirtualService"));
+        assert!(objs.iter().all(|o| o["metadata"]["namespace"] == "ml"));
+        let mut bad = endpoint();
+        bad.spec.variants[1].weight = 30;
+        let err = render_all(
+            &[model("m1"), model("m2")],
+            &[bad],
+            &RenderSettings::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.variants");
+        assert!(err.message.contains("ModelEndpoint ml/titanic"), "{err}");
+    }
+
+    #[test]
+    fn crds_carry_cel_rules_and_no_null_enum_values() {
+        let text = serde_json::to_string(&crds()).unwrap();
+        assert!(text.contains("self.map(v, v.weight).sum() == 100"));
+        assert!(text.contains("exists_one"));
+        assert!(!text.contains(",null]"), "null in an enum");
+    }
 }

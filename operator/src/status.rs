@@ -1,9 +1,11 @@
 //! Status computation: pure functions from plan and observations to `ModelEndpointStatus`.
 
 use crate::crd::conditions::*;
-use crate::crd::{Condition, ModelEndpoint, ModelEndpointStatus, StatusSummary, VariantStatus};
+use crate::crd::{
+    Condition, Model, ModelEndpoint, ModelEndpointStatus, ModelStatus, StatusSummary, VariantStatus,
+};
 use crate::plan::{Observed, Plan};
-use crate::validate::SpecError;
+use crate::validate::{validate_model, SpecError};
 use mlep_contract::Allocation;
 
 fn condition(
@@ -206,6 +208,43 @@ pub fn invalid_status(
     status
 }
 
+/// A Model's status: `Ready` when its spec is valid (the transition time is kept while the
+/// condition's status does not change).
+pub fn model_status(m: &Model, now: String) -> ModelStatus {
+    let generation = m.metadata.generation;
+    let c = match validate_model(&m.spec) {
+        Ok(()) => condition(
+            READY,
+            true,
+            REASON_AVAILABLE,
+            "spec is valid".into(),
+            generation,
+        ),
+        Err(e) => condition(
+            READY,
+            false,
+            e.reason,
+            format!("{}: {}", e.field, e.message),
+            generation,
+        ),
+    };
+    let last = m
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|p| p.type_ == READY));
+    let c = Condition {
+        last_transition_time: match last {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => Some(now),
+        },
+        ..c
+    };
+    ModelStatus {
+        observed_generation: generation,
+        conditions: vec![c],
+    }
+}
+
 /// Equal apart from condition timestamps (which `stamp` carries over anyway).
 pub fn same_status(a: &ModelEndpointStatus, b: &ModelEndpointStatus) -> bool {
     a == b
@@ -312,6 +351,49 @@ mod tests {
             "2030-01-01T00:00:00Z".into(),
         );
         assert!(same_status(&first, &again));
+    }
+
+    #[test]
+    fn a_model_is_ready_when_valid_and_names_the_bad_field_otherwise() {
+        let mut m = Model::new(
+            "m",
+            crate::crd::ModelSpec {
+                image: "img".into(),
+                artifact: Some(crate::crd::Artifact {
+                    uri: "https://x/m.tar.gz".into(),
+                    sha256: "a".repeat(64),
+                }),
+                port: None,
+                env: vec![],
+                resources: None,
+            },
+        );
+        let ok = model_status(&m, "t0".into());
+        assert_eq!(
+            (
+                ok.conditions[0].status.as_str(),
+                ok.conditions[0].last_transition_time.as_deref()
+            ),
+            ("True", Some("t0"))
+        );
+        m.status = Some(ok);
+        assert_eq!(
+            model_status(&m, "t1".into()).conditions[0]
+                .last_transition_time
+                .as_deref(),
+            Some("t0")
+        );
+        m.spec.artifact = Some(crate::crd::Artifact {
+            uri: "ftp://x".into(),
+            sha256: "a".repeat(64),
+        });
+        let bad = model_status(&m, "t2".into());
+        assert_eq!(bad.conditions[0].status, "False");
+        assert!(
+            bad.conditions[0].message.starts_with("spec.artifact.uri"),
+            "{:?}",
+            bad.conditions[0]
+        );
     }
 
     #[test]

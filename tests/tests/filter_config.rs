@@ -53,7 +53,13 @@ fn a_bad_config_is_rejected_with_a_log_line_naming_the_field_and_traffic_keeps_f
 #[test]
 fn metrics_reach_prometheus_with_endpoint_namespace_variant_and_model_labels() {
     let (a, b) = (
-        Upstream::start("a"),
+        Upstream::with(
+            "a",
+            Behaviour {
+                delay: Duration::from_millis(40),
+                ..Behaviour::default()
+            },
+        ),
         Upstream::with(
             "b",
             Behaviour {
@@ -116,6 +122,12 @@ fn metrics_reach_prometheus_with_endpoint_namespace_variant_and_model_labels() {
             .metric("mlep_request_duration_ms_count", &base_a)
             >= 1.0),
         "duration histogram"
+    );
+    // `a` answers after 40 ms: the recorded duration (Envoy's own stream timing) shows it.
+    let sum = env.metric("mlep_request_duration_ms_sum", &base_a);
+    assert!(
+        (40.0..1000.0).contains(&sum),
+        "duration sum {sum} ms for one 40 ms request"
     );
     let text = env.prometheus();
     assert!(

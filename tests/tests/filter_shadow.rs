@@ -64,7 +64,7 @@ fn the_shadow_receives_method_path_and_body_intact_without_credentials() {
     );
     assert_eq!((r.status, served_by(&r)), (200, "a".to_owned()));
     assert!(
-        poll_until(Duration::from_secs(10), || s.count() == 1),
+        poll_until(Duration::from_secs(20), || s.count() == 1),
         "the shadow got the copy"
     );
     let copy = &s.seen()[0];
@@ -129,7 +129,7 @@ fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
         "p50 {slow_p50:?} vs baseline {base_p50:?}"
     );
     assert!(
-        poll_until(Duration::from_secs(10), || env
+        poll_until(Duration::from_secs(20), || env
             .metric("mlep_shadow_requests_total", &[("outcome", "timeout")])
             == 40.0),
         "40 timeouts counted: {}",
@@ -146,7 +146,7 @@ fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
         "p50 {dead_p50:?} vs baseline {base_p50:?}"
     );
     assert!(
-        poll_until(Duration::from_secs(10), || env
+        poll_until(Duration::from_secs(20), || env
             .metric("mlep_shadow_requests_total", &[("outcome", "error")])
             == 40.0),
         "40 errors counted: {}",

@@ -421,8 +421,9 @@ fn exhausted_retries_exit_3_and_permanent_errors_exit_2() {
 fn two_concurrent_inits_on_one_volume_download_once_and_never_expose_a_partial_dir() {
     let body = titanic_v1();
     let sum = sha(&body);
-    // ~11 chunks of 64 bytes, 30 ms apart: the first init holds the lock for ~300 ms.
-    let server = serve(body, |_| Reply::Slow(Duration::from_millis(30)));
+    // 11 chunks of 64 bytes, 60 ms apart: the first init holds the lock for ~650 ms, long
+    // enough for the second one to start even on a loaded machine.
+    let server = serve(body, |_| Reply::Slow(Duration::from_millis(60)));
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("model");
 
