@@ -481,16 +481,25 @@ impl Session {
     }
 
     /// Every cluster of `d` with the addresses of its running servers.
+    /// Every endpoint has a shadow cluster (empty without a shadow), so a shadow can be added
+    /// or removed with an EDS update instead of an Envoy restart.
     fn cluster_addrs(&self, d: &Desired) -> Vec<(String, Vec<SocketAddr>)> {
         let mut out = Vec::new();
         for e in &d.endpoints {
-            for s in e.sets() {
-                let cluster = match &s.role {
-                    Role::Variant(v) => envoy::variant_cluster(e.name(), v),
-                    Role::Shadow => plan::shadow_cluster(e.namespace(), e.name()),
-                };
-                out.push((cluster, self.addrs_of(e, &s.role)));
+            for s in &e.variants {
+                if let Role::Variant(v) = &s.role {
+                    out.push((
+                        envoy::variant_cluster(e.name(), v),
+                        self.addrs_of(e, &s.role),
+                    ));
+                }
             }
+            let shadow = e
+                .shadow
+                .as_ref()
+                .map(|s| self.addrs_of(e, &s.role))
+                .unwrap_or_default();
+            out.push((plan::shadow_cluster(e.namespace(), e.name()), shadow));
         }
         out
     }
@@ -515,6 +524,13 @@ impl Session {
         let spec = self.bootstrap_spec(d, &cfg)?;
         let mut bootstrap = envoy::render_bootstrap(&spec)?;
         upstreams::use_eds(&mut bootstrap, &self.eds_dir)?;
+        for e in d.endpoints.iter().filter(|e| e.shadow.is_none()) {
+            upstreams::add_eds_cluster(
+                &mut bootstrap,
+                &plan::shadow_cluster(e.namespace(), e.name()),
+                &self.eds_dir,
+            )?;
+        }
         let version = self.next_version();
         for (cluster, addrs) in self.cluster_addrs(d) {
             upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;
@@ -681,13 +697,17 @@ impl Session {
                 .say("routes changed (variants or shadow added or removed): restarting Envoy");
             self.start_envoy(&new).await
         } else {
-            let clusters: Vec<String> = to_start
+            // Clusters of started sets get the new servers; a removed shadow's cluster empties.
+            let mut clusters: Vec<String> = to_start
                 .iter()
+                .chain(replacing.iter())
                 .map(|s| match &s.role {
                     Role::Variant(v) => envoy::variant_cluster(&s.endpoint, v),
                     Role::Shadow => plan::shadow_cluster(&s.namespace, &s.endpoint),
                 })
                 .collect();
+            clusters.sort();
+            clusters.dedup();
             match self.move_upstreams(&new, &clusters).await {
                 Ok(()) if change.config_changed => self.reload_filter(&new).await,
                 other => other,

@@ -330,10 +330,11 @@ impl Change {
     }
 }
 
-/// One endpoint's route layout: namespace, name, hosts, variant names, has a shadow.
-type RouteLayout = (String, String, Vec<String>, Vec<String>, bool);
+/// One endpoint's route layout: namespace, name, hosts, variant names.
+type RouteLayout = (String, String, Vec<String>, Vec<String>);
 
-/// The route layout: endpoints, their hosts and variants, and whether they have a shadow.
+/// The route layout: endpoints, their hosts and variants. (Every endpoint has a shadow cluster
+/// in local mode, empty without a shadow, so adding or removing a shadow changes no route.)
 fn routes(d: &Desired) -> Vec<RouteLayout> {
     d.endpoints
         .iter()
@@ -343,7 +344,6 @@ fn routes(d: &Desired) -> Vec<RouteLayout> {
                 e.name().to_owned(),
                 e.endpoint.spec.hosts.clone(),
                 e.variants.iter().map(|v| v.role.to_string()).collect(),
-                e.shadow.is_some(),
             )
         })
         .collect()

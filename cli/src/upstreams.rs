@@ -64,18 +64,36 @@ pub fn use_eds(
         };
         obj.remove("load_assignment");
         obj.insert("type".into(), json!("EDS"));
-        obj.insert(
-            "eds_cluster_config".into(),
-            json!({
-                "eds_config": {
-                    "path_config_source": {"path": eds_path(dir, &name), "watched_directory": {"path": dir}},
-                    "resource_api_version": "V3"
-                }
-            }),
-        );
+        obj.insert("eds_cluster_config".into(), eds_config(dir, &name));
         out.push((name, addrs));
     }
     Ok(out)
+}
+
+/// The EDS `eds_cluster_config` of a cluster whose file is `eds_path(dir, name)`.
+fn eds_config(dir: &Path, name: &str) -> Value {
+    json!({
+        "eds_config": {
+            "path_config_source": {"path": eds_path(dir, name), "watched_directory": {"path": dir}},
+            "resource_api_version": "V3"
+        }
+    })
+}
+
+/// Add an EDS cluster (e.g. an endpoint's shadow cluster before it has a shadow, so that one can
+/// be added later without restarting Envoy). Write its file with [`write_eds`] (possibly empty).
+pub fn add_eds_cluster(bootstrap: &mut Value, name: &str, dir: &Path) -> Result<(), UpstreamError> {
+    let clusters = bootstrap
+        .pointer_mut("/static_resources/clusters")
+        .and_then(Value::as_array_mut)
+        .ok_or(UpstreamError::NoClusters)?;
+    clusters.push(json!({
+        "name": name,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": eds_config(dir, name)
+    }));
+    Ok(())
 }
 
 fn addresses(load_assignment: &Value) -> Vec<SocketAddr> {

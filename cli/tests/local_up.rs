@@ -466,6 +466,45 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         r.text()
     );
 
+    // Adding a shadow live: its server starts, its (pre-created, empty) cluster gets it, then the
+    // filter starts mirroring; no Envoy restart, no failed request; the table gets a shadow row.
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    let text = std::fs::read_to_string(&endpoint_yaml).unwrap();
+    let tmp = endpoint_yaml.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        format!("{text}  shadow:\n    model: titanic-v2\n    percent: 50\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &endpoint_yaml).unwrap();
+    up.wait_for(
+        "ready: titanic/shadow (titanic-v2)",
+        from,
+        Duration::from_secs(60),
+    );
+    up.wait_for("applied: titanic", from, Duration::from_secs(60));
+    let (ok, failed) = load.finish().await;
+    eprintln!(
+        "measured: adding a shadow under load: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed requests while adding the shadow, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        !up.output()
+            .lines()
+            .skip(from)
+            .any(|l| l.contains("restarting Envoy")),
+        "{}",
+        up.output()
+    );
+    up.wait_for("shadow   titanic-v2", from, Duration::from_secs(10));
+
     // Ctrl-C: every process mlep started is gone, and mlep exits 0.
     let pid = up.child.id();
     let kids = children_of(pid);
