@@ -489,7 +489,7 @@ spec:
     }
 
     #[test]
-    fn adding_a_shadow_starts_it_and_changes_routes() {
+    fn adding_a_shadow_starts_it_and_reconfigures_without_changing_routes() {
         let old = plan(&endpoint(("m1", 80), ("m2", 20), ""));
         let new = plan(&endpoint(
             ("m1", 80),
@@ -499,10 +499,24 @@ spec:
         let c = diff(&old, &new);
         assert_eq!(c.start.len(), 1);
         assert_eq!(c.start[0].role, Role::Shadow);
-        assert!(c.stop.is_empty() && c.routes_changed);
+        assert!(c.stop.is_empty() && !c.routes_changed && c.config_changed);
         let back = diff(&new, &old);
         assert_eq!(back.stop.len(), 1);
-        assert!(back.start.is_empty());
+        assert!(back.start.is_empty() && !back.routes_changed && back.config_changed);
+    }
+
+    #[test]
+    fn adding_a_variant_changes_routes() {
+        let old = plan(&endpoint(("m1", 80), ("m2", 20), ""));
+        let text = endpoint(
+            ("m1", 70),
+            ("m2", 20),
+            "    - {name: c, model: custom, weight: 10}\n",
+        );
+        let c = diff(&old, &plan(&text));
+        assert!(c.routes_changed, "{c:?}");
+        assert_eq!(c.start.len(), 1);
+        assert_eq!(c.start[0].role, Role::Variant("c".into()));
     }
 
     #[test]
