@@ -505,6 +505,23 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     );
     up.wait_for("shadow   titanic-v2", from, Duration::from_secs(10));
 
+    // An invalid edit is reported with file, line and field; the running configuration stays.
+    let from = up.lines();
+    edit(&endpoint_yaml, "weight: 50", "weight: 70");
+    let i = up.wait_for("error: ", from, Duration::from_secs(30));
+    let line = up.out.lock().unwrap()[i].clone();
+    assert!(
+        line.contains("endpoint.yaml:") && line.contains("spec.variants: weights sum to 120"),
+        "{line}"
+    );
+    up.wait_for(
+        "the running configuration stays in effect",
+        from,
+        Duration::from_secs(5),
+    );
+    let r = up.invoke(Some("still-serving"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
     // Ctrl-C: every process mlep started is gone, and mlep exits 0.
     let pid = up.child.id();
     let kids = children_of(pid);
