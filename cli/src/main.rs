@@ -78,7 +78,8 @@ Hosts: with one endpoint, any Host reaches it (`*` is added to its hosts locally
 http://127.0.0.1:<port> just works. With several, send `Host: <one of its hosts>`.\n\n\
 Edits to the input apply live: a weights change is an atomic filter-config swap (sticky users move \
 only as the change demands; no request fails); a changed model starts new servers, waits until they are \
-ready, then moves the variant's traffic to them and stops the old ones. Invalid edits are reported and \
+ready, then moves the variant's traffic to them and stops the old ones; a shadow can be added or removed the same way. \
+Adding or removing variants restarts Envoy (a brief interruption). Invalid edits are reported and \
 the running configuration stays. Each endpoint's bucket allocation is kept in --state-dir, so \
 stickiness survives restarts.";
 
