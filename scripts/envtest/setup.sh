@@ -17,6 +17,8 @@
 # - 1.20 builds the GOPATH way: `make WHAT=cmd/kube-apiserver` (needs rsync, jq).
 # - vendored modern-go/reflect2 v1.0.1 crashes under Go >= 1.18 -> reflect2-go118.patch.
 # - No plain-HTTP port: TLS with a self-made CA and a static token.
+# - Service IPs: a /16 (a /24 fills up at 253 Services: "failed to allocate a serviceIP:
+#   range is full", found by the 500-endpoint benchmark).
 set -euo pipefail
 W=${MLEP_ENVTEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlep-envtest-k8s-1.20}
 HERE=$(dirname "$(readlink -f "$0")")
@@ -91,7 +93,7 @@ start_apiserver() {
     --client-ca-file=pki/ca.crt --token-auth-file=pki/tokens.csv \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file=pki/sa.pub --service-account-signing-key-file=pki/sa.key \
-    --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC \
+    --service-cluster-ip-range=10.0.0.0/16 --authorization-mode=RBAC \
     --endpoint-reconciler-type=none --cert-dir="$W/certs" >>apiserver.log 2>&1 &
   echo $! > apiserver.pid
   wait_ready
