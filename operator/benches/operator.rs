@@ -122,18 +122,20 @@ fn spawn_operator(ns: &str, port: u16, wasm: &std::path::Path) -> tokio::process
         .unwrap()
 }
 
-/// Wait until the operator's reconcile counter has not moved for `quiet`.
-async fn settle(port: u16, quiet: Duration) -> u64 {
-    let mut last = metric(port, "mlep_operator_reconciles_total").await;
+/// Wait until the operator's write counter has not moved for `quiet` (unsettled endpoints
+/// keep being re-checked, so reconciles never stop; writes do once everything converged).
+/// Returns (reconciles, writes).
+async fn settle(port: u16, quiet: Duration) -> (u64, u64) {
+    let mut last = metric(port, "mlep_operator_api_writes_total").await;
     let mut since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = metric(port, "mlep_operator_reconciles_total").await;
+        let now = metric(port, "mlep_operator_api_writes_total").await;
         if now != last {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= quiet {
-            return now;
+            return (metric(port, "mlep_operator_reconciles_total").await, now);
         }
     }
 }
@@ -259,8 +261,7 @@ async fn main() {
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
     let total = started.elapsed();
-    let reconciles = settle(port, Duration::from_secs(3)).await;
-    let writes = metric(port, "mlep_operator_api_writes_total").await;
+    let (reconciles, writes) = settle(port, Duration::from_secs(3)).await;
     let rss_loaded = rss_kib(op.id().unwrap_or(0));
     op.start_kill().ok();
     let _ = op.wait().await;
@@ -273,8 +274,7 @@ async fn main() {
     while metric(port, "mlep_operator_reconciles_total").await < n as u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let re_reconciles = settle(port, Duration::from_secs(3)).await;
-    let re_writes = metric(port, "mlep_operator_api_writes_total").await;
+    let (re_reconciles, re_writes) = settle(port, Duration::from_secs(3)).await;
     let rss_restarted = rss_kib(op.id().unwrap_or(0));
     op.start_kill().ok();
     let _ = op.wait().await;
