@@ -13,41 +13,17 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use mlep_operator::crd::{Model, ModelEndpoint};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn strip_cel(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("x-kubernetes-validations");
-            m.values_mut().for_each(strip_cel);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_cel),
-        _ => {}
-    }
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 async fn install_crds(client: &Client) {
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    let mut crds: Vec<Value> = mlep_operator::render::crds()
-        .iter()
-        .map(|c| serde_json::to_value(c).unwrap())
-        .collect();
-    let istio = std::fs::read_to_string(format!(
-        "{}/../../shared/istio/crd-all.gen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&istio) {
-        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v["kind"] == "CustomResourceDefinition" {
-            crds.push(v);
-        }
-    }
-    for mut v in crds {
-        strip_cel(&mut v);
+    for v in support::test_crds() {
         let name = v["metadata"]["name"].as_str().unwrap().to_owned();
         api.patch(
             &name,
