@@ -13,41 +13,17 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use mlep_operator::crd::{Model, ModelEndpoint};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn strip_cel(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("x-kubernetes-validations");
-            m.values_mut().for_each(strip_cel);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_cel),
-        _ => {}
-    }
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 async fn install_crds(client: &Client) {
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    let mut crds: Vec<Value> = mlep_operator::render::crds()
-        .iter()
-        .map(|c| serde_json::to_value(c).unwrap())
-        .collect();
-    let istio = std::fs::read_to_string(format!(
-        "{}/../../shared/istio/crd-all.gen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&istio) {
-        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v["kind"] == "CustomResourceDefinition" {
-            crds.push(v);
-        }
-    }
-    for mut v in crds {
-        strip_cel(&mut v);
+    for v in support::test_crds() {
         let name = v["metadata"]["name"].as_str().unwrap().to_owned();
         api.patch(
             &name,
@@ -122,18 +98,20 @@ fn spawn_operator(ns: &str, port: u16, wasm: &std::path::Path) -> tokio::process
         .unwrap()
 }
 
-/// Wait until the operator's reconcile counter has not moved for `quiet`.
-async fn settle(port: u16, quiet: Duration) -> u64 {
-    let mut last = metric(port, "mlep_operator_reconciles_total").await;
+/// Wait until the operator's write counter has not moved for `quiet` (unsettled endpoints
+/// keep being re-checked, so reconciles never stop; writes do once everything converged).
+/// Returns (reconciles, writes).
+async fn settle(port: u16, quiet: Duration) -> (u64, u64) {
+    let mut last = metric(port, "mlep_operator_api_writes_total").await;
     let mut since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = metric(port, "mlep_operator_reconciles_total").await;
+        let now = metric(port, "mlep_operator_api_writes_total").await;
         if now != last {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= quiet {
-            return now;
+            return (metric(port, "mlep_operator_reconciles_total").await, now);
         }
     }
 }
@@ -259,8 +237,7 @@ async fn main() {
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
     let total = started.elapsed();
-    let reconciles = settle(port, Duration::from_secs(3)).await;
-    let writes = metric(port, "mlep_operator_api_writes_total").await;
+    let (reconciles, writes) = settle(port, Duration::from_secs(3)).await;
     let rss_loaded = rss_kib(op.id().unwrap_or(0));
     op.start_kill().ok();
     let _ = op.wait().await;
@@ -273,8 +250,7 @@ async fn main() {
     while metric(port, "mlep_operator_reconciles_total").await < n as u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let re_reconciles = settle(port, Duration::from_secs(3)).await;
-    let re_writes = metric(port, "mlep_operator_api_writes_total").await;
+    let (re_reconciles, re_writes) = settle(port, Duration::from_secs(3)).await;
     let rss_restarted = rss_kib(op.id().unwrap_or(0));
     op.start_kill().ok();
     let _ = op.wait().await;

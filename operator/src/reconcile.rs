@@ -1,6 +1,7 @@
 //! The reconciler: read, plan, render, apply, status. Thin: decisions live in `plan`, `render`
 //! and `status`; this file talks to the API server.
 
+use crate::crd::conditions::REASON_MODEL_NOT_FOUND;
 use crate::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
 use crate::metrics::Metrics;
 use crate::plan::{plan, Observed, Readiness};
@@ -292,7 +293,13 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         info!(field = %e.field, reason = e.reason, "invalid spec");
         let status = invalid_status(ep, last, &e, now());
         write_status(ctx, &endpoints, &name, last, status).await?;
-        return Ok(Action::await_change());
+        // A Model created just before the endpoint may not be in the Model cache yet, and its
+        // watch event may have come before the endpoint existed to be mapped to: look again.
+        return Ok(if e.reason == REASON_MODEL_NOT_FOUND {
+            Action::requeue(Duration::from_secs(5))
+        } else {
+            Action::await_change()
+        });
     }
 
     // One list per kind: what exists (to compare and prune) and the Deployments' readiness.

@@ -27,23 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+mod support;
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 static CRDS: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
 
 fn repo(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn strip_cel(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("x-kubernetes-validations");
-            m.values_mut().for_each(strip_cel);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_cel),
-        _ => {}
-    }
 }
 
 /// Install our CRDs and Istio's (server-side apply, CEL stripped for 1.20), once per run.
@@ -58,20 +49,7 @@ async fn client() -> Client {
     let mut done = CRDS.lock().await;
     if !*done {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let mut crds: Vec<Value> = mlep_operator::render::crds()
-            .iter()
-            .map(|c| serde_json::to_value(c).unwrap())
-            .collect();
-        let istio = std::fs::read_to_string(repo("../shared/istio/crd-all.gen.yaml"))
-            .expect("../shared/istio/crd-all.gen.yaml");
-        for doc in serde_yaml::Deserializer::from_str(&istio) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
-                crds.push(v);
-            }
-        }
-        for mut v in crds {
-            strip_cel(&mut v);
+        for v in support::test_crds() {
             // Server-side apply (create/replace of k8s-openapi's typed CRD trips 1.20's
             // "per-version schemas may not all be set to identical values" check).
             let name = v["metadata"]["name"].as_str().unwrap().to_owned();
