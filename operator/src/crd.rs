@@ -185,6 +185,52 @@ pub struct VariantSpec {
     pub resources: Option<ResourceRequirements>,
 }
 
+impl ModelEndpointSpec {
+    /// An endpoint with these hosts and variants and every option at its default.
+    pub fn new(hosts: Vec<String>, variants: Vec<VariantSpec>) -> Self {
+        Self {
+            hosts,
+            gateway: None,
+            variants,
+            routing: RoutingSpec::default(),
+            shadow: None,
+            filter_wiring: FilterWiring::default(),
+            expose: None,
+            rollout: None,
+        }
+    }
+}
+
+impl VariantSpec {
+    /// A variant with a fixed default replica count and the Model's resources.
+    pub fn new(name: impl Into<String>, model: impl Into<String>, weight: u32) -> Self {
+        Self {
+            name: name.into(),
+            model: model.into(),
+            weight,
+            replicas: None,
+            autoscaling: None,
+            resources: None,
+        }
+    }
+}
+
+impl ShadowSpec {
+    /// Mirror `percent` of the traffic to `model`, every other option at its default.
+    pub fn new(model: impl Into<String>, percent: f64) -> Self {
+        Self {
+            model: model.into(),
+            percent,
+            compare: None,
+            tolerance: None,
+            max_body_bytes: None,
+            forward_credentials: None,
+            timeout_ms: None,
+            replicas: None,
+        }
+    }
+}
+
 /// Horizontal autoscaling of a variant.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -110,33 +110,15 @@ mod tests {
     use mlep_contract::{FilterConfig, CONFIG_VERSION};
 
     fn spec() -> ModelEndpointSpec {
-        let v = |name: &str, model: &str, weight| VariantSpec {
-            name: name.into(),
-            model: model.into(),
-            weight,
-            replicas: None,
-            autoscaling: None,
-            resources: None,
-        };
-        ModelEndpointSpec {
-            hosts: vec!["titanic.example.com".into()],
-            gateway: None,
-            variants: vec![v("a", "titanic-v1", 80), v("b", "titanic-v2", 20)],
-            routing: Default::default(),
-            shadow: Some(ShadowSpec {
-                model: "titanic-v2".into(),
-                percent: 5.0,
-                compare: None,
-                tolerance: None,
-                max_body_bytes: None,
-                forward_credentials: None,
-                timeout_ms: None,
-                replicas: None,
-            }),
-            filter_wiring: Default::default(),
-            expose: None,
-            rollout: None,
-        }
+        let mut s = ModelEndpointSpec::new(
+            vec!["titanic.example.com".into()],
+            vec![
+                VariantSpec::new("a", "titanic-v1", 80),
+                VariantSpec::new("b", "titanic-v2", 20),
+            ],
+        );
+        s.shadow = Some(ShadowSpec::new("titanic-v2", 5.0));
+        s
     }
 
     fn target() -> Option<ShadowTarget> {

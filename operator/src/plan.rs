@@ -206,26 +206,12 @@ mod tests {
     use crate::crd::{VariantSpec, VariantStatus};
 
     fn spec(v: &[(&str, &str, u32)]) -> ModelEndpointSpec {
-        ModelEndpointSpec {
-            hosts: vec!["h.example.com".into()],
-            gateway: None,
-            variants: v
-                .iter()
-                .map(|(n, m, w)| VariantSpec {
-                    name: (*n).into(),
-                    model: (*m).into(),
-                    weight: *w,
-                    replicas: None,
-                    autoscaling: None,
-                    resources: None,
-                })
+        ModelEndpointSpec::new(
+            vec!["h.example.com".into()],
+            v.iter()
+                .map(|(n, m, w)| VariantSpec::new(*n, *m, *w))
                 .collect(),
-            routing: Default::default(),
-            shadow: None,
-            filter_wiring: Default::default(),
-            expose: None,
-            rollout: None,
-        }
+        )
     }
 
     fn observed(ready: &[(&str, &str, i32)]) -> Observed {

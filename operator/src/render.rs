@@ -727,28 +727,18 @@ mod tests {
 
     fn variant(name: &str, model: &str, weight: u32) -> VariantSpec {
         VariantSpec {
-            name: name.into(),
-            model: model.into(),
-            weight,
             replicas: Some(2),
-            autoscaling: None,
-            resources: None,
+            ..VariantSpec::new(name, model, weight)
         }
     }
 
     fn endpoint() -> ModelEndpoint {
         let mut e = ModelEndpoint::new(
             "titanic",
-            ModelEndpointSpec {
-                hosts: vec!["titanic.example.com".into()],
-                gateway: None,
-                variants: vec![variant("a", "m1", 80), variant("b", "m2", 20)],
-                routing: Default::default(),
-                shadow: None,
-                filter_wiring: Default::default(),
-                expose: None,
-                rollout: None,
-            },
+            ModelEndpointSpec::new(
+                vec!["titanic.example.com".into()],
+                vec![variant("a", "m1", 80), variant("b", "m2", 20)],
+            ),
         );
         e.metadata.namespace = Some("ml".into());
         e.metadata.uid = Some("uid-1".into());
@@ -1012,16 +1002,7 @@ mod tests {
     #[test]
     fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
         let mut ep = endpoint();
-        ep.spec.shadow = Some(ShadowSpec {
-            model: "m3".into(),
-            percent: 10.0,
-            compare: None,
-            tolerance: None,
-            max_body_bytes: None,
-            forward_credentials: None,
-            timeout_ms: None,
-            replicas: None,
-        });
+        ep.spec.shadow = Some(ShadowSpec::new("m3", 10.0));
         let objs = render(&ep, &Plan::assume_ready(&ep.spec));
         let d = find(&objs, "Deployment", "titanic-shadow-m3");
         assert_eq!(

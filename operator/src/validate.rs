@@ -312,28 +312,14 @@ mod tests {
         }
     }
 
-    fn variant(name: &str, model: &str, weight: u32) -> VariantSpec {
-        VariantSpec {
-            name: name.into(),
-            model: model.into(),
-            weight,
-            replicas: None,
-            autoscaling: None,
-            resources: None,
-        }
-    }
-
     fn endpoint() -> ModelEndpointSpec {
-        ModelEndpointSpec {
-            hosts: vec!["titanic.example.com".into()],
-            gateway: None,
-            variants: vec![variant("a", "m1", 80), variant("b", "m2", 20)],
-            routing: Default::default(),
-            shadow: None,
-            filter_wiring: Default::default(),
-            expose: None,
-            rollout: None,
-        }
+        ModelEndpointSpec::new(
+            vec!["titanic.example.com".into()],
+            vec![
+                VariantSpec::new("a", "m1", 80),
+                VariantSpec::new("b", "m2", 20),
+            ],
+        )
     }
 
     fn check(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
@@ -378,32 +364,14 @@ mod tests {
             ("spec.variants[0].model", REASON_MODEL_NOT_FOUND)
         );
         let mut e = endpoint();
-        e.shadow = Some(ShadowSpec {
-            model: "ghost".into(),
-            percent: 10.0,
-            compare: None,
-            tolerance: None,
-            max_body_bytes: None,
-            forward_credentials: None,
-            timeout_ms: None,
-            replicas: None,
-        });
+        e.shadow = Some(ShadowSpec::new("ghost", 10.0));
         assert_eq!(check(&e).unwrap_err().field, "spec.shadow.model");
     }
 
     #[test]
     fn shadow_percent_must_be_within_0_and_100() {
         let mut e = endpoint();
-        e.shadow = Some(ShadowSpec {
-            model: "m2".into(),
-            percent: 150.0,
-            compare: None,
-            tolerance: None,
-            max_body_bytes: None,
-            forward_credentials: None,
-            timeout_ms: None,
-            replicas: None,
-        });
+        e.shadow = Some(ShadowSpec::new("m2", 150.0));
         assert_eq!(check(&e).unwrap_err().field, "spec.shadow.percent");
     }
 
