@@ -28,16 +28,8 @@ pub enum UpstreamError {
 /// The EDS file of a cluster inside `dir`. Cluster names contain `|`, so files are named by a
 /// sanitized form.
 pub fn eds_path(dir: &Path, cluster: &str) -> PathBuf {
-    let safe: String = cluster
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    // The same character rule as metric label values: `[A-Za-z0-9_-]`, anything else `_`.
+    let safe = mlep_contract::metrics::sanitize_label_value(cluster);
     dir.join(format!("eds-{safe}.json"))
 }
 
