@@ -9,7 +9,7 @@
 
 use mlep::http::{self, Request, Response};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,6 +167,47 @@ impl Drop for Up {
 }
 
 /// Every process whose parent is `pid` (from /proc).
+/// Send `signal` to mlep and check that it exits 0 within 30 s and that every process it had
+/// started (Envoy, model servers) is gone within 5 s more. Returns how long mlep took to exit.
+impl Up {
+    fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Duration {
+        let pid = self.child.id();
+        let kids = children_of(pid);
+        assert!(
+            kids.len() >= 3,
+            "expected Envoy and two model servers under mlep, found {kids:?}"
+        );
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "mlep did not stop within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = start.elapsed();
+        assert!(
+            status.success(),
+            "mlep exited with {status}:\n{}",
+            self.output()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while kids.iter().any(|p| alive(*p)) {
+            assert!(
+                Instant::now() < deadline,
+                "processes left behind: {:?}",
+                kids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        took
+    }
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -523,44 +564,8 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     assert_eq!(r.status, 200, "{}", r.text());
 
     // Ctrl-C: every process mlep started is gone, and mlep exits 0.
-    let pid = up.child.id();
-    let kids = children_of(pid);
-    assert!(
-        kids.len() >= 3,
-        "expected Envoy and two model servers under mlep, found {kids:?}"
-    );
-    let groups: BTreeSet<u32> = kids.iter().copied().collect();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = up.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "mlep did not stop within 30s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    eprintln!("measured: shutdown took {:?}", start.elapsed());
-    assert!(
-        status.success(),
-        "mlep exited with {status}:\n{}",
-        up.output()
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let left = loop {
-        let left: Vec<u32> = groups.iter().copied().filter(|p| alive(*p)).collect();
-        if left.is_empty() || Instant::now() > deadline {
-            break left;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let took = up.stop_with(nix::sys::signal::Signal::SIGINT);
+    eprintln!("measured: shutdown took {took:?}");
     up.wait_for("stopped Envoy and", 0, Duration::from_secs(5));
 }
 
@@ -579,42 +584,7 @@ async fn sigterm_stops_every_process_mlep_started() {
         Duration::from_secs(180),
     );
     assert_eq!(up.invoke(Some("z"), &[]).await.status, 200);
-    let pid = up.child.id();
-    let kids = children_of(pid);
-    assert!(
-        kids.len() >= 3,
-        "expected Envoy and two model servers under mlep, found {kids:?}"
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = up.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "mlep did not stop within 30s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "mlep exited with {status}:\n{}",
-        up.output()
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while kids.iter().any(|p| alive(*p)) {
-        assert!(
-            Instant::now() < deadline,
-            "processes left behind: {:?}",
-            kids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    up.stop_with(nix::sys::signal::Signal::SIGTERM);
     up.wait_for("terminated: stopping", 0, Duration::from_secs(5));
 }
 
