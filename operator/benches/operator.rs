@@ -20,22 +20,6 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-async fn install_crds(client: &Client) {
-    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for v in support::test_crds() {
-        let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-        api.patch(
-            &name,
-            &PatchParams::apply("mlep-bench").force(),
-            &Patch::Apply(&v),
-        )
-        .await
-        .unwrap();
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // let the new CRDs' endpoints come up
-}
-
 fn dynamic(
     client: &Client,
     ns: &str,
@@ -125,7 +109,7 @@ async fn main() {
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG (scripts/bench-operator.sh sets it)");
-    install_crds(&client).await;
+    support::install_crds(&client, "mlep-bench").await;
     let ns = format!("bench-{}", std::process::id());
     let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     nsapi

@@ -12,7 +12,6 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
@@ -48,32 +47,7 @@ async fn client() -> Client {
         .expect("KUBECONFIG must point at the test API server (scripts/test-operator.sh)");
     let mut done = CRDS.lock().await;
     if !*done {
-        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for v in support::test_crds() {
-            // Server-side apply (create/replace of k8s-openapi's typed CRD trips 1.20's
-            // "per-version schemas may not all be set to identical values" check).
-            let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-            api.patch(
-                &name,
-                &PatchParams::apply("mlep-test").force(),
-                &Patch::Apply(&v),
-            )
-            .await
-            .unwrap();
-            eventually(&format!("CRD {name} established"), || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let c = api.get(&name).await.ok()?;
-                    let conds = c.status?.conditions?;
-                    conds
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                        .then_some(())
-                }
-            })
-            .await;
-        }
+        support::install_crds(&client, "mlep-test").await;
         *done = true;
     }
     client

@@ -2,7 +2,11 @@
 //! server (ours and Istio's), with `x-kubernetes-validations` stripped because Kubernetes 1.20
 //! knows no CEL (server-side apply of a CRD carrying it fails "field not declared in schema").
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
 use serde_json::Value;
+use std::time::Duration;
 
 fn strip_cel(v: &mut Value) {
     match v {
@@ -35,4 +39,44 @@ pub fn test_crds() -> Vec<Value> {
     }
     crds.iter_mut().for_each(strip_cel);
     crds
+}
+
+/// Install [`test_crds`] with server-side apply under `manager` and wait until every one is
+/// `Established` (or panic after 60 s naming the CRD). Server-side apply, because create/replace
+/// of k8s-openapi's typed CRD trips 1.20's "per-version schemas may not all be set to identical
+/// values" check.
+pub async fn install_crds(client: &Client, manager: &str) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for v in test_crds() {
+        let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+        api.patch(
+            &name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&v),
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let established = api
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|conds| {
+                    conds
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "CRD {name} not established within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
