@@ -259,50 +259,29 @@ pub fn parse_into(input: &mut Input, file: &Path, text: &str) -> Result<(), Load
             .namespace
             .clone()
             .unwrap_or_else(|| "default".to_owned());
-        let type_err = |e: serde_yaml::Error| LoadError::Type {
+        let (kind, type_name) = (head.kind.clone(), name.clone());
+        let type_err = move |e: serde_yaml::Error| LoadError::Type {
             at: yaml_at(file, first, &e),
-            kind: head.kind.clone(),
-            name: name.clone(),
+            kind,
+            name: type_name,
             message: strip_location(&e.to_string()),
         };
+        let annotations = head.metadata.annotations;
+        let doc_info = DocInfo {
+            name,
+            namespace,
+            annotations,
+            at,
+            text: doc,
+        };
         match head.kind.as_str() {
-            "Model" => {
-                let d: Doc<ModelSpec> = serde_yaml::from_str(&doc).map_err(type_err)?;
-                if let Some(m) = input.model(&namespace, &name) {
-                    return Err(dup(at, m.at.clone(), "Model", &namespace, &name));
-                }
-                let annotations = head.metadata.annotations;
-                input.models.push(Loaded {
-                    name,
-                    namespace,
-                    annotations,
-                    spec: d.spec,
-                    at,
-                    text: doc,
-                });
-            }
+            "Model" => push_resource(&mut input.models, "Model", doc_info, type_err)?,
             "ModelEndpoint" => {
-                let d: Doc<ModelEndpointSpec> = serde_yaml::from_str(&doc).map_err(type_err)?;
-                if let Some(e) = input
-                    .endpoints
-                    .iter()
-                    .find(|e| e.namespace == namespace && e.name == name)
-                {
-                    return Err(dup(at, e.at.clone(), "ModelEndpoint", &namespace, &name));
-                }
-                let annotations = head.metadata.annotations;
-                input.endpoints.push(Loaded {
-                    name,
-                    namespace,
-                    annotations,
-                    spec: d.spec,
-                    at,
-                    text: doc,
-                });
+                push_resource(&mut input.endpoints, "ModelEndpoint", doc_info, type_err)?
             }
             _ => {
                 return Err(LoadError::UnknownKind {
-                    at,
+                    at: doc_info.at,
                     api_version: head.api_version.clone(),
                     kind: head.kind,
                 })
@@ -310,6 +289,41 @@ pub fn parse_into(input: &mut Input, file: &Path, text: &str) -> Result<(), Load
         }
         let _ = VERSION;
     }
+    Ok(())
+}
+
+/// One `mlep.dev` document's identity and text, before its spec is typed.
+struct DocInfo {
+    name: String,
+    namespace: String,
+    annotations: BTreeMap<String, String>,
+    at: Location,
+    text: String,
+}
+
+/// Type the document's spec as `S` and append it to `list`, refusing a second resource of the
+/// same kind, namespace and name.
+fn push_resource<S: serde::de::DeserializeOwned>(
+    list: &mut Vec<Loaded<S>>,
+    kind: &str,
+    d: DocInfo,
+    type_err: impl FnOnce(serde_yaml::Error) -> LoadError,
+) -> Result<(), LoadError> {
+    let typed: Doc<S> = serde_yaml::from_str(&d.text).map_err(type_err)?;
+    if let Some(first) = list
+        .iter()
+        .find(|l| l.namespace == d.namespace && l.name == d.name)
+    {
+        return Err(dup(d.at, first.at.clone(), kind, &d.namespace, &d.name));
+    }
+    list.push(Loaded {
+        name: d.name,
+        namespace: d.namespace,
+        annotations: d.annotations,
+        spec: typed.spec,
+        at: d.at,
+        text: d.text,
+    });
     Ok(())
 }
 
