@@ -3,7 +3,8 @@
 //! All decisions live in plain modules with no proxy-wasm dependency, tested natively and
 //! under `wasm32-wasip1`:
 //! - [`compiled`]: the configuration compiled once per `on_configure` (bucket tables, host
-//!   map, metric ids);
+//!   table, metric ids);
+//! - [`hosts`]: which endpoint an `:authority` belongs to (exact, wildcard and mesh names);
 //! - [`request`]: variant assignment (targeting, sticky key, cookie);
 //! - [`stream`]: one HTTP stream's callbacks over the [`host::Host`] trait;
 //! - [`shadow`]: shadow copies queued per VM and sent by the root context, with agreement;
@@ -14,6 +15,7 @@
 pub mod compare;
 pub mod compiled;
 pub mod host;
+pub mod hosts;
 pub mod request;
 pub mod shadow;
 pub mod stream;

@@ -4,14 +4,8 @@
 use crate::compiled::Endpoint;
 use crate::host::Host;
 use mlep_contract::bucket_of;
-
-/// Why a request got its variant (index into `mlep_contract::metrics::REASONS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Sticky = 0,
-    Target = 1,
-    Random = 2,
-}
+/// Why a request got its variant (the `reason` label of `mlep_assignments_total`).
+pub use mlep_contract::metrics::Reason;
 
 /// The outcome of assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use crate::compiled::{Compiled, Endpoint};
 use crate::host::Host;
 use crate::request::{decide, Decision};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
-use mlep_contract::metrics::{code_class_index, VARIANT_HEADER};
+use mlep_contract::metrics::{Agreement, CodeClass, VARIANT_HEADER};
 use mlep_contract::CompareMode;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -45,26 +45,16 @@ pub struct Stream {
 /// Count `events` on the metrics of `cfg`.
 pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
     for e in events {
-        let (ep, id) = match *e {
-            Event::Outcome { ep, outcome } => (
-                ep,
-                cfg.endpoints
-                    .get(ep)
-                    .and_then(|x| x.shadow.as_ref())
-                    .map(|s| s.outcomes[outcome as usize]),
-            ),
-            Event::Agreement { ep, matched } => (
-                ep,
-                cfg.endpoints
-                    .get(ep)
-                    .and_then(|x| x.shadow.as_ref())
-                    .map(|s| s.agreement[usize::from(!matched)]),
-            ),
+        let ep = match *e {
+            Event::Outcome { ep, .. } | Event::Agreement { ep, .. } => ep,
         };
-        let _ = ep;
-        if let Some(id) = id {
-            host.increment(id);
-        }
+        let Some(s) = cfg.endpoints.get(ep).and_then(|x| x.shadow.as_ref()) else {
+            continue;
+        };
+        host.increment(match *e {
+            Event::Outcome { outcome, .. } => s.outcome(outcome),
+            Event::Agreement { matched, .. } => s.agreement(Agreement::of(matched)),
+        });
     }
 }
 
@@ -116,7 +106,7 @@ impl Stream {
                     return RequestAction::Continue;
                 };
                 h.set_request_header(VARIANT_HEADER, &v.name);
-                h.increment(v.metrics.assignments[reason as usize]);
+                h.increment(v.metrics.assignments(reason));
                 self.assigned = Some((ep_index, variant));
                 self.set_cookie = set_cookie;
                 if let Some(s) = &ep.shadow {
@@ -278,8 +268,8 @@ impl Stream {
         let Some(v) = cfg.endpoints.get(ep).and_then(|e| e.variants.get(variant)) else {
             return;
         };
-        let class = self.status.map_or(5, code_class_index);
-        h.increment(v.metrics.requests[class]);
+        let class = self.status.map_or(CodeClass::Other, CodeClass::of);
+        h.increment(v.metrics.requests(class));
         if let Some(ms) = h.request_duration_ms() {
             h.record(v.metrics.duration, ms);
         }
