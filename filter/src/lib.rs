@@ -11,6 +11,7 @@
 //! - [`compare`]: response agreement (exact or JSON with tolerance).
 //!
 //! `adapter` (wasm32 only, not in test builds) is the one file that talks to proxy-wasm.
+#![forbid(unsafe_code)]
 
 pub mod compare;
 pub mod compiled;

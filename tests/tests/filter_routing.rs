@@ -221,3 +221,49 @@ fn requests_to_other_hosts_are_left_alone() {
     assert_eq!(r.header("set-cookie"), None);
     assert_eq!(a.count() + b.count(), 0);
 }
+
+/// Every name a client can use for the endpoint (a wildcard host, the Service's short and
+/// qualified mesh names, which the filter derives itself) gets assignment, and a client-sent
+/// `x-mlep-variant` is overwritten on each: routes on that header cannot be used to bypass
+/// assignment or targeting rules through another name.
+#[test]
+fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritten() {
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
+    // Only the wildcard is listed; the mesh names are derived from name/namespace.
+    let mut cfg = filter_config("titanic", &["*.example.com"], &[("a", 100), ("b", 0)], &alloc);
+    cfg["endpoints"][0]["routing"]["allowTargeting"] = false.into();
+    let names = [
+        "api.example.com",
+        "eu.api.example.com",
+        "titanic",
+        "titanic.default",
+        "titanic.default.svc",
+        "titanic.default.svc.cluster.local",
+    ];
+    let mut domains = vec!["*.example.com"];
+    domains.extend_from_slice(&names[2..]);
+    let env = Env::start(
+        vec![route("titanic", &domains, &[(&a, 100), (&b, 0)], None)],
+        &cfg,
+    );
+    let mut c = env.client();
+    for (i, host) in names.iter().enumerate() {
+        let r = c.get(
+            host,
+            &[
+                ("x-user-id", &format!("u{i}")),
+                ("x-mlep-variant", "b"),
+                ("x-mlep-target-variant", "b"),
+            ],
+        );
+        assert_eq!((r.status, served_by(&r).as_str()), (200, "a"), "{host}");
+        assert_eq!(r.header("x-mlep-variant"), Some("a"), "{host}");
+    }
+    assert_eq!(b.count(), 0, "no name let the client pick b");
+    assert_eq!(
+        env.metric("mlep_assignments_total", &[("reason", "sticky")]),
+        names.len() as f64,
+        "each name was assigned by the filter"
+    );
+}
