@@ -321,7 +321,9 @@ impl EndpointConfig {
             if !is_host_pattern(h) {
                 return Err(ConfigError::new(
                     format!("{at}.hosts[{j}]"),
-                    format!("{h:?}: `*` may only stand alone or as the first label (`*.example.com`)"),
+                    format!(
+                        "{h:?}: `*` may only stand alone or as the first label (`*.example.com`)"
+                    ),
                 ));
             }
         }

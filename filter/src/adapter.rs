@@ -13,6 +13,7 @@ use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::Hub;
 use crate::stream::{count, RequestAction, Stream};
+use crate::tally::{Tally, FLUSH_EVERY_MS};
 use mlep_contract::metrics::CONFIG_ERRORS_TOTAL;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -26,6 +27,8 @@ use std::time::{Duration, UNIX_EPOCH};
 const FAST_TICK: Duration = Duration::from_millis(1);
 /// How often stale hub entries are looked for.
 const EVICT_EVERY_MS: u64 = 100;
+/// Tick period when no shadow copy is pending: the counter flush.
+const FLUSH_TICK: Duration = Duration::from_millis(FLUSH_EVERY_MS);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -36,11 +39,15 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
-fn now_ms() -> u64 {
+fn now_ns() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
 }
 
 struct Sink;
@@ -58,6 +65,17 @@ impl MetricSink for Sink {
 thread_local! {
     /// The VM's random state (one VM per worker thread).
     static RNG: Cell<u64> = const { Cell::new(0) };
+    /// Per-request counter increments of every stream of this VM, flushed by a root context.
+    static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+}
+
+/// Hand the VM's accumulated counter increments to Envoy.
+fn flush_tally() {
+    TALLY.with(|t| {
+        t.borrow_mut().flush(|id, n| {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        });
+    });
 }
 
 fn seed_rng(context_id: u32) {
@@ -76,10 +94,12 @@ fn next_random() -> u64 {
     })
 }
 
-/// Host access for one HTTP stream.
+/// Host access for one HTTP stream (or, with `batch` off, for the root context).
 struct EnvoyHost {
     root_id: u32,
     context_id: u32,
+    /// Accumulate counter increments in [`TALLY`] (streams) instead of one host call each.
+    batch: bool,
 }
 
 impl Host for EnvoyHost {
@@ -121,7 +141,11 @@ impl Host for EnvoyHost {
             .unwrap_or_default()
     }
     fn increment(&mut self, metric: MetricId) {
-        let _ = hostcalls::increment_metric(metric, 1);
+        if self.batch {
+            TALLY.with(|t| t.borrow_mut().add(metric));
+        } else {
+            let _ = hostcalls::increment_metric(metric, 1);
+        }
     }
     fn record(&mut self, metric: MetricId, value: u64) {
         let _ = hostcalls::record_metric(metric, value);
@@ -129,13 +153,8 @@ impl Host for EnvoyHost {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
-    fn request_duration_ms(&self) -> Option<u64> {
-        // Envoy's `request.duration` attribute: an int64 of nanoseconds, little-endian.
-        let bytes = hostcalls::get_property(vec!["request", "duration"])
-            .ok()
-            .flatten()?;
-        let nanos = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-        Some(u64::try_from(nanos).ok()? / 1_000_000)
+    fn now_ns(&self) -> u64 {
+        now_ns()
     }
     fn random(&mut self) -> u64 {
         next_random()
@@ -155,6 +174,7 @@ struct Root {
     hub: Rc<RefCell<Hub>>,
     config_errors: Option<MetricId>,
     last_evict_ms: u64,
+    last_flush_ms: u64,
 }
 
 impl Root {
@@ -165,6 +185,7 @@ impl Root {
             hub: Rc::new(RefCell::new(Hub::new())),
             config_errors: None,
             last_evict_ms: 0,
+            last_flush_ms: 0,
         }
     }
 
@@ -172,6 +193,7 @@ impl Root {
         EnvoyHost {
             root_id: self.id,
             context_id: self.id,
+            batch: false,
         }
     }
 
@@ -219,23 +241,31 @@ impl Root {
 
     /// Keep the fast tick while anything is queued or in flight (re-arming costs a timer
     /// re-creation in Envoy plus three host calls from the next stream, which under load
-    /// would happen on every tick); stop it when the hub is idle.
+    /// would happen on every tick); fall back to the counter flush period when the hub is
+    /// idle.
     fn retune_tick(&mut self) {
-        let idle = {
+        let slow_down = {
             let mut hub = self.hub.borrow_mut();
-            let idle = hub.queued() == 0 && hub.in_flight() == 0;
-            if idle {
+            let slow_down = hub.tick_armed && hub.queued() == 0 && hub.in_flight() == 0;
+            if slow_down {
                 hub.tick_armed = false;
             }
-            idle
+            slow_down
         };
-        if idle {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        if slow_down {
+            let _ = hostcalls::set_tick_period(FLUSH_TICK);
         }
     }
 }
 
 impl Context for Root {
+    /// The root is torn down (config replaced, VM shutting down): counts must not wait for
+    /// a tick that will not come.
+    fn on_done(&mut self) -> bool {
+        flush_tally();
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -286,6 +316,9 @@ impl RootContext for Root {
                     &format!("mlep: configured endpoints {names:?}"),
                 );
                 self.config = Some(Rc::new(c));
+                if !self.hub.borrow().tick_armed {
+                    let _ = hostcalls::set_tick_period(FLUSH_TICK);
+                }
                 true
             }
             Err(e) => {
@@ -304,6 +337,10 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.flush();
         let now = now_ms();
+        if now.saturating_sub(self.last_flush_ms) >= FLUSH_EVERY_MS {
+            self.last_flush_ms = now;
+            flush_tally();
+        }
         if now.saturating_sub(self.last_evict_ms) >= EVICT_EVERY_MS {
             self.last_evict_ms = now;
             let events = self.hub.borrow_mut().evict(now);
@@ -328,6 +365,7 @@ impl RootContext for Root {
             host: EnvoyHost {
                 root_id: self.id,
                 context_id,
+                batch: true,
             },
         }))
     }

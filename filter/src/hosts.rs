@@ -57,25 +57,24 @@ impl Hosts {
                     out.exact.insert(h, i);
                 }
             }
-            let (name, ns) = (ep.name.to_ascii_lowercase(), ep.namespace.to_ascii_lowercase());
+            let (name, ns) = (
+                ep.name.to_ascii_lowercase(),
+                ep.namespace.to_ascii_lowercase(),
+            );
             for m in [
                 format!("{name}.{ns}"),
                 format!("{name}.{ns}.svc"),
                 format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}"),
             ] {
                 // The same name/namespace twice would be ambiguous: neither gets it.
-                mesh.entry(m)
-                    .and_modify(|e| *e = None)
-                    .or_insert(Some(i));
+                mesh.entry(m).and_modify(|e| *e = None).or_insert(Some(i));
             }
             short
                 .entry(ep.name.as_str())
                 .and_modify(|e| *e = None)
                 .or_insert(Some(i));
         }
-        let short = short
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let short = short.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v));
         for (name, ep) in mesh.into_iter().chain(short) {
             if let Some(ep) = ep {
                 out.exact.entry(name).or_insert(ep);

@@ -8,7 +8,8 @@
 //! - [`request`]: variant assignment (targeting, sticky key, cookie);
 //! - [`stream`]: one HTTP stream's callbacks over the [`host::Host`] trait;
 //! - [`shadow`]: shadow copies queued per VM and sent by the root context, with agreement;
-//! - [`compare`]: response agreement (exact or JSON with tolerance).
+//! - [`compare`]: response agreement (exact or JSON with tolerance);
+//! - [`tally`]: per-request counter increments kept in Wasm memory, flushed from the root.
 //!
 //! `adapter` (wasm32 only, not in test builds) is the one file that talks to proxy-wasm.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod hosts;
 pub mod request;
 pub mod shadow;
 pub mod stream;
+pub mod tally;
 
 // Not in test builds: the wasm32 test binaries run under a plain WASI runner, which has no
 // proxy-wasm host functions to import.

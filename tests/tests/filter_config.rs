@@ -95,6 +95,14 @@ fn metrics_reach_prometheus_with_endpoint_namespace_variant_and_model_labels() {
         v.push(extra);
         v
     };
+    // Per-request counters reach Envoy on the root's flush tick (at most FLUSH_EVERY_MS late).
+    assert!(
+        poll_until(Duration::from_secs(5), || env
+            .metric("mlep_requests_total", &[])
+            == 3.0),
+        "3 requests counted: {}",
+        env.metric("mlep_requests_total", &[])
+    );
     assert_eq!(
         env.metric(
             "mlep_assignments_total",

@@ -231,7 +231,12 @@ fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritt
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
     // Only the wildcard is listed; the mesh names are derived from name/namespace.
-    let mut cfg = filter_config("titanic", &["*.example.com"], &[("a", 100), ("b", 0)], &alloc);
+    let mut cfg = filter_config(
+        "titanic",
+        &["*.example.com"],
+        &[("a", 100), ("b", 0)],
+        &alloc,
+    );
     cfg["endpoints"][0]["routing"]["allowTargeting"] = false.into();
     let names = [
         "api.example.com",
@@ -261,9 +266,12 @@ fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritt
         assert_eq!(r.header("x-mlep-variant"), Some("a"), "{host}");
     }
     assert_eq!(b.count(), 0, "no name let the client pick b");
-    assert_eq!(
-        env.metric("mlep_assignments_total", &[("reason", "sticky")]),
-        names.len() as f64,
-        "each name was assigned by the filter"
+    // Counters reach Envoy on the filter's flush tick.
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || env
+            .metric("mlep_assignments_total", &[("reason", "sticky")])
+            == names.len() as f64),
+        "each name was assigned by the filter: {}",
+        env.metric("mlep_assignments_total", &[])
     );
 }
