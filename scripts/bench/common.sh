@@ -50,11 +50,13 @@ NGX
 nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
 wait_http "http://127.0.0.1:$UA/"
 
-# render <case> <dir> <port>: case is `mode[:endpoints:variants]` (see tests/examples/bench_envoy.rs)
+# render <case> <dir> <port>: case is `mode[:endpoints:variants]` (see tests/examples/bench_envoy.rs);
+# mode `old` is `filter` with the build in $OLD_WASM (compare two builds in one run).
 render() {
   local mode=${1%%:*} shape="" wasm=$WASM
   [[ $1 == *:* ]] && shape=${1#*:}
   [ "$mode" = noop ] && wasm=$NOOP_WASM
+  [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
   # shellcheck disable=SC2086
   "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }
 }

@@ -2,7 +2,7 @@
 //! uses (`mlep::envoy`):
 //!   bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm> [endpoints [variants]]
 //! mode: `nofilter` | `noop` (a Wasm filter that does nothing; pass the `bench-noop` build) |
-//! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow-nocompare` |
+//! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
 //! `mirror` (Envoy's native request mirroring). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 //! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
 //! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
@@ -47,7 +47,7 @@ fn main() {
     let config_path = dir.join("ecds").join("filter.json");
     let with_filter = matches!(
         mode.as_str(),
-        "noop" | "filter" | "shadow" | "shadow-nocompare"
+        "noop" | "filter" | "shadow" | "shadow10" | "shadow-nocompare"
     );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
@@ -95,9 +95,10 @@ fn main() {
         let mut cfg = mlep_tests::filter_config("titanic", &["titanic.local"], &weights, &alloc);
         cfg["endpoints"] = (0..n_endpoints).map(one).collect();
         if mode.starts_with("shadow") {
-            let compare = if mode == "shadow" { "json" } else { "off" };
+            let compare = if mode == "shadow-nocompare" { "off" } else { "json" };
+            let percent = if mode == "shadow10" { 10 } else { 100 };
             cfg["endpoints"][0]["shadow"] = serde_json::json!({
-                "cluster": shadow_cluster, "model": "model-s", "percent": 100, "timeoutMs": 1000,
+                "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
                 "compare": {"mode": compare, "tolerance": 0.0}
             });
         }
