@@ -385,6 +385,8 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-panic")]
+        test_panic::on_marker();
         let Some(s) = &mut self.stream else {
             return Action::Continue;
         };
@@ -432,6 +434,23 @@ impl HttpContext for Http {
     fn on_log(&mut self) {
         if let Some(s) = &mut self.stream {
             s.on_log(&mut self.host);
+        }
+    }
+}
+
+/// Tests only (`--features test-panic`): panic on a marker header, to observe what Envoy does
+/// with requests when the filter's VM dies.
+#[cfg(feature = "test-panic")]
+mod test_panic {
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::MapType;
+
+    pub const MARKER: &str = "x-mlep-test-panic";
+
+    #[allow(clippy::panic)] // the point of this test-only build
+    pub fn on_marker() {
+        if let Ok(Some(_)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, MARKER) {
+            panic!("test-panic: marker header {MARKER} seen");
         }
     }
 }

@@ -95,7 +95,11 @@ fn main() {
         let mut cfg = mlep_tests::filter_config("titanic", &["titanic.local"], &weights, &alloc);
         cfg["endpoints"] = (0..n_endpoints).map(one).collect();
         if mode.starts_with("shadow") {
-            let compare = if mode == "shadow-nocompare" { "off" } else { "json" };
+            let compare = if mode == "shadow-nocompare" {
+                "off"
+            } else {
+                "json"
+            };
             let percent = if mode == "shadow10" { 10 } else { 100 };
             cfg["endpoints"][0]["shadow"] = serde_json::json!({
                 "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
