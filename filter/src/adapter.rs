@@ -94,6 +94,22 @@ fn next_random() -> u64 {
     })
 }
 
+/// A header value as text. Header values may carry bytes that are not UTF-8 (obs-text), and
+/// the SDK's `get_map_value`/`get_map` `unwrap` their UTF-8 conversion: a client sending
+/// `x-user-id: \xff` would panic the VM. The `_bytes` variants hand over raw bytes; invalid
+/// sequences become U+FFFD here, so such a key still sticks (regression test:
+/// `a_header_value_that_is_not_utf8_is_assigned_and_does_not_kill_the_vm`).
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn header(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(text)
+}
+
 /// Host access for one HTTP stream (or, with `batch` off, for the root context).
 struct EnvoyHost {
     root_id: u32,
@@ -104,12 +120,15 @@ struct EnvoyHost {
 
 impl Host for EnvoyHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        header(MapType::HttpRequestHeaders, name)
     }
     fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        // Names are HTTP tokens (ASCII) by the time a filter sees them; values may not be.
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, text(v)))
+            .collect()
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
@@ -118,9 +137,7 @@ impl Host for EnvoyHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-            .ok()
-            .flatten()
+        header(MapType::HttpResponseHeaders, name)
     }
     fn set_response_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
@@ -276,10 +293,8 @@ impl Context for Root {
         let Some(cfg) = self.config.clone() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok());
+        let status =
+            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
         let body = if body_size > 0 && self.hub.borrow().wants_body(token) {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
@@ -449,7 +464,7 @@ mod test_panic {
 
     #[allow(clippy::panic)] // the point of this test-only build
     pub fn on_marker() {
-        if let Ok(Some(_)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, MARKER) {
+        if let Ok(Some(_)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, MARKER) {
             panic!("test-panic: marker header {MARKER} seen");
         }
     }

@@ -117,18 +117,21 @@ fn fold(headers: &[(String, String)]) -> BTreeMap<String, String> {
     m
 }
 
-fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
+/// One line, with bytes that are not UTF-8 replaced (header values may carry obs-text).
+fn read_line_lossy<R: BufRead>(r: &mut R) -> Option<String> {
+    let mut line = Vec::new();
+    if r.read_until(b'\n', &mut line).ok()? == 0 {
         return None;
     }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
+    let line = read_line_lossy(r)?;
     let start = line.trim_end().to_owned();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
+        let h = read_line_lossy(r)?;
         let h = h.trim_end();
         if h.is_empty() {
             break;

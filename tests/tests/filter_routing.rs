@@ -275,3 +275,39 @@ fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritt
         env.metric("mlep_assignments_total", &[])
     );
 }
+
+/// Envoy passes header values with bytes that are not UTF-8 (obs-text); the proxy-wasm SDK's
+/// plain header getters `unwrap` a UTF-8 conversion, so such a value used to panic the VM,
+/// after which Envoy answered 503 to every request of that worker. Found while reading the
+/// SDK for the fuzzing work; the filter now reads header bytes.
+#[test]
+fn a_header_value_that_is_not_utf8_is_assigned_and_does_not_kill_the_vm() {
+    use std::io::{Read, Write};
+    let (_a, _b, env) = two_variants(50, 50);
+    let raw = |key: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(env.addr).unwrap();
+        let mut req = b"GET /invocations HTTP/1.1\r\nhost: titanic.local\r\nx-user-id: ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let first = raw(b"caf\xe9-\xff");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let variant = |r: &str| {
+        r.lines()
+            .find_map(|l| l.strip_prefix("x-mlep-variant: "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert!(variant(&first).is_some(), "assigned: {first}");
+    assert_eq!(
+        variant(&raw(b"caf\xe9-\xff")),
+        variant(&first),
+        "and sticky"
+    );
+    let r = env.client().get(HOST, &[("x-user-id", "u1")]);
+    assert_eq!(r.status, 200, "the VM is still alive");
+    assert!(r.header("x-mlep-variant").is_some());
+}
