@@ -14,7 +14,7 @@ use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::Hub;
 use crate::stream::{count, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
-use mlep_contract::metrics::CONFIG_ERRORS_TOTAL;
+use mlep_contract::metrics::{CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -56,6 +56,7 @@ impl MetricSink for Sink {
     fn define(&mut self, kind: MetricKind, name: &str) -> Result<MetricId, String> {
         let t = match kind {
             MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
             MetricKind::Histogram => MetricType::Histogram,
         };
         hostcalls::define_metric(t, name).map_err(|s| format!("{s:?}"))
@@ -190,6 +191,7 @@ struct Root {
     config: Option<Rc<Compiled>>,
     hub: Rc<RefCell<Hub>>,
     config_errors: Option<MetricId>,
+    vm_memory: Option<MetricId>,
     last_evict_ms: u64,
     last_flush_ms: u64,
 }
@@ -201,6 +203,7 @@ impl Root {
             config: None,
             hub: Rc::new(RefCell::new(Hub::new())),
             config_errors: None,
+            vm_memory: None,
             last_evict_ms: 0,
             last_flush_ms: 0,
         }
@@ -318,6 +321,9 @@ impl RootContext for Root {
         if self.config_errors.is_none() {
             self.config_errors = Sink.define(MetricKind::Counter, CONFIG_ERRORS_TOTAL).ok();
         }
+        if self.vm_memory.is_none() {
+            self.vm_memory = Sink.define(MetricKind::Gauge, VM_MEMORY_BYTES).ok();
+        }
         seed_rng(self.id);
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
@@ -355,6 +361,10 @@ impl RootContext for Root {
         if now.saturating_sub(self.last_flush_ms) >= FLUSH_EVERY_MS {
             self.last_flush_ms = now;
             flush_tally();
+            if let Some(id) = self.vm_memory {
+                let pages = core::arch::wasm32::memory_size::<0>() as u64;
+                let _ = hostcalls::record_metric(id, pages * 65_536);
+            }
         }
         if now.saturating_sub(self.last_evict_ms) >= EVICT_EVERY_MS {
             self.last_evict_ms = now;

@@ -10,6 +10,7 @@ pub type MetricId = u32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
+    Gauge,
     Histogram,
 }
 
