@@ -261,7 +261,8 @@ impl Client {
         panic!("request to {} failed twice", self.addr);
     }
 
-    fn try_send(
+    /// One attempt, no retry (`None`: the connection failed or was closed mid-request).
+    pub fn try_send(
         &mut self,
         method: &str,
         host: &str,
