@@ -27,8 +27,22 @@ impl Host for Lean {
             _ => None,
         }
     }
+    /// What Envoy hands a filter for the benchmark's requests (scripts/bench-filter.sh).
     fn request_headers(&self) -> Vec<(String, String)> {
-        vec![]
+        [
+            (":authority", "titanic.local"),
+            (":path", "/invocations"),
+            (":method", "POST"),
+            (":scheme", "http"),
+            ("x-user-id", self.key.as_str()),
+            ("content-type", "application/json"),
+            ("content-length", "16"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "6f1c2a7e-51f3-4f6e-9d8e-2b7f3c1a9e44"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
     }
     fn set_request_header(&mut self, _: &str, _: &str) {}
     fn remove_request_header(&mut self, _: &str) {}

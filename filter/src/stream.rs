@@ -3,7 +3,7 @@
 
 use crate::compiled::{Compiled, Endpoint};
 use crate::host::Host;
-use crate::request::{decide, Decision};
+use crate::request::{decide, header, Decision};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
 use mlep_contract::metrics::{Agreement, CodeClass, VARIANT_HEADER};
 use mlep_contract::CompareMode;
@@ -81,10 +81,11 @@ impl Stream {
     }
 
     pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> RequestAction {
-        let Some(authority) = h.request_header(":authority") else {
-            return RequestAction::Continue;
-        };
-        let Some(ep_index) = self.cfg.endpoint_for(&authority) else {
+        // One host call for every header this needs (authority, target, sticky key, cookies)
+        // instead of one each; a shadow copy reuses the same vector.
+        let headers = h.request_headers();
+        let Some(ep_index) = header(&headers, ":authority").and_then(|a| self.cfg.endpoint_for(a))
+        else {
             return RequestAction::Continue;
         };
         let cfg = Rc::clone(&self.cfg);
@@ -94,7 +95,7 @@ impl Stream {
         // Clients must not pick a route by sending the routing header themselves: every path
         // below either replaces it (a host "set" replaces all values, one host call instead of
         // remove + set) or removes it.
-        match decide(ep, h) {
+        match decide(ep, &headers, h) {
             Decision::Reject { body } => {
                 h.remove_request_header(VARIANT_HEADER);
                 RequestAction::Reply { status: 400, body }
@@ -117,11 +118,7 @@ impl Stream {
                 self.set_cookie = set_cookie;
                 if let Some(s) = &ep.shadow {
                     if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
-                        let headers = shadow_headers(
-                            h.request_headers(),
-                            &s.authority,
-                            s.forward_credentials,
-                        );
+                        let headers = shadow_headers(headers, &s.authority, s.forward_credentials);
                         self.capture = Some(Capture {
                             headers,
                             body: Vec::new(),
