@@ -7,6 +7,7 @@
 //! - [`allocation`]: which buckets belong to which variant, and how a new allocation is
 //!   derived from the previous one so that users move only when they must.
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
+#![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod config;
