@@ -7,10 +7,12 @@
 //! - [`plan`]: which weights and models to route with, given what is ready.
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
+//! - [`module`]: where proxies fetch the filter module (URL versioned by its sha256).
 //! - [`render`]: every object the operator applies for an endpoint.
 
 pub mod crd;
 pub mod filter_config;
+pub mod module;
 pub mod plan;
 pub mod render;
 pub mod status;

@@ -18,6 +18,7 @@
 
 use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec};
 use crate::filter_config::{endpoint_config, ShadowTarget};
+use crate::module;
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -62,13 +63,35 @@ pub struct RenderSettings {
     pub cluster_domain: String,
 }
 
+impl RenderSettings {
+    /// These settings with the module of this sha256, served by the operator in
+    /// `operator_namespace` (the URL is versioned by the sha256: see [`crate::module`]).
+    pub fn with_module(mut self, sha256: &str, operator_namespace: &str) -> Self {
+        let base = module::operator_base_url(
+            operator_namespace,
+            &self.cluster_domain,
+            module::OPERATOR_HTTP_PORT,
+        );
+        self.wasm_url = module::module_url(&base, sha256);
+        self.wasm_sha256 = sha256.to_owned();
+        self
+    }
+}
+
 impl Default for RenderSettings {
+    /// The operator's defaults, with a placeholder module checksum (all zeros): callers that
+    /// print or apply objects set the real one with [`RenderSettings::with_module`].
     fn default() -> Self {
+        let zeros = "0".repeat(64);
+        let base = module::operator_base_url(
+            module::OPERATOR_NAMESPACE,
+            "cluster.local",
+            module::OPERATOR_HTTP_PORT,
+        );
         Self {
             model_init_image: "ghcr.io/k8smlendpoints/mlep-model-init:0.1.0".into(),
-            wasm_url: "http://mlep-operator.mlep-system.svc.cluster.local:8081/mlep_filter.wasm"
-                .into(),
-            wasm_sha256: "0".repeat(64),
+            wasm_url: module::module_url(&base, &zeros),
+            wasm_sha256: zeros,
             gateway_namespace: "istio-system".into(),
             gateway_selector: [("istio".to_owned(), "ingressgateway".to_owned())]
                 .into_iter()
@@ -1061,6 +1084,34 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "spec.variants");
         assert!(err.message.contains("ModelEndpoint ml/titanic"), "{err}");
+    }
+
+    #[test]
+    fn rendered_filters_name_the_module_the_operator_serves_by_its_sha256() {
+        let sha = "5e".repeat(32);
+        let settings = RenderSettings::default().with_module(&sha, "mlep-system");
+        let ep = endpoint();
+        let objs = render_endpoint(
+            &ep,
+            "ml",
+            &models(),
+            &Plan::assume_ready(&ep.spec),
+            None,
+            &settings,
+        )
+        .unwrap()
+        .objects;
+        let text = serde_json::to_string(&objs).unwrap();
+        // The operator's Service port (manifests/operator.yaml) and a versioned path.
+        let url = format!("http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm");
+        assert!(text.contains(&url), "{url} not in {text}");
+        assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
+        assert!(!text.contains(&"0".repeat(64)));
+        let manifest = include_str!("../../manifests/operator.yaml");
+        assert!(
+            manifest.contains(&format!("port: {}", module::OPERATOR_HTTP_PORT)),
+            "manifests/operator.yaml serves on another port"
+        );
     }
 
     #[test]

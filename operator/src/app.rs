@@ -4,7 +4,7 @@
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::reconcile;
-use crate::server::{self, WasmModule, WASM_PATH};
+use crate::server::{self, WasmModule};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use mlep_core::crd::{Model, ModelEndpoint};
@@ -163,14 +163,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     })?;
     let wasm = Arc::new(WasmModule::new(bytes));
     let mut settings = config.settings.clone();
-    settings.wasm_sha256 = wasm.sha256.clone();
-    settings.wasm_url = config.wasm_url.clone().unwrap_or_else(|| {
-        let port = config.http_addr.rsplit(':').next().unwrap_or("8080");
-        format!(
-            "http://mlep-operator.{}.svc.{}:{port}{WASM_PATH}",
-            config.namespace, settings.cluster_domain
-        )
-    });
+    settings = settings.with_module(&wasm.sha256, &config.namespace);
+    if let Some(url) = &config.wasm_url {
+        // An override names a server of the user's; it must serve exactly these bytes.
+        settings.wasm_url = url.clone();
+    }
 
     let client = Client::try_default().await?;
     check_crds(&client).await?;

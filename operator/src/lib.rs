@@ -5,5 +5,6 @@
 pub mod app;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod reconcile;
 pub mod server;

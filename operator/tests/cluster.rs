@@ -913,12 +913,13 @@ async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_an
         .unwrap();
     let health = eventually("/healthz", || http_get(port, "/healthz")).await;
     assert!(health.0.contains("200"), "{health:?}");
-    let (status, module) = http_get(port, "/mlep_filter.wasm").await.unwrap();
-    assert!(status.contains("200"));
-    assert_eq!(module, b"\0asm\x01\0\0\0");
+    let expected = mlep_operator::server::WasmModule::new(b"\0asm\x01\0\0\0".to_vec()).sha256;
     let (_, sum) = http_get(port, "/mlep_filter.wasm.sha256").await.unwrap();
-    let expected = mlep_operator::server::WasmModule::new(module).sha256;
     assert_eq!(String::from_utf8(sum).unwrap().trim(), expected);
+    let path = mlep_core::module::module_path(&expected);
+    let (status, module) = http_get(port, &path).await.unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(module, b"\0asm\x01\0\0\0");
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), ns);
     let holder = eventually("the Lease held by the binary", || async {
