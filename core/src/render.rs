@@ -37,6 +37,8 @@ pub const LABEL_MODEL: &str = "mlep.dev/model";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Where the model files live in the model container (SageMaker contract).
 pub const MODEL_DIR: &str = "/opt/ml/model";
+/// Environment variable telling a SageMaker-contract server its port.
+pub const PORT_ENV: &str = "SAGEMAKER_BIND_TO_PORT";
 /// Service port every endpoint listens on inside the mesh.
 pub const SERVICE_PORT: i32 = 80;
 /// Envoy stat prefix of the filter's metrics (`wasmcustom.` + the filter's `mlep_*` names).
@@ -384,16 +386,27 @@ fn deployment(
             "failureThreshold": failures,
         })
     };
+    // The SageMaker contract tells the server its port in SAGEMAKER_BIND_TO_PORT; without it a
+    // Model on another port listens on 8080 and fails its probes. The Model's own env wins.
+    let mut env = json!(model.env);
+    if !model.env.iter().any(|e| e.name == PORT_ENV) {
+        if let Some(list) = env.as_array_mut() {
+            list.insert(0, json!({ "name": PORT_ENV, "value": port.to_string() }));
+        }
+    }
     let mut container = json!({
         "name": "model",
         "image": model.image,
         "args": ["serve"],
         "ports": [{ "name": "http", "containerPort": port, "protocol": "TCP" }],
-        "env": model.env,
+        "env": env,
         "readinessProbe": probe(1, 5, 3),
         "livenessProbe": probe(10, 10, 6),
         "volumeMounts": mounts,
-        "securityContext": container_security(),
+        "securityContext": model
+            .security_context
+            .as_ref()
+            .map_or_else(container_security, |c| json!(c)),
     });
     if let Some(r) = resources {
         container["resources"] = json!(r);
@@ -411,13 +424,16 @@ fn deployment(
                 "annotations": { "proxy.istio.io/config": proxy_config },
             },
             "spec": {
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 65532,
-                    "runAsGroup": 65532,
-                    "fsGroup": 65532,
-                    "seccompProfile": { "type": "RuntimeDefault" },
-                },
+                "securityContext": model.pod_security_context.as_ref().map_or_else(
+                    || json!({
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    }),
+                    |p| json!(p),
+                ),
                 "automountServiceAccountToken": false,
                 "initContainers": init,
                 "containers": [container],
@@ -741,6 +757,8 @@ mod tests {
                 port: Some(9000),
                 env: vec![],
                 resources: None,
+                pod_security_context: None,
+                security_context: None,
             },
         );
         m.metadata.namespace = Some("ml".into());
@@ -852,6 +870,45 @@ mod tests {
             cfg["proxyStatsMatcher"]["inclusionPrefixes"],
             json!([STATS_PREFIX])
         );
+    }
+
+    #[test]
+    fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defaults() {
+        let ep = endpoint();
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let c = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"]["containers"][0];
+        // model() listens on 9000: the probes' named port and the server agree.
+        assert!(c["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": PORT_ENV, "value": "9000"})));
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+
+        let mut m = models();
+        let spec = m.get_mut("m1").unwrap();
+        spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+            name: PORT_ENV.into(),
+            value: Some("9000".into()),
+            value_from: None,
+        }];
+        spec.security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+            read_only_root_filesystem: Some(false),
+            ..Default::default()
+        });
+        spec.pod_security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        });
+        let objs = render_endpoint(&ep, "ml", &m, &Plan::assume_ready(&ep.spec), None, &RenderSettings::default())
+            .unwrap()
+            .objects;
+        let pod = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["env"].as_array().unwrap().len(), 1, "the Model's own port env wins: {c}");
+        assert_eq!(c["securityContext"], json!({"readOnlyRootFilesystem": false}));
+        assert_eq!(pod["securityContext"], json!({"runAsUser": 0}));
+        // The init container (ours) stays locked down.
+        assert_eq!(pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
     }
 
     #[test]

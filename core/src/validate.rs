@@ -309,6 +309,8 @@ mod tests {
             port: None,
             env: vec![],
             resources: None,
+            pod_security_context: None,
+            security_context: None,
         }
     }
 
