@@ -155,7 +155,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             let module = match wasm_sha256 {
                 Some(sha) => mlep::render::Module::Sha256(sha),
-                None => mlep::render::Module::File(local::find_filter_wasm(filter_wasm.as_deref())?),
+                None => {
+                    mlep::render::Module::File(local::find_filter_wasm(filter_wasm.as_deref())?)
+                }
             };
             print!(
                 "{}",

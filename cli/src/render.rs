@@ -31,9 +31,12 @@ impl Module {
     fn sha256(&self) -> Result<String, RenderError> {
         match self {
             Module::File(p) => {
-                let bytes =
-                    std::fs::read(p).map_err(|e| RenderError::Module(p.display().to_string(), e))?;
-                Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+                let bytes = std::fs::read(p)
+                    .map_err(|e| RenderError::Module(p.display().to_string(), e))?;
+                Ok(Sha256::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect())
             }
             Module::Sha256(s) if mlep_core::module::is_sha256_hex(s) => Ok(s.clone()),
             Module::Sha256(s) => Err(RenderError::BadSha256(s.clone())),
@@ -85,8 +88,8 @@ pub fn render_input(
             r
         })
         .collect();
-    let objects = render_all(&models, &endpoints, &settings)
-        .map_err(|e| RenderError::Spec(e.to_string()))?;
+    let objects =
+        render_all(&models, &endpoints, &settings).map_err(|e| RenderError::Spec(e.to_string()))?;
     Ok(to_stream(&objects)?)
 }
 
@@ -100,7 +103,8 @@ mod tests {
 
     #[test]
     fn render_prints_the_operators_objects_for_the_example() {
-        let out = render_input(&example(), &Module::Sha256("ab".repeat(32)), "mlep-system").unwrap();
+        let out =
+            render_input(&example(), &Module::Sha256("ab".repeat(32)), "mlep-system").unwrap();
         let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
@@ -122,7 +126,9 @@ mod tests {
         // sha256("abc"), FIPS 180-2 test vector.
         let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert!(
-            out.contains(&format!("http://mlep-operator.ops.svc.cluster.local:8080/mlep_filter/{sha}.wasm")),
+            out.contains(&format!(
+                "http://mlep-operator.ops.svc.cluster.local:8080/mlep_filter/{sha}.wasm"
+            )),
             "{out}"
         );
         assert!(!out.contains(&"0".repeat(64)));

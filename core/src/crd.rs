@@ -2,7 +2,9 @@
 //! YAML in `manifests/crds/` is generated from these types (`mlep crd`); doc comments become
 //! `kubectl explain` text.
 
-use k8s_openapi::api::core::v1::{EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext,
+};
 use kube_derive::{CustomResource, KubeSchema};
 use mlep_contract::Allocation;
 use schemars::JsonSchema;

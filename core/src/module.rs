@@ -39,7 +39,9 @@ pub fn module_url(base: &str, sha256: &str) -> String {
 
 /// Whether a string is a lowercase hex sha256 (what Istio's agent compares against).
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -55,7 +57,9 @@ mod tests {
         );
         assert_eq!(
             url,
-            format!("http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm")
+            format!(
+                "http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm"
+            )
         );
         assert_eq!(requested_sha256(&module_path(&sha)), Some(sha.as_str()));
         assert_eq!(requested_sha256("/mlep_filter.wasm"), None);

@@ -47,6 +47,14 @@ pub const STATS_PREFIX: &str = "wasmcustom.mlep";
 pub const SHADOW: &str = mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 /// Type URL of Envoy's Wasm HTTP filter config.
 const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// Type URL of Envoy's RBAC HTTP filter: the pass-through fallback (no rules = allow all).
+const RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// Stat prefix of the fallback, so a proxy running without the filter shows in its stats.
+pub const FALLBACK_STAT_PREFIX: &str = "mlep_filter_fallback_";
+/// How long Istio's agent may spend fetching the module (with retries).
+const MODULE_FETCH_TIMEOUT: &str = "10s";
+/// How long a listener waits for the filter's first config before serving without it.
+const INITIAL_FETCH_TIMEOUT: &str = "15s";
 
 /// Cluster-wide choices that are not part of any resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +232,7 @@ pub fn render_endpoint(
     let shadow_target = match &spec.shadow {
         Some(s) => {
             let m = model(&s.model, "spec.shadow.model".into())?;
-            let app = format!("{name}-{SHADOW}");
+            let app = shadow_service(&name);
             objects.push(deployment(
                 &ctx,
                 SHADOW,
@@ -331,6 +339,11 @@ fn owner_reference(ep: &ModelEndpoint) -> Option<Value> {
         "controller": true,
         "blockOwnerDeletion": true,
     }))
+}
+
+/// `E-shadow`: the shadow's app label and Service.
+pub fn shadow_service(endpoint: &str) -> String {
+    format!("{endpoint}-{SHADOW}")
 }
 
 /// `E-<variant>-<model>`: a model swap creates a new Deployment beside the old one.
@@ -513,7 +526,19 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
             .map(|v| json!({ "destination": dest(&v.name), "weight": v.weight }))
             .collect(),
     };
-    http.push(json!({ "name": "weighted-default", "route": default }));
+    let mut fallback = json!({ "name": "weighted-default", "route": default });
+    if spec.shadow.is_some() {
+        // The filter mirrors to the shadow's Envoy cluster itself; a 0% mirror here makes the
+        // shadow a destination of this VirtualService, so proxies that only build clusters
+        // their routes reference (gateways with cluster filtering) have it. Istio counts mirror
+        // hosts as destinations (pilot/pkg/model/push_context.go) and renders no mirror policy
+        // for 0% (pilot/pkg/networking/core/route/route.go `MirrorPercent`).
+        fallback["mirrors"] = json!([{
+            "destination": { "host": ctx.fqdn(&shadow_service(ctx.name)), "port": { "number": SERVICE_PORT } },
+            "percentage": { "value": 0.0 },
+        }]);
+    }
+    http.push(fallback);
     let mut hosts = spec.hosts.clone();
     hosts.push(host.clone());
     let mut gateways = vec!["mesh".to_owned()];
@@ -662,15 +687,27 @@ fn envoy_filter(
         "config": {
             "name": ext_name,
             "root_id": "mlep",
-            // Keep traffic flowing if the module cannot be loaded; the filter itself fails
-            // open on bad configs too (it counts mlep_config_errors_total).
+            // Istio's agent reads this (pkg/wasm/convert.go `httpWasmFailOpen`): when the module
+            // cannot be fetched or its sha256 does not match, it hands Envoy an allow-all RBAC
+            // filter under this name instead of the deny-all one; the filter itself also fails
+            // open on bad configs (it counts mlep_config_errors_total).
             "fail_open": true,
             "vm_config": {
                 "vm_id": "mlep",
                 "runtime": "envoy.wasm.runtime.v8",
                 "code": {
                     "remote": {
-                        "http_uri": { "uri": settings.wasm_url, "cluster": "mlep-wasm", "timeout": "30s" },
+                        "http_uri": {
+                            "uri": settings.wasm_url,
+                            // Envoy requires a cluster. The agent rewrites the source to a local
+                            // file before Envoy sees it; should a proxy ever fetch by itself, this
+                            // is the cluster Istio builds for the URL's Service.
+                            "cluster": outbound_cluster_of(&settings.wasm_url),
+                            // Bounds the agent's download with its retries (the whole fetch
+                            // shares this deadline, pkg/wasm/cache.go), hence how long a new
+                            // proxy's listener waits before the fallback arrives.
+                            "timeout": MODULE_FETCH_TIMEOUT,
+                        },
                         "sha256": settings.wasm_sha256,
                     },
                 },
@@ -701,8 +738,19 @@ fn envoy_filter(
                     "value": {
                         "name": ext_name,
                         "config_discovery": {
-                            "config_source": { "ads": {}, "initial_fetch_timeout": "0s" },
-                            "type_urls": [WASM_TYPE_URL],
+                            // Bounded: a listener waits at most this long for the first
+                            // config, then serves with `default_config`.
+                            "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
+                            // The agent's fallback is an RBAC filter: Envoy must accept that
+                            // type here, or it rejects the fallback and the filter has no
+                            // config (Envoy then answers 500 on that listener).
+                            "type_urls": [WASM_TYPE_URL, RBAC_TYPE_URL],
+                            // Until (or unless) a config arrives: pass everything, unassigned
+                            // (the VirtualService's weighted default route still splits).
+                            "default_config": {
+                                "@type": RBAC_TYPE_URL,
+                                "rules_stat_prefix": FALLBACK_STAT_PREFIX,
+                            },
                         },
                     },
                 },
@@ -713,6 +761,18 @@ fn envoy_filter(
         spec["workloadSelector"] = json!({ "labels": labels });
     }
     json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": metadata, "spec": spec })
+}
+
+/// `outbound|<port>||<host>`: the Envoy cluster Istio builds for an in-cluster URL's Service.
+fn outbound_cluster_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.to_owned()),
+        _ if url.starts_with("https://") => (authority, "443".to_owned()),
+        _ => (authority, "80".to_owned()),
+    };
+    format!("outbound|{port}||{host}")
 }
 
 /// A WasmPlugin: istiod turns it into the same ECDS resource with a remote `http_uri`, which
@@ -876,7 +936,8 @@ mod tests {
     fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defaults() {
         let ep = endpoint();
         let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-        let c = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"]["containers"][0];
+        let c =
+            &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"]["containers"][0];
         // model() listens on 9000: the probes' named port and the server agree.
         assert!(c["env"]
             .as_array()
@@ -899,16 +960,33 @@ mod tests {
             run_as_user: Some(0),
             ..Default::default()
         });
-        let objs = render_endpoint(&ep, "ml", &m, &Plan::assume_ready(&ep.spec), None, &RenderSettings::default())
-            .unwrap()
-            .objects;
+        let objs = render_endpoint(
+            &ep,
+            "ml",
+            &m,
+            &Plan::assume_ready(&ep.spec),
+            None,
+            &RenderSettings::default(),
+        )
+        .unwrap()
+        .objects;
         let pod = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
-        assert_eq!(c["env"].as_array().unwrap().len(), 1, "the Model's own port env wins: {c}");
-        assert_eq!(c["securityContext"], json!({"readOnlyRootFilesystem": false}));
+        assert_eq!(
+            c["env"].as_array().unwrap().len(),
+            1,
+            "the Model's own port env wins: {c}"
+        );
+        assert_eq!(
+            c["securityContext"],
+            json!({"readOnlyRootFilesystem": false})
+        );
         assert_eq!(pod["securityContext"], json!({"runAsUser": 0}));
         // The init container (ours) stays locked down.
-        assert_eq!(pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"],
+            true
+        );
     }
 
     #[test]
@@ -1008,13 +1086,51 @@ mod tests {
             patches[0]["patch"]["value"]["name"]
         );
         assert_eq!(
-            patches[1]["patch"]["value"]["config_discovery"]["type_urls"],
-            json!([WASM_TYPE_URL])
+            patches[1]["patch"]["value"]["config_discovery"]["type_urls"][0],
+            json!(WASM_TYPE_URL)
         );
         assert_eq!(patches[1]["match"]["context"], "SIDECAR_OUTBOUND");
         assert!(objs
             .iter()
             .all(|o| o["kind"] != "WasmPlugin" && o["kind"] != "Gateway"));
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_fetch_the_module_passes_traffic_unassigned() {
+        let ep = endpoint();
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let patches = find(&objs, "EnvoyFilter", "titanic-mlep")["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let cfg = &patches[0]["patch"]["value"]["typed_config"]["config"];
+        assert_eq!(
+            cfg["fail_open"], true,
+            "the agent substitutes allow-all only when fail-open"
+        );
+        let uri = &cfg["vm_config"]["code"]["remote"]["http_uri"];
+        assert_eq!(
+            uri["cluster"],
+            "outbound|8080||mlep-operator.mlep-system.svc.cluster.local"
+        );
+        assert_eq!(uri["timeout"], "10s");
+        let discovery = &patches[1]["patch"]["value"]["config_discovery"];
+        assert!(
+            discovery["type_urls"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(RBAC_TYPE_URL)),
+            "Envoy would reject the agent's RBAC fallback"
+        );
+        assert_eq!(discovery["default_config"]["@type"], RBAC_TYPE_URL);
+        assert!(
+            discovery["default_config"].get("rules").is_none(),
+            "no rules = allow all"
+        );
+        assert_ne!(
+            discovery["config_source"]["initial_fetch_timeout"], "0s",
+            "unbounded wait"
+        );
     }
 
     #[test]
@@ -1100,6 +1216,20 @@ mod tests {
             shadow.cluster,
             "outbound|80||titanic-shadow.ml.svc.cluster.local"
         );
+        // Some route references the shadow host, so every proxy bound to the
+        // VirtualService (the gateway too) builds that cluster; the mirror sends nothing.
+        let http = &find(&objs, "VirtualService", "titanic")["spec"]["http"];
+        let mirror = http
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|r| r["mirrors"].as_array().and_then(|m| m.first()))
+            .expect("a route referencing the shadow");
+        assert_eq!(
+            mirror["destination"]["host"],
+            "titanic-shadow.ml.svc.cluster.local"
+        );
+        assert_eq!(mirror["percentage"]["value"], 0.0);
     }
 
     #[test]
@@ -1160,7 +1290,9 @@ mod tests {
         .objects;
         let text = serde_json::to_string(&objs).unwrap();
         // The operator's Service port (manifests/operator.yaml) and a versioned path.
-        let url = format!("http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm");
+        let url = format!(
+            "http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm"
+        );
         assert!(text.contains(&url), "{url} not in {text}");
         assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
         assert!(!text.contains(&"0".repeat(64)));

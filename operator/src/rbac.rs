@@ -14,8 +14,16 @@ const CHILD_VERBS: &[&str] = &["get", "list", "create", "patch", "delete"];
 /// Cluster-wide permissions, beside [`CHILD_VERBS`] on [`KINDS`].
 const CLUSTER: &[(&str, &str, &[&str])] = &[
     // The endpoint controller watches endpoints; the finalizer is added and removed by patch.
-    ("mlep.dev", "modelendpoints", &["get", "list", "watch", "patch", "update"]),
-    ("mlep.dev", "modelendpoints/status", &["get", "patch", "update"]),
+    (
+        "mlep.dev",
+        "modelendpoints",
+        &["get", "list", "watch", "patch", "update"],
+    ),
+    (
+        "mlep.dev",
+        "modelendpoints/status",
+        &["get", "patch", "update"],
+    ),
     // ownerReferences with blockOwnerDeletion need `update` on the owner's finalizers where the
     // OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened clusters).
     ("mlep.dev", "modelendpoints/finalizers", &["update"]),
@@ -27,8 +35,11 @@ const CLUSTER: &[(&str, &str, &[&str])] = &[
 ];
 
 /// Leader election, in the operator's own namespace only (a Role).
-pub const NAMESPACED: &[(&str, &str, &[&str])] =
-    &[("coordination.k8s.io", "leases", &["get", "create", "update"])];
+pub const NAMESPACED: &[(&str, &str, &[&str])] = &[(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "create", "update"],
+)];
 
 /// Every cluster-wide `(group, resource, verb)` the operator uses.
 pub fn cluster_permissions() -> std::collections::BTreeSet<(String, String, String)> {
@@ -41,7 +52,11 @@ pub fn cluster_permissions() -> std::collections::BTreeSet<(String, String, Stri
     }
     for (group, resource, verbs) in CLUSTER {
         for verb in *verbs {
-            out.insert(((*group).to_owned(), (*resource).to_owned(), (*verb).to_owned()));
+            out.insert((
+                (*group).to_owned(),
+                (*resource).to_owned(),
+                (*verb).to_owned(),
+            ));
         }
     }
     out
@@ -100,15 +115,16 @@ mod tests {
         let missing: Vec<_> = needed.difference(&granted).collect();
         assert!(missing.is_empty(), "manifests/rbac.yaml lacks {missing:?}");
         let extra: Vec<_> = granted.difference(&needed).collect();
-        assert!(extra.is_empty(), "manifests/rbac.yaml grants unused {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "manifests/rbac.yaml grants unused {extra:?}"
+        );
     }
 
     #[test]
     fn leader_election_is_granted_in_the_operators_namespace_only() {
         assert_eq!(granted("Role"), expand(NAMESPACED));
-        assert!(granted("ClusterRole")
-            .iter()
-            .all(|(_, r, _)| r != "leases"));
+        assert!(granted("ClusterRole").iter().all(|(_, r, _)| r != "leases"));
     }
 
     #[test]

@@ -32,14 +32,21 @@ impl WasmModule {
 pub const WASM_SHA256_PATH: &str = "/mlep_filter.wasm.sha256";
 
 /// What a request path gets: `None` is a 404.
-fn route<'a>(path: &str, metrics: &Metrics, wasm: &'a WasmModule) -> Option<(&'static str, Body<'a>)> {
+fn route<'a>(
+    path: &str,
+    metrics: &Metrics,
+    wasm: &'a WasmModule,
+) -> Option<(&'static str, Body<'a>)> {
     match path {
         "/healthz" => Some(("text/plain", Body::Owned(b"ok\n".to_vec()))),
         "/metrics" => Some((
             "text/plain; version=0.0.4",
             Body::Owned(metrics.render().into_bytes()),
         )),
-        WASM_SHA256_PATH => Some(("text/plain", Body::Owned(format!("{}\n", wasm.sha256).into_bytes()))),
+        WASM_SHA256_PATH => Some((
+            "text/plain",
+            Body::Owned(format!("{}\n", wasm.sha256).into_bytes()),
+        )),
         p if requested_sha256(p) == Some(wasm.sha256.as_str()) => {
             Some(("application/wasm", Body::Borrowed(&wasm.bytes)))
         }
@@ -92,7 +99,11 @@ pub async fn serve(
                 .flatten();
             let (status, ctype, body) = match found {
                 Some((ctype, body)) => ("200 OK", ctype, body),
-                None => ("404 Not Found", "text/plain", Body::Owned(b"not found\n".to_vec())),
+                None => (
+                    "404 Not Found",
+                    "text/plain",
+                    Body::Owned(b"not found\n".to_vec()),
+                ),
             };
             let body = body.bytes();
             debug!(%method, %path, %status, "http");
