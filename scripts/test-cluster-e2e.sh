@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# End to end on the cluster bed (scripts/cluster.sh): what a platform engineer does on day one,
+# with real pods and real Istio, the operator under its own ServiceAccount (no admin identity),
+# no patched status.
+#   1. kubectl apply -k manifests/ (through an overlay naming this tree's operator image);
+#   2. an HTTP server inside the cluster serves the Titanic artifacts; kubectl apply -k
+#      manifests/example/ (through an overlay: its namespace, the artifact URIs of that server,
+#      exposed on the ingress gateway) gets Ready: pods Running, model-init verified the artifact;
+#      kubectl get mle, kubectl explain, CEL rejecting an invalid spec at admission;
+#   3. through the ingress gateway ($MLEP_GATEWAY): predictions, x-mlep-variant, stickiness per
+#      x-user-id, the 80/20 split over 2,000 keys within ±3 pp, targeting and the 400, cookies;
+#   4. from a pod with an injected sidecar calling the Service's DNS name: same assignment as via
+#      the gateway, targeting, a client-sent x-mlep-variant overwritten;
+#   5. under load: a weight change with zero failed requests; the filter's metrics on the
+#      gateway's /stats/prometheus;
+#   6. faults: the operator down -> the gateway keeps serving;
+#   7. deleting the endpoint removes every child.
+# Measurements are printed as "measure: ..." lines. Every wait polls with a deadline.
+#
+#   scripts/test-cluster-e2e.sh      # MLEP_E2E_PROFILE=debug uses target/debug binaries
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CLUSTER_SH=${MLEP_CLUSTER_SH:-$ROOT/scripts/cluster.sh}
+MKIMG=$(dirname "$CLUSTER_SH")/cluster/mkimg.py
+PROFILE=${MLEP_E2E_PROFILE:-release}
+NS=mlep-e2e
+HOST=titanic-e2e.mlep.test
+WORK=$ROOT/target/e2e
+TRAFFIC="python3 $ROOT/scripts/cluster-e2e/traffic.py"
+PASS=0
+
+if ! "$CLUSTER_SH" status >/dev/null 2>&1; then "$CLUSTER_SH" up; fi
+eval "$("$CLUSTER_SH" env | sed 's/^/export /')"
+CTR_SOCK=${MLEP_CTR_SOCK:-$HOME/.cache/mlep-cluster/run/containerd/containerd.sock}
+
+kc() { kubectl "$@"; }
+fail() {
+  echo "FAIL: $*" >&2
+  kc -n "$NS" get pods -o wide >&2 || true
+  kc -n mlep-system logs deploy/mlep-operator --tail=30 >&2 || true
+  exit 1
+}
+ok() { PASS=$((PASS + 1)); echo "ok: $*"; }
+measure() { echo "measure: $*"; }
+# poll DEADLINE_S DESCRIPTION CMD...
+poll() {
+  local limit=$1 what=$2; shift 2
+  local end=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || fail "timed out after ${limit}s: $what"
+    sleep 0.5
+  done
+}
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+gw() { curl -sS -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -H "host: $HOST" \
+  -H 'content-type: application/json' --data-binary @examples/titanic/request.json "$@" \
+  "$MLEP_GATEWAY/invocations"; }
+header() { awk -v h="$1" 'BEGIN{IGNORECASE=1} tolower($1) == tolower(h)":" {sub(/\r$/, ""); print $2}' "$WORK/head"; }
+mkdir -p "$WORK"
+
+# --- 0. this tree's operator image (the bed imports the images of the tree it was built from) ---
+echo "--> build the operator image from this tree ($PROFILE)"
+if [ "$PROFILE" = release ]; then
+  nice cargo build -q --release -p mlep-operator
+fi
+rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
+nice cargo build -q --release -p mlep-filter --target wasm32-wasip1
+BIN_OP=$ROOT/target/$PROFILE/mlep-operator
+WASM=$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm
+strip -o "$WORK/mlep-operator" "$BIN_OP"
+TAG=e2e-$(cat "$WORK/mlep-operator" "$WASM" | sha256sum | cut -c1-12)
+WASM_SHA=$(sha256sum "$WASM" | cut -d' ' -f1)
+python3 "$MKIMG" "$WORK/operator.tar" "ghcr.io/k8smlendpoints/mlep-operator:$TAG" \
+  --bin "$WORK/mlep-operator:/usr/local/bin/mlep-operator" \
+  --file "$WASM:/usr/share/mlep/mlep_filter.wasm" \
+  --user 65532:65532 --entrypoint '["/usr/local/bin/mlep-operator"]' >/dev/null
+ctr --address "$CTR_SOCK" -n k8s.io images import "$WORK/operator.tar" >/dev/null \
+  || fail "ctr images import of the operator image"
+
+# --- 1. the operator, as installed by users --------------------------------------------------
+echo "--> kubectl apply -k manifests/ (operator image $TAG)"
+mkdir -p "$WORK/operator"
+cat >"$WORK/operator/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [../../../manifests]
+images:
+  - name: ghcr.io/k8smlendpoints/mlep-operator
+    newTag: "$TAG"
+EOF
+kc apply -k "$WORK/operator" >/dev/null || fail "kubectl apply -k manifests/"
+kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "operator not Ready"
+sa=$(kc -n mlep-system get pods -l app=mlep-operator -o jsonpath='{.items[0].spec.serviceAccountName}')
+[ "$sa" = mlep-operator ] || fail "operator runs as ServiceAccount $sa"
+as=system:serviceaccount:mlep-system:mlep-operator
+for check in "patch models.mlep.dev/status" "patch modelendpoints.mlep.dev/status" \
+  "update modelendpoints.mlep.dev/finalizers" "create envoyfilters.networking.istio.io"; do
+  # shellcheck disable=SC2086
+  [ "$(kc auth can-i $check --as=$as -A)" = yes ] || fail "the operator's RBAC lacks: $check"
+done
+[ "$(kc auth can-i '*' '*' --as=$as -A 2>/dev/null)" = no ] || fail "the operator is cluster admin"
+ok "operator Ready as ServiceAccount mlep-operator, RBAC grants what it uses and is not admin"
+
+# --- 2. the example ---------------------------------------------------------------------------
+echo "--> namespace $NS (fresh, sidecar injection on)"
+kc delete modelendpoints.mlep.dev --all -n "$NS" --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
+kc delete namespace "$NS" --ignore-not-found --wait=true --timeout=180s >/dev/null
+kc create namespace "$NS" >/dev/null
+kc label namespace "$NS" istio-injection=enabled >/dev/null
+
+echo "--> artifact server (Envoy serving examples/titanic/artifacts inside the cluster)"
+PROXY_IMAGE=$(kc -n istio-system get deploy istio-ingressgateway -o jsonpath='{.spec.template.spec.containers[0].image}')
+kc -n "$NS" create configmap artifacts --from-file=examples/titanic/artifacts/titanic-v1.tar.gz \
+  --from-file=examples/titanic/artifacts/titanic-v2.tar.gz >/dev/null
+kc apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: artifact-server}
+data:
+  envoy.yaml: |
+    admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}
+    static_resources:
+      listeners:
+        - address: {socket_address: {address: 0.0.0.0, port_value: 8080}}
+          filter_chains:
+            - filters:
+                - name: envoy.filters.network.http_connection_manager
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                    stat_prefix: artifacts
+                    http_filters:
+                      - name: envoy.filters.http.router
+                        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+                    route_config:
+                      max_direct_response_body_size_bytes: 1048576
+                      virtual_hosts:
+                        - name: artifacts
+                          domains: ["*"]
+                          routes:
+                            - match: {path: /titanic-v1.tar.gz}
+                              direct_response: {status: 200, body: {filename: /artifacts/titanic-v1.tar.gz}}
+                            - match: {path: /titanic-v2.tar.gz}
+                              direct_response: {status: 200, body: {filename: /artifacts/titanic-v2.tar.gz}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: artifacts}
+spec:
+  selector: {matchLabels: {app: artifacts}}
+  template:
+    metadata:
+      labels: {app: artifacts}
+      annotations: {sidecar.istio.io/inject: "false"}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 65532}
+      containers:
+        - name: envoy
+          image: $PROXY_IMAGE
+          imagePullPolicy: IfNotPresent
+          command: [/usr/local/bin/envoy, -c, /etc/envoy/envoy.yaml, --disable-hot-restart, --concurrency, "1"]
+          ports: [{name: http, containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /titanic-v1.tar.gz, port: http}, periodSeconds: 2}
+          volumeMounts:
+            - {name: config, mountPath: /etc/envoy}
+            - {name: artifacts, mountPath: /artifacts}
+      volumes:
+        - {name: config, configMap: {name: artifact-server}}
+        - {name: artifacts, configMap: {name: artifacts}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: artifacts}
+spec:
+  selector: {app: artifacts}
+  ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]
+EOF
+kc -n "$NS" rollout status deploy/artifacts --timeout=120s || fail "artifact server not Ready"
+
+echo "--> kubectl apply -k manifests/example/ (overlay: namespace $NS, in-cluster artifact URIs, exposed as $HOST)"
+ART=http://artifacts.$NS.svc.cluster.local
+mkdir -p "$WORK/example"
+cat >"$WORK/example/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: $NS
+resources: [../../../manifests/example]
+patches:
+  - target: {kind: Model, name: titanic-v1}
+    patch: '[{"op": "replace", "path": "/spec/artifact/uri", "value": "$ART/titanic-v1.tar.gz"}]'
+  - target: {kind: Model, name: titanic-v2}
+    patch: '[{"op": "replace", "path": "/spec/artifact/uri", "value": "$ART/titanic-v2.tar.gz"}]'
+  - target: {kind: ModelEndpoint, name: titanic}
+    patch: '[{"op": "replace", "path": "/spec/hosts", "value": ["$HOST"]}, {"op": "add", "path": "/spec/expose", "value": true}]'
+EOF
+t0=$(date +%s.%N)
+kc apply -k "$WORK/example" >/dev/null || fail "kubectl apply -k manifests/example/"
+kc -n "$NS" wait mle/titanic --for=condition=Ready --timeout=300s >/dev/null \
+  || { kc -n "$NS" get mle titanic -o yaml >&2; fail "the endpoint did not get Ready"; }
+t1=$(date +%s.%N)
+measure "apply -> Ready: $(python3 -c "print(round($t1 - $t0, 1))") s"
+phases=$(kc -n "$NS" get pods -l mlep.dev/endpoint=titanic -o jsonpath='{range .items[*]}{.status.phase}{" "}{end}')
+[ "$(wc -w <<<"$phases")" -ge 2 ] && ! grep -qv Running <<<"$(tr ' ' '\n' <<<"$phases" | sed '/^$/d')" \
+  || fail "model pods not all Running: $phases"
+inits=$(kc -n "$NS" get pods -l mlep.dev/endpoint=titanic \
+  -o jsonpath='{range .items[*]}{.status.initContainerStatuses[?(@.name=="model-init")].state.terminated.reason}{" "}{end}')
+[ "$(tr ' ' '\n' <<<"$inits" | grep -c '^Completed$')" -ge 2 ] || fail "model-init did not complete: $inits"
+logs=$(kc -n "$NS" logs deploy/titanic-a-titanic-v1 -c model-init)
+grep -qi sha256 <<<"$logs" || fail "model-init's log does not mention the verified sha256: $logs"
+ok "endpoint Ready, model pods Running, model-init fetched and verified the artifact over HTTP"
+
+cols=$(kc -n "$NS" get mle titanic --no-headers)
+echo "    kubectl get mle: $cols"
+grep -q "80" <<<"$cols" && grep -q "20" <<<"$cols" || fail "kubectl get mle shows no weights: $cols"
+kc explain mle.spec.variants | grep -qi weight || fail "kubectl explain mle.spec.variants documents no weight"
+ok "kubectl get mle shows weights; kubectl explain documents the variants"
+
+bad=$(kc -n "$NS" apply --dry-run=server -f - 2>&1 <<EOF || true
+apiVersion: mlep.dev/v1alpha1
+kind: ModelEndpoint
+metadata: {name: invalid}
+spec:
+  hosts: [invalid.mlep.test]
+  variants:
+    - {name: a, model: titanic-v1, weight: 80}
+    - {name: b, model: titanic-v2, weight: 30}
+EOF
+)
+grep -q "100" <<<"$bad" && grep -qi "invalid" <<<"$bad" || fail "CEL did not reject weights summing to 110: $bad"
+ok "CEL rejects weights summing to 110 at admission: $(grep -o 'spec.variants[^"]*' <<<"$bad" | head -1)"
+
+# --- 3. through the ingress gateway -------------------------------------------------------------
+echo "--> ingress gateway $MLEP_GATEWAY (host $HOST)"
+gateway_assigns() { [ "$(gw -H 'x-user-id: probe')" = 200 ] && [ -n "$(header x-mlep-variant)" ]; }
+poll 180 "the gateway answers with x-mlep-variant (filter loaded)" gateway_assigns
+python3 - "$WORK/body" examples/titanic/expected.json <<'EOF' || fail "gateway predictions differ from expected.json"
+import json, sys
+body, expected = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+got = body["predictions"]
+assert len(got) == 2, got
+ok = any(all(abs(g["probability"] - w["probability"]) <= expected["tolerance"]
+             for g, w in zip(got, expected["versions"][v]["predictions"][:2])) for v in expected["versions"])
+assert ok, got
+EOF
+ok "prediction through the gateway (x-mlep-variant: $(header x-mlep-variant))"
+
+keys=$(seq -f 'sticky-%g' 1 20)
+# shellcheck disable=SC2086
+first=$($TRAFFIC assign "$MLEP_GATEWAY" "$HOST" $keys)
+# shellcheck disable=SC2086
+second=$($TRAFFIC assign "$MLEP_GATEWAY" "$HOST" $keys)
+[ "$first" = "$second" ] || fail "assignments changed between rounds: $first vs $second"
+grep -q none <<<"$first" && fail "some requests were not assigned: $first"
+ok "sticky per x-user-id (20 keys, two rounds, same variants)"
+
+split=$($TRAFFIC split "$MLEP_GATEWAY" "$HOST" 2000)
+share_a=$(json "round(100 * d.get('a', 0) / 2000, 2)" <<<"$split")
+measure "split over 2000 keys: $split (a = $share_a %)"
+python3 -c "import sys; sys.exit(0 if abs($share_a - 80) <= 3 else 1)" || fail "split a=$share_a% not within 80±3"
+ok "80/20 over 2,000 keys: a=$share_a %"
+
+[ "$(gw -H 'x-user-id: sticky-1' -H 'x-mlep-target-variant: b')" = 200 ] && [ "$(header x-mlep-variant)" = b ] \
+  || fail "targeting b: $(header x-mlep-variant)"
+code=$(gw -H 'x-mlep-target-variant: nosuch')
+[ "$code" = 400 ] && grep -q nosuch "$WORK/body" || fail "unknown target: $code $(cat "$WORK/body")"
+ok "targeting b works; an unknown variant gets 400: $(head -c 120 "$WORK/body")"
+
+[ "$(gw)" = 200 ] || fail "keyless request"
+cookie=$(header set-cookie | cut -d';' -f1)
+v1=$(header x-mlep-variant)
+[[ $cookie == mlep-titanic=* ]] || fail "no sticky cookie for a keyless client: $cookie"
+for _ in 1 2 3; do
+  [ "$(gw -H "cookie: $cookie")" = 200 ] && [ "$(header x-mlep-variant)" = "$v1" ] || fail "cookie did not stick"
+done
+ok "keyless client gets $cookie and sticks to $v1"
+
+# --- 4. in the mesh: a client with a sidecar ------------------------------------------------------
+echo "--> in-mesh client (sidecar) calling titanic.$NS.svc.cluster.local"
+kc apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  containers:
+    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
+EOF
+kc -n "$NS" wait --for=condition=Ready pod/client --timeout=180s >/dev/null || fail "client pod not Ready"
+mesh() {  # mesh [curl args...]: prints "<code> <x-mlep-variant>"
+  kc -n "$NS" exec client -c client -- curl -sS -o /dev/null -D - -w 'code=%{http_code}\n' \
+    -H 'content-type: application/json' --data '[{"pclass":3,"sex":"male","age":22.0,"sibsp":1,"parch":0,"fare":7.25,"embarked":"S"}]' \
+    "$@" "http://titanic.$NS.svc.cluster.local/invocations" \
+    | awk 'BEGIN{IGNORECASE=1} /^x-mlep-variant:/ {v=$2} /^code=/ {c=substr($0, 6)} END {sub(/\r$/, "", v); print c, v}'
+}
+mesh_assigns() { [[ "$(mesh -H 'x-user-id: probe')" == "200 "?* ]]; }
+poll 120 "the sidecar assigns a variant" mesh_assigns
+mismatch=0
+for k in $(seq -f 'sticky-%g' 1 10); do
+  want=$(json "d['$k']" <<<"$first")
+  got=$(mesh -H "x-user-id: $k" | cut -d' ' -f2)
+  [ "$got" = "$want" ] || { echo "    $k: gateway $want, sidecar $got" >&2; mismatch=$((mismatch + 1)); }
+done
+[ $mismatch = 0 ] || fail "$mismatch keys assigned differently by the sidecar and the gateway"
+ok "the sidecar assigns the same variant as the gateway for the same key (10 keys)"
+[ "$(mesh -H 'x-user-id: sticky-1' -H 'x-mlep-target-variant: b')" = "200 b" ] || fail "targeting in the mesh"
+# A key the gateway assigned to a: a client-sent x-mlep-variant: b must not win.
+ka=$(json "[k for k, v in d.items() if v == 'a'][0]" <<<"$first")
+[ "$(mesh -H "x-user-id: $ka" -H 'x-mlep-variant: b')" = "200 a" ] || fail "client-sent x-mlep-variant was not overwritten"
+ok "targeting works in the mesh; a client-sent x-mlep-variant is overwritten"
+
+echo
+echo "PASS: $PASS checks"
