@@ -94,8 +94,8 @@ kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "op
 sa=$(kc -n mlep-system get pods -l app=mlep-operator -o jsonpath='{.items[0].spec.serviceAccountName}')
 [ "$sa" = mlep-operator ] || fail "operator runs as ServiceAccount $sa"
 as=system:serviceaccount:mlep-system:mlep-operator
-for check in "patch models.mlep.dev/status" "patch modelendpoints.mlep.dev/status" \
-  "update modelendpoints.mlep.dev/finalizers" "create envoyfilters.networking.istio.io"; do
+for check in "patch models.mlep.dev --subresource=status" "patch modelendpoints.mlep.dev --subresource=status" \
+  "update modelendpoints.mlep.dev --subresource=finalizers" "create envoyfilters.networking.istio.io"; do
   # shellcheck disable=SC2086
   [ "$(kc auth can-i $check --as=$as -A)" = yes ] || fail "the operator's RBAC lacks: $check"
 done

@@ -2,6 +2,7 @@
 //! kube client, no async runtime, no I/O. The operator (`mlep-operator`) applies what it
 //! computes; the CLI (`mlep`) runs the same decisions locally and prints the same objects.
 //!
+//! - [`aggregate`]: one filter per proxy, carrying every endpoint.
 //! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
 //! - [`validate`]: spec checks naming the offending field.
 //! - [`plan`]: which weights and models to route with, given what is ready.
@@ -10,6 +11,7 @@
 //! - [`module`]: where proxies fetch the filter module (URL versioned by its sha256).
 //! - [`render`]: every object the operator applies for an endpoint.
 
+pub mod aggregate;
 pub mod crd;
 pub mod filter_config;
 pub mod module;

@@ -23,7 +23,7 @@ use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_core::{CustomResourceExt, ResourceExt};
-use mlep_contract::{Allocation, FilterConfig, CONFIG_VERSION};
+use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -67,6 +67,8 @@ pub struct RenderSettings {
     pub wasm_sha256: String,
     /// Namespace of the ingress gateway pods (`istio-system`).
     pub gateway_namespace: String,
+    /// Istio's root namespace (`istio-system`): an EnvoyFilter there applies to every proxy.
+    pub mesh_root_namespace: String,
     /// Labels selecting the ingress gateway pods (`istio: ingressgateway`).
     pub gateway_selector: BTreeMap<String, String>,
     /// Cluster DNS domain (`cluster.local`).
@@ -103,6 +105,7 @@ impl Default for RenderSettings {
             wasm_url: module::module_url(&base, &zeros),
             wasm_sha256: zeros,
             gateway_namespace: "istio-system".into(),
+            mesh_root_namespace: "istio-system".into(),
             gateway_selector: [("istio".to_owned(), "ingressgateway".to_owned())]
                 .into_iter()
                 .collect(),
@@ -118,6 +121,8 @@ pub struct Rendered {
     pub objects: Vec<Value>,
     /// The bucket allocation carried in the filter config (persist it in status).
     pub allocation: Allocation,
+    /// This endpoint's entry in the shared filter config (see [`crate::aggregate`]).
+    pub filter: EndpointConfig,
 }
 
 /// Every object the operator would create for these resources, assuming every variant is
@@ -130,6 +135,7 @@ pub fn render_all(
 ) -> Result<Vec<Value>, SpecError> {
     let ns_of = |m: Option<&String>| m.cloned().unwrap_or_else(|| "default".to_owned());
     let mut out = Vec::new();
+    let mut filters = Vec::new();
     for ep in endpoints {
         let ns = ns_of(ep.metadata.namespace.as_ref());
         let in_ns: BTreeMap<String, ModelSpec> = models
@@ -142,8 +148,18 @@ pub fn render_all(
             ..e
         })?;
         let plan = Plan::assume_ready(&ep.spec);
-        out.extend(render_endpoint(ep, &ns, &in_ns, &plan, None, settings)?.objects);
+        let rendered = render_endpoint(ep, &ns, &in_ns, &plan, None, settings)?;
+        out.extend(rendered.objects);
+        filters.push((ep.spec.filter_wiring, rendered.filter));
     }
+    let aggregate = crate::aggregate::filters_for(filters, settings);
+    if let Some((id, why)) = aggregate.excluded.first() {
+        return Err(SpecError::invalid(
+            "spec.hosts",
+            format!("ModelEndpoint {id}: {why}"),
+        ));
+    }
+    out.extend(aggregate.objects);
     Ok(out)
 }
 
@@ -273,13 +289,15 @@ pub fn render_endpoint(
     config.validate().map_err(|e| {
         SpecError::invalid("spec", format!("the filter would reject its config: {e}"))
     })?;
-    let config_json = serde_json::to_value(&config).map_err(|e| {
-        SpecError::invalid("spec", format!("filter config does not serialize: {e}"))
-    })?;
-    objects.extend(filter_objects(&ctx, spec, &config_json));
+    let filter = config
+        .endpoints
+        .into_iter()
+        .next()
+        .ok_or_else(|| SpecError::invalid("spec", "no filter config rendered"))?;
     Ok(Rendered {
         objects,
         allocation,
+        filter,
     })
 }
 
@@ -307,19 +325,6 @@ impl Ctx<'_> {
             m["ownerReferences"] = json!([o]);
         }
         m
-    }
-
-    /// Metadata of an object outside the endpoint's namespace (found again by its labels).
-    fn foreign_meta(&self, name: &str, namespace: &str) -> Value {
-        json!({
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                LABEL_ENDPOINT: self.name,
-                LABEL_ENDPOINT_NAMESPACE: self.namespace,
-                LABEL_MANAGED_BY: FIELD_MANAGER,
-            },
-        })
     }
 }
 
@@ -596,66 +601,27 @@ fn autoscaler(
     })
 }
 
-/// Name of the filter objects in the endpoint's namespace.
-pub fn filter_name(endpoint: &str) -> String {
-    format!("{endpoint}-mlep")
-}
-
-/// Name of the gateway-side filter object (in the gateway's namespace).
-pub fn gateway_filter_name(namespace: &str, endpoint: &str) -> String {
-    format!("mlep-{namespace}-{endpoint}")
-}
-
-/// The filter wiring: for the namespace's sidecars (outbound, where in-mesh clients call the
-/// endpoint) and, when exposed, for the ingress gateway pods.
-fn filter_objects(ctx: &Ctx, spec: &ModelEndpointSpec, config: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    let local = filter_name(ctx.name);
-    let remote = gateway_filter_name(ctx.namespace, ctx.name);
-    match spec.filter_wiring {
+/// A filter object of this wiring for the sidecars (`selector` None: every sidecar, outbound)
+/// or for the gateway pods `selector` selects (see [`crate::aggregate`]).
+pub(crate) fn filter_object(
+    wiring: FilterWiring,
+    metadata: Value,
+    selector: Option<&BTreeMap<String, String>>,
+    config: &Value,
+    settings: &RenderSettings,
+) -> Value {
+    let ext = metadata["name"].as_str().unwrap_or("mlep").to_owned();
+    let context = if selector.is_some() {
+        "GATEWAY"
+    } else {
+        "SIDECAR_OUTBOUND"
+    };
+    match wiring {
         FilterWiring::EnvoyFilter => {
-            let ext = format!("mlep-{}-{}", ctx.namespace, ctx.name);
-            out.push(envoy_filter(
-                ctx.meta(&local, json!({})),
-                None,
-                "SIDECAR_OUTBOUND",
-                &ext,
-                config,
-                ctx.settings,
-            ));
-            if spec.exposed() {
-                let meta = ctx.foreign_meta(&remote, &ctx.settings.gateway_namespace);
-                out.push(envoy_filter(
-                    meta,
-                    Some(&ctx.settings.gateway_selector),
-                    "GATEWAY",
-                    &ext,
-                    config,
-                    ctx.settings,
-                ));
-            }
+            envoy_filter(metadata, selector, context, &ext, config, settings)
         }
-        FilterWiring::WasmPlugin => {
-            out.push(wasm_plugin(
-                ctx.meta(&local, json!({})),
-                None,
-                "CLIENT",
-                config,
-                ctx.settings,
-            ));
-            if spec.exposed() {
-                let meta = ctx.foreign_meta(&remote, &ctx.settings.gateway_namespace);
-                out.push(wasm_plugin(
-                    meta,
-                    Some(&ctx.settings.gateway_selector),
-                    "CLIENT",
-                    config,
-                    ctx.settings,
-                ));
-            }
-        }
+        FilterWiring::WasmPlugin => wasm_plugin(metadata, selector, "CLIENT", config, settings),
     }
-    out
 }
 
 /// An EnvoyFilter delivering the filter through ECDS, the form Istio's agent downloads.
@@ -856,6 +822,25 @@ mod tests {
         render_endpoint(ep, "ml", &models(), plan, None, &RenderSettings::default())
             .unwrap()
             .objects
+    }
+
+    /// The endpoint's objects followed by the shared filter objects (as `render_all` orders them).
+    fn render_with_filters(ep: &ModelEndpoint, settings: &RenderSettings) -> Vec<Value> {
+        let r = render_endpoint(
+            ep,
+            "ml",
+            &models(),
+            &Plan::assume_ready(&ep.spec),
+            None,
+            settings,
+        )
+        .unwrap();
+        let mut objs = r.objects;
+        objs.extend(
+            crate::aggregate::filters_for(vec![(ep.spec.filter_wiring, r.filter)], settings)
+                .objects,
+        );
+        objs
     }
 
     fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -1063,8 +1048,8 @@ mod tests {
     #[test]
     fn envoy_filter_delivers_the_module_through_ecds_with_url_and_sha256() {
         let ep = endpoint();
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-        let ef = find(&objs, "EnvoyFilter", "titanic-mlep");
+        let objs = render_with_filters(&ep, &RenderSettings::default());
+        let ef = find(&objs, "EnvoyFilter", crate::aggregate::SIDECAR_FILTER);
         let patches = ef["spec"]["configPatches"].as_array().unwrap();
         assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
         let cfg = &patches[0]["patch"]["value"]["typed_config"];
@@ -1098,8 +1083,9 @@ mod tests {
     #[test]
     fn a_proxy_that_cannot_fetch_the_module_passes_traffic_unassigned() {
         let ep = endpoint();
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-        let patches = find(&objs, "EnvoyFilter", "titanic-mlep")["spec"]["configPatches"]
+        let objs = render_with_filters(&ep, &RenderSettings::default());
+        let patches = find(&objs, "EnvoyFilter", crate::aggregate::GATEWAY_FILTER)["spec"]
+            ["configPatches"]
             .as_array()
             .unwrap()
             .clone();
@@ -1138,7 +1124,7 @@ mod tests {
         let mut ep = endpoint();
         ep.spec.expose = Some(true);
         ep.spec.filter_wiring = FilterWiring::WasmPlugin;
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let objs = render_with_filters(&ep, &RenderSettings::default());
         let gw = find(&objs, "Gateway", "titanic");
         assert_eq!(gw["spec"]["selector"], json!({"istio": "ingressgateway"}));
         assert_eq!(
@@ -1147,19 +1133,18 @@ mod tests {
         );
         let vs = find(&objs, "VirtualService", "titanic");
         assert_eq!(vs["spec"]["gateways"], json!(["mesh", "ml/titanic"]));
-        let local = find(&objs, "WasmPlugin", "titanic-mlep");
+        let local = find(&objs, "WasmPlugin", crate::aggregate::SIDECAR_FILTER);
         assert_eq!(local["spec"]["url"], RenderSettings::default().wasm_url);
         assert_eq!(
             local["spec"]["pluginConfig"]["endpoints"][0]["name"],
             "titanic"
         );
-        let remote = find(&objs, "WasmPlugin", "mlep-ml-titanic");
+        let remote = find(&objs, "WasmPlugin", crate::aggregate::GATEWAY_FILTER);
         assert_eq!(remote["metadata"]["namespace"], "istio-system");
         assert!(
             remote["metadata"].get("ownerReferences").is_none(),
-            "ownerReferences cannot cross namespaces"
+            "shared by every endpoint: owned by none"
         );
-        assert_eq!(remote["metadata"]["labels"][LABEL_ENDPOINT_NAMESPACE], "ml");
         assert_eq!(
             remote["spec"]["selector"]["matchLabels"],
             json!({"istio": "ingressgateway"})
@@ -1198,7 +1183,7 @@ mod tests {
     fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
         let mut ep = endpoint();
         ep.spec.shadow = Some(ShadowSpec::new("m3", 10.0));
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let objs = render_with_filters(&ep, &RenderSettings::default());
         let d = find(&objs, "Deployment", "titanic-shadow-m3");
         assert_eq!(
             d["spec"]["template"]["metadata"]["labels"]["app"],
@@ -1208,8 +1193,9 @@ mod tests {
             find(&objs, "Service", "titanic-shadow")["spec"]["selector"],
             json!({"app": "titanic-shadow"})
         );
-        let cfg = &find(&objs, "EnvoyFilter", "titanic-mlep")["spec"]["configPatches"][0]["patch"]
-            ["value"]["typed_config"]["config"]["configuration"]["value"];
+        let cfg = &find(&objs, "EnvoyFilter", crate::aggregate::SIDECAR_FILTER)["spec"]
+            ["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]
+            ["value"];
         let filter: FilterConfig = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
         let shadow = filter.endpoints[0].shadow.as_ref().unwrap();
         assert_eq!(
@@ -1260,7 +1246,13 @@ mod tests {
         )
         .unwrap();
         assert!(objs.iter().any(|o| o["kind"] == "VirtualService"));
-        assert!(objs.iter().all(|o| o["metadata"]["namespace"] == "ml"));
+        // The endpoint's objects in its namespace; the shared filters in Istio's.
+        assert!(objs.iter().all(|o| o["metadata"]["namespace"] == "ml"
+            || o["metadata"]["labels"][crate::aggregate::LABEL_FILTER].is_string()));
+        assert_eq!(
+            objs.iter().filter(|o| o["kind"] == "EnvoyFilter").count(),
+            2
+        );
         let mut bad = endpoint();
         bad.spec.variants[1].weight = 30;
         let err = render_all(
@@ -1278,16 +1270,7 @@ mod tests {
         let sha = "5e".repeat(32);
         let settings = RenderSettings::default().with_module(&sha, "mlep-system");
         let ep = endpoint();
-        let objs = render_endpoint(
-            &ep,
-            "ml",
-            &models(),
-            &Plan::assume_ready(&ep.spec),
-            None,
-            &settings,
-        )
-        .unwrap()
-        .objects;
+        let objs = render_with_filters(&ep, &settings);
         let text = serde_json::to_string(&objs).unwrap();
         // The operator's Service port (manifests/operator.yaml) and a versioned path.
         let url = format!(

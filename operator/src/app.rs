@@ -63,6 +63,9 @@ impl Config {
         if let Some(v) = var("MLEP_GATEWAY_NAMESPACE") {
             settings.gateway_namespace = v;
         }
+        if let Some(v) = var("MLEP_MESH_ROOT_NAMESPACE") {
+            settings.mesh_root_namespace = v;
+        }
         if let Some(v) = var("MLEP_GATEWAY_SELECTOR") {
             settings.gateway_selector = parse_labels(&v).ok_or_else(|| {
                 AppError::Config(format!(
