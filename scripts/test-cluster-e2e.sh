@@ -110,7 +110,8 @@ kc create namespace "$NS" >/dev/null
 kc label namespace "$NS" istio-injection=enabled >/dev/null
 
 echo "--> artifact server (Envoy serving examples/titanic/artifacts inside the cluster)"
-PROXY_IMAGE=$(kc -n istio-system get deploy istio-ingressgateway -o jsonpath='{.spec.template.spec.containers[0].image}')
+# The injected gateway pod's image (its Deployment says "auto"): pilot-agent + the PyPI Envoy.
+PROXY_IMAGE=$(kc -n istio-system get pods -l istio=ingressgateway -o jsonpath='{.items[0].spec.containers[0].image}')
 kc -n "$NS" create configmap artifacts --from-file=examples/titanic/artifacts/titanic-v1.tar.gz \
   --from-file=examples/titanic/artifacts/titanic-v2.tar.gz >/dev/null
 kc apply -n "$NS" -f - >/dev/null <<EOF
