@@ -308,5 +308,131 @@ ka=$(json "[k for k, v in d.items() if v == 'a'][0]" <<<"$first")
 [ "$(mesh -H "x-user-id: $ka" -H 'x-mlep-variant: b')" = "200 a" ] || fail "client-sent x-mlep-variant was not overwritten"
 ok "targeting works in the mesh; a client-sent x-mlep-variant is overwritten"
 
+# --- 5. changes under load ------------------------------------------------------------------------
+# load_phase NAME CHANGE_FN SETTLED_FN: bounded load from the host through the gateway while the
+# change is applied, until SETTLED_FN holds (deadline 240 s); zero failed requests allowed.
+load_phase() {
+  local name=$1 change=$2 settled=$3
+  rm -f "$WORK/stop"
+  $TRAFFIC load "$MLEP_GATEWAY" "$HOST" 300 "$WORK/stop" >"$WORK/load-$name.json" &
+  local load=$!
+  "$change"
+  poll 240 "$name settles" "$settled"
+  touch "$WORK/stop"
+  wait "$load" || fail "load generator failed in phase $name"
+  local r
+  r=$(cat "$WORK/load-$name.json")
+  measure "phase $name: $(json "f\"{d['requests']} requests, {d['failures']} failed, p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms, by variant {d['by_variant']}\"" <<<"$r")"
+  [ "$(json "d['failures']" <<<"$r")" = 0 ] || fail "phase $name: failed requests: $(json "d['errors']" <<<"$r")"
+  ok "phase $name: zero failed requests"
+}
+split_near() {  # split_near A_PERCENT: 400 fresh keys split within ±8 pp of A_PERCENT for a
+  local got
+  got=$($TRAFFIC split "$MLEP_GATEWAY" "$HOST" 400)
+  python3 -c "import json,sys; d=json.loads('$got'); sys.exit(0 if abs(100*d.get('a',0)/400 - $1) <= 8 else 1)"
+}
+mle_field() { kc -n "$NS" get mle titanic -o jsonpath="$1"; }
+
+echo "--> weight change 80/20 -> 50/50 under load"
+change_weights() {
+  kc -n "$NS" patch mle titanic --type=json \
+    -p '[{"op":"replace","path":"/spec/variants/0/weight","value":50},{"op":"replace","path":"/spec/variants/1/weight","value":50}]' >/dev/null
+}
+weights_applied() { [ "$(mle_field '{.status.summary.weights}')" = "a=50,b=50" ] && split_near 50; }
+load_phase weights change_weights weights_applied
+# shellcheck disable=SC2086
+after=$($TRAFFIC assign "$MLEP_GATEWAY" "$HOST" $keys)
+moved=$(python3 -c "import json; a=json.loads('$first'); b=json.loads('$after'); print(sum(1 for k in a if a[k] != b[k] and not (a[k] == 'a' and b[k] == 'b')))")
+[ "$moved" = 0 ] || fail "$moved users moved other than a -> b on 80/20 -> 50/50"
+ok "80/20 -> 50/50 moved users only from a to b"
+
+echo "--> model swap: variant b titanic-v2 -> titanic-v1 under load"
+swap_model() {
+  kc -n "$NS" patch mle titanic --type=json -p '[{"op":"replace","path":"/spec/variants/1/model","value":"titanic-v1"}]' >/dev/null
+}
+swapped() {
+  [ "$(mle_field '{.status.variants[1].model}')" = titanic-v1 ] \
+    && ! kc -n "$NS" get deploy titanic-b-titanic-v2 >/dev/null 2>&1 \
+    && [ "$(mle_field '{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+load_phase swap swap_model swapped
+ok "the old Deployment of b is gone after the swap"
+
+echo "--> add a shadow (titanic-v2, 100%) under load"
+add_shadow() {
+  kc -n "$NS" patch mle titanic --type=merge -p '{"spec":{"shadow":{"model":"titanic-v2","percent":100}}}' >/dev/null
+}
+GW_POD=$(kc -n istio-system get pods -l istio=ingressgateway -o jsonpath='{.items[0].metadata.name}')
+gw_stats() { kc -n istio-system exec "$GW_POD" -- pilot-agent request GET "$1"; }
+shadowed() {
+  kc -n "$NS" get deploy titanic-shadow-titanic-v2 -o jsonpath='{.status.readyReplicas}' | grep -qx 1 \
+    && gw_stats stats | grep -q '^wasmcustom.mlep_shadow_requests_total.*: [1-9]'
+}
+load_phase shadow add_shadow shadowed
+agreement=$(gw_stats stats | grep '^wasmcustom.mlep_shadow_agreement_total' | tr '\n' ' ')
+[ -n "$agreement" ] || fail "no shadow agreement counted"
+ok "shadow copies sent and agreement counted: $agreement"
+
+echo "--> the filter's metrics on the gateway's /stats/prometheus"
+prom=$(gw_stats stats/prometheus)
+grep -q 'mlep_requests_total' <<<"$prom" || fail "no mlep_requests_total on the gateway's /stats/prometheus"
+echo "    $(grep -m1 '^mlep_requests_total' <<<"$prom")"
+ok "the filter's metrics reach the gateway's /stats/prometheus"
+
+# --- 6. faults ----------------------------------------------------------------------------------------
+echo "--> operator down: the gateway keeps serving"
+kc -n mlep-system scale deploy/mlep-operator --replicas=0 >/dev/null
+no_operator_pods() { [ -z "$(kc -n mlep-system get pods -l app=mlep-operator -o name)" ]; }
+poll 120 "operator pods gone" no_operator_pods
+r=$($TRAFFIC load "$MLEP_GATEWAY" "$HOST" 10 "$WORK/never")
+measure "operator down, 10 s of load: $r"
+[ "$(json "d['failures']" <<<"$r")" = 0 ] && [ "$(json "d['requests']" <<<"$r")" -gt 0 ] || fail "gateway failed with the operator down"
+ok "with the operator down the gateway keeps serving, assigned"
+
+echo "--> gateway latency without the filter (shared gateway filter removed while the operator is down)"
+kc -n istio-system delete envoyfilter mlep-gateway --wait=true >/dev/null
+unassigned() { [ "$(gw -H 'x-user-id: probe')" = 200 ] && [ -z "$(header x-mlep-variant)" ]; }
+poll 60 "the gateway answers without the filter" unassigned
+r0=$(MLEP_REQUIRE_VARIANT=0 $TRAFFIC load "$MLEP_GATEWAY" "$HOST" 10 "$WORK/never")
+measure "gateway latency, sequential keep-alive requests, 10 s each: with the filter p50 $(json "d['p50_ms']" <<<"$r") ms p99 $(json "d['p99_ms']" <<<"$r") ms; without p50 $(json "d['p50_ms']" <<<"$r0") ms p99 $(json "d['p99_ms']" <<<"$r0") ms"
+[ "$(json "d['failures']" <<<"$r0")" = 0 ] || fail "gateway without the filter failed requests: $r0"
+
+echo "--> a new sidecar that cannot fetch the module (operator down) still passes traffic"
+kc apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: client-new, labels: {app: client-new}}
+spec:
+  containers:
+    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
+EOF
+t_new=$SECONDS
+kc -n "$NS" wait --for=condition=Ready pod/client-new --timeout=180s >/dev/null || fail "new client pod not Ready"
+new_code=$(kc -n "$NS" exec client-new -c client -- curl -sS -o /dev/null -w '%{http_code}' -m 30 \
+  -H 'content-type: application/json' --data-binary '[{"pclass":3,"sex":"male","age":22.0,"sibsp":1,"parch":0,"fare":7.25,"embarked":"S"}]' \
+  "http://titanic.$NS.svc.cluster.local/invocations")
+measure "new proxy without the module: Ready + first request in $((SECONDS - t_new)) s, HTTP $new_code"
+[ "$new_code" = 200 ] || fail "a proxy that cannot fetch the module answered $new_code"
+ok "a new proxy that cannot fetch the module passes traffic (HTTP 200, unassigned)"
+
+echo "--> operator back: converges"
+kc -n mlep-system scale deploy/mlep-operator --replicas=2 >/dev/null
+kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s >/dev/null || fail "operator did not come back"
+kc -n "$NS" wait mle/titanic --for=condition=Ready --timeout=120s >/dev/null || fail "not Ready after the operator restart"
+poll 120 "the restarted operator re-creates the shared gateway filter" kc -n istio-system get envoyfilter mlep-gateway
+poll 120 "the gateway assigns again" gateway_assigns
+ok "operator restarted: endpoint Ready, the shared gateway filter rebuilt from the endpoints' status, the gateway assigns"
+
+# --- 7. deleting the endpoint removes every child --------------------------------------------------
+echo "--> delete the endpoint"
+kc -n "$NS" delete mle titanic --wait=true --timeout=120s >/dev/null || fail "delete mle"
+children_gone() {
+  [ -z "$(kc -n "$NS" get deploy,svc,destinationrules,virtualservices,gateways -l mlep.dev/endpoint=titanic -o name)" ] \
+    && ! kc -n istio-system get envoyfilter mlep-gateway >/dev/null 2>&1 \
+    && ! kc -n istio-system get envoyfilter mlep-sidecars >/dev/null 2>&1
+}
+poll 120 "every child of the endpoint removed" children_gone
+ok "deleting the endpoint removed its children and the shared filters (it was the last endpoint)"
+
 echo
 echo "PASS: $PASS checks"

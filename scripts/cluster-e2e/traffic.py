@@ -5,7 +5,8 @@
   traffic.py assign URL HOST KEY...      -> JSON {key: variant}
   traffic.py load URL HOST SECONDS STOPFILE -> JSON {requests, failures, p50_ms, p99_ms, by_variant}
       (runs until SECONDS elapse or STOPFILE exists; a failure is any answer but 200 with a
-      prediction body and an x-mlep-variant header, or a connection error)
+      prediction body and an x-mlep-variant header, or a connection error;
+      MLEP_REQUIRE_VARIANT=0 accepts answers without x-mlep-variant)
 
 Keep-alive connections (http.client); the request body is examples/titanic/request.json.
 """
@@ -46,7 +47,9 @@ class Client:
 
 
 def ok(status, headers, body):
-    if status != 200 or "x-mlep-variant" not in headers:
+    # MLEP_REQUIRE_VARIANT=0: a proxy without the filter answers without x-mlep-variant.
+    need_variant = os.environ.get("MLEP_REQUIRE_VARIANT", "1") != "0"
+    if status != 200 or (need_variant and "x-mlep-variant" not in headers):
         return False
     try:
         return len(json.loads(body)["predictions"]) == 2
@@ -84,7 +87,7 @@ def main():
                 s, h, b = 0, {}, str(e).encode()
             lat.append((time.monotonic() - t0) * 1000)
             if ok(s, h, b):
-                v = h["x-mlep-variant"]
+                v = h.get("x-mlep-variant", "unassigned")
                 by_variant[v] = by_variant.get(v, 0) + 1
             else:
                 fails += 1
