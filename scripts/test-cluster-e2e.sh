@@ -413,6 +413,9 @@ new_code=$(kc -n "$NS" exec client-new -c client -- curl -sS -o /dev/null -w '%{
   "http://titanic.$NS.svc.cluster.local/invocations")
 measure "new proxy without the module: Ready + first request in $((SECONDS - t_new)) s, HTTP $new_code"
 [ "$new_code" = 200 ] || fail "a proxy that cannot fetch the module answered $new_code"
+# The path taken: Istio's agent gave up on the module and handed Envoy its allow-all fallback.
+kc -n "$NS" logs client-new -c istio-proxy | grep -q "applying allow RBAC filter" \
+  || fail "the new proxy's agent did not apply the fail-open fallback: $(kc -n "$NS" logs client-new -c istio-proxy | grep -i wasm | tail -3)"
 ok "a new proxy that cannot fetch the module passes traffic (HTTP 200, unassigned)"
 
 echo "--> operator back: converges"
