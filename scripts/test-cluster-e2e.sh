@@ -13,8 +13,10 @@
 #      the gateway, targeting, a client-sent x-mlep-variant overwritten;
 #   5. under load: a weight change with zero failed requests; the filter's metrics on the
 #      gateway's /stats/prometheus;
-#   6. faults: the operator down -> the gateway keeps serving;
-#   7. deleting the endpoint removes every child.
+#   6. faults: a module failing its sha256 and a module that cannot be fetched (operator down)
+#      -> new proxies still pass traffic; the operator down -> the gateway keeps serving;
+#   7. deleting the endpoint removes every child;
+#   8. mlep render | kubectl apply gives a Ready endpoint assigning through the gateway.
 # Measurements are printed as "measure: ..." lines. Every wait polls with a deadline.
 #
 #   scripts/test-cluster-e2e.sh      # MLEP_E2E_PROFILE=debug uses target/debug binaries
@@ -380,6 +382,37 @@ echo "    $(grep -m1 '^mlep_requests_total' <<<"$prom")"
 ok "the filter's metrics reach the gateway's /stats/prometheus"
 
 # --- 6. faults ----------------------------------------------------------------------------------------
+echo "--> a new proxy whose module fails its sha256 check still passes traffic"
+# The operator's own shared sidecar filter, copied for one pod with a wrong sha256.
+kc -n istio-system get envoyfilter mlep-sidecars -o json | python3 -c "
+import json, sys
+f = json.load(sys.stdin)
+f['metadata'] = {'name': 'badsha', 'namespace': '$NS'}
+f['spec']['workloadSelector'] = {'labels': {'app': 'badsha'}}
+for p in f['spec']['configPatches']:
+    v = p['patch']['value']
+    v['name'] = 'badsha'
+    if 'typed_config' in v:
+        v['typed_config']['config']['name'] = 'badsha'
+        v['typed_config']['config']['vm_config']['code']['remote']['sha256'] = '0' * 64
+json.dump(f, sys.stdout)" | kc apply -f - >/dev/null
+kc apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: badsha, labels: {app: badsha}}
+spec:
+  containers:
+    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
+EOF
+kc -n "$NS" wait --for=condition=Ready pod/badsha --timeout=180s >/dev/null || fail "badsha pod not Ready"
+bad_code=$(kc -n "$NS" exec badsha -c client -- curl -sS -o /dev/null -w '%{http_code}' -m 30 \
+  "http://artifacts.$NS.svc.cluster.local/titanic-v1.tar.gz")
+[ "$bad_code" = 200 ] || fail "a proxy whose module failed its checksum answered $bad_code"
+kc -n "$NS" logs badsha -c istio-proxy | grep -q "does not match.*applying allow RBAC filter" \
+  || fail "no checksum fallback in the agent's log: $(kc -n "$NS" logs badsha -c istio-proxy | grep -i wasm | tail -2)"
+ok "a sha256 mismatch: the agent falls back to allow-all and the pod's outbound HTTP answers 200"
+kc -n "$NS" delete envoyfilter badsha --wait=false >/dev/null
+
 echo "--> operator down: the gateway keeps serving"
 kc -n mlep-system scale deploy/mlep-operator --replicas=0 >/dev/null
 no_operator_pods() { [ -z "$(kc -n mlep-system get pods -l app=mlep-operator -o name)" ]; }
@@ -436,6 +469,45 @@ children_gone() {
 }
 poll 120 "every child of the endpoint removed" children_gone
 ok "deleting the endpoint removed its children and the shared filters (it was the last endpoint)"
+
+# --- 8. GitOps: mlep render | kubectl apply gives the same running result ---------------------------
+echo "--> mlep render -f examples/titanic | kubectl apply -f - (namespace $NS-render)"
+RNS=$NS-render
+RHOST=titanic-render.mlep.test
+kc delete namespace "$RNS" --ignore-not-found --wait=true --timeout=180s >/dev/null
+kc create namespace "$RNS" >/dev/null
+kc label namespace "$RNS" istio-injection=enabled >/dev/null
+MLEP_BIN=$ROOT/target/$PROFILE/mlep
+[ "$PROFILE" = release ] && nice cargo build -q --release -p mlep
+mkdir -p "$WORK/render-input"
+python3 - "$ROOT/examples/titanic" "$WORK/render-input" "$RNS" "$ART" "$RHOST" <<'EOF'
+import sys, yaml
+src, dst, ns, art, host = sys.argv[1:]
+for f in ("models.yaml", "endpoint.yaml"):
+    docs = [d for d in yaml.safe_load_all(open(f"{src}/{f}")) if d]
+    for d in docs:
+        d["metadata"]["namespace"] = ns
+        if d["kind"] == "Model":
+            d["spec"]["artifact"]["uri"] = f"{art}/{d['spec']['artifact']['uri'].rsplit('/', 1)[1]}"
+        else:
+            d["spec"]["hosts"] = [host]
+            d["spec"]["expose"] = True
+    yaml.safe_dump_all(docs, open(f"{dst}/{f}", "w"))
+EOF
+"$MLEP_BIN" render -f "$WORK/render-input" --filter-wasm "$WASM" >"$WORK/rendered.yaml" || fail "mlep render"
+grep -q "mlep_filter/$WASM_SHA.wasm" "$WORK/rendered.yaml" || fail "mlep render names another module than the operator serves"
+kc apply -f "$WORK/rendered.yaml" >/dev/null || fail "kubectl apply of mlep render's output"
+for d in $(kc -n "$RNS" get deploy -o name); do
+  kc -n "$RNS" rollout status "$d" --timeout=180s >/dev/null || fail "rendered $d not Ready"
+done
+render_assigns() { [ "$(HOST=$RHOST gw -H 'x-user-id: sticky-1')" = 200 ] && [ -n "$(header x-mlep-variant)" ]; }
+poll 120 "the rendered endpoint answers through the gateway with a variant" render_assigns
+rsplit=$($TRAFFIC split "$MLEP_GATEWAY" "$RHOST" 1000)
+measure "rendered endpoint, split over 1000 keys: $rsplit"
+python3 -c "import json,sys; d=json.loads('$rsplit'); sys.exit(0 if abs(100*d.get('a',0)/1000 - 80) <= 4 else 1)" \
+  || fail "rendered endpoint split $rsplit not 80/20"
+ok "mlep render | kubectl apply: Ready, assigned through the gateway, 80/20"
+kc delete -f "$WORK/rendered.yaml" --wait=false >/dev/null
 
 echo
 echo "PASS: $PASS checks"
