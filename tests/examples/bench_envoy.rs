@@ -41,11 +41,13 @@ fn main() {
                     name: "a".into(),
                     weight: 80,
                     upstream: addr(ua),
+                    rollout_upstream: None,
                 },
                 RouteVariant {
                     name: "b".into(),
                     weight: 20,
                     upstream: addr(ub),
+                    rollout_upstream: None,
                 },
             ],
             shadow: Some(ShadowUpstream {
