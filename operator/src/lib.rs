@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod rollout;
 pub mod server;
 pub mod status;
 pub mod validate;
