@@ -3,7 +3,7 @@
 //! `kubectl explain` text.
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use mlep_contract::Allocation;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ pub const DEFAULT_MODEL_PORT: u16 = 8080;
 /// `POST /invocations` on port 8080, model files in `/opt/ml/model`) and the artifact it serves.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "mlep.dev",
     version = "v1alpha1",
     kind = "Model",
@@ -83,6 +84,7 @@ pub struct ModelStatus {
 /// client targeting and an optional shadow.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "mlep.dev",
     version = "v1alpha1",
     kind = "ModelEndpoint",
@@ -98,6 +100,7 @@ pub struct ModelStatus {
     printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEndpointSpec {
     /// Hosts clients call this endpoint by (the `Host` header), e.g. `titanic.example.com`.

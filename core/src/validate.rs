@@ -158,7 +158,7 @@ pub fn validate_endpoint<'a>(
                 ),
             ));
         }
-        if v.name == crate::render::SHADOW {
+        if v.name == mlep_contract::metrics::SHADOW_VARIANT_LABEL {
             return Err(SpecError::invalid(
                 format!("{at}.name"),
                 "\"shadow\" is reserved for the shadow model",
