@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 
 /// The annotation an operator of the service intervenes with.
 pub const ANNOTATION: &str = "mlep.dev/rollout";
+/// How long the route to a rolled-back model (and its pods) outlives the split that used it:
+/// filter config reaches proxies asynchronously (istiod's push, local mode's ECDS reload), and a
+/// proxy still marking users must find a route and a pod.
+pub const DRAIN_SECONDS: i64 = 15;
 /// Where the operator finds Prometheus unless `analysis.prometheusUrl` says otherwise: the
 /// Service of Istio's Prometheus add-on (`samples/addons/prometheus.yaml`).
 pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus.istio-system.svc:9090";
@@ -112,6 +116,10 @@ pub struct RolloutStatus {
     /// BlueGreen after the switch: when the old model is removed, in Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_model_until_unix: Option<i64>,
+    /// After a rollback or abort: until when (Unix seconds) the route to the new model and
+    /// its pods stay, so proxies still holding the previous filter config find them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until_unix: Option<i64>,
     /// Held by `mlep.dev/rollout: pause` (or a failed check without `autoRollback`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
@@ -352,6 +360,9 @@ pub struct Outcome {
     pub requeue_after_seconds: Option<i64>,
     /// `(reason, message)` for a `Degraded=True` condition: the spec's model does not serve.
     pub degraded: Option<(&'static str, String)>,
+    /// `(variant, model)` that needs its own route and subset now: the rollout's new model
+    /// while a split or mirror names it or while a rollback drains.
+    pub route: Option<(String, String)>,
 }
 
 /// The sample a call of [`advance`] with `input` needs, if any.
@@ -478,15 +489,18 @@ fn start(input: &Input, previous: Option<&RolloutStatus>) -> Result<RolloutStatu
             None => None,
         };
         let degraded = previous.and_then(|p| held_back(input, p));
-        // A rollout that ended short of its target keeps the variant on its old model.
-        let held = degraded.as_ref().and(previous);
-        Box::new(Outcome {
-            serving: held.map(|p| (p.variant.clone(), p.from_model.clone())),
-            models: held.map(|p| (p.variant.clone(), vec![p.from_model.clone()])),
-            degraded,
-            status,
-            ..Outcome::default()
-        })
+        // A rollout that ended short of its target keeps the variant on its old model while
+        // the spec still names the new one, and drains the route to the new one.
+        let ended_short = previous.filter(|p| {
+            matches!(p.phase, Phase::RolledBack | Phase::Aborted)
+                && (degraded.is_some() || p.drain_until_unix.is_some_and(|t| input.now.unix < t))
+        });
+        let mut out = match ended_short {
+            Some(p) => ended(input, p, degraded),
+            None => Outcome::default(),
+        };
+        out.status = status;
+        Box::new(out)
     };
     if s.strategy == RolloutStrategy::AllAtOnce {
         return Err(idle());
@@ -645,14 +659,33 @@ fn end(input: &Input, mut r: RolloutStatus, phase: Phase, why: String) -> Outcom
         "{verb} {} from {} to {}: {why}; every user is on {}",
         r.variant, r.to_model, r.from_model, r.from_model
     );
+    r.drain_until_unix = Some(input.now.unix + DRAIN_SECONDS);
     set_moved(input, &mut r);
     let degraded = held_back_after_end(input, &r);
+    let mut out = ended(input, &r, degraded);
+    out.requeue_after_seconds = Some(1);
+    out.status = Some(r);
+    out
+}
+
+/// The outcome of a rollout that ended short of its target: the variant on its old model;
+/// the new model's route and pods only while the rollback drains.
+fn ended(input: &Input, r: &RolloutStatus, degraded: Option<(&'static str, String)>) -> Outcome {
+    let draining = r.drain_until_unix.is_some_and(|t| input.now.unix < t)
+        && input.is_ready(&r.variant, &r.to_model);
+    let mut models = vec![r.from_model.clone()];
+    if draining {
+        models.push(r.to_model.clone());
+    }
     Outcome {
         serving: Some((r.variant.clone(), r.from_model.clone())),
-        models: Some((r.variant.clone(), vec![r.from_model.clone()])),
+        models: Some((r.variant.clone(), models)),
         degraded,
-        requeue_after_seconds: Some(1),
-        status: Some(r),
+        route: draining.then(|| (r.variant.clone(), r.to_model.clone())),
+        requeue_after_seconds: r
+            .drain_until_unix
+            .map(|t| t - input.now.unix)
+            .filter(|left| *left > 0),
         ..Outcome::default()
     }
 }
@@ -718,6 +751,8 @@ fn emit(input: &Input, mut r: RolloutStatus, routable: bool, requeue: Option<i64
             },
         )
     });
+    let route = (routable && r.phase != Phase::Promoted)
+        .then(|| (r.variant.clone(), r.to_model.clone()));
     let mirror = (routable && r.phase == Phase::Baking).then(|| Mirror {
         variant: r.variant.clone(),
         model: r.to_model.clone(),
@@ -731,6 +766,7 @@ fn emit(input: &Input, mut r: RolloutStatus, routable: bool, requeue: Option<i64
         requeue_after_seconds: requeue,
         status: Some(r),
         degraded: None,
+        route,
     }
 }
 
@@ -1246,8 +1282,14 @@ mod tests {
             "every user back on m2"
         );
         assert_eq!(out.serving, Some(("b".into(), "m2".into())));
-        assert_eq!(w.models(), vec!["m2"], "the failed model is stopped");
+        // Proxies still holding the last split find the new model's route and pods for a
+        // moment; then both go.
+        assert_eq!(out.route, Some(("b".into(), "m3".into())));
+        assert_eq!(w.models(), vec!["m2", "m3"], "drains");
         assert_eq!(out.degraded.map(|d| d.0), Some(REASON_ROLLED_BACK));
+        let later = w.tick_at(DRAIN_SECONDS, healthy(1000)).clone();
+        assert_eq!(later.route, None);
+        assert_eq!(w.models(), vec!["m2"], "the failed model is stopped");
         // It stays rolled back (no retry by itself), and keeps saying why.
         let again = w.tick_at(600, healthy(1000)).clone();
         assert_eq!(w.phase(), Phase::RolledBack);
