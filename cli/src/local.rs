@@ -450,6 +450,7 @@ impl Session {
                     name: v.role.to_string(),
                     weight,
                     upstream: addr,
+                    rollout_upstream: None,
                 });
             }
             let shadow = match &e.shadow {

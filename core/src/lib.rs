@@ -8,10 +8,12 @@
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`render`]: every object the operator applies for an endpoint.
+//! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen) and its analysis.
 
 pub mod crd;
 pub mod filter_config;
 pub mod plan;
 pub mod render;
+pub mod rollout;
 pub mod status;
 pub mod validate;
