@@ -191,7 +191,24 @@ async fn a_crash_looping_model_backs_off_and_says_so_once_per_restart() {
 async fn a_killed_envoy_is_restarted_and_users_keep_their_variants() {
     let dir = test_dir("kill-envoy");
     titanic_input(&dir, |e| e);
-    let mut up = Up::start(&dir);
+    // Envoy through a wrapper that refuses to start once `dir/no-envoy` exists.
+    let envoy = mlep::envoy::find_or_install_envoy().unwrap();
+    let wrapper = dir.join("envoy");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ntest -e {} && {{ echo 'cannot start: no-envoy exists' >&2; exit 1; }}\nexec {} \"$@\"\n",
+            dir.join("no-envoy").display(),
+            envoy.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut up = Up::start_with_env(&dir, &[("MLEP_ENVOY", &wrapper)]);
     up.wait_for(
         "Endpoint ready: http://127.0.0.1:",
         0,
@@ -218,15 +235,11 @@ async fn a_killed_envoy_is_restarted_and_users_keep_their_variants() {
         "users kept their variants across the restart"
     );
 
-    // Envoy dies again and its port is taken meanwhile: mlep cannot restart it, says why,
-    // exits non-zero and stops every process it started.
+    // Envoy dies again and cannot start any more: mlep says why, exits non-zero and stops
+    // every process it started.
     let kids = children_of(up.child.id());
-    let envoy = envoy_of(&up);
-    kill9(envoy);
-    while alive(envoy) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _squatter = std::net::TcpListener::bind(("127.0.0.1", up.port)).unwrap();
+    std::fs::write(dir.join("no-envoy"), "").unwrap();
+    kill9(envoy_of(&up));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = up.child.try_wait().unwrap() {
@@ -240,7 +253,10 @@ async fn a_killed_envoy_is_restarted_and_users_keep_their_variants() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(1), "{}", up.output());
-    up.wait_for("could not be restarted", 0, Duration::from_secs(5));
+    let i = up.wait_for("could not be restarted", 0, Duration::from_secs(5));
+    let line = up.out.lock().unwrap()[i].clone();
+    assert!(line.starts_with("error: Envoy exited (signal: 9"), "{line}");
+    up.wait_for("cannot start: no-envoy exists", i, Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(5);
     while kids.iter().any(|p| alive(*p)) {
         assert!(Instant::now() < deadline, "processes left behind");

@@ -43,8 +43,14 @@ pub struct Up {
 
 impl Up {
     pub fn start(dir: &Path) -> Up {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// Like [`Up::start`], with extra environment variables for mlep.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &Path)]) -> Up {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlep"))
+            .envs(env.iter().copied())
             .args(["local", "up", "-f"])
             .arg(dir.join("input"))
             .args([
