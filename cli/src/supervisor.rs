@@ -468,6 +468,53 @@ mod tests {
         sup.shutdown().await;
     }
 
+    #[tokio::test]
+    async fn respawn_restarts_an_exited_process_under_the_same_id_and_log() {
+        let sup = Supervisor::new();
+        let sh = |script: &str| {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(script);
+            c
+        };
+        let until_exited = |id| {
+            let sup = sup.clone();
+            async move {
+                for _ in 0..500 {
+                    if let Some(s) = sup.exited(id) {
+                        return s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("did not exit");
+            }
+        };
+        let l = log("respawn");
+        let _ = std::fs::remove_file(&l);
+        let id = sup.spawn("crasher", sh("echo first; exit 3"), &l).unwrap();
+        assert_eq!(until_exited(id).await.code(), Some(3));
+        assert!(sup.respawn(id, sh("echo second; exec sleep 30")).unwrap());
+        assert!(
+            !sup.respawn(id, sh("echo third")).unwrap(),
+            "a running process is left alone"
+        );
+        assert_eq!(sup.len(), 1, "the same entry, not a new one");
+        for _ in 0..500 {
+            if tail(&l, 1) == "second" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&l).unwrap(), "first\nsecond\n");
+        let pid = sup.pid(id).unwrap() as i32;
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        until_exited(id).await;
+        sup.stop(id).await;
+        assert!(
+            !sup.respawn(id, sh("echo fourth")).unwrap(),
+            "a stopped process stays stopped"
+        );
+    }
+
     #[test]
     fn a_missing_program_is_a_clear_error() {
         let sup = Supervisor::new();
