@@ -86,7 +86,7 @@ impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Role::Variant(v) => write!(f, "{v}"),
-            Role::Shadow => write!(f, "shadow"),
+            Role::Shadow => f.write_str(mlep_contract::metrics::SHADOW_VARIANT_LABEL),
         }
     }
 }

@@ -7,16 +7,18 @@
 //! - [`allocation`]: which buckets belong to which variant, and how a new allocation is
 //!   derived from the previous one so that users move only when they must.
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
+//! - [`names`]: the model directory and environment names shared with the containers.
 
 pub mod allocation;
 pub mod config;
 pub mod hash;
 pub mod metrics;
+pub mod names;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
-    carry_allocation, is_dns_label, is_header_name, CompareConfig, CompareMode, ConfigError,
-    EndpointConfig, FilterConfig, RoutingConfig, ShadowConfig, StickyConfig, UnknownTarget,
-    VariantConfig, CONFIG_VERSION,
+    carry_allocation, is_cookie_name, is_dns_label, is_header_name, CompareConfig, CompareMode,
+    ConfigError, EndpointConfig, FilterConfig, RoutingConfig, ShadowConfig, StickyConfig,
+    UnknownTarget, VariantConfig, CONFIG_VERSION,
 };
 pub use hash::{bucket_of, hash_key};

@@ -2,6 +2,7 @@
 //! kube client, no async runtime, no I/O. The operator (`mlep-operator`) applies what it
 //! computes; the CLI (`mlep`) runs the same decisions locally and prints the same objects.
 //!
+//! - [`api_enum`]: the contract's enums spelled the Kubernetes way in the CRDs.
 //! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
 //! - [`validate`]: spec checks naming the offending field.
 //! - [`plan`]: which weights and models to route with, given what is ready.
@@ -9,6 +10,7 @@
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`render`]: every object the operator applies for an endpoint.
 
+pub mod api_enum;
 pub mod crd;
 pub mod filter_config;
 pub mod plan;

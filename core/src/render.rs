@@ -16,32 +16,34 @@
 //!   ownerReferences cannot cross namespaces);
 //! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
 
-use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec};
+use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
 use crate::filter_config::{endpoint_config, ShadowTarget};
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube_core::{CustomResourceExt, ResourceExt};
+use kube_core::{CustomResourceExt, Resource, ResourceExt};
+use mlep_contract::metrics::SHADOW_VARIANT_LABEL as SHADOW;
+use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
 use mlep_contract::{Allocation, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Field manager of every write the operator makes (server-side apply).
 pub const FIELD_MANAGER: &str = "mlep-operator";
-/// Label keys.
+/// Pod labels Istio telemetry and Kiali's versioned graph read: the workload (`app: <endpoint>`)
+/// and its version (`version: <variant>`, also what DestinationRule subsets select).
+pub const LABEL_APP: &str = "app";
+pub const LABEL_VERSION: &str = "version";
+/// Label keys of the operator's own.
 pub const LABEL_ENDPOINT: &str = "mlep.dev/endpoint";
 pub const LABEL_ENDPOINT_NAMESPACE: &str = "mlep.dev/endpoint-namespace";
 pub const LABEL_VARIANT: &str = "mlep.dev/variant";
 pub const LABEL_MODEL: &str = "mlep.dev/model";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Where the model files live in the model container (SageMaker contract).
-pub const MODEL_DIR: &str = "/opt/ml/model";
 /// Service port every endpoint listens on inside the mesh.
 pub const SERVICE_PORT: i32 = 80;
 /// Envoy stat prefix of the filter's metrics (`wasmcustom.` + the filter's `mlep_*` names).
 pub const STATS_PREFIX: &str = "wasmcustom.mlep";
-/// The shadow's variant label value; reserved, no variant may use it.
-pub const SHADOW: &str = mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 /// Type URL of Envoy's Wasm HTTP filter config.
 const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
@@ -299,8 +301,8 @@ fn merge(into: &mut Value, from: Value) {
 fn owner_reference(ep: &ModelEndpoint) -> Option<Value> {
     let uid = ep.metadata.uid.as_ref()?;
     Some(json!({
-        "apiVersion": "mlep.dev/v1alpha1",
-        "kind": "ModelEndpoint",
+        "apiVersion": API_VERSION,
+        "kind": ModelEndpoint::kind(&()),
         "name": ep.name_any(),
         "uid": uid,
         "controller": true,
@@ -329,7 +331,7 @@ fn deployment(
     };
     let selector =
         json!({ LABEL_ENDPOINT: ctx.name, LABEL_VARIANT: variant, LABEL_MODEL: model_name });
-    let mut pod_labels = json!({ "app": app, "version": variant });
+    let mut pod_labels = json!({ LABEL_APP: app, LABEL_VERSION: variant });
     merge(&mut pod_labels, selector.clone());
     let mut init = Vec::new();
     let mut volumes = vec![json!({ "name": "tmp", "emptyDir": {} })];
@@ -341,9 +343,9 @@ fn deployment(
             "name": "model-init",
             "image": ctx.settings.model_init_image,
             "env": [
-                { "name": "MLEP_ARTIFACT_URI", "value": a.uri },
-                { "name": "MLEP_ARTIFACT_SHA256", "value": a.sha256 },
-                { "name": "MLEP_MODEL_DIR", "value": MODEL_DIR },
+                { "name": ENV_ARTIFACT_URI, "value": a.uri },
+                { "name": ENV_ARTIFACT_SHA256, "value": a.sha256 },
+                { "name": ENV_MODEL_DIR, "value": MODEL_DIR },
             ],
             "volumeMounts": [
                 { "name": "model", "mountPath": MODEL_DIR },
@@ -428,7 +430,7 @@ fn service(ctx: &Ctx, name: &str, app: &str) -> Value {
         "kind": "Service",
         "metadata": ctx.meta(name, json!({})),
         "spec": {
-            "selector": { "app": app },
+            "selector": { LABEL_APP: app },
             // `protocol` explicit: server-side apply needs it (it is part of the list key).
             "ports": [{ "name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP" }],
         },
@@ -439,7 +441,7 @@ fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     let subsets: Vec<Value> = plan
         .variants
         .iter()
-        .map(|v| json!({ "name": v.name, "labels": { "version": v.name, LABEL_MODEL: v.serving_model } }))
+        .map(|v| json!({ "name": v.name, "labels": { LABEL_VERSION: v.name, LABEL_MODEL: v.serving_model } }))
         .collect();
     json!({
         "apiVersion": "networking.istio.io/v1",
