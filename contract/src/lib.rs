@@ -9,6 +9,8 @@
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
 //! - [`names`]: the model directory and environment names shared with the containers.
 
+#![forbid(unsafe_code)]
+
 pub mod allocation;
 pub mod config;
 pub mod hash;

@@ -81,6 +81,7 @@ pub struct ModelStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` once the spec is valid.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -346,6 +347,7 @@ pub struct ModelEndpointStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing` and `Degraded`.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Per-variant desired and current weight and replicas.
     #[serde(default)]
@@ -398,7 +400,8 @@ pub struct VariantStatus {
     pub ready_replicas: i32,
 }
 
-/// A status condition, keyed by `type`.
+/// A status condition. Condition lists are keyed by `type` (a list-map: server-side apply
+/// merges them entry by entry).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {

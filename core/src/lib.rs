@@ -10,6 +10,8 @@
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`render`]: every object the operator applies for an endpoint.
 
+#![forbid(unsafe_code)]
+
 pub mod api_enum;
 pub mod crd;
 pub mod filter_config;

@@ -52,7 +52,8 @@ const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.w
 pub struct RenderSettings {
     /// Image of the init container that fetches and verifies artifacts (`mlep-model-init`).
     pub model_init_image: String,
-    /// Where proxies download the filter module (served by the operator, see `wasm_server`).
+    /// Where proxies download the filter module (the operator serves it itself, see
+    /// `mlep_operator::server`).
     pub wasm_url: String,
     /// Lowercase hex sha256 of that module; Istio's agent verifies it.
     pub wasm_sha256: String,
@@ -1063,6 +1064,21 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "spec.variants");
         assert!(err.message.contains("ModelEndpoint ml/titanic"), "{err}");
+    }
+
+    #[test]
+    fn conditions_are_list_maps_keyed_by_type_in_both_crds() {
+        for crd in crds() {
+            let v = serde_json::to_value(&crd).unwrap();
+            let conditions = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+                ["status"]["properties"]["conditions"];
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{crd:?}");
+            assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+            assert!(conditions["items"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("type")));
+        }
     }
 
     #[test]

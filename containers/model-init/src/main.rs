@@ -2,6 +2,8 @@
 //! Exit codes: 0 ok, 1 local I/O error, 2 bad input, 3 transient failures exhausted,
 //! 4 artifact failed verification (checksum, unsafe archive, size limit).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! `GET /metrics`, serving an ONNX model with tract (pure Rust) from a model directory holding
 //! `metadata.json` and the model file. See docs/model-server.md.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod metadata;
 pub mod metrics;
