@@ -1,20 +1,15 @@
 //! From a ModelEndpoint to the filter's configuration (the `mlep-contract` types). The operator
-//! and local mode both call this; only the shadow's Envoy cluster name differs between them.
+//! and local mode both call this; only the shadow target differs between them
+//! ([`ShadowTarget::istio`] / [`ShadowTarget::local`]).
 
 use crate::crd::ModelEndpointSpec;
+use crate::envoy::ShadowTarget;
 use crate::validate::SpecError;
 use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
 use mlep_contract::{
     carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
     ShadowConfig, StickyConfig, VariantConfig,
 };
-
-/// Where the filter sends shadow copies: an Envoy cluster and the `:authority` to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowTarget {
-    pub cluster: String,
-    pub authority: String,
-}
 
 /// Default absolute tolerance of JSON comparison in the API (`spec.shadow.tolerance`).
 pub const DEFAULT_TOLERANCE: f64 = 1e-6;

@@ -7,6 +7,7 @@
 //! - [`validate`]: spec checks naming the offending field.
 //! - [`plan`]: which weights and models to route with, given what is ready.
 //! - [`status`]: the status to write, with an injected clock.
+//! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`render`]: every object the operator applies for an endpoint.
 
@@ -14,6 +15,7 @@
 
 pub mod api_enum;
 pub mod crd;
+pub mod envoy;
 pub mod filter_config;
 pub mod plan;
 pub mod render;

@@ -17,7 +17,11 @@
 //! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
 
 use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
-use crate::filter_config::{endpoint_config, ShadowTarget};
+use crate::envoy::{
+    self, RouteInput, ShadowTarget, VariantRoutes, WasmCode, DEFAULT_ROUTE, FILTER_NAME,
+    STATS_PREFIX, WASM_TYPE_URL,
+};
+use crate::filter_config::endpoint_config;
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -42,10 +46,6 @@ pub const LABEL_MODEL: &str = "mlep.dev/model";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Service port every endpoint listens on inside the mesh.
 pub const SERVICE_PORT: i32 = 80;
-/// Envoy stat prefix of the filter's metrics (`wasmcustom.` + the filter's `mlep_*` names).
-pub const STATS_PREFIX: &str = "wasmcustom.mlep";
-/// Type URL of Envoy's Wasm HTTP filter config.
-const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// Cluster-wide choices that are not part of any resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +202,7 @@ pub fn render_endpoint(
     let shadow_target = match &spec.shadow {
         Some(s) => {
             let m = model(&s.model, "spec.shadow.model".into())?;
-            let app = format!("{name}-{SHADOW}");
+            let app = envoy::shadow_service(&name);
             objects.push(deployment(
                 &ctx,
                 SHADOW,
@@ -213,11 +213,12 @@ pub fn render_endpoint(
                 m.resources.as_ref(),
             ));
             objects.push(service(&ctx, &app, &app));
-            let fqdn = ctx.fqdn(&app);
-            Some(ShadowTarget {
-                cluster: format!("outbound|{SERVICE_PORT}||{fqdn}"),
-                authority: fqdn,
-            })
+            Some(ShadowTarget::istio(
+                &name,
+                namespace,
+                &settings.cluster_domain,
+                SERVICE_PORT,
+            ))
         }
         None => None,
     };
@@ -455,29 +456,26 @@ fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
 fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
     let host = ctx.fqdn(ctx.name);
     let dest = |subset: &str| json!({ "host": host, "subset": subset, "port": { "number": SERVICE_PORT } });
-    let mut http: Vec<Value> = plan
-        .variants
-        .iter()
-        .filter(|v| v.ready)
-        .map(|v| {
+    let routes = variant_routes(plan);
+    let mut http: Vec<Value> = routes
+        .header_routes()
+        .map(|(name, v)| {
             json!({
-                "name": format!("variant-{}", v.name),
-                "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v.name } } }],
-                "route": [{ "destination": dest(&v.name) }],
+                "name": name,
+                "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v } } }],
+                "route": [{ "destination": dest(v) }],
             })
         })
         .collect();
     // Fallback for requests the filter did not see: the routed weights, ready variants only.
-    let weighted: Vec<&crate::plan::VariantPlan> =
-        plan.variants.iter().filter(|v| v.weight > 0).collect();
-    let default: Vec<Value> = match weighted.as_slice() {
-        [one] => vec![json!({ "destination": dest(&one.name) })],
+    let default: Vec<Value> = match routes.weighted.as_slice() {
+        [(one, _)] => vec![json!({ "destination": dest(one) })],
         many => many
             .iter()
-            .map(|v| json!({ "destination": dest(&v.name), "weight": v.weight }))
+            .map(|(v, w)| json!({ "destination": dest(v), "weight": w }))
             .collect(),
     };
-    http.push(json!({ "name": "weighted-default", "route": default }));
+    http.push(json!({ "name": DEFAULT_ROUTE, "route": default }));
     let mut hosts = spec.hosts.clone();
     hosts.push(host.clone());
     let mut gateways = vec!["mesh".to_owned()];
@@ -493,6 +491,16 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
         "metadata": ctx.meta(ctx.name, json!({})),
         "spec": { "hosts": hosts, "gateways": gateways, "http": http },
     })
+}
+
+/// The per-variant routes of a plan (see [`VariantRoutes`]): by header to ready variants, by
+/// weight to those with a routed weight.
+pub fn variant_routes(plan: &Plan) -> VariantRoutes {
+    VariantRoutes::new(plan.variants.iter().map(|v| RouteInput {
+        name: &v.name,
+        weight: v.weight,
+        ready: v.ready,
+    }))
 }
 
 fn gateway(ctx: &Ctx, spec: &ModelEndpointSpec) -> Value {
@@ -621,30 +629,14 @@ fn envoy_filter(
     config: &Value,
     settings: &RenderSettings,
 ) -> Value {
-    let wasm = json!({
-        "@type": WASM_TYPE_URL,
-        "config": {
-            "name": ext_name,
-            "root_id": "mlep",
-            // Keep traffic flowing if the module cannot be loaded; the filter itself fails
-            // open on bad configs too (it counts mlep_config_errors_total).
-            "fail_open": true,
-            "vm_config": {
-                "vm_id": "mlep",
-                "runtime": "envoy.wasm.runtime.v8",
-                "code": {
-                    "remote": {
-                        "http_uri": { "uri": settings.wasm_url, "cluster": "mlep-wasm", "timeout": "30s" },
-                        "sha256": settings.wasm_sha256,
-                    },
-                },
-            },
-            "configuration": {
-                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": config.to_string(),
-            },
-        },
-    });
+    // Keep traffic flowing if the module cannot be loaded; the filter itself fails open on bad
+    // configs too (it counts mlep_config_errors_total).
+    let code = WasmCode::Remote {
+        uri: &settings.wasm_url,
+        cluster: "mlep-wasm",
+        sha256: &settings.wasm_sha256,
+    };
+    let wasm = envoy::wasm_filter(ext_name, code, &config.to_string(), true);
     let mut spec = json!({
         "configPatches": [
             {
@@ -656,8 +648,8 @@ fn envoy_filter(
                 "match": {
                     "context": context,
                     "listener": { "filterChain": { "filter": {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "subFilter": { "name": "envoy.filters.http.router" },
+                        "name": envoy::HTTP_CONNECTION_MANAGER,
+                        "subFilter": { "name": envoy::ROUTER },
                     } } },
                 },
                 "patch": {
@@ -691,7 +683,7 @@ fn wasm_plugin(
     let mut spec = json!({
         "url": settings.wasm_url,
         "sha256": settings.wasm_sha256,
-        "pluginName": "mlep",
+        "pluginName": FILTER_NAME,
         "phase": "STATS",
         "failStrategy": "FAIL_OPEN",
         "pluginConfig": config,
