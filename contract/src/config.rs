@@ -14,6 +14,7 @@
 
 use crate::allocation::{Allocation, AllocationError};
 use crate::metrics::{COOKIE_PREFIX, DEFAULT_TARGET_HEADER};
+use crate::rollout::RolloutSplit;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -79,6 +80,12 @@ pub struct VariantConfig {
     pub model: String,
     /// Percent of traffic, 0..=100; the weights of an endpoint sum to 100.
     pub weight: u32,
+    /// During a rollout: the variant's buckets already moved to another model. On requests of
+    /// this variant the filter sets [`MODEL_HEADER`](crate::metrics::MODEL_HEADER) to the new
+    /// model for moved buckets and removes it otherwise (routes send marked requests to the new
+    /// model), and counts moved requests under the new model's `model` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSplit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +123,11 @@ pub enum UnknownTarget {
     Ignore,
 }
 
+impl UnknownTarget {
+    /// Every value (the CRD's schema lists them; see `mlep-core`'s `api_enum`).
+    pub const ALL: [Self; 2] = [Self::Reject, Self::Ignore];
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StickyConfig {
@@ -145,6 +157,10 @@ pub struct ShadowConfig {
     pub model: String,
     /// Share of requests mirrored, 0..=100 (fractions allowed).
     pub percent: f64,
+    /// Mirror only requests this variant's own model serves (a BlueGreen bake mirrors one
+    /// variant's traffic to its green model and compares); default: every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// Largest request body copied; larger bodies are not mirrored (counted as `outcome=skipped`).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u32,
@@ -180,6 +196,11 @@ pub enum CompareMode {
     Json,
 }
 
+impl CompareMode {
+    /// Every value (the CRD's schema lists them; see `mlep-core`'s `api_enum`).
+    pub const ALL: [Self; 3] = [Self::Off, Self::Exact, Self::Json];
+}
+
 fn default_namespace() -> String {
     "default".into()
 }
@@ -189,11 +210,17 @@ fn default_target_header() -> String {
 fn default_true() -> bool {
     true
 }
+
+/// Default largest request body mirrored to a shadow (`ShadowConfig::max_body_bytes`).
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
+/// Default shadow call timeout (`ShadowConfig::timeout_ms`).
+pub const DEFAULT_SHADOW_TIMEOUT_MS: u32 = 1000;
+
 fn default_max_body_bytes() -> u32 {
-    64 * 1024
+    DEFAULT_MAX_BODY_BYTES
 }
 fn default_shadow_timeout_ms() -> u32 {
-    1000
+    DEFAULT_SHADOW_TIMEOUT_MS
 }
 
 /// A DNS-1123 label: lowercase alphanumerics and `-`, starting and ending alphanumeric, at
@@ -209,12 +236,14 @@ pub fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// The punctuation RFC 7230 allows in a token (header names, and cookie names per RFC 6265).
+const TOKEN_PUNCTUATION: &[u8] = b"!#$%&'*+-.^_`|~";
+
 /// An HTTP header name as Envoy accepts it in lowercase: RFC 7230 token characters.
 pub fn is_header_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&c)
-        })
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || TOKEN_PUNCTUATION.contains(&c))
 }
 
 /// A host as `hosts` accepts it: `*` (every host), `*.<name>` (every subdomain of `<name>`,
@@ -228,11 +257,11 @@ fn is_host_pattern(h: &str) -> bool {
     !rest.is_empty() && !rest.contains('*') && !rest.starts_with('.')
 }
 
-/// A cookie name: RFC 6265 token characters.
-fn is_cookie_name(s: &str) -> bool {
+/// A cookie name: RFC 6265 token characters (letters of either case, digits, token punctuation).
+pub fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+            .all(|c| c.is_ascii_alphanumeric() || TOKEN_PUNCTUATION.contains(&c))
 }
 
 impl FilterConfig {
@@ -382,6 +411,18 @@ impl EndpointConfig {
             .map_err(|e: AllocationError| {
                 ConfigError::new(format!("{at}.allocation"), e.to_string())
             })?;
+        for (j, v) in self.variants.iter().enumerate() {
+            let Some(r) = &v.rollout else { continue };
+            let field = format!("{at}.variants[{j}].rollout");
+            if r.model.is_empty() || r.model == v.model {
+                return Err(ConfigError::new(
+                    format!("{field}.model"),
+                    format!("must name a model other than the variant's ({:?})", v.model),
+                ));
+            }
+            crate::rollout::validate(&self.allocation, &v.name, &r.buckets)
+                .map_err(|e| ConfigError::new(format!("{field}.buckets"), e.to_string()))?;
+        }
         let r = &self.routing;
         if !is_header_name(&r.target_header) {
             return Err(ConfigError::new(
@@ -422,6 +463,14 @@ impl EndpointConfig {
                     format!("{} must be within 0..=100", s.percent),
                 ));
             }
+            if let Some(v) = &s.variant {
+                if !names.contains(v.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.shadow.variant"),
+                        format!("{v:?} is not a variant of this endpoint"),
+                    ));
+                }
+            }
             if s.timeout_ms == 0 {
                 return Err(ConfigError::new(
                     format!("{at}.shadow.timeoutMs"),
@@ -439,8 +488,9 @@ impl EndpointConfig {
     }
 }
 
-/// Build an endpoint's config with its allocation carried forward from `previous` (or laid
-/// out fresh), so every writer of filter config derives allocations the same way.
+/// The allocation for `weights`: carried forward from `previous` (only the buckets the weight
+/// change demands move, see [`Allocation::rebalance`]) or laid out fresh
+/// ([`Allocation::initial`]), so every writer of filter config derives allocations the same way.
 pub fn carry_allocation(
     previous: Option<&Allocation>,
     weights: &[(&str, u32)],
@@ -502,6 +552,24 @@ mod tests {
         let e = with(|v| v["endpoints"][0]["hosts"][0] = "*example.com".into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].hosts[0]");
         with(|v| v["endpoints"][0]["hosts"][0] = "*.example.com".into()).unwrap();
+        let e = with(|v| {
+            v["endpoints"][0]["variants"][1]["rollout"] =
+                serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 7999, "end": 9000}]})
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants[1].rollout.buckets");
+        assert!(e.message.contains("does not own"), "{e}");
+        let e = with(|v| {
+            v["endpoints"][0]["variants"][1]["rollout"] = serde_json::json!({"model": "titanic-v2"})
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants[1].rollout.model");
+        let ok = with(|v| {
+            v["endpoints"][0]["variants"][1]["rollout"] = serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 8000, "end": 9000}]})
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        let e = with(|v| v["endpoints"][0]["shadow"]["variant"] = "zz".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].shadow.variant");
         let e = with(|v| v["endpoints"][0]["bogus"] = 1.into()).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
     }

@@ -23,10 +23,9 @@
 //! cluster mixing both wirings has at most two filters per proxy.
 
 use crate::crd::{FilterWiring, ModelEndpoint};
-use crate::filter_config::{endpoint_config, ShadowTarget};
-use crate::render::{
-    filter_object, shadow_service, RenderSettings, FIELD_MANAGER, LABEL_MANAGED_BY, SERVICE_PORT,
-};
+use crate::envoy::ShadowTarget;
+use crate::filter_config::endpoint_config;
+use crate::render::{filter_object, shared_meta, RenderSettings, SERVICE_PORT};
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
@@ -66,13 +65,11 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
             (v.name.as_str(), w)
         })
         .collect();
-    let shadow = ep.spec.shadow.as_ref().map(|_| {
-        let fqdn = format!("{}.{ns}.svc.{cluster_domain}", shadow_service(&name));
-        ShadowTarget {
-            cluster: format!("outbound|{SERVICE_PORT}||{fqdn}"),
-            authority: fqdn,
-        }
-    });
+    let shadow = ep
+        .spec
+        .shadow
+        .as_ref()
+        .map(|_| ShadowTarget::istio(&name, &ns, cluster_domain, SERVICE_PORT));
     endpoint_config(&name, &ns, &ep.spec, &weights, Some(allocation), shadow).ok()
 }
 
@@ -136,23 +133,16 @@ pub fn filters_for(
             version: CONFIG_VERSION,
             endpoints: configs,
         });
-        let meta = |name: &str, namespace: &str, proxies: &str| {
-            json!({
-                "name": name,
-                "namespace": namespace,
-                "labels": { LABEL_FILTER: proxies, LABEL_MANAGED_BY: FIELD_MANAGER },
-            })
-        };
         out.objects.push(filter_object(
             wiring,
-            meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
+            shared_meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
             None,
             &config,
             settings,
         ));
         out.objects.push(filter_object(
             wiring,
-            meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
+            shared_meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
             Some(&settings.gateway_selector),
             &config,
             settings,
