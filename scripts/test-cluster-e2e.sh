@@ -11,8 +11,9 @@
 #      x-user-id, the 80/20 split over 2,000 keys within ±3 pp, targeting and the 400, cookies;
 #   4. from a pod with an injected sidecar calling the Service's DNS name: same assignment as via
 #      the gateway, targeting, a client-sent x-mlep-variant overwritten;
-#   5. under load: a weight change with zero failed requests; the filter's metrics on the
-#      gateway's /stats/prometheus;
+#   5. under load, each with zero failed requests: a weight change (users move only as the change
+#      demands), a model swap, adding a shadow (agreement counted), removing a variant; the
+#      filter's metrics on the gateway's /stats/prometheus;
 #   6. faults: a module failing its sha256 and a module that cannot be fetched (operator down)
 #      -> new proxies still pass traffic; the operator down -> the gateway keeps serving;
 #   7. deleting the endpoint removes every child;
@@ -374,6 +375,17 @@ load_phase shadow add_shadow shadowed
 agreement=$(gw_stats stats | grep '^wasmcustom.mlep_shadow_agreement_total' | tr '\n' ' ')
 [ -n "$agreement" ] || fail "no shadow agreement counted"
 ok "shadow copies sent and agreement counted: $agreement"
+
+echo "--> remove variant b under load"
+remove_b() {
+  kc -n "$NS" patch mle titanic --type=json \
+    -p '[{"op":"remove","path":"/spec/variants/1"},{"op":"replace","path":"/spec/variants/0/weight","value":100}]' >/dev/null
+}
+b_removed() {
+  [ "$(mle_field '{.status.summary.weights}')" = "a=100" ] \
+    && [ -z "$(kc -n "$NS" get deploy -l mlep.dev/variant=b -o name)" ] && split_near 100
+}
+load_phase remove-variant remove_b b_removed
 
 echo "--> the filter's metrics on the gateway's /stats/prometheus"
 prom=$(gw_stats stats/prometheus)
