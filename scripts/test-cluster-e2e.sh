@@ -14,7 +14,7 @@
 #   5. under load, each with zero failed requests: a weight change (users move only as the change
 #      demands), a model swap, adding a shadow (agreement counted), removing a variant; the
 #      filter's metrics on the gateway's /stats/prometheus;
-#   6. faults: a module failing its sha256 and a module that cannot be fetched (operator down)
+#   6. faults: the operator's leader killed mid-change converges; a module failing its sha256 and a module that cannot be fetched (operator down)
 #      -> new proxies still pass traffic; the operator down -> the gateway keeps serving;
 #   7. deleting the endpoint removes every child;
 #   8. mlep render | kubectl apply gives a Ready endpoint assigning through the gateway.
@@ -375,6 +375,18 @@ load_phase shadow add_shadow shadowed
 agreement=$(gw_stats stats | grep '^wasmcustom.mlep_shadow_agreement_total' | tr '\n' ' ')
 [ -n "$agreement" ] || fail "no shadow agreement counted"
 ok "shadow copies sent and agreement counted: $agreement"
+
+echo "--> weights 50/50 -> 30/70 with the operator's leader killed right after the change (under load)"
+kill_mid_change() {
+  local leader
+  leader=$(kc -n mlep-system get lease mlep-operator -o jsonpath='{.spec.holderIdentity}')
+  kc -n "$NS" patch mle titanic --type=json \
+    -p '[{"op":"replace","path":"/spec/variants/0/weight","value":30},{"op":"replace","path":"/spec/variants/1/weight","value":70}]' >/dev/null
+  kc -n mlep-system delete pod "$leader" --grace-period=0 --force >/dev/null 2>&1 || fail "killing the leader $leader"
+  echo "    killed leader $leader"
+}
+converged() { [ "$(mle_field '{.status.summary.weights}')" = "a=30,b=70" ] && split_near 30; }
+load_phase operator-killed kill_mid_change converged
 
 echo "--> remove variant b under load"
 remove_b() {
