@@ -68,6 +68,8 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// Per-request counter increments of every stream of this VM, flushed by a root context.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+    /// Whether this VM serves streams (a worker's); the main thread's VM only configures.
+    static SERVES: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Hand the VM's accumulated counter increments to Envoy.
@@ -361,7 +363,9 @@ impl RootContext for Root {
         if now.saturating_sub(self.last_flush_ms) >= FLUSH_EVERY_MS {
             self.last_flush_ms = now;
             flush_tally();
-            if let Some(id) = self.vm_memory {
+            // Only worker VMs report: the main thread's VM (which also runs on_configure and
+            // ticks) would overwrite the gauge with its own, smaller memory.
+            if let Some(id) = self.vm_memory.filter(|_| SERVES.with(Cell::get)) {
                 let pages = core::arch::wasm32::memory_size::<0>() as u64;
                 let _ = hostcalls::record_metric(id, pages * 65_536);
             }
@@ -377,6 +381,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        SERVES.with(|s| s.set(true));
         // `bench-noop`: a filter that is called for every stream and does nothing (benchmarks).
         let stream = if cfg!(feature = "bench-noop") {
             None
