@@ -3,6 +3,12 @@
 
 /// Set by the filter on the request (the routing key) and on the response.
 pub const VARIANT_HEADER: &str = "x-mlep-variant";
+/// Set by the filter on requests of a variant that is being rolled out: the Model that serves
+/// the request (the rollout's new model for users already moved, the variant's model for the
+/// others). Routes match it together with [`VARIANT_HEADER`] to pick the new model's subset;
+/// a client-sent value is overwritten. (The model server's *response* header of the same name
+/// carries `name:version` of the loaded model; the two never meet.)
+pub const MODEL_HEADER: &str = "x-mlep-model";
 /// Default header clients use to target a variant.
 pub const DEFAULT_TARGET_HEADER: &str = "x-mlep-target-variant";
 /// Prefix of the filter's sticky cookie; the full name is `mlep-<endpoint>`.

@@ -35,10 +35,29 @@ impl VariantMetrics {
     }
 }
 
+/// Where a request assigned through the bucket table goes: a variant served by one model.
+/// An endpoint's first entries are its variants in config order (targeting picks among them);
+/// a variant with a rollout adds one more entry, after all variants, for the users it moved.
 #[derive(Debug, Clone)]
 pub struct Variant {
     pub name: String,
+    /// What to do with [`m::MODEL_HEADER`] (only variants with a rollout touch it).
+    pub model_header: ModelHeader,
+    /// Whether the endpoint's shadow (if any) samples this entry's requests.
+    pub mirror: bool,
     pub metrics: VariantMetrics,
+}
+
+/// The model header of requests assigned to a [`Variant`] entry. Routes send a request of a
+/// variant being rolled out to the new model's upstream when the header is present (local
+/// mode) or names the new model (the cluster's VirtualService), so the filter sets it exactly
+/// on moved users and strips a client-sent one from the others. Variants with no rollout leave
+/// it alone: no route reads it for them, and the request path stays one host call shorter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelHeader {
+    Untouched,
+    Remove,
+    Set(String),
 }
 
 #[derive(Debug, Clone)]
@@ -72,7 +91,8 @@ pub struct Endpoint {
     pub name: String,
     pub salt: String,
     pub variants: Vec<Variant>,
-    /// `bucket -> variant index` (see `Allocation::to_table`).
+    /// `bucket -> index into variants` (see `Allocation::to_table`); buckets a rollout moved
+    /// point at the variant's rollout entry.
     pub table: Vec<u8>,
     /// `None` when targeting is off.
     pub target_header: Option<String>,
@@ -135,9 +155,8 @@ impl Compiled {
                 }
                 stat_name(metric, &l)
             };
-            let mut variants = Vec::with_capacity(ep.variants.len());
-            for v in &ep.variants {
-                let labels = base(&v.name, &v.model);
+            let mut variant_metrics = |variant: &str, model: &str| {
+                let labels = base(variant, model);
                 let requests = per_value(CodeClass::ALL, |cc| {
                     define(
                         MetricKind::Counter,
@@ -162,17 +181,47 @@ impl Compiled {
                         ),
                     )
                 })?;
+                Ok::<_, CompileError>(VariantMetrics {
+                    requests,
+                    duration,
+                    assignments,
+                })
+            };
+            let mut variants = Vec::with_capacity(ep.variants.len());
+            for v in &ep.variants {
                 variants.push(Variant {
                     name: v.name.clone(),
-                    metrics: VariantMetrics {
-                        requests,
-                        duration,
-                        assignments,
+                    model_header: match v.rollout {
+                        Some(_) => ModelHeader::Remove,
+                        None => ModelHeader::Untouched,
                     },
+                    mirror: ep
+                        .shadow
+                        .as_ref()
+                        .is_some_and(|s| s.variant.as_ref().is_none_or(|only| *only == v.name)),
+                    metrics: variant_metrics(&v.name, &v.model)?,
                 });
             }
             let names: Vec<&str> = ep.variants.iter().map(|v| v.name.as_str()).collect();
-            let table = ep.allocation.to_table(&names);
+            let mut table = ep.allocation.to_table(&names);
+            // Rollout entries follow the variants; at most MAX_VARIANTS * 2 = 128 entries, so
+            // indices fit the u8 table.
+            for v in &ep.variants {
+                let Some(r) = &v.rollout else { continue };
+                let index = variants.len() as u8;
+                variants.push(Variant {
+                    name: v.name.clone(),
+                    model_header: ModelHeader::Set(r.model.clone()),
+                    mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
+                    metrics: variant_metrics(&v.name, &r.model)?,
+                });
+                for span in &r.buckets {
+                    let (start, end) = (span.start as usize, span.end as usize);
+                    if let Some(cells) = table.get_mut(start..end) {
+                        cells.fill(index);
+                    }
+                }
+            }
             let shadow = match &ep.shadow {
                 None => None,
                 Some(s) => {

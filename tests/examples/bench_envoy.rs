@@ -67,6 +67,7 @@ fn main() {
                         name: (*n).into(),
                         weight: *w,
                         upstream: addr(if i % 2 == 0 { ua } else { ub }),
+                        rollout_upstream: None,
                     })
                     .collect(),
                 shadow: (e == 0).then(|| ShadowUpstream {

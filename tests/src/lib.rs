@@ -552,6 +552,7 @@ pub fn route(
                 name: u.name.clone(),
                 weight: *w,
                 upstream: u.addr,
+                rollout_upstream: None,
             })
             .collect(),
         shadow: shadow.map(|(c, a)| ShadowUpstream {
