@@ -751,8 +751,8 @@ fn emit(input: &Input, mut r: RolloutStatus, routable: bool, requeue: Option<i64
             },
         )
     });
-    let route = (routable && r.phase != Phase::Promoted)
-        .then(|| (r.variant.clone(), r.to_model.clone()));
+    let route =
+        (routable && r.phase != Phase::Promoted).then(|| (r.variant.clone(), r.to_model.clone()));
     let mirror = (routable && r.phase == Phase::Baking).then(|| Mirror {
         variant: r.variant.clone(),
         model: r.to_model.clone(),
