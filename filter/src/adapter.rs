@@ -11,7 +11,7 @@
 
 use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
-use crate::shadow::Hub;
+use crate::shadow::{Hub, ENVOY_TIMEOUT_BODY};
 use crate::stream::{count, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
 use mlep_contract::metrics::{CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
@@ -300,7 +300,10 @@ impl Context for Root {
         };
         let status =
             header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
-        let body = if body_size > 0 && self.hub.borrow().wants_body(token) {
+        // Envoy's own timeout reply is read too (24 bytes), so it counts as `timeout` however
+        // late the event loop delivered it (see `shadow::ENVOY_TIMEOUT_BODY`).
+        let envoy_timeout = status == Some(504) && body_size == ENVOY_TIMEOUT_BODY.len();
+        let body = if body_size > 0 && (envoy_timeout || self.hub.borrow().wants_body(token)) {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .flatten()
