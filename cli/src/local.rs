@@ -12,10 +12,7 @@
 //! configuration stays.
 
 use crate::artifacts::{ArtifactStore, BarProgress, Origin};
-use crate::envoy::{
-    self, BootstrapSpec, EnvoyProcess, Mirroring, RouteEndpoint, RouteVariant, ShadowUpstream,
-    StartOptions, WasmFilter,
-};
+use crate::envoy::{self, BootstrapSpec, EnvoyProcess, Mirroring, StartOptions, WasmFilter};
 use crate::load::{self, Input};
 use crate::plan::{self, Desired, Role, Runtime, ServerSet};
 use crate::restart::{Policy as RestartPolicy, Restarts};
@@ -461,45 +458,9 @@ impl Session {
         d: &Desired,
         cfg: &mlep_contract::FilterConfig,
     ) -> Result<BootstrapSpec, LocalError> {
-        let mut endpoints = Vec::new();
-        for (e, c) in d.endpoints.iter().zip(&cfg.endpoints) {
-            let mut variants = Vec::new();
-            for v in &e.variants {
-                let addr =
-                    self.addrs_of(e, &v.role).first().copied().ok_or_else(|| {
-                        LocalError::Other(format!("{} is not running", v.label()))
-                    })?;
-                let weight = e
-                    .endpoint
-                    .spec
-                    .variants
-                    .iter()
-                    .find(|s| Role::Variant(s.name.clone()) == v.role)
-                    .map(|s| s.weight)
-                    .unwrap_or(0);
-                variants.push(RouteVariant {
-                    name: v.role.to_string(),
-                    weight,
-                    upstream: addr,
-                    rollout_upstream: None,
-                });
-            }
-            let shadow = match &e.shadow {
-                Some(s) => Some(ShadowUpstream {
-                    cluster: plan::shadow_cluster(e.namespace(), e.name()),
-                    upstream: self.addrs_of(e, &s.role).first().copied().ok_or_else(|| {
-                        LocalError::Other(format!("{} is not running", s.label()))
-                    })?,
-                }),
-                None => None,
-            };
-            endpoints.push(RouteEndpoint {
-                name: e.name().to_owned(),
-                hosts: c.hosts.clone(),
-                variants,
-                shadow,
-            });
-        }
+        let endpoints = plan::route_endpoints(d, cfg, |e, set| {
+            self.addrs_of(e, &set.role).first().copied()
+        })?;
         Ok(BootstrapSpec {
             listener_port: self.opts.port,
             admin_port: self.opts.admin_port,

@@ -1,5 +1,7 @@
 //! `mlep`: run `Model`/`ModelEndpoint` YAML locally, or print what the operator would create.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use mlep::artifacts::{default_cache_dir, default_state_dir};

@@ -7,11 +7,14 @@
 //! the new set is started and must be ready before traffic moves to it, then the old set stops.
 //! A change of weights only is a filter-config reload.
 
+use crate::envoy::{RouteEndpoint, RouteVariant, ShadowUpstream};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
-use mlep_core::filter_config::{endpoint_config, spec_weights, ShadowTarget};
+use mlep_core::envoy::ShadowTarget;
+use mlep_core::filter_config::{endpoint_config, spec_weights};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 /// Annotation on a Model naming a command line to run it locally instead of its image. The
 /// command runs through `sh -c` with `PORT` (listen on 127.0.0.1:$PORT) and `MODEL_DIR` (the
@@ -31,6 +34,8 @@ pub enum PlanError {
         image: String,
         at: String,
     },
+    #[error("{0} is not running")]
+    NotRunning(String),
     #[error("ModelEndpoint {namespace}/{endpoint}: {message}")]
     Config {
         namespace: String,
@@ -86,7 +91,7 @@ impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Role::Variant(v) => write!(f, "{v}"),
-            Role::Shadow => write!(f, "shadow"),
+            Role::Shadow => f.write_str(mlep_contract::metrics::SHADOW_VARIANT_LABEL),
         }
     }
 }
@@ -242,7 +247,7 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
 /// The Envoy cluster of an endpoint's shadow (variant clusters are `envoy::variant_cluster`,
 /// `mlep|<endpoint>|<variant>`; this name cannot collide with them, even for a variant called `shadow`).
 pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
-    format!("mlep-shadow|{namespace}|{endpoint}")
+    ShadowTarget::local(endpoint, namespace).cluster
 }
 
 /// The filter configuration for the local topology, with each endpoint's allocation carried
@@ -258,10 +263,10 @@ pub fn filter_config(
     let mut endpoints: Vec<EndpointConfig> = Vec::new();
     for e in &d.endpoints {
         let key = format!("{}/{}", e.namespace(), e.name());
-        let target = e.shadow.as_ref().map(|_| ShadowTarget {
-            cluster: shadow_cluster(e.namespace(), e.name()),
-            authority: format!("{}-shadow.local", e.name()),
-        });
+        let target = e
+            .shadow
+            .as_ref()
+            .map(|_| ShadowTarget::local(e.name(), e.namespace()));
         let mut cfg = endpoint_config(
             e.name(),
             e.namespace(),
@@ -290,6 +295,53 @@ pub fn filter_config(
         message: err.to_string(),
     })?;
     Ok(cfg)
+}
+
+/// The endpoints of local mode's Envoy bootstrap for `d`: per endpoint the hosts of its filter
+/// config `cfg` (which may add `*`), one route and cluster per variant at the spec's weight, and
+/// the shadow's cluster ([`shadow_cluster`], the filter config's `shadow.cluster`). `addr` says
+/// where a running server set answers; a set without one is an error naming it.
+pub fn route_endpoints(
+    d: &Desired,
+    cfg: &FilterConfig,
+    addr: impl Fn(&EndpointPlan, &ServerSet) -> Option<SocketAddr>,
+) -> Result<Vec<RouteEndpoint>, PlanError> {
+    let running = |e: &EndpointPlan, set: &ServerSet| {
+        addr(e, set).ok_or_else(|| PlanError::NotRunning(set.label()))
+    };
+    let mut endpoints = Vec::new();
+    for (e, c) in d.endpoints.iter().zip(&cfg.endpoints) {
+        let weights = e.weights();
+        let mut variants = Vec::new();
+        for set in &e.variants {
+            let name = set.role.to_string();
+            let weight = weights
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, w)| *w)
+                .unwrap_or(0);
+            variants.push(RouteVariant {
+                upstream: running(e, set)?,
+                name,
+                weight,
+                rollout_upstream: None,
+            });
+        }
+        let shadow = match &e.shadow {
+            Some(set) => Some(ShadowUpstream {
+                cluster: shadow_cluster(e.namespace(), e.name()),
+                upstream: running(e, set)?,
+            }),
+            None => None,
+        };
+        endpoints.push(RouteEndpoint {
+            name: e.name().to_owned(),
+            hosts: c.hosts.clone(),
+            variants,
+            shadow,
+        });
+    }
+    Ok(endpoints)
 }
 
 /// What a change of input asks for. The shell applies it in this order: start `start` and wait

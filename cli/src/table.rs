@@ -9,13 +9,14 @@
 //! has no flushed observations.
 
 use mlep_contract::metrics::{
-    REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
+    LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_OUTCOME, LABEL_RESULT, LABEL_VARIANT, REQUESTS_TOTAL,
+    REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The `variant` of the shadow's row (and the filter's `variant` label of shadow traffic).
-pub const SHADOW_ROW: &str = "shadow";
+pub const SHADOW_ROW: &str = SHADOW_VARIANT_LABEL;
 
 /// One sample line: `name{labels} value`.
 #[derive(Clone, Debug, PartialEq)]
@@ -196,7 +197,7 @@ fn sum_where(s: &Scrape, metric: &str, f: impl Fn(&Sample) -> bool) -> f64 {
 
 fn of<'a>(ep: &str, v: &'a str) -> impl Fn(&Sample) -> bool + 'a {
     let ep = ep.to_owned();
-    move |x: &Sample| x.label("endpoint") == ep && x.label("variant") == v
+    move |x: &Sample| x.label(LABEL_ENDPOINT) == ep && x.label(LABEL_VARIANT) == v
 }
 
 /// Cumulative histogram buckets `(le, count)` of a variant's request duration, sorted by `le`.
@@ -269,11 +270,11 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
             let total = sum_where(cur, counted, of(ep, v));
             let errors = if shadow {
                 sum_where(cur, counted, |x| {
-                    of(ep, v)(x) && matches!(x.label("outcome"), "error" | "timeout")
+                    of(ep, v)(x) && matches!(x.label(LABEL_OUTCOME), "error" | "timeout")
                 })
             } else {
                 sum_where(cur, counted, |x| {
-                    of(ep, v)(x) && x.label("code_class") == "5xx"
+                    of(ep, v)(x) && x.label(LABEL_CODE_CLASS) == "5xx"
                 })
             };
             let cur_b = buckets(cur, ep, v);
@@ -303,13 +304,14 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
             } else {
                 cur_b
             };
-            let agreement_of =
-                |x: &Sample| x.label("endpoint") == ep && (shadow || x.label("variant") == v);
+            let agreement_of = |x: &Sample| {
+                x.label(LABEL_ENDPOINT) == ep && (shadow || x.label(LABEL_VARIANT) == v)
+            };
             let matched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| {
-                agreement_of(x) && x.label("result") == "match"
+                agreement_of(x) && x.label(LABEL_RESULT) == "match"
             });
             let mismatched = sum_where(cur, SHADOW_AGREEMENT_TOTAL, |x| {
-                agreement_of(x) && x.label("result") == "mismatch"
+                agreement_of(x) && x.label(LABEL_RESULT) == "mismatch"
             });
             let compared = matched + mismatched;
             Row {
@@ -331,9 +333,9 @@ pub fn shadow_outcomes(cur: &Scrape, endpoint: &str) -> BTreeMap<String, u64> {
     for x in cur
         .samples
         .iter()
-        .filter(|x| is(&x.name, SHADOW_REQUESTS_TOTAL) && x.label("endpoint") == endpoint)
+        .filter(|x| is(&x.name, SHADOW_REQUESTS_TOTAL) && x.label(LABEL_ENDPOINT) == endpoint)
     {
-        *out.entry(x.label("outcome").to_owned()).or_insert(0) += x.value as u64;
+        *out.entry(x.label(LABEL_OUTCOME).to_owned()).or_insert(0) += x.value as u64;
     }
     out
 }

@@ -123,6 +123,11 @@ pub enum UnknownTarget {
     Ignore,
 }
 
+impl UnknownTarget {
+    /// Every value (the CRD's schema lists them; see `mlep-core`'s `api_enum`).
+    pub const ALL: [Self; 2] = [Self::Reject, Self::Ignore];
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StickyConfig {
@@ -191,6 +196,11 @@ pub enum CompareMode {
     Json,
 }
 
+impl CompareMode {
+    /// Every value (the CRD's schema lists them; see `mlep-core`'s `api_enum`).
+    pub const ALL: [Self; 3] = [Self::Off, Self::Exact, Self::Json];
+}
+
 fn default_namespace() -> String {
     "default".into()
 }
@@ -200,11 +210,17 @@ fn default_target_header() -> String {
 fn default_true() -> bool {
     true
 }
+
+/// Default largest request body mirrored to a shadow (`ShadowConfig::max_body_bytes`).
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
+/// Default shadow call timeout (`ShadowConfig::timeout_ms`).
+pub const DEFAULT_SHADOW_TIMEOUT_MS: u32 = 1000;
+
 fn default_max_body_bytes() -> u32 {
-    64 * 1024
+    DEFAULT_MAX_BODY_BYTES
 }
 fn default_shadow_timeout_ms() -> u32 {
-    1000
+    DEFAULT_SHADOW_TIMEOUT_MS
 }
 
 /// A DNS-1123 label: lowercase alphanumerics and `-`, starting and ending alphanumeric, at
@@ -220,12 +236,14 @@ pub fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// The punctuation RFC 7230 allows in a token (header names, and cookie names per RFC 6265).
+const TOKEN_PUNCTUATION: &[u8] = b"!#$%&'*+-.^_`|~";
+
 /// An HTTP header name as Envoy accepts it in lowercase: RFC 7230 token characters.
 pub fn is_header_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&c)
-        })
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || TOKEN_PUNCTUATION.contains(&c))
 }
 
 /// A host as `hosts` accepts it: `*` (every host), `*.<name>` (every subdomain of `<name>`,
@@ -239,11 +257,11 @@ fn is_host_pattern(h: &str) -> bool {
     !rest.is_empty() && !rest.contains('*') && !rest.starts_with('.')
 }
 
-/// A cookie name: RFC 6265 token characters.
-fn is_cookie_name(s: &str) -> bool {
+/// A cookie name: RFC 6265 token characters (letters of either case, digits, token punctuation).
+pub fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+            .all(|c| c.is_ascii_alphanumeric() || TOKEN_PUNCTUATION.contains(&c))
 }
 
 impl FilterConfig {
@@ -470,8 +488,9 @@ impl EndpointConfig {
     }
 }
 
-/// Build an endpoint's config with its allocation carried forward from `previous` (or laid
-/// out fresh), so every writer of filter config derives allocations the same way.
+/// The allocation for `weights`: carried forward from `previous` (only the buckets the weight
+/// change demands move, see [`Allocation::rebalance`]) or laid out fresh
+/// ([`Allocation::initial`]), so every writer of filter config derives allocations the same way.
 pub fn carry_allocation(
     previous: Option<&Allocation>,
     weights: &[(&str, u32)],

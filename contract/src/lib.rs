@@ -8,19 +8,22 @@
 //!   derived from the previous one so that users move only when they must.
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
 //! - [`rollout`]: which of a variant's buckets a rollout has moved to its new model.
+//! - [`names`]: the model directory and environment names shared with the containers.
+
 #![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod config;
 pub mod hash;
 pub mod metrics;
+pub mod names;
 pub mod rollout;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
-    carry_allocation, is_dns_label, is_header_name, CompareConfig, CompareMode, ConfigError,
-    EndpointConfig, FilterConfig, RoutingConfig, ShadowConfig, StickyConfig, UnknownTarget,
-    VariantConfig, CONFIG_VERSION,
+    carry_allocation, is_cookie_name, is_dns_label, is_header_name, CompareConfig, CompareMode,
+    ConfigError, EndpointConfig, FilterConfig, RoutingConfig, ShadowConfig, StickyConfig,
+    UnknownTarget, VariantConfig, CONFIG_VERSION,
 };
 pub use hash::{bucket_of, hash_key};
 pub use rollout::{RolloutSplit, Span};

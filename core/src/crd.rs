@@ -4,12 +4,16 @@
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use kube_derive::{CustomResource, KubeSchema};
-use mlep_contract::Allocation;
+use mlep_contract::{Allocation, CompareMode, UnknownTarget};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The API group, version and `apiVersion` of both kinds. The `#[kube(group, version)]`
+/// attributes below must spell the same (a derive attribute takes only literals); the test
+/// `api_version_constants_match_the_derived_resources` holds them together.
 pub const GROUP: &str = "mlep.dev";
 pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "mlep.dev/v1alpha1";
 /// Default port of the SageMaker inference contract.
 pub const DEFAULT_MODEL_PORT: u16 = 8080;
 
@@ -77,6 +81,7 @@ pub struct ModelStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` once the spec is valid.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -358,18 +363,16 @@ pub struct RoutingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_targeting: Option<bool>,
     /// A target naming no variant: `Reject` with 400 (default) or `Ignore` it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown_target: Option<UnknownTargetPolicy>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::api_enum"
+    )]
+    #[schemars(schema_with = "crate::api_enum::schema::<UnknownTarget>")]
+    pub unknown_target: Option<UnknownTarget>,
     /// Sticky assignment: the same user key always gets the same variant while weights stay.
     #[serde(default)]
     pub sticky: StickySpec,
-}
-
-/// What to do with a request targeting a variant that does not exist.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum UnknownTargetPolicy {
-    Reject,
-    Ignore,
 }
 
 /// Where the user key comes from.
@@ -398,8 +401,13 @@ pub struct ShadowSpec {
     pub percent: f64,
     /// Compare the shadow's answers with the primary's: `Off`, `Exact` (same bytes) or `Json`
     /// (same JSON, numbers within `tolerance`). Default `Json`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compare: Option<CompareSpecMode>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::api_enum"
+    )]
+    #[schemars(schema_with = "crate::api_enum::schema::<CompareMode>")]
+    pub compare: Option<CompareMode>,
     /// Absolute numeric tolerance for `Json` comparison (default 1e-6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
@@ -415,14 +423,6 @@ pub struct ShadowSpec {
     /// Replicas of the shadow model (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-}
-
-/// How shadow answers are compared.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum CompareSpecMode {
-    Off,
-    Exact,
-    Json,
 }
 
 /// How the filter reaches Envoy.
@@ -444,6 +444,7 @@ pub struct ModelEndpointStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing` and `Degraded`.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Per-variant desired and current weight and replicas.
     #[serde(default)]
@@ -499,7 +500,8 @@ pub struct VariantStatus {
     pub ready_replicas: i32,
 }
 
-/// A status condition, keyed by `type`.
+/// A status condition. Condition lists are keyed by `type` (a list-map: server-side apply
+/// merges them entry by entry).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -538,4 +540,19 @@ pub mod conditions {
     pub const REASON_LAST_GOOD_CONFIG: &str = "ServingLastGoodConfig";
     pub const REASON_ROLLED_BACK: &str = "RolledBack";
     pub const REASON_ABORTED: &str = "Aborted";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube_core::Resource;
+
+    #[test]
+    fn api_version_constants_match_the_derived_resources() {
+        assert_eq!(format!("{GROUP}/{VERSION}"), API_VERSION);
+        assert_eq!(Model::api_version(&()), API_VERSION);
+        assert_eq!(ModelEndpoint::api_version(&()), API_VERSION);
+        assert_eq!(Model::group(&()), GROUP);
+        assert_eq!(ModelEndpoint::version(&()), VERSION);
+    }
 }

@@ -1,21 +1,17 @@
 //! From a ModelEndpoint to the filter's configuration (the `mlep-contract` types). The operator
-//! and local mode both call this; only the shadow's Envoy cluster name differs between them.
+//! and local mode both call this; only the shadow target differs between them
+//! ([`ShadowTarget::istio`] / [`ShadowTarget::local`]).
 
-use crate::crd::{CompareSpecMode, ModelEndpointSpec, UnknownTargetPolicy};
+use crate::crd::ModelEndpointSpec;
+use crate::envoy::ShadowTarget;
 use crate::validate::SpecError;
+use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
 use mlep_contract::{
     carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
-    ShadowConfig, StickyConfig, UnknownTarget, VariantConfig,
+    ShadowConfig, StickyConfig, VariantConfig,
 };
 
-/// Where the filter sends shadow copies: an Envoy cluster and the `:authority` to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowTarget {
-    pub cluster: String,
-    pub authority: String,
-}
-
-/// Default absolute tolerance of JSON comparison.
+/// Default absolute tolerance of JSON comparison in the API (`spec.shadow.tolerance`).
 pub const DEFAULT_TOLERANCE: f64 = 1e-6;
 
 /// Build one endpoint's filter config.
@@ -54,10 +50,7 @@ pub fn endpoint_config(
             .clone()
             .unwrap_or_else(|| mlep_contract::metrics::DEFAULT_TARGET_HEADER.to_owned()),
         allow_targeting: r.allow_targeting.unwrap_or(true),
-        unknown_target: match r.unknown_target {
-            Some(UnknownTargetPolicy::Ignore) => UnknownTarget::Ignore,
-            _ => UnknownTarget::Reject,
-        },
+        unknown_target: r.unknown_target.unwrap_or_default(),
         sticky: StickyConfig {
             header: r.sticky.header.clone(),
             cookie: r.sticky.cookie.clone(),
@@ -71,15 +64,12 @@ pub fn endpoint_config(
             model: s.model.clone(),
             percent: s.percent,
             variant: None,
-            max_body_bytes: s.max_body_bytes.unwrap_or(64 * 1024),
-            timeout_ms: s.timeout_ms.unwrap_or(1000),
+            max_body_bytes: s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            timeout_ms: s.timeout_ms.unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS),
             forward_credentials: s.forward_credentials.unwrap_or(false),
             compare: CompareConfig {
-                mode: match s.compare.unwrap_or(CompareSpecMode::Json) {
-                    CompareSpecMode::Off => CompareMode::Off,
-                    CompareSpecMode::Exact => CompareMode::Exact,
-                    CompareSpecMode::Json => CompareMode::Json,
-                },
+                // The API compares JSON by default; a config without `compare` does not compare.
+                mode: s.compare.unwrap_or(CompareMode::Json),
                 tolerance: s.tolerance.unwrap_or(DEFAULT_TOLERANCE),
             },
         }),

@@ -1,5 +1,7 @@
 //! Rendering: `(endpoint, models, plan, settings) -> objects`. Pure; no API access. The operator
-//! applies what this returns; `mlep render` prints it.
+//! applies what this returns; `mlep render` prints it. Kubernetes kinds are built as
+//! k8s-openapi types (a misspelled field does not compile) and serialized; Istio kinds, which
+//! have no Rust types here, are JSON specs in a typed envelope ([`istio`]).
 //!
 //! Objects for an endpoint `E` in namespace `N` (all but the gateway-side filter are owned by
 //! the endpoint through an ownerReference, so Kubernetes' garbage collector removes them):
@@ -16,41 +18,59 @@
 //!   ownerReferences cannot cross namespaces);
 //! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
 
-use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec};
-use crate::filter_config::{endpoint_config, ShadowTarget};
+use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
+use crate::envoy::{
+    self, RouteInput, ShadowTarget, VariantRoutes, WasmCode, DEFAULT_ROUTE, FILTER_NAME,
+    STATS_PREFIX, WASM_TYPE_URL,
+};
+use crate::filter_config::endpoint_config;
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube_core::{CustomResourceExt, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::Resource as _;
+use kube_core::{CustomResourceExt, Resource, ResourceExt};
+use mlep_contract::metrics::SHADOW_VARIANT_LABEL as SHADOW;
+use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
 use mlep_contract::{Allocation, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Field manager of every write the operator makes (server-side apply).
 pub const FIELD_MANAGER: &str = "mlep-operator";
-/// Label keys.
+/// Pod labels Istio telemetry and Kiali's versioned graph read: the workload (`app: <endpoint>`)
+/// and its version (`version: <variant>`, also what DestinationRule subsets select).
+pub const LABEL_APP: &str = "app";
+pub const LABEL_VERSION: &str = "version";
+/// Label keys of the operator's own.
 pub const LABEL_ENDPOINT: &str = "mlep.dev/endpoint";
 pub const LABEL_ENDPOINT_NAMESPACE: &str = "mlep.dev/endpoint-namespace";
 pub const LABEL_VARIANT: &str = "mlep.dev/variant";
 pub const LABEL_MODEL: &str = "mlep.dev/model";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Where the model files live in the model container (SageMaker contract).
-pub const MODEL_DIR: &str = "/opt/ml/model";
+/// apiVersion of Istio's networking kinds (DestinationRule, VirtualService, Gateway).
+const ISTIO_NETWORKING: &str = "networking.istio.io/v1";
 /// Service port every endpoint listens on inside the mesh.
 pub const SERVICE_PORT: i32 = 80;
-/// Envoy stat prefix of the filter's metrics (`wasmcustom.` + the filter's `mlep_*` names).
-pub const STATS_PREFIX: &str = "wasmcustom.mlep";
-/// The shadow's variant label value; reserved, no variant may use it.
-pub const SHADOW: &str = mlep_contract::metrics::SHADOW_VARIANT_LABEL;
-/// Type URL of Envoy's Wasm HTTP filter config.
-const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// Cluster-wide choices that are not part of any resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderSettings {
     /// Image of the init container that fetches and verifies artifacts (`mlep-model-init`).
     pub model_init_image: String,
-    /// Where proxies download the filter module (served by the operator, see `wasm_server`).
+    /// Where proxies download the filter module (the operator serves it itself, see
+    /// `mlep_operator::server`).
     pub wasm_url: String,
     /// Lowercase hex sha256 of that module; Istio's agent verifies it.
     pub wasm_sha256: String,
@@ -182,25 +202,25 @@ pub fn render_endpoint(
                 Some(vs.replicas.unwrap_or(1))
             };
             let resources = vs.resources.as_ref().or(m.resources.as_ref());
-            objects.push(deployment(
+            objects.push(object(&deployment(
                 &ctx, &vs.name, &name, model_name, m, replicas, resources,
-            ));
+            ))?);
         }
         if let Some(a) = &vs.autoscaling {
-            objects.push(autoscaler(
+            objects.push(object(&autoscaler(
                 &ctx,
                 &vs.name,
                 &deployment_name(&name, &vs.name, &vp.desired_model),
                 a,
-            ));
+            ))?);
         }
     }
-    objects.push(service(&ctx, &name, &name));
+    objects.push(object(&service(&ctx, &name, &name))?);
     let shadow_target = match &spec.shadow {
         Some(s) => {
             let m = model(&s.model, "spec.shadow.model".into())?;
-            let app = format!("{name}-{SHADOW}");
-            objects.push(deployment(
+            let app = envoy::shadow_service(&name);
+            objects.push(object(&deployment(
                 &ctx,
                 SHADOW,
                 &app,
@@ -208,13 +228,14 @@ pub fn render_endpoint(
                 m,
                 Some(s.replicas.unwrap_or(1)),
                 m.resources.as_ref(),
-            ));
-            objects.push(service(&ctx, &app, &app));
-            let fqdn = ctx.fqdn(&app);
-            Some(ShadowTarget {
-                cluster: format!("outbound|{SERVICE_PORT}||{fqdn}"),
-                authority: fqdn,
-            })
+            ))?);
+            objects.push(object(&service(&ctx, &app, &app))?);
+            Some(ShadowTarget::istio(
+                &name,
+                namespace,
+                &settings.cluster_domain,
+                SERVICE_PORT,
+            ))
         }
         None => None,
     };
@@ -253,7 +274,7 @@ pub fn render_endpoint(
 struct Ctx<'a> {
     name: &'a str,
     namespace: &'a str,
-    owner: Option<&'a Value>,
+    owner: Option<&'a OwnerReference>,
     settings: &'a RenderSettings,
 }
 
@@ -266,46 +287,68 @@ impl Ctx<'_> {
     }
 
     /// Metadata of an object owned by the endpoint, in its namespace.
-    fn meta(&self, name: &str, extra_labels: Value) -> Value {
-        let mut labels = json!({ LABEL_ENDPOINT: self.name, LABEL_MANAGED_BY: FIELD_MANAGER });
-        merge(&mut labels, extra_labels);
-        let mut m = json!({ "name": name, "namespace": self.namespace, "labels": labels });
-        if let Some(o) = self.owner {
-            m["ownerReferences"] = json!([o]);
+    fn meta<'l>(
+        &self,
+        name: &str,
+        extra_labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+    ) -> ObjectMeta {
+        let mut l = labels([
+            (LABEL_ENDPOINT, self.name),
+            (LABEL_MANAGED_BY, FIELD_MANAGER),
+        ]);
+        l.extend(labels(extra_labels));
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(self.namespace.into()),
+            labels: Some(l),
+            owner_references: self.owner.map(|o| vec![o.clone()]),
+            ..ObjectMeta::default()
         }
-        m
     }
 
     /// Metadata of an object outside the endpoint's namespace (found again by its labels).
-    fn foreign_meta(&self, name: &str, namespace: &str) -> Value {
-        json!({
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                LABEL_ENDPOINT: self.name,
-                LABEL_ENDPOINT_NAMESPACE: self.namespace,
-                LABEL_MANAGED_BY: FIELD_MANAGER,
-            },
-        })
+    fn foreign_meta(&self, name: &str, namespace: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels([
+                (LABEL_ENDPOINT, self.name),
+                (LABEL_ENDPOINT_NAMESPACE, self.namespace),
+                (LABEL_MANAGED_BY, FIELD_MANAGER),
+            ])),
+            ..ObjectMeta::default()
+        }
     }
 }
 
-fn merge(into: &mut Value, from: Value) {
-    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
-        a.extend(b);
-    }
+fn labels<'l>(pairs: impl IntoIterator<Item = (&'l str, &'l str)>) -> BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
-fn owner_reference(ep: &ModelEndpoint) -> Option<Value> {
-    let uid = ep.metadata.uid.as_ref()?;
-    Some(json!({
-        "apiVersion": "mlep.dev/v1alpha1",
-        "kind": "ModelEndpoint",
-        "name": ep.name_any(),
-        "uid": uid,
-        "controller": true,
-        "blockOwnerDeletion": true,
-    }))
+/// A Kubernetes object as the JSON the operator applies (a typed object serialized).
+fn object(o: &impl serde::Serialize) -> Result<Value, SpecError> {
+    serde_json::to_value(o)
+        .map_err(|e| SpecError::invalid("spec", format!("an object does not serialize: {e}")))
+}
+
+/// An Istio object: no k8s-openapi type exists, so the spec is JSON checked against Istio's
+/// CRD schemas by the operator's tests; the envelope and metadata are typed.
+fn istio(api_version: &str, kind: &str, metadata: ObjectMeta, spec: Value) -> Value {
+    json!({ "apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec })
+}
+
+fn owner_reference(ep: &ModelEndpoint) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: API_VERSION.into(),
+        kind: ModelEndpoint::kind(&()).into(),
+        name: ep.name_any(),
+        uid: ep.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
 }
 
 /// `E-<variant>-<model>`: a model swap creates a new Deployment beside the old one.
@@ -320,161 +363,200 @@ fn deployment(
     model_name: &str,
     model: &ModelSpec,
     replicas: Option<i32>,
-    resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
-) -> Value {
+    resources: Option<&ResourceRequirements>,
+) -> Deployment {
     let name = if variant == SHADOW {
         format!("{}-{SHADOW}-{model_name}", ctx.name)
     } else {
         deployment_name(ctx.name, variant, model_name)
     };
-    let selector =
-        json!({ LABEL_ENDPOINT: ctx.name, LABEL_VARIANT: variant, LABEL_MODEL: model_name });
-    let mut pod_labels = json!({ "app": app, "version": variant });
-    merge(&mut pod_labels, selector.clone());
-    let mut init = Vec::new();
-    let mut volumes = vec![json!({ "name": "tmp", "emptyDir": {} })];
-    let mut mounts = vec![json!({ "name": "tmp", "mountPath": "/tmp" })];
-    if let Some(a) = &model.artifact {
-        volumes.push(json!({ "name": "model", "emptyDir": {} }));
-        mounts.push(json!({ "name": "model", "mountPath": MODEL_DIR, "readOnly": true }));
-        init.push(json!({
-            "name": "model-init",
-            "image": ctx.settings.model_init_image,
-            "env": [
-                { "name": "MLEP_ARTIFACT_URI", "value": a.uri },
-                { "name": "MLEP_ARTIFACT_SHA256", "value": a.sha256 },
-                { "name": "MLEP_MODEL_DIR", "value": MODEL_DIR },
-            ],
-            "volumeMounts": [
-                { "name": "model", "mountPath": MODEL_DIR },
-                { "name": "tmp", "mountPath": "/tmp" },
-            ],
-            "securityContext": container_security(),
-        }));
-    }
-    let port = i32::from(model.port());
-    let probe = |initial: i32, period: i32, failures: i32| {
-        json!({
-            "httpGet": { "path": "/ping", "port": "http" },
-            "initialDelaySeconds": initial,
-            "periodSeconds": period,
-            "failureThreshold": failures,
-        })
+    let selector = labels([
+        (LABEL_ENDPOINT, ctx.name),
+        (LABEL_VARIANT, variant),
+        (LABEL_MODEL, model_name),
+    ]);
+    let mut pod_labels = labels([(LABEL_APP, app), (LABEL_VERSION, variant)]);
+    pod_labels.extend(selector.clone());
+    let mount = |name: &str, path: &str, read_only: Option<bool>| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only,
+        ..VolumeMount::default()
     };
-    let mut container = json!({
-        "name": "model",
-        "image": model.image,
-        "args": ["serve"],
-        "ports": [{ "name": "http", "containerPort": port, "protocol": "TCP" }],
-        "env": model.env,
-        "readinessProbe": probe(1, 5, 3),
-        "livenessProbe": probe(10, 10, 6),
-        "volumeMounts": mounts,
-        "securityContext": container_security(),
-    });
-    if let Some(r) = resources {
-        container["resources"] = json!(r);
+    let empty_dir = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    let mut init = Vec::new();
+    let mut volumes = vec![empty_dir("tmp")];
+    let mut mounts = vec![mount("tmp", "/tmp", None)];
+    if let Some(a) = &model.artifact {
+        volumes.push(empty_dir("model"));
+        mounts.push(mount("model", MODEL_DIR, Some(true)));
+        let env = |name: &str, value: &str| EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            ..EnvVar::default()
+        };
+        init.push(Container {
+            name: "model-init".into(),
+            image: Some(ctx.settings.model_init_image.clone()),
+            env: Some(vec![
+                env(ENV_ARTIFACT_URI, &a.uri),
+                env(ENV_ARTIFACT_SHA256, &a.sha256),
+                env(ENV_MODEL_DIR, MODEL_DIR),
+            ]),
+            volume_mounts: Some(vec![
+                mount("model", MODEL_DIR, None),
+                mount("tmp", "/tmp", None),
+            ]),
+            security_context: Some(container_security()),
+            ..Container::default()
+        });
     }
+    let probe = |initial: i32, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ping".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "model".into(),
+        image: Some(model.image.clone()),
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(model.port()),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: (!model.env.is_empty()).then(|| model.env.clone()),
+        readiness_probe: Some(probe(1, 5, 3)),
+        liveness_probe: Some(probe(10, 10, 6)),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security()),
+        resources: resources.cloned(),
+        ..Container::default()
+    };
     // Istio exports only allow-listed proxy stats; the filter's metrics are `wasmcustom.mlep*`.
     // `proxy.istio.io/config` proxyStatsMatcher adds them to this pod's sidecar (the gateway
     // side needs the same in its mesh/pod config: see docs/operator.md).
     let proxy_config =
         format!(r#"{{"proxyStatsMatcher":{{"inclusionPrefixes":["{STATS_PREFIX}"]}}}}"#);
-    let mut spec = json!({
-        "selector": { "matchLabels": selector },
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": { "proxy.istio.io/config": proxy_config },
+    Deployment {
+        metadata: ctx.meta(&name, [(LABEL_VARIANT, variant), (LABEL_MODEL, model_name)]),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
             },
-            "spec": {
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": 65532,
-                    "runAsGroup": 65532,
-                    "fsGroup": 65532,
-                    "seccompProfile": { "type": "RuntimeDefault" },
-                },
-                "automountServiceAccountToken": false,
-                "initContainers": init,
-                "containers": [container],
-                "volumes": volumes,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(labels([("proxy.istio.io/config", proxy_config.as_str())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    automount_service_account_token: Some(false),
+                    init_containers: (!init.is_empty()).then_some(init),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
             },
-        },
-    });
-    if let Some(r) = replicas {
-        spec["replicas"] = json!(r);
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
     }
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": ctx.meta(&name, json!({ LABEL_VARIANT: variant, LABEL_MODEL: model_name })),
-        "spec": spec,
-    })
 }
 
-fn container_security() -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "capabilities": { "drop": ["ALL"] },
-    })
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
 }
 
-fn service(ctx: &Ctx, name: &str, app: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": ctx.meta(name, json!({})),
-        "spec": {
-            "selector": { "app": app },
+fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
+    Service {
+        metadata: ctx.meta(name, []),
+        spec: Some(ServiceSpec {
+            selector: Some(labels([(LABEL_APP, app)])),
             // `protocol` explicit: server-side apply needs it (it is part of the list key).
-            "ports": [{ "name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP" }],
-        },
-    })
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     let subsets: Vec<Value> = plan
         .variants
         .iter()
-        .map(|v| json!({ "name": v.name, "labels": { "version": v.name, LABEL_MODEL: v.serving_model } }))
+        .map(|v| json!({ "name": v.name, "labels": { LABEL_VERSION: v.name, LABEL_MODEL: v.serving_model } }))
         .collect();
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": ctx.meta(ctx.name, json!({})),
-        "spec": { "host": ctx.fqdn(ctx.name), "subsets": subsets },
-    })
+    istio(
+        ISTIO_NETWORKING,
+        "DestinationRule",
+        ctx.meta(ctx.name, []),
+        json!({ "host": ctx.fqdn(ctx.name), "subsets": subsets }),
+    )
 }
 
 fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
     let host = ctx.fqdn(ctx.name);
     let dest = |subset: &str| json!({ "host": host, "subset": subset, "port": { "number": SERVICE_PORT } });
-    let mut http: Vec<Value> = plan
-        .variants
-        .iter()
-        .filter(|v| v.ready)
-        .map(|v| {
+    let routes = variant_routes(plan);
+    let mut http: Vec<Value> = routes
+        .header_routes()
+        .map(|(name, v)| {
             json!({
-                "name": format!("variant-{}", v.name),
-                "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v.name } } }],
-                "route": [{ "destination": dest(&v.name) }],
+                "name": name,
+                "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v } } }],
+                "route": [{ "destination": dest(v) }],
             })
         })
         .collect();
     // Fallback for requests the filter did not see: the routed weights, ready variants only.
-    let weighted: Vec<&crate::plan::VariantPlan> =
-        plan.variants.iter().filter(|v| v.weight > 0).collect();
-    let default: Vec<Value> = match weighted.as_slice() {
-        [one] => vec![json!({ "destination": dest(&one.name) })],
+    let default: Vec<Value> = match routes.weighted.as_slice() {
+        [(one, _)] => vec![json!({ "destination": dest(one) })],
         many => many
             .iter()
-            .map(|v| json!({ "destination": dest(&v.name), "weight": v.weight }))
+            .map(|(v, w)| json!({ "destination": dest(v), "weight": w }))
             .collect(),
     };
-    http.push(json!({ "name": "weighted-default", "route": default }));
+    http.push(json!({ "name": DEFAULT_ROUTE, "route": default }));
     let mut hosts = spec.hosts.clone();
     hosts.push(host.clone());
     let mut gateways = vec!["mesh".to_owned()];
@@ -484,27 +566,37 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
     if spec.expose == Some(true) {
         gateways.push(format!("{}/{}", ctx.namespace, ctx.name));
     }
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": ctx.meta(ctx.name, json!({})),
-        "spec": { "hosts": hosts, "gateways": gateways, "http": http },
-    })
+    istio(
+        ISTIO_NETWORKING,
+        "VirtualService",
+        ctx.meta(ctx.name, []),
+        json!({ "hosts": hosts, "gateways": gateways, "http": http }),
+    )
+}
+
+/// The per-variant routes of a plan (see [`VariantRoutes`]): by header to ready variants, by
+/// weight to those with a routed weight.
+pub fn variant_routes(plan: &Plan) -> VariantRoutes {
+    VariantRoutes::new(plan.variants.iter().map(|v| RouteInput {
+        name: &v.name,
+        weight: v.weight,
+        ready: v.ready,
+    }))
 }
 
 fn gateway(ctx: &Ctx, spec: &ModelEndpointSpec) -> Value {
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": ctx.meta(ctx.name, json!({})),
-        "spec": {
+    istio(
+        ISTIO_NETWORKING,
+        "Gateway",
+        ctx.meta(ctx.name, []),
+        json!({
             "selector": ctx.settings.gateway_selector,
             "servers": [{
                 "port": { "number": 80, "name": "http", "protocol": "HTTP" },
                 "hosts": spec.hosts,
             }],
-        },
-    })
+        }),
+    )
 }
 
 fn autoscaler(
@@ -512,24 +604,38 @@ fn autoscaler(
     variant: &str,
     deployment: &str,
     a: &crate::crd::AutoscalingSpec,
-) -> Value {
-    json!({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": ctx.meta(&format!("{}-{variant}", ctx.name), json!({ LABEL_VARIANT: variant })),
-        "spec": {
-            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment },
-            "minReplicas": a.min_replicas,
-            "maxReplicas": a.max_replicas,
-            "metrics": [{
-                "type": "Resource",
-                "resource": {
-                    "name": "cpu",
-                    "target": { "type": "Utilization", "averageUtilization": a.target_cpu_utilization_percentage.unwrap_or(80) },
-                },
-            }],
-        },
-    })
+) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        metadata: ctx.meta(
+            &format!("{}-{variant}", ctx.name),
+            [(LABEL_VARIANT, variant)],
+        ),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(Deployment::API_VERSION.into()),
+                kind: Deployment::KIND.into(),
+                name: deployment.into(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(
+                            a.target_cpu_utilization_percentage.unwrap_or(80),
+                        ),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    }
 }
 
 /// Name of the filter objects in the endpoint's namespace.
@@ -552,7 +658,7 @@ fn filter_objects(ctx: &Ctx, spec: &ModelEndpointSpec, config: &Value) -> Vec<Va
         FilterWiring::EnvoyFilter => {
             let ext = format!("mlep-{}-{}", ctx.namespace, ctx.name);
             out.push(envoy_filter(
-                ctx.meta(&local, json!({})),
+                ctx.meta(&local, []),
                 None,
                 "SIDECAR_OUTBOUND",
                 &ext,
@@ -573,7 +679,7 @@ fn filter_objects(ctx: &Ctx, spec: &ModelEndpointSpec, config: &Value) -> Vec<Va
         }
         FilterWiring::WasmPlugin => {
             out.push(wasm_plugin(
-                ctx.meta(&local, json!({})),
+                ctx.meta(&local, []),
                 None,
                 "CLIENT",
                 config,
@@ -611,37 +717,21 @@ fn filter_objects(ctx: &Ctx, spec: &ModelEndpointSpec, config: &Value) -> Vec<Va
 /// - `pkg/wasm/ssrf.go`: the agent refuses link-local and cloud-metadata addresses but allows
 ///   private and loopback ranges, so an in-cluster URL (the operator's Service) is fine.
 fn envoy_filter(
-    metadata: Value,
+    metadata: ObjectMeta,
     selector: Option<&BTreeMap<String, String>>,
     context: &str,
     ext_name: &str,
     config: &Value,
     settings: &RenderSettings,
 ) -> Value {
-    let wasm = json!({
-        "@type": WASM_TYPE_URL,
-        "config": {
-            "name": ext_name,
-            "root_id": "mlep",
-            // Keep traffic flowing if the module cannot be loaded; the filter itself fails
-            // open on bad configs too (it counts mlep_config_errors_total).
-            "fail_open": true,
-            "vm_config": {
-                "vm_id": "mlep",
-                "runtime": "envoy.wasm.runtime.v8",
-                "code": {
-                    "remote": {
-                        "http_uri": { "uri": settings.wasm_url, "cluster": "mlep-wasm", "timeout": "30s" },
-                        "sha256": settings.wasm_sha256,
-                    },
-                },
-            },
-            "configuration": {
-                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": config.to_string(),
-            },
-        },
-    });
+    // Keep traffic flowing if the module cannot be loaded; the filter itself fails open on bad
+    // configs too (it counts mlep_config_errors_total).
+    let code = WasmCode::Remote {
+        uri: &settings.wasm_url,
+        cluster: "mlep-wasm",
+        sha256: &settings.wasm_sha256,
+    };
+    let wasm = envoy::wasm_filter(ext_name, code, &config.to_string(), true);
     let mut spec = json!({
         "configPatches": [
             {
@@ -653,8 +743,8 @@ fn envoy_filter(
                 "match": {
                     "context": context,
                     "listener": { "filterChain": { "filter": {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "subFilter": { "name": "envoy.filters.http.router" },
+                        "name": envoy::HTTP_CONNECTION_MANAGER,
+                        "subFilter": { "name": envoy::ROUTER },
                     } } },
                 },
                 "patch": {
@@ -673,13 +763,18 @@ fn envoy_filter(
     if let Some(labels) = selector {
         spec["workloadSelector"] = json!({ "labels": labels });
     }
-    json!({ "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter", "metadata": metadata, "spec": spec })
+    istio(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        metadata,
+        spec,
+    )
 }
 
 /// A WasmPlugin: istiod turns it into the same ECDS resource with a remote `http_uri`, which
 /// istio-agent downloads and verifies against `sha256` (see `envoy_filter`).
 fn wasm_plugin(
-    metadata: Value,
+    metadata: ObjectMeta,
     selector: Option<&BTreeMap<String, String>>,
     mode: &str,
     config: &Value,
@@ -688,7 +783,7 @@ fn wasm_plugin(
     let mut spec = json!({
         "url": settings.wasm_url,
         "sha256": settings.wasm_sha256,
-        "pluginName": "mlep",
+        "pluginName": FILTER_NAME,
         "phase": "STATS",
         "failStrategy": "FAIL_OPEN",
         "pluginConfig": config,
@@ -697,7 +792,7 @@ fn wasm_plugin(
     if let Some(labels) = selector {
         spec["selector"] = json!({ "matchLabels": labels });
     }
-    json!({ "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": metadata, "spec": spec })
+    istio("extensions.istio.io/v1alpha1", "WasmPlugin", metadata, spec)
 }
 
 #[cfg(test)]
@@ -1061,6 +1156,21 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "spec.variants");
         assert!(err.message.contains("ModelEndpoint ml/titanic"), "{err}");
+    }
+
+    #[test]
+    fn conditions_are_list_maps_keyed_by_type_in_both_crds() {
+        for crd in crds() {
+            let v = serde_json::to_value(&crd).unwrap();
+            let conditions = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+                ["status"]["properties"]["conditions"];
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{crd:?}");
+            assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+            assert!(conditions["items"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("type")));
+        }
     }
 
     #[test]

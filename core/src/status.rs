@@ -246,7 +246,9 @@ pub fn model_status(m: &Model, now: String) -> ModelStatus {
     }
 }
 
-/// Equal apart from condition timestamps (which `stamp` carries over anyway).
+/// Whether writing `b` over `a` would change nothing (plain equality, timestamps included:
+/// `stamp` carries a condition's `lastTransitionTime` over while its status stays, so a
+/// reconcile that changes nothing computes an equal status and writes nothing).
 pub fn same_status(a: &ModelEndpointStatus, b: &ModelEndpointStatus) -> bool {
     a == b
 }

@@ -4,7 +4,8 @@
 
 use crate::crd::conditions::{REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
 use crate::crd::{ModelEndpointSpec, ModelSpec};
-use mlep_contract::{is_dns_label, is_header_name};
+use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
+use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
 use std::collections::BTreeSet;
 
 /// A spec problem: the field (`spec.variants[1].weight`), what is wrong, and the condition
@@ -158,10 +159,10 @@ pub fn validate_endpoint<'a>(
                 ),
             ));
         }
-        if v.name == mlep_contract::metrics::SHADOW_VARIANT_LABEL {
+        if v.name == SHADOW_VARIANT_LABEL {
             return Err(SpecError::invalid(
                 format!("{at}.name"),
-                "\"shadow\" is reserved for the shadow model",
+                format!("{SHADOW_VARIANT_LABEL:?} is reserved for the shadow model"),
             ));
         }
         if !names.insert(v.name.as_str()) {
@@ -223,11 +224,7 @@ pub fn validate_endpoint<'a>(
         }
     }
     if let Some(c) = &r.sticky.cookie {
-        if c.is_empty()
-            || !c
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        if !is_cookie_name(c) {
             return Err(SpecError::invalid(
                 "spec.routing.sticky.cookie",
                 format!("{c:?} is not a cookie name"),

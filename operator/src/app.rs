@@ -1,5 +1,5 @@
-//! Wiring of the `mlep-operator` process: configuration from the environment, the CRD check,
-//! the HTTP server, leader election and the controller.
+//! Wiring of the `mlep-operator` process: the command line (flags with environment
+//! fallbacks), the CRD check, the HTTP server, leader election and the controller.
 
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
@@ -16,8 +16,6 @@ use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("{0}")]
-    Config(String),
     #[error("the mlep.dev CRDs are not installed ({0}); install them first: kubectl apply -k manifests/ (or kubectl apply -f manifests/crds/)")]
     CrdsMissing(String),
     #[error("kubernetes: {0}")]
@@ -28,72 +26,170 @@ pub enum AppError {
     Yaml(#[from] serde_yaml::Error),
 }
 
-/// Process configuration, from environment variables (all optional).
+/// The command line. Every option of the operator itself also reads the environment variable
+/// shown in `--help` (flags win); the Deployment in `manifests/operator.yaml` sets them there.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "mlep-operator",
+    version,
+    about = "Reconciles Model and ModelEndpoint resources (mlep.dev/v1alpha1) into model-server \
+             Deployments, Services, Istio routing and the mlep Wasm filter.",
+    after_help = "Without a subcommand the operator runs until SIGTERM/SIGINT, using the \
+                  kubeconfig (or the in-cluster service account). Log level: RUST_LOG \
+                  (default info,kube=warn)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Write the CRDs, generated from the Rust types, as YAML (one file per CRD).
+    Crd {
+        /// Directory to write into.
+        #[arg(default_value = "manifests/crds")]
+        dir: String,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of a running operator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Address serving /healthz, /metrics and the filter module.
+    #[arg(long, env = "MLEP_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: String,
+    /// The filter module (mlep_filter.wasm) to serve to the proxies.
+    #[arg(
+        long,
+        env = "MLEP_WASM_PATH",
+        default_value = "/usr/share/mlep/mlep_filter.wasm"
+    )]
+    pub wasm_path: String,
+    /// URL proxies fetch the module from [default:
+    /// http://mlep-operator.<namespace>.svc.<cluster-domain>:<port of --http-addr>/mlep_filter.wasm]
+    #[arg(long, env = "MLEP_WASM_URL")]
+    pub wasm_url: Option<String>,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mlep-system")]
+    pub namespace: String,
+    /// This replica's identity in the Lease [default: host name + pid]
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Elect one leader among replicas; `false` reconciles without a Lease.
+    #[arg(
+        long,
+        env = "MLEP_LEADER_ELECT",
+        default_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    pub leader_elect: bool,
+    /// Lease duration in seconds.
+    #[arg(long, env = "MLEP_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Image of the init container that fetches and verifies model artifacts.
+    #[arg(long, env = "MLEP_MODEL_INIT_IMAGE", default_value_t = RenderSettings::default().model_init_image)]
+    pub model_init_image: String,
+    /// Namespace of the ingress gateway pods (where gateway-side filters go).
+    #[arg(long, env = "MLEP_GATEWAY_NAMESPACE", default_value_t = RenderSettings::default().gateway_namespace)]
+    pub gateway_namespace: String,
+    /// Labels selecting the ingress gateway pods, `key=value[,key=value]`.
+    #[arg(
+        long,
+        env = "MLEP_GATEWAY_SELECTOR",
+        default_value = "istio=ingressgateway",
+        value_parser = parse_labels
+    )]
+    pub gateway_selector: BTreeMap<String, String>,
+    /// Cluster DNS domain.
+    #[arg(long, env = "MLEP_CLUSTER_DOMAIN", default_value_t = RenderSettings::default().cluster_domain)]
+    pub cluster_domain: String,
+    /// Log line format.
+    #[arg(long, env = "MLEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Process configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `MLEP_HTTP_ADDR` (default `0.0.0.0:8080`): `/healthz`, `/metrics`, the Wasm module.
+    /// `/healthz`, `/metrics`, the Wasm module.
     pub http_addr: String,
-    /// `MLEP_WASM_PATH` (default `/usr/share/mlep/mlep_filter.wasm`).
     pub wasm_path: String,
-    /// `POD_NAMESPACE` (default `mlep-system`): where the Lease lives.
+    /// Where the Lease lives.
     pub namespace: String,
-    /// `POD_NAME` (default: host name + pid): this replica's identity in the Lease.
+    /// This replica's identity in the Lease.
     pub identity: String,
-    /// `MLEP_LEADER_ELECT` (default `true`).
     pub leader_elect: bool,
-    /// `MLEP_LEASE_SECONDS` (default 15).
     pub lease: Duration,
     pub settings: RenderSettings,
-    /// `MLEP_WASM_URL` overrides the URL proxies fetch the module from.
+    /// Overrides the URL proxies fetch the module from.
     pub wasm_url: Option<String>,
 }
 
-impl Config {
-    pub fn from_env() -> Result<Self, AppError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let namespace = var("POD_NAMESPACE").unwrap_or_else(|| "mlep-system".into());
-        let identity = var("POD_NAME").unwrap_or_else(|| {
+impl RunArgs {
+    pub fn config(self) -> Config {
+        let identity = self.identity.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
-        let mut settings = RenderSettings::default();
-        if let Some(v) = var("MLEP_MODEL_INIT_IMAGE") {
-            settings.model_init_image = v;
-        }
-        if let Some(v) = var("MLEP_GATEWAY_NAMESPACE") {
-            settings.gateway_namespace = v;
-        }
-        if let Some(v) = var("MLEP_GATEWAY_SELECTOR") {
-            settings.gateway_selector = parse_labels(&v).ok_or_else(|| {
-                AppError::Config(format!(
-                    "MLEP_GATEWAY_SELECTOR={v:?} must be key=value[,key=value]"
-                ))
-            })?;
-        }
-        if let Some(v) = var("MLEP_CLUSTER_DOMAIN") {
-            settings.cluster_domain = v;
-        }
-        let lease = match var("MLEP_LEASE_SECONDS") {
-            Some(v) => Duration::from_secs(v.parse().map_err(|_| {
-                AppError::Config(format!("MLEP_LEASE_SECONDS={v:?} is not a number"))
-            })?),
-            None => Duration::from_secs(15),
+        let settings = RenderSettings {
+            model_init_image: self.model_init_image,
+            gateway_namespace: self.gateway_namespace,
+            gateway_selector: self.gateway_selector,
+            cluster_domain: self.cluster_domain,
+            ..RenderSettings::default()
         };
-        Ok(Self {
-            http_addr: var("MLEP_HTTP_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into()),
-            wasm_path: var("MLEP_WASM_PATH")
-                .unwrap_or_else(|| "/usr/share/mlep/mlep_filter.wasm".into()),
-            leader_elect: var("MLEP_LEADER_ELECT").is_none_or(|v| v != "false"),
-            wasm_url: var("MLEP_WASM_URL"),
-            namespace,
+        Config {
+            http_addr: self.http_addr,
+            wasm_path: self.wasm_path,
+            namespace: self.namespace,
             identity,
-            lease,
+            leader_elect: self.leader_elect,
+            lease: Duration::from_secs(self.lease_seconds),
             settings,
-        })
+            wasm_url: self.wasm_url,
+        }
     }
 }
 
-fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
+/// Run what the command line asks for.
+pub async fn main(cli: Cli) -> Result<(), AppError> {
+    match cli.command {
+        Some(Command::Crd { dir }) => {
+            for path in write_crds(&dir)? {
+                println!("wrote {path}");
+            }
+            Ok(())
+        }
+        None => {
+            init_logging(cli.run.log_format);
+            run(cli.run.config()).await
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     s.split(',')
         .map(|kv| {
             kv.split_once('=')
@@ -101,6 +197,7 @@ fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
         })
         .collect::<Option<BTreeMap<_, _>>>()
         .filter(|m| !m.is_empty() && m.keys().all(|k| !k.is_empty()))
+        .ok_or_else(|| format!("{s:?} must be key=value[,key=value]"))
 }
 
 /// `mlep-operator crd [DIR]`: write the CRDs as YAML, one file each.
@@ -155,7 +252,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let bytes = std::fs::read(&config.wasm_path).map_err(|e| {
         AppError::Io(
             format!(
-                "reading the filter module {} (set MLEP_WASM_PATH)",
+                "reading the filter module {} (set --wasm-path or MLEP_WASM_PATH)",
                 config.wasm_path
             ),
             e,
@@ -229,7 +326,7 @@ mod tests {
     fn gateway_selector_parses_and_rejects_garbage() {
         let m = parse_labels("istio=ingressgateway, app = gw").unwrap();
         assert_eq!(m.get("app").map(String::as_str), Some("gw"));
-        assert!(parse_labels("istio").is_none());
-        assert!(parse_labels("=x").is_none());
+        assert!(parse_labels("istio").is_err());
+        assert!(parse_labels("=x").is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! `mlep-core` crate renders (server-side apply), writes status, elects a leader and serves
 //! `/healthz`, `/metrics` and the filter module. The decisions themselves live in `mlep-core`.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod leader;
 pub mod metrics;

@@ -10,9 +10,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use mlep_core::crd::conditions::REASON_MODEL_NOT_FOUND;
-use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec, API_VERSION};
 use mlep_core::plan::{plan, Observed, Readiness};
 use mlep_core::render::{
     render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
@@ -223,8 +223,7 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
         return Ok(Action::await_change());
     }
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch =
-        serde_json::json!({ "apiVersion": "mlep.dev/v1alpha1", "kind": "Model", "status": status });
+    let patch = serde_json::json!({ "apiVersion": API_VERSION, "kind": Model::kind(&()), "status": status });
     api.patch_status(
         &m.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -497,8 +496,8 @@ async fn write_status(
         return Ok(());
     }
     let patch = serde_json::json!({
-        "apiVersion": "mlep.dev/v1alpha1",
-        "kind": "ModelEndpoint",
+        "apiVersion": API_VERSION,
+        "kind": ModelEndpoint::kind(&()),
         "status": status,
     });
     api.patch_status(

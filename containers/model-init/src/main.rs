@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
 use mlep_model_init::{fetch, FetchRequest, Limits, LogProgress, RetryPolicy};
 
 #[derive(Parser, Debug)]
@@ -18,13 +19,13 @@ use mlep_model_init::{fetch, FetchRequest, Limits, LogProgress, RetryPolicy};
 )]
 struct Args {
     /// Artifact URI: http(s)://... or file:///absolute/path.
-    #[arg(long, env = "MLEP_ARTIFACT_URI")]
+    #[arg(long, env = ENV_ARTIFACT_URI)]
     uri: String,
     /// Expected sha256 of the artifact (64 hex digits, optional `sha256:` prefix).
-    #[arg(long, env = "MLEP_ARTIFACT_SHA256")]
+    #[arg(long, env = ENV_ARTIFACT_SHA256)]
     sha256: String,
     /// Model directory to publish into.
-    #[arg(long, env = "MLEP_MODEL_DIR", default_value = "/opt/ml/model")]
+    #[arg(long, env = ENV_MODEL_DIR, default_value = MODEL_DIR)]
     dest: PathBuf,
     #[arg(long, env = "MLEP_MAX_DOWNLOAD_BYTES", default_value_t = Limits::default().max_download_bytes)]
     max_download_bytes: u64,

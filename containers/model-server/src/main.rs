@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mlep_contract::names::{ENV_MODEL_DIR, MODEL_DIR};
 use mlep_model_server::server::{serve, spawn_loader, App};
 
 #[derive(Parser, Debug)]
@@ -23,7 +24,7 @@ struct Args {
     #[arg(long, env = "MLEP_HOST", default_value = "0.0.0.0")]
     host: String,
     /// Directory holding metadata.json and the model file.
-    #[arg(long, env = "MLEP_MODEL_DIR", default_value = "/opt/ml/model")]
+    #[arg(long, env = ENV_MODEL_DIR, default_value = MODEL_DIR)]
     model_dir: PathBuf,
     /// Largest accepted request body (SageMaker's limit is 6 MB).
     #[arg(long, env = "MLEP_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]

