@@ -18,7 +18,9 @@
 //!   ownerReferences cannot cross namespaces);
 //! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
 
-use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
+use crate::crd::{
+    Artifact, FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION,
+};
 use crate::envoy::{
     self, RouteInput, ShadowTarget, VariantRoutes, WasmCode, DEFAULT_ROUTE, FILTER_NAME,
     STATS_PREFIX, WASM_TYPE_URL,
@@ -43,7 +45,7 @@ use k8s_openapi::Resource as _;
 use kube_core::{CustomResourceExt, Resource, ResourceExt};
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL as SHADOW;
 use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
-use mlep_contract::{Allocation, FilterConfig, CONFIG_VERSION};
+use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -254,6 +256,15 @@ pub fn render_endpoint(
         shadow_target,
     )?;
     let allocation = endpoint.allocation.clone();
+    objects.extend(filter_objects(&ctx, spec, &filter_config_json(endpoint)?));
+    Ok(Rendered {
+        objects,
+        allocation,
+    })
+}
+
+/// The filter config carrying one endpoint, checked as the filter will check it.
+fn filter_config_json(endpoint: EndpointConfig) -> Result<Value, SpecError> {
     let config = FilterConfig {
         version: CONFIG_VERSION,
         endpoints: vec![endpoint],
@@ -261,14 +272,8 @@ pub fn render_endpoint(
     config.validate().map_err(|e| {
         SpecError::invalid("spec", format!("the filter would reject its config: {e}"))
     })?;
-    let config_json = serde_json::to_value(&config).map_err(|e| {
-        SpecError::invalid("spec", format!("filter config does not serialize: {e}"))
-    })?;
-    objects.extend(filter_objects(&ctx, spec, &config_json));
-    Ok(Rendered {
-        objects,
-        allocation,
-    })
+    serde_json::to_value(&config)
+        .map_err(|e| SpecError::invalid("spec", format!("filter config does not serialize: {e}")))
 }
 
 struct Ctx<'a> {
@@ -377,12 +382,6 @@ fn deployment(
     ]);
     let mut pod_labels = labels([(LABEL_APP, app), (LABEL_VERSION, variant)]);
     pod_labels.extend(selector.clone());
-    let mount = |name: &str, path: &str, read_only: Option<bool>| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only,
-        ..VolumeMount::default()
-    };
     let empty_dir = |name: &str| Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -394,56 +393,9 @@ fn deployment(
     if let Some(a) = &model.artifact {
         volumes.push(empty_dir("model"));
         mounts.push(mount("model", MODEL_DIR, Some(true)));
-        let env = |name: &str, value: &str| EnvVar {
-            name: name.into(),
-            value: Some(value.into()),
-            ..EnvVar::default()
-        };
-        init.push(Container {
-            name: "model-init".into(),
-            image: Some(ctx.settings.model_init_image.clone()),
-            env: Some(vec![
-                env(ENV_ARTIFACT_URI, &a.uri),
-                env(ENV_ARTIFACT_SHA256, &a.sha256),
-                env(ENV_MODEL_DIR, MODEL_DIR),
-            ]),
-            volume_mounts: Some(vec![
-                mount("model", MODEL_DIR, None),
-                mount("tmp", "/tmp", None),
-            ]),
-            security_context: Some(container_security()),
-            ..Container::default()
-        });
+        init.push(model_init_container(ctx, a));
     }
-    let probe = |initial: i32, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/ping".into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
-    let container = Container {
-        name: "model".into(),
-        image: Some(model.image.clone()),
-        args: Some(vec!["serve".into()]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: i32::from(model.port()),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        env: (!model.env.is_empty()).then(|| model.env.clone()),
-        readiness_probe: Some(probe(1, 5, 3)),
-        liveness_probe: Some(probe(10, 10, 6)),
-        volume_mounts: Some(mounts),
-        security_context: Some(container_security()),
-        resources: resources.cloned(),
-        ..Container::default()
-    };
+    let container = model_container(model, mounts, resources);
     // Istio exports only allow-listed proxy stats; the filter's metrics are `wasmcustom.mlep*`.
     // `proxy.istio.io/config` proxyStatsMatcher adds them to this pod's sidecar (the gateway
     // side needs the same in its mesh/pod config: see docs/operator.md).
@@ -464,17 +416,7 @@ fn deployment(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security()),
                     automount_service_account_token: Some(false),
                     init_containers: (!init.is_empty()).then_some(init),
                     containers: vec![container],
@@ -485,6 +427,92 @@ fn deployment(
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only,
+        ..VolumeMount::default()
+    }
+}
+
+/// The init container fetching and verifying the artifact into the model volume
+/// (`mlep-model-init`, configured through the contract's environment names).
+fn model_init_container(ctx: &Ctx, a: &Artifact) -> Container {
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    Container {
+        name: "model-init".into(),
+        image: Some(ctx.settings.model_init_image.clone()),
+        env: Some(vec![
+            env(ENV_ARTIFACT_URI, &a.uri),
+            env(ENV_ARTIFACT_SHA256, &a.sha256),
+            env(ENV_MODEL_DIR, MODEL_DIR),
+        ]),
+        volume_mounts: Some(vec![
+            mount("model", MODEL_DIR, None),
+            mount("tmp", "/tmp", None),
+        ]),
+        security_context: Some(container_security()),
+        ..Container::default()
+    }
+}
+
+/// The model container: the SageMaker contract (`serve`, `GET /ping` on the named port `http`).
+fn model_container(
+    model: &ModelSpec,
+    mounts: Vec<VolumeMount>,
+    resources: Option<&ResourceRequirements>,
+) -> Container {
+    let probe = |initial: i32, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ping".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    Container {
+        name: "model".into(),
+        image: Some(model.image.clone()),
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(model.port()),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: (!model.env.is_empty()).then(|| model.env.clone()),
+        readiness_probe: Some(probe(1, 5, 3)),
+        liveness_probe: Some(probe(10, 10, 6)),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security()),
+        resources: resources.cloned(),
+        ..Container::default()
+    }
+}
+
+/// Non-root (uid/gid 65532), RuntimeDefault seccomp.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
     }
 }
 
