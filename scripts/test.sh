@@ -5,13 +5,13 @@
 # components (Envoy, kube-apiserver + etcd, the model binaries).
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh filter     # one or more parts: checks contract filter containers operator cli
+#   scripts/test.sh filter     # one or more parts: checks contract filter containers operator cli cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(checks filter containers operator cli)
+[ ${#parts[@]} -gt 0 ] || parts=(checks filter containers operator cli cluster)
 
 run() {
   local name=$1; shift
@@ -34,6 +34,7 @@ for p in "${parts[@]}"; do
     containers) run "containers" scripts/test-containers.sh ;;
     operator) run "operator" scripts/test-operator.sh ;;
     cli) run "cli / local mode" scripts/test-cli.sh ;;
+    cluster) run "cluster bed smoke (Kubernetes + Istio, real pods)" scripts/test-cluster.sh ;;
     *) echo "unknown part $p" >&2; exit 2 ;;
   esac
 done
