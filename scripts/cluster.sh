@@ -518,7 +518,45 @@ cmd_status() {
     PATH=$BIN:$PATH kc get nodes -o wide 2>&1 || true
     PATH=$BIN:$PATH kc get pods -A -o wide 2>&1 || true
   fi
+  memory
   return $rc
+}
+
+# Memory of the whole cluster: every component process, every container shim and everything
+# below them (the pods' processes). "peak" sums each process's own peak RSS (VmHWM), an upper
+# bound of the cluster's peak.
+memory() {
+  local roots
+  roots=$(cat "$RUN"/pids/*.pid 2>/dev/null; pgrep -f "containerd-shim-runc-v2 .*-address $RUN/containerd/containerd.sock" || true)
+  [ -n "$roots" ] || return 0
+  python3 - $roots <<'EOF'
+import os, sys
+children = {}
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(p))
+seen, todo = set(), [int(r) for r in sys.argv[1:]]
+while todo:
+    p = todo.pop()
+    if p not in seen:
+        seen.add(p)
+        todo += children.get(p, [])
+rss = hwm = 0
+for p in seen:
+    try:
+        for line in open(f"/proc/{p}/status"):
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm += int(line.split()[1])
+    except OSError:
+        pass
+print(f"memory: {len(seen)} processes, RSS now {rss // 1024} MiB, sum of peak RSS {hwm // 1024} MiB")
+EOF
 }
 
 # Stop every process this bed started, in reverse order, then remove its mounts, network
