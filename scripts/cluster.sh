@@ -7,6 +7,7 @@
 #   scripts/cluster.sh env      # KUBECONFIG=... and MLEP_GATEWAY=http://<addr>:<port>
 #   scripts/cluster.sh status   # what runs
 #   scripts/cluster.sh down     # stop everything; no process, mount or network device left
+#   scripts/cluster.sh build    # only build the binaries and image archives (what `up` does first)
 #
 # Needs root (containerd, CNI, iptables) and Go >= 1.21 on PATH (the modules pin their Go
 # version; GOTOOLCHAIN may fetch it). Traffic stays on 127.0.0.1, the bridge and the service
@@ -474,6 +475,8 @@ install_addons() {
   log "Istio $ISTIO_TAG (istiod, sidecar injector)"
   local manifest
   manifest=$(istio_manifest)
+  # `istioctl manifest generate` leaves the namespace to `istioctl install`.
+  kc create namespace istio-system --dry-run=client -o yaml | kc apply --server-side -f - >/dev/null
   kc apply --server-side --force-conflicts -f "$manifest" >/dev/null
   rollout kube-system coredns 180
   rollout istio-system istiod 240
@@ -488,10 +491,8 @@ install_addons() {
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "run as root (containerd, CNI and iptables need it)"
   local t0=$SECONDS
-  ensure_packages
-  build_binaries
+  cmd_build
   export PATH=$BIN:$PATH   # kubectl matching the server
-  build_images
   ensure_pki
   setup_network
   write_configs
@@ -500,6 +501,12 @@ cmd_up() {
   install_addons
   log "up in $((SECONDS - t0)) s"
   cmd_env
+}
+
+cmd_build() {
+  ensure_packages
+  build_binaries
+  build_images
 }
 
 cmd_env() {
@@ -603,8 +610,9 @@ stop() {
 
 case ${1:-} in
   up) cmd_up ;;
+  build) cmd_build ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|build" >&2; exit 2 ;;
 esac
