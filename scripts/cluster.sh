@@ -176,13 +176,18 @@ build_images() {
     --user 65532:65532 --entrypoint '["/usr/local/bin/mlep-operator"]'
 }
 
-# Import each archive whose content changed since the last import into this containerd root.
+# Import each archive whose content changed since its last import, or whose image is gone
+# (the kubelet's image garbage collection under disk pressure removed them once: they cannot
+# be pulled back, so the bed now disables disk-based eviction, see kubelet.yaml).
 import_images() {
-  local a sum stamp
+  local a sum stamp tag refs
+  refs=$(ctr_ images ls -q)
   for a in "$IMAGES"/*.tar; do
     stamp=$RUN/containerd/imported/$(basename "$a")
     sum=$(cat "$a.inputs")
-    [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && continue
+    tag=$(cat "$a.tag")
+    case $tag in */*/*) ;; */*) tag=docker.io/$tag ;; *) tag=docker.io/library/$tag ;; esac
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ] && grep -qxF "$tag" <<<"$refs"; then continue; fi
     ctr_ images import "$a" >/dev/null || die "ctr images import $a failed"
     mkdir -p "$(dirname "$stamp")" && echo "$sum" >"$stamp"
   done
@@ -298,9 +303,18 @@ setup_network() {
   ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
 }
 
+# put FILE: write stdin to FILE only when it differs (kube-proxy exits when its configuration
+# file changes, even to the same content: "content of the proxy server's configuration file
+# was updated").
+put() {
+  local tmp=$1.new
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 write_configs() {
   mkdir -p "$RUN/conf" "$RUN/cni/net.d" "$RUN/containerd"
-  cat >"$RUN/cni/net.d/10-mlep.conflist" <<EOF
+  put "$RUN/cni/net.d/10-mlep.conflist" <<EOF
 {"cniVersion": "0.4.0", "name": "mlep", "plugins": [
   {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "dataDir": "$RUN/cni/ipam", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]],
@@ -311,7 +325,7 @@ EOF
   # containerd 1.6 (Debian). restrict_oom_score_adj: the CRI sandbox asks for oom_score_adj
   # -998, which needs CAP_SYS_RESOURCE that this sandbox does not grant; without it every pod
   # sandbox dies with "can't get final child's PID from pipe: EOF" (../shared/cluster/README.md).
-  cat >"$RUN/containerd/config.toml" <<EOF
+  put "$RUN/containerd/config.toml" <<EOF
 version = 2
 root = "$RUN/containerd/root"
 state = "$RUN/containerd/state"
@@ -333,14 +347,14 @@ state = "$RUN/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
 EOF
-  cat >"$RUN/conf/scheduler.yaml" <<EOF
+  put "$RUN/conf/scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
 clientConnection: {kubeconfig: "$PKI/scheduler.kubeconfig"}
 leaderElection: {leaderElect: false}
 EOF
   # Kubernetes >= 1.35 refuses cgroup v1 unless failCgroupV1 is false; this machine mounts v1.
-  cat >"$RUN/conf/kubelet.yaml" <<EOF
+  put "$RUN/conf/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -364,7 +378,10 @@ tlsPrivateKeyFile: "$PKI/kubelet.key"
 clusterDNS: ["$DNS_SERVICE_IP"]
 clusterDomain: cluster.local
 resolvConf: ""
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# No disk-based eviction ("0%" disables a signal): the bed shares a CI machine whose disk may be
+# nearly full of build outputs; evicting test pods for that made runs fail (measured: "The node
+# was low on resource: ephemeral-storage" with 2.4 GiB free of 252 GiB, threshold 1%).
+evictionHard: {memory.available: "100Mi", nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%", imagefs.inodesFree: "0%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
@@ -372,7 +389,7 @@ runtimeRequestTimeout: 2m
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 5s
 EOF
-  cat >"$RUN/conf/kube-proxy.yaml" <<EOF
+  put "$RUN/conf/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -499,6 +516,10 @@ cmd_up() {
   start_control_plane
   start_node
   install_addons
+  local n
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+    alive "$n" || { tail -n 40 "$LOGS/$n.log" >&2; die "$n is not running (log $LOGS/$n.log)"; }
+  done
   log "up in $((SECONDS - t0)) s"
   cmd_env
 }

@@ -10,7 +10,8 @@
 
 One layer, deterministic (sorted entries, mtime 0, root-owned), so the same inputs give the same
 image id. The archive is rewritten only when its inputs (paths, sizes, mtimes, options) changed:
-OUT.tar.inputs keeps their fingerprint, which makes a warm `scripts/cluster.sh up` cheap.
+OUT.tar.inputs keeps their fingerprint, which makes a warm `scripts/cluster.sh up` cheap, and
+OUT.tar.tag the image's name.
 """
 import argparse
 import hashlib
@@ -127,7 +128,8 @@ def main():
     entries = collect(args)
     fp = fingerprint(args, entries)
     stamp = args.out + ".inputs"
-    if os.path.exists(args.out) and os.path.exists(stamp) and open(stamp).read() == fp:
+    fresh = all(os.path.exists(f) for f in (args.out, stamp, args.out + ".tag"))
+    if fresh and open(stamp).read() == fp:
         print(f"mkimg: {args.tag} up to date")
         return
     layer = layer_tar(entries)
@@ -160,6 +162,8 @@ def main():
     os.replace(tmp, args.out)
     with open(stamp, "w") as f:
         f.write(fp)
+    with open(args.out + ".tag", "w") as f:
+        f.write(args.tag)
     print(f"mkimg: {args.tag} -> {args.out} ({len(layer) // 1024} KiB, config {cid[:12]})")
 
 
