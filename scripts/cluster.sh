@@ -606,13 +606,20 @@ cmd_down() {
   for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do ip netns delete "$n" 2>/dev/null || true; done
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
   if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
-  # Chains the CNI portmap plugin creates.
-  local c
-  for c in $(iptables -t nat -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^CNI-/ {print $2}'); do
-    iptables -t nat -S | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub("^-A", "-D"); print}' \
-      | while read -r rule; do eval "iptables -t nat $rule" 2>/dev/null || true; done
-    iptables -t nat -F "$c" 2>/dev/null || true
-    iptables -t nat -X "$c" 2>/dev/null || true
+  # Chains kube-proxy --cleanup leaves (the kubelet's KUBE-FIREWALL, KUBE-KUBELET-CANARY) and
+  # the CNI plugins' CNI-* chains, in both address families.
+  local ipt t c
+  for ipt in iptables ip6tables; do
+    for t in filter nat mangle; do
+      for c in $($ipt -t $t -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do
+        $ipt -t $t -S | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub("^-A", "-D"); print}' \
+          | while read -r rule; do eval "$ipt -t $t $rule" 2>/dev/null || true; done
+        $ipt -t $t -F "$c" 2>/dev/null || true
+      done
+      for c in $($ipt -t $t -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do
+        $ipt -t $t -X "$c" 2>/dev/null || true
+      done
+    done
   done
   rm -rf "$RUN"
   log "down: nothing of the cluster runs"
