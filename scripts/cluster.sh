@@ -612,7 +612,7 @@ cmd_down() {
   for ipt in iptables ip6tables; do
     for t in filter nat mangle; do
       for c in $($ipt -t $t -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do
-        $ipt -t $t -S | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub("^-A", "-D"); print}' \
+        $ipt -t $t -S 2>/dev/null | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub("^-A", "-D"); print}' \
           | while read -r rule; do eval "$ipt -t $t $rule" 2>/dev/null || true; done
         $ipt -t $t -F "$c" 2>/dev/null || true
       done
