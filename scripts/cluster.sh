@@ -8,6 +8,7 @@
 #   scripts/cluster.sh status   # what runs
 #   scripts/cluster.sh down     # stop everything; no process, mount or network device left
 #   scripts/cluster.sh build    # only build the binaries and image archives (what `up` does first)
+#   scripts/cluster.sh build-k8s # only the Kubernetes + etcd binaries; prints their directory
 #
 # Needs root (containerd, CNI, iptables) and Go >= 1.21 on PATH (the modules pin their Go
 # version; GOTOOLCHAIN may fetch it). Traffic stays on 127.0.0.1, the bridge and the service
@@ -100,6 +101,11 @@ go_build() {  # go_build NAME MODULE_DIR LDFLAGS OUTPUTS -- PACKAGES...
 }
 
 build_binaries() {
+  build_k8s
+  build_istio_coredns
+}
+
+build_k8s() {
   local kv=${K8S_VERSION#v} minor
   minor=$(echo "$kv" | cut -d. -f2)
   go_build k8s "$HERE/k8s" "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
@@ -109,6 +115,9 @@ build_binaries() {
     ./etcd ./pause k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
     k8s.io/kubernetes/cmd/kubectl
+}
+
+build_istio_coredns() {
   go_build istio "$HERE/istio" "-s -w -X istio.io/istio/pkg/version.buildVersion=${ISTIO_TAG%%-*}-dev \
 -X istio.io/istio/pkg/version.buildGitRevision=${ISTIO_VERSION##*-} -X istio.io/istio/pkg/version.buildStatus=Clean" \
     "pilot-agent pilot-discovery istioctl" -- \
@@ -639,8 +648,9 @@ stop() {
 case ${1:-} in
   up) cmd_up ;;
   build) cmd_build ;;
+  build-k8s) command -v go >/dev/null || die "Go not found on PATH"; build_k8s; echo "$BIN" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env|build" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|build|build-k8s" >&2; exit 2 ;;
 esac
