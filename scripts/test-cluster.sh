@@ -8,13 +8,17 @@
 #     host (MLEP_GATEWAY) to the model server.
 # Predictions are compared with examples/titanic/expected.json. Every wait has a deadline.
 #
-#   scripts/test-cluster.sh          # leaves the cluster up (scripts/cluster.sh down stops it)
+#   scripts/test-cluster.sh     # a cluster it started is stopped at the end, one that ran stays
+#   MLEP_CLUSTER_KEEP=1 scripts/test-cluster.sh   # leave it running either way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 NS=mlep-smoke
 HOST=smoke.mlep.test
 
+if ! scripts/cluster.sh status >/dev/null 2>&1 && [ "${MLEP_CLUSTER_KEEP:-0}" != 1 ]; then
+  trap 'scripts/cluster.sh down' EXIT
+fi
 scripts/cluster.sh up
 eval "$(scripts/cluster.sh env | sed 's/^/export /')"
 kc() { kubectl "$@"; }
