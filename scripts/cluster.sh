@@ -635,11 +635,11 @@ cmd_down() {
 }
 
 stop() {
-  local n=$1 p i
+  local n=$1 p
   p=$(cat "$RUN/pids/$n.pid" 2>/dev/null) || return 0
   if kill -0 "$p" 2>/dev/null; then
     kill "$p" 2>/dev/null || true
-    for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
   fi
   rm -f "$RUN/pids/$n.pid"
