@@ -26,10 +26,12 @@ trap stop EXIT
 scripts/envtest/setup.sh start
 export KUBECONFIG="$(scripts/envtest/setup.sh dir)/kubeconfig"
 
-# Unit tests (pure rendering, planning, status, validation) and the CRD drift check.
+# Unit tests: the pure core (rendering, planning, status, validation), the runtime's own, and
+# the CRD drift check.
+cargo test -p mlep-core
 cargo test -p mlep-operator --lib --test crds
 # Integration tests: one API server, so one test at a time (one restarts the API server).
 cargo test -p mlep-operator --features envtest --test cluster -- --test-threads=1
-cargo clippy -p mlep-operator --all-targets --features envtest -- -D warnings
+cargo clippy -p mlep-core -p mlep-operator --all-targets --features envtest -- -D warnings
 t2=$(date +%s)
 echo "[test-operator] ok: provisioning $((t1-t0)) s, tests $((t2-t1)) s"

@@ -10,10 +10,10 @@
 //! Fetching, verification, safe unpacking and atomic publishing are model-init's code
 //! (`mlep_model_init::fetch`), the same as in the cluster's init container.
 
+use mlep_core::crd::Artifact;
 use mlep_model_init::{
     fetch, normalize_sha256, Event, FetchRequest, InitError, Progress, RetryPolicy,
 };
-use mlep_operator::crd::Artifact;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;

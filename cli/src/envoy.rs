@@ -10,7 +10,7 @@
 //! (`on_configure` returns false on Envoy's canary VM) makes Envoy reject the ECDS update and
 //! keep serving with the previous one. Both verified with Envoy 1.40.0 (tests/filter_*.rs).
 
-use mlep_contract::metrics::{stats_tags, VARIANT_HEADER};
+use mlep_contract::metrics::{stats_tags, MODEL_HEADER, VARIANT_HEADER};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -54,6 +54,11 @@ pub struct RouteVariant {
     /// Weight of the fallback route (used only when no filter set `x-mlep-variant`).
     pub weight: u32,
     pub upstream: SocketAddr,
+    /// Upstream of the users a rollout moved (requests the filter marked with `x-mlep-model`).
+    /// `Some` adds a route and a cluster ([`rollout_cluster`]) ahead of the variant's own;
+    /// local mode always passes one (the variant's own servers when no rollout runs), so a
+    /// rollout starts and ends with EDS and filter-config updates, never an Envoy restart.
+    pub rollout_upstream: Option<SocketAddr>,
 }
 
 /// A shadow upstream; `cluster` must equal the filter config's `shadow.cluster`.
@@ -110,6 +115,11 @@ pub fn variant_cluster(endpoint: &str, variant: &str) -> String {
     format!("mlep|{endpoint}|{variant}")
 }
 
+/// The Envoy cluster of the users a rollout moved off a variant's model.
+pub fn rollout_cluster(endpoint: &str, variant: &str) -> String {
+    format!("mlep|{endpoint}|{variant}|rollout")
+}
+
 fn socket(addr: SocketAddr) -> Value {
     json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
 }
@@ -155,6 +165,20 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
         };
         let mut routes = Vec::new();
         for v in &ep.variants {
+            if let Some(next) = v.rollout_upstream {
+                // The filter sets the model header only on moved users of a variant being
+                // rolled out (and strips it from the others), so "present" is enough here.
+                let cluster = rollout_cluster(&ep.name, &v.name);
+                clusters.push(static_cluster(&cluster, next));
+                routes.push(json!({
+                    "name": format!("{}-{}-rollout", ep.name, v.name),
+                    "match": {"prefix": "/", "headers": [
+                        {"name": VARIANT_HEADER, "string_match": {"exact": v.name}},
+                        {"name": MODEL_HEADER, "present_match": true}
+                    ]},
+                    "route": {"cluster": cluster, "timeout": "60s", "request_mirror_policies": mirror}
+                }));
+            }
             let cluster = variant_cluster(&ep.name, &v.name);
             clusters.push(static_cluster(&cluster, v.upstream));
             routes.push(json!({
@@ -256,6 +280,13 @@ pub fn render_filter_config(wasm: &Path, filter_config_json: &str, version: &str
                 "config": {
                     "name": FILTER_NAME,
                     "root_id": FILTER_NAME,
+                    // If the VM ever dies (a trap), answer 503 for the request that killed it
+                    // and for ~100 ms, then serve from a fresh VM. Envoy 1.40's default
+                    // (FAIL_CLOSED) answers 503 to every later request of that worker;
+                    // FAIL_OPEN passes them unassigned until the next config. Measured in
+                    // tests/tests/filter_panic.rs; see docs/filter.md "When the VM dies".
+                    "failure_policy": "FAIL_RELOAD",
+                    "reload_config": {"backoff": {"base_interval": "0.1s"}},
                     "vm_config": {
                         "vm_id": FILTER_NAME,
                         "runtime": "envoy.wasm.runtime.v8",
@@ -418,6 +449,9 @@ pub struct StartOptions {
     pub concurrency: u32,
     pub log_level: String,
     pub ready_timeout: Duration,
+    /// Start Envoy as the leader of its own process group, so that a Ctrl-C in the terminal
+    /// reaches only its supervisor (local mode), which then stops it in order.
+    pub own_process_group: bool,
 }
 
 impl Default for StartOptions {
@@ -426,6 +460,7 @@ impl Default for StartOptions {
             concurrency: 1,
             log_level: "info".into(),
             ready_timeout: Duration::from_secs(30),
+            own_process_group: false,
         }
     }
 }
@@ -458,7 +493,12 @@ impl EnvoyProcess {
         let log = std::fs::File::create(&log_path)
             .map_err(io(format!("create {}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("clone log handle"))?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if opts.own_process_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd
             .arg("-c")
             .arg(&config)
             .args([
@@ -514,6 +554,18 @@ impl EnvoyProcess {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The exit status once Envoy has exited on its own (crashed, killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Its log file (`<workdir>/envoy.log`).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// The address the (single) listener is bound to, from the admin `/listeners`.
@@ -615,11 +667,13 @@ mod tests {
                         name: "a".into(),
                         weight: 80,
                         upstream: "127.0.0.1:8001".parse().unwrap(),
+                        rollout_upstream: None,
                     },
                     RouteVariant {
                         name: "b".into(),
                         weight: 20,
                         upstream: "127.0.0.1:8002".parse().unwrap(),
+                        rollout_upstream: None,
                     },
                 ],
                 shadow: Some(ShadowUpstream {
@@ -659,6 +713,28 @@ mod tests {
             3
         );
         assert_eq!(routes[0]["route"]["request_mirror_policies"], json!([]));
+    }
+
+    #[test]
+    fn a_rollout_upstream_routes_marked_users_of_its_variant_first() {
+        let mut s = spec();
+        s.endpoints[0].variants[1].rollout_upstream = Some("127.0.0.1:8009".parse().unwrap());
+        let b = render_bootstrap(&s).unwrap();
+        let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes[1]["route"]["cluster"], "mlep|titanic|b|rollout");
+        assert_eq!(
+            routes[1]["match"]["headers"],
+            json!([
+                {"name": "x-mlep-variant", "string_match": {"exact": "b"}},
+                {"name": "x-mlep-model", "present_match": true}
+            ])
+        );
+        assert_eq!(routes[2]["route"]["cluster"], "mlep|titanic|b");
+        assert_eq!(
+            b["static_resources"]["clusters"].as_array().unwrap().len(),
+            4
+        );
     }
 
     #[test]

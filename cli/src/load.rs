@@ -6,8 +6,8 @@
 //! validation errors (from the operator's `validate_endpoint`/`validate_model`, which name the
 //! field path) are mapped back to the line of that field in the file by [`locate`].
 
-use mlep_operator::crd::{ModelEndpointSpec, ModelSpec, GROUP, VERSION};
-use mlep_operator::validate::{validate_endpoint, validate_model, SpecError};
+use mlep_core::crd::{ModelEndpointSpec, ModelSpec, GROUP, VERSION};
+use mlep_core::validate::{validate_endpoint, validate_model, SpecError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -9,8 +9,8 @@
 
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
-use mlep_operator::crd::Artifact;
-use mlep_operator::filter_config::{endpoint_config, spec_weights, ShadowTarget};
+use mlep_core::crd::Artifact;
+use mlep_core::filter_config::{endpoint_config, spec_weights, ShadowTarget};
 use std::collections::BTreeMap;
 
 /// Annotation on a Model naming a command line to run it locally instead of its image. The
@@ -247,7 +247,7 @@ pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
 
 /// The filter configuration for the local topology, with each endpoint's allocation carried
 /// forward from `previous` (keyed `namespace/name`), exactly as the operator does
-/// (`mlep_operator::filter_config::endpoint_config`). With a single endpoint, `*` is added to
+/// (`mlep_core::filter_config::endpoint_config`). With a single endpoint, `*` is added to
 /// its hosts so that `http://127.0.0.1:<port>` reaches it with any `Host`; with several, each
 /// is reached by its own hosts (send `Host: <host>`).
 pub fn filter_config(

@@ -1,9 +1,9 @@
-//! `mlep render` and `mlep crd`: the operator's own pure rendering (`mlep_operator::render`)
+//! `mlep render` and `mlep crd`: the operator's own pure rendering (`mlep_core::render`)
 //! applied to the YAML input, printed as a multi-document YAML stream for GitOps.
 
 use crate::load::{self, LoadError};
-use mlep_operator::crd::{Model, ModelEndpoint};
-use mlep_operator::render::{crds, render_all, RenderSettings};
+use mlep_core::crd::{Model, ModelEndpoint};
+use mlep_core::render::{crds, render_all, RenderSettings};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]

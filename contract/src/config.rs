@@ -14,6 +14,7 @@
 
 use crate::allocation::{Allocation, AllocationError};
 use crate::metrics::{COOKIE_PREFIX, DEFAULT_TARGET_HEADER};
+use crate::rollout::RolloutSplit;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -56,7 +57,10 @@ pub struct EndpointConfig {
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// Hosts this endpoint answers for, matched against `:authority` without its port,
-    /// case-insensitively. `*` matches every host.
+    /// case-insensitively: exact names, `*.example.com` (any subdomain) and `*` (every host
+    /// no other endpoint claims). The filter also matches the endpoint's mesh names
+    /// (`<name>`, `<name>.<namespace>[.svc[.cluster.local]]`) without them being listed
+    /// (see the filter's `hosts.rs`).
     pub hosts: Vec<String>,
     pub variants: Vec<VariantConfig>,
     /// Bucket ownership; must match the weights exactly (see [`Allocation`]).
@@ -76,6 +80,12 @@ pub struct VariantConfig {
     pub model: String,
     /// Percent of traffic, 0..=100; the weights of an endpoint sum to 100.
     pub weight: u32,
+    /// During a rollout: the variant's buckets already moved to another model. On requests of
+    /// this variant the filter sets [`MODEL_HEADER`](crate::metrics::MODEL_HEADER) to the new
+    /// model for moved buckets and removes it otherwise (routes send marked requests to the new
+    /// model), and counts moved requests under the new model's `model` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSplit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +152,10 @@ pub struct ShadowConfig {
     pub model: String,
     /// Share of requests mirrored, 0..=100 (fractions allowed).
     pub percent: f64,
+    /// Mirror only requests this variant's own model serves (a BlueGreen bake mirrors one
+    /// variant's traffic to its green model and compares); default: every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// Largest request body copied; larger bodies are not mirrored (counted as `outcome=skipped`).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u32,
@@ -214,6 +228,17 @@ pub fn is_header_name(s: &str) -> bool {
         })
 }
 
+/// A host as `hosts` accepts it: `*` (every host), `*.<name>` (every subdomain of `<name>`,
+/// Envoy's and Istio's wildcard form) or a name without `*`.
+fn is_host_pattern(h: &str) -> bool {
+    let rest = match h.strip_prefix("*.") {
+        Some(rest) => rest,
+        None if h == "*" => return true,
+        None => h,
+    };
+    !rest.is_empty() && !rest.contains('*') && !rest.starts_with('.')
+}
+
 /// A cookie name: RFC 6265 token characters.
 fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
@@ -249,7 +274,7 @@ impl FilterConfig {
             let at = format!("endpoints[{i}]");
             ep.validate(&at)?;
             for h in &ep.hosts {
-                if !hosts.insert(h.to_ascii_lowercase()) {
+                if !hosts.insert(h.trim_end_matches('.').to_ascii_lowercase()) {
                     return Err(ConfigError::new(
                         format!("{at}.hosts"),
                         format!("host {h:?} is claimed by more than one endpoint"),
@@ -302,6 +327,14 @@ impl EndpointConfig {
                 return Err(ConfigError::new(
                     format!("{at}.hosts[{j}]"),
                     format!("{h:?} is not a host name"),
+                ));
+            }
+            if !is_host_pattern(h) {
+                return Err(ConfigError::new(
+                    format!("{at}.hosts[{j}]"),
+                    format!(
+                        "{h:?}: `*` may only stand alone or as the first label (`*.example.com`)"
+                    ),
                 ));
             }
         }
@@ -360,6 +393,18 @@ impl EndpointConfig {
             .map_err(|e: AllocationError| {
                 ConfigError::new(format!("{at}.allocation"), e.to_string())
             })?;
+        for (j, v) in self.variants.iter().enumerate() {
+            let Some(r) = &v.rollout else { continue };
+            let field = format!("{at}.variants[{j}].rollout");
+            if r.model.is_empty() || r.model == v.model {
+                return Err(ConfigError::new(
+                    format!("{field}.model"),
+                    format!("must name a model other than the variant's ({:?})", v.model),
+                ));
+            }
+            crate::rollout::validate(&self.allocation, &v.name, &r.buckets)
+                .map_err(|e| ConfigError::new(format!("{field}.buckets"), e.to_string()))?;
+        }
         let r = &self.routing;
         if !is_header_name(&r.target_header) {
             return Err(ConfigError::new(
@@ -399,6 +444,14 @@ impl EndpointConfig {
                     format!("{at}.shadow.percent"),
                     format!("{} must be within 0..=100", s.percent),
                 ));
+            }
+            if let Some(v) = &s.variant {
+                if !names.contains(v.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.shadow.variant"),
+                        format!("{v:?} is not a variant of this endpoint"),
+                    ));
+                }
             }
             if s.timeout_ms == 0 {
                 return Err(ConfigError::new(
@@ -475,6 +528,29 @@ mod tests {
         assert_eq!(e.field, "version");
         let e = with(|v| v["endpoints"][0]["allocation"][0]["end"] = 7000.into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].allocation");
+        let e = with(|v| v["endpoints"][0]["hosts"][0] = "api.*.example.com".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].hosts[0]");
+        let e = with(|v| v["endpoints"][0]["hosts"][0] = "*example.com".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].hosts[0]");
+        with(|v| v["endpoints"][0]["hosts"][0] = "*.example.com".into()).unwrap();
+        let e = with(|v| {
+            v["endpoints"][0]["variants"][1]["rollout"] =
+                serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 7999, "end": 9000}]})
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants[1].rollout.buckets");
+        assert!(e.message.contains("does not own"), "{e}");
+        let e = with(|v| {
+            v["endpoints"][0]["variants"][1]["rollout"] = serde_json::json!({"model": "titanic-v2"})
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "endpoints[0].variants[1].rollout.model");
+        let ok = with(|v| {
+            v["endpoints"][0]["variants"][1]["rollout"] = serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 8000, "end": 9000}]})
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        let e = with(|v| v["endpoints"][0]["shadow"]["variant"] = "zz".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].shadow.variant");
         let e = with(|v| v["endpoints"][0]["bogus"] = 1.into()).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
     }

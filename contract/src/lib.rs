@@ -7,11 +7,14 @@
 //! - [`allocation`]: which buckets belong to which variant, and how a new allocation is
 //!   derived from the previous one so that users move only when they must.
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
+//! - [`rollout`]: which of a variant's buckets a rollout has moved to its new model.
+#![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod config;
 pub mod hash;
 pub mod metrics;
+pub mod rollout;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
@@ -20,3 +23,4 @@ pub use config::{
     VariantConfig, CONFIG_VERSION,
 };
 pub use hash::{bucket_of, hash_key};
+pub use rollout::{RolloutSplit, Span};

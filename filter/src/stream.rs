@@ -1,11 +1,11 @@
 //! One HTTP stream through the filter, driven by the adapter's callbacks. Pure: all host
 //! access goes through [`Host`], so the whole request path runs in native tests.
 
-use crate::compiled::{Compiled, Endpoint};
+use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
-use crate::request::{decide, Decision};
+use crate::request::{decide, header, Decision};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
-use mlep_contract::metrics::{code_class_index, VARIANT_HEADER};
+use mlep_contract::metrics::{Agreement, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -33,6 +33,8 @@ pub struct Stream {
     hub: Rc<RefCell<Hub>>,
     /// `(endpoint, variant)` once assigned.
     assigned: Option<(usize, usize)>,
+    /// When the request headers arrived (host clock, ns), for `mlep_request_duration_ms`.
+    started_ns: u64,
     set_cookie: Option<String>,
     status: Option<u32>,
     capture: Option<Capture>,
@@ -45,26 +47,16 @@ pub struct Stream {
 /// Count `events` on the metrics of `cfg`.
 pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
     for e in events {
-        let (ep, id) = match *e {
-            Event::Outcome { ep, outcome } => (
-                ep,
-                cfg.endpoints
-                    .get(ep)
-                    .and_then(|x| x.shadow.as_ref())
-                    .map(|s| s.outcomes[outcome as usize]),
-            ),
-            Event::Agreement { ep, matched } => (
-                ep,
-                cfg.endpoints
-                    .get(ep)
-                    .and_then(|x| x.shadow.as_ref())
-                    .map(|s| s.agreement[usize::from(!matched)]),
-            ),
+        let ep = match *e {
+            Event::Outcome { ep, .. } | Event::Agreement { ep, .. } => ep,
         };
-        let _ = ep;
-        if let Some(id) = id {
-            host.increment(id);
-        }
+        let Some(s) = cfg.endpoints.get(ep).and_then(|x| x.shadow.as_ref()) else {
+            continue;
+        };
+        host.increment(match *e {
+            Event::Outcome { outcome, .. } => s.outcome(outcome),
+            Event::Agreement { matched, .. } => s.agreement(Agreement::of(matched)),
+        });
     }
 }
 
@@ -74,6 +66,7 @@ impl Stream {
             cfg,
             hub,
             assigned: None,
+            started_ns: 0,
             set_cookie: None,
             status: None,
             capture: None,
@@ -88,10 +81,11 @@ impl Stream {
     }
 
     pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> RequestAction {
-        let Some(authority) = h.request_header(":authority") else {
-            return RequestAction::Continue;
-        };
-        let Some(ep_index) = self.cfg.endpoint_for(&authority) else {
+        // One host call for every header this needs (authority, target, sticky key, cookies)
+        // instead of one each; a shadow copy reuses the same vector.
+        let headers = h.request_headers();
+        let Some(ep_index) = header(&headers, ":authority").and_then(|a| self.cfg.endpoint_for(a))
+        else {
             return RequestAction::Continue;
         };
         let cfg = Rc::clone(&self.cfg);
@@ -101,7 +95,7 @@ impl Stream {
         // Clients must not pick a route by sending the routing header themselves: every path
         // below either replaces it (a host "set" replaces all values, one host call instead of
         // remove + set) or removes it.
-        match decide(ep, h) {
+        match decide(ep, &headers, h) {
             Decision::Reject { body } => {
                 h.remove_request_header(VARIANT_HEADER);
                 RequestAction::Reply { status: 400, body }
@@ -116,16 +110,20 @@ impl Stream {
                     return RequestAction::Continue;
                 };
                 h.set_request_header(VARIANT_HEADER, &v.name);
-                h.increment(v.metrics.assignments[reason as usize]);
+                match &v.model_header {
+                    ModelHeader::Untouched => {}
+                    ModelHeader::Remove => h.remove_request_header(MODEL_HEADER),
+                    ModelHeader::Set(model) => h.set_request_header(MODEL_HEADER, model),
+                }
+                h.increment(v.metrics.assignments(reason));
                 self.assigned = Some((ep_index, variant));
+                // Two clock reads cost less than Envoy's `request.duration` attribute, whose
+                // answer is copied into memory the host must first allocate inside the VM.
+                self.started_ns = h.now_ns();
                 self.set_cookie = set_cookie;
-                if let Some(s) = &ep.shadow {
+                if let Some(s) = ep.shadow.as_ref().filter(|_| v.mirror) {
                     if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
-                        let headers = shadow_headers(
-                            h.request_headers(),
-                            &s.authority,
-                            s.forward_credentials,
-                        );
+                        let headers = shadow_headers(headers, &s.authority, s.forward_credentials);
                         self.capture = Some(Capture {
                             headers,
                             body: Vec::new(),
@@ -278,11 +276,10 @@ impl Stream {
         let Some(v) = cfg.endpoints.get(ep).and_then(|e| e.variants.get(variant)) else {
             return;
         };
-        let class = self.status.map_or(5, code_class_index);
-        h.increment(v.metrics.requests[class]);
-        if let Some(ms) = h.request_duration_ms() {
-            h.record(v.metrics.duration, ms);
-        }
+        let class = self.status.map_or(CodeClass::Other, CodeClass::of);
+        h.increment(v.metrics.requests(class));
+        let ms = h.now_ns().saturating_sub(self.started_ns) / 1_000_000;
+        h.record(v.metrics.duration, ms);
     }
 }
 
@@ -318,9 +315,10 @@ mod tests {
                 ("x-mlep-variant", "b"),
             ],
         );
-        h.duration = Some(7);
+        h.now = 100;
         let mut s = Stream::new(cfg, hub);
         assert_eq!(s.on_request_headers(&mut h, true), RequestAction::Continue);
+        h.now = 107;
         let v = h.request_header("x-mlep-variant").unwrap();
         let expected = if mlep_contract::bucket_of("default/titanic", "u1") < 8000 {
             "a"
@@ -355,6 +353,99 @@ mod tests {
             .position(|n| *n == format!("mlep_request_duration_ms.{base}"))
             .unwrap() as u32;
         assert_eq!(h.records[&duration], vec![7]);
+    }
+
+    /// Variant b (buckets 8000..10000) rolling out to titanic-v3, buckets 8000..9000 moved.
+    fn rolling_out(s: &str) -> String {
+        s.replace("\"percent\": 10", "\"percent\": 0").replace(
+            "{\"name\": \"b\", \"model\": \"titanic-v2\", \"weight\": 20}",
+            "{\"name\": \"b\", \"model\": \"titanic-v2\", \"weight\": 20, \"rollout\": {\"model\": \"titanic-v3\", \"buckets\": [{\"start\": 8000, \"end\": 9000}]}}",
+        )
+    }
+
+    #[test]
+    fn a_rollout_sends_moved_users_to_the_new_model_and_counts_them_under_it() {
+        let (cfg, hub, mut h) = setup(rolling_out);
+        assert_eq!(
+            cfg.endpoints[0].variants.len(),
+            3,
+            "a, b and b's rollout entry"
+        );
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..400 {
+            let key = format!("user-{i}");
+            // A client-sent model header never survives on a variant being rolled out: it names
+            // the new model on moved users and is gone from the others.
+            request(
+                &mut h,
+                &[
+                    (":authority", "titanic.example.com"),
+                    ("x-user-id", key.as_str()),
+                    ("x-mlep-model", "titanic-v3"),
+                ],
+            );
+            let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+            s.on_request_headers(&mut h, true);
+            let bucket = mlep_contract::bucket_of("default/titanic", &key);
+            let (variant, model) = match bucket {
+                // a has no rollout: no route reads the model header for it, it is left alone.
+                0..8000 => ("a", Some("titanic-v3")),
+                8000..9000 => ("b", Some("titanic-v3")),
+                _ => ("b", None),
+            };
+            assert_eq!(h.request_header("x-mlep-variant").as_deref(), Some(variant));
+            assert_eq!(
+                h.request_header("x-mlep-model").as_deref(),
+                model,
+                "{key} {bucket}"
+            );
+            s.on_response_headers(&mut h, true);
+            s.on_log(&mut h);
+            if variant == "b" {
+                *seen.entry(model.unwrap_or("titanic-v2")).or_insert(0u64) += 1;
+            }
+        }
+        let count = |variant: &str, model: &str| {
+            h.counter(&format!("mlep_requests_total.endpoint.titanic.namespace.default.variant.{variant}.model.{model}.code_class.2xx"))
+        };
+        assert_eq!(count("b", "titanic-v3"), seen["titanic-v3"]);
+        assert_eq!(count("b", "titanic-v2"), seen["titanic-v2"]);
+        assert!(seen["titanic-v3"] > 0 && seen["titanic-v2"] > 0, "{seen:?}");
+        // Targeting b picks the variant's own (old) model.
+        request(
+            &mut h,
+            &[
+                (":authority", "titanic.example.com"),
+                ("x-mlep-target-variant", "b"),
+                ("x-mlep-model", "titanic-v3"),
+            ],
+        );
+        Stream::new(Rc::clone(&cfg), Rc::clone(&hub)).on_request_headers(&mut h, true);
+        assert_eq!(h.request_header("x-mlep-variant").as_deref(), Some("b"));
+        assert_eq!(h.request_header("x-mlep-model"), None);
+    }
+
+    #[test]
+    fn a_shadow_limited_to_one_variant_mirrors_only_that_variants_requests() {
+        let (cfg, hub, mut h) =
+            setup(|s| s.replace("\"percent\": 10", "\"percent\": 100, \"variant\": \"b\""));
+        let (mut on_b, mut copies) = (0, 0);
+        for i in 0..200 {
+            let key = format!("user-{i}");
+            request(
+                &mut h,
+                &[
+                    (":authority", "titanic.example.com"),
+                    ("x-user-id", key.as_str()),
+                ],
+            );
+            let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+            s.on_request_headers(&mut h, true);
+            on_b += usize::from(h.request_header("x-mlep-variant").as_deref() == Some("b"));
+            copies += hub.borrow_mut().drain().len();
+        }
+        assert!(on_b > 0, "some users are on b");
+        assert_eq!(copies, on_b, "exactly b's requests were mirrored");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
-use mlep_operator::crd::{Model, ModelEndpoint};
+use mlep_core::crd::{Model, ModelEndpoint};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,15 +1,9 @@
-//! The K8SMLEndpoints operator library: the API types (single source of truth for the CRDs),
-//! spec validation, and the pure rendering of filter config and Kubernetes objects. The binary
-//! `mlep-operator` and the CLI `mlep` both build on it.
+//! The K8SMLEndpoints operator runtime: watches Models and ModelEndpoints, applies what the pure
+//! `mlep-core` crate renders (server-side apply), writes status, elects a leader and serves
+//! `/healthz`, `/metrics` and the filter module. The decisions themselves live in `mlep-core`.
 
 pub mod app;
-pub mod crd;
-pub mod filter_config;
 pub mod leader;
 pub mod metrics;
-pub mod plan;
 pub mod reconcile;
-pub mod render;
 pub mod server;
-pub mod status;
-pub mod validate;

@@ -1,16 +1,7 @@
 //! The reconciler: read, plan, render, apply, status. Thin: decisions live in `plan`, `render`
 //! and `status`; this file talks to the API server.
 
-use crate::crd::conditions::REASON_MODEL_NOT_FOUND;
-use crate::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
 use crate::metrics::Metrics;
-use crate::plan::{plan, Observed, Readiness};
-use crate::render::{
-    render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
-    LABEL_MODEL, LABEL_VARIANT,
-};
-use crate::status::{endpoint_status, invalid_status, same_status};
-use crate::validate::validate_endpoint;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -20,6 +11,15 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
+use mlep_core::crd::conditions::REASON_MODEL_NOT_FOUND;
+use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use mlep_core::plan::{plan, Observed, Readiness};
+use mlep_core::render::{
+    render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
+    LABEL_MODEL, LABEL_VARIANT,
+};
+use mlep_core::status::{endpoint_status, invalid_status, same_status};
+use mlep_core::validate::validate_endpoint;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -218,7 +218,7 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = m
         .namespace()
         .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
-    let status = crate::status::model_status(&m, now());
+    let status = mlep_core::status::model_status(&m, now());
     if m.status.as_ref() == Some(&status) {
         return Ok(Action::await_change());
     }
@@ -235,7 +235,7 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
-fn references(spec: &crate::crd::ModelEndpointSpec, model: &str) -> bool {
+fn references(spec: &mlep_core::crd::ModelEndpointSpec, model: &str) -> bool {
     spec.variants.iter().any(|v| v.model == model)
         || spec.shadow.as_ref().is_some_and(|s| s.model == model)
 }

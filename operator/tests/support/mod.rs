@@ -22,7 +22,7 @@ fn strip_cel(v: &mut Value) {
 /// Our CRDs and Istio's (`../shared/istio/crd-all.gen.yaml`), CEL stripped, ready for
 /// server-side apply.
 pub fn test_crds() -> Vec<Value> {
-    let mut crds: Vec<Value> = mlep_operator::render::crds()
+    let mut crds: Vec<Value> = mlep_core::render::crds()
         .iter()
         .map(|c| serde_json::to_value(c).unwrap())
         .collect();

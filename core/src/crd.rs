@@ -3,7 +3,7 @@
 //! `kubectl explain` text.
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
-use kube::{CustomResource, KubeSchema};
+use kube_derive::{CustomResource, KubeSchema};
 use mlep_contract::Allocation;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ pub const DEFAULT_MODEL_PORT: u16 = 8080;
 /// `POST /invocations` on port 8080, model files in `/opt/ml/model`) and the artifact it serves.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "mlep.dev",
     version = "v1alpha1",
     kind = "Model",
@@ -83,6 +84,7 @@ pub struct ModelStatus {
 /// client targeting and an optional shadow.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "mlep.dev",
     version = "v1alpha1",
     kind = "ModelEndpoint",
@@ -93,9 +95,12 @@ pub struct ModelStatus {
     printcolumn = r#"{"name":"Weights","type":"string","jsonPath":".status.summary.weights"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.summary.ready"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Moved","type":"string","jsonPath":".status.rollout.moved"}"#,
     printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEndpointSpec {
     /// Hosts clients call this endpoint by (the `Host` header), e.g. `titanic.example.com`.
@@ -125,8 +130,8 @@ pub struct ModelEndpointSpec {
     /// exists. The filter is then also wired into the ingress gateway pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<bool>,
-    /// How a change of weights or models is rolled out. Today only `AllAtOnce` is acted on:
-    /// traffic moves as soon as the target variants are ready; staged strategies are planned.
+    /// How a change of a variant's model is rolled out: `AllAtOnce`, `Canary`, `Linear` or
+    /// `BlueGreen`, with metric analysis and automatic rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
 }
@@ -138,14 +143,42 @@ impl ModelEndpointSpec {
     }
 }
 
-/// Rollout of spec changes (reserved for staged strategies).
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// How a change of a variant's `model` reaches its users. Weight edits are always immediate
+/// (they move only the users they must); a model change moves the variant's users (its
+/// buckets) from the old model to the new one, per `strategy`, once the new model is ready.
+/// See docs/rollouts.md.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// `AllAtOnce` (default; the only strategy implemented so far), `Canary`, `Linear` or
-    /// `BlueGreen`.
+    /// `AllAtOnce` (default: every user moves once the new model is ready), `Canary`,
+    /// `Linear` or `BlueGreen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<RolloutStrategy>,
+    /// How long each step holds, with analysis, before the next (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub step_seconds: Option<u32>,
+    /// Longest a step may wait for `analysis.minRequests` requests; then the step fails
+    /// (default 10 x stepSeconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_step_seconds: Option<u32>,
+    /// `Canary`: the share moved first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+    /// `Linear`: the share added at each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<LinearSpec>,
+    /// `BlueGreen`: bake the new model on mirrored traffic, then switch everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenSpec>,
+    /// The checks each step must pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// Return every user to the old model when a check fails (default true). When false, a
+    /// failed check holds the rollout where it is until `mlep.dev/rollout: promote|abort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
 }
 
 /// Rollout strategies.
@@ -155,6 +188,73 @@ pub enum RolloutStrategy {
     Canary,
     Linear,
     BlueGreen,
+}
+
+/// `Canary` settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// Percent of the variant's users moved for the canary step (default 10); after it
+    /// passes, all of them move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: Option<u32>,
+}
+
+/// `Linear` settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinearSpec {
+    /// Percent of the variant's users added at each step (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub step_percent: Option<u32>,
+}
+
+/// `BlueGreen` settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenSpec {
+    /// Percent of the variant's requests mirrored to the new model while it bakes (default
+    /// 100). The mirror uses the endpoint's shadow, so `spec.shadow` must be unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub shadow_percent: Option<f64>,
+    /// How long the new model bakes on mirrored traffic before everyone switches (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub bake_seconds: Option<u32>,
+    /// How long the old model keeps running after the switch, so a rollback is instant
+    /// (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_wait_seconds: Option<u32>,
+}
+
+/// Rollout analysis: judged per step once `minRequests` requests of the new model were seen.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Requests of the new model a step needs before it is judged (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Largest share of 5xx answers of the new model, 0..1 (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: Option<f64>,
+    /// Largest p99 latency of the new model in milliseconds (default: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_p99_latency_ms: Option<f64>,
+    /// `BlueGreen` bake: smallest share of mirrored answers agreeing with the old model's,
+    /// 0..1 (default: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_agreement: Option<f64>,
+    /// Prometheus the operator queries (default
+    /// `http://prometheus.istio-system.svc:9090`, Istio's Prometheus add-on). Local mode
+    /// reads its own Envoy's stats instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_url: Option<String>,
 }
 
 /// One variant of an endpoint.
@@ -361,6 +461,9 @@ pub struct ModelEndpointStatus {
     /// One-line summaries for `kubectl get mle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<StatusSummary>,
+    /// The current or last rollout of a variant's model; the operator resumes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// Printer-column text.
@@ -433,4 +536,6 @@ pub mod conditions {
     pub const REASON_SWAPPING_MODEL: &str = "SwappingModel";
     pub const REASON_NO_READY_VARIANT: &str = "NoReadyVariant";
     pub const REASON_LAST_GOOD_CONFIG: &str = "ServingLastGoodConfig";
+    pub const REASON_ROLLED_BACK: &str = "RolledBack";
+    pub const REASON_ABORTED: &str = "Aborted";
 }

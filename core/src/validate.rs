@@ -135,14 +135,7 @@ pub fn validate_endpoint<'a>(
             "set either gateway (a shared Gateway) or expose, not both",
         ));
     }
-    if let Some(s) = spec.rollout.as_ref().and_then(|r| r.strategy) {
-        if s != crate::crd::RolloutStrategy::AllAtOnce {
-            return Err(SpecError::invalid(
-                "spec.rollout.strategy",
-                format!("{s:?} is not implemented yet; use AllAtOnce (traffic moves once the target is ready)"),
-            ));
-        }
-    }
+    crate::rollout::validate(spec)?;
     if spec.variants.is_empty() {
         return Err(SpecError::invalid(
             "spec.variants",
@@ -165,7 +158,7 @@ pub fn validate_endpoint<'a>(
                 ),
             ));
         }
-        if v.name == crate::render::SHADOW {
+        if v.name == mlep_contract::metrics::SHADOW_VARIANT_LABEL {
             return Err(SpecError::invalid(
                 format!("{at}.name"),
                 "\"shadow\" is reserved for the shadow model",

@@ -21,8 +21,7 @@ use crate::filter_config::{endpoint_config, ShadowTarget};
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::core::CustomResourceExt;
-use kube::ResourceExt;
+use kube_core::{CustomResourceExt, ResourceExt};
 use mlep_contract::{Allocation, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -42,7 +41,7 @@ pub const SERVICE_PORT: i32 = 80;
 /// Envoy stat prefix of the filter's metrics (`wasmcustom.` + the filter's `mlep_*` names).
 pub const STATS_PREFIX: &str = "wasmcustom.mlep";
 /// The shadow's variant label value; reserved, no variant may use it.
-pub const SHADOW: &str = "shadow";
+pub const SHADOW: &str = mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 /// Type URL of Envoy's Wasm HTTP filter config.
 const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 

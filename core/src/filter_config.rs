@@ -44,6 +44,7 @@ pub fn endpoint_config(
                 .find(|(n, _)| *n == v.name)
                 .map(|(_, w)| *w)
                 .unwrap_or(0),
+            rollout: None,
         })
         .collect();
     let r = &spec.routing;
@@ -69,6 +70,7 @@ pub fn endpoint_config(
             authority: Some(t.authority),
             model: s.model.clone(),
             percent: s.percent,
+            variant: None,
             max_body_bytes: s.max_body_bytes.unwrap_or(64 * 1024),
             timeout_ms: s.timeout_ms.unwrap_or(1000),
             forward_credentials: s.forward_credentials.unwrap_or(false),

@@ -169,6 +169,7 @@ pub fn endpoint_status(
         url: Some(format!("http://{host}")),
         allocation: Some(allocation),
         summary: Some(summary),
+        rollout: last.and_then(|l| l.rollout.clone()),
     }
 }
 

@@ -1,0 +1,19 @@
+//! The pure half of the K8SMLEndpoints control plane. Plain values in, plain values out: no
+//! kube client, no async runtime, no I/O. The operator (`mlep-operator`) applies what it
+//! computes; the CLI (`mlep`) runs the same decisions locally and prints the same objects.
+//!
+//! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
+//! - [`validate`]: spec checks naming the offending field.
+//! - [`plan`]: which weights and models to route with, given what is ready.
+//! - [`status`]: the status to write, with an injected clock.
+//! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
+//! - [`render`]: every object the operator applies for an endpoint.
+//! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen) and its analysis.
+
+pub mod crd;
+pub mod filter_config;
+pub mod plan;
+pub mod render;
+pub mod rollout;
+pub mod status;
+pub mod validate;
