@@ -466,7 +466,7 @@ pub fn advance(input: &Input, sample: Option<Result<Sample, String>>) -> Outcome
                 r.message = if r.paused {
                     format!("paused by {ANNOTATION}=pause at step {}", r.step)
                 } else {
-                    format!("step {} passing; next in {}s", r.step, length - elapsed)
+                    format!("step {}: checks pass; the step lasts {length}s", r.step)
                 };
                 let next = (length - elapsed).clamp(1, 10);
                 return emit(input, r, true, Some(next));
@@ -922,6 +922,38 @@ pub fn apply(plan: &mut Plan, outcome: &Outcome, observed: &Observed) {
         mirror: outcome.mirror.clone(),
         route_model: outcome.route.as_ref().map(|(_, m)| m.clone()),
     });
+}
+
+/// Put `outcome` on the status computed for the reconcile: `status.rollout`, and
+/// `Degraded=True` (reason `RolledBack` or `Aborted`, the machine's message) while the spec's
+/// model is held back. `now` stamps a condition that changes.
+pub fn record(
+    status: &mut crate::crd::ModelEndpointStatus,
+    outcome: &Outcome,
+    last: Option<&crate::crd::ModelEndpointStatus>,
+    now: &str,
+) {
+    use crate::crd::conditions::{DEGRADED, READY};
+    status.rollout = outcome.status.clone();
+    let Some((reason, message)) = &outcome.degraded else {
+        return;
+    };
+    let before = |t: &str| last.and_then(|l| l.conditions.iter().find(|c| c.type_ == t));
+    for c in &mut status.conditions {
+        let value = match c.type_.as_str() {
+            DEGRADED => "True",
+            READY => "False",
+            _ => continue,
+        };
+        c.last_transition_time = match before(&c.type_) {
+            Some(p) if p.status == value => p.last_transition_time.clone(),
+            _ => Some(now.to_owned()),
+        };
+        c.status = value.into();
+        c.reason = (*reason).into();
+        c.message = message.clone();
+    }
+    status.phase = Some("Degraded".into());
 }
 
 /// The DestinationRule subset of a rollout's new model: `<variant>-<model>` (dots become
