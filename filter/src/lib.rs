@@ -3,20 +3,25 @@
 //! All decisions live in plain modules with no proxy-wasm dependency, tested natively and
 //! under `wasm32-wasip1`:
 //! - [`compiled`]: the configuration compiled once per `on_configure` (bucket tables, host
-//!   map, metric ids);
+//!   table, metric ids);
+//! - [`hosts`]: which endpoint an `:authority` belongs to (exact, wildcard and mesh names);
 //! - [`request`]: variant assignment (targeting, sticky key, cookie);
 //! - [`stream`]: one HTTP stream's callbacks over the [`host::Host`] trait;
 //! - [`shadow`]: shadow copies queued per VM and sent by the root context, with agreement;
-//! - [`compare`]: response agreement (exact or JSON with tolerance).
+//! - [`compare`]: response agreement (exact or JSON with tolerance);
+//! - [`tally`]: per-request counter increments kept in Wasm memory, flushed from the root.
 //!
 //! `adapter` (wasm32 only, not in test builds) is the one file that talks to proxy-wasm.
+#![forbid(unsafe_code)]
 
 pub mod compare;
 pub mod compiled;
 pub mod host;
+pub mod hosts;
 pub mod request;
 pub mod shadow;
 pub mod stream;
+pub mod tally;
 
 // Not in test builds: the wasm32 test binaries run under a plain WASI runner, which has no
 // proxy-wasm host functions to import.

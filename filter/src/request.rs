@@ -4,14 +4,8 @@
 use crate::compiled::Endpoint;
 use crate::host::Host;
 use mlep_contract::bucket_of;
-
-/// Why a request got its variant (index into `mlep_contract::metrics::REASONS`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Sticky = 0,
-    Target = 1,
-    Random = 2,
-}
+/// Why a request got its variant (the `reason` label of `mlep_assignments_total`).
+pub use mlep_contract::metrics::Reason;
 
 /// The outcome of assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,10 +24,20 @@ pub enum Decision {
 /// Longest sticky key used; longer keys are cut (hashing stays cheap, same key same cut).
 pub const MAX_KEY_BYTES: usize = 256;
 
-/// Decide the variant of a request to `ep`.
-pub fn decide(ep: &Endpoint, host: &mut dyn Host) -> Decision {
+/// The first value of header `name` among `headers` (names compared case-insensitively;
+/// Envoy hands them over lowercase).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Decide the variant of a request to `ep` from its `headers` (read from the host in one
+/// call); `host` supplies randomness for keyless requests.
+pub fn decide(ep: &Endpoint, headers: &[(String, String)], host: &mut dyn Host) -> Decision {
     if let Some(th) = &ep.target_header {
-        if let Some(target) = host.request_header(th) {
+        if let Some(target) = header(headers, th) {
             let target = target.trim();
             if !target.is_empty() {
                 if let Some(i) = ep.variants.iter().position(|v| v.name == target) {
@@ -52,18 +56,19 @@ pub fn decide(ep: &Endpoint, host: &mut dyn Host) -> Decision {
         }
     }
     if let Some(sh) = &ep.sticky_header {
-        if let Some(key) = host.request_header(sh) {
-            if !key.is_empty() {
-                return sticky(ep, &key, Reason::Sticky, None);
-            }
-        }
-    }
-    if let Some(cookies) = host.request_header("cookie") {
-        if let Some(key) = find_cookie(&cookies, &ep.cookie_name) {
+        if let Some(key) = header(headers, sh) {
             if !key.is_empty() {
                 return sticky(ep, key, Reason::Sticky, None);
             }
         }
+    }
+    // HTTP/2 clients may send several `cookie` headers: look in each.
+    let cookie = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .find_map(|(_, v)| find_cookie(v, &ep.cookie_name).filter(|key| !key.is_empty()));
+    if let Some(key) = cookie {
+        return sticky(ep, key, Reason::Sticky, None);
     }
     let key = random_key(host);
     let cookie = format!("{}={}{}", ep.cookie_name, key, ep.cookie_attributes);
@@ -152,7 +157,7 @@ mod tests {
     fn target_header_picks_the_named_variant() {
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "b"), ("x-user-id", "u1")]);
         assert_eq!(
-            decide(&ep(), &mut h),
+            decide(&ep(), &h.request.clone(), &mut h),
             Decision::Assign {
                 variant: 1,
                 reason: Reason::Target,
@@ -164,7 +169,7 @@ mod tests {
     #[test]
     fn unknown_target_is_rejected_with_the_valid_variants() {
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz\"")]);
-        let Decision::Reject { body } = decide(&ep(), &mut h) else {
+        let Decision::Reject { body } = decide(&ep(), &h.request.clone(), &mut h) else {
             panic!("not rejected")
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -177,7 +182,7 @@ mod tests {
         let e = endpoint(|s| s.replace("\"reject\"", "\"ignore\""));
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
         assert!(matches!(
-            decide(&e, &mut h),
+            decide(&e, &h.request.clone(), &mut h),
             Decision::Assign {
                 reason: Reason::Sticky,
                 ..
@@ -190,7 +195,7 @@ mod tests {
         let e = endpoint(|s| s.replace("\"allowTargeting\": true", "\"allowTargeting\": false"));
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
         assert!(matches!(
-            decide(&e, &mut h),
+            decide(&e, &h.request.clone(), &mut h),
             Decision::Assign {
                 reason: Reason::Sticky,
                 ..
@@ -206,7 +211,10 @@ mod tests {
             let mut a = MemHost::with_request(&[("x-user-id", key.as_str())]);
             let cookie = format!("other=1; mlep-titanic={key}");
             let mut b = MemHost::with_request(&[("cookie", cookie.as_str())]);
-            let (da, db) = (decide(&e, &mut a), decide(&e, &mut b));
+            let (da, db) = (
+                decide(&e, &a.request.clone(), &mut a),
+                decide(&e, &b.request.clone(), &mut b),
+            );
             assert_eq!(da, db);
             let expected = if (bucket_of("default/titanic", &key)) < 8000 {
                 0
@@ -227,7 +235,7 @@ mod tests {
             variant,
             reason: Reason::Random,
             set_cookie: Some(c),
-        } = decide(&e, &mut h)
+        } = decide(&e, &h.request.clone(), &mut h)
         else {
             panic!("no cookie")
         };
@@ -238,7 +246,7 @@ mod tests {
         let pair = c.split(';').next().unwrap().to_owned();
         let mut again = MemHost::with_request(&[("cookie", pair.as_str())]);
         assert!(
-            matches!(decide(&e, &mut again), Decision::Assign { variant: v, reason: Reason::Sticky, set_cookie: None } if v == variant)
+            matches!(decide(&e, &again.request.clone(), &mut again), Decision::Assign { variant: v, reason: Reason::Sticky, set_cookie: None } if v == variant)
         );
     }
 
@@ -247,6 +255,22 @@ mod tests {
         assert_eq!(find_cookie("a=1; mlep-x=\"k\"; b=2", "mlep-x"), Some("k"));
         assert_eq!(find_cookie("mlep-xy=1", "mlep-x"), None);
         assert_eq!(find_cookie("junk;;=;", "mlep-x"), None);
+    }
+
+    #[test]
+    fn the_cookie_is_found_in_any_of_several_cookie_headers() {
+        let e = ep();
+        let mut h = MemHost::with_request(&[("cookie", "a=1"), ("cookie", "mlep-titanic=k1")]);
+        let mut one = MemHost::with_request(&[("cookie", "mlep-titanic=k1")]);
+        let got = decide(&e, &h.request.clone(), &mut h);
+        assert!(matches!(
+            got,
+            Decision::Assign {
+                reason: Reason::Sticky,
+                ..
+            }
+        ));
+        assert_eq!(got, decide(&e, &one.request.clone(), &mut one));
     }
 
     #[test]

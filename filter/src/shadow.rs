@@ -12,6 +12,8 @@
 //! copy is counted `skipped` instead of sent.
 
 use crate::compare::agree;
+/// The `outcome` label of `mlep_shadow_requests_total`.
+pub use mlep_contract::metrics::Outcome;
 use mlep_contract::CompareMode;
 use std::collections::{HashMap, VecDeque};
 
@@ -21,15 +23,6 @@ pub const MAX_PENDING: usize = 1024;
 pub const MAX_HUB_BYTES: usize = 16 * 1024 * 1024;
 /// How long after its timeout an entry waiting for the primary's body is kept.
 pub const GRACE_MS: u64 = 5_000;
-
-/// `mlep_shadow_requests_total{outcome}` index (see `metrics::OUTCOMES`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok = 0,
-    Error = 1,
-    Timeout = 2,
-    Skipped = 3,
-}
 
 /// Something to count, for endpoint `ep`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,9 +3,9 @@
 
 use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
-use crate::request::{decide, Decision};
+use crate::request::{decide, header, Decision};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
-use mlep_contract::metrics::{code_class_index, MODEL_HEADER, VARIANT_HEADER};
+use mlep_contract::metrics::{Agreement, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -33,6 +33,8 @@ pub struct Stream {
     hub: Rc<RefCell<Hub>>,
     /// `(endpoint, variant)` once assigned.
     assigned: Option<(usize, usize)>,
+    /// When the request headers arrived (host clock, ns), for `mlep_request_duration_ms`.
+    started_ns: u64,
     set_cookie: Option<String>,
     status: Option<u32>,
     capture: Option<Capture>,
@@ -45,26 +47,16 @@ pub struct Stream {
 /// Count `events` on the metrics of `cfg`.
 pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
     for e in events {
-        let (ep, id) = match *e {
-            Event::Outcome { ep, outcome } => (
-                ep,
-                cfg.endpoints
-                    .get(ep)
-                    .and_then(|x| x.shadow.as_ref())
-                    .map(|s| s.outcomes[outcome as usize]),
-            ),
-            Event::Agreement { ep, matched } => (
-                ep,
-                cfg.endpoints
-                    .get(ep)
-                    .and_then(|x| x.shadow.as_ref())
-                    .map(|s| s.agreement[usize::from(!matched)]),
-            ),
+        let ep = match *e {
+            Event::Outcome { ep, .. } | Event::Agreement { ep, .. } => ep,
         };
-        let _ = ep;
-        if let Some(id) = id {
-            host.increment(id);
-        }
+        let Some(s) = cfg.endpoints.get(ep).and_then(|x| x.shadow.as_ref()) else {
+            continue;
+        };
+        host.increment(match *e {
+            Event::Outcome { outcome, .. } => s.outcome(outcome),
+            Event::Agreement { matched, .. } => s.agreement(Agreement::of(matched)),
+        });
     }
 }
 
@@ -74,6 +66,7 @@ impl Stream {
             cfg,
             hub,
             assigned: None,
+            started_ns: 0,
             set_cookie: None,
             status: None,
             capture: None,
@@ -88,10 +81,11 @@ impl Stream {
     }
 
     pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> RequestAction {
-        let Some(authority) = h.request_header(":authority") else {
-            return RequestAction::Continue;
-        };
-        let Some(ep_index) = self.cfg.endpoint_for(&authority) else {
+        // One host call for every header this needs (authority, target, sticky key, cookies)
+        // instead of one each; a shadow copy reuses the same vector.
+        let headers = h.request_headers();
+        let Some(ep_index) = header(&headers, ":authority").and_then(|a| self.cfg.endpoint_for(a))
+        else {
             return RequestAction::Continue;
         };
         let cfg = Rc::clone(&self.cfg);
@@ -101,7 +95,7 @@ impl Stream {
         // Clients must not pick a route by sending the routing header themselves: every path
         // below either replaces it (a host "set" replaces all values, one host call instead of
         // remove + set) or removes it.
-        match decide(ep, h) {
+        match decide(ep, &headers, h) {
             Decision::Reject { body } => {
                 h.remove_request_header(VARIANT_HEADER);
                 RequestAction::Reply { status: 400, body }
@@ -121,16 +115,15 @@ impl Stream {
                     ModelHeader::Remove => h.remove_request_header(MODEL_HEADER),
                     ModelHeader::Set(model) => h.set_request_header(MODEL_HEADER, model),
                 }
-                h.increment(v.metrics.assignments[reason as usize]);
+                h.increment(v.metrics.assignments(reason));
                 self.assigned = Some((ep_index, variant));
+                // Two clock reads cost less than Envoy's `request.duration` attribute, whose
+                // answer is copied into memory the host must first allocate inside the VM.
+                self.started_ns = h.now_ns();
                 self.set_cookie = set_cookie;
                 if let Some(s) = ep.shadow.as_ref().filter(|_| v.mirror) {
                     if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
-                        let headers = shadow_headers(
-                            h.request_headers(),
-                            &s.authority,
-                            s.forward_credentials,
-                        );
+                        let headers = shadow_headers(headers, &s.authority, s.forward_credentials);
                         self.capture = Some(Capture {
                             headers,
                             body: Vec::new(),
@@ -283,11 +276,10 @@ impl Stream {
         let Some(v) = cfg.endpoints.get(ep).and_then(|e| e.variants.get(variant)) else {
             return;
         };
-        let class = self.status.map_or(5, code_class_index);
-        h.increment(v.metrics.requests[class]);
-        if let Some(ms) = h.request_duration_ms() {
-            h.record(v.metrics.duration, ms);
-        }
+        let class = self.status.map_or(CodeClass::Other, CodeClass::of);
+        h.increment(v.metrics.requests(class));
+        let ms = h.now_ns().saturating_sub(self.started_ns) / 1_000_000;
+        h.record(v.metrics.duration, ms);
     }
 }
 
@@ -323,9 +315,10 @@ mod tests {
                 ("x-mlep-variant", "b"),
             ],
         );
-        h.duration = Some(7);
+        h.now = 100;
         let mut s = Stream::new(cfg, hub);
         assert_eq!(s.on_request_headers(&mut h, true), RequestAction::Continue);
+        h.now = 107;
         let v = h.request_header("x-mlep-variant").unwrap();
         let expected = if mlep_contract::bucket_of("default/titanic", "u1") < 8000 {
             "a"

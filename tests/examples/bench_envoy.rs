@@ -1,9 +1,13 @@
 //! Render the Envoy configs `scripts/bench-filter.sh` runs, with the same renderer local mode
 //! uses (`mlep::envoy`):
-//!   bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm>
+//!   bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm> [endpoints [variants]]
 //! mode: `nofilter` | `noop` (a Wasm filter that does nothing; pass the `bench-noop` build) |
-//! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow-nocompare` |
+//! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
 //! `mirror` (Envoy's native request mirroring). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
+//! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
+//! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
+//! `variants` (default 2): `a` gets 80%, the rest share 20%; variants alternate between the
+//! two upstreams.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench tool: fail loudly
 
 use mlep::envoy::{
@@ -15,16 +19,35 @@ use std::path::PathBuf;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, mode, dir, port, ua, ub, us, wasm] = args.as_slice() else {
-        panic!("usage: bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm>")
+    let (fixed, rest) = args.split_at(args.len().min(8));
+    let [_, mode, dir, port, ua, ub, us, wasm] = fixed else {
+        panic!("usage: bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm> [endpoints [variants]]")
     };
+    let n_endpoints: usize = rest.first().map_or(1, |s| s.parse().unwrap());
+    let n_variants: usize = rest.get(1).map_or(2, |s| s.parse().unwrap());
+    assert!((2..=21).contains(&n_variants), "2..=21 variants");
+    let names: Vec<String> = (0..n_variants)
+        .map(|i| ((b'a' + i as u8) as char).to_string())
+        .collect();
+    let rest_weight = 20 / (n_variants as u32 - 1);
+    let weights: Vec<(&str, u32)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let w = match i {
+                0 => 100 - rest_weight * (n_variants as u32 - 1),
+                _ => rest_weight,
+            };
+            (n.as_str(), w)
+        })
+        .collect();
     let dir = PathBuf::from(dir);
     let addr = |s: &String| -> SocketAddr { s.parse().unwrap() };
     let shadow_cluster = "mlep|titanic|shadow";
     let config_path = dir.join("ecds").join("filter.json");
     let with_filter = matches!(
         mode.as_str(),
-        "noop" | "filter" | "shadow" | "shadow-nocompare"
+        "noop" | "filter" | "shadow" | "shadow10" | "shadow-nocompare"
     );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
@@ -33,28 +56,26 @@ fn main() {
             wasm: PathBuf::from(wasm),
             config_path: config_path.clone(),
         }),
-        endpoints: vec![RouteEndpoint {
-            name: "titanic".into(),
-            hosts: vec!["titanic.local".into()],
-            variants: vec![
-                RouteVariant {
-                    name: "a".into(),
-                    weight: 80,
-                    upstream: addr(ua),
-                    rollout_upstream: None,
-                },
-                RouteVariant {
-                    name: "b".into(),
-                    weight: 20,
-                    upstream: addr(ub),
-                    rollout_upstream: None,
-                },
-            ],
-            shadow: Some(ShadowUpstream {
-                cluster: shadow_cluster.into(),
-                upstream: addr(us),
-            }),
-        }],
+        endpoints: (0..n_endpoints)
+            .map(|e| RouteEndpoint {
+                name: endpoint_name(e),
+                hosts: vec![format!("{}.local", endpoint_name(e))],
+                variants: weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, w))| RouteVariant {
+                        name: (*n).into(),
+                        weight: *w,
+                        upstream: addr(if i % 2 == 0 { ua } else { ub }),
+                        rollout_upstream: None,
+                    })
+                    .collect(),
+                shadow: (e == 0).then(|| ShadowUpstream {
+                    cluster: shadow_cluster.into(),
+                    upstream: addr(us),
+                }),
+            })
+            .collect(),
         mirroring: if mode == "mirror" {
             Mirroring::Native
         } else {
@@ -65,21 +86,37 @@ fn main() {
     let bootstrap = envoy::render_bootstrap(&spec).unwrap();
     std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
     if with_filter {
-        let alloc = Allocation::initial(&[("a", 80), ("b", 20)]).unwrap();
-        let mut cfg = mlep_tests::filter_config(
-            "titanic",
-            &["titanic.local"],
-            &[("a", 80), ("b", 20)],
-            &alloc,
-        );
+        let alloc = Allocation::initial(&weights).unwrap();
+        let one = |e: usize| {
+            let name = endpoint_name(e);
+            let host = format!("{name}.local");
+            mlep_tests::filter_config(&name, &[host.as_str()], &weights, &alloc)["endpoints"][0]
+                .clone()
+        };
+        let mut cfg = mlep_tests::filter_config("titanic", &["titanic.local"], &weights, &alloc);
+        cfg["endpoints"] = (0..n_endpoints).map(one).collect();
         if mode.starts_with("shadow") {
-            let compare = if mode == "shadow" { "json" } else { "off" };
+            let compare = if mode == "shadow-nocompare" {
+                "off"
+            } else {
+                "json"
+            };
+            let percent = if mode == "shadow10" { 10 } else { 100 };
             cfg["endpoints"][0]["shadow"] = serde_json::json!({
-                "cluster": shadow_cluster, "model": "model-s", "percent": 100, "timeoutMs": 1000,
+                "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
                 "compare": {"mode": compare, "tolerance": 0.0}
             });
         }
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), &cfg.to_string(), "1")
             .unwrap();
+    }
+}
+
+/// `titanic` (the endpoint the load targets), then `ep1`, `ep2`, ...
+fn endpoint_name(i: usize) -> String {
+    if i == 0 {
+        "titanic".into()
+    } else {
+        format!("ep{i}")
     }
 }

@@ -117,18 +117,21 @@ fn fold(headers: &[(String, String)]) -> BTreeMap<String, String> {
     m
 }
 
-fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
+/// One line, with bytes that are not UTF-8 replaced (header values may carry obs-text).
+fn read_line_lossy<R: BufRead>(r: &mut R) -> Option<String> {
+    let mut line = Vec::new();
+    if r.read_until(b'\n', &mut line).ok()? == 0 {
         return None;
     }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
+    let line = read_line_lossy(r)?;
     let start = line.trim_end().to_owned();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
+        let h = read_line_lossy(r)?;
         let h = h.trim_end();
         if h.is_empty() {
             break;
@@ -258,7 +261,8 @@ impl Client {
         panic!("request to {} failed twice", self.addr);
     }
 
-    fn try_send(
+    /// One attempt, no retry (`None`: the connection failed or was closed mid-request).
+    pub fn try_send(
         &mut self,
         method: &str,
         host: &str,
@@ -310,6 +314,23 @@ pub fn wasm_path() -> PathBuf {
     assert!(
         p.is_file(),
         "{} missing: build it with `cargo build -p mlep-filter --target wasm32-wasip1 --release` (or set MLEP_FILTER_WASM)",
+        p.display()
+    );
+    p.canonicalize().unwrap()
+}
+
+/// The test-only build that panics on `x-mlep-test-panic` (`--features test-panic`, built by
+/// scripts/test-filter.sh): `$MLEP_FILTER_PANIC_WASM`, else its default place.
+pub fn panic_wasm_path() -> PathBuf {
+    let p = std::env::var_os("MLEP_FILTER_PANIC_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-panic/wasm32-wasip1/release/mlep_filter.wasm")
+        });
+    assert!(
+        p.is_file(),
+        "{} missing: build it with `cargo build -p mlep-filter --target wasm32-wasip1 --release --features test-panic --target-dir target/test-panic`",
         p.display()
     );
     p.canonicalize().unwrap()
@@ -381,21 +402,30 @@ pub struct Env {
     pub dir: PathBuf,
     pub spec: BootstrapSpec,
     version: u64,
+    /// Fields merged into the Wasm `PluginConfig` of every ECDS update (e.g. `failure_policy`).
+    plugin: serde_json::Value,
 }
 
 impl Env {
     /// Start Envoy routing `endpoints` with the filter configured by `config`.
     pub fn start(endpoints: Vec<RouteEndpoint>, config: &serde_json::Value) -> Self {
+        Self::start_with(endpoints, config, wasm_path(), serde_json::json!({}))
+    }
+
+    /// [`Env::start`] with another build of the filter and extra `PluginConfig` fields.
+    pub fn start_with(
+        endpoints: Vec<RouteEndpoint>,
+        config: &serde_json::Value,
+        wasm: PathBuf,
+        plugin: serde_json::Value,
+    ) -> Self {
         let dir = temp_dir("envoy");
         let config_path = dir.join("ecds").join("filter.json");
         std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
         let spec = BootstrapSpec {
             listener_port: 0,
             admin_port: 0,
-            filter: Some(WasmFilter {
-                wasm: wasm_path(),
-                config_path,
-            }),
+            filter: Some(WasmFilter { wasm, config_path }),
             endpoints,
             mirroring: envoy::Mirroring::Filter,
         };
@@ -405,6 +435,7 @@ impl Env {
             dir,
             spec,
             version: 0,
+            plugin,
         };
         env.write_config(config);
         env.boot();
@@ -427,13 +458,16 @@ impl Env {
     fn write_config(&mut self, config: &serde_json::Value) {
         self.version += 1;
         let f = self.spec.filter.as_ref().unwrap();
-        envoy::write_filter_config(
-            &f.config_path,
-            &f.wasm,
-            &config.to_string(),
-            &self.version.to_string(),
-        )
-        .unwrap();
+        let mut ecds =
+            envoy::render_filter_config(&f.wasm, &config.to_string(), &self.version.to_string());
+        let plugin = &mut ecds["resources"][0]["typed_config"]["config"];
+        for (k, v) in self.plugin.as_object().unwrap() {
+            plugin[k] = v.clone();
+        }
+        // Atomic replace, as `envoy::write_filter_config` does: the rename is what Envoy sees.
+        let tmp = f.config_path.with_extension("tmp");
+        std::fs::write(&tmp, ecds.to_string()).unwrap();
+        std::fs::rename(&tmp, &f.config_path).unwrap();
     }
 
     /// Swap the filter config live (atomic rename into the watched directory) and wait until

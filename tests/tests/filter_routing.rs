@@ -221,3 +221,93 @@ fn requests_to_other_hosts_are_left_alone() {
     assert_eq!(r.header("set-cookie"), None);
     assert_eq!(a.count() + b.count(), 0);
 }
+
+/// Every name a client can use for the endpoint (a wildcard host, the Service's short and
+/// qualified mesh names, which the filter derives itself) gets assignment, and a client-sent
+/// `x-mlep-variant` is overwritten on each: routes on that header cannot be used to bypass
+/// assignment or targeting rules through another name.
+#[test]
+fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritten() {
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
+    // Only the wildcard is listed; the mesh names are derived from name/namespace.
+    let mut cfg = filter_config(
+        "titanic",
+        &["*.example.com"],
+        &[("a", 100), ("b", 0)],
+        &alloc,
+    );
+    cfg["endpoints"][0]["routing"]["allowTargeting"] = false.into();
+    let names = [
+        "api.example.com",
+        "eu.api.example.com",
+        "titanic",
+        "titanic.default",
+        "titanic.default.svc",
+        "titanic.default.svc.cluster.local",
+    ];
+    let mut domains = vec!["*.example.com"];
+    domains.extend_from_slice(&names[2..]);
+    let env = Env::start(
+        vec![route("titanic", &domains, &[(&a, 100), (&b, 0)], None)],
+        &cfg,
+    );
+    let mut c = env.client();
+    for (i, host) in names.iter().enumerate() {
+        let r = c.get(
+            host,
+            &[
+                ("x-user-id", &format!("u{i}")),
+                ("x-mlep-variant", "b"),
+                ("x-mlep-target-variant", "b"),
+            ],
+        );
+        assert_eq!((r.status, served_by(&r).as_str()), (200, "a"), "{host}");
+        assert_eq!(r.header("x-mlep-variant"), Some("a"), "{host}");
+    }
+    assert_eq!(b.count(), 0, "no name let the client pick b");
+    // Counters reach Envoy on the filter's flush tick.
+    assert!(
+        poll_until(std::time::Duration::from_secs(5), || env
+            .metric("mlep_assignments_total", &[("reason", "sticky")])
+            == names.len() as f64),
+        "each name was assigned by the filter: {}",
+        env.metric("mlep_assignments_total", &[])
+    );
+}
+
+/// Envoy passes header values with bytes that are not UTF-8 (obs-text); the proxy-wasm SDK's
+/// plain header getters `unwrap` a UTF-8 conversion, so such a value used to panic the VM,
+/// after which Envoy answered 503 to every request of that worker. Found while reading the
+/// SDK for the fuzzing work; the filter now reads header bytes.
+#[test]
+fn a_header_value_that_is_not_utf8_is_assigned_and_does_not_kill_the_vm() {
+    use std::io::{Read, Write};
+    let (_a, _b, env) = two_variants(50, 50);
+    let raw = |key: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(env.addr).unwrap();
+        let mut req = b"GET /invocations HTTP/1.1\r\nhost: titanic.local\r\nx-user-id: ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let first = raw(b"caf\xe9-\xff");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let variant = |r: &str| {
+        r.lines()
+            .find_map(|l| l.strip_prefix("x-mlep-variant: "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert!(variant(&first).is_some(), "assigned: {first}");
+    assert_eq!(
+        variant(&raw(b"caf\xe9-\xff")),
+        variant(&first),
+        "and sticky"
+    );
+    let r = env.client().get(HOST, &[("x-user-id", "u1")]);
+    assert_eq!(r.status, 200, "the VM is still alive");
+    assert!(r.header("x-mlep-variant").is_some());
+}

