@@ -1255,6 +1255,11 @@ mod tests {
             ("b", "m3", Traffic::Served)
         );
         assert_eq!(q.now_unix - q.since_unix, 30, "the step's own window");
+        assert_eq!(
+            w.last.route,
+            Some(("b".into(), "m3".into())),
+            "moved users have a route"
+        );
         let la = w.status.as_ref().unwrap().last_analysis.clone().unwrap();
         assert!(la.passed, "{la:?}");
         let out = w.tick_at(31, healthy(150)).clone();
@@ -1262,6 +1267,7 @@ mod tests {
         assert_eq!(out.split, None);
         assert_eq!(out.serving, Some(("b".into(), "m3".into())));
         assert_eq!(w.models(), vec!["m3"], "the old model goes");
+        assert_eq!(out.route, None, "the variant's own route serves m3 now");
         assert_eq!(w.percent(), 100);
         // Settled: further ticks change nothing.
         let again = w.tick_at(60, healthy(10)).clone();
@@ -1381,6 +1387,69 @@ mod tests {
         assert_eq!(w.phase(), Phase::RolledBack);
         assert_eq!(again.serving, Some(("b".into(), "m2".into())));
         assert_eq!(again.degraded.map(|d| d.0), Some(REASON_ROLLED_BACK));
+    }
+
+    #[test]
+    fn a_rollback_marks_the_endpoint_degraded_naming_the_check_and_keeps_the_transition_time() {
+        use crate::crd::conditions::{DEGRADED, READY};
+        use crate::crd::{Condition, ModelEndpointStatus};
+        let mut w = World::started(RolloutStrategy::Canary);
+        let healthy_status = ModelEndpointStatus {
+            conditions: [(READY, "True"), (DEGRADED, "False")]
+                .iter()
+                .map(|(t, s)| Condition {
+                    type_: (*t).into(),
+                    status: (*s).into(),
+                    last_transition_time: Some("t0".into()),
+                    ..Condition::default()
+                })
+                .collect(),
+            ..ModelEndpointStatus::default()
+        };
+        let mut status = healthy_status.clone();
+        record(&mut status, &w.last, None, "t1");
+        assert_eq!(status.rollout, w.status, "status.rollout is the machine's");
+        assert_eq!(
+            status.conditions, healthy_status.conditions,
+            "nothing degraded yet"
+        );
+        let bad = Ok(Sample {
+            requests: 100,
+            errors: 40,
+            ..Sample::default()
+        });
+        w.tick_at(20, bad);
+        let mut degraded = healthy_status.clone();
+        record(&mut degraded, &w.last, Some(&healthy_status), "t2");
+        let c = degraded
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(
+            (
+                c.status.as_str(),
+                c.reason.as_str(),
+                c.last_transition_time.as_deref()
+            ),
+            ("True", REASON_ROLLED_BACK, Some("t2"))
+        );
+        assert!(
+            c.message
+                .contains("maxErrorRate: measured 0.4 against a limit of 0.05"),
+            "{}",
+            c.message
+        );
+        assert_eq!(degraded.phase.as_deref(), Some("Degraded"));
+        // The next reconcile keeps the time of the transition.
+        let mut again = healthy_status.clone();
+        record(&mut again, &w.last, Some(&degraded), "t3");
+        let c = again
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(c.last_transition_time.as_deref(), Some("t2"));
     }
 
     #[test]
