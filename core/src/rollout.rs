@@ -925,24 +925,25 @@ pub fn apply(plan: &mut Plan, outcome: &Outcome, observed: &Observed) {
 }
 
 /// Put `outcome` on the status computed for the reconcile: `status.rollout`, and
-/// `Degraded=True` (reason `RolledBack` or `Aborted`, the machine's message) while the spec's
-/// model is held back. `now` stamps a condition that changes.
+/// `Degraded=True`, `Ready=False`, `Progressing=False` (reason `RolledBack` or `Aborted`, the
+/// machine's message) while the spec's model is held back. `now` stamps a condition that changes.
 pub fn record(
     status: &mut crate::crd::ModelEndpointStatus,
     outcome: &Outcome,
     last: Option<&crate::crd::ModelEndpointStatus>,
     now: &str,
 ) {
-    use crate::crd::conditions::{DEGRADED, READY};
+    use crate::crd::conditions::{DEGRADED, PROGRESSING, READY};
     status.rollout = outcome.status.clone();
     let Some((reason, message)) = &outcome.degraded else {
         return;
     };
     let before = |t: &str| last.and_then(|l| l.conditions.iter().find(|c| c.type_ == t));
     for c in &mut status.conditions {
+        // Nothing progresses either: the spec's model waits for a new spec.
         let value = match c.type_.as_str() {
             DEGRADED => "True",
-            READY => "False",
+            READY | PROGRESSING => "False",
             _ => continue,
         };
         c.last_transition_time = match before(&c.type_) {
