@@ -437,6 +437,10 @@ pub fn advance(input: &Input, sample: Option<Result<Sample, String>>) -> Outcome
     if input.command == Some(Command::Promote) && r.phase != Phase::Promoted {
         return promote(input, r, format!("{ANNOTATION}=promote"));
     }
+    if r.phase != Phase::Promoted && split::owned(input.allocation, &r.variant).is_empty() {
+        // Weight 0: no user to move and no traffic to judge.
+        return promote(input, r, "the variant has no users (weight 0)".to_owned());
+    }
     if r.step == 0 || r.step_started_unix.is_none() {
         r.step = r.step.max(1);
         r.step_started_unix = Some(input.now.unix);
@@ -1599,6 +1603,18 @@ mod tests {
         w.tick();
         assert_eq!(w.phase(), Phase::Promoted);
         assert_eq!(w.serving_b, "m3");
+    }
+
+    #[test]
+    fn a_variant_without_users_promotes_once_its_new_model_is_ready() {
+        let mut w = World::new(rollout(RolloutStrategy::Linear));
+        w.allocation = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
+        w.tick();
+        assert_eq!(w.phase(), Phase::Progressing, "waits for m3");
+        w.make_ready("m3");
+        w.tick();
+        assert_eq!(w.phase(), Phase::Promoted);
+        assert!(w.status.as_ref().unwrap().message.contains("weight 0"));
     }
 
     #[test]
