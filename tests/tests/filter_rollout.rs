@@ -195,3 +195,39 @@ fn a_blue_green_bake_mirrors_only_its_variant_and_counts_agreement_for_the_analy
     assert_eq!(green.count(), on_b, "only b's requests were mirrored");
     assert_eq!((sample.agreed, sample.errors), (on_b, 0));
 }
+
+#[test]
+fn a_split_outside_its_variant_is_rejected_naming_the_field_and_the_last_split_keeps_serving() {
+    let (a, b, b2) = (
+        Upstream::start("a"),
+        Upstream::start("b"),
+        Upstream::start("b2"),
+    );
+    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+    let good = grow(&alloc, "b", &[], target_for(&alloc, "b", 30));
+    let mut r = route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None);
+    r.variants[1].rollout_upstream = Some(b2.addr);
+    let mut env = Env::start(vec![r], &config(&alloc, Some(&good)));
+    let keys: Vec<String> = (0..400).map(|i| format!("reject-{i}")).collect();
+    let before = served(&env, &keys, false);
+    // Buckets 0..100 belong to a: a split of b may not name them.
+    let bad = [Span { start: 0, end: 100 }];
+    env.reload(&config(&alloc, Some(&bad)));
+    let log = env.log();
+    assert!(
+        log.contains("endpoints[0].variants[1].rollout.buckets") && log.contains("does not own"),
+        "{log}"
+    );
+    assert_eq!(
+        env.metric(
+            "envoy_extension_config_discovery_http_filter_mlep_update_rejected",
+            &[]
+        ),
+        1.0
+    );
+    assert_eq!(
+        served(&env, &keys, false),
+        before,
+        "the last good split serves"
+    );
+}
