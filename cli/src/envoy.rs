@@ -449,6 +449,9 @@ pub struct StartOptions {
     pub concurrency: u32,
     pub log_level: String,
     pub ready_timeout: Duration,
+    /// Start Envoy as the leader of its own process group, so that a Ctrl-C in the terminal
+    /// reaches only its supervisor (local mode), which then stops it in order.
+    pub own_process_group: bool,
 }
 
 impl Default for StartOptions {
@@ -457,6 +460,7 @@ impl Default for StartOptions {
             concurrency: 1,
             log_level: "info".into(),
             ready_timeout: Duration::from_secs(30),
+            own_process_group: false,
         }
     }
 }
@@ -489,7 +493,12 @@ impl EnvoyProcess {
         let log = std::fs::File::create(&log_path)
             .map_err(io(format!("create {}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("clone log handle"))?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if opts.own_process_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd
             .arg("-c")
             .arg(&config)
             .args([
@@ -545,6 +554,18 @@ impl EnvoyProcess {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The exit status once Envoy has exited on its own (crashed, killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Its log file (`<workdir>/envoy.log`).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// The address the (single) listener is bound to, from the admin `/listeners`.

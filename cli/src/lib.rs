@@ -9,6 +9,7 @@ pub mod load;
 pub mod local;
 pub mod plan;
 pub mod render;
+pub mod restart;
 pub mod rollout;
 pub mod supervisor;
 pub mod table;

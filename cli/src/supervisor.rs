@@ -89,6 +89,33 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Spawn `cmd` in its own process group, stdout and stderr appended to `log`.
+fn launch(name: &str, mut cmd: Command, log: &Path) -> Result<Child, SupervisorError> {
+    let log_err = |source| SupervisorError::Log {
+        name: name.to_owned(),
+        log: log.to_owned(),
+        source,
+    };
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(log_err)?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(log_err)?;
+    let err = out.try_clone().map_err(log_err)?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    cmd.spawn().map_err(|source| SupervisorError::Spawn {
+        name: name.to_owned(),
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        source,
+    })
+}
+
 impl Supervisor {
     pub fn new() -> Self {
         Self::default()
@@ -101,35 +128,8 @@ impl Supervisor {
     }
 
     /// Start `cmd` as `name`, in its own process group, stdout and stderr appended to `log`.
-    pub fn spawn(
-        &self,
-        name: &str,
-        mut cmd: Command,
-        log: &Path,
-    ) -> Result<ProcId, SupervisorError> {
-        let log_err = |source| SupervisorError::Log {
-            name: name.to_owned(),
-            log: log.to_owned(),
-            source,
-        };
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).map_err(log_err)?;
-        }
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(log_err)?;
-        let err = out.try_clone().map_err(log_err)?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
-            name: name.to_owned(),
-            program: cmd.get_program().to_string_lossy().into_owned(),
-            source,
-        })?;
+    pub fn spawn(&self, name: &str, cmd: Command, log: &Path) -> Result<ProcId, SupervisorError> {
+        let child = launch(name, cmd, log)?;
         let mut inner = self.lock();
         inner.next += 1;
         let id = ProcId(inner.next);
@@ -140,6 +140,43 @@ impl Supervisor {
             log: log.to_owned(),
         });
         Ok(id)
+    }
+
+    /// Start `cmd` in place of process `id`, which has exited: same id, name and log (appended
+    /// to). What is left of the old process group is killed first. `Ok(false)` when `id` is
+    /// not supervised (stopped meanwhile) or still running.
+    pub fn respawn(&self, id: ProcId, cmd: Command) -> Result<bool, SupervisorError> {
+        let (name, log) = {
+            let mut inner = self.lock();
+            let Some(p) = inner.procs.iter_mut().find(|p| p.id == id) else {
+                return Ok(false);
+            };
+            if p.child.try_wait().ok().flatten().is_none() {
+                return Ok(false);
+            }
+            signal_group(p, Signal::SIGKILL);
+            (p.name.clone(), p.log.clone())
+        };
+        let child = launch(&name, cmd, &log)?;
+        let mut inner = self.lock();
+        match inner.procs.iter_mut().find(|p| p.id == id) {
+            Some(p) => {
+                p.child = child;
+                Ok(true)
+            }
+            None => {
+                // Stopped while we were starting it: do not leave it running.
+                let mut orphan = Proc {
+                    id,
+                    name,
+                    child,
+                    log,
+                };
+                signal_group(&orphan, Signal::SIGKILL);
+                let _ = orphan.child.wait();
+                Ok(false)
+            }
+        }
     }
 
     pub fn pid(&self, id: ProcId) -> Option<u32> {
@@ -163,22 +200,6 @@ impl Supervisor {
         let mut inner = self.lock();
         let p = inner.procs.iter_mut().find(|p| p.id == id)?;
         p.child.try_wait().ok().flatten()
-    }
-
-    /// Every supervised process that has exited: `(name, status)`.
-    pub fn dead(&self) -> Vec<(String, ExitStatus)> {
-        let mut inner = self.lock();
-        inner
-            .procs
-            .iter_mut()
-            .filter_map(|p| {
-                p.child
-                    .try_wait()
-                    .ok()
-                    .flatten()
-                    .map(|s| (p.name.clone(), s))
-            })
-            .collect()
     }
 
     /// Poll `GET path` on `port` until it answers 200, failing early when the process exits.
@@ -445,6 +466,53 @@ mod tests {
             "{err}"
         );
         sup.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn respawn_restarts_an_exited_process_under_the_same_id_and_log() {
+        let sup = Supervisor::new();
+        let sh = |script: &str| {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(script);
+            c
+        };
+        let until_exited = |id| {
+            let sup = sup.clone();
+            async move {
+                for _ in 0..500 {
+                    if let Some(s) = sup.exited(id) {
+                        return s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("did not exit");
+            }
+        };
+        let l = log("respawn");
+        let _ = std::fs::remove_file(&l);
+        let id = sup.spawn("crasher", sh("echo first; exit 3"), &l).unwrap();
+        assert_eq!(until_exited(id).await.code(), Some(3));
+        assert!(sup.respawn(id, sh("echo second; exec sleep 30")).unwrap());
+        assert!(
+            !sup.respawn(id, sh("echo third")).unwrap(),
+            "a running process is left alone"
+        );
+        assert_eq!(sup.len(), 1, "the same entry, not a new one");
+        for _ in 0..500 {
+            if tail(&l, 1) == "second" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&l).unwrap(), "first\nsecond\n");
+        let pid = sup.pid(id).unwrap() as i32;
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        until_exited(id).await;
+        sup.stop(id).await;
+        assert!(
+            !sup.respawn(id, sh("echo fourth")).unwrap(),
+            "a stopped process stays stopped"
+        );
     }
 
     #[test]

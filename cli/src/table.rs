@@ -12,6 +12,7 @@ use mlep_contract::metrics::{
     REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
 };
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The `variant` of the shadow's row (and the filter's `variant` label of shadow traffic).
 pub const SHADOW_ROW: &str = "shadow";
@@ -137,13 +138,37 @@ impl Scrape {
     }
 }
 
-/// What the table shows for a variant, from the configuration.
+/// What the table shows for a variant, from the configuration and the supervisor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VariantInfo {
     pub endpoint: String,
     pub variant: String,
     pub model: String,
     pub weight: u32,
+    pub health: Health,
+}
+
+/// How a variant's model servers are doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Servers answering `/ping` since their last start.
+    pub ready: u32,
+    pub replicas: u32,
+    /// Restarts of its servers after a crash, since they were started.
+    pub restarts: u32,
+    /// Some server crashed and waits this long (the shortest such wait) to be started again.
+    pub back_off: Option<Duration>,
+}
+
+impl Health {
+    /// `Running`, `Starting`, or `CrashLoopBackOff (restart in 4s)`, as kubectl would say.
+    pub fn status(&self) -> String {
+        match self.back_off {
+            Some(d) => format!("CrashLoopBackOff (restart in {}s)", d.as_secs_f64().ceil()),
+            None if self.ready < self.replicas => "Starting".into(),
+            None => "Running".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -324,7 +349,7 @@ fn ms(v: Option<f64>) -> String {
 /// The table as text, one line per variant, with a header.
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+        "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
         "ENDPOINT",
         "VARIANT",
         "MODEL",
@@ -334,11 +359,14 @@ pub fn render(rows: &[Row]) -> String {
         "P99",
         "REQUESTS",
         "ERRORS",
-        "SHADOW"
+        "SHADOW",
+        "READY",
+        "RESTARTS",
+        "STATUS"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<12} {:<8} {:<20} {:>5}% {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+            "{:<12} {:<8} {:<20} {:>5}% {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
             r.info.endpoint,
             r.info.variant,
             r.info.model,
@@ -351,6 +379,9 @@ pub fn render(rows: &[Row]) -> String {
             r.shadow_agreement
                 .map(|a| format!("{:.0}%", a * 100.0))
                 .unwrap_or_else(|| "-".into()),
+            format!("{}/{}", r.info.health.ready, r.info.health.replicas),
+            r.info.health.restarts,
+            r.info.health.status(),
         ));
     }
     out
@@ -366,6 +397,11 @@ mod tests {
             variant: v.into(),
             model: m.into(),
             weight: w,
+            health: Health {
+                ready: 1,
+                replicas: 1,
+                ..Health::default()
+            },
         }
     }
 
@@ -481,5 +517,30 @@ mod tests {
             lines[2].contains("titanic-v2") && lines[2].contains("20%"),
             "{out}"
         );
+        assert!(lines[1].ends_with("1/1        0  Running"), "{out}");
+    }
+
+    #[test]
+    fn a_crash_looping_variant_shows_its_restarts_and_back_off() {
+        let mut i = info("b", "titanic-v2", 20);
+        i.health = Health {
+            ready: 1,
+            replicas: 2,
+            restarts: 3,
+            back_off: Some(Duration::from_millis(3200)),
+        };
+        let out = render(&rows(None, &Scrape::new(1.0, ""), &[i]));
+        let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            cols[10..].join(" "),
+            "1/2 3 CrashLoopBackOff (restart in 4s)",
+            "{out}"
+        );
+        let starting = Health {
+            ready: 0,
+            replicas: 1,
+            ..Health::default()
+        };
+        assert_eq!(starting.status(), "Starting");
     }
 }

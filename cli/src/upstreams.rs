@@ -88,6 +88,83 @@ pub fn add_eds_cluster(bootstrap: &mut Value, name: &str, dir: &Path) -> Result<
     Ok(())
 }
 
+/// How often Envoy asks each model server `GET /ping` (also while a cluster has no traffic).
+pub const HEALTH_CHECK_INTERVAL: &str = "1s";
+
+/// Make Envoy route around a model server that is down, as the kubelet's readiness probe and
+/// Istio's default retries do in a cluster:
+/// - every EDS cluster health-checks its hosts with `GET /ping` every second (one failure
+///   marks a host unhealthy, one success healthy again; `no_traffic_interval` too, else a
+///   quiet variant would be checked only once a minute). Hosts that fail are skipped while
+///   a healthy one remains (below Envoy's default 50% panic threshold every host is tried, so
+///   a variant with a single replica keeps being tried while it restarts).
+///   `ignore_health_on_host_removal`: a host removed from the EDS file leaves at once, even
+///   while healthy (by default Envoy keeps it until it fails a check, and a model swap waits
+///   for the old host to leave before stopping it);
+/// - every virtual host that routes retries a request that could not connect or was reset
+///   (a replica killed mid-request) on another host (`previous_hosts`), twice at most.
+///
+/// Verified with Envoy 1.40 by `cli/tests/supervision.rs` (no request fails while one of two
+/// replicas is killed).
+pub fn route_around_failed_hosts(bootstrap: &mut Value) -> Result<(), UpstreamError> {
+    let clusters = bootstrap
+        .pointer_mut("/static_resources/clusters")
+        .and_then(Value::as_array_mut)
+        .ok_or(UpstreamError::NoClusters)?;
+    for c in clusters.iter_mut().filter(|c| c["type"] == "EDS") {
+        let Some(obj) = c.as_object_mut() else {
+            continue;
+        };
+        obj.insert(
+            "health_checks".into(),
+            json!([{
+                "timeout": "1s",
+                "interval": HEALTH_CHECK_INTERVAL,
+                "no_traffic_interval": HEALTH_CHECK_INTERVAL,
+                "unhealthy_interval": HEALTH_CHECK_INTERVAL,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": "/ping"}
+            }]),
+        );
+        obj.insert("ignore_health_on_host_removal".into(), json!(true));
+    }
+    let retry = json!({
+        "retry_on": "connect-failure,refused-stream,reset",
+        "num_retries": 2,
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+        }],
+        "host_selection_retry_max_attempts": 3
+    });
+    for listener in bootstrap
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        for chain in listener["filter_chains"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            for filter in chain["filters"].as_array_mut().into_iter().flatten() {
+                let vhosts = filter
+                    .pointer_mut("/typed_config/route_config/virtual_hosts")
+                    .and_then(Value::as_array_mut);
+                for vh in vhosts.into_iter().flatten() {
+                    let routes = vh["routes"].as_array();
+                    if routes.is_some_and(|rs| rs.iter().any(|r| r.get("route").is_some())) {
+                        vh["retry_policy"] = retry.clone();
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn addresses(load_assignment: &Value) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for locality in load_assignment["endpoints"]
@@ -190,6 +267,37 @@ mod tests {
         assert_eq!(src["path"], "/run/mlep/eds/eds-mlep_titanic_a.json");
         assert_eq!(src["watched_directory"]["path"], "/run/mlep/eds");
         assert_eq!(b["static_resources"]["clusters"][1]["type"], "STRICT_DNS");
+    }
+
+    #[test]
+    fn eds_clusters_are_health_checked_on_ping_and_routes_retry_on_another_host() {
+        let mut b = bootstrap();
+        b["static_resources"]["listeners"] = json!([{"filter_chains": [{"filters": [{"typed_config": {"route_config": {"virtual_hosts": [
+            {"name": "titanic", "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "mlep|titanic|a"}}]},
+            {"name": "no-endpoint", "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}
+        ]}}}]}]}]);
+        use_eds(&mut b, Path::new("/eds")).unwrap();
+        route_around_failed_hosts(&mut b).unwrap();
+        let c = &b["static_resources"]["clusters"][0];
+        assert_eq!(c["health_checks"][0]["http_health_check"]["path"], "/ping");
+        assert_eq!(c["health_checks"][0]["no_traffic_interval"], "1s");
+        assert_eq!(c["ignore_health_on_host_removal"], true);
+        assert!(
+            b["static_resources"]["clusters"][1]
+                .get("health_checks")
+                .is_none(),
+            "only EDS clusters"
+        );
+        let vhosts = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"];
+        assert_eq!(
+            vhosts[0]["retry_policy"]["retry_on"],
+            "connect-failure,refused-stream,reset"
+        );
+        assert!(
+            vhosts[1].get("retry_policy").is_none(),
+            "a 404 needs no retries"
+        );
     }
 
     #[test]

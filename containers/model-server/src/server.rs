@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -101,6 +101,57 @@ pub fn spawn_loader(
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// How much of an oversized body is read and thrown away before the 413 is sent.
+///
+/// A server that answers while its peer is still uploading, then closes, makes the kernel
+/// reset the connection (unread bytes), and a proxy in front (Envoy: local mode, the Istio
+/// sidecar, the ingress gateway) may see the reset before the answer and reply 503 instead
+/// of forwarding the 413 (1 time in 3 with a 20 MB body, measured through Envoy 1.40). So an
+/// oversized body is drained, in chunks that are dropped at once (memory stays bounded by the
+/// limit plus one chunk), as long as it stays within this many bytes past the limit; beyond
+/// that the 413 goes out with `connection: close` and the rest is not read.
+pub const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+enum BodyError {
+    /// Over the limit; `drained`: the rest was read to its end (the connection stays usable).
+    TooLarge {
+        drained: bool,
+    },
+    Read(hyper::Error),
+}
+
+/// The request body, up to `max` bytes; past that, the rest is drained (see [`DRAIN_BYTES`]).
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut seen: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= max {
+            kept.extend_from_slice(&data);
+        } else {
+            kept = Vec::new();
+            if seen > max.saturating_add(DRAIN_BYTES) {
+                return Err(BodyError::TooLarge { drained: false });
+            }
+        }
+    }
+    if seen > max {
+        return Err(BodyError::TooLarge { drained: true });
+    }
+    Ok(Bytes::from(kept))
+}
+
+/// Ask hyper to close the connection after this response.
+fn close(mut r: Resp) -> Resp {
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
 
 fn json(status: u16, body: Vec<u8>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -220,19 +271,16 @@ async fn invocations(req: Request<Incoming>, app: &App) -> Resp {
             format!("request body over {} bytes", app.max_body_bytes),
         )
     };
-    if header(CONTENT_LENGTH)
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > app.max_body_bytes)
-    {
-        return error(app, &too_large());
+    let announced = header(CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > app.max_body_bytes.saturating_add(DRAIN_BYTES)) {
+        // Too big to be worth reading: answer at once and close the connection.
+        return close(error(app, &too_large()));
     }
-    let body = match Limited::new(req.into_body(), app.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return error(app, &too_large()),
-        Err(e) => {
+    let body = match read_body(req.into_body(), app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge { drained: true }) => return error(app, &too_large()),
+        Err(BodyError::TooLarge { drained: false }) => return close(error(app, &too_large())),
+        Err(BodyError::Read(e)) => {
             return error(
                 app,
                 &RequestError::new(400, "malformed", format!("could not read the body: {e}")),

@@ -677,3 +677,67 @@ fn a_leading_serve_argument_and_sagemaker_port_variable_are_honoured() {
     assert_eq!(server.addr.port(), port);
     server.wait_ready();
 }
+
+/// One response from a keep-alive connection: headers, then `content-length` bytes of body.
+fn read_one_response(s: &mut TcpStream) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "connection closed mid-headers"
+        );
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: BTreeMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = vec![0u8; headers["content-length"].parse().unwrap()];
+    s.read_exact(&mut body).unwrap();
+    (status, headers, body)
+}
+
+/// A proxy in front of the server (Envoy) that is still uploading when the server answers and
+/// closes gets a reset and answers 503 instead of the 413; so the server reads an oversized
+/// body to its end before answering, and the connection stays open for the next request.
+#[test]
+fn an_oversized_body_is_drained_before_the_413_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    unpack("v1", dir.path());
+    let server = Server::start(dir.path(), &["--max-body-bytes", "300"]);
+    server.wait_ready();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (what, len) in [("announced", 3_000_000usize), ("just over", 301)] {
+        let head = format!(
+            "POST /invocations HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&vec![b' '; len]).unwrap();
+        let (status, headers, body) = read_one_response(&mut s);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (413, Some("body_too_large")),
+            "{what}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("300 bytes"),
+            "{body}"
+        );
+        assert_ne!(headers.get("connection").map(String::as_str), Some("close"));
+    }
+    // The same connection still serves: the oversized bodies were read to their end.
+    s.write_all(b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one_response(&mut s).0, 200);
+}
