@@ -11,6 +11,8 @@
 //! atomic filter-config swap: no request fails. An invalid edit is reported and the running
 //! configuration stays.
 
+mod rollout;
+
 use crate::artifacts::{ArtifactStore, BarProgress, Origin};
 use crate::envoy::{
     self, BootstrapSpec, EnvoyProcess, Mirroring, RouteEndpoint, RouteVariant, ShadowUpstream,
@@ -343,6 +345,8 @@ struct Session {
     allocations: BTreeMap<String, Allocation>,
     version: u64,
     generation: u64,
+    /// Canary, Linear and BlueGreen model changes in progress (see `local/rollout.rs`).
+    rollouts: rollout::Rollouts,
 }
 
 impl Session {
@@ -451,7 +455,8 @@ impl Session {
         &self,
         d: &Desired,
     ) -> Result<(mlep_contract::FilterConfig, String), LocalError> {
-        let cfg = plan::filter_config(d, &self.allocations)?;
+        let mut cfg = plan::filter_config(d, &self.allocations)?;
+        self.put_splits(&mut cfg);
         let json = serde_json::to_string(&cfg).map_err(|e| LocalError::Other(e.to_string()))?;
         Ok((cfg, json))
     }
@@ -481,7 +486,7 @@ impl Session {
                     name: v.role.to_string(),
                     weight,
                     upstream: addr,
-                    rollout_upstream: None,
+                    rollout_upstream: Some(addr),
                 });
             }
             let shadow = match &e.shadow {
@@ -523,6 +528,10 @@ impl Session {
                     out.push((
                         envoy::variant_cluster(e.name(), v),
                         self.addrs_of(e, &s.role),
+                    ));
+                    out.push((
+                        envoy::rollout_cluster(e.name(), v),
+                        self.rollout_addrs(e.namespace(), e.name(), v),
                     ));
                 }
             }
@@ -738,8 +747,11 @@ impl Session {
 
     /// Apply an edited input. On error the previous configuration keeps serving.
     async fn apply(&mut self, new: Desired) -> Result<(), LocalError> {
+        let new = self.hold_back_model_changes(new);
         let change = plan::diff(&self.desired, &new);
         if change.is_empty() {
+            // Nothing to start, stop or reload; annotations (e.g. mlep.dev/rollout) may differ.
+            self.desired = new;
             return Ok(());
         }
         if change.is_config_only() {
@@ -877,7 +889,11 @@ impl Session {
                 out.push(VariantInfo {
                     endpoint: e.name().to_owned(),
                     variant: v.name.clone(),
-                    model: v.model.clone(),
+                    // During a rollout: its phase, models and moved share.
+                    model: self
+                        .rollouts
+                        .summary(e.namespace(), e.name(), &v.name)
+                        .unwrap_or_else(|| v.model.clone()),
                     weight: v.weight,
                     health: health(e, Role::Variant(v.name.clone())),
                 });
@@ -1181,6 +1197,7 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         allocations,
         version: 0,
         generation: 0,
+        rollouts: rollout::Rollouts::default(),
     };
     // Ctrl-C or SIGTERM at any point (fetching, starting, serving, applying an edit) ends
     // `run`; everything it started is registered with the supervisor and stopped below.
@@ -1277,6 +1294,9 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
                         s.ui.say(format!("error: {e}\n  (the running configuration stays in effect)"));
                     }
                     drawn_lines = 0;
+                }
+                if let Err(e) = s.drive_rollouts().await {
+                    s.ui.say(format!("rollout error: {e}"));
                 }
             }
             _ = table_tick.tick(), if s.opts.table_interval.is_some() => {
