@@ -539,7 +539,7 @@ impl Session {
                 .shadow
                 .as_ref()
                 .map(|s| self.addrs_of(e, &s.role))
-                .unwrap_or_default();
+                .unwrap_or_else(|| self.mirror_addrs(e.namespace(), e.name()));
             out.push((plan::shadow_cluster(e.namespace(), e.name()), shadow));
         }
         out

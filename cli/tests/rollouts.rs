@@ -149,3 +149,125 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-linear-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: Linear\n    stepSeconds: 2\n    linear: {stepPercent: 34}\n    analysis: {minRequests: 5, maxErrorRate: 0.05}\n",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    let s1 = up.wait_for(
+        "step 1: 34% of b's users on healthy",
+        from,
+        Duration::from_secs(60),
+    );
+    let s2 = up.wait_for(
+        "step 2: 68% of b's users on healthy",
+        s1,
+        Duration::from_secs(60),
+    );
+    up.wait_for(
+        "step 2 passed: every user on healthy",
+        s2,
+        Duration::from_secs(60),
+    );
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_the_wait() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-bg-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 3, terminationWaitSeconds: 3}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    let bake = up.wait_for(
+        "baking healthy on 100% of b's traffic",
+        from,
+        Duration::from_secs(60),
+    );
+    // Nobody moves while baking: b's users are still on titanic-v2.
+    for i in 0..100 {
+        let (variant, model) = served(&up, &format!("bake-{i}")).await;
+        if variant == "b" {
+            assert_eq!(model, "titanic:v2", "user bake-{i} while baking");
+        }
+    }
+    let switched = up.wait_for(
+        "every user on healthy; titanic-v2 keeps running 3s",
+        bake,
+        Duration::from_secs(60),
+    );
+    // The bake mirrored b's requests to the new model and compared the answers.
+    let admin: u16 = up
+        .output()
+        .split("Envoy admin: http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let text = mlep::http::get(admin, "/stats/prometheus", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .text();
+    let total = |metric: &str| -> f64 {
+        mlep::table::parse_prometheus(&text)
+            .iter()
+            .filter(|s| {
+                s.name.ends_with(metric)
+                    && s.labels.get("model").map(String::as_str) == Some("healthy")
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    assert!(total("mlep_shadow_requests_total") >= 10.0, "{text}");
+    assert!(
+        total("mlep_shadow_agreement_total") >= 10.0,
+        "comparisons counted: {text}"
+    );
+    up.wait_for(
+        "stopping titanic/b (titanic-v2)",
+        switched,
+        Duration::from_secs(30),
+    );
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for i in 0..100 {
+        let (variant, model) = served(&up, &format!("after-{i}")).await;
+        if variant == "b" {
+            assert_eq!(model, "healthy", "user after-{i}");
+        }
+    }
+}

@@ -35,6 +35,9 @@ pub(super) struct Rollouts {
     sets: BTreeMap<Key, RunningSet>,
     /// The split the filter config carries now.
     splits: BTreeMap<Key, RolloutSplit>,
+    /// A BlueGreen bake's mirror, per `(namespace, endpoint)`: the endpoint's shadow cluster
+    /// gets the new model's servers and the filter mirrors the variant's requests there.
+    mirrors: BTreeMap<(String, String), machine::Mirror>,
     /// Per endpoint (`namespace/name`): the machine's status.
     status: BTreeMap<String, RolloutStatus>,
 }
@@ -126,9 +129,44 @@ impl Session {
         }
     }
 
-    /// Put the current splits on a filter config built from the desired state.
+    /// The endpoint's shadow cluster during a BlueGreen bake: the new model's servers.
+    pub(super) fn mirror_addrs(&self, ns: &str, ep: &str) -> Vec<SocketAddr> {
+        self.rollouts
+            .mirrors
+            .get(&(ns.to_owned(), ep.to_owned()))
+            .and_then(|m| {
+                self.rollouts
+                    .sets
+                    .get(&(ns.to_owned(), ep.to_owned(), m.variant.clone()))
+            })
+            .map(RunningSet::addrs)
+            .unwrap_or_default()
+    }
+
+    /// Put the current splits and bake mirrors on a filter config built from the desired state.
     pub(super) fn put_splits(&self, cfg: &mut mlep_contract::FilterConfig) {
         for ep in &mut cfg.endpoints {
+            if let Some(m) = self
+                .rollouts
+                .mirrors
+                .get(&(ep.namespace.clone(), ep.name.clone()))
+            {
+                let cluster = crate::plan::shadow_cluster(&ep.namespace, &ep.name);
+                ep.shadow = Some(mlep_contract::ShadowConfig {
+                    authority: Some(format!("{}-shadow.local", ep.name)),
+                    cluster,
+                    model: m.model.clone(),
+                    percent: m.percent,
+                    variant: Some(m.variant.clone()),
+                    max_body_bytes: 64 * 1024,
+                    timeout_ms: 1000,
+                    forward_credentials: false,
+                    compare: mlep_contract::CompareConfig {
+                        mode: mlep_contract::CompareMode::Json,
+                        tolerance: mlep_core::filter_config::DEFAULT_TOLERANCE,
+                    },
+                });
+            }
             for v in &mut ep.variants {
                 let key = (ep.namespace.clone(), ep.name.clone(), v.name.clone());
                 v.rollout = self.rollouts.splits.get(&key).cloned();
@@ -247,8 +285,8 @@ impl Session {
         let Some(status) = out.status.clone() else {
             return Ok(());
         };
-        if last.as_ref().map(|l| (l.phase, l.moved_percent))
-            != Some((status.phase, status.moved_percent))
+        if last.as_ref().map(|l| (l.phase, l.step, l.moved_percent))
+            != Some((status.phase, status.step, status.moved_percent))
         {
             self.ui.say(format!("rollout {name}: {}", status.message));
         }
@@ -278,15 +316,29 @@ impl Session {
         if promoted {
             self.promote_locally(ns, name, &variant).await?;
         }
-        // 3. The split.
+        // 3. The split and the bake's mirror (its cluster first, then the filter config).
         let split = out.split.as_ref().map(|(_, s)| s.clone());
-        if self.rollouts.splits.get(&key) != split.as_ref() {
+        let ep_pair = (ns.to_owned(), name.to_owned());
+        let mirror_changed = self.rollouts.mirrors.get(&ep_pair) != out.mirror.as_ref();
+        if mirror_changed {
+            if let Some(m) = &out.mirror {
+                self.rollouts.mirrors.insert(ep_pair.clone(), m.clone());
+                self.point_shadow_cluster(ns, name).await?;
+            }
+        }
+        if self.rollouts.splits.get(&key) != split.as_ref() || mirror_changed {
             match split {
                 Some(s) => self.rollouts.splits.insert(key.clone(), s),
                 None => self.rollouts.splits.remove(&key),
             };
+            if out.mirror.is_none() {
+                self.rollouts.mirrors.remove(&ep_pair);
+            }
             let d = self.desired.clone();
             self.reload_filter(&d).await?;
+            if out.mirror.is_none() && mirror_changed {
+                self.point_shadow_cluster(ns, name).await?;
+            }
         }
         // 4. A rolled-back model's servers go once nothing routes there.
         if !wanted.contains(&status.to_model) && !promoted {
@@ -320,6 +372,13 @@ impl Session {
             .await?;
         let _ = ns;
         Ok(())
+    }
+
+    /// Write the endpoint's shadow cluster (the bake's new servers, its own shadow's, or none).
+    async fn point_shadow_cluster(&mut self, ns: &str, ep: &str) -> Result<(), LocalError> {
+        let d = self.desired.clone();
+        self.move_upstreams(&d, &[crate::plan::shadow_cluster(ns, ep)])
+            .await
     }
 
     /// The new model takes the variant: its servers become the variant's, the desired state
