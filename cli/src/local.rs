@@ -1225,6 +1225,9 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
 }
 
 async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), LocalError> {
+    // The input as it was loaded: an edit made while servers and Envoy start (or right after
+    // "Endpoint ready") is applied on the first watch tick instead of being missed.
+    let mut last_digest = input_digest(&s.opts.input);
     // Initial start: every server ready, then Envoy.
     s.ui.say(format!(
         "mlep local up: {} endpoint(s) from {}",
@@ -1270,7 +1273,6 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let mut supervise = tokio::time::interval(SUPERVISE_INTERVAL);
     let table_every = s.opts.table_interval.unwrap_or(Duration::from_secs(3600));
     let mut table_tick = tokio::time::interval(table_every);
-    let mut last_digest = input_digest(&s.opts.input);
     let mut prev: Option<Scrape> = None;
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();

@@ -17,7 +17,9 @@ use crate::envoy;
 use crate::plan::{Desired, Role, ServerSet};
 use crate::rollout::EnvoyStats;
 use mlep_contract::RolloutSplit;
-use mlep_core::rollout::{self as machine, Command, Input, Now, Phase, RolloutStatus, Settings};
+use mlep_core::rollout::{
+    self as machine, Command, Input, Now, Outcome, Phase, RolloutStatus, Settings,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,12 +42,6 @@ pub(super) struct Rollouts {
     mirrors: BTreeMap<(String, String), machine::Mirror>,
     /// Per endpoint (`namespace/name`): the machine's status.
     status: BTreeMap<String, RolloutStatus>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Rollouts {
@@ -190,9 +186,9 @@ impl Session {
         if !busy {
             return Ok(());
         }
-        let now = unix_now();
+        let now = jiff::Timestamp::now();
         if let Ok(text) = self.admin_get("/stats/prometheus").await {
-            self.rollouts.stats.observe(now, &text);
+            self.rollouts.stats.observe(now.as_second(), &text);
         }
         let endpoints: Vec<(String, String)> = self
             .desired
@@ -201,87 +197,77 @@ impl Session {
             .map(|e| (e.namespace().to_owned(), e.name().to_owned()))
             .collect();
         for (ns, name) in endpoints {
-            self.drive_one(&ns, &name, now).await?;
+            self.drive_one(&ns, &name, &now).await?;
         }
         Ok(())
     }
 
-    async fn drive_one(&mut self, ns: &str, name: &str, now: i64) -> Result<(), LocalError> {
+    /// The machine's step for one endpoint, `None` when it has nothing to say.
+    fn advance_one(&mut self, ns: &str, name: &str, now: &jiff::Timestamp) -> Option<Outcome> {
         let ep_key = format!("{ns}/{name}");
-        let Some(e) = self
+        let e = self
             .desired
             .endpoints
             .iter()
-            .find(|e| e.namespace() == ns && e.name() == name)
-            .cloned()
-        else {
-            return Ok(());
-        };
+            .find(|e| e.namespace() == ns && e.name() == name)?;
+        let allocation = self.allocations.get(&ep_key)?;
         let settings = Settings::of(e.endpoint.spec.rollout.as_ref());
-        let target = |v: &str| {
-            self.rollouts
-                .targets
-                .get(&(ns.to_owned(), name.to_owned(), v.to_owned()))
-        };
-        let variants: Vec<(String, String)> = e
+        let key = |v: &str| (ns.to_owned(), name.to_owned(), v.to_owned());
+        // The spec as written (the held-back target) against what serves (the desired state).
+        let variants = e.endpoint.spec.variants.iter().map(|v| {
+            let target = self.rollouts.targets.get(&key(&v.name));
+            (
+                v.name.as_str(),
+                target.map_or(v.model.as_str(), |t| t.model.as_str()),
+            )
+        });
+        let serving: Vec<(&str, &str)> = e
             .endpoint
             .spec
             .variants
             .iter()
-            .map(|v| {
-                let m = target(&v.name).map_or(v.model.clone(), |t| t.model.clone());
-                (v.name.clone(), m)
-            })
+            .map(|v| (v.name.as_str(), v.model.as_str()))
             .collect();
-        let serving: Vec<(String, String)> = e
-            .endpoint
-            .spec
-            .variants
+        let rolling = self
+            .rollouts
+            .sets
             .iter()
-            .map(|v| (v.name.clone(), v.model.clone()))
-            .collect();
-        let mut ready = serving.clone();
-        for ((n2, e2, v), r) in &self.rollouts.sets {
-            if n2 == ns && e2 == name {
-                ready.push((v.clone(), r.set.model.clone()));
-            }
-        }
-        let Some(allocation) = self.allocations.get(&ep_key).cloned() else {
-            return Ok(());
-        };
-        let command = e
-            .endpoint
-            .annotations
-            .get(machine::ANNOTATION)
-            .and_then(|v| Command::parse(v).ok());
-        let last = self.rollouts.status.get(&ep_key).cloned();
-        let pairs = |v: &[(String, String)]| -> Vec<(String, String)> { v.to_vec() };
-        let (variants, serving, ready) = (pairs(&variants), pairs(&serving), pairs(&ready));
+            .filter(|((n, ep, _), _)| n == ns && ep == name)
+            .map(|((_, _, v), r)| (v.as_str(), r.set.model.as_str()));
         let input = Input {
             endpoint: name,
             namespace: ns,
             settings: &settings,
-            variants: variants
-                .iter()
-                .map(|(a, b)| (a.as_str(), b.as_str()))
-                .collect(),
-            serving: serving
-                .iter()
-                .map(|(a, b)| (a.as_str(), b.as_str()))
-                .collect(),
-            ready: ready
-                .iter()
-                .map(|(a, b)| (a.as_str(), b.as_str()))
-                .collect(),
-            allocation: &allocation,
-            last: last.as_ref(),
-            command,
+            variants: variants.collect(),
+            ready: serving.iter().copied().chain(rolling).collect(),
+            serving,
+            allocation,
+            last: self.rollouts.status.get(&ep_key),
+            command: e
+                .endpoint
+                .annotations
+                .get(machine::ANNOTATION)
+                .and_then(|v| Command::parse(v).ok()),
             now: Now {
-                unix: now,
+                unix: now.as_second(),
                 text: now.to_string(),
             },
         };
-        let out = machine::drive(&input, &mut self.rollouts.stats);
+        Some(machine::drive(&input, &mut self.rollouts.stats))
+    }
+
+    /// Advance one endpoint's rollout and apply the outcome in a safe order.
+    async fn drive_one(
+        &mut self,
+        ns: &str,
+        name: &str,
+        now: &jiff::Timestamp,
+    ) -> Result<(), LocalError> {
+        let ep_key = format!("{ns}/{name}");
+        let last = self.rollouts.status.get(&ep_key).cloned();
+        let Some(out) = self.advance_one(ns, name, now) else {
+            return Ok(());
+        };
         let Some(status) = out.status.clone() else {
             return Ok(());
         };
