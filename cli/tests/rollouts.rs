@@ -229,6 +229,7 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         bake,
         Duration::from_secs(60),
     );
+    let at_switch = std::time::Instant::now();
     // The bake mirrored b's requests to the new model and compared the answers.
     let admin: u16 = up
         .output()
@@ -260,6 +261,11 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         "stopping titanic/b (titanic-v2)",
         switched,
         Duration::from_secs(30),
+    );
+    assert!(
+        at_switch.elapsed() >= Duration::from_secs(2),
+        "blue kept running through terminationWaitSeconds (stopped after {:?})",
+        at_switch.elapsed()
     );
     let (ok, failed) = load.finish().await;
     assert!(ok > 0);

@@ -35,6 +35,8 @@ pub(super) struct Rollouts {
     targets: BTreeMap<Key, ServerSet>,
     /// Running servers of a rollout's new model.
     sets: BTreeMap<Key, RunningSet>,
+    /// BlueGreen after the switch: the old model's servers, kept for an instant rollback.
+    blue: BTreeMap<Key, RunningSet>,
     /// The split the filter config carries now.
     splits: BTreeMap<Key, RolloutSplit>,
     /// A BlueGreen bake's mirror, per `(namespace, endpoint)`: the endpoint's shadow cluster
@@ -284,7 +286,10 @@ impl Session {
             .map(|(_, m)| m.clone())
             .unwrap_or_default();
         // 1. The new model's servers, ready, and in the rollout cluster.
-        if wanted.contains(&status.to_model) && !self.rollouts.sets.contains_key(&key) {
+        if wanted.contains(&status.to_model)
+            && status.phase != Phase::Promoted
+            && !self.rollouts.sets.contains_key(&key)
+        {
             if let Some(set) = self.rollouts.targets.get(&key).cloned() {
                 if set.model == status.to_model {
                     let r = self.start_set(&set).await?;
@@ -300,7 +305,18 @@ impl Session {
             .is_some_and(|(_, m)| *m == status.to_model)
             && self.rollouts.sets.contains_key(&key);
         if promoted {
-            self.promote_locally(ns, name, &variant).await?;
+            let keep_blue = wanted.contains(&status.from_model);
+            self.promote_locally(ns, name, &variant, keep_blue).await?;
+        }
+        // A rollback while blue still runs: it takes the variant back at once.
+        let demoted = out
+            .serving
+            .as_ref()
+            .is_some_and(|(_, m)| *m == status.from_model)
+            && self.rollouts.blue.contains_key(&key);
+        if demoted {
+            self.demote_locally(ns, name, &variant, &status.from_model)
+                .await?;
         }
         // 3. The split and the bake's mirror (its cluster first, then the filter config).
         let split = out.split.as_ref().map(|(_, s)| s.clone());
@@ -338,7 +354,18 @@ impl Session {
                 self.stop_set(r).await;
             }
         }
-        if status.phase == Phase::Promoted {
+        // Blue goes once the machine no longer keeps it.
+        if !wanted.contains(&status.from_model) {
+            if let Some(r) = self.rollouts.blue.remove(&key) {
+                self.ui.say(format!(
+                    "  stopping {} on {}",
+                    r.set.label(),
+                    addrs_text(&r.addrs())
+                ));
+                self.stop_set(r).await;
+            }
+        }
+        if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
             self.rollouts.targets.remove(&key);
         }
         self.save_rollout(&ep_key, &status)?;
@@ -374,6 +401,7 @@ impl Session {
         ns: &str,
         name: &str,
         variant: &str,
+        keep_blue: bool,
     ) -> Result<(), LocalError> {
         let key = (ns.to_owned(), name.to_owned(), variant.to_owned());
         let Some(new_set) = self.rollouts.sets.remove(&key) else {
@@ -412,14 +440,65 @@ impl Session {
         ];
         self.move_upstreams(&d, &clusters).await?;
         if let Some(r) = old {
-            self.ui.say(format!(
-                "  stopping {} on {}",
-                r.set.label(),
-                addrs_text(&r.addrs())
-            ));
-            self.stop_set(r).await;
+            if keep_blue {
+                self.rollouts.blue.insert(key, r);
+            } else {
+                self.ui.say(format!(
+                    "  stopping {} on {}",
+                    r.set.label(),
+                    addrs_text(&r.addrs())
+                ));
+                self.stop_set(r).await;
+            }
         }
         Ok(())
+    }
+
+    /// Undo a switch while blue still runs: blue's servers take the variant again, the new
+    /// model's go back to the rollout cluster (stopped once the rollback has drained).
+    async fn demote_locally(
+        &mut self,
+        ns: &str,
+        name: &str,
+        variant: &str,
+        blue_model: &str,
+    ) -> Result<(), LocalError> {
+        let key = (ns.to_owned(), name.to_owned(), variant.to_owned());
+        let Some(blue) = self.rollouts.blue.remove(&key) else {
+            return Ok(());
+        };
+        let blue_set = blue.set.clone();
+        let role_key = (
+            ns.to_owned(),
+            name.to_owned(),
+            Role::Variant(variant.to_owned()),
+        );
+        if let Some(green) = self.running.insert(role_key, blue) {
+            self.rollouts.sets.insert(key, green);
+        }
+        if let Some(e) = self
+            .desired
+            .endpoints
+            .iter_mut()
+            .find(|e| e.namespace() == ns && e.name() == name)
+        {
+            for (s, v) in e
+                .variants
+                .iter_mut()
+                .zip(e.endpoint.spec.variants.iter_mut())
+            {
+                if s.role == Role::Variant(variant.to_owned()) {
+                    *s = blue_set.clone();
+                    v.model = blue_model.to_owned();
+                }
+            }
+        }
+        let d = self.desired.clone();
+        let clusters = [
+            envoy::variant_cluster(name, variant),
+            envoy::rollout_cluster(name, variant),
+        ];
+        self.move_upstreams(&d, &clusters).await
     }
 
     fn save_rollout(&self, key: &str, status: &RolloutStatus) -> Result<(), LocalError> {
