@@ -11,9 +11,11 @@
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`render`]: every object the operator applies for an endpoint.
 //! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen) and its analysis.
+//! - [`analysis`]: rollout analysis as PromQL, and Prometheus' answers read back.
 
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod api_enum;
 pub mod crd;
 pub mod envoy;

@@ -196,7 +196,13 @@ pub fn render_endpoint(
 
     let mut objects = Vec::new();
     for (i, (vp, vs)) in plan.variants.iter().zip(&spec.variants).enumerate() {
-        for model_name in vp.models() {
+        let models: Vec<&str> = match plan.rollout.as_ref().filter(|r| r.variant == vs.name) {
+            Some(crate::rollout::RolloutPlan {
+                models: Some(m), ..
+            }) => m.iter().map(String::as_str).collect(),
+            _ => vp.models(),
+        };
+        for model_name in models {
             let m = model(model_name, format!("spec.variants[{i}].model"))?;
             let replicas = if vs.autoscaling.is_some() {
                 None
@@ -255,6 +261,7 @@ pub fn render_endpoint(
         previous,
         shadow_target,
     )?;
+    let endpoint = with_rollout(&ctx, endpoint, plan);
     let allocation = endpoint.allocation.clone();
     objects.extend(filter_objects(&ctx, spec, &filter_config_json(endpoint)?));
     Ok(Rendered {
@@ -548,12 +555,60 @@ fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
     }
 }
 
+/// A rollout's split and BlueGreen mirror on the endpoint's filter config. The mirror goes to
+/// the new model's subset cluster (`outbound|80|<subset>|<host>`, Istio's name for a
+/// DestinationRule subset's cluster).
+fn with_rollout(
+    ctx: &Ctx,
+    mut endpoint: mlep_contract::EndpointConfig,
+    plan: &Plan,
+) -> mlep_contract::EndpointConfig {
+    let Some(r) = &plan.rollout else {
+        return endpoint;
+    };
+    if let Some(v) = endpoint.variants.iter_mut().find(|v| v.name == r.variant) {
+        // The variant's own entry is labelled with the model it serves (the old one until
+        // the rollout promotes), the split with the new one.
+        if let Some(vp) = plan.variants.iter().find(|p| p.name == r.variant) {
+            v.model = vp.serving_model.clone();
+        }
+        v.rollout = r.split.clone();
+    }
+    if let Some(m) = &r.mirror {
+        let fqdn = ctx.fqdn(ctx.name);
+        let subset = crate::rollout::subset_name(&m.variant, &m.model);
+        endpoint.shadow = Some(mlep_contract::ShadowConfig {
+            cluster: format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
+            authority: Some(fqdn),
+            model: m.model.clone(),
+            percent: m.percent,
+            variant: Some(m.variant.clone()),
+            max_body_bytes: 64 * 1024,
+            timeout_ms: 1000,
+            forward_credentials: false,
+            compare: mlep_contract::CompareConfig {
+                mode: mlep_contract::CompareMode::Json,
+                tolerance: crate::filter_config::DEFAULT_TOLERANCE,
+            },
+        });
+    }
+    endpoint
+}
+
 fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
-    let subsets: Vec<Value> = plan
+    let mut subsets: Vec<Value> = plan
         .variants
         .iter()
         .map(|v| json!({ "name": v.name, "labels": { LABEL_VERSION: v.name, LABEL_MODEL: v.serving_model } }))
         .collect();
+    // A rollout's new model gets its own subset while a route, split or mirror may name it
+    // (it is rendered, and applied, before the VirtualService and the filter config).
+    if let Some((variant, model)) = rollout_route(plan) {
+        subsets.push(json!({
+            "name": crate::rollout::subset_name(variant, model),
+            "labels": { LABEL_VERSION: variant, LABEL_MODEL: model },
+        }));
+    }
     istio(
         ISTIO_NETWORKING,
         "DestinationRule",
@@ -576,6 +631,27 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
             })
         })
         .collect();
+    // Users a rollout moved: the filter names their model; this route comes before their
+    // variant's own, which still catches everyone else (and any request marked for a model
+    // whose route is gone).
+    if let Some((variant, model)) = rollout_route(plan) {
+        let at = http
+            .iter()
+            .position(|r| r["name"] == format!("variant-{variant}"))
+            .unwrap_or(0);
+        let subset = crate::rollout::subset_name(variant, model);
+        http.insert(
+            at,
+            json!({
+                "name": format!("rollout-{subset}"),
+                "match": [{ "headers": {
+                    mlep_contract::metrics::VARIANT_HEADER: { "exact": variant },
+                    mlep_contract::metrics::MODEL_HEADER: { "exact": model },
+                } }],
+                "route": [{ "destination": dest(&subset) }],
+            }),
+        );
+    }
     // Fallback for requests the filter did not see: the routed weights, ready variants only.
     let default: Vec<Value> = match routes.weighted.as_slice() {
         [(one, _)] => vec![json!({ "destination": dest(one) })],
@@ -610,6 +686,12 @@ pub fn variant_routes(plan: &Plan) -> VariantRoutes {
         weight: v.weight,
         ready: v.ready,
     }))
+}
+
+/// `(variant, model)` of a rollout's own route and subset, if it needs one now.
+fn rollout_route(plan: &Plan) -> Option<(&str, &str)> {
+    let r = plan.rollout.as_ref()?;
+    Some((r.variant.as_str(), r.route_model.as_deref()?))
 }
 
 fn gateway(ctx: &Ctx, spec: &ModelEndpointSpec) -> Value {

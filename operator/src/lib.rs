@@ -8,4 +8,5 @@ pub mod app;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod rollout;
 pub mod server;
