@@ -42,6 +42,16 @@ enum Cmd {
         /// A YAML file or a directory of *.yaml/*.yml files with Models and ModelEndpoints.
         #[arg(short = 'f', long = "filename")]
         input: PathBuf,
+        /// The filter module whose sha256 the objects carry (default: as for `local up`). Must be
+        /// the module the operator serves: the proxies fetch it from the operator by that sha256.
+        #[arg(long, conflicts_with = "wasm_sha256")]
+        filter_wasm: Option<PathBuf>,
+        /// The module's sha256 instead of the file (`curl http://mlep-operator.mlep-system:8080/mlep_filter.wasm.sha256`).
+        #[arg(long)]
+        wasm_sha256: Option<String>,
+        /// Namespace of the operator that serves the module.
+        #[arg(long, default_value = mlep_core::module::OPERATOR_NAMESPACE)]
+        operator_namespace: String,
     },
     /// Print the CustomResourceDefinitions of Model and ModelEndpoint.
     #[command(after_help = "Example:\n  mlep crd | kubectl apply -f -")]
@@ -142,8 +152,22 @@ fn main() -> anyhow::Result<()> {
             print!("{}", mlep::render::crds_yaml().context("render the CRDs")?);
             Ok(())
         }
-        Cmd::Render { input } => {
-            print!("{}", mlep::render::render_input(&input)?);
+        Cmd::Render {
+            input,
+            filter_wasm,
+            wasm_sha256,
+            operator_namespace,
+        } => {
+            let module = match wasm_sha256 {
+                Some(sha) => mlep::render::Module::Sha256(sha),
+                None => {
+                    mlep::render::Module::File(local::find_filter_wasm(filter_wasm.as_deref())?)
+                }
+            };
+            print!(
+                "{}",
+                mlep::render::render_input(&input, &module, &operator_namespace)?
+            );
             Ok(())
         }
         Cmd::Local(LocalCmd::Install { filter_wasm }) => {

@@ -54,7 +54,8 @@ spec:
 
 /// The operator's side: every object `mlep render` prints (what the operator applies).
 fn operator_objects(dir: &Path) -> Vec<Value> {
-    let yaml = mlep::render::render_input(dir).unwrap();
+    let module = mlep::render::Module::Sha256("ab".repeat(32));
+    let yaml = mlep::render::render_input(dir, &module, "mlep-system").unwrap();
     yaml.split("---\n")
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml::from_str(d).unwrap())
@@ -79,11 +80,20 @@ fn config_in(wasm: &Value) -> FilterConfig {
 }
 
 /// The envelope without what legitimately differs: where the module comes from, the
-/// extension's name, fail-open (Istio's agent fetches remotely; local mode loads a file).
+/// extension's name, the failure policy (Istio's agent fetches remotely and falls back to
+/// allow-all; local mode loads a file and reloads a crashed VM).
 fn envelope(wasm: &Value) -> Value {
     let mut w = wasm.clone();
     let c = w["config"].as_object_mut().unwrap();
-    for k in ["name", "fail_open", "configuration"] {
+    // Local mode reloads a crashed VM (FAIL_RELOAD); in Istio the agent's fail-open fallback
+    // applies instead (docs/operator.md).
+    for k in [
+        "name",
+        "fail_open",
+        "failure_policy",
+        "reload_config",
+        "configuration",
+    ] {
         c.remove(k);
     }
     c["vm_config"].as_object_mut().unwrap().remove("code");
@@ -214,7 +224,8 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
     let _ = std::fs::remove_dir_all(&dir);
 
     // The same Wasm envelope (runtime, root and VM ids, type) around the configuration.
-    let patches = &find(&objs, "EnvoyFilter", "titanic-mlep")["spec"]["configPatches"];
+    let patches =
+        &find(&objs, "EnvoyFilter", mlep_core::aggregate::SIDECAR_FILTER)["spec"]["configPatches"];
     let istio_wasm = &patches[0]["patch"]["value"]["typed_config"];
     let local_wasm = &local.ecds["resources"][0]["typed_config"];
     assert_eq!(envelope(istio_wasm), envelope(local_wasm));

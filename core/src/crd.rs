@@ -2,7 +2,9 @@
 //! YAML in `manifests/crds/` is generated from these types (`mlep crd`); doc comments become
 //! `kubectl explain` text.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext,
+};
 use kube_derive::{CustomResource, KubeSchema};
 use mlep_contract::{Allocation, CompareMode, UnknownTarget};
 use schemars::JsonSchema;
@@ -51,6 +53,15 @@ pub struct ModelSpec {
     /// Compute resources of the model container (a variant may override them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Pod security context of the model's pods. Default: non-root uid/gid 65532 (fsGroup
+    /// 65532), RuntimeDefault seccomp. Set it for images that need another user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+    /// Security context of the model container. Default: read-only root filesystem (`/tmp` is
+    /// writable), no privilege escalation, all capabilities dropped, non-root. Bring-your-own
+    /// SageMaker images that write elsewhere or run as root set their own here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 impl ModelSpec {

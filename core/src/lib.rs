@@ -2,6 +2,7 @@
 //! kube client, no async runtime, no I/O. The operator (`mlep-operator`) applies what it
 //! computes; the CLI (`mlep`) runs the same decisions locally and prints the same objects.
 //!
+//! - [`aggregate`]: one filter per proxy, carrying every endpoint.
 //! - [`api_enum`]: the contract's enums spelled the Kubernetes way in the CRDs.
 //! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
 //! - [`validate`]: spec checks naming the offending field.
@@ -9,17 +10,20 @@
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
+//! - [`module`]: where proxies fetch the filter module (URL versioned by its sha256).
 //! - [`render`]: every object the operator applies for an endpoint.
 //! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen) and its analysis.
 //! - [`analysis`]: rollout analysis as PromQL, and Prometheus' answers read back.
 
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod analysis;
 pub mod api_enum;
 pub mod crd;
 pub mod envoy;
 pub mod filter_config;
+pub mod module;
 pub mod plan;
 pub mod render;
 pub mod rollout;

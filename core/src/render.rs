@@ -13,9 +13,7 @@
 //! - VirtualService `E`: routes on `x-mlep-variant` to the subsets of ready variants, then a
 //!   weighted default route for requests the filter did not see;
 //! - Gateway `E` when `spec.expose`;
-//! - the filter: EnvoyFilter `E-mlep` (or WasmPlugin `E-mlep`) for the namespace's sidecars and,
-//!   when exposed, `mlep-N-E` in the ingress gateway's namespace (cleaned up by the finalizer:
-//!   ownerReferences cannot cross namespaces);
+//! - the filter is shared by every endpoint (one per proxy): see [`crate::aggregate`];
 //! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
 
 use crate::crd::{
@@ -26,6 +24,7 @@ use crate::envoy::{
     STATS_PREFIX, WASM_TYPE_URL,
 };
 use crate::filter_config::endpoint_config;
+use crate::module;
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -34,9 +33,10 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -65,6 +65,19 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 const ISTIO_NETWORKING: &str = "networking.istio.io/v1";
 /// Service port every endpoint listens on inside the mesh.
 pub const SERVICE_PORT: i32 = 80;
+/// Seconds a model pod keeps serving after it is told to stop (preStop sleep).
+pub const DRAIN_SECONDS: i64 = 5;
+/// Environment variable telling a SageMaker-contract server its port.
+pub const PORT_ENV: &str = "SAGEMAKER_BIND_TO_PORT";
+/// Type URL of Envoy's RBAC HTTP filter: the pass-through fallback (no rules = allow all).
+const RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// Stat prefix of the fallback, so a proxy running without the filter shows in its stats.
+pub const FALLBACK_STAT_PREFIX: &str = "mlep_filter_fallback_";
+/// How long Istio's agent may spend fetching the module, retries included (the whole fetch
+/// shares this deadline, pkg/wasm/cache.go): how long a new proxy waits for the fallback.
+const MODULE_FETCH_TIMEOUT: &str = "10s";
+/// How long a listener waits for the filter's first config before serving without it.
+const INITIAL_FETCH_TIMEOUT: &str = "15s";
 
 /// Cluster-wide choices that are not part of any resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,20 +91,45 @@ pub struct RenderSettings {
     pub wasm_sha256: String,
     /// Namespace of the ingress gateway pods (`istio-system`).
     pub gateway_namespace: String,
+    /// Istio's root namespace (`istio-system`): an EnvoyFilter there applies to every proxy.
+    pub mesh_root_namespace: String,
     /// Labels selecting the ingress gateway pods (`istio: ingressgateway`).
     pub gateway_selector: BTreeMap<String, String>,
     /// Cluster DNS domain (`cluster.local`).
     pub cluster_domain: String,
 }
 
+impl RenderSettings {
+    /// These settings with the module of this sha256, served by the operator in
+    /// `operator_namespace` (the URL is versioned by the sha256: see [`crate::module`]).
+    pub fn with_module(mut self, sha256: &str, operator_namespace: &str) -> Self {
+        let base = module::operator_base_url(
+            operator_namespace,
+            &self.cluster_domain,
+            module::OPERATOR_HTTP_PORT,
+        );
+        self.wasm_url = module::module_url(&base, sha256);
+        self.wasm_sha256 = sha256.to_owned();
+        self
+    }
+}
+
 impl Default for RenderSettings {
+    /// The operator's defaults, with a placeholder module checksum (all zeros): callers that
+    /// print or apply objects set the real one with [`RenderSettings::with_module`].
     fn default() -> Self {
+        let zeros = "0".repeat(64);
+        let base = module::operator_base_url(
+            module::OPERATOR_NAMESPACE,
+            "cluster.local",
+            module::OPERATOR_HTTP_PORT,
+        );
         Self {
             model_init_image: "ghcr.io/k8smlendpoints/mlep-model-init:0.1.0".into(),
-            wasm_url: "http://mlep-operator.mlep-system.svc.cluster.local:8081/mlep_filter.wasm"
-                .into(),
-            wasm_sha256: "0".repeat(64),
+            wasm_url: module::module_url(&base, &zeros),
+            wasm_sha256: zeros,
             gateway_namespace: "istio-system".into(),
+            mesh_root_namespace: "istio-system".into(),
             gateway_selector: [("istio".to_owned(), "ingressgateway".to_owned())]
                 .into_iter()
                 .collect(),
@@ -107,6 +145,8 @@ pub struct Rendered {
     pub objects: Vec<Value>,
     /// The bucket allocation carried in the filter config (persist it in status).
     pub allocation: Allocation,
+    /// This endpoint's entry in the shared filter config (see [`crate::aggregate`]).
+    pub filter: EndpointConfig,
 }
 
 /// Every object the operator would create for these resources, assuming every variant is
@@ -119,6 +159,7 @@ pub fn render_all(
 ) -> Result<Vec<Value>, SpecError> {
     let ns_of = |m: Option<&String>| m.cloned().unwrap_or_else(|| "default".to_owned());
     let mut out = Vec::new();
+    let mut filters = Vec::new();
     for ep in endpoints {
         let ns = ns_of(ep.metadata.namespace.as_ref());
         let in_ns: BTreeMap<String, ModelSpec> = models
@@ -131,8 +172,18 @@ pub fn render_all(
             ..e
         })?;
         let plan = Plan::assume_ready(&ep.spec);
-        out.extend(render_endpoint(ep, &ns, &in_ns, &plan, None, settings)?.objects);
+        let rendered = render_endpoint(ep, &ns, &in_ns, &plan, None, settings)?;
+        out.extend(rendered.objects);
+        filters.push((ep.spec.filter_wiring, rendered.filter));
     }
+    let aggregate = crate::aggregate::filters_for(filters, settings);
+    if let Some((id, why)) = aggregate.excluded.first() {
+        return Err(SpecError::invalid(
+            "spec.hosts",
+            format!("ModelEndpoint {id}: {why}"),
+        ));
+    }
+    out.extend(aggregate.objects);
     Ok(out)
 }
 
@@ -263,15 +314,16 @@ pub fn render_endpoint(
     )?;
     let endpoint = with_rollout(&ctx, endpoint, plan);
     let allocation = endpoint.allocation.clone();
-    objects.extend(filter_objects(&ctx, spec, &filter_config_json(endpoint)?));
+    let filter = checked_filter(endpoint)?;
     Ok(Rendered {
         objects,
         allocation,
+        filter,
     })
 }
 
-/// The filter config carrying one endpoint, checked as the filter will check it.
-fn filter_config_json(endpoint: EndpointConfig) -> Result<Value, SpecError> {
+/// This endpoint's filter entry, checked as the filter will check it.
+fn checked_filter(endpoint: EndpointConfig) -> Result<EndpointConfig, SpecError> {
     let config = FilterConfig {
         version: CONFIG_VERSION,
         endpoints: vec![endpoint],
@@ -279,8 +331,11 @@ fn filter_config_json(endpoint: EndpointConfig) -> Result<Value, SpecError> {
     config.validate().map_err(|e| {
         SpecError::invalid("spec", format!("the filter would reject its config: {e}"))
     })?;
-    serde_json::to_value(&config)
-        .map_err(|e| SpecError::invalid("spec", format!("filter config does not serialize: {e}")))
+    config
+        .endpoints
+        .into_iter()
+        .next()
+        .ok_or_else(|| SpecError::invalid("spec", "no filter config rendered"))
 }
 
 struct Ctx<'a> {
@@ -314,20 +369,6 @@ impl Ctx<'_> {
             namespace: Some(self.namespace.into()),
             labels: Some(l),
             owner_references: self.owner.map(|o| vec![o.clone()]),
-            ..ObjectMeta::default()
-        }
-    }
-
-    /// Metadata of an object outside the endpoint's namespace (found again by its labels).
-    fn foreign_meta(&self, name: &str, namespace: &str) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(labels([
-                (LABEL_ENDPOINT, self.name),
-                (LABEL_ENDPOINT_NAMESPACE, self.namespace),
-                (LABEL_MANAGED_BY, FIELD_MANAGER),
-            ])),
             ..ObjectMeta::default()
         }
     }
@@ -423,7 +464,12 @@ fn deployment(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    security_context: Some(pod_security()),
+                    security_context: Some(
+                        model
+                            .pod_security_context
+                            .clone()
+                            .unwrap_or_else(pod_security),
+                    ),
                     automount_service_account_token: Some(false),
                     init_containers: (!init.is_empty()).then_some(init),
                     containers: vec![container],
@@ -498,17 +544,52 @@ fn model_container(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: (!model.env.is_empty()).then(|| model.env.clone()),
+        env: Some(model_env(model)),
         readiness_probe: Some(probe(1, 5, 3)),
         liveness_probe: Some(probe(10, 10, 6)),
         volume_mounts: Some(mounts),
-        security_context: Some(container_security()),
+        // Keep serving while proxies learn that the pod is going (endpoint removal reaches every
+        // Envoy through istiod a moment after the pod is deleted): without it a model swap
+        // dropped 1 of 1960 requests on the bed with "503 upstream connect error".
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(
+            model
+                .security_context
+                .clone()
+                .unwrap_or_else(container_security),
+        ),
         resources: resources.cloned(),
         ..Container::default()
     }
 }
 
-/// Non-root (uid/gid 65532), RuntimeDefault seccomp.
+/// The model container's environment: the Model's, plus the port the SageMaker contract tells
+/// the server in `SAGEMAKER_BIND_TO_PORT` (without it a Model on another port listens on 8080
+/// and fails its probes). The Model's own value wins.
+fn model_env(model: &ModelSpec) -> Vec<EnvVar> {
+    let mut env = model.env.clone();
+    if !env.iter().any(|e| e.name == PORT_ENV) {
+        env.insert(
+            0,
+            EnvVar {
+                name: PORT_ENV.into(),
+                value: Some(model.port().to_string()),
+                ..EnvVar::default()
+            },
+        );
+    }
+    env
+}
+
+/// Default pod security of model pods (a Model overrides it with `spec.podSecurityContext`).
 fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
@@ -555,31 +636,42 @@ fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
     }
 }
 
-/// A rollout's split and BlueGreen mirror on the endpoint's filter config. The mirror goes to
-/// the new model's subset cluster (`outbound|80|<subset>|<host>`, Istio's name for a
-/// DestinationRule subset's cluster).
-fn with_rollout(
-    ctx: &Ctx,
-    mut endpoint: mlep_contract::EndpointConfig,
-    plan: &Plan,
-) -> mlep_contract::EndpointConfig {
+/// A rollout's split and BlueGreen mirror on the endpoint's filter config (see
+/// [`apply_rollout`]).
+fn with_rollout(ctx: &Ctx, endpoint: EndpointConfig, plan: &Plan) -> EndpointConfig {
     let Some(r) = &plan.rollout else {
         return endpoint;
     };
+    let serving = plan
+        .variants
+        .iter()
+        .find(|p| p.name == r.variant)
+        .map(|p| p.serving_model.as_str());
+    apply_rollout(endpoint, r, serving, &ctx.fqdn(ctx.name))
+}
+
+/// Put a rollout on an endpoint's filter entry: the variant's own entry is labelled with the
+/// model it serves (`serving`: the old one until the rollout promotes), the split with the new
+/// one; a BlueGreen mirror goes to the new model's subset cluster (`outbound|80|<subset>|<fqdn>`,
+/// Istio's name for a DestinationRule subset's cluster). One function for the per-endpoint
+/// render and the shared filter rebuilt from status ([`crate::aggregate::served_config`]).
+pub fn apply_rollout(
+    mut endpoint: EndpointConfig,
+    r: &crate::rollout::RolloutPlan,
+    serving: Option<&str>,
+    fqdn: &str,
+) -> EndpointConfig {
     if let Some(v) = endpoint.variants.iter_mut().find(|v| v.name == r.variant) {
-        // The variant's own entry is labelled with the model it serves (the old one until
-        // the rollout promotes), the split with the new one.
-        if let Some(vp) = plan.variants.iter().find(|p| p.name == r.variant) {
-            v.model = vp.serving_model.clone();
+        if let Some(model) = serving {
+            v.model = model.to_owned();
         }
         v.rollout = r.split.clone();
     }
     if let Some(m) = &r.mirror {
-        let fqdn = ctx.fqdn(ctx.name);
         let subset = crate::rollout::subset_name(&m.variant, &m.model);
         endpoint.shadow = Some(mlep_contract::ShadowConfig {
             cluster: format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
-            authority: Some(fqdn),
+            authority: Some(fqdn.to_owned()),
             model: m.model.clone(),
             percent: m.percent,
             variant: Some(m.variant.clone()),
@@ -660,7 +752,19 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
             .map(|(v, w)| json!({ "destination": dest(v), "weight": w }))
             .collect(),
     };
-    http.push(json!({ "name": DEFAULT_ROUTE, "route": default }));
+    let mut fallback = json!({ "name": DEFAULT_ROUTE, "route": default });
+    if spec.shadow.is_some() {
+        // The filter mirrors to the shadow's Envoy cluster itself; a 0% mirror here makes the
+        // shadow a destination of this VirtualService, so proxies that only build clusters
+        // their routes reference (gateways with cluster filtering) have it. Istio counts mirror
+        // hosts as destinations (pilot/pkg/model/push_context.go) and renders no mirror policy
+        // for 0% (pilot/pkg/networking/core/route/route.go `MirrorPercent`).
+        fallback["mirrors"] = json!([{
+            "destination": { "host": ctx.fqdn(&envoy::shadow_service(ctx.name)), "port": { "number": SERVICE_PORT } },
+            "percentage": { "value": 0.0 },
+        }]);
+    }
+    http.push(fallback);
     let mut hosts = spec.hosts.clone();
     hosts.push(host.clone());
     let mut gateways = vec!["mesh".to_owned()];
@@ -748,66 +852,55 @@ fn autoscaler(
     }
 }
 
-/// Name of the filter objects in the endpoint's namespace.
-pub fn filter_name(endpoint: &str) -> String {
-    format!("{endpoint}-mlep")
-}
-
-/// Name of the gateway-side filter object (in the gateway's namespace).
-pub fn gateway_filter_name(namespace: &str, endpoint: &str) -> String {
-    format!("mlep-{namespace}-{endpoint}")
-}
-
-/// The filter wiring: for the namespace's sidecars (outbound, where in-mesh clients call the
-/// endpoint) and, when exposed, for the ingress gateway pods.
-fn filter_objects(ctx: &Ctx, spec: &ModelEndpointSpec, config: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    let local = filter_name(ctx.name);
-    let remote = gateway_filter_name(ctx.namespace, ctx.name);
-    match spec.filter_wiring {
+/// A filter object of this wiring for the sidecars (`selector` None: every sidecar, outbound)
+/// or for the gateway pods `selector` selects (see [`crate::aggregate`]).
+pub(crate) fn filter_object(
+    wiring: FilterWiring,
+    metadata: ObjectMeta,
+    selector: Option<&BTreeMap<String, String>>,
+    config: &Value,
+    settings: &RenderSettings,
+) -> Value {
+    let ext = metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| FILTER_NAME.to_owned());
+    let context = if selector.is_some() {
+        "GATEWAY"
+    } else {
+        "SIDECAR_OUTBOUND"
+    };
+    match wiring {
         FilterWiring::EnvoyFilter => {
-            let ext = format!("mlep-{}-{}", ctx.namespace, ctx.name);
-            out.push(envoy_filter(
-                ctx.meta(&local, []),
-                None,
-                "SIDECAR_OUTBOUND",
-                &ext,
-                config,
-                ctx.settings,
-            ));
-            if spec.exposed() {
-                let meta = ctx.foreign_meta(&remote, &ctx.settings.gateway_namespace);
-                out.push(envoy_filter(
-                    meta,
-                    Some(&ctx.settings.gateway_selector),
-                    "GATEWAY",
-                    &ext,
-                    config,
-                    ctx.settings,
-                ));
-            }
+            envoy_filter(metadata, selector, context, &ext, config, settings)
         }
-        FilterWiring::WasmPlugin => {
-            out.push(wasm_plugin(
-                ctx.meta(&local, []),
-                None,
-                "CLIENT",
-                config,
-                ctx.settings,
-            ));
-            if spec.exposed() {
-                let meta = ctx.foreign_meta(&remote, &ctx.settings.gateway_namespace);
-                out.push(wasm_plugin(
-                    meta,
-                    Some(&ctx.settings.gateway_selector),
-                    "CLIENT",
-                    config,
-                    ctx.settings,
-                ));
-            }
-        }
+        FilterWiring::WasmPlugin => wasm_plugin(metadata, selector, "CLIENT", config, settings),
     }
-    out
+}
+
+/// `outbound|<port>||<host>`: the Envoy cluster Istio builds for an in-cluster URL's Service.
+fn outbound_cluster_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.to_owned()),
+        _ if url.starts_with("https://") => (authority, "443".to_owned()),
+        _ => (authority, "80".to_owned()),
+    };
+    format!("outbound|{port}||{host}")
+}
+
+/// The metadata of a shared filter object (not owned by any endpoint).
+pub(crate) fn shared_meta(name: &str, namespace: &str, proxies: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(labels([
+            (crate::aggregate::LABEL_FILTER, proxies),
+            (LABEL_MANAGED_BY, FIELD_MANAGER),
+        ])),
+        ..ObjectMeta::default()
+    }
 }
 
 /// An EnvoyFilter delivering the filter through ECDS, the form Istio's agent downloads.
@@ -817,8 +910,9 @@ fn filter_objects(ctx: &Ctx, spec: &ModelEndpointSpec, config: &Value) -> Vec<Va
 ///   inspects every ECDS resource (`TypedExtensionConfig`); when its typed config is an Envoy
 ///   `envoy.extensions.filters.http.wasm.v3.Wasm` (directly or in a TypedStruct) whose
 ///   `vm_config.code.remote.http_uri` is set, the agent downloads the module itself (verifying
-///   `sha256`, default timeout 5 s), caches it and rewrites the config to a local file before
-///   Envoy sees it; a failed fetch NACKs unless `fail_open`. So the module must reach Envoy as
+///   `sha256`, within the `http_uri` timeout), caches it and rewrites the config to a local file
+///   before Envoy sees it; a failed fetch or checksum becomes an allow-all RBAC filter when
+///   `fail_open`, a deny-all one otherwise. So the module must reach Envoy as
 ///   an ECDS resource: an `EXTENSION_CONFIG` patch carries it and the `HTTP_FILTER` patch
 ///   refers to it with `config_discovery` from `ads` — the two-EnvoyFilter form of Istio's
 ///   "Distributing WebAssembly Modules" guide (istio.io/v1.10/docs/ops/configuration/
@@ -836,12 +930,20 @@ fn envoy_filter(
 ) -> Value {
     // Keep traffic flowing if the module cannot be loaded; the filter itself fails open on bad
     // configs too (it counts mlep_config_errors_total).
+    // `fail_open`: Istio's agent reads it (pkg/wasm/convert.go `httpWasmFailOpen`): when the
+    // module cannot be fetched or fails its sha256, it hands Envoy an allow-all RBAC filter
+    // under this name instead of a deny-all one. `cluster`: Envoy requires one; the agent
+    // rewrites the source to a local file first, and should a proxy ever fetch by itself this
+    // is the cluster Istio builds for the URL's Service.
+    let cluster = outbound_cluster_of(&settings.wasm_url);
     let code = WasmCode::Remote {
         uri: &settings.wasm_url,
-        cluster: "mlep-wasm",
+        cluster: &cluster,
         sha256: &settings.wasm_sha256,
     };
-    let wasm = envoy::wasm_filter(ext_name, code, &config.to_string(), true);
+    let mut wasm = envoy::wasm_filter(ext_name, code, &config.to_string(), true);
+    wasm["config"]["vm_config"]["code"]["remote"]["http_uri"]["timeout"] =
+        json!(MODULE_FETCH_TIMEOUT);
     let mut spec = json!({
         "configPatches": [
             {
@@ -862,8 +964,20 @@ fn envoy_filter(
                     "value": {
                         "name": ext_name,
                         "config_discovery": {
-                            "config_source": { "ads": {}, "initial_fetch_timeout": "0s" },
-                            "type_urls": [WASM_TYPE_URL],
+                            // Bounded: a listener waits at most this long for the first
+                            // config, then serves with `default_config`.
+                            "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
+                            // The agent's fallback is an RBAC filter: Envoy must accept that
+                            // type here, or it rejects the fallback and the filter has no
+                            // config: every request on the listener gets a 500 (measured on
+                            // the bed, docs/operator.md).
+                            "type_urls": [WASM_TYPE_URL, RBAC_TYPE_URL],
+                            // Until (or unless) a config arrives: pass everything, unassigned
+                            // (the VirtualService's weighted default route still splits).
+                            "default_config": {
+                                "@type": RBAC_TYPE_URL,
+                                "rules_stat_prefix": FALLBACK_STAT_PREFIX,
+                            },
                         },
                     },
                 },
@@ -923,6 +1037,8 @@ mod tests {
                 port: Some(9000),
                 env: vec![],
                 resources: None,
+                pod_security_context: None,
+                security_context: None,
             },
         );
         m.metadata.namespace = Some("ml".into());
@@ -960,6 +1076,25 @@ mod tests {
         render_endpoint(ep, "ml", &models(), plan, None, &RenderSettings::default())
             .unwrap()
             .objects
+    }
+
+    /// The endpoint's objects followed by the shared filter objects (as `render_all` orders them).
+    fn render_with_filters(ep: &ModelEndpoint, settings: &RenderSettings) -> Vec<Value> {
+        let r = render_endpoint(
+            ep,
+            "ml",
+            &models(),
+            &Plan::assume_ready(&ep.spec),
+            None,
+            settings,
+        )
+        .unwrap();
+        let mut objs = r.objects;
+        objs.extend(
+            crate::aggregate::filters_for(vec![(ep.spec.filter_wiring, r.filter)], settings)
+                .objects,
+        );
+        objs
     }
 
     fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -1037,6 +1172,65 @@ mod tests {
     }
 
     #[test]
+    fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defaults() {
+        let ep = endpoint();
+        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let c =
+            &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"]["containers"][0];
+        // model() listens on 9000: the probes' named port and the server agree.
+        assert!(c["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": PORT_ENV, "value": "9000"})));
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+        // Draining: a deleted pod keeps serving until the proxies have dropped it.
+        assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], DRAIN_SECONDS);
+
+        let mut m = models();
+        let spec = m.get_mut("m1").unwrap();
+        spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+            name: PORT_ENV.into(),
+            value: Some("9000".into()),
+            value_from: None,
+        }];
+        spec.security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+            read_only_root_filesystem: Some(false),
+            ..Default::default()
+        });
+        spec.pod_security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        });
+        let objs = render_endpoint(
+            &ep,
+            "ml",
+            &m,
+            &Plan::assume_ready(&ep.spec),
+            None,
+            &RenderSettings::default(),
+        )
+        .unwrap()
+        .objects;
+        let pod = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["env"].as_array().unwrap().len(),
+            1,
+            "the Model's own port env wins: {c}"
+        );
+        assert_eq!(
+            c["securityContext"],
+            json!({"readOnlyRootFilesystem": false})
+        );
+        assert_eq!(pod["securityContext"], json!({"runAsUser": 0}));
+        // The init container (ours) stays locked down.
+        assert_eq!(
+            pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"],
+            true
+        );
+    }
+
+    #[test]
     fn service_ports_name_their_protocol_and_select_every_variant() {
         let ep = endpoint();
         let objs = render(&ep, &Plan::assume_ready(&ep.spec));
@@ -1110,8 +1304,8 @@ mod tests {
     #[test]
     fn envoy_filter_delivers_the_module_through_ecds_with_url_and_sha256() {
         let ep = endpoint();
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-        let ef = find(&objs, "EnvoyFilter", "titanic-mlep");
+        let objs = render_with_filters(&ep, &RenderSettings::default());
+        let ef = find(&objs, "EnvoyFilter", crate::aggregate::SIDECAR_FILTER);
         let patches = ef["spec"]["configPatches"].as_array().unwrap();
         assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
         let cfg = &patches[0]["patch"]["value"]["typed_config"];
@@ -1133,8 +1327,8 @@ mod tests {
             patches[0]["patch"]["value"]["name"]
         );
         assert_eq!(
-            patches[1]["patch"]["value"]["config_discovery"]["type_urls"],
-            json!([WASM_TYPE_URL])
+            patches[1]["patch"]["value"]["config_discovery"]["type_urls"][0],
+            json!(WASM_TYPE_URL)
         );
         assert_eq!(patches[1]["match"]["context"], "SIDECAR_OUTBOUND");
         assert!(objs
@@ -1143,11 +1337,50 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_that_cannot_fetch_the_module_passes_traffic_unassigned() {
+        let ep = endpoint();
+        let objs = render_with_filters(&ep, &RenderSettings::default());
+        let patches = find(&objs, "EnvoyFilter", crate::aggregate::GATEWAY_FILTER)["spec"]
+            ["configPatches"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let cfg = &patches[0]["patch"]["value"]["typed_config"]["config"];
+        assert_eq!(
+            cfg["fail_open"], true,
+            "the agent substitutes allow-all only when fail-open"
+        );
+        let uri = &cfg["vm_config"]["code"]["remote"]["http_uri"];
+        assert_eq!(
+            uri["cluster"],
+            "outbound|8080||mlep-operator.mlep-system.svc.cluster.local"
+        );
+        assert_eq!(uri["timeout"], "10s");
+        let discovery = &patches[1]["patch"]["value"]["config_discovery"];
+        assert!(
+            discovery["type_urls"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(RBAC_TYPE_URL)),
+            "Envoy would reject the agent's RBAC fallback"
+        );
+        assert_eq!(discovery["default_config"]["@type"], RBAC_TYPE_URL);
+        assert!(
+            discovery["default_config"].get("rules").is_none(),
+            "no rules = allow all"
+        );
+        assert_ne!(
+            discovery["config_source"]["initial_fetch_timeout"], "0s",
+            "unbounded wait"
+        );
+    }
+
+    #[test]
     fn exposing_adds_a_gateway_and_a_gateway_side_filter_outside_the_namespace() {
         let mut ep = endpoint();
         ep.spec.expose = Some(true);
         ep.spec.filter_wiring = FilterWiring::WasmPlugin;
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let objs = render_with_filters(&ep, &RenderSettings::default());
         let gw = find(&objs, "Gateway", "titanic");
         assert_eq!(gw["spec"]["selector"], json!({"istio": "ingressgateway"}));
         assert_eq!(
@@ -1156,19 +1389,18 @@ mod tests {
         );
         let vs = find(&objs, "VirtualService", "titanic");
         assert_eq!(vs["spec"]["gateways"], json!(["mesh", "ml/titanic"]));
-        let local = find(&objs, "WasmPlugin", "titanic-mlep");
+        let local = find(&objs, "WasmPlugin", crate::aggregate::SIDECAR_FILTER);
         assert_eq!(local["spec"]["url"], RenderSettings::default().wasm_url);
         assert_eq!(
             local["spec"]["pluginConfig"]["endpoints"][0]["name"],
             "titanic"
         );
-        let remote = find(&objs, "WasmPlugin", "mlep-ml-titanic");
+        let remote = find(&objs, "WasmPlugin", crate::aggregate::GATEWAY_FILTER);
         assert_eq!(remote["metadata"]["namespace"], "istio-system");
         assert!(
             remote["metadata"].get("ownerReferences").is_none(),
-            "ownerReferences cannot cross namespaces"
+            "shared by every endpoint: owned by none"
         );
-        assert_eq!(remote["metadata"]["labels"][LABEL_ENDPOINT_NAMESPACE], "ml");
         assert_eq!(
             remote["spec"]["selector"]["matchLabels"],
             json!({"istio": "ingressgateway"})
@@ -1207,7 +1439,7 @@ mod tests {
     fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
         let mut ep = endpoint();
         ep.spec.shadow = Some(ShadowSpec::new("m3", 10.0));
-        let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+        let objs = render_with_filters(&ep, &RenderSettings::default());
         let d = find(&objs, "Deployment", "titanic-shadow-m3");
         assert_eq!(
             d["spec"]["template"]["metadata"]["labels"]["app"],
@@ -1217,14 +1449,29 @@ mod tests {
             find(&objs, "Service", "titanic-shadow")["spec"]["selector"],
             json!({"app": "titanic-shadow"})
         );
-        let cfg = &find(&objs, "EnvoyFilter", "titanic-mlep")["spec"]["configPatches"][0]["patch"]
-            ["value"]["typed_config"]["config"]["configuration"]["value"];
+        let cfg = &find(&objs, "EnvoyFilter", crate::aggregate::SIDECAR_FILTER)["spec"]
+            ["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]
+            ["value"];
         let filter: FilterConfig = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
         let shadow = filter.endpoints[0].shadow.as_ref().unwrap();
         assert_eq!(
             shadow.cluster,
             "outbound|80||titanic-shadow.ml.svc.cluster.local"
         );
+        // Some route references the shadow host, so every proxy bound to the
+        // VirtualService (the gateway too) builds that cluster; the mirror sends nothing.
+        let http = &find(&objs, "VirtualService", "titanic")["spec"]["http"];
+        let mirror = http
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|r| r["mirrors"].as_array().and_then(|m| m.first()))
+            .expect("a route referencing the shadow");
+        assert_eq!(
+            mirror["destination"]["host"],
+            "titanic-shadow.ml.svc.cluster.local"
+        );
+        assert_eq!(mirror["percentage"]["value"], 0.0);
     }
 
     #[test]
@@ -1255,7 +1502,13 @@ mod tests {
         )
         .unwrap();
         assert!(objs.iter().any(|o| o["kind"] == "VirtualService"));
-        assert!(objs.iter().all(|o| o["metadata"]["namespace"] == "ml"));
+        // The endpoint's objects in its namespace; the shared filters in Istio's.
+        assert!(objs.iter().all(|o| o["metadata"]["namespace"] == "ml"
+            || o["metadata"]["labels"][crate::aggregate::LABEL_FILTER].is_string()));
+        assert_eq!(
+            objs.iter().filter(|o| o["kind"] == "EnvoyFilter").count(),
+            2
+        );
         let mut bad = endpoint();
         bad.spec.variants[1].weight = 30;
         let err = render_all(
@@ -1266,6 +1519,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "spec.variants");
         assert!(err.message.contains("ModelEndpoint ml/titanic"), "{err}");
+    }
+
+    #[test]
+    fn rendered_filters_name_the_module_the_operator_serves_by_its_sha256() {
+        let sha = "5e".repeat(32);
+        let settings = RenderSettings::default().with_module(&sha, "mlep-system");
+        let ep = endpoint();
+        let objs = render_with_filters(&ep, &settings);
+        let text = serde_json::to_string(&objs).unwrap();
+        // The operator's Service port (manifests/operator.yaml) and a versioned path.
+        let url = format!(
+            "http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm"
+        );
+        assert!(text.contains(&url), "{url} not in {text}");
+        assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
+        assert!(!text.contains(&"0".repeat(64)));
+        let manifest = include_str!("../../manifests/operator.yaml");
+        assert!(
+            manifest.contains(&format!("port: {}", module::OPERATOR_HTTP_PORT)),
+            "manifests/operator.yaml serves on another port"
+        );
     }
 
     #[test]

@@ -900,6 +900,37 @@ pub struct RolloutPlan {
     pub route_model: Option<String>,
 }
 
+/// What a persisted rollout asks of the filter, with the model the variant's own entry serves:
+/// the split while users are moved and, while a BlueGreen bakes, the mirror. The shared filter
+/// objects are rebuilt from every endpoint's spec and status (see `crate::aggregate`), so they
+/// carry a running rollout exactly as the reconcile that wrote the status rendered it.
+pub fn served_plan(spec: Option<&RolloutSpec>, r: &RolloutStatus) -> Option<(RolloutPlan, String)> {
+    if !r.active() || r.variant.is_empty() {
+        return None;
+    }
+    let promoted = r.phase == Phase::Promoted;
+    let serving = if promoted { &r.to_model } else { &r.from_model };
+    // Users move (and green is mirrored) only once the new model was ready: the step clock runs.
+    let routable = r.step_started_unix.is_some() || !r.moved_buckets.is_empty();
+    let split = (routable && !promoted && !r.moved_buckets.is_empty()).then(|| RolloutSplit {
+        model: r.to_model.clone(),
+        buckets: r.moved_buckets.clone(),
+    });
+    let mirror = (routable && r.phase == Phase::Baking).then(|| Mirror {
+        variant: r.variant.clone(),
+        model: r.to_model.clone(),
+        percent: Settings::of(spec).shadow_percent,
+    });
+    let plan = RolloutPlan {
+        variant: r.variant.clone(),
+        models: None,
+        split,
+        mirror,
+        route_model: (routable && !promoted).then(|| r.to_model.clone()),
+    };
+    Some((plan, serving.clone()))
+}
+
 /// Put `outcome` on `plan`: the variant's serving model (and its readiness), and what the
 /// renderer adds for the rollout. A no-op for an empty outcome.
 pub fn apply(plan: &mut Plan, outcome: &Outcome, observed: &Observed) {
@@ -1780,6 +1811,8 @@ mod tests {
             port: None,
             env: vec![],
             resources: None,
+            pod_security_context: None,
+            security_context: None,
         };
         let models = ["m1", "m2", "m3", "m4"]
             .iter()
@@ -1827,8 +1860,18 @@ mod tests {
             Some(&w.allocation),
             &crate::render::RenderSettings::default(),
         )
-        .unwrap()
-        .objects;
+        .unwrap();
+        // The shared filter objects are applied after the endpoint's own objects (the
+        // reconcile's `sync_filters` runs after its apply): the entry comes last.
+        let filter = serde_json::json!({
+            "kind": "EnvoyFilter",
+            "config": serde_json::to_string(&mlep_contract::FilterConfig {
+                version: mlep_contract::CONFIG_VERSION,
+                endpoints: vec![objs.filter],
+            })
+            .unwrap(),
+        });
+        let objs: Vec<serde_json::Value> = objs.objects.into_iter().chain([filter]).collect();
         let subset = subset_name("b", "m3");
         let mut r = Rendered::default();
         for (i, o) in objs.iter().enumerate() {

@@ -374,6 +374,8 @@ mod tests {
                 port: None,
                 env: vec![],
                 resources: None,
+                pod_security_context: None,
+                security_context: None,
             },
         );
         let ok = model_status(&m, "t0".into());

@@ -329,6 +329,8 @@ mod tests {
             port: None,
             env: vec![],
             resources: None,
+            pod_security_context: None,
+            security_context: None,
         }
     }
 

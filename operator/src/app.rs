@@ -4,7 +4,7 @@
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::reconcile;
-use crate::server::{self, WasmModule, WASM_PATH};
+use crate::server::{self, WasmModule};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use mlep_core::crd::{Model, ModelEndpoint};
@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Namespace of the ingress gateway pods (where gateway-side filters go).
     #[arg(long, env = "MLEP_GATEWAY_NAMESPACE", default_value_t = RenderSettings::default().gateway_namespace)]
     pub gateway_namespace: String,
+    /// Istio's root namespace: the shared sidecar filter goes there (it applies to every proxy).
+    #[arg(long, env = "MLEP_MESH_ROOT_NAMESPACE", default_value_t = RenderSettings::default().mesh_root_namespace)]
+    pub mesh_root_namespace: String,
     /// Labels selecting the ingress gateway pods, `key=value[,key=value]`.
     #[arg(
         long,
@@ -146,6 +149,7 @@ impl RunArgs {
         let settings = RenderSettings {
             model_init_image: self.model_init_image,
             gateway_namespace: self.gateway_namespace,
+            mesh_root_namespace: self.mesh_root_namespace,
             gateway_selector: self.gateway_selector,
             cluster_domain: self.cluster_domain,
             ..RenderSettings::default()
@@ -260,14 +264,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     })?;
     let wasm = Arc::new(WasmModule::new(bytes));
     let mut settings = config.settings.clone();
-    settings.wasm_sha256 = wasm.sha256.clone();
-    settings.wasm_url = config.wasm_url.clone().unwrap_or_else(|| {
-        let port = config.http_addr.rsplit(':').next().unwrap_or("8080");
-        format!(
-            "http://mlep-operator.{}.svc.{}:{port}{WASM_PATH}",
-            config.namespace, settings.cluster_domain
-        )
-    });
+    settings = settings.with_module(&wasm.sha256, &config.namespace);
+    if let Some(url) = &config.wasm_url {
+        // An override names a server of the user's; it must serve exactly these bytes.
+        settings.wasm_url = url.clone();
+    }
 
     let client = Client::try_default().await?;
     check_crds(&client).await?;

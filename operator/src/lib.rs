@@ -7,6 +7,7 @@
 pub mod app;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
 pub mod server;

@@ -11,6 +11,7 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
+use mlep_core::aggregate::{render_filters, LABEL_FILTER};
 use mlep_core::crd::conditions::REASON_MODEL_NOT_FOUND;
 use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec, API_VERSION};
 use mlep_core::plan::{plan, Observed, Readiness};
@@ -65,6 +66,11 @@ pub struct Context {
     pub settings: RenderSettings,
     pub metrics: Arc<Metrics>,
     pub models: Store<Model>,
+    /// Every ModelEndpoint (the controller's cache): the shared filter objects are rebuilt
+    /// from all of them.
+    pub endpoints: Store<ModelEndpoint>,
+    /// One rebuild of the shared filter objects at a time.
+    pub filters: tokio::sync::Mutex<()>,
 }
 
 /// Reconciles running at once.
@@ -148,11 +154,18 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
     let model_task = tokio::spawn(model_cache);
     let _ = models.wait_until_ready().await;
+    let controller = Controller::new(
+        api::<ModelEndpoint>(&client, scope),
+        watcher::Config::default(),
+    );
+    let endpoint_store = controller.store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         metrics,
         models,
+        endpoints: endpoint_store.clone(),
+        filters: tokio::sync::Mutex::new(()),
     });
 
     // Models get a status of their own: Ready when their spec is valid.
@@ -166,11 +179,6 @@ pub async fn run(
             });
     let models_task = tokio::spawn(models_controller);
 
-    let controller = Controller::new(
-        api::<ModelEndpoint>(&client, scope),
-        watcher::Config::default(),
-    );
-    let endpoint_store = controller.store();
     controller
         .owns(
             api::<Deployment>(&client, scope),
@@ -271,6 +279,7 @@ async fn cleanup(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, 
         ep.name_any()
     );
     prune(ctx, &ctx.settings.gateway_namespace, &selector).await?;
+    sync_filters(ctx, Some(ep)).await?;
     info!("cleaned up");
     Ok(Action::await_change())
 }
@@ -359,7 +368,11 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     let mut status = endpoint_status(ep, &p, &observed, rendered.allocation, last, now());
     mlep_core::rollout::record(&mut status, &outcome, last, &now());
     let settled = p.settled(&ep.spec);
-    write_status(ctx, &endpoints, &name, last, status).await?;
+    write_status(ctx, &endpoints, &name, last, status.clone()).await?;
+    // The shared filter objects, with this endpoint's new status (the cache may lag).
+    let mut fresh = ep.clone();
+    fresh.status = Some(status);
+    sync_filters(ctx, Some(&fresh)).await?;
     // A rollout comes back at its next step (or its next look at the analysis).
     if let Some(s) = outcome.requeue_after_seconds {
         return Ok(Action::requeue(Duration::from_secs(s.clamp(1, 30) as u64)));
@@ -444,6 +457,54 @@ async fn apply_object(ctx: &Context, obj: &Value, key: &Key) -> Result<(), Error
     .await?;
     ctx.metrics.write();
     info!(%kind, %name, namespace = %ns, "applied");
+    Ok(())
+}
+
+/// Rebuild the shared filter objects (`mlep_core::aggregate`) from every endpoint, `current`
+/// replacing its cached version; apply what changed, delete what is no longer rendered.
+async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<(), Error> {
+    let _one_at_a_time = ctx.filters.lock().await;
+    // Before the first full list the cache holds only some endpoints: a rebuild from it would
+    // drop the others' entries.
+    if ctx.endpoints.wait_until_ready().await.is_err() {
+        return Ok(());
+    }
+    let mut all: Vec<ModelEndpoint> = ctx
+        .endpoints
+        .state()
+        .iter()
+        .map(|e| (**e).clone())
+        .collect();
+    if let Some(c) = current {
+        all.retain(|e| !(e.name_any() == c.name_any() && e.namespace() == c.namespace()));
+        all.push(c.clone());
+    }
+    let aggregate = render_filters(&all, &ctx.settings);
+    for (endpoint, why) in &aggregate.excluded {
+        warn!(%endpoint, %why, "left out of the shared filter config");
+    }
+    let selector = LABEL_FILTER;
+    let mut existing = BTreeMap::new();
+    let namespaces: BTreeSet<&str> = [
+        ctx.settings.mesh_root_namespace.as_str(),
+        ctx.settings.gateway_namespace.as_str(),
+    ]
+    .into_iter()
+    .collect();
+    for ns in namespaces {
+        existing.extend(list_existing(ctx, ns, selector, FOREIGN_KINDS).await?);
+    }
+    let mut keep = BTreeSet::new();
+    for obj in &aggregate.objects {
+        let key = key_of(obj)?;
+        if !existing.get(&key).is_some_and(|have| contains(have, obj)) {
+            apply_object(ctx, obj, &key).await?;
+        }
+        keep.insert(key);
+    }
+    for key in existing.keys().filter(|k| !keep.contains(*k)) {
+        delete(ctx, key).await?;
+    }
     Ok(())
 }
 

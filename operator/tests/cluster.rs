@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
+use mlep_core::aggregate::{GATEWAY_FILTER, SIDECAR_FILTER};
 use mlep_core::crd::{Model, ModelEndpoint};
 use mlep_core::render::{render_all, RenderSettings, LABEL_ENDPOINT};
 use mlep_operator::leader::LeaderElection;
@@ -83,6 +84,8 @@ fn settings(ns: &str) -> RenderSettings {
         wasm_sha256: "ab".repeat(32),
         // A per-test "gateway namespace", so cleanup across namespaces is observable.
         gateway_namespace: format!("{ns}-gw"),
+        // The shared filters of this test's operator, apart from other tests'.
+        mesh_root_namespace: format!("{ns}-gw"),
         ..Default::default()
     }
 }
@@ -229,7 +232,8 @@ fn default_weights(vs: &DynamicObject) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The filter config JSON carried by the endpoint's EnvoyFilter.
+/// The filter config JSON carried by the shared EnvoyFilter (this test's endpoints only: each
+/// test has its own mesh root namespace).
 fn filter_config(ef: &DynamicObject) -> Value {
     let s = ef.data["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
         ["configuration"]["value"]
@@ -323,7 +327,7 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
     for (kind, api) in [
         ("VirtualService", vs_api(&client, ns)),
         ("DestinationRule", dr_api(&client, ns)),
-        ("EnvoyFilter", ef_api(&client, ns)),
+        ("EnvoyFilter", ef_api(&client, &format!("{ns}-gw"))),
     ] {
         eventually(kind, || async {
             api.list(&ListParams::default())
@@ -383,7 +387,12 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
         http[0]["match"][0]["headers"]["x-mlep-variant"]["exact"],
         "a"
     );
-    let cfg = filter_config(&ef_api(&client, ns).get("titanic-mlep").await.unwrap());
+    let cfg = filter_config(
+        &ef_api(&client, &format!("{ns}-gw"))
+            .get(SIDECAR_FILTER)
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         cfg["endpoints"][0]["routing"]["sticky"]["header"],
         "x-user-id"
@@ -495,7 +504,12 @@ async fn changing_weights_moves_only_routing_and_filter_config_and_keeps_users_p
             assert_eq!(after.lookup(bucket), Some("b"), "bucket {bucket} left b");
         }
     }
-    let cfg = filter_config(&ef_api(&client, ns).get("titanic-mlep").await.unwrap());
+    let cfg = filter_config(
+        &ef_api(&client, &format!("{ns}-gw"))
+            .get(SIDECAR_FILTER)
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         serde_json::to_value(&after).unwrap(),
         cfg["endpoints"][0]["allocation"]
@@ -520,7 +534,10 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
     let op = Operator::start(&client, ns);
     let ep = ready_example(&client, ns, &op, |_| {}).await;
     let vs_before = vs_api(&client, ns).get(&ep).await.unwrap();
-    let ef_before = ef_api(&client, ns).get("titanic-mlep").await.unwrap();
+    let ef_before = ef_api(&client, &format!("{ns}-gw"))
+        .get(SIDECAR_FILTER)
+        .await
+        .unwrap();
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
 
     for (variants, field) in [
@@ -589,7 +606,10 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
     })
     .await;
     let vs_after = vs_api(&client, ns).get(&ep).await.unwrap();
-    let ef_after = ef_api(&client, ns).get("titanic-mlep").await.unwrap();
+    let ef_after = ef_api(&client, &format!("{ns}-gw"))
+        .get(SIDECAR_FILTER)
+        .await
+        .unwrap();
     assert_eq!(
         vs_after.resource_version(),
         vs_before.resource_version(),
@@ -687,7 +707,7 @@ async fn deleting_the_endpoint_removes_everything_it_created() {
     let gw_ns = format!("{ns}-gw");
     eventually("gateway-side EnvoyFilter", || async {
         ef_api(&client, &gw_ns)
-            .get_opt(&format!("mlep-{ns}-titanic"))
+            .get_opt(GATEWAY_FILTER)
             .await
             .ok()
             .flatten()
@@ -711,10 +731,10 @@ async fn deleting_the_endpoint_removes_everything_it_created() {
     })
     .await;
     eventually(
-        "gateway-side EnvoyFilter removed by the finalizer",
+        "the shared gateway EnvoyFilter removed with the last endpoint",
         || async {
             ef_api(&client, &gw_ns)
-                .get_opt(&format!("mlep-{ns}-titanic"))
+                .get_opt(GATEWAY_FILTER)
                 .await
                 .ok()
                 .filter(|e| e.is_none())
@@ -730,8 +750,8 @@ async fn deleting_the_endpoint_removes_everything_it_created() {
             + usize::from(dr_api(&client, ns).get_opt(&ep).await.ok()?.is_some())
             + usize::from(gw.get_opt(&ep).await.ok()?.is_some())
             + usize::from(
-                ef_api(&client, ns)
-                    .get_opt("titanic-mlep")
+                ef_api(&client, &gw_ns)
+                    .get_opt(SIDECAR_FILTER)
                     .await
                     .ok()?
                     .is_some(),
@@ -913,12 +933,13 @@ async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_an
         .unwrap();
     let health = eventually("/healthz", || http_get(port, "/healthz")).await;
     assert!(health.0.contains("200"), "{health:?}");
-    let (status, module) = http_get(port, "/mlep_filter.wasm").await.unwrap();
-    assert!(status.contains("200"));
-    assert_eq!(module, b"\0asm\x01\0\0\0");
+    let expected = mlep_operator::server::WasmModule::new(b"\0asm\x01\0\0\0".to_vec()).sha256;
     let (_, sum) = http_get(port, "/mlep_filter.wasm.sha256").await.unwrap();
-    let expected = mlep_operator::server::WasmModule::new(module).sha256;
     assert_eq!(String::from_utf8(sum).unwrap().trim(), expected);
+    let path = mlep_core::module::module_path(&expected);
+    let (status, module) = http_get(port, &path).await.unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(module, b"\0asm\x01\0\0\0");
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), ns);
     let holder = eventually("the Lease held by the binary", || async {

@@ -1,0 +1,327 @@
+//! One filter per proxy: the filter objects carry every endpoint a proxy serves.
+//!
+//! A Wasm filter costs every request that crosses it the V8 floor (~11 µs CPU here, see
+//! docs/filter.md), so N per-endpoint filters in a chain cost N floors. Instead the operator
+//! renders, from all ModelEndpoints of the cluster:
+//! - `mlep-sidecars` in the mesh's root namespace (`istio-system`): no workload selector, context
+//!   `SIDECAR_OUTBOUND`. Every in-mesh client must run the filter: a sidecar without it would
+//!   route a client-sent `x-mlep-variant` (the VirtualService's header routes are visible to
+//!   every namespace), around `allowTargeting: false`. The filter sits only on HTTP chains and
+//!   passes requests for hosts it does not know untouched.
+//! - `mlep-gateway` in the ingress gateway's namespace, selecting the gateway pods, context
+//!   `GATEWAY`: every endpoint too (an endpoint reached through a Gateway of its own, `spec.gateway`,
+//!   is still served by these pods).
+//!
+//! Each endpoint's entry is what its own reconcile decided and persisted in its status: the
+//! routed (current) weights and the bucket allocation, so rebuilding the aggregate from the API
+//! state after any change (or an operator restart) gives the same bytes. An endpoint that was
+//! never rendered (no `status.allocation`) is not in it yet; an endpoint being deleted is left
+//! out. Two endpoints claiming the same host cannot share a filter config: the one whose
+//! `namespace/name` sorts later is left out and reported.
+//!
+//! Endpoints asking for `filterWiring: WasmPlugin` go into WasmPlugins of the same names, so a
+//! cluster mixing both wirings has at most two filters per proxy.
+
+use crate::crd::{FilterWiring, ModelEndpoint};
+use crate::envoy::ShadowTarget;
+use crate::filter_config::endpoint_config;
+use crate::render::{apply_rollout, filter_object, shared_meta, RenderSettings, SERVICE_PORT};
+use kube_core::ResourceExt;
+use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+/// Name of the filter object for every sidecar (in the mesh root namespace).
+pub const SIDECAR_FILTER: &str = "mlep-sidecars";
+/// Name of the filter object for the ingress gateway (in its namespace).
+pub const GATEWAY_FILTER: &str = "mlep-gateway";
+/// Label on both: which proxies the object serves.
+pub const LABEL_FILTER: &str = "mlep.dev/filter";
+
+/// The aggregate filter objects, and the endpoints left out with the reason.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Aggregate {
+    pub objects: Vec<Value>,
+    pub excluded: Vec<(String, String)>,
+}
+
+/// The filter entry an endpoint serves with now, from its spec and the status its last
+/// reconcile wrote; `None` before its first successful render.
+pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<EndpointConfig> {
+    let status = ep.status.as_ref()?;
+    let allocation = status.allocation.as_ref()?;
+    let ns = ep.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = ep.name_any();
+    let weights: Vec<(&str, u32)> = ep
+        .spec
+        .variants
+        .iter()
+        .map(|v| {
+            let w = status
+                .variants
+                .iter()
+                .find(|s| s.name == v.name)
+                .map_or(0, |s| s.current_weight);
+            (v.name.as_str(), w)
+        })
+        .collect();
+    let shadow = ep
+        .spec
+        .shadow
+        .as_ref()
+        .map(|_| ShadowTarget::istio(&name, &ns, cluster_domain, SERVICE_PORT));
+    let entry = endpoint_config(&name, &ns, &ep.spec, &weights, Some(allocation), shadow).ok()?;
+    let rollout = status
+        .rollout
+        .as_ref()
+        .and_then(|r| crate::rollout::served_plan(ep.spec.rollout.as_ref(), r));
+    Some(match rollout {
+        Some((plan, serving)) => {
+            let fqdn = format!("{name}.{ns}.svc.{cluster_domain}");
+            apply_rollout(entry, &plan, Some(&serving), &fqdn)
+        }
+        None => entry,
+    })
+}
+
+/// The filter objects for all these endpoints (any order; the result is sorted).
+pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) -> Aggregate {
+    let entries = endpoints
+        .iter()
+        .filter(|e| e.metadata.deletion_timestamp.is_none())
+        .filter_map(|e| {
+            let cfg = served_config(e, &settings.cluster_domain)?;
+            Some((e.spec.filter_wiring, cfg))
+        })
+        .collect();
+    filters_for(entries, settings)
+}
+
+/// The filter objects for these endpoint entries (any order; the result is sorted by
+/// `namespace/name`).
+pub fn filters_for(
+    mut entries: Vec<(FilterWiring, EndpointConfig)>,
+    settings: &RenderSettings,
+) -> Aggregate {
+    entries.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
+    let mut out = Aggregate::default();
+    let mut by_wiring: [(FilterWiring, Vec<EndpointConfig>); 2] = [
+        (FilterWiring::EnvoyFilter, Vec::new()),
+        (FilterWiring::WasmPlugin, Vec::new()),
+    ];
+    let mut hosts = BTreeSet::new();
+    for (wiring, cfg) in entries {
+        let id = format!("{}/{}", cfg.namespace, cfg.name);
+        let single = FilterConfig {
+            version: CONFIG_VERSION,
+            endpoints: vec![cfg.clone()],
+        };
+        if let Err(e) = single.validate() {
+            out.excluded
+                .push((id, format!("the filter would reject it: {e}")));
+            continue;
+        }
+        let claimed: Vec<String> = cfg
+            .hosts
+            .iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        if let Some(h) = claimed.iter().find(|h| hosts.contains(*h)) {
+            out.excluded
+                .push((id, format!("host {h:?} is claimed by another endpoint")));
+            continue;
+        }
+        hosts.extend(claimed);
+        if let Some((_, list)) = by_wiring.iter_mut().find(|(w, _)| *w == wiring) {
+            list.push(cfg);
+        }
+    }
+    for (wiring, configs) in by_wiring {
+        if configs.is_empty() {
+            continue;
+        }
+        let config = json!(FilterConfig {
+            version: CONFIG_VERSION,
+            endpoints: configs,
+        });
+        out.objects.push(filter_object(
+            wiring,
+            shared_meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
+            None,
+            &config,
+            settings,
+        ));
+        out.objects.push(filter_object(
+            wiring,
+            shared_meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
+            Some(&settings.gateway_selector),
+            &config,
+            settings,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ModelEndpointSpec, ModelEndpointStatus, VariantSpec, VariantStatus};
+    use mlep_contract::Allocation;
+
+    fn endpoint(ns: &str, name: &str, host: &str, weights: (u32, u32)) -> ModelEndpoint {
+        let mut e = ModelEndpoint::new(
+            name,
+            ModelEndpointSpec::new(
+                vec![host.into()],
+                vec![
+                    VariantSpec::new("a", "m1", weights.0),
+                    VariantSpec::new("b", "m2", weights.1),
+                ],
+            ),
+        );
+        e.metadata.namespace = Some(ns.into());
+        let status_variant = |n: &str, w: u32| VariantStatus {
+            name: n.into(),
+            model: "m".into(),
+            desired_weight: w,
+            current_weight: w,
+            ..VariantStatus::default()
+        };
+        e.status = Some(ModelEndpointStatus {
+            variants: vec![
+                status_variant("a", weights.0),
+                status_variant("b", weights.1),
+            ],
+            allocation: Allocation::initial(&[("a", weights.0), ("b", weights.1)]).ok(),
+            ..ModelEndpointStatus::default()
+        });
+        e
+    }
+
+    fn config_of(obj: &Value) -> FilterConfig {
+        let text = obj["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+            ["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_endpoint_shares_one_filter_per_proxy_kind() {
+        let eps = [
+            endpoint("ml", "titanic", "titanic.example.com", (80, 20)),
+            endpoint("ml", "iris", "iris.example.com", (50, 50)),
+            endpoint("other", "churn", "*.churn.example.com", (10, 90)),
+        ];
+        let agg = render_filters(&eps, &RenderSettings::default());
+        assert!(agg.excluded.is_empty(), "{:?}", agg.excluded);
+        assert_eq!(
+            agg.objects.len(),
+            2,
+            "one for the sidecars, one for the gateway"
+        );
+        let sidecars = &agg.objects[0];
+        assert_eq!(sidecars["metadata"]["name"], SIDECAR_FILTER);
+        assert_eq!(sidecars["metadata"]["namespace"], "istio-system");
+        assert!(sidecars["spec"].get("workloadSelector").is_none());
+        assert_eq!(
+            sidecars["spec"]["configPatches"][1]["match"]["context"],
+            "SIDECAR_OUTBOUND"
+        );
+        let gateway = &agg.objects[1];
+        assert_eq!(gateway["metadata"]["name"], GATEWAY_FILTER);
+        assert_eq!(
+            gateway["spec"]["workloadSelector"]["labels"],
+            json!({"istio": "ingressgateway"})
+        );
+        for obj in &agg.objects {
+            let cfg = config_of(obj);
+            cfg.validate().unwrap();
+            let names: Vec<_> = cfg
+                .endpoints
+                .iter()
+                .map(|e| format!("{}/{}", e.namespace, e.name))
+                .collect();
+            assert_eq!(names, ["ml/iris", "ml/titanic", "other/churn"]);
+        }
+        // The persisted allocation, not a fresh one: the filter agrees with the status.
+        let cfg = config_of(&agg.objects[0]);
+        assert_eq!(
+            Some(&cfg.endpoints[1].allocation),
+            eps[0].status.as_ref().unwrap().allocation.as_ref()
+        );
+    }
+
+    #[test]
+    fn the_shared_filter_carries_a_running_rollout_from_status() {
+        use crate::rollout::{Phase, RolloutStatus};
+        use mlep_contract::rollout::Span;
+        let mut ep = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+        let moved = vec![Span {
+            start: 8000,
+            end: 8500,
+        }];
+        let status = ep.status.as_mut().unwrap();
+        status.rollout = Some(RolloutStatus {
+            phase: Phase::Progressing,
+            variant: "b".into(),
+            from_model: "m2".into(),
+            to_model: "m3".into(),
+            step: 1,
+            moved_buckets: moved.clone(),
+            step_started_unix: Some(1),
+            ..RolloutStatus::default()
+        });
+        let cfg = config_of(&render_filters(&[ep.clone()], &RenderSettings::default()).objects[0]);
+        let b = &cfg.endpoints[0].variants[1];
+        assert_eq!(
+            b.model, "m2",
+            "the variant's own entry serves the old model"
+        );
+        let split = b.rollout.as_ref().expect("the moved users' split");
+        assert_eq!((split.model.as_str(), &split.buckets), ("m3", &moved));
+        // A rollback clears the moved buckets: nobody stays on the new model.
+        let r = ep.status.as_mut().unwrap().rollout.as_mut().unwrap();
+        r.phase = Phase::RolledBack;
+        r.moved_buckets.clear();
+        let cfg = config_of(&render_filters(&[ep], &RenderSettings::default()).objects[0]);
+        assert!(cfg.endpoints[0].variants[1].rollout.is_none());
+    }
+
+    #[test]
+    fn the_aggregate_does_not_depend_on_the_order_endpoints_are_seen() {
+        let a = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+        let b = endpoint("ml", "iris", "iris.example.com", (50, 50));
+        let s = RenderSettings::default();
+        assert_eq!(
+            render_filters(&[a.clone(), b.clone()], &s),
+            render_filters(&[b, a], &s)
+        );
+    }
+
+    #[test]
+    fn an_endpoint_not_rendered_yet_or_being_deleted_is_left_out_and_a_host_clash_is_reported() {
+        let mut fresh = endpoint("ml", "fresh", "fresh.example.com", (80, 20));
+        fresh.status = None;
+        let mut going = endpoint("ml", "going", "going.example.com", (80, 20));
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        let first = endpoint("a", "one", "same.example.com", (80, 20));
+        let second = endpoint("b", "two", "same.example.com", (80, 20));
+        let agg = render_filters(&[fresh, going, second, first], &RenderSettings::default());
+        let names: Vec<_> = config_of(&agg.objects[0])
+            .endpoints
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(names, ["one"]);
+        assert_eq!(agg.excluded.len(), 1);
+        assert_eq!(agg.excluded[0].0, "b/two");
+        assert!(agg.excluded[0].1.contains("same.example.com"));
+        assert!(render_filters(&[], &RenderSettings::default())
+            .objects
+            .is_empty());
+    }
+}
