@@ -669,20 +669,10 @@ pub fn apply_rollout(
     }
     if let Some(m) = &r.mirror {
         let subset = crate::rollout::subset_name(&m.variant, &m.model);
-        endpoint.shadow = Some(mlep_contract::ShadowConfig {
-            cluster: format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
-            authority: Some(fqdn.to_owned()),
-            model: m.model.clone(),
-            percent: m.percent,
-            variant: Some(m.variant.clone()),
-            max_body_bytes: 64 * 1024,
-            timeout_ms: 1000,
-            forward_credentials: false,
-            compare: mlep_contract::CompareConfig {
-                mode: mlep_contract::CompareMode::Json,
-                tolerance: crate::filter_config::DEFAULT_TOLERANCE,
-            },
-        });
+        endpoint.shadow = Some(m.shadow_config(
+            format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
+            fqdn.to_owned(),
+        ));
     }
     endpoint
 }

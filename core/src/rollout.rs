@@ -344,6 +344,30 @@ pub struct Mirror {
     pub percent: f64,
 }
 
+impl Mirror {
+    /// The filter's shadow entry for this bake: copies of the variant's traffic to `cluster`
+    /// (the new model's servers), compared as JSON with the default tolerance. Local mode and
+    /// the operator differ only in the cluster and authority.
+    pub fn shadow_config(&self, cluster: String, authority: String) -> mlep_contract::ShadowConfig {
+        use crate::filter_config::DEFAULT_TOLERANCE;
+        use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
+        mlep_contract::ShadowConfig {
+            cluster,
+            authority: Some(authority),
+            model: self.model.clone(),
+            percent: self.percent,
+            variant: Some(self.variant.clone()),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            timeout_ms: DEFAULT_SHADOW_TIMEOUT_MS,
+            forward_credentials: false,
+            compare: mlep_contract::CompareConfig {
+                mode: mlep_contract::CompareMode::Json,
+                tolerance: DEFAULT_TOLERANCE,
+            },
+        }
+    }
+}
+
 /// What the driver applies.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {

@@ -150,20 +150,7 @@ impl Session {
                 .get(&(ep.namespace.clone(), ep.name.clone()))
             {
                 let cluster = crate::plan::shadow_cluster(&ep.namespace, &ep.name);
-                ep.shadow = Some(mlep_contract::ShadowConfig {
-                    authority: Some(format!("{}-shadow.local", ep.name)),
-                    cluster,
-                    model: m.model.clone(),
-                    percent: m.percent,
-                    variant: Some(m.variant.clone()),
-                    max_body_bytes: 64 * 1024,
-                    timeout_ms: 1000,
-                    forward_credentials: false,
-                    compare: mlep_contract::CompareConfig {
-                        mode: mlep_contract::CompareMode::Json,
-                        tolerance: mlep_core::filter_config::DEFAULT_TOLERANCE,
-                    },
-                });
+                ep.shadow = Some(m.shadow_config(cluster, format!("{}-shadow.local", ep.name)));
             }
             for v in &mut ep.variants {
                 let key = (ep.namespace.clone(), ep.name.clone(), v.name.clone());
