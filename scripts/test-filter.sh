@@ -55,4 +55,9 @@ unset CARGO_TARGET_WASM32_WASIP1_RUNNER
 log "Envoy integration tests"
 cargo test -p mlep-tests --test filter_routing --test filter_shadow --test filter_config --test filter_panic
 
+log "fuzzing: every target for ${FUZZ_SECONDS:-30}s (scripts/fuzz.sh; FUZZ_SECONDS=0 skips)"
+if [ "${FUZZ_SECONDS:-30}" != 0 ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
+
 log "all filter tests passed in ${SECONDS}s"

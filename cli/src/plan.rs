@@ -320,11 +320,15 @@ pub fn route_endpoints(
                 .find(|(n, _)| *n == name)
                 .map(|(_, w)| *w)
                 .unwrap_or(0);
+            let upstream = running(e, set)?;
             variants.push(RouteVariant {
-                upstream: running(e, set)?,
+                upstream,
                 name,
                 weight,
-                rollout_upstream: None,
+                // Every variant gets a rollout cluster from the start (its EDS file points at
+                // the variant's own servers until a rollout starts the new model), so a
+                // rollout is an EDS + filter-config change, never an Envoy restart.
+                rollout_upstream: Some(upstream),
             });
         }
         let shadow = match &e.shadow {

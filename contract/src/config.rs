@@ -331,6 +331,47 @@ impl EndpointConfig {
         if self.name.is_empty() {
             return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
         }
+        self.validate_hosts(at)?;
+        self.validate_variants(at)?;
+        self.allocation
+            .validate(&self.weights())
+            .map_err(|e: AllocationError| {
+                ConfigError::new(format!("{at}.allocation"), e.to_string())
+            })?;
+        self.validate_rollouts(at)?;
+        self.validate_routing(at)?;
+        if let Some(s) = &self.shadow {
+            s.validate(&format!("{at}.shadow"))?;
+            if let Some(v) = &s.variant {
+                if !self.variants.iter().any(|x| x.name == *v) {
+                    return Err(ConfigError::new(
+                        format!("{at}.shadow.variant"),
+                        format!("{v:?} is not a variant of this endpoint"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A rollout names another model and only buckets its variant owns.
+    fn validate_rollouts(&self, at: &str) -> Result<(), ConfigError> {
+        for (j, v) in self.variants.iter().enumerate() {
+            let Some(r) = &v.rollout else { continue };
+            let field = format!("{at}.variants[{j}].rollout");
+            if r.model.is_empty() || r.model == v.model {
+                return Err(ConfigError::new(
+                    format!("{field}.model"),
+                    format!("must name a model other than the variant's ({:?})", v.model),
+                ));
+            }
+            crate::rollout::validate(&self.allocation, &v.name, &r.buckets)
+                .map_err(|e| ConfigError::new(format!("{field}.buckets"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn validate_hosts(&self, at: &str) -> Result<(), ConfigError> {
         if self.hosts.is_empty() {
             return Err(ConfigError::new(
                 format!("{at}.hosts"),
@@ -356,6 +397,11 @@ impl EndpointConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Names, models and weights (summing to 100).
+    fn validate_variants(&self, at: &str) -> Result<(), ConfigError> {
         if self.variants.is_empty() {
             return Err(ConfigError::new(
                 format!("{at}.variants"),
@@ -406,23 +452,10 @@ impl EndpointConfig {
                 format!("weights sum to {sum}, must be 100"),
             ));
         }
-        self.allocation
-            .validate(&self.weights())
-            .map_err(|e: AllocationError| {
-                ConfigError::new(format!("{at}.allocation"), e.to_string())
-            })?;
-        for (j, v) in self.variants.iter().enumerate() {
-            let Some(r) = &v.rollout else { continue };
-            let field = format!("{at}.variants[{j}].rollout");
-            if r.model.is_empty() || r.model == v.model {
-                return Err(ConfigError::new(
-                    format!("{field}.model"),
-                    format!("must name a model other than the variant's ({:?})", v.model),
-                ));
-            }
-            crate::rollout::validate(&self.allocation, &v.name, &r.buckets)
-                .map_err(|e| ConfigError::new(format!("{field}.buckets"), e.to_string()))?;
-        }
+        Ok(())
+    }
+
+    fn validate_routing(&self, at: &str) -> Result<(), ConfigError> {
         let r = &self.routing;
         if !is_header_name(&r.target_header) {
             return Err(ConfigError::new(
@@ -444,45 +477,40 @@ impl EndpointConfig {
                 format!("{:?} is not a cookie name", self.cookie_name()),
             ));
         }
-        if let Some(s) = &self.shadow {
-            if s.cluster.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.shadow.cluster"),
-                    "must not be empty",
-                ));
-            }
-            if s.model.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.shadow.model"),
-                    "must not be empty",
-                ));
-            }
-            if !(0.0..=100.0).contains(&s.percent) {
-                return Err(ConfigError::new(
-                    format!("{at}.shadow.percent"),
-                    format!("{} must be within 0..=100", s.percent),
-                ));
-            }
-            if let Some(v) = &s.variant {
-                if !names.contains(v.as_str()) {
-                    return Err(ConfigError::new(
-                        format!("{at}.shadow.variant"),
-                        format!("{v:?} is not a variant of this endpoint"),
-                    ));
-                }
-            }
-            if s.timeout_ms == 0 {
-                return Err(ConfigError::new(
-                    format!("{at}.shadow.timeoutMs"),
-                    "must be positive",
-                ));
-            }
-            if !(s.compare.tolerance >= 0.0 && s.compare.tolerance.is_finite()) {
-                return Err(ConfigError::new(
-                    format!("{at}.shadow.compare.tolerance"),
-                    "must be a finite number >= 0",
-                ));
-            }
+        Ok(())
+    }
+}
+
+impl ShadowConfig {
+    /// `at` is this shadow's path, e.g. `endpoints[0].shadow`.
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let s = self;
+        if s.cluster.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.cluster"),
+                "must not be empty",
+            ));
+        }
+        if s.model.is_empty() {
+            return Err(ConfigError::new(format!("{at}.model"), "must not be empty"));
+        }
+        if !(0.0..=100.0).contains(&s.percent) {
+            return Err(ConfigError::new(
+                format!("{at}.percent"),
+                format!("{} must be within 0..=100", s.percent),
+            ));
+        }
+        if s.timeout_ms == 0 {
+            return Err(ConfigError::new(
+                format!("{at}.timeoutMs"),
+                "must be positive",
+            ));
+        }
+        if !(s.compare.tolerance >= 0.0 && s.compare.tolerance.is_finite()) {
+            return Err(ConfigError::new(
+                format!("{at}.compare.tolerance"),
+                "must be a finite number >= 0",
+            ));
         }
         Ok(())
     }

@@ -22,7 +22,8 @@ pub const SHADOW_REQUESTS_TOTAL: &str = "mlep_shadow_requests_total"; // + outco
 pub const SHADOW_AGREEMENT_TOTAL: &str = "mlep_shadow_agreement_total"; // + result=match|mismatch
 pub const CONFIG_ERRORS_TOTAL: &str = "mlep_config_errors_total";
 /// Gauge: the filter VM's linear memory in bytes (Wasm memory never shrinks, so this shows
-/// the high-water mark; with several worker VMs, the last one to report).
+/// the high-water mark), set every second by worker VMs (with several workers, the last one
+/// to report).
 pub const VM_MEMORY_BYTES: &str = "mlep_vm_memory_bytes";
 
 /// Label keys, in the order every encoded stat name carries them.

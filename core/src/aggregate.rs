@@ -25,7 +25,7 @@
 use crate::crd::{FilterWiring, ModelEndpoint};
 use crate::envoy::ShadowTarget;
 use crate::filter_config::endpoint_config;
-use crate::render::{filter_object, shared_meta, RenderSettings, SERVICE_PORT};
+use crate::render::{apply_rollout, filter_object, shared_meta, RenderSettings, SERVICE_PORT};
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
@@ -70,7 +70,18 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
         .shadow
         .as_ref()
         .map(|_| ShadowTarget::istio(&name, &ns, cluster_domain, SERVICE_PORT));
-    endpoint_config(&name, &ns, &ep.spec, &weights, Some(allocation), shadow).ok()
+    let entry = endpoint_config(&name, &ns, &ep.spec, &weights, Some(allocation), shadow).ok()?;
+    let rollout = status
+        .rollout
+        .as_ref()
+        .and_then(|r| crate::rollout::served_plan(ep.spec.rollout.as_ref(), r));
+    Some(match rollout {
+        Some((plan, serving)) => {
+            let fqdn = format!("{name}.{ns}.svc.{cluster_domain}");
+            apply_rollout(entry, &plan, Some(&serving), &fqdn)
+        }
+        None => entry,
+    })
 }
 
 /// The filter objects for all these endpoints (any order; the result is sorted).
@@ -239,6 +250,42 @@ mod tests {
             Some(&cfg.endpoints[1].allocation),
             eps[0].status.as_ref().unwrap().allocation.as_ref()
         );
+    }
+
+    #[test]
+    fn the_shared_filter_carries_a_running_rollout_from_status() {
+        use crate::rollout::{Phase, RolloutStatus};
+        use mlep_contract::rollout::Span;
+        let mut ep = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+        let moved = vec![Span {
+            start: 8000,
+            end: 8500,
+        }];
+        let status = ep.status.as_mut().unwrap();
+        status.rollout = Some(RolloutStatus {
+            phase: Phase::Progressing,
+            variant: "b".into(),
+            from_model: "m2".into(),
+            to_model: "m3".into(),
+            step: 1,
+            moved_buckets: moved.clone(),
+            step_started_unix: Some(1),
+            ..RolloutStatus::default()
+        });
+        let cfg = config_of(&render_filters(&[ep.clone()], &RenderSettings::default()).objects[0]);
+        let b = &cfg.endpoints[0].variants[1];
+        assert_eq!(
+            b.model, "m2",
+            "the variant's own entry serves the old model"
+        );
+        let split = b.rollout.as_ref().expect("the moved users' split");
+        assert_eq!((split.model.as_str(), &split.buckets), ("m3", &moved));
+        // A rollback clears the moved buckets: nobody stays on the new model.
+        let r = ep.status.as_mut().unwrap().rollout.as_mut().unwrap();
+        r.phase = Phase::RolledBack;
+        r.moved_buckets.clear();
+        let cfg = config_of(&render_filters(&[ep], &RenderSettings::default()).objects[0]);
+        assert!(cfg.endpoints[0].variants[1].rollout.is_none());
     }
 
     #[test]

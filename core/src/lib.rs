@@ -13,10 +13,12 @@
 //! - [`module`]: where proxies fetch the filter module (URL versioned by its sha256).
 //! - [`render`]: every object the operator applies for an endpoint.
 //! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen) and its analysis.
+//! - [`analysis`]: rollout analysis as PromQL, and Prometheus' answers read back.
 
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod analysis;
 pub mod api_enum;
 pub mod crd;
 pub mod envoy;

@@ -64,9 +64,11 @@ impl VariantPlan {
 }
 
 /// The plan for an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub variants: Vec<VariantPlan>,
+    /// A Canary, Linear or BlueGreen rollout's part (see `crate::rollout::apply`).
+    pub rollout: Option<crate::rollout::RolloutPlan>,
 }
 
 impl Plan {
@@ -101,6 +103,7 @@ impl Plan {
                     ready: true,
                 })
                 .collect(),
+            rollout: None,
         }
     }
 }
@@ -174,7 +177,10 @@ pub fn plan(
     for (p, w) in variants.iter_mut().zip(weights) {
         p.weight = w;
     }
-    Plan { variants }
+    Plan {
+        variants,
+        rollout: None,
+    }
 }
 
 /// Scale `shares` to percentages summing to exactly 100 (largest remainder, ties to the first).

@@ -16,7 +16,9 @@
 //! - the filter is shared by every endpoint (one per proxy): see [`crate::aggregate`];
 //! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
 
-use crate::crd::{FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
+use crate::crd::{
+    Artifact, FilterWiring, Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION,
+};
 use crate::envoy::{
     self, RouteInput, ShadowTarget, VariantRoutes, WasmCode, DEFAULT_ROUTE, FILTER_NAME,
     STATS_PREFIX, WASM_TYPE_URL,
@@ -245,7 +247,13 @@ pub fn render_endpoint(
 
     let mut objects = Vec::new();
     for (i, (vp, vs)) in plan.variants.iter().zip(&spec.variants).enumerate() {
-        for model_name in vp.models() {
+        let models: Vec<&str> = match plan.rollout.as_ref().filter(|r| r.variant == vs.name) {
+            Some(crate::rollout::RolloutPlan {
+                models: Some(m), ..
+            }) => m.iter().map(String::as_str).collect(),
+            _ => vp.models(),
+        };
+        for model_name in models {
             let m = model(model_name, format!("spec.variants[{i}].model"))?;
             let replicas = if vs.autoscaling.is_some() {
                 None
@@ -304,7 +312,18 @@ pub fn render_endpoint(
         previous,
         shadow_target,
     )?;
+    let endpoint = with_rollout(&ctx, endpoint, plan);
     let allocation = endpoint.allocation.clone();
+    let filter = checked_filter(endpoint)?;
+    Ok(Rendered {
+        objects,
+        allocation,
+        filter,
+    })
+}
+
+/// This endpoint's filter entry, checked as the filter will check it.
+fn checked_filter(endpoint: EndpointConfig) -> Result<EndpointConfig, SpecError> {
     let config = FilterConfig {
         version: CONFIG_VERSION,
         endpoints: vec![endpoint],
@@ -312,16 +331,11 @@ pub fn render_endpoint(
     config.validate().map_err(|e| {
         SpecError::invalid("spec", format!("the filter would reject its config: {e}"))
     })?;
-    let filter = config
+    config
         .endpoints
         .into_iter()
         .next()
-        .ok_or_else(|| SpecError::invalid("spec", "no filter config rendered"))?;
-    Ok(Rendered {
-        objects,
-        allocation,
-        filter,
-    })
+        .ok_or_else(|| SpecError::invalid("spec", "no filter config rendered"))
 }
 
 struct Ctx<'a> {
@@ -416,12 +430,6 @@ fn deployment(
     ]);
     let mut pod_labels = labels([(LABEL_APP, app), (LABEL_VERSION, variant)]);
     pod_labels.extend(selector.clone());
-    let mount = |name: &str, path: &str, read_only: Option<bool>| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only,
-        ..VolumeMount::default()
-    };
     let empty_dir = |name: &str| Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -433,73 +441,9 @@ fn deployment(
     if let Some(a) = &model.artifact {
         volumes.push(empty_dir("model"));
         mounts.push(mount("model", MODEL_DIR, Some(true)));
-        let env = |name: &str, value: &str| EnvVar {
-            name: name.into(),
-            value: Some(value.into()),
-            ..EnvVar::default()
-        };
-        init.push(Container {
-            name: "model-init".into(),
-            image: Some(ctx.settings.model_init_image.clone()),
-            env: Some(vec![
-                env(ENV_ARTIFACT_URI, &a.uri),
-                env(ENV_ARTIFACT_SHA256, &a.sha256),
-                env(ENV_MODEL_DIR, MODEL_DIR),
-            ]),
-            volume_mounts: Some(vec![
-                mount("model", MODEL_DIR, None),
-                mount("tmp", "/tmp", None),
-            ]),
-            security_context: Some(container_security()),
-            ..Container::default()
-        });
+        init.push(model_init_container(ctx, a));
     }
-    let probe = |initial: i32, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/ping".into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
-    let container = Container {
-        name: "model".into(),
-        image: Some(model.image.clone()),
-        args: Some(vec!["serve".into()]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: i32::from(model.port()),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        env: Some(model_env(model)),
-        readiness_probe: Some(probe(1, 5, 3)),
-        liveness_probe: Some(probe(10, 10, 6)),
-        volume_mounts: Some(mounts),
-        // Keep serving while proxies learn that the pod is going (endpoint removal reaches every
-        // Envoy through istiod a moment after the pod is deleted): without it a model swap
-        // dropped 1 of 1960 requests on the bed with "503 upstream connect error".
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: DRAIN_SECONDS,
-                }),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
-        security_context: Some(
-            model
-                .security_context
-                .clone()
-                .unwrap_or_else(container_security),
-        ),
-        resources: resources.cloned(),
-        ..Container::default()
-    };
+    let container = model_container(model, mounts, resources);
     // Istio exports only allow-listed proxy stats; the filter's metrics are `wasmcustom.mlep*`.
     // `proxy.istio.io/config` proxyStatsMatcher adds them to this pod's sidecar (the gateway
     // side needs the same in its mesh/pod config: see docs/operator.md).
@@ -536,6 +480,94 @@ fn deployment(
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only,
+        ..VolumeMount::default()
+    }
+}
+
+/// The init container fetching and verifying the artifact into the model volume
+/// (`mlep-model-init`, configured through the contract's environment names).
+fn model_init_container(ctx: &Ctx, a: &Artifact) -> Container {
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    Container {
+        name: "model-init".into(),
+        image: Some(ctx.settings.model_init_image.clone()),
+        env: Some(vec![
+            env(ENV_ARTIFACT_URI, &a.uri),
+            env(ENV_ARTIFACT_SHA256, &a.sha256),
+            env(ENV_MODEL_DIR, MODEL_DIR),
+        ]),
+        volume_mounts: Some(vec![
+            mount("model", MODEL_DIR, None),
+            mount("tmp", "/tmp", None),
+        ]),
+        security_context: Some(container_security()),
+        ..Container::default()
+    }
+}
+
+/// The model container: the SageMaker contract (`serve`, `GET /ping` on the named port `http`).
+fn model_container(
+    model: &ModelSpec,
+    mounts: Vec<VolumeMount>,
+    resources: Option<&ResourceRequirements>,
+) -> Container {
+    let probe = |initial: i32, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ping".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    Container {
+        name: "model".into(),
+        image: Some(model.image.clone()),
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(model.port()),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(model_env(model)),
+        readiness_probe: Some(probe(1, 5, 3)),
+        liveness_probe: Some(probe(10, 10, 6)),
+        volume_mounts: Some(mounts),
+        // Keep serving while proxies learn that the pod is going (endpoint removal reaches every
+        // Envoy through istiod a moment after the pod is deleted): without it a model swap
+        // dropped 1 of 1960 requests on the bed with "503 upstream connect error".
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(
+            model
+                .security_context
+                .clone()
+                .unwrap_or_else(container_security),
+        ),
+        resources: resources.cloned(),
+        ..Container::default()
     }
 }
 
@@ -604,12 +636,61 @@ fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
     }
 }
 
+/// A rollout's split and BlueGreen mirror on the endpoint's filter config (see
+/// [`apply_rollout`]).
+fn with_rollout(ctx: &Ctx, endpoint: EndpointConfig, plan: &Plan) -> EndpointConfig {
+    let Some(r) = &plan.rollout else {
+        return endpoint;
+    };
+    let serving = plan
+        .variants
+        .iter()
+        .find(|p| p.name == r.variant)
+        .map(|p| p.serving_model.as_str());
+    apply_rollout(endpoint, r, serving, &ctx.fqdn(ctx.name))
+}
+
+/// Put a rollout on an endpoint's filter entry: the variant's own entry is labelled with the
+/// model it serves (`serving`: the old one until the rollout promotes), the split with the new
+/// one; a BlueGreen mirror goes to the new model's subset cluster (`outbound|80|<subset>|<fqdn>`,
+/// Istio's name for a DestinationRule subset's cluster). One function for the per-endpoint
+/// render and the shared filter rebuilt from status ([`crate::aggregate::served_config`]).
+pub fn apply_rollout(
+    mut endpoint: EndpointConfig,
+    r: &crate::rollout::RolloutPlan,
+    serving: Option<&str>,
+    fqdn: &str,
+) -> EndpointConfig {
+    if let Some(v) = endpoint.variants.iter_mut().find(|v| v.name == r.variant) {
+        if let Some(model) = serving {
+            v.model = model.to_owned();
+        }
+        v.rollout = r.split.clone();
+    }
+    if let Some(m) = &r.mirror {
+        let subset = crate::rollout::subset_name(&m.variant, &m.model);
+        endpoint.shadow = Some(m.shadow_config(
+            format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
+            fqdn.to_owned(),
+        ));
+    }
+    endpoint
+}
+
 fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
-    let subsets: Vec<Value> = plan
+    let mut subsets: Vec<Value> = plan
         .variants
         .iter()
         .map(|v| json!({ "name": v.name, "labels": { LABEL_VERSION: v.name, LABEL_MODEL: v.serving_model } }))
         .collect();
+    // A rollout's new model gets its own subset while a route, split or mirror may name it
+    // (it is rendered, and applied, before the VirtualService and the filter config).
+    if let Some((variant, model)) = rollout_route(plan) {
+        subsets.push(json!({
+            "name": crate::rollout::subset_name(variant, model),
+            "labels": { LABEL_VERSION: variant, LABEL_MODEL: model },
+        }));
+    }
     istio(
         ISTIO_NETWORKING,
         "DestinationRule",
@@ -632,6 +713,27 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
             })
         })
         .collect();
+    // Users a rollout moved: the filter names their model; this route comes before their
+    // variant's own, which still catches everyone else (and any request marked for a model
+    // whose route is gone).
+    if let Some((variant, model)) = rollout_route(plan) {
+        let at = http
+            .iter()
+            .position(|r| r["name"] == format!("variant-{variant}"))
+            .unwrap_or(0);
+        let subset = crate::rollout::subset_name(variant, model);
+        http.insert(
+            at,
+            json!({
+                "name": format!("rollout-{subset}"),
+                "match": [{ "headers": {
+                    mlep_contract::metrics::VARIANT_HEADER: { "exact": variant },
+                    mlep_contract::metrics::MODEL_HEADER: { "exact": model },
+                } }],
+                "route": [{ "destination": dest(&subset) }],
+            }),
+        );
+    }
     // Fallback for requests the filter did not see: the routed weights, ready variants only.
     let default: Vec<Value> = match routes.weighted.as_slice() {
         [(one, _)] => vec![json!({ "destination": dest(one) })],
@@ -678,6 +780,12 @@ pub fn variant_routes(plan: &Plan) -> VariantRoutes {
         weight: v.weight,
         ready: v.ready,
     }))
+}
+
+/// `(variant, model)` of a rollout's own route and subset, if it needs one now.
+fn rollout_route(plan: &Plan) -> Option<(&str, &str)> {
+    let r = plan.rollout.as_ref()?;
+    Some((r.variant.as_str(), r.route_model.as_deref()?))
 }
 
 fn gateway(ctx: &Ctx, spec: &ModelEndpointSpec) -> Value {

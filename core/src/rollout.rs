@@ -21,6 +21,7 @@
 //! - `mlep.dev/rollout: abort|promote|pause|resume` act while present.
 
 use crate::crd::{ModelEndpointSpec, RolloutSpec, RolloutStrategy};
+use crate::plan::{Observed, Plan};
 use crate::validate::SpecError;
 use mlep_contract::rollout::{self as split, RolloutSplit, Span};
 use mlep_contract::Allocation;
@@ -343,6 +344,30 @@ pub struct Mirror {
     pub percent: f64,
 }
 
+impl Mirror {
+    /// The filter's shadow entry for this bake: copies of the variant's traffic to `cluster`
+    /// (the new model's servers), compared as JSON with the default tolerance. Local mode and
+    /// the operator differ only in the cluster and authority.
+    pub fn shadow_config(&self, cluster: String, authority: String) -> mlep_contract::ShadowConfig {
+        use crate::filter_config::DEFAULT_TOLERANCE;
+        use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
+        mlep_contract::ShadowConfig {
+            cluster,
+            authority: Some(authority),
+            model: self.model.clone(),
+            percent: self.percent,
+            variant: Some(self.variant.clone()),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            timeout_ms: DEFAULT_SHADOW_TIMEOUT_MS,
+            forward_credentials: false,
+            compare: mlep_contract::CompareConfig {
+                mode: mlep_contract::CompareMode::Json,
+                tolerance: DEFAULT_TOLERANCE,
+            },
+        }
+    }
+}
+
 /// What the driver applies.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
@@ -436,6 +461,10 @@ pub fn advance(input: &Input, sample: Option<Result<Sample, String>>) -> Outcome
     if input.command == Some(Command::Promote) && r.phase != Phase::Promoted {
         return promote(input, r, format!("{ANNOTATION}=promote"));
     }
+    if r.phase != Phase::Promoted && split::owned(input.allocation, &r.variant).is_empty() {
+        // Weight 0: no user to move and no traffic to judge.
+        return promote(input, r, "the variant has no users (weight 0)".to_owned());
+    }
     if r.step == 0 || r.step_started_unix.is_none() {
         r.step = r.step.max(1);
         r.step_started_unix = Some(input.now.unix);
@@ -465,7 +494,7 @@ pub fn advance(input: &Input, sample: Option<Result<Sample, String>>) -> Outcome
                 r.message = if r.paused {
                     format!("paused by {ANNOTATION}=pause at step {}", r.step)
                 } else {
-                    format!("step {} passing; next in {}s", r.step, length - elapsed)
+                    format!("step {}: checks pass; the step lasts {length}s", r.step)
                 };
                 let next = (length - elapsed).clamp(1, 10);
                 return emit(input, r, true, Some(next));
@@ -881,6 +910,123 @@ fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
+/// What rendering needs of a rollout (carried on the [`Plan`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutPlan {
+    pub variant: String,
+    /// Models whose Deployments run for the variant (replaces planning's choice).
+    pub models: Option<Vec<String>>,
+    /// The filter split of the variant.
+    pub split: Option<RolloutSplit>,
+    /// The BlueGreen bake's mirror.
+    pub mirror: Option<Mirror>,
+    /// The model with its own subset and route (`x-mlep-variant` + `x-mlep-model`).
+    pub route_model: Option<String>,
+}
+
+/// What a persisted rollout asks of the filter, with the model the variant's own entry serves:
+/// the split while users are moved and, while a BlueGreen bakes, the mirror. The shared filter
+/// objects are rebuilt from every endpoint's spec and status (see `crate::aggregate`), so they
+/// carry a running rollout exactly as the reconcile that wrote the status rendered it.
+pub fn served_plan(spec: Option<&RolloutSpec>, r: &RolloutStatus) -> Option<(RolloutPlan, String)> {
+    if !r.active() || r.variant.is_empty() {
+        return None;
+    }
+    let promoted = r.phase == Phase::Promoted;
+    let serving = if promoted { &r.to_model } else { &r.from_model };
+    // Users move (and green is mirrored) only once the new model was ready: the step clock runs.
+    let routable = r.step_started_unix.is_some() || !r.moved_buckets.is_empty();
+    let split = (routable && !promoted && !r.moved_buckets.is_empty()).then(|| RolloutSplit {
+        model: r.to_model.clone(),
+        buckets: r.moved_buckets.clone(),
+    });
+    let mirror = (routable && r.phase == Phase::Baking).then(|| Mirror {
+        variant: r.variant.clone(),
+        model: r.to_model.clone(),
+        percent: Settings::of(spec).shadow_percent,
+    });
+    let plan = RolloutPlan {
+        variant: r.variant.clone(),
+        models: None,
+        split,
+        mirror,
+        route_model: (routable && !promoted).then(|| r.to_model.clone()),
+    };
+    Some((plan, serving.clone()))
+}
+
+/// Put `outcome` on `plan`: the variant's serving model (and its readiness), and what the
+/// renderer adds for the rollout. A no-op for an empty outcome.
+pub fn apply(plan: &mut Plan, outcome: &Outcome, observed: &Observed) {
+    if let Some((variant, model)) = &outcome.serving {
+        if let Some(vp) = plan.variants.iter_mut().find(|v| v.name == *variant) {
+            vp.serving_model = model.clone();
+            vp.ready = observed
+                .deployments
+                .get(&(variant.clone(), model.clone()))
+                .is_some_and(|r| r.ready_replicas > 0);
+        }
+    }
+    let variant = outcome
+        .models
+        .as_ref()
+        .map(|(v, _)| v)
+        .or(outcome.split.as_ref().map(|(v, _)| v))
+        .or(outcome.route.as_ref().map(|(v, _)| v))
+        .or(outcome.mirror.as_ref().map(|m| &m.variant));
+    plan.rollout = variant.map(|v| RolloutPlan {
+        variant: v.clone(),
+        models: outcome.models.as_ref().map(|(_, m)| m.clone()),
+        split: outcome.split.as_ref().map(|(_, s)| s.clone()),
+        mirror: outcome.mirror.clone(),
+        route_model: outcome.route.as_ref().map(|(_, m)| m.clone()),
+    });
+}
+
+/// Put `outcome` on the status computed for the reconcile: `status.rollout`, and
+/// `Degraded=True`, `Ready=False`, `Progressing=False` (reason `RolledBack` or `Aborted`, the
+/// machine's message) while the spec's model is held back. `now` stamps a condition that changes.
+pub fn record(
+    status: &mut crate::crd::ModelEndpointStatus,
+    outcome: &Outcome,
+    last: Option<&crate::crd::ModelEndpointStatus>,
+    now: &str,
+) {
+    use crate::crd::conditions::{DEGRADED, PROGRESSING, READY};
+    status.rollout = outcome.status.clone();
+    let Some((reason, message)) = &outcome.degraded else {
+        return;
+    };
+    let before = |t: &str| last.and_then(|l| l.conditions.iter().find(|c| c.type_ == t));
+    for c in &mut status.conditions {
+        // Nothing progresses either: the spec's model waits for a new spec.
+        let value = match c.type_.as_str() {
+            DEGRADED => "True",
+            READY | PROGRESSING => "False",
+            _ => continue,
+        };
+        c.last_transition_time = match before(&c.type_) {
+            Some(p) if p.status == value => p.last_transition_time.clone(),
+            _ => Some(now.to_owned()),
+        };
+        c.status = value.into();
+        c.reason = (*reason).into();
+        c.message = message.clone();
+    }
+    status.phase = Some("Degraded".into());
+}
+
+/// The DestinationRule subset of a rollout's new model: `<variant>-<model>` (dots become
+/// dashes), shortened with a hash past 63 characters so it stays a DNS label.
+pub fn subset_name(variant: &str, model: &str) -> String {
+    let full = format!("{variant}-{}", model.replace('.', "-"));
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = mlep_contract::hash_key(variant, model);
+    format!("{}-{:08x}", &full[..54].trim_end_matches('-'), hash as u32)
+}
+
 /// Check `spec.rollout`, naming the field.
 pub fn validate(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
     let Some(r) = &spec.rollout else {
@@ -1169,6 +1315,11 @@ mod tests {
             ("b", "m3", Traffic::Served)
         );
         assert_eq!(q.now_unix - q.since_unix, 30, "the step's own window");
+        assert_eq!(
+            w.last.route,
+            Some(("b".into(), "m3".into())),
+            "moved users have a route"
+        );
         let la = w.status.as_ref().unwrap().last_analysis.clone().unwrap();
         assert!(la.passed, "{la:?}");
         let out = w.tick_at(31, healthy(150)).clone();
@@ -1176,6 +1327,7 @@ mod tests {
         assert_eq!(out.split, None);
         assert_eq!(out.serving, Some(("b".into(), "m3".into())));
         assert_eq!(w.models(), vec!["m3"], "the old model goes");
+        assert_eq!(out.route, None, "the variant's own route serves m3 now");
         assert_eq!(w.percent(), 100);
         // Settled: further ticks change nothing.
         let again = w.tick_at(60, healthy(10)).clone();
@@ -1295,6 +1447,69 @@ mod tests {
         assert_eq!(w.phase(), Phase::RolledBack);
         assert_eq!(again.serving, Some(("b".into(), "m2".into())));
         assert_eq!(again.degraded.map(|d| d.0), Some(REASON_ROLLED_BACK));
+    }
+
+    #[test]
+    fn a_rollback_marks_the_endpoint_degraded_naming_the_check_and_keeps_the_transition_time() {
+        use crate::crd::conditions::{DEGRADED, READY};
+        use crate::crd::{Condition, ModelEndpointStatus};
+        let mut w = World::started(RolloutStrategy::Canary);
+        let healthy_status = ModelEndpointStatus {
+            conditions: [(READY, "True"), (DEGRADED, "False")]
+                .iter()
+                .map(|(t, s)| Condition {
+                    type_: (*t).into(),
+                    status: (*s).into(),
+                    last_transition_time: Some("t0".into()),
+                    ..Condition::default()
+                })
+                .collect(),
+            ..ModelEndpointStatus::default()
+        };
+        let mut status = healthy_status.clone();
+        record(&mut status, &w.last, None, "t1");
+        assert_eq!(status.rollout, w.status, "status.rollout is the machine's");
+        assert_eq!(
+            status.conditions, healthy_status.conditions,
+            "nothing degraded yet"
+        );
+        let bad = Ok(Sample {
+            requests: 100,
+            errors: 40,
+            ..Sample::default()
+        });
+        w.tick_at(20, bad);
+        let mut degraded = healthy_status.clone();
+        record(&mut degraded, &w.last, Some(&healthy_status), "t2");
+        let c = degraded
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(
+            (
+                c.status.as_str(),
+                c.reason.as_str(),
+                c.last_transition_time.as_deref()
+            ),
+            ("True", REASON_ROLLED_BACK, Some("t2"))
+        );
+        assert!(
+            c.message
+                .contains("maxErrorRate: measured 0.4 against a limit of 0.05"),
+            "{}",
+            c.message
+        );
+        assert_eq!(degraded.phase.as_deref(), Some("Degraded"));
+        // The next reconcile keeps the time of the transition.
+        let mut again = healthy_status.clone();
+        record(&mut again, &w.last, Some(&degraded), "t3");
+        let c = again
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(c.last_transition_time.as_deref(), Some("t2"));
     }
 
     #[test]
@@ -1446,6 +1661,18 @@ mod tests {
     }
 
     #[test]
+    fn a_variant_without_users_promotes_once_its_new_model_is_ready() {
+        let mut w = World::new(rollout(RolloutStrategy::Linear));
+        w.allocation = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
+        w.tick();
+        assert_eq!(w.phase(), Phase::Progressing, "waits for m3");
+        w.make_ready("m3");
+        w.tick();
+        assert_eq!(w.phase(), Phase::Promoted);
+        assert!(w.status.as_ref().unwrap().message.contains("weight 0"));
+    }
+
+    #[test]
     fn unknown_annotation_values_are_named() {
         assert_eq!(Command::parse(" pause "), Ok(Command::Pause));
         let e = Command::parse("stop").unwrap_err();
@@ -1564,6 +1791,229 @@ mod tests {
             validate(&bad).unwrap_err().field,
             "spec.rollout.canary.percent"
         );
+    }
+
+    /// The filter config inside a rendered EnvoyFilter (a JSON string somewhere in it).
+    fn filter_config_in(obj: &serde_json::Value) -> Option<mlep_contract::FilterConfig> {
+        match obj {
+            serde_json::Value::String(s) => {
+                mlep_contract::FilterConfig::from_json(s.as_bytes()).ok()
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(filter_config_in),
+            serde_json::Value::Object(o) => o.values().find_map(filter_config_in),
+            _ => None,
+        }
+    }
+
+    /// What one rendering says about the rollout's model `m3`, by position in apply order.
+    #[derive(Debug, Default)]
+    struct Rendered {
+        deployment: Option<usize>,
+        subset: Option<usize>,
+        route: Option<usize>,
+        split: Option<usize>,
+        mirror: Option<usize>,
+    }
+
+    fn render_world(w: &World) -> Rendered {
+        use crate::crd::{ModelEndpoint, ModelSpec, VariantSpec};
+        use crate::plan::{plan, Readiness};
+        let mut ep = ModelEndpoint::new(
+            "titanic",
+            ModelEndpointSpec::new(
+                vec!["titanic.example.com".into()],
+                vec![
+                    VariantSpec::new("a", "m1", 80),
+                    VariantSpec::new("b", &w.desired_b, 20),
+                ],
+            ),
+        );
+        ep.metadata.namespace = Some("ml".into());
+        let model = ModelSpec {
+            image: "x/mlep-model-server:1".into(),
+            artifact: None,
+            port: None,
+            env: vec![],
+            resources: None,
+            pod_security_context: None,
+            security_context: None,
+        };
+        let models = ["m1", "m2", "m3", "m4"]
+            .iter()
+            .map(|n| ((*n).to_owned(), model.clone()))
+            .collect();
+        let observed = Observed {
+            deployments: w
+                .ready
+                .iter()
+                .map(|(v, m)| {
+                    (
+                        (v.clone(), m.clone()),
+                        Readiness {
+                            replicas: 1,
+                            ready_replicas: 1,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let last = crate::crd::ModelEndpointStatus {
+            variants: vec![
+                crate::crd::VariantStatus {
+                    name: "a".into(),
+                    model: "m1".into(),
+                    current_weight: 80,
+                    ..Default::default()
+                },
+                crate::crd::VariantStatus {
+                    name: "b".into(),
+                    model: w.serving_b.clone(),
+                    current_weight: 20,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut p = plan(&ep.spec, Some(&last), &observed);
+        apply(&mut p, &w.last, &observed);
+        let objs = crate::render::render_endpoint(
+            &ep,
+            "ml",
+            &models,
+            &p,
+            Some(&w.allocation),
+            &crate::render::RenderSettings::default(),
+        )
+        .unwrap();
+        // The shared filter objects are applied after the endpoint's own objects (the
+        // reconcile's `sync_filters` runs after its apply): the entry comes last.
+        let filter = serde_json::json!({
+            "kind": "EnvoyFilter",
+            "config": serde_json::to_string(&mlep_contract::FilterConfig {
+                version: mlep_contract::CONFIG_VERSION,
+                endpoints: vec![objs.filter],
+            })
+            .unwrap(),
+        });
+        let objs: Vec<serde_json::Value> = objs.objects.into_iter().chain([filter]).collect();
+        let subset = subset_name("b", "m3");
+        let mut r = Rendered::default();
+        for (i, o) in objs.iter().enumerate() {
+            let text = o.to_string();
+            match o["kind"].as_str() {
+                Some("Deployment") if o["metadata"]["name"] == "titanic-b-m3" => {
+                    r.deployment = Some(i)
+                }
+                Some("DestinationRule") if text.contains(&format!("\"{subset}\"")) => {
+                    r.subset = Some(i)
+                }
+                Some("VirtualService") if text.contains(&format!("\"{subset}\"")) => {
+                    r.route = Some(i)
+                }
+                Some("EnvoyFilter") => {
+                    if let Some(cfg) = filter_config_in(o) {
+                        let ep = &cfg.endpoints[0];
+                        if ep
+                            .variants
+                            .iter()
+                            .any(|v| v.rollout.as_ref().is_some_and(|x| x.model == "m3"))
+                        {
+                            r.split.get_or_insert(i);
+                        }
+                        if ep
+                            .shadow
+                            .as_ref()
+                            .is_some_and(|s| s.cluster.contains(&subset))
+                        {
+                            r.mirror.get_or_insert(i);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// The ordering rules on one rendering: whatever names the new model's subset comes after
+    /// the subset (apply order), and the subset only selects pods that exist and are ready.
+    fn check_order(w: &World, r: &Rendered) {
+        let ready = w.ready.iter().any(|(v, m)| v == "b" && m == "m3");
+        for (what, at) in [("route", r.route), ("split", r.split), ("mirror", r.mirror)] {
+            if let Some(at) = at {
+                let subset = r
+                    .subset
+                    .unwrap_or_else(|| panic!("{what} without a subset: {r:?}"));
+                assert!(subset < at, "{what} applied before its subset: {r:?}");
+                assert!(ready, "{what} names a model that is not ready");
+            }
+        }
+        if let Some(split) = r.split {
+            assert!(
+                r.route.is_some_and(|route| route < split),
+                "split before its route: {r:?}"
+            );
+        }
+        if r.subset.is_some() {
+            assert!(r.deployment.is_some(), "a subset without pods: {r:?}");
+        }
+    }
+
+    #[test]
+    fn rendered_objects_name_the_new_model_only_after_its_subset_and_drop_it_only_after_traffic() {
+        for strategy in [RolloutStrategy::Canary, RolloutStrategy::BlueGreen] {
+            let mut w = World::new(rollout(strategy));
+            w.tick();
+            let r = render_world(&w);
+            check_order(&w, &r);
+            assert!(
+                r.route.is_none() && r.split.is_none() && r.mirror.is_none(),
+                "unready: {r:?}"
+            );
+            assert!(r.deployment.is_some(), "the new model's pods start first");
+            w.make_ready("m3");
+            w.tick();
+            let during = render_world(&w);
+            check_order(&w, &during);
+            if strategy == RolloutStrategy::Canary {
+                assert!(
+                    during.split.is_some() && during.route.is_some(),
+                    "{during:?}"
+                );
+            } else {
+                assert!(
+                    during.mirror.is_some() && during.split.is_none(),
+                    "{during:?}"
+                );
+            }
+            // Rollback: the split/mirror goes at once; the route and pods drain, then go.
+            w.tick_at(
+                20,
+                Ok(Sample {
+                    requests: 100,
+                    errors: 100,
+                    ..Sample::default()
+                }),
+            );
+            assert_eq!(w.phase(), Phase::RolledBack);
+            let rolled = render_world(&w);
+            check_order(&w, &rolled);
+            assert!(
+                rolled.split.is_none() && rolled.mirror.is_none(),
+                "{rolled:?}"
+            );
+            assert!(
+                rolled.route.is_some() && rolled.deployment.is_some(),
+                "drains: {rolled:?}"
+            );
+            w.tick_at(DRAIN_SECONDS, healthy(0));
+            let after = render_world(&w);
+            check_order(&w, &after);
+            assert!(
+                after.route.is_none() && after.subset.is_none() && after.deployment.is_none(),
+                "nothing stale is left: {after:?}"
+            );
+        }
     }
 
     #[derive(Clone, Debug)]

@@ -51,8 +51,30 @@ pub fn endpoint_status(
     now: String,
 ) -> ModelEndpointStatus {
     let generation = ep.metadata.generation;
-    let variants: Vec<VariantStatus> = plan
-        .variants
+    let variants = variant_statuses(ep, plan, observed);
+    // Ready: every variant routes its spec weight to its spec model with all replicas ready.
+    let settled = plan.settled(&ep.spec)
+        && variants
+            .iter()
+            .all(|v| v.ready_replicas >= v.replicas.max(1));
+    let conditions = applied_conditions(plan, settled, generation);
+    let host = ep.spec.hosts.first().cloned().unwrap_or_default();
+    ModelEndpointStatus {
+        observed_generation: generation,
+        conditions: stamp(conditions, last, &now),
+        summary: Some(summary(&variants)),
+        variants,
+        phase: Some(if settled { "Ready" } else { "Progressing" }.into()),
+        url: Some(format!("http://{host}")),
+        allocation: Some(allocation),
+        rollout: last.and_then(|l| l.rollout.clone()),
+    }
+}
+
+/// Per variant: the model and weight routed now, what the spec asks for, and the replicas of
+/// the serving Deployment.
+fn variant_statuses(ep: &ModelEndpoint, plan: &Plan, observed: &Observed) -> Vec<VariantStatus> {
+    plan.variants
         .iter()
         .zip(&ep.spec.variants)
         .map(|(p, s)| {
@@ -71,12 +93,11 @@ pub fn endpoint_status(
                 ready_replicas: r.ready_replicas,
             }
         })
-        .collect();
-    // Ready: every variant routes its spec weight to its spec model with all replicas ready.
-    let settled = plan.settled(&ep.spec)
-        && variants
-            .iter()
-            .all(|v| v.ready_replicas >= v.replicas.max(1));
+        .collect()
+}
+
+/// `Ready`, `Progressing` and `Degraded` of a valid, applied spec.
+fn applied_conditions(plan: &Plan, settled: bool, generation: Option<i64>) -> Vec<Condition> {
     let any_ready = plan.variants.iter().any(|v| v.ready);
     let waiting: Vec<&str> = plan
         .variants
@@ -106,34 +127,31 @@ pub fn endpoint_status(
             format!("waiting for ready pods of: {}", waiting.join(", ")),
         )
     };
-    let progressing_reason = if !swapping.is_empty() {
-        REASON_SWAPPING_MODEL
-    } else {
-        REASON_ROLLING_OUT
-    };
-    let progressing_msg = if settled {
-        "rollout complete".to_owned()
+    let (progressing_reason, progressing_msg) = if settled {
+        (REASON_RECONCILED, "rollout complete".to_owned())
     } else if !swapping.is_empty() {
-        format!(
-            "model swap waits for the new model to be ready: {}",
-            swapping.join(", ")
+        (
+            REASON_SWAPPING_MODEL,
+            format!(
+                "model swap waits for the new model to be ready: {}",
+                swapping.join(", ")
+            ),
         )
     } else {
-        format!(
-            "routing around variants that are not ready: {}",
-            waiting.join(", ")
+        (
+            REASON_ROLLING_OUT,
+            format!(
+                "routing around variants that are not ready: {}",
+                waiting.join(", ")
+            ),
         )
     };
-    let conditions = vec![
+    vec![
         condition(READY, settled, ready_reason, ready_msg, generation),
         condition(
             PROGRESSING,
             !settled,
-            if settled {
-                REASON_RECONCILED
-            } else {
-                progressing_reason
-            },
+            progressing_reason,
             progressing_msg,
             generation,
         ),
@@ -144,32 +162,19 @@ pub fn endpoint_status(
             "spec is valid and applied".into(),
             generation,
         ),
-    ];
+    ]
+}
+
+/// Printer-column text: `a=m1,b=m2`, `a=80,b=20`, ready over desired replicas.
+fn summary(variants: &[VariantStatus]) -> StatusSummary {
+    let join =
+        |f: &dyn Fn(&VariantStatus) -> String| variants.iter().map(f).collect::<Vec<_>>().join(",");
     let ready_total: i32 = variants.iter().map(|v| v.ready_replicas).sum();
     let replicas_total: i32 = variants.iter().map(|v| v.replicas).sum();
-    let summary = StatusSummary {
-        variants: variants
-            .iter()
-            .map(|v| format!("{}={}", v.name, v.model))
-            .collect::<Vec<_>>()
-            .join(","),
-        weights: variants
-            .iter()
-            .map(|v| format!("{}={}", v.name, v.current_weight))
-            .collect::<Vec<_>>()
-            .join(","),
+    StatusSummary {
+        variants: join(&|v| format!("{}={}", v.name, v.model)),
+        weights: join(&|v| format!("{}={}", v.name, v.current_weight)),
         ready: format!("{ready_total}/{replicas_total}"),
-    };
-    let host = ep.spec.hosts.first().cloned().unwrap_or_default();
-    ModelEndpointStatus {
-        observed_generation: generation,
-        conditions: stamp(conditions, last, &now),
-        variants,
-        phase: Some(if settled { "Ready" } else { "Progressing" }.into()),
-        url: Some(format!("http://{host}")),
-        allocation: Some(allocation),
-        summary: Some(summary),
-        rollout: last.and_then(|l| l.rollout.clone()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! 1.25, and some checks need other objects, like "the model exists"), so every check lives here.
 
 use crate::crd::conditions::{REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
-use crate::crd::{ModelEndpointSpec, ModelSpec};
+use crate::crd::{ModelEndpointSpec, ModelSpec, RoutingSpec, ShadowSpec};
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
 use std::collections::BTreeSet;
@@ -107,6 +107,18 @@ pub fn validate_endpoint<'a>(
     spec: &ModelEndpointSpec,
     model: impl Fn(&str) -> Option<&'a ModelSpec>,
 ) -> Result<(), SpecError> {
+    validate_exposure(spec)?;
+    validate_rollout(spec)?;
+    validate_variants(spec, &model)?;
+    validate_routing(&spec.routing)?;
+    if let Some(s) = &spec.shadow {
+        validate_shadow(s, &model)?;
+    }
+    Ok(())
+}
+
+/// Hosts, gateway and expose.
+fn validate_exposure(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
     if spec.hosts.is_empty() {
         return Err(SpecError::invalid(
             "spec.hosts",
@@ -136,7 +148,18 @@ pub fn validate_endpoint<'a>(
             "set either gateway (a shared Gateway) or expose, not both",
         ));
     }
-    crate::rollout::validate(spec)?;
+    Ok(())
+}
+
+fn validate_rollout(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
+    crate::rollout::validate(spec)
+}
+
+/// Names, weights (summing to 100), replicas, autoscaling and models of the variants.
+fn validate_variants<'a>(
+    spec: &ModelEndpointSpec,
+    model: &impl Fn(&str) -> Option<&'a ModelSpec>,
+) -> Result<(), SpecError> {
     if spec.variants.is_empty() {
         return Err(SpecError::invalid(
             "spec.variants",
@@ -198,7 +221,7 @@ pub fn validate_endpoint<'a>(
                 ));
             }
         }
-        check_model(&format!("{at}.model"), &v.model, &model)?;
+        check_model(&format!("{at}.model"), &v.model, model)?;
     }
     if sum != 100 {
         return Err(SpecError::invalid(
@@ -206,7 +229,10 @@ pub fn validate_endpoint<'a>(
             format!("weights sum to {sum}, must be 100 ({})", weights_text(spec)),
         ));
     }
-    let r = &spec.routing;
+    Ok(())
+}
+
+fn validate_routing(r: &RoutingSpec) -> Result<(), SpecError> {
     if let Some(h) = &r.target_header {
         if !is_header_name(h) {
             return Err(SpecError::invalid(
@@ -231,28 +257,32 @@ pub fn validate_endpoint<'a>(
             ));
         }
     }
-    if let Some(s) = &spec.shadow {
-        if !(0.0..=100.0).contains(&s.percent) {
-            return Err(SpecError::invalid(
-                "spec.shadow.percent",
-                format!("{} must be within 0..=100", s.percent),
-            ));
-        }
-        if s.tolerance.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
-            return Err(SpecError::invalid(
-                "spec.shadow.tolerance",
-                "must be a finite number >= 0",
-            ));
-        }
-        if s.timeout_ms == Some(0) {
-            return Err(SpecError::invalid(
-                "spec.shadow.timeoutMs",
-                "must be positive",
-            ));
-        }
-        check_model("spec.shadow.model", &s.model, &model)?;
-    }
     Ok(())
+}
+
+fn validate_shadow<'a>(
+    s: &ShadowSpec,
+    model: &impl Fn(&str) -> Option<&'a ModelSpec>,
+) -> Result<(), SpecError> {
+    if !(0.0..=100.0).contains(&s.percent) {
+        return Err(SpecError::invalid(
+            "spec.shadow.percent",
+            format!("{} must be within 0..=100", s.percent),
+        ));
+    }
+    if s.tolerance.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+        return Err(SpecError::invalid(
+            "spec.shadow.tolerance",
+            "must be a finite number >= 0",
+        ));
+    }
+    if s.timeout_ms == Some(0) {
+        return Err(SpecError::invalid(
+            "spec.shadow.timeoutMs",
+            "must be positive",
+        ));
+    }
+    check_model("spec.shadow.model", &s.model, model)
 }
 
 fn check_model<'a>(

@@ -1,5 +1,5 @@
 //! The filter's pure per-request work, natively, for instruction counting:
-//! `valgrind --tool=callgrind target/release/examples/per_request [requests] [endpoints] [variants]`
+//! `valgrind --tool=callgrind target/release/examples/per_request [requests] [endpoints] [variants] [rollout%]`
 //! (scripts/count-filter.sh runs it). A lean host answers header reads from a fixed request,
 //! like Envoy does (the SDK hands each value over as a fresh `String`), ignores writes, and
 //! counts host calls, which it prints per request: the number the Wasm build makes into Envoy.
@@ -129,7 +129,8 @@ thread_local! {
     static CALLS: RefCell<u64> = const { RefCell::new(0) };
 }
 
-fn config(endpoints: usize, variants: usize) -> Compiled {
+/// `rollout_percent > 0`: every variant is being rolled out, that share of its users moved.
+fn config(endpoints: usize, variants: usize, rollout_percent: u32) -> Compiled {
     let names: Vec<String> = (0..variants).map(|i| format!("v{i}")).collect();
     let w = 100 / variants as u32;
     let weights: Vec<(&str, u32)> = names
@@ -152,7 +153,15 @@ fn config(endpoints: usize, variants: usize) -> Compiled {
             let name = if e == 0 { "titanic".to_owned() } else { format!("ep{e}") };
             serde_json::json!({
                 "name": name, "namespace": "default", "hosts": [format!("{name}.local")],
-                "variants": weights.iter().map(|(n, w)| serde_json::json!({"name": n, "model": format!("m-{n}"), "weight": w})).collect::<Vec<_>>(),
+                "variants": weights.iter().map(|(n, w)| {
+                    let mut v = serde_json::json!({"name": n, "model": format!("m-{n}"), "weight": w});
+                    if rollout_percent > 0 {
+                        let target = mlep_contract::rollout::target_for(&alloc, n, rollout_percent);
+                        let moved = mlep_contract::rollout::grow(&alloc, n, &[], target);
+                        v["rollout"] = serde_json::json!({"model": format!("m-{n}-next"), "buckets": moved});
+                    }
+                    v
+                }).collect::<Vec<_>>(),
                 "allocation": alloc, "routing": {"sticky": {"header": "x-user-id"}}
             })
         })
@@ -171,6 +180,7 @@ fn main() {
     let cfg = Rc::new(config(
         args.get(1).copied().unwrap_or(2),
         args.get(2).copied().unwrap_or(2),
+        args.get(3).copied().unwrap_or(0) as u32,
     ));
     let hub = Rc::new(RefCell::new(Hub::new()));
     let keys: Vec<String> = (0..n)

@@ -11,7 +11,7 @@
 
 use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
-use crate::shadow::Hub;
+use crate::shadow::{Hub, ENVOY_TIMEOUT_BODY};
 use crate::stream::{count, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
 use mlep_contract::metrics::{CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
@@ -68,6 +68,8 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// Per-request counter increments of every stream of this VM, flushed by a root context.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
+    /// Whether this VM serves streams (a worker's); the main thread's VM only configures.
+    static SERVES: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Hand the VM's accumulated counter increments to Envoy.
@@ -298,7 +300,10 @@ impl Context for Root {
         };
         let status =
             header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
-        let body = if body_size > 0 && self.hub.borrow().wants_body(token) {
+        // Envoy's own timeout reply is read too (24 bytes), so it counts as `timeout` however
+        // late the event loop delivered it (see `shadow::ENVOY_TIMEOUT_BODY`).
+        let envoy_timeout = status == Some(504) && body_size == ENVOY_TIMEOUT_BODY.len();
+        let body = if body_size > 0 && (envoy_timeout || self.hub.borrow().wants_body(token)) {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .flatten()
@@ -361,7 +366,9 @@ impl RootContext for Root {
         if now.saturating_sub(self.last_flush_ms) >= FLUSH_EVERY_MS {
             self.last_flush_ms = now;
             flush_tally();
-            if let Some(id) = self.vm_memory {
+            // Only worker VMs report: the main thread's VM (which also runs on_configure and
+            // ticks) would overwrite the gauge with its own, smaller memory.
+            if let Some(id) = self.vm_memory.filter(|_| SERVES.with(Cell::get)) {
                 let pages = core::arch::wasm32::memory_size::<0>() as u64;
                 let _ = hostcalls::record_metric(id, pages * 65_536);
             }
@@ -377,6 +384,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        SERVES.with(|s| s.set(true));
         // `bench-noop`: a filter that is called for every stream and does nothing (benchmarks).
         let stream = if cfg!(feature = "bench-noop") {
             None

@@ -23,6 +23,12 @@ pub const MAX_PENDING: usize = 1024;
 pub const MAX_HUB_BYTES: usize = 16 * 1024 * 1024;
 /// How long after its timeout an entry waiting for the primary's body is kept.
 pub const GRACE_MS: u64 = 5_000;
+/// The body of the 504 Envoy answers itself when a call's timeout fires. Envoy arms that timer
+/// from its event loop's cached time, so under load the answer can arrive, by our clock, well
+/// before `timeoutMs` has passed since we sent the copy (seen: several copies answered at once
+/// after a stall, counted `error` by the elapsed-time rule alone); this body says it was the
+/// timeout whatever the clock says.
+pub const ENVOY_TIMEOUT_BODY: &[u8] = b"upstream request timeout";
 
 /// Something to count, for endpoint `ep`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +185,11 @@ impl Hub {
         let Some(p) = self.pending.get_mut(&id) else {
             return vec![];
         };
-        let outcome = classify(status, now_ms.saturating_sub(sent_ms), p.timeout_ms);
+        let outcome = if status == Some(504) && body == ENVOY_TIMEOUT_BODY {
+            Outcome::Timeout
+        } else {
+            classify(status, now_ms.saturating_sub(sent_ms), p.timeout_ms)
+        };
         let ep = p.ep;
         let mut events = vec![Event::Outcome { ep, outcome }];
         if outcome != Outcome::Ok {
@@ -432,6 +442,34 @@ mod tests {
             }]
         );
         assert_eq!(hub.in_flight(), 0);
+    }
+
+    #[test]
+    fn envoys_own_timeout_reply_counts_as_timeout_whenever_it_arrives() {
+        let mut hub = Hub::new();
+        let a = hub
+            .submit(0, spec(CompareMode::Off), vec![], vec![], 0)
+            .unwrap();
+        hub.sent(a, 0, 9, 100);
+        assert_eq!(
+            hub.shadow_done(9, Some(504), ENVOY_TIMEOUT_BODY.to_vec(), 150),
+            vec![Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Timeout
+            }]
+        );
+        let b = hub
+            .submit(0, spec(CompareMode::Off), vec![], vec![], 0)
+            .unwrap();
+        hub.sent(b, 0, 10, 100);
+        assert_eq!(
+            hub.shadow_done(10, Some(504), b"gateway says no".to_vec(), 150),
+            vec![Event::Outcome {
+                ep: 0,
+                outcome: Outcome::Error
+            }],
+            "a 504 of the shadow's own, early, is its error"
+        );
     }
 
     #[test]

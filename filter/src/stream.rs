@@ -356,7 +356,7 @@ mod tests {
     }
 
     /// Variant b (buckets 8000..10000) rolling out to titanic-v3, buckets 8000..9000 moved.
-    fn rolling_out(s: &str) -> String {
+    pub(super) fn rolling_out(s: &str) -> String {
         s.replace("\"percent\": 10", "\"percent\": 0").replace(
             "{\"name\": \"b\", \"model\": \"titanic-v2\", \"weight\": 20}",
             "{\"name\": \"b\", \"model\": \"titanic-v2\", \"weight\": 20, \"rollout\": {\"model\": \"titanic-v3\", \"buckets\": [{\"start\": 8000, \"end\": 9000}]}}",
@@ -572,6 +572,7 @@ mod props {
             Just("x-user-id".to_owned()),
             Just("x-mlep-target-variant".to_owned()),
             Just("x-mlep-variant".to_owned()),
+            Just("x-mlep-model".to_owned()),
             "[a-z-]{1,12}",
         ];
         let value = prop_oneof![
@@ -616,6 +617,37 @@ mod props {
             }
             for o in hub.borrow_mut().drain() {
                 prop_assert!(!o.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("cookie")));
+            }
+        }
+
+        /// With a rollout split, whatever the client sends: an assigned request carries one
+        /// variant, and on the variant being rolled out the model header is the new model
+        /// exactly when the user's bucket moved (never a client's value).
+        #[test]
+        fn a_rollout_split_marks_exactly_the_moved_users_whatever_the_client_sends(
+            headers in proptest::collection::vec(header(), 0..8),
+            seed in any::<u64>(),
+        ) {
+            let mut h = MemHost { seed, ..MemHost::default() };
+            let cfg = Rc::new(Compiled::from_json(super::tests::rolling_out(include_str!("../../examples/filter-config.json")).as_bytes(), &mut h).unwrap());
+            h.request = headers;
+            let mut s = Stream::new(Rc::clone(&cfg), Rc::new(RefCell::new(Hub::new())));
+            let action = s.on_request_headers(&mut h, true);
+            let values = |name: &str| -> Vec<String> {
+                h.request.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+            };
+            if let (RequestAction::Continue, Some((_, entry))) = (action, s.assigned) {
+                let variant = values("x-mlep-variant");
+                prop_assert_eq!(variant.len(), 1);
+                if variant[0] == "b" {
+                    let moved = entry >= 2; // the rollout entry follows a and b
+                    let model = values("x-mlep-model");
+                    if moved {
+                        prop_assert_eq!(model, vec!["titanic-v3".to_owned()]);
+                    } else {
+                        prop_assert!(model.is_empty(), "{:?}", model);
+                    }
+                }
             }
         }
 

@@ -9,4 +9,5 @@ pub mod leader;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
+pub mod rollout;
 pub mod server;

@@ -319,7 +319,10 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         existing.extend(list_existing(ctx, gw_ns, &foreign_selector, FOREIGN_KINDS).await?);
     }
     let observed = observe(&existing);
-    let p = plan(&ep.spec, last, &observed);
+    let mut p = plan(&ep.spec, last, &observed);
+    let at = jiff::Timestamp::now();
+    let outcome = crate::rollout::step(ep, ns, last, &observed, &p, &at).await;
+    mlep_core::rollout::apply(&mut p, &outcome, &observed);
     let previous = last.and_then(|s| s.allocation.as_ref());
     let rendered = match render_endpoint(ep, ns, &models, &p, previous, &ctx.settings) {
         Ok(r) => r,
@@ -362,13 +365,18 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         delete(ctx, key).await?;
     }
 
-    let status = endpoint_status(ep, &p, &observed, rendered.allocation, last, now());
+    let mut status = endpoint_status(ep, &p, &observed, rendered.allocation, last, now());
+    mlep_core::rollout::record(&mut status, &outcome, last, &now());
     let settled = p.settled(&ep.spec);
     write_status(ctx, &endpoints, &name, last, status.clone()).await?;
     // The shared filter objects, with this endpoint's new status (the cache may lag).
     let mut fresh = ep.clone();
     fresh.status = Some(status);
     sync_filters(ctx, Some(&fresh)).await?;
+    // A rollout comes back at its next step (or its next look at the analysis).
+    if let Some(s) = outcome.requeue_after_seconds {
+        return Ok(Action::requeue(Duration::from_secs(s.clamp(1, 30) as u64)));
+    }
     Ok(if settled {
         Action::requeue(Duration::from_secs(600))
     } else {

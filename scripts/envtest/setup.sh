@@ -9,7 +9,12 @@
 #   scripts/envtest/setup.sh stop             # stop what `start` started (by recorded pid)
 #   scripts/envtest/setup.sh restart-apiserver  # stop and start kube-apiserver only (etcd keeps data)
 #
-# WORKDIR: $MLEP_ENVTEST_DIR, default ~/.cache/mlep-envtest-k8s-1.20. After `start`:
+# Kubernetes version: $MLEP_ENVTEST_K8S, default 1.37: kube-apiserver, kube-controller-manager
+# and etcd are the cluster bed's (scripts/cluster.sh build-k8s: Go modules k8s.io/kubernetes
+# v1.37.2 + the etcd it pins, cached, ~0.3 s when built), which evaluate CEL validation rules.
+# MLEP_ENVTEST_K8S=1.20 keeps the older path below (Debian's source, ~4 min to build).
+#
+# WORKDIR: $MLEP_ENVTEST_DIR, default ~/.cache/mlep-envtest-k8s-<version>. After `start`:
 #   export KUBECONFIG=$WORKDIR/kubeconfig   (admin token, system:masters)
 # Needs root and apt access to the machine's configured Debian archive only.
 #
@@ -20,14 +25,30 @@
 # - Service IPs: a /16 (a /24 fills up at 253 Services: "failed to allocate a serviceIP:
 #   range is full", found by the 500-endpoint benchmark).
 set -euo pipefail
-W=${MLEP_ENVTEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlep-envtest-k8s-1.20}
+K8S=${MLEP_ENVTEST_K8S:-1.37}
+W=${MLEP_ENVTEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlep-envtest-k8s-$K8S}
 HERE=$(dirname "$(readlink -f "$0")")
 PORT=${MLEP_ENVTEST_PORT:-6443}
 ETCD_PORT=${MLEP_ENVTEST_ETCD_PORT:-2379}
 mkdir -p "$W"
 cd "$W"
 
+# The cluster bed's binaries (Kubernetes v1.37.2 and etcd v3.7 from the Go module proxy).
+build_bed() {
+  local t0 bin b
+  t0=$(date +%s)
+  command -v openssl >/dev/null && command -v curl >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl curl ca-certificates >/dev/null
+  }
+  bin=$("$HERE/../cluster.sh" build-k8s)
+  mkdir -p "$W/bin"
+  for b in kube-apiserver kube-controller-manager etcd; do ln -sf "$bin/$b" "$W/bin/$b"; done
+  echo "[envtest] build: $(( $(date +%s)-t0 )) s ($("$W/bin/kube-apiserver" --version))"
+}
+
 build() {
+  if [ "$K8S" != 1.20 ]; then build_bed; return; fi
   local t0 t1
   t0=$(date +%s)
   if [ ! -f /etc/apt/sources.list.d/debian-src.sources ]; then
@@ -112,12 +133,14 @@ stop_pid() {
 }
 
 start() {
-  [ -x "$W/bin/kube-apiserver" ] || build
+  if [ "$K8S" != 1.20 ]; then build_bed >/dev/null; else [ -x "$W/bin/kube-apiserver" ] || build; fi
   pki
   stop
   rm -rf etcd-data apiserver.log etcd.log controller-manager.log
   local peer=$((ETCD_PORT+1))
-  etcd --name default --data-dir "$W/etcd-data" --log-level warn \
+  local etcd=etcd
+  [ -x "$W/bin/etcd" ] && etcd=$W/bin/etcd
+  "$etcd" --name default --data-dir "$W/etcd-data" --log-level warn \
     --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
     --listen-peer-urls http://127.0.0.1:$peer --initial-advertise-peer-urls http://127.0.0.1:$peer \
     --initial-cluster default=http://127.0.0.1:$peer >etcd.log 2>&1 &
@@ -140,8 +163,10 @@ current-context: local
 KCFG
   # Garbage collection of owned objects (ownerReferences) and namespace deletion; no
   # scheduler or kubelet run here, so Pods stay Pending and tests patch Deployment status.
+  local insecure=()  # 1.20 still had an insecure port; later releases removed the flag
+  [ "$K8S" = 1.20 ] && insecure=(--port=0)
   "$W/bin/kube-controller-manager" --kubeconfig="$W/kubeconfig" --bind-address=127.0.0.1 --secure-port=0 \
-    --port=0 --controllers=garbagecollector,namespace --leader-elect=false \
+    "${insecure[@]}" --controllers=garbagecollector,namespace --leader-elect=false \
     --use-service-account-credentials=false >controller-manager.log 2>&1 &
   echo $! > controller-manager.pid
   echo "[envtest] ready: export KUBECONFIG=$W/kubeconfig"

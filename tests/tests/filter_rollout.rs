@@ -4,10 +4,13 @@
 //! moved requests under the new model.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
+use mlep::rollout::EnvoyStats;
 use mlep_contract::rollout::{grow, target_for, Span};
 use mlep_contract::Allocation;
+use mlep_core::rollout::{AnalysisSource, Query, Traffic};
 use mlep_tests::*;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 const HOST: &str = "titanic.local";
 
@@ -56,6 +59,9 @@ fn moved_users_reach_the_new_model_the_share_only_grows_and_a_rollback_returns_t
     let mut env = Env::start(vec![r], &config(&alloc, Some(&step1)));
     let keys: Vec<String> = (0..1500).map(|i| format!("user-{i}")).collect();
     let bucket = |k: &str| mlep_contract::bucket_of("default/titanic", k);
+    // Local mode's analysis source, fed this Envoy's stats: a scrape when the step starts.
+    let mut stats = EnvoyStats::new();
+    stats.observe(100, &env.prometheus());
 
     // Step 1: exactly the keys in moved buckets reach b2; a forged header moves no one else.
     let s1 = served(&env, &keys, true);
@@ -99,6 +105,11 @@ fn moved_users_reach_the_new_model_the_share_only_grows_and_a_rollback_returns_t
         counted("model-b2")
     );
     assert_eq!(counted("model-b"), on_b as f64);
+    // What the rollout's analysis sees for the step: exactly the new model's requests.
+    stats.observe(160, &env.prometheus());
+    let step = query("b", "model-b2", Traffic::Served);
+    let sample = stats.sample(&step).unwrap();
+    assert_eq!((sample.requests, sample.errors), (on_b2 as u64, 0));
 
     // Step 2: the share grows; nobody on b2 goes back, a's users never move.
     let step2 = grow(&alloc, "b", &step1, target_for(&alloc, "b", 60));
@@ -125,4 +136,98 @@ fn moved_users_reach_the_new_model_the_share_only_grows_and_a_rollback_returns_t
         let want = if s2[k] == "b2" { "b" } else { s2[k].as_str() };
         assert_eq!(s3[k], want, "key {k} after rollback");
     }
+}
+
+fn query(variant: &str, model: &str, traffic: Traffic) -> Query {
+    Query {
+        endpoint: "titanic".into(),
+        namespace: "default".into(),
+        variant: variant.into(),
+        model: model.into(),
+        traffic,
+        since_unix: 100,
+        now_unix: 160,
+    }
+}
+
+#[test]
+fn a_blue_green_bake_mirrors_only_its_variant_and_counts_agreement_for_the_analysis() {
+    const SHADOW: &str = "mlep|titanic|shadow";
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    // Green answers like blue, so every compared answer agrees.
+    let green = Upstream::with(
+        "green",
+        Behaviour {
+            body: Some("{\"variant\":\"b\"}".into()),
+            ..Behaviour::default()
+        },
+    );
+    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+    let mut cfg = config(&alloc, None);
+    cfg["endpoints"][0]["shadow"] = serde_json::json!({
+        "cluster": SHADOW, "model": "model-b2", "percent": 100, "variant": "b",
+        "timeoutMs": 2000, "compare": {"mode": "json", "tolerance": 0.000001}
+    });
+    let env = Env::start(
+        vec![route(
+            "titanic",
+            &[HOST],
+            &[(&a, 50), (&b, 50)],
+            Some((SHADOW, green.addr)),
+        )],
+        &cfg,
+    );
+    let mut stats = EnvoyStats::new();
+    stats.observe(100, &env.prometheus());
+    let keys: Vec<String> = (0..300).map(|i| format!("bake-{i}")).collect();
+    let served = served(&env, &keys, false);
+    let on_b = served.values().filter(|v| *v == "b").count() as u64;
+    assert!(on_b > 0 && on_b < 300, "both variants serve: {on_b} on b");
+    let bake = query("b", "model-b2", Traffic::Mirrored);
+    let settled = poll_until(Duration::from_secs(15), || {
+        stats.observe(160, &env.prometheus());
+        stats
+            .sample(&bake)
+            .is_ok_and(|s| s.requests == on_b && s.compared == on_b)
+    });
+    let sample = stats.sample(&bake).unwrap();
+    assert!(settled, "mirrored {sample:?}, b served {on_b}");
+    assert_eq!(green.count(), on_b, "only b's requests were mirrored");
+    assert_eq!((sample.agreed, sample.errors), (on_b, 0));
+}
+
+#[test]
+fn a_split_outside_its_variant_is_rejected_naming_the_field_and_the_last_split_keeps_serving() {
+    let (a, b, b2) = (
+        Upstream::start("a"),
+        Upstream::start("b"),
+        Upstream::start("b2"),
+    );
+    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+    let good = grow(&alloc, "b", &[], target_for(&alloc, "b", 30));
+    let mut r = route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None);
+    r.variants[1].rollout_upstream = Some(b2.addr);
+    let mut env = Env::start(vec![r], &config(&alloc, Some(&good)));
+    let keys: Vec<String> = (0..400).map(|i| format!("reject-{i}")).collect();
+    let before = served(&env, &keys, false);
+    // Buckets 0..100 belong to a: a split of b may not name them.
+    let bad = [Span { start: 0, end: 100 }];
+    env.reload(&config(&alloc, Some(&bad)));
+    let log = env.log();
+    assert!(
+        log.contains("endpoints[0].variants[1].rollout.buckets") && log.contains("does not own"),
+        "{log}"
+    );
+    assert_eq!(
+        env.metric(
+            "envoy_extension_config_discovery_http_filter_mlep_update_rejected",
+            &[]
+        ),
+        1.0
+    );
+    assert_eq!(
+        served(&env, &keys, false),
+        before,
+        "the last good split serves"
+    );
 }

@@ -1,0 +1,502 @@
+//! Local mode drives rollouts with the same state machine as the operator
+//! (`mlep_core::rollout`), analysing its own Envoy's stats (`crate::rollout::EnvoyStats`).
+//!
+//! - An edit changing a variant's model under a Canary, Linear or BlueGreen strategy does not
+//!   swap it: [`Session::hold_back_model_changes`] keeps the variant on its running model and
+//!   remembers the new one as the rollout's target.
+//! - Every watch tick, [`Session::drive_rollouts`] scrapes Envoy, advances the machine, and
+//!   applies its outcome in a safe order: the new model's servers start and must answer
+//!   `/ping`; the variant's rollout cluster (`mlep|<endpoint>|<variant>|rollout`, EDS) gets
+//!   them; only then does the filter config carry the split. A rollback drops the split first,
+//!   then points the rollout cluster back at the variant's own servers, then stops the new
+//!   ones. A promotion moves the variant's own cluster to the new servers, drops the split,
+//!   then stops the old ones. No Envoy restart in any of them.
+
+use super::{addrs_text, io_err, LocalError, RunningSet, Session};
+use crate::envoy;
+use crate::plan::{Desired, Role, ServerSet};
+use crate::rollout::EnvoyStats;
+use mlep_contract::RolloutSplit;
+use mlep_core::rollout::{
+    self as machine, Command, Input, Now, Outcome, Phase, RolloutStatus, Settings,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `(namespace, endpoint, variant)`.
+type Key = (String, String, String);
+
+/// Rollout state of the session.
+#[derive(Default)]
+pub(super) struct Rollouts {
+    stats: EnvoyStats,
+    /// Target server set of a variant whose model change is held back.
+    targets: BTreeMap<Key, ServerSet>,
+    /// Running servers of a rollout's new model.
+    sets: BTreeMap<Key, RunningSet>,
+    /// BlueGreen after the switch: the old model's servers, kept for an instant rollback.
+    blue: BTreeMap<Key, RunningSet>,
+    /// The split the filter config carries now.
+    splits: BTreeMap<Key, RolloutSplit>,
+    /// A BlueGreen bake's mirror, per `(namespace, endpoint)`: the endpoint's shadow cluster
+    /// gets the new model's servers and the filter mirrors the variant's requests there.
+    mirrors: BTreeMap<(String, String), machine::Mirror>,
+    /// Per endpoint (`namespace/name`): the machine's status.
+    status: BTreeMap<String, RolloutStatus>,
+}
+
+impl Rollouts {
+    /// The status of an endpoint's rollout, for the table.
+    pub(super) fn summary(&self, namespace: &str, endpoint: &str, variant: &str) -> Option<String> {
+        let s = self.status.get(&format!("{namespace}/{endpoint}"))?;
+        (s.variant == variant && s.phase != Phase::Idle).then(|| {
+            format!(
+                "{:?} {}->{} {}%",
+                s.phase, s.from_model, s.to_model, s.moved_percent
+            )
+        })
+    }
+}
+
+fn status_path(state_dir: &std::path::Path, key: &str) -> PathBuf {
+    state_dir
+        .join("endpoints")
+        .join(format!("{key}.rollout.json"))
+}
+
+impl Session {
+    /// Keep variants whose model changes under a staged strategy on their running model; the
+    /// new model becomes the rollout's target.
+    pub(super) fn hold_back_model_changes(&mut self, mut new: Desired) -> Desired {
+        for e in &mut new.endpoints {
+            let settings = Settings::of(e.endpoint.spec.rollout.as_ref());
+            if settings.strategy == mlep_core::crd::RolloutStrategy::AllAtOnce {
+                continue;
+            }
+            let (ns, name) = (e.namespace().to_owned(), e.name().to_owned());
+            let Some(old) = self
+                .desired
+                .endpoints
+                .iter()
+                .find(|o| o.namespace() == ns && o.name() == name)
+            else {
+                continue;
+            };
+            for (i, set) in e.variants.iter_mut().enumerate() {
+                let Some(prev) = old.variants.iter().find(|p| p.role == set.role) else {
+                    continue;
+                };
+                let Role::Variant(variant) = set.role.clone() else {
+                    continue;
+                };
+                let key = (ns.clone(), name.clone(), variant);
+                if prev.model == set.model {
+                    // Back to the running model: no target any more.
+                    self.rollouts.targets.remove(&key);
+                    continue;
+                }
+                self.rollouts.targets.insert(key, set.clone());
+                *set = ServerSet {
+                    replicas: set.replicas,
+                    ..prev.clone()
+                };
+                if let Some(v) = e.endpoint.spec.variants.get_mut(i) {
+                    v.model = prev.model.clone();
+                }
+            }
+        }
+        new
+    }
+
+    /// The rollout cluster's servers of a variant: the new model's while a rollout runs, else
+    /// the variant's own.
+    pub(super) fn rollout_addrs(&self, ns: &str, ep: &str, variant: &str) -> Vec<SocketAddr> {
+        let key = (ns.to_owned(), ep.to_owned(), variant.to_owned());
+        match self.rollouts.sets.get(&key) {
+            Some(r) => r.addrs(),
+            None => self
+                .running
+                .get(&(
+                    ns.to_owned(),
+                    ep.to_owned(),
+                    Role::Variant(variant.to_owned()),
+                ))
+                .map(RunningSet::addrs)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The endpoint's shadow cluster during a BlueGreen bake: the new model's servers.
+    pub(super) fn mirror_addrs(&self, ns: &str, ep: &str) -> Vec<SocketAddr> {
+        self.rollouts
+            .mirrors
+            .get(&(ns.to_owned(), ep.to_owned()))
+            .and_then(|m| {
+                self.rollouts
+                    .sets
+                    .get(&(ns.to_owned(), ep.to_owned(), m.variant.clone()))
+            })
+            .map(RunningSet::addrs)
+            .unwrap_or_default()
+    }
+
+    /// Put the current splits and bake mirrors on a filter config built from the desired state.
+    pub(super) fn put_splits(&self, cfg: &mut mlep_contract::FilterConfig) {
+        for ep in &mut cfg.endpoints {
+            if let Some(m) = self
+                .rollouts
+                .mirrors
+                .get(&(ep.namespace.clone(), ep.name.clone()))
+            {
+                let cluster = crate::plan::shadow_cluster(&ep.namespace, &ep.name);
+                ep.shadow = Some(m.shadow_config(cluster, format!("{}-shadow.local", ep.name)));
+            }
+            for v in &mut ep.variants {
+                let key = (ep.namespace.clone(), ep.name.clone(), v.name.clone());
+                v.rollout = self.rollouts.splits.get(&key).cloned();
+            }
+        }
+    }
+
+    /// One look at every endpoint's rollout: scrape, advance, apply.
+    pub(super) async fn drive_rollouts(&mut self) -> Result<(), LocalError> {
+        let busy = self.desired.endpoints.iter().any(|e| {
+            self.rollouts
+                .targets
+                .keys()
+                .any(|(ns, n, _)| ns == e.namespace() && n == e.name())
+                || self
+                    .rollouts
+                    .status
+                    .get(&format!("{}/{}", e.namespace(), e.name()))
+                    .is_some_and(|s| matches!(s.phase, Phase::Progressing | Phase::Baking))
+        });
+        if !busy {
+            return Ok(());
+        }
+        let now = jiff::Timestamp::now();
+        if let Ok(text) = self.admin_get("/stats/prometheus").await {
+            self.rollouts.stats.observe(now.as_second(), &text);
+        }
+        let endpoints: Vec<(String, String)> = self
+            .desired
+            .endpoints
+            .iter()
+            .map(|e| (e.namespace().to_owned(), e.name().to_owned()))
+            .collect();
+        for (ns, name) in endpoints {
+            self.drive_one(&ns, &name, &now).await?;
+        }
+        Ok(())
+    }
+
+    /// The machine's step for one endpoint, `None` when it has nothing to say.
+    fn advance_one(&mut self, ns: &str, name: &str, now: &jiff::Timestamp) -> Option<Outcome> {
+        let ep_key = format!("{ns}/{name}");
+        let e = self
+            .desired
+            .endpoints
+            .iter()
+            .find(|e| e.namespace() == ns && e.name() == name)?;
+        let allocation = self.allocations.get(&ep_key)?;
+        let settings = Settings::of(e.endpoint.spec.rollout.as_ref());
+        let key = |v: &str| (ns.to_owned(), name.to_owned(), v.to_owned());
+        // The spec as written (the held-back target) against what serves (the desired state).
+        let variants = e.endpoint.spec.variants.iter().map(|v| {
+            let target = self.rollouts.targets.get(&key(&v.name));
+            (
+                v.name.as_str(),
+                target.map_or(v.model.as_str(), |t| t.model.as_str()),
+            )
+        });
+        let serving: Vec<(&str, &str)> = e
+            .endpoint
+            .spec
+            .variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.model.as_str()))
+            .collect();
+        let rolling = self
+            .rollouts
+            .sets
+            .iter()
+            .filter(|((n, ep, _), _)| n == ns && ep == name)
+            .map(|((_, _, v), r)| (v.as_str(), r.set.model.as_str()));
+        let input = Input {
+            endpoint: name,
+            namespace: ns,
+            settings: &settings,
+            variants: variants.collect(),
+            ready: serving.iter().copied().chain(rolling).collect(),
+            serving,
+            allocation,
+            last: self.rollouts.status.get(&ep_key),
+            command: e
+                .endpoint
+                .annotations
+                .get(machine::ANNOTATION)
+                .and_then(|v| Command::parse(v).ok()),
+            now: Now {
+                unix: now.as_second(),
+                text: now.to_string(),
+            },
+        };
+        Some(machine::drive(&input, &mut self.rollouts.stats))
+    }
+
+    /// Advance one endpoint's rollout and apply the outcome in a safe order.
+    async fn drive_one(
+        &mut self,
+        ns: &str,
+        name: &str,
+        now: &jiff::Timestamp,
+    ) -> Result<(), LocalError> {
+        let ep_key = format!("{ns}/{name}");
+        let last = self.rollouts.status.get(&ep_key).cloned();
+        let Some(out) = self.advance_one(ns, name, now) else {
+            return Ok(());
+        };
+        let Some(status) = out.status.clone() else {
+            return Ok(());
+        };
+        if last.as_ref().map(|l| (l.phase, l.step, l.moved_percent))
+            != Some((status.phase, status.step, status.moved_percent))
+        {
+            self.ui.say(format!("rollout {name}: {}", status.message));
+        }
+        let variant = status.variant.clone();
+        let key = (ns.to_owned(), name.to_owned(), variant.clone());
+        let wanted: Vec<String> = out
+            .models
+            .as_ref()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        // 1. The new model's servers, ready, and in the rollout cluster.
+        if wanted.contains(&status.to_model)
+            && status.phase != Phase::Promoted
+            && !self.rollouts.sets.contains_key(&key)
+        {
+            if let Some(set) = self.rollouts.targets.get(&key).cloned() {
+                if set.model == status.to_model {
+                    let r = self.start_set(&set).await?;
+                    self.rollouts.sets.insert(key.clone(), r);
+                    self.point_rollout_cluster(ns, name, &variant).await?;
+                }
+            }
+        }
+        // 2. Promotion: the variant's own cluster moves to the new servers.
+        let promoted = out
+            .serving
+            .as_ref()
+            .is_some_and(|(_, m)| *m == status.to_model)
+            && self.rollouts.sets.contains_key(&key);
+        if promoted {
+            let keep_blue = wanted.contains(&status.from_model);
+            self.promote_locally(ns, name, &variant, keep_blue).await?;
+        }
+        // A rollback while blue still runs: it takes the variant back at once.
+        let demoted = out
+            .serving
+            .as_ref()
+            .is_some_and(|(_, m)| *m == status.from_model)
+            && self.rollouts.blue.contains_key(&key);
+        if demoted {
+            self.demote_locally(ns, name, &variant, &status.from_model)
+                .await?;
+        }
+        // 3. The split and the bake's mirror (its cluster first, then the filter config).
+        let split = out.split.as_ref().map(|(_, s)| s.clone());
+        let ep_pair = (ns.to_owned(), name.to_owned());
+        let mirror_changed = self.rollouts.mirrors.get(&ep_pair) != out.mirror.as_ref();
+        if mirror_changed {
+            if let Some(m) = &out.mirror {
+                self.rollouts.mirrors.insert(ep_pair.clone(), m.clone());
+                self.point_shadow_cluster(ns, name).await?;
+            }
+        }
+        if self.rollouts.splits.get(&key) != split.as_ref() || mirror_changed {
+            match split {
+                Some(s) => self.rollouts.splits.insert(key.clone(), s),
+                None => self.rollouts.splits.remove(&key),
+            };
+            if out.mirror.is_none() {
+                self.rollouts.mirrors.remove(&ep_pair);
+            }
+            let d = self.desired.clone();
+            self.reload_filter(&d).await?;
+            if out.mirror.is_none() && mirror_changed {
+                self.point_shadow_cluster(ns, name).await?;
+            }
+        }
+        // 4. A rolled-back model's servers go once nothing routes there.
+        if !wanted.contains(&status.to_model) && !promoted {
+            if let Some(r) = self.rollouts.sets.remove(&key) {
+                self.point_rollout_cluster(ns, name, &variant).await?;
+                self.ui.say(format!(
+                    "  stopping {} on {}",
+                    r.set.label(),
+                    addrs_text(&r.addrs())
+                ));
+                self.stop_set(r).await;
+            }
+        }
+        // Blue goes once the machine no longer keeps it.
+        if !wanted.contains(&status.from_model) {
+            if let Some(r) = self.rollouts.blue.remove(&key) {
+                self.ui.say(format!(
+                    "  stopping {} on {}",
+                    r.set.label(),
+                    addrs_text(&r.addrs())
+                ));
+                self.stop_set(r).await;
+            }
+        }
+        if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
+            self.rollouts.targets.remove(&key);
+        }
+        self.save_rollout(&ep_key, &status)?;
+        self.rollouts.status.insert(ep_key, status);
+        Ok(())
+    }
+
+    /// Write the rollout cluster's EDS (new servers, or the variant's own) and wait for Envoy.
+    async fn point_rollout_cluster(
+        &mut self,
+        ns: &str,
+        ep: &str,
+        variant: &str,
+    ) -> Result<(), LocalError> {
+        let d = self.desired.clone();
+        self.move_upstreams(&d, &[envoy::rollout_cluster(ep, variant)])
+            .await?;
+        let _ = ns;
+        Ok(())
+    }
+
+    /// Write the endpoint's shadow cluster (the bake's new servers, its own shadow's, or none).
+    async fn point_shadow_cluster(&mut self, ns: &str, ep: &str) -> Result<(), LocalError> {
+        let d = self.desired.clone();
+        self.move_upstreams(&d, &[crate::plan::shadow_cluster(ns, ep)])
+            .await
+    }
+
+    /// The new model takes the variant: its servers become the variant's, the desired state
+    /// names it, the variant's cluster moves to it, the old servers stop.
+    async fn promote_locally(
+        &mut self,
+        ns: &str,
+        name: &str,
+        variant: &str,
+        keep_blue: bool,
+    ) -> Result<(), LocalError> {
+        let key = (ns.to_owned(), name.to_owned(), variant.to_owned());
+        let Some(new_set) = self.rollouts.sets.remove(&key) else {
+            return Ok(());
+        };
+        let role_key = (
+            ns.to_owned(),
+            name.to_owned(),
+            Role::Variant(variant.to_owned()),
+        );
+        let model = new_set.set.model.clone();
+        let old = self.running.insert(role_key, new_set);
+        if let Some(e) = self
+            .desired
+            .endpoints
+            .iter_mut()
+            .find(|e| e.namespace() == ns && e.name() == name)
+        {
+            for (s, v) in e
+                .variants
+                .iter_mut()
+                .zip(e.endpoint.spec.variants.iter_mut())
+            {
+                if s.role == Role::Variant(variant.to_owned()) {
+                    if let Some(t) = self.rollouts.targets.get(&key) {
+                        *s = t.clone();
+                    }
+                    v.model = model.clone();
+                }
+            }
+        }
+        let d = self.desired.clone();
+        let clusters = [
+            envoy::variant_cluster(name, variant),
+            envoy::rollout_cluster(name, variant),
+        ];
+        self.move_upstreams(&d, &clusters).await?;
+        if let Some(r) = old {
+            if keep_blue {
+                self.rollouts.blue.insert(key, r);
+            } else {
+                self.ui.say(format!(
+                    "  stopping {} on {}",
+                    r.set.label(),
+                    addrs_text(&r.addrs())
+                ));
+                self.stop_set(r).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo a switch while blue still runs: blue's servers take the variant again, the new
+    /// model's go back to the rollout cluster (stopped once the rollback has drained).
+    async fn demote_locally(
+        &mut self,
+        ns: &str,
+        name: &str,
+        variant: &str,
+        blue_model: &str,
+    ) -> Result<(), LocalError> {
+        let key = (ns.to_owned(), name.to_owned(), variant.to_owned());
+        let Some(blue) = self.rollouts.blue.remove(&key) else {
+            return Ok(());
+        };
+        let blue_set = blue.set.clone();
+        let role_key = (
+            ns.to_owned(),
+            name.to_owned(),
+            Role::Variant(variant.to_owned()),
+        );
+        if let Some(green) = self.running.insert(role_key, blue) {
+            self.rollouts.sets.insert(key, green);
+        }
+        if let Some(e) = self
+            .desired
+            .endpoints
+            .iter_mut()
+            .find(|e| e.namespace() == ns && e.name() == name)
+        {
+            for (s, v) in e
+                .variants
+                .iter_mut()
+                .zip(e.endpoint.spec.variants.iter_mut())
+            {
+                if s.role == Role::Variant(variant.to_owned()) {
+                    *s = blue_set.clone();
+                    v.model = blue_model.to_owned();
+                }
+            }
+        }
+        let d = self.desired.clone();
+        let clusters = [
+            envoy::variant_cluster(name, variant),
+            envoy::rollout_cluster(name, variant),
+        ];
+        self.move_upstreams(&d, &clusters).await
+    }
+
+    fn save_rollout(&self, key: &str, status: &RolloutStatus) -> Result<(), LocalError> {
+        let path = status_path(&self.opts.state_dir, key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        let body =
+            serde_json::to_vec_pretty(status).map_err(|e| LocalError::Other(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
+    }
+}

@@ -1,0 +1,279 @@
+//! Rollouts in `mlep local up`, end to end (real Envoy, real model servers): a Canary to a
+//! model answering 500 on every other request rolls back with every user back on the old
+//! model; a Canary to a healthy model holds its share while paused (measured on users) and
+//! promotes with no failed request.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+
+fn fixture() -> PathBuf {
+    repo().join("cli/tests/fixtures/flaky_model.py")
+}
+
+/// The Titanic example plus two local-command models (`flaky`: 500 on every 2nd request;
+/// `healthy`: never) and `rollout` appended to the endpoint's spec.
+fn input(dir: &Path, metadata: &str, rollout: &str) {
+    titanic_input(dir, |e| {
+        e.replace("  name: titanic\n", &format!("  name: titanic\n{metadata}")) + rollout
+    });
+    let model = |name: &str, fail_every: u32| {
+        format!(
+            "---\napiVersion: mlep.dev/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\n  annotations:\n    mlep.dev/local-command: \"python3 {}\"\nspec:\n  image: example.com/{name}:1\n  env:\n    - {{name: FAIL_EVERY, value: \"{fail_every}\"}}\n    - {{name: MODEL_NAME, value: {name}}}\n",
+            fixture().display()
+        )
+    };
+    let mut models = std::fs::read_to_string(dir.join("input/models.yaml")).unwrap();
+    models.push_str(&model("flaky", 2));
+    models.push_str(&model("healthy", 0));
+    std::fs::write(dir.join("input/models.yaml"), models).unwrap();
+}
+
+/// `(variant, model)` serving `user`, from the response headers.
+async fn served(up: &Up, user: &str) -> (String, String) {
+    let r = up.invoke(Some(user), &[]).await;
+    let h = |n: &str| r.header(n).unwrap_or_default().to_owned();
+    (h("x-mlep-variant"), h("x-mlep-model"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_to_a_failing_model_rolls_back_with_every_user_on_the_old_model() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-back-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: Canary\n    stepSeconds: 30\n    maxStepSeconds: 60\n    canary: {percent: 50}\n    analysis: {minRequests: 20, maxErrorRate: 0.1}\n",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: flaky",
+    );
+    up.wait_for(
+        "rollout titanic: step 1: 50% of b's users on flaky",
+        from,
+        Duration::from_secs(60),
+    );
+    up.wait_for(
+        "rolled back b from flaky to titanic-v2: maxErrorRate",
+        from,
+        Duration::from_secs(60),
+    );
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.contains("HTTP 500") && f.contains("flaky")),
+        "only the flaky model's own answers failed: {failed:?}"
+    );
+    // Every user of b is back on titanic-v2.
+    let mut on_b = 0;
+    for i in 0..300 {
+        let (variant, model) = served(&up, &format!("after-{i}")).await;
+        if variant == "b" {
+            on_b += 1;
+            assert_eq!(model, "titanic:v2", "user after-{i}");
+        }
+    }
+    assert!(on_b > 20, "{on_b} users on b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_request() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-up-{}", std::process::id()));
+    input(
+        &dir,
+        "  annotations:\n    mlep.dev/rollout: pause\n",
+        "  rollout:\n    strategy: Canary\n    stepSeconds: 2\n    canary: {percent: 50}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    up.wait_for(
+        "rollout titanic: step 1: 50% of b's users on healthy",
+        from,
+        Duration::from_secs(60),
+    );
+    // Held by the annotation: measure the share of b's users on the new model.
+    let (mut on_b, mut moved) = (0, 0);
+    for i in 0..600 {
+        let (variant, model) = served(&up, &format!("share-{i}")).await;
+        if variant == "b" {
+            on_b += 1;
+            moved += usize::from(model == "healthy");
+            assert!(model == "healthy" || model == "titanic:v2", "{model}");
+        }
+    }
+    let share = moved as f64 / on_b as f64;
+    assert!(on_b > 60, "{on_b} users on b");
+    assert!(
+        (share - 0.5).abs() < 0.15,
+        "{moved} of {on_b} moved, step 50%"
+    );
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "mlep.dev/rollout: pause",
+        "mlep.dev/rollout: resume",
+    );
+    up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for i in 0..200 {
+        let (variant, model) = served(&up, &format!("after-{i}")).await;
+        if variant == "b" {
+            assert_eq!(model, "healthy", "user after-{i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-linear-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: Linear\n    stepSeconds: 2\n    linear: {stepPercent: 34}\n    analysis: {minRequests: 5, maxErrorRate: 0.05}\n",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    let s1 = up.wait_for(
+        "step 1: 34% of b's users on healthy",
+        from,
+        Duration::from_secs(60),
+    );
+    let s2 = up.wait_for(
+        "step 2: 68% of b's users on healthy",
+        s1,
+        Duration::from_secs(60),
+    );
+    up.wait_for(
+        "step 2 passed: every user on healthy",
+        s2,
+        Duration::from_secs(60),
+    );
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_the_wait() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-bg-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 3, terminationWaitSeconds: 3}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    let bake = up.wait_for(
+        "baking healthy on 100% of b's traffic",
+        from,
+        Duration::from_secs(60),
+    );
+    // Nobody moves while baking: b's users are still on titanic-v2.
+    for i in 0..100 {
+        let (variant, model) = served(&up, &format!("bake-{i}")).await;
+        if variant == "b" {
+            assert_eq!(model, "titanic:v2", "user bake-{i} while baking");
+        }
+    }
+    let switched = up.wait_for(
+        "every user on healthy; titanic-v2 keeps running 3s",
+        bake,
+        Duration::from_secs(60),
+    );
+    let at_switch = std::time::Instant::now();
+    // The bake mirrored b's requests to the new model and compared the answers.
+    let admin: u16 = up
+        .output()
+        .split("Envoy admin: http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let text = mlep::http::get(admin, "/stats/prometheus", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .text();
+    let total = |metric: &str| -> f64 {
+        mlep::table::parse_prometheus(&text)
+            .iter()
+            .filter(|s| {
+                s.name.ends_with(metric)
+                    && s.labels.get("model").map(String::as_str) == Some("healthy")
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    assert!(total("mlep_shadow_requests_total") >= 10.0, "{text}");
+    assert!(
+        total("mlep_shadow_agreement_total") >= 10.0,
+        "comparisons counted: {text}"
+    );
+    up.wait_for(
+        "stopping titanic/b (titanic-v2)",
+        switched,
+        Duration::from_secs(30),
+    );
+    assert!(
+        at_switch.elapsed() >= Duration::from_secs(2),
+        "blue kept running through terminationWaitSeconds (stopped after {:?})",
+        at_switch.elapsed()
+    );
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for i in 0..100 {
+        let (variant, model) = served(&up, &format!("after-{i}")).await;
+        if variant == "b" {
+            assert_eq!(model, "healthy", "user after-{i}");
+        }
+    }
+}
