@@ -113,7 +113,9 @@ fuzz_target!(|input: Input| {
             s.on_request_trailers(&mut h);
         }
         // The root sends what was queued; copies carry no credentials.
-        for o in hub.borrow_mut().drain() {
+        // Drain first: a `RefMut` in the loop head lives for the whole loop.
+        let queued = hub.borrow_mut().drain();
+        for o in queued {
             assert!(!o.headers.iter().any(|(k, _)| {
                 let k = k.to_ascii_lowercase();
                 k == "cookie" || k == "authorization"
