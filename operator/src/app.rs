@@ -75,8 +75,9 @@ pub struct RunArgs {
         default_value = "/usr/share/mlep/mlep_filter.wasm"
     )]
     pub wasm_path: String,
-    /// URL proxies fetch the module from [default:
-    /// http://mlep-operator.<namespace>.svc.<cluster-domain>:<port of --http-addr>/mlep_filter.wasm]
+    /// URL proxies fetch the module from; it must serve exactly the bytes of --wasm-path
+    /// [default: this operator, versioned by the module's sha256:
+    /// http://mlep-operator.<namespace>.svc.<cluster-domain>:8080/mlep_filter/<sha256>.wasm]
     #[arg(long, env = "MLEP_WASM_URL")]
     pub wasm_url: Option<String>,
     /// Namespace of the leader-election Lease (the operator's own).
