@@ -778,6 +778,8 @@ async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply
     for (name, wiring) in [("ef", "EnvoyFilter"), ("wp", "WasmPlugin")] {
         let mut e = yaml_docs("manifests/example/endpoint.yaml").remove(0);
         e["metadata"] = json!({"name": name, "namespace": ns});
+        // One shared filter carries both endpoints: each needs hosts of its own.
+        e["spec"]["hosts"] = json!([format!("titanic-{name}.example.com")]);
         e["spec"]["filterWiring"] = json!(wiring);
         e["spec"]["expose"] = json!(true);
         e["spec"]["shadow"] = json!({"model": "titanic-v2", "percent": 10});
