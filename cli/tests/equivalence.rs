@@ -10,6 +10,7 @@
 
 use mlep::envoy::{self, BootstrapSpec, Mirroring, WasmFilter};
 use mlep::plan::{self, Role};
+use mlep_contract::metrics::MODEL_HEADER;
 use mlep_contract::{EndpointConfig, FilterConfig};
 use mlep_core::envoy::ShadowTarget;
 use serde_json::Value;
@@ -195,8 +196,18 @@ fn envoy_routes(bootstrap: &Value, endpoint: &str) -> Routes {
     };
     let routes = vhost["routes"].as_array().unwrap();
     let (default, by_header) = routes.split_last().unwrap();
+    // Local mode keeps a standby rollout route per variant (it matches only requests the filter
+    // marks with the model header, i.e. users a rollout moved), so starting a rollout is an EDS
+    // and filter-config change, never an Envoy restart. With no rollout it can match nothing;
+    // the operator adds its rollout route only while a rollout runs.
+    let by_model = |r: &&Value| {
+        r["match"]["headers"]
+            .as_array()
+            .is_some_and(|hs| hs.iter().any(|h| h["name"] == MODEL_HEADER))
+    };
     let by_header = by_header
         .iter()
+        .filter(|r| !by_model(r))
         .map(|r| {
             let h = &r["match"]["headers"][0];
             assert_eq!(h["name"], "x-mlep-variant");
