@@ -29,7 +29,9 @@ MKIMG=$(dirname "$CLUSTER_SH")/cluster/mkimg.py
 PROFILE=${MLEP_E2E_PROFILE:-release}
 NS=mlep-e2e
 HOST=titanic-e2e.mlep.test
-WORK=$ROOT/target/e2e
+# Not under target/: that may be a link into ~/.cache (scripts/test.sh), and the kustomize
+# overlays below name manifests/ by a relative path.
+WORK=$ROOT/.cache/e2e
 TRAFFIC="python3 $ROOT/scripts/cluster-e2e/traffic.py"
 PASS=0
 
