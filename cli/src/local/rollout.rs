@@ -159,6 +159,39 @@ impl Session {
         }
     }
 
+    /// Make the desired state say that `variant` of `ns/name` runs `set` (when given) and serves
+    /// `model`, so later edits and restarts start from what now serves.
+    fn desire_variant(
+        &mut self,
+        ns: &str,
+        name: &str,
+        variant: &str,
+        set: Option<ServerSet>,
+        model: &str,
+    ) {
+        let Some(e) = self
+            .desired
+            .endpoints
+            .iter_mut()
+            .find(|e| e.namespace() == ns && e.name() == name)
+        else {
+            return;
+        };
+        let role = Role::Variant(variant.to_owned());
+        for (s, v) in e
+            .variants
+            .iter_mut()
+            .zip(e.endpoint.spec.variants.iter_mut())
+        {
+            if s.role == role {
+                if let Some(set) = &set {
+                    *s = set.clone();
+                }
+                v.model = model.to_owned();
+            }
+        }
+    }
+
     /// One look at every endpoint's rollout: scrape, advance, apply.
     pub(super) async fn drive_rollouts(&mut self) -> Result<(), LocalError> {
         let busy = self.desired.endpoints.iter().any(|e| {
@@ -401,25 +434,8 @@ impl Session {
         );
         let model = new_set.set.model.clone();
         let old = self.running.insert(role_key, new_set);
-        if let Some(e) = self
-            .desired
-            .endpoints
-            .iter_mut()
-            .find(|e| e.namespace() == ns && e.name() == name)
-        {
-            for (s, v) in e
-                .variants
-                .iter_mut()
-                .zip(e.endpoint.spec.variants.iter_mut())
-            {
-                if s.role == Role::Variant(variant.to_owned()) {
-                    if let Some(t) = self.rollouts.targets.get(&key) {
-                        *s = t.clone();
-                    }
-                    v.model = model.clone();
-                }
-            }
-        }
+        let target = self.rollouts.targets.get(&key).cloned();
+        self.desire_variant(ns, name, variant, target, &model);
         let d = self.desired.clone();
         let clusters = [
             envoy::variant_cluster(name, variant),
@@ -463,23 +479,7 @@ impl Session {
         if let Some(green) = self.running.insert(role_key, blue) {
             self.rollouts.sets.insert(key, green);
         }
-        if let Some(e) = self
-            .desired
-            .endpoints
-            .iter_mut()
-            .find(|e| e.namespace() == ns && e.name() == name)
-        {
-            for (s, v) in e
-                .variants
-                .iter_mut()
-                .zip(e.endpoint.spec.variants.iter_mut())
-            {
-                if s.role == Role::Variant(variant.to_owned()) {
-                    *s = blue_set.clone();
-                    v.model = blue_model.to_owned();
-                }
-            }
-        }
+        self.desire_variant(ns, name, variant, Some(blue_set), blue_model);
         let d = self.desired.clone();
         let clusters = [
             envoy::variant_cluster(name, variant),
