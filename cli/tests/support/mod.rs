@@ -138,17 +138,7 @@ impl Up {
         extra: &[(&'static str, String)],
     ) -> Result<Response, http::HttpError> {
         let body = std::fs::read(example().join("request.json")).unwrap();
-        let mut headers = vec![("content-type", "application/json".to_owned())];
-        if let Some(u) = user {
-            headers.push(("x-user-id", u.to_owned()));
-        }
-        headers.extend(extra.iter().cloned());
-        let req = Request {
-            method: "POST",
-            path: "/invocations",
-            headers,
-            body: &body,
-        };
+        let req = invocation(user.map(str::to_owned), extra, &body);
         http::send(self.port, &req, Duration::from_secs(10)).await
     }
 
@@ -318,17 +308,7 @@ impl Load {
                         && start.elapsed() < Duration::from_secs(120)
                     {
                         i += 1;
-                        let mut headers = vec![
-                            ("content-type", "application/json".to_owned()),
-                            ("x-user-id", format!("load-{w}-{i}")),
-                        ];
-                        headers.extend(extra.iter().cloned());
-                        let req = Request {
-                            method: "POST",
-                            path: "/invocations",
-                            headers,
-                            body: &body,
-                        };
+                        let req = invocation(Some(format!("load-{w}-{i}")), &extra, &body);
                         match http::send(port, &req, Duration::from_secs(10)).await {
                             Ok(r) if r.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
@@ -463,4 +443,23 @@ pub fn titanic_input(dir: &Path, edit: impl Fn(String) -> String) {
     std::fs::copy(example().join("models.yaml"), dir.join("input/models.yaml")).unwrap();
     let endpoint = std::fs::read_to_string(example().join("endpoint.yaml")).unwrap();
     std::fs::write(dir.join("input/endpoint.yaml"), edit(endpoint)).unwrap();
+}
+
+/// A JSON `POST /invocations` with `body`, the user key (if any) and `extra` headers.
+pub fn invocation<'a>(
+    user: Option<String>,
+    extra: &[(&'static str, String)],
+    body: &'a [u8],
+) -> Request<'a> {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(u) = user {
+        headers.push(("x-user-id", u));
+    }
+    headers.extend(extra.iter().cloned());
+    Request {
+        method: "POST",
+        path: "/invocations",
+        headers,
+        body,
+    }
 }
