@@ -434,8 +434,9 @@ kc -n "$NS" wait --for=condition=Ready pod/badsha --timeout=180s >/dev/null || f
 bad_code=$(kc -n "$NS" exec badsha -c client -- curl -sS -o /dev/null -w '%{http_code}' -m 30 \
   "http://artifacts.$NS.svc.cluster.local/titanic-v1.tar.gz")
 [ "$bad_code" = 200 ] || fail "a proxy whose module failed its checksum answered $bad_code"
-# The agent's log line can trail the first answered request: await it.
-fallback_logged() { kc -n "$NS" logs badsha -c istio-proxy | grep -q "does not match.*applying allow RBAC filter"; }
+# Await the line, and read the whole log: `grep -q` stops early, kubectl then dies of SIGPIPE
+# and `pipefail` fails the pipeline although the line is there.
+fallback_logged() { kc -n "$NS" logs badsha -c istio-proxy | grep "does not match.*applying allow RBAC filter" >/dev/null; }
 poll 30 "the agent logs the checksum fallback (allow RBAC filter)" fallback_logged
 ok "a sha256 mismatch: the agent falls back to allow-all and the pod's outbound HTTP answers 200"
 kc -n "$NS" delete envoyfilter badsha --wait=false >/dev/null
