@@ -218,7 +218,7 @@ ok "endpoint Ready, model pods Running, model-init fetched and verified the arti
 cols=$(kc -n "$NS" get mle titanic --no-headers)
 echo "    kubectl get mle: $cols"
 grep -q "80" <<<"$cols" && grep -q "20" <<<"$cols" || fail "kubectl get mle shows no weights: $cols"
-kc explain mle.spec.variants | grep -qi weight || fail "kubectl explain mle.spec.variants documents no weight"
+kc explain mle.spec.variants | grep -i weight >/dev/null || fail "kubectl explain mle.spec.variants documents no weight"
 ok "kubectl get mle shows weights; kubectl explain documents the variants"
 
 bad=$(kc -n "$NS" apply --dry-run=server -f - 2>&1 <<EOF || true
@@ -371,7 +371,7 @@ GW_POD=$(kc -n istio-system get pods -l istio=ingressgateway -o jsonpath='{.item
 gw_stats() { kc -n istio-system exec "$GW_POD" -- pilot-agent request GET "$1"; }
 shadowed() {
   kc -n "$NS" get deploy titanic-shadow-titanic-v2 -o jsonpath='{.status.readyReplicas}' | grep -qx 1 \
-    && gw_stats stats | grep -q '^wasmcustom.mlep_shadow_requests_total.*: [1-9]'
+    && gw_stats stats | grep '^wasmcustom.mlep_shadow_requests_total.*: [1-9]' >/dev/null
 }
 load_phase shadow add_shadow shadowed
 agreement=$(gw_stats stats | grep '^wasmcustom.mlep_shadow_agreement_total' | tr '\n' ' ')
@@ -475,7 +475,7 @@ new_code=$(kc -n "$NS" exec client-new -c client -- curl -sS -o /dev/null -w '%{
 measure "new proxy without the module: Ready + first request in $((SECONDS - t_new)) s, HTTP $new_code"
 [ "$new_code" = 200 ] || fail "a proxy that cannot fetch the module answered $new_code"
 # The path taken: Istio's agent gave up on the module and handed Envoy its allow-all fallback.
-kc -n "$NS" logs client-new -c istio-proxy | grep -q "applying allow RBAC filter" \
+kc -n "$NS" logs client-new -c istio-proxy | grep "applying allow RBAC filter" >/dev/null \
   || fail "the new proxy's agent did not apply the fail-open fallback: $(kc -n "$NS" logs client-new -c istio-proxy | grep -i wasm | tail -3)"
 ok "a new proxy that cannot fetch the module passes traffic (HTTP 200, unassigned)"
 
