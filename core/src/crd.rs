@@ -476,6 +476,24 @@ pub struct ModelEndpointStatus {
     /// The current or last rollout of a variant's model; the operator resumes from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutStatus>,
+    /// Variants removed from the spec whose route, subset and Deployment stay until proxies
+    /// have stopped assigning them (see `mlep_core::plan::retiring`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringVariant>,
+}
+
+/// A variant on its way out: no request is assigned to it any more, but a proxy that has not
+/// yet received the filter config without it may still send one, so its route stays until
+/// `untilUnix`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringVariant {
+    /// Variant name.
+    pub name: String,
+    /// The model it served.
+    pub model: String,
+    /// When its route, subset and Deployment go (Unix seconds).
+    pub until_unix: i64,
 }
 
 /// Printer-column text.

@@ -183,6 +183,21 @@ pub fn stats_config() -> Value {
 mod tests {
     use super::*;
 
+    /// `manifests/istio/mesh.yaml` is what users (and the bed) give Istio so the filter's
+    /// metrics keep their labels: its tag names must be the contract's label keys and its
+    /// inclusion prefix the filter's stat prefix.
+    #[test]
+    fn the_mesh_overlay_names_every_label_and_the_stats_prefix() {
+        let mesh = include_str!("../../manifests/istio/mesh.yaml");
+        let tags = format!(
+            "extraStatTags: [{}]",
+            mlep_contract::metrics::ALL_LABELS.join(", ")
+        );
+        assert!(mesh.contains(&tags), "manifests/istio/mesh.yaml lacks `{tags}`");
+        let prefix = format!("inclusionPrefixes: [{STATS_PREFIX}]");
+        assert!(mesh.contains(&prefix), "manifests/istio/mesh.yaml lacks `{prefix}`");
+    }
+
     #[test]
     fn the_stats_prefix_is_envoys_wasm_prefix_plus_the_metric_names() {
         use mlep_contract::metrics::{ENVOY_WASM_STAT_PREFIX, REQUESTS_TOTAL};

@@ -7,9 +7,11 @@
 //! - a variant whose model changes keeps serving its previous model (and that Deployment
 //!   stays) until the new model's Deployment has a ready pod, then switches;
 //! - while nothing is ready, keep the last routed weights (or the spec's on a first rollout);
-//! - the bucket allocation is derived from the previous one (see `mlep_contract::carry_allocation`).
+//! - the bucket allocation is derived from the previous one (see `mlep_contract::carry_allocation`);
+//! - a variant removed from the spec stops being assigned at once but keeps its route, subset
+//!   and Deployment for a grace period (see [`retiring`]).
 
-use crate::crd::{ModelEndpointSpec, ModelEndpointStatus};
+use crate::crd::{ModelEndpointSpec, ModelEndpointStatus, RetiringVariant};
 use std::collections::BTreeMap;
 
 /// Readiness of one Deployment as observed.
@@ -69,6 +71,8 @@ pub struct Plan {
     pub variants: Vec<VariantPlan>,
     /// A Canary, Linear or BlueGreen rollout's part (see `crate::rollout::apply`).
     pub rollout: Option<crate::rollout::RolloutPlan>,
+    /// Removed variants whose route stays a while (see [`retiring`]); none in a fresh plan.
+    pub retiring: Vec<RetiringVariant>,
 }
 
 impl Plan {
@@ -104,8 +108,55 @@ impl Plan {
                 })
                 .collect(),
             rollout: None,
+            retiring: Vec::new(),
         }
     }
+
+    /// Seconds until the next retiring variant's route may go, if any is left.
+    pub fn next_retirement_in(&self, now_unix: i64) -> Option<i64> {
+        self.retiring
+            .iter()
+            .map(|r| (r.until_unix - now_unix).max(0))
+            .min()
+    }
+}
+
+/// Removing a variant in one step would race the proxies: the filter config that stops
+/// assigning it and the VirtualService/DestinationRule without its route reach each proxy
+/// independently (and the Deployment's pods go with the prune), so a proxy still on the old
+/// filter config could send a request marked for a route or subset that no longer exists. So
+/// removal is ordered: the reconcile that sees a variant gone from the spec drops it from the
+/// filter config and the weighted route at once, but keeps its header route, its subset and
+/// its Deployment until `grace_seconds` later (recorded in status, so an operator restart
+/// keeps the deadline); a later reconcile prunes them. A variant that comes back in the spec
+/// stops retiring. Istio has no per-proxy acknowledgement an operator can read with its own
+/// RBAC (istiod's sync status is a debug endpoint), hence a period rather than an ack.
+pub fn retiring(
+    spec: &ModelEndpointSpec,
+    last: Option<&ModelEndpointStatus>,
+    now_unix: i64,
+    grace_seconds: i64,
+) -> Vec<RetiringVariant> {
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    let in_spec = |name: &str| spec.variants.iter().any(|v| v.name == name);
+    let mut out: Vec<RetiringVariant> = last
+        .retiring
+        .iter()
+        .filter(|r| !in_spec(&r.name) && r.until_unix > now_unix)
+        .cloned()
+        .collect();
+    for v in &last.variants {
+        if !in_spec(&v.name) && !out.iter().any(|r| r.name == v.name) {
+            out.push(RetiringVariant {
+                name: v.name.clone(),
+                model: v.model.clone(),
+                until_unix: now_unix + grace_seconds,
+            });
+        }
+    }
+    out
 }
 
 /// Plan an endpoint. `last` is the status written after the last good reconcile.
@@ -180,6 +231,7 @@ pub fn plan(
     Plan {
         variants,
         rollout: None,
+        retiring: Vec::new(),
     }
 }
 
@@ -330,5 +382,43 @@ mod tests {
             assert_eq!(spread(&shares).iter().sum::<u32>(), 100, "{shares:?}");
         }
         assert_eq!(spread(&[1, 1, 1]), vec![34, 33, 33]);
+    }
+
+    #[test]
+    fn a_removed_variant_retires_for_the_grace_period_then_goes() {
+        let s = spec(&[("a", "m1", 100)]);
+        let mut last = status(&[("a", "m1", 80), ("b", "m2", 20)]);
+        // The reconcile that sees b gone starts its grace period.
+        let r = retiring(&s, Some(&last), 1_000, 30);
+        assert_eq!(
+            r,
+            [RetiringVariant {
+                name: "b".into(),
+                model: "m2".into(),
+                until_unix: 1_030
+            }]
+        );
+        // Later reconciles keep the deadline they find in status (an operator restart too).
+        last = status(&[("a", "m1", 100)]);
+        last.retiring = r;
+        assert_eq!(retiring(&s, Some(&last), 1_020, 30)[0].until_unix, 1_030);
+        let mut p = plan(&s, Some(&last), &observed(&[("a", "m1", 1)]));
+        p.retiring = retiring(&s, Some(&last), 1_020, 30);
+        assert_eq!(p.next_retirement_in(1_020), Some(10));
+        // At the deadline it is gone.
+        assert!(retiring(&s, Some(&last), 1_030, 30).is_empty());
+    }
+
+    #[test]
+    fn a_variant_back_in_the_spec_stops_retiring() {
+        let s = spec(&[("a", "m1", 50), ("b", "m3", 50)]);
+        let mut last = status(&[("a", "m1", 100)]);
+        last.retiring = vec![RetiringVariant {
+            name: "b".into(),
+            model: "m2".into(),
+            until_unix: 2_000,
+        }];
+        assert!(retiring(&s, Some(&last), 1_000, 30).is_empty());
+        assert!(retiring(&s, None, 1_000, 30).is_empty());
     }
 }

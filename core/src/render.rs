@@ -97,6 +97,10 @@ pub struct RenderSettings {
     pub gateway_selector: BTreeMap<String, String>,
     /// Cluster DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// How long a removed variant's route, subset and Deployment outlive it, in seconds
+    /// (`crate::plan::retiring`): long enough for every proxy to get the filter config that
+    /// no longer assigns it.
+    pub route_grace_seconds: i64,
 }
 
 impl RenderSettings {
@@ -134,6 +138,7 @@ impl Default for RenderSettings {
                 .into_iter()
                 .collect(),
             cluster_domain: "cluster.local".into(),
+            route_grace_seconds: 30,
         }
     }
 }
@@ -681,7 +686,9 @@ fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     let mut subsets: Vec<Value> = plan
         .variants
         .iter()
-        .map(|v| json!({ "name": v.name, "labels": { LABEL_VERSION: v.name, LABEL_MODEL: v.serving_model } }))
+        .map(|v| (&v.name, &v.serving_model))
+        .chain(plan.retiring.iter().map(|r| (&r.name, &r.model)))
+        .map(|(v, m)| json!({ "name": v, "labels": { LABEL_VERSION: v, LABEL_MODEL: m } }))
         .collect();
     // A rollout's new model gets its own subset while a route, split or mirror may name it
     // (it is rendered, and applied, before the VirtualService and the filter config).
@@ -774,12 +781,20 @@ fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
 
 /// The per-variant routes of a plan (see [`VariantRoutes`]): by header to ready variants, by
 /// weight to those with a routed weight.
+/// A retiring variant keeps its header route (no weight): the filter no longer names it, but a
+/// proxy on the previous filter config still may (`crate::plan::retiring`).
 pub fn variant_routes(plan: &Plan) -> VariantRoutes {
-    VariantRoutes::new(plan.variants.iter().map(|v| RouteInput {
+    let live = plan.variants.iter().map(|v| RouteInput {
         name: &v.name,
         weight: v.weight,
         ready: v.ready,
-    }))
+    });
+    let retiring = plan.retiring.iter().map(|r| RouteInput {
+        name: &r.name,
+        weight: 0,
+        ready: true,
+    });
+    VariantRoutes::new(live.chain(retiring))
 }
 
 /// `(variant, model)` of a rollout's own route and subset, if it needs one now.
@@ -1273,6 +1288,38 @@ mod tests {
             http[1]["route"],
             json!([{"destination": {"host": "titanic.ml.svc.cluster.local", "subset": "a", "port": {"number": 80}}}])
         );
+    }
+
+    #[test]
+    fn a_retiring_variant_keeps_its_header_route_and_subset_but_no_weight_or_assignment() {
+        let mut ep = endpoint();
+        ep.spec.variants.truncate(1);
+        ep.spec.variants[0].weight = 100;
+        let mut plan = Plan::assume_ready(&ep.spec);
+        plan.retiring = vec![crate::crd::RetiringVariant {
+            name: "b".into(),
+            model: "m2".into(),
+            until_unix: 1_030,
+        }];
+        let r = render_endpoint(&ep, "ml", &models(), &plan, None, &RenderSettings::default())
+            .unwrap();
+        let http = find(&r.objects, "VirtualService", "titanic")["spec"]["http"].clone();
+        assert_eq!(http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"], "b");
+        assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
+        let default = http[2]["route"].as_array().unwrap();
+        assert_eq!(default.len(), 1, "no weight to b: {default:?}");
+        assert_eq!(default[0]["destination"]["subset"], "a");
+        let subsets = &find(&r.objects, "DestinationRule", "titanic")["spec"]["subsets"];
+        assert_eq!(
+            subsets[1],
+            json!({"name": "b", "labels": {"version": "b", LABEL_MODEL: "m2"}})
+        );
+        // The filter no longer assigns it.
+        let names: Vec<&str> = r.filter.variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        // The Deployment is not rendered (the operator leaves the running one alone until the
+        // deadline; its Model may be gone already).
+        assert!(!r.objects.iter().any(|o| o["metadata"]["name"] == "titanic-b-m2"));
     }
 
     #[test]

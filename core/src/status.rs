@@ -68,6 +68,7 @@ pub fn endpoint_status(
         url: Some(format!("http://{host}")),
         allocation: Some(allocation),
         rollout: last.and_then(|l| l.rollout.clone()),
+        retiring: plan.retiring.clone(),
     }
 }
 

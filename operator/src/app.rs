@@ -119,6 +119,10 @@ pub struct RunArgs {
     /// Cluster DNS domain.
     #[arg(long, env = "MLEP_CLUSTER_DOMAIN", default_value_t = RenderSettings::default().cluster_domain)]
     pub cluster_domain: String,
+    /// Seconds a removed variant's route, subset and Deployment stay after the filter stops
+    /// assigning it, so that no proxy still on the previous filter config loses its route.
+    #[arg(long, env = "MLEP_ROUTE_GRACE_SECONDS", default_value_t = RenderSettings::default().route_grace_seconds)]
+    pub route_grace_seconds: i64,
     /// Log line format.
     #[arg(long, env = "MLEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -153,6 +157,7 @@ impl RunArgs {
             mesh_root_namespace: self.mesh_root_namespace,
             gateway_selector: self.gateway_selector,
             cluster_domain: self.cluster_domain,
+            route_grace_seconds: self.route_grace_seconds.max(0),
             ..RenderSettings::default()
         };
         Config {

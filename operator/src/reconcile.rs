@@ -14,7 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 use mlep_core::aggregate::{render_filters, LABEL_FILTER};
 use mlep_core::crd::conditions::REASON_MODEL_NOT_FOUND;
 use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec, API_VERSION};
-use mlep_core::plan::{plan, Observed, Readiness};
+use mlep_core::plan::{plan, retiring, Observed, Readiness};
 use mlep_core::render::{
     render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
     LABEL_MODEL, LABEL_VARIANT,
@@ -319,8 +319,9 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         existing.extend(list_existing(ctx, gw_ns, &foreign_selector, FOREIGN_KINDS).await?);
     }
     let observed = observe(&existing);
-    let mut p = plan(&ep.spec, last, &observed);
     let at = jiff::Timestamp::now();
+    let mut p = plan(&ep.spec, last, &observed);
+    p.retiring = retiring(&ep.spec, last, at.as_second(), ctx.settings.route_grace_seconds);
     let outcome = crate::rollout::step(ep, ns, last, &observed, &p, &at).await;
     mlep_core::rollout::apply(&mut p, &outcome, &observed);
     let previous = last.and_then(|s| s.allocation.as_ref());
@@ -354,13 +355,20 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
             }
         }
     }
-    // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant).
-    for key in existing.keys().filter(|k| {
-        if k.1 == ns {
-            !keep_local.contains(*k)
+    // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant
+    // once its grace period is over: until then its objects stay as they are).
+    let retiring_variant = |obj: &Value| {
+        obj["metadata"]["labels"][LABEL_VARIANT]
+            .as_str()
+            .is_some_and(|v| p.retiring.iter().any(|r| r.name == v))
+    };
+    for (key, _) in existing.iter().filter(|(k, obj)| {
+        let rendered = if k.1 == ns {
+            keep_local.contains(*k)
         } else {
-            !keep_foreign.contains(*k)
-        }
+            keep_foreign.contains(*k)
+        };
+        !rendered && !retiring_variant(obj)
     }) {
         delete(ctx, key).await?;
     }
@@ -373,8 +381,13 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     let mut fresh = ep.clone();
     fresh.status = Some(status);
     sync_filters(ctx, Some(&fresh)).await?;
-    // A rollout comes back at its next step (or its next look at the analysis).
-    if let Some(s) = outcome.requeue_after_seconds {
+    // A rollout comes back at its next step (or its next look at the analysis), a retiring
+    // variant when its routes may go.
+    let next = [
+        outcome.requeue_after_seconds,
+        p.next_retirement_in(at.as_second()).map(|s| s + 1),
+    ];
+    if let Some(s) = next.into_iter().flatten().min() {
         return Ok(Action::requeue(Duration::from_secs(s.clamp(1, 30) as u64)));
     }
     Ok(if settled {

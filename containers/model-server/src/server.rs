@@ -87,7 +87,22 @@ pub fn spawn_loader(
             std::thread::sleep(poll);
         }
         let started = Instant::now();
-        match Model::load(&dir) {
+        // The inference runtime (tract) can panic on graphs it does not support while
+        // optimising them (seen: a Reshape in front of a MatMul, `change_axes.rs` "not yet
+        // implemented"). Without this the loader thread died and /ping said "loading" forever.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Model::load(&dir)))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(crate::ServerError::Model(format!(
+                    "{}: the inference runtime panicked while loading the model: {why}",
+                    dir.display()
+                )))
+            });
+        match loaded {
             Ok(model) => {
                 tracing::info!(model = %model.meta.id(), features = model.meta.features.len(), elapsed = ?started.elapsed(), "model loaded");
                 app.set(ModelState::Ready(model));

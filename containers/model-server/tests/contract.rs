@@ -289,6 +289,29 @@ fn a_model_that_fails_to_load_keeps_ping_503_and_logs_the_reason() {
     assert_eq!(get(server2.addr, "/ping").status, 503);
 }
 
+/// A graph the runtime panics on while optimising (tests/fixtures/tract-panic: v1 behind a
+/// Reshape of its input) is a load failure like any other, not a loader that never finishes.
+#[test]
+fn a_model_the_runtime_panics_on_is_a_load_failure_naming_the_panic() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tract-panic");
+    let server = Server::start(&fixture, &[]);
+    wait_for(
+        || {
+            get(server.addr, "/ping").json()["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("failed"))
+        },
+        "load failure after the runtime's panic",
+    );
+    let r = get(server.addr, "/ping");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.json()["reason"].as_str().unwrap().contains("panicked"),
+        "{}",
+        r.text()
+    );
+}
+
 #[test]
 fn json_and_csv_invocations_return_the_expected_predictions_of_both_versions() {
     let exp = expected();
