@@ -14,6 +14,9 @@
 #   5. under load, each with zero failed requests: a weight change (users move only as the change
 #      demands), a model swap, adding a shadow (agreement counted), removing a variant; the
 #      filter's metrics on the gateway's /stats/prometheus;
+#   5b. progressive delivery analysed by a real Prometheus scraping the proxies: a Canary to a
+#      model that fails every 2-row request rolls back with every user back on the old model; a
+#      BlueGreen to titanic-v2 bakes with mirrored copies, promotes and removes blue;
 #   6. faults: the operator's leader killed mid-change converges; a module failing its sha256 and a module that cannot be fetched (operator down)
 #      -> new proxies still pass traffic; the operator down -> the gateway keeps serving;
 #   7. deleting the endpoint removes every child;
@@ -118,7 +121,8 @@ echo "--> artifact server (Envoy serving examples/titanic/artifacts inside the c
 # The injected gateway pod's image (its Deployment says "auto"): pilot-agent + the PyPI Envoy.
 PROXY_IMAGE=$(kc -n istio-system get pods -l istio=ingressgateway -o jsonpath='{.items[0].spec.containers[0].image}')
 kc -n "$NS" create configmap artifacts --from-file=examples/titanic/artifacts/titanic-v1.tar.gz \
-  --from-file=examples/titanic/artifacts/titanic-v2.tar.gz >/dev/null
+  --from-file=examples/titanic/artifacts/titanic-v2.tar.gz \
+  --from-file=scripts/cluster-e2e/titanic-batch1.tar.gz >/dev/null
 kc apply -n "$NS" -f - >/dev/null <<EOF
 apiVersion: v1
 kind: ConfigMap
@@ -148,6 +152,8 @@ data:
                               direct_response: {status: 200, body: {filename: /artifacts/titanic-v1.tar.gz}}
                             - match: {path: /titanic-v2.tar.gz}
                               direct_response: {status: 200, body: {filename: /artifacts/titanic-v2.tar.gz}}
+                            - match: {path: /titanic-batch1.tar.gz}
+                              direct_response: {status: 200, body: {filename: /artifacts/titanic-batch1.tar.gz}}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -371,10 +377,10 @@ GW_POD=$(kc -n istio-system get pods -l istio=ingressgateway -o jsonpath='{.item
 gw_stats() { kc -n istio-system exec "$GW_POD" -- pilot-agent request GET "$1"; }
 shadowed() {
   kc -n "$NS" get deploy titanic-shadow-titanic-v2 -o jsonpath='{.status.readyReplicas}' | grep -qx 1 \
-    && gw_stats stats | grep '^wasmcustom.mlep_shadow_requests_total.*: [1-9]' >/dev/null
+    && gw_stats stats/prometheus | grep -E '^mlep_shadow_requests_total\{.*outcome="ok".*\} [1-9]' >/dev/null
 }
 load_phase shadow add_shadow shadowed
-agreement=$(gw_stats stats | grep '^wasmcustom.mlep_shadow_agreement_total' | tr '\n' ' ')
+agreement=$(gw_stats stats/prometheus | grep '^mlep_shadow_agreement_total{' | tr '\n' ' ')
 [ -n "$agreement" ] || fail "no shadow agreement counted"
 ok "shadow copies sent and agreement counted: $agreement"
 
@@ -390,22 +396,162 @@ kill_mid_change() {
 converged() { [ "$(mle_field '{.status.summary.weights}')" = "a=30,b=70" ] && split_near 30; }
 load_phase operator-killed kill_mid_change converged
 
+echo "--> a new leader with nothing to change writes nothing (no duplicate writes after a restart)"
+op_metric() {  # op_metric POD NAME: a counter of the operator's /metrics, read from the pod's IP
+  local ip
+  ip=$(kc -n mlep-system get pod "$1" -o jsonpath='{.status.podIP}')
+  curl -sS -m 5 "http://$ip:8080/metrics" | awk -v n="$2" '$1 == n {print $2}'
+}
+old_leader=$(kc -n mlep-system get lease mlep-operator -o jsonpath='{.spec.holderIdentity}')
+kc -n mlep-system delete pod "$old_leader" --grace-period=0 --force >/dev/null 2>&1 || fail "killing the leader $old_leader"
+new_leader() {
+  local h
+  h=$(kc -n mlep-system get lease mlep-operator -o jsonpath='{.spec.holderIdentity}')
+  [ -n "$h" ] && [ "$h" != "$old_leader" ] && kc -n mlep-system get pod "$h" >/dev/null 2>&1 && echo "$h"
+}
+poll 120 "another replica takes the lease" new_leader
+leader=$(new_leader)
+reconciled() { [ "$(op_metric "$leader" mlep_operator_reconciles_total)" -ge 2 ]; }
+poll 120 "the new leader reconciles" reconciled
+writes=$(op_metric "$leader" mlep_operator_api_writes_total)
+measure "new leader $leader after $(op_metric "$leader" mlep_operator_reconciles_total) reconciles: $writes API writes"
+[ "$writes" = 0 ] || fail "the new leader wrote $writes times to a converged endpoint"
+ok "a restarted leader finds everything converged and writes nothing"
+
 echo "--> remove variant b under load"
 remove_b() {
   kc -n "$NS" patch mle titanic --type=json \
     -p '[{"op":"remove","path":"/spec/variants/1"},{"op":"replace","path":"/spec/variants/0/weight","value":100}]' >/dev/null
+  # Ordered removal: first nobody is assigned b, while its route, subset and pods stay (a proxy
+  # still on the previous filter config may send b); they go after the grace period.
+  retiring() { [ "$(mle_field '{.status.retiring[0].name}')" = b ]; }
+  poll 60 "b is retiring" retiring
+  local vs dr
+  vs=$(kc -n "$NS" get virtualservice titanic -o jsonpath='{.spec.http[*].name}')
+  dr=$(kc -n "$NS" get destinationrule titanic -o jsonpath='{.spec.subsets[*].name}')
+  grep -qw variant-b <<<"$vs" && grep -qw b <<<"$dr" && [ -n "$(kc -n "$NS" get deploy -l mlep.dev/variant=b -o name)" ] \
+    || fail "b's route, subset or Deployment went with the spec edit (routes: $vs; subsets: $dr)"
+  poll 60 "nobody assigned b" split_near 100
+  echo "    retiring b: routes [$vs], subsets [$dr], Deployment kept; new requests all on a"
 }
 b_removed() {
   [ "$(mle_field '{.status.summary.weights}')" = "a=100" ] \
-    && [ -z "$(kc -n "$NS" get deploy -l mlep.dev/variant=b -o name)" ] && split_near 100
+    && [ -z "$(kc -n "$NS" get deploy -l mlep.dev/variant=b -o name)" ] && split_near 100 \
+    && ! kc -n "$NS" get virtualservice titanic -o jsonpath='{.spec.http[*].name}' | grep -w variant-b >/dev/null \
+    && [ -z "$(mle_field '{.status.retiring}')" ]
 }
+t_rm=$SECONDS
 load_phase remove-variant remove_b b_removed
+measure "variant b removed: route, subset and Deployment gone $((SECONDS - t_rm)) s after the edit (grace 30 s)"
 
 echo "--> the filter's metrics on the gateway's /stats/prometheus"
 prom=$(gw_stats stats/prometheus)
-grep -q 'mlep_requests_total' <<<"$prom" || fail "no mlep_requests_total on the gateway's /stats/prometheus"
-echo "    $(grep -m1 '^mlep_requests_total' <<<"$prom")"
-ok "the filter's metrics reach the gateway's /stats/prometheus"
+# Labels come from the bed's mesh config (manifests/istio/mesh.yaml: extraStatTags).
+line=$(grep -m1 -E '^mlep_requests_total\{.*variant="a".*\} [0-9]' <<<"$prom") \
+  || fail "no labelled mlep_requests_total{variant=\"a\"} on the gateway: $(grep -m3 mlep_requests <<<"$prom")"
+for label in "endpoint=\"titanic\"" "namespace=\"$NS\"" "model=\"titanic-v1\"" "code_class=\"2xx\""; do
+  grep -qF "$label" <<<"$line" || fail "label $label missing: $line"
+done
+echo "    $line"
+ok "the filter's metrics reach the gateway's /stats/prometheus with their labels"
+
+# --- 5b. progressive delivery, analysed by Prometheus ---------------------------------------------
+PROM=http://$(kc -n istio-system get svc prometheus -o jsonpath='{.spec.clusterIP}'):9090
+promq() { curl -sS -m 10 --get "$PROM/api/v1/query" --data-urlencode "query=$1"; }
+prom_value() {  # prom_value QUERY: the first sample's value, or nothing
+  promq "$1" | python3 -c "import json,sys; r=json.load(sys.stdin)['data']['result']; print(r[0]['value'][1] if r else '')"
+}
+echo "--> Prometheus ($PROM) scrapes the gateway: the filter's metrics, labelled"
+scraped() {
+  local v
+  v=$(prom_value "sum(mlep_requests_total{namespace=\"$NS\",endpoint=\"titanic\",variant=\"a\",model=\"titanic-v1\"})")
+  [ -n "$v" ] && python3 -c "import sys; sys.exit(0 if float('$v') > 0 else 1)"
+}
+poll 120 "Prometheus has mlep_requests_total{variant=a, model=titanic-v1}" scraped
+ok "Prometheus scrapes the gateway's filter metrics with their labels"
+
+IMAGE=$(kc -n "$NS" get model titanic-v1 -o jsonpath='{.spec.image}')
+kc apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: mlep.dev/v1alpha1
+kind: Model
+metadata: {name: titanic-batch1}
+spec:
+  image: $IMAGE
+  artifact:
+    uri: $ART/titanic-batch1.tar.gz
+    sha256: $(sha256sum scripts/cluster-e2e/titanic-batch1.tar.gz | cut -d' ' -f1)
+EOF
+rollout_field() { mle_field "{.status.rollout.$1}"; }
+keys200=$(seq -f 'rollout-%g' 1 200)
+# all_on MODEL: every one of 200 keys is answered 200 by MODEL (the server's name:version)
+all_on() {
+  # shellcheck disable=SC2086
+  $TRAFFIC models "$MLEP_GATEWAY" "$HOST" $keys200 \
+    | python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if set(d.values()) == {'200 $1'} else 1)"
+}
+
+echo "--> Canary a: titanic-v1 -> titanic-batch1 (fails every 2-row request), 50 %, analysed by Prometheus"
+rm -f "$WORK/stop"
+$TRAFFIC load "$MLEP_GATEWAY" "$HOST" 300 "$WORK/stop" >"$WORK/load-canary.json" &
+load=$!
+t_c=$SECONDS
+# (The shadow added above goes: a BlueGreen bake below mirrors through the same shadow slot.)
+kc -n "$NS" patch mle titanic --type=json -p '[
+  {"op":"remove","path":"/spec/shadow"},
+  {"op":"add","path":"/spec/rollout","value":{"strategy":"Canary","stepSeconds":30,"maxStepSeconds":120,
+    "canary":{"percent":50},"analysis":{"minRequests":20,"maxErrorRate":0.1}}},
+  {"op":"replace","path":"/spec/variants/0/model","value":"titanic-batch1"}]' >/dev/null
+progressing() { [ "$(rollout_field phase)" = Progressing ] && [ "$(rollout_field movedPercent)" = 50 ]; }
+poll 180 "the canary moves 50 % of a's users" progressing
+t_moved=$SECONDS
+rolled_back() { [ "$(rollout_field phase)" = RolledBack ]; }
+poll 240 "the canary rolls back" rolled_back
+measure "canary: 50 % moved $((t_moved - t_c)) s after the edit, rolled back $((SECONDS - t_moved)) s later"
+check=$(rollout_field lastAnalysis.check)
+value=$(rollout_field lastAnalysis.value)
+[ "$check" = maxErrorRate ] || fail "the rollback names check $check, not maxErrorRate"
+reason=$(mle_field '{.status.conditions[?(@.type=="Degraded")].reason}')
+message=$(mle_field '{.status.conditions[?(@.type=="Degraded")].message}')
+[ "$reason" = RolledBack ] && grep -q maxErrorRate <<<"$message" || fail "Degraded: $reason $message"
+echo "    Degraded/$reason: $message"
+poll 60 "every user back on titanic:v1" all_on titanic:v1
+touch "$WORK/stop"
+wait "$load" || fail "load generator failed in the canary"
+measure "canary load: $(json "f\"{d['requests']} requests, {d['failures']} failed (the bad model's 500s), by model {d['by_model']}\"" <<<"$(cat "$WORK/load-canary.json")")"
+ok "Canary to a failing model rolled back on maxErrorRate (measured $value): all 200 users on titanic:v1"
+no_stale() {
+  [ -z "$(kc -n "$NS" get deploy titanic-a-titanic-batch1 -o name --ignore-not-found)" ] \
+    && ! kc -n "$NS" get destinationrule titanic -o jsonpath='{.spec.subsets[*].name}' | grep batch1 >/dev/null \
+    && ! kc -n "$NS" get virtualservice titanic -o json | grep batch1 >/dev/null
+}
+poll 90 "no route, subset or Deployment of titanic-batch1 left" no_stale
+r=$($TRAFFIC load "$MLEP_GATEWAY" "$HOST" 5 "$WORK/never")
+[ "$(json "d['failures']" <<<"$r")" = 0 ] || fail "requests fail after the rollback: $r"
+ok "after the rollback: no stale route, subset or Deployment; 5 s of load, 0 failed"
+
+echo "--> BlueGreen a: titanic-v1 -> titanic-v2, 100 % mirrored while baking, then switch"
+bluegreen() {
+  kc -n "$NS" patch mle titanic --type=json -p '[
+    {"op":"replace","path":"/spec/rollout","value":{"strategy":"BlueGreen","maxStepSeconds":120,
+      "blueGreen":{"shadowPercent":100,"bakeSeconds":20,"terminationWaitSeconds":15},
+      "analysis":{"minRequests":20,"maxErrorRate":0.05}}},
+    {"op":"replace","path":"/spec/variants/0/model","value":"titanic-v2"}]' >/dev/null
+  baking() { [ "$(rollout_field phase)" = Baking ]; }
+  poll 180 "green ready, baking" baking
+  t_bake=$SECONDS
+}
+bluegreen_done() {
+  [ "$(rollout_field phase)" = Promoted ] && all_on titanic:v2 \
+    && [ -z "$(kc -n "$NS" get deploy titanic-a-titanic-v1 -o name --ignore-not-found)" ]
+}
+load_phase bluegreen bluegreen bluegreen_done
+measure "blue/green: promoted and blue removed $((SECONDS - t_bake)) s after the bake began (bake 20 s + wait 15 s)"
+mirrored=$(prom_value "sum(mlep_shadow_requests_total{namespace=\"$NS\",endpoint=\"titanic\",model=\"titanic-v2\"})")
+compared=$(prom_value "sum(mlep_shadow_agreement_total{namespace=\"$NS\",endpoint=\"titanic\",model=\"titanic-v2\"})")
+measure "blue/green bake in Prometheus: ${mirrored:-0} mirrored copies to titanic-v2, ${compared:-0} compared"
+python3 -c "import sys; sys.exit(0 if float('${compared:-0}') > 0 else 1)" || fail "no compared mirror copies in Prometheus"
+[ "$(rollout_field lastAnalysis.passed)" = true ] || fail "last analysis did not pass: $(rollout_field lastAnalysis)"
+ok "BlueGreen baked (mirrored copies compared), promoted with 0 failed requests, every user on titanic:v2, blue removed"
 
 # --- 6. faults ----------------------------------------------------------------------------------------
 echo "--> a new proxy whose module fails its sha256 check still passes traffic"

@@ -3,10 +3,13 @@
 
   traffic.py split URL HOST N            -> JSON {variant: count} over N distinct x-user-id keys
   traffic.py assign URL HOST KEY...      -> JSON {key: variant}
+  traffic.py models URL HOST KEY...      -> JSON {key: "<status> <x-mlep-model>"} (the model server's
+      `name:version` response header: which model answered)
   traffic.py load URL HOST SECONDS STOPFILE -> JSON {requests, failures, p50_ms, p99_ms, by_variant}
       (runs until SECONDS elapse or STOPFILE exists; a failure is any answer but 200 with a
       prediction body and an x-mlep-variant header, or a connection error;
-      MLEP_REQUIRE_VARIANT=0 accepts answers without x-mlep-variant)
+      MLEP_REQUIRE_VARIANT=0 accepts answers without x-mlep-variant; also counts answers
+      by_model, by the x-mlep-model response header)
 
 Keep-alive connections (http.client); the request body is examples/titanic/request.json.
 """
@@ -74,10 +77,16 @@ def main():
             s, h, b = c.post({"x-user-id": k})
             out[k] = h.get("x-mlep-variant", f"none-{s}")
         print(json.dumps(out))
+    elif cmd == "models":
+        out = {}
+        for k in sys.argv[4:]:
+            s, h, b = c.post({"x-user-id": k})
+            out[k] = f"{s} {h.get('x-mlep-model', 'none')}"
+        print(json.dumps(out))
     elif cmd == "load":
         seconds, stop = float(sys.argv[4]), sys.argv[5]
         end = time.monotonic() + seconds
-        lat, fails, by_variant, errors, i = [], 0, {}, {}, 0
+        lat, fails, by_variant, by_model, errors, i = [], 0, {}, {}, {}, 0
         while time.monotonic() < end and not os.path.exists(stop):
             i += 1
             t0 = time.monotonic()
@@ -86,6 +95,8 @@ def main():
             except Exception as e:  # noqa: BLE001 - every failure counts, by kind
                 s, h, b = 0, {}, str(e).encode()
             lat.append((time.monotonic() - t0) * 1000)
+            m = h.get("x-mlep-model", f"none-{s}")
+            by_model[m] = by_model.get(m, 0) + 1
             if ok(s, h, b):
                 v = h.get("x-mlep-variant", "unassigned")
                 by_variant[v] = by_variant.get(v, 0) + 1
@@ -96,7 +107,8 @@ def main():
         lat.sort()
         pct = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
         print(json.dumps({"requests": len(lat), "failures": fails, "p50_ms": pct(0.50),
-                          "p99_ms": pct(0.99), "by_variant": by_variant, "errors": errors}))
+                          "p99_ms": pct(0.99), "by_variant": by_variant, "by_model": by_model,
+                          "errors": errors}))
     else:
         sys.exit(f"unknown command {cmd}")
 
