@@ -3,9 +3,12 @@
 //! the generated CRDs and Istio's own CRDs installed. The controller runs in-process, scoped to
 //! one namespace per test, so its write counter sees only its own endpoint.
 //!
-//! Kubernetes 1.20 limits (see ../shared/envtest/README.md): no CEL, so CRDs are installed with
-//! `x-kubernetes-validations` stripped (the operator's own checks are what is tested); no
-//! scheduler or kubelet, so Deployment readiness is simulated by patching status.
+//! This API server has no scheduler or kubelet: Deployment readiness is set by patching status,
+//! which is what isolates the operator's planning here (ready/unready orderings a real cluster
+//! cannot produce on demand). The same behaviours with real pods, real readiness and the
+//! operator under its shipped RBAC run on the cluster bed (scripts/test-cluster-e2e.sh: Ready,
+//! weight change, model swap, variant removal, rollouts). CRDs are installed with CEL stripped
+//! (see `support`).
 
 // Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test]s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
