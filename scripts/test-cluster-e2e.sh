@@ -402,16 +402,18 @@ op_metric() {  # op_metric POD NAME: a counter of the operator's /metrics, read 
   ip=$(kc -n mlep-system get pod "$1" -o jsonpath='{.status.podIP}')
   curl -sS -m 5 "http://$ip:8080/metrics" | awk -v n="$2" '$1 == n {print $2}'
 }
-old_leader=$(kc -n mlep-system get lease mlep-operator -o jsonpath='{.spec.holderIdentity}')
-kc -n mlep-system delete pod "$old_leader" --grace-period=0 --force >/dev/null 2>&1 || fail "killing the leader $old_leader"
-new_leader() {
+live_leader() {  # the Lease holder, if it is a pod that exists and is not $1
   local h
   h=$(kc -n mlep-system get lease mlep-operator -o jsonpath='{.spec.holderIdentity}')
-  [ -n "$h" ] && [ "$h" != "$old_leader" ] && kc -n mlep-system get pod "$h" >/dev/null 2>&1 && echo "$h"
+  [ -n "$h" ] && [ "$h" != "${1:-}" ] && kc -n mlep-system get pod "$h" >/dev/null 2>&1 && echo "$h"
 }
-poll 120 "another replica takes the lease" new_leader
-leader=$(new_leader)
-reconciled() { [ "$(op_metric "$leader" mlep_operator_reconciles_total)" -ge 2 ]; }
+# The Lease may still name the leader killed above until a replica takes it over.
+poll 120 "a live replica holds the lease" live_leader
+old_leader=$(live_leader)
+kc -n mlep-system delete pod "$old_leader" --grace-period=0 --force >/dev/null 2>&1 || fail "killing the leader $old_leader"
+poll 120 "another replica takes the lease" live_leader "$old_leader"
+leader=$(live_leader "$old_leader")
+reconciled() { [ "$(op_metric "$leader" mlep_operator_reconciles_total)" -ge 1 ]; }  # one endpoint here
 poll 120 "the new leader reconciles" reconciled
 writes=$(op_metric "$leader" mlep_operator_api_writes_total)
 measure "new leader $leader after $(op_metric "$leader" mlep_operator_reconciles_total) reconciles: $writes API writes"
