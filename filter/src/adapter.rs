@@ -291,15 +291,23 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
         let Some(cfg) = self.config.clone() else {
             return;
         };
-        let status =
-            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
+        // A call that failed without an answer (Envoy's `onFailure`: e.g. its cluster was
+        // removed while the copy was in flight, as when a BlueGreen switch drops the mirror)
+        // arrives with 0 headers and no header map: Envoy then answers the header read with
+        // BadArgument, on which the SDK's `get_map_value_bytes` panics ("unexpected status"),
+        // killing the VM. Seen on the cluster bed's gateway; only read what exists.
+        let status = if headers > 0 {
+            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
+        } else {
+            None
+        };
         // Envoy's own timeout reply is read too (24 bytes), so it counts as `timeout` however
         // late the event loop delivered it (see `shadow::ENVOY_TIMEOUT_BODY`).
         let envoy_timeout = status == Some(504) && body_size == ENVOY_TIMEOUT_BODY.len();
