@@ -551,9 +551,12 @@ bluegreen_done() {
 }
 load_phase bluegreen bluegreen bluegreen_done
 measure "blue/green: promoted and blue removed $((SECONDS - t_bake)) s after the bake began (bake 20 s + wait 15 s)"
-mirrored=$(prom_value "sum(mlep_shadow_requests_total{namespace=\"$NS\",endpoint=\"titanic\",model=\"titanic-v2\"})")
-compared=$(prom_value "sum(mlep_shadow_agreement_total{namespace=\"$NS\",endpoint=\"titanic\",model=\"titanic-v2\"})")
-measure "blue/green bake in Prometheus: ${mirrored:-0} mirrored copies to titanic-v2, ${compared:-0} compared"
+# Counted over the blue/green phase only (the shadow phase above mirrored to titanic-v2 too).
+win=$((SECONDS - t_bake + 10))
+sel="namespace=\"$NS\",endpoint=\"titanic\",model=\"titanic-v2\""
+mirrored=$(prom_value "sum(increase(mlep_shadow_requests_total{$sel}[${win}s]))")
+compared=$(prom_value "sum(increase(mlep_shadow_agreement_total{$sel}[${win}s]))")
+measure "blue/green bake in Prometheus (last ${win} s): ${mirrored:-0} copies mirrored to titanic-v2, ${compared:-0} compared"
 python3 -c "import sys; sys.exit(0 if float('${compared:-0}') > 0 else 1)" || fail "no compared mirror copies in Prometheus"
 bake=$(cat "$WORK/bake-analysis.json" 2>/dev/null || true)
 echo "    the bake's analysis: $bake"
