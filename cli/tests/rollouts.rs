@@ -1,11 +1,13 @@
 //! Rollouts in `mlep local up`, end to end (real Envoy, real model servers): a Canary to a
 //! model answering 500 on every other request rolls back with every user back on the old
 //! model; a Canary to a healthy model holds its share while paused (measured on users) and
-//! promotes with no failed request.
+//! promotes with no failed request; a restart of `mlep` mid-Canary resumes with exactly the same
+//! users moved, and one after a spec edit to another model aborts and starts over.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
@@ -14,8 +16,8 @@ fn fixture() -> PathBuf {
     repo().join("cli/tests/fixtures/flaky_model.py")
 }
 
-/// The Titanic example plus two local-command models (`flaky`: 500 on every 2nd request;
-/// `healthy`: never) and `rollout` appended to the endpoint's spec.
+/// The Titanic example plus three local-command models (`flaky`: 500 on every 2nd request;
+/// `healthy` and `healthy2`: never) and `rollout` appended to the endpoint's spec.
 fn input(dir: &Path, metadata: &str, rollout: &str) {
     titanic_input(dir, |e| {
         e.replace("  name: titanic\n", &format!("  name: titanic\n{metadata}")) + rollout
@@ -29,6 +31,7 @@ fn input(dir: &Path, metadata: &str, rollout: &str) {
     let mut models = std::fs::read_to_string(dir.join("input/models.yaml")).unwrap();
     models.push_str(&model("flaky", 2));
     models.push_str(&model("healthy", 0));
+    models.push_str(&model("healthy2", 0));
     std::fs::write(dir.join("input/models.yaml"), models).unwrap();
 }
 
@@ -37,6 +40,176 @@ async fn served(up: &Up, user: &str) -> (String, String) {
     let r = up.invoke(Some(user), &[]).await;
     let h = |n: &str| r.header(n).unwrap_or_default().to_owned();
     (h("x-mlep-variant"), h("x-mlep-model"))
+}
+
+/// `(variant, model)` of the users `<prefix>-0` to `<prefix>-<n-1>`.
+async fn assignments(up: &Up, prefix: &str, n: usize) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for i in 0..n {
+        let user = format!("{prefix}-{i}");
+        let at = served(up, &user).await;
+        out.insert(user, at);
+    }
+    out
+}
+
+const PAUSED: &str = "  annotations:\n    mlep.dev/rollout: pause\n";
+const CANARY_50: &str = "  rollout:\n    strategy: Canary\n    stepSeconds: 2\n    canary: {percent: 50}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n";
+
+/// `mlep local up` on `dir` with b's model edited to `healthy` under a paused 50% Canary,
+/// once the first step is in place.
+fn paused_canary_at_half(dir: &Path) -> Up {
+    input(dir, PAUSED, CANARY_50);
+    let mut up = Up::start(dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    up.wait_for(
+        "rollout titanic: step 1: 50% of b's users on healthy",
+        from,
+        Duration::from_secs(60),
+    );
+    up
+}
+
+/// The rollout state file local mode keeps for the example's endpoint.
+fn saved_rollout(dir: &Path) -> serde_json::Value {
+    let path = dir.join("state/endpoints/default/titanic.rollout.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_model() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-resume-{}", std::process::id()));
+    let mut first = paused_canary_at_half(&dir);
+    let before = assignments(&first, "user", 400).await;
+    let on_b = before.values().filter(|(v, _)| v == "b").count();
+    let moved = before.values().filter(|(_, m)| m == "healthy").count();
+    assert!(moved > 15 && on_b - moved > 15, "{moved} of {on_b} moved");
+    first.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let saved = saved_rollout(&dir);
+    assert_eq!(
+        (saved["phase"].as_str(), saved["movedPercent"].as_u64()),
+        (Some("Progressing"), Some(50)),
+        "{saved}"
+    );
+
+    // The same files: the spec names healthy, the state file the rollout half way there.
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "rollout titanic: resuming b (titanic-v2 -> healthy) at step 1, 50% of b's users on healthy",
+        0,
+        Duration::from_secs(180),
+    );
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    // From Envoy's first request on: every user where it was (0 moved twice, 0 others moved).
+    let after = assignments(&up, "user", 400).await;
+    let changed: Vec<_> = before
+        .iter()
+        .filter(|(user, at)| after.get(*user) != Some(*at))
+        .map(|(user, at)| format!("{user}: {at:?} -> {:?}", after.get(user)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "users moved by the restart: {changed:?}"
+    );
+    // The live table shows the resumed rollout.
+    up.wait_for(
+        "Progressing titanic-v2->healthy 50%",
+        0,
+        Duration::from_secs(30),
+    );
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "mlep.dev/rollout: pause",
+        "mlep.dev/rollout: resume",
+    );
+    up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (user, (variant, _)) in &before {
+        if variant == "b" {
+            assert_eq!(served(&up, user).await.1, "healthy", "user {user}");
+        }
+    }
+    assert_eq!(saved_rollout(&dir)["phase"], "Promoted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_the_old_model() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-retarget-{}", std::process::id()));
+    let mut first = paused_canary_at_half(&dir);
+    first.stop_with(nix::sys::signal::Signal::SIGTERM);
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: healthy",
+        "model: healthy2",
+    );
+    let mut up = Up::start(&dir);
+    up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(up.port, 3);
+    let aborted = up.wait_for(
+        "aborted b from healthy to titanic-v2: spec now names healthy2; every user is on titanic-v2",
+        0,
+        Duration::from_secs(60),
+    );
+    up.wait_for(
+        "rollout titanic: step 1: 50% of b's users on healthy2",
+        aborted,
+        Duration::from_secs(60),
+    );
+    let saved = saved_rollout(&dir);
+    assert_eq!(
+        (
+            saved["phase"].as_str(),
+            saved["fromModel"].as_str(),
+            saved["toModel"].as_str()
+        ),
+        (Some("Progressing"), Some("titanic-v2"), Some("healthy2")),
+        "{saved}"
+    );
+    // The aborted rollout's model never started again; b's users are on the old model or the
+    // new rollout's.
+    assert!(
+        !up.output().contains("ready: titanic/b (healthy) "),
+        "{}",
+        up.output()
+    );
+    let after = assignments(&up, "user", 300).await;
+    let models: Vec<&str> = after
+        .values()
+        .filter(|(v, _)| v == "b")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert!(
+        models
+            .iter()
+            .all(|m| *m == "titanic:v2" || *m == "healthy2"),
+        "{models:?}"
+    );
+    assert!(models.contains(&"healthy2") && models.contains(&"titanic:v2"));
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
