@@ -53,6 +53,30 @@ async fn assignments(up: &Up, prefix: &str, n: usize) -> BTreeMap<String, (Strin
     out
 }
 
+/// The first `n` answers to `users` (round robin) on `port`, asking from before anything
+/// listens there: `(user, model)` (an answer other than 200 counts as its status and body).
+async fn first_answers(port: u16, users: Vec<String>, n: usize) -> Vec<(String, String)> {
+    let body = std::fs::read(example().join("request.json")).unwrap();
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    for user in users.iter().cycle() {
+        if out.len() == n || start.elapsed() > Duration::from_secs(180) {
+            break;
+        }
+        let req = invocation(Some(user.clone()), &[], &body);
+        match mlep::http::send(port, &req, Duration::from_secs(10)).await {
+            Ok(r) if r.status == 200 => {
+                let model = r.header("x-mlep-model").unwrap_or_default().to_owned();
+                out.push((user.clone(), model));
+            }
+            Ok(r) => out.push((user.clone(), format!("HTTP {}: {}", r.status, r.text()))),
+            // Not listening yet: ask again.
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    out
+}
+
 const PAUSED: &str = "  annotations:\n    mlep.dev/rollout: pause\n";
 const CANARY_50: &str = "  rollout:\n    strategy: Canary\n    stepSeconds: 2\n    canary: {percent: 50}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n";
 
@@ -104,12 +128,15 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
 
     // The same files: the spec names healthy, the state file the rollout half way there.
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "rollout titanic: resuming b (titanic-v2 -> healthy) at step 1, 50% of b's users on healthy",
-        0,
-        Duration::from_secs(180),
-    );
-    up.wait_for(
+    // Moved users ask from before Envoy listens: its very first answers must come from the
+    // new model (the split is in Envoy's first filter config, not added a tick later).
+    let moved_users: Vec<String> = before
+        .iter()
+        .filter(|(_, (_, m))| m == "healthy")
+        .map(|(u, _)| u.clone())
+        .collect();
+    let first_answers = tokio::spawn(first_answers(up.port, moved_users, 100));
+    let ready = up.wait_for(
         "Endpoint ready: http://127.0.0.1:",
         0,
         Duration::from_secs(180),
@@ -126,6 +153,18 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         changed.is_empty(),
         "users moved by the restart: {changed:?}"
     );
+    let first = first_answers.await.unwrap();
+    assert_eq!(first.len(), 100);
+    assert!(
+        first.iter().all(|(_, m)| m == "healthy"),
+        "moved users served by another model right after the restart: {first:?}"
+    );
+    let resumed = up.wait_for(
+        "rollout titanic: resuming b (titanic-v2 -> healthy) at step 1, 50% of b's users on healthy",
+        0,
+        Duration::from_secs(1),
+    );
+    assert!(resumed < ready, "{}", up.output());
     // The live table shows the resumed rollout.
     up.wait_for(
         "Progressing titanic-v2->healthy 50%",

@@ -73,6 +73,21 @@ pub(super) fn load(state_dir: &Path, key: &str) -> Result<Option<Saved>, String>
         .map_err(|e| format!("{} is not a rollout state file: {e}", path.display()))
 }
 
+/// The saved rollout of `key` (`namespace/name`); for an unreadable file, none and the warning
+/// to show (naming the file and the problem): the endpoint starts as if no rollout was in
+/// progress.
+pub(super) fn load_or_warn(state_dir: &Path, key: &str) -> (Option<Saved>, Option<String>) {
+    match load(state_dir, key) {
+        Ok(saved) => (saved, None),
+        Err(problem) => (
+            None,
+            Some(format!(
+                "warning: {problem}; starting {key} as if no rollout was in progress"
+            )),
+        ),
+    }
+}
+
 /// What a restart does with a saved rollout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Resume {
@@ -151,16 +166,12 @@ impl Session {
         let mut pending = Vec::new();
         for e in &mut before.endpoints {
             let key = format!("{}/{}", e.namespace(), e.name());
-            let saved = match load(&self.opts.state_dir, &key) {
-                Ok(Some(s)) => s,
-                Ok(None) => continue,
-                Err(problem) => {
-                    self.ui.say(format!(
-                        "warning: {problem}; starting {} as if no rollout was in progress",
-                        e.name()
-                    ));
-                    continue;
-                }
+            let (saved, warning) = load_or_warn(&self.opts.state_dir, &key);
+            if let Some(w) = warning {
+                self.ui.say(w);
+            }
+            let Some(saved) = saved else {
+                continue;
             };
             let r = &saved.status;
             let strategy = Settings::of(e.endpoint.spec.rollout.as_ref()).strategy;
@@ -341,17 +352,35 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_state_file_is_an_error_naming_the_file_and_the_problem() {
+    fn a_corrupt_state_file_is_a_warning_naming_the_file_and_the_problem_and_no_rollout() {
         let d = dir("corrupt");
         let path = state_file(&d, "ns/ep");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "{\"phase\": \"Progressing\", \"step\": \"one\"").unwrap();
         let err = load(&d, "ns/ep").unwrap_err();
         assert!(err.contains(&path.display().to_string()), "{err}");
-        assert!(err.contains("invalid type"), "{err}");
+        assert!(err.contains("EOF while parsing"), "{err}");
+        std::fs::write(&path, "{\"phase\": \"Sideways\"}").unwrap();
+        let err = load(&d, "ns/ep").unwrap_err();
+        assert!(err.contains("unknown variant `Sideways`"), "{err}");
         std::fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         let err = load(&d, "ns/ep").unwrap_err();
         assert!(err.contains(&path.display().to_string()), "{err}");
+        // What a start makes of it: no rollout, and a warning naming the file and the problem.
+        let (saved, warning) = load_or_warn(&d, "ns/ep");
+        let warning = warning.unwrap();
+        assert_eq!(saved, None);
+        assert!(
+            warning.starts_with("warning: ")
+                && warning.contains(&path.display().to_string())
+                && warning.contains("as if no rollout was in progress"),
+            "{warning}"
+        );
+        save(&d, "ns/ep", &canary(Phase::Progressing)).unwrap();
+        assert_eq!(
+            load_or_warn(&d, "ns/ep"),
+            (Some(canary(Phase::Progressing)), None)
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
