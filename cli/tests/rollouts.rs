@@ -77,6 +77,32 @@ async fn first_answers(port: u16, users: Vec<String>, n: usize) -> Vec<(String, 
     out
 }
 
+/// mlep's Envoy's `/stats/prometheus` (its admin port from mlep's output).
+async fn envoy_stats(up: &Up) -> String {
+    let admin: u16 = up
+        .output()
+        .split("Envoy admin: http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    mlep::http::get(admin, "/stats/prometheus", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .text()
+}
+
+/// The sum of `metric`'s series for `model` in a `/stats/prometheus` text.
+fn total(text: &str, metric: &str, model: &str) -> f64 {
+    mlep::table::parse_prometheus(text)
+        .iter()
+        .filter(|s| {
+            s.name.ends_with(metric) && s.labels.get("model").map(String::as_str) == Some(model)
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
 const PAUSED: &str = "  annotations:\n    mlep.dev/rollout: pause\n";
 const CANARY_50: &str = "  rollout:\n    strategy: Canary\n    stepSeconds: 2\n    canary: {percent: 50}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n";
 
@@ -249,6 +275,157 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
     let (ok, failed) = load.finish().await;
     assert!(ok > 0);
     assert!(failed.is_empty(), "failed requests: {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-resume-bg-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 3600, terminationWaitSeconds: 0}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
+    );
+    let mut first = Up::start(&dir);
+    first.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let from = first.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    first.wait_for(
+        "baking healthy on 100% of b's traffic",
+        from,
+        Duration::from_secs(60),
+    );
+    first.stop_with(nix::sys::signal::Signal::SIGTERM);
+
+    let mut up = Up::start(&dir);
+    let ready = up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    assert!(
+        up.wait_for(
+            "resuming b (titanic-v2 -> healthy)",
+            0,
+            Duration::from_secs(1)
+        ) < ready
+    );
+    let load = Load::start(up.port, 3);
+    // Nobody moves while baking; b's requests are mirrored to healthy again.
+    let after = assignments(&up, "bake", 200).await;
+    let on_b: Vec<&str> = after
+        .values()
+        .filter(|(v, _)| v == "b")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert!(
+        on_b.len() > 10 && on_b.iter().all(|m| *m == "titanic:v2"),
+        "{on_b:?}"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let text = envoy_stats(&up).await;
+        if total(&text, "mlep_shadow_requests_total", "healthy") >= 10.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no mirrored requests: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "  name: titanic\n",
+        "  name: titanic\n  annotations:\n    mlep.dev/rollout: promote\n",
+    );
+    up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (user, (variant, _)) in &after {
+        if variant == "b" {
+            assert_eq!(served(&up, user).await.1, "healthy", "user {user}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-resume-blue-{}", std::process::id()));
+    input(
+        &dir,
+        "",
+        "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 1, terminationWaitSeconds: 3600}\n    analysis: {minRequests: 1, maxErrorRate: 0.05}\n",
+    );
+    let mut first = Up::start(&dir);
+    first.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    let load = Load::start(first.port, 2);
+    let from = first.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "model: titanic-v2",
+        "model: healthy",
+    );
+    first.wait_for(
+        "every user on healthy; titanic-v2 keeps running 3600s",
+        from,
+        Duration::from_secs(60),
+    );
+    load.finish().await;
+    first.stop_with(nix::sys::signal::Signal::SIGTERM);
+
+    let mut up = Up::start(&dir);
+    let ready = up.wait_for(
+        "Endpoint ready: http://127.0.0.1:",
+        0,
+        Duration::from_secs(180),
+    );
+    // Blue runs again beside green, which serves every user of b.
+    assert!(up.wait_for("ready: titanic/b (titanic-v2) ", 0, Duration::from_secs(1)) < ready);
+    let load = Load::start(up.port, 3);
+    let after = assignments(&up, "green", 200).await;
+    let on_b: Vec<&str> = after
+        .values()
+        .filter(|(v, _)| v == "b")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert!(
+        on_b.len() > 10 && on_b.iter().all(|m| *m == "healthy"),
+        "{on_b:?}"
+    );
+    // An abort in the wait hands the variant back to blue at once.
+    let from = up.lines();
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "  name: titanic\n",
+        "  name: titanic\n  annotations:\n    mlep.dev/rollout: abort\n",
+    );
+    up.wait_for(
+        "aborted b from healthy to titanic-v2",
+        from,
+        Duration::from_secs(60),
+    );
+    let (ok, failed) = load.finish().await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (user, (variant, _)) in &after {
+        if variant == "b" {
+            assert_eq!(served(&up, user).await.1, "titanic:v2", "user {user}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,30 +620,13 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
     );
     let at_switch = std::time::Instant::now();
     // The bake mirrored b's requests to the new model and compared the answers.
-    let admin: u16 = up
-        .output()
-        .split("Envoy admin: http://127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    let text = mlep::http::get(admin, "/stats/prometheus", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .text();
-    let total = |metric: &str| -> f64 {
-        mlep::table::parse_prometheus(&text)
-            .iter()
-            .filter(|s| {
-                s.name.ends_with(metric)
-                    && s.labels.get("model").map(String::as_str) == Some("healthy")
-            })
-            .map(|s| s.value)
-            .sum()
-    };
-    assert!(total("mlep_shadow_requests_total") >= 10.0, "{text}");
+    let text = envoy_stats(&up).await;
     assert!(
-        total("mlep_shadow_agreement_total") >= 10.0,
+        total(&text, "mlep_shadow_requests_total", "healthy") >= 10.0,
+        "{text}"
+    );
+    assert!(
+        total(&text, "mlep_shadow_agreement_total", "healthy") >= 10.0,
         "comparisons counted: {text}"
     );
     up.wait_for(
