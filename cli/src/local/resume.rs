@@ -23,7 +23,7 @@
 
 use super::{io_err, LocalError, Session};
 use crate::load::Input;
-use crate::plan::{self, Desired, ServerSet};
+use crate::plan::{self, Desired, EndpointPlan, ServerSet};
 use mlep_core::crd::{RolloutSpec, RolloutStrategy};
 use mlep_core::rollout::{served_plan, Phase, RolloutStatus, Settings};
 use serde::{Deserialize, Serialize};
@@ -153,6 +153,44 @@ pub(super) struct Pending {
     rollout: Option<RolloutSpec>,
 }
 
+/// What the restart says about a saved rollout of endpoint `name`.
+fn describe(
+    decision: &Resume,
+    name: &str,
+    r: &RolloutStatus,
+    strategy: RolloutStrategy,
+    spec_model: &str,
+) -> String {
+    let what = format!("{} ({} -> {})", r.variant, r.from_model, r.to_model);
+    let said = match decision {
+        Resume::Nothing => String::new(),
+        Resume::Finished => format!("{:?} {what} (finished before the restart)", r.phase),
+        Resume::Superseded => {
+            format!("the spec now names {spec_model}: aborting the rollout of {what} first")
+        }
+        Resume::Restarted if strategy == RolloutStrategy::AllAtOnce => format!(
+            "aborted the rollout of {what}: the strategy is now AllAtOnce; \
+             every user moves to {spec_model} at once"
+        ),
+        Resume::Restarted => format!(
+            "aborted the rollout of {what}: the strategy is now {strategy:?}; \
+             every user starts on {} and the rollout starts over",
+            r.from_model
+        ),
+        Resume::Continue if r.phase == Phase::Promoted => format!(
+            "resuming {what} after the switch: every user on {}, \
+             {} runs again until the end of terminationWaitSeconds",
+            r.to_model, r.from_model
+        ),
+        Resume::Continue => format!(
+            "resuming {what} at step {}, {}% of {}'s users on {} \
+             (the step starts over once {} is ready)",
+            r.step, r.moved_percent, r.variant, r.to_model, r.to_model
+        ),
+    };
+    format!("rollout {name}: {said}")
+}
+
 impl Session {
     /// Before the first start: shape `desired` by each endpoint's saved rollout (see the module
     /// documentation). Returns the desired state to start and the servers of resumed rollouts.
@@ -165,97 +203,7 @@ impl Session {
         let mut before = desired.clone();
         let mut pending = Vec::new();
         for e in &mut before.endpoints {
-            let key = format!("{}/{}", e.namespace(), e.name());
-            let (saved, warning) = load_or_warn(&self.opts.state_dir, &key);
-            if let Some(w) = warning {
-                self.ui.say(w);
-            }
-            let Some(saved) = saved else {
-                continue;
-            };
-            let r = &saved.status;
-            let strategy = Settings::of(e.endpoint.spec.rollout.as_ref()).strategy;
-            let Some(i) = e
-                .endpoint
-                .spec
-                .variants
-                .iter()
-                .position(|v| v.name == r.variant)
-            else {
-                continue;
-            };
-            let spec_model = e.endpoint.spec.variants[i].model.clone();
-            let decision = decide(&saved, strategy, Some(&spec_model));
-            if decision == Resume::Nothing {
-                continue;
-            }
-            let name = e.name().to_owned();
-            let what = format!("{} ({} -> {})", r.variant, r.from_model, r.to_model);
-            let serving = serving_at_stop(r).to_owned();
-            let set_of = |model: &str| {
-                plan::variant_set(input, &e.endpoint, &e.endpoint.spec.variants[i], model)
-            };
-            let kept = match set_of(&serving) {
-                Ok(set) => set,
-                Err(err) => {
-                    self.ui.say(format!(
-                        "warning: rollout {name}: cannot resume {what}: {err}; starting {spec_model}"
-                    ));
-                    continue;
-                }
-            };
-            let message = match decision {
-                Resume::Nothing => continue,
-                Resume::Finished => format!("rollout {name}: {:?} {what} (finished before the restart)", r.phase),
-                Resume::Superseded => format!(
-                    "rollout {name}: the spec now names {spec_model}: aborting the rollout of {what} first"
-                ),
-                Resume::Restarted if strategy == RolloutStrategy::AllAtOnce => format!(
-                    "rollout {name}: aborted the rollout of {what}: the strategy is now AllAtOnce; every user moves to {spec_model} at once"
-                ),
-                Resume::Restarted => format!(
-                    "rollout {name}: aborted the rollout of {what}: the strategy is now {strategy:?}; every user starts on {} and the rollout starts over",
-                    r.from_model
-                ),
-                Resume::Continue => format!(
-                    "rollout {name}: resuming {what} at step {}, {}% of {}'s users on {} (the step starts over once {} is ready)",
-                    r.step, r.moved_percent, r.variant, r.to_model, r.to_model
-                ),
-            };
-            if decision == Resume::Continue {
-                let (other, blue) = if r.phase == Phase::Promoted {
-                    (r.from_model.as_str(), true)
-                } else {
-                    (r.to_model.as_str(), false)
-                };
-                match set_of(other) {
-                    Ok(set) => pending.push(Pending {
-                        variant: r.variant.clone(),
-                        set,
-                        blue,
-                        saved: r.clone(),
-                        rollout: e.endpoint.spec.rollout.clone(),
-                    }),
-                    Err(err) => self.ui.say(format!(
-                        "warning: rollout {name}: {err}; {other} does not start"
-                    )),
-                }
-            }
-            self.ui.say(message);
-            e.variants[i] = ServerSet {
-                replicas: e.variants[i].replicas,
-                ..kept
-            };
-            e.endpoint.spec.variants[i].model = serving;
-            let mut status = saved.status;
-            if decision == Resume::Continue && status.phase != Phase::Promoted {
-                // The step's clock (and analysis window) starts again once the new model is
-                // ready: Envoy's counters restart with it.
-                status.step_started_unix = None;
-            }
-            if decision != Resume::Restarted {
-                self.rollouts.status.insert(key, status);
-            }
+            pending.extend(self.resume_endpoint(e, input));
         }
         // A variant whose spec model differs from what it served is held back on it, with
         // the spec's model as the rollout's target (as for an edit while running).
@@ -263,6 +211,86 @@ impl Session {
         let desired = self.hold_back_model_changes(desired);
         self.desired = Desired::default();
         (desired, pending)
+    }
+
+    /// Read `e`'s saved rollout and decide: `e` becomes what it served when mlep stopped, the
+    /// machine gets the status to carry on from, and a continued rollout's other model is
+    /// returned to start.
+    fn resume_endpoint(&mut self, e: &mut EndpointPlan, input: &Input) -> Option<Pending> {
+        let key = format!("{}/{}", e.namespace(), e.name());
+        let (saved, warning) = load_or_warn(&self.opts.state_dir, &key);
+        if let Some(w) = warning {
+            self.ui.say(w);
+        }
+        let saved = saved?;
+        let r = &saved.status;
+        let i = e
+            .endpoint
+            .spec
+            .variants
+            .iter()
+            .position(|v| v.name == r.variant)?;
+        let strategy = Settings::of(e.endpoint.spec.rollout.as_ref()).strategy;
+        let spec_model = e.endpoint.spec.variants[i].model.clone();
+        let decision = decide(&saved, strategy, Some(&spec_model));
+        if decision == Resume::Nothing {
+            return None;
+        }
+        let set_of = |model: &str| {
+            plan::variant_set(input, &e.endpoint, &e.endpoint.spec.variants[i], model)
+        };
+        let serving = serving_at_stop(r).to_owned();
+        let kept = match set_of(&serving) {
+            Ok(set) => set,
+            Err(err) => {
+                self.ui.say(format!(
+                    "warning: rollout {}: cannot resume the rollout of {}: {err}; starting {spec_model}",
+                    e.name(),
+                    r.variant
+                ));
+                return None;
+            }
+        };
+        self.ui
+            .say(describe(&decision, e.name(), r, strategy, &spec_model));
+        let mut pending = None;
+        if decision == Resume::Continue {
+            let (other, blue) = if r.phase == Phase::Promoted {
+                (r.from_model.as_str(), true)
+            } else {
+                (r.to_model.as_str(), false)
+            };
+            match set_of(other) {
+                Ok(set) => {
+                    pending = Some(Pending {
+                        variant: r.variant.clone(),
+                        set,
+                        blue,
+                        saved: r.clone(),
+                        rollout: e.endpoint.spec.rollout.clone(),
+                    })
+                }
+                Err(err) => self.ui.say(format!(
+                    "warning: rollout {}: {err}; {other} does not start",
+                    e.name()
+                )),
+            }
+        }
+        e.variants[i] = ServerSet {
+            replicas: e.variants[i].replicas,
+            ..kept
+        };
+        e.endpoint.spec.variants[i].model = serving;
+        let mut status = saved.status;
+        if decision == Resume::Continue && status.phase != Phase::Promoted {
+            // The step's clock (and analysis window) starts again once the new model is
+            // ready: Envoy's counters restart with it.
+            status.step_started_unix = None;
+        }
+        if decision != Resume::Restarted {
+            self.rollouts.status.insert(key, status);
+        }
+        pending
     }
 
     /// Start the servers of resumed rollouts (before Envoy): the new model takes the saved
