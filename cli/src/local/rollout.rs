@@ -11,6 +11,8 @@
 //!   then points the rollout cluster back at the variant's own servers, then stops the new
 //!   ones. A promotion moves the variant's own cluster to the new servers, drops the split,
 //!   then stops the old ones. No Envoy restart in any of them.
+//! - The machine's status is saved whenever it changes, and a restart of `mlep` resumes from
+//!   it (`local/resume.rs`).
 
 use super::{addrs_text, resume, LocalError, RunningSet, Session};
 use crate::envoy;
