@@ -203,7 +203,13 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         "mlep.dev/rollout: pause",
         "mlep.dev/rollout: resume",
     );
-    up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    let promoted = up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    // Announced before it is applied: b's own cluster has moved once the old servers stop.
+    up.wait_for(
+        "stopping titanic/b (titanic-v2)",
+        promoted,
+        Duration::from_secs(30),
+    );
     let (ok, failed) = load.finish().await;
     assert!(ok > 0);
     assert!(failed.is_empty(), "failed requests: {failed:?}");
@@ -347,7 +353,13 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
         "  name: titanic\n",
         "  name: titanic\n  annotations:\n    mlep.dev/rollout: promote\n",
     );
-    up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    let promoted = up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    // Announced before it is applied: b's own cluster has moved once the old servers stop.
+    up.wait_for(
+        "stopping titanic/b (titanic-v2)",
+        promoted,
+        Duration::from_secs(30),
+    );
     let (ok, failed) = load.finish().await;
     assert!(ok > 0);
     assert!(failed.is_empty(), "failed requests: {failed:?}");
@@ -413,9 +425,15 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
         "  name: titanic\n",
         "  name: titanic\n  annotations:\n    mlep.dev/rollout: abort\n",
     );
-    up.wait_for(
+    let aborted = up.wait_for(
         "aborted b from healthy to titanic-v2",
         from,
+        Duration::from_secs(60),
+    );
+    // Blue took b back; green stops once the abort has drained.
+    up.wait_for(
+        "stopping titanic/b (healthy)",
+        aborted,
         Duration::from_secs(60),
     );
     let (ok, failed) = load.finish().await;
@@ -527,7 +545,13 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         "mlep.dev/rollout: pause",
         "mlep.dev/rollout: resume",
     );
-    up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    let promoted = up.wait_for("every user on healthy", from, Duration::from_secs(60));
+    // Announced before it is applied: b's own cluster has moved once the old servers stop.
+    up.wait_for(
+        "stopping titanic/b (titanic-v2)",
+        promoted,
+        Duration::from_secs(30),
+    );
     let (ok, failed) = load.finish().await;
     assert!(ok > 0);
     assert!(failed.is_empty(), "failed requests: {failed:?}");
@@ -606,13 +630,29 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         from,
         Duration::from_secs(60),
     );
-    // Nobody moves while baking: b's users are still on titanic-v2.
+    // Nobody moves while baking: b's users are still on titanic-v2 (the new model answers
+    // only once the switch was announced, which happens before the switch).
+    let mut seen_baking = 0;
     for i in 0..100 {
         let (variant, model) = served(&up, &format!("bake-{i}")).await;
-        if variant == "b" {
-            assert_eq!(model, "titanic:v2", "user bake-{i} while baking");
+        if variant == "b" && model != "titanic:v2" {
+            let announced = up
+                .output()
+                .lines()
+                .skip(bake)
+                .any(|l| l.contains("every user on healthy"));
+            assert!(
+                model == "healthy" && announced,
+                "user bake-{i} on {model} while baking"
+            );
+        } else if variant == "b" {
+            seen_baking += 1;
         }
     }
+    assert!(
+        seen_baking > 0,
+        "no user of b seen on titanic-v2 while baking"
+    );
     let switched = up.wait_for(
         "every user on healthy; titanic-v2 keeps running 3s",
         bake,

@@ -210,6 +210,18 @@ impl Session {
         self.desired = before;
         let desired = self.hold_back_model_changes(desired);
         self.desired = Desired::default();
+        // After a BlueGreen switch the new model stays the rollout's target while blue runs
+        // (as without a restart): a rollback in the wait holds the variant on blue.
+        for p in pending.iter().filter(|p| p.blue) {
+            if let Some(green) = desired.sets().find(|s| s.key() == p.set.key()) {
+                let key = (
+                    p.set.namespace.clone(),
+                    p.set.endpoint.clone(),
+                    p.variant.clone(),
+                );
+                self.rollouts.targets.insert(key, green.clone());
+            }
+        }
         (desired, pending)
     }
 

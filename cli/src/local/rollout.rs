@@ -189,11 +189,14 @@ impl Session {
 
     /// One look at every endpoint's rollout: scrape, advance, apply.
     pub(super) async fn drive_rollouts(&mut self) -> Result<(), LocalError> {
+        // Busy: a held-back model change, a rollout in progress, or servers only the machine
+        // stops (a new model draining after a rollback, blue after a switch). An edit of the
+        // spec (e.g. the annotation) may drop the held-back target meanwhile.
         let busy = self.desired.endpoints.iter().any(|e| {
-            self.rollouts
-                .targets
-                .keys()
-                .any(|(ns, n, _)| ns == e.namespace() && n == e.name())
+            let ours = |(ns, n, _): &Key| ns == e.namespace() && n == e.name();
+            self.rollouts.targets.keys().any(ours)
+                || self.rollouts.sets.keys().any(ours)
+                || self.rollouts.blue.keys().any(ours)
                 || self
                     .rollouts
                     .status
@@ -305,6 +308,15 @@ impl Session {
         {
             self.ui.say(format!("rollout {name}: {}", status.message));
         }
+        // Saved before it is applied: a restart resumes with at least the users Envoy may have
+        // moved (the moved set only grows), never with fewer (they would move back and again).
+        if last.as_ref() != Some(&status) {
+            let saved = resume::Saved {
+                strategy: self.strategy_of(ns, name),
+                status: status.clone(),
+            };
+            resume::save(&self.opts.state_dir, &ep_key, &saved)?;
+        }
         let variant = status.variant.clone();
         let key = (ns.to_owned(), name.to_owned(), variant.clone());
         let wanted: Vec<String> = out
@@ -394,13 +406,6 @@ impl Session {
         }
         if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
             self.rollouts.targets.remove(&key);
-        }
-        if last.as_ref() != Some(&status) {
-            let saved = resume::Saved {
-                strategy: self.strategy_of(ns, name),
-                status: status.clone(),
-            };
-            resume::save(&self.opts.state_dir, &ep_key, &saved)?;
         }
         self.rollouts.status.insert(ep_key, status);
         Ok(())
