@@ -3,7 +3,8 @@
 //!
 //! Each endpoint's rollout status is kept in `<state-dir>/endpoints/<ns>/<name>.rollout.json`
 //! (beside the endpoint's allocation, `<name>.json`), written atomically (temporary file, then
-//! rename) whenever it changes, together with the strategy it runs under. On start,
+//! rename) whenever it changes, before the change is applied (so the file never has fewer
+//! moved users than Envoy), together with the strategy it runs under. On start,
 //! [`Session::resume_plan`] reads it and [`decide`]s:
 //!
 //! - a rollout in progress whose spec still names its target model **continues**: the variant
