@@ -11,6 +11,7 @@
 //! atomic filter-config swap: no request fails. An invalid edit is reported and the running
 //! configuration stays.
 
+mod resume;
 mod rollout;
 
 use crate::artifacts::{ArtifactStore, BarProgress, Origin};
@@ -1195,11 +1196,14 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
         desired.endpoints.len(),
         s.opts.input.display()
     ));
+    // A rollout in progress when mlep stopped resumes (see `local/resume.rs`).
+    let (desired, resumed) = s.resume_plan(desired, &input);
     let sets: Vec<ServerSet> = desired.sets().cloned().collect();
     for set in &sets {
         let r = s.start_set(set).await?;
         s.running.insert(set.key(), r);
     }
+    s.start_resumed(resumed).await;
     s.start_envoy(&desired).await?;
     s.desired = desired;
     let base = format!("http://127.0.0.1:{}", s.opts.port);

@@ -207,26 +207,30 @@ fn server_set(
     })
 }
 
+/// The server set of variant `v` of `ep` running `model` (its spec model, or the one a resumed
+/// rollout keeps it on). Locally, autoscaling runs its minimum; at least one server.
+pub fn variant_set(
+    input: &Input,
+    ep: &LoadedEndpoint,
+    v: &mlep_core::crd::VariantSpec,
+    model: &str,
+) -> Result<ServerSet, PlanError> {
+    let replicas = match (&v.autoscaling, v.replicas) {
+        (Some(a), _) => a.min_replicas,
+        (None, Some(r)) => r,
+        (None, None) => 1,
+    };
+    let replicas = u32::try_from(replicas).unwrap_or(1).max(1);
+    server_set(input, ep, Role::Variant(v.name.clone()), model, replicas)
+}
+
 /// The desired topology for validated input.
 pub fn desired(input: &Input) -> Result<Desired, PlanError> {
     let mut endpoints = Vec::new();
     for ep in &input.endpoints {
         let mut variants = Vec::new();
         for v in &ep.spec.variants {
-            // Locally, autoscaling runs its minimum; at least one server per variant.
-            let replicas = match (&v.autoscaling, v.replicas) {
-                (Some(a), _) => a.min_replicas,
-                (None, Some(r)) => r,
-                (None, None) => 1,
-            };
-            let replicas = u32::try_from(replicas).unwrap_or(1).max(1);
-            variants.push(server_set(
-                input,
-                ep,
-                Role::Variant(v.name.clone()),
-                &v.model,
-                replicas,
-            )?);
+            variants.push(variant_set(input, ep, v, &v.model)?);
         }
         let shadow = match &ep.spec.shadow {
             Some(s) => {

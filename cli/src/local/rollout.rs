@@ -11,8 +11,10 @@
 //!   then points the rollout cluster back at the variant's own servers, then stops the new
 //!   ones. A promotion moves the variant's own cluster to the new servers, drops the split,
 //!   then stops the old ones. No Envoy restart in any of them.
+//! - The machine's status is saved whenever it changes, and a restart of `mlep` resumes from
+//!   it (`local/resume.rs`).
 
-use super::{addrs_text, io_err, LocalError, RunningSet, Session};
+use super::{addrs_text, resume, LocalError, RunningSet, Session};
 use crate::envoy;
 use crate::plan::{Desired, Role, ServerSet};
 use crate::rollout::EnvoyStats;
@@ -22,7 +24,6 @@ use mlep_core::rollout::{
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 /// `(namespace, endpoint, variant)`.
 type Key = (String, String, String);
@@ -30,20 +31,20 @@ type Key = (String, String, String);
 /// Rollout state of the session.
 #[derive(Default)]
 pub(super) struct Rollouts {
-    stats: EnvoyStats,
+    pub(super) stats: EnvoyStats,
     /// Target server set of a variant whose model change is held back.
-    targets: BTreeMap<Key, ServerSet>,
+    pub(super) targets: BTreeMap<Key, ServerSet>,
     /// Running servers of a rollout's new model.
-    sets: BTreeMap<Key, RunningSet>,
+    pub(super) sets: BTreeMap<Key, RunningSet>,
     /// BlueGreen after the switch: the old model's servers, kept for an instant rollback.
-    blue: BTreeMap<Key, RunningSet>,
+    pub(super) blue: BTreeMap<Key, RunningSet>,
     /// The split the filter config carries now.
-    splits: BTreeMap<Key, RolloutSplit>,
+    pub(super) splits: BTreeMap<Key, RolloutSplit>,
     /// A BlueGreen bake's mirror, per `(namespace, endpoint)`: the endpoint's shadow cluster
     /// gets the new model's servers and the filter mirrors the variant's requests there.
-    mirrors: BTreeMap<(String, String), machine::Mirror>,
+    pub(super) mirrors: BTreeMap<(String, String), machine::Mirror>,
     /// Per endpoint (`namespace/name`): the machine's status.
-    status: BTreeMap<String, RolloutStatus>,
+    pub(super) status: BTreeMap<String, RolloutStatus>,
 }
 
 impl Rollouts {
@@ -57,12 +58,6 @@ impl Rollouts {
             )
         })
     }
-}
-
-fn status_path(state_dir: &std::path::Path, key: &str) -> PathBuf {
-    state_dir
-        .join("endpoints")
-        .join(format!("{key}.rollout.json"))
 }
 
 impl Session {
@@ -194,16 +189,22 @@ impl Session {
 
     /// One look at every endpoint's rollout: scrape, advance, apply.
     pub(super) async fn drive_rollouts(&mut self) -> Result<(), LocalError> {
+        // Busy: a held-back model change, a rollout in progress, or servers only the machine
+        // stops (a new model draining after a rollback, blue after a switch). An edit of the
+        // spec (e.g. the annotation) may drop the held-back target meanwhile.
         let busy = self.desired.endpoints.iter().any(|e| {
-            self.rollouts
-                .targets
-                .keys()
-                .any(|(ns, n, _)| ns == e.namespace() && n == e.name())
+            let ours = |(ns, n, _): &Key| ns == e.namespace() && n == e.name();
+            self.rollouts.targets.keys().any(ours)
+                || self.rollouts.sets.keys().any(ours)
+                || self.rollouts.blue.keys().any(ours)
                 || self
                     .rollouts
                     .status
                     .get(&format!("{}/{}", e.namespace(), e.name()))
-                    .is_some_and(|s| matches!(s.phase, Phase::Progressing | Phase::Baking))
+                    .is_some_and(|s| {
+                        matches!(s.phase, Phase::Progressing | Phase::Baking)
+                            || s.old_model_until_unix.is_some()
+                    })
         });
         if !busy {
             return Ok(());
@@ -222,6 +223,15 @@ impl Session {
             self.drive_one(&ns, &name, &now).await?;
         }
         Ok(())
+    }
+
+    /// The rollout strategy of `ns/name`'s spec.
+    fn strategy_of(&self, ns: &str, name: &str) -> Option<mlep_core::crd::RolloutStrategy> {
+        self.desired
+            .endpoints
+            .iter()
+            .find(|e| e.namespace() == ns && e.name() == name)
+            .map(|e| Settings::of(e.endpoint.spec.rollout.as_ref()).strategy)
     }
 
     /// The machine's step for one endpoint, `None` when it has nothing to say.
@@ -297,6 +307,15 @@ impl Session {
             != Some((status.phase, status.step, status.moved_percent))
         {
             self.ui.say(format!("rollout {name}: {}", status.message));
+        }
+        // Saved before it is applied: a restart resumes with at least the users Envoy may have
+        // moved (the moved set only grows), never with fewer (they would move back and again).
+        if last.as_ref() != Some(&status) {
+            let saved = resume::Saved {
+                strategy: self.strategy_of(ns, name),
+                status: status.clone(),
+            };
+            resume::save(&self.opts.state_dir, &ep_key, &saved)?;
         }
         let variant = status.variant.clone();
         let key = (ns.to_owned(), name.to_owned(), variant.clone());
@@ -388,7 +407,6 @@ impl Session {
         if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
             self.rollouts.targets.remove(&key);
         }
-        self.save_rollout(&ep_key, &status)?;
         self.rollouts.status.insert(ep_key, status);
         Ok(())
     }
@@ -486,17 +504,5 @@ impl Session {
             envoy::rollout_cluster(name, variant),
         ];
         self.move_upstreams(&d, &clusters).await
-    }
-
-    fn save_rollout(&self, key: &str, status: &RolloutStatus) -> Result<(), LocalError> {
-        let path = status_path(&self.opts.state_dir, key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        }
-        let body =
-            serde_json::to_vec_pretty(status).map_err(|e| LocalError::Other(e.to_string()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
     }
 }
