@@ -193,9 +193,15 @@ mod tests {
             "extraStatTags: [{}]",
             mlep_contract::metrics::ALL_LABELS.join(", ")
         );
-        assert!(mesh.contains(&tags), "manifests/istio/mesh.yaml lacks `{tags}`");
+        assert!(
+            mesh.contains(&tags),
+            "manifests/istio/mesh.yaml lacks `{tags}`"
+        );
         let prefix = format!("inclusionPrefixes: [{STATS_PREFIX}]");
-        assert!(mesh.contains(&prefix), "manifests/istio/mesh.yaml lacks `{prefix}`");
+        assert!(
+            mesh.contains(&prefix),
+            "manifests/istio/mesh.yaml lacks `{prefix}`"
+        );
     }
 
     #[test]

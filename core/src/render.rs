@@ -1301,10 +1301,20 @@ mod tests {
             model: "m2".into(),
             until_unix: 1_030,
         }];
-        let r = render_endpoint(&ep, "ml", &models(), &plan, None, &RenderSettings::default())
-            .unwrap();
+        let r = render_endpoint(
+            &ep,
+            "ml",
+            &models(),
+            &plan,
+            None,
+            &RenderSettings::default(),
+        )
+        .unwrap();
         let http = find(&r.objects, "VirtualService", "titanic")["spec"]["http"].clone();
-        assert_eq!(http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"], "b");
+        assert_eq!(
+            http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+            "b"
+        );
         assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
         let default = http[2]["route"].as_array().unwrap();
         assert_eq!(default.len(), 1, "no weight to b: {default:?}");
@@ -1319,7 +1329,10 @@ mod tests {
         assert_eq!(names, ["a"]);
         // The Deployment is not rendered (the operator leaves the running one alone until the
         // deadline; its Model may be gone already).
-        assert!(!r.objects.iter().any(|o| o["metadata"]["name"] == "titanic-b-m2"));
+        assert!(!r
+            .objects
+            .iter()
+            .any(|o| o["metadata"]["name"] == "titanic-b-m2"));
     }
 
     #[test]

@@ -321,7 +321,12 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     let observed = observe(&existing);
     let at = jiff::Timestamp::now();
     let mut p = plan(&ep.spec, last, &observed);
-    p.retiring = retiring(&ep.spec, last, at.as_second(), ctx.settings.route_grace_seconds);
+    p.retiring = retiring(
+        &ep.spec,
+        last,
+        at.as_second(),
+        ctx.settings.route_grace_seconds,
+    );
     let outcome = crate::rollout::step(ep, ns, last, &observed, &p, &at).await;
     mlep_core::rollout::apply(&mut p, &outcome, &observed);
     let previous = last.and_then(|s| s.allocation.as_ref());
