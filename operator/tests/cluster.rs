@@ -301,6 +301,29 @@ async fn ready_example(
     })
     .await;
     op.reconciled(1).await;
+    // The reconcile that wrote Ready writes the shared filter right after its status: wait for
+    // that too, so callers comparing resourceVersions start from the settled state.
+    eventually(
+        "the shared filter carries the endpoint's allocation",
+        || async {
+            let status = Api::<ModelEndpoint>::namespaced(client.clone(), ns)
+                .get(&ep)
+                .await
+                .ok()?
+                .status?;
+            let ef = ef_api(client, &format!("{ns}-gw"))
+                .get(SIDECAR_FILTER)
+                .await
+                .ok()?;
+            let carried = filter_config(&ef)["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == ep.as_str())?["allocation"]
+                .clone();
+            (carried == serde_json::to_value(status.allocation?).ok()?).then_some(())
+        },
+    )
+    .await;
     ep
 }
 
