@@ -4,6 +4,9 @@
 //! host interactions and nothing else (no parsing, no assignment, no allocation of its own), so
 //! `scripts/count-filter.sh` can count what each one costs and what the contract's minimum is:
 //! - `key`: read the sticky key header (`x-user-id`) — what assignment must read;
+//! - `authority`: read `:authority` (which endpoint; the mlep filter's host table needs it);
+//! - `absent`: read a header the request does not carry (the target header, when targeting is
+//!   on and the client does not target);
 //! - `bulk`: read all request headers in one call (what the mlep filter does instead);
 //! - `setreq` / `setresp`: set `x-mlep-variant` on the request / the response;
 //! - `status`: read the response's `:status` (the `code_class` label);
@@ -28,6 +31,8 @@ const VARIANT_HEADER: &str = "x-mlep-variant";
 #[derive(Clone, Copy, Default)]
 struct Steps {
     key: bool,
+    authority: bool,
+    absent: bool,
     bulk: bool,
     set_req: bool,
     set_resp: bool,
@@ -67,6 +72,8 @@ impl RootContext for Root {
         {
             match step {
                 "key" => s.key = true,
+                "authority" => s.authority = true,
+                "absent" => s.absent = true,
                 "bulk" => s.bulk = true,
                 "setreq" => s.set_req = true,
                 "setresp" => s.set_resp = true,
@@ -174,6 +181,15 @@ impl HttpContext for Http {
         let s = self.steps;
         if s.bulk {
             let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        }
+        if s.authority {
+            let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority");
+        }
+        if s.absent {
+            let _ = hostcalls::get_map_value_bytes(
+                MapType::HttpRequestHeaders,
+                "x-mlep-target-variant",
+            );
         }
         if s.key {
             let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-user-id");
