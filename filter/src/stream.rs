@@ -60,6 +60,16 @@ pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
     }
 }
 
+/// Add a body chunk read from the host: the first chunk is kept as read (a one-chunk body,
+/// the usual case, is then copied once, by the host into the VM).
+fn append(body: &mut Vec<u8>, chunk: Vec<u8>) {
+    if body.is_empty() {
+        *body = chunk;
+    } else {
+        body.extend_from_slice(&chunk);
+    }
+}
+
 impl Stream {
     pub fn new(cfg: Rc<Compiled>, hub: Rc<RefCell<Hub>>) -> Self {
         Self {
@@ -153,7 +163,7 @@ impl Stream {
                 return;
             }
             if len > 0 {
-                c.body.extend_from_slice(&h.request_body(len));
+                append(&mut c.body, h.request_body(len));
             }
         }
         if end_of_stream {
@@ -236,7 +246,7 @@ impl Stream {
                 self.primary = None;
                 self.report_primary(h, None);
             } else if len > 0 {
-                b.extend_from_slice(&h.response_body(len));
+                append(b, h.response_body(len));
             }
         }
         if end_of_stream {
