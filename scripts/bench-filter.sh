@@ -10,11 +10,14 @@
 # both sides of each ratio alike. cpu_us/req is the proxy process's own CPU time
 # (utime+stime from /proc) per request; cpu_added is its per-round difference to no-filter.
 # Env: ROUNDS (default 7), DURATION (s, default 5), MODES (`mode[:endpoints:variants]`, see
-# scripts/bench/common.sh; nofilter must be first).
+# scripts/bench/common.sh; nofilter must be first). `floor.<steps>` is filter/floor doing only
+# those host calls: `floor.key+setreq+setresp+status+record` is the contract's minimum per
+# request, `floor.mirror` the minimum of a Wasm-side mirror. cpu_vs_empty is the per-round
+# difference to the empty Wasm filter (`noop`), when it is among the modes.
 source "$(dirname "$0")/bench/common.sh"
 ROUNDS=${ROUNDS:-7}
 DURATION=${DURATION:-5}
-MODES=${MODES:-"nofilter noop filter:2:2 filter:50:2 filter:2:10 filter:50:10 shadow10 shadow mirror"}
+MODES=${MODES:-"nofilter noop floor.key+setreq+setresp+status+record filter:2:2 filter:50:2 filter:2:10 filter:50:10 shadow10 shadow mirror floor.mirror"}
 read -r -a MODE_LIST <<<"$MODES"
 
 cat > "$WORK/keys.lua" <<'LUA'
@@ -75,7 +78,9 @@ for r, m, rps, p50, p99, cpu in rows:
 base = by[modes[0]]
 labels = {"nofilter": "envoy, no filter", "noop": "envoy + empty wasm filter",
           "shadow": "mlep filter, 100% shadow", "shadow10": "mlep filter, 10% shadow",
-          "shadow-nocompare": "  same, comparison off", "mirror": "envoy, native mirror (100%)"}
+          "shadow-nocompare": "  same, comparison off", "mirror": "envoy, native mirror (100%)",
+          "floor.key+setreq+setresp+status+record": "contract floor (5 host calls)",
+          "floor.mirror": "wasm mirror floor (100%)"}
 def label(m):
     if m.startswith("filter"):
         parts = m.split(":")
@@ -85,7 +90,8 @@ def stat(xs, fmt):
     return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}..{fmt.format(max(xs))})"
 rounds = sorted(base)
 print(f"\n{len(rounds)} rounds; median (min..max) over rounds; ratio and cpu_added per round vs no-filter")
-print(f"{'mode':32} {'req/s':>7} {'ratio':>21} {'cpu_us/req':>24} {'cpu_added':>24} {'p99_us':>7}")
+noop = by.get("noop", {})
+print(f"{'mode':32} {'req/s':>7} {'ratio':>21} {'cpu_us/req':>24} {'cpu_added':>24} {'cpu_vs_empty':>24} {'p99_us':>7}")
 for m in modes:
     rs = [r for r in rounds if r in by[m]]
     rps = [by[m][r][0] for r in rs]
@@ -93,6 +99,8 @@ for m in modes:
     cpu = [by[m][r][3] for r in rs]
     added = [by[m][r][3] - base[r][3] for r in rs]
     p99 = [by[m][r][2] for r in rs]
+    vs_empty = [by[m][r][3] - noop[r][3] for r in rs if r in noop]
     print(f"{label(m):32} {statistics.median(rps):7.0f} {stat(ratio, '{:.3f}'):>21} "
-          f"{stat(cpu, '{:.1f}'):>24} {stat(added, '{:+.1f}'):>24} {statistics.median(p99):7.0f}")
+          f"{stat(cpu, '{:.1f}'):>24} {stat(added, '{:+.1f}'):>24} "
+          f"{stat(vs_empty, '{:+.1f}') if vs_empty else '-':>24} {statistics.median(p99):7.0f}")
 PY

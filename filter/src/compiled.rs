@@ -46,6 +46,18 @@ pub struct Variant {
     /// Whether the endpoint's shadow (if any) samples this entry's requests.
     pub mirror: bool,
     pub metrics: VariantMetrics,
+    /// On a variant being rolled out: how requests targeting it by name follow the split
+    /// (see [`Endpoint::targeted`]). `None` on rollout entries and variants with no rollout.
+    pub rollout: Option<TargetedRollout>,
+}
+
+/// What a variant being rolled out needs to send targeted requests by the rollout's share.
+#[derive(Debug, Clone)]
+pub struct TargetedRollout {
+    /// Index of the variant's rollout entry in [`Endpoint::variants`].
+    pub entry: usize,
+    /// The buckets the variant owns, ascending.
+    pub owned: Vec<u16>,
 }
 
 /// The model header of requests assigned to a [`Variant`] entry. Routes send a request of a
@@ -104,6 +116,31 @@ pub struct Endpoint {
     /// `"validVariants":[...]` rendered once for 400 replies.
     pub valid_variants_json: String,
     pub shadow: Option<Shadow>,
+}
+
+impl Endpoint {
+    /// The entry serving a request that targets variant `v` by name, whose sticky key hashes
+    /// to `bucket` (a keyless request passes a random bucket). With no rollout on `v`, `v`.
+    /// During a rollout the request follows the split by the same share as `v`'s own users:
+    /// a key in one of `v`'s buckets gets exactly what it gets untargeted; any other key
+    /// stands for `v`'s owned bucket number `bucket mod owned`, and is moved iff that bucket
+    /// is. Moved sets only grow while the allocation is unchanged, so a targeted user who
+    /// moved stays moved as the share grows, and a rollback (no moved bucket) returns all.
+    pub fn targeted(&self, v: usize, bucket: u32) -> usize {
+        let Some(r) = self.variants.get(v).and_then(|x| x.rollout.as_ref()) else {
+            return v;
+        };
+        let entry_of = |b: usize| self.table.get(b).map(|e| usize::from(*e));
+        match entry_of(bucket as usize) {
+            Some(e) if e == v || e == r.entry => e,
+            _ => r
+                .owned
+                .get(bucket as usize % r.owned.len().max(1))
+                .and_then(|b| entry_of(usize::from(*b)))
+                .filter(|e| *e == r.entry)
+                .unwrap_or(v),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -200,20 +237,32 @@ impl Compiled {
                         .as_ref()
                         .is_some_and(|s| s.variant.as_ref().is_none_or(|only| *only == v.name)),
                     metrics: variant_metrics(&v.name, &v.model)?,
+                    rollout: None,
                 });
             }
             let names: Vec<&str> = ep.variants.iter().map(|v| v.name.as_str()).collect();
             let mut table = ep.allocation.to_table(&names);
             // Rollout entries follow the variants; at most MAX_VARIANTS * 2 = 128 entries, so
             // indices fit the u8 table.
-            for v in &ep.variants {
+            for (j, v) in ep.variants.iter().enumerate() {
                 let Some(r) = &v.rollout else { continue };
                 let index = variants.len() as u8;
+                let owned = (0..table.len())
+                    .filter(|b| table.get(*b).is_some_and(|e| usize::from(*e) == j))
+                    .filter_map(|b| u16::try_from(b).ok())
+                    .collect();
+                if let Some(own) = variants.get_mut(j) {
+                    own.rollout = Some(TargetedRollout {
+                        entry: usize::from(index),
+                        owned,
+                    });
+                }
                 variants.push(Variant {
                     name: v.name.clone(),
                     model_header: ModelHeader::Set(r.model.clone()),
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
                     metrics: variant_metrics(&v.name, &r.model)?,
+                    rollout: None,
                 });
                 for span in &r.buckets {
                     let (start, end) = (span.start as usize, span.end as usize);

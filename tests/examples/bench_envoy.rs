@@ -3,7 +3,9 @@
 //!   bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm> [endpoints [variants]]
 //! mode: `nofilter` | `noop` (a Wasm filter that does nothing; pass the `bench-noop` build) |
 //! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
-//! `mirror` (Envoy's native request mirroring). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
+//! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
+//! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
+//! build). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 //! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
 //! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
 //! `variants` (default 2): `a` gets 80%, the rest share 20%; variants alternate between the
@@ -45,10 +47,12 @@ fn main() {
     let addr = |s: &String| -> SocketAddr { s.parse().unwrap() };
     let shadow_cluster = "mlep|titanic|shadow";
     let config_path = dir.join("ecds").join("filter.json");
-    let with_filter = matches!(
-        mode.as_str(),
-        "noop" | "filter" | "shadow" | "shadow10" | "shadow-nocompare"
-    );
+    let floor_steps = mode.strip_prefix("floor.");
+    let with_filter = floor_steps.is_some()
+        || matches!(
+            mode.as_str(),
+            "noop" | "filter" | "shadow" | "shadow10" | "shadow-nocompare"
+        );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
         admin_port: 0,
@@ -85,7 +89,9 @@ fn main() {
     std::fs::create_dir_all(dir.join("ecds")).unwrap();
     let bootstrap = envoy::render_bootstrap(&spec).unwrap();
     std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
-    if with_filter {
+    if let Some(steps) = floor_steps {
+        envoy::write_filter_config(&config_path, &PathBuf::from(wasm), steps, "1").unwrap();
+    } else if with_filter {
         let alloc = Allocation::initial(&weights).unwrap();
         let one = |e: usize| {
             let name = endpoint_name(e);

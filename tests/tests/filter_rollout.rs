@@ -138,6 +138,67 @@ fn moved_users_reach_the_new_model_the_share_only_grows_and_a_rollback_returns_t
     }
 }
 
+#[test]
+fn a_targeted_keyed_request_follows_a_half_split_by_its_key() {
+    let (a, b, b2) = (
+        Upstream::start("a"),
+        Upstream::start("b"),
+        Upstream::start("b2"),
+    );
+    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+    let half = grow(&alloc, "b", &[], target_for(&alloc, "b", 50));
+    let mut r = route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None);
+    r.variants[1].rollout_upstream = Some(b2.addr);
+    let env = Env::start(vec![r], &config(&alloc, Some(&half)));
+    let keys: Vec<String> = (0..600).map(|i| format!("target-{i}")).collect();
+    let mut c = env.client();
+    let mut ask = |k: &str| {
+        let r = c.get(HOST, &[("x-mlep-target-variant", "b"), ("x-user-id", k)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        served_by(&r)
+    };
+    let first: BTreeMap<&str, String> = keys.iter().map(|k| (k.as_str(), ask(k))).collect();
+    // Every targeted request reaches b's old or new model, ~half of the keys the new one
+    // (binomial, n = 600: sd ~ 2%), users of a included.
+    let on_b2 = first.values().filter(|v| *v == "b2").count();
+    assert!(first.values().all(|v| v == "b" || v == "b2"), "{first:?}");
+    let share = on_b2 as f64 / keys.len() as f64;
+    assert!(
+        (share - 0.5).abs() < 0.08,
+        "targeted share on the new model {share:.3}"
+    );
+    let of_a = keys
+        .iter()
+        .filter(|k| alloc.lookup(mlep_contract::bucket_of("default/titanic", k)) == Some("a"));
+    assert!(
+        of_a.clone().any(|k| first[k.as_str()] == "b2")
+            && of_a.clone().any(|k| first[k.as_str()] == "b")
+    );
+    // The same key always gets the same model.
+    for k in keys.iter().take(200) {
+        assert_eq!(ask(k), first[k.as_str()], "key {k}");
+    }
+    // Counted under the model that served them, with reason target.
+    let target = |model: &str| {
+        env.metric(
+            "mlep_assignments_total",
+            &[("variant", "b"), ("model", model), ("reason", "target")],
+        )
+    };
+    let first_b2 = keys
+        .iter()
+        .take(200)
+        .filter(|k| first[k.as_str()] == "b2")
+        .count();
+    let want = (on_b2 + first_b2) as f64;
+    assert!(
+        poll_until(Duration::from_secs(10), || target("model-b2") == want),
+        "model-b2 counted {} of {want}",
+        target("model-b2")
+    );
+    assert_eq!(target("model-b"), (800 - on_b2 - first_b2) as f64);
+}
+
 fn query(variant: &str, model: &str, traffic: Traffic) -> Query {
     Query {
         endpoint: "titanic".into(),
