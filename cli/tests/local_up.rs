@@ -24,11 +24,7 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     let models_yaml = dir.join("input/models.yaml");
     let t0 = Instant::now();
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     eprintln!("measured: ready after {:?}", t0.elapsed());
 
     // A prediction, with the variant on the response, equal to that variant's model's answer.
@@ -233,11 +229,7 @@ async fn sigterm_stops_every_process_mlep_started() {
         std::fs::copy(example().join(f), dir.join("input").join(f)).unwrap();
     }
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     assert_eq!(up.invoke(Some("z"), &[]).await.status, 200);
     up.stop_with(nix::sys::signal::Signal::SIGTERM);
     up.wait_for("terminated: stopping", 0, Duration::from_secs(5));
@@ -259,11 +251,7 @@ async fn the_table_shows_shadow_traffic_and_agreement() {
     )
     .unwrap();
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let mut b = 0;
     for i in 0..200 {
         let r = up.invoke(Some(&format!("s-{i}")), &[]).await;

@@ -111,11 +111,7 @@ const CANARY_50: &str = "  rollout:\n    strategy: Canary\n    stepSeconds: 2\n 
 fn paused_canary_at_half(dir: &Path) -> Up {
     input(dir, PAUSED, CANARY_50);
     let mut up = Up::start(dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let from = up.lines();
     edit(
         &dir.join("input/endpoint.yaml"),
@@ -131,6 +127,24 @@ fn paused_canary_at_half(dir: &Path) -> Up {
 }
 
 /// The rollout state file local mode keeps for the example's endpoint.
+/// Set `mlep.dev/rollout: <command>` on the endpoint in `dir`'s input.
+fn annotate(dir: &Path, command: &str) {
+    edit(
+        &dir.join("input/endpoint.yaml"),
+        "  name: titanic\n",
+        &format!("  name: titanic\n  annotations:\n    mlep.dev/rollout: {command}\n"),
+    );
+}
+
+/// Every user `users` had on variant b is now answered by `model`.
+async fn assert_users_of_b_on(up: &Up, users: &BTreeMap<String, (String, String)>, model: &str) {
+    for (user, (variant, _)) in users {
+        if variant == "b" {
+            assert_eq!(served(up, user).await.1, model, "user {user}");
+        }
+    }
+}
+
 fn saved_rollout(dir: &Path) -> serde_json::Value {
     let path = dir.join("state/endpoints/default/titanic.rollout.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
@@ -162,11 +176,7 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         .map(|(u, _)| u.clone())
         .collect();
     let first_answers = tokio::spawn(first_answers(up.port, moved_users, 100));
-    let ready = up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    let ready = up.wait_ready();
     let load = Load::start(up.port, 3);
     // From Envoy's first request on: every user where it was (0 moved twice, 0 others moved).
     let after = assignments(&up, "user", 400).await;
@@ -210,14 +220,8 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         promoted,
         Duration::from_secs(30),
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    for (user, (variant, _)) in &before {
-        if variant == "b" {
-            assert_eq!(served(&up, user).await.1, "healthy", "user {user}");
-        }
-    }
+    load.finish_without_failures().await;
+    assert_users_of_b_on(&up, &before, "healthy").await;
     assert_eq!(saved_rollout(&dir)["phase"], "Promoted");
 }
 
@@ -232,11 +236,7 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
         "model: healthy2",
     );
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let load = Load::start(up.port, 3);
     let aborted = up.wait_for(
         "aborted b from healthy to titanic-v2: spec now names healthy2; every user is on titanic-v2",
@@ -278,9 +278,7 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
         "{models:?}"
     );
     assert!(models.contains(&"healthy2") && models.contains(&"titanic:v2"));
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    load.finish_without_failures().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,11 +290,7 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
         "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 3600, terminationWaitSeconds: 0}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
     );
     let mut first = Up::start(&dir);
-    first.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    first.wait_ready();
     let from = first.lines();
     edit(
         &dir.join("input/endpoint.yaml"),
@@ -311,11 +305,7 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
     first.stop_with(nix::sys::signal::Signal::SIGTERM);
 
     let mut up = Up::start(&dir);
-    let ready = up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    let ready = up.wait_ready();
     assert!(
         up.wait_for(
             "resuming b (titanic-v2 -> healthy)",
@@ -348,11 +338,7 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "  name: titanic\n",
-        "  name: titanic\n  annotations:\n    mlep.dev/rollout: promote\n",
-    );
+    annotate(&dir, "promote");
     let promoted = up.wait_for("every user on healthy", from, Duration::from_secs(60));
     // Announced before it is applied: b's own cluster has moved once the old servers stop.
     up.wait_for(
@@ -360,14 +346,8 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
         promoted,
         Duration::from_secs(30),
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    for (user, (variant, _)) in &after {
-        if variant == "b" {
-            assert_eq!(served(&up, user).await.1, "healthy", "user {user}");
-        }
-    }
+    load.finish_without_failures().await;
+    assert_users_of_b_on(&up, &after, "healthy").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,11 +359,7 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
         "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 1, terminationWaitSeconds: 3600}\n    analysis: {minRequests: 1, maxErrorRate: 0.05}\n",
     );
     let mut first = Up::start(&dir);
-    first.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    first.wait_ready();
     let load = Load::start(first.port, 2);
     let from = first.lines();
     edit(
@@ -400,11 +376,7 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
     first.stop_with(nix::sys::signal::Signal::SIGTERM);
 
     let mut up = Up::start(&dir);
-    let ready = up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    let ready = up.wait_ready();
     // Blue runs again beside green, which serves every user of b.
     assert!(up.wait_for("ready: titanic/b (titanic-v2) ", 0, Duration::from_secs(1)) < ready);
     let load = Load::start(up.port, 3);
@@ -420,11 +392,7 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
     );
     // An abort in the wait hands the variant back to blue at once.
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "  name: titanic\n",
-        "  name: titanic\n  annotations:\n    mlep.dev/rollout: abort\n",
-    );
+    annotate(&dir, "abort");
     let aborted = up.wait_for(
         "aborted b from healthy to titanic-v2",
         from,
@@ -436,14 +404,8 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
         aborted,
         Duration::from_secs(60),
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    for (user, (variant, _)) in &after {
-        if variant == "b" {
-            assert_eq!(served(&up, user).await.1, "titanic:v2", "user {user}");
-        }
-    }
+    load.finish_without_failures().await;
+    assert_users_of_b_on(&up, &after, "titanic:v2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,11 +417,7 @@ async fn a_canary_to_a_failing_model_rolls_back_with_every_user_on_the_old_model
         "  rollout:\n    strategy: Canary\n    stepSeconds: 30\n    maxStepSeconds: 60\n    canary: {percent: 50}\n    analysis: {minRequests: 20, maxErrorRate: 0.1}\n",
     );
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
     edit(
@@ -506,11 +464,7 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         "  rollout:\n    strategy: Canary\n    stepSeconds: 2\n    canary: {percent: 50}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
     );
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
     edit(
@@ -552,9 +506,7 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         promoted,
         Duration::from_secs(30),
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    load.finish_without_failures().await;
     for i in 0..200 {
         let (variant, model) = served(&up, &format!("after-{i}")).await;
         if variant == "b" {
@@ -572,11 +524,7 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
         "  rollout:\n    strategy: Linear\n    stepSeconds: 2\n    linear: {stepPercent: 34}\n    analysis: {minRequests: 5, maxErrorRate: 0.05}\n",
     );
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
     edit(
@@ -599,9 +547,7 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
         s2,
         Duration::from_secs(60),
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    load.finish_without_failures().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,11 +559,7 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         "  rollout:\n    strategy: BlueGreen\n    blueGreen: {bakeSeconds: 3, terminationWaitSeconds: 3}\n    analysis: {minRequests: 10, maxErrorRate: 0.05}\n",
     );
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
     edit(
@@ -679,9 +621,7 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         "blue kept running through terminationWaitSeconds (stopped after {:?})",
         at_switch.elapsed()
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    load.finish_without_failures().await;
     for i in 0..100 {
         let (variant, model) = served(&up, &format!("after-{i}")).await;
         if variant == "b" {

@@ -51,11 +51,7 @@ async fn killed_model_servers_are_restarted_and_a_second_replica_takes_every_req
     let dir = test_dir("kill-server");
     titanic_input(&dir, |e| e.replacen("replicas: 1", "replicas: 2", 1));
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let a = ports_of(&up, "titanic/a");
     let b = ports_of(&up, "titanic/b");
     assert_eq!((a.len(), b.len()), (2, 1), "{}", up.output());
@@ -145,11 +141,7 @@ async fn a_crash_looping_model_backs_off_and_says_so_once_per_restart() {
     );
     std::fs::write(dir.join("input/models.yaml"), models).unwrap();
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let b = ports_of(&up, "titanic/b");
 
     std::fs::write(&crash, "").unwrap();
@@ -209,11 +201,7 @@ async fn a_killed_envoy_is_restarted_and_users_keep_their_variants() {
     )
     .unwrap();
     let mut up = Up::start_with_env(&dir, &[("MLEP_ENVOY", &wrapper)]);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     let before = split(&up, "user", 200).await;
     assert!(before.values().any(|v| v == "b") && before.values().any(|v| v == "a"));
 
@@ -272,11 +260,7 @@ async fn oversized_bodies_always_get_the_json_413_naming_the_limit() {
     let dir = test_dir("413");
     titanic_input(&dir, |e| e);
     let mut up = Up::start(&dir);
-    up.wait_for(
-        "Endpoint ready: http://127.0.0.1:",
-        0,
-        Duration::from_secs(180),
-    );
+    up.wait_ready();
     for size in [20_000_000usize, 7_000_000] {
         let body = vec![b' '; size];
         let mut statuses = Vec::new();

@@ -96,6 +96,16 @@ impl Up {
     }
 
     /// Wait until a line containing `needle` appears after line `from`; returns its index.
+    /// Wait (up to 180 s, from the first line) for `mlep up` to say its endpoint is ready;
+    /// returns that line's index.
+    pub fn wait_ready(&mut self) -> usize {
+        self.wait_for(
+            "Endpoint ready: http://127.0.0.1:",
+            0,
+            Duration::from_secs(180),
+        )
+    }
+
     pub fn wait_for(&mut self, needle: &str, from: usize, timeout: Duration) -> usize {
         let start = Instant::now();
         loop {
@@ -335,6 +345,14 @@ impl Load {
     /// Requests answered 200 so far.
     pub fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stop the load and assert it answered some requests and failed none; returns how many.
+    pub async fn finish_without_failures(self) -> u64 {
+        let (ok, failed) = self.finish().await;
+        assert!(ok > 0, "no request answered");
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        ok
     }
 
     pub async fn finish(self) -> (u64, Vec<String>) {
