@@ -16,7 +16,8 @@
 #      filter's metrics on the gateway's /stats/prometheus;
 #   5b. progressive delivery analysed by a real Prometheus scraping the proxies: a Canary to a
 #      model that fails every 2-row request rolls back with every user back on the old model; a
-#      BlueGreen to titanic-v2 bakes with mirrored copies, promotes and removes blue;
+#      BlueGreen to titanic-v2 bakes with mirrored copies, promotes and removes blue; a Linear
+#      back to titanic-v1 promotes step by step;
 #   6. faults: the operator's leader killed mid-change converges; a module failing its sha256 and a module that cannot be fetched (operator down)
 #      -> new proxies still pass traffic; the operator down -> the gateway keeps serving;
 #   7. deleting the endpoint removes every child;
@@ -562,6 +563,27 @@ bake=$(cat "$WORK/bake-analysis.json" 2>/dev/null || true)
 echo "    the bake's analysis: $bake"
 [ "$(json "d['passed']" <<<"${bake:-null}" 2>/dev/null)" = True ] || fail "no passed analysis seen while baking: $bake"
 ok "BlueGreen baked (mirrored copies compared), promoted with 0 failed requests, every user on titanic:v2, blue removed"
+
+echo "--> Linear a: titanic-v2 -> titanic-v1 in steps of 50 % every 10 s, analysed by Prometheus"
+rm -f "$WORK/linear-steps"
+linear() {
+  kc -n "$NS" patch mle titanic --type=json -p '[
+    {"op":"replace","path":"/spec/rollout","value":{"strategy":"Linear","stepSeconds":10,"maxStepSeconds":120,
+      "linear":{"stepPercent":50},"analysis":{"minRequests":20,"maxErrorRate":0.05}}},
+    {"op":"replace","path":"/spec/variants/0/model","value":"titanic-v1"}]' >/dev/null
+}
+linear_done() {
+  local moved
+  moved=$(rollout_field movedPercent)
+  [ "$(rollout_field phase)" = Progressing ] && echo "$moved" >>"$WORK/linear-steps"
+  [ "$(rollout_field phase)" = Promoted ] && all_on titanic:v1 \
+    && [ -z "$(kc -n "$NS" get deploy titanic-a-titanic-v2 -o name --ignore-not-found)" ]
+}
+load_phase linear linear linear_done
+steps=$(sort -un "$WORK/linear-steps" 2>/dev/null | tr '\n' ' ')
+measure "linear: moved shares seen while progressing: $steps"
+grep -qw 50 <<<"$steps" || fail "no 50 % step seen: $steps"
+ok "Linear promoted step by step (moved % seen: $steps) with 0 failed requests, every user on titanic:v1"
 
 # --- 6. faults ----------------------------------------------------------------------------------------
 echo "--> a new proxy whose module fails its sha256 check still passes traffic"
