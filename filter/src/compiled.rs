@@ -354,10 +354,10 @@ mod tests {
         // 2 variants x (6 code classes + 1 histogram + 3 reasons) + 4 outcomes + 2 results.
         assert_eq!(host.names.len(), 2 * 10 + 6);
         assert!(host.names.contains(
-            &"mlep_requests_total.endpoint.titanic.namespace.default.variant.a.model.titanic-v1.code_class.2xx".to_owned()
+            &"mlep_endpoint=.=titanic;.;namespace=.=default;.;variant=.=a;.;model=.=titanic-v1;.;code_class=.=2xx;.;requests_total".to_owned()
         ));
         assert!(host.names.contains(
-            &"mlep_shadow_agreement_total.endpoint.titanic.namespace.default.variant.shadow.model.titanic-v2.result.match"
+            &"mlep_endpoint=.=titanic;.;namespace=.=default;.;variant=.=shadow;.;model=.=titanic-v2;.;result=.=match;.;shadow_agreement_total"
                 .to_owned()
         ));
         assert_eq!(c.endpoints[0].table.len(), 10_000);

@@ -298,6 +298,19 @@ mod tests {
     use super::*;
     use crate::host::MemHost;
 
+    /// The stat name of `metric` for the test endpoint (`default/titanic`), `variant` and
+    /// `model`, plus `extra` labels (the contract's encoding).
+    fn stat(metric: &str, variant: &str, model: &str, extra: &[(&str, &str)]) -> String {
+        let mut labels = vec![
+            ("endpoint", "titanic"),
+            ("namespace", "default"),
+            ("variant", variant),
+            ("model", model),
+        ];
+        labels.extend_from_slice(extra);
+        mlep_contract::metrics::stat_name(metric, &labels)
+    }
+
     const EXAMPLE: &str = include_str!("../../examples/filter-config.json");
 
     fn setup(patch: impl Fn(&str) -> String) -> (Rc<Compiled>, Rc<RefCell<Hub>>, MemHost) {
@@ -348,20 +361,26 @@ mod tests {
         } else {
             "titanic-v2"
         };
-        let base = format!("endpoint.titanic.namespace.default.variant.{expected}.model.{model}");
         assert_eq!(
-            h.counter(&format!("mlep_requests_total.{base}.code_class.2xx")),
+            h.counter(&stat(
+                "mlep_requests_total",
+                expected,
+                model,
+                &[("code_class", "2xx")]
+            )),
             1
         );
         assert_eq!(
-            h.counter(&format!("mlep_assignments_total.{base}.reason.sticky")),
+            h.counter(&stat(
+                "mlep_assignments_total",
+                expected,
+                model,
+                &[("reason", "sticky")]
+            )),
             1
         );
-        let duration = h
-            .names
-            .iter()
-            .position(|n| *n == format!("mlep_request_duration_ms.{base}"))
-            .unwrap() as u32;
+        let duration_name = stat("mlep_request_duration_ms", expected, model, &[]);
+        let duration = h.names.iter().position(|n| *n == duration_name).unwrap() as u32;
         assert_eq!(h.records[&duration], vec![7]);
     }
 
@@ -416,7 +435,12 @@ mod tests {
             }
         }
         let count = |variant: &str, model: &str| {
-            h.counter(&format!("mlep_requests_total.endpoint.titanic.namespace.default.variant.{variant}.model.{model}.code_class.2xx"))
+            h.counter(&stat(
+                "mlep_requests_total",
+                variant,
+                model,
+                &[("code_class", "2xx")],
+            ))
         };
         assert_eq!(count("b", "titanic-v3"), seen["titanic-v3"]);
         assert_eq!(count("b", "titanic-v2"), seen["titanic-v2"]);
@@ -469,7 +493,12 @@ mod tests {
         assert!((900..1100).contains(&moved), "{moved} of {n} moved");
         // Counted under the model that served them, with reason target (3 per moved key).
         let target = |model: &str| {
-            h.counter(&format!("mlep_assignments_total.endpoint.titanic.namespace.default.variant.b.model.{model}.reason.target"))
+            h.counter(&stat(
+                "mlep_assignments_total",
+                "b",
+                model,
+                &[("reason", "target")],
+            ))
         };
         assert_eq!(target("titanic-v3"), 3 * moved);
         assert_eq!(target("titanic-v2"), 3 * (n - moved));
@@ -602,13 +631,13 @@ mod tests {
             hub.borrow_mut()
                 .shadow_done(42, Some(200), br#"{"p":0.5000000001}"#.to_vec(), 5);
         count(&cfg, &events, &mut h);
-        let base = "endpoint.titanic.namespace.default.variant.shadow.model.titanic-v2";
+        let shadow = |metric, extra| stat(metric, "shadow", "titanic-v2", &[extra]);
         assert_eq!(
-            h.counter(&format!("mlep_shadow_requests_total.{base}.outcome.ok")),
+            h.counter(&shadow("mlep_shadow_requests_total", ("outcome", "ok"))),
             1
         );
         assert_eq!(
-            h.counter(&format!("mlep_shadow_agreement_total.{base}.result.match")),
+            h.counter(&shadow("mlep_shadow_agreement_total", ("result", "match"))),
             1
         );
     }
@@ -625,10 +654,12 @@ mod tests {
         h.request_chunk = b"12345".to_vec();
         s.on_request_body(&mut h, 5, true);
         assert_eq!(hub.borrow().queued(), 0);
-        let base = "endpoint.titanic.namespace.default.variant.shadow.model.titanic-v2";
         assert_eq!(
-            h.counter(&format!(
-                "mlep_shadow_requests_total.{base}.outcome.skipped"
+            h.counter(&stat(
+                "mlep_shadow_requests_total",
+                "shadow",
+                "titanic-v2",
+                &[("outcome", "skipped")]
             )),
             1
         );
