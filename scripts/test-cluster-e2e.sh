@@ -68,6 +68,19 @@ gw() { curl -sS -o "$WORK/body" -D "$WORK/head" -w '%{http_code}' -H "host: $HOS
 header() { awk -v h="$1" 'BEGIN{IGNORECASE=1} tolower($1) == tolower(h)":" {sub(/\r$/, ""); print $2}' "$WORK/head"; }
 mkdir -p "$WORK"
 
+# client_pod NAME: a curl pod (sidecar injected: the namespace has injection on), Ready.
+client_pod() {
+  kc apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, labels: {app: $1}}
+spec:
+  containers:
+    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
+EOF
+  kc -n "$NS" wait --for=condition=Ready "pod/$1" --timeout=180s >/dev/null || fail "pod $1 not Ready"
+}
+
 # --- 0. this tree's operator image (the bed imports the images of the tree it was built from) ---
 echo "--> build the operator image from this tree ($PROFILE)"
 if [ "$PROFILE" = release ]; then
@@ -289,15 +302,7 @@ ok "keyless client gets $cookie and sticks to $v1"
 
 # --- 4. in the mesh: a client with a sidecar ------------------------------------------------------
 echo "--> in-mesh client (sidecar) calling titanic.$NS.svc.cluster.local"
-kc apply -n "$NS" -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  containers:
-    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
-EOF
-kc -n "$NS" wait --for=condition=Ready pod/client --timeout=180s >/dev/null || fail "client pod not Ready"
+client_pod client
 mesh() {  # mesh [curl args...]: prints "<code> <x-mlep-variant>"
   kc -n "$NS" exec client -c client -- curl -sS -o /dev/null -D - -w 'code=%{http_code}\n' \
     -H 'content-type: application/json' --data '[{"pclass":3,"sex":"male","age":22.0,"sibsp":1,"parch":0,"fare":7.25,"embarked":"S"}]' \
@@ -600,15 +605,7 @@ for p in f['spec']['configPatches']:
         v['typed_config']['config']['name'] = 'badsha'
         v['typed_config']['config']['vm_config']['code']['remote']['sha256'] = '0' * 64
 json.dump(f, sys.stdout)" | kc apply -f - >/dev/null
-kc apply -n "$NS" -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: badsha, labels: {app: badsha}}
-spec:
-  containers:
-    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
-EOF
-kc -n "$NS" wait --for=condition=Ready pod/badsha --timeout=180s >/dev/null || fail "badsha pod not Ready"
+client_pod badsha
 bad_code=$(kc -n "$NS" exec badsha -c client -- curl -sS -o /dev/null -w '%{http_code}' -m 30 \
   "http://artifacts.$NS.svc.cluster.local/titanic-v1.tar.gz")
 [ "$bad_code" = 200 ] || fail "a proxy whose module failed its checksum answered $bad_code"
@@ -637,16 +634,8 @@ measure "gateway latency, sequential keep-alive requests, 10 s each: with the fi
 [ "$(json "d['failures']" <<<"$r0")" = 0 ] || fail "gateway without the filter failed requests: $r0"
 
 echo "--> a new sidecar that cannot fetch the module (operator down) still passes traffic"
-kc apply -n "$NS" -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: client-new, labels: {app: client-new}}
-spec:
-  containers:
-    - {name: client, image: docker.io/mlep/toolbox:1, imagePullPolicy: Never}
-EOF
 t_new=$SECONDS
-kc -n "$NS" wait --for=condition=Ready pod/client-new --timeout=180s >/dev/null || fail "new client pod not Ready"
+client_pod client-new
 new_code=$(kc -n "$NS" exec client-new -c client -- curl -sS -o /dev/null -w '%{http_code}' -m 30 \
   -H 'content-type: application/json' --data-binary '[{"pclass":3,"sex":"male","age":22.0,"sibsp":1,"parch":0,"fare":7.25,"embarked":"S"}]' \
   "http://titanic.$NS.svc.cluster.local/invocations")

@@ -161,6 +161,20 @@ impl Desired {
     pub fn sets(&self) -> impl Iterator<Item = &ServerSet> {
         self.endpoints.iter().flat_map(|e| e.sets())
     }
+
+    /// The endpoint `ns/name`.
+    pub fn endpoint(&self, ns: &str, name: &str) -> Option<&EndpointPlan> {
+        self.endpoints
+            .iter()
+            .find(|e| e.namespace() == ns && e.name() == name)
+    }
+
+    /// The endpoint `ns/name`, to change.
+    pub fn endpoint_mut(&mut self, ns: &str, name: &str) -> Option<&mut EndpointPlan> {
+        self.endpoints
+            .iter_mut()
+            .find(|e| e.namespace() == ns && e.name() == name)
+    }
 }
 
 fn server_set(

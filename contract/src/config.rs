@@ -128,16 +128,19 @@ impl UnknownTarget {
     pub const ALL: [Self; 2] = [Self::Reject, Self::Ignore];
 }
 
+/// Where the user key comes from. The same type is the CRD's `spec.routing.sticky` (its doc
+/// comments are what `kubectl explain` shows) and the filter's, so the operator copies it as is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StickyConfig {
-    /// Header carrying the user key (e.g. `x-user-id`); if absent on a request, the cookie is used.
+    /// Header carrying the user key, e.g. `x-user-id`. Requests without it use the cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
-    /// Cookie name; defaults to `mlep-<endpoint>`.
+    /// Cookie the filter sets when a request has no key (default `mlep-<endpoint>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
-    /// Cookie Max-Age in seconds (default 30 days).
+    /// Cookie lifetime in seconds (default 30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie_max_age_seconds: Option<u64>,
 }

@@ -386,20 +386,8 @@ pub struct RoutingSpec {
     pub sticky: StickySpec,
 }
 
-/// Where the user key comes from.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StickySpec {
-    /// Header carrying the user key, e.g. `x-user-id`. Requests without it use the cookie.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    /// Cookie the filter sets when a request has no key (default `mlep-<endpoint>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<String>,
-    /// Cookie lifetime in seconds (default 30 days).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie_max_age_seconds: Option<u64>,
-}
+/// Where the user key comes from: the filter's own type (`mlep_contract::StickyConfig`).
+pub type StickySpec = mlep_contract::StickyConfig;
 
 /// A shadow model receiving a copy of a share of the traffic; its answers never reach clients.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -8,7 +8,7 @@ use crate::validate::SpecError;
 use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
 use mlep_contract::{
     carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
-    ShadowConfig, StickyConfig, VariantConfig,
+    ShadowConfig, VariantConfig,
 };
 
 /// Default absolute tolerance of JSON comparison in the API (`spec.shadow.tolerance`).
@@ -51,11 +51,7 @@ pub fn endpoint_config(
             .unwrap_or_else(|| mlep_contract::metrics::DEFAULT_TARGET_HEADER.to_owned()),
         allow_targeting: r.allow_targeting.unwrap_or(true),
         unknown_target: r.unknown_target.unwrap_or_default(),
-        sticky: StickyConfig {
-            header: r.sticky.header.clone(),
-            cookie: r.sticky.cookie.clone(),
-            cookie_max_age_seconds: r.sticky.cookie_max_age_seconds,
-        },
+        sticky: r.sticky.clone(),
     };
     let shadow = match (&spec.shadow, shadow_target) {
         (Some(s), Some(t)) => Some(ShadowConfig {

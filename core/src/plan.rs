@@ -112,6 +112,11 @@ impl Plan {
         }
     }
 
+    /// Whether `variant` is retiring: its running objects stay until its deadline.
+    pub fn is_retiring(&self, variant: &str) -> bool {
+        self.retiring.iter().any(|r| r.name == variant)
+    }
+
     /// Seconds until the next retiring variant's route may go, if any is left.
     pub fn next_retirement_in(&self, now_unix: i64) -> Option<i64> {
         self.retiring
@@ -405,6 +410,7 @@ mod tests {
         let mut p = plan(&s, Some(&last), &observed(&[("a", "m1", 1)]));
         p.retiring = retiring(&s, Some(&last), 1_020, 30);
         assert_eq!(p.next_retirement_in(1_020), Some(10));
+        assert!(p.is_retiring("b") && !p.is_retiring("a"));
         // At the deadline it is gone.
         assert!(retiring(&s, Some(&last), 1_030, 30).is_empty());
     }

@@ -365,7 +365,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     let retiring_variant = |obj: &Value| {
         obj["metadata"]["labels"][LABEL_VARIANT]
             .as_str()
-            .is_some_and(|v| p.retiring.iter().any(|r| r.name == v))
+            .is_some_and(|v| p.is_retiring(v))
     };
     for (key, _) in existing.iter().filter(|(k, obj)| {
         let rendered = if k.1 == ns {

@@ -305,35 +305,41 @@ impl Client {
 
 /// The built filter: `$MLEP_FILTER_WASM`, else the workspace's release wasm32-wasip1 build.
 pub fn wasm_path() -> PathBuf {
-    let p = std::env::var_os("MLEP_FILTER_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/wasm32-wasip1/release/mlep_filter.wasm")
-        });
-    assert!(
-        p.is_file(),
-        "{} missing: build it with `cargo build -p mlep-filter --target wasm32-wasip1 --release` (or set MLEP_FILTER_WASM)",
-        p.display()
-    );
-    p.canonicalize().unwrap()
+    built_wasm(
+        "MLEP_FILTER_WASM",
+        "target/wasm32-wasip1/release/mlep_filter.wasm",
+        "cargo build -p mlep-filter --target wasm32-wasip1 --release",
+    )
 }
 
 /// The test-only build that panics on `x-mlep-test-panic` (`--features test-panic`, built by
 /// scripts/test-filter.sh): `$MLEP_FILTER_PANIC_WASM`, else its default place.
 pub fn panic_wasm_path() -> PathBuf {
-    let p = std::env::var_os("MLEP_FILTER_PANIC_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/test-panic/wasm32-wasip1/release/mlep_filter.wasm")
-        });
+    built_wasm(
+        "MLEP_FILTER_PANIC_WASM",
+        "target/test-panic/wasm32-wasip1/release/mlep_filter.wasm",
+        "cargo build -p mlep-filter --target wasm32-wasip1 --release --features test-panic --target-dir target/test-panic",
+    )
+}
+
+/// `$<env>`, else `<workspace>/<default>`; fails naming the command that builds it.
+fn built_wasm(env: &str, default: &str, build: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(default)
+    });
     assert!(
         p.is_file(),
-        "{} missing: build it with `cargo build -p mlep-filter --target wasm32-wasip1 --release --features test-panic --target-dir target/test-panic`",
+        "{} missing: build it with `{build}` (or set {env})",
         p.display()
     );
     p.canonicalize().unwrap()
+}
+
+/// Envoy's ECDS counter `<stat>` for the filter (`mlep`).
+fn ecds_stat(stat: &str) -> String {
+    format!("envoy_extension_config_discovery_http_filter_mlep_{stat}")
 }
 
 /// The Envoy binary (found or installed once per test process).
@@ -487,14 +493,13 @@ impl Env {
         let text = self.prometheus();
         ["update_success", "update_rejected", "update_failure"]
             .iter()
-            .map(|s| {
-                envoy::prometheus_value(
-                    &text,
-                    &format!("envoy_extension_config_discovery_http_filter_mlep_{s}"),
-                    &[],
-                )
-            })
+            .map(|s| envoy::prometheus_value(&text, &ecds_stat(s), &[]))
             .sum()
+    }
+
+    /// ECDS updates of the filter Envoy rejected (its config failed `on_configure`).
+    pub fn rejected_updates(&self) -> f64 {
+        self.metric(&ecds_stat("update_rejected"), &[])
     }
 
     /// A Prometheus sample (summed over series matching `labels`).

@@ -24,13 +24,7 @@ fn a_bad_config_is_rejected_with_a_log_line_naming_the_field_and_traffic_keeps_f
         log.contains("mlep: rejecting configuration: invalid filter configuration: endpoints[0].variants: weights sum to 130"),
         "{log}"
     );
-    assert_eq!(
-        env.metric(
-            "envoy_extension_config_discovery_http_filter_mlep_update_rejected",
-            &[]
-        ),
-        1.0
-    );
+    assert_eq!(env.rejected_updates(), 1.0);
     assert!(env.metric("mlep_config_errors_total", &[]) >= 1.0);
     // Still served by the previous config: everyone on `a`, with the header set.
     let mut c = env.client();

@@ -279,13 +279,7 @@ fn a_split_outside_its_variant_is_rejected_naming_the_field_and_the_last_split_k
         log.contains("endpoints[0].variants[1].rollout.buckets") && log.contains("does not own"),
         "{log}"
     );
-    assert_eq!(
-        env.metric(
-            "envoy_extension_config_discovery_http_filter_mlep_update_rejected",
-            &[]
-        ),
-        1.0
-    );
+    assert_eq!(env.rejected_updates(), 1.0);
     assert_eq!(
         served(&env, &keys, false),
         before,

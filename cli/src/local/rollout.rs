@@ -70,12 +70,7 @@ impl Session {
                 continue;
             }
             let (ns, name) = (e.namespace().to_owned(), e.name().to_owned());
-            let Some(old) = self
-                .desired
-                .endpoints
-                .iter()
-                .find(|o| o.namespace() == ns && o.name() == name)
-            else {
+            let Some(old) = self.desired.endpoint(&ns, &name) else {
                 continue;
             };
             for (i, set) in e.variants.iter_mut().enumerate() {
@@ -164,12 +159,7 @@ impl Session {
         set: Option<ServerSet>,
         model: &str,
     ) {
-        let Some(e) = self
-            .desired
-            .endpoints
-            .iter_mut()
-            .find(|e| e.namespace() == ns && e.name() == name)
-        else {
+        let Some(e) = self.desired.endpoint_mut(ns, name) else {
             return;
         };
         let role = Role::Variant(variant.to_owned());
@@ -228,20 +218,14 @@ impl Session {
     /// The rollout strategy of `ns/name`'s spec.
     fn strategy_of(&self, ns: &str, name: &str) -> Option<mlep_core::crd::RolloutStrategy> {
         self.desired
-            .endpoints
-            .iter()
-            .find(|e| e.namespace() == ns && e.name() == name)
+            .endpoint(ns, name)
             .map(|e| Settings::of(e.endpoint.spec.rollout.as_ref()).strategy)
     }
 
     /// The machine's step for one endpoint, `None` when it has nothing to say.
     fn advance_one(&mut self, ns: &str, name: &str, now: &jiff::Timestamp) -> Option<Outcome> {
         let ep_key = format!("{ns}/{name}");
-        let e = self
-            .desired
-            .endpoints
-            .iter()
-            .find(|e| e.namespace() == ns && e.name() == name)?;
+        let e = self.desired.endpoint(ns, name)?;
         let allocation = self.allocations.get(&ep_key)?;
         let settings = Settings::of(e.endpoint.spec.rollout.as_ref());
         let key = |v: &str| (ns.to_owned(), name.to_owned(), v.to_owned());
