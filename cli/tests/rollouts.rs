@@ -113,11 +113,7 @@ fn paused_canary_at_half(dir: &Path) -> Up {
     let mut up = Up::start(dir);
     up.wait_ready();
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: healthy",
-    );
+    edit_endpoint(dir, "model: titanic-v2", "model: healthy");
     up.wait_for(
         "rollout titanic: step 1: 50% of b's users on healthy",
         from,
@@ -126,11 +122,15 @@ fn paused_canary_at_half(dir: &Path) -> Up {
     up
 }
 
-/// The rollout state file local mode keeps for the example's endpoint.
 /// Set `mlep.dev/rollout: <command>` on the endpoint in `dir`'s input.
+/// Replace `from` with `to` in the endpoint's YAML in `dir`'s input (`mlep up` reloads it).
+fn edit_endpoint(dir: &Path, from: &str, to: &str) {
+    edit(&dir.join("input/endpoint.yaml"), from, to);
+}
+
 fn annotate(dir: &Path, command: &str) {
-    edit(
-        &dir.join("input/endpoint.yaml"),
+    edit_endpoint(
+        dir,
         "  name: titanic\n",
         &format!("  name: titanic\n  annotations:\n    mlep.dev/rollout: {command}\n"),
     );
@@ -145,6 +145,7 @@ async fn assert_users_of_b_on(up: &Up, users: &BTreeMap<String, (String, String)
     }
 }
 
+/// The rollout state file local mode keeps for the example's endpoint.
 fn saved_rollout(dir: &Path) -> serde_json::Value {
     let path = dir.join("state/endpoints/default/titanic.rollout.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
@@ -208,11 +209,7 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         Duration::from_secs(30),
     );
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "mlep.dev/rollout: pause",
-        "mlep.dev/rollout: resume",
-    );
+    edit_endpoint(&dir, "mlep.dev/rollout: pause", "mlep.dev/rollout: resume");
     let promoted = up.wait_for("every user on healthy", from, Duration::from_secs(60));
     // Announced before it is applied: b's own cluster has moved once the old servers stop.
     up.wait_for(
@@ -230,11 +227,7 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
     let dir = std::env::temp_dir().join(format!("mlep-rollout-retarget-{}", std::process::id()));
     let mut first = paused_canary_at_half(&dir);
     first.stop_with(nix::sys::signal::Signal::SIGTERM);
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: healthy",
-        "model: healthy2",
-    );
+    edit_endpoint(&dir, "model: healthy", "model: healthy2");
     let mut up = Up::start(&dir);
     up.wait_ready();
     let load = Load::start(up.port, 3);
@@ -292,11 +285,7 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
     let mut first = Up::start(&dir);
     first.wait_ready();
     let from = first.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: healthy",
-    );
+    edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     first.wait_for(
         "baking healthy on 100% of b's traffic",
         from,
@@ -362,11 +351,7 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
     first.wait_ready();
     let load = Load::start(first.port, 2);
     let from = first.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: healthy",
-    );
+    edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     first.wait_for(
         "every user on healthy; titanic-v2 keeps running 3600s",
         from,
@@ -420,11 +405,7 @@ async fn a_canary_to_a_failing_model_rolls_back_with_every_user_on_the_old_model
     up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: flaky",
-    );
+    edit_endpoint(&dir, "model: titanic-v2", "model: flaky");
     up.wait_for(
         "rollout titanic: step 1: 50% of b's users on flaky",
         from,
@@ -467,11 +448,7 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
     up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: healthy",
-    );
+    edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     up.wait_for(
         "rollout titanic: step 1: 50% of b's users on healthy",
         from,
@@ -494,11 +471,7 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         "{moved} of {on_b} moved, step 50%"
     );
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "mlep.dev/rollout: pause",
-        "mlep.dev/rollout: resume",
-    );
+    edit_endpoint(&dir, "mlep.dev/rollout: pause", "mlep.dev/rollout: resume");
     let promoted = up.wait_for("every user on healthy", from, Duration::from_secs(60));
     // Announced before it is applied: b's own cluster has moved once the old servers stop.
     up.wait_for(
@@ -527,11 +500,7 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
     up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: healthy",
-    );
+    edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     let s1 = up.wait_for(
         "step 1: 34% of b's users on healthy",
         from,
@@ -562,11 +531,7 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
     up.wait_ready();
     let load = Load::start(up.port, 3);
     let from = up.lines();
-    edit(
-        &dir.join("input/endpoint.yaml"),
-        "model: titanic-v2",
-        "model: healthy",
-    );
+    edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     let bake = up.wait_for(
         "baking healthy on 100% of b's traffic",
         from,
