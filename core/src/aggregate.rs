@@ -24,19 +24,26 @@
 
 use crate::crd::{FilterWiring, ModelEndpoint};
 use crate::envoy::ShadowTarget;
+use crate::filter_config::apply_rollout;
 use crate::filter_config::endpoint_config;
-use crate::render::{apply_rollout, filter_object, shared_meta, RenderSettings, SERVICE_PORT};
+use crate::meta::{RenderSettings, SERVICE_PORT};
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use wiring::{filter_object, shared_meta};
+
+mod wiring;
+
+pub use crate::meta::LABEL_FILTER;
+pub use wiring::FALLBACK_STAT_PREFIX;
+#[cfg(test)]
+pub(crate) use wiring::RBAC_TYPE_URL;
 
 /// Name of the filter object for every sidecar (in the mesh root namespace).
 pub const SIDECAR_FILTER: &str = "mlep-sidecars";
 /// Name of the filter object for the ingress gateway (in its namespace).
 pub const GATEWAY_FILTER: &str = "mlep-gateway";
-/// Label on both: which proxies the object serves.
-pub const LABEL_FILTER: &str = "mlep.dev/filter";
 
 /// The aggregate filter objects, and the endpoints left out with the reason.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -254,7 +261,7 @@ mod tests {
 
     #[test]
     fn the_shared_filter_carries_a_running_rollout_from_status() {
-        use crate::rollout::{Phase, RolloutStatus};
+        use crate::crd::{Phase, RolloutStatus};
         use mlep_contract::rollout::Span;
         let mut ep = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
         let moved = vec![Span {

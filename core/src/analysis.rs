@@ -7,12 +7,50 @@
 //! exports the filter's stats as `mlep_*` with the contract's stats tags; some setups prefix
 //! them), and labels by name.
 
-use crate::rollout::{Query, Sample, Traffic};
 use mlep_contract::metrics::{
     LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_MODEL, LABEL_NAMESPACE, LABEL_OUTCOME, LABEL_RESULT,
     LABEL_VARIANT, REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL,
     SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
 };
+
+/// Which traffic of the new model a step judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// Requests it served (`mlep_requests_total`, `mlep_request_duration_ms`).
+    Served,
+    /// Mirrored copies (`mlep_shadow_requests_total`, `mlep_shadow_agreement_total`).
+    Mirrored,
+}
+
+/// What to measure: the new model's traffic on one variant since the step started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub endpoint: String,
+    pub namespace: String,
+    pub variant: String,
+    pub model: String,
+    pub traffic: Traffic,
+    pub since_unix: i64,
+    pub now_unix: i64,
+}
+
+/// What was measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub requests: u64,
+    /// 5xx answers (mirrored: errors and timeouts).
+    pub errors: u64,
+    pub p99_ms: Option<f64>,
+    /// Mirrored answers compared with the primary's, and how many agreed.
+    pub compared: u64,
+    pub agreed: u64,
+}
+
+/// Where samples come from: local mode's Envoy stats, the operator's Prometheus, a fake in
+/// tests.
+pub trait AnalysisSource {
+    fn sample(&mut self, query: &Query) -> Result<Sample, String>;
+}
 
 /// Which part of a [`Sample`] a PromQL expression measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

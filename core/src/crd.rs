@@ -10,6 +10,9 @@ use mlep_contract::{Allocation, CompareMode, UnknownTarget};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod rollout_status;
+pub use rollout_status::{AnalysisResult, Phase, RolloutStatus};
+
 /// The API group, version and `apiVersion` of both kinds. The `#[kube(group, version)]`
 /// attributes below must spell the same (a derive attribute takes only literals); the test
 /// `api_version_constants_match_the_derived_resources` holds them together.
@@ -463,7 +466,7 @@ pub struct ModelEndpointStatus {
     pub summary: Option<StatusSummary>,
     /// The current or last rollout of a variant's model; the operator resumes from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<crate::rollout::RolloutStatus>,
+    pub rollout: Option<RolloutStatus>,
     /// Variants removed from the spec whose route, subset and Deployment stay until proxies
     /// have stopped assigning them (see `mlep_core::plan::retiring`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -179,6 +179,17 @@ pub fn stats_config() -> Value {
     json!({ "stats_tags": tags, "use_all_default_tags": true })
 }
 
+/// The DestinationRule subset of a rollout's new model: `<variant>-<model>` (dots become
+/// dashes), shortened with a hash past 63 characters so it stays a DNS label.
+pub fn subset_name(variant: &str, model: &str) -> String {
+    let full = format!("{variant}-{}", model.replace('.', "-"));
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = mlep_contract::hash_key(variant, model);
+    format!("{}-{:08x}", &full[..54].trim_end_matches('-'), hash as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

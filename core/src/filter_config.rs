@@ -4,8 +4,10 @@
 
 use crate::crd::ModelEndpointSpec;
 use crate::envoy::ShadowTarget;
+use crate::meta::SERVICE_PORT;
 use crate::validate::SpecError;
 use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
+use mlep_contract::rollout::RolloutSplit;
 use mlep_contract::{
     carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
     ShadowConfig, VariantConfig,
@@ -89,6 +91,78 @@ pub fn spec_weights(spec: &ModelEndpointSpec) -> Vec<(&str, u32)> {
         .iter()
         .map(|v| (v.name.as_str(), v.weight))
         .collect()
+}
+
+/// A mirror of one variant's traffic to its new model (BlueGreen bake).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub variant: String,
+    pub model: String,
+    pub percent: f64,
+}
+
+impl Mirror {
+    /// The filter's shadow entry for this bake: copies of the variant's traffic to `cluster`
+    /// (the new model's servers), compared as JSON with the default tolerance. Local mode and
+    /// the operator differ only in the cluster and authority.
+    pub fn shadow_config(&self, cluster: String, authority: String) -> mlep_contract::ShadowConfig {
+        use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
+        mlep_contract::ShadowConfig {
+            cluster,
+            authority: Some(authority),
+            model: self.model.clone(),
+            percent: self.percent,
+            variant: Some(self.variant.clone()),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            timeout_ms: DEFAULT_SHADOW_TIMEOUT_MS,
+            forward_credentials: false,
+            compare: mlep_contract::CompareConfig {
+                mode: mlep_contract::CompareMode::Json,
+                tolerance: DEFAULT_TOLERANCE,
+            },
+        }
+    }
+}
+
+/// What rendering needs of a rollout (carried on `crate::plan::Plan`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutPlan {
+    pub variant: String,
+    /// Models whose Deployments run for the variant (replaces planning's choice).
+    pub models: Option<Vec<String>>,
+    /// The filter split of the variant.
+    pub split: Option<RolloutSplit>,
+    /// The BlueGreen bake's mirror.
+    pub mirror: Option<Mirror>,
+    /// The model with its own subset and route (`x-mlep-variant` + `x-mlep-model`).
+    pub route_model: Option<String>,
+}
+
+/// Put a rollout on an endpoint's filter entry: the variant's own entry is labelled with the
+/// model it serves (`serving`: the old one until the rollout promotes), the split with the new
+/// one; a BlueGreen mirror goes to the new model's subset cluster (`outbound|80|<subset>|<fqdn>`,
+/// Istio's name for a DestinationRule subset's cluster). One function for the per-endpoint
+/// render and the shared filter rebuilt from status ([`crate::aggregate::served_config`]).
+pub fn apply_rollout(
+    mut endpoint: EndpointConfig,
+    r: &RolloutPlan,
+    serving: Option<&str>,
+    fqdn: &str,
+) -> EndpointConfig {
+    if let Some(v) = endpoint.variants.iter_mut().find(|v| v.name == r.variant) {
+        if let Some(model) = serving {
+            v.model = model.to_owned();
+        }
+        v.rollout = r.split.clone();
+    }
+    if let Some(m) = &r.mirror {
+        let subset = crate::envoy::subset_name(&m.variant, &m.model);
+        endpoint.shadow = Some(m.shadow_config(
+            format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
+            fqdn.to_owned(),
+        ));
+    }
+    endpoint
 }
 
 #[cfg(test)]

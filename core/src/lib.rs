@@ -10,9 +10,10 @@
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
+//! - [`meta`]: what every rendered object shares: field manager, labels, settings.
 //! - [`module`]: where proxies fetch the filter module (URL versioned by its sha256).
 //! - [`render`]: every object the operator applies for an endpoint.
-//! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen) and its analysis.
+//! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen).
 //! - [`analysis`]: rollout analysis as PromQL, and Prometheus' answers read back.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod api_enum;
 pub mod crd;
 pub mod envoy;
 pub mod filter_config;
+pub mod meta;
 pub mod module;
 pub mod plan;
 pub mod render;

@@ -70,7 +70,7 @@ impl VariantPlan {
 pub struct Plan {
     pub variants: Vec<VariantPlan>,
     /// A Canary, Linear or BlueGreen rollout's part (see `crate::rollout::apply`).
-    pub rollout: Option<crate::rollout::RolloutPlan>,
+    pub rollout: Option<crate::filter_config::RolloutPlan>,
     /// Removed variants whose route stays a while (see [`retiring`]); none in a fresh plan.
     pub retiring: Vec<RetiringVariant>,
 }

@@ -3,7 +3,9 @@
 //! 1.25, and some checks need other objects, like "the model exists"), so every check lives here.
 
 use crate::crd::conditions::{REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
-use crate::crd::{ModelEndpointSpec, ModelSpec, RoutingSpec, ShadowSpec};
+use crate::crd::{
+    AnalysisSpec, ModelEndpointSpec, ModelSpec, RolloutStrategy, RoutingSpec, ShadowSpec,
+};
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
 use std::collections::BTreeSet;
@@ -151,8 +153,95 @@ fn validate_exposure(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn validate_rollout(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
-    crate::rollout::validate(spec)
+/// Check `spec.rollout`, naming the field.
+pub fn validate_rollout(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
+    let Some(r) = &spec.rollout else {
+        return Ok(());
+    };
+    let at = "spec.rollout";
+    let positive = |field: &str, v: Option<u32>| match v {
+        Some(0) => Err(SpecError::invalid(
+            format!("{at}.{field}"),
+            "must be at least 1",
+        )),
+        _ => Ok(()),
+    };
+    positive("stepSeconds", r.step_seconds)?;
+    positive("maxStepSeconds", r.max_step_seconds)?;
+    if let (Some(step), Some(max)) = (r.step_seconds, r.max_step_seconds) {
+        if max < step {
+            return Err(SpecError::invalid(
+                format!("{at}.maxStepSeconds"),
+                format!("{max} is below stepSeconds {step}"),
+            ));
+        }
+    }
+    let percent = |field: &str, v: Option<u32>| match v {
+        Some(p) if !(1..=100).contains(&p) => Err(SpecError::invalid(
+            format!("{at}.{field}"),
+            format!("{p} must be within 1..=100"),
+        )),
+        _ => Ok(()),
+    };
+    percent("canary.percent", r.canary.as_ref().and_then(|c| c.percent))?;
+    percent(
+        "linear.stepPercent",
+        r.linear.as_ref().and_then(|l| l.step_percent),
+    )?;
+    if let Some(bg) = &r.blue_green {
+        if bg
+            .shadow_percent
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            return Err(SpecError::invalid(
+                format!("{at}.blueGreen.shadowPercent"),
+                "must be within 0..=100",
+            ));
+        }
+        positive("blueGreen.bakeSeconds", bg.bake_seconds)?;
+    }
+    if r.strategy == Some(RolloutStrategy::BlueGreen) && spec.shadow.is_some() {
+        return Err(SpecError::invalid(
+            format!("{at}.strategy"),
+            "BlueGreen bakes the new model through the endpoint's shadow; remove spec.shadow \
+             or choose Canary or Linear",
+        ));
+    }
+    if let Some(a) = &r.analysis {
+        validate_analysis(a)?;
+    }
+    Ok(())
+}
+
+/// Check `spec.rollout.analysis`, naming the field.
+fn validate_analysis(a: &AnalysisSpec) -> Result<(), SpecError> {
+    let at = "spec.rollout";
+    let share = |field: &str, v: Option<f64>| match v {
+        Some(x) if !(0.0..=1.0).contains(&x) => Err(SpecError::invalid(
+            format!("{at}.analysis.{field}"),
+            format!("{x} must be a share within 0..=1 (0.05 is 5%)"),
+        )),
+        _ => Ok(()),
+    };
+    share("maxErrorRate", a.max_error_rate)?;
+    share("minAgreement", a.min_agreement)?;
+    if a.max_p99_latency_ms
+        .is_some_and(|x| !(x > 0.0 && x.is_finite()))
+    {
+        return Err(SpecError::invalid(
+            format!("{at}.analysis.maxP99LatencyMs"),
+            "must be a positive number of milliseconds",
+        ));
+    }
+    if let Some(u) = &a.prometheus_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(SpecError::invalid(
+                format!("{at}.analysis.prometheusUrl"),
+                format!("{u:?} must start with http:// or https://"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Names, weights (summing to 100), replicas, autoscaling and models of the variants.

@@ -1,0 +1,187 @@
+//! The shared filter objects: an EnvoyFilter (ECDS) or a WasmPlugin delivering the filter
+//! module and one config carrying every endpoint, for the sidecars or the gateway pods.
+
+use crate::crd::FilterWiring;
+use crate::envoy::{self, WasmCode, FILTER_NAME, WASM_TYPE_URL};
+use crate::meta::{istio, labels, RenderSettings, FIELD_MANAGER, LABEL_FILTER, LABEL_MANAGED_BY};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Type URL of Envoy's RBAC HTTP filter: the pass-through fallback (no rules = allow all).
+pub(crate) const RBAC_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// Stat prefix of the fallback, so a proxy running without the filter shows in its stats.
+pub const FALLBACK_STAT_PREFIX: &str = "mlep_filter_fallback_";
+/// How long Istio's agent may spend fetching the module, retries included (the whole fetch
+/// shares this deadline, pkg/wasm/cache.go): how long a new proxy waits for the fallback.
+const MODULE_FETCH_TIMEOUT: &str = "10s";
+/// How long a listener waits for the filter's first config before serving without it.
+const INITIAL_FETCH_TIMEOUT: &str = "15s";
+
+/// A filter object of this wiring for the sidecars (`selector` None: every sidecar, outbound)
+/// or for the gateway pods `selector` selects (see [`crate::aggregate`]).
+pub(crate) fn filter_object(
+    wiring: FilterWiring,
+    metadata: ObjectMeta,
+    selector: Option<&BTreeMap<String, String>>,
+    config: &Value,
+    settings: &RenderSettings,
+) -> Value {
+    let ext = metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| FILTER_NAME.to_owned());
+    let context = if selector.is_some() {
+        "GATEWAY"
+    } else {
+        "SIDECAR_OUTBOUND"
+    };
+    match wiring {
+        FilterWiring::EnvoyFilter => {
+            envoy_filter(metadata, selector, context, &ext, config, settings)
+        }
+        FilterWiring::WasmPlugin => wasm_plugin(metadata, selector, "CLIENT", config, settings),
+    }
+}
+
+/// `outbound|<port>||<host>`: the Envoy cluster Istio builds for an in-cluster URL's Service.
+fn outbound_cluster_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.to_owned()),
+        _ if url.starts_with("https://") => (authority, "443".to_owned()),
+        _ => (authority, "80".to_owned()),
+    };
+    format!("outbound|{port}||{host}")
+}
+
+/// The metadata of a shared filter object (not owned by any endpoint).
+pub(crate) fn shared_meta(name: &str, namespace: &str, proxies: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(labels([
+            (LABEL_FILTER, proxies),
+            (LABEL_MANAGED_BY, FIELD_MANAGER),
+        ])),
+        ..ObjectMeta::default()
+    }
+}
+
+/// An EnvoyFilter delivering the filter through ECDS, the form Istio's agent downloads.
+///
+/// Istio facts this relies on (checked in istio/istio):
+/// - `pkg/wasm/convert.go` (`MaybeConvertWasmExtensionConfig`): istio-agent's xDS proxy
+///   inspects every ECDS resource (`TypedExtensionConfig`); when its typed config is an Envoy
+///   `envoy.extensions.filters.http.wasm.v3.Wasm` (directly or in a TypedStruct) whose
+///   `vm_config.code.remote.http_uri` is set, the agent downloads the module itself (verifying
+///   `sha256`, within the `http_uri` timeout), caches it and rewrites the config to a local file
+///   before Envoy sees it; a failed fetch or checksum becomes an allow-all RBAC filter when
+///   `fail_open`, a deny-all one otherwise. So the module must reach Envoy as
+///   an ECDS resource: an `EXTENSION_CONFIG` patch carries it and the `HTTP_FILTER` patch
+///   refers to it with `config_discovery` from `ads` — the two-EnvoyFilter form of Istio's
+///   "Distributing WebAssembly Modules" guide (istio.io/v1.10/docs/ops/configuration/
+///   extensibility/wasm-module-distribution/). An inline `remote` in a plain HTTP_FILTER patch
+///   would make Envoy fetch it itself, which needs a cluster for the operator in Envoy's config.
+/// - `pkg/wasm/ssrf.go`: the agent refuses link-local and cloud-metadata addresses but allows
+///   private and loopback ranges, so an in-cluster URL (the operator's Service) is fine.
+fn envoy_filter(
+    metadata: ObjectMeta,
+    selector: Option<&BTreeMap<String, String>>,
+    context: &str,
+    ext_name: &str,
+    config: &Value,
+    settings: &RenderSettings,
+) -> Value {
+    // Keep traffic flowing if the module cannot be loaded; the filter itself fails open on bad
+    // configs too (it counts mlep_config_errors_total).
+    // `fail_open`: Istio's agent reads it (pkg/wasm/convert.go `httpWasmFailOpen`): when the
+    // module cannot be fetched or fails its sha256, it hands Envoy an allow-all RBAC filter
+    // under this name instead of a deny-all one. `cluster`: Envoy requires one; the agent
+    // rewrites the source to a local file first, and should a proxy ever fetch by itself this
+    // is the cluster Istio builds for the URL's Service.
+    let cluster = outbound_cluster_of(&settings.wasm_url);
+    let code = WasmCode::Remote {
+        uri: &settings.wasm_url,
+        cluster: &cluster,
+        sha256: &settings.wasm_sha256,
+    };
+    let mut wasm = envoy::wasm_filter(ext_name, code, &config.to_string(), true);
+    wasm["config"]["vm_config"]["code"]["remote"]["http_uri"]["timeout"] =
+        json!(MODULE_FETCH_TIMEOUT);
+    let mut spec = json!({
+        "configPatches": [
+            {
+                "applyTo": "EXTENSION_CONFIG",
+                "patch": { "operation": "ADD", "value": { "name": ext_name, "typed_config": wasm } },
+            },
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": {
+                    "context": context,
+                    "listener": { "filterChain": { "filter": {
+                        "name": envoy::HTTP_CONNECTION_MANAGER,
+                        "subFilter": { "name": envoy::ROUTER },
+                    } } },
+                },
+                "patch": {
+                    "operation": "INSERT_BEFORE",
+                    "value": {
+                        "name": ext_name,
+                        "config_discovery": {
+                            // Bounded: a listener waits at most this long for the first
+                            // config, then serves with `default_config`.
+                            "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
+                            // The agent's fallback is an RBAC filter: Envoy must accept that
+                            // type here, or it rejects the fallback and the filter has no
+                            // config: every request on the listener gets a 500 (measured on
+                            // the bed, docs/operator.md).
+                            "type_urls": [WASM_TYPE_URL, RBAC_TYPE_URL],
+                            // Until (or unless) a config arrives: pass everything, unassigned
+                            // (the VirtualService's weighted default route still splits).
+                            "default_config": {
+                                "@type": RBAC_TYPE_URL,
+                                "rules_stat_prefix": FALLBACK_STAT_PREFIX,
+                            },
+                        },
+                    },
+                },
+            },
+        ],
+    });
+    if let Some(labels) = selector {
+        spec["workloadSelector"] = json!({ "labels": labels });
+    }
+    istio(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        metadata,
+        spec,
+    )
+}
+
+/// A WasmPlugin: istiod turns it into the same ECDS resource with a remote `http_uri`, which
+/// istio-agent downloads and verifies against `sha256` (see `envoy_filter`).
+fn wasm_plugin(
+    metadata: ObjectMeta,
+    selector: Option<&BTreeMap<String, String>>,
+    mode: &str,
+    config: &Value,
+    settings: &RenderSettings,
+) -> Value {
+    let mut spec = json!({
+        "url": settings.wasm_url,
+        "sha256": settings.wasm_sha256,
+        "pluginName": FILTER_NAME,
+        "phase": "STATS",
+        "failStrategy": "FAIL_OPEN",
+        "pluginConfig": config,
+        "match": [{ "mode": mode }],
+    });
+    if let Some(labels) = selector {
+        spec["selector"] = json!({ "matchLabels": labels });
+    }
+    istio("extensions.istio.io/v1alpha1", "WasmPlugin", metadata, spec)
+}

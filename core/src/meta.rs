@@ -1,0 +1,102 @@
+//! What every object the operator writes shares: the field manager, the label keys, the
+//! cluster-wide settings and the metadata helpers. The bottom of rendering: the per-endpoint
+//! objects (`crate::render`) and the shared filter objects (`crate::aggregate`) build on it.
+
+use crate::module;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Field manager of every write the operator makes (server-side apply).
+pub const FIELD_MANAGER: &str = "mlep-operator";
+/// Pod labels Istio telemetry and Kiali's versioned graph read: the workload (`app: <endpoint>`)
+/// and its version (`version: <variant>`, also what DestinationRule subsets select).
+pub const LABEL_APP: &str = "app";
+pub const LABEL_VERSION: &str = "version";
+/// Label keys of the operator's own.
+pub const LABEL_ENDPOINT: &str = "mlep.dev/endpoint";
+pub const LABEL_ENDPOINT_NAMESPACE: &str = "mlep.dev/endpoint-namespace";
+pub const LABEL_VARIANT: &str = "mlep.dev/variant";
+pub const LABEL_MODEL: &str = "mlep.dev/model";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label on the shared filter objects (`crate::aggregate`): which proxies the object serves.
+pub const LABEL_FILTER: &str = "mlep.dev/filter";
+/// Service port every endpoint listens on inside the mesh.
+pub const SERVICE_PORT: i32 = 80;
+
+/// Cluster-wide choices that are not part of any resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Image of the init container that fetches and verifies artifacts (`mlep-model-init`).
+    pub model_init_image: String,
+    /// Where proxies download the filter module (the operator serves it itself, see
+    /// `mlep_operator::server`).
+    pub wasm_url: String,
+    /// Lowercase hex sha256 of that module; Istio's agent verifies it.
+    pub wasm_sha256: String,
+    /// Namespace of the ingress gateway pods (`istio-system`).
+    pub gateway_namespace: String,
+    /// Istio's root namespace (`istio-system`): an EnvoyFilter there applies to every proxy.
+    pub mesh_root_namespace: String,
+    /// Labels selecting the ingress gateway pods (`istio: ingressgateway`).
+    pub gateway_selector: BTreeMap<String, String>,
+    /// Cluster DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// How long a removed variant's route, subset and Deployment outlive it, in seconds
+    /// (`crate::plan::retiring`): long enough for every proxy to get the filter config that
+    /// no longer assigns it.
+    pub route_grace_seconds: i64,
+}
+
+impl RenderSettings {
+    /// These settings with the module of this sha256, served by the operator in
+    /// `operator_namespace` (the URL is versioned by the sha256: see [`crate::module`]).
+    pub fn with_module(mut self, sha256: &str, operator_namespace: &str) -> Self {
+        let base = module::operator_base_url(
+            operator_namespace,
+            &self.cluster_domain,
+            module::OPERATOR_HTTP_PORT,
+        );
+        self.wasm_url = module::module_url(&base, sha256);
+        self.wasm_sha256 = sha256.to_owned();
+        self
+    }
+}
+
+impl Default for RenderSettings {
+    /// The operator's defaults, with a placeholder module checksum (all zeros): callers that
+    /// print or apply objects set the real one with [`RenderSettings::with_module`].
+    fn default() -> Self {
+        let zeros = "0".repeat(64);
+        let base = module::operator_base_url(
+            module::OPERATOR_NAMESPACE,
+            "cluster.local",
+            module::OPERATOR_HTTP_PORT,
+        );
+        Self {
+            model_init_image: "ghcr.io/k8smlendpoints/mlep-model-init:0.1.0".into(),
+            wasm_url: module::module_url(&base, &zeros),
+            wasm_sha256: zeros,
+            gateway_namespace: "istio-system".into(),
+            mesh_root_namespace: "istio-system".into(),
+            gateway_selector: [("istio".to_owned(), "ingressgateway".to_owned())]
+                .into_iter()
+                .collect(),
+            cluster_domain: "cluster.local".into(),
+            route_grace_seconds: 30,
+        }
+    }
+}
+
+pub fn labels<'l>(pairs: impl IntoIterator<Item = (&'l str, &'l str)>) -> BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// An Istio object: no k8s-openapi type exists, so the spec is JSON checked against Istio's
+/// CRD schemas by the operator's tests; the envelope and metadata are typed.
+pub fn istio(api_version: &str, kind: &str, metadata: ObjectMeta, spec: Value) -> Value {
+    json!({ "apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec })
+}

@@ -1,0 +1,148 @@
+//! The Istio routing objects of an endpoint: DestinationRule subsets, the VirtualService's
+//! header routes and weighted default, the Gateway.
+
+use super::Ctx;
+use crate::crd::ModelEndpointSpec;
+use crate::envoy::{self, subset_name, RouteInput, VariantRoutes, DEFAULT_ROUTE};
+use crate::meta::{istio, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT};
+use crate::plan::Plan;
+use serde_json::{json, Value};
+
+/// apiVersion of Istio's networking kinds (DestinationRule, VirtualService, Gateway).
+const ISTIO_NETWORKING: &str = "networking.istio.io/v1";
+
+pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
+    let mut subsets: Vec<Value> = plan
+        .variants
+        .iter()
+        .map(|v| (&v.name, &v.serving_model))
+        .chain(plan.retiring.iter().map(|r| (&r.name, &r.model)))
+        .map(|(v, m)| json!({ "name": v, "labels": { LABEL_VERSION: v, LABEL_MODEL: m } }))
+        .collect();
+    // A rollout's new model gets its own subset while a route, split or mirror may name it
+    // (it is rendered, and applied, before the VirtualService and the filter config).
+    if let Some((variant, model)) = rollout_route(plan) {
+        subsets.push(json!({
+            "name": subset_name(variant, model),
+            "labels": { LABEL_VERSION: variant, LABEL_MODEL: model },
+        }));
+    }
+    istio(
+        ISTIO_NETWORKING,
+        "DestinationRule",
+        ctx.meta(ctx.name, []),
+        json!({ "host": ctx.fqdn(ctx.name), "subsets": subsets }),
+    )
+}
+
+pub(super) fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
+    let host = ctx.fqdn(ctx.name);
+    let dest = |subset: &str| json!({ "host": host, "subset": subset, "port": { "number": SERVICE_PORT } });
+    let routes = variant_routes(plan);
+    let mut http: Vec<Value> = routes
+        .header_routes()
+        .map(|(name, v)| {
+            json!({
+                "name": name,
+                "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v } } }],
+                "route": [{ "destination": dest(v) }],
+            })
+        })
+        .collect();
+    // Users a rollout moved: the filter names their model; this route comes before their
+    // variant's own, which still catches everyone else (and any request marked for a model
+    // whose route is gone).
+    if let Some((variant, model)) = rollout_route(plan) {
+        let at = http
+            .iter()
+            .position(|r| r["name"] == format!("variant-{variant}"))
+            .unwrap_or(0);
+        let subset = subset_name(variant, model);
+        http.insert(
+            at,
+            json!({
+                "name": format!("rollout-{subset}"),
+                "match": [{ "headers": {
+                    mlep_contract::metrics::VARIANT_HEADER: { "exact": variant },
+                    mlep_contract::metrics::MODEL_HEADER: { "exact": model },
+                } }],
+                "route": [{ "destination": dest(&subset) }],
+            }),
+        );
+    }
+    // Fallback for requests the filter did not see: the routed weights, ready variants only.
+    let default: Vec<Value> = match routes.weighted.as_slice() {
+        [(one, _)] => vec![json!({ "destination": dest(one) })],
+        many => many
+            .iter()
+            .map(|(v, w)| json!({ "destination": dest(v), "weight": w }))
+            .collect(),
+    };
+    let mut fallback = json!({ "name": DEFAULT_ROUTE, "route": default });
+    if spec.shadow.is_some() {
+        // The filter mirrors to the shadow's Envoy cluster itself; a 0% mirror here makes the
+        // shadow a destination of this VirtualService, so proxies that only build clusters
+        // their routes reference (gateways with cluster filtering) have it. Istio counts mirror
+        // hosts as destinations (pilot/pkg/model/push_context.go) and renders no mirror policy
+        // for 0% (pilot/pkg/networking/core/route/route.go `MirrorPercent`).
+        fallback["mirrors"] = json!([{
+            "destination": { "host": ctx.fqdn(&envoy::shadow_service(ctx.name)), "port": { "number": SERVICE_PORT } },
+            "percentage": { "value": 0.0 },
+        }]);
+    }
+    http.push(fallback);
+    let mut hosts = spec.hosts.clone();
+    hosts.push(host.clone());
+    let mut gateways = vec!["mesh".to_owned()];
+    if let Some(g) = &spec.gateway {
+        gateways.push(g.clone());
+    }
+    if spec.expose == Some(true) {
+        gateways.push(format!("{}/{}", ctx.namespace, ctx.name));
+    }
+    istio(
+        ISTIO_NETWORKING,
+        "VirtualService",
+        ctx.meta(ctx.name, []),
+        json!({ "hosts": hosts, "gateways": gateways, "http": http }),
+    )
+}
+
+/// The per-variant routes of a plan (see [`VariantRoutes`]): by header to ready variants, by
+/// weight to those with a routed weight.
+/// A retiring variant keeps its header route (no weight): the filter no longer names it, but a
+/// proxy on the previous filter config still may (`crate::plan::retiring`).
+pub fn variant_routes(plan: &Plan) -> VariantRoutes {
+    let live = plan.variants.iter().map(|v| RouteInput {
+        name: &v.name,
+        weight: v.weight,
+        ready: v.ready,
+    });
+    let retiring = plan.retiring.iter().map(|r| RouteInput {
+        name: &r.name,
+        weight: 0,
+        ready: true,
+    });
+    VariantRoutes::new(live.chain(retiring))
+}
+
+/// `(variant, model)` of a rollout's own route and subset, if it needs one now.
+fn rollout_route(plan: &Plan) -> Option<(&str, &str)> {
+    let r = plan.rollout.as_ref()?;
+    Some((r.variant.as_str(), r.route_model.as_deref()?))
+}
+
+pub(super) fn gateway(ctx: &Ctx, spec: &ModelEndpointSpec) -> Value {
+    istio(
+        ISTIO_NETWORKING,
+        "Gateway",
+        ctx.meta(ctx.name, []),
+        json!({
+            "selector": ctx.settings.gateway_selector,
+            "servers": [{
+                "port": { "number": 80, "name": "http", "protocol": "HTTP" },
+                "hosts": spec.hosts,
+            }],
+        }),
+    )
+}

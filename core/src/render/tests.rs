@@ -1,0 +1,589 @@
+use super::*;
+use crate::aggregate::RBAC_TYPE_URL;
+use crate::crd::FilterWiring;
+use crate::crd::{Artifact, AutoscalingSpec, ModelEndpointSpec, ShadowSpec, VariantSpec};
+use crate::envoy::{STATS_PREFIX, WASM_TYPE_URL};
+use crate::module;
+use crate::plan::VariantPlan;
+use mlep_contract::names::MODEL_DIR;
+use serde_json::json;
+
+fn model(name: &str) -> Model {
+    let mut m = Model::new(
+        name,
+        ModelSpec {
+            image: "ghcr.io/k8smlendpoints/mlep-model-server:0.1.0".into(),
+            artifact: Some(Artifact {
+                uri: format!("https://example.com/{name}.tar.gz"),
+                sha256: "a".repeat(64),
+            }),
+            port: Some(9000),
+            env: vec![],
+            resources: None,
+            pod_security_context: None,
+            security_context: None,
+        },
+    );
+    m.metadata.namespace = Some("ml".into());
+    m
+}
+
+fn variant(name: &str, model: &str, weight: u32) -> VariantSpec {
+    VariantSpec {
+        replicas: Some(2),
+        ..VariantSpec::new(name, model, weight)
+    }
+}
+
+fn endpoint() -> ModelEndpoint {
+    let mut e = ModelEndpoint::new(
+        "titanic",
+        ModelEndpointSpec::new(
+            vec!["titanic.example.com".into()],
+            vec![variant("a", "m1", 80), variant("b", "m2", 20)],
+        ),
+    );
+    e.metadata.namespace = Some("ml".into());
+    e.metadata.uid = Some("uid-1".into());
+    e
+}
+
+fn models() -> BTreeMap<String, ModelSpec> {
+    ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| ((*n).to_owned(), model(n).spec))
+        .collect()
+}
+
+fn render(ep: &ModelEndpoint, plan: &Plan) -> Vec<Value> {
+    render_endpoint(ep, "ml", &models(), plan, None, &RenderSettings::default())
+        .unwrap()
+        .objects
+}
+
+/// The endpoint's objects followed by the shared filter objects (as `render_all` orders them).
+fn render_with_filters(ep: &ModelEndpoint, settings: &RenderSettings) -> Vec<Value> {
+    let r = render_endpoint(
+        ep,
+        "ml",
+        &models(),
+        &Plan::assume_ready(&ep.spec),
+        None,
+        settings,
+    )
+    .unwrap();
+    let mut objs = r.objects;
+    objs.extend(
+        crate::aggregate::filters_for(vec![(ep.spec.filter_wiring, r.filter)], settings).objects,
+    );
+    objs
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} {name} in {:#?}",
+                objs.iter()
+                    .map(|o| (&o["kind"], &o["metadata"]["name"]))
+                    .collect::<Vec<_>>()
+            )
+        })
+}
+
+#[test]
+fn deployment_follows_the_sagemaker_contract_and_runs_locked_down() {
+    let ep = endpoint();
+    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+    let d = find(&objs, "Deployment", "titanic-a-m1");
+    let pod = &d["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(
+        (&labels["app"], &labels["version"]),
+        (&json!("titanic"), &json!("a"))
+    );
+    assert_eq!(
+        (
+            &labels[LABEL_ENDPOINT],
+            &labels[LABEL_VARIANT],
+            &labels[LABEL_MODEL]
+        ),
+        (&json!("titanic"), &json!("a"), &json!("m1"))
+    );
+    let init = &pod["spec"]["initContainers"][0];
+    assert_eq!(init["image"], RenderSettings::default().model_init_image);
+    assert!(init["env"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "MLEP_ARTIFACT_SHA256", "value": "a".repeat(64)})));
+    assert_eq!(init["volumeMounts"][0]["mountPath"], MODEL_DIR);
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["args"], json!(["serve"]));
+    assert_eq!(
+        c["ports"][0],
+        json!({"name": "http", "containerPort": 9000, "protocol": "TCP"})
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ping");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/ping");
+    assert_eq!(
+        c["volumeMounts"][1],
+        json!({"name": "model", "mountPath": MODEL_DIR, "readOnly": true})
+    );
+    for sc in [&c["securityContext"], &init["securityContext"]] {
+        assert_eq!(
+            (
+                &sc["readOnlyRootFilesystem"],
+                &sc["allowPrivilegeEscalation"],
+                &sc["runAsNonRoot"]
+            ),
+            (&json!(true), &json!(false), &json!(true))
+        );
+    }
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let annotation = pod["metadata"]["annotations"]["proxy.istio.io/config"]
+        .as_str()
+        .unwrap();
+    let cfg: Value = serde_json::from_str(annotation).unwrap();
+    assert_eq!(
+        cfg["proxyStatsMatcher"]["inclusionPrefixes"],
+        json!([STATS_PREFIX])
+    );
+}
+
+#[test]
+fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defaults() {
+    let ep = endpoint();
+    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+    let c = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"]["containers"][0];
+    // model() listens on 9000: the probes' named port and the server agree.
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": PORT_ENV, "value": "9000"})));
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+    // Draining: a deleted pod keeps serving until the proxies have dropped it.
+    assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], DRAIN_SECONDS);
+
+    let mut m = models();
+    let spec = m.get_mut("m1").unwrap();
+    spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: PORT_ENV.into(),
+        value: Some("9000".into()),
+        value_from: None,
+    }];
+    spec.security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+        read_only_root_filesystem: Some(false),
+        ..Default::default()
+    });
+    spec.pod_security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+        run_as_user: Some(0),
+        ..Default::default()
+    });
+    let objs = render_endpoint(
+        &ep,
+        "ml",
+        &m,
+        &Plan::assume_ready(&ep.spec),
+        None,
+        &RenderSettings::default(),
+    )
+    .unwrap()
+    .objects;
+    let pod = &find(&objs, "Deployment", "titanic-a-m1")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["env"].as_array().unwrap().len(),
+        1,
+        "the Model's own port env wins: {c}"
+    );
+    assert_eq!(
+        c["securityContext"],
+        json!({"readOnlyRootFilesystem": false})
+    );
+    assert_eq!(pod["securityContext"], json!({"runAsUser": 0}));
+    // The init container (ours) stays locked down.
+    assert_eq!(
+        pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+}
+
+#[test]
+fn service_ports_name_their_protocol_and_select_every_variant() {
+    let ep = endpoint();
+    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+    let s = find(&objs, "Service", "titanic");
+    assert_eq!(s["spec"]["selector"], json!({"app": "titanic"}));
+    assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(s["spec"]["ports"][0]["targetPort"], "http");
+}
+
+#[test]
+fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
+    let ep = endpoint();
+    let mut plan = Plan::assume_ready(&ep.spec);
+    let objs = render(&ep, &plan);
+    let http = find(&objs, "VirtualService", "titanic")["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(http.len(), 3);
+    assert_eq!(
+        http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+        "b"
+    );
+    assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
+    let weights: Vec<(&Value, &Value)> = http[2]["route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (&r["destination"]["subset"], &r["weight"]))
+        .collect();
+    assert_eq!(
+        weights,
+        vec![(&json!("a"), &json!(80)), (&json!("b"), &json!(20))]
+    );
+
+    // b not ready: no header route to it, all default traffic to a.
+    plan.variants[1] = VariantPlan {
+        ready: false,
+        weight: 0,
+        ..plan.variants[1].clone()
+    };
+    plan.variants[0].weight = 100;
+    let objs = render(&ep, &plan);
+    let http = find(&objs, "VirtualService", "titanic")["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(http.len(), 2);
+    assert_eq!(
+        http[1]["route"],
+        json!([{"destination": {"host": "titanic.ml.svc.cluster.local", "subset": "a", "port": {"number": 80}}}])
+    );
+}
+
+#[test]
+fn a_retiring_variant_keeps_its_header_route_and_subset_but_no_weight_or_assignment() {
+    let mut ep = endpoint();
+    ep.spec.variants.truncate(1);
+    ep.spec.variants[0].weight = 100;
+    let mut plan = Plan::assume_ready(&ep.spec);
+    plan.retiring = vec![crate::crd::RetiringVariant {
+        name: "b".into(),
+        model: "m2".into(),
+        until_unix: 1_030,
+    }];
+    let r = render_endpoint(
+        &ep,
+        "ml",
+        &models(),
+        &plan,
+        None,
+        &RenderSettings::default(),
+    )
+    .unwrap();
+    let http = find(&r.objects, "VirtualService", "titanic")["spec"]["http"].clone();
+    assert_eq!(
+        http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+        "b"
+    );
+    assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
+    let default = http[2]["route"].as_array().unwrap();
+    assert_eq!(default.len(), 1, "no weight to b: {default:?}");
+    assert_eq!(default[0]["destination"]["subset"], "a");
+    let subsets = &find(&r.objects, "DestinationRule", "titanic")["spec"]["subsets"];
+    assert_eq!(
+        subsets[1],
+        json!({"name": "b", "labels": {"version": "b", LABEL_MODEL: "m2"}})
+    );
+    // The filter no longer assigns it.
+    let names: Vec<&str> = r.filter.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a"]);
+    // The Deployment is not rendered (the operator leaves the running one alone until the
+    // deadline; its Model may be gone already).
+    assert!(!r
+        .objects
+        .iter()
+        .any(|o| o["metadata"]["name"] == "titanic-b-m2"));
+}
+
+#[test]
+fn a_swap_keeps_the_old_deployment_and_the_subset_on_the_serving_model() {
+    let mut ep = endpoint();
+    ep.spec.variants[1].model = "m3".into();
+    let mut plan = Plan::assume_ready(&ep.spec);
+    plan.variants[1].serving_model = "m2".into();
+    let objs = render(&ep, &plan);
+    find(&objs, "Deployment", "titanic-b-m2");
+    find(&objs, "Deployment", "titanic-b-m3");
+    let subsets = &find(&objs, "DestinationRule", "titanic")["spec"]["subsets"];
+    assert_eq!(
+        subsets[1],
+        json!({"name": "b", "labels": {"version": "b", LABEL_MODEL: "m2"}})
+    );
+}
+
+#[test]
+fn envoy_filter_delivers_the_module_through_ecds_with_url_and_sha256() {
+    let ep = endpoint();
+    let objs = render_with_filters(&ep, &RenderSettings::default());
+    let ef = find(&objs, "EnvoyFilter", crate::aggregate::SIDECAR_FILTER);
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    assert_eq!(patches[0]["applyTo"], "EXTENSION_CONFIG");
+    let cfg = &patches[0]["patch"]["value"]["typed_config"];
+    assert_eq!(cfg["@type"], WASM_TYPE_URL);
+    let remote = &cfg["config"]["vm_config"]["code"]["remote"];
+    let settings = RenderSettings::default();
+    assert_eq!(
+        (&remote["http_uri"]["uri"], &remote["sha256"]),
+        (&json!(settings.wasm_url), &json!(settings.wasm_sha256))
+    );
+    let filter: FilterConfig =
+        serde_json::from_str(cfg["config"]["configuration"]["value"].as_str().unwrap()).unwrap();
+    filter.validate().unwrap();
+    assert_eq!(filter.endpoints[0].allocation.counts()["a"], 8000);
+    assert_eq!(patches[1]["applyTo"], "HTTP_FILTER");
+    assert_eq!(
+        patches[1]["patch"]["value"]["name"],
+        patches[0]["patch"]["value"]["name"]
+    );
+    assert_eq!(
+        patches[1]["patch"]["value"]["config_discovery"]["type_urls"][0],
+        json!(WASM_TYPE_URL)
+    );
+    assert_eq!(patches[1]["match"]["context"], "SIDECAR_OUTBOUND");
+    assert!(objs
+        .iter()
+        .all(|o| o["kind"] != "WasmPlugin" && o["kind"] != "Gateway"));
+}
+
+#[test]
+fn a_proxy_that_cannot_fetch_the_module_passes_traffic_unassigned() {
+    let ep = endpoint();
+    let objs = render_with_filters(&ep, &RenderSettings::default());
+    let patches = find(&objs, "EnvoyFilter", crate::aggregate::GATEWAY_FILTER)["spec"]
+        ["configPatches"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let cfg = &patches[0]["patch"]["value"]["typed_config"]["config"];
+    assert_eq!(
+        cfg["fail_open"], true,
+        "the agent substitutes allow-all only when fail-open"
+    );
+    let uri = &cfg["vm_config"]["code"]["remote"]["http_uri"];
+    assert_eq!(
+        uri["cluster"],
+        "outbound|8080||mlep-operator.mlep-system.svc.cluster.local"
+    );
+    assert_eq!(uri["timeout"], "10s");
+    let discovery = &patches[1]["patch"]["value"]["config_discovery"];
+    assert!(
+        discovery["type_urls"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(RBAC_TYPE_URL)),
+        "Envoy would reject the agent's RBAC fallback"
+    );
+    assert_eq!(discovery["default_config"]["@type"], RBAC_TYPE_URL);
+    assert!(
+        discovery["default_config"].get("rules").is_none(),
+        "no rules = allow all"
+    );
+    assert_ne!(
+        discovery["config_source"]["initial_fetch_timeout"], "0s",
+        "unbounded wait"
+    );
+}
+
+#[test]
+fn exposing_adds_a_gateway_and_a_gateway_side_filter_outside_the_namespace() {
+    let mut ep = endpoint();
+    ep.spec.expose = Some(true);
+    ep.spec.filter_wiring = FilterWiring::WasmPlugin;
+    let objs = render_with_filters(&ep, &RenderSettings::default());
+    let gw = find(&objs, "Gateway", "titanic");
+    assert_eq!(gw["spec"]["selector"], json!({"istio": "ingressgateway"}));
+    assert_eq!(
+        gw["spec"]["servers"][0]["hosts"],
+        json!(["titanic.example.com"])
+    );
+    let vs = find(&objs, "VirtualService", "titanic");
+    assert_eq!(vs["spec"]["gateways"], json!(["mesh", "ml/titanic"]));
+    let local = find(&objs, "WasmPlugin", crate::aggregate::SIDECAR_FILTER);
+    assert_eq!(local["spec"]["url"], RenderSettings::default().wasm_url);
+    assert_eq!(
+        local["spec"]["pluginConfig"]["endpoints"][0]["name"],
+        "titanic"
+    );
+    let remote = find(&objs, "WasmPlugin", crate::aggregate::GATEWAY_FILTER);
+    assert_eq!(remote["metadata"]["namespace"], "istio-system");
+    assert!(
+        remote["metadata"].get("ownerReferences").is_none(),
+        "shared by every endpoint: owned by none"
+    );
+    assert_eq!(
+        remote["spec"]["selector"]["matchLabels"],
+        json!({"istio": "ingressgateway"})
+    );
+}
+
+#[test]
+fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
+    let mut ep = endpoint();
+    ep.spec.variants[0].autoscaling = Some(AutoscalingSpec {
+        min_replicas: 2,
+        max_replicas: 5,
+        target_cpu_utilization_percentage: Some(60),
+    });
+    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "titanic-a-m1");
+    assert_eq!(
+        (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
+        (&json!(2), &json!(5))
+    );
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        60
+    );
+    assert!(find(&objs, "Deployment", "titanic-a-m1")["spec"]
+        .get("replicas")
+        .is_none());
+    assert_eq!(
+        find(&objs, "Deployment", "titanic-b-m2")["spec"]["replicas"],
+        2
+    );
+}
+
+#[test]
+fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
+    let mut ep = endpoint();
+    ep.spec.shadow = Some(ShadowSpec::new("m3", 10.0));
+    let objs = render_with_filters(&ep, &RenderSettings::default());
+    let d = find(&objs, "Deployment", "titanic-shadow-m3");
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["labels"]["app"],
+        "titanic-shadow"
+    );
+    assert_eq!(
+        find(&objs, "Service", "titanic-shadow")["spec"]["selector"],
+        json!({"app": "titanic-shadow"})
+    );
+    let cfg = &find(&objs, "EnvoyFilter", crate::aggregate::SIDECAR_FILTER)["spec"]
+        ["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]["value"];
+    let filter: FilterConfig = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
+    let shadow = filter.endpoints[0].shadow.as_ref().unwrap();
+    assert_eq!(
+        shadow.cluster,
+        "outbound|80||titanic-shadow.ml.svc.cluster.local"
+    );
+    // Some route references the shadow host, so every proxy bound to the
+    // VirtualService (the gateway too) builds that cluster; the mirror sends nothing.
+    let http = &find(&objs, "VirtualService", "titanic")["spec"]["http"];
+    let mirror = http
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|r| r["mirrors"].as_array().and_then(|m| m.first()))
+        .expect("a route referencing the shadow");
+    assert_eq!(
+        mirror["destination"]["host"],
+        "titanic-shadow.ml.svc.cluster.local"
+    );
+    assert_eq!(mirror["percentage"]["value"], 0.0);
+}
+
+#[test]
+fn the_allocation_is_carried_from_the_previous_one() {
+    let ep = endpoint();
+    let prev = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
+    let r = render_endpoint(
+        &ep,
+        "ml",
+        &models(),
+        &Plan::assume_ready(&ep.spec),
+        Some(&prev),
+        &RenderSettings::default(),
+    )
+    .unwrap();
+    // a grows from 50 to 80: every bucket a had stays a.
+    assert!((0..mlep_contract::BUCKETS)
+        .all(|b| prev.lookup(b) != Some("a") || r.allocation.lookup(b) == Some("a")));
+    assert_eq!(r.allocation.counts()["a"], 8000);
+}
+
+#[test]
+fn render_all_renders_every_endpoint_and_reports_invalid_ones_by_name() {
+    let objs = render_all(
+        &[model("m1"), model("m2")],
+        &[endpoint()],
+        &RenderSettings::default(),
+    )
+    .unwrap();
+    assert!(objs.iter().any(|o| o["kind"] == "VirtualService"));
+    // The endpoint's objects in its namespace; the shared filters in Istio's.
+    assert!(objs.iter().all(|o| o["metadata"]["namespace"] == "ml"
+        || o["metadata"]["labels"][crate::aggregate::LABEL_FILTER].is_string()));
+    assert_eq!(
+        objs.iter().filter(|o| o["kind"] == "EnvoyFilter").count(),
+        2
+    );
+    let mut bad = endpoint();
+    bad.spec.variants[1].weight = 30;
+    let err = render_all(
+        &[model("m1"), model("m2")],
+        &[bad],
+        &RenderSettings::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "spec.variants");
+    assert!(err.message.contains("ModelEndpoint ml/titanic"), "{err}");
+}
+
+#[test]
+fn rendered_filters_name_the_module_the_operator_serves_by_its_sha256() {
+    let sha = "5e".repeat(32);
+    let settings = RenderSettings::default().with_module(&sha, "mlep-system");
+    let ep = endpoint();
+    let objs = render_with_filters(&ep, &settings);
+    let text = serde_json::to_string(&objs).unwrap();
+    // The operator's Service port (manifests/operator.yaml) and a versioned path.
+    let url =
+        format!("http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm");
+    assert!(text.contains(&url), "{url} not in {text}");
+    assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
+    assert!(!text.contains(&"0".repeat(64)));
+    let manifest = include_str!("../../../manifests/operator.yaml");
+    assert!(
+        manifest.contains(&format!("port: {}", module::OPERATOR_HTTP_PORT)),
+        "manifests/operator.yaml serves on another port"
+    );
+}
+
+#[test]
+fn conditions_are_list_maps_keyed_by_type_in_both_crds() {
+    for crd in crds() {
+        let v = serde_json::to_value(&crd).unwrap();
+        let conditions = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{crd:?}");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+        assert!(conditions["items"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("type")));
+    }
+}
+
+#[test]
+fn crds_carry_cel_rules_and_no_null_enum_values() {
+    let text = serde_json::to_string(&crds()).unwrap();
+    assert!(text.contains("self.map(v, v.weight).sum() == 100"));
+    assert!(text.contains("exists_one"));
+    assert!(!text.contains(",null]"), "null in an enum");
+}

@@ -1,0 +1,301 @@
+//! The model servers: Deployments (one per variant and model, and the shadow's), their
+//! Service and autoscaler.
+
+use super::Ctx;
+use crate::crd::{Artifact, ModelSpec};
+use crate::envoy::STATS_PREFIX;
+use crate::meta::{
+    labels, LABEL_APP, LABEL_ENDPOINT, LABEL_MODEL, LABEL_VARIANT, LABEL_VERSION, SERVICE_PORT,
+};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::Resource as _;
+use mlep_contract::metrics::SHADOW_VARIANT_LABEL as SHADOW;
+use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
+
+/// Seconds a model pod keeps serving after it is told to stop (preStop sleep).
+pub const DRAIN_SECONDS: i64 = 5;
+/// Environment variable telling a SageMaker-contract server its port.
+pub const PORT_ENV: &str = "SAGEMAKER_BIND_TO_PORT";
+
+/// `E-<variant>-<model>`: a model swap creates a new Deployment beside the old one.
+pub fn deployment_name(endpoint: &str, variant: &str, model: &str) -> String {
+    format!("{endpoint}-{variant}-{model}")
+}
+
+pub(super) fn deployment(
+    ctx: &Ctx,
+    variant: &str,
+    app: &str,
+    model_name: &str,
+    model: &ModelSpec,
+    replicas: Option<i32>,
+    resources: Option<&ResourceRequirements>,
+) -> Deployment {
+    let name = if variant == SHADOW {
+        format!("{}-{SHADOW}-{model_name}", ctx.name)
+    } else {
+        deployment_name(ctx.name, variant, model_name)
+    };
+    let selector = labels([
+        (LABEL_ENDPOINT, ctx.name),
+        (LABEL_VARIANT, variant),
+        (LABEL_MODEL, model_name),
+    ]);
+    let mut pod_labels = labels([(LABEL_APP, app), (LABEL_VERSION, variant)]);
+    pod_labels.extend(selector.clone());
+    let empty_dir = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    let mut init = Vec::new();
+    let mut volumes = vec![empty_dir("tmp")];
+    let mut mounts = vec![mount("tmp", "/tmp", None)];
+    if let Some(a) = &model.artifact {
+        volumes.push(empty_dir("model"));
+        mounts.push(mount("model", MODEL_DIR, Some(true)));
+        init.push(model_init_container(ctx, a));
+    }
+    let container = model_container(model, mounts, resources);
+    // Istio exports only allow-listed proxy stats; the filter's metrics are `wasmcustom.mlep*`.
+    // `proxy.istio.io/config` proxyStatsMatcher adds them to this pod's sidecar (the gateway
+    // side needs the same in its mesh/pod config: see docs/operator.md).
+    let proxy_config =
+        format!(r#"{{"proxyStatsMatcher":{{"inclusionPrefixes":["{STATS_PREFIX}"]}}}}"#);
+    Deployment {
+        metadata: ctx.meta(&name, [(LABEL_VARIANT, variant), (LABEL_MODEL, model_name)]),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(labels([("proxy.istio.io/config", proxy_config.as_str())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    security_context: Some(
+                        model
+                            .pod_security_context
+                            .clone()
+                            .unwrap_or_else(pod_security),
+                    ),
+                    automount_service_account_token: Some(false),
+                    init_containers: (!init.is_empty()).then_some(init),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only,
+        ..VolumeMount::default()
+    }
+}
+
+/// The init container fetching and verifying the artifact into the model volume
+/// (`mlep-model-init`, configured through the contract's environment names).
+fn model_init_container(ctx: &Ctx, a: &Artifact) -> Container {
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    Container {
+        name: "model-init".into(),
+        image: Some(ctx.settings.model_init_image.clone()),
+        env: Some(vec![
+            env(ENV_ARTIFACT_URI, &a.uri),
+            env(ENV_ARTIFACT_SHA256, &a.sha256),
+            env(ENV_MODEL_DIR, MODEL_DIR),
+        ]),
+        volume_mounts: Some(vec![
+            mount("model", MODEL_DIR, None),
+            mount("tmp", "/tmp", None),
+        ]),
+        security_context: Some(container_security()),
+        ..Container::default()
+    }
+}
+
+/// The model container: the SageMaker contract (`serve`, `GET /ping` on the named port `http`).
+fn model_container(
+    model: &ModelSpec,
+    mounts: Vec<VolumeMount>,
+    resources: Option<&ResourceRequirements>,
+) -> Container {
+    let probe = |initial: i32, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ping".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    Container {
+        name: "model".into(),
+        image: Some(model.image.clone()),
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(model.port()),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(model_env(model)),
+        readiness_probe: Some(probe(1, 5, 3)),
+        liveness_probe: Some(probe(10, 10, 6)),
+        volume_mounts: Some(mounts),
+        // Keep serving while proxies learn that the pod is going (endpoint removal reaches every
+        // Envoy through istiod a moment after the pod is deleted): without it a model swap
+        // dropped 1 of 1960 requests on the bed with "503 upstream connect error".
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(
+            model
+                .security_context
+                .clone()
+                .unwrap_or_else(container_security),
+        ),
+        resources: resources.cloned(),
+        ..Container::default()
+    }
+}
+
+/// The model container's environment: the Model's, plus the port the SageMaker contract tells
+/// the server in `SAGEMAKER_BIND_TO_PORT` (without it a Model on another port listens on 8080
+/// and fails its probes). The Model's own value wins.
+fn model_env(model: &ModelSpec) -> Vec<EnvVar> {
+    let mut env = model.env.clone();
+    if !env.iter().any(|e| e.name == PORT_ENV) {
+        env.insert(
+            0,
+            EnvVar {
+                name: PORT_ENV.into(),
+                value: Some(model.port().to_string()),
+                ..EnvVar::default()
+            },
+        );
+    }
+    env
+}
+
+/// Default pod security of model pods (a Model overrides it with `spec.podSecurityContext`).
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+pub(super) fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
+    Service {
+        metadata: ctx.meta(name, []),
+        spec: Some(ServiceSpec {
+            selector: Some(labels([(LABEL_APP, app)])),
+            // `protocol` explicit: server-side apply needs it (it is part of the list key).
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+pub(super) fn autoscaler(
+    ctx: &Ctx,
+    variant: &str,
+    deployment: &str,
+    a: &crate::crd::AutoscalingSpec,
+) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        metadata: ctx.meta(
+            &format!("{}-{variant}", ctx.name),
+            [(LABEL_VARIANT, variant)],
+        ),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(Deployment::API_VERSION.into()),
+                kind: Deployment::KIND.into(),
+                name: deployment.into(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(
+                            a.target_cpu_utilization_percentage.unwrap_or(80),
+                        ),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    }
+}
