@@ -12,6 +12,8 @@
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`meta`]: what every rendered object shares: field manager, labels, settings.
 //! - [`module`]: where proxies fetch the filter module (URL versioned by its sha256).
+//! - [`reconcile`]: one reconcile decided: spec, last status, children, sample, now in; plan,
+//!   status, requeue out.
 //! - [`render`]: every object the operator applies for an endpoint.
 //! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen).
 //! - [`analysis`]: rollout analysis as PromQL, and Prometheus' answers read back.
@@ -27,6 +29,7 @@ pub mod filter_config;
 pub mod meta;
 pub mod module;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod rollout;
 pub mod status;

@@ -24,6 +24,94 @@ pub const LABEL_FILTER: &str = "mlep.dev/filter";
 /// Service port every endpoint listens on inside the mesh.
 pub const SERVICE_PORT: i32 = 80;
 
+/// A kind the operator writes: what it lists, applies and prunes, and what its RBAC grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Kind {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    /// The resource name in URLs and RBAC rules.
+    pub plural: &'static str,
+    /// Also written outside an endpoint's namespace (the shared filter objects).
+    pub foreign: bool,
+}
+
+impl Kind {
+    /// The API group (`""` for the core group).
+    pub fn group(&self) -> &'static str {
+        self.api_version.split_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// The version within the group.
+    pub fn version(&self) -> &'static str {
+        self.api_version
+            .split_once('/')
+            .map_or(self.api_version, |(_, v)| v)
+    }
+
+    /// The kind of `(apiVersion, kind)`, if the operator writes it.
+    pub fn of(api_version: &str, kind: &str) -> Option<&'static Kind> {
+        KINDS
+            .iter()
+            .find(|k| k.api_version == api_version && k.kind == kind)
+    }
+
+    const fn typed<K: k8s_openapi::Resource>() -> Self {
+        Kind {
+            api_version: K::API_VERSION,
+            kind: K::KIND,
+            plural: K::URL_PATH_SEGMENT,
+            foreign: false,
+        }
+    }
+
+    const fn istio(api_version: &'static str, kind: &'static str, plural: &'static str) -> Self {
+        Kind {
+            api_version,
+            kind,
+            plural,
+            foreign: false,
+        }
+    }
+}
+
+pub const DEPLOYMENT: Kind = Kind::typed::<k8s_openapi::api::apps::v1::Deployment>();
+pub const SERVICE: Kind = Kind::typed::<k8s_openapi::api::core::v1::Service>();
+pub const AUTOSCALER: Kind =
+    Kind::typed::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>();
+pub const DESTINATION_RULE: Kind =
+    Kind::istio(ISTIO_NETWORKING, "DestinationRule", "destinationrules");
+pub const VIRTUAL_SERVICE: Kind =
+    Kind::istio(ISTIO_NETWORKING, "VirtualService", "virtualservices");
+pub const GATEWAY: Kind = Kind::istio(ISTIO_NETWORKING, "Gateway", "gateways");
+pub const ENVOY_FILTER: Kind = Kind {
+    foreign: true,
+    ..Kind::istio(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "envoyfilters",
+    )
+};
+pub const WASM_PLUGIN: Kind = Kind {
+    foreign: true,
+    ..Kind::istio("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins")
+};
+
+/// Every kind the operator writes, the one table its reconcile, its RBAC and its benchmark
+/// read.
+pub const KINDS: &[Kind] = &[
+    DEPLOYMENT,
+    SERVICE,
+    DESTINATION_RULE,
+    VIRTUAL_SERVICE,
+    GATEWAY,
+    ENVOY_FILTER,
+    WASM_PLUGIN,
+    AUTOSCALER,
+];
+
+/// apiVersion of Istio's networking kinds (DestinationRule, VirtualService, Gateway).
+const ISTIO_NETWORKING: &str = "networking.istio.io/v1";
+
 /// Cluster-wide choices that are not part of any resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderSettings {
@@ -97,6 +185,6 @@ pub fn labels<'l>(pairs: impl IntoIterator<Item = (&'l str, &'l str)>) -> BTreeM
 
 /// An Istio object: no k8s-openapi type exists, so the spec is JSON checked against Istio's
 /// CRD schemas by the operator's tests; the envelope and metadata are typed.
-pub fn istio(api_version: &str, kind: &str, metadata: ObjectMeta, spec: Value) -> Value {
-    json!({ "apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec })
+pub fn istio(kind: &Kind, metadata: ObjectMeta, spec: Value) -> Value {
+    json!({ "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata, "spec": spec })
 }

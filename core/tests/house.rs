@@ -253,10 +253,10 @@ fn long_functions(lines: &[String]) -> Vec<String> {
 fn core_and_operator_files_and_functions_stay_short() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for dir in ["core/src"] {
+    for dir in ["core/src", "operator/src"] {
         rust_files(&root.join(dir), &mut files);
     }
-    assert!(files.len() > 15, "{files:?}");
+    assert!(files.len() > 20, "{files:?}");
     let mut problems = Vec::new();
     for file in &files {
         let lines = production_lines(file);

@@ -13,6 +13,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use mlep_core::crd::{Model, ModelEndpoint};
+use mlep_core::meta;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -161,32 +162,17 @@ async fn main() {
     }
     // Children per endpoint: 2 Deployments, Service, DestinationRule, VirtualService, EnvoyFilter.
     let kinds = [
-        ("apps/v1", "Deployment", "deployments", 2usize),
-        ("v1", "Service", "services", 1),
-        (
-            "networking.istio.io/v1",
-            "DestinationRule",
-            "destinationrules",
-            1,
-        ),
-        (
-            "networking.istio.io/v1",
-            "VirtualService",
-            "virtualservices",
-            1,
-        ),
-        (
-            "networking.istio.io/v1alpha3",
-            "EnvoyFilter",
-            "envoyfilters",
-            1,
-        ),
+        (&meta::DEPLOYMENT, 2usize),
+        (&meta::SERVICE, 1),
+        (&meta::DESTINATION_RULE, 1),
+        (&meta::VIRTUAL_SERVICE, 1),
+        (&meta::ENVOY_FILTER, 1),
     ];
     let mut done_at: BTreeMap<String, Duration> = BTreeMap::new();
     while done_at.len() < n {
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
-        for (v, k, p, _) in kinds {
-            for o in dynamic(&client, &ns, v, k, p)
+        for (kind, _) in kinds {
+            for o in dynamic(&client, &ns, kind.api_version, kind.kind, kind.plural)
                 .list_metadata(&ListParams::default())
                 .await
                 .unwrap()

@@ -44,10 +44,13 @@ pub const NAMESPACED: &[(&str, &str, &[&str])] = &[(
 /// Every cluster-wide `(group, resource, verb)` the operator uses.
 pub fn cluster_permissions() -> std::collections::BTreeSet<(String, String, String)> {
     let mut out = std::collections::BTreeSet::new();
-    for (api_version, _, plural) in KINDS {
-        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    for kind in KINDS {
         for verb in CHILD_VERBS {
-            out.insert((group.to_owned(), (*plural).to_owned(), (*verb).to_owned()));
+            out.insert((
+                kind.group().to_owned(),
+                kind.plural.to_owned(),
+                (*verb).to_owned(),
+            ));
         }
     }
     for (group, resource, verbs) in CLUSTER {

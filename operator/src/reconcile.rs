@@ -12,15 +12,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use mlep_core::aggregate::{render_filters, LABEL_FILTER};
-use mlep_core::crd::conditions::REASON_MODEL_NOT_FOUND;
-use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec, API_VERSION};
-use mlep_core::plan::{plan, retiring, Observed, Readiness};
+use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use mlep_core::meta::{Kind, DEPLOYMENT};
+use mlep_core::plan::{Observed, Readiness};
+use mlep_core::reconcile::{self as decision, Decision, Requeue};
 use mlep_core::render::{
     render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
     LABEL_MODEL, LABEL_VARIANT,
 };
-use mlep_core::status::{endpoint_status, invalid_status, same_status};
-use mlep_core::validate::validate_endpoint;
+use mlep_core::rollout::{Now, Settings};
+use mlep_core::status::same_status;
+use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -76,53 +78,50 @@ pub struct Context {
 /// Reconciles running at once.
 pub const CONCURRENCY: u16 = 4;
 
-/// The kinds the operator writes, with their plurals (for listing and pruning).
-pub const KINDS: &[(&str, &str, &str)] = &[
-    ("apps/v1", "Deployment", "deployments"),
-    ("v1", "Service", "services"),
-    (
-        "networking.istio.io/v1",
-        "DestinationRule",
-        "destinationrules",
-    ),
-    (
-        "networking.istio.io/v1",
-        "VirtualService",
-        "virtualservices",
-    ),
-    ("networking.istio.io/v1", "Gateway", "gateways"),
-    (
-        "networking.istio.io/v1alpha3",
-        "EnvoyFilter",
-        "envoyfilters",
-    ),
-    ("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins"),
-    (
-        "autoscaling/v2",
-        "HorizontalPodAutoscaler",
-        "horizontalpodautoscalers",
-    ),
-];
+/// The kinds the operator writes (`mlep_core::meta::KINDS`: the one table reconcile, RBAC and
+/// the benchmark read).
+pub use mlep_core::meta::KINDS;
 
 /// The kinds the operator puts outside an endpoint's namespace (the gateway-side filter).
-pub const FOREIGN_KINDS: &[(&str, &str, &str)] = &[
-    (
-        "networking.istio.io/v1alpha3",
-        "EnvoyFilter",
-        "envoyfilters",
-    ),
-    ("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins"),
-];
+fn foreign_kinds() -> impl Iterator<Item = &'static Kind> {
+    KINDS.iter().filter(|k| k.foreign)
+}
 
-fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
-    let (_, _, plural) = KINDS
-        .iter()
-        .find(|(v, k, _)| *v == api_version && *k == kind)?;
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    Some(ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, kind),
-        plural,
-    ))
+fn api_resource(kind: &Kind) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(kind.group(), kind.version(), kind.kind),
+        kind.plural,
+    )
+}
+
+/// An Api of `K` in `scope` (a namespace), or across all namespaces.
+fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The Model cache, filled once before it is returned, and the task keeping it current.
+async fn model_cache(
+    client: &Client,
+    scope: Option<&str>,
+) -> (Store<Model>, tokio::task::JoinHandle<()>) {
+    let (models, writer) = reflector::store::<Model>();
+    let cache = reflector(
+        writer,
+        watcher(api::<Model>(client, scope), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    let task = tokio::spawn(cache);
+    let _ = models.wait_until_ready().await;
+    (models, task)
 }
 
 /// Run the controller until `shutdown` resolves: a Model cache, and the ModelEndpoint
@@ -134,26 +133,7 @@ pub async fn run(
     scope: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match scope {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let (models, writer) = reflector::store::<Model>();
-    let model_cache = reflector(
-        writer,
-        watcher(api::<Model>(&client, scope), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
-    let model_task = tokio::spawn(model_cache);
-    let _ = models.wait_until_ready().await;
+    let (models, model_task) = model_cache(&client, scope).await;
     let controller = Controller::new(
         api::<ModelEndpoint>(&client, scope),
         watcher::Config::default(),
@@ -226,19 +206,12 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = m
         .namespace()
         .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
-    let status = mlep_core::status::model_status(&m, now());
+    let status = mlep_core::status::model_status(&m, clock().text);
     if m.status.as_ref() == Some(&status) {
         return Ok(Action::await_change());
     }
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({ "apiVersion": API_VERSION, "kind": Model::kind(&()), "status": status });
-    api.patch_status(
-        &m.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.metrics.write();
+    patch_status(ctx.as_ref(), &api, &m.name_any(), &status).await?;
     Ok(Action::await_change())
 }
 
@@ -293,61 +266,73 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         .filter(|m| m.namespace().as_deref() == Some(ns))
         .map(|m| (m.name_any(), m.spec.clone()))
         .collect();
-    let last = ep.status.as_ref();
     let endpoints: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), ns);
-
-    if let Err(e) = validate_endpoint(&ep.spec, |n| models.get(n)) {
-        // Nothing rendered changes: the last good configuration keeps serving.
-        info!(field = %e.field, reason = e.reason, "invalid spec");
-        let status = invalid_status(ep, last, &e, now());
-        write_status(ctx, &endpoints, &name, last, status).await?;
-        // A Model created just before the endpoint may not be in the Model cache yet, and its
-        // watch event may have come before the endpoint existed to be mapped to: look again.
-        return Ok(if e.reason == REASON_MODEL_NOT_FOUND {
-            Action::requeue(Duration::from_secs(5))
-        } else {
-            Action::await_change()
-        });
-    }
-
     // One list per kind: what exists (to compare and prune) and the Deployments' readiness.
     let own_selector = format!("{LABEL_ENDPOINT}={name}");
     let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
-    let mut existing = list_existing(ctx, ns, &own_selector, KINDS).await?;
+    let mut children = list_existing(ctx, ns, &own_selector, KINDS.iter()).await?;
     if ctx.settings.gateway_namespace != ns {
         let gw_ns = &ctx.settings.gateway_namespace;
-        existing.extend(list_existing(ctx, gw_ns, &foreign_selector, FOREIGN_KINDS).await?);
+        let foreign = list_existing(ctx, gw_ns, &foreign_selector, foreign_kinds()).await?;
+        children.objects.extend(foreign.objects);
     }
-    let observed = observe(&existing);
-    let at = jiff::Timestamp::now();
-    let mut p = plan(&ep.spec, last, &observed);
-    p.retiring = retiring(
-        &ep.spec,
-        last,
-        at.as_second(),
-        ctx.settings.route_grace_seconds,
-    );
-    let outcome = crate::rollout::step(ep, ns, last, &observed, &p, &at).await;
-    mlep_core::rollout::apply(&mut p, &outcome, &observed);
-    let previous = last.and_then(|s| s.allocation.as_ref());
-    let rendered = match render_endpoint(ep, ns, &models, &p, previous, &ctx.settings) {
-        Ok(r) => r,
-        Err(e) => {
-            let status = invalid_status(ep, last, &e, now());
-            write_status(ctx, &endpoints, &name, last, status).await?;
-            return Ok(Action::await_change());
-        }
+    let observed = observe(&children.deployments);
+    let now = clock();
+    let input = decision::Input {
+        endpoint: ep,
+        namespace: ns,
+        last: ep.status.as_ref(),
+        models: Some(&models),
+        observed: &observed,
+        now: &now,
+        route_grace_seconds: ctx.settings.route_grace_seconds,
     };
-
-    let mut keep_local = BTreeSet::new();
-    let mut keep_foreign = BTreeSet::new();
-    for obj in &rendered.objects {
-        let key = key_of(obj)?;
-        if key.1 == ns {
-            keep_local.insert(key.clone());
-        } else {
-            keep_foreign.insert(key.clone());
+    let sample = match decision::query(&input) {
+        Some(q) => {
+            let url = Settings::of(ep.spec.rollout.as_ref()).prometheus_url;
+            Some(crate::rollout::query_prometheus(url, q).await)
         }
+        None => None,
+    };
+    let mut d = decision::decide(&input, sample);
+    for w in &d.warnings {
+        warn!(endpoint = %name, error = %w, "ignoring annotation");
+    }
+    if let Some(e) = &d.rejected {
+        // Nothing rendered changes: the last good configuration keeps serving.
+        info!(field = %e.field, reason = e.reason, "invalid spec");
+    } else {
+        let previous = input.last.and_then(|s| s.allocation.as_ref());
+        match render_endpoint(ep, ns, &models, &d.plan, previous, &ctx.settings) {
+            Ok(rendered) => sync_children(ctx, &d, rendered.objects, &children.objects).await?,
+            Err(e) => d = decision::rejected(&input, e, Vec::new()),
+        }
+    }
+    write_status(ctx, &endpoints, &name, input.last, &d.status).await?;
+    if d.rejected.is_none() {
+        // The shared filter objects, with this endpoint's new status (the cache may lag).
+        let mut fresh = ep.clone();
+        fresh.status = Some(d.status.clone());
+        sync_filters(ctx, Some(&fresh)).await?;
+    }
+    Ok(match d.requeue {
+        Requeue::After(s) => Action::requeue(Duration::from_secs(s)),
+        Requeue::AwaitChange => Action::await_change(),
+    })
+}
+
+/// Apply what is out of date among `rendered`, and remove what is no longer rendered (a
+/// swapped-out model's Deployment, a removed variant once its grace period is over: until
+/// then its objects stay as they are).
+async fn sync_children(
+    ctx: &Context,
+    d: &Decision,
+    rendered: Vec<Value>,
+    existing: &BTreeMap<ObjectKey, Value>,
+) -> Result<(), Error> {
+    let mut keep = BTreeSet::new();
+    for obj in &rendered {
+        let key = ObjectKey::of(obj)?;
         match existing.get(&key) {
             Some(current) if contains(current, obj) => {}
             current => {
@@ -355,71 +340,76 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
                     || "missing".to_owned(),
                     |c| difference(c, obj, String::new()),
                 );
-                debug!(kind = %key.2, name = %key.3, %why, "out of date");
+                debug!(kind = %key.kind.kind, name = %key.name, %why, "out of date");
                 apply_object(ctx, obj, &key).await?
             }
         }
+        keep.insert(key);
     }
-    // Remove what is no longer rendered (a swapped-out model's Deployment, a removed variant
-    // once its grace period is over: until then its objects stay as they are).
     let retiring_variant = |obj: &Value| {
         obj["metadata"]["labels"][LABEL_VARIANT]
             .as_str()
-            .is_some_and(|v| p.is_retiring(v))
+            .is_some_and(|v| d.plan.is_retiring(v))
     };
-    for (key, _) in existing.iter().filter(|(k, obj)| {
-        let rendered = if k.1 == ns {
-            keep_local.contains(*k)
-        } else {
-            keep_foreign.contains(*k)
-        };
-        !rendered && !retiring_variant(obj)
-    }) {
+    for (key, _) in existing
+        .iter()
+        .filter(|(k, obj)| !keep.contains(*k) && !retiring_variant(obj))
+    {
         delete(ctx, key).await?;
     }
-
-    let mut status = endpoint_status(ep, &p, &observed, rendered.allocation, last, now());
-    mlep_core::rollout::record(&mut status, &outcome, last, &now());
-    let settled = p.settled(&ep.spec);
-    write_status(ctx, &endpoints, &name, last, status.clone()).await?;
-    // The shared filter objects, with this endpoint's new status (the cache may lag).
-    let mut fresh = ep.clone();
-    fresh.status = Some(status);
-    sync_filters(ctx, Some(&fresh)).await?;
-    // A rollout comes back at its next step (or its next look at the analysis), a retiring
-    // variant when its routes may go.
-    let next = [
-        outcome.requeue_after_seconds,
-        p.next_retirement_in(at.as_second()).map(|s| s + 1),
-    ];
-    if let Some(s) = next.into_iter().flatten().min() {
-        return Ok(Action::requeue(Duration::from_secs(s.clamp(1, 30) as u64)));
-    }
-    Ok(if settled {
-        Action::requeue(Duration::from_secs(600))
-    } else {
-        Action::requeue(Duration::from_secs(30))
-    })
+    Ok(())
 }
 
-fn now() -> String {
-    jiff::Timestamp::now()
+/// The one clock read of a reconcile: Unix seconds and RFC 3339 text (whole seconds).
+fn clock() -> Now {
+    let t = jiff::Timestamp::now();
+    let text = t
         .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    Now {
+        unix: t.as_second(),
+        text,
+    }
 }
 
-/// (apiVersion, namespace, kind, name)
-type Key = (String, String, String, String);
+/// Which object: its kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: &'static Kind,
+    pub namespace: String,
+    pub name: String,
+}
 
-fn key_of(obj: &Value) -> Result<Key, Error> {
-    let s = |v: &Value, f: &'static str| v.as_str().map(str::to_owned).ok_or(Error::Malformed(f));
-    Ok((
-        s(&obj["apiVersion"], "apiVersion")?,
-        s(&obj["metadata"]["namespace"], "metadata.namespace")?,
-        s(&obj["kind"], "kind")?,
-        s(&obj["metadata"]["name"], "metadata.name")?,
-    ))
+impl ObjectKey {
+    /// The key of a rendered object (of a kind the operator writes).
+    fn of(obj: &Value) -> Result<Self, Error> {
+        fn s<'v>(v: &'v Value, f: &'static str) -> Result<&'v str, Error> {
+            v.as_str().ok_or(Error::Malformed(f))
+        }
+        let kind = Kind::of(
+            s(&obj["apiVersion"], "apiVersion")?,
+            s(&obj["kind"], "kind")?,
+        )
+        .ok_or(Error::Malformed("known kind"))?;
+        Ok(Self {
+            kind,
+            namespace: s(&obj["metadata"]["namespace"], "metadata.namespace")?.to_owned(),
+            name: s(&obj["metadata"]["name"], "metadata.name")?.to_owned(),
+        })
+    }
+
+    fn api(&self, client: &Client) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), &self.namespace, &api_resource(self.kind))
+    }
+}
+
+/// An endpoint's children as listed: every object by key (to compare with what is rendered,
+/// and to prune), and its Deployments as typed objects (their readiness).
+#[derive(Default)]
+struct Children {
+    objects: BTreeMap<ObjectKey, Value>,
+    deployments: Vec<Deployment>,
 }
 
 /// Every object of our kinds in `ns` matching `selector`, from the API server's watch cache
@@ -432,49 +422,66 @@ async fn list_existing(
     ctx: &Context,
     ns: &str,
     selector: &str,
-    kinds: &[(&str, &str, &str)],
-) -> Result<BTreeMap<Key, Value>, Error> {
-    let mut out = BTreeMap::new();
-    for (version, kind, _) in kinds {
-        let Some(ar) = api_resource(version, kind) else {
-            continue;
+    kinds: impl Iterator<Item = &'static Kind>,
+) -> Result<Children, Error> {
+    let mut out = Children::default();
+    let params = ListParams::default().labels(selector).match_any();
+    for kind in kinds {
+        let key = |name: String| ObjectKey {
+            kind,
+            namespace: ns.to_owned(),
+            name,
         };
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-        let list = match api
-            .list(&ListParams::default().labels(selector).match_any())
-            .await
-        {
-            Ok(l) => l,
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
-            Err(e) => return Err(e.into()),
+        if *kind == DEPLOYMENT {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let Some(list) = not_served_as_empty(api.list(&params).await)? else {
+                continue;
+            };
+            for d in list.items {
+                // Typed objects serialize with their apiVersion and kind.
+                let v = serde_json::to_value(&d)
+                    .map_err(|_| Error::Malformed("serializable object"))?;
+                out.objects.insert(key(d.name_any()), v);
+                out.deployments.push(d);
+            }
+            continue;
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), ns, &api_resource(kind));
+        let Some(list) = not_served_as_empty(api.list(&params).await)? else {
+            continue;
         };
         for o in list.items {
             let mut v =
                 serde_json::to_value(&o).map_err(|_| Error::Malformed("serializable object"))?;
             // Items of a list of built-in kinds carry no apiVersion/kind.
-            v["apiVersion"] = Value::from(*version);
-            v["kind"] = Value::from(*kind);
-            out.insert(
-                ((*version).into(), ns.into(), (*kind).into(), o.name_any()),
-                v,
-            );
+            v["apiVersion"] = Value::from(kind.api_version);
+            v["kind"] = Value::from(kind.kind);
+            out.objects.insert(key(o.name_any()), v);
         }
     }
     Ok(out)
 }
 
-async fn apply_object(ctx: &Context, obj: &Value, key: &Key) -> Result<(), Error> {
-    let (version, ns, kind, name) = key;
-    let ar = api_resource(version, kind).ok_or(Error::Malformed("known kind"))?;
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
+/// A list of a kind the server does not serve (404) is none.
+fn not_served_as_empty<T>(r: Result<T, kube::Error>) -> Result<Option<T>, Error> {
+    match r {
+        Ok(l) => Ok(Some(l)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply_object(ctx: &Context, obj: &Value, key: &ObjectKey) -> Result<(), Error> {
+    key.api(&ctx.client)
+        .patch(
+            &key.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
     ctx.metrics.write();
-    info!(%kind, %name, namespace = %ns, "applied");
+    info!(kind = %key.kind.kind, name = %key.name, namespace = %key.namespace, "applied");
     Ok(())
 }
 
@@ -501,7 +508,6 @@ async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<
     for (endpoint, why) in &aggregate.excluded {
         warn!(%endpoint, %why, "left out of the shared filter config");
     }
-    let selector = LABEL_FILTER;
     let mut existing = BTreeMap::new();
     let namespaces: BTreeSet<&str> = [
         ctx.settings.mesh_root_namespace.as_str(),
@@ -510,11 +516,15 @@ async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<
     .into_iter()
     .collect();
     for ns in namespaces {
-        existing.extend(list_existing(ctx, ns, selector, FOREIGN_KINDS).await?);
+        existing.extend(
+            list_existing(ctx, ns, LABEL_FILTER, foreign_kinds())
+                .await?
+                .objects,
+        );
     }
     let mut keep = BTreeSet::new();
     for obj in &aggregate.objects {
-        let key = key_of(obj)?;
+        let key = ObjectKey::of(obj)?;
         if !existing.get(&key).is_some_and(|have| contains(have, obj)) {
             apply_object(ctx, obj, &key).await?;
         }
@@ -528,23 +538,22 @@ async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<
 
 /// Delete every object the operator puts outside an endpoint's namespace matching `selector`.
 async fn prune(ctx: &Context, ns: &str, selector: &str) -> Result<(), Error> {
-    for key in list_existing(ctx, ns, selector, FOREIGN_KINDS)
-        .await?
-        .keys()
-    {
+    let listed = list_existing(ctx, ns, selector, foreign_kinds()).await?;
+    for key in listed.objects.keys() {
         delete(ctx, key).await?;
     }
     Ok(())
 }
 
-async fn delete(ctx: &Context, key: &Key) -> Result<(), Error> {
-    let (version, ns, kind, name) = key;
-    let ar = api_resource(version, kind).ok_or(Error::Malformed("known kind"))?;
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    match api.delete(name, &DeleteParams::background()).await {
+async fn delete(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
+    match key
+        .api(&ctx.client)
+        .delete(&key.name, &DeleteParams::background())
+        .await
+    {
         Ok(_) => {
             ctx.metrics.write();
-            info!(%kind, %name, namespace = %ns, "deleted");
+            info!(kind = %key.kind.kind, name = %key.name, namespace = %key.namespace, "deleted");
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -552,39 +561,54 @@ async fn delete(ctx: &Context, key: &Key) -> Result<(), Error> {
     }
 }
 
-/// Readiness of this endpoint's Deployments, by (variant, model), from the listed objects.
-fn observe(existing: &BTreeMap<Key, Value>) -> Observed {
+/// Readiness of this endpoint's Deployments, by (variant, model), from their labels and status.
+fn observe(deployments: &[Deployment]) -> Observed {
     let mut observed = Observed::default();
-    for (_, d) in existing.iter().filter(|(k, _)| k.2 == "Deployment") {
-        let labels = &d["metadata"]["labels"];
-        let (Some(v), Some(m)) = (labels[LABEL_VARIANT].as_str(), labels[LABEL_MODEL].as_str())
-        else {
+    for d in deployments {
+        let labels = d.labels();
+        let (Some(v), Some(m)) = (labels.get(LABEL_VARIANT), labels.get(LABEL_MODEL)) else {
             continue;
         };
-        let int = |v: &Value| v.as_i64().and_then(|n| i32::try_from(n).ok());
         let r = Readiness {
-            replicas: int(&d["spec"]["replicas"]).unwrap_or(1),
-            ready_replicas: int(&d["status"]["readyReplicas"]).unwrap_or(0),
+            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready_replicas: d
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
         };
-        observed.deployments.insert((v.to_owned(), m.to_owned()), r);
+        observed.deployments.insert((v.clone(), m.clone()), r);
     }
     observed
 }
 
-/// Write status with server-side apply, only when it changed.
+/// Write an endpoint's status, only when it changed.
 async fn write_status(
     ctx: &Context,
     api: &Api<ModelEndpoint>,
     name: &str,
     last: Option<&ModelEndpointStatus>,
-    status: ModelEndpointStatus,
+    status: &ModelEndpointStatus,
 ) -> Result<(), Error> {
-    if last.is_some_and(|l| same_status(l, &status)) {
+    if last.is_some_and(|l| same_status(l, status)) {
         return Ok(());
     }
+    patch_status(ctx, api, name, status).await
+}
+
+/// The one status write: server-side apply of `status` under the operator's field manager.
+async fn patch_status<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch = serde_json::json!({
-        "apiVersion": API_VERSION,
-        "kind": ModelEndpoint::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(
@@ -666,9 +690,17 @@ mod tests {
 
     #[test]
     fn every_written_kind_has_an_api_resource() {
-        for (v, k, plural) in KINDS {
-            let ar = api_resource(v, k).unwrap();
-            assert_eq!((ar.api_version.as_str(), ar.plural.as_str()), (*v, *plural));
+        assert!(KINDS.len() >= 8);
+        for k in KINDS {
+            let ar = api_resource(k);
+            assert_eq!(
+                (
+                    ar.api_version.as_str(),
+                    ar.kind.as_str(),
+                    ar.plural.as_str()
+                ),
+                (k.api_version, k.kind, k.plural)
+            );
         }
     }
 }

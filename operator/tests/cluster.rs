@@ -833,11 +833,7 @@ async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply
             o["apiVersion"].as_str().unwrap(),
             o["kind"].as_str().unwrap(),
         );
-        let plural = reconcile::KINDS
-            .iter()
-            .find(|(v, k, _)| *v == api_version && *k == kind)
-            .unwrap()
-            .2;
+        let plural = mlep_core::meta::Kind::of(api_version, kind).unwrap().plural;
         let target_ns = o["metadata"]["namespace"].as_str().unwrap();
         let api = dynamic(&client, target_ns, api_version, kind, plural);
         let name = o["metadata"]["name"].as_str().unwrap();

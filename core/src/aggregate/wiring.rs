@@ -3,7 +3,10 @@
 
 use crate::crd::FilterWiring;
 use crate::envoy::{self, WasmCode, FILTER_NAME, WASM_TYPE_URL};
-use crate::meta::{istio, labels, RenderSettings, FIELD_MANAGER, LABEL_FILTER, LABEL_MANAGED_BY};
+use crate::meta::{
+    istio, labels, RenderSettings, ENVOY_FILTER, FIELD_MANAGER, LABEL_FILTER, LABEL_MANAGED_BY,
+    WASM_PLUGIN,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -154,12 +157,7 @@ fn envoy_filter(
     if let Some(labels) = selector {
         spec["workloadSelector"] = json!({ "labels": labels });
     }
-    istio(
-        "networking.istio.io/v1alpha3",
-        "EnvoyFilter",
-        metadata,
-        spec,
-    )
+    istio(&ENVOY_FILTER, metadata, spec)
 }
 
 /// A WasmPlugin: istiod turns it into the same ECDS resource with a remote `http_uri`, which
@@ -183,5 +181,5 @@ fn wasm_plugin(
     if let Some(labels) = selector {
         spec["selector"] = json!({ "matchLabels": labels });
     }
-    istio("extensions.istio.io/v1alpha1", "WasmPlugin", metadata, spec)
+    istio(&WASM_PLUGIN, metadata, spec)
 }

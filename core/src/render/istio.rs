@@ -4,12 +4,11 @@
 use super::Ctx;
 use crate::crd::ModelEndpointSpec;
 use crate::envoy::{self, subset_name, RouteInput, VariantRoutes, DEFAULT_ROUTE};
-use crate::meta::{istio, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT};
+use crate::meta::{
+    istio, DESTINATION_RULE, GATEWAY, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT, VIRTUAL_SERVICE,
+};
 use crate::plan::Plan;
 use serde_json::{json, Value};
-
-/// apiVersion of Istio's networking kinds (DestinationRule, VirtualService, Gateway).
-const ISTIO_NETWORKING: &str = "networking.istio.io/v1";
 
 pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     let mut subsets: Vec<Value> = plan
@@ -28,8 +27,7 @@ pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
         }));
     }
     istio(
-        ISTIO_NETWORKING,
-        "DestinationRule",
+        &DESTINATION_RULE,
         ctx.meta(ctx.name, []),
         json!({ "host": ctx.fqdn(ctx.name), "subsets": subsets }),
     )
@@ -101,8 +99,7 @@ pub(super) fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) 
         gateways.push(format!("{}/{}", ctx.namespace, ctx.name));
     }
     istio(
-        ISTIO_NETWORKING,
-        "VirtualService",
+        &VIRTUAL_SERVICE,
         ctx.meta(ctx.name, []),
         json!({ "hosts": hosts, "gateways": gateways, "http": http }),
     )
@@ -134,8 +131,7 @@ fn rollout_route(plan: &Plan) -> Option<(&str, &str)> {
 
 pub(super) fn gateway(ctx: &Ctx, spec: &ModelEndpointSpec) -> Value {
     istio(
-        ISTIO_NETWORKING,
-        "Gateway",
+        &GATEWAY,
         ctx.meta(ctx.name, []),
         json!({
             "selector": ctx.settings.gateway_selector,

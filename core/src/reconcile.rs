@@ -1,0 +1,380 @@
+//! One reconcile, decided: `(spec, last status, observed children, metric sample, now) ->
+//! (plan, status, requeue)`. The operator lists the endpoint's children, asks Prometheus for the
+//! sample [`query`] names, calls [`decide`], renders the plan and applies it; local mode builds
+//! the same input from its running servers and Envoy's stats and applies the rollout part of
+//! the decision to its processes. Every rollout decision, annotations included, is made here.
+
+use crate::analysis::{AnalysisSource, Query, Sample};
+use crate::crd::conditions::REASON_MODEL_NOT_FOUND;
+use crate::crd::{ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use crate::plan::{plan, retiring, Observed, Plan};
+use crate::rollout::{self, Command, Now, Outcome, Settings};
+use crate::status::{endpoint_status, invalid_status};
+use crate::validate::{validate_endpoint, SpecError};
+use kube_core::ResourceExt;
+use mlep_contract::{carry_allocation, Allocation};
+use std::collections::BTreeMap;
+
+/// Seconds before a settled endpoint is looked at again (a safety net: every change of the
+/// endpoint, its Models or its Deployments requeues it at once).
+pub const SETTLED_REQUEUE_SECONDS: u64 = 600;
+/// Seconds before an endpoint still converging is looked at again.
+pub const CONVERGING_REQUEUE_SECONDS: u64 = 30;
+/// Seconds before a spec naming a Model not seen yet is looked at again (the Model cache may
+/// lag, and its watch event may have come before the endpoint existed).
+pub const MISSING_MODEL_REQUEUE_SECONDS: u64 = 5;
+
+/// Everything a reconcile reads.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    /// The endpoint: spec, annotations (`mlep.dev/rollout`), generation.
+    pub endpoint: &'a ModelEndpoint,
+    pub namespace: &'a str,
+    /// The status written by the last reconcile (local mode: what its servers serve, its
+    /// allocation and its saved rollout).
+    pub last: Option<&'a ModelEndpointStatus>,
+    /// The Models of the endpoint's namespace, to validate the spec against; `None` when the
+    /// caller validated it already (local mode checks while loading).
+    pub models: Option<&'a BTreeMap<String, ModelSpec>>,
+    /// Readiness of the endpoint's Deployments (local mode: its running servers).
+    pub observed: &'a Observed,
+    /// The one clock read of this reconcile.
+    pub now: &'a Now,
+    /// How long a removed variant's route outlives it (`RenderSettings::route_grace_seconds`).
+    pub route_grace_seconds: i64,
+}
+
+/// When to reconcile again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    After(u64),
+    /// Only when something changes.
+    AwaitChange,
+}
+
+/// What a reconcile does.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// What to run and route now, the rollout put on it (render it for the objects).
+    pub plan: Plan,
+    /// The status to write.
+    pub status: ModelEndpointStatus,
+    pub requeue: Requeue,
+    /// The spec is rejected: render and apply nothing, the last good configuration keeps
+    /// serving, `status` names the field.
+    pub rejected: Option<SpecError>,
+    /// The bucket allocation routing from now on (`None` when rejected).
+    pub allocation: Option<Allocation>,
+    /// The rollout machine's step (local mode applies it to its processes).
+    pub rollout: Outcome,
+    /// Problems to report that do not reject the spec (e.g. an unknown `mlep.dev/rollout`
+    /// value, which is ignored).
+    pub warnings: Vec<String>,
+}
+
+/// The intervention `mlep.dev/rollout` asks for, or the warning for a value that is not one
+/// (ignored). One reading for the operator and local mode.
+pub fn command(annotations: &BTreeMap<String, String>) -> (Option<Command>, Option<String>) {
+    match annotations
+        .get(rollout::ANNOTATION)
+        .map(|v| Command::parse(v))
+    {
+        None => (None, None),
+        Some(Ok(c)) => (Some(c), None),
+        Some(Err(e)) => (None, Some(e)),
+    }
+}
+
+/// Planning before the rollout: what is ready routes, retiring variants stay a while, and the
+/// allocation routing with it.
+fn planned(input: &Input) -> (Plan, Result<Allocation, SpecError>) {
+    let spec = &input.endpoint.spec;
+    let mut p = plan(spec, input.last, input.observed);
+    p.retiring = retiring(spec, input.last, input.now.unix, input.route_grace_seconds);
+    let previous = input.last.and_then(|s| s.allocation.as_ref());
+    let allocation = carry_allocation(previous, &p.weights())
+        .map_err(|e| SpecError::invalid("spec.variants", e.to_string()));
+    (p, allocation)
+}
+
+/// The rollout machine's input for this reconcile.
+fn machine_input<'a>(
+    input: &Input<'a>,
+    settings: &'a Settings,
+    allocation: &'a Allocation,
+    command: Option<Command>,
+) -> rollout::Input<'a> {
+    let spec = &input.endpoint.spec;
+    rollout::Input {
+        endpoint: input.endpoint.metadata.name.as_deref().unwrap_or_default(),
+        namespace: input.namespace,
+        settings,
+        variants: spec
+            .variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.model.as_str()))
+            .collect(),
+        serving: input
+            .last
+            .map(|s| {
+                s.variants
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.model.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ready: input
+            .observed
+            .deployments
+            .iter()
+            .filter(|(_, r)| r.ready_replicas > 0)
+            .map(|((v, m), _)| (v.as_str(), m.as_str()))
+            .collect(),
+        allocation,
+        last: input.last.and_then(|s| s.rollout.as_ref()),
+        command,
+        now: input.now.clone(),
+    }
+}
+
+/// The metric sample [`decide`] needs for `input`, if any (a running step's analysis).
+pub fn query(input: &Input) -> Option<Query> {
+    if validity(input).is_err() {
+        return None;
+    }
+    let (_, allocation) = planned(input);
+    let allocation = allocation.ok()?;
+    let settings = Settings::of(input.endpoint.spec.rollout.as_ref());
+    let (command, _) = command(input.endpoint.annotations());
+    rollout::query(&machine_input(input, &settings, &allocation, command))
+}
+
+/// [`query`], ask `source`, [`decide`].
+pub fn drive(input: &Input, source: &mut dyn AnalysisSource) -> Decision {
+    let sample = query(input).map(|q| source.sample(&q));
+    decide(input, sample)
+}
+
+fn validity(input: &Input) -> Result<(), SpecError> {
+    match input.models {
+        Some(models) => validate_endpoint(&input.endpoint.spec, |n| models.get(n)),
+        None => Ok(()),
+    }
+}
+
+/// Decide one reconcile. `sample` answers [`query`] (`None` when it named none).
+pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision {
+    let (command, warning) = command(input.endpoint.annotations());
+    let warnings: Vec<String> = warning.into_iter().collect();
+    if let Err(e) = validity(input) {
+        return rejected(input, e, warnings);
+    }
+    let (mut p, allocation) = planned(input);
+    let allocation = match allocation {
+        Ok(a) => a,
+        Err(e) => return rejected(input, e, warnings),
+    };
+    let settings = Settings::of(input.endpoint.spec.rollout.as_ref());
+    let outcome = rollout::advance(
+        &machine_input(input, &settings, &allocation, command),
+        sample,
+    );
+    rollout::apply(&mut p, &outcome, input.observed);
+    let mut status = endpoint_status(
+        input.endpoint,
+        &p,
+        input.observed,
+        allocation.clone(),
+        input.last,
+        input.now.text.clone(),
+    );
+    rollout::record(&mut status, &outcome, input.last, &input.now.text);
+    // A rollout comes back at its next step (or its next look at the analysis), a retiring
+    // variant when its routes may go.
+    let next = [
+        outcome.requeue_after_seconds,
+        p.next_retirement_in(input.now.unix).map(|s| s + 1),
+    ];
+    let requeue = match next.into_iter().flatten().min() {
+        Some(s) => Requeue::After(s.clamp(1, 30) as u64),
+        None if p.settled(&input.endpoint.spec) => Requeue::After(SETTLED_REQUEUE_SECONDS),
+        None => Requeue::After(CONVERGING_REQUEUE_SECONDS),
+    };
+    Decision {
+        plan: p,
+        status,
+        requeue,
+        rejected: None,
+        allocation: Some(allocation),
+        rollout: outcome,
+        warnings,
+    }
+}
+
+/// The decision for a rejected spec: the status names the field; nothing else changes.
+/// Also what the operator writes when rendering the plan fails.
+pub fn rejected(input: &Input, error: SpecError, warnings: Vec<String>) -> Decision {
+    let status = invalid_status(input.endpoint, input.last, &error, input.now.text.clone());
+    let requeue = if error.reason == REASON_MODEL_NOT_FOUND {
+        Requeue::After(MISSING_MODEL_REQUEUE_SECONDS)
+    } else {
+        Requeue::AwaitChange
+    };
+    Decision {
+        plan: Plan::assume_ready(&input.endpoint.spec),
+        status,
+        requeue,
+        rejected: Some(error),
+        allocation: None,
+        rollout: Outcome::default(),
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        ModelEndpointSpec, Phase, RolloutSpec, RolloutStrategy, VariantSpec, VariantStatus,
+    };
+    use crate::plan::Readiness;
+
+    fn endpoint(model_b: &str, annotation: Option<&str>) -> ModelEndpoint {
+        let mut spec = ModelEndpointSpec::new(
+            vec!["t.example.com".into()],
+            vec![
+                VariantSpec::new("a", "m1", 80),
+                VariantSpec::new("b", model_b, 20),
+            ],
+        );
+        spec.rollout = Some(RolloutSpec {
+            strategy: Some(RolloutStrategy::Canary),
+            ..RolloutSpec::default()
+        });
+        let mut ep = ModelEndpoint::new("t", spec);
+        ep.metadata.namespace = Some("ns".into());
+        if let Some(v) = annotation {
+            ep.metadata.annotations = Some([(rollout::ANNOTATION.to_owned(), v.to_owned())].into());
+        }
+        ep
+    }
+
+    fn serving(b: &str) -> ModelEndpointStatus {
+        let v = |name: &str, model: &str| VariantStatus {
+            name: name.into(),
+            model: model.into(),
+            ..VariantStatus::default()
+        };
+        ModelEndpointStatus {
+            variants: vec![v("a", "m1"), v("b", b)],
+            allocation: Allocation::initial(&[("a", 80), ("b", 20)]).ok(),
+            ..ModelEndpointStatus::default()
+        }
+    }
+
+    fn observed(pairs: &[(&str, &str)]) -> Observed {
+        let ready = Readiness {
+            replicas: 1,
+            ready_replicas: 1,
+        };
+        Observed {
+            deployments: pairs
+                .iter()
+                .map(|(v, m)| (((*v).to_owned(), (*m).to_owned()), ready))
+                .collect(),
+        }
+    }
+
+    fn now() -> Now {
+        Now {
+            unix: 1_000,
+            text: "2026-01-01T00:16:40Z".into(),
+        }
+    }
+
+    fn input<'a>(
+        ep: &'a ModelEndpoint,
+        last: &'a ModelEndpointStatus,
+        observed: &'a Observed,
+        now: &'a Now,
+    ) -> Input<'a> {
+        Input {
+            endpoint: ep,
+            namespace: "ns",
+            last: Some(last),
+            models: None,
+            observed,
+            now,
+            route_grace_seconds: 30,
+        }
+    }
+
+    #[test]
+    fn a_model_change_under_canary_starts_a_rollout_and_keeps_serving_the_old_model() {
+        let ep = endpoint("m3", None);
+        let (last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
+        let d = decide(&input(&ep, &last, &obs, &now), None);
+        let r = d.status.rollout.as_ref().unwrap();
+        assert_eq!((r.phase, r.to_model.as_str()), (Phase::Progressing, "m3"));
+        assert_eq!(d.plan.variants[1].serving_model, "m2");
+        assert_eq!(d.status.variants[1].model, "m2");
+        assert!(d.rejected.is_none() && d.warnings.is_empty());
+        // The machine comes back soon to see whether m3 is ready.
+        assert!(
+            matches!(d.requeue, Requeue::After(s) if s <= 10),
+            "{:?}",
+            d.requeue
+        );
+    }
+
+    #[test]
+    fn an_unknown_rollout_annotation_is_reported_and_ignored() {
+        let ep = endpoint("m3", Some("abrot"));
+        let (last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
+        let d = decide(&input(&ep, &last, &obs, &now), None);
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(d.warnings[0].contains(rollout::ANNOTATION) && d.warnings[0].contains("abrot"));
+        // Ignored: the rollout runs as without it.
+        let plain = endpoint("m3", None);
+        let without = decide(&input(&plain, &last, &obs, &now), None);
+        assert_eq!(d.status.rollout, without.status.rollout);
+        // A known value is no warning, and it acts.
+        let abort = endpoint("m3", Some("abort"));
+        assert_eq!(command(abort.annotations()), (Some(Command::Abort), None));
+    }
+
+    #[test]
+    fn a_spec_naming_a_missing_model_is_rejected_and_looked_at_again_soon() {
+        let ep = endpoint("m3", None);
+        let (last, obs, now) = (serving("m2"), observed(&[]), now());
+        let models: BTreeMap<String, ModelSpec> = BTreeMap::new();
+        let d = decide(
+            &Input {
+                models: Some(&models),
+                ..input(&ep, &last, &obs, &now)
+            },
+            None,
+        );
+        assert_eq!(d.rejected.as_ref().unwrap().reason, REASON_MODEL_NOT_FOUND);
+        assert_eq!(d.requeue, Requeue::After(MISSING_MODEL_REQUEUE_SECONDS));
+        assert_eq!(d.status.phase.as_deref(), Some("Degraded"));
+        // What served stays in status.
+        assert_eq!(d.status.variants, last.variants);
+        assert!(query(&Input {
+            models: Some(&models),
+            ..input(&ep, &last, &obs, &now)
+        })
+        .is_none());
+    }
+
+    #[test]
+    fn a_settled_endpoint_is_looked_at_again_only_as_a_safety_net() {
+        let mut ep = endpoint("m2", None);
+        ep.spec.rollout = None;
+        let last = serving("m2");
+        let (obs, now) = (observed(&[("a", "m1"), ("b", "m2")]), now());
+        let d = decide(&input(&ep, &last, &obs, &now), None);
+        assert_eq!(d.requeue, Requeue::After(SETTLED_REQUEUE_SECONDS));
+        assert_eq!(d.status.phase.as_deref(), Some("Ready"));
+    }
+}
