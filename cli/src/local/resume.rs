@@ -105,12 +105,6 @@ pub(super) enum Resume {
     Finished,
 }
 
-/// Whether `r` still runs: users moving, a bake, or a BlueGreen switch keeping the old model.
-fn in_progress(r: &RolloutStatus) -> bool {
-    matches!(r.phase, Phase::Progressing | Phase::Baking)
-        || (r.phase == Phase::Promoted && r.old_model_until_unix.is_some())
-}
-
 /// The decision for `saved` given the spec now: its `strategy` and the model it names for the
 /// rollout's variant (`None`: the variant is gone).
 pub(super) fn decide(saved: &Saved, strategy: RolloutStrategy, spec_model: Option<&str>) -> Resume {
@@ -118,7 +112,7 @@ pub(super) fn decide(saved: &Saved, strategy: RolloutStrategy, spec_model: Optio
     let Some(spec_model) = spec_model.filter(|_| r.phase != Phase::Idle) else {
         return Resume::Nothing;
     };
-    if !in_progress(r) {
+    if !r.active() {
         return Resume::Finished;
     }
     let switched = r.phase == Phase::Promoted;

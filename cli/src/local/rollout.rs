@@ -19,9 +19,10 @@ use crate::envoy;
 use crate::plan::{Desired, Role, ServerSet};
 use crate::rollout::EnvoyStats;
 use mlep_contract::RolloutSplit;
-use mlep_core::rollout::{
-    self as machine, Command, Input, Now, Outcome, Phase, RolloutStatus, Settings,
-};
+use mlep_core::crd::{ModelEndpoint, ModelEndpointStatus, VariantStatus};
+use mlep_core::plan::{Observed, Readiness};
+use mlep_core::reconcile::{self, Decision};
+use mlep_core::rollout::{self as machine, Now, Phase, RolloutStatus, Settings};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -45,9 +46,32 @@ pub(super) struct Rollouts {
     pub(super) mirrors: BTreeMap<(String, String), machine::Mirror>,
     /// Per endpoint (`namespace/name`): the machine's status.
     pub(super) status: BTreeMap<String, RolloutStatus>,
+    /// Per endpoint (`namespace/name`): the annotation problem last reported.
+    pub(super) warned: BTreeMap<String, String>,
 }
 
 impl Rollouts {
+    /// The line to show for an endpoint's `mlep.dev/rollout` problem (read as the operator reads
+    /// it, `mlep_core::reconcile::command`): once when it appears or changes, not on every
+    /// look; a fixed annotation clears it.
+    pub(super) fn annotation_warning(
+        &mut self,
+        key: &str,
+        problem: Option<String>,
+    ) -> Option<String> {
+        match problem {
+            None => {
+                self.warned.remove(key);
+                None
+            }
+            Some(p) if self.warned.get(key) == Some(&p) => None,
+            Some(p) => {
+                self.warned.insert(key.to_owned(), p.clone());
+                Some(format!("warning: {key}: {p}"))
+            }
+        }
+    }
+
     /// The status of an endpoint's rollout, for the table.
     pub(super) fn summary(&self, namespace: &str, endpoint: &str, variant: &str) -> Option<String> {
         let s = self.status.get(&format!("{namespace}/{endpoint}"))?;
@@ -179,6 +203,20 @@ impl Session {
 
     /// One look at every endpoint's rollout: scrape, advance, apply.
     pub(super) async fn drive_rollouts(&mut self) -> Result<(), LocalError> {
+        let problems: Vec<(String, Option<String>)> = self
+            .desired
+            .endpoints
+            .iter()
+            .map(|e| {
+                let (_, problem) = reconcile::command(&e.endpoint.annotations);
+                (format!("{}/{}", e.namespace(), e.name()), problem)
+            })
+            .collect();
+        for (key, problem) in problems {
+            if let Some(line) = self.rollouts.annotation_warning(&key, problem) {
+                self.ui.say(line);
+            }
+        }
         // Busy: a held-back model change, a rollout in progress, or servers only the machine
         // stops (a new model draining after a rollback, blue after a switch). An edit of the
         // spec (e.g. the annotation) may drop the held-back target meanwhile.
@@ -199,9 +237,16 @@ impl Session {
         if !busy {
             return Ok(());
         }
-        let now = jiff::Timestamp::now();
+        let t = jiff::Timestamp::now();
+        let now = Now {
+            unix: t.as_second(),
+            text: t
+                .round(jiff::Unit::Second)
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+        };
         if let Ok(text) = self.admin_get("/stats/prometheus").await {
-            self.rollouts.stats.observe(now.as_second(), &text);
+            self.rollouts.stats.observe(now.unix, &text);
         }
         let endpoints: Vec<(String, String)> = self
             .desired
@@ -222,66 +267,75 @@ impl Session {
             .map(|e| Settings::of(e.endpoint.spec.rollout.as_ref()).strategy)
     }
 
-    /// The machine's step for one endpoint, `None` when it has nothing to say.
-    fn advance_one(&mut self, ns: &str, name: &str, now: &jiff::Timestamp) -> Option<Outcome> {
+    /// The reconcile decision for one endpoint (`None` before it has an allocation): the spec
+    /// as written (held-back targets included) against what serves, its running servers
+    /// (ready: they answered `/ping` before they joined), the saved rollout and Envoy's stats.
+    fn decide_one(&mut self, ns: &str, name: &str, now: &Now) -> Option<Decision> {
         let ep_key = format!("{ns}/{name}");
         let e = self.desired.endpoint(ns, name)?;
         let allocation = self.allocations.get(&ep_key)?;
-        let settings = Settings::of(e.endpoint.spec.rollout.as_ref());
         let key = |v: &str| (ns.to_owned(), name.to_owned(), v.to_owned());
-        // The spec as written (the held-back target) against what serves (the desired state).
-        let variants = e.endpoint.spec.variants.iter().map(|v| {
-            let target = self.rollouts.targets.get(&key(&v.name));
-            (
-                v.name.as_str(),
-                target.map_or(v.model.as_str(), |t| t.model.as_str()),
-            )
-        });
-        let serving: Vec<(&str, &str)> = e
-            .endpoint
-            .spec
-            .variants
-            .iter()
-            .map(|v| (v.name.as_str(), v.model.as_str()))
-            .collect();
+        let mut spec = e.endpoint.spec.clone();
+        for v in &mut spec.variants {
+            if let Some(target) = self.rollouts.targets.get(&key(&v.name)) {
+                v.model = target.model.clone();
+            }
+        }
+        let mut endpoint = ModelEndpoint::new(name, spec);
+        endpoint.metadata.namespace = Some(ns.to_owned());
+        endpoint.metadata.annotations = Some(e.endpoint.annotations.clone());
+        let last = ModelEndpointStatus {
+            variants: e
+                .endpoint
+                .spec
+                .variants
+                .iter()
+                .map(|v| VariantStatus {
+                    name: v.name.clone(),
+                    model: v.model.clone(),
+                    ..VariantStatus::default()
+                })
+                .collect(),
+            allocation: Some(allocation.clone()),
+            rollout: self.rollouts.status.get(&ep_key).cloned(),
+            ..ModelEndpointStatus::default()
+        };
+        let running = Readiness {
+            replicas: 1,
+            ready_replicas: 1,
+        };
         let rolling = self
             .rollouts
             .sets
             .iter()
             .filter(|((n, ep, _), _)| n == ns && ep == name)
-            .map(|((_, _, v), r)| (v.as_str(), r.set.model.as_str()));
-        let input = Input {
-            endpoint: name,
-            namespace: ns,
-            settings: &settings,
-            variants: variants.collect(),
-            ready: serving.iter().copied().chain(rolling).collect(),
-            serving,
-            allocation,
-            last: self.rollouts.status.get(&ep_key),
-            command: e
-                .endpoint
-                .annotations
-                .get(machine::ANNOTATION)
-                .and_then(|v| Command::parse(v).ok()),
-            now: Now {
-                unix: now.as_second(),
-                text: now.to_string(),
-            },
+            .map(|((_, _, v), r)| (v.clone(), r.set.model.clone()));
+        let observed = Observed {
+            deployments: last
+                .variants
+                .iter()
+                .map(|v| (v.name.clone(), v.model.clone()))
+                .chain(rolling)
+                .map(|pair| (pair, running))
+                .collect(),
         };
-        Some(machine::drive(&input, &mut self.rollouts.stats))
+        let input = reconcile::Input {
+            endpoint: &endpoint,
+            namespace: ns,
+            last: Some(&last),
+            models: None,
+            observed: &observed,
+            now,
+            route_grace_seconds: 0,
+        };
+        Some(reconcile::drive(&input, &mut self.rollouts.stats))
     }
 
     /// Advance one endpoint's rollout and apply the outcome in a safe order.
-    async fn drive_one(
-        &mut self,
-        ns: &str,
-        name: &str,
-        now: &jiff::Timestamp,
-    ) -> Result<(), LocalError> {
+    async fn drive_one(&mut self, ns: &str, name: &str, now: &Now) -> Result<(), LocalError> {
         let ep_key = format!("{ns}/{name}");
         let last = self.rollouts.status.get(&ep_key).cloned();
-        let Some(out) = self.advance_one(ns, name, now) else {
+        let Some(out) = self.decide_one(ns, name, now).map(|d| d.rollout) else {
             return Ok(());
         };
         let Some(status) = out.status.clone() else {
@@ -488,5 +542,30 @@ impl Session {
             envoy::rollout_cluster(name, variant),
         ];
         self.move_upstreams(&d, &clusters).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_rollout_annotation_is_shown_once_naming_the_value_until_it_is_fixed() {
+        let mut r = Rollouts::default();
+        let read = |v: &str| {
+            let annotations = [(machine::ANNOTATION.to_owned(), v.to_owned())].into();
+            reconcile::command(&annotations).1
+        };
+        let line = r.annotation_warning("ns/t", read("abrot")).unwrap();
+        assert!(
+            line.contains("ns/t") && line.contains(machine::ANNOTATION) && line.contains("abrot"),
+            "{line}"
+        );
+        // The same problem at the next look: already shown.
+        assert_eq!(r.annotation_warning("ns/t", read("abrot")), None);
+        // Another bad value is shown; a good one clears, so the bad one shows again later.
+        assert!(r.annotation_warning("ns/t", read("stop")).is_some());
+        assert_eq!(r.annotation_warning("ns/t", read("abort")), None);
+        assert!(r.annotation_warning("ns/t", read("stop")).is_some());
     }
 }
