@@ -1,5 +1,6 @@
-//! The reconciler: read, plan, render, apply, status. Thin: decisions live in `plan`, `render`
-//! and `status`; this file talks to the API server.
+//! The reconciler: list the endpoint's children, decide (`mlep_core::reconcile`: plan, rollout
+//! step, status, requeue), render, apply, write status. Thin: every decision is the core's;
+//! this file talks to the API server.
 
 use crate::metrics::Metrics;
 use futures::StreamExt;
