@@ -520,6 +520,36 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_rollout_annotation_is_shown_once_and_ignored_as_the_operator_does() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-badcmd-{}", std::process::id()));
+    input(
+        &dir,
+        "  annotations:\n    mlep.dev/rollout: sideways\n",
+        CANARY_50,
+    );
+    let mut up = Up::start(&dir);
+    up.wait_ready();
+    // The operator's reading of the annotation (mlep_core::reconcile::command), shown once.
+    let warned = up.wait_for(
+        "warning: default/titanic: mlep.dev/rollout: \"sideways\" is not one of abort, promote, pause, resume (ignored)",
+        0,
+        Duration::from_secs(30),
+    );
+    // Ignored: a model change rolls out as without the annotation (not paused).
+    let load = Load::start(up.port, 3);
+    edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
+    let step = up.wait_for(
+        "rollout titanic: step 1: 50% of b's users on healthy",
+        warned,
+        Duration::from_secs(60),
+    );
+    up.wait_for("every user on healthy", step, Duration::from_secs(60));
+    load.finish_without_failures().await;
+    let shown = up.output().matches("\"sideways\" is not one of").count();
+    assert_eq!(shown, 1, "{}", up.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_the_wait() {
     let dir = std::env::temp_dir().join(format!("mlep-rollout-bg-{}", std::process::id()));
     input(
