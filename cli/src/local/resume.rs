@@ -327,7 +327,7 @@ impl Session {
                 self.rollouts.blue.insert(key, started);
                 continue;
             }
-            self.rollouts.sets.insert(key.clone(), started);
+            self.rollouts.put_set(&key, started);
             if let Some((plan, _)) = served_plan(p.rollout.as_ref(), &p.saved) {
                 if let Some(split) = plan.split {
                     self.rollouts.splits.insert(key, split);
