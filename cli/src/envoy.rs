@@ -18,8 +18,7 @@ use mlep_core::envoy::{
     DEFAULT_ROUTE, WASM_TYPE_URL,
 };
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -398,56 +397,14 @@ pub fn find_or_install_envoy() -> Result<PathBuf, EnvoyError> {
     })
 }
 
-/// A plain HTTP/1.1 GET with `Connection: close`: `(status, body)`.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), EnvoyError> {
-    let err = |detail: String| EnvoyError::Admin {
-        path: path.to_owned(),
-        detail,
-    };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| err(e.to_string()))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| err(e.to_string()))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err("no header end".into()))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| err(format!("bad status line {:?}", head.lines().next())))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
+/// `GET path` on Envoy's admin: `(status, body)`.
+fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), EnvoyError> {
+    crate::http::get_blocking(addr, path, Duration::from_secs(10))
+        .map(|r| (r.status, r.text()))
+        .map_err(|e| EnvoyError::Admin {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
 }
 
 /// How to start Envoy.
@@ -546,7 +503,7 @@ impl EnvoyProcess {
                     p.admin = a;
                 }
             }
-            if p.admin.port() != 0 && matches!(http_get(p.admin, "/ready"), Ok((200, _))) {
+            if p.admin.port() != 0 && matches!(admin_get(p.admin, "/ready"), Ok((200, _))) {
                 return Ok(p);
             }
             if Instant::now() > deadline {
@@ -577,7 +534,7 @@ impl EnvoyProcess {
 
     /// The address the (single) listener is bound to, from the admin `/listeners`.
     pub fn listener_addr(&self) -> Result<SocketAddr, EnvoyError> {
-        let (_, body) = http_get(self.admin, "/listeners?format=json")?;
+        let (_, body) = admin_get(self.admin, "/listeners?format=json")?;
         let v: Value = serde_json::from_str(&body).map_err(|e| EnvoyError::Admin {
             path: "/listeners".into(),
             detail: e.to_string(),
@@ -595,7 +552,7 @@ impl EnvoyProcess {
 
     /// The admin `/stats/prometheus` text.
     pub fn prometheus(&self) -> Result<String, EnvoyError> {
-        let (status, body) = http_get(self.admin, "/stats/prometheus")?;
+        let (status, body) = admin_get(self.admin, "/stats/prometheus")?;
         if status != 200 {
             return Err(EnvoyError::Admin {
                 path: "/stats/prometheus".into(),
