@@ -15,7 +15,9 @@ mod resume;
 mod rollout;
 
 use crate::artifacts::{ArtifactStore, BarProgress, Origin};
-use crate::envoy::{self, BootstrapSpec, EnvoyProcess, Mirroring, StartOptions, WasmFilter};
+use crate::envoy::{
+    self, BootstrapSpec, EnvoyProcess, Mirroring, StartOptions, Upstreams, WasmFilter,
+};
 use crate::load::{self, Input};
 use crate::plan::{self, Desired, Role, Runtime, ServerSet};
 use crate::restart::{Policy as RestartPolicy, Restarts};
@@ -525,21 +527,24 @@ impl Session {
     async fn start_envoy(&mut self, d: &Desired) -> Result<(), LocalError> {
         let (cfg, json) = self.filter_json(d)?;
         let spec = self.bootstrap_spec(d, &cfg)?;
-        let mut bootstrap = envoy::render_bootstrap(&spec)?;
-        upstreams::use_eds(&mut bootstrap, &self.eds_dir)?;
-        for e in d.endpoints.iter().filter(|e| e.shadow.is_none()) {
-            upstreams::add_eds_cluster(
-                &mut bootstrap,
-                &plan::shadow_cluster(e.namespace(), e.name()),
-                &self.eds_dir,
-            )?;
-        }
+        // Every cluster from EDS files; an endpoint without a shadow keeps its shadow cluster
+        // on standby (empty), so a shadow can be added with an EDS update.
+        let standby = d
+            .endpoints
+            .iter()
+            .filter(|e| e.shadow.is_none())
+            .map(|e| plan::shadow_cluster(e.namespace(), e.name()))
+            .collect();
+        let upstreams = Upstreams::Eds {
+            dir: self.eds_dir.clone(),
+            standby,
+        };
+        let bootstrap = envoy::render_bootstrap_with(&spec, &upstreams)?;
         let version = self.next_version();
         for (cluster, addrs) in self.cluster_addrs(d) {
             upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;
         }
         envoy::write_filter_config(&self.filter_path, &self.wasm, &json, &version)?;
-        upstreams::route_around_failed_hosts(&mut bootstrap)?;
         if let Some(old) = self.envoy.take() {
             tokio::task::spawn_blocking(move || old.stop())
                 .await
