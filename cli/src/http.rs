@@ -1,9 +1,12 @@
-//! A minimal HTTP/1.1 client over a tokio `TcpStream` (one request per connection), enough
-//! for readiness probes (`GET /ping`), Envoy's admin (`/stats/prometheus`) and tests. Handles
-//! `Content-Length`, chunked and read-to-close bodies.
+//! The one HTTP/1.1 client of local mode, its Envoy wrapper and the tests, on hyper: readiness
+//! probes (`GET /ping`), Envoy's admin API (`/ready`, `/stats/prometheus`, `/clusters`,
+//! `/listeners`) and the tests' requests. One request per connection (`connection: close`).
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,10 +16,15 @@ pub enum HttpError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{addr}: timed out after {0:?}", .timeout)]
+    #[error("{addr}: timed out after {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("{addr}: malformed response: {what}")]
-    Malformed { addr: String, what: String },
+    #[error("{addr}: {source}")]
+    Http { addr: String, source: hyper::Error },
+    #[error("{addr}: invalid request: {source}")]
+    Request {
+        addr: String,
+        source: hyper::http::Error,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,158 +56,215 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// `GET path` on `127.0.0.1:port`.
 pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<Response, HttpError> {
-    send(
-        port,
-        &Request {
+    send_to(local(port), &Request::get(path), timeout).await
+}
+
+/// `req` to `127.0.0.1:port`.
+pub async fn send(port: u16, req: &Request<'_>, timeout: Duration) -> Result<Response, HttpError> {
+    send_to(local(port), req, timeout).await
+}
+
+/// `req` to `addr`, within `timeout` (connecting included).
+pub async fn send_to(
+    addr: SocketAddr,
+    req: &Request<'_>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    match tokio::time::timeout(timeout, exchange(addr, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(HttpError::Timeout {
+            addr: addr.to_string(),
+            timeout,
+        }),
+    }
+}
+
+/// `GET path` on `addr` from synchronous code (Envoy's process wrapper, synchronous tests): on
+/// a runtime of its own, on a thread of its own when called from inside a runtime.
+pub fn get_blocking(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let run = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| HttpError::Io {
+                addr: addr.to_string(),
+                source,
+            })?
+            .block_on(send_to(addr, &Request::get(path), timeout))
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return run();
+    }
+    std::thread::scope(|s| s.spawn(run).join()).unwrap_or_else(|_| {
+        Err(HttpError::Io {
+            addr: addr.to_string(),
+            source: std::io::Error::other("the client thread panicked"),
+        })
+    })
+}
+
+impl<'a> Request<'a> {
+    /// `GET path`.
+    pub fn get(path: &'a str) -> Self {
+        Request {
             method: "GET",
             path,
             ..Default::default()
-        },
-        timeout,
-    )
-    .await
-}
-
-pub async fn send(port: u16, req: &Request<'_>, timeout: Duration) -> Result<Response, HttpError> {
-    let addr = format!("127.0.0.1:{port}");
-    match tokio::time::timeout(timeout, send_inner(&addr, req)).await {
-        Ok(r) => r,
-        Err(_) => Err(HttpError::Timeout { addr, timeout }),
-    }
-}
-
-async fn send_inner(addr: &str, req: &Request<'_>) -> Result<Response, HttpError> {
-    let io = |source| HttpError::Io {
-        addr: addr.to_owned(),
-        source,
-    };
-    let mut s = TcpStream::connect(addr).await.map_err(io)?;
-    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
-    if !req
-        .headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
-    {
-        head.push_str(&format!("host: {addr}\r\n"));
-    }
-    for (k, v) in &req.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
-        head.push_str(&format!("content-length: {}\r\n", req.body.len()));
-    }
-    head.push_str("connection: close\r\n\r\n");
-    // One write: a server that answers before reading the body (a local reply from a filter)
-    // and closes would otherwise leave unread bytes, and the kernel answers those with a RST.
-    let mut msg = head.into_bytes();
-    msg.extend_from_slice(req.body);
-    s.write_all(&msg).await.map_err(io)?;
-    let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw).await {
-        // A reset after a complete response still delivered the response.
-        return parse_response(&raw)
-            .ok()
-            .filter(|r| complete(&raw, r))
-            .ok_or_else(|| io(e));
-    }
-    parse_response(&raw).map_err(|what| HttpError::Malformed {
-        addr: addr.to_owned(),
-        what,
-    })
-}
-
-/// Whether `raw` held the whole body `r` announces (by `content-length`).
-fn complete(raw: &[u8], r: &Response) -> bool {
-    r.header("content-length")
-        .and_then(|l| l.parse::<usize>().ok())
-        .is_some_and(|l| l == r.body.len())
-        && !raw.is_empty()
-}
-
-/// Parse a complete HTTP/1.1 response (the connection was read to its end).
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty response")?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let rest = &raw[end + 4..];
-    let find = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
-    let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        rest.get(..len)
-            .ok_or("body shorter than content-length")?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
         }
-        out.extend_from_slice(data.get(..size).ok_or("truncated chunk")?);
-        data = data.get(size + 2..).ok_or("truncated chunk end")?;
     }
+
+    /// The hyper request, with `host` (unless given), `content-length` for a body (or a POST
+    /// or PUT) and `connection: close`.
+    fn build(&self, addr: SocketAddr) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+        let mut b = hyper::Request::builder().method(self.method).uri(self.path);
+        if !self
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+        {
+            b = b.header("host", addr.to_string());
+        }
+        for (k, v) in &self.headers {
+            b = b.header(*k, v.as_str());
+        }
+        if !self.body.is_empty() || self.method == "POST" || self.method == "PUT" {
+            b = b.header("content-length", self.body.len());
+        }
+        b.header("connection", "close")
+            .body(Full::new(Bytes::copy_from_slice(self.body)))
+    }
+}
+
+async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Result<Response, HttpError> {
+    let at = || addr.to_string();
+    let http = |source| HttpError::Http { addr: at(), source };
+    let request = req
+        .build(addr)
+        .map_err(|source| HttpError::Request { addr: at(), source })?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| HttpError::Io { addr: at(), source })?;
+    // Headers and a small body leave in one segment: a server that answers before reading the
+    // body (a filter's local reply) and closes has then read everything, and sends no reset.
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    let response = async move {
+        let r = sender.send_request(request).await?;
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((parts, body))
+    };
+    // The connection is driven beside the exchange; its own end (the server closing, as
+    // asked) is no error once the response is complete.
+    let (response, _) = tokio::join!(response, conn);
+    let (parts, body) = response.map_err(http)?;
+    Ok(Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect(),
+        body: body.to_vec(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn parses_content_length_chunked_and_close_delimited_bodies() {
-        let r =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Mlep-Variant: a\r\n\r\nhi")
-                .unwrap();
+    /// A server answering each connection with `raw` once it has read the request head.
+    async fn canned(raw: &'static [u8]) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(raw).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn reads_content_length_chunked_and_close_delimited_bodies() {
+        let t = Duration::from_secs(5);
+        let port =
+            canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Mlep-Variant: a\r\n\r\nhi").await;
+        let r = get(port, "/", t).await.unwrap();
         assert_eq!(
             (r.status, r.body.as_slice(), r.header("x-mlep-variant")),
             (200, &b"hi"[..], Some("a"))
         );
-        let r = parse_response(b"HTTP/1.1 503 Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap();
+        let port = canned(b"HTTP/1.1 503 Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").await;
+        let r = get(port, "/", t).await.unwrap();
         assert_eq!((r.status, r.text().as_str()), (503, "abcde"));
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nuntil close").unwrap();
-        assert_eq!(r.text(), "until close");
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab")
-                .is_err()
-        );
+        let port = canned(b"HTTP/1.0 200 OK\r\n\r\nuntil close").await;
+        assert_eq!(get(port, "/", t).await.unwrap().text(), "until close");
+        let port = canned(b"HTTP/1.1 200 OK\r\n").await;
+        assert!(matches!(
+            get(port, "/", t).await,
+            Err(HttpError::Http { .. })
+        ));
+        let port = canned(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab").await;
+        assert!(get(port, "/", t).await.is_err(), "a truncated chunk");
+    }
+
+    // Two workers: the blocking call holds one, the canned server runs on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_server_times_out_and_blocking_calls_work_inside_a_runtime() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let err = get(addr.port(), "/", Duration::from_millis(200)).await;
+        assert!(matches!(err, Err(HttpError::Timeout { .. })), "{err:?}");
+        let port = canned(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let r = get_blocking(local(port), "/ready", Duration::from_secs(5)).unwrap();
+        assert_eq!(r.status, 204);
+        drop(l);
+    }
+
+    #[test]
+    fn blocking_calls_work_without_a_runtime() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nready")
+                .unwrap();
+            head
+        });
+        let r = get_blocking(addr, "/ready", Duration::from_secs(5)).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "ready"));
+        let head = server.join().unwrap();
+        assert!(head.starts_with("GET /ready HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
     }
 }

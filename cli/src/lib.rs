@@ -16,3 +16,4 @@ pub mod rollout;
 pub mod supervisor;
 pub mod table;
 pub mod upstreams;
+pub mod versions;

@@ -624,3 +624,74 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         }
     }
 }
+
+/// Issue 23, item 8: a variant's servers on a model are its own (as the cluster's Deployment
+/// per variant and model), and so is their readiness. A Canary of `a` to the model `b`
+/// serves, started while an aborted rollout of `a` still drains, starts `a`'s own servers on
+/// that model and moves `a`'s users (it used to wait for "a ready pod" forever, the drained
+/// model's servers standing in for `a`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_to_the_model_another_variant_serves_moves_users_after_an_abort() {
+    let dir = std::env::temp_dir().join(format!("mlep-rollout-shared-{}", std::process::id()));
+    input(&dir, PAUSED, CANARY_50);
+    let mut up = Up::start(&dir);
+    up.wait_ready();
+    let from = up.lines();
+    edit_endpoint(&dir, "model: titanic-v1", "model: healthy");
+    up.wait_for(
+        "rollout titanic: step 1: 50% of a's users on healthy",
+        from,
+        Duration::from_secs(60),
+    );
+    let from = up.lines();
+    edit_endpoint(&dir, "mlep.dev/rollout: pause", "mlep.dev/rollout: abort");
+    let aborted = up.wait_for(
+        "aborted a from healthy to titanic-v1",
+        from,
+        Duration::from_secs(60),
+    );
+    // At once (the aborted model drains for a few seconds): a to titanic-v2, b's model.
+    let text = std::fs::read_to_string(dir.join("input/endpoint.yaml")).unwrap();
+    let retargeted = text
+        .replacen("mlep.dev/rollout: abort", "mlep.dev/rollout: pause", 1)
+        .replacen("model: healthy", "model: titanic-v2", 1);
+    let tmp = dir.join("input/endpoint.yaml.tmp");
+    std::fs::write(&tmp, retargeted).unwrap();
+    std::fs::rename(&tmp, dir.join("input/endpoint.yaml")).unwrap();
+    let load = Load::start(up.port, 3);
+    let step = up.wait_for(
+        "rollout titanic: step 1: 50% of a's users on titanic-v2",
+        aborted,
+        Duration::from_secs(60),
+    );
+    // a got its own server on titanic-v2, beside b's; the aborted model's servers are gone.
+    let out = up.output();
+    let ready_a = out
+        .lines()
+        .skip(aborted)
+        .position(|l| l.contains("ready: titanic/a (titanic-v2) "));
+    assert!(ready_a.is_some_and(|i| aborted + i < step), "{out}");
+    up.wait_for(
+        "stopping titanic/a (healthy)",
+        aborted,
+        Duration::from_secs(30),
+    );
+    // Half of a's users now get titanic-v2's answers; b's users keep theirs.
+    let after = assignments(&up, "shared", 300).await;
+    let on = |variant: &str, model: &str| {
+        after
+            .values()
+            .filter(|(v, m)| v == variant && m == model)
+            .count()
+    };
+    let on_a = after.values().filter(|(v, _)| v == "a").count();
+    assert!(
+        on("a", "titanic:v2") > on_a / 4 && on("a", "titanic:v1") > on_a / 4,
+        "{after:?}"
+    );
+    assert_eq!(
+        on("b", "titanic:v2"),
+        after.values().filter(|(v, _)| v == "b").count()
+    );
+    load.finish_without_failures().await;
+}

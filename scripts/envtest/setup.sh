@@ -9,9 +9,10 @@
 #   scripts/envtest/setup.sh stop             # stop what `start` started (by recorded pid)
 #   scripts/envtest/setup.sh restart-apiserver  # stop and start kube-apiserver only (etcd keeps data)
 #
-# Kubernetes version: $MLEP_ENVTEST_K8S, default 1.37: kube-apiserver, kube-controller-manager
-# and etcd are the cluster bed's (scripts/cluster.sh build-k8s: Go modules k8s.io/kubernetes
-# v1.37.2 + the etcd it pins, cached, ~0.3 s when built), which evaluate CEL validation rules.
+# Kubernetes version: $MLEP_ENVTEST_K8S, default the minor of versions.env's KUBERNETES_VERSION
+# (1.37): kube-apiserver, kube-controller-manager and etcd are the cluster bed's
+# (scripts/cluster.sh build-k8s: Go modules k8s.io/kubernetes at that pin + the etcd it pins,
+# cached, ~0.3 s when built), which evaluate CEL validation rules.
 # MLEP_ENVTEST_K8S=1.20 keeps the older path below (Debian's source, ~4 min to build).
 #
 # WORKDIR: $MLEP_ENVTEST_DIR, default ~/.cache/mlep-envtest-k8s-<version>. After `start`:
@@ -25,15 +26,16 @@
 # - Service IPs: a /16 (a /24 fills up at 253 Services: "failed to allocate a serviceIP:
 #   range is full", found by the 500-endpoint benchmark).
 set -euo pipefail
-K8S=${MLEP_ENVTEST_K8S:-1.37}
-W=${MLEP_ENVTEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlep-envtest-k8s-$K8S}
 HERE=$(dirname "$(readlink -f "$0")")
+. "$HERE/../../versions.env"   # KUBERNETES_VERSION: the cluster bed's, whose binaries these are
+K8S=${MLEP_ENVTEST_K8S:-$(echo "${KUBERNETES_VERSION#v}" | cut -d. -f1,2)}
+W=${MLEP_ENVTEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlep-envtest-k8s-$K8S}
 PORT=${MLEP_ENVTEST_PORT:-6443}
 ETCD_PORT=${MLEP_ENVTEST_ETCD_PORT:-2379}
 mkdir -p "$W"
 cd "$W"
 
-# The cluster bed's binaries (Kubernetes v1.37.2 and etcd v3.7 from the Go module proxy).
+# The cluster bed's binaries (Kubernetes at versions.env's pin and etcd from the Go module proxy).
 build_bed() {
   local t0 bin b
   t0=$(date +%s)

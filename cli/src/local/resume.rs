@@ -54,7 +54,10 @@ pub(super) fn save(state_dir: &Path, key: &str, saved: &Saved) -> Result<(), Loc
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     }
-    let body = serde_json::to_vec_pretty(saved).map_err(|e| LocalError::Other(e.to_string()))?;
+    let body = serde_json::to_vec_pretty(saved).map_err(|source| LocalError::Json {
+        what: "the rollout state",
+        source,
+    })?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))
@@ -321,7 +324,7 @@ impl Session {
                 self.rollouts.blue.insert(key, started);
                 continue;
             }
-            self.rollouts.sets.insert(key.clone(), started);
+            self.rollouts.put_set(&key, started);
             if let Some((plan, _)) = served_plan(p.rollout.as_ref(), &p.saved) {
                 if let Some(split) = plan.split {
                     self.rollouts.splits.insert(key, split);

@@ -29,14 +29,24 @@ use std::net::SocketAddr;
 /// `(namespace, endpoint, variant)`.
 type Key = (String, String, String);
 
+/// `(namespace, endpoint, variant, model)`: the servers of one variant on one model, as the
+/// cluster runs a Deployment per variant and model (a rollout's new model, or one draining
+/// after a rollback while the next rollout starts another).
+type ModelKey = (String, String, String, String);
+
+fn model_key((ns, ep, variant): &Key, model: &str) -> ModelKey {
+    (ns.clone(), ep.clone(), variant.clone(), model.to_owned())
+}
+
 /// Rollout state of the session.
 #[derive(Default)]
 pub(super) struct Rollouts {
     pub(super) stats: EnvoyStats,
     /// Target server set of a variant whose model change is held back.
     pub(super) targets: BTreeMap<Key, ServerSet>,
-    /// Running servers of a rollout's new model.
-    pub(super) sets: BTreeMap<Key, RunningSet>,
+    /// Running servers of rollouts' new models (and of rolled-back ones while they drain), per
+    /// variant and model: a variant's readiness on a model is its own servers' on that model.
+    pub(super) sets: BTreeMap<ModelKey, RunningSet>,
     /// BlueGreen after the switch: the old model's servers, kept for an instant rollback.
     pub(super) blue: BTreeMap<Key, RunningSet>,
     /// The split the filter config carries now.
@@ -70,6 +80,28 @@ impl Rollouts {
                 Some(format!("warning: {key}: {p}"))
             }
         }
+    }
+
+    /// The servers of `key`'s variant on `model`, if they run.
+    fn set_of(&self, key: &Key, model: &str) -> Option<&RunningSet> {
+        self.sets.get(&model_key(key, model))
+    }
+
+    /// Add the servers of a rollout's model for `key`'s variant.
+    pub(super) fn put_set(&mut self, key: &Key, r: RunningSet) {
+        self.sets.insert(model_key(key, &r.set.model), r);
+    }
+
+    /// The models of `ns/ep` whose servers run for a rollout: `(variant, model)`.
+    fn set_models<'a>(
+        &'a self,
+        ns: &'a str,
+        ep: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.sets
+            .keys()
+            .filter(move |(n, e, _, _)| n == ns && e == ep)
+            .map(|(_, _, v, m)| (v.as_str(), m.as_str()))
     }
 
     /// The status of an endpoint's rollout, for the table.
@@ -127,7 +159,22 @@ impl Session {
     /// the variant's own.
     pub(super) fn rollout_addrs(&self, ns: &str, ep: &str, variant: &str) -> Vec<SocketAddr> {
         let key = (ns.to_owned(), ep.to_owned(), variant.to_owned());
-        match self.rollouts.sets.get(&key) {
+        // The model the endpoint's rollout moves this variant's users to, else (a rolled-back
+        // model draining while the next one starts) whatever model of the variant runs.
+        let target = self
+            .rollouts
+            .status
+            .get(&format!("{ns}/{ep}"))
+            .filter(|s| s.variant == variant)
+            .and_then(|s| self.rollouts.set_of(&key, &s.to_model));
+        let any = || {
+            self.rollouts
+                .sets
+                .iter()
+                .find(|((n, e, v, _), _)| n == ns && e == ep && v == variant)
+                .map(|(_, r)| r)
+        };
+        match target.or_else(any) {
             Some(r) => r.addrs(),
             None => self
                 .running
@@ -147,9 +194,8 @@ impl Session {
             .mirrors
             .get(&(ns.to_owned(), ep.to_owned()))
             .and_then(|m| {
-                self.rollouts
-                    .sets
-                    .get(&(ns.to_owned(), ep.to_owned(), m.variant.clone()))
+                let key = (ns.to_owned(), ep.to_owned(), m.variant.clone());
+                self.rollouts.set_of(&key, &m.model)
             })
             .map(RunningSet::addrs)
             .unwrap_or_default()
@@ -223,7 +269,11 @@ impl Session {
         let busy = self.desired.endpoints.iter().any(|e| {
             let ours = |(ns, n, _): &Key| ns == e.namespace() && n == e.name();
             self.rollouts.targets.keys().any(ours)
-                || self.rollouts.sets.keys().any(ours)
+                || self
+                    .rollouts
+                    .set_models(e.namespace(), e.name())
+                    .next()
+                    .is_some()
                 || self.rollouts.blue.keys().any(ours)
                 || self
                     .rollouts
@@ -304,12 +354,19 @@ impl Session {
             replicas: 1,
             ready_replicas: 1,
         };
-        let rolling = self
+        let blue = self
             .rollouts
-            .sets
+            .blue
             .iter()
             .filter(|((n, ep, _), _)| n == ns && ep == name)
             .map(|((_, _, v), r)| (v.clone(), r.set.model.clone()));
+        let rolling = self
+            .rollouts
+            .sets
+            .keys()
+            .filter(|(n, ep, _, _)| n == ns && ep == name)
+            .map(|(_, _, v, m)| (v.clone(), m.clone()))
+            .chain(blue);
         let observed = Observed {
             deployments: last
                 .variants
@@ -362,15 +419,17 @@ impl Session {
             .as_ref()
             .map(|(_, m)| m.clone())
             .unwrap_or_default();
+        // The status routes by now (the rollout cluster follows its target model).
+        self.rollouts.status.insert(ep_key, status.clone());
         // 1. The new model's servers, ready, and in the rollout cluster.
         if wanted.contains(&status.to_model)
             && status.phase != Phase::Promoted
-            && !self.rollouts.sets.contains_key(&key)
+            && self.rollouts.set_of(&key, &status.to_model).is_none()
         {
             if let Some(set) = self.rollouts.targets.get(&key).cloned() {
                 if set.model == status.to_model {
                     let r = self.start_set(&set).await?;
-                    self.rollouts.sets.insert(key.clone(), r);
+                    self.rollouts.put_set(&key, r);
                     self.point_rollout_cluster(ns, name, &variant).await?;
                 }
             }
@@ -380,10 +439,11 @@ impl Session {
             .serving
             .as_ref()
             .is_some_and(|(_, m)| *m == status.to_model)
-            && self.rollouts.sets.contains_key(&key);
+            && self.rollouts.set_of(&key, &status.to_model).is_some();
         if promoted {
             let keep_blue = wanted.contains(&status.from_model);
-            self.promote_locally(ns, name, &variant, keep_blue).await?;
+            self.promote_locally(&key, &status.to_model, keep_blue)
+                .await?;
         }
         // A rollback while blue still runs: it takes the variant back at once.
         let demoted = out
@@ -419,10 +479,18 @@ impl Session {
                 self.point_shadow_cluster(ns, name).await?;
             }
         }
-        // 4. A rolled-back model's servers go once nothing routes there.
-        if !wanted.contains(&status.to_model) && !promoted {
-            if let Some(r) = self.rollouts.sets.remove(&key) {
-                self.point_rollout_cluster(ns, name, &variant).await?;
+        // 4. A rolled-back model's servers go once nothing routes there, and so do those of
+        // any model the machine no longer wants (another variant's, or an earlier rollout's).
+        let unwanted: Vec<ModelKey> = self
+            .rollouts
+            .sets
+            .keys()
+            .filter(|(n, e, v, m)| n == ns && e == name && (*v != variant || !wanted.contains(m)))
+            .cloned()
+            .collect();
+        for k in unwanted {
+            if let Some(r) = self.rollouts.sets.remove(&k) {
+                self.point_rollout_cluster(ns, name, &k.2).await?;
                 self.ui.say(format!(
                     "  stopping {} on {}",
                     r.set.label(),
@@ -445,7 +513,6 @@ impl Session {
         if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
             self.rollouts.targets.remove(&key);
         }
-        self.rollouts.status.insert(ep_key, status);
         Ok(())
     }
 
@@ -474,13 +541,12 @@ impl Session {
     /// names it, the variant's cluster moves to it, the old servers stop.
     async fn promote_locally(
         &mut self,
-        ns: &str,
-        name: &str,
-        variant: &str,
+        key: &Key,
+        model: &str,
         keep_blue: bool,
     ) -> Result<(), LocalError> {
-        let key = (ns.to_owned(), name.to_owned(), variant.to_owned());
-        let Some(new_set) = self.rollouts.sets.remove(&key) else {
+        let (ns, name, variant) = (key.0.as_str(), key.1.as_str(), key.2.as_str());
+        let Some(new_set) = self.rollouts.sets.remove(&model_key(key, model)) else {
             return Ok(());
         };
         let role_key = (
@@ -488,10 +554,9 @@ impl Session {
             name.to_owned(),
             Role::Variant(variant.to_owned()),
         );
-        let model = new_set.set.model.clone();
         let old = self.running.insert(role_key, new_set);
-        let target = self.rollouts.targets.get(&key).cloned();
-        self.desire_variant(ns, name, variant, target, &model);
+        let target = self.rollouts.targets.get(key).cloned();
+        self.desire_variant(ns, name, variant, target, model);
         let d = self.desired.clone();
         let clusters = [
             envoy::variant_cluster(name, variant),
@@ -500,7 +565,7 @@ impl Session {
         self.move_upstreams(&d, &clusters).await?;
         if let Some(r) = old {
             if keep_blue {
-                self.rollouts.blue.insert(key, r);
+                self.rollouts.blue.insert(key.clone(), r);
             } else {
                 self.ui.say(format!(
                     "  stopping {} on {}",
@@ -533,7 +598,7 @@ impl Session {
             Role::Variant(variant.to_owned()),
         );
         if let Some(green) = self.running.insert(role_key, blue) {
-            self.rollouts.sets.insert(key, green);
+            self.rollouts.put_set(&key, green);
         }
         self.desire_variant(ns, name, variant, Some(blue_set), blue_model);
         let d = self.desired.clone();
