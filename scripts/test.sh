@@ -49,11 +49,12 @@ bed() {
 checks() {
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
+  cargo test -p mlep-tests --test references  # every path a doc or comment cites exists
 }
 
 for p in "${parts[@]}"; do
   case $p in
-    checks) run "workspace checks (fmt, clippy)" checks ;;
+    checks) run "workspace checks (fmt, clippy, cited paths)" checks ;;
     contract) run "contract" cargo test -p mlep-contract ;;
     filter) run "filter" scripts/test-filter.sh ;;
     containers) run "containers" scripts/test-containers.sh ;;
