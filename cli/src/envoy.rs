@@ -10,7 +10,7 @@
 //! [`write_filter_config`] writes a temporary file next to it and renames it into place (an
 //! atomic swap; an in-place write would not be noticed). A config the filter refuses
 //! (`on_configure` returns false on Envoy's canary VM) makes Envoy reject the ECDS update and
-//! keep serving with the previous one. Both verified with Envoy 1.40.0 (tests/filter_*.rs).
+//! keep serving with the previous one. Both verified with Envoy 1.40.0 (tests/tests/filter_*.rs).
 
 use crate::upstreams;
 use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};

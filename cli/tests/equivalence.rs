@@ -1,4 +1,4 @@
-//! DESIGN.md: local mode renders "an Envoy bootstrap equivalent to what Istio + the operator
+//! docs/architecture.md: local mode renders "an Envoy bootstrap equivalent to what Istio + the operator
 //! produce". This renders one endpoint both ways — the operator's objects (`mlep render`, the
 //! rendering the operator applies) and local mode's bootstrap + ECDS file (the functions
 //! `mlep local up` calls) — and checks that the filter gets the same configuration in the same

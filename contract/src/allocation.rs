@@ -255,6 +255,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn initial_layout_is_contiguous_in_variant_order() {
         let a = Allocation::initial(&[("a", 80), ("b", 20)]).unwrap();
         assert_eq!(
@@ -276,6 +277,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn weights_not_summing_to_100_are_rejected() {
         assert_eq!(
             Allocation::initial(&[("a", 80), ("b", 30)]),
@@ -288,6 +290,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn middle_variant_keeps_its_users_when_weight_moves_from_first_to_last() {
         let w1 = [("a", 70), ("b", 20), ("c", 10)];
         let w2 = [("a", 60), ("b", 20), ("c", 20)];
@@ -306,6 +309,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn validate_names_the_problem() {
         let w = [("a", 50), ("b", 50)];
         let mut a = Allocation::initial(&w).unwrap();
@@ -354,6 +358,7 @@ mod tests {
         /// every bucket that changes owner moves from a variant that lost weight to one that
         /// gained weight, and exactly sum(max(0, gain)) buckets move.
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn rebalance_moves_only_from_shrinking_to_growing(chain in proptest::collection::vec(weights_strategy(), 2..6)) {
             let mut prev_w = named(&chain[0]);
             let mut prev = Allocation::initial(&prev_w).unwrap();
@@ -384,6 +389,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn rebalance_with_unchanged_weights_is_identity(w in weights_strategy()) {
             let w = named(&w);
             let a = Allocation::initial(&w).unwrap();
@@ -391,6 +397,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn table_agrees_with_lookup(w in weights_strategy(), w2 in weights_strategy()) {
             let w = named(&w);
             let w2 = named(&w2);

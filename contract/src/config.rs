@@ -541,6 +541,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn documented_example_config_is_valid() {
         let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
         assert_eq!(cfg.endpoints[0].variants.len(), 2);
@@ -548,6 +549,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn config_round_trips_through_json() {
         let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
         let again = FilterConfig::from_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -561,6 +563,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn errors_name_the_offending_field() {
         let e = with(|v| v["endpoints"][0]["variants"][1]["weight"] = 30.into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].variants");
@@ -606,6 +609,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn non_json_is_rejected_with_position() {
         let e = FilterConfig::from_json(b"{\"version\": 1,\n  nope").unwrap_err();
         assert!(e.field.starts_with("line 2"), "{e}");
@@ -613,6 +617,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = FilterConfig::from_json(&bytes);
         }

@@ -65,6 +65,7 @@ mod tests {
     /// Pinned values: if these change, every user of every endpoint moves. The same values are
     /// checked by the wasm32 run of this test suite, proving 32-bit and 64-bit agree.
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn hash_values_are_pinned_forever() {
         assert_eq!(hash_key("", ""), fmix64(fnv1a(FNV_OFFSET, &[0])));
         assert_eq!(bucket_of("default/titanic", "user-1"), PINNED[0]);
@@ -75,6 +76,7 @@ mod tests {
     const PINNED: [u32; 3] = [3115, 4390, 7050];
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn salt_separates_endpoints() {
         let same = (0..1000)
             .filter(|i| {
@@ -87,6 +89,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn buckets_are_uniform_over_sequential_keys() {
         let mut counts = [0u32; 10];
         for i in 0..100_000 {

@@ -1,6 +1,6 @@
 //! The contract between the control plane (operator, local mode) and the data plane (the
 //! proxy-wasm filter). Everything here is plain data and pure functions: no proxy-wasm, no
-//! kube, no I/O, so it compiles to `wasm32-wasip1` and natively and is tested on both.
+//! kube, no I/O, so it compiles natively and to wasm32 and is tested on both.
 //!
 //! - [`config`]: the JSON the filter reads, with validation that names the offending field.
 //! - [`hash`]: the stable sticky-key hash and bucket function (documented in the README).

@@ -237,6 +237,7 @@ mod tests {
     /// Apply the tag regexes the way Envoy does (a tiny pair walker standing in for the regex
     /// engine, which the Envoy integration test exercises for real).
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn stat_names_are_pairs_with_sanitized_values() {
         let n = stat_name(
             REQUESTS_TOTAL,
@@ -256,6 +257,7 @@ mod tests {
     /// Istio's template line is `"regex": "({{ $tag }}=\\.=(.*?);\\.;)"` (JSON-escaped):
     /// the regex we write locally must be the one istio-agent writes from `extraStatTags`.
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn one_stats_tag_per_label_in_istios_extra_stat_tags_form() {
         let tags = stats_tags();
         assert_eq!(tags.len(), ALL_LABELS.len());
@@ -270,6 +272,7 @@ mod tests {
     /// Cut every `key=.=value;.;` out the way Envoy applies the tag regexes: the labels come
     /// out in order and the rest is the bare metric name.
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn cutting_the_tags_out_leaves_the_metric_name() {
         let n = stat_name(
             SHADOW_AGREEMENT_TOTAL,
@@ -298,6 +301,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn every_label_value_sits_at_its_own_index() {
         fn check<T: Copy + PartialEq + std::fmt::Debug>(all: &[T], index: fn(T) -> usize) {
             for (i, v) in all.iter().enumerate() {
@@ -314,6 +318,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn code_classes_cover_all_statuses() {
         assert_eq!(code_class(200), "2xx");
         assert_eq!(code_class(404), "4xx");

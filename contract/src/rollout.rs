@@ -210,6 +210,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn growing_takes_the_lowest_unmoved_buckets_of_the_variant_across_its_runs() {
         let a = alloc();
         assert_eq!(owned(&a, "b"), vec![sp(2000, 3000), sp(7000, 10000)]);
@@ -224,6 +225,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn validation_names_spans_outside_the_variant_or_out_of_order() {
         let a = alloc();
         assert!(matches!(
@@ -245,6 +247,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_weight_change_mid_rollout_keeps_moved_users_the_variant_still_owns() {
         let a = alloc();
         let moved = grow(&a, "b", &[], target_for(&a, "b", 50));
@@ -266,6 +269,7 @@ mod tests {
         /// stays inside the variant, has exactly the buckets asked for (or all the variant
         /// owns), and the moved buckets are exactly the ones a rollback returns.
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn moves_are_monotone_and_a_rollback_returns_exactly_the_moved_buckets(
             (wa, wb) in weights(),
             steps in proptest::collection::vec(0u32..=100, 1..8),

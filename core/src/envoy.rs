@@ -1,6 +1,6 @@
 //! The Envoy vocabulary both worlds speak. The operator renders it into Istio objects
 //! (EnvoyFilter / WasmPlugin, VirtualService, the shadow Service); local mode renders it into an
-//! Envoy bootstrap and ECDS file (`mlep`'s `envoy.rs`). DESIGN.md promises local mode is
+//! Envoy bootstrap and ECDS file (`mlep`'s `envoy.rs`). docs/architecture.md: local mode is
 //! "equivalent to what Istio + the operator produce": these are the pieces that make it so,
 //! defined once:
 //!
@@ -11,7 +11,7 @@
 //! - [`ShadowTarget`]: where the filter sends shadow copies (Envoy cluster + `:authority`);
 //! - [`stats_config`] / [`STATS_PREFIX`]: the stats tags and the prefix Istio must let through.
 //!
-//! The equivalence of the two renderings is tested in `mlep`'s `tests/equivalence.rs`.
+//! The equivalence of the two renderings is tested in `cli/tests/equivalence.rs`.
 
 use mlep_contract::metrics::stats_tags;
 use serde_json::{json, Value};

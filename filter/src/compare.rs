@@ -55,12 +55,14 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn exact_mode_compares_bytes() {
         assert!(agree(CompareMode::Exact, 0.0, b"{\"a\":1}", b"{\"a\":1}"));
         assert!(!agree(CompareMode::Exact, 0.0, b"{\"a\":1}", b"{\"a\": 1}"));
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn json_mode_tolerates_small_numeric_differences_and_key_order() {
         let p = br#"{"predictions": [0.5, 0.25], "model": "x"}"#;
         let s = br#"{"model": "x", "predictions": [0.5000001, 0.25]}"#;
@@ -69,6 +71,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn json_mode_sees_structural_differences() {
         assert!(!agree(
             CompareMode::Json,
@@ -91,18 +94,21 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn json_mode_falls_back_to_bytes_for_non_json() {
         assert!(agree(CompareMode::Json, 0.0, b"label=cat", b"label=cat"));
         assert!(!agree(CompareMode::Json, 0.0, b"label=cat", b"label=dog"));
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn off_mode_never_agrees() {
         assert!(!agree(CompareMode::Off, 0.0, b"x", b"x"));
     }
 
     proptest! {
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn arbitrary_bodies_never_panic_and_agree_with_themselves(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             prop_assert!(agree(CompareMode::Exact, 0.0, &body, &body));
             let _ = agree(CompareMode::Json, 0.001, &body, b"[1]");

@@ -348,6 +348,7 @@ mod tests {
     pub(crate) const EXAMPLE: &str = include_str!("../../examples/filter-config.json");
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn compiling_defines_every_label_combination_up_front() {
         let mut host = MemHost::default();
         let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut host).unwrap();
@@ -365,6 +366,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn hosts_match_without_port_and_case() {
         let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut MemHost::default()).unwrap();
         assert_eq!(c.endpoint_for("Titanic.Example.com:8080"), Some(0));
@@ -373,6 +375,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_star_host_catches_every_other_host() {
         let cfg = EXAMPLE.replace("\"titanic.example.com\", ", "\"*\", ");
         let c = Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap();
@@ -380,6 +383,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn an_invalid_config_is_refused_naming_the_field() {
         let cfg = EXAMPLE.replace("\"weight\": 20", "\"weight\": 30");
         let e = Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap_err();

@@ -159,6 +159,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn exact_hosts_match_without_port_case_or_trailing_dot() {
         let t = hosts(&[("titanic", "ml", &["titanic.example.com"])]);
         for a in [
@@ -173,6 +174,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn every_mesh_name_of_the_service_matches() {
         let t = hosts(&[("titanic", "ml", &["titanic.example.com"])]);
         for a in [
@@ -189,6 +191,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_short_name_shared_by_two_namespaces_is_nobodys() {
         let t = hosts(&[("titanic", "a", &["x.com"]), ("titanic", "b", &["y.com"])]);
         assert_eq!(t.lookup("titanic"), None);
@@ -197,6 +200,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn wildcards_match_subdomains_and_the_longest_suffix_wins() {
         let t = hosts(&[
             ("wide", "ml", &["*.example.com"]),
@@ -211,6 +215,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn explicit_hosts_beat_derived_names_and_star_catches_the_rest() {
         let t = hosts(&[("titanic", "ml", &["*"]), ("other", "ml", &["titanic.ml"])]);
         assert_eq!(t.lookup("titanic.ml"), Some(1));
@@ -220,6 +225,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn ports_are_stripped_from_names_and_ipv6_literals() {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("::1"), "::1");

@@ -1,7 +1,7 @@
 //! The K8SMLEndpoints proxy-wasm filter.
 //!
 //! All decisions live in plain modules with no proxy-wasm dependency, tested natively and
-//! under `wasm32-wasip1`:
+//! on `wasm32-unknown-unknown` (wasm-bindgen-test):
 //! - [`compiled`]: the configuration compiled once per `on_configure` (bucket tables, host
 //!   table, metric ids);
 //! - [`hosts`]: which endpoint an `:authority` belongs to (exact, wildcard and mesh names);
@@ -23,7 +23,7 @@ pub mod shadow;
 pub mod stream;
 pub mod tally;
 
-// Not in test builds: the wasm32 test binaries run under a plain WASI runner, which has no
+// Not in test builds: the wasm32 test binaries run under wasm-bindgen-test's runner, which has no
 // proxy-wasm host functions to import.
 #[cfg(all(target_arch = "wasm32", not(test)))]
 mod adapter;

@@ -177,6 +177,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn target_header_picks_the_named_variant() {
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "b"), ("x-user-id", "u1")]);
         assert_eq!(
@@ -190,6 +191,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn unknown_target_is_rejected_with_the_valid_variants() {
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz\"")]);
         let Decision::Reject { body } = decide(&ep(), &h.request.clone(), &mut h) else {
@@ -201,6 +203,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn unknown_target_is_ignored_when_configured() {
         let e = endpoint(|s| s.replace("\"reject\"", "\"ignore\""));
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
@@ -214,6 +217,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn targeting_off_ignores_the_header() {
         let e = endpoint(|s| s.replace("\"allowTargeting\": true", "\"allowTargeting\": false"));
         let mut h = MemHost::with_request(&[("x-mlep-target-variant", "zz"), ("x-user-id", "u1")]);
@@ -227,6 +231,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_same_key_gets_the_same_variant_from_header_or_cookie() {
         let e = ep();
         for i in 0..200 {
@@ -251,6 +256,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_request_without_key_gets_a_random_key_and_a_cookie_that_sticks() {
         let e = ep();
         let mut h = MemHost::with_request(&[]);
@@ -274,6 +280,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn cookies_are_found_among_others_and_unquoted() {
         assert_eq!(find_cookie("a=1; mlep-x=\"k\"; b=2", "mlep-x"), Some("k"));
         assert_eq!(find_cookie("mlep-xy=1", "mlep-x"), None);
@@ -281,6 +288,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_cookie_is_found_in_any_of_several_cookie_headers() {
         let e = ep();
         let mut h = MemHost::with_request(&[("cookie", "a=1"), ("cookie", "mlep-titanic=k1")]);
@@ -297,6 +305,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn long_keys_are_cut_on_a_char_boundary() {
         let k = "é".repeat(300);
         assert!(cut(&k, MAX_KEY_BYTES).len() <= MAX_KEY_BYTES);

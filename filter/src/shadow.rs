@@ -327,6 +327,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn agreement_is_recorded_whichever_side_finishes_first() {
         let mut hub = Hub::new();
         let a = hub
@@ -369,6 +370,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_failed_shadow_counts_an_outcome_and_no_agreement() {
         let mut hub = Hub::new();
         let a = hub
@@ -388,6 +390,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_hub_is_bounded_and_evicts_stale_entries() {
         let mut hub = Hub::new();
         for _ in 0..MAX_PENDING {
@@ -409,6 +412,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn oversized_bodies_are_refused_by_byte_budget() {
         let mut hub = Hub::new();
         assert!(hub
@@ -423,6 +427,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn compare_off_settles_on_the_shadow_response_alone() {
         let mut hub = Hub::new();
         let a = hub
@@ -441,6 +446,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn envoys_own_timeout_reply_counts_as_timeout_whenever_it_arrives() {
         let mut hub = Hub::new();
         let a = hub
@@ -469,6 +475,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn outcomes_are_classified_by_status_and_time() {
         assert_eq!(classify(Some(200), 10, 1000), Outcome::Ok);
         assert_eq!(classify(Some(404), 10, 1000), Outcome::Ok);
@@ -479,6 +486,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn credentials_and_framing_are_dropped_from_copies() {
         let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let input = vec![

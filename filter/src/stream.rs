@@ -328,6 +328,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn assigned_requests_carry_the_variant_both_ways_and_are_counted() {
         let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 0"));
         request(
@@ -393,6 +394,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_rollout_sends_moved_users_to_the_new_model_and_counts_them_under_it() {
         let (cfg, hub, mut h) = setup(rolling_out);
         assert_eq!(
@@ -464,6 +466,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_targeted_keyed_request_follows_the_rollout_by_its_key_and_its_share() {
         // b rolls out with half of its buckets (8000..9000 of 8000..10000) moved.
         let (cfg, _, mut h) = setup(rolling_out);
@@ -505,6 +508,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_targeted_keyless_request_goes_to_the_new_model_with_the_moved_share() {
         let (cfg, _, mut h) = setup(rolling_out);
         let n = 2000;
@@ -517,6 +521,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn targeting_a_variant_with_nothing_moved_serves_its_old_model() {
         // A BlueGreen bake (or a rollback) has no moved bucket: every targeted request stays.
         let (cfg, _, mut h) =
@@ -543,6 +548,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_shadow_limited_to_one_variant_mirrors_only_that_variants_requests() {
         let (cfg, hub, mut h) =
             setup(|s| s.replace("\"percent\": 10", "\"percent\": 100, \"variant\": \"b\""));
@@ -566,6 +572,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_client_sent_variant_header_is_stripped_even_when_assignment_fails() {
         let (cfg, hub, mut h) = setup(|s| s.to_owned());
         request(
@@ -585,6 +592,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn other_hosts_are_left_untouched() {
         let (cfg, hub, mut h) = setup(|s| s.to_owned());
         request(
@@ -603,6 +611,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_sampled_request_queues_a_copy_and_agreement_is_counted() {
         let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 100"));
         request(
@@ -643,6 +652,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_body_over_the_cap_is_not_mirrored_and_counts_skipped() {
         let (cfg, hub, mut h) = setup(|s| {
             s.replace("\"percent\": 10", "\"percent\": 100")
@@ -666,6 +676,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_fresh_visitor_gets_a_cookie_on_the_response() {
         let (cfg, hub, mut h) = setup(|s| s.to_owned());
         request(&mut h, &[(":authority", "titanic.example.com")]);
@@ -709,6 +720,7 @@ mod props {
         /// Whatever the client sends, a stream never panics, and when it is assigned the
         /// request carries exactly one valid variant.
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn arbitrary_headers_and_cookies_never_panic(
             headers in proptest::collection::vec(header(), 0..8),
             status in any::<String>(),
@@ -743,6 +755,7 @@ mod props {
         /// variant, and on the variant being rolled out the model header is the new model
         /// exactly when the user's bucket moved (never a client's value).
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn a_rollout_split_marks_exactly_the_moved_users_whatever_the_client_sends(
             headers in proptest::collection::vec(header(), 0..8),
             seed in any::<u64>(),
@@ -774,6 +787,7 @@ mod props {
         /// the new model it stays there at every larger share, the share of targeted keys
         /// moved tracks the variant's, and a rollback (nothing moved) returns every one.
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn targeted_users_who_moved_stay_moved_as_the_share_grows(
             mut steps in proptest::collection::vec(0u32..=2000, 1..6),
             first in 0u32..10_000,
@@ -809,6 +823,7 @@ mod props {
         /// Arbitrary configuration bytes never panic the compiler (and define no metric
         /// unless the config is valid).
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn arbitrary_config_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut h = MemHost::default();
             if Compiled::from_json(&bytes, &mut h).is_err() {
@@ -818,6 +833,7 @@ mod props {
 
         /// Mutating the valid example in arbitrary places never panics either.
         #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
         fn mutated_configs_never_panic(pos in 0usize..2000, byte in any::<u8>()) {
             let mut bytes = include_str!("../../examples/filter-config.json").as_bytes().to_vec();
             let i = pos % bytes.len();

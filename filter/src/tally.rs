@@ -68,6 +68,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_flush_hands_over_each_count_once() {
         let mut t = Tally::default();
         for id in [4, 8, 4, 4] {
