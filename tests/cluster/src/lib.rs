@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use mlep_tests::load;
@@ -589,9 +590,12 @@ impl Sidecar {
     /// Sequential requests from inside the pod (a shell loop around curl, no retry) until
     /// [`SidecarLoad::stop`].
     pub fn load(&self) -> SidecarLoad {
+        // A stop file per run (the toolbox has no rm to clear an old one).
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let stop_file = format!("/tmp/stop-{}", RUN.fetch_add(1, Ordering::SeqCst));
         let script = format!(
-            r#"rm -f /tmp/stop; i=0
-while [ ! -e /tmp/stop ] && [ $i -lt 20000 ]; do
+            r#"i=0
+while [ ! -e {stop_file} ] && [ $i -lt 20000 ]; do
   i=$((i+1))
   curl -sS -m 10 -H "x-user-id: load-user-$((i % 500))" -H 'content-type: application/json' --data-binary "$2" -w '{CURL_FORMAT}' "$1" 2>/dev/null
 done"#
@@ -609,6 +613,7 @@ done"#
         SidecarLoad {
             ns: self.ns.clone(),
             pod: self.pod.clone(),
+            stop_file,
             child,
         }
     }
@@ -652,6 +657,7 @@ pub fn parse_curl(out: &str) -> Vec<(Outcome, f64)> {
 pub struct SidecarLoad {
     ns: String,
     pod: String,
+    stop_file: String,
     child: tokio::process::Child,
 }
 
@@ -668,7 +674,7 @@ impl SidecarLoad {
             "--",
             "sh",
             "-c",
-            ": > /tmp/stop",
+            &format!(": > {}", self.stop_file),
         ])
         .await;
         assert!(ok, "stopping the sidecar load: {err}");

@@ -617,6 +617,22 @@ async fn operator_pid(bed: &Bed, pod: &str) -> u32 {
         })
 }
 
+/// SIGKILL the operator process of `pod`, then delete the pod at once: restarted in the same
+/// pod it would come back under the same Lease identity (its pod name).
+async fn kill_leader(bed: &Bed, pod: &str, pid: u32) {
+    signal(pid, "KILL");
+    bed.api::<Pod>(OPERATOR_NS)
+        .delete(
+            pod,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -673,7 +689,7 @@ async fn the_leader_killed_mid_change_converges_and_a_new_leader_writes_nothing(
         seen < generation,
         "observedGeneration {seen} already at the edit's {generation}"
     );
-    signal(pid, "KILL");
+    kill_leader(&bed, &leader, pid).await;
     let killed_at = Instant::now();
     let seen = observed_generation(&t.endpoint().await);
     assert!(
@@ -718,7 +734,7 @@ async fn the_leader_killed_mid_change_converges_and_a_new_leader_writes_nothing(
         live_leader(&bed, None)
     })
     .await;
-    signal(operator_pid(&bed, &old).await, "KILL");
+    kill_leader(&bed, &old, operator_pid(&bed, &old).await).await;
     let leader = eventually(
         Duration::from_secs(120),
         "another replica takes the lease",
