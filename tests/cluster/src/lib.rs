@@ -217,6 +217,12 @@ impl Titanic {
             "apply -> Ready: {:.1} s",
             t0.elapsed().as_secs_f64()
         ));
+        // The gateway has the endpoint's filter config (it answers with a variant).
+        eventually(Duration::from_secs(180), "the gateway assigns", || async {
+            let o = t.gateway.invoke(&[("x-user-id", "probe")]).await;
+            (o.status() == Some(200) && o.variant().is_some()).then_some(())
+        })
+        .await;
         t
     }
 

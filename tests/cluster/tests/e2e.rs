@@ -633,6 +633,18 @@ async fn kill_leader(bed: &Bed, pod: &str, pid: u32) {
         .unwrap();
 }
 
+/// Sends SIGCONT to a frozen process when dropped (harmless once it is dead).
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -678,6 +690,8 @@ async fn the_leader_killed_mid_change_converges_and_a_new_leader_writes_nothing(
     // Frozen, the leader cannot observe the edit; killed before its status reaches the edit's
     // generation, the kill provably lands mid-change.
     signal(pid, "STOP");
+    // A failure before the kill must not leave the process frozen.
+    let _thaw = Thaw(pid);
     let generation = t
         .edit(|spec| {
             spec.variants[0].weight = 30;
