@@ -3,8 +3,8 @@
 # mlep-cluster-e2e (tests/cluster; tests/e2e.rs lists every check, phase by phase), each phase
 # one test in its own namespace, asserting through typed kube-rs APIs. This script only brings
 # the bed up, builds and imports this tree's operator image, installs the operator the way users
-# do (kubectl apply -k manifests/) and runs the tests one at a time: the operator, its Lease and
-# the shared gateway are cluster-wide, and several phases stop, kill or count them.
+# do (kubectl apply -k manifests/) and runs the tests: tests/namespaced.rs a few at a time,
+# then tests/cluster_wide.rs (the operator's Lease and replicas, the shared filters) one at a time.
 #
 #   scripts/test-cluster-e2e.sh               # every phase
 #   scripts/test-cluster-e2e.sh canary        # the tests whose name contains "canary"
@@ -63,7 +63,11 @@ EOF
 kc apply -k "$WORK/operator" >/dev/null || fail "kubectl apply -k manifests/"
 kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "operator not Ready"
 
-# --- 2. the phases, one test each, one at a time ------------------------------------------------
-echo "--> cargo test -p mlep-cluster-e2e --test e2e (one test at a time)"
+# --- 2. the phases, one test each -------------------------------------------------------------
+# Namespaced phases side by side (MLEP_E2E_THREADS of them), then the cluster-wide ones (the
+# operator's Lease and replicas, the shared filters) one at a time.
 export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
-nice cargo test -p mlep-cluster-e2e --test e2e -- --test-threads=1 --nocapture "$@"
+echo "--> cargo test -p mlep-cluster-e2e --test namespaced (${MLEP_E2E_THREADS:-2} at a time)"
+nice cargo test -p mlep-cluster-e2e --test namespaced -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
+echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide (one at a time)"
+nice cargo test -p mlep-cluster-e2e --test cluster_wide -- --test-threads=1 --nocapture "$@"
