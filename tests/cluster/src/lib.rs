@@ -367,7 +367,7 @@ impl Titanic {
                 ByteString(std::fs::read(repo().join(f)).unwrap()),
             );
             routes.push_str(&format!(
-                "              - match: {{path: /{name}}}\n                direct_response: {{status: 200, body: {{filename: /artifacts/{name}}}}}\n"
+                "                        - match: {{path: /{name}}}\n                          direct_response: {{status: 200, body: {{filename: /artifacts/{name}}}}}\n"
             ));
         }
         let cms: Api<ConfigMap> = bed.api(&self.ns);
