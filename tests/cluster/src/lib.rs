@@ -566,15 +566,25 @@ spec:
         (self.share_of(variant, "split-user", 400).await - percent).abs() <= 8.0
     }
 
-    /// Every one of 200 keys is answered 200 by `model` (the server's `name:version`).
-    pub async fn all_on(&self, model: &str) -> bool {
-        let keys: Vec<String> = (1..=200).map(|i| format!("rollout-{i}")).collect();
-        let want = format!("200 {model}");
-        self.gateway
-            .models(&keys)
-            .await
-            .values()
-            .all(|v| *v == want)
+    /// Of 200 keys, every one assigned variant `a` (the rolled-out variant; there is at least
+    /// one) is answered 200 by `model` (the server's `name:version`); every other key is
+    /// answered 200 too.
+    pub async fn a_all_on(&self, model: &str) -> bool {
+        let mut on_a = 0;
+        for i in 1..=200 {
+            let key = format!("rollout-{i}");
+            let o = self.gateway.invoke(&[("x-user-id", &key)]).await;
+            if o.status() != Some(200) {
+                return false;
+            }
+            if o.variant() == Some("a") {
+                if o.model() != Some(model) {
+                    return false;
+                }
+                on_a += 1;
+            }
+        }
+        on_a > 0
     }
 
     /// The Service's in-mesh URL.

@@ -514,8 +514,8 @@ async fn a_canary_to_a_failing_model_rolls_back() {
     println!("    Degraded/{}: {}", degraded.reason, degraded.message);
     eventually(
         Duration::from_secs(60),
-        "every user back on titanic:v1",
-        || async { t.all_on("titanic:v1").await.then_some(()) },
+        "every user of a back on titanic:v1",
+        || async { t.a_all_on("titanic:v1").await.then_some(()) },
     )
     .await;
     let (g, sc) = loads.stop("canary").await;
@@ -590,7 +590,7 @@ async fn a_blue_green_bakes_then_promotes() {
                     *bake.lock().unwrap() = r["lastAnalysis"].clone();
                 }
                 (r["phase"] == "Promoted"
-                    && t.all_on("titanic:v2").await
+                    && t.a_all_on("titanic:v2").await
                     && !t.deployment_exists("titanic-a-titanic-v1").await)
                     .then_some(())
             }
@@ -667,7 +667,7 @@ async fn a_linear_rollout_promotes_step_by_step() {
                         .insert(r["movedPercent"].as_u64().unwrap_or(0));
                 }
                 (r["phase"] == "Promoted"
-                    && t.all_on("titanic:v2").await
+                    && t.a_all_on("titanic:v2").await
                     && !t.deployment_exists("titanic-a-titanic-v1").await)
                     .then_some(())
             }
