@@ -537,7 +537,7 @@ async fn a_canary_to_a_failing_model_rolls_back() {
         "the failing canary failed no request"
     );
     ok(format!(
-        "Canary to a failing model rolled back on maxErrorRate (measured {}): all 200 users on titanic:v1; every failure answered by titanic:batch1",
+        "Canary to a failing model rolled back on maxErrorRate (measured {}): every user of a back on titanic:v1; every failure answered by titanic:batch1",
         r["lastAnalysis"]["value"]
     ));
     eventually(
