@@ -7,6 +7,8 @@
 #   scripts/cluster.sh env      # KUBECONFIG=... and MLEP_GATEWAY=http://<addr>:<port>
 #   scripts/cluster.sh status   # what runs
 #   scripts/cluster.sh down     # stop everything; no process, mount or network device left
+#                               # (fails, listing them, if a process or listener survives)
+#   scripts/cluster.sh leftovers # what of the bed still runs or listens (nothing after `down`)
 #   scripts/cluster.sh build    # only build the binaries and image archives (what `up` does first)
 #   scripts/cluster.sh build-k8s # only the Kubernetes + etcd binaries; prints their directory
 #
@@ -623,6 +625,9 @@ cmd_down() {
     kill -9 "$p" 2>/dev/null || true
   done
   for n in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
+  # Whatever a shim left behind (a container process re-parented to init when its shim died
+  # first) still sits in the pods' cgroups: kill each of them, then remove the cgroups.
+  kill_cgroups
   # Mounts (container rootfs, kubelet volumes, netns bind mounts) under our state dirs, deepest first.
   local m
   for m in $(awk -v r="$RUN" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
@@ -648,7 +653,50 @@ cmd_down() {
     done
   done
   rm -rf "$RUN"
-  log "down: nothing of the cluster runs"
+  local left
+  left=$(leftovers)
+  [ -z "$left" ] || die "down: still running or listening:
+$left"
+  log "down: nothing of the cluster runs (no process in its cgroups, no listener on its ports)"
+}
+
+# The cgroup directories of the bed's containers, in every v1 hierarchy (and v2's unified one):
+# containerd's CRI puts pods under k8s.io (cgroupsPerQOS is off); kubepods* is the kubelet's
+# own layout, should that setting change.
+bed_cgroups() {
+  find /sys/fs/cgroup -mindepth 1 -maxdepth 3 -type d \( -name k8s.io -o -name 'kubepods*' \) -prune 2>/dev/null
+}
+cgroup_pids() {  # every process in the bed's cgroups, one per line
+  local d
+  for d in $(bed_cgroups); do find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null; done | sort -un
+}
+kill_cgroups() {
+  local pids end=$((SECONDS + 30)) d
+  while pids=$(cgroup_pids) && [ -n "$pids" ]; do
+    # (Reported by leftovers at the end of down; the rest of down still runs.)
+    ((SECONDS < end)) || { log "processes survive SIGKILL in the bed's cgroups: $(echo $pids)"; break; }
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+    sleep 0.2
+  done
+  # Empty cgroups, deepest first (a non-empty one refuses rmdir and is reported by leftovers).
+  for d in $(bed_cgroups); do
+    find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+}
+# What `down` must leave behind: nothing. Prints each leftover (a process in the bed's cgroups
+# with its command line, a listener on one of the bed's host ports); prints nothing when clean.
+BED_PORTS="$API_PORT $ETCD_PORT $((ETCD_PORT + 1)) $GATEWAY_NODE_PORT 10248 10249 10250 10256"
+leftovers() {
+  local p port
+  for p in $(cgroup_pids); do
+    echo "process $p in $(grep -m1 -o '/k8s.io.*\|/kubepods.*' "/proc/$p/cgroup" 2>/dev/null): $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
+  done
+  for port in $BED_PORTS; do
+    ss -Hltn "sport = :$port" 2>/dev/null | awk -v p="$port" 'NF {print "listener on port " p ": " $0}'
+  done
+  for p in $(cat "$RUN"/pids/*.pid 2>/dev/null); do kill -0 "$p" 2>/dev/null && echo "component pid $p alive"; done
+  return 0
 }
 
 stop() {
@@ -667,7 +715,8 @@ case ${1:-} in
   build) cmd_build ;;
   build-k8s) command -v go >/dev/null || die "Go not found on PATH"; build_k8s; echo "$BIN" ;;
   down) cmd_down ;;
+  leftovers) leftovers ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env|build|build-k8s" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|leftovers|build|build-k8s" >&2; exit 2 ;;
 esac

@@ -61,7 +61,10 @@ for p in "${parts[@]}"; do
     operator) run "operator" scripts/test-operator.sh ;;
     cli) run "cli / local mode" scripts/test-cli.sh ;;
     cluster) bed; run "cluster bed smoke (Kubernetes + Istio, real pods)" scripts/test-cluster.sh ;;
-    e2e) bed; run "cluster end to end (operator, gateway, sidecars)" scripts/test-cluster-e2e.sh ;;
+    # The Rust phases of tests/cluster; then, if this run started the bed, `down` (it fails
+    # if a process survives in the bed's cgroups or a listener on its ports).
+    e2e) bed; run "cluster end to end (operator, gateway, sidecars)" scripts/test-cluster-e2e.sh
+      if [ -n "$(trap -p EXIT)" ]; then trap - EXIT; bed_checked=; run "cluster bed down: nothing left running" scripts/cluster.sh down; fi ;;
     *) echo "unknown part $p" >&2; exit 2 ;;
   esac
 done

@@ -4,6 +4,8 @@
 //! so `unwrap`/`panic` are fine (clippy.toml allows them in tests; this crate is tests only).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod load;
+
 use mlep::envoy::{
     self, BootstrapSpec, EnvoyProcess, RouteEndpoint, RouteVariant, ShadowUpstream, StartOptions,
     WasmFilter,

@@ -1,0 +1,540 @@
+//! The phases that use cluster-wide things — the operator (its RBAC, its Lease, its replicas),
+//! the shared filters in istio-system — one at a time (`--test-threads=1`), after the
+//! namespaced ones. The crate's doc lists every check.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use mlep_cluster_e2e::load::Load;
+use mlep_cluster_e2e::*;
+use mlep_core::aggregate::{GATEWAY_FILTER, SIDECAR_FILTER};
+use mlep_core::crd::ModelEndpoint;
+use std::time::{Duration, Instant};
+
+// --- 1. the operator ----------------------------------------------------------------------------
+
+async fn can(bed: &Bed, verb: &str, group: &str, resource: &str, sub: Option<&str>) -> bool {
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{OPERATOR_NS}"),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource: sub.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = Api::<SubjectAccessReview>::all(bed.client.clone())
+        .create(&PostParams::default(), &sar)
+        .await
+        .unwrap();
+    r.status.is_some_and(|s| s.allowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_runs_as_its_own_service_account_and_is_not_admin() {
+    let bed = Bed::connect().await;
+    operator_ready(&bed).await;
+    let pods = bed
+        .api::<Pod>(OPERATOR_NS)
+        .list(&ListParams::default().labels("app=mlep-operator"))
+        .await
+        .unwrap();
+    assert!(!pods.items.is_empty(), "no operator pod");
+    for p in &pods.items {
+        let sa = p.spec.as_ref().and_then(|s| s.service_account_name.clone());
+        assert_eq!(sa.as_deref(), Some(OPERATOR), "{:?}", p.metadata.name);
+    }
+    for (verb, group, resource, sub) in [
+        ("patch", "mlep.dev", "models", Some("status")),
+        ("patch", "mlep.dev", "modelendpoints", Some("status")),
+        ("update", "mlep.dev", "modelendpoints", Some("finalizers")),
+        ("create", "networking.istio.io", "envoyfilters", None),
+    ] {
+        assert!(
+            can(&bed, verb, group, resource, sub).await,
+            "the operator's RBAC lacks {verb} {resource}/{sub:?}"
+        );
+    }
+    assert!(
+        !can(&bed, "*", "*", "*", None).await,
+        "the operator is cluster admin"
+    );
+    ok("operator Ready as ServiceAccount mlep-operator, RBAC grants what it uses and is not admin");
+}
+
+/// The Lease holder, if it is a pod that exists and is not `not`.
+async fn live_leader(bed: &Bed, not: Option<&str>) -> Option<String> {
+    let lease = bed.api::<Lease>(OPERATOR_NS).get(OPERATOR).await.ok()?;
+    let h = lease.spec?.holder_identity?;
+    if Some(h.as_str()) == not {
+        return None;
+    }
+    let pod = bed.api::<Pod>(OPERATOR_NS).get_opt(&h).await.ok()??;
+    (pod.metadata.deletion_timestamp.is_none()).then_some(h)
+}
+
+/// The host pid of pod `pod`'s operator process (found by its container id in /proc/*/cgroup).
+async fn operator_pid(bed: &Bed, pod: &str) -> u32 {
+    let p = bed.api::<Pod>(OPERATOR_NS).get(pod).await.unwrap();
+    let id = p.status.unwrap().container_statuses.unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let id = id.rsplit("://").next().unwrap().to_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&id))
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == OPERATOR)
+        })
+        .unwrap_or_else(|| {
+            panic!("no {OPERATOR} process in container {id} (test runs on the node as root)")
+        })
+}
+
+/// SIGKILL the operator process of `pod`, then delete the pod at once: restarted in the same
+/// pod it would come back under the same Lease identity (its pod name).
+async fn kill_leader(bed: &Bed, pod: &str, pid: u32) {
+    signal(pid, "KILL");
+    bed.api::<Pod>(OPERATOR_NS)
+        .delete(
+            pod,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Sends SIGCONT to a frozen process when dropped (harmless once it is dead).
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+fn observed_generation(e: &ModelEndpoint) -> i64 {
+    e.status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .unwrap_or(0)
+}
+
+/// A counter of the operator's /metrics, read from the pod's IP.
+async fn op_metric(bed: &Bed, pod: &str, name: &str) -> Option<f64> {
+    let p = bed.api::<Pod>(OPERATOR_NS).get(pod).await.ok()?;
+    let ip = p.status?.pod_ip?;
+    let text = load::get(format!("{ip}:8080").parse().ok()?, "/metrics")
+        .await
+        .ok()?;
+    mlep::table::parse_prometheus(&text)
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_change_converges_and_a_new_leader_writes_nothing() {
+    let bed = Bed::connect().await;
+    operator_ready(&bed).await;
+    let ns = TempNs::create(&bed, "leader").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let leader = eventually(Duration::from_secs(120), "a live leader", || {
+        live_leader(&bed, None)
+    })
+    .await;
+    let pid = operator_pid(&bed, &leader).await;
+    let loads = BothLoads::start(&t, &s).await;
+    // Frozen, the leader cannot observe the edit; killed before its status reaches the edit's
+    // generation, the kill provably lands mid-change.
+    signal(pid, "STOP");
+    // A failure before the kill must not leave the process frozen.
+    let _thaw = Thaw(pid);
+    let generation = t
+        .edit(|spec| {
+            spec.variants[0].weight = 30;
+            spec.variants[1].weight = 70;
+        })
+        .await;
+    let seen = observed_generation(&t.endpoint().await);
+    assert!(
+        seen < generation,
+        "observedGeneration {seen} already at the edit's {generation}"
+    );
+    kill_leader(&bed, &leader, pid).await;
+    let killed_at = Instant::now();
+    let seen = observed_generation(&t.endpoint().await);
+    assert!(
+        seen < generation,
+        "observedGeneration {seen} reached {generation} before the kill"
+    );
+    println!(
+        "    killed leader {leader} (pid {pid}) at edit generation {generation}, status at {seen}"
+    );
+    let next = eventually(
+        Duration::from_secs(120),
+        "another replica takes the lease",
+        || live_leader(&bed, Some(&leader)),
+    )
+    .await;
+    eventually(SETTLE, "weights a=30,b=70 converged", || async {
+        let e = t.endpoint().await;
+        (observed_generation(&e) >= generation
+            && weights(&e) == "a=30,b=70"
+            && t.split_near("a", 30.0).await)
+            .then_some(())
+    })
+    .await;
+    measure(format!(
+        "leader killed mid-change: converged {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    ));
+    let writes = op_metric(&bed, &next, "mlep_operator_api_writes_total")
+        .await
+        .unwrap_or(0.0);
+    measure(format!(
+        "the leader after the kill ({next}) wrote {writes} times to converge"
+    ));
+    assert!(
+        writes > 0.0,
+        "the new leader converged the edit without writing"
+    );
+    loads.stop_without_failures("operator-killed").await;
+
+    // A restarted leader with nothing to change writes nothing.
+    let old = eventually(Duration::from_secs(120), "a live leader", || {
+        live_leader(&bed, None)
+    })
+    .await;
+    kill_leader(&bed, &old, operator_pid(&bed, &old).await).await;
+    let leader = eventually(
+        Duration::from_secs(120),
+        "another replica takes the lease",
+        || live_leader(&bed, Some(&old)),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(120),
+        "the new leader reconciles",
+        || async {
+            (op_metric(&bed, &leader, "mlep_operator_reconciles_total").await? >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let writes = op_metric(&bed, &leader, "mlep_operator_api_writes_total")
+        .await
+        .unwrap();
+    measure(format!(
+        "new leader {leader} on a converged endpoint: {writes} API writes"
+    ));
+    assert_eq!(writes, 0.0, "the new leader wrote to a converged endpoint");
+    ok("a restarted leader finds everything converged and writes nothing");
+    operator_ready(&bed).await;
+}
+
+/// Scales the operator back to 2 replicas when dropped (a failed test must not leave it down).
+struct OperatorBack(Bed);
+
+impl Drop for OperatorBack {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "-n",
+                OPERATOR_NS,
+                "scale",
+                &format!("deploy/{OPERATOR}"),
+                "--replicas=2",
+            ])
+            .status();
+        let _ = &self.0;
+    }
+}
+
+async fn scale_operator(bed: &Bed, replicas: i32) {
+    bed.api::<Deployment>(OPERATOR_NS)
+        .patch(
+            OPERATOR,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_operator_down_traffic_flows_and_it_converges_when_back() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "opdown").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    eventually(Duration::from_secs(180), "the gateway assigns", || async {
+        gateway_assigns(&t).await.then_some(())
+    })
+    .await;
+    let s = with_sidecar(&bed, &t).await;
+    let _back = OperatorBack(bed.clone());
+    scale_operator(&bed, 0).await;
+    eventually(Duration::from_secs(120), "operator pods gone", || async {
+        let pods = bed
+            .api::<Pod>(OPERATOR_NS)
+            .list(&ListParams::default().labels("app=mlep-operator"))
+            .await
+            .ok()?;
+        pods.items.is_empty().then_some(())
+    })
+    .await;
+    let sl = s.load();
+    let with = Load::run_for(t.gateway.clone(), true, Duration::from_secs(10)).await;
+    let side = sl.stop().await;
+    measure(format!(
+        "operator down, 10 s of load through the gateway: {}",
+        with.summary()
+    ));
+    measure(format!(
+        "operator down, load through a sidecar: {}",
+        side.summary()
+    ));
+    with.assert_no_failures("gateway with the operator down");
+    side.assert_no_failures("sidecar with the operator down");
+    ok("with the operator down the gateway and sidecars keep serving, assigned");
+
+    bed.istio("istio-system", "EnvoyFilter")
+        .delete(GATEWAY_FILTER, &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the gateway answers without the filter",
+        || async {
+            let o = t.gateway.invoke(&[("x-user-id", "probe")]).await;
+            (o.status() == Some(200) && o.variant().is_none()).then_some(())
+        },
+    )
+    .await;
+    let without = Load::run_for(t.gateway.clone(), false, Duration::from_secs(10)).await;
+    measure(format!(
+        "gateway latency, sequential requests, 10 s each: with the filter p50 {} ms p99 {} ms; without p50 {} ms p99 {} ms",
+        with.percentile(0.5), with.percentile(0.99), without.percentile(0.5), without.percentile(0.99)
+    ));
+    without.assert_no_failures("gateway without the filter");
+
+    let t_new = Instant::now();
+    let fresh = Sidecar::start(&bed, &t.ns, "client-new", &t.mesh_url()).await;
+    let o = fresh.invoke(&[]).await;
+    measure(format!(
+        "new proxy without the module: Ready + first request in {:.0} s, HTTP {:?}",
+        t_new.elapsed().as_secs_f64(),
+        o.status()
+    ));
+    assert_eq!(
+        o.status(),
+        Some(200),
+        "a proxy that cannot fetch the module: {o:?}"
+    );
+    let log = logs(&bed, &t.ns, "client-new", "istio-proxy").await;
+    assert!(
+        log.contains("applying allow RBAC filter"),
+        "the new proxy's agent did not apply the fail-open fallback: {:?}",
+        log.lines()
+            .filter(|l| l.to_lowercase().contains("wasm"))
+            .collect::<Vec<_>>()
+    );
+    ok("a new proxy that cannot fetch the module passes traffic (HTTP 200, unassigned)");
+
+    scale_operator(&bed, 2).await;
+    operator_ready(&bed).await;
+    t.wait_ready(Duration::from_secs(120)).await;
+    eventually(
+        Duration::from_secs(120),
+        "the restarted operator re-creates the gateway filter",
+        || async {
+            bed.istio("istio-system", "EnvoyFilter")
+                .get_opt(GATEWAY_FILTER)
+                .await
+                .ok()?
+                .map(|_| ())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(120),
+        "the gateway assigns again",
+        || async { gateway_assigns(&t).await.then_some(()) },
+    )
+    .await;
+    ok("operator restarted: endpoint Ready, the shared gateway filter rebuilt, the gateway assigns");
+}
+
+// --- 7. deleting the endpoint -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_last_endpoint_removes_every_child() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "delete").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let others: Vec<_> = Api::<ModelEndpoint>::all(bed.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.metadata.namespace.as_deref() != Some(t.ns.as_str()))
+        .map(|e| format!("{:?}/{:?}", e.metadata.namespace, e.metadata.name))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "other endpoints exist, the shared filters stay: {others:?}"
+    );
+    t.endpoints()
+        .delete(ENDPOINT, &Default::default())
+        .await
+        .unwrap();
+    let label = format!("mlep.dev/endpoint={ENDPOINT}");
+    eventually(
+        Duration::from_secs(120),
+        "every child of the endpoint removed",
+        || async {
+            let lp = ListParams::default().labels(&label);
+            let deploys = bed
+                .api::<Deployment>(&t.ns)
+                .list(&lp)
+                .await
+                .ok()?
+                .items
+                .len();
+            let svcs = bed
+                .api::<k8s_openapi::api::core::v1::Service>(&t.ns)
+                .list(&lp)
+                .await
+                .ok()?
+                .items
+                .len();
+            let mut istio = 0;
+            for kind in ["DestinationRule", "VirtualService", "Gateway"] {
+                istio += bed.istio(&t.ns, kind).list(&lp).await.ok()?.items.len();
+            }
+            let filters = bed.istio("istio-system", "EnvoyFilter");
+            let shared = filters.get_opt(GATEWAY_FILTER).await.ok()?.is_some()
+                || filters.get_opt(SIDECAR_FILTER).await.ok()?.is_some();
+            (deploys + svcs + istio == 0 && !shared).then_some(())
+        },
+    )
+    .await;
+    ok("deleting the endpoint removed its children and the shared filters (it was the last endpoint)");
+}
+
+// --- 8. GitOps: mlep render | kubectl apply -----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_yaml_applied_by_kubectl_serves() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "render").await;
+    let t = Titanic::artifacts_only(&bed, &ns).await;
+    let dir = mlep_tests::temp_dir("e2e-render");
+    let models: Vec<String> = t
+        .example_models()
+        .into_iter()
+        .map(|mut m| {
+            m.metadata.namespace = Some(t.ns.clone());
+            serde_yaml::to_string(&m).unwrap()
+        })
+        .collect();
+    std::fs::write(dir.join("models.yaml"), models.join("---\n")).unwrap();
+    let mut e: ModelEndpoint = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("manifests/example/endpoint.yaml")).unwrap(),
+    )
+    .unwrap();
+    e.metadata.namespace = Some(t.ns.clone());
+    e.spec.hosts = vec![t.host.clone()];
+    e.spec.expose = Some(true);
+    std::fs::write(
+        dir.join("endpoint.yaml"),
+        serde_yaml::to_string(&e).unwrap(),
+    )
+    .unwrap();
+    let wasm = mlep_tests::wasm_path();
+    let mlep = std::env::var("MLEP_BIN")
+        .unwrap_or_else(|_| repo().join("target/release/mlep").display().to_string());
+    let out = std::process::Command::new(&mlep)
+        .args(["render", "-f"])
+        .arg(&dir)
+        .arg("--filter-wasm")
+        .arg(&wasm)
+        .output()
+        .unwrap_or_else(|e| panic!("{mlep} (set MLEP_BIN): {e}"));
+    assert!(
+        out.status.success(),
+        "mlep render: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = dir.join("rendered.yaml");
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let sha = sha256_hex(&std::fs::read(&wasm).unwrap());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("mlep_filter/{sha}.wasm")),
+        "mlep render names another module than the operator serves"
+    );
+    let path = rendered.display().to_string();
+    let (applied, _, err) = kubectl(&["apply", "-f", &path]).await;
+    assert!(applied, "kubectl apply of mlep render's output: {err}");
+    for d in t
+        .deployments(&format!("mlep.dev/endpoint={ENDPOINT}"))
+        .await
+    {
+        t.wait_deployment_ready(&d, Duration::from_secs(180)).await;
+    }
+    eventually(
+        Duration::from_secs(120),
+        "the rendered endpoint assigns through the gateway",
+        || async { gateway_assigns(&t).await.then_some(()) },
+    )
+    .await;
+    let split = t.gateway.split("split-user", 1000).await;
+    let share_a = 100.0 * split.get("a").copied().unwrap_or(0) as f64 / 1000.0;
+    measure(format!(
+        "rendered endpoint, split over 1000 keys: {split:?}"
+    ));
+    assert!(
+        (share_a - 80.0).abs() <= 4.0,
+        "rendered endpoint split {split:?} not 80/20"
+    );
+    ok("mlep render | kubectl apply: Ready, assigned through the gateway, 80/20");
+    let _ = kubectl(&["delete", "-f", &path, "--wait=false"]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,757 @@
+//! The phases that touch only their own namespace (and read the shared gateway's stats by
+//! their namespace's label): run with several threads. The crate's doc lists every check.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use mlep_cluster_e2e::load::Load;
+use mlep_cluster_e2e::*;
+use mlep_contract::metrics as m;
+use mlep_core::aggregate::SIDECAR_FILTER;
+use mlep_core::crd::{Model, ModelEndpointSpec};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+// --- 2. the example -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_gets_ready_with_verified_artifacts() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "example").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let pods = bed
+        .api::<Pod>(&t.ns)
+        .list(&ListParams::default().labels(&format!("mlep.dev/endpoint={ENDPOINT}")))
+        .await
+        .unwrap()
+        .items;
+    let phases: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        phases.len() >= 2 && phases.iter().all(|p| p == "Running"),
+        "model pods not all Running: {phases:?}"
+    );
+    let inits = pods
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.init_container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.name == "model-init"
+                            && c.state
+                                .as_ref()
+                                .and_then(|s| s.terminated.as_ref())
+                                .is_some_and(|t| t.reason.as_deref() == Some("Completed"))
+                    })
+                })
+        })
+        .count();
+    assert!(inits >= 2, "model-init completed in {inits} pods");
+    let v1 = pods
+        .iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("titanic-a-titanic-v1"))
+        })
+        .and_then(|p| p.metadata.name.clone())
+        .expect("a pod of titanic-a-titanic-v1");
+    let log = logs(&bed, &t.ns, &v1, "model-init").await;
+    assert!(
+        log.to_lowercase().contains("sha256"),
+        "model-init's log does not mention the verified sha256: {log}"
+    );
+    ok("endpoint Ready, model pods Running, model-init fetched and verified the artifact over HTTP");
+
+    let (_, cols, _) = kubectl(&["-n", &t.ns, "get", "mle", ENDPOINT, "--no-headers"]).await;
+    println!("    kubectl get mle: {}", cols.trim());
+    assert!(
+        cols.contains("80") && cols.contains("20"),
+        "no weights: {cols}"
+    );
+    let (_, explain, _) = kubectl(&["explain", "mle.spec.variants"]).await;
+    assert!(explain.to_lowercase().contains("weight"), "{explain}");
+    ok("kubectl get mle shows weights; kubectl explain documents the variants");
+
+    let mut bad = t.endpoint().await;
+    bad.metadata = meta("invalid");
+    bad.status = None;
+    bad.spec.hosts = vec!["invalid.mlep.test".into()];
+    bad.spec.variants[1].weight = 30;
+    let err = t
+        .endpoints()
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &bad,
+        )
+        .await
+        .expect_err("weights summing to 110 admitted");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("100") && msg.to_lowercase().contains("invalid"),
+        "{msg}"
+    );
+    ok(format!(
+        "CEL rejects weights summing to 110 at admission: {msg}"
+    ));
+}
+
+// --- 3. through the ingress gateway -------------------------------------------------------------
+
+fn expected_matches(probabilities: &[f64]) -> bool {
+    let e: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/titanic/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let tol = e["tolerance"].as_f64().unwrap();
+    probabilities.len() == 2
+        && e["versions"].as_object().unwrap().values().any(|v| {
+            v["predictions"].as_array().unwrap()[..2]
+                .iter()
+                .zip(probabilities)
+                .all(|(w, g)| (w["probability"].as_f64().unwrap() - g).abs() <= tol)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_predicts_sticks_splits_targets_and_sets_cookies() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "gateway").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let gw = &t.gateway;
+    eventually(Duration::from_secs(180), "the gateway assigns", || async {
+        gateway_assigns(&t).await.then_some(())
+    })
+    .await;
+    let o = gw.invoke(&[("x-user-id", "probe")]).await;
+    assert!(expected_matches(&o.probabilities()), "{o:?}");
+    ok(format!(
+        "prediction through the gateway (x-mlep-variant: {:?})",
+        o.variant()
+    ));
+
+    let sticky = keys("sticky", 20);
+    let first = gw.assign(&sticky).await;
+    let second = gw.assign(&sticky).await;
+    assert_eq!(first, second, "assignments changed between rounds");
+    assert!(first.values().all(|v| !v.starts_with("none")), "{first:?}");
+    ok("sticky per x-user-id (20 keys, two rounds, same variants)");
+
+    let split = gw.split("split-user", 2000).await;
+    let share_a = 100.0 * split.get("a").copied().unwrap_or(0) as f64 / 2000.0;
+    measure(format!(
+        "split over 2000 keys: {split:?} (a = {share_a:.2} %)"
+    ));
+    assert!(
+        (share_a - 80.0).abs() <= 3.0,
+        "split a={share_a}% not within 80±3"
+    );
+    ok(format!("80/20 over 2,000 keys: a={share_a:.2} %"));
+
+    let o = gw
+        .invoke(&[("x-user-id", "sticky-1"), (m::DEFAULT_TARGET_HEADER, "b")])
+        .await;
+    assert_eq!((o.status(), o.variant()), (Some(200), Some("b")), "{o:?}");
+    let o = gw.invoke(&[(m::DEFAULT_TARGET_HEADER, "nosuch")]).await;
+    assert!(
+        o.status() == Some(400) && o.body().contains("nosuch"),
+        "{o:?}"
+    );
+    ok("targeting b works; an unknown variant gets 400");
+
+    let o = gw.invoke(&[]).await;
+    assert_eq!(o.status(), Some(200), "keyless request: {o:?}");
+    let cookie = o
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cookie.starts_with(&format!("{}{ENDPOINT}=", m::COOKIE_PREFIX)),
+        "{cookie:?}"
+    );
+    for _ in 0..3 {
+        let again = gw.invoke(&[("cookie", &cookie)]).await;
+        assert_eq!(
+            again.variant(),
+            o.variant(),
+            "the cookie did not stick: {again:?}"
+        );
+    }
+    ok(format!(
+        "keyless client gets {cookie} and sticks to {:?}",
+        o.variant()
+    ));
+
+    let stats = gateway_stats(&bed).await;
+    let labels = [
+        (m::LABEL_NAMESPACE, t.ns.as_str()),
+        (m::LABEL_ENDPOINT, ENDPOINT),
+        (m::LABEL_VARIANT, "a"),
+        (m::LABEL_MODEL, "titanic-v1"),
+        (m::LABEL_CODE_CLASS, "2xx"),
+    ];
+    let n = sum(&stats, m::REQUESTS_TOTAL, &labels);
+    assert!(
+        n > 0.0,
+        "no labelled {} {labels:?} on the gateway",
+        m::REQUESTS_TOTAL
+    );
+    ok(format!(
+        "the gateway's /stats/prometheus: {} {labels:?} = {n}",
+        m::REQUESTS_TOTAL
+    ));
+}
+
+// --- 4. in the mesh -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_assigns_like_the_gateway() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "mesh").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let ten = keys("sticky", 10);
+    let via_gateway = t.gateway.assign(&ten).await;
+    let mut mismatched = Vec::new();
+    for k in &ten {
+        let o = s.invoke(&[("x-user-id", k)]).await;
+        if o.variant() != Some(via_gateway[k].as_str()) {
+            mismatched.push(format!(
+                "{k}: gateway {}, sidecar {:?}",
+                via_gateway[k],
+                o.variant()
+            ));
+        }
+    }
+    assert!(mismatched.is_empty(), "{mismatched:?}");
+    ok("the sidecar assigns the same variant as the gateway for the same key (10 keys)");
+    let o = s
+        .invoke(&[("x-user-id", "sticky-1"), (m::DEFAULT_TARGET_HEADER, "b")])
+        .await;
+    assert_eq!((o.status(), o.variant()), (Some(200), Some("b")), "{o:?}");
+    let ka = via_gateway
+        .iter()
+        .find(|(_, v)| *v == "a")
+        .map(|(k, _)| k.clone())
+        .expect("a key on a");
+    let o = s
+        .invoke(&[("x-user-id", &ka), (m::VARIANT_HEADER, "b")])
+        .await;
+    assert_eq!((o.status(), o.variant()), (Some(200), Some("a")), "{o:?}");
+    ok("targeting works in the mesh; a client-sent x-mlep-variant is overwritten");
+}
+
+// --- 5. changes under load ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_under_load_moves_users_only_from_a_to_b() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "weights").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let sticky = keys("sticky", 20);
+    let before = t.gateway.assign(&sticky).await;
+    let loads = BothLoads::start(&t, &s).await;
+    t.edit(|spec| {
+        spec.variants[0].weight = 50;
+        spec.variants[1].weight = 50;
+    })
+    .await;
+    eventually(SETTLE, "weights a=50,b=50 applied", || async {
+        (weights(&t.endpoint().await) == "a=50,b=50" && t.split_near("a", 50.0).await).then_some(())
+    })
+    .await;
+    loads.stop_without_failures("weights").await;
+    let after = t.gateway.assign(&sticky).await;
+    let moved: Vec<_> = sticky
+        .iter()
+        .filter(|k| before[*k] != after[*k] && !(before[*k] == "a" && after[*k] == "b"))
+        .collect();
+    assert!(moved.is_empty(), "users moved other than a -> b: {moved:?}");
+    ok("80/20 -> 50/50 moved users only from a to b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_swap_under_load_fails_nothing() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "swap").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let loads = BothLoads::start(&t, &s).await;
+    t.edit(|spec| spec.variants[1].model = "titanic-v1".into())
+        .await;
+    eventually(SETTLE, "b swapped to titanic-v1", || async {
+        let e = t.endpoint().await;
+        let swapped = e
+            .status
+            .as_ref()
+            .is_some_and(|s| s.variants.get(1).is_some_and(|v| v.model == "titanic-v1"));
+        let ready = condition(&e, "Ready").is_some_and(|c| c.status == "True");
+        (swapped && ready && !t.deployment_exists("titanic-b-titanic-v2").await).then_some(())
+    })
+    .await;
+    loads.stop_without_failures("swap").await;
+    ok("the old Deployment of b is gone after the swap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "shadow").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let loads = BothLoads::start(&t, &s).await;
+    t.edit(|spec| {
+        spec.shadow =
+            serde_json::from_value(serde_json::json!({"model": "titanic-v2", "percent": 100.0}))
+                .unwrap()
+    })
+    .await;
+    let mine = [(m::LABEL_NAMESPACE, t.ns.as_str())];
+    eventually(
+        SETTLE,
+        "shadow Deployment ready and copies sent",
+        || async {
+            let d = bed
+                .api::<Deployment>(&t.ns)
+                .get_opt("titanic-shadow-titanic-v2")
+                .await
+                .ok()??;
+            let ready = d.status?.ready_replicas == Some(1);
+            let stats = gateway_stats(&bed).await;
+            let sent = sum(
+                &stats,
+                m::SHADOW_REQUESTS_TOTAL,
+                &[mine[0], (m::LABEL_OUTCOME, "ok")],
+            );
+            (ready && sent > 0.0).then_some(())
+        },
+    )
+    .await;
+    loads.stop_without_failures("shadow").await;
+    let stats = gateway_stats(&bed).await;
+    let compared = sum(&stats, m::SHADOW_AGREEMENT_TOTAL, &mine);
+    let sent = sum(&stats, m::SHADOW_REQUESTS_TOTAL, &mine);
+    measure(format!("shadow: {sent} copies sent, {compared} compared"));
+    assert!(
+        compared > 0.0,
+        "no shadow agreement counted ({sent} copies sent)"
+    );
+    ok(format!(
+        "shadow copies sent ({sent}) and agreement counted ({compared})"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_variant_under_load_retires_it_then_removes_it() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "remove").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let loads = BothLoads::start(&t, &s).await;
+    let t_rm = Instant::now();
+    t.edit(|spec| {
+        spec.variants.remove(1);
+        spec.variants[0].weight = 100;
+    })
+    .await;
+    // Ordered removal: first nobody is assigned b while its route, subset and pods stay.
+    eventually(Duration::from_secs(60), "b is retiring", || async {
+        let e = t.endpoint().await;
+        e.status?
+            .retiring
+            .first()
+            .filter(|r| r.name == "b")
+            .map(|_| ())
+    })
+    .await;
+    let routes = t.route_names().await;
+    let subsets = t.subset_names().await;
+    let b_pods = t.deployments("mlep.dev/variant=b").await;
+    assert!(
+        routes.iter().any(|r| r == "variant-b") && subsets.iter().any(|s| s == "b") && !b_pods.is_empty(),
+        "b's route, subset or Deployment went with the spec edit (routes {routes:?}, subsets {subsets:?})"
+    );
+    eventually(Duration::from_secs(60), "nobody assigned b", || async {
+        t.split_near("a", 100.0).await.then_some(())
+    })
+    .await;
+    println!("    retiring b: routes {routes:?}, subsets {subsets:?}, Deployment kept; new requests all on a");
+    eventually(SETTLE, "b removed", || async {
+        let e = t.endpoint().await;
+        let gone = weights(&e) == "a=100"
+            && e.status.as_ref().is_some_and(|s| s.retiring.is_empty())
+            && t.deployments("mlep.dev/variant=b").await.is_empty()
+            && !t.route_names().await.iter().any(|r| r == "variant-b");
+        (gone && t.split_near("a", 100.0).await).then_some(())
+    })
+    .await;
+    measure(format!(
+        "variant b removed: route, subset and Deployment gone {:.0} s after the edit (grace 30 s)",
+        t_rm.elapsed().as_secs_f64()
+    ));
+    loads.stop_without_failures("remove-variant").await;
+}
+
+// --- 5b. progressive delivery, analysed by Prometheus -------------------------------------------
+
+async fn batch1_model(t: &Titanic) {
+    let mut model = t.example_models().remove(0);
+    model.metadata = meta("titanic-batch1");
+    let art = repo().join("scripts/cluster-e2e/titanic-batch1.tar.gz");
+    let sha = sha256_hex(&std::fs::read(art).unwrap());
+    let a = model.spec.artifact.as_mut().unwrap();
+    a.uri = format!("{}/titanic-batch1.tar.gz", t.artifacts);
+    a.sha256 = sha;
+    t.bed
+        .api::<Model>(&t.ns)
+        .create(&PostParams::default(), &model)
+        .await
+        .unwrap();
+}
+
+fn rollout(json: serde_json::Value) -> impl Fn(&mut ModelEndpointSpec) {
+    move |spec| {
+        spec.rollout = serde_json::from_value(json["rollout"].clone()).unwrap();
+        spec.variants[0].model = json["model"].as_str().unwrap().to_owned();
+    }
+}
+
+/// `status.rollout` as JSON (phase, movedPercent, lastAnalysis), `Null` without one.
+async fn rollout_status(t: &Titanic) -> serde_json::Value {
+    let e = t.endpoint().await;
+    e.status
+        .and_then(|s| s.rollout)
+        .map(|r| {
+            serde_json::json!({
+                "phase": serde_json::to_value(r.phase).unwrap(),
+                "movedPercent": r.moved_percent,
+                "lastAnalysis": r.last_analysis.map(|a| serde_json::json!({
+                    "check": a.check, "value": a.value, "passed": a.passed})),
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_to_a_failing_model_rolls_back() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "canary").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    batch1_model(&t).await;
+    // Prometheus has the filter's labelled metrics (the analysis reads them).
+    Load::run_for(t.gateway.clone(), true, Duration::from_secs(2)).await;
+    let q = format!(
+        "sum({}{{namespace=\"{}\",endpoint=\"{ENDPOINT}\",variant=\"a\",model=\"titanic-v1\"}})",
+        m::REQUESTS_TOTAL,
+        t.ns
+    );
+    eventually(
+        Duration::from_secs(120),
+        "Prometheus has mlep_requests_total{variant=a}",
+        || async { (prom_value(&bed, &q).await? > 0.0).then_some(()) },
+    )
+    .await;
+    ok("Prometheus scrapes the gateway's filter metrics with their labels");
+
+    let loads = BothLoads::start(&t, &s).await;
+    let t_c = Instant::now();
+    t.edit(rollout(
+        serde_json::json!({"model": "titanic-batch1", "rollout": {
+        "strategy": "Canary", "stepSeconds": 30, "maxStepSeconds": 120,
+        "canary": {"percent": 50}, "analysis": {"minRequests": 20, "maxErrorRate": 0.1}}}),
+    ))
+    .await;
+    eventually(
+        Duration::from_secs(180),
+        "the canary moves 50 % of a's users",
+        || async {
+            let r = rollout_status(&t).await;
+            (r["phase"] == "Progressing" && r["movedPercent"] == 50).then_some(())
+        },
+    )
+    .await;
+    let moved = t_c.elapsed();
+    eventually(
+        Duration::from_secs(240),
+        "the canary rolls back",
+        || async { (rollout_status(&t).await["phase"] == "RolledBack").then_some(()) },
+    )
+    .await;
+    measure(format!(
+        "canary: 50 % moved {:.0} s after the edit, rolled back {:.0} s later",
+        moved.as_secs_f64(),
+        (t_c.elapsed() - moved).as_secs_f64()
+    ));
+    let r = rollout_status(&t).await;
+    assert_eq!(r["lastAnalysis"]["check"], "maxErrorRate", "{r}");
+    let e = t.endpoint().await;
+    let degraded = condition(&e, "Degraded").expect("a Degraded condition");
+    assert!(
+        degraded.reason == "RolledBack" && degraded.message.contains("maxErrorRate"),
+        "Degraded: {} {}",
+        degraded.reason,
+        degraded.message
+    );
+    println!("    Degraded/{}: {}", degraded.reason, degraded.message);
+    eventually(
+        Duration::from_secs(60),
+        "every user of a back on titanic:v1",
+        || async { t.a_all_on("titanic:v1").await.then_some(()) },
+    )
+    .await;
+    let (g, sc) = loads.stop("canary").await;
+    for (via, rep) in [("gateway", &g), ("sidecar", &sc)] {
+        assert!(rep.requests > 0, "no canary load through the {via}");
+        let not_canary: BTreeMap<_, _> = rep
+            .failures_by_model
+            .iter()
+            .filter(|(model, _)| model.as_str() != "titanic:batch1")
+            .collect();
+        assert!(
+            not_canary.is_empty(),
+            "failures through the {via} not from the canary's model: {not_canary:?} ({:?})",
+            rep.failures
+        );
+    }
+    assert!(
+        g.failed() + sc.failed() > 0,
+        "the failing canary failed no request"
+    );
+    ok(format!(
+        "Canary to a failing model rolled back on maxErrorRate (measured {}): every user of a back on titanic:v1; every failure answered by titanic:batch1",
+        r["lastAnalysis"]["value"]
+    ));
+    eventually(
+        Duration::from_secs(90),
+        "no route, subset or Deployment of titanic-batch1 left",
+        || async {
+            let stale = t.deployment_exists("titanic-a-titanic-batch1").await
+                || t.subset_names().await.iter().any(|s| s.contains("batch1"))
+                || t.istio_object("VirtualService")
+                    .await
+                    .is_some_and(|v| v.to_string().contains("batch1"));
+            (!stale).then_some(())
+        },
+    )
+    .await;
+    let after = Load::run_for(t.gateway.clone(), true, Duration::from_secs(5)).await;
+    after.assert_no_failures("after the rollback");
+    ok("after the rollback: no stale route, subset or Deployment; 5 s of load, 0 failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_bakes_then_promotes() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "bluegreen").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let loads = BothLoads::start(&t, &s).await;
+    t.edit(rollout(
+        serde_json::json!({"model": "titanic-v2", "rollout": {
+        "strategy": "BlueGreen", "maxStepSeconds": 120,
+        "blueGreen": {"shadowPercent": 100, "bakeSeconds": 20, "terminationWaitSeconds": 15},
+        "analysis": {"minRequests": 20, "maxErrorRate": 0.05}}}),
+    ))
+    .await;
+    eventually(Duration::from_secs(180), "green ready, baking", || async {
+        (rollout_status(&t).await["phase"] == "Baking").then_some(())
+    })
+    .await;
+    let t_bake = Instant::now();
+    let bake = std::sync::Mutex::new(serde_json::Value::Null);
+    eventually(
+        SETTLE,
+        "promoted, every user on titanic:v2, blue removed",
+        || {
+            let (bake, t) = (&bake, &t);
+            async move {
+                // The bake's analysis shows while it lasts (a passed step clears it).
+                let r = rollout_status(t).await;
+                if r["phase"] == "Baking" && !r["lastAnalysis"].is_null() {
+                    *bake.lock().unwrap() = r["lastAnalysis"].clone();
+                }
+                (r["phase"] == "Promoted"
+                    && t.a_all_on("titanic:v2").await
+                    && !t.deployment_exists("titanic-a-titanic-v1").await)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    measure(format!(
+        "blue/green: promoted and blue removed {:.0} s after the bake began (bake 20 s + wait 15 s)",
+        t_bake.elapsed().as_secs_f64()
+    ));
+    loads.stop_without_failures("bluegreen").await;
+    let win = t_bake.elapsed().as_secs() + 10;
+    let sel = format!(
+        "namespace=\"{}\",endpoint=\"{ENDPOINT}\",model=\"titanic-v2\"",
+        t.ns
+    );
+    let mirrored = prom_value(
+        &bed,
+        &format!(
+            "sum(increase({}{{{sel}}}[{win}s]))",
+            m::SHADOW_REQUESTS_TOTAL
+        ),
+    )
+    .await;
+    let compared = prom_value(
+        &bed,
+        &format!(
+            "sum(increase({}{{{sel}}}[{win}s]))",
+            m::SHADOW_AGREEMENT_TOTAL
+        ),
+    )
+    .await;
+    measure(format!(
+        "blue/green bake in Prometheus (last {win} s): {mirrored:?} copies mirrored to titanic-v2, {compared:?} compared"
+    ));
+    assert!(
+        compared.unwrap_or(0.0) > 0.0,
+        "no compared mirror copies in Prometheus"
+    );
+    let bake = bake.into_inner().unwrap();
+    println!("    the bake's analysis: {bake}");
+    assert_eq!(
+        bake["passed"], true,
+        "no passed analysis seen while baking: {bake}"
+    );
+    ok("BlueGreen baked (mirrored copies compared), promoted with 0 failed requests, every user on titanic:v2, blue removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linear_rollout_promotes_step_by_step() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "linear").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let s = with_sidecar(&bed, &t).await;
+    let loads = BothLoads::start(&t, &s).await;
+    t.edit(rollout(
+        serde_json::json!({"model": "titanic-v2", "rollout": {
+        "strategy": "Linear", "stepSeconds": 10, "maxStepSeconds": 120,
+        "linear": {"stepPercent": 50}, "analysis": {"minRequests": 20, "maxErrorRate": 0.05}}}),
+    ))
+    .await;
+    let steps = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    eventually(
+        SETTLE,
+        "promoted, every user on titanic:v2, the old Deployment removed",
+        || {
+            let (steps, t) = (&steps, &t);
+            async move {
+                let r = rollout_status(t).await;
+                if r["phase"] == "Progressing" {
+                    steps
+                        .lock()
+                        .unwrap()
+                        .insert(r["movedPercent"].as_u64().unwrap_or(0));
+                }
+                (r["phase"] == "Promoted"
+                    && t.a_all_on("titanic:v2").await
+                    && !t.deployment_exists("titanic-a-titanic-v1").await)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let steps = steps.into_inner().unwrap();
+    measure(format!(
+        "linear: moved shares seen while progressing: {steps:?}"
+    ));
+    assert!(steps.contains(&50), "no 50 % step seen: {steps:?}");
+    loads.stop_without_failures("linear").await;
+    ok(format!(
+        "Linear promoted step by step (moved % seen: {steps:?}), every user on titanic:v2"
+    ));
+}
+
+// --- 6. faults ----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_failing_its_checksum_fails_open() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "badsha").await;
+    // An endpoint, so that the operator's shared sidecar filter exists to copy.
+    let t = Titanic::deploy(&bed, &ns).await;
+    let shared = bed
+        .istio("istio-system", "EnvoyFilter")
+        .get(SIDECAR_FILTER)
+        .await
+        .unwrap();
+    let mut spec = shared.data["spec"].clone();
+    spec["workloadSelector"] = serde_json::json!({"labels": {"app": "badsha"}});
+    for p in spec["configPatches"].as_array_mut().unwrap() {
+        let v = &mut p["patch"]["value"];
+        v["name"] = "badsha".into();
+        if v.get("typed_config").is_some() {
+            v["typed_config"]["config"]["name"] = "badsha".into();
+            v["typed_config"]["config"]["vm_config"]["code"]["remote"]["sha256"] =
+                "0".repeat(64).into();
+        }
+    }
+    let copy: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+        "metadata": {"name": "badsha", "namespace": t.ns}, "spec": spec}))
+    .unwrap();
+    bed.istio(&t.ns, "EnvoyFilter")
+        .create(&PostParams::default(), &copy)
+        .await
+        .unwrap();
+    let url = format!("{}/titanic-v1.tar.gz", t.artifacts);
+    client_pod(&bed, &t.ns, "badsha").await;
+    let (_, code, err) = kubectl(&[
+        "-n",
+        &t.ns,
+        "exec",
+        "badsha",
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-m",
+        "30",
+        &url,
+    ])
+    .await;
+    assert_eq!(
+        code, "200",
+        "a proxy whose module failed its checksum: {code} {err}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the agent logs the checksum fallback",
+        || async {
+            let log = logs(&bed, &t.ns, "badsha", "istio-proxy").await;
+            log.lines()
+                .any(|l| l.contains("does not match") && l.contains("applying allow RBAC filter"))
+                .then_some(())
+        },
+    )
+    .await;
+    ok("a sha256 mismatch: the agent falls back to allow-all and the pod's outbound HTTP answers 200");
+}

@@ -1,0 +1,438 @@
+//! A load client for a proxy at any address (the bed's ingress gateway, a local Envoy): one
+//! request per connection, **never retried**. Every answer and every failure is recorded with
+//! its kind — the status, the variant (`x-mlep-variant`) and the model (`x-mlep-model`, the model
+//! server's `name:version`) that answered, or the connection error, reset or timeout — so a
+//! "0 failed" figure means no request failed at all.
+
+use mlep::http::parse_response;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where requests go: a proxy's address and the `host` header naming the endpoint.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    /// The request body (the Titanic example's two rows unless changed).
+    pub body: Arc<Vec<u8>>,
+}
+
+impl Target {
+    /// `addr` with `host`, posting the Titanic example's `request.json`.
+    pub fn titanic(addr: SocketAddr, host: &str) -> Target {
+        let body = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/titanic/request.json"),
+        )
+        .unwrap_or_default();
+        Target {
+            addr,
+            host: host.to_owned(),
+            body: Arc::new(body),
+        }
+    }
+
+    /// One `POST /invocations` with `headers`, no retry.
+    pub async fn invoke(&self, headers: &[(&str, &str)]) -> Outcome {
+        let mut head = format!(
+            "POST /invocations HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.host,
+            self.body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(&self.body);
+        exchange(self.addr, &msg, TIMEOUT).await
+    }
+
+    /// `x-mlep-variant` for each key (`none-<what>` when unassigned or failed).
+    pub async fn assign(&self, keys: &[String]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for k in keys {
+            let o = self.invoke(&[("x-user-id", k)]).await;
+            out.insert(k.clone(), o.variant_or_none());
+        }
+        out
+    }
+
+    /// `"<status> <x-mlep-model>"` for each key (which model answered it).
+    pub async fn models(&self, keys: &[String]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for k in keys {
+            let o = self.invoke(&[("x-user-id", k)]).await;
+            let m = match &o {
+                Outcome::Answered {
+                    status, model: m, ..
+                } => format!("{status} {}", m.as_deref().unwrap_or("none")),
+                other => other.kind(),
+            };
+            out.insert(k.clone(), m);
+        }
+        out
+    }
+
+    /// Variant counts over `n` fresh keys `<prefix>-<i>`.
+    pub async fn split(&self, prefix: &str, n: usize) -> BTreeMap<String, u64> {
+        let keys: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        let mut counts = BTreeMap::new();
+        for v in self.assign(&keys).await.into_values() {
+            *counts.entry(v).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Per-request deadline (connect, send, whole answer).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one request got.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A complete HTTP answer.
+    Answered {
+        status: u16,
+        variant: Option<String>,
+        model: Option<String>,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// The connection could not be made.
+    Connect(String),
+    /// Made, then broken (reset, closed early) before a complete answer.
+    Reset(String),
+    /// No complete answer within [`TIMEOUT`].
+    Timeout,
+    /// Something that is not an HTTP response.
+    Malformed(String),
+}
+
+impl Outcome {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Answered { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            Outcome::Answered { headers, .. } => headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str()),
+            _ => None,
+        }
+    }
+
+    pub fn variant(&self) -> Option<&str> {
+        match self {
+            Outcome::Answered { variant, .. } => variant.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Outcome::Answered { model, .. } => model.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> &str {
+        match self {
+            Outcome::Answered { body, .. } => body,
+            _ => "",
+        }
+    }
+
+    fn variant_or_none(&self) -> String {
+        match self {
+            Outcome::Answered {
+                variant: Some(v), ..
+            } => v.clone(),
+            Outcome::Answered { status, .. } => format!("none-{status}"),
+            other => format!("none-{}", other.kind()),
+        }
+    }
+
+    /// The predictions' probabilities of a 200 answer (empty if there are none).
+    pub fn probabilities(&self) -> Vec<f64> {
+        serde_json::from_str::<serde_json::Value>(self.body())
+            .ok()
+            .and_then(|v| {
+                v["predictions"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["probability"].as_f64()).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// A request succeeded: 200 with two predictions, and (if `need_variant`) assigned.
+    pub fn is_success(&self, need_variant: bool) -> bool {
+        self.status() == Some(200)
+            && (!need_variant || self.variant().is_some())
+            && self.probabilities().len() == 2
+    }
+
+    /// The failure kind, for counting: `HTTP 500 variant=a model=titanic-batch1:1`,
+    /// `reset: ...`, `timeout`, `connect: ...`, `malformed: ...`.
+    pub fn kind(&self) -> String {
+        match self {
+            Outcome::Answered {
+                status,
+                variant,
+                model,
+                ..
+            } => format!(
+                "HTTP {status} variant={} model={}",
+                variant.as_deref().unwrap_or("-"),
+                model.as_deref().unwrap_or("-")
+            ),
+            Outcome::Connect(e) => format!("connect: {e}"),
+            Outcome::Reset(e) => format!("reset: {e}"),
+            Outcome::Timeout => "timeout".to_owned(),
+            Outcome::Malformed(e) => format!("malformed: {e}"),
+        }
+    }
+}
+
+/// Write `msg` to `addr` on a fresh connection and read the answer to its end.
+async fn exchange(addr: SocketAddr, msg: &[u8], timeout: Duration) -> Outcome {
+    match tokio::time::timeout(timeout, exchange_inner(addr, msg)).await {
+        Ok(o) => o,
+        Err(_) => Outcome::Timeout,
+    }
+}
+
+async fn exchange_inner(addr: SocketAddr, msg: &[u8]) -> Outcome {
+    let mut s = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Connect(e.to_string()),
+    };
+    if let Err(e) = s.write_all(msg).await {
+        return Outcome::Reset(format!("write: {e}"));
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = s.read_to_end(&mut raw).await {
+        return Outcome::Reset(format!("read after {} bytes: {e}", raw.len()));
+    }
+    match parse_response(&raw) {
+        Ok(r) => {
+            let complete = r
+                .header("content-length")
+                .and_then(|l| l.parse::<usize>().ok())
+                .is_none_or(|l| l == r.body.len());
+            if !complete {
+                return Outcome::Reset(format!("closed mid-body after {} bytes", r.body.len()));
+            }
+            Outcome::Answered {
+                status: r.status,
+                variant: r.header("x-mlep-variant").map(str::to_owned),
+                model: r.header("x-mlep-model").map(str::to_owned),
+                body: r.text(),
+                headers: r.headers,
+            }
+        }
+        Err(e) if raw.is_empty() => Outcome::Reset(format!("closed without an answer ({e})")),
+        Err(e) => Outcome::Malformed(e),
+    }
+}
+
+/// `GET path` on `addr` (a pod's metrics, Prometheus's API): the body of a 200 answer.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let msg = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    match exchange(addr, msg.as_bytes(), TIMEOUT).await {
+        Outcome::Answered {
+            status: 200, body, ..
+        } => Ok(body),
+        other => Err(other.kind()),
+    }
+}
+
+/// What a load run saw.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub requests: u64,
+    /// Failed requests by kind ([`Outcome::kind`]).
+    pub failures: BTreeMap<String, u64>,
+    /// Successful requests by variant.
+    pub by_variant: BTreeMap<String, u64>,
+    /// Every answer by the model that gave it (`none` if no model header or no answer).
+    pub by_model: BTreeMap<String, u64>,
+    /// Failed requests by the model that answered them (`none`: no model answered).
+    pub failures_by_model: BTreeMap<String, u64>,
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Report {
+    /// Count one request.
+    pub fn record(&mut self, o: &Outcome, need_variant: bool, ms: f64) {
+        self.requests += 1;
+        self.latencies_ms.push(ms);
+        let model = o.model().unwrap_or("none").to_owned();
+        *self.by_model.entry(model.clone()).or_default() += 1;
+        if o.is_success(need_variant) {
+            let v = o.variant().unwrap_or("unassigned").to_owned();
+            *self.by_variant.entry(v).or_default() += 1;
+        } else {
+            *self.failures.entry(o.kind()).or_default() += 1;
+            *self.failures_by_model.entry(model).or_default() += 1;
+        }
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// The `p`-quantile latency (0..1), in ms.
+    pub fn percentile(&self, p: f64) -> f64 {
+        let mut l = self.latencies_ms.clone();
+        l.sort_by(f64::total_cmp);
+        let i = ((p * l.len() as f64) as usize).min(l.len().saturating_sub(1));
+        l.get(i).map(|v| (v * 100.0).round() / 100.0).unwrap_or(0.0)
+    }
+
+    /// One line for a `measure:` print.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests, {} failed {:?}, p50 {} ms, p99 {} ms, by variant {:?}, by model {:?}",
+            self.requests,
+            self.failed(),
+            self.failures,
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.by_variant,
+            self.by_model
+        )
+    }
+
+    /// Panics unless requests were made and none failed.
+    pub fn assert_no_failures(&self, what: &str) {
+        assert!(self.requests > 0, "{what}: no request was made");
+        assert_eq!(
+            self.failed(),
+            0,
+            "{what}: failed requests by kind: {:?}",
+            self.failures
+        );
+    }
+}
+
+/// Sequential requests (keys `load-user-<i % 500>`) until stopped or 300 s pass.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Report>,
+}
+
+impl Load {
+    /// Start; `need_variant: false` accepts answers without `x-mlep-variant` (no filter).
+    pub fn start(target: Target, need_variant: bool) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = Report::default();
+            let start = Instant::now();
+            let mut i = 0u64;
+            while !flag.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(300) {
+                i += 1;
+                let key = format!("load-user-{}", i % 500);
+                let t0 = Instant::now();
+                let o = target.invoke(&[("x-user-id", &key)]).await;
+                report.record(&o, need_variant, t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            report
+        });
+        Load { stop, task }
+    }
+
+    /// Run for `d` and report.
+    pub async fn run_for(target: Target, need_variant: bool, d: Duration) -> Report {
+        let l = Load::start(target, need_variant);
+        tokio::time::sleep(d).await;
+        l.stop().await
+    }
+
+    pub async fn stop(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, variant: Option<&str>, model: Option<&str>) -> Outcome {
+        Outcome::Answered {
+            status,
+            variant: variant.map(str::to_owned),
+            model: model.map(str::to_owned),
+            headers: vec![],
+            body: r#"{"predictions":[{"probability":0.1},{"probability":0.9}]}"#.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_report_counts_every_failure_by_kind_and_model() {
+        let mut r = Report::default();
+        r.record(&answered(200, Some("a"), Some("titanic:v1")), true, 1.0);
+        r.record(&answered(500, Some("a"), Some("batch1:1")), true, 1.0);
+        r.record(&answered(200, None, Some("titanic:v1")), true, 1.0);
+        r.record(&Outcome::Timeout, true, 10_000.0);
+        assert_eq!(r.requests, 4);
+        assert_eq!(r.failed(), 3);
+        assert_eq!(r.failures["HTTP 500 variant=a model=batch1:1"], 1);
+        assert_eq!(r.failures["HTTP 200 variant=- model=titanic:v1"], 1);
+        assert_eq!(r.failures["timeout"], 1);
+        assert_eq!(r.failures_by_model["none"], 1);
+        assert_eq!(r.by_variant["a"], 1);
+    }
+
+    #[test]
+    fn an_answer_without_a_variant_succeeds_only_when_none_is_needed() {
+        let o = answered(200, None, Some("titanic:v1"));
+        assert!(!o.is_success(true));
+        assert!(o.is_success(false));
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_failure_not_retried() {
+        let t = Target::titanic(crate::dead_addr(), "x");
+        let o = t.invoke(&[]).await;
+        assert!(matches!(o, Outcome::Connect(_)), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_closing_without_answering_is_a_reset() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut served = 0;
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 16];
+                let _ = s.read(&mut buf).await;
+                served += 1;
+                drop(s);
+                if served == 2 {
+                    break;
+                }
+            }
+            served
+        });
+        let t = Target::titanic(addr, "x");
+        let o = t.invoke(&[]).await;
+        assert!(matches!(o, Outcome::Reset(_)), "{o:?}");
+        // One request, one connection: the client did not try again.
+        let o2 = t.invoke(&[]).await;
+        assert!(matches!(o2, Outcome::Reset(_)), "{o2:?}");
+        assert_eq!(server.await.unwrap(), 2);
+    }
+}
