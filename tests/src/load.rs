@@ -4,15 +4,13 @@
 //! server's `name:version`) that answered, or the connection error, reset or timeout — so a
 //! "0 failed" figure means no request failed at all.
 
-use mlep::http::parse_response;
+use mlep::http::{send_to, HttpError, Request};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Where requests go: a proxy's address and the `host` header naming the endpoint.
 #[derive(Clone, Debug)]
@@ -39,18 +37,18 @@ impl Target {
 
     /// One `POST /invocations` with `headers`, no retry.
     pub async fn invoke(&self, headers: &[(&str, &str)]) -> Outcome {
-        let mut head = format!(
-            "POST /invocations HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-            self.host,
-            self.body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut msg = head.into_bytes();
-        msg.extend_from_slice(&self.body);
-        exchange(self.addr, &msg, TIMEOUT).await
+        let mut all = vec![
+            ("host", self.host.clone()),
+            ("content-type", "application/json".to_owned()),
+        ];
+        all.extend(headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let req = Request {
+            method: "POST",
+            path: "/invocations",
+            headers: all,
+            body: &self.body,
+        };
+        exchange(self.addr, &req).await
     }
 
     /// `x-mlep-variant` for each key (`none-<what>` when unassigned or failed).
@@ -204,52 +202,30 @@ impl Outcome {
     }
 }
 
-/// Write `msg` to `addr` on a fresh connection and read the answer to its end.
-async fn exchange(addr: SocketAddr, msg: &[u8], timeout: Duration) -> Outcome {
-    match tokio::time::timeout(timeout, exchange_inner(addr, msg)).await {
-        Ok(o) => o,
-        Err(_) => Outcome::Timeout,
-    }
-}
-
-async fn exchange_inner(addr: SocketAddr, msg: &[u8]) -> Outcome {
-    let mut s = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::Connect(e.to_string()),
-    };
-    if let Err(e) = s.write_all(msg).await {
-        return Outcome::Reset(format!("write: {e}"));
-    }
-    let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw).await {
-        return Outcome::Reset(format!("read after {} bytes: {e}", raw.len()));
-    }
-    match parse_response(&raw) {
-        Ok(r) => {
-            let complete = r
-                .header("content-length")
-                .and_then(|l| l.parse::<usize>().ok())
-                .is_none_or(|l| l == r.body.len());
-            if !complete {
-                return Outcome::Reset(format!("closed mid-body after {} bytes", r.body.len()));
-            }
-            Outcome::Answered {
-                status: r.status,
-                variant: r.header("x-mlep-variant").map(str::to_owned),
-                model: r.header("x-mlep-model").map(str::to_owned),
-                body: r.text(),
-                headers: r.headers,
-            }
+/// `req` to `addr` on a fresh connection (local mode's one HTTP client), the answer read to
+/// its end; a body cut short is a reset, not an answer.
+async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Outcome {
+    match send_to(addr, req, TIMEOUT).await {
+        Ok(r) => Outcome::Answered {
+            status: r.status,
+            variant: r.header("x-mlep-variant").map(str::to_owned),
+            model: r.header("x-mlep-model").map(str::to_owned),
+            body: r.text(),
+            headers: r.headers,
+        },
+        Err(HttpError::Timeout { .. }) => Outcome::Timeout,
+        Err(HttpError::Io { source, .. }) => Outcome::Connect(source.to_string()),
+        Err(HttpError::Http { source, .. }) if source.is_parse() => {
+            Outcome::Malformed(source.to_string())
         }
-        Err(e) if raw.is_empty() => Outcome::Reset(format!("closed without an answer ({e})")),
-        Err(e) => Outcome::Malformed(e),
+        Err(HttpError::Http { source, .. }) => Outcome::Reset(source.to_string()),
+        Err(e @ HttpError::Request { .. }) => Outcome::Malformed(e.to_string()),
     }
 }
 
 /// `GET path` on `addr` (a pod's metrics, Prometheus's API): the body of a 200 answer.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let msg = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    match exchange(addr, msg.as_bytes(), TIMEOUT).await {
+    match exchange(addr, &Request::get(path)).await {
         Outcome::Answered {
             status: 200, body, ..
         } => Ok(body),
@@ -412,6 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_closing_without_answering_is_a_reset() {
+        use tokio::io::AsyncReadExt;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
