@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # End to end on the cluster bed (scripts/cluster.sh). The checks are Rust tests: the crate
-# mlep-cluster-e2e (tests/cluster; tests/e2e.rs lists every check, phase by phase), each phase
+# mlep-cluster-e2e (tests/cluster; tests/cluster/src/lib.rs lists every check, phase by phase), each phase
 # one test in its own namespace, asserting through typed kube-rs APIs. This script only brings
 # the bed up, builds and imports this tree's operator image, installs the operator the way users
-# do (kubectl apply -k manifests/) and runs the tests: tests/namespaced.rs a few at a time,
-# then tests/cluster_wide.rs (the operator's Lease and replicas, the shared filters) one at a time.
+# do (kubectl apply -k manifests/) and runs the tests: tests/cluster/tests/namespaced.rs a few at a time,
+# then tests/cluster/tests/cluster_wide.rs (the operator's Lease and replicas, the shared filters) one at a time.
 #
 #   scripts/test-cluster-e2e.sh               # every phase
 #   scripts/test-cluster-e2e.sh canary        # the tests whose name contains "canary"
