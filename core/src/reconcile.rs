@@ -134,6 +134,7 @@ fn machine_input<'a>(
         last: input.last.and_then(|s| s.rollout.as_ref()),
         command,
         now: input.now.clone(),
+        route_grace_seconds: input.route_grace_seconds,
     }
 }
 

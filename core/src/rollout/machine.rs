@@ -32,6 +32,11 @@ pub struct Input<'a> {
     pub last: Option<&'a RolloutStatus>,
     pub command: Option<Command>,
     pub now: Now,
+    /// How long a model the variant stops serving keeps its Deployment, subset and route after
+    /// a promotion (the operator's `--route-grace-seconds`; 0 in local mode, whose Envoy takes
+    /// a new configuration whole): proxies that still hold the previous filter config keep
+    /// sending its users there until Istio's push reaches them.
+    pub route_grace_seconds: i64,
 }
 
 impl Input<'_> {
@@ -312,21 +317,36 @@ fn step_to(input: &Input, mut r: RolloutStatus) -> Outcome {
     emit(input, r, true, Some(next))
 }
 
-/// Everyone to the new model. BlueGreen keeps the old model for `terminationWaitSeconds`.
+/// Everyone to the new model. The old model keeps running for the route grace period (proxies
+/// that have not yet received the promotion still send users there; measured on the bed: 23 of
+/// 5,398 requests got 503 in the moment a Linear promotion removed the old model at once), and
+/// for BlueGreen at least `terminationWaitSeconds`, for an instant rollback.
 fn promote(input: &Input, mut r: RolloutStatus, why: String) -> Outcome {
     let s = input.settings;
     r.phase = Phase::Promoted;
     r.paused = false;
     r.moved_buckets.clear();
     r.step_started_unix = Some(input.now.unix);
-    if input.settings.strategy == RolloutStrategy::BlueGreen && s.termination_wait_seconds > 0 {
-        r.old_model_until_unix = Some(input.now.unix + s.termination_wait_seconds);
-        r.message = format!(
-            "{why}: every user on {}; {} keeps running {}s for an instant rollback",
-            r.to_model, r.from_model, s.termination_wait_seconds
-        );
-        let next = s.termination_wait_seconds.min(10);
-        return emit(input, r, true, Some(next));
+    let termination_wait = if s.strategy == RolloutStrategy::BlueGreen {
+        s.termination_wait_seconds
+    } else {
+        0
+    };
+    let keep = termination_wait.max(input.route_grace_seconds);
+    if keep > 0 {
+        r.old_model_until_unix = Some(input.now.unix + keep);
+        r.message = if termination_wait >= keep {
+            format!(
+                "{why}: every user on {}; {} keeps running {}s for an instant rollback",
+                r.to_model, r.from_model, keep
+            )
+        } else {
+            format!(
+                "{why}: every user on {}; {} keeps running {}s while proxies take the change",
+                r.to_model, r.from_model, keep
+            )
+        };
+        return emit(input, r, true, Some(keep.min(10)));
     }
     r.old_model_until_unix = None;
     r.message = format!("{why}: every user on {}", r.to_model);

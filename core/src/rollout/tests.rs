@@ -22,6 +22,7 @@ struct World {
     status: Option<RolloutStatus>,
     command: Option<Command>,
     now: i64,
+    route_grace_seconds: i64,
     metrics: Fake,
     last: Outcome,
 }
@@ -86,6 +87,7 @@ impl World {
             status: None,
             command: None,
             now: 1_000_000,
+            route_grace_seconds: 0,
             metrics: Fake::default(),
             last: Outcome::default(),
         }
@@ -119,6 +121,7 @@ impl World {
                 unix: self.now,
                 text: format!("t{}", self.now),
             },
+            route_grace_seconds: self.route_grace_seconds,
         };
         let out = drive(&input, &mut self.metrics);
         if let Some((_, m)) = &out.serving {
@@ -224,6 +227,27 @@ fn canary_holds_its_share_for_a_step_then_promotes() {
     // Settled: further ticks change nothing.
     let again = w.tick_at(60, healthy(10)).clone();
     assert_eq!(again.status, out.status);
+}
+
+#[test]
+fn a_promotion_keeps_the_old_model_for_the_route_grace_period_then_removes_it() {
+    let mut w = World::started(RolloutStrategy::Linear);
+    w.route_grace_seconds = 30;
+    while w.phase() == Phase::Progressing {
+        w.tick_at(61, healthy(100));
+    }
+    assert_eq!(w.phase(), Phase::Promoted);
+    assert_eq!(w.last.serving, Some(("b".into(), "m3".into())));
+    assert_eq!(w.last.split, None, "every user is on the new model");
+    assert_eq!(
+        w.models(),
+        vec!["m3", "m2"],
+        "proxies still holding the last step's config reach m2"
+    );
+    w.tick_at(29, healthy(100));
+    assert_eq!(w.models(), vec!["m3", "m2"]);
+    w.tick_at(1, healthy(100));
+    assert_eq!(w.models(), vec!["m3"], "the old model goes after the grace");
 }
 
 #[test]
