@@ -38,6 +38,21 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// The sum of the samples of `name` whose labels include every one of `labels` (histogram
+/// series are addressed as `<name>_count` etc.).
+pub fn sum_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).is_some_and(|l| l == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
 fn parse_line(line: &str) -> Option<Sample> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {

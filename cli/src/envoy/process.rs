@@ -272,17 +272,7 @@ impl Drop for EnvoyProcess {
 }
 
 /// Counter/gauge samples of `metric` in Prometheus text whose labels include all of `labels`,
-/// summed (parsed by [`crate::table::parse_prometheus`], the one Prometheus text parser).
-/// Histogram series are addressed as `<name>_count` etc.
+/// summed ([`crate::table::parse_prometheus`] and [`crate::table::sum_of`]).
 pub fn prometheus_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    crate::table::parse_prometheus(text)
-        .iter()
-        .filter(|s| s.name == metric)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
-        })
-        .map(|s| s.value)
-        .sum()
+    crate::table::sum_of(&crate::table::parse_prometheus(text), metric, labels)
 }

@@ -865,20 +865,6 @@ pub async fn gateway_stats(bed: &Bed) -> Vec<mlep::table::Sample> {
     mlep::table::parse_prometheus(&out)
 }
 
-/// Sum of the samples of `name` whose labels include `labels`.
-pub fn sum(samples: &[mlep::table::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|l| l == v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
 /// The bed's Prometheus (`istio-system/prometheus`): the first value of an instant query.
 pub async fn prom_value(bed: &Bed, query: &str) -> Option<f64> {
     let svc = bed
@@ -994,6 +980,25 @@ pub async fn with_sidecar(bed: &Bed, t: &Titanic) -> Sidecar {
     )
     .await;
     s
+}
+
+/// What most phases start from: the example endpoint deployed in the phase's own namespace
+/// (deleted when the stage drops) and a caller pod with a sidecar that reaches it.
+pub struct Stage {
+    pub bed: Bed,
+    pub ns: TempNs,
+    pub t: Titanic,
+    pub s: Sidecar,
+}
+
+impl Stage {
+    pub async fn set(phase: &str) -> Stage {
+        let bed = Bed::connect().await;
+        let ns = TempNs::create(&bed, phase).await;
+        let t = Titanic::deploy(&bed, &ns).await;
+        let s = with_sidecar(&bed, &t).await;
+        Stage { bed, ns, t, s }
+    }
 }
 
 pub async fn gateway_assigns(t: &Titanic) -> bool {

@@ -7,6 +7,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
+use mlep::table::sum_of;
 use mlep_cluster_e2e::load::Load;
 use mlep_cluster_e2e::*;
 use mlep_contract::metrics as m;
@@ -207,7 +208,7 @@ async fn the_gateway_predicts_sticks_splits_targets_and_sets_cookies() {
         (m::LABEL_MODEL, "titanic-v1"),
         (m::LABEL_CODE_CLASS, "2xx"),
     ];
-    let n = sum(&stats, m::REQUESTS_TOTAL, &labels);
+    let n = sum_of(&stats, m::REQUESTS_TOTAL, &labels);
     assert!(
         n > 0.0,
         "no labelled {} {labels:?} on the gateway",
@@ -223,10 +224,7 @@ async fn the_gateway_predicts_sticks_splits_targets_and_sets_cookies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_assigns_like_the_gateway() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "mesh").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { ns: _ns, t, s, .. } = Stage::set("mesh").await;
     let ten = keys("sticky", 10);
     let via_gateway = t.gateway.assign(&ten).await;
     let mut mismatched = Vec::new();
@@ -262,10 +260,7 @@ async fn a_sidecar_assigns_like_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_change_under_load_moves_users_only_from_a_to_b() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "weights").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { ns: _ns, t, s, .. } = Stage::set("weights").await;
     let sticky = keys("sticky", 20);
     let before = t.gateway.assign(&sticky).await;
     let loads = BothLoads::start(&t, &s).await;
@@ -290,10 +285,7 @@ async fn a_weight_change_under_load_moves_users_only_from_a_to_b() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_swap_under_load_fails_nothing() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "swap").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { ns: _ns, t, s, .. } = Stage::set("swap").await;
     let loads = BothLoads::start(&t, &s).await;
     t.edit(|spec| spec.variants[1].model = "titanic-v1".into())
         .await;
@@ -313,10 +305,7 @@ async fn a_model_swap_under_load_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "shadow").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { bed, ns: _ns, t, s } = Stage::set("shadow").await;
     let loads = BothLoads::start(&t, &s).await;
     t.edit(|spec| {
         spec.shadow =
@@ -336,7 +325,7 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
                 .ok()??;
             let ready = d.status?.ready_replicas == Some(1);
             let stats = gateway_stats(&bed).await;
-            let sent = sum(
+            let sent = sum_of(
                 &stats,
                 m::SHADOW_REQUESTS_TOTAL,
                 &[mine[0], (m::LABEL_OUTCOME, "ok")],
@@ -347,8 +336,8 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
     .await;
     loads.stop_without_failures("shadow").await;
     let stats = gateway_stats(&bed).await;
-    let compared = sum(&stats, m::SHADOW_AGREEMENT_TOTAL, &mine);
-    let sent = sum(&stats, m::SHADOW_REQUESTS_TOTAL, &mine);
+    let compared = sum_of(&stats, m::SHADOW_AGREEMENT_TOTAL, &mine);
+    let sent = sum_of(&stats, m::SHADOW_REQUESTS_TOTAL, &mine);
     measure(format!("shadow: {sent} copies sent, {compared} compared"));
     assert!(
         compared > 0.0,
@@ -361,10 +350,7 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_variant_under_load_retires_it_then_removes_it() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "remove").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { ns: _ns, t, s, .. } = Stage::set("remove").await;
     let loads = BothLoads::start(&t, &s).await;
     let t_rm = Instant::now();
     t.edit(|spec| {
@@ -452,10 +438,7 @@ async fn rollout_status(t: &Titanic) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_to_a_failing_model_rolls_back() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "canary").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { bed, ns: _ns, t, s } = Stage::set("canary").await;
     batch1_model(&t).await;
     // Prometheus has the filter's labelled metrics (the analysis reads them).
     Load::run_for(t.gateway.clone(), true, Duration::from_secs(2)).await;
@@ -560,10 +543,7 @@ async fn a_canary_to_a_failing_model_rolls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blue_green_bakes_then_promotes() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "bluegreen").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { bed, ns: _ns, t, s } = Stage::set("bluegreen").await;
     let loads = BothLoads::start(&t, &s).await;
     t.edit(rollout(
         serde_json::json!({"model": "titanic-v2", "rollout": {
@@ -641,10 +621,7 @@ async fn a_blue_green_bakes_then_promotes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linear_rollout_promotes_step_by_step() {
-    let bed = Bed::connect().await;
-    let ns = TempNs::create(&bed, "linear").await;
-    let t = Titanic::deploy(&bed, &ns).await;
-    let s = with_sidecar(&bed, &t).await;
+    let Stage { ns: _ns, t, s, .. } = Stage::set("linear").await;
     let loads = BothLoads::start(&t, &s).await;
     t.edit(rollout(
         serde_json::json!({"model": "titanic-v2", "rollout": {
