@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {"version": 1, "endpoints": [{"name": "titanic", "namespace": "default",
-//!   "hosts": ["titanic.example.com"],
+//!   "virtualHosts": ["titanic.example.com:80"], "routeKey": "k3y0f16ormorechars",
 //!   "variants": [{"name": "a", "model": "titanic-v1", "weight": 80},
 //!                {"name": "b", "model": "titanic-v2", "weight": 20}],
 //!   "allocation": [{"variant": "a", "start": 0, "end": 8000},
@@ -56,12 +56,17 @@ pub struct EndpointConfig {
     /// The ModelEndpoint's namespace (metric label `namespace`).
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// Hosts this endpoint answers for, matched against `:authority` without its port,
-    /// case-insensitively: exact names, `*.example.com` (any subdomain) and `*` (every host
-    /// no other endpoint claims). The filter also matches the endpoint's mesh names
-    /// (`<name>`, `<name>.<namespace>[.svc[.cluster.local]]`) without them being listed
-    /// (see the filter's `hosts.rs`).
-    pub hosts: Vec<String>,
+    /// The Envoy virtual hosts serving this endpoint, by name (`xds.virtual_host_name`, in
+    /// Istio `<host>:<port>`): the filter knows a request's endpoint by the route Envoy chose
+    /// for it, never by a client-sent `:authority`, so every name and address the route
+    /// answers to (FQDN, `name.ns`, ClusterIP, with or without port) gets the same assignment,
+    /// and a same-named host elsewhere gets none.
+    pub virtual_hosts: Vec<String>,
+    /// A capability only the control plane and the filter know: the value of
+    /// [`VARIANT_HEADER`](crate::metrics::VARIANT_HEADER) the routes match is
+    /// [`routed_value`]`(variant, route_key)`, so a client that sends the header cannot
+    /// pick a variant or model, whatever the filter's state (docs/filter.md).
+    pub route_key: String,
     pub variants: Vec<VariantConfig>,
     /// Bucket ownership; must match the weights exactly (see [`Allocation`]).
     pub allocation: Allocation,
@@ -249,15 +254,23 @@ pub fn is_header_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || TOKEN_PUNCTUATION.contains(&c))
 }
 
-/// A host as `hosts` accepts it: `*` (every host), `*.<name>` (every subdomain of `<name>`,
-/// Envoy's and Istio's wildcard form) or a name without `*`.
-fn is_host_pattern(h: &str) -> bool {
-    let rest = match h.strip_prefix("*.") {
-        Some(rest) => rest,
-        None if h == "*" => return true,
-        None => h,
-    };
-    !rest.is_empty() && !rest.contains('*') && !rest.starts_with('.')
+/// Shortest and longest [`EndpointConfig::route_key`]: at least 96 bits when random.
+pub const ROUTE_KEY_MIN_LEN: usize = 16;
+pub const ROUTE_KEY_MAX_LEN: usize = 128;
+
+/// A route key: letters, digits, `-` and `_` (a header value and part of a route match).
+pub fn is_route_key(s: &str) -> bool {
+    (ROUTE_KEY_MIN_LEN..=ROUTE_KEY_MAX_LEN).contains(&s.len())
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// The value of [`VARIANT_HEADER`](crate::metrics::VARIANT_HEADER) (or, for a rollout's moved
+/// users, [`MODEL_HEADER`](crate::metrics::MODEL_HEADER)) on a request the filter assigned,
+/// which the routes match: `<name>.<route_key>`. A route key has no `.`, so the value splits
+/// unambiguously. The route puts the plain name back before the request leaves the proxy,
+/// so a model never sees the key.
+pub fn routed_value(name: &str, route_key: &str) -> String {
+    format!("{name}.{route_key}")
 }
 
 /// A cookie name: RFC 6265 token characters (letters of either case, digits, token punctuation).
@@ -290,15 +303,15 @@ impl FilterConfig {
                 ),
             ));
         }
-        let mut hosts = BTreeSet::new();
+        let mut vhosts = BTreeSet::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}]");
             ep.validate(&at)?;
-            for h in &ep.hosts {
-                if !hosts.insert(h.trim_end_matches('.').to_ascii_lowercase()) {
+            for h in &ep.virtual_hosts {
+                if !vhosts.insert(h.as_str()) {
                     return Err(ConfigError::new(
-                        format!("{at}.hosts"),
-                        format!("host {h:?} is claimed by more than one endpoint"),
+                        format!("{at}.virtualHosts"),
+                        format!("virtual host {h:?} is claimed by more than one endpoint"),
                     ));
                 }
             }
@@ -375,30 +388,30 @@ impl EndpointConfig {
     }
 
     fn validate_hosts(&self, at: &str) -> Result<(), ConfigError> {
-        if self.hosts.is_empty() {
+        if self.virtual_hosts.is_empty() {
             return Err(ConfigError::new(
-                format!("{at}.hosts"),
-                "must name at least one host",
+                format!("{at}.virtualHosts"),
+                "must name at least one virtual host",
             ));
         }
-        for (j, h) in self.hosts.iter().enumerate() {
+        for (j, h) in self.virtual_hosts.iter().enumerate() {
             if h.is_empty()
                 || h.bytes()
                     .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
             {
                 return Err(ConfigError::new(
-                    format!("{at}.hosts[{j}]"),
-                    format!("{h:?} is not a host name"),
+                    format!("{at}.virtualHosts[{j}]"),
+                    format!("{h:?} is not a virtual host name"),
                 ));
             }
-            if !is_host_pattern(h) {
-                return Err(ConfigError::new(
-                    format!("{at}.hosts[{j}]"),
-                    format!(
-                        "{h:?}: `*` may only stand alone or as the first label (`*.example.com`)"
-                    ),
-                ));
-            }
+        }
+        if !is_route_key(&self.route_key) {
+            return Err(ConfigError::new(
+                format!("{at}.routeKey"),
+                format!(
+                    "must be {ROUTE_KEY_MIN_LEN} to {ROUTE_KEY_MAX_LEN} letters, digits, `-` or `_`"
+                ),
+            ));
         }
         Ok(())
     }
@@ -581,11 +594,15 @@ mod tests {
         assert_eq!(e.field, "version");
         let e = with(|v| v["endpoints"][0]["allocation"][0]["end"] = 7000.into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].allocation");
-        let e = with(|v| v["endpoints"][0]["hosts"][0] = "api.*.example.com".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].hosts[0]");
-        let e = with(|v| v["endpoints"][0]["hosts"][0] = "*example.com".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].hosts[0]");
-        with(|v| v["endpoints"][0]["hosts"][0] = "*.example.com".into()).unwrap();
+        let e = with(|v| v["endpoints"][0]["virtualHosts"][0] = "a b:80".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].virtualHosts[0]");
+        let e = with(|v| v["endpoints"][0]["virtualHosts"] = serde_json::json!([])).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].virtualHosts");
+        with(|v| v["endpoints"][0]["virtualHosts"][0] = "*.example.com:80".into()).unwrap();
+        let e = with(|v| v["endpoints"][0]["routeKey"] = "short".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].routeKey");
+        let e = with(|v| v["endpoints"][0]["routeKey"] = "a.b-c_d-e-f-g-h-i-j".into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].routeKey", "a `.` would make the routed value ambiguous");
         let e = with(|v| {
             v["endpoints"][0]["variants"][1]["rollout"] =
                 serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 7999, "end": 9000}]})

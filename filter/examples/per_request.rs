@@ -20,6 +20,9 @@ struct Lean {
 }
 
 impl Host for Lean {
+    fn virtual_host_name(&self) -> Option<String> {
+        Some("titanic.local:80".to_owned())
+    }
     fn request_header(&self, name: &str) -> Option<String> {
         match name {
             ":authority" => Some("titanic.local".to_owned()),
@@ -82,6 +85,10 @@ macro_rules! counted {
 }
 
 impl Host for Counting {
+    fn virtual_host_name(&self) -> Option<String> {
+        CALLS.with(|c| *c.borrow_mut() += 1);
+        self.0.virtual_host_name()
+    }
     fn request_header(&self, name: &str) -> Option<String> {
         CALLS.with(|c| *c.borrow_mut() += 1);
         self.0.request_header(name)
@@ -152,7 +159,8 @@ fn config(endpoints: usize, variants: usize, rollout_percent: u32) -> Compiled {
         .map(|e| {
             let name = if e == 0 { "titanic".to_owned() } else { format!("ep{e}") };
             serde_json::json!({
-                "name": name, "namespace": "default", "hosts": [format!("{name}.local")],
+                "name": name, "namespace": "default", "virtualHosts": [format!("{name}.local:80")],
+                "routeKey": "per-request-bench-key",
                 "variants": weights.iter().map(|(n, w)| {
                     let mut v = serde_json::json!({"name": n, "model": format!("m-{n}"), "weight": w});
                     if rollout_percent > 0 {

@@ -122,6 +122,15 @@ struct EnvoyHost {
 }
 
 impl Host for EnvoyHost {
+    fn virtual_host_name(&self) -> Option<String> {
+        // Envoy answers from the route cached for the stream (resolved before the filter
+        // chain is built, source/extensions/filters/common/expr/context.cc `XDSWrapper`); a
+        // string property comes back as its bytes.
+        hostcalls::get_property(vec!["xds", "virtual_host_name"])
+            .ok()
+            .flatten()
+            .map(text)
+    }
     fn request_header(&self, name: &str) -> Option<String> {
         header(MapType::HttpRequestHeaders, name)
     }

@@ -1,11 +1,11 @@
-//! The configuration compiled once per `on_configure`: bucket tables, a lowercase host map,
+//! The configuration compiled once per `on_configure`: bucket tables, the virtual host map,
 //! precomputed header strings and every metric id the request path can need.
 
 use crate::host::{MetricId, MetricKind, MetricSink};
-use crate::hosts::Hosts;
 use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
 use mlep_contract::metrics::{self as m, stat_name, Agreement, CodeClass, Outcome, Reason};
-use mlep_contract::{CompareMode, ConfigError, FilterConfig, UnknownTarget};
+use mlep_contract::{routed_value, CompareMode, ConfigError, FilterConfig, UnknownTarget};
+use std::collections::HashMap;
 
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,6 +41,8 @@ impl VariantMetrics {
 #[derive(Debug, Clone)]
 pub struct Variant {
     pub name: String,
+    /// The value of [`m::VARIANT_HEADER`] the routes match (`mlep_contract::routed_value`).
+    pub routed: String,
     /// What to do with [`m::MODEL_HEADER`] (only variants with a rollout touch it).
     pub model_header: ModelHeader,
     /// Whether the endpoint's shadow (if any) samples this entry's requests.
@@ -60,11 +62,12 @@ pub struct TargetedRollout {
     pub owned: Vec<u16>,
 }
 
-/// The model header of requests assigned to a [`Variant`] entry. Routes send a request of a
-/// variant being rolled out to the new model's upstream when the header is present (local
-/// mode) or names the new model (the cluster's VirtualService), so the filter sets it exactly
-/// on moved users and strips a client-sent one from the others. Variants with no rollout leave
-/// it alone: no route reads it for them, and the request path stays one host call shorter.
+/// The model header of requests assigned to a [`Variant`] entry. A rollout's route sends a
+/// request of the variant to the new model's upstream when the header carries the new model
+/// with the endpoint's route key (`mlep_contract::routed_value`), so the filter sets it exactly
+/// on moved users and strips it from the others. Variants with no rollout leave it alone: a
+/// client-sent value cannot carry the key, so no route obeys it, and the request path stays
+/// one host call shorter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelHeader {
     Untouched,
@@ -146,8 +149,8 @@ impl Endpoint {
 #[derive(Debug, Clone, Default)]
 pub struct Compiled {
     pub endpoints: Vec<Endpoint>,
-    /// Every name each endpoint answers to (see [`crate::hosts`]).
-    pub hosts: Hosts,
+    /// Envoy virtual host name -> endpoint index (`EndpointConfig::virtual_hosts`).
+    pub virtual_hosts: HashMap<String, usize>,
 }
 
 /// One metric id per value of a label enum, in index order: `ids[v.index()]` is `v`'s.
@@ -228,6 +231,7 @@ impl Compiled {
             for v in &ep.variants {
                 variants.push(Variant {
                     name: v.name.clone(),
+                    routed: routed_value(&v.name, &ep.route_key),
                     model_header: match v.rollout {
                         Some(_) => ModelHeader::Remove,
                         None => ModelHeader::Untouched,
@@ -259,7 +263,8 @@ impl Compiled {
                 }
                 variants.push(Variant {
                     name: v.name.clone(),
-                    model_header: ModelHeader::Set(r.model.clone()),
+                    routed: routed_value(&v.name, &ep.route_key),
+                    model_header: ModelHeader::Set(routed_value(&r.model, &ep.route_key)),
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
                     metrics: variant_metrics(&v.name, &r.model)?,
                     rollout: None,
@@ -330,13 +335,19 @@ impl Compiled {
                 shadow,
             });
         }
-        out.hosts = Hosts::build(&cfg.endpoints);
+        out.virtual_hosts = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ep)| ep.virtual_hosts.iter().map(move |v| (v.clone(), i)))
+            .collect();
         Ok(out)
     }
 
-    /// The endpoint serving `authority` (`Host`/`:authority`; see [`crate::hosts`]).
-    pub fn endpoint_for(&self, authority: &str) -> Option<usize> {
-        self.hosts.lookup(authority)
+    /// The endpoint served on the Envoy virtual host named `vhost` (the route Envoy chose for
+    /// the request, `xds.virtual_host_name`); `None`: not an endpoint's request.
+    pub fn endpoint_for(&self, vhost: &str) -> Option<usize> {
+        self.virtual_hosts.get(vhost).copied()
     }
 }
 
@@ -367,19 +378,21 @@ mod tests {
 
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn hosts_match_without_port_and_case() {
+    fn an_endpoint_is_known_by_its_virtual_hosts_exactly() {
         let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut MemHost::default()).unwrap();
-        assert_eq!(c.endpoint_for("Titanic.Example.com:8080"), Some(0));
-        assert_eq!(c.endpoint_for("titanic.example.com"), Some(0));
-        assert_eq!(c.endpoint_for("other.example.com"), None);
+        assert_eq!(c.endpoint_for("titanic.example.com:80"), Some(0));
+        assert_eq!(c.endpoint_for("titanic.default.svc.cluster.local:80"), Some(0));
+        // The route decides, not the name a client writes: no derived or partial matches.
+        assert_eq!(c.endpoint_for("titanic.example.com"), None);
+        assert_eq!(c.endpoint_for("titanic.other.svc.cluster.local:80"), None);
+        assert_eq!(c.endpoint_for("Titanic.Example.com:80"), None);
     }
 
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn a_star_host_catches_every_other_host() {
-        let cfg = EXAMPLE.replace("\"titanic.example.com\", ", "\"*\", ");
-        let c = Compiled::from_json(cfg.as_bytes(), &mut MemHost::default()).unwrap();
-        assert_eq!(c.endpoint_for("anything:1"), Some(0));
+    fn routed_values_carry_the_route_key() {
+        let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut MemHost::default()).unwrap();
+        assert_eq!(c.endpoints[0].variants[0].routed, "a.Zm9yLXRoZS1leGFtcGxlLW9ubHk");
     }
 
     #[test]

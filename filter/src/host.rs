@@ -23,6 +23,9 @@ pub trait MetricSink {
 /// Per-request host access. Every method is infallible from the caller's view: a host error
 /// becomes "absent" or a dropped update, never a panic.
 pub trait Host {
+    /// The name of the Envoy virtual host whose route serves this request
+    /// (`xds.virtual_host_name`): which endpoint a request is for.
+    fn virtual_host_name(&self) -> Option<String>;
     fn request_header(&self, name: &str) -> Option<String>;
     /// All request headers (only read for requests that get shadowed).
     fn request_headers(&self) -> Vec<(String, String)>;
@@ -49,6 +52,9 @@ pub trait Host {
 /// deterministic random sequence (splitmix64).
 #[derive(Debug, Default, Clone)]
 pub struct MemHost {
+    /// The virtual host name; [`MemHost::with_request`] names it as Istio does,
+    /// `<:authority>:80`.
+    pub vhost: Option<String>,
     pub request: Vec<(String, String)>,
     pub response: Vec<(String, String)>,
     pub request_chunk: Vec<u8>,
@@ -65,6 +71,10 @@ pub struct MemHost {
 impl MemHost {
     pub fn with_request(headers: &[(&str, &str)]) -> Self {
         Self {
+            vhost: headers
+                .iter()
+                .find(|(k, _)| *k == ":authority")
+                .map(|(_, a)| format!("{a}:80")),
             request: headers
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -114,6 +124,9 @@ fn set(list: &mut Vec<(String, String)>, name: &str, value: &str) {
 }
 
 impl Host for MemHost {
+    fn virtual_host_name(&self) -> Option<String> {
+        self.vhost.clone()
+    }
     fn request_header(&self, name: &str) -> Option<String> {
         get(&self.request, name).cloned()
     }

@@ -4,7 +4,6 @@
 //! on `wasm32-unknown-unknown` (wasm-bindgen-test):
 //! - [`compiled`]: the configuration compiled once per `on_configure` (bucket tables, host
 //!   table, metric ids);
-//! - [`hosts`]: which endpoint an `:authority` belongs to (exact, wildcard and mesh names);
 //! - [`request`]: variant assignment (targeting, sticky key, cookie);
 //! - [`stream`]: one HTTP stream's callbacks over the [`host::Host`] trait;
 //! - [`shadow`]: shadow copies queued per VM and sent by the root context, with agreement;
@@ -17,7 +16,6 @@
 pub mod compare;
 pub mod compiled;
 pub mod host;
-pub mod hosts;
 pub mod request;
 pub mod shadow;
 pub mod stream;

@@ -3,7 +3,7 @@
 
 use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
-use crate::request::{decide, header, Decision};
+use crate::request::{decide, Decision};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
 use mlep_contract::metrics::{Agreement, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
@@ -91,13 +91,16 @@ impl Stream {
     }
 
     pub fn on_request_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) -> RequestAction {
-        // One host call for every header this needs (authority, target, sticky key, cookies)
-        // instead of one each; a shadow copy reuses the same vector.
-        let headers = h.request_headers();
-        let Some(ep_index) = header(&headers, ":authority").and_then(|a| self.cfg.endpoint_for(a))
+        // The route Envoy chose says whose request this is, not a client-written name.
+        let Some(ep_index) = h
+            .virtual_host_name()
+            .and_then(|v| self.cfg.endpoint_for(&v))
         else {
             return RequestAction::Continue;
         };
+        // One host call for every header this needs (target, sticky key, cookies) instead of
+        // one each; a shadow copy reuses the same vector.
+        let headers = h.request_headers();
         let cfg = Rc::clone(&self.cfg);
         let Some(ep) = cfg.endpoints.get(ep_index) else {
             return RequestAction::Continue;
@@ -119,7 +122,7 @@ impl Stream {
                     h.remove_request_header(VARIANT_HEADER);
                     return RequestAction::Continue;
                 };
-                h.set_request_header(VARIANT_HEADER, &v.name);
+                h.set_request_header(VARIANT_HEADER, &v.routed);
                 match &v.model_header {
                     ModelHeader::Untouched => {}
                     ModelHeader::Remove => h.remove_request_header(MODEL_HEADER),
@@ -319,7 +322,15 @@ mod tests {
         (Rc::new(cfg), Rc::new(RefCell::new(Hub::new())), host)
     }
 
+    /// The example config's route key: the request values the filter sets carry it.
+    const KEY: &str = "Zm9yLXRoZS1leGFtcGxlLW9ubHk";
+
+    fn routed(name: &str) -> String {
+        mlep_contract::routed_value(name, KEY)
+    }
+
     fn request(host: &mut MemHost, headers: &[(&str, &str)]) {
+        host.vhost = MemHost::with_request(headers).vhost;
         host.request = headers
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -349,7 +360,8 @@ mod tests {
         } else {
             "b"
         };
-        assert_eq!(v, expected);
+        // The routes match the variant with the route key; the client's "b" is gone.
+        assert_eq!(v, routed(expected));
         s.on_response_headers(&mut h, true);
         assert_eq!(
             h.response_header("x-mlep-variant").as_deref(),
@@ -419,21 +431,19 @@ mod tests {
             s.on_request_headers(&mut h, true);
             let bucket = mlep_contract::bucket_of("default/titanic", &key);
             let (variant, model) = match bucket {
-                // a has no rollout: no route reads the model header for it, it is left alone.
-                0..8000 => ("a", Some("titanic-v3")),
-                8000..9000 => ("b", Some("titanic-v3")),
+                // a has no rollout: the client's model header is left alone, and without the
+                // route key no route obeys it.
+                0..8000 => ("a", Some("titanic-v3".to_owned())),
+                8000..9000 => ("b", Some(routed("titanic-v3"))),
                 _ => ("b", None),
             };
-            assert_eq!(h.request_header("x-mlep-variant").as_deref(), Some(variant));
-            assert_eq!(
-                h.request_header("x-mlep-model").as_deref(),
-                model,
-                "{key} {bucket}"
-            );
+            assert_eq!(h.request_header("x-mlep-variant"), Some(routed(variant)));
+            assert_eq!(h.request_header("x-mlep-model"), model, "{key} {bucket}");
             s.on_response_headers(&mut h, true);
             s.on_log(&mut h);
             if variant == "b" {
-                *seen.entry(model.unwrap_or("titanic-v2")).or_insert(0u64) += 1;
+                let served = if model.is_some() { "titanic-v3" } else { "titanic-v2" };
+                *seen.entry(served).or_insert(0u64) += 1;
             }
         }
         let count = |variant: &str, model: &str| {
@@ -462,7 +472,11 @@ mod tests {
         s.on_request_headers(h, true);
         s.on_response_headers(h, true);
         s.on_log(h);
-        h.request_header("x-mlep-model")
+        // A model header the routes obey carries the route key; show any other as such.
+        h.request_header("x-mlep-model").map(|m| match m.strip_suffix(&format!(".{KEY}")) {
+            Some(model) => model.to_owned(),
+            None => format!("unkeyed {m}"),
+        })
     }
 
     #[test]
@@ -475,7 +489,7 @@ mod tests {
             let key = format!("user-{i}");
             let target = [("x-mlep-target-variant", "b"), ("x-user-id", key.as_str())];
             let model = served(&cfg, &mut h, &target);
-            assert_eq!(h.request_header("x-mlep-variant").as_deref(), Some("b"));
+            assert_eq!(h.request_header("x-mlep-variant"), Some(routed("b")));
             // The same key always gets the same model, from the header or from the cookie.
             assert_eq!(served(&cfg, &mut h, &target), model, "{key}");
             let cookie = format!("mlep-titanic={key}");
@@ -535,7 +549,8 @@ mod tests {
                 None
             );
         }
-        // Targeting a, which has no rollout, leaves the model header alone.
+        // Targeting a, which has no rollout, leaves the client's model header alone: without
+        // the route key no route obeys it.
         assert_eq!(
             served(
                 &cfg,
@@ -543,7 +558,7 @@ mod tests {
                 &[("x-mlep-target-variant", "a"), ("x-user-id", "u")]
             )
             .as_deref(),
-            Some("titanic-v3")
+            Some("unkeyed titanic-v3")
         );
     }
 
@@ -564,7 +579,7 @@ mod tests {
             );
             let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
             s.on_request_headers(&mut h, true);
-            on_b += usize::from(h.request_header("x-mlep-variant").as_deref() == Some("b"));
+            on_b += usize::from(h.request_header("x-mlep-variant") == Some(routed("b")));
             copies += hub.borrow_mut().drain().len();
         }
         assert!(on_b > 0, "some users are on b");
