@@ -23,7 +23,7 @@
 //! cluster mixing both wirings has at most two filters per proxy.
 
 use crate::crd::{FilterWiring, ModelEndpoint};
-use crate::envoy::ShadowTarget;
+use crate::envoy::{mesh_virtual_hosts, EndpointRoute, ShadowTarget};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::endpoint_config;
 use crate::meta::{RenderSettings, SERVICE_PORT};
@@ -77,7 +77,25 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
         .shadow
         .as_ref()
         .map(|_| ShadowTarget::istio(&name, &ns, cluster_domain, SERVICE_PORT));
-    let entry = endpoint_config(&name, &ns, &ep.spec, &weights, Some(allocation), shadow).ok()?;
+    // Not before its reconcile chose a route key: the routes would not know the filter's values.
+    let key = status
+        .route_key
+        .clone()
+        .filter(|k| mlep_contract::is_route_key(k))?;
+    let route = EndpointRoute {
+        virtual_hosts: mesh_virtual_hosts(&name, &ns, cluster_domain, &ep.spec.hosts, SERVICE_PORT),
+        key,
+    };
+    let entry = endpoint_config(
+        &name,
+        &ns,
+        &ep.spec,
+        &weights,
+        Some(allocation),
+        shadow,
+        route,
+    )
+    .ok()?;
     let rollout = status
         .rollout
         .as_ref()
@@ -128,11 +146,7 @@ pub fn filters_for(
                 .push((id, format!("the filter would reject it: {e}")));
             continue;
         }
-        let claimed: Vec<String> = cfg
-            .hosts
-            .iter()
-            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-            .collect();
+        let claimed = cfg.virtual_hosts.clone();
         if let Some(h) = claimed.iter().find(|h| hosts.contains(*h)) {
             out.excluded
                 .push((id, format!("host {h:?} is claimed by another endpoint")));
@@ -147,6 +161,10 @@ pub fn filters_for(
         if configs.is_empty() {
             continue;
         }
+        let virtual_hosts: Vec<String> = configs
+            .iter()
+            .flat_map(|c| c.virtual_hosts.iter().cloned())
+            .collect();
         let config = json!(FilterConfig {
             version: CONFIG_VERSION,
             endpoints: configs,
@@ -156,6 +174,7 @@ pub fn filters_for(
             shared_meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
             None,
             &config,
+            &virtual_hosts,
             settings,
         ));
         out.objects.push(filter_object(
@@ -163,6 +182,7 @@ pub fn filters_for(
             shared_meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
             Some(&settings.gateway_selector),
             &config,
+            &virtual_hosts,
             settings,
         ));
     }
@@ -200,6 +220,7 @@ mod tests {
                 status_variant("b", weights.1),
             ],
             allocation: Allocation::initial(&[("a", weights.0), ("b", weights.1)]).ok(),
+            route_key: Some(format!("{ns}-{name}-route-key-test")),
             ..ModelEndpointStatus::default()
         });
         e
@@ -251,8 +272,37 @@ mod tests {
                 .collect();
             assert_eq!(names, ["ml/iris", "ml/titanic", "other/churn"]);
         }
-        // The persisted allocation, not a fresh one: the filter agrees with the status.
+        // The filter is off in the chain and on for exactly the endpoints' virtual hosts.
+        for obj in &agg.objects {
+            let patches = obj["spec"]["configPatches"].as_array().unwrap();
+            assert_eq!(patches[1]["patch"]["value"]["disabled"], true);
+            let ext = patches[1]["patch"]["value"]["name"].as_str().unwrap();
+            let enabled: Vec<&str> = patches[2..]
+                .iter()
+                .inspect(|p| {
+                    assert_eq!(p["applyTo"], "VIRTUAL_HOST");
+                    assert_eq!(p["match"]["context"], patches[1]["match"]["context"]);
+                    let on = &p["patch"]["value"]["typed_per_filter_config"][ext];
+                    assert_eq!(on["@type"], crate::envoy::FILTER_CONFIG_TYPE_URL);
+                    assert_eq!(on["config"], json!({}));
+                })
+                .map(|p| p["match"]["routeConfiguration"]["vhost"]["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                enabled,
+                [
+                    "iris.ml.svc.cluster.local:80",
+                    "iris.example.com:80",
+                    "titanic.ml.svc.cluster.local:80",
+                    "titanic.example.com:80",
+                    "churn.other.svc.cluster.local:80",
+                    "*.churn.example.com:80",
+                ]
+            );
+        }
+        // The persisted allocation and route key: the filter agrees with the status.
         let cfg = config_of(&agg.objects[0]);
+        assert_eq!(cfg.endpoints[1].route_key, "ml-titanic-route-key-test");
         assert_eq!(
             Some(&cfg.endpoints[1].allocation),
             eps[0].status.as_ref().unwrap().allocation.as_ref()
@@ -310,6 +360,8 @@ mod tests {
     fn an_endpoint_not_rendered_yet_or_being_deleted_is_left_out_and_a_host_clash_is_reported() {
         let mut fresh = endpoint("ml", "fresh", "fresh.example.com", (80, 20));
         fresh.status = None;
+        let mut keyless = endpoint("ml", "keyless", "keyless.example.com", (80, 20));
+        keyless.status.as_mut().unwrap().route_key = None;
         let mut going = endpoint("ml", "going", "going.example.com", (80, 20));
         going.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -317,7 +369,10 @@ mod tests {
             ));
         let first = endpoint("a", "one", "same.example.com", (80, 20));
         let second = endpoint("b", "two", "same.example.com", (80, 20));
-        let agg = render_filters(&[fresh, going, second, first], &RenderSettings::default());
+        let agg = render_filters(
+            &[fresh, keyless, going, second, first],
+            &RenderSettings::default(),
+        );
         let names: Vec<_> = config_of(&agg.objects[0])
             .endpoints
             .iter()

@@ -471,6 +471,12 @@ pub struct ModelEndpointStatus {
     /// have stopped assigning them (see `mlep_core::plan::retiring`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring: Vec<RetiringVariant>,
+    /// The endpoint's route key: its routes obey a variant or model header only with it, and
+    /// only the filter adds it, so no client can pick a variant or model by header. Chosen at
+    /// random by the operator on first sight and kept; remove it to rotate (a new one is
+    /// chosen). Treat it like the endpoint's VirtualService: readers of either can steer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key: Option<String>,
 }
 
 /// A variant on its way out: no request is assigned to it any more, but a proxy that has not

@@ -6,8 +6,11 @@
 //!
 //! - [`wasm_filter`]: the `envoy.extensions.filters.http.wasm.v3.Wasm` envelope carrying the
 //!   filter config (a `StringValue` the filter reads in `on_configure`);
-//! - [`VariantRoutes`]: one route per variant matching the `x-mlep-variant` header the filter
-//!   sets, then a weighted default route for requests no filter assigned;
+//! - [`VariantRoutes`]: one route per variant matching the `x-mlep-variant` value the filter
+//!   sets (with the endpoint's route key, [`EndpointRoute`]), then a weighted default route
+//!   for requests no filter assigned;
+//! - [`EndpointRoute`] / [`filter_enabled`]: the virtual hosts that are the endpoint's, where
+//!   the filter (disabled everywhere else in the chain) runs and knows the endpoint by name;
 //! - [`ShadowTarget`]: where the filter sends shadow copies (Envoy cluster + `:authority`);
 //! - [`stats_config`] / [`STATS_PREFIX`]: the stats tags and the prefix Istio must let through.
 //!
@@ -33,6 +36,99 @@ pub const ROUTER: &str = "envoy.filters.http.router";
 pub const STATS_PREFIX: &str = "wasmcustom.mlep";
 /// Name of the weighted default route (requests the filter did not assign).
 pub const DEFAULT_ROUTE: &str = "weighted-default";
+/// Type URL of Envoy's per-route wrapper for a filter's route-level settings.
+pub const FILTER_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+
+/// How the filter finds an endpoint's requests, and how its routes know the filter set them.
+///
+/// The filter sits in every HTTP chain with `disabled: true` and runs only where a virtual
+/// host enables it ([`filter_enabled`]): Envoy skips a disabled filter's factory for a stream
+/// whose route does not enable it, so unrelated traffic never enters the VM
+/// (`FilterChainUtility::createFilterChainForFactories`, `PerFilterConfigs` in Envoy's
+/// source/common/router/config_impl.cc: a `FilterConfig` whose `config` is an empty `Any`
+/// enables the filter; `disabled: false` alone is rejected as an empty per-filter config).
+/// There the filter reads `xds.virtual_host_name` and finds the endpoint by it, so every name
+/// and address the route answers to gets the same assignment and a same-named host elsewhere
+/// gets none. The routes match `x-mlep-variant` (and a rollout's `x-mlep-model`) only with
+/// `key` ([`mlep_contract::routed_value`]): a client cannot name a variant or model, even
+/// where no filter ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRoute {
+    /// Envoy virtual host names ([`virtual_host_name`]).
+    pub virtual_hosts: Vec<String>,
+    /// The endpoint's route key (`status.routeKey`; [`new_route_key`]).
+    pub key: String,
+}
+
+/// The name Istio gives the virtual host of `host` on `port` (sidecar outbound and gateway
+/// route configurations alike, pilot/pkg/networking/core `util.DomainName`): `<host>:<port>`.
+/// Local mode names its virtual hosts the same way.
+pub fn virtual_host_name(host: &str, port: i32) -> String {
+    format!("{host}:{port}")
+}
+
+/// The virtual hosts that serve endpoint `name` in a mesh: its Service's FQDN and each of its
+/// `hosts` (a gateway's or the mesh's virtual host), on `port`. The endpoint's own short and
+/// partly qualified Service names are the FQDN's virtual host (Istio expands them so).
+pub fn mesh_virtual_hosts(
+    name: &str,
+    namespace: &str,
+    cluster_domain: &str,
+    hosts: &[String],
+    port: i32,
+) -> Vec<String> {
+    let fqdn = format!("{name}.{namespace}.svc.{cluster_domain}");
+    let own = [
+        name.to_owned(),
+        format!("{name}.{namespace}"),
+        format!("{name}.{namespace}.svc"),
+    ];
+    let mut out = vec![virtual_host_name(&fqdn, port)];
+    for h in hosts {
+        let h = h.trim_end_matches('.').to_ascii_lowercase();
+        let host = if own.contains(&h) { fqdn.clone() } else { h };
+        let v = virtual_host_name(&host, port);
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// A route key from 16 random bytes: 22 characters of unpadded base64url (128 bits), which a
+/// route key's alphabet allows.
+pub fn new_route_key(random: [u8; 16]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut out, mut acc, mut bits) = (String::with_capacity(22), 0u32, 0u32);
+    for b in random {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(char::from(ALPHABET[((acc >> bits) & 0x3f) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((acc << (6 - bits)) & 0x3f) as usize]));
+    }
+    out
+}
+
+/// `typed_per_filter_config` of a virtual host (or route) on which the filter named
+/// `filter_name`, disabled in the chain, runs.
+pub fn filter_enabled(filter_name: &str) -> Value {
+    json!({ filter_name: { "@type": FILTER_CONFIG_TYPE_URL, "config": {} } })
+}
+
+/// What a header route puts back before the request leaves the proxy: the plain variant (and
+/// model) names instead of the routed values, so a model never sees the route key.
+pub fn restored_headers(variant: &str, model: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut out = vec![(mlep_contract::metrics::VARIANT_HEADER, variant.to_owned())];
+    if let Some(m) = model {
+        out.push((mlep_contract::metrics::MODEL_HEADER, m.to_owned()));
+    }
+    out
+}
 
 /// Where the Wasm module comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +341,31 @@ mod tests {
         assert_eq!(
             r.header_routes().collect::<Vec<_>>(),
             [("variant-a".to_owned(), "a"), ("variant-c".to_owned(), "c")]
+        );
+    }
+
+    #[test]
+    fn a_route_key_is_22_url_safe_characters_the_contract_accepts() {
+        let k = new_route_key([0xff; 16]);
+        assert_eq!(k, "_____________________w");
+        assert_eq!(new_route_key([0; 16]), "AAAAAAAAAAAAAAAAAAAAAA");
+        assert!(mlep_contract::is_route_key(&new_route_key(
+            *b"0123456789abcdef"
+        )));
+        assert_ne!(new_route_key([1; 16]), new_route_key([2; 16]));
+    }
+
+    #[test]
+    fn an_endpoint_is_served_on_its_fqdn_and_hosts_virtual_hosts() {
+        let hosts = [
+            "titanic.example.com".into(),
+            "titanic".into(),
+            "titanic.ml.svc".into(),
+            "Titanic.Example.com.".into(),
+        ];
+        assert_eq!(
+            mesh_virtual_hosts("titanic", "ml", "cluster.local", &hosts, 80),
+            ["titanic.ml.svc.cluster.local:80", "titanic.example.com:80"]
         );
     }
 

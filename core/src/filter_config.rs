@@ -3,7 +3,7 @@
 //! ([`ShadowTarget::istio`] / [`ShadowTarget::local`]).
 
 use crate::crd::ModelEndpointSpec;
-use crate::envoy::ShadowTarget;
+use crate::envoy::{EndpointRoute, ShadowTarget};
 use crate::meta::SERVICE_PORT;
 use crate::validate::SpecError;
 use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
@@ -28,6 +28,7 @@ pub fn endpoint_config(
     weights: &[(&str, u32)],
     previous: Option<&Allocation>,
     shadow_target: Option<ShadowTarget>,
+    route: EndpointRoute,
 ) -> Result<EndpointConfig, SpecError> {
     let allocation = carry_allocation(previous, weights)
         .map_err(|e| SpecError::invalid("spec.variants", e.to_string()))?;
@@ -76,7 +77,8 @@ pub fn endpoint_config(
     let cfg = EndpointConfig {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
-        hosts: spec.hosts.clone(),
+        virtual_hosts: route.virtual_hosts,
+        route_key: route.key,
         variants,
         allocation,
         routing,
@@ -190,11 +192,26 @@ mod tests {
         })
     }
 
+    fn route() -> EndpointRoute {
+        EndpointRoute {
+            virtual_hosts: vec!["titanic.default.svc.cluster.local:80".into()],
+            key: "filter-config-test-key".into(),
+        }
+    }
+
     #[test]
     fn rendered_config_passes_the_filters_own_validation() {
         let s = spec();
-        let ep =
-            endpoint_config("titanic", "default", &s, &spec_weights(&s), None, target()).unwrap();
+        let ep = endpoint_config(
+            "titanic",
+            "default",
+            &s,
+            &spec_weights(&s),
+            None,
+            target(),
+            route(),
+        )
+        .unwrap();
         let cfg = FilterConfig {
             version: CONFIG_VERSION,
             endpoints: vec![ep],
@@ -216,6 +233,7 @@ mod tests {
             &[("a", 80), ("b", 20)],
             None,
             None,
+            route(),
         )
         .unwrap();
         let second = endpoint_config(
@@ -225,6 +243,7 @@ mod tests {
             &[("a", 70), ("b", 30)],
             Some(&first.allocation),
             None,
+            route(),
         )
         .unwrap();
         // Every bucket of b stays b; exactly 1,000 of a's move.
@@ -244,7 +263,16 @@ mod tests {
     #[test]
     fn shadow_is_omitted_without_a_target_cluster() {
         let s = spec();
-        let ep = endpoint_config("titanic", "default", &s, &spec_weights(&s), None, None).unwrap();
+        let ep = endpoint_config(
+            "titanic",
+            "default",
+            &s,
+            &spec_weights(&s),
+            None,
+            None,
+            route(),
+        )
+        .unwrap();
         assert!(ep.shadow.is_none());
     }
 }

@@ -42,6 +42,19 @@ pub struct Input<'a> {
     pub now: &'a Now,
     /// How long a removed variant's route outlives it (`RenderSettings::route_grace_seconds`).
     pub route_grace_seconds: i64,
+    /// A fresh random route key ([`crate::envoy::new_route_key`]), used only if the last
+    /// status has none (first sight, or a user removed it to rotate).
+    pub fresh_route_key: &'a str,
+}
+
+/// The endpoint's route key: the one in its last status, else the fresh one.
+pub fn route_key(input: &Input) -> String {
+    input
+        .last
+        .and_then(|s| s.route_key.as_deref())
+        .filter(|k| mlep_contract::is_route_key(k))
+        .unwrap_or(input.fresh_route_key)
+        .to_owned()
 }
 
 /// When to reconcile again.
@@ -190,6 +203,7 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
         input.now.text.clone(),
     );
     rollout::record(&mut status, &outcome, input.last, &input.now.text);
+    status.route_key = Some(route_key(input));
     // A rollout comes back at its next step (or its next look at the analysis), a retiring
     // variant when its routes may go.
     let next = [
@@ -307,6 +321,7 @@ mod tests {
             observed,
             now,
             route_grace_seconds: 30,
+            fresh_route_key: "fresh-route-key-0001",
         }
     }
 

@@ -69,6 +69,7 @@ pub fn endpoint_status(
         allocation: Some(allocation),
         rollout: last.and_then(|l| l.rollout.clone()),
         retiring: plan.retiring.clone(),
+        route_key: last.and_then(|l| l.route_key.clone()),
     }
 }
 

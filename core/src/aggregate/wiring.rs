@@ -23,12 +23,14 @@ const MODULE_FETCH_TIMEOUT: &str = "10s";
 const INITIAL_FETCH_TIMEOUT: &str = "15s";
 
 /// A filter object of this wiring for the sidecars (`selector` None: every sidecar, outbound)
-/// or for the gateway pods `selector` selects (see [`crate::aggregate`]).
+/// or for the gateway pods `selector` selects (see [`crate::aggregate`]); `virtual_hosts`:
+/// the endpoints' virtual hosts, the only ones the filter runs on (EnvoyFilter wiring).
 pub(crate) fn filter_object(
     wiring: FilterWiring,
     metadata: ObjectMeta,
     selector: Option<&BTreeMap<String, String>>,
     config: &Value,
+    virtual_hosts: &[String],
     settings: &RenderSettings,
 ) -> Value {
     let ext = metadata
@@ -42,7 +44,11 @@ pub(crate) fn filter_object(
     };
     match wiring {
         FilterWiring::EnvoyFilter => {
-            envoy_filter(metadata, selector, context, &ext, config, settings)
+            let mut object = envoy_filter(metadata, selector, context, &ext, config, settings);
+            if let Some(patches) = object["spec"]["configPatches"].as_array_mut() {
+                patches.extend(virtual_host_patches(context, &ext, virtual_hosts));
+            }
+            object
         }
         FilterWiring::WasmPlugin => wasm_plugin(metadata, selector, "CLIENT", config, settings),
     }
@@ -133,6 +139,9 @@ fn envoy_filter(
                     "operation": "INSERT_BEFORE",
                     "value": {
                         "name": ext_name,
+                        // Off in every chain; the endpoints' virtual hosts turn it on
+                        // (`virtual_host_patches`, `crate::envoy::EndpointRoute`).
+                        "disabled": true,
                         "config_discovery": {
                             // Bounded: a listener waits at most this long for the first
                             // config, then serves with `default_config`.
@@ -158,6 +167,26 @@ fn envoy_filter(
         spec["workloadSelector"] = json!({ "labels": labels });
     }
     istio(&ENVOY_FILTER, metadata, spec)
+}
+
+/// One `VIRTUAL_HOST` MERGE per endpoint virtual host, enabling the filter `ext_name` there.
+/// Matched by name: Istio names sidecar and gateway virtual hosts `<host>:<port>`
+/// ([`envoy::virtual_host_name`]); a patch naming a virtual host a proxy lacks does nothing.
+fn virtual_host_patches<'a>(
+    context: &'a str,
+    ext_name: &'a str,
+    virtual_hosts: &'a [String],
+) -> impl Iterator<Item = Value> + 'a {
+    virtual_hosts.iter().map(move |v| {
+        json!({
+            "applyTo": "VIRTUAL_HOST",
+            "match": { "context": context, "routeConfiguration": { "vhost": { "name": v } } },
+            "patch": {
+                "operation": "MERGE",
+                "value": { "typed_per_filter_config": envoy::filter_enabled(ext_name) },
+            },
+        })
+    })
 }
 
 /// A WasmPlugin: istiod turns it into the same ECDS resource with a remote `http_uri`, which

@@ -8,6 +8,8 @@ use crate::meta::{
     istio, DESTINATION_RULE, GATEWAY, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT, VIRTUAL_SERVICE,
 };
 use crate::plan::Plan;
+use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
+use mlep_contract::routed_value;
 use serde_json::{json, Value};
 
 pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
@@ -33,17 +35,34 @@ pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     )
 }
 
-pub(super) fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) -> Value {
+/// A header route's `headers` manipulation: the plain names back (see
+/// [`envoy::restored_headers`]).
+fn restore(variant: &str, model: Option<&str>) -> Value {
+    let set: serde_json::Map<String, Value> = envoy::restored_headers(variant, model)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    json!({ "request": { "set": set } })
+}
+
+pub(super) fn virtual_service(
+    ctx: &Ctx,
+    spec: &ModelEndpointSpec,
+    plan: &Plan,
+    route_key: &str,
+) -> Value {
     let host = ctx.fqdn(ctx.name);
     let dest = |subset: &str| json!({ "host": host, "subset": subset, "port": { "number": SERVICE_PORT } });
+    let keyed = |name: &str| json!({ "exact": routed_value(name, route_key) });
     let routes = variant_routes(plan);
     let mut http: Vec<Value> = routes
         .header_routes()
         .map(|(name, v)| {
             json!({
                 "name": name,
-                "match": [{ "headers": { mlep_contract::metrics::VARIANT_HEADER: { "exact": v } } }],
+                "match": [{ "headers": { VARIANT_HEADER: keyed(v) } }],
                 "route": [{ "destination": dest(v) }],
+                "headers": restore(v, None),
             })
         })
         .collect();
@@ -61,10 +80,11 @@ pub(super) fn virtual_service(ctx: &Ctx, spec: &ModelEndpointSpec, plan: &Plan) 
             json!({
                 "name": format!("rollout-{subset}"),
                 "match": [{ "headers": {
-                    mlep_contract::metrics::VARIANT_HEADER: { "exact": variant },
-                    mlep_contract::metrics::MODEL_HEADER: { "exact": model },
+                    VARIANT_HEADER: keyed(variant),
+                    MODEL_HEADER: keyed(model),
                 } }],
                 "route": [{ "destination": dest(&subset) }],
+                "headers": restore(variant, Some(model)),
             }),
         );
     }

@@ -22,7 +22,7 @@ mod tests;
 mod workload;
 
 use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
-use crate::envoy::{self, ShadowTarget};
+use crate::envoy::{self, EndpointRoute, ShadowTarget};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
 use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_model, SpecError};
@@ -58,10 +58,12 @@ pub struct Rendered {
 /// Every object the operator would create for these resources, assuming every variant is
 /// ready and no previous allocation exists. No cluster needed: `mlep render` calls this.
 /// Models and endpoints are matched by namespace (a missing namespace means `default`).
+/// Each endpoint's route key is the one in its status, else `fresh_key()`'s.
 pub fn render_all(
     models: &[Model],
     endpoints: &[ModelEndpoint],
     settings: &RenderSettings,
+    fresh_key: &mut dyn FnMut() -> String,
 ) -> Result<Vec<Value>, SpecError> {
     let ns_of = |m: Option<&String>| m.cloned().unwrap_or_else(|| "default".to_owned());
     let mut out = Vec::new();
@@ -78,7 +80,11 @@ pub fn render_all(
             ..e
         })?;
         let plan = Plan::assume_ready(&ep.spec);
-        let rendered = render_endpoint(ep, &ns, &in_ns, &plan, None, settings)?;
+        let key = match ep.status.as_ref().and_then(|s| s.route_key.clone()) {
+            Some(k) if mlep_contract::is_route_key(&k) => k,
+            _ => fresh_key(),
+        };
+        let rendered = render_endpoint(ep, &ns, &in_ns, &plan, None, &key, settings)?;
         out.extend(rendered.objects);
         filters.push((ep.spec.filter_wiring, rendered.filter));
     }
@@ -132,6 +138,7 @@ pub fn render_endpoint(
     models: &BTreeMap<String, ModelSpec>,
     plan: &Plan,
     previous: Option<&Allocation>,
+    route_key: &str,
     settings: &RenderSettings,
 ) -> Result<Rendered, SpecError> {
     let name = ep.name_any();
@@ -169,7 +176,7 @@ pub fn render_endpoint(
         None => None,
     };
     objects.push(destination_rule(&ctx, plan));
-    objects.push(virtual_service(&ctx, spec, plan));
+    objects.push(virtual_service(&ctx, spec, plan, route_key));
     if spec.expose == Some(true) {
         objects.push(gateway(&ctx, spec));
     }
@@ -181,6 +188,16 @@ pub fn render_endpoint(
         &plan.weights(),
         previous,
         shadow_target,
+        EndpointRoute {
+            virtual_hosts: envoy::mesh_virtual_hosts(
+                &name,
+                namespace,
+                &settings.cluster_domain,
+                &spec.hosts,
+                SERVICE_PORT,
+            ),
+            key: route_key.to_owned(),
+        },
     )?;
     let endpoint = with_rollout(&ctx, endpoint, plan);
     let allocation = endpoint.allocation.clone();

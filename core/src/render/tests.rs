@@ -48,6 +48,9 @@ fn endpoint() -> ModelEndpoint {
     e
 }
 
+/// The route key the tests render with.
+const KEY: &str = "render-test-route-key";
+
 fn models() -> BTreeMap<String, ModelSpec> {
     ["m1", "m2", "m3"]
         .iter()
@@ -56,9 +59,17 @@ fn models() -> BTreeMap<String, ModelSpec> {
 }
 
 fn render(ep: &ModelEndpoint, plan: &Plan) -> Vec<Value> {
-    render_endpoint(ep, "ml", &models(), plan, None, &RenderSettings::default())
-        .unwrap()
-        .objects
+    render_endpoint(
+        ep,
+        "ml",
+        &models(),
+        plan,
+        None,
+        KEY,
+        &RenderSettings::default(),
+    )
+    .unwrap()
+    .objects
 }
 
 /// The endpoint's objects followed by the shared filter objects (as `render_all` orders them).
@@ -69,6 +80,7 @@ fn render_with_filters(ep: &ModelEndpoint, settings: &RenderSettings) -> Vec<Val
         &models(),
         &Plan::assume_ready(&ep.spec),
         None,
+        KEY,
         settings,
     )
     .unwrap();
@@ -188,6 +200,7 @@ fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defau
         &m,
         &Plan::assume_ready(&ep.spec),
         None,
+        KEY,
         &RenderSettings::default(),
     )
     .unwrap()
@@ -231,11 +244,17 @@ fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
         .unwrap()
         .clone();
     assert_eq!(http.len(), 3);
+    // Only the value the filter sets, with the route key, selects b; the route puts the plain
+    // name back for the model.
     assert_eq!(
         http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
-        "b"
+        format!("b.{KEY}")
     );
     assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
+    assert_eq!(
+        http[1]["headers"],
+        json!({"request": {"set": {"x-mlep-variant": "b"}}})
+    );
     let weights: Vec<(&Value, &Value)> = http[2]["route"]
         .as_array()
         .unwrap()
@@ -283,13 +302,14 @@ fn a_retiring_variant_keeps_its_header_route_and_subset_but_no_weight_or_assignm
         &models(),
         &plan,
         None,
+        KEY,
         &RenderSettings::default(),
     )
     .unwrap();
     let http = find(&r.objects, "VirtualService", "titanic")["spec"]["http"].clone();
     assert_eq!(
         http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
-        "b"
+        format!("b.{KEY}")
     );
     assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
     let default = http[2]["route"].as_array().unwrap();
@@ -508,6 +528,7 @@ fn the_allocation_is_carried_from_the_previous_one() {
         &models(),
         &Plan::assume_ready(&ep.spec),
         Some(&prev),
+        KEY,
         &RenderSettings::default(),
     )
     .unwrap();
@@ -523,6 +544,7 @@ fn render_all_renders_every_endpoint_and_reports_invalid_ones_by_name() {
         &[model("m1"), model("m2")],
         &[endpoint()],
         &RenderSettings::default(),
+        &mut || KEY.to_owned(),
     )
     .unwrap();
     assert!(objs.iter().any(|o| o["kind"] == "VirtualService"));
@@ -539,6 +561,7 @@ fn render_all_renders_every_endpoint_and_reports_invalid_ones_by_name() {
         &[model("m1"), model("m2")],
         &[bad],
         &RenderSettings::default(),
+        &mut || KEY.to_owned(),
     )
     .unwrap_err();
     assert_eq!(err.field, "spec.variants");

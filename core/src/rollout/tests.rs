@@ -790,6 +790,7 @@ fn render_world(w: &World) -> Rendered {
         &models,
         &p,
         Some(&w.allocation),
+        "rollout-test-route-key",
         &crate::render::RenderSettings::default(),
     )
     .unwrap();
