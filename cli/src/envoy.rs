@@ -14,9 +14,10 @@
 
 use crate::upstreams;
 use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
+use mlep_contract::routed_value;
 use mlep_core::envoy::{
-    self as vocabulary, stats_config, wasm_filter, RouteInput, VariantRoutes, WasmCode,
-    DEFAULT_ROUTE, WASM_TYPE_URL,
+    self as vocabulary, filter_enabled, restored_variant, stats_config, wasm_filter, RouteInput,
+    VariantRoutes, WasmCode, DEFAULT_ROUTE, WASM_TYPE_URL,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -77,7 +78,11 @@ pub struct ShadowUpstream {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteEndpoint {
     pub name: String,
-    /// Host names; `*` for any host.
+    /// The virtual host's name: the filter config's `virtualHosts` entry for this endpoint.
+    pub virtual_host: String,
+    /// The filter config's `routeKey`: header routes match only values carrying it.
+    pub route_key: String,
+    /// Host names (the virtual host's domains); `*` for any host.
     pub hosts: Vec<String>,
     pub variants: Vec<RouteVariant>,
     pub shadow: Option<ShadowUpstream>,
@@ -166,10 +171,11 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
     render_bootstrap_with(spec, &Upstreams::Static)
 }
 
-/// Render the bootstrap. Routes: per endpoint a virtual host whose first routes match
-/// `x-mlep-variant: <v>` exactly (the header the filter sets; Envoy route matching sees a
-/// header set in the filter's `on_http_request_headers`), then a weighted default route for
-/// requests no filter assigned. Hosts match with any port (`strip_any_host_port`). Other
+/// Render the bootstrap. Routes: per endpoint a virtual host, the only place the filter runs
+/// (off in the chain, enabled per virtual host: `mlep_core::envoy::EndpointRoute`), whose
+/// first routes match `x-mlep-variant: <v>.<route key>` exactly (the value the filter sets;
+/// Envoy route matching sees a header set in the filter's `on_http_request_headers`) and put
+/// the plain name back, then a weighted default route for requests no filter assigned. Hosts match with any port (`strip_any_host_port`). Other
 /// hosts get a 404. Stats tags from [`stats_config`] turn the filter's metrics into labels.
 /// Clusters as `upstreams` says.
 pub fn render_bootstrap_with(
@@ -259,15 +265,19 @@ fn endpoint_vhost(
         if let Some(next) = v.rollout_upstream {
             // The filter sets the model header only on moved users of a variant being
             // rolled out (and strips it from the others), so "present" is enough here.
+            // Any model with the route key: the filter sets it only on moved users (and strips
+            // it from the others), and a rollout then changes no route, only EDS and the config.
             let cluster = rollout_cluster(&ep.name, &v.name);
             clusters.push(upstreams.cluster(&cluster, next));
             routes.push(json!({
                 "name": format!("{}-{}-rollout", ep.name, v.name),
                 "match": {"prefix": "/", "headers": [
-                    {"name": VARIANT_HEADER, "string_match": {"exact": v.name}},
-                    {"name": MODEL_HEADER, "present_match": true}
+                    {"name": VARIANT_HEADER, "string_match": {"exact": routed_value(&v.name, &ep.route_key)}},
+                    {"name": MODEL_HEADER, "string_match": {"suffix": format!(".{}", ep.route_key)}}
                 ]},
-                "route": to("cluster", json!(cluster))
+                "route": to("cluster", json!(cluster)),
+                "request_headers_to_add": [restore(&v.name)],
+                "request_headers_to_remove": [MODEL_HEADER]
             }));
         }
         clusters.push(upstreams.cluster(&variant_cluster(&ep.name, &v.name), v.upstream));
@@ -281,8 +291,9 @@ fn endpoint_vhost(
     routes.extend(plan.header_routes().map(|(name, v)| {
         json!({
             "name": name,
-            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": v}}]},
-            "route": to("cluster", json!(variant_cluster(&ep.name, v)))
+            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": routed_value(v, &ep.route_key)}}]},
+            "route": to("cluster", json!(variant_cluster(&ep.name, v))),
+            "request_headers_to_add": [restore(v)]
         })
     }));
     let weighted: Vec<Value> = plan
@@ -301,11 +312,22 @@ fn endpoint_vhost(
     if let Some(s) = &ep.shadow {
         clusters.push(upstreams.cluster(&s.cluster, s.upstream));
     }
-    let mut vhost = json!({"name": ep.name, "domains": ep.hosts, "routes": routes});
+    let mut vhost = json!({
+        "name": ep.virtual_host,
+        "domains": ep.hosts,
+        "routes": routes,
+        "typed_per_filter_config": filter_enabled(FILTER_NAME),
+    });
     if matches!(upstreams, Upstreams::Eds { .. }) {
         vhost["retry_policy"] = upstreams::retry_policy();
     }
     Ok(vhost)
+}
+
+/// A route's `request_headers_to_add` entry putting the plain variant name back.
+fn restore(variant: &str) -> Value {
+    let (header, value) = restored_variant(variant);
+    json!({"header": {"key": header, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})
 }
 
 /// The filter (through ECDS from its watched file), if any, then the router.
@@ -317,6 +339,8 @@ fn http_filters(filter: Option<&WasmFilter>) -> Result<Vec<Value>, EnvoyError> {
         })?;
         out.push(json!({
             "name": FILTER_NAME,
+            // Off except on the endpoints' virtual hosts (`filter_enabled`).
+            "disabled": true,
             "config_discovery": {
                 "config_source": {
                     "path_config_source": {"path": f.config_path, "watched_directory": {"path": dir}},
@@ -401,6 +425,8 @@ mod tests {
             }),
             endpoints: vec![RouteEndpoint {
                 name: "titanic".into(),
+                virtual_host: "titanic.default.svc.cluster.local:80".into(),
+                route_key: "envoy-test-route-key".into(),
                 hosts: vec!["titanic.local".into()],
                 variants: vec![
                     RouteVariant {
@@ -430,13 +456,26 @@ mod tests {
         let b = render_bootstrap(&spec()).unwrap();
         let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
-        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        let vhost = &hcm["route_config"]["virtual_hosts"][0];
+        let routes = &vhost["routes"];
         assert_eq!(routes[0]["match"]["headers"][0]["name"], "x-mlep-variant");
+        // Only the value the filter sets (with the route key) selects a; the plain name goes on.
         assert_eq!(
             routes[0]["match"]["headers"][0]["string_match"]["exact"],
-            "a"
+            "a.envoy-test-route-key"
+        );
+        assert_eq!(
+            routes[0]["request_headers_to_add"][0]["header"],
+            json!({"key": "x-mlep-variant", "value": "a"})
         );
         assert_eq!(routes[0]["route"]["cluster"], "mlep|titanic|a");
+        // The filter runs only here: off in the chain, on for this virtual host, by its name.
+        assert_eq!(vhost["name"], "titanic.default.svc.cluster.local:80");
+        assert_eq!(hcm["http_filters"][0]["disabled"], true);
+        assert_eq!(
+            vhost["typed_per_filter_config"][FILTER_NAME]["@type"],
+            vocabulary::FILTER_CONFIG_TYPE_URL
+        );
         assert_eq!(
             routes[2]["route"]["weighted_clusters"]["clusters"][1]["weight"],
             20
@@ -466,10 +505,11 @@ mod tests {
         assert_eq!(
             routes[0]["match"]["headers"],
             json!([
-                {"name": "x-mlep-variant", "string_match": {"exact": "b"}},
-                {"name": "x-mlep-model", "present_match": true}
+                {"name": "x-mlep-variant", "string_match": {"exact": "b.envoy-test-route-key"}},
+                {"name": "x-mlep-model", "string_match": {"suffix": ".envoy-test-route-key"}}
             ])
         );
+        assert_eq!(routes[0]["request_headers_to_remove"], json!(["x-mlep-model"]));
         assert_eq!(routes[2]["route"]["cluster"], "mlep|titanic|b");
         assert_eq!(
             b["static_resources"]["clusters"].as_array().unwrap().len(),

@@ -147,6 +147,8 @@ struct Session {
     envoy_bootstrap: Option<Value>,
     envoy_restarts: Restarts,
     allocations: BTreeMap<String, Allocation>,
+    /// This run's route key (every endpoint's; `mlep_core::envoy::EndpointRoute`).
+    route_key: String,
     version: u64,
     generation: u64,
     /// Canary, Linear and BlueGreen model changes in progress (see `local/rollout.rs`).
@@ -340,6 +342,10 @@ impl Session {
         let s = Session {
             store: Arc::new(artifact_store(&opts)),
             allocations: state::load_allocations(&opts.state_dir, &desired),
+            route_key: plan::fresh_route_key().map_err(|e| LocalError::Missing {
+                what: "randomness for the route key".into(),
+                hint: e.to_string(),
+            })?,
             opts,
             ui,
             sup: Supervisor::new(),

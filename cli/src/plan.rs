@@ -11,7 +11,8 @@ use crate::envoy::{RouteEndpoint, RouteVariant, ShadowUpstream};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
-use mlep_core::envoy::ShadowTarget;
+use mlep_core::envoy::{EndpointRoute, ShadowTarget};
+use mlep_core::meta::SERVICE_PORT;
 use mlep_core::filter_config::{endpoint_config, spec_weights};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -270,14 +271,14 @@ pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
 
 /// The filter configuration for the local topology, with each endpoint's allocation carried
 /// forward from `previous` (keyed `namespace/name`), exactly as the operator does
-/// (`mlep_core::filter_config::endpoint_config`). With a single endpoint, `*` is added to
-/// its hosts so that `http://127.0.0.1:<port>` reaches it with any `Host`; with several, each
-/// is reached by its own hosts (send `Host: <host>`).
+/// (`mlep_core::filter_config::endpoint_config`). Each endpoint is served on one virtual host,
+/// named as its Service's in a mesh ([`local_virtual_host`]); `route_key` is local mode's
+/// (one random key per run, `mlep_core::envoy::EndpointRoute`).
 pub fn filter_config(
     d: &Desired,
     previous: &BTreeMap<String, Allocation>,
+    route_key: &str,
 ) -> Result<FilterConfig, PlanError> {
-    let single = d.endpoints.len() == 1;
     let mut endpoints: Vec<EndpointConfig> = Vec::new();
     for e in &d.endpoints {
         let key = format!("{}/{}", e.namespace(), e.name());
@@ -285,22 +286,23 @@ pub fn filter_config(
             .shadow
             .as_ref()
             .map(|_| ShadowTarget::local(e.name(), e.namespace()));
-        let mut cfg = endpoint_config(
+        let cfg = endpoint_config(
             e.name(),
             e.namespace(),
             &e.endpoint.spec,
             &e.weights(),
             previous.get(&key),
             target,
+            EndpointRoute {
+                virtual_hosts: vec![local_virtual_host(e.namespace(), e.name())],
+                key: route_key.to_owned(),
+            },
         )
         .map_err(|err| PlanError::Config {
             namespace: e.namespace().into(),
             endpoint: e.name().into(),
             message: err.to_string(),
         })?;
-        if single && !cfg.hosts.iter().any(|h| h == "*") {
-            cfg.hosts.push("*".into());
-        }
         endpoints.push(cfg);
     }
     let cfg = FilterConfig {
@@ -315,10 +317,30 @@ pub fn filter_config(
     Ok(cfg)
 }
 
-/// The endpoints of local mode's Envoy bootstrap for `d`: per endpoint the hosts of its filter
-/// config `cfg` (which may add `*`), one route and cluster per variant at the spec's weight, and
-/// the shadow's cluster ([`shadow_cluster`], the filter config's `shadow.cluster`). `addr` says
-/// where a running server set answers; a set without one is an error naming it.
+/// A fresh random route key (`mlep_core::envoy::new_route_key`).
+pub fn fresh_route_key() -> Result<String, getrandom::Error> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random)?;
+    Ok(mlep_core::envoy::new_route_key(random))
+}
+
+/// A route key for tests.
+#[cfg(test)]
+pub const TEST_ROUTE_KEY: &str = "local-test-route-key";
+
+/// The name of an endpoint's virtual host in local mode: its Service's in a mesh
+/// (`<name>.<ns>.svc.cluster.local:80`), so a filter config reads the same in both worlds.
+pub fn local_virtual_host(namespace: &str, name: &str) -> String {
+    let fqdn = format!("{name}.{namespace}.svc.cluster.local");
+    mlep_core::envoy::virtual_host_name(&fqdn, SERVICE_PORT)
+}
+
+/// The endpoints of local mode's Envoy bootstrap for `d`: per endpoint its virtual host (named
+/// as in its filter config `cfg`) answering to its hosts (plus `*` when it is the only one, so
+/// `http://127.0.0.1:<port>` reaches it with any `Host`; with several, send `Host: <host>`), one
+/// route and cluster per variant at the spec's weight, and the shadow's cluster
+/// ([`shadow_cluster`], the filter config's `shadow.cluster`). `addr` says where a running
+/// server set answers; a set without one is an error naming it.
 pub fn route_endpoints(
     d: &Desired,
     cfg: &FilterConfig,
@@ -356,9 +378,15 @@ pub fn route_endpoints(
             }),
             None => None,
         };
+        let mut hosts = e.endpoint.spec.hosts.clone();
+        if d.endpoints.len() == 1 && !hosts.iter().any(|h| h == "*") {
+            hosts.push("*".into());
+        }
         endpoints.push(RouteEndpoint {
             name: e.name().to_owned(),
-            hosts: c.hosts.clone(),
+            virtual_host: c.virtual_hosts.first().cloned().unwrap_or_default(),
+            route_key: c.route_key.clone(),
+            hosts,
             variants,
             shadow,
         });
@@ -604,15 +632,16 @@ spec:
     }
 
     #[test]
-    fn the_local_filter_config_adds_the_wildcard_host_and_carries_the_allocation() {
+    fn the_local_filter_config_names_the_services_virtual_host_and_carries_the_allocation() {
         let d = plan(&endpoint(
             ("m1", 80),
             ("m2", 20),
             "  shadow: {model: m2, percent: 10}\n",
         ));
-        let first = filter_config(&d, &BTreeMap::new()).unwrap();
+        let first = filter_config(&d, &BTreeMap::new(), TEST_ROUTE_KEY).unwrap();
         let ep = &first.endpoints[0];
-        assert_eq!(ep.hosts, vec!["ep.example.com".to_owned(), "*".to_owned()]);
+        assert_eq!(ep.virtual_hosts, ["ep.default.svc.cluster.local:80"]);
+        assert_eq!(ep.route_key, TEST_ROUTE_KEY);
         assert_eq!(
             ep.shadow.as_ref().unwrap().cluster,
             shadow_cluster("default", "ep")
@@ -620,7 +649,7 @@ spec:
         let prev: BTreeMap<String, Allocation> =
             [("default/ep".to_owned(), ep.allocation.clone())].into();
         let d2 = plan(&endpoint(("m1", 70), ("m2", 30), ""));
-        let second = filter_config(&d2, &prev).unwrap();
+        let second = filter_config(&d2, &prev, TEST_ROUTE_KEY).unwrap();
         let moved = (0..mlep_contract::BUCKETS)
             .filter(|&b| ep.allocation.lookup(b) != second.endpoints[0].allocation.lookup(b))
             .inspect(|&b| assert_eq!(second.endpoints[0].allocation.lookup(b), Some("b")))

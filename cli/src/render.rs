@@ -19,6 +19,8 @@ pub enum RenderError {
     Module(String, std::io::Error),
     #[error("--wasm-sha256 {0:?} is not a lowercase hex sha256 (64 digits)")]
     BadSha256(String),
+    #[error("no randomness for a route key: {0}")]
+    Random(String),
 }
 
 /// Which filter module the rendered objects name (by its sha256, like the operator).
@@ -88,8 +90,18 @@ pub fn render_input(
             r
         })
         .collect();
-    let objects =
-        render_all(&models, &endpoints, &settings).map_err(|e| RenderError::Spec(e.to_string()))?;
+    let mut random_failed = None;
+    let mut fresh_key = || {
+        crate::plan::fresh_route_key().unwrap_or_else(|e| {
+            random_failed = Some(e);
+            String::new()
+        })
+    };
+    let objects = render_all(&models, &endpoints, &settings, &mut fresh_key)
+        .map_err(|e| RenderError::Spec(e.to_string()))?;
+    if let Some(e) = random_failed {
+        return Err(RenderError::Random(e.to_string()));
+    }
     Ok(to_stream(&objects)?)
 }
 

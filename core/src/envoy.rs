@@ -120,14 +120,11 @@ pub fn filter_enabled(filter_name: &str) -> Value {
     json!({ filter_name: { "@type": FILTER_CONFIG_TYPE_URL, "config": {} } })
 }
 
-/// What a header route puts back before the request leaves the proxy: the plain variant (and
-/// model) names instead of the routed values, so a model never sees the route key.
-pub fn restored_headers(variant: &str, model: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut out = vec![(mlep_contract::metrics::VARIANT_HEADER, variant.to_owned())];
-    if let Some(m) = model {
-        out.push((mlep_contract::metrics::MODEL_HEADER, m.to_owned()));
-    }
-    out
+/// What a header route puts back before the request leaves the proxy: the plain variant name
+/// instead of the routed value (and a rollout's route removes the model header), so a model
+/// never sees the route key.
+pub fn restored_variant(variant: &str) -> (&'static str, String) {
+    (mlep_contract::metrics::VARIANT_HEADER, variant.to_owned())
 }
 
 /// Where the Wasm module comes from.

@@ -44,6 +44,8 @@ pub enum Error {
     Malformed(&'static str),
     #[error("finalizer: {0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("no randomness for a route key: {0}")]
+    Random(String),
 }
 
 impl Error {
@@ -54,6 +56,7 @@ impl Error {
             Error::Kube(_) => "ApiUnreachable",
             Error::NoNamespace(_) => "NoNamespace",
             Error::Malformed(_) => "Malformed",
+            Error::Random(_) => "Random",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
@@ -279,6 +282,9 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     }
     let observed = observe(&children.deployments);
     let now = clock();
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
+    let fresh_route_key = mlep_core::envoy::new_route_key(random);
     let input = decision::Input {
         endpoint: ep,
         namespace: ns,
@@ -287,6 +293,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         observed: &observed,
         now: &now,
         route_grace_seconds: ctx.settings.route_grace_seconds,
+        fresh_route_key: &fresh_route_key,
     };
     let sample = match decision::query(&input) {
         Some(q) => {
@@ -304,7 +311,8 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         info!(field = %e.field, reason = e.reason, "invalid spec");
     } else {
         let previous = input.last.and_then(|s| s.allocation.as_ref());
-        match render_endpoint(ep, ns, &models, &d.plan, previous, &ctx.settings) {
+        let key = decision::route_key(&input);
+        match render_endpoint(ep, ns, &models, &d.plan, previous, &key, &ctx.settings) {
             Ok(rendered) => sync_children(ctx, &d, rendered.objects, &children.objects).await?,
             Err(e) => d = decision::rejected(&input, e, Vec::new()),
         }

@@ -32,7 +32,7 @@ impl Session {
         &self,
         d: &Desired,
     ) -> Result<(mlep_contract::FilterConfig, String), LocalError> {
-        let mut cfg = plan::filter_config(d, &self.allocations)?;
+        let mut cfg = plan::filter_config(d, &self.allocations, &self.route_key)?;
         self.put_splits(&mut cfg);
         let json = serde_json::to_string(&cfg).map_err(|source| LocalError::Json {
             what: "the filter configuration",

@@ -384,6 +384,7 @@ impl Session {
             observed: &observed,
             now,
             route_grace_seconds: 0,
+            fresh_route_key: &self.route_key,
         };
         Some(reconcile::drive(&input, &mut self.rollouts.stats))
     }

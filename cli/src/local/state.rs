@@ -57,7 +57,7 @@ pub(super) fn save_allocation(
 mod tests {
     use super::*;
     use crate::load::{parse_into, validate, Input};
-    use crate::plan;
+    use crate::plan::{self, TEST_ROUTE_KEY};
 
     #[test]
     fn allocations_persist_in_the_state_dir_so_stickiness_survives_restarts() {
@@ -77,14 +77,14 @@ mod tests {
             "a fresh state dir has nothing"
         );
         // 80/20 -> 50/50, persisted.
-        let first = plan::filter_config(&d, &BTreeMap::new()).unwrap();
+        let first = plan::filter_config(&d, &BTreeMap::new(), TEST_ROUTE_KEY).unwrap();
         let mut input2 = Input::default();
         parse_into(&mut input2, Path::new("m.yaml"), models).unwrap();
         parse_into(&mut input2, Path::new("e.yaml"), &ep(50)).unwrap();
         let d2 = plan::desired(&input2).unwrap();
         let prev: BTreeMap<String, Allocation> =
             [("ns/ep".to_owned(), first.endpoints[0].allocation.clone())].into();
-        let second = plan::filter_config(&d2, &prev).unwrap();
+        let second = plan::filter_config(&d2, &prev, TEST_ROUTE_KEY).unwrap();
         // ... -> 70/30: b gives back its highest buckets, so a owns two runs.
         let mut input3 = Input::default();
         parse_into(&mut input3, Path::new("m.yaml"), models).unwrap();
@@ -92,7 +92,7 @@ mod tests {
         let d3 = plan::desired(&input3).unwrap();
         let prev: BTreeMap<String, Allocation> =
             [("ns/ep".to_owned(), second.endpoints[0].allocation.clone())].into();
-        let third = plan::filter_config(&d3, &prev).unwrap();
+        let third = plan::filter_config(&d3, &prev, TEST_ROUTE_KEY).unwrap();
         save_allocation(&dir, "ns/ep", &third.endpoints[0].allocation).unwrap();
         // A restart with the 70/30 input reads it back: the carried allocation, not a fresh
         // 70/30 layout (which would move users who never had to move).
@@ -102,7 +102,7 @@ mod tests {
             loaded["ns/ep"],
             Allocation::initial(&[("a", 70), ("b", 30)]).unwrap()
         );
-        let again = plan::filter_config(&d3, &loaded).unwrap();
+        let again = plan::filter_config(&d3, &loaded, TEST_ROUTE_KEY).unwrap();
         assert_eq!(again.endpoints[0].allocation, third.endpoints[0].allocation);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -35,14 +35,15 @@ pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     )
 }
 
-/// A header route's `headers` manipulation: the plain names back (see
-/// [`envoy::restored_headers`]).
-fn restore(variant: &str, model: Option<&str>) -> Value {
-    let set: serde_json::Map<String, Value> = envoy::restored_headers(variant, model)
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
-    json!({ "request": { "set": set } })
+/// A header route's `headers` manipulation: the plain variant name back, and on a rollout's
+/// route the model header removed (see [`envoy::restored_variant`]).
+fn restore(variant: &str, rollout: bool) -> Value {
+    let (header, value) = envoy::restored_variant(variant);
+    let mut request = json!({ "set": { header: value } });
+    if rollout {
+        request["remove"] = json!([MODEL_HEADER]);
+    }
+    json!({ "request": request })
 }
 
 pub(super) fn virtual_service(
@@ -62,7 +63,7 @@ pub(super) fn virtual_service(
                 "name": name,
                 "match": [{ "headers": { VARIANT_HEADER: keyed(v) } }],
                 "route": [{ "destination": dest(v) }],
-                "headers": restore(v, None),
+                "headers": restore(v, false),
             })
         })
         .collect();
@@ -84,7 +85,7 @@ pub(super) fn virtual_service(
                     MODEL_HEADER: keyed(model),
                 } }],
                 "route": [{ "destination": dest(&subset) }],
-                "headers": restore(variant, Some(model)),
+                "headers": restore(variant, true),
             }),
         );
     }
