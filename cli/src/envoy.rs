@@ -509,7 +509,10 @@ mod tests {
                 {"name": "x-mlep-model", "string_match": {"suffix": ".envoy-test-route-key"}}
             ])
         );
-        assert_eq!(routes[0]["request_headers_to_remove"], json!(["x-mlep-model"]));
+        assert_eq!(
+            routes[0]["request_headers_to_remove"],
+            json!(["x-mlep-model"])
+        );
         assert_eq!(routes[2]["route"]["cluster"], "mlep|titanic|b");
         assert_eq!(
             b["static_resources"]["clusters"].as_array().unwrap().len(),

@@ -12,8 +12,8 @@ use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
 use mlep_core::envoy::{EndpointRoute, ShadowTarget};
-use mlep_core::meta::SERVICE_PORT;
 use mlep_core::filter_config::{endpoint_config, spec_weights};
+use mlep_core::meta::SERVICE_PORT;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 

@@ -261,7 +261,8 @@ pub const ROUTE_KEY_MAX_LEN: usize = 128;
 /// A route key: letters, digits, `-` and `_` (a header value and part of a route match).
 pub fn is_route_key(s: &str) -> bool {
     (ROUTE_KEY_MIN_LEN..=ROUTE_KEY_MAX_LEN).contains(&s.len())
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
 /// The value of [`VARIANT_HEADER`](crate::metrics::VARIANT_HEADER) (or, for a rollout's moved
@@ -602,7 +603,10 @@ mod tests {
         let e = with(|v| v["endpoints"][0]["routeKey"] = "short".into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].routeKey");
         let e = with(|v| v["endpoints"][0]["routeKey"] = "a.b-c_d-e-f-g-h-i-j".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].routeKey", "a `.` would make the routed value ambiguous");
+        assert_eq!(
+            e.field, "endpoints[0].routeKey",
+            "a `.` would make the routed value ambiguous"
+        );
         let e = with(|v| {
             v["endpoints"][0]["variants"][1]["rollout"] =
                 serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 7999, "end": 9000}]})

@@ -286,7 +286,11 @@ mod tests {
                     assert_eq!(on["@type"], crate::envoy::FILTER_CONFIG_TYPE_URL);
                     assert_eq!(on["config"], json!({}));
                 })
-                .map(|p| p["match"]["routeConfiguration"]["vhost"]["name"].as_str().unwrap())
+                .map(|p| {
+                    p["match"]["routeConfiguration"]["vhost"]["name"]
+                        .as_str()
+                        .unwrap()
+                })
                 .collect();
             assert_eq!(
                 enabled,

@@ -381,7 +381,10 @@ mod tests {
     fn an_endpoint_is_known_by_its_virtual_hosts_exactly() {
         let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut MemHost::default()).unwrap();
         assert_eq!(c.endpoint_for("titanic.example.com:80"), Some(0));
-        assert_eq!(c.endpoint_for("titanic.default.svc.cluster.local:80"), Some(0));
+        assert_eq!(
+            c.endpoint_for("titanic.default.svc.cluster.local:80"),
+            Some(0)
+        );
         // The route decides, not the name a client writes: no derived or partial matches.
         assert_eq!(c.endpoint_for("titanic.example.com"), None);
         assert_eq!(c.endpoint_for("titanic.other.svc.cluster.local:80"), None);
@@ -392,7 +395,10 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn routed_values_carry_the_route_key() {
         let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut MemHost::default()).unwrap();
-        assert_eq!(c.endpoints[0].variants[0].routed, "a.Zm9yLXRoZS1leGFtcGxlLW9ubHk");
+        assert_eq!(
+            c.endpoints[0].variants[0].routed,
+            "a.Zm9yLXRoZS1leGFtcGxlLW9ubHk"
+        );
     }
 
     #[test]

@@ -442,7 +442,11 @@ mod tests {
             s.on_response_headers(&mut h, true);
             s.on_log(&mut h);
             if variant == "b" {
-                let served = if model.is_some() { "titanic-v3" } else { "titanic-v2" };
+                let served = if model.is_some() {
+                    "titanic-v3"
+                } else {
+                    "titanic-v2"
+                };
                 *seen.entry(served).or_insert(0u64) += 1;
             }
         }
@@ -473,10 +477,11 @@ mod tests {
         s.on_response_headers(h, true);
         s.on_log(h);
         // A model header the routes obey carries the route key; show any other as such.
-        h.request_header("x-mlep-model").map(|m| match m.strip_suffix(&format!(".{KEY}")) {
-            Some(model) => model.to_owned(),
-            None => format!("unkeyed {m}"),
-        })
+        h.request_header("x-mlep-model")
+            .map(|m| match m.strip_suffix(&format!(".{KEY}")) {
+                Some(model) => model.to_owned(),
+                None => format!("unkeyed {m}"),
+            })
     }
 
     #[test]

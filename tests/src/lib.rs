@@ -378,11 +378,20 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A filter config (contract JSON) for one endpoint `name` on `hosts`, sticky on
-/// `x-user-id`, with the given allocation. Tests patch the returned value.
+/// The route key of the tests' endpoints.
+pub const ROUTE_KEY: &str = "envoy-tests-route-key";
+
+/// The virtual host of endpoint `name` in the tests' Envoy ([`route`]), named as local mode
+/// and Istio name the Service's.
+pub fn virtual_host(name: &str) -> String {
+    format!("{name}.default.svc.cluster.local:80")
+}
+
+/// A filter config (contract JSON) for one endpoint `name` on its virtual host
+/// ([`virtual_host`]), sticky on `x-user-id`, with the given allocation. Tests patch the
+/// returned value.
 pub fn filter_config(
     name: &str,
-    hosts: &[&str],
     variants: &[(&str, u32)],
     allocation: &mlep_contract::Allocation,
 ) -> serde_json::Value {
@@ -395,7 +404,8 @@ pub fn filter_config(
         "endpoints": [{
             "name": name,
             "namespace": "default",
-            "hosts": hosts,
+            "virtualHosts": [virtual_host(name)],
+            "routeKey": ROUTE_KEY,
             "variants": vs,
             "allocation": allocation,
             "routing": {"sticky": {"header": "x-user-id"}}
@@ -552,6 +562,8 @@ pub fn route(
 ) -> RouteEndpoint {
     RouteEndpoint {
         name: name.to_owned(),
+        virtual_host: virtual_host(name),
+        route_key: ROUTE_KEY.to_owned(),
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
         variants: upstreams
             .iter()

@@ -11,7 +11,7 @@ const HOST: &str = "titanic.local";
 fn a_bad_config_is_rejected_with_a_log_line_naming_the_field_and_traffic_keeps_flowing() {
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
-    let good = filter_config("titanic", &[HOST], &[("a", 100), ("b", 0)], &alloc);
+    let good = filter_config("titanic", &[("a", 100), ("b", 0)], &alloc);
     let mut env = Env::start(
         vec![route("titanic", &[HOST], &[(&a, 100), (&b, 0)], None)],
         &good,
@@ -63,7 +63,7 @@ fn metrics_reach_prometheus_with_endpoint_namespace_variant_and_model_labels() {
         ),
     );
     let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
-    let cfg = filter_config("titanic", &[HOST], &[("a", 50), ("b", 50)], &alloc);
+    let cfg = filter_config("titanic", &[("a", 50), ("b", 50)], &alloc);
     let env = Env::start(
         vec![route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None)],
         &cfg,
@@ -151,7 +151,7 @@ fn a_config_reload_under_load_never_drops_or_misassigns_a_request() {
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let to = |w: [(&str, u32); 2]| {
         let alloc = Allocation::initial(&w).unwrap();
-        filter_config("titanic", &[HOST], &w, &alloc)
+        filter_config("titanic", &w, &alloc)
     };
     let (all_a, all_b) = (to([("a", 100), ("b", 0)]), to([("a", 0), ("b", 100)]));
     let mut env = Env::start(

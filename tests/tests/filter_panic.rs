@@ -15,7 +15,7 @@ const MARKER: &str = "x-mlep-test-panic";
 fn env(plugin: serde_json::Value) -> (Upstream, Env) {
     let a = Upstream::start("a");
     let alloc = Allocation::initial(&[("a", 100)]).unwrap();
-    let cfg = filter_config("titanic", &[HOST], &[("a", 100)], &alloc);
+    let cfg = filter_config("titanic", &[("a", 100)], &alloc);
     let env = Env::start_with(
         vec![route("titanic", &[HOST], &[(&a, 100)], None)],
         &cfg,

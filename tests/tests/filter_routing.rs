@@ -11,7 +11,7 @@ const HOST: &str = "titanic.local";
 fn two_variants(wa: u32, wb: u32) -> (Upstream, Upstream, Env) {
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let alloc = Allocation::initial(&[("a", wa), ("b", wb)]).unwrap();
-    let cfg = filter_config("titanic", &[HOST], &[("a", wa), ("b", wb)], &alloc);
+    let cfg = filter_config("titanic", &[("a", wa), ("b", wb)], &alloc);
     let env = Env::start(
         vec![route("titanic", &[HOST], &[(&a, wa), (&b, wb)], None)],
         &cfg,
@@ -98,7 +98,7 @@ fn users_stick_across_requests_envoy_restarts_and_config_reloads() {
     assert_eq!(assignments(&env, &ks), first, "after an Envoy restart");
     // Same weights and allocation, other settings changed: a real reload, same users.
     let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
-    let mut cfg = filter_config("titanic", &[HOST], &[("a", 50), ("b", 50)], &alloc);
+    let mut cfg = filter_config("titanic", &[("a", 50), ("b", 50)], &alloc);
     cfg["endpoints"][0]["routing"]["sticky"]["cookieMaxAgeSeconds"] = 60.into();
     env.reload(&cfg);
     let mut c = env.client();
@@ -142,10 +142,10 @@ fn moving_weight_from_first_to_last_moves_only_users_of_the_first_to_the_last() 
         &[(&ups[0], 70), (&ups[1], 20), (&ups[2], 10)],
         None,
     );
-    let mut env = Env::start(vec![r], &filter_config("titanic", &[HOST], &w1, &a1));
+    let mut env = Env::start(vec![r], &filter_config("titanic", &w1, &a1));
     let ks = keys(4000, "move");
     let before = assignments(&env, &ks);
-    env.reload(&filter_config("titanic", &[HOST], &w2, &a2));
+    env.reload(&filter_config("titanic", &w2, &a2));
     let after = assignments(&env, &ks);
     let mut moved = 0;
     for k in &ks {
@@ -223,20 +223,15 @@ fn requests_to_other_hosts_are_left_alone() {
 }
 
 /// Every name a client can use for the endpoint (a wildcard host, the Service's short and
-/// qualified mesh names, which the filter derives itself) gets assignment, and a client-sent
-/// `x-mlep-variant` is overwritten on each: routes on that header cannot be used to bypass
-/// assignment or targeting rules through another name.
+/// qualified names) reaches its virtual host, and the filter knows the endpoint by that
+/// virtual host, not by the name: each gets assignment, and a client-sent `x-mlep-variant`
+/// is overwritten on each, so routes on that header cannot be used to bypass assignment or
+/// targeting rules through another name.
 #[test]
 fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritten() {
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
-    // Only the wildcard is listed; the mesh names are derived from name/namespace.
-    let mut cfg = filter_config(
-        "titanic",
-        &["*.example.com"],
-        &[("a", 100), ("b", 0)],
-        &alloc,
-    );
+    let mut cfg = filter_config("titanic", &[("a", 100), ("b", 0)], &alloc);
     cfg["endpoints"][0]["routing"]["allowTargeting"] = false.into();
     let names = [
         "api.example.com",
@@ -274,6 +269,42 @@ fn every_name_of_the_endpoint_is_assigned_and_a_client_sent_variant_is_overwritt
         "each name was assigned by the filter: {}",
         env.metric("mlep_assignments_total", &[])
     );
+}
+
+/// Where the filter does not run for an endpoint (here: its config names another virtual
+/// host, as on a proxy that has not got the endpoint's config yet, or whose module could not
+/// be fetched), a client sending the routing headers, even in the routed form with a guessed
+/// key, is served by the weighted default: only the filter can produce a value the header
+/// routes obey.
+#[test]
+fn without_the_filter_no_client_sent_header_picks_a_variant_or_model() {
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
+    let mut cfg = filter_config("titanic", &[("a", 100), ("b", 0)], &alloc);
+    cfg["endpoints"][0]["virtualHosts"] = serde_json::json!(["not-this-one:80"]);
+    let mut r = route("titanic", &[HOST], &[(&a, 100), (&b, 0)], None);
+    r.variants[1].rollout_upstream = Some(b.addr);
+    let env = Env::start(vec![r], &cfg);
+    let mut c = env.client();
+    let guesses = [
+        vec![("x-mlep-variant", "b".to_owned())],
+        vec![("x-mlep-variant", "b.guessed-route-key-0001".to_owned())],
+        vec![
+            ("x-mlep-variant", "b".to_owned()),
+            ("x-mlep-model", "model-b.guessed-route-key-0001".to_owned()),
+        ],
+    ];
+    for (i, headers) in guesses.iter().enumerate() {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = c.get(HOST, &h);
+        assert_eq!(
+            (r.status, served_by(&r).as_str()),
+            (200, "a"),
+            "guess {i}: {headers:?}"
+        );
+        assert_eq!(r.header("x-mlep-variant"), None, "the filter did not run");
+    }
+    assert_eq!(b.count(), 0, "no client-sent header reached b");
 }
 
 /// Envoy passes header values with bytes that are not UTF-8 (obs-text); the proxy-wasm SDK's

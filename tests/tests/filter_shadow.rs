@@ -13,7 +13,7 @@ const SHADOW: &str = "mlep|titanic|shadow";
 /// One variant `a` (100%) and a shadow at `shadow` mirroring `percent` with `compare`.
 fn env_with_shadow(a: &Upstream, shadow: Option<SocketAddr>, percent: f64, timeout_ms: u32) -> Env {
     let alloc = Allocation::initial(&[("a", 100)]).unwrap();
-    let mut cfg = filter_config("titanic", &[HOST], &[("a", 100)], &alloc);
+    let mut cfg = filter_config("titanic", &[("a", 100)], &alloc);
     if shadow.is_some() {
         cfg["endpoints"][0]["shadow"] = serde_json::json!({
             "cluster": SHADOW, "model": "model-s", "percent": percent, "timeoutMs": timeout_ms,
