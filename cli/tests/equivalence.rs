@@ -111,7 +111,7 @@ struct Local {
 fn local(dir: &Path) -> Local {
     let input = mlep::load::load(dir).unwrap();
     let d = plan::desired(&input).unwrap();
-    let cfg = plan::filter_config(&d, &BTreeMap::new()).unwrap();
+    let cfg = plan::filter_config(&d, &BTreeMap::new(), "equivalence-local-key").unwrap();
     let addr_of = |role: &Role| -> SocketAddr {
         match role {
             Role::Variant(v) if v == "a" => "127.0.0.1:9001",
@@ -149,10 +149,19 @@ fn input_dir() -> std::path::PathBuf {
     dir
 }
 
-/// `(route name, x-mlep-variant value, variant routed to)` and the default's `(variant, weight)`.
+/// `(route name, x-mlep-variant value without the route key, variant routed to)` and the
+/// default's `(variant, weight)`.
 type Routes = (Vec<(String, String, String)>, Vec<(String, u64)>);
 
-fn istio_routes(vs: &Value) -> Routes {
+/// The variant of a header route's match value, which must carry `key`.
+fn unkeyed(value: &Value, key: &str) -> String {
+    let v = value.as_str().unwrap();
+    v.strip_suffix(&format!(".{key}"))
+        .unwrap_or_else(|| panic!("{v:?} does not carry the route key {key:?}"))
+        .to_owned()
+}
+
+fn istio_routes(vs: &Value, key: &str) -> Routes {
     let http = vs["spec"]["http"].as_array().unwrap();
     let (default, by_header) = http.split_last().unwrap();
     let by_header = by_header
@@ -162,7 +171,7 @@ fn istio_routes(vs: &Value) -> Routes {
             let subset = &r["route"][0]["destination"]["subset"];
             (
                 r["name"].as_str().unwrap().to_owned(),
-                m.as_str().unwrap().to_owned(),
+                unkeyed(m, key),
                 subset.as_str().unwrap().to_owned(),
             )
         })
@@ -179,14 +188,14 @@ fn istio_routes(vs: &Value) -> Routes {
     (by_header, weighted)
 }
 
-fn envoy_routes(bootstrap: &Value, endpoint: &str) -> Routes {
+fn envoy_routes(bootstrap: &Value, endpoint: &str, virtual_host: &str, key: &str) -> Routes {
     let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"];
     let vhost = hcm["route_config"]["virtual_hosts"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == endpoint)
+        .find(|v| v["name"] == virtual_host)
         .unwrap();
     let variant_of = |cluster: &Value| {
         let c = cluster.as_str().unwrap();
@@ -213,7 +222,7 @@ fn envoy_routes(bootstrap: &Value, endpoint: &str) -> Routes {
             assert_eq!(h["name"], "x-mlep-variant");
             (
                 r["name"].as_str().unwrap().to_owned(),
-                h["string_match"]["exact"].as_str().unwrap().to_owned(),
+                unkeyed(&h["string_match"]["exact"], key),
                 variant_of(&r["route"]["cluster"]),
             )
         })
@@ -241,11 +250,46 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
     let local_wasm = &local.ecds["resources"][0]["typed_config"];
     assert_eq!(envelope(istio_wasm), envelope(local_wasm));
 
-    // The same filter config, apart from the shadow target (each world's cluster naming) and
-    // the `*` host local mode adds so that 127.0.0.1 reaches its single endpoint.
+    // The same filter config, apart from the shadow target (each world's cluster naming), the
+    // route keys (each chosen at random) and the virtual hosts: local mode serves the endpoint
+    // on one, named as its Service's in the mesh, which is the first of the mesh's (the
+    // others are its external hosts' on the gateway and in the mesh).
     let mut istio: EndpointConfig = config_in(istio_wasm).endpoints.remove(0);
     let mut local_cfg: EndpointConfig = config_in(local_wasm).endpoints.remove(0);
-    assert_eq!(local_cfg.hosts.pop().as_deref(), Some("*"));
+    assert_eq!(
+        istio.virtual_hosts,
+        ["titanic.ml.svc.cluster.local:80", "titanic.example.com:80"]
+    );
+    assert_eq!(local_cfg.virtual_hosts, istio.virtual_hosts[..1]);
+    local_cfg.virtual_hosts = istio.virtual_hosts.clone();
+    let keys = (
+        std::mem::take(&mut istio.route_key),
+        std::mem::take(&mut local_cfg.route_key),
+    );
+    assert!(mlep_contract::is_route_key(&keys.0) && mlep_contract::is_route_key(&keys.1));
+    assert_ne!(keys.0, keys.1, "independently chosen");
+    // The filter runs exactly on those virtual hosts: off in the chain, enabled there.
+    let enabled: Vec<&Value> = patches
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["applyTo"] == "VIRTUAL_HOST")
+        .map(|p| &p["match"]["routeConfiguration"]["vhost"]["name"])
+        .collect();
+    assert_eq!(enabled, istio.virtual_hosts.iter().collect::<Vec<_>>());
+    assert_eq!(patches[1]["patch"]["value"]["disabled"], true);
+    let hcm = &local.bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        [0]["typed_config"];
+    assert_eq!(hcm["http_filters"][0]["disabled"], true);
+    let local_vhost = &hcm["route_config"]["virtual_hosts"][0];
+    assert_eq!(local_vhost["name"], "titanic.ml.svc.cluster.local:80");
+    assert_eq!(
+        local_vhost["typed_per_filter_config"],
+        patches[2]["patch"]["value"]["typed_per_filter_config"]
+            .as_object()
+            .map(|m| serde_json::json!({ envoy::FILTER_NAME: m.values().next().unwrap() }))
+            .unwrap()
+    );
     let istio_target = istio.shadow.as_mut().unwrap();
     let local_target = local_cfg.shadow.as_mut().unwrap();
     let shadow_in_istio = (
@@ -261,8 +305,14 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
     assert_eq!(istio.variants[1].weight, 30);
 
     // The same routes: by header to every (ready) variant, then the same weighted default.
-    let istio_routes = istio_routes(find(&objs, "VirtualService", "titanic"));
-    assert_eq!(istio_routes, envoy_routes(&local.bootstrap, "titanic"));
+    let istio_routes = istio_routes(find(&objs, "VirtualService", "titanic"), &keys.0);
+    let local_routes = envoy_routes(
+        &local.bootstrap,
+        "titanic",
+        "titanic.ml.svc.cluster.local:80",
+        &keys.1,
+    );
+    assert_eq!(istio_routes, local_routes);
     assert_eq!(
         istio_routes.1,
         istio
