@@ -631,6 +631,7 @@ pub fn weights(e: &ModelEndpoint) -> String {
 }
 
 /// A curl pod (`docker.io/mlep/toolbox:1`, sidecar injected), Ready, in `ns`.
+#[derive(Clone)]
 pub struct Sidecar {
     pub ns: String,
     pub pod: String,

@@ -679,6 +679,16 @@ async fn a_module_failing_its_checksum_fails_open() {
     spec["workloadSelector"] = serde_json::json!({"labels": {"app": "badsha"}});
     for p in spec["configPatches"].as_array_mut().unwrap() {
         let v = &mut p["patch"]["value"];
+        if let Some(on) = v
+            .get_mut("typed_per_filter_config")
+            .and_then(|t| t.as_object_mut())
+        {
+            // A virtual host enabling the filter: enable the copy under its own name.
+            if let Some(cfg) = on.remove(SIDECAR_FILTER) {
+                on.insert("badsha".into(), cfg);
+            }
+            continue;
+        }
         v["name"] = "badsha".into();
         if v.get("typed_config").is_some() {
             v["typed_config"]["config"]["name"] = "badsha".into();
