@@ -2,7 +2,9 @@
 //! uses (`mlep::envoy`):
 //!   bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm> [endpoints [variants]]
 //! mode: `nofilter` | `noop` (a Wasm filter that does nothing; pass the `bench-noop` build) |
-//! `filter` | `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
+//! `filter` | `unrelated` (the mlep filter in the chain, but the load's virtual host is not an
+//! endpoint's: the filter stays disabled there, as for every unrelated workload's traffic) |
+//! `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
 //! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
 //! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
 //! build). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
@@ -51,7 +53,7 @@ fn main() {
     let with_filter = floor_steps.is_some()
         || matches!(
             mode.as_str(),
-            "noop" | "filter" | "shadow" | "shadow10" | "shadow-nocompare"
+            "noop" | "filter" | "unrelated" | "shadow" | "shadow10" | "shadow-nocompare"
         );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
@@ -63,6 +65,8 @@ fn main() {
         endpoints: (0..n_endpoints)
             .map(|e| RouteEndpoint {
                 name: endpoint_name(e),
+                virtual_host: mlep_tests::virtual_host(&endpoint_name(e)),
+                route_key: mlep_tests::ROUTE_KEY.into(),
                 hosts: vec![format!("{}.local", endpoint_name(e))],
                 variants: weights
                     .iter()
@@ -87,19 +91,25 @@ fn main() {
         },
     };
     std::fs::create_dir_all(dir.join("ecds")).unwrap();
-    let bootstrap = envoy::render_bootstrap(&spec).unwrap();
+    let mut bootstrap = envoy::render_bootstrap(&spec).unwrap();
+    if mode == "unrelated" {
+        // The load's virtual host no longer enables the filter: unrelated traffic.
+        bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("typed_per_filter_config")
+            .unwrap();
+    }
     std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
     if let Some(steps) = floor_steps {
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), steps, "1").unwrap();
     } else if with_filter {
         let alloc = Allocation::initial(&weights).unwrap();
         let one = |e: usize| {
-            let name = endpoint_name(e);
-            let host = format!("{name}.local");
-            mlep_tests::filter_config(&name, &[host.as_str()], &weights, &alloc)["endpoints"][0]
-                .clone()
+            mlep_tests::filter_config(&endpoint_name(e), &weights, &alloc)["endpoints"][0].clone()
         };
-        let mut cfg = mlep_tests::filter_config("titanic", &["titanic.local"], &weights, &alloc);
+        let mut cfg = mlep_tests::filter_config("titanic", &weights, &alloc);
         cfg["endpoints"] = (0..n_endpoints).map(one).collect();
         if mode.starts_with("shadow") {
             let compare = if mode == "shadow-nocompare" {
