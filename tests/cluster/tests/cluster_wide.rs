@@ -538,3 +538,96 @@ async fn rendered_yaml_applied_by_kubectl_serves() {
     let _ = kubectl(&["delete", "-f", &path, "--wait=false"]).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// --- 5. what a weight edit costs the mesh -------------------------------------------------------
+
+/// xDS update counters of one sidecar's Envoy (`pilot-agent request GET stats`): LDS, CDS,
+/// RDS (every route configuration) and ECDS (every extension config) accepted updates.
+async fn xds_updates(ns: &str, pod: &str) -> [u64; 4] {
+    let (_, out, _) = kubectl(&[
+        "-n",
+        ns,
+        "exec",
+        pod,
+        "-c",
+        "istio-proxy",
+        "--",
+        "pilot-agent",
+        "request",
+        "GET",
+        "stats",
+    ])
+    .await;
+    let mut n = [0u64; 4];
+    for line in out.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        let i = match name {
+            "listener_manager.lds.update_success" => 0,
+            "cluster_manager.cds.update_success" => 1,
+            _ if name.contains(".rds.") && name.ends_with(".update_success") => 2,
+            _ if name.starts_with("extension_config_discovery.")
+                && name.ends_with(".config_reload") =>
+            {
+                3
+            }
+            _ => continue,
+        };
+        n[i] += v;
+    }
+    n
+}
+
+/// The counters once they stop moving (two reads 5 s apart agree), at most `limit`.
+async fn settled_updates(ns: &str, pod: &str, limit: Duration) -> [u64; 4] {
+    let t0 = Instant::now();
+    let mut last = xds_updates(ns, pod).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = xds_updates(ns, pod).await;
+        if now == last || t0.elapsed() > limit {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Issue 17, item 5: the xDS pushes one weight edit sends to a sidecar that has nothing to do
+/// with the endpoint (a caller pod in another namespace), by type. The new weights must reach
+/// it (it may call the endpoint): its extension config (ECDS) is reloaded. Listener, cluster
+/// and route pushes are measured and reported: the weights travel in an EnvoyFilter, and
+/// istiod pushes LDS, CDS and RDS with ECDS for any EnvoyFilter change (docs/cluster.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_edit_reaches_an_unrelated_sidecar_as_measured_pushes() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "pushes").await;
+    let t = Titanic::deploy(&bed, &ns).await;
+    let other = TempNs::create(&bed, "bystander").await;
+    client_pod(&bed, &other.name, "bystander").await;
+    let before = settled_updates(&other.name, "bystander", Duration::from_secs(90)).await;
+    t.edit(|spec| {
+        spec.variants[0].weight = 70;
+        spec.variants[1].weight = 30;
+    })
+    .await;
+    eventually(
+        Duration::from_secs(120),
+        "the bystander reloads its filter config",
+        || async {
+            let now = xds_updates(&other.name, "bystander").await;
+            (now[3] > before[3]).then_some(())
+        },
+    )
+    .await;
+    let after = settled_updates(&other.name, "bystander", Duration::from_secs(90)).await;
+    let d: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    measure(format!(
+        "one weight edit, at a bystander sidecar: LDS {} CDS {} RDS {} ECDS {} accepted updates",
+        d[0], d[1], d[2], d[3]
+    ));
+    assert!(d[3] >= 1, "the new weights reached the bystander: {d:?}");
+}

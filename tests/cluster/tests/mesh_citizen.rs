@@ -14,8 +14,23 @@ use std::time::Duration;
 /// headers, lowercased, without a retry.
 async fn response_headers(ns: &str, pod: &str, url: &str, headers: &[(&str, &str)]) -> String {
     let mut args: Vec<String> = [
-        "-n", ns, "exec", pod, "-c", "client", "--", "curl", "-sS", "-m", "10", "-o", "/dev/null",
-        "-D", "-", "-X", "POST",
+        "-n",
+        ns,
+        "exec",
+        pod,
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "-m",
+        "10",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-X",
+        "POST",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -60,7 +75,10 @@ async fn every_name_and_the_cluster_ip_get_the_gateways_assignment() {
         for k in &six {
             let o = caller.invoke(&[("x-user-id", k)]).await;
             if (o.status(), o.variant()) != (Some(200), Some(via_gateway[k].as_str())) {
-                differ.push(format!("{name} {k}: gateway {}, here {o:?}", via_gateway[k]));
+                differ.push(format!(
+                    "{name} {k}: gateway {}, here {o:?}",
+                    via_gateway[k]
+                ));
             }
         }
     }
@@ -75,7 +93,9 @@ async fn every_name_and_the_cluster_ip_get_the_gateways_assignment() {
 /// callers get no assignment header, no cookie and no 400 for an unknown target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_same_named_service_in_another_namespace_is_untouched() {
-    let Stage { bed, ns: _ns, t, .. } = Stage::set("owner").await;
+    let Stage {
+        bed, ns: _ns, t, ..
+    } = Stage::set("owner").await;
     let other = TempNs::create(&bed, "namesake").await;
     // An unrelated HTTP server (the artifact server) behind a Service called like the endpoint.
     let o = Titanic::artifacts_only(&bed, &other).await;
@@ -93,8 +113,13 @@ async fn a_same_named_service_in_another_namespace_is_untouched() {
         Duration::from_secs(120),
         "the namesake answers through the caller's sidecar",
         || async {
-            let h = response_headers(&o.ns, &caller.pod, &url, &[(m::DEFAULT_TARGET_HEADER, "nope")])
-                .await;
+            let h = response_headers(
+                &o.ns,
+                &caller.pod,
+                &url,
+                &[(m::DEFAULT_TARGET_HEADER, "nope")],
+            )
+            .await;
             h.starts_with("http/1.1 200").then_some(h)
         },
     )
@@ -168,11 +193,17 @@ async fn no_client_sent_header_picks_a_variant_or_model() {
         spec.variants[1].weight = 0;
     })
     .await;
-    eventually(Duration::from_secs(120), "the weighted default is a's alone", || async {
-        let vs = t.istio_object("VirtualService").await?;
-        let default = vs["spec"]["http"].as_array()?.last()?["route"].as_array()?.clone();
-        (default.len() == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "the weighted default is a's alone",
+        || async {
+            let vs = t.istio_object("VirtualService").await?;
+            let default = vs["spec"]["http"].as_array()?.last()?["route"]
+                .as_array()?
+                .clone();
+            (default.len() == 1).then_some(())
+        },
+    )
     .await;
     let vhost = format!("{ENDPOINT}.{}.svc.cluster.local:80", t.ns);
     let off: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
@@ -193,10 +224,14 @@ async fn no_client_sent_header_picks_a_variant_or_model() {
         .await
         .unwrap();
     let bare = Sidecar::start(&bed, &t.ns, "nofilter", &t.mesh_url()).await;
-    eventually(Duration::from_secs(120), "the filter is off on that proxy", || async {
-        let o = bare.invoke(&[("x-user-id", "probe")]).await;
-        (o.status() == Some(200) && o.variant().is_none()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "the filter is off on that proxy",
+        || async {
+            let o = bare.invoke(&[("x-user-id", "probe")]).await;
+            (o.status() == Some(200) && o.variant().is_none()).then_some(())
+        },
+    )
     .await;
     let mut served = Vec::new();
     for k in keys("bare", 5) {
