@@ -67,7 +67,9 @@ kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "op
 # Namespaced phases side by side (MLEP_E2E_THREADS of them), then the cluster-wide ones (the
 # operator's Lease and replicas, the shared filters) one at a time.
 export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
-echo "--> cargo test -p mlep-cluster-e2e --test namespaced (${MLEP_E2E_THREADS:-2} at a time)"
-nice cargo test -p mlep-cluster-e2e --test namespaced -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
+# The test files whose phases touch only their own namespace(s).
+NAMESPACED=(--test namespaced --test mesh_citizen)
+echo "--> cargo test -p mlep-cluster-e2e ${NAMESPACED[*]} (${MLEP_E2E_THREADS:-2} at a time)"
+nice cargo test -p mlep-cluster-e2e "${NAMESPACED[@]}" -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
 echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide (one at a time)"
 nice cargo test -p mlep-cluster-e2e --test cluster_wide -- --test-threads=1 --nocapture "$@"
