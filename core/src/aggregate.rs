@@ -284,7 +284,7 @@ mod tests {
                     assert_eq!(p["match"]["context"], patches[1]["match"]["context"]);
                     let on = &p["patch"]["value"]["typed_per_filter_config"][ext];
                     assert_eq!(on["@type"], crate::envoy::FILTER_CONFIG_TYPE_URL);
-                    assert_eq!(on["config"], json!({}));
+                    assert_eq!(on["config"]["@type"], crate::envoy::RBAC_PER_ROUTE_TYPE_URL);
                 })
                 .map(|p| {
                     p["match"]["routeConfiguration"]["vhost"]["name"]

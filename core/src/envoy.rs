@@ -44,9 +44,10 @@ pub const FILTER_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.route
 /// The filter sits in every HTTP chain with `disabled: true` and runs only where a virtual
 /// host enables it ([`filter_enabled`]): Envoy skips a disabled filter's factory for a stream
 /// whose route does not enable it, so unrelated traffic never enters the VM
-/// (`FilterChainUtility::createFilterChainForFactories`, `PerFilterConfigs` in Envoy's
-/// source/common/router/config_impl.cc: a `FilterConfig` whose `config` is an empty `Any`
-/// enables the filter; `disabled: false` alone is rejected as an empty per-filter config).
+/// (`FilterChainUtility::createFilterChainForFactories`; `PerFilterConfigs` in Envoy's
+/// source/common/router/per_filter_config.cc: a `FilterConfig` with a `config` enables the
+/// filter, `disabled: false` alone is rejected as an empty per-filter config; see
+/// [`filter_enabled`]).
 /// There the filter reads `xds.virtual_host_name` and finds the endpoint by it, so every name
 /// and address the route answers to gets the same assignment and a same-named host elsewhere
 /// gets none. The routes match `x-mlep-variant` (and a rollout's `x-mlep-model`) only with
@@ -114,10 +115,25 @@ pub fn new_route_key(random: [u8; 16]) -> String {
     out
 }
 
+/// Type URL of the RBAC filter's per-route config: the `config` that enables the filter.
+pub const RBAC_PER_ROUTE_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+
 /// `typed_per_filter_config` of a virtual host (or route) on which the filter named
 /// `filter_name`, disabled in the chain, runs.
+///
+/// Envoy enables a disabled filter for any `FilterConfig` carrying a `config`; an empty `Any`
+/// would say it best, but Istio's EnvoyFilter conversion refuses one ("can't unmarshal Any
+/// nested proto ...FilterConfig: Any JSON doesn't have '@type'", istiod's log on the bed). So
+/// the `config` is an empty `RBACPerRoute`: its factory is in every Envoy Istio runs
+/// (`PerFilterConfigs::createRouteSpecificFilterConfig` finds the factory by the type), the
+/// Wasm filter never reads a per-route config, and the agent's RBAC fallback (the filter's
+/// stand-in when its module cannot be fetched) reads it as "no policy on this route": allow.
 pub fn filter_enabled(filter_name: &str) -> Value {
-    json!({ filter_name: { "@type": FILTER_CONFIG_TYPE_URL, "config": {} } })
+    json!({ filter_name: {
+        "@type": FILTER_CONFIG_TYPE_URL,
+        "config": { "@type": RBAC_PER_ROUTE_TYPE_URL },
+    } })
 }
 
 /// What a header route puts back before the request leaves the proxy: the plain variant name
