@@ -811,7 +811,7 @@ async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply
         e["spec"]["shadow"] = json!({"model": "titanic-v2", "percent": 10});
         eps.push(serde_json::from_value::<ModelEndpoint>(e).unwrap());
     }
-    let objects = render_all(&models, &eps, &settings(ns)).unwrap();
+    let objects = render_all(&models, &eps, &settings(ns), &mut || "operator-test-route-key".to_owned()).unwrap();
     let kinds: std::collections::BTreeSet<&str> = objects
         .iter()
         .map(|o| o["kind"].as_str().unwrap())
