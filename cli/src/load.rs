@@ -7,7 +7,8 @@
 //! field path) are mapped back to the line of that field in the file by [`locate`].
 
 use mlep_core::crd::{ModelEndpointSpec, ModelSpec, GROUP, VERSION};
-use mlep_core::validate::{validate_endpoint, validate_model, SpecError};
+use mlep_core::host_claims::Claimant;
+use mlep_core::validate::{validate_endpoint, validate_hosts, validate_model, SpecError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -363,6 +364,13 @@ pub fn validate(input: &Input) -> Result<(), LoadError> {
             input.model(&ep.namespace, name).map(|m| &m.spec)
         })
         .map_err(|e| invalid(ep, "ModelEndpoint", &e))?;
+        // The cluster's rules, so a file that runs here is accepted by the operator too.
+        let who = Claimant {
+            namespace: &ep.namespace,
+            name: &ep.name,
+            cluster_domain: mlep_core::meta::DEFAULT_CLUSTER_DOMAIN,
+        };
+        validate_hosts(&ep.spec, &who).map_err(|e| invalid(ep, "ModelEndpoint", &e))?;
     }
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! enforce the OpenAPI constraints of the CRD, but not every API server does (no CEL before
 //! 1.25, and some checks need other objects, like "the model exists"), so every check lives here.
 
-use crate::crd::conditions::{REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
+use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
 use crate::crd::{
-    AnalysisSpec, ModelEndpointSpec, ModelSpec, RolloutStrategy, RoutingSpec, ShadowSpec,
+    AnalysisSpec, ModelEndpoint, ModelEndpointSpec, ModelSpec, RolloutStrategy, RoutingSpec,
+    ShadowSpec,
 };
+use crate::host_claims::{classify, Claimant, HostClaims};
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
 use std::collections::BTreeSet;
@@ -151,6 +153,31 @@ fn validate_exposure(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// Check that every host of `spec.hosts` is one `who` may claim (`crate::host_claims`): its own
+/// Service names and external hosts, never another Service of the cluster.
+pub fn validate_hosts(spec: &ModelEndpointSpec, who: &Claimant) -> Result<(), SpecError> {
+    for (i, h) in spec.hosts.iter().enumerate() {
+        classify(h, who).map_err(|why| SpecError::invalid(format!("spec.hosts[{i}]"), why))?;
+    }
+    Ok(())
+}
+
+/// `HostConflict` when another endpoint, created first, keeps an external host of `ep`.
+pub fn host_conflict(ep: &ModelEndpoint, claims: &HostClaims) -> Result<(), SpecError> {
+    match claims.held_by_others(ep).first() {
+        None => Ok(()),
+        Some(held) => Err(SpecError {
+            field: format!("spec.hosts[{}]", held.index),
+            message: format!(
+                "host {:?} is held by ModelEndpoint {}, created first; this endpoint is not \
+                 wired until that one lets it go",
+                held.host, held.holder
+            ),
+            reason: REASON_HOST_CONFLICT,
+        }),
+    }
 }
 
 /// Check `spec.rollout`, naming the field.

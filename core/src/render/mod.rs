@@ -25,7 +25,8 @@ use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION
 use crate::envoy::{self, EndpointRoute, ShadowTarget};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
 use crate::plan::Plan;
-use crate::validate::{validate_endpoint, validate_model, SpecError};
+use crate::host_claims::Claimant;
+use crate::validate::{validate_endpoint, validate_hosts, validate_model, SpecError};
 use istio::{destination_rule, gateway, virtual_service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -75,7 +76,15 @@ pub fn render_all(
             .filter(|m| ns_of(m.metadata.namespace.as_ref()) == ns)
             .map(|m| (m.name_any(), m.spec.clone()))
             .collect();
-        validate_endpoint(&ep.spec, |n| in_ns.get(n)).map_err(|e| SpecError {
+        let name = ep.name_any();
+        let who = Claimant {
+            namespace: &ns,
+            name: &name,
+            cluster_domain: &settings.cluster_domain,
+        };
+        validate_endpoint(&ep.spec, |n| in_ns.get(n))
+            .and_then(|()| validate_hosts(&ep.spec, &who))
+            .map_err(|e| SpecError {
             message: format!("ModelEndpoint {ns}/{}: {}", ep.name_any(), e.message),
             ..e
         })?;
