@@ -366,6 +366,30 @@ mod tests {
     }
 
     #[test]
+    fn the_endpoint_created_first_keeps_a_contested_host_in_the_shared_filter() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut early = endpoint("z", "early", "same.example.com", (80, 20));
+        early.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        let mut late = endpoint("a", "late", "same.example.com", (80, 20));
+        late.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:09Z".parse().unwrap()));
+        let agg = render_filters(&[late.clone(), early.clone()], &RenderSettings::default());
+        let names: Vec<_> = config_of(&agg.objects[0])
+            .endpoints
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["early"]);
+        assert_eq!(agg.excluded.len(), 1);
+        assert_eq!(agg.excluded[0].0, "a/late");
+        assert!(agg.excluded[0].1.contains("z/early"), "{:?}", agg.excluded);
+        // The first being deleted hands the host over.
+        early.metadata.deletion_timestamp = Some(Time("2026-01-02T00:00:00Z".parse().unwrap()));
+        let agg = render_filters(&[late, early], &RenderSettings::default());
+        assert!(agg.excluded.is_empty());
+        assert_eq!(config_of(&agg.objects[0]).endpoints[0].name, "late");
+    }
+
+    #[test]
     fn the_aggregate_does_not_depend_on_the_order_endpoints_are_seen() {
         let a = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
         let b = endpoint("ml", "iris", "iris.example.com", (50, 50));

@@ -105,9 +105,9 @@ pub fn classify(host: &str, who: &Claimant) -> Result<HostKind, String> {
             "{h:?} is Service {service:?} of this namespace (Istio reads a single label in the \
              VirtualService's namespace), not this endpoint's Service"
         ),
-        [service, other] if *other == ns => format!(
-            "{h:?} is Service {service:?} of this namespace, not this endpoint's Service"
-        ),
+        [service, other] if *other == ns => {
+            format!("{h:?} is Service {service:?} of this namespace, not this endpoint's Service")
+        }
         [service, other] => format!(
             "{h:?} is Service {service:?} of namespace {other:?} (two labels are \
              <service>.<namespace> in the mesh)"
@@ -193,7 +193,10 @@ pub fn host_owners(endpoints: &[ModelEndpoint], cluster_domain: &str) -> HostCla
 
 /// The normalized external hosts of an endpoint's spec.
 fn external_hosts(ep: &ModelEndpoint, cluster_domain: &str) -> Vec<String> {
-    let (ns, name) = (ep.namespace().unwrap_or_else(|| "default".to_owned()), ep.name_any());
+    let (ns, name) = (
+        ep.namespace().unwrap_or_else(|| "default".to_owned()),
+        ep.name_any(),
+    );
     let who = Claimant {
         namespace: &ns,
         name: &name,

@@ -417,6 +417,62 @@ mod tests {
     }
 
     #[test]
+    fn a_held_host_or_another_namespaces_service_rejects_the_spec_and_keeps_what_serves() {
+        use crate::crd::conditions::{READY, REASON_INVALID_SPEC};
+        use crate::host_claims::host_owners;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut ep = endpoint("m2", None);
+        ep.spec.rollout = None;
+        ep.metadata.creation_timestamp = Some(Time("2026-01-01T00:01:00Z".parse().unwrap()));
+        let mut holder = ep.clone();
+        holder.metadata.namespace = Some("other".into());
+        holder.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        let (last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
+        let claims = host_owners(&[ep.clone(), holder.clone()], "cluster.local");
+        let with = |ep| Input {
+            claims: Some(&claims),
+            ..input(ep, &last, &obs, &now)
+        };
+        let d = decide(&with(&ep), None);
+        let e = d.rejected.as_ref().unwrap();
+        assert_eq!(
+            (e.field.as_str(), e.reason),
+            ("spec.hosts[0]", REASON_HOST_CONFLICT)
+        );
+        assert_eq!(d.requeue, Requeue::After(HOST_CONFLICT_REQUEUE_SECONDS));
+        let ready = d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert!(
+            ready.status == "False" && ready.message.contains("other/t"),
+            "{ready:?}"
+        );
+        assert_eq!(d.status.variants, last.variants, "what served stays");
+        // The holder itself is fine.
+        assert!(decide(&with(&holder), None).rejected.is_none());
+        // Another namespace's in-mesh name: InvalidSpec, whoever holds what.
+        ep.spec.hosts.push("t.other.svc.cluster.local".into());
+        holder.spec.hosts = vec!["x.example.com".into()];
+        let claims2 = host_owners(&[ep.clone(), holder], "cluster.local");
+        let d = decide(
+            &Input {
+                claims: Some(&claims2),
+                ..input(&ep, &last, &obs, &now)
+            },
+            None,
+        );
+        let e = d.rejected.unwrap();
+        assert_eq!(
+            (e.field.as_str(), e.reason),
+            ("spec.hosts[1]", REASON_INVALID_SPEC)
+        );
+        assert_eq!(d.requeue, Requeue::AwaitChange);
+    }
+
+    #[test]
     fn a_settled_endpoint_is_looked_at_again_only_as_a_safety_net() {
         let mut ep = endpoint("m2", None);
         ep.spec.rollout = None;

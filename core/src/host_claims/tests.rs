@@ -47,7 +47,10 @@ fn another_namespaces_service_is_refused_in_every_spelling_naming_that_namespace
         "titanic.team-a",
     ] {
         let why = refused(h);
-        assert!(why.contains("team-a") || why.contains("in-cluster"), "{h}: {why}");
+        assert!(
+            why.contains("team-a") || why.contains("in-cluster"),
+            "{h}: {why}"
+        );
         assert!(why.contains(&format!("{:?}", normalize(h))), "{h}: {why}");
     }
     assert!(refused("alpha.team-a").contains("namespace \"team-a\""));
@@ -55,9 +58,17 @@ fn another_namespaces_service_is_refused_in_every_spelling_naming_that_namespace
 
 #[test]
 fn another_service_of_the_endpoints_own_namespace_is_refused() {
-    for h in ["iris", "iris.team-b", "iris.team-b.svc", "iris.team-b.svc.cluster.local"] {
+    for h in [
+        "iris",
+        "iris.team-b",
+        "iris.team-b.svc",
+        "iris.team-b.svc.cluster.local",
+    ] {
         let why = refused(h);
-        assert!(why.contains("iris") && why.contains("titanic.team-b"), "{h}: {why}");
+        assert!(
+            why.contains("iris") && why.contains("titanic.team-b"),
+            "{h}: {why}"
+        );
     }
     // The shadow's Service is the operator's, not a host of the endpoint.
     refused("titanic-shadow");
@@ -65,7 +76,15 @@ fn another_service_of_the_endpoints_own_namespace_is_refused() {
 
 #[test]
 fn wildcards_that_could_match_a_service_name_and_the_bare_star_are_refused() {
-    for h in ["*", "*.team-a", "*.svc", "*.team-a.svc", "*.cluster.local", "*.local", "*.svc.cluster.local"] {
+    for h in [
+        "*",
+        "*.team-a",
+        "*.svc",
+        "*.team-a.svc",
+        "*.cluster.local",
+        "*.local",
+        "*.svc.cluster.local",
+    ] {
         refused(h);
     }
     assert!(refused("*").contains("every host"));
@@ -111,8 +130,18 @@ const LATE: Option<&str> = Some("2026-01-01T00:00:05Z");
 #[test]
 fn the_endpoint_created_first_keeps_a_host_whatever_the_order_seen() {
     // "z/first" sorts after "a/second" by name: creation decides, not the name.
-    let first = endpoint("z", "first", &["shared.example.com", "z.example.com"], EARLY);
-    let second = endpoint("a", "second", &["Shared.Example.com.", "a.example.com"], LATE);
+    let first = endpoint(
+        "z",
+        "first",
+        &["shared.example.com", "z.example.com"],
+        EARLY,
+    );
+    let second = endpoint(
+        "a",
+        "second",
+        &["Shared.Example.com.", "a.example.com"],
+        LATE,
+    );
     for eps in [
         [first.clone(), second.clone()],
         [second.clone(), first.clone()],
@@ -136,7 +165,12 @@ fn the_endpoint_created_first_keeps_a_host_whatever_the_order_seen() {
 fn deleting_the_first_hands_the_host_to_the_next_created() {
     let mut first = endpoint("z", "first", &["shared.example.com"], EARLY);
     let second = endpoint("a", "second", &["shared.example.com"], LATE);
-    let third = endpoint("m", "third", &["shared.example.com"], Some("2026-01-02T00:00:00Z"));
+    let third = endpoint(
+        "m",
+        "third",
+        &["shared.example.com"],
+        Some("2026-01-02T00:00:00Z"),
+    );
     let without = host_owners(&[second.clone(), third.clone()], "cluster.local");
     assert_eq!(without.holder("shared.example.com"), Some("a/second"));
     assert_eq!(without.held_by_others(&third)[0].holder, "a/second");
@@ -162,5 +196,7 @@ fn service_names_are_never_claims_so_namesakes_in_two_namespaces_do_not_conflict
     let claims = host_owners(&[a.clone(), b.clone()], "cluster.local");
     assert!(claims.held_by_others(&a).is_empty() && claims.held_by_others(&b).is_empty());
     assert_eq!(claims.holder("titanic"), None);
-    assert!(share_a_host(&a, &b) && !share_a_host(&a, &endpoint("c", "d", &["x.example.com"], None)));
+    assert!(
+        share_a_host(&a, &b) && !share_a_host(&a, &endpoint("c", "d", &["x.example.com"], None))
+    );
 }

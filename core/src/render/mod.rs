@@ -24,8 +24,8 @@ mod workload;
 use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
 use crate::envoy::{self, EndpointRoute, ShadowTarget};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
-use crate::plan::Plan;
 use crate::host_claims::Claimant;
+use crate::plan::Plan;
 use crate::validate::{validate_endpoint, validate_hosts, validate_model, SpecError};
 use istio::{destination_rule, gateway, virtual_service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -85,9 +85,9 @@ pub fn render_all(
         validate_endpoint(&ep.spec, |n| in_ns.get(n))
             .and_then(|()| validate_hosts(&ep.spec, &who))
             .map_err(|e| SpecError {
-            message: format!("ModelEndpoint {ns}/{}: {}", ep.name_any(), e.message),
-            ..e
-        })?;
+                message: format!("ModelEndpoint {ns}/{}: {}", ep.name_any(), e.message),
+                ..e
+            })?;
         let plan = Plan::assume_ready(&ep.spec);
         let key = match ep.status.as_ref().and_then(|s| s.route_key.clone()) {
             Some(k) if mlep_contract::is_route_key(&k) => k,
