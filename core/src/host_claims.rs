@@ -96,9 +96,18 @@ pub fn classify(host: &str, who: &Claimant) -> Result<HostKind, String> {
             Ok(HostKind::External)
         };
     }
-    let labels: Vec<&str> = h.split('.').collect();
+    // `<a>.<b>.svc[.<domain>]` is what `<a>.<b>` says; other names under the domain are the
+    // cluster's too (pods, other records).
+    let svc_domain = format!(".svc.{domain}");
+    let mesh = h
+        .strip_suffix(svc_domain.as_str())
+        .or_else(|| h.strip_suffix(".svc"));
+    let labels: Vec<&str> = mesh.unwrap_or(&h).split('.').collect();
     let why = match labels.as_slice() {
-        _ if under(&h, domain) || h.ends_with(".svc") => {
+        [service, other] if mesh.is_some() && *other != ns => {
+            format!("{h:?} is Service {service:?} of namespace {other:?}")
+        }
+        _ if mesh.is_some() || under(&h, domain) => {
             format!("{h:?} is an in-cluster name that is not this endpoint's Service")
         }
         [service] => format!(
