@@ -543,6 +543,20 @@ spec:
     }
 
     #[test]
+    fn a_host_naming_another_namespaces_service_is_refused_as_the_operator_would() {
+        let bad = ENDPOINT.replace(
+            "hosts: [ep.example.com]",
+            "hosts: [ep.example.com, ep.team-a.svc.cluster.local]",
+        );
+        let err = parse(&[("models.yaml", MODELS), ("endpoint.yaml", &bad)]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("spec.hosts[1]") && text.contains("namespace \"team-a\""),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn broken_yaml_names_file_and_line() {
         let bad = MODELS.replace("  name: m2\n", "  name: [m2\n");
         let err = parse(&[("models.yaml", &bad)]).unwrap_err();
