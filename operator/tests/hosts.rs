@@ -18,52 +18,18 @@ use mlep_core::render::RenderSettings;
 use mlep_operator::metrics::Metrics;
 use mlep_operator::reconcile;
 use serde_json::{json, Value};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 mod support;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+use support::{client, eventually, yaml_docs};
+
 const ENDPOINT: &str = "titanic";
 
 /// One operator watching every namespace at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn repo(path: &str) -> String {
-    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn client() -> Client {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG must point at the test API server (scripts/test-operator.sh)");
-    support::install_crds(&client, "mlep-test").await;
-    client
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn ns(base: &str) -> String {
     format!("{base}-{}", std::process::id())
@@ -108,13 +74,6 @@ async fn namespace(client: &Client, name: &str) {
     if api.get_opt(name).await.unwrap().is_none() {
         api.create(&PostParams::default(), &ns).await.unwrap();
     }
-}
-
-fn yaml_docs(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
 }
 
 /// The example's Models and endpoint (`manifests/example/`) in `ns`, the endpoint with `hosts`.
