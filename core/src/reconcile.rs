@@ -366,14 +366,23 @@ mod tests {
         let ep = endpoint("m2", None);
         let (mut last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
         let first = decide(&input(&ep, &last, &obs, &now), None);
-        assert_eq!(first.status.route_key.as_deref(), Some("fresh-route-key-0001"));
+        assert_eq!(
+            first.status.route_key.as_deref(),
+            Some("fresh-route-key-0001")
+        );
         last.route_key = Some("kept-route-key-00001".into());
         let again = decide(&input(&ep, &last, &obs, &now), None);
-        assert_eq!(again.status.route_key.as_deref(), Some("kept-route-key-00001"));
+        assert_eq!(
+            again.status.route_key.as_deref(),
+            Some("kept-route-key-00001")
+        );
         // A key the contract would refuse (edited by hand) is replaced, not served.
         last.route_key = Some("short".into());
         let fixed = decide(&input(&ep, &last, &obs, &now), None);
-        assert_eq!(fixed.status.route_key.as_deref(), Some("fresh-route-key-0001"));
+        assert_eq!(
+            fixed.status.route_key.as_deref(),
+            Some("fresh-route-key-0001")
+        );
     }
 
     #[test]
