@@ -7,7 +7,8 @@
 //! field path) are mapped back to the line of that field in the file by [`locate`].
 
 use mlep_core::crd::{ModelEndpointSpec, ModelSpec, GROUP, VERSION};
-use mlep_core::validate::{validate_endpoint, validate_model, SpecError};
+use mlep_core::host_claims::Claimant;
+use mlep_core::validate::{validate_endpoint, validate_hosts, validate_model, SpecError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -363,6 +364,13 @@ pub fn validate(input: &Input) -> Result<(), LoadError> {
             input.model(&ep.namespace, name).map(|m| &m.spec)
         })
         .map_err(|e| invalid(ep, "ModelEndpoint", &e))?;
+        // The cluster's rules, so a file that runs here is accepted by the operator too.
+        let who = Claimant {
+            namespace: &ep.namespace,
+            name: &ep.name,
+            cluster_domain: mlep_core::meta::DEFAULT_CLUSTER_DOMAIN,
+        };
+        validate_hosts(&ep.spec, &who).map_err(|e| invalid(ep, "ModelEndpoint", &e))?;
     }
     Ok(())
 }
@@ -532,6 +540,20 @@ spec:
         );
         assert_eq!(input.endpoints[0].spec.variants[1].weight, 20);
         assert_eq!(input.endpoints[0].namespace, "default");
+    }
+
+    #[test]
+    fn a_host_naming_another_namespaces_service_is_refused_as_the_operator_would() {
+        let bad = ENDPOINT.replace(
+            "hosts: [ep.example.com]",
+            "hosts: [ep.example.com, ep.team-a.svc.cluster.local]",
+        );
+        let err = parse(&[("models.yaml", MODELS), ("endpoint.yaml", &bad)]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("spec.hosts[1]") && text.contains("namespace \"team-a\""),
+            "{text}"
+        );
     }
 
     #[test]

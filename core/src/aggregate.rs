@@ -16,8 +16,10 @@
 //! routed (current) weights and the bucket allocation, so rebuilding the aggregate from the API
 //! state after any change (or an operator restart) gives the same bytes. An endpoint that was
 //! never rendered (no `status.allocation`) is not in it yet; an endpoint being deleted is left
-//! out. Two endpoints claiming the same host cannot share a filter config: the one whose
-//! `namespace/name` sorts later is left out and reported.
+//! out. Two endpoints claiming the same external host cannot share a filter config: the one
+//! created first keeps it (`crate::host_claims`), the others are left out and reported (and
+//! not wired: their reconcile rejects them with `HostConflict`). [`filters_for`], given entries
+//! without creation times (`mlep render`), still leaves out the later `namespace/name`.
 //!
 //! Endpoints asking for `filterWiring: WasmPlugin` go into WasmPlugins of the same names, so a
 //! cluster mixing both wirings has at most two filters per proxy.
@@ -26,6 +28,7 @@ use crate::crd::{FilterWiring, ModelEndpoint};
 use crate::envoy::{mesh_virtual_hosts, EndpointRoute, ShadowTarget};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::endpoint_config;
+use crate::host_claims::{endpoint_id, host_owners};
 use crate::meta::{RenderSettings, SERVICE_PORT};
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
@@ -111,15 +114,28 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
 
 /// The filter objects for all these endpoints (any order; the result is sorted).
 pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) -> Aggregate {
+    // An endpoint claiming a host another one, created first, keeps is not in the filter.
+    let claims = host_owners(endpoints, &settings.cluster_domain);
+    let mut conflicts = Vec::new();
     let entries = endpoints
         .iter()
         .filter(|e| e.metadata.deletion_timestamp.is_none())
+        .filter(|e| match claims.held_by_others(e).first() {
+            None => true,
+            Some(held) => {
+                let why = format!("host {:?} is held by {}", held.host, held.holder);
+                conflicts.push((endpoint_id(e), why));
+                false
+            }
+        })
         .filter_map(|e| {
             let cfg = served_config(e, &settings.cluster_domain)?;
             Some((e.spec.filter_wiring, cfg))
         })
         .collect();
-    filters_for(entries, settings)
+    let mut out = filters_for(entries, settings);
+    out.excluded.extend(conflicts);
+    out
 }
 
 /// The filter objects for these endpoint entries (any order; the result is sorted by
@@ -347,6 +363,30 @@ mod tests {
         r.moved_buckets.clear();
         let cfg = config_of(&render_filters(&[ep], &RenderSettings::default()).objects[0]);
         assert!(cfg.endpoints[0].variants[1].rollout.is_none());
+    }
+
+    #[test]
+    fn the_endpoint_created_first_keeps_a_contested_host_in_the_shared_filter() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut early = endpoint("z", "early", "same.example.com", (80, 20));
+        early.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        let mut late = endpoint("a", "late", "same.example.com", (80, 20));
+        late.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:09Z".parse().unwrap()));
+        let agg = render_filters(&[late.clone(), early.clone()], &RenderSettings::default());
+        let names: Vec<_> = config_of(&agg.objects[0])
+            .endpoints
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["early"]);
+        assert_eq!(agg.excluded.len(), 1);
+        assert_eq!(agg.excluded[0].0, "a/late");
+        assert!(agg.excluded[0].1.contains("z/early"), "{:?}", agg.excluded);
+        // The first being deleted hands the host over.
+        early.metadata.deletion_timestamp = Some(Time("2026-01-02T00:00:00Z".parse().unwrap()));
+        let agg = render_filters(&[late, early], &RenderSettings::default());
+        assert!(agg.excluded.is_empty());
+        assert_eq!(config_of(&agg.objects[0]).endpoints[0].name, "late");
     }
 
     #[test]

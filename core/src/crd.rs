@@ -556,6 +556,8 @@ pub mod conditions {
 
     pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
     pub const REASON_MODEL_NOT_FOUND: &str = "ModelNotFound";
+    /// Another endpoint, created first, keeps an external host this one lists.
+    pub const REASON_HOST_CONFLICT: &str = "HostConflict";
     pub const REASON_AVAILABLE: &str = "Available";
     pub const REASON_WAITING_FOR_REPLICAS: &str = "WaitingForReplicas";
     pub const REASON_ROLLING_OUT: &str = "RollingOut";

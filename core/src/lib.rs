@@ -6,6 +6,7 @@
 //! - [`api_enum`]: the contract's enums spelled the Kubernetes way in the CRDs.
 //! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
 //! - [`validate`]: spec checks naming the offending field.
+//! - [`host_claims`]: which hosts an endpoint may claim, and who keeps a contested one.
 //! - [`plan`]: which weights and models to route with, given what is ready.
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
@@ -26,6 +27,7 @@ pub mod api_enum;
 pub mod crd;
 pub mod envoy;
 pub mod filter_config;
+pub mod host_claims;
 pub mod meta;
 pub mod module;
 pub mod plan;

@@ -151,6 +151,9 @@ impl RenderSettings {
     }
 }
 
+/// The Kubernetes default DNS domain; local mode checks hosts against it.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
 impl Default for RenderSettings {
     /// The operator's defaults, with a placeholder module checksum (all zeros): callers that
     /// print or apply objects set the real one with [`RenderSettings::with_module`].
@@ -158,7 +161,7 @@ impl Default for RenderSettings {
         let zeros = "0".repeat(64);
         let base = module::operator_base_url(
             module::OPERATOR_NAMESPACE,
-            "cluster.local",
+            DEFAULT_CLUSTER_DOMAIN,
             module::OPERATOR_HTTP_PORT,
         );
         Self {
@@ -170,7 +173,7 @@ impl Default for RenderSettings {
             gateway_selector: [("istio".to_owned(), "ingressgateway".to_owned())]
                 .into_iter()
                 .collect(),
-            cluster_domain: "cluster.local".into(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
             route_grace_seconds: 30,
         }
     }

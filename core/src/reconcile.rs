@@ -5,12 +5,13 @@
 //! the decision to its processes. Every rollout decision, annotations included, is made here.
 
 use crate::analysis::{AnalysisSource, Query, Sample};
-use crate::crd::conditions::REASON_MODEL_NOT_FOUND;
+use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_MODEL_NOT_FOUND};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use crate::host_claims::{Claimant, HostClaims};
 use crate::plan::{plan, retiring, Observed, Plan};
 use crate::rollout::{self, Command, Now, Outcome, Settings};
 use crate::status::{endpoint_status, invalid_status};
-use crate::validate::{validate_endpoint, SpecError};
+use crate::validate::{host_conflict, validate_endpoint, validate_hosts, SpecError};
 use kube_core::ResourceExt;
 use mlep_contract::{carry_allocation, Allocation};
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ pub const CONVERGING_REQUEUE_SECONDS: u64 = 30;
 /// Seconds before a spec naming a Model not seen yet is looked at again (the Model cache may
 /// lag, and its watch event may have come before the endpoint existed).
 pub const MISSING_MODEL_REQUEUE_SECONDS: u64 = 5;
+/// Seconds before an endpoint in `HostConflict` is looked at again: the operator also
+/// reconciles it when an endpoint sharing its host changes or goes; this is the safety net.
+pub const HOST_CONFLICT_REQUEUE_SECONDS: u64 = 30;
 
 /// Everything a reconcile reads.
 #[derive(Clone, Copy)]
@@ -36,6 +40,9 @@ pub struct Input<'a> {
     /// The Models of the endpoint's namespace, to validate the spec against; `None` when the
     /// caller validated it already (local mode checks while loading).
     pub models: Option<&'a BTreeMap<String, ModelSpec>>,
+    /// Every endpoint's external hosts and who keeps each (`crate::host_claims::host_owners`),
+    /// to check this endpoint's hosts against; `None` when the caller checked them already.
+    pub claims: Option<&'a HostClaims>,
     /// Readiness of the endpoint's Deployments (local mode: its running servers).
     pub observed: &'a Observed,
     /// The one clock read of this reconcile.
@@ -170,10 +177,20 @@ pub fn drive(input: &Input, source: &mut dyn AnalysisSource) -> Decision {
 }
 
 fn validity(input: &Input) -> Result<(), SpecError> {
-    match input.models {
-        Some(models) => validate_endpoint(&input.endpoint.spec, |n| models.get(n)),
-        None => Ok(()),
+    if let Some(models) = input.models {
+        validate_endpoint(&input.endpoint.spec, |n| models.get(n))?;
     }
+    if let Some(claims) = input.claims {
+        let name = input.endpoint.name_any();
+        let who = Claimant {
+            namespace: input.namespace,
+            name: &name,
+            cluster_domain: claims.cluster_domain(),
+        };
+        validate_hosts(&input.endpoint.spec, &who)?;
+        host_conflict(input.endpoint, claims)?;
+    }
+    Ok(())
 }
 
 /// Decide one reconcile. `sample` answers [`query`] (`None` when it named none).
@@ -230,10 +247,10 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
 /// Also what the operator writes when rendering the plan fails.
 pub fn rejected(input: &Input, error: SpecError, warnings: Vec<String>) -> Decision {
     let status = invalid_status(input.endpoint, input.last, &error, input.now.text.clone());
-    let requeue = if error.reason == REASON_MODEL_NOT_FOUND {
-        Requeue::After(MISSING_MODEL_REQUEUE_SECONDS)
-    } else {
-        Requeue::AwaitChange
+    let requeue = match error.reason {
+        REASON_MODEL_NOT_FOUND => Requeue::After(MISSING_MODEL_REQUEUE_SECONDS),
+        REASON_HOST_CONFLICT => Requeue::After(HOST_CONFLICT_REQUEUE_SECONDS),
+        _ => Requeue::AwaitChange,
     };
     Decision {
         plan: Plan::assume_ready(&input.endpoint.spec),
@@ -318,6 +335,7 @@ mod tests {
             namespace: "ns",
             last: Some(last),
             models: None,
+            claims: None,
             observed,
             now,
             route_grace_seconds: 30,
@@ -348,14 +366,23 @@ mod tests {
         let ep = endpoint("m2", None);
         let (mut last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
         let first = decide(&input(&ep, &last, &obs, &now), None);
-        assert_eq!(first.status.route_key.as_deref(), Some("fresh-route-key-0001"));
+        assert_eq!(
+            first.status.route_key.as_deref(),
+            Some("fresh-route-key-0001")
+        );
         last.route_key = Some("kept-route-key-00001".into());
         let again = decide(&input(&ep, &last, &obs, &now), None);
-        assert_eq!(again.status.route_key.as_deref(), Some("kept-route-key-00001"));
+        assert_eq!(
+            again.status.route_key.as_deref(),
+            Some("kept-route-key-00001")
+        );
         // A key the contract would refuse (edited by hand) is replaced, not served.
         last.route_key = Some("short".into());
         let fixed = decide(&input(&ep, &last, &obs, &now), None);
-        assert_eq!(fixed.status.route_key.as_deref(), Some("fresh-route-key-0001"));
+        assert_eq!(
+            fixed.status.route_key.as_deref(),
+            Some("fresh-route-key-0001")
+        );
     }
 
     #[test]
@@ -396,6 +423,62 @@ mod tests {
             ..input(&ep, &last, &obs, &now)
         })
         .is_none());
+    }
+
+    #[test]
+    fn a_held_host_or_another_namespaces_service_rejects_the_spec_and_keeps_what_serves() {
+        use crate::crd::conditions::{READY, REASON_INVALID_SPEC};
+        use crate::host_claims::host_owners;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut ep = endpoint("m2", None);
+        ep.spec.rollout = None;
+        ep.metadata.creation_timestamp = Some(Time("2026-01-01T00:01:00Z".parse().unwrap()));
+        let mut holder = ep.clone();
+        holder.metadata.namespace = Some("other".into());
+        holder.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        let (last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
+        let claims = host_owners(&[ep.clone(), holder.clone()], "cluster.local");
+        let with = |ep| Input {
+            claims: Some(&claims),
+            ..input(ep, &last, &obs, &now)
+        };
+        let d = decide(&with(&ep), None);
+        let e = d.rejected.as_ref().unwrap();
+        assert_eq!(
+            (e.field.as_str(), e.reason),
+            ("spec.hosts[0]", REASON_HOST_CONFLICT)
+        );
+        assert_eq!(d.requeue, Requeue::After(HOST_CONFLICT_REQUEUE_SECONDS));
+        let ready = d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert!(
+            ready.status == "False" && ready.message.contains("other/t"),
+            "{ready:?}"
+        );
+        assert_eq!(d.status.variants, last.variants, "what served stays");
+        // The holder itself is fine.
+        assert!(decide(&with(&holder), None).rejected.is_none());
+        // Another namespace's in-mesh name: InvalidSpec, whoever holds what.
+        ep.spec.hosts.push("t.other.svc.cluster.local".into());
+        holder.spec.hosts = vec!["x.example.com".into()];
+        let claims2 = host_owners(&[ep.clone(), holder], "cluster.local");
+        let d = decide(
+            &Input {
+                claims: Some(&claims2),
+                ..input(&ep, &last, &obs, &now)
+            },
+            None,
+        );
+        let e = d.rejected.unwrap();
+        assert_eq!(
+            (e.field.as_str(), e.reason),
+            ("spec.hosts[1]", REASON_INVALID_SPEC)
+        );
+        assert_eq!(d.requeue, Requeue::AwaitChange);
     }
 
     #[test]

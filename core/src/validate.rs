@@ -2,10 +2,12 @@
 //! enforce the OpenAPI constraints of the CRD, but not every API server does (no CEL before
 //! 1.25, and some checks need other objects, like "the model exists"), so every check lives here.
 
-use crate::crd::conditions::{REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
+use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
 use crate::crd::{
-    AnalysisSpec, ModelEndpointSpec, ModelSpec, RolloutStrategy, RoutingSpec, ShadowSpec,
+    AnalysisSpec, ModelEndpoint, ModelEndpointSpec, ModelSpec, RolloutStrategy, RoutingSpec,
+    ShadowSpec,
 };
+use crate::host_claims::{classify, Claimant, HostClaims};
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
 use std::collections::BTreeSet;
@@ -151,6 +153,31 @@ fn validate_exposure(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// Check that every host of `spec.hosts` is one `who` may claim (`crate::host_claims`): its own
+/// Service names and external hosts, never another Service of the cluster.
+pub fn validate_hosts(spec: &ModelEndpointSpec, who: &Claimant) -> Result<(), SpecError> {
+    for (i, h) in spec.hosts.iter().enumerate() {
+        classify(h, who).map_err(|why| SpecError::invalid(format!("spec.hosts[{i}]"), why))?;
+    }
+    Ok(())
+}
+
+/// `HostConflict` when another endpoint, created first, keeps an external host of `ep`.
+pub fn host_conflict(ep: &ModelEndpoint, claims: &HostClaims) -> Result<(), SpecError> {
+    match claims.held_by_others(ep).first() {
+        None => Ok(()),
+        Some(held) => Err(SpecError {
+            field: format!("spec.hosts[{}]", held.index),
+            message: format!(
+                "host {:?} is held by ModelEndpoint {}, created first; this endpoint is not \
+                 wired until that one lets it go",
+                held.host, held.holder
+            ),
+            reason: REASON_HOST_CONFLICT,
+        }),
+    }
 }
 
 /// Check `spec.rollout`, naming the field.
@@ -530,6 +557,106 @@ mod tests {
         let err = validate_endpoint(&endpoint(), |n| models.get(n)).unwrap_err();
         assert_eq!(err.field, "spec.variants[1].model");
         assert!(err.message.contains("spec.image"), "{err}");
+    }
+
+    const WHO: Claimant = Claimant {
+        namespace: "team-b",
+        name: "titanic",
+        cluster_domain: "cluster.local",
+    };
+
+    #[test]
+    fn a_host_naming_another_namespaces_service_is_refused_naming_the_field_and_the_host() {
+        let mut e = endpoint();
+        e.hosts = vec![
+            "titanic.example.com".into(),
+            "titanic.team-b".into(),
+            "alpha.team-a.svc.cluster.local".into(),
+        ];
+        let err = validate_hosts(&e, &WHO).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason),
+            ("spec.hosts[2]", REASON_INVALID_SPEC)
+        );
+        assert!(
+            err.message.contains("\"alpha.team-a.svc.cluster.local\""),
+            "{err}"
+        );
+        assert!(
+            err.message.contains("namespace") || err.message.contains("in-cluster"),
+            "{err}"
+        );
+        e.hosts.truncate(2);
+        validate_hosts(&e, &WHO).unwrap();
+    }
+
+    #[test]
+    fn a_host_naming_another_service_of_the_own_namespace_or_every_host_is_refused() {
+        for (host, says) in [
+            ("iris", "\"iris\""),
+            ("iris.team-b", "\"iris\""),
+            ("*", "every host"),
+        ] {
+            let mut e = endpoint();
+            e.hosts.push(host.into());
+            let err = validate_hosts(&e, &WHO).unwrap_err();
+            assert_eq!(err.field, "spec.hosts[1]", "{host}");
+            assert!(err.message.contains(says), "{host}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_host_held_by_an_endpoint_created_first_is_a_host_conflict_naming_both() {
+        use crate::host_claims::host_owners;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let make = |ns: &str, created: &str| {
+            let mut spec = endpoint();
+            spec.hosts = vec!["own.example.com".into(), "Titanic.Example.com".into()];
+            let mut ep = ModelEndpoint::new("titanic", spec);
+            ep.metadata.namespace = Some(ns.into());
+            ep.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            ep
+        };
+        let mut first = make("team-a", "2026-01-01T00:00:00Z");
+        first.spec.hosts.remove(0);
+        let second = make("team-b", "2026-01-01T00:01:00Z");
+        let claims = host_owners(&[second.clone(), first.clone()], "cluster.local");
+        host_conflict(&first, &claims).unwrap();
+        let err = host_conflict(&second, &claims).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason),
+            ("spec.hosts[1]", REASON_HOST_CONFLICT)
+        );
+        assert!(
+            err.message.contains("\"Titanic.Example.com\"")
+                && err.message.contains("team-a/titanic"),
+            "{err}"
+        );
+    }
+
+    /// A shadow's model is looked up in the endpoint's own namespace, and its copies go to the
+    /// operator's `<endpoint>-shadow` Service of that namespace: forwarded credentials cannot
+    /// leave it. A model "name" pointing elsewhere is simply not found.
+    #[test]
+    fn a_shadow_always_targets_a_service_of_the_endpoints_own_namespace() {
+        use crate::envoy::ShadowTarget;
+        let t = ShadowTarget::istio("titanic", "team-b", "cluster.local", 8080);
+        assert_eq!(t.authority, "titanic-shadow.team-b.svc.cluster.local");
+        assert_eq!(
+            t.cluster,
+            "outbound|8080||titanic-shadow.team-b.svc.cluster.local"
+        );
+        for elsewhere in ["team-a/m2", "m2.team-a", "m2.team-a.svc.cluster.local"] {
+            let mut e = endpoint();
+            let mut shadow = ShadowSpec::new(elsewhere, 10.0);
+            shadow.forward_credentials = Some(true);
+            e.shadow = Some(shadow);
+            let err = check(&e).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.reason),
+                ("spec.shadow.model", REASON_MODEL_NOT_FOUND)
+            );
+        }
     }
 
     #[test]

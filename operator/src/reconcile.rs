@@ -13,7 +13,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use mlep_core::aggregate::{render_filters, LABEL_FILTER};
+use mlep_core::crd::conditions::REASON_HOST_CONFLICT;
 use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use mlep_core::host_claims::{host_owners, share_a_host};
 use mlep_core::meta::{Kind, DEPLOYMENT};
 use mlep_core::plan::{Observed, Readiness};
 use mlep_core::reconcile::{self as decision, Decision, Requeue};
@@ -143,6 +145,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let endpoint_store = controller.store();
+    let neighbours_store = endpoint_store.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
@@ -182,6 +185,12 @@ pub async fn run(
                     .map(|e| ObjectRef::from_obj(&*e))
                     .collect::<Vec<_>>()
             },
+        )
+        // A host handed over: the endpoints waiting for it, or losing it, look again.
+        .watches(
+            api::<ModelEndpoint>(&client, scope),
+            watcher::Config::default(),
+            move |e: ModelEndpoint| host_neighbours(&neighbours_store, &e),
         )
         // A few reconciles at a time: each one lists its children kind by kind, and hundreds
         // at once only queue up in the API server (measured: 34 s per reconcile, unbounded).
@@ -285,11 +294,13 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     let mut random = [0u8; 16];
     getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
     let fresh_route_key = mlep_core::envoy::new_route_key(random);
+    let claims = host_owners(&with_current(ctx, ep), &ctx.settings.cluster_domain);
     let input = decision::Input {
         endpoint: ep,
         namespace: ns,
         last: ep.status.as_ref(),
         models: Some(&models),
+        claims: Some(&claims),
         observed: &observed,
         now: &now,
         route_grace_seconds: ctx.settings.route_grace_seconds,
@@ -503,16 +514,15 @@ async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<
     if ctx.endpoints.wait_until_ready().await.is_err() {
         return Ok(());
     }
-    let mut all: Vec<ModelEndpoint> = ctx
-        .endpoints
-        .state()
-        .iter()
-        .map(|e| (**e).clone())
-        .collect();
-    if let Some(c) = current {
-        all.retain(|e| !(e.name_any() == c.name_any() && e.namespace() == c.namespace()));
-        all.push(c.clone());
-    }
+    let all = match current {
+        Some(c) => with_current(ctx, c),
+        None => ctx
+            .endpoints
+            .state()
+            .iter()
+            .map(|e| (**e).clone())
+            .collect(),
+    };
     let aggregate = render_filters(&all, &ctx.settings);
     for (endpoint, why) in &aggregate.excluded {
         warn!(%endpoint, %why, "left out of the shared filter config");
@@ -543,6 +553,42 @@ async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<
         delete(ctx, key).await?;
     }
     Ok(())
+}
+
+/// Every cached endpoint, `current` replacing its cached version (the cache may lag).
+fn with_current(ctx: &Context, current: &ModelEndpoint) -> Vec<ModelEndpoint> {
+    let mut all: Vec<ModelEndpoint> = ctx
+        .endpoints
+        .state()
+        .iter()
+        .filter(|e| !(e.name_any() == current.name_any() && e.namespace() == current.namespace()))
+        .map(|e| (**e).clone())
+        .collect();
+    all.push(current.clone());
+    all
+}
+
+/// The endpoints to reconcile when `changed` changes or goes: those sharing a host with it
+/// (it may now keep one of theirs) and those in `HostConflict` (it may have let their host
+/// go: its new spec no longer says which).
+fn host_neighbours(
+    store: &Store<ModelEndpoint>,
+    changed: &ModelEndpoint,
+) -> Vec<ObjectRef<ModelEndpoint>> {
+    let in_conflict = |e: &ModelEndpoint| {
+        e.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.reason == REASON_HOST_CONFLICT)
+        })
+    };
+    store
+        .state()
+        .into_iter()
+        .filter(|e| !(e.name_any() == changed.name_any() && e.namespace() == changed.namespace()))
+        .filter(|e| in_conflict(e) || share_a_host(e, changed))
+        .map(|e| ObjectRef::from_obj(&*e))
+        .collect()
 }
 
 /// Delete every object the operator puts outside an endpoint's namespace matching `selector`.

@@ -25,56 +25,13 @@ use mlep_operator::leader::LeaderElection;
 use mlep_operator::metrics::Metrics;
 use mlep_operator::reconcile;
 use serde_json::{json, Value};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 mod support;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-static CRDS: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
-
-fn repo(path: &str) -> String {
-    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Install our CRDs and Istio's (server-side apply, CEL stripped for 1.20), once per run.
-async fn client() -> Client {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG must point at the test API server (scripts/test-operator.sh)");
-    let mut done = CRDS.lock().await;
-    if !*done {
-        support::install_crds(&client, "mlep-test").await;
-        *done = true;
-    }
-    client
-}
-
-/// Poll `f` until it yields `Some`, or fail naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use support::{client, eventually, repo, yaml_docs};
 
 /// A namespace name unique to this test run (reruns against the same server start clean).
 fn ns(base: &str) -> String {
@@ -144,13 +101,6 @@ async fn namespace(client: &Client, name: &str) {
             api.create(&PostParams::default(), &ns).await.unwrap();
         }
     }
-}
-
-fn yaml_docs(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
 }
 
 /// Apply the example (`manifests/example/`) into `ns`; return the endpoint's name.

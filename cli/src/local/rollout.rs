@@ -381,6 +381,7 @@ impl Session {
             namespace: ns,
             last: Some(&last),
             models: None,
+            claims: None,
             observed: &observed,
             now,
             route_grace_seconds: 0,

@@ -66,7 +66,7 @@ mod tests {
         let mut input = Input::default();
         let models = "apiVersion: mlep.dev/v1alpha1\nkind: Model\nmetadata: {name: m, namespace: ns}\nspec: {image: x/mlep-model-server:1}\n";
         let ep = |a: u32| {
-            format!("apiVersion: mlep.dev/v1alpha1\nkind: ModelEndpoint\nmetadata: {{name: ep, namespace: ns}}\nspec:\n  hosts: [h]\n  variants:\n    - {{name: a, model: m, weight: {a}}}\n    - {{name: b, model: m, weight: {}}}\n", 100 - a)
+            format!("apiVersion: mlep.dev/v1alpha1\nkind: ModelEndpoint\nmetadata: {{name: ep, namespace: ns}}\nspec:\n  hosts: [h.example.com]\n  variants:\n    - {{name: a, model: m, weight: {a}}}\n    - {{name: b, model: m, weight: {}}}\n", 100 - a)
         };
         parse_into(&mut input, Path::new("m.yaml"), models).unwrap();
         parse_into(&mut input, Path::new("e.yaml"), &ep(80)).unwrap();

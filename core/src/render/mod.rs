@@ -24,8 +24,9 @@ mod workload;
 use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
 use crate::envoy::{self, EndpointRoute, ShadowTarget};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
+use crate::host_claims::Claimant;
 use crate::plan::Plan;
-use crate::validate::{validate_endpoint, validate_model, SpecError};
+use crate::validate::{validate_endpoint, validate_hosts, validate_model, SpecError};
 use istio::{destination_rule, gateway, virtual_service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -75,10 +76,18 @@ pub fn render_all(
             .filter(|m| ns_of(m.metadata.namespace.as_ref()) == ns)
             .map(|m| (m.name_any(), m.spec.clone()))
             .collect();
-        validate_endpoint(&ep.spec, |n| in_ns.get(n)).map_err(|e| SpecError {
-            message: format!("ModelEndpoint {ns}/{}: {}", ep.name_any(), e.message),
-            ..e
-        })?;
+        let name = ep.name_any();
+        let who = Claimant {
+            namespace: &ns,
+            name: &name,
+            cluster_domain: &settings.cluster_domain,
+        };
+        validate_endpoint(&ep.spec, |n| in_ns.get(n))
+            .and_then(|()| validate_hosts(&ep.spec, &who))
+            .map_err(|e| SpecError {
+                message: format!("ModelEndpoint {ns}/{}: {}", ep.name_any(), e.message),
+                ..e
+            })?;
         let plan = Plan::assume_ready(&ep.spec);
         let key = match ep.status.as_ref().and_then(|s| s.route_key.clone()) {
             Some(k) if mlep_contract::is_route_key(&k) => k,

@@ -8,7 +8,66 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use serde_json::Value;
+use std::future::Future;
 use std::time::Duration;
+
+/// How long [`eventually`] waits.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+static CRDS: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+
+/// The test API server's client, with our CRDs and Istio's installed once per test binary.
+#[allow(dead_code)] // the benchmark, which shares this file, connects its own way
+pub async fn client() -> Client {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG must point at the test API server (scripts/test-operator.sh)");
+    let mut done = CRDS.lock().await;
+    if !*done {
+        install_crds(&client, "mlep-test").await;
+        *done = true;
+    }
+    client
+}
+
+/// A path of the repository.
+#[allow(dead_code)] // not every file sharing this one reads the repository
+pub fn repo(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The YAML documents of a repository file.
+#[allow(dead_code)] // not every file sharing this one reads the repository
+pub fn yaml_docs(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+/// Poll `f` until it yields `Some`, or fail naming `what` after [`TIMEOUT`].
+#[allow(dead_code)] // the benchmark, which shares this file, waits its own way
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 fn strip_cel(v: &mut Value) {
     match v {

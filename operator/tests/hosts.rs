@@ -1,0 +1,319 @@
+//! Host ownership against a real kube-apiserver (`scripts/test-operator.sh` provisions it; see
+//! `cluster.rs` for what this server has and lacks): the operator runs in-process watching
+//! every namespace, since what is tested is one namespace's endpoint against another's.
+//! Hosts and namespaces carry the process id, so endpoints other runs left behind claim none
+//! of them.
+
+// Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use mlep_core::aggregate::SIDECAR_FILTER;
+use mlep_core::crd::{Model, ModelEndpoint};
+use mlep_core::render::RenderSettings;
+use mlep_operator::metrics::Metrics;
+use mlep_operator::reconcile;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+mod support;
+
+use support::{client, eventually, yaml_docs};
+
+const ENDPOINT: &str = "titanic";
+
+/// One operator watching every namespace at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn ns(base: &str) -> String {
+    format!("{base}-{}", std::process::id())
+}
+
+/// The operator on every namespace, its shared filters in `gw`; stopped by sending.
+fn start_operator(client: &Client, gw: &str) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let settings = RenderSettings {
+        wasm_url: "http://127.0.0.1:9/mlep_filter.wasm".into(),
+        wasm_sha256: "ab".repeat(32),
+        gateway_namespace: gw.to_owned(),
+        mesh_root_namespace: gw.to_owned(),
+        ..Default::default()
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let c = client.clone();
+    let task = tokio::spawn(async move {
+        reconcile::run(
+            c,
+            settings,
+            Arc::new(Metrics::default()),
+            None,
+            async move {
+                let _ = rx.await;
+            },
+        )
+        .await
+    });
+    (tx, task)
+}
+
+async fn stop_operator(op: (oneshot::Sender<()>, tokio::task::JoinHandle<()>)) {
+    let (tx, mut task) = op;
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), &mut task).await;
+    task.abort();
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+    if api.get_opt(name).await.unwrap().is_none() {
+        api.create(&PostParams::default(), &ns).await.unwrap();
+    }
+}
+
+/// The example's Models and endpoint (`manifests/example/`) in `ns`, the endpoint with `hosts`.
+async fn apply_example(client: &Client, ns: &str, hosts: &[&str]) {
+    namespace(client, ns).await;
+    let pp = PatchParams::apply("test").force();
+    for mut m in yaml_docs("manifests/example/models.yaml") {
+        m["metadata"]["namespace"] = json!(ns);
+        let name = m["metadata"]["name"].as_str().unwrap().to_owned();
+        Api::<Model>::namespaced(client.clone(), ns)
+            .patch(&name, &pp, &Patch::Apply(&m))
+            .await
+            .unwrap();
+    }
+    let mut ep = yaml_docs("manifests/example/endpoint.yaml").remove(0);
+    assert_eq!(ep["metadata"]["name"], ENDPOINT);
+    ep["metadata"]["namespace"] = json!(ns);
+    ep["spec"]["hosts"] = json!(hosts);
+    Api::<ModelEndpoint>::namespaced(client.clone(), ns)
+        .patch(ENDPOINT, &pp, &Patch::Apply(&ep))
+        .await
+        .unwrap();
+}
+
+/// Make the example's two Deployments ready once they exist.
+async fn make_ready(client: &Client, ns: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for d in ["titanic-a-titanic-v1", "titanic-b-titanic-v2"] {
+        eventually(&format!("Deployment {ns}/{d}"), || async {
+            api.get_opt(d).await.ok().flatten().map(|_| ())
+        })
+        .await;
+        let status = json!({ "status": { "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1 } });
+        api.patch_status(d, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+}
+
+/// `(status, reason, message)` of the endpoint's Ready condition.
+async fn ready(client: &Client, ns: &str) -> Option<(String, String, String)> {
+    let ep = Api::<ModelEndpoint>::namespaced(client.clone(), ns)
+        .get(ENDPOINT)
+        .await
+        .ok()?;
+    let c = ep
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+fn istio_api(
+    client: &Client,
+    ns: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("networking.istio.io", version, kind);
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    )
+}
+
+/// The hosts of the endpoint's VirtualService; `None` while it has none.
+async fn vs_hosts(client: &Client, ns: &str) -> Option<Vec<String>> {
+    let vs = istio_api(client, ns, "v1", "VirtualService", "virtualservices")
+        .get_opt(ENDPOINT)
+        .await
+        .ok()??;
+    serde_json::from_value(vs.data["spec"]["hosts"].clone()).ok()
+}
+
+/// `namespace/name` of the endpoints in the shared sidecar filter whose hosts hold `host`.
+async fn filter_holders(client: &Client, gw: &str, host: &str) -> Option<Vec<String>> {
+    let ef = istio_api(client, gw, "v1alpha3", "EnvoyFilter", "envoyfilters")
+        .get_opt(SIDECAR_FILTER)
+        .await
+        .ok()??;
+    let text = ef.data["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+        ["configuration"]["value"]
+        .as_str()?;
+    let cfg: Value = serde_json::from_str(text).ok()?;
+    Some(
+        cfg["endpoints"]
+            .as_array()?
+            .iter()
+            .filter(|e| e.to_string().contains(host))
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["namespace"].as_str().unwrap_or(""),
+                    e["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect(),
+    )
+}
+
+async fn delete_endpoint(client: &Client, ns: &str) {
+    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
+    let _ = api.delete(ENDPOINT, &DeleteParams::default()).await;
+    eventually(
+        &format!("{ns}/{ENDPOINT} gone (finalizer done)"),
+        || async {
+            api.get_opt(ENDPOINT)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_contested_host_stays_with_the_endpoint_created_first_and_passes_on_when_it_goes() {
+    let _one = SERIAL.lock().await;
+    let client = client().await;
+    // Created first, but sorting after the second by namespace: creation decides.
+    let (first, second, gw) = (ns("hosts-z"), ns("hosts-a"), ns("hosts-gw"));
+    let host = format!("shared-{}.example.com", std::process::id());
+    namespace(&client, &gw).await;
+    let op = start_operator(&client, &gw);
+
+    apply_example(&client, &first, &[&host]).await;
+    make_ready(&client, &first).await;
+    eventually("the first Ready", || async {
+        ready(&client, &first).await.filter(|c| c.0 == "True")
+    })
+    .await;
+    // The second is created in a later second than the first (creationTimestamp's precision).
+    let created = Api::<ModelEndpoint>::namespaced(client.clone(), &first)
+        .get(ENDPOINT)
+        .await
+        .unwrap()
+        .metadata
+        .creation_timestamp
+        .unwrap()
+        .0
+        .as_second();
+    eventually("a later second", || async {
+        (jiff::Timestamp::now().as_second() > created).then_some(())
+    })
+    .await;
+    apply_example(&client, &second, &[&host]).await;
+
+    let (_, _, message) = eventually("the second in HostConflict", || async {
+        ready(&client, &second)
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "HostConflict")
+    })
+    .await;
+    assert!(
+        message.contains("spec.hosts[0]")
+            && message.contains(&host)
+            && message.contains(&format!("{first}/{ENDPOINT}")),
+        "{message}"
+    );
+    assert_eq!(
+        vs_hosts(&client, &second).await,
+        None,
+        "the second is not wired"
+    );
+    assert!(vs_hosts(&client, &first).await.unwrap().contains(&host));
+    let holders = eventually("the first in the shared filter", || async {
+        filter_holders(&client, &gw, &host)
+            .await
+            .filter(|h| !h.is_empty())
+    })
+    .await;
+    assert_eq!(holders, [format!("{first}/{ENDPOINT}")]);
+
+    // Deleting the first hands the host over: the second is wired, filtered and Ready.
+    delete_endpoint(&client, &first).await;
+    eventually("the second's VirtualService carries the host", || async {
+        vs_hosts(&client, &second)
+            .await
+            .filter(|h| h.contains(&host))
+    })
+    .await;
+    make_ready(&client, &second).await;
+    eventually("the second Ready", || async {
+        ready(&client, &second).await.filter(|c| c.0 == "True")
+    })
+    .await;
+    eventually("the second alone in the shared filter", || async {
+        filter_holders(&client, &gw, &host)
+            .await
+            .filter(|h| *h == [format!("{second}/{ENDPOINT}")])
+    })
+    .await;
+
+    delete_endpoint(&client, &second).await;
+    stop_operator(op).await;
+}
+
+#[tokio::test]
+async fn an_endpoint_listing_another_namespaces_service_is_invalid_and_not_wired() {
+    let _one = SERIAL.lock().await;
+    let client = client().await;
+    let (victim, tenant, gw) = (ns("hosts-victim"), ns("hosts-tenant"), ns("hosts-gw2"));
+    namespace(&client, &gw).await;
+    let op = start_operator(&client, &gw);
+    apply_example(
+        &client,
+        &victim,
+        &[&format!("victim-{}.example.com", std::process::id())],
+    )
+    .await;
+    let stolen = format!("{ENDPOINT}.{victim}.svc.cluster.local");
+    let own = format!("tenant-{}.example.com", std::process::id());
+    apply_example(&client, &tenant, &[&own, &stolen]).await;
+
+    let (_, _, message) = eventually("InvalidSpec naming the host", || async {
+        ready(&client, &tenant)
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "InvalidSpec")
+    })
+    .await;
+    assert!(
+        message.contains("spec.hosts[1]") && message.contains(&stolen),
+        "{message}"
+    );
+    assert!(message.contains(&victim), "names the namespace: {message}");
+    // The victim is wired with its own Service name; the tenant is not wired at all.
+    eventually("the victim's VirtualService", || async {
+        vs_hosts(&client, &victim)
+            .await
+            .filter(|h| h.contains(&stolen))
+    })
+    .await;
+    assert_eq!(vs_hosts(&client, &tenant).await, None);
+
+    delete_endpoint(&client, &tenant).await;
+    delete_endpoint(&client, &victim).await;
+    stop_operator(op).await;
+}
