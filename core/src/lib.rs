@@ -7,6 +7,7 @@
 //! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
 //! - [`validate`]: spec checks naming the offending field.
 //! - [`plan`]: which weights and models to route with, given what is ready.
+//! - [`pod_security`]: model pods' security contexts and the Pod Security Standards checks.
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
@@ -29,6 +30,7 @@ pub mod filter_config;
 pub mod meta;
 pub mod module;
 pub mod plan;
+pub mod pod_security;
 pub mod reconcile;
 pub mod render;
 pub mod rollout;

@@ -207,7 +207,7 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = m
         .namespace()
         .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
-    let status = mlep_core::status::model_status(&m, clock().text);
+    let status = mlep_core::status::model_status(&m, ctx.settings.pod_security, clock().text);
     if m.status.as_ref() == Some(&status) {
         return Ok(Action::await_change());
     }
