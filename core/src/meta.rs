@@ -151,7 +151,7 @@ impl RenderSettings {
         let base = module::operator_base_url(
             operator_namespace,
             &self.cluster_domain,
-            module::OPERATOR_HTTP_PORT,
+            module::MODULE_PORT,
         );
         self.wasm_url = module::module_url(&base, sha256);
         self.wasm_sha256 = sha256.to_owned();
@@ -167,7 +167,7 @@ impl Default for RenderSettings {
         let base = module::operator_base_url(
             module::OPERATOR_NAMESPACE,
             "cluster.local",
-            module::OPERATOR_HTTP_PORT,
+            module::MODULE_PORT,
         );
         Self {
             model_init_image: "ghcr.io/k8smlendpoints/mlep-model-init:0.1.0".into(),

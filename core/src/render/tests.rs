@@ -436,7 +436,7 @@ fn a_proxy_that_cannot_fetch_the_module_passes_traffic_unassigned() {
     let uri = &cfg["vm_config"]["code"]["remote"]["http_uri"];
     assert_eq!(
         uri["cluster"],
-        "outbound|8080||mlep-operator.mlep-system.svc.cluster.local"
+        "outbound|8081||mlep-operator.mlep-system.svc.cluster.local"
     );
     assert_eq!(uri["timeout"], "10s");
     let discovery = &patches[1]["patch"]["value"]["config_discovery"];
@@ -612,7 +612,7 @@ fn rendered_filters_name_the_module_the_operator_serves_by_its_sha256() {
     let text = serde_json::to_string(&objs).unwrap();
     // The operator's Service port (manifests/operator.yaml) and a versioned path.
     let url =
-        format!("http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm");
+        format!("http://mlep-operator.mlep-system.svc.cluster.local:8081/mlep_filter/{sha}.wasm");
     assert!(text.contains(&url), "{url} not in {text}");
     assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
     assert!(!text.contains(&"0".repeat(64)));
