@@ -82,7 +82,10 @@ async fn a_proxy_fetches_the_module_within_2s_while_500_slow_clients_hold_connec
         "the fetch took {:?}",
         started.elapsed()
     );
-    assert_eq!((status.as_str(), body.as_slice()), ("HTTP/1.1 200 OK", MODULE));
+    assert_eq!(
+        (status.as_str(), body.as_slice()),
+        ("HTTP/1.1 200 OK", MODULE)
+    );
 
     // Every slow client is closed by the server once the header timeout has passed, not before
     // it was due.
@@ -107,7 +110,10 @@ async fn when_every_slot_is_taken_a_new_client_evicts_the_oldest_slow_one() {
     }
     let started = Instant::now();
     let (status, body) = exchange(addr, &get(&module_path(&wasm.sha256))).await;
-    assert_eq!((status.as_str(), body.as_slice()), ("HTTP/1.1 200 OK", MODULE));
+    assert_eq!(
+        (status.as_str(), body.as_slice()),
+        ("HTTP/1.1 200 OK", MODULE)
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The oldest slow client made room, long before the 5 s header timeout.
     let first = tokio::time::timeout(Duration::from_secs(2), closed_by_server(&mut slow[0]))
