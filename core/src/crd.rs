@@ -273,9 +273,11 @@ pub struct AnalysisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_agreement: Option<f64>,
-    /// Prometheus the operator queries (default
-    /// `http://prometheus.istio-system.svc:9090`, Istio's Prometheus add-on). Local mode
-    /// reads its own Envoy's stats instead.
+    /// Prometheus the operator queries. Default: the operator's `--prometheus-url`
+    /// (`http://prometheus.istio-system.svc:9090`, Istio's Prometheus add-on, unless configured
+    /// otherwise). Another URL must be on the operator's `--prometheus-allowed-urls`, else the
+    /// endpoint is invalid and the URL is never contacted. Local mode reads its own Envoy's
+    /// stats instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_url: Option<String>,
 }
