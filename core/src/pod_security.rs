@@ -25,7 +25,8 @@ use crate::crd::conditions::REASON_POD_SECURITY;
 use crate::crd::ModelSpec;
 use crate::validate::SpecError;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume,
+    Capabilities, Container, PodSecurityContext, PodSpec, SELinuxOptions, SeccompProfile,
+    SecurityContext, Volume,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -206,6 +207,38 @@ fn valid_seccomp(p: &SeccompProfile) -> bool {
     matches!(p.type_.as_str(), "RuntimeDefault" | "Localhost")
 }
 
+/// The fields pod and container security contexts share, and the rules on them.
+struct Shared<'a> {
+    seccomp: Option<&'a SeccompProfile>,
+    selinux: Option<&'a SELinuxOptions>,
+    host_process: Option<bool>,
+    run_as_non_root: Option<bool>,
+    run_as_user: Option<i64>,
+}
+
+impl Shared<'_> {
+    fn check(&self, level: PodSecurityLevel, fail: &mut impl FnMut(&str, String)) {
+        if let Some(p) = self.seccomp.filter(|p| !valid_seccomp(p)) {
+            let what = format!("{:?} (only RuntimeDefault or Localhost)", p.type_);
+            fail("seccompProfile.type", what);
+        }
+        if let Some(what) = self.selinux.and_then(selinux_problem) {
+            fail("seLinuxOptions", what);
+        }
+        if self.host_process == Some(true) {
+            fail("windowsOptions.hostProcess", "true".into());
+        }
+        if level.restricted() {
+            if self.run_as_non_root == Some(false) {
+                fail("runAsNonRoot", "false".into());
+            }
+            if self.run_as_user == Some(0) {
+                fail("runAsUser", "0 (root)".into());
+            }
+        }
+    }
+}
+
 /// The rules on a pod-level security context, fields named under `at`.
 pub fn pod_context_violations(
     pod: &PodSecurityContext,
@@ -215,40 +248,24 @@ pub fn pod_context_violations(
     let mut out = Vec::new();
     let mut fail =
         |field: &str, what: String| out.push(forbidden(format!("{at}.{field}"), &what, level));
-    if let Some(p) = pod.seccomp_profile.as_ref().filter(|p| !valid_seccomp(p)) {
-        fail(
-            "seccompProfile.type",
-            format!("{:?} (only RuntimeDefault or Localhost)", p.type_),
-        );
+    Shared {
+        seccomp: pod.seccomp_profile.as_ref(),
+        selinux: pod.se_linux_options.as_ref(),
+        host_process: pod.windows_options.as_ref().and_then(|w| w.host_process),
+        run_as_non_root: pod.run_as_non_root,
+        run_as_user: pod.run_as_user,
     }
-    if let Some(o) = &pod.se_linux_options {
-        if let Some(what) = selinux_problem(o) {
-            fail("seLinuxOptions", what);
-        }
-    }
+    .check(level, &mut fail);
     for (i, s) in pod.sysctls.iter().flatten().enumerate() {
         if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
-            fail(
-                &format!("sysctls[{i}].name"),
-                format!("{:?} is not a safe sysctl", s.name),
-            );
-        }
-    }
-    if pod.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
-        fail("windowsOptions.hostProcess", "true".into());
-    }
-    if level.restricted() {
-        if pod.run_as_non_root == Some(false) {
-            fail("runAsNonRoot", "false".into());
-        }
-        if pod.run_as_user == Some(0) {
-            fail("runAsUser", "0 (root)".into());
+            let what = format!("{:?} is not a safe sysctl", s.name);
+            fail(&format!("sysctls[{i}].name"), what);
         }
     }
     out
 }
 
-fn selinux_problem(o: &k8s_openapi::api::core::v1::SELinuxOptions) -> Option<String> {
+fn selinux_problem(o: &SELinuxOptions) -> Option<String> {
     let kind = o.type_.as_deref().unwrap_or("");
     if !SELINUX_TYPES.contains(&kind) {
         return Some(format!("type {kind:?}"));
@@ -299,18 +316,14 @@ pub fn container_violations(
             format!("{:?} (only Default)", c.proc_mount.as_deref().unwrap_or("")),
         );
     }
-    if let Some(what) = c.se_linux_options.as_ref().and_then(selinux_problem) {
-        fail("seLinuxOptions", what);
+    Shared {
+        seccomp: c.seccomp_profile.as_ref(),
+        selinux: c.se_linux_options.as_ref(),
+        host_process: c.windows_options.as_ref().and_then(|w| w.host_process),
+        run_as_non_root: c.run_as_non_root,
+        run_as_user: c.run_as_user,
     }
-    if let Some(p) = c.seccomp_profile.as_ref().filter(|p| !valid_seccomp(p)) {
-        fail(
-            "seccompProfile.type",
-            format!("{:?} (only RuntimeDefault or Localhost)", p.type_),
-        );
-    }
-    if c.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
-        fail("windowsOptions.hostProcess", "true".into());
-    }
+    .check(level, &mut fail);
     if level.restricted() {
         restricted_container(c, pod, &mut fail);
     }
@@ -341,16 +354,9 @@ fn restricted_container(
         );
     }
     let pod_non_root = pod.and_then(|p| p.run_as_non_root) == Some(true);
-    match c.run_as_non_root {
-        Some(false) => fail("runAsNonRoot", "false".into()),
-        None if !pod_non_root => fail(
-            "runAsNonRoot",
-            "unset (pod or container must set true)".into(),
-        ),
-        _ => {}
-    }
-    if c.run_as_user == Some(0) {
-        fail("runAsUser", "0 (root)".into());
+    if c.run_as_non_root.is_none() && !pod_non_root {
+        let what = "unset (pod or container must set true)".into();
+        fail("runAsNonRoot", what);
     }
     let pod_seccomp = pod
         .and_then(|p| p.seccomp_profile.as_ref())

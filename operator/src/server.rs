@@ -166,6 +166,27 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     let _ = timeout(t.write, write).await;
 }
 
+/// The head read, or `None` after answering a too-large one with 431 (a client too slow or
+/// gone gets no answer).
+pub async fn head_or_refusal<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    read: Result<Head, HeadError>,
+    t: &Timeouts,
+) -> Option<Head> {
+    match read {
+        Ok(h) => Some(h),
+        Err(HeadError::TooLarge) => {
+            let a = Answer::text(
+                "431 Request Header Fields Too Large",
+                "request head too large\n".into(),
+            );
+            respond(sock, &a, false, t).await;
+            None
+        }
+        Err(HeadError::Gone) => None,
+    }
+}
+
 /// What an admin-port path gets: `None` is a 404.
 fn route(path: &str, metrics: &Metrics, wasm: &WasmModule) -> Option<Answer<'static>> {
     let (content_type, body) = match path {
@@ -194,16 +215,9 @@ pub async fn serve(
         let metrics = metrics.clone();
         let wasm = wasm.clone();
         tokio::spawn(async move {
-            let head = match read_head(&mut sock, &t).await {
-                Ok(h) => h,
-                Err(HeadError::TooLarge) => {
-                    let a = Answer::text(
-                        "431 Request Header Fields Too Large",
-                        "request head too large\n".into(),
-                    );
-                    return respond(&mut sock, &a, false, &t).await;
-                }
-                Err(HeadError::Gone) => return,
+            let read = read_head(&mut sock, &t).await;
+            let Some(head) = head_or_refusal(&mut sock, read, &t).await else {
+                return;
             };
             let answer = match head.method.as_str() {
                 "GET" | "HEAD" => route(&head.path, &metrics, &wasm)

@@ -11,7 +11,9 @@
 //!   oldest one still waiting for its request head (a slow client cannot hold a slot while
 //!   proxies queue); when every slot is busy writing the module, the new connection is closed.
 
-use crate::server::{read_head, respond, Answer, Body, HeadError, Timeouts, WasmModule};
+use crate::server::{
+    head_or_refusal, read_head, respond, Answer, Body, HeadError, Timeouts, WasmModule,
+};
 use mlep_core::module::module_path;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,16 +114,8 @@ async fn handle(
         h = read_head(&mut sock, &t) => h,
         _ = evicted => Err(HeadError::Gone),
     };
-    let head = match head {
-        Ok(h) => h,
-        Err(HeadError::TooLarge) => {
-            let a = Answer::text(
-                "431 Request Header Fields Too Large",
-                "request head too large\n".into(),
-            );
-            return respond(&mut sock, &a, false, &t).await;
-        }
-        Err(HeadError::Gone) => return,
+    let Some(head) = head_or_refusal(&mut sock, head, &t).await else {
+        return;
     };
     let a = answer(&head.method, &head.path, &wasm);
     debug!(method = %head.method, path = %head.path, status = a.status, "module");

@@ -654,12 +654,9 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
     op.stop().await;
 }
 
-#[tokio::test]
-async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic_once_ready() {
-    let client = client().await;
-    let ns = &ns("it-swap");
-    let op = Operator::start(&client, ns);
-    let ep = ready_example(&client, ns, &op, |_| {}).await;
+/// Variant b of the example moves to a new Model `titanic-v3`; returns once its Deployment
+/// stands beside the old one.
+async fn swap_b_to_v3(client: &Client, ns: &str, ep: &str) {
     let models: Api<Model> = Api::namespaced(client.clone(), ns);
     let mut v3 = yaml_docs("manifests/example/models.yaml").remove(1);
     v3["metadata"] = json!({"name": "titanic-v3", "namespace": ns});
@@ -671,20 +668,26 @@ async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic
         )
         .await
         .unwrap();
-    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        &ep,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"variants": [
+    let swap = json!({"spec": {"variants": [
         {"name": "a", "model": "titanic-v1", "weight": 80, "replicas": 1},
-        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}})),
-    )
-    .await
-    .unwrap();
+        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}});
+    Api::<ModelEndpoint>::namespaced(client.clone(), ns)
+        .patch(ep, &PatchParams::default(), &Patch::Merge(&swap))
+        .await
+        .unwrap();
     eventually("new Deployment beside the old", || async {
-        (deployments(&client, ns, &ep).await.len() == 3).then_some(())
+        (deployments(client, ns, ep).await.len() == 3).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic_once_ready() {
+    let client = client().await;
+    let ns = &ns("it-swap");
+    let op = Operator::start(&client, ns);
+    let ep = ready_example(&client, ns, &op, |_| {}).await;
+    swap_b_to_v3(&client, ns, &ep).await;
     let subset_model = || async {
         let dr = dr_api(&client, ns).get(&ep).await.ok()?;
         let subsets = dr.data["spec"]["subsets"].as_array()?.clone();
@@ -1071,28 +1074,8 @@ async fn analysis_queries_only_an_allowed_prometheus_and_status_never_carries_it
     })
     .await;
     // A model swap starts a Canary step, whose analysis asks the operator's Prometheus.
-    let models: Api<Model> = Api::namespaced(client.clone(), ns);
-    let mut v3 = yaml_docs("manifests/example/models.yaml").remove(1);
-    v3["metadata"] = json!({"name": "titanic-v3", "namespace": ns});
-    models
-        .patch(
-            "titanic-v3",
-            &PatchParams::apply("test"),
-            &Patch::Apply(&v3),
-        )
-        .await
-        .unwrap();
+    swap_b_to_v3(&client, ns, &ep).await;
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
-    let swap = json!({"spec": {"variants": [
-        {"name": "a", "model": "titanic-v1", "weight": 80, "replicas": 1},
-        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}});
-    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&swap))
-        .await
-        .unwrap();
-    eventually("the new Deployment", || async {
-        (deployments(&client, ns, &ep).await.len() == 3).then_some(())
-    })
-    .await;
     set_ready(&client, ns, "titanic-b-titanic-v3", 1).await;
     let text = eventually("the analysis failure in status", || async {
         let t = status_text(&client, ns, &ep).await;

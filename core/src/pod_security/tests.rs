@@ -1,5 +1,4 @@
 use super::*;
-use crate::crd::Artifact;
 use k8s_openapi::api::core::v1::{
     ContainerPort, HostPathVolumeSource, NFSVolumeSource, SELinuxOptions, Sysctl,
     WindowsSecurityContextOptions,
@@ -7,19 +6,9 @@ use k8s_openapi::api::core::v1::{
 
 use PodSecurityLevel::{Baseline, Restricted};
 
+/// A Model with no security fields of its own.
 fn model() -> ModelSpec {
-    ModelSpec {
-        image: "ghcr.io/k8smlendpoints/mlep-model-server:0.1.0".into(),
-        artifact: Some(Artifact {
-            uri: "https://example.com/m.tar.gz".into(),
-            sha256: "a".repeat(64),
-        }),
-        port: None,
-        env: vec![],
-        resources: None,
-        pod_security_context: None,
-        security_context: None,
-    }
+    serde_json::from_value(serde_json::json!({"image": "mlep-model-server:0.1.0"})).unwrap()
 }
 
 fn with_container(sc: SecurityContext) -> ModelSpec {
