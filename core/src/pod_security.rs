@@ -216,6 +216,20 @@ struct Shared<'a> {
     run_as_user: Option<i64>,
 }
 
+/// The [`Shared`] fields of a pod or a container security context (the two types name them
+/// alike, with no trait in common).
+macro_rules! shared_of {
+    ($ctx:expr) => {
+        Shared {
+            seccomp: $ctx.seccomp_profile.as_ref(),
+            selinux: $ctx.se_linux_options.as_ref(),
+            host_process: $ctx.windows_options.as_ref().and_then(|w| w.host_process),
+            run_as_non_root: $ctx.run_as_non_root,
+            run_as_user: $ctx.run_as_user,
+        }
+    };
+}
+
 impl Shared<'_> {
     fn check(&self, level: PodSecurityLevel, fail: &mut impl FnMut(&str, String)) {
         if let Some(p) = self.seccomp.filter(|p| !valid_seccomp(p)) {
@@ -248,14 +262,7 @@ pub fn pod_context_violations(
     let mut out = Vec::new();
     let mut fail =
         |field: &str, what: String| out.push(forbidden(format!("{at}.{field}"), &what, level));
-    Shared {
-        seccomp: pod.seccomp_profile.as_ref(),
-        selinux: pod.se_linux_options.as_ref(),
-        host_process: pod.windows_options.as_ref().and_then(|w| w.host_process),
-        run_as_non_root: pod.run_as_non_root,
-        run_as_user: pod.run_as_user,
-    }
-    .check(level, &mut fail);
+    shared_of!(pod).check(level, &mut fail);
     for (i, s) in pod.sysctls.iter().flatten().enumerate() {
         if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
             let what = format!("{:?} is not a safe sysctl", s.name);
@@ -316,14 +323,7 @@ pub fn container_violations(
             format!("{:?} (only Default)", c.proc_mount.as_deref().unwrap_or("")),
         );
     }
-    Shared {
-        seccomp: c.seccomp_profile.as_ref(),
-        selinux: c.se_linux_options.as_ref(),
-        host_process: c.windows_options.as_ref().and_then(|w| w.host_process),
-        run_as_non_root: c.run_as_non_root,
-        run_as_user: c.run_as_user,
-    }
-    .check(level, &mut fail);
+    shared_of!(c).check(level, &mut fail);
     if level.restricted() {
         restricted_container(c, pod, &mut fail);
     }
