@@ -30,7 +30,7 @@ export KUBECONFIG="$(scripts/envtest/setup.sh dir)/kubeconfig"
 # Unit tests: the pure core (rendering, planning, status, validation), the runtime's own, and
 # the CRD drift check, the command line.
 cargo test -p mlep-core
-cargo test -p mlep-operator --lib --test crds --test cli
+cargo test -p mlep-operator --lib --test crds --test cli --test module_server --test manifests
 # Integration tests: one API server, so one test at a time (one restarts the API server).
 cargo test -p mlep-operator --features envtest --test cluster -- --test-threads=1
 cargo test -p mlep-operator --features envtest --test hosts -- --test-threads=1

@@ -139,7 +139,7 @@ mod tests {
         let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert!(
             out.contains(&format!(
-                "http://mlep-operator.ops.svc.cluster.local:8080/mlep_filter/{sha}.wasm"
+                "http://mlep-operator.ops.svc.cluster.local:8081/mlep_filter/{sha}.wasm"
             )),
             "{out}"
         );

@@ -6,12 +6,91 @@
 //! Metric names are matched with and without Envoy's `envoy_` prefix (`/stats/prometheus`
 //! exports the filter's stats as `mlep_*` with the contract's stats tags; some setups prefix
 //! them), and labels by name.
+//!
+//! Which Prometheus is the operator's choice, not a tenant's ([`PrometheusPolicy`]): an
+//! endpoint may name one of the allowed URLs in `analysis.prometheusUrl`, any other is an
+//! invalid spec and is never contacted. What a failed query puts in status is one of the fixed
+//! texts of [`QueryFailure`], never the remote's answer.
 
+use crate::crd::ModelEndpointSpec;
+use crate::validate::SpecError;
 use mlep_contract::metrics::{
     LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_MODEL, LABEL_NAMESPACE, LABEL_OUTCOME, LABEL_RESULT,
     LABEL_VARIANT, REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL,
     SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
 };
+
+/// Where the operator's rollout analysis may send queries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrometheusPolicy {
+    /// Queried when an endpoint names none (`--prometheus-url`).
+    pub default_url: String,
+    /// Other URLs an endpoint may name (`--prometheus-allowed-urls`); the default is always
+    /// allowed.
+    pub allowed: Vec<String>,
+}
+
+/// Istio's Prometheus add-on (`samples/addons/prometheus.yaml`): the operator's default.
+pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus.istio-system.svc:9090";
+
+impl Default for PrometheusPolicy {
+    fn default() -> Self {
+        Self {
+            default_url: DEFAULT_PROMETHEUS_URL.to_owned(),
+            allowed: Vec::new(),
+        }
+    }
+}
+
+/// A URL as compared against the allow-list: without trailing slashes.
+fn normal(url: &str) -> &str {
+    url.trim().trim_end_matches('/')
+}
+
+impl PrometheusPolicy {
+    /// The Prometheus to query for `spec`: the one it names if the policy allows it, else the
+    /// default; naming one the policy does not allow is an error naming the field.
+    pub fn url_for(&self, spec: &ModelEndpointSpec) -> Result<String, SpecError> {
+        let named = spec
+            .rollout
+            .as_ref()
+            .and_then(|r| r.analysis.as_ref())
+            .and_then(|a| a.prometheus_url.as_deref());
+        let Some(url) = named else {
+            return Ok(self.default_url.clone());
+        };
+        let allowed = std::iter::once(&self.default_url)
+            .chain(&self.allowed)
+            .any(|a| normal(a) == normal(url));
+        if allowed {
+            Ok(url.to_owned())
+        } else {
+            Err(SpecError::invalid(
+                "spec.rollout.analysis.prometheusUrl",
+                format!(
+                    "{url:?} is not a Prometheus this operator may query (its \
+                     --prometheus-allowed-urls); omit the field to use the operator's default"
+                ),
+            ))
+        }
+    }
+}
+
+/// Why a Prometheus query failed, as written into status: fixed texts only (a remote's answer
+/// never reaches a tenant through status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryFailure {
+    #[error("prometheus query failed: timeout")]
+    Timeout,
+    #[error("prometheus query failed: connection failed")]
+    Connect,
+    #[error("prometheus query failed: HTTP {0}")]
+    Status(u16),
+    #[error("prometheus query failed: unparseable response")]
+    Unparseable,
+    #[error("prometheus query failed: error answer")]
+    ErrorAnswer,
+}
 
 /// Which traffic of the new model a step judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,27 +235,20 @@ pub fn promql(q: &Query) -> Vec<(Measure, String)> {
 }
 
 /// The scalar of an instant-vector answer of `/api/v1/query`: the first sample's value, `None`
-/// for an empty vector or NaN (no data in the window). An error answer or malformed JSON is an
-/// error naming what Prometheus said.
-pub fn vector_value(body: &str) -> Result<Option<f64>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("not a Prometheus API answer: {e}"))?;
+/// for an empty vector or NaN (no data in the window). An error answer or malformed JSON is a
+/// [`QueryFailure`] (the operator logs the body; status gets the fixed text).
+pub fn vector_value(body: &str) -> Result<Option<f64>, QueryFailure> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|_| QueryFailure::Unparseable)?;
     if v["status"] != "success" {
-        return Err(format!(
-            "Prometheus: {} {}",
-            v["errorType"].as_str().unwrap_or("error"),
-            v["error"].as_str().unwrap_or("(no message)")
-        ));
+        return Err(QueryFailure::ErrorAnswer);
     }
     let Some(first) = v["data"]["result"].as_array().and_then(|r| r.first()) else {
         return Ok(None);
     };
-    let text = first["value"][1]
+    let x: f64 = first["value"][1]
         .as_str()
-        .ok_or_else(|| "Prometheus answer without a sample value".to_owned())?;
-    let x: f64 = text
-        .parse()
-        .map_err(|_| format!("Prometheus sample {text:?} is not a number"))?;
+        .and_then(|text| text.parse().ok())
+        .ok_or(QueryFailure::Unparseable)?;
     Ok(x.is_finite().then_some(x))
 }
 
@@ -255,16 +327,75 @@ mod tests {
         let nan = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#;
         assert_eq!(vector_value(nan), Ok(None));
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
-        assert_eq!(
-            vector_value(bad),
-            Err("Prometheus: bad_data parse error at char 5".into())
-        );
-        assert!(vector_value("<html>").is_err());
+        assert_eq!(vector_value(bad), Err(QueryFailure::ErrorAnswer));
+        assert_eq!(vector_value("<html>"), Err(QueryFailure::Unparseable));
+        let text = r#"{"status":"success","data":{"result":[{"value":[1,"lots"]}]}}"#;
+        assert_eq!(vector_value(text), Err(QueryFailure::Unparseable));
         let s = sample_of(&[
             (Measure::Requests, Some(99.6)),
             (Measure::Errors, None),
             (Measure::P99, Some(12.5)),
         ]);
         assert_eq!((s.requests, s.errors, s.p99_ms), (100, 0, Some(12.5)));
+    }
+
+    fn endpoint_naming(url: Option<&str>) -> ModelEndpointSpec {
+        let mut spec = ModelEndpointSpec::new(vec!["m.example.com".into()], vec![]);
+        spec.rollout = Some(crate::crd::RolloutSpec {
+            analysis: Some(crate::crd::AnalysisSpec {
+                prometheus_url: url.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        spec
+    }
+
+    #[test]
+    fn the_prometheus_queried_is_the_default_or_one_the_operator_allows() {
+        let policy = PrometheusPolicy {
+            default_url: "http://prom.monitoring:9090".into(),
+            allowed: vec!["http://thanos.monitoring:9090/".into()],
+        };
+        assert_eq!(
+            policy.url_for(&endpoint_naming(None)),
+            Ok("http://prom.monitoring:9090".into())
+        );
+        let no_rollout = ModelEndpointSpec::new(vec!["m.example.com".into()], vec![]);
+        assert_eq!(
+            policy.url_for(&no_rollout),
+            Ok("http://prom.monitoring:9090".into())
+        );
+        for ok in [
+            "http://prom.monitoring:9090/",
+            "http://thanos.monitoring:9090",
+        ] {
+            assert_eq!(policy.url_for(&endpoint_naming(Some(ok))), Ok(ok.into()));
+        }
+        for other in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://prom.monitoring:9091",
+            "http://thanos.monitoring:9090/api/v1/query?x=",
+        ] {
+            let e = policy.url_for(&endpoint_naming(Some(other))).unwrap_err();
+            assert_eq!(e.field, "spec.rollout.analysis.prometheusUrl", "{other}");
+            assert_eq!(e.reason, crate::crd::conditions::REASON_INVALID_SPEC);
+        }
+    }
+
+    #[test]
+    fn query_failures_read_as_short_fixed_texts() {
+        assert_eq!(
+            QueryFailure::Timeout.to_string(),
+            "prometheus query failed: timeout"
+        );
+        assert_eq!(
+            QueryFailure::Status(500).to_string(),
+            "prometheus query failed: HTTP 500"
+        );
+        assert_eq!(
+            QueryFailure::Unparseable.to_string(),
+            "prometheus query failed: unparseable response"
+        );
     }
 }

@@ -57,12 +57,16 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Pod security context of the model's pods. Default: non-root uid/gid 65532 (fsGroup
-    /// 65532), RuntimeDefault seccomp. Set it for images that need another user.
+    /// 65532), RuntimeDefault seccomp; each field set here replaces its default. The result
+    /// must meet the operator's Pod Security level ("restricted" unless configured
+    /// otherwise), or the Model is rejected naming the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_security_context: Option<PodSecurityContext>,
     /// Security context of the model container. Default: read-only root filesystem (`/tmp` is
-    /// writable), no privilege escalation, all capabilities dropped, non-root. Bring-your-own
-    /// SageMaker images that write elsewhere or run as root set their own here.
+    /// writable), no privilege escalation, not privileged, all capabilities dropped, non-root,
+    /// RuntimeDefault seccomp; each field set here replaces its default (e.g.
+    /// `readOnlyRootFilesystem: false` for images that write elsewhere). The result must meet
+    /// the operator's Pod Security level, or the Model is rejected naming the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
 }
@@ -269,9 +273,11 @@ pub struct AnalysisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_agreement: Option<f64>,
-    /// Prometheus the operator queries (default
-    /// `http://prometheus.istio-system.svc:9090`, Istio's Prometheus add-on). Local mode
-    /// reads its own Envoy's stats instead.
+    /// Prometheus the operator queries. Default: the operator's `--prometheus-url`
+    /// (`http://prometheus.istio-system.svc:9090`, Istio's Prometheus add-on, unless configured
+    /// otherwise). Another URL must be on the operator's `--prometheus-allowed-urls`, else the
+    /// endpoint is invalid and the URL is never contacted. Local mode reads its own Envoy's
+    /// stats instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_url: Option<String>,
 }
@@ -558,6 +564,8 @@ pub mod conditions {
     pub const REASON_MODEL_NOT_FOUND: &str = "ModelNotFound";
     /// Another endpoint, created first, keeps an external host this one lists.
     pub const REASON_HOST_CONFLICT: &str = "HostConflict";
+    /// A Model's pods would break the operator's Pod Security level (`--pod-security-level`).
+    pub const REASON_POD_SECURITY: &str = "PodSecurity";
     pub const REASON_AVAILABLE: &str = "Available";
     pub const REASON_WAITING_FOR_REPLICAS: &str = "WaitingForReplicas";
     pub const REASON_ROLLING_OUT: &str = "RollingOut";

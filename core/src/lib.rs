@@ -8,6 +8,7 @@
 //! - [`validate`]: spec checks naming the offending field.
 //! - [`host_claims`]: which hosts an endpoint may claim, and who keeps a contested one.
 //! - [`plan`]: which weights and models to route with, given what is ready.
+//! - [`pod_security`]: model pods' security contexts and the Pod Security Standards checks.
 //! - [`status`]: the status to write, with an injected clock.
 //! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
@@ -31,6 +32,7 @@ pub mod host_claims;
 pub mod meta;
 pub mod module;
 pub mod plan;
+pub mod pod_security;
 pub mod reconcile;
 pub mod render;
 pub mod rollout;

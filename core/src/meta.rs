@@ -2,7 +2,9 @@
 //! cluster-wide settings and the metadata helpers. The bottom of rendering: the per-endpoint
 //! objects (`crate::render`) and the shared filter objects (`crate::aggregate`) build on it.
 
+use crate::analysis::PrometheusPolicy;
 use crate::module;
+use crate::pod_security::PodSecurityLevel;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -134,6 +136,12 @@ pub struct RenderSettings {
     /// (`crate::plan::retiring`): long enough for every proxy to get the filter config that
     /// no longer assigns it.
     pub route_grace_seconds: i64,
+    /// The Pod Security Standard model pods must meet (`restricted` by default): a Model
+    /// breaking it is rejected naming the field, and nothing is deployed for it.
+    pub pod_security: PodSecurityLevel,
+    /// The Prometheus servers rollout analysis may query: the operator's own configuration,
+    /// never a URL a tenant chooses.
+    pub prometheus: PrometheusPolicy,
 }
 
 impl RenderSettings {
@@ -143,7 +151,7 @@ impl RenderSettings {
         let base = module::operator_base_url(
             operator_namespace,
             &self.cluster_domain,
-            module::OPERATOR_HTTP_PORT,
+            module::MODULE_PORT,
         );
         self.wasm_url = module::module_url(&base, sha256);
         self.wasm_sha256 = sha256.to_owned();
@@ -162,7 +170,7 @@ impl Default for RenderSettings {
         let base = module::operator_base_url(
             module::OPERATOR_NAMESPACE,
             DEFAULT_CLUSTER_DOMAIN,
-            module::OPERATOR_HTTP_PORT,
+            module::MODULE_PORT,
         );
         Self {
             model_init_image: "ghcr.io/k8smlendpoints/mlep-model-init:0.1.0".into(),
@@ -175,6 +183,8 @@ impl Default for RenderSettings {
                 .collect(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
             route_grace_seconds: 30,
+            pod_security: PodSecurityLevel::default(),
+            prometheus: PrometheusPolicy::default(),
         }
     }
 }

@@ -14,8 +14,11 @@ pub const MODULE_PATH_PREFIX: &str = "/mlep_filter/";
 /// Name of the operator's Service and its namespace in `manifests/`.
 pub const OPERATOR_SERVICE: &str = "mlep-operator";
 pub const OPERATOR_NAMESPACE: &str = "mlep-system";
-/// The operator's HTTP port (`MLEP_HTTP_ADDR` default, the Service's port in `manifests/`).
+/// The operator's admin port: `/healthz`, `/metrics` (`MLEP_HTTP_ADDR` default).
 pub const OPERATOR_HTTP_PORT: u16 = 8080;
+/// The operator's module port, serving nothing but the module (`MLEP_MODULE_ADDR` default, the
+/// Service's `module` port in `manifests/`).
+pub const MODULE_PORT: u16 = 8081;
 
 /// `/mlep_filter/<sha256>.wasm`.
 pub fn module_path(sha256: &str) -> String {
@@ -49,16 +52,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_module_url_carries_its_sha256_and_the_operators_port() {
+    fn the_module_url_carries_its_sha256_and_the_operators_module_port() {
         let sha = "ab".repeat(32);
         let url = module_url(
-            &operator_base_url(OPERATOR_NAMESPACE, "cluster.local", OPERATOR_HTTP_PORT),
+            &operator_base_url(OPERATOR_NAMESPACE, "cluster.local", MODULE_PORT),
             &sha,
         );
         assert_eq!(
             url,
             format!(
-                "http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm"
+                "http://mlep-operator.mlep-system.svc.cluster.local:8081/mlep_filter/{sha}.wasm"
             )
         );
         assert_eq!(requested_sha256(&module_path(&sha)), Some(sha.as_str()));

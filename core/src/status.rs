@@ -5,6 +5,7 @@ use crate::crd::{
     Condition, Model, ModelEndpoint, ModelEndpointStatus, ModelStatus, StatusSummary, VariantStatus,
 };
 use crate::plan::{Observed, Plan};
+use crate::pod_security::{check_model, PodSecurityLevel};
 use crate::validate::{validate_model, SpecError};
 use mlep_contract::Allocation;
 
@@ -216,11 +217,12 @@ pub fn invalid_status(
     status
 }
 
-/// A Model's status: `Ready` when its spec is valid (the transition time is kept while the
-/// condition's status does not change).
-pub fn model_status(m: &Model, now: String) -> ModelStatus {
+/// A Model's status: `Ready` when its spec is valid and its pods meet the operator's Pod
+/// Security `level` (the transition time is kept while the condition's status does not change).
+pub fn model_status(m: &Model, level: PodSecurityLevel, now: String) -> ModelStatus {
     let generation = m.metadata.generation;
-    let c = match validate_model(&m.spec) {
+    let checked = validate_model(&m.spec).and_then(|()| check_model(&m.spec, level));
+    let c = match checked {
         Ok(()) => condition(
             READY,
             true,
@@ -380,7 +382,7 @@ mod tests {
                 security_context: None,
             },
         );
-        let ok = model_status(&m, "t0".into());
+        let ok = model_status(&m, PodSecurityLevel::Restricted, "t0".into());
         assert_eq!(
             (
                 ok.conditions[0].status.as_str(),
@@ -390,7 +392,7 @@ mod tests {
         );
         m.status = Some(ok);
         assert_eq!(
-            model_status(&m, "t1".into()).conditions[0]
+            model_status(&m, PodSecurityLevel::Restricted, "t1".into()).conditions[0]
                 .last_transition_time
                 .as_deref(),
             Some("t0")
@@ -399,13 +401,42 @@ mod tests {
             uri: "ftp://x".into(),
             sha256: "a".repeat(64),
         });
-        let bad = model_status(&m, "t2".into());
+        let bad = model_status(&m, PodSecurityLevel::Restricted, "t2".into());
         assert_eq!(bad.conditions[0].status, "False");
         assert!(
             bad.conditions[0].message.starts_with("spec.artifact.uri"),
             "{:?}",
             bad.conditions[0]
         );
+    }
+
+    #[test]
+    fn a_model_breaking_the_pod_security_level_is_not_ready_naming_the_field() {
+        let spec = crate::crd::ModelSpec {
+            image: "img".into(),
+            artifact: None,
+            port: None,
+            env: vec![],
+            resources: None,
+            pod_security_context: None,
+            security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+                allow_privilege_escalation: Some(true),
+                ..Default::default()
+            }),
+        };
+        let m = Model::new("m", spec);
+        let c = &model_status(&m, PodSecurityLevel::Restricted, "t0".into()).conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "PodSecurity")
+        );
+        assert!(
+            c.message
+                .starts_with("spec.securityContext.allowPrivilegeEscalation: "),
+            "{c:?}"
+        );
+        let c = &model_status(&m, PodSecurityLevel::Baseline, "t0".into()).conditions[0];
+        assert_eq!(c.status, "True", "{c:?}");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::reconcile;
-use crate::server::{self, WasmModule};
+use crate::server::{self, Timeouts, WasmModule};
+use crate::server_module::{serve_module, ModuleLimits};
 use kube::api::{Api, ListParams};
 use kube::Client;
+use mlep_core::analysis::{PrometheusPolicy, DEFAULT_PROMETHEUS_URL};
 use mlep_core::crd::{Model, ModelEndpoint};
+use mlep_core::pod_security::PodSecurityLevel;
 use mlep_core::render::{crds, RenderSettings};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,9 +68,30 @@ pub enum LogFormat {
 /// Settings of a running operator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Address serving /healthz, /metrics and the filter module.
+    /// Address serving /healthz and /metrics.
     #[arg(long, env = "MLEP_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: String,
+    /// Address serving the filter module to the proxies, and nothing else.
+    #[arg(long, env = "MLEP_MODULE_ADDR", default_value = "0.0.0.0:8081")]
+    pub module_addr: String,
+    /// Connections the module port serves at once (when all are taken, a new one evicts the
+    /// oldest still sending its request head).
+    #[arg(long, env = "MLEP_MODULE_MAX_CONNECTIONS", default_value_t = ModuleLimits::default().max_connections)]
+    pub module_max_connections: usize,
+    /// Seconds a client of the module port has to send its whole request head.
+    #[arg(long, env = "MLEP_MODULE_HEADER_TIMEOUT_SECONDS", default_value_t = Timeouts::default().header.as_secs())]
+    pub module_header_timeout_seconds: u64,
+    /// Pod Security Standard every Model's pods must meet: `restricted` or `baseline`. A Model
+    /// breaking it is not deployed; its condition names the field.
+    #[arg(long, env = "MLEP_POD_SECURITY_LEVEL", default_value = "restricted", value_parser = parse_level)]
+    pub pod_security_level: PodSecurityLevel,
+    /// Prometheus queried by rollout analysis when an endpoint names none.
+    #[arg(long, env = "MLEP_PROMETHEUS_URL", default_value = DEFAULT_PROMETHEUS_URL)]
+    pub prometheus_url: String,
+    /// Other Prometheus URLs an endpoint may name in spec.rollout.analysis.prometheusUrl,
+    /// comma-separated; any other URL is an invalid spec and is never contacted.
+    #[arg(long, env = "MLEP_PROMETHEUS_ALLOWED_URLS", value_delimiter = ',')]
+    pub prometheus_allowed_urls: Vec<String>,
     /// The filter module (mlep_filter.wasm) to serve to the proxies.
     #[arg(
         long,
@@ -131,8 +155,11 @@ pub struct RunArgs {
 /// Process configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `/healthz`, `/metrics`, the Wasm module.
+    /// `/healthz`, `/metrics`.
     pub http_addr: String,
+    /// The Wasm module, and its limits.
+    pub module_addr: String,
+    pub module_limits: ModuleLimits,
     pub wasm_path: String,
     /// Where the Lease lives.
     pub namespace: String,
@@ -158,10 +185,29 @@ impl RunArgs {
             gateway_selector: self.gateway_selector,
             cluster_domain: self.cluster_domain,
             route_grace_seconds: self.route_grace_seconds.max(0),
+            pod_security: self.pod_security_level,
+            prometheus: PrometheusPolicy {
+                default_url: self.prometheus_url,
+                allowed: self
+                    .prometheus_allowed_urls
+                    .into_iter()
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+            },
             ..RenderSettings::default()
+        };
+        let module_limits = ModuleLimits {
+            timeouts: Timeouts {
+                header: Duration::from_secs(self.module_header_timeout_seconds.max(1)),
+                ..Timeouts::default()
+            },
+            max_connections: self.module_max_connections.max(1),
         };
         Config {
             http_addr: self.http_addr,
+            module_addr: self.module_addr,
+            module_limits,
             wasm_path: self.wasm_path,
             namespace: self.namespace,
             identity,
@@ -197,6 +243,10 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Text => fmt.init(),
     }
+}
+
+fn parse_level(s: &str) -> Result<PodSecurityLevel, String> {
+    s.parse()
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -257,6 +307,29 @@ pub async fn check_crds(client: &Client) -> Result<(), AppError> {
     Ok(())
 }
 
+type Served = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Bind the admin port (`/healthz`, `/metrics`) and the module port, and serve them.
+async fn start_servers(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    wasm: Arc<WasmModule>,
+    settings: &RenderSettings,
+) -> Result<(Served, Served), AppError> {
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| AppError::Io(format!("binding {addr}"), e))
+    };
+    let admin = bind(config.http_addr.clone()).await?;
+    let module = bind(config.module_addr.clone()).await?;
+    info!(addr = %config.http_addr, "serving /healthz and /metrics");
+    info!(addr = %config.module_addr, wasm_sha256 = %wasm.sha256, wasm_url = %settings.wasm_url, pod_security = %settings.pod_security, "serving the filter module");
+    let server = tokio::spawn(server::serve(admin, metrics.clone(), wasm.clone()));
+    let module_server = tokio::spawn(serve_module(module, wasm, config.module_limits));
+    Ok((server, module_server))
+}
+
 /// Run the operator until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> Result<(), AppError> {
     let bytes = std::fs::read(&config.wasm_path).map_err(|e| {
@@ -280,12 +353,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
 
-    let listener = tokio::net::TcpListener::bind(&config.http_addr)
-        .await
-        .map_err(|e| AppError::Io(format!("binding {}", config.http_addr), e))?;
-    info!(addr = %config.http_addr, wasm_sha256 = %wasm.sha256, wasm_url = %settings.wasm_url, "serving /healthz, /metrics and the filter module");
-    let server = tokio::spawn(server::serve(listener, metrics.clone(), wasm));
-
+    let (server, module_server) = start_servers(&config, &metrics, wasm, &settings).await?;
     let election = LeaderElection::new(
         client.clone(),
         &config.namespace,
@@ -321,6 +389,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         controller.await;
     }
     server.abort();
+    module_server.abort();
     warn!("stopped");
     Ok(())
 }
@@ -328,6 +397,40 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_settings_reach_the_render_settings() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "mlep-operator",
+            "--pod-security-level",
+            "baseline",
+            "--prometheus-url",
+            "http://prom.monitoring:9090",
+            "--prometheus-allowed-urls",
+            "http://a:9090, http://b:9090",
+            "--module-max-connections",
+            "7",
+        ])
+        .unwrap();
+        let config = cli.run.config();
+        assert_eq!(config.settings.pod_security, PodSecurityLevel::Baseline);
+        assert_eq!(
+            config.settings.prometheus,
+            PrometheusPolicy {
+                default_url: "http://prom.monitoring:9090".into(),
+                allowed: vec!["http://a:9090".into(), "http://b:9090".into()],
+            }
+        );
+        assert_eq!(config.module_limits.max_connections, 7);
+        assert!(
+            Cli::try_parse_from(["mlep-operator", "--pod-security-level", "privileged"]).is_err()
+        );
+        let defaults = Cli::try_parse_from(["mlep-operator"]).unwrap().run.config();
+        assert_eq!(defaults.settings.pod_security, PodSecurityLevel::Restricted);
+        assert_eq!(defaults.settings.prometheus, PrometheusPolicy::default());
+        assert_eq!(defaults.module_addr, "0.0.0.0:8081");
+    }
 
     #[test]
     fn gateway_selector_parses_and_rejects_garbage() {

@@ -1,6 +1,6 @@
 //! The K8SMLEndpoints operator runtime: watches Models and ModelEndpoints, applies what the pure
 //! `mlep-core` crate renders (server-side apply), writes status, elects a leader and serves
-//! `/healthz`, `/metrics` and the filter module. The decisions themselves live in `mlep-core`.
+//! `/healthz` and `/metrics`, and the filter module on its own port. The decisions themselves live in `mlep-core`.
 
 #![forbid(unsafe_code)]
 
@@ -11,3 +11,4 @@ pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
 pub mod server;
+pub mod server_module;

@@ -23,7 +23,7 @@ use mlep_core::render::{
     render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
     LABEL_MODEL, LABEL_VARIANT,
 };
-use mlep_core::rollout::{Now, Settings};
+use mlep_core::rollout::Now;
 use mlep_core::status::same_status;
 use serde::Serialize;
 use serde_json::Value;
@@ -219,7 +219,7 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     let ns = m
         .namespace()
         .ok_or_else(|| Error::NoNamespace(m.name_any()))?;
-    let status = mlep_core::status::model_status(&m, clock().text);
+    let status = mlep_core::status::model_status(&m, ctx.settings.pod_security, clock().text);
     if m.status.as_ref() == Some(&status) {
         return Ok(Action::await_change());
     }
@@ -306,14 +306,17 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         route_grace_seconds: ctx.settings.route_grace_seconds,
         fresh_route_key: &fresh_route_key,
     };
-    let sample = match decision::query(&input) {
-        Some(q) => {
-            let url = Settings::of(ep.spec.rollout.as_ref()).prometheus_url;
-            Some(crate::rollout::query_prometheus(url, q).await)
+    // Only a Prometheus the operator's configuration allows is ever contacted.
+    let mut d = match ctx.settings.prometheus.url_for(&ep.spec) {
+        Err(e) => decision::rejected(&input, e, Vec::new()),
+        Ok(url) => {
+            let sample = match decision::query(&input) {
+                Some(q) => Some(crate::rollout::query_prometheus(url, q).await),
+                None => None,
+            };
+            decision::decide(&input, sample)
         }
-        None => None,
     };
-    let mut d = decision::decide(&input, sample);
     for w in &d.warnings {
         warn!(endpoint = %name, error = %w, "ignoring annotation");
     }

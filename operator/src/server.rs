@@ -1,15 +1,20 @@
-//! The operator's small HTTP server: `/healthz`, `/metrics`, and the filter module that Istio's
-//! agent downloads, at a path versioned by its sha256 (`/mlep_filter/<sha256>.wasm`, see
-//! `mlep_core::module`; any other sha256 is a 404, so a proxy never gets bytes that do not match
-//! the checksum it was told), plus `/mlep_filter.wasm.sha256` for people and scripts. The module
-//! is delivered without an external registry. HTTP/1.1, one request per connection.
+//! The operator's HTTP/1.1 servers, one request per connection:
+//! - the admin port (`--http-addr`): `/healthz`, `/metrics` and `/mlep_filter.wasm.sha256` for
+//!   people and scripts;
+//! - the module port (`--module-addr`, [`crate::server_module`]): only the filter module that
+//!   Istio's agent downloads, at its path versioned by its sha256
+//!   (`/mlep_filter/<sha256>.wasm`, see `mlep_core::module`).
+//!
+//! Both read a bounded request head under a read and a header timeout ([`read_head`]), so a
+//! client that connects and sends nothing, or a header byte at a time, is closed.
 
 use crate::metrics::Metrics;
-use mlep_core::module::requested_sha256;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::time::{timeout, Instant};
 use tracing::debug;
 
 /// The filter module and its checksum.
@@ -30,37 +35,105 @@ impl WasmModule {
 
 /// Where the current module's checksum is served (text, one line).
 pub const WASM_SHA256_PATH: &str = "/mlep_filter.wasm.sha256";
+/// The largest request head read; a longer one is answered 431.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
-/// What a request path gets: `None` is a 404.
-fn route<'a>(
-    path: &str,
-    metrics: &Metrics,
-    wasm: &'a WasmModule,
-) -> Option<(&'static str, Body<'a>)> {
-    match path {
-        "/healthz" => Some(("text/plain", Body::Owned(b"ok\n".to_vec()))),
-        "/metrics" => Some((
-            "text/plain; version=0.0.4",
-            Body::Owned(metrics.render().into_bytes()),
-        )),
-        WASM_SHA256_PATH => Some((
-            "text/plain",
-            Body::Owned(format!("{}\n", wasm.sha256).into_bytes()),
-        )),
-        p if requested_sha256(p) == Some(wasm.sha256.as_str()) => {
-            Some(("application/wasm", Body::Borrowed(&wasm.bytes)))
+/// How long a client may take, on either port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole request head must arrive within this, from the connection's start.
+    pub header: Duration,
+    /// Each read of the head must return within this (an idle client is closed sooner).
+    pub read: Duration,
+    /// Writing the whole answer must finish within this.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header: Duration::from_secs(5),
+            read: Duration::from_secs(3),
+            write: Duration::from_secs(60),
         }
-        _ => None,
     }
 }
 
-enum Body<'a> {
+/// Why no request head was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Too slow (idle past the read timeout, or the whole head past the header timeout), or
+    /// the client went away: close without an answer.
+    Gone,
+    /// Longer than [`MAX_HEAD_BYTES`].
+    TooLarge,
+}
+
+/// A request line: method and target.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+}
+
+/// Read a request head (up to the blank line) under `t`'s read and header timeouts.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    sock: &mut S,
+    t: &Timeouts,
+) -> Result<Head, HeadError> {
+    let deadline = Instant::now() + t.header;
+    let mut buf = vec![0u8; MAX_HEAD_BYTES];
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            return Err(HeadError::TooLarge);
+        }
+        let wait = t
+            .read
+            .min(deadline.saturating_duration_since(Instant::now()));
+        match timeout(wait, sock.read(&mut buf[n..])).await {
+            Ok(Ok(k)) if k > 0 => n += k,
+            _ => return Err(HeadError::Gone),
+        }
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut parts = head.split_whitespace();
+    Ok(Head {
+        method: parts.next().unwrap_or("").to_owned(),
+        path: parts.next().unwrap_or("").to_owned(),
+    })
+}
+
+/// An answer: status line, content type, extra header lines and body.
+pub struct Answer<'a> {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub extra: &'static str,
+    pub body: Body<'a>,
+}
+
+impl<'a> Answer<'a> {
+    /// A plain-text answer.
+    pub fn text(status: &'static str, text: String) -> Self {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            extra: "",
+            body: Body::Owned(text.into_bytes()),
+        }
+    }
+}
+
+pub enum Body<'a> {
     Owned(Vec<u8>),
     Borrowed(&'a [u8]),
 }
 
 impl Body<'_> {
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         match self {
             Body::Owned(v) => v,
             Body::Borrowed(b) => b,
@@ -68,54 +141,94 @@ impl Body<'_> {
     }
 }
 
-/// Serve until the listener fails.
+/// Write `a` (its head only for HEAD) and close, within the write timeout.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    a: &Answer<'_>,
+    head_only: bool,
+    t: &Timeouts,
+) {
+    let body = a.body.bytes();
+    let head = format!(
+        "HTTP/1.1 {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
+        a.status,
+        a.content_type,
+        body.len(),
+        a.extra
+    );
+    let write = async {
+        sock.write_all(head.as_bytes()).await?;
+        if !head_only {
+            sock.write_all(body).await?;
+        }
+        sock.shutdown().await
+    };
+    let _ = timeout(t.write, write).await;
+}
+
+/// The head read, or `None` after answering a too-large one with 431 (a client too slow or
+/// gone gets no answer).
+pub async fn head_or_refusal<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    read: Result<Head, HeadError>,
+    t: &Timeouts,
+) -> Option<Head> {
+    match read {
+        Ok(h) => Some(h),
+        Err(HeadError::TooLarge) => {
+            let a = Answer::text(
+                "431 Request Header Fields Too Large",
+                "request head too large\n".into(),
+            );
+            respond(sock, &a, false, t).await;
+            None
+        }
+        Err(HeadError::Gone) => None,
+    }
+}
+
+/// What an admin-port path gets: `None` is a 404.
+fn route(path: &str, metrics: &Metrics, wasm: &WasmModule) -> Option<Answer<'static>> {
+    let (content_type, body) = match path {
+        "/healthz" => ("text/plain", b"ok\n".to_vec()),
+        "/metrics" => ("text/plain; version=0.0.4", metrics.render().into_bytes()),
+        WASM_SHA256_PATH => ("text/plain", format!("{}\n", wasm.sha256).into_bytes()),
+        _ => return None,
+    };
+    Some(Answer {
+        status: "200 OK",
+        content_type,
+        extra: "",
+        body: Body::Owned(body),
+    })
+}
+
+/// Serve the admin port until the listener fails.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     wasm: Arc<WasmModule>,
 ) -> std::io::Result<()> {
+    let t = Timeouts::default();
     loop {
         let (mut sock, _) = listener.accept().await?;
         let metrics = metrics.clone();
         let wasm = wasm.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read the request head (bounded); bodies are not expected.
-            while n < buf.len() {
-                match sock.read(&mut buf[n..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
-                }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = head.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let found = matches!(method, "GET" | "HEAD")
-                .then(|| route(path, &metrics, &wasm))
-                .flatten();
-            let (status, ctype, body) = match found {
-                Some((ctype, body)) => ("200 OK", ctype, body),
-                None => (
-                    "404 Not Found",
-                    "text/plain",
-                    Body::Owned(b"not found\n".to_vec()),
-                ),
+            let read = read_head(&mut sock, &t).await;
+            let Some(head) = head_or_refusal(&mut sock, read, &t).await else {
+                return;
             };
-            let body = body.bytes();
-            debug!(%method, %path, %status, "http");
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            if method != "HEAD" {
-                let _ = sock.write_all(body).await;
-            }
-            let _ = sock.shutdown().await;
+            let answer = match head.method.as_str() {
+                "GET" | "HEAD" => route(&head.path, &metrics, &wasm)
+                    .unwrap_or_else(|| Answer::text("404 Not Found", "not found\n".into())),
+                _ => Answer {
+                    extra: "allow: GET, HEAD\r\n",
+                    ..Answer::text("405 Method Not Allowed", "only GET and HEAD\n".into())
+                },
+            };
+            debug!(method = %head.method, path = %head.path, status = answer.status, "http");
+            respond(&mut sock, &answer, head.method == "HEAD", &t).await;
         });
     }
 }
@@ -125,15 +238,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_module_is_served_only_under_its_own_sha256() {
+    fn the_admin_port_does_not_serve_the_module() {
         let wasm = WasmModule::new(b"abc".to_vec());
         let metrics = Metrics::default();
         let path = mlep_core::module::module_path(&wasm.sha256);
-        let body = route(&path, &metrics, &wasm).map(|(_, b)| b.bytes().to_vec());
-        assert_eq!(body.as_deref(), Some(&b"abc"[..]));
-        let other = mlep_core::module::module_path(&"0".repeat(64));
-        assert!(route(&other, &metrics, &wasm).is_none());
-        assert!(route("/mlep_filter.wasm", &metrics, &wasm).is_none());
+        assert!(route(&path, &metrics, &wasm).is_none());
+        let sum = route(WASM_SHA256_PATH, &metrics, &wasm).map(|a| a.body.bytes().to_vec());
+        assert_eq!(sum, Some(format!("{}\n", wasm.sha256).into_bytes()));
     }
 
     #[test]
@@ -143,5 +254,48 @@ mod tests {
             WasmModule::new(b"abc".to_vec()).sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[tokio::test]
+    async fn a_head_arriving_slowly_is_cut_at_the_header_timeout() {
+        let t = Timeouts {
+            header: Duration::from_millis(300),
+            read: Duration::from_secs(5),
+            write: Duration::from_secs(1),
+        };
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let started = Instant::now();
+        let trickle = async {
+            for b in b"GET / HTTP/1.1\r\n".iter() {
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (head, ()) = tokio::join!(read_head(&mut server, &t), trickle);
+        assert_eq!(head, Err(HeadError::Gone));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_complete_head_is_read_and_an_endless_one_is_too_large() {
+        let t = Timeouts::default();
+        let (mut client, mut server) = tokio::io::duplex(MAX_HEAD_BYTES * 2);
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut server, &t).await.unwrap();
+        assert_eq!(
+            (head.method.as_str(), head.path.as_str()),
+            ("GET", "/healthz")
+        );
+        let (mut client, mut server) = tokio::io::duplex(MAX_HEAD_BYTES * 2);
+        client
+            .write_all(&vec![b'a'; MAX_HEAD_BYTES + 1])
+            .await
+            .unwrap();
+        assert_eq!(read_head(&mut server, &t).await, Err(HeadError::TooLarge));
     }
 }

@@ -29,6 +29,12 @@ fn help_prints_usage_with_every_setting_and_its_environment_variable() {
     assert!(help.contains("crd"), "{help}");
     for env in [
         "MLEP_HTTP_ADDR",
+        "MLEP_MODULE_ADDR",
+        "MLEP_MODULE_MAX_CONNECTIONS",
+        "MLEP_MODULE_HEADER_TIMEOUT_SECONDS",
+        "MLEP_POD_SECURITY_LEVEL",
+        "MLEP_PROMETHEUS_URL",
+        "MLEP_PROMETHEUS_ALLOWED_URLS",
         "MLEP_WASM_PATH",
         "MLEP_WASM_URL",
         "POD_NAMESPACE",

@@ -58,9 +58,13 @@ struct Operator {
 
 impl Operator {
     fn start(client: &Client, ns: &str) -> Self {
+        Self::start_with(client, ns, settings(ns))
+    }
+
+    fn start_with(client: &Client, ns: &str, settings: RenderSettings) -> Self {
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = oneshot::channel::<()>();
-        let (c, m, s, scope) = (client.clone(), metrics.clone(), settings(ns), ns.to_owned());
+        let (c, m, s, scope) = (client.clone(), metrics.clone(), settings, ns.to_owned());
         let task = tokio::spawn(async move {
             reconcile::run(c, s, m, Some(&scope), async move {
                 let _ = rx.await;
@@ -600,12 +604,9 @@ async fn an_invalid_spec_gets_a_condition_naming_the_field_and_the_last_good_con
     op.stop().await;
 }
 
-#[tokio::test]
-async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic_once_ready() {
-    let client = client().await;
-    let ns = &ns("it-swap");
-    let op = Operator::start(&client, ns);
-    let ep = ready_example(&client, ns, &op, |_| {}).await;
+/// Variant b of the example moves to a new Model `titanic-v3`; returns once its Deployment
+/// stands beside the old one.
+async fn swap_b_to_v3(client: &Client, ns: &str, ep: &str) {
     let models: Api<Model> = Api::namespaced(client.clone(), ns);
     let mut v3 = yaml_docs("manifests/example/models.yaml").remove(1);
     v3["metadata"] = json!({"name": "titanic-v3", "namespace": ns});
@@ -617,20 +618,26 @@ async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic
         )
         .await
         .unwrap();
-    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
-    api.patch(
-        &ep,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"variants": [
+    let swap = json!({"spec": {"variants": [
         {"name": "a", "model": "titanic-v1", "weight": 80, "replicas": 1},
-        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}})),
-    )
-    .await
-    .unwrap();
+        {"name": "b", "model": "titanic-v3", "weight": 20, "replicas": 1}]}});
+    Api::<ModelEndpoint>::namespaced(client.clone(), ns)
+        .patch(ep, &PatchParams::default(), &Patch::Merge(&swap))
+        .await
+        .unwrap();
     eventually("new Deployment beside the old", || async {
-        (deployments(&client, ns, &ep).await.len() == 3).then_some(())
+        (deployments(client, ns, ep).await.len() == 3).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_model_swap_starts_the_new_deployment_beside_the_old_and_moves_traffic_once_ready() {
+    let client = client().await;
+    let ns = &ns("it-swap");
+    let op = Operator::start(&client, ns);
+    let ep = ready_example(&client, ns, &op, |_| {}).await;
+    swap_b_to_v3(&client, ns, &ep).await;
     let subset_model = || async {
         let dr = dr_api(&client, ns).get(&ep).await.ok()?;
         let subsets = dr.data["spec"]["subsets"].as_array()?.clone();
@@ -761,7 +768,10 @@ async fn every_rendered_object_passes_the_api_servers_schemas_in_a_dry_run_apply
         e["spec"]["shadow"] = json!({"model": "titanic-v2", "percent": 10});
         eps.push(serde_json::from_value::<ModelEndpoint>(e).unwrap());
     }
-    let objects = render_all(&models, &eps, &settings(ns), &mut || "operator-test-route-key".to_owned()).unwrap();
+    let objects = render_all(&models, &eps, &settings(ns), &mut || {
+        "operator-test-route-key".to_owned()
+    })
+    .unwrap();
     let kinds: std::collections::BTreeSet<&str> = objects
         .iter()
         .map(|o| o["kind"].as_str().unwrap())
@@ -883,11 +893,17 @@ async fn http_get(port: u16, path: &str) -> Option<(String, Vec<u8>)> {
 }
 
 #[tokio::test]
-async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_and_the_module() {
+async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_and_the_module_apart()
+{
     let client = client().await;
     let ns = &ns("it-binary");
     namespace(&client, ns).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let module_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -898,6 +914,7 @@ async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_an
         .env("POD_NAMESPACE", ns)
         .env("POD_NAME", "test-replica")
         .env("MLEP_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("MLEP_MODULE_ADDR", format!("127.0.0.1:{module_port}"))
         .env("MLEP_WASM_PATH", &wasm)
         .env("MLEP_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
@@ -911,9 +928,12 @@ async fn the_binary_checks_its_crds_takes_the_lease_and_serves_health_metrics_an
     let (_, sum) = http_get(port, "/mlep_filter.wasm.sha256").await.unwrap();
     assert_eq!(String::from_utf8(sum).unwrap().trim(), expected);
     let path = mlep_core::module::module_path(&expected);
-    let (status, module) = http_get(port, &path).await.unwrap();
+    let (status, module) = http_get(module_port, &path).await.unwrap();
     assert!(status.contains("200"), "{status}");
     assert_eq!(module, b"\0asm\x01\0\0\0");
+    // The module has its own port: the admin port does not serve it.
+    let (status, _) = http_get(port, &path).await.unwrap();
+    assert!(status.contains("404"), "{status}");
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), ns);
     let holder = eventually("the Lease held by the binary", || async {
@@ -945,6 +965,7 @@ async fn the_binary_refuses_to_start_without_its_module_and_says_why() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlep-operator"))
         .env("MLEP_WASM_PATH", "/nonexistent/mlep_filter.wasm")
         .env("MLEP_HTTP_ADDR", "127.0.0.1:0")
+        .env("MLEP_MODULE_ADDR", "127.0.0.1:0")
         .output()
         .await
         .unwrap();
@@ -954,4 +975,146 @@ async fn the_binary_refuses_to_start_without_its_module_and_says_why() {
         err.contains("MLEP_WASM_PATH") && err.contains("/nonexistent/mlep_filter.wasm"),
         "{err}"
     );
+}
+
+/// A stand-in Prometheus on 127.0.0.1 that counts connections and answers every request with
+/// HTTP 500 and a body that must never reach a status.
+async fn counting_prometheus() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = "SECRET-INTERNAL-DETAIL";
+                let head = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+/// The endpoint's status as JSON text (every message in it).
+async fn status_text(client: &Client, ns: &str, name: &str) -> String {
+    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
+    serde_json::to_string(&api.get(name).await.unwrap().status).unwrap()
+}
+
+#[tokio::test]
+async fn analysis_queries_only_an_allowed_prometheus_and_status_never_carries_its_answer() {
+    use std::sync::atomic::Ordering;
+    let client = client().await;
+    let ns = &ns("it-prometheus");
+    let (allowed, allowed_hits) = counting_prometheus().await;
+    let (other, other_hits) = counting_prometheus().await;
+    let mut s = settings(ns);
+    s.prometheus.default_url = allowed.clone();
+    let op = Operator::start_with(&client, ns, s);
+    let ep = ready_example(&client, ns, &op, |ep| {
+        // A step that keeps asking (a failing analysis waits, up to maxStepSeconds).
+        ep["spec"]["rollout"] = json!({"strategy": "Canary", "stepSeconds": 1,
+            "maxStepSeconds": 600, "analysis": {"minRequests": 1}});
+    })
+    .await;
+    // A model swap starts a Canary step, whose analysis asks the operator's Prometheus.
+    swap_b_to_v3(&client, ns, &ep).await;
+    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
+    set_ready(&client, ns, "titanic-b-titanic-v3", 1).await;
+    let text = eventually("the analysis failure in status", || async {
+        let t = status_text(&client, ns, &ep).await;
+        t.contains("prometheus query failed: HTTP 500").then_some(t)
+    })
+    .await;
+    assert!(allowed_hits.load(Ordering::SeqCst) > 0);
+    assert!(!text.contains("SECRET-INTERNAL-DETAIL"), "{text}");
+
+    // Naming a Prometheus the operator does not allow: InvalidSpec naming the field, and no
+    // request to it, while the rollout would otherwise query every step.
+    let named = json!({"spec": {"rollout": {"analysis": {"prometheusUrl": other}}}});
+    api.patch(&ep, &PatchParams::default(), &Patch::Merge(&named))
+        .await
+        .unwrap();
+    let (_, reason, _) = eventually("InvalidSpec naming prometheusUrl", || async {
+        condition(&client, ns, &ep, "Ready")
+            .await
+            .filter(|c| c.2.starts_with("spec.rollout.analysis.prometheusUrl"))
+    })
+    .await;
+    assert_eq!(reason, "InvalidSpec");
+    // A rejected spec waits for a change: poke the endpoint to reconcile it a few more times.
+    for poke in 0..3 {
+        let after = op.metrics.reconciles();
+        let note = json!({"metadata": {"annotations": {"test/poke": poke.to_string()}}});
+        api.patch(&ep, &PatchParams::default(), &Patch::Merge(&note))
+            .await
+            .unwrap();
+        op.reconciled(after + 1).await;
+    }
+    assert_eq!(
+        other_hits.load(Ordering::SeqCst),
+        0,
+        "the operator contacted {other}"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_breaking_pod_security_is_not_deployed_and_both_conditions_name_the_field() {
+    let client = client().await;
+    let ns = &ns("it-podsecurity");
+    let op = Operator::start(&client, ns);
+    let ep = ready_example(&client, ns, &op, |_| {}).await;
+    let before = deployments(&client, ns, &ep).await;
+    let models: Api<Model> = Api::namespaced(client.clone(), ns);
+    let privileged = json!({"spec": {"securityContext": {"privileged": true}}});
+    models
+        .patch(
+            "titanic-v2",
+            &PatchParams::default(),
+            &Patch::Merge(&privileged),
+        )
+        .await
+        .unwrap();
+    let field = "spec.securityContext.privileged";
+    eventually("the Model's condition naming the field", || async {
+        let m = models.get("titanic-v2").await.ok()?;
+        let c = m
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.status == "False" && c.reason == "PodSecurity" && c.message.starts_with(field))
+            .then_some(())
+    })
+    .await;
+    let (_, reason, msg) = eventually("the endpoint's condition naming the Model", || async {
+        condition(&client, ns, &ep, "Ready")
+            .await
+            .filter(|c| c.0 == "False" && c.2.contains(field))
+    })
+    .await;
+    assert_eq!(reason, "PodSecurity");
+    assert!(msg.starts_with("spec.variants[1].model"), "{msg}");
+    assert!(
+        msg.contains("last good configuration keeps serving"),
+        "{msg}"
+    );
+    let after = deployments(&client, ns, &ep).await;
+    let spec_of = |ds: &[Deployment]| -> Vec<Value> {
+        ds.iter()
+            .map(|d| serde_json::to_value(&d.spec).unwrap())
+            .collect()
+    };
+    assert_eq!(spec_of(&after), spec_of(&before), "a Deployment changed");
+    op.stop().await;
 }

@@ -26,6 +26,7 @@ use crate::envoy::{self, EndpointRoute, ShadowTarget};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
 use crate::host_claims::Claimant;
 use crate::plan::Plan;
+use crate::pod_security::check_model;
 use crate::validate::{validate_endpoint, validate_hosts, validate_model, SpecError};
 use istio::{destination_rule, gateway, virtual_service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -163,7 +164,7 @@ pub fn render_endpoint(
     objects.push(object(&service(&ctx, &name, &name))?);
     let shadow_target = match &spec.shadow {
         Some(s) => {
-            let m = checked_model(models, &s.model, "spec.shadow.model".into())?;
+            let m = checked_model(models, &s.model, "spec.shadow.model".into(), settings)?;
             let app = envoy::shadow_service(&name);
             objects.push(object(&deployment(
                 &ctx,
@@ -218,16 +219,23 @@ pub fn render_endpoint(
     })
 }
 
-/// The Model named `name`, valid, or an error naming `field`.
+/// The Model named `name`, valid, its pods meeting the operator's Pod Security level, or an
+/// error naming `field`.
 fn checked_model<'m>(
     models: &'m BTreeMap<String, ModelSpec>,
     name: &str,
     field: String,
+    settings: &RenderSettings,
 ) -> Result<&'m ModelSpec, SpecError> {
     let m = models
         .get(name)
         .ok_or_else(|| SpecError::invalid(field.clone(), format!("no Model named {name:?}")))?;
-    validate_model(m).map_err(|e| SpecError::invalid(field, e.to_string()))?;
+    validate_model(m).map_err(|e| SpecError::invalid(field.clone(), e.to_string()))?;
+    check_model(m, settings.pod_security).map_err(|e| SpecError {
+        field: field.clone(),
+        message: format!("Model {name:?}: {e}"),
+        reason: e.reason,
+    })?;
     Ok(m)
 }
 
@@ -247,7 +255,8 @@ fn variant_objects(
             _ => vp.models(),
         };
         for model_name in running {
-            let m = checked_model(models, model_name, format!("spec.variants[{i}].model"))?;
+            let field = format!("spec.variants[{i}].model");
+            let m = checked_model(models, model_name, field, ctx.settings)?;
             let replicas = if vs.autoscaling.is_some() {
                 None
             } else {

@@ -191,7 +191,7 @@ fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defau
         ..Default::default()
     });
     spec.pod_security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
-        run_as_user: Some(0),
+        run_as_user: Some(1000),
         ..Default::default()
     });
     let objs = render_endpoint(
@@ -212,16 +212,74 @@ fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defau
         1,
         "the Model's own port env wins: {c}"
     );
+    // The Model's fields replace the defaults one by one; the others stay.
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], false);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(pod["securityContext"]["runAsUser"], 1000);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    // The init container (ours) stays locked down, as its own user.
+    let init = &pod["initContainers"][0]["securityContext"];
     assert_eq!(
-        c["securityContext"],
-        json!({"readOnlyRootFilesystem": false})
+        (&init["readOnlyRootFilesystem"], &init["runAsUser"]),
+        (&json!(true), &json!(65532))
     );
-    assert_eq!(pod["securityContext"], json!({"runAsUser": 0}));
-    // The init container (ours) stays locked down.
-    assert_eq!(
-        pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"],
-        true
-    );
+}
+
+#[test]
+fn every_rendered_pod_meets_pod_security_restricted() {
+    use crate::pod_security::{pod_spec_violations, PodSecurityLevel};
+    let mut ep = endpoint();
+    ep.spec.shadow = Some(crate::crd::ShadowSpec::new("m3", 10.0));
+    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+    let mut pods = 0;
+    for d in objs.iter().filter(|o| o["kind"] == "Deployment") {
+        let spec: k8s_openapi::api::core::v1::PodSpec =
+            serde_json::from_value(d["spec"]["template"]["spec"].clone()).unwrap();
+        assert!(spec.init_containers.is_some(), "{d}");
+        let found = pod_spec_violations(&spec, PodSecurityLevel::Restricted);
+        assert!(found.is_empty(), "{}: {found:?}", d["metadata"]["name"]);
+        pods += 1;
+    }
+    assert_eq!(pods, 3, "a, b and the shadow");
+}
+
+#[test]
+fn a_model_breaking_the_pod_security_level_renders_nothing_and_names_the_field() {
+    use crate::pod_security::PodSecurityLevel;
+    let ep = endpoint();
+    let mut m = models();
+    m.get_mut("m2").unwrap().security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+        privileged: Some(true),
+        ..Default::default()
+    });
+    let plan = Plan::assume_ready(&ep.spec);
+    for level in [PodSecurityLevel::Restricted, PodSecurityLevel::Baseline] {
+        let settings = RenderSettings {
+            pod_security: level,
+            ..RenderSettings::default()
+        };
+        let e = render_endpoint(&ep, "ml", &m, &plan, None, KEY, &settings).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason),
+            ("spec.variants[1].model", "PodSecurity")
+        );
+        assert!(e.message.contains("spec.securityContext.privileged"), "{e}");
+    }
+    // Root is fine for baseline, not for restricted.
+    m.get_mut("m2").unwrap().security_context = None;
+    m.get_mut("m2").unwrap().pod_security_context =
+        Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            ..Default::default()
+        });
+    assert!(render_endpoint(&ep, "ml", &m, &plan, None, KEY, &RenderSettings::default()).is_err());
+    let baseline = RenderSettings {
+        pod_security: PodSecurityLevel::Baseline,
+        ..RenderSettings::default()
+    };
+    assert!(render_endpoint(&ep, "ml", &m, &plan, None, KEY, &baseline).is_ok());
 }
 
 #[test]
@@ -398,7 +456,7 @@ fn a_proxy_that_cannot_fetch_the_module_passes_traffic_unassigned() {
     let uri = &cfg["vm_config"]["code"]["remote"]["http_uri"];
     assert_eq!(
         uri["cluster"],
-        "outbound|8080||mlep-operator.mlep-system.svc.cluster.local"
+        "outbound|8081||mlep-operator.mlep-system.svc.cluster.local"
     );
     assert_eq!(uri["timeout"], "10s");
     let discovery = &patches[1]["patch"]["value"]["config_discovery"];
@@ -577,7 +635,7 @@ fn rendered_filters_name_the_module_the_operator_serves_by_its_sha256() {
     let text = serde_json::to_string(&objs).unwrap();
     // The operator's Service port (manifests/operator.yaml) and a versioned path.
     let url =
-        format!("http://mlep-operator.mlep-system.svc.cluster.local:8080/mlep_filter/{sha}.wasm");
+        format!("http://mlep-operator.mlep-system.svc.cluster.local:8081/mlep_filter/{sha}.wasm");
     assert!(text.contains(&url), "{url} not in {text}");
     assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
     assert!(!text.contains(&"0".repeat(64)));

@@ -7,16 +7,18 @@ use crate::envoy::STATS_PREFIX;
 use crate::meta::{
     labels, LABEL_APP, LABEL_ENDPOINT, LABEL_MODEL, LABEL_VARIANT, LABEL_VERSION, SERVICE_PORT,
 };
+use crate::pod_security::{
+    default_container_context, model_container_context, model_pod_context, DEFAULT_UID,
+};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume,
-    VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
+    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -88,13 +90,11 @@ pub(super) fn deployment(
                     annotations: Some(labels([("proxy.istio.io/config", proxy_config.as_str())])),
                     ..ObjectMeta::default()
                 }),
+                // Pod Security "restricted" by default: the Model's own fields replace the
+                // defaults one by one, and the result is checked (`crate::pod_security`) before
+                // anything is rendered.
                 spec: Some(PodSpec {
-                    security_context: Some(
-                        model
-                            .pod_security_context
-                            .clone()
-                            .unwrap_or_else(pod_security),
-                    ),
+                    security_context: Some(model_pod_context(model)),
                     automount_service_account_token: Some(false),
                     init_containers: (!init.is_empty()).then_some(init),
                     containers: vec![container],
@@ -137,8 +137,18 @@ fn model_init_container(ctx: &Ctx, a: &Artifact) -> Container {
             mount("model", MODEL_DIR, None),
             mount("tmp", "/tmp", None),
         ]),
-        security_context: Some(container_security()),
+        security_context: Some(init_security()),
         ..Container::default()
+    }
+}
+
+/// model-init is ours: locked down, and its own user whatever the Model's pod context says
+/// (so a Model running its server as another user cannot make the fetch run as root).
+fn init_security() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(DEFAULT_UID),
+        run_as_group: Some(DEFAULT_UID),
+        ..default_container_context()
     }
 }
 
@@ -185,12 +195,7 @@ fn model_container(
             }),
             ..Lifecycle::default()
         }),
-        security_context: Some(
-            model
-                .security_context
-                .clone()
-                .unwrap_or_else(container_security),
-        ),
+        security_context: Some(model_container_context(model)),
         resources: resources.cloned(),
         ..Container::default()
     }
@@ -212,34 +217,6 @@ fn model_env(model: &ModelSpec) -> Vec<EnvVar> {
         );
     }
     env
-}
-
-/// Default pod security of model pods (a Model overrides it with `spec.podSecurityContext`).
-fn pod_security() -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(65532),
-        run_as_group: Some(65532),
-        fs_group: Some(65532),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            ..SeccompProfile::default()
-        }),
-        ..PodSecurityContext::default()
-    }
-}
-
-fn container_security() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        ..SecurityContext::default()
-    }
 }
 
 pub(super) fn service(ctx: &Ctx, name: &str, app: &str) -> Service {

@@ -41,9 +41,8 @@ pub const ANNOTATION: &str = "mlep.dev/rollout";
 /// filter config reaches proxies asynchronously (istiod's push, local mode's ECDS reload), and a
 /// proxy still marking users must find a route and a pod.
 pub const DRAIN_SECONDS: i64 = 15;
-/// Where the operator finds Prometheus unless `analysis.prometheusUrl` says otherwise: the
-/// Service of Istio's Prometheus add-on (`samples/addons/prometheus.yaml`).
-pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus.istio-system.svc:9090";
+/// Where the operator finds Prometheus unless configured otherwise (`crate::analysis`).
+pub use crate::analysis::DEFAULT_PROMETHEUS_URL;
 
 /// Check names, as `lastAnalysis.check` and in messages.
 pub mod checks {

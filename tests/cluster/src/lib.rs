@@ -280,7 +280,14 @@ pub const ENDPOINT: &str = "titanic";
 impl Titanic {
     /// Artifact server, models and endpoint; returns once the endpoint is Ready.
     pub async fn deploy(bed: &Bed, ns: &TempNs) -> Titanic {
-        let t = Titanic::artifacts_only(bed, ns).await;
+        Titanic::artifacts_only(bed, ns).await.with_example().await
+    }
+
+    /// The example's models and endpoint beside the artifact server; returns once the endpoint
+    /// is Ready and the gateway assigns it.
+    pub async fn with_example(self) -> Titanic {
+        let t = self;
+        let bed = &t.bed.clone();
         let t0 = Instant::now();
         for m in t.example_models() {
             bed.api::<Model>(&t.ns)
