@@ -217,7 +217,9 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         promoted,
         Duration::from_secs(30),
     );
-    load.stop().await.assert_no_failures("load across the restart and the promotion");
+    load.stop()
+        .await
+        .assert_no_failures("load across the restart and the promotion");
     assert_users_of_b_on(&up, &before, "healthy").await;
     assert_eq!(saved_rollout(&dir)["phase"], "Promoted");
 }
@@ -271,7 +273,9 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
         "{models:?}"
     );
     assert!(models.contains(&"healthy2") && models.contains(&"titanic:v2"));
-    load.stop().await.assert_no_failures("load across the abort and the new rollout");
+    load.stop()
+        .await
+        .assert_no_failures("load across the abort and the new rollout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +339,9 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
         promoted,
         Duration::from_secs(30),
     );
-    load.stop().await.assert_no_failures("load across the restart mid-bake");
+    load.stop()
+        .await
+        .assert_no_failures("load across the restart mid-bake");
     assert_users_of_b_on(&up, &after, "healthy").await;
 }
 
@@ -389,7 +395,9 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
         aborted,
         Duration::from_secs(60),
     );
-    load.stop().await.assert_no_failures("load across the restart and the abort");
+    load.stop()
+        .await
+        .assert_no_failures("load across the restart and the abort");
     assert_users_of_b_on(&up, &after, "titanic:v2").await;
 }
 
@@ -481,7 +489,9 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         promoted,
         Duration::from_secs(30),
     );
-    load.stop().await.assert_no_failures("load across the paused canary and its promotion");
+    load.stop()
+        .await
+        .assert_no_failures("load across the paused canary and its promotion");
     for i in 0..200 {
         let (variant, model) = served(&up, &format!("after-{i}")).await;
         if variant == "b" {
@@ -518,7 +528,9 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
         s2,
         Duration::from_secs(60),
     );
-    load.stop().await.assert_no_failures("load across the linear rollout");
+    load.stop()
+        .await
+        .assert_no_failures("load across the linear rollout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,7 +558,9 @@ async fn an_unknown_rollout_annotation_is_shown_once_and_ignored_as_the_operator
         Duration::from_secs(60),
     );
     up.wait_for("every user on healthy", step, Duration::from_secs(60));
-    load.stop().await.assert_no_failures("load with the unknown annotation");
+    load.stop()
+        .await
+        .assert_no_failures("load with the unknown annotation");
     let shown = up.output().matches("\"sideways\" is not one of").count();
     assert_eq!(shown, 1, "{}", up.output());
 }
@@ -618,7 +632,9 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         "blue kept running through terminationWaitSeconds (stopped after {:?})",
         at_switch.elapsed()
     );
-    load.stop().await.assert_no_failures("load across the bake and the switch");
+    load.stop()
+        .await
+        .assert_no_failures("load across the bake and the switch");
     for i in 0..100 {
         let (variant, model) = served(&up, &format!("after-{i}")).await;
         if variant == "b" {
@@ -695,5 +711,7 @@ async fn a_canary_to_the_model_another_variant_serves_moves_users_after_an_abort
         on("b", "titanic:v2"),
         after.values().filter(|(v, _)| v == "b").count()
     );
-    load.stop().await.assert_no_failures("load across the abort and the new canary");
+    load.stop()
+        .await
+        .assert_no_failures("load across the abort and the new canary");
 }

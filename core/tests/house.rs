@@ -256,7 +256,10 @@ fn core_operator_and_cli_files_and_functions_stay_short() {
     for dir in ["core/src", "operator/src", "cli/src"] {
         let before = files.len();
         rust_files(&root.join(dir), &mut files);
-        assert!(files.len() > before + 5, "too few files read under {dir}: {files:?}");
+        assert!(
+            files.len() > before + 5,
+            "too few files read under {dir}: {files:?}"
+        );
     }
     let mut problems = Vec::new();
     for file in &files {

@@ -433,7 +433,9 @@ impl Load {
 
 /// The report, even if a sender panicked while holding it.
 fn lock(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
-    report.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    report
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -489,7 +491,10 @@ mod tests {
         assert_eq!(report.requests, seen.len() as u64);
         // The upstream answers no predictions: every answer counts, as a failure by kind.
         assert_eq!(report.succeeded(), 0);
-        assert_eq!(report.failures["HTTP 200 variant=- model=-"], report.requests);
+        assert_eq!(
+            report.failures["HTTP 200 variant=- model=-"],
+            report.requests
+        );
         let keys: BTreeSet<&str> = seen
             .iter()
             .map(|s| s.headers["x-user-id"].as_str())
