@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use mlep::http::{self, Request, Response};
-pub use mlep_tests::load::{Load, Report, Shape, Target};
+pub use mlep_tests::load::{Load, Shape, Target};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
