@@ -253,35 +253,7 @@ fn endpoint_vhost(
         }]),
         _ => json!([]),
     };
-    // A route's action: `target` (a cluster, or weighted clusters), the timeout, the mirror.
-    let to = |key: &str, target: Value| {
-        let mut action = json!({"timeout": "60s", "request_mirror_policies": mirror});
-        action[key] = target;
-        action
-    };
-    // Rollout routes match more headers, so they go first.
-    let mut routes = Vec::new();
-    for v in &ep.variants {
-        if let Some(next) = v.rollout_upstream {
-            // The filter sets the model header only on moved users of a variant being
-            // rolled out (and strips it from the others), so "present" is enough here.
-            // Any model with the route key: the filter sets it only on moved users (and strips
-            // it from the others), and a rollout then changes no route, only EDS and the config.
-            let cluster = rollout_cluster(&ep.name, &v.name);
-            clusters.push(upstreams.cluster(&cluster, next));
-            routes.push(json!({
-                "name": format!("{}-{}-rollout", ep.name, v.name),
-                "match": {"prefix": "/", "headers": [
-                    {"name": VARIANT_HEADER, "string_match": {"exact": routed_value(&v.name, &ep.route_key)}},
-                    {"name": MODEL_HEADER, "string_match": {"suffix": format!(".{}", ep.route_key)}}
-                ]},
-                "route": to("cluster", json!(cluster)),
-                "request_headers_to_add": [restore(&v.name)],
-                "request_headers_to_remove": [MODEL_HEADER]
-            }));
-        }
-        clusters.push(upstreams.cluster(&variant_cluster(&ep.name, &v.name), v.upstream));
-    }
+    let mut routes = variant_routes(ep, &mirror, upstreams, clusters);
     // Local mode starts Envoy once every server is ready: every variant is routable.
     let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
         name: &v.name,
@@ -292,7 +264,7 @@ fn endpoint_vhost(
         json!({
             "name": name,
             "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": routed_value(v, &ep.route_key)}}]},
-            "route": to("cluster", json!(variant_cluster(&ep.name, v))),
+            "route": route_action("cluster", json!(variant_cluster(&ep.name, v)), &mirror),
             "request_headers_to_add": [restore(v)]
         })
     }));
@@ -307,7 +279,7 @@ fn endpoint_vhost(
     routes.push(json!({
         "name": DEFAULT_ROUTE,
         "match": {"prefix": "/"},
-        "route": to("weighted_clusters", json!({"clusters": weighted}))
+        "route": route_action("weighted_clusters", json!({"clusters": weighted}), &mirror)
     }));
     if let Some(s) = &ep.shadow {
         clusters.push(upstreams.cluster(&s.cluster, s.upstream));
@@ -322,6 +294,45 @@ fn endpoint_vhost(
         vhost["retry_policy"] = upstreams::retry_policy();
     }
     Ok(vhost)
+}
+
+/// A route's action: `target` under `key` (a cluster, or weighted clusters), the timeout, the
+/// mirror.
+fn route_action(key: &str, target: Value, mirror: &Value) -> Value {
+    let mut action = json!({"timeout": "60s", "request_mirror_policies": mirror});
+    action[key] = target;
+    action
+}
+
+/// The rollout routes of `ep`'s variants being rolled out (they match more headers, so they go
+/// first), each with its rollout cluster; and every variant's own cluster.
+fn variant_routes(
+    ep: &RouteEndpoint,
+    mirror: &Value,
+    upstreams: &Upstreams,
+    clusters: &mut Vec<Value>,
+) -> Vec<Value> {
+    let mut routes = Vec::new();
+    for v in &ep.variants {
+        if let Some(next) = v.rollout_upstream {
+            // Any model with the route key: the filter sets it only on moved users (and strips
+            // it from the others), and a rollout then changes no route, only EDS and the config.
+            let cluster = rollout_cluster(&ep.name, &v.name);
+            clusters.push(upstreams.cluster(&cluster, next));
+            routes.push(json!({
+                "name": format!("{}-{}-rollout", ep.name, v.name),
+                "match": {"prefix": "/", "headers": [
+                    {"name": VARIANT_HEADER, "string_match": {"exact": routed_value(&v.name, &ep.route_key)}},
+                    {"name": MODEL_HEADER, "string_match": {"suffix": format!(".{}", ep.route_key)}}
+                ]},
+                "route": route_action("cluster", json!(cluster), mirror),
+                "request_headers_to_add": [restore(&v.name)],
+                "request_headers_to_remove": [MODEL_HEADER]
+            }));
+        }
+        clusters.push(upstreams.cluster(&variant_cluster(&ep.name, &v.name), v.upstream));
+    }
+    routes
 }
 
 /// A route's `request_headers_to_add` entry putting the plain variant name back.

@@ -78,7 +78,7 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     up.wait_for("titanic-v2", from, Duration::from_secs(10));
 
     // A live weight change under load: no failed request; users move only from a to b.
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     tokio::time::sleep(Duration::from_millis(300)).await; // load running before the edit
     let from = up.lines();
     edit(&endpoint_yaml, "weight: 80", "weight: 50");
@@ -89,17 +89,10 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         Duration::from_secs(30),
     );
     tokio::time::sleep(Duration::from_millis(300)).await; // and still running after it
-    let (ok, failed) = load.finish().await;
-    eprintln!(
-        "measured: weight change under load: {ok} ok, {} failed",
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} failed requests during the weight change, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let report = load.stop().await;
+    eprintln!("measured: weight change under load: {}", report.summary());
+    report.assert_no_failures("the weight change");
+    let ok = report.succeeded();
     assert!(ok > 50, "only {ok} requests ran across the change");
     let after = split(&up, "user", 2000).await;
     let b_share = share(&after, "b");
@@ -129,7 +122,7 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     let tmp = models_yaml.with_extension("tmp");
     std::fs::write(&tmp, format!("{models}\n---\n{v1_doc}\n")).unwrap();
     std::fs::rename(&tmp, &models_yaml).unwrap();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let from = up.lines();
     edit(&endpoint_yaml, "model: titanic-v2", "model: titanic-v1b");
     up.wait_for(
@@ -137,17 +130,10 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         from,
         Duration::from_secs(60),
     );
-    let (ok, failed) = load.finish().await;
-    eprintln!(
-        "measured: model change under load: {ok} ok, {} failed",
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} failed requests during the model change, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let report = load.stop().await;
+    eprintln!("measured: model change under load: {}", report.summary());
+    report.assert_no_failures("the model change");
+    let ok = report.succeeded();
     assert!(ok > 20, "only {ok} requests ran across the model change");
     let r = up
         .invoke(Some("m"), &[("x-mlep-target-variant", "b".into())])
@@ -160,7 +146,7 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
 
     // Adding a shadow live: its server starts, its (pre-created, empty) cluster gets it, then the
     // filter starts mirroring; no Envoy restart, no failed request; the table gets a shadow row.
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let from = up.lines();
     let text = std::fs::read_to_string(&endpoint_yaml).unwrap();
     let tmp = endpoint_yaml.with_extension("tmp");
@@ -176,17 +162,9 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
         Duration::from_secs(60),
     );
     up.wait_for("applied: titanic", from, Duration::from_secs(60));
-    let (ok, failed) = load.finish().await;
-    eprintln!(
-        "measured: adding a shadow under load: {ok} ok, {} failed",
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} failed requests while adding the shadow, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let report = load.stop().await;
+    eprintln!("measured: adding a shadow under load: {}", report.summary());
+    report.assert_no_failures("adding the shadow");
     assert!(
         !up.output()
             .lines()

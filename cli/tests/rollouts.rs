@@ -178,7 +178,7 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         .collect();
     let first_answers = tokio::spawn(first_answers(up.port, moved_users, 100));
     let ready = up.wait_ready();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     // From Envoy's first request on: every user where it was (0 moved twice, 0 others moved).
     let after = assignments(&up, "user", 400).await;
     let changed: Vec<_> = before
@@ -217,7 +217,9 @@ async fn a_restart_mid_canary_resumes_with_exactly_the_same_users_on_the_new_mod
         promoted,
         Duration::from_secs(30),
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the restart and the promotion");
     assert_users_of_b_on(&up, &before, "healthy").await;
     assert_eq!(saved_rollout(&dir)["phase"], "Promoted");
 }
@@ -230,7 +232,7 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
     edit_endpoint(&dir, "model: healthy", "model: healthy2");
     let mut up = Up::start(&dir);
     up.wait_ready();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let aborted = up.wait_for(
         "aborted b from healthy to titanic-v2: spec now names healthy2; every user is on titanic-v2",
         0,
@@ -271,7 +273,9 @@ async fn a_target_changed_while_stopped_aborts_the_rollout_and_starts_over_from_
         "{models:?}"
     );
     assert!(models.contains(&"healthy2") && models.contains(&"titanic:v2"));
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the abort and the new rollout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +306,7 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
             Duration::from_secs(1)
         ) < ready
     );
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     // Nobody moves while baking; b's requests are mirrored to healthy again.
     let after = assignments(&up, "bake", 200).await;
     let on_b: Vec<&str> = after
@@ -335,7 +339,9 @@ async fn a_restart_mid_bake_mirrors_to_the_new_model_again_with_nobody_moved() {
         promoted,
         Duration::from_secs(30),
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the restart mid-bake");
     assert_users_of_b_on(&up, &after, "healthy").await;
 }
 
@@ -349,7 +355,7 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
     );
     let mut first = Up::start(&dir);
     first.wait_ready();
-    let load = Load::start(first.port, 2);
+    let load = load_on(&first, Shape::fresh_users(2));
     let from = first.lines();
     edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     first.wait_for(
@@ -357,14 +363,14 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
         from,
         Duration::from_secs(60),
     );
-    load.finish().await;
+    load.stop().await;
     first.stop_with(nix::sys::signal::Signal::SIGTERM);
 
     let mut up = Up::start(&dir);
     let ready = up.wait_ready();
     // Blue runs again beside green, which serves every user of b.
     assert!(up.wait_for("ready: titanic/b (titanic-v2) ", 0, Duration::from_secs(1)) < ready);
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let after = assignments(&up, "green", 200).await;
     let on_b: Vec<&str> = after
         .values()
@@ -389,7 +395,9 @@ async fn a_restart_after_a_blue_green_switch_keeps_blue_for_an_instant_rollback(
         aborted,
         Duration::from_secs(60),
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the restart and the abort");
     assert_users_of_b_on(&up, &after, "titanic:v2").await;
 }
 
@@ -403,7 +411,7 @@ async fn a_canary_to_a_failing_model_rolls_back_with_every_user_on_the_old_model
     );
     let mut up = Up::start(&dir);
     up.wait_ready();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let from = up.lines();
     edit_endpoint(&dir, "model: titanic-v2", "model: flaky");
     up.wait_for(
@@ -416,13 +424,15 @@ async fn a_canary_to_a_failing_model_rolls_back_with_every_user_on_the_old_model
         from,
         Duration::from_secs(60),
     );
-    let (ok, failed) = load.finish().await;
-    assert!(ok > 0);
+    let report = load.stop().await;
+    assert!(report.succeeded() > 0, "{}", report.summary());
     assert!(
-        failed
-            .iter()
-            .all(|f| f.contains("HTTP 500") && f.contains("flaky")),
-        "only the flaky model's own answers failed: {failed:?}"
+        report
+            .failures
+            .keys()
+            .all(|f| f.starts_with("HTTP 500 ") && f.ends_with(" model=flaky")),
+        "only the flaky model's own answers failed: {:?}",
+        report.failures
     );
     // Every user of b is back on titanic-v2.
     let mut on_b = 0;
@@ -446,7 +456,7 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
     );
     let mut up = Up::start(&dir);
     up.wait_ready();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let from = up.lines();
     edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     up.wait_for(
@@ -479,7 +489,9 @@ async fn a_paused_canary_moves_its_share_of_users_and_promotes_without_a_failed_
         promoted,
         Duration::from_secs(30),
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the paused canary and its promotion");
     for i in 0..200 {
         let (variant, model) = served(&up, &format!("after-{i}")).await;
         if variant == "b" {
@@ -498,7 +510,7 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
     );
     let mut up = Up::start(&dir);
     up.wait_ready();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let from = up.lines();
     edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     let s1 = up.wait_for(
@@ -516,7 +528,9 @@ async fn a_linear_rollout_promotes_step_by_step_without_a_failed_request() {
         s2,
         Duration::from_secs(60),
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the linear rollout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,7 +550,7 @@ async fn an_unknown_rollout_annotation_is_shown_once_and_ignored_as_the_operator
         Duration::from_secs(30),
     );
     // Ignored: a model change rolls out as without the annotation (not paused).
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     let step = up.wait_for(
         "rollout titanic: step 1: 50% of b's users on healthy",
@@ -544,7 +558,9 @@ async fn an_unknown_rollout_annotation_is_shown_once_and_ignored_as_the_operator
         Duration::from_secs(60),
     );
     up.wait_for("every user on healthy", step, Duration::from_secs(60));
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load with the unknown annotation");
     let shown = up.output().matches("\"sideways\" is not one of").count();
     assert_eq!(shown, 1, "{}", up.output());
 }
@@ -559,7 +575,7 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
     );
     let mut up = Up::start(&dir);
     up.wait_ready();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let from = up.lines();
     edit_endpoint(&dir, "model: titanic-v2", "model: healthy");
     let bake = up.wait_for(
@@ -616,7 +632,9 @@ async fn a_blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_
         "blue kept running through terminationWaitSeconds (stopped after {:?})",
         at_switch.elapsed()
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the bake and the switch");
     for i in 0..100 {
         let (variant, model) = served(&up, &format!("after-{i}")).await;
         if variant == "b" {
@@ -658,7 +676,7 @@ async fn a_canary_to_the_model_another_variant_serves_moves_users_after_an_abort
     let tmp = dir.join("input/endpoint.yaml.tmp");
     std::fs::write(&tmp, retargeted).unwrap();
     std::fs::rename(&tmp, dir.join("input/endpoint.yaml")).unwrap();
-    let load = Load::start(up.port, 3);
+    let load = load_on(&up, Shape::fresh_users(3));
     let step = up.wait_for(
         "rollout titanic: step 1: 50% of a's users on titanic-v2",
         aborted,
@@ -693,5 +711,7 @@ async fn a_canary_to_the_model_another_variant_serves_moves_users_after_an_abort
         on("b", "titanic:v2"),
         after.values().filter(|(v, _)| v == "b").count()
     );
-    load.finish_without_failures().await;
+    load.stop()
+        .await
+        .assert_no_failures("load across the abort and the new canary");
 }

@@ -58,10 +58,12 @@ async fn killed_model_servers_are_restarted_and_a_second_replica_takes_every_req
 
     // Two replicas of a, under load aimed at a: one is killed, no request fails. Envoy retries
     // what hit the dead one on the other and health checks take it out until it is back.
-    let target_a = [("x-mlep-target-variant", "a".to_owned())];
-    let load = Load::start_with(up.port, 3, &target_a);
+    let load = load_on(
+        &up,
+        Shape::fresh_users(3).header("x-mlep-target-variant", "a"),
+    );
     let warm = Instant::now();
-    while load.ok() < 30 {
+    while load.succeeded() < 30 {
         assert!(
             warm.elapsed() < Duration::from_secs(30),
             "load did not get going"
@@ -80,21 +82,16 @@ async fn killed_model_servers_are_restarted_and_a_second_replica_takes_every_req
         line.contains(&format!("on 127.0.0.1:{} ", a[0])),
         "restarted on the same port (the EDS file stays as it is): {line}"
     );
-    let ok_at_restart = load.ok();
-    while load.ok() < ok_at_restart + 30 {
+    let ok_at_restart = load.succeeded();
+    while load.succeeded() < ok_at_restart + 30 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (ok, failed) = load.finish().await;
+    let report = load.stop().await;
     eprintln!(
-        "measured: one of two replicas killed under load: {ok} ok, {} failed",
-        failed.len()
+        "measured: one of two replicas killed under load: {}",
+        report.summary()
     );
-    assert!(
-        failed.is_empty(),
-        "{} requests failed while a replica was down, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    report.assert_no_failures("a replica down");
 
     // The single replica of b: killed, restarted, serving again within 5 s.
     let from = up.lines();

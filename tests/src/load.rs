@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where requests go: a proxy's address and the `host` header naming the endpoint.
@@ -268,6 +268,11 @@ impl Report {
         self.failures.values().sum()
     }
 
+    /// Requests that succeeded (`requests - failed`).
+    pub fn succeeded(&self) -> u64 {
+        self.requests.saturating_sub(self.failed())
+    }
+
     /// The `p`-quantile latency (0..1), in ms.
     pub fn percentile(&self, p: f64) -> f64 {
         let mut l = self.latencies_ms.clone();
@@ -302,31 +307,101 @@ impl Report {
     }
 }
 
-/// Sequential requests (keys `load-user-<i % 500>`) until stopped or 300 s pass.
+/// How a load run sends: its senders, its user keys and its headers.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Senders running at once, each one request at a time.
+    pub workers: usize,
+    /// `Some(n)`: keys `load-user-<i % n>` (users who come back); `None`: a fresh key
+    /// `load-<worker>-<i>` for every request.
+    pub returning_users: Option<u64>,
+    /// Headers on every request besides the key (e.g. `x-mlep-target-variant`).
+    pub headers: Vec<(String, String)>,
+    /// `false` accepts answers without `x-mlep-variant` (no filter ran).
+    pub need_variant: bool,
+}
+
+impl Shape {
+    /// One sender and 500 returning users (the cluster e2e's load).
+    pub fn returning(need_variant: bool) -> Shape {
+        Shape {
+            workers: 1,
+            returning_users: Some(500),
+            headers: Vec::new(),
+            need_variant,
+        }
+    }
+
+    /// `workers` senders, a new user for every request, each answer assigned a variant.
+    pub fn fresh_users(workers: usize) -> Shape {
+        Shape {
+            workers,
+            returning_users: None,
+            headers: Vec::new(),
+            need_variant: true,
+        }
+    }
+
+    /// Also send `name: value` on every request.
+    pub fn header(mut self, name: &str, value: &str) -> Shape {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The user key of `worker`'s `i`-th request.
+    fn key(&self, worker: usize, i: u64) -> String {
+        match self.returning_users {
+            Some(n) => format!("load-user-{}", i % n.max(1)),
+            None => format!("load-{worker}-{i}"),
+        }
+    }
+}
+
+/// Requests shaped by a [`Shape`] until stopped or 300 s pass; never retried.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Report>,
+    report: Arc<Mutex<Report>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    /// Start; `need_variant: false` accepts answers without `x-mlep-variant` (no filter).
+    /// Start [`Shape::returning`]: one sender, 500 returning users.
     pub fn start(target: Target, need_variant: bool) -> Load {
+        Load::start_shaped(target, Shape::returning(need_variant))
+    }
+
+    /// Start `shape.workers` senders at `target`.
+    pub fn start_shaped(target: Target, shape: Shape) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut report = Report::default();
-            let start = Instant::now();
-            let mut i = 0u64;
-            while !flag.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(300) {
-                i += 1;
-                let key = format!("load-user-{}", i % 500);
-                let t0 = Instant::now();
-                let o = target.invoke(&[("x-user-id", &key)]).await;
-                report.record(&o, need_variant, t0.elapsed().as_secs_f64() * 1000.0);
-            }
-            report
-        });
-        Load { stop, task }
+        let report = Arc::new(Mutex::new(Report::default()));
+        let shape = Arc::new(shape);
+        let tasks = (0..shape.workers)
+            .map(|w| {
+                let (stop, report, shape, target) =
+                    (stop.clone(), report.clone(), shape.clone(), target.clone());
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed)
+                        && start.elapsed() < Duration::from_secs(300)
+                    {
+                        i += 1;
+                        let key = shape.key(w, i);
+                        let mut headers = vec![("x-user-id", key.as_str())];
+                        headers.extend(shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                        let t0 = Instant::now();
+                        let o = target.invoke(&headers).await;
+                        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                        lock(&report).record(&o, shape.need_variant, ms);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            report,
+            tasks,
+        }
     }
 
     /// Run for `d` and report.
@@ -336,15 +411,37 @@ impl Load {
         l.stop().await
     }
 
+    /// Requests that succeeded so far.
+    pub fn succeeded(&self) -> u64 {
+        lock(&self.report).succeeded()
+    }
+
+    /// Stop every sender, let its request in flight finish, and report.
     pub async fn stop(self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                *lock(&self.report)
+                    .failures
+                    .entry(format!("load sender failed: {e}"))
+                    .or_default() += 1;
+            }
+        }
+        std::mem::take(&mut *lock(&self.report))
     }
+}
+
+/// The report, even if a sender panicked while holding it.
+fn lock(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
+    report
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn answered(status: u16, variant: Option<&str>, model: Option<&str>) -> Outcome {
         Outcome::Answered {
@@ -377,6 +474,45 @@ mod tests {
         let o = answered(200, None, Some("titanic:v1"));
         assert!(!o.is_success(true));
         assert!(o.is_success(false));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_user_senders_send_their_headers_with_a_new_key_each_and_count_every_answer() {
+        let up = crate::Upstream::start("a");
+        let shape = Shape::fresh_users(3).header("x-mlep-target-variant", "a");
+        let load = Load::start_shaped(Target::titanic(up.addr, "x"), shape);
+        let start = Instant::now();
+        while load.report.lock().unwrap().requests < 30 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no load");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let report = load.stop().await;
+        let seen = up.seen();
+        assert_eq!(report.requests, seen.len() as u64);
+        // The upstream answers no predictions: every answer counts, as a failure by kind.
+        assert_eq!(report.succeeded(), 0);
+        assert_eq!(
+            report.failures["HTTP 200 variant=- model=-"],
+            report.requests
+        );
+        let keys: BTreeSet<&str> = seen
+            .iter()
+            .map(|s| s.headers["x-user-id"].as_str())
+            .collect();
+        assert_eq!(keys.len(), seen.len(), "a key was used twice");
+        let senders: BTreeSet<&str> = keys.iter().filter_map(|k| k.split('-').nth(1)).collect();
+        assert_eq!(senders, BTreeSet::from(["0", "1", "2"]));
+        assert!(seen
+            .iter()
+            .all(|s| s.headers["x-mlep-target-variant"] == "a"));
+    }
+
+    #[test]
+    fn returning_users_come_back_after_n_requests() {
+        let s = Shape::returning(true);
+        assert_eq!(s.key(0, 1), "load-user-1");
+        assert_eq!(s.key(0, 501), "load-user-1");
+        assert_ne!(s.key(0, 2), s.key(0, 1));
     }
 
     #[tokio::test]

@@ -400,64 +400,113 @@ impl Session {
         let Some(status) = out.status.clone() else {
             return Ok(());
         };
-        if last.as_ref().map(|l| (l.phase, l.step, l.moved_percent))
+        self.record_status(ns, name, last.as_ref(), &status)?;
+        let key = (ns.to_owned(), name.to_owned(), status.variant.clone());
+        let wanted: Vec<String> = out
+            .models
+            .as_ref()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        // 1. The new model's servers, ready, and in the rollout cluster.
+        self.start_new_model(&key, &status, &wanted).await?;
+        // 2. Promotion, or a rollback while blue still runs.
+        self.hand_over_variant(&key, &status, &out, &wanted).await?;
+        // 3. The split and the bake's mirror.
+        self.apply_split_and_mirror(&key, &out).await?;
+        // 4. Servers the machine no longer wants.
+        self.stop_unwanted(&key, &status, &wanted).await?;
+        if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
+            self.rollouts.targets.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Say a new phase, step or share; save a changed status, then route by it.
+    ///
+    /// Saved before it is applied: a restart resumes with at least the users Envoy may have
+    /// moved (the moved set only grows), never with fewer (they would move back and again).
+    fn record_status(
+        &mut self,
+        ns: &str,
+        name: &str,
+        last: Option<&RolloutStatus>,
+        status: &RolloutStatus,
+    ) -> Result<(), LocalError> {
+        let ep_key = format!("{ns}/{name}");
+        if last.map(|l| (l.phase, l.step, l.moved_percent))
             != Some((status.phase, status.step, status.moved_percent))
         {
             self.ui.say(format!("rollout {name}: {}", status.message));
         }
-        // Saved before it is applied: a restart resumes with at least the users Envoy may have
-        // moved (the moved set only grows), never with fewer (they would move back and again).
-        if last.as_ref() != Some(&status) {
+        if last != Some(status) {
             let saved = resume::Saved {
                 strategy: self.strategy_of(ns, name),
                 status: status.clone(),
             };
             resume::save(&self.opts.state_dir, &ep_key, &saved)?;
         }
-        let variant = status.variant.clone();
-        let key = (ns.to_owned(), name.to_owned(), variant.clone());
-        let wanted: Vec<String> = out
-            .models
-            .as_ref()
-            .map(|(_, m)| m.clone())
-            .unwrap_or_default();
         // The status routes by now (the rollout cluster follows its target model).
         self.rollouts.status.insert(ep_key, status.clone());
-        // 1. The new model's servers, ready, and in the rollout cluster.
-        if wanted.contains(&status.to_model)
-            && status.phase != Phase::Promoted
-            && self.rollouts.set_of(&key, &status.to_model).is_none()
+        Ok(())
+    }
+
+    /// Start the rollout's new model (the held-back target) when the machine wants it and it
+    /// does not run yet; once ready, its servers join the variant's rollout cluster.
+    async fn start_new_model(
+        &mut self,
+        key: &Key,
+        status: &RolloutStatus,
+        wanted: &[String],
+    ) -> Result<(), LocalError> {
+        if !wanted.contains(&status.to_model)
+            || status.phase == Phase::Promoted
+            || self.rollouts.set_of(key, &status.to_model).is_some()
         {
-            if let Some(set) = self.rollouts.targets.get(&key).cloned() {
-                if set.model == status.to_model {
-                    let r = self.start_set(&set).await?;
-                    self.rollouts.put_set(&key, r);
-                    self.point_rollout_cluster(ns, name, &variant).await?;
-                }
-            }
+            return Ok(());
         }
-        // 2. Promotion: the variant's own cluster moves to the new servers.
-        let promoted = out
-            .serving
-            .as_ref()
-            .is_some_and(|(_, m)| *m == status.to_model)
-            && self.rollouts.set_of(&key, &status.to_model).is_some();
-        if promoted {
+        let Some(set) = self.rollouts.targets.get(key).cloned() else {
+            return Ok(());
+        };
+        if set.model != status.to_model {
+            return Ok(());
+        }
+        let r = self.start_set(&set).await?;
+        self.rollouts.put_set(key, r);
+        self.point_rollout_cluster(&key.0, &key.1, &key.2).await
+    }
+
+    /// Promotion: the variant's own cluster moves to the new servers (blue kept if the machine
+    /// still wants the old model). A rollback while blue still runs: blue takes the variant
+    /// back at once.
+    async fn hand_over_variant(
+        &mut self,
+        key: &Key,
+        status: &RolloutStatus,
+        out: &machine::Outcome,
+        wanted: &[String],
+    ) -> Result<(), LocalError> {
+        let serves = |model: &str| out.serving.as_ref().is_some_and(|(_, m)| m == model);
+        if serves(&status.to_model) && self.rollouts.set_of(key, &status.to_model).is_some() {
             let keep_blue = wanted.contains(&status.from_model);
-            self.promote_locally(&key, &status.to_model, keep_blue)
+            self.promote_locally(key, &status.to_model, keep_blue)
                 .await?;
         }
-        // A rollback while blue still runs: it takes the variant back at once.
-        let demoted = out
-            .serving
-            .as_ref()
-            .is_some_and(|(_, m)| *m == status.from_model)
-            && self.rollouts.blue.contains_key(&key);
-        if demoted {
-            self.demote_locally(ns, name, &variant, &status.from_model)
+        if serves(&status.from_model) && self.rollouts.blue.contains_key(key) {
+            self.demote_locally(&key.0, &key.1, &key.2, &status.from_model)
                 .await?;
         }
-        // 3. The split and the bake's mirror (its cluster first, then the filter config).
+        Ok(())
+    }
+
+    /// Carry the machine's split and bake mirror: a new mirror's cluster gets its servers
+    /// first, then the filter config changes; a mirror that ends leaves the filter config
+    /// before its cluster is emptied.
+    async fn apply_split_and_mirror(
+        &mut self,
+        key: &Key,
+        out: &machine::Outcome,
+    ) -> Result<(), LocalError> {
+        let (ns, name) = (key.0.as_str(), key.1.as_str());
         let split = out.split.as_ref().map(|(_, s)| s.clone());
         let ep_pair = (ns.to_owned(), name.to_owned());
         let mirror_changed = self.rollouts.mirrors.get(&ep_pair) != out.mirror.as_ref();
@@ -467,55 +516,63 @@ impl Session {
                 self.point_shadow_cluster(ns, name).await?;
             }
         }
-        if self.rollouts.splits.get(&key) != split.as_ref() || mirror_changed {
-            match split {
-                Some(s) => self.rollouts.splits.insert(key.clone(), s),
-                None => self.rollouts.splits.remove(&key),
-            };
-            if out.mirror.is_none() {
-                self.rollouts.mirrors.remove(&ep_pair);
-            }
-            let d = self.desired.clone();
-            self.reload_filter(&d).await?;
-            if out.mirror.is_none() && mirror_changed {
-                self.point_shadow_cluster(ns, name).await?;
-            }
+        if self.rollouts.splits.get(key) == split.as_ref() && !mirror_changed {
+            return Ok(());
         }
-        // 4. A rolled-back model's servers go once nothing routes there, and so do those of
-        // any model the machine no longer wants (another variant's, or an earlier rollout's).
+        match split {
+            Some(s) => self.rollouts.splits.insert(key.clone(), s),
+            None => self.rollouts.splits.remove(key),
+        };
+        if out.mirror.is_none() {
+            self.rollouts.mirrors.remove(&ep_pair);
+        }
+        let d = self.desired.clone();
+        self.reload_filter(&d).await?;
+        if out.mirror.is_none() && mirror_changed {
+            self.point_shadow_cluster(ns, name).await?;
+        }
+        Ok(())
+    }
+
+    /// A rolled-back model's servers go once nothing routes there, and so do those of any
+    /// model the machine no longer wants (another variant's, or an earlier rollout's); blue
+    /// goes once the machine no longer keeps the old model.
+    async fn stop_unwanted(
+        &mut self,
+        key: &Key,
+        status: &RolloutStatus,
+        wanted: &[String],
+    ) -> Result<(), LocalError> {
+        let (ns, name, variant) = (key.0.as_str(), key.1.as_str(), key.2.as_str());
         let unwanted: Vec<ModelKey> = self
             .rollouts
             .sets
             .keys()
-            .filter(|(n, e, v, m)| n == ns && e == name && (*v != variant || !wanted.contains(m)))
+            .filter(|(n, e, v, m)| n == ns && e == name && (v != variant || !wanted.contains(m)))
             .cloned()
             .collect();
         for k in unwanted {
             if let Some(r) = self.rollouts.sets.remove(&k) {
                 self.point_rollout_cluster(ns, name, &k.2).await?;
-                self.ui.say(format!(
-                    "  stopping {} on {}",
-                    r.set.label(),
-                    addrs_text(&r.addrs())
-                ));
-                self.stop_set(r).await;
+                self.stop_saying(r).await;
             }
         }
-        // Blue goes once the machine no longer keeps it.
         if !wanted.contains(&status.from_model) {
-            if let Some(r) = self.rollouts.blue.remove(&key) {
-                self.ui.say(format!(
-                    "  stopping {} on {}",
-                    r.set.label(),
-                    addrs_text(&r.addrs())
-                ));
-                self.stop_set(r).await;
+            if let Some(r) = self.rollouts.blue.remove(key) {
+                self.stop_saying(r).await;
             }
-        }
-        if status.phase == Phase::Promoted && !self.rollouts.blue.contains_key(&key) {
-            self.rollouts.targets.remove(&key);
         }
         Ok(())
+    }
+
+    /// Stop `r`'s servers, saying so.
+    async fn stop_saying(&self, r: RunningSet) {
+        self.ui.say(format!(
+            "  stopping {} on {}",
+            r.set.label(),
+            addrs_text(&r.addrs())
+        ));
+        self.stop_set(r).await;
     }
 
     /// Write the rollout cluster's EDS (new servers, or the variant's own) and wait for Envoy.
@@ -569,12 +626,7 @@ impl Session {
             if keep_blue {
                 self.rollouts.blue.insert(key.clone(), r);
             } else {
-                self.ui.say(format!(
-                    "  stopping {} on {}",
-                    r.set.label(),
-                    addrs_text(&r.addrs())
-                ));
-                self.stop_set(r).await;
+                self.stop_saying(r).await;
             }
         }
         Ok(())

@@ -1,16 +1,18 @@
 //! What the end-to-end tests of `mlep local up` share: a running `mlep local up` with its
-//! output ([`Up`]), load generators, process lookups and the Titanic example's expectations.
+//! output ([`Up`]), load on it (through the project's one no-retry client, `mlep_tests::load`),
+//! process lookups and the Titanic example's expectations.
 
 #![allow(dead_code)] // each test binary uses its own subset
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use mlep::http::{self, Request, Response};
+pub use mlep_tests::load::{Load, Shape, Target};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -280,91 +282,16 @@ pub fn edit(path: &Path, from: &str, to: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Requests with fresh user keys from `workers` tasks until `stop`; counts outcomes by variant.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// The no-retry load client's view of `up`: its Envoy, with the `host` that
+/// [`mlep::http::send`] names.
+pub fn target(up: &Up) -> Target {
+    let addr = SocketAddr::from(([127, 0, 0, 1], up.port));
+    Target::titanic(addr, &addr.to_string())
 }
 
-impl Load {
-    pub fn start(port: u16, workers: usize) -> Load {
-        Self::start_with(port, workers, &[])
-    }
-
-    /// Like [`Load::start`], each request also carrying `extra` headers.
-    pub fn start_with(port: u16, workers: usize, extra: &[(&'static str, String)]) -> Load {
-        let extra = extra.to_vec();
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let body = Arc::new(std::fs::read(example().join("request.json")).unwrap());
-        let tasks = (0..workers)
-            .map(|w| {
-                let (stop, ok, failed, body, extra) = (
-                    stop.clone(),
-                    ok.clone(),
-                    failed.clone(),
-                    body.clone(),
-                    extra.clone(),
-                );
-                tokio::spawn(async move {
-                    let start = Instant::now();
-                    let mut i = 0u64;
-                    // Bounded in count and time.
-                    while !stop.load(Ordering::Relaxed)
-                        && i < 20_000
-                        && start.elapsed() < Duration::from_secs(120)
-                    {
-                        i += 1;
-                        let req = invocation(Some(format!("load-{w}-{i}")), &extra, &body);
-                        match http::send(port, &req, Duration::from_secs(10)).await {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => failed.lock().unwrap().push(format!(
-                                "HTTP {}: {}",
-                                r.status,
-                                r.text()
-                            )),
-                            Err(e) => failed.lock().unwrap().push(e.to_string()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    /// Requests answered 200 so far.
-    pub fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stop the load and assert it answered some requests and failed none; returns how many.
-    pub async fn finish_without_failures(self) -> u64 {
-        let (ok, failed) = self.finish().await;
-        assert!(ok > 0, "no request answered");
-        assert!(failed.is_empty(), "failed requests: {failed:?}");
-        ok
-    }
-
-    pub async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.lock().unwrap().clone(),
-        )
-    }
+/// Load on `up`'s Envoy, shaped by `shape` (e.g. `Shape::fresh_users(3)`).
+pub fn load_on(up: &Up, shape: Shape) -> Load {
+    Load::start_shaped(target(up), shape)
 }
 
 pub async fn split(up: &Up, prefix: &str, n: usize) -> BTreeMap<String, String> {
