@@ -382,6 +382,7 @@ impl Session {
             last: Some(&last),
             models: None,
             observed: &observed,
+            failures: &Default::default(),
             now,
             route_grace_seconds: 0,
         };
