@@ -399,10 +399,9 @@ impl Session {
         let Some(status) = out.status.clone() else {
             return Ok(());
         };
-        if last.as_ref().map(|l| (l.phase, l.step, l.moved_percent))
-            != Some((status.phase, status.step, status.moved_percent))
-        {
-            self.ui.say(format!("rollout {name}: {}", status.message));
+        // The operator's Events, one line each (`<note> (<type> <reason>)`).
+        for e in mlep_core::events::rollout_events(last.as_ref(), Some(&status)) {
+            self.ui.say(format!("rollout {name}: {e}"));
         }
         // Saved before it is applied: a restart resumes with at least the users Envoy may have
         // moved (the moved set only grows), never with fewer (they would move back and again).
