@@ -81,7 +81,10 @@ impl fmt::Display for Event {
 }
 
 /// The Events an endpoint's status change from `last` to `next` is worth.
-pub fn endpoint_events(last: Option<&ModelEndpointStatus>, next: &ModelEndpointStatus) -> Vec<Event> {
+pub fn endpoint_events(
+    last: Option<&ModelEndpointStatus>,
+    next: &ModelEndpointStatus,
+) -> Vec<Event> {
     let mut out = rollout_events(last.and_then(|l| l.rollout.as_ref()), next.rollout.as_ref());
     let before = last.map(|l| l.conditions.as_slice()).unwrap_or_default();
     for e in condition_events(before, &next.conditions) {
@@ -181,7 +184,7 @@ fn condition_events(before: &[Condition], next: &[Condition]) -> Vec<Event> {
         }
     }
     if let Some(r) = find(next, READY).filter(|c| c.status == "True") {
-        if !find(before, READY).is_some_and(|b| b.status == "True") {
+        if find(before, READY).is_none_or(|b| b.status != "True") {
             out.push(Event::new(
                 EventType::Normal,
                 REASON_AVAILABLE,
@@ -222,12 +225,20 @@ mod tests {
     }
 
     fn reasons(events: &[Event]) -> Vec<(EventType, &str)> {
-        events.iter().map(|e| (e.type_, e.reason.as_str())).collect()
+        events
+            .iter()
+            .map(|e| (e.type_, e.reason.as_str()))
+            .collect()
     }
 
     #[test]
     fn a_rollout_reports_its_start_each_step_and_its_promotion_once() {
-        let waiting = rollout(Phase::Progressing, 0, 0, "waiting for m3 to have a ready pod");
+        let waiting = rollout(
+            Phase::Progressing,
+            0,
+            0,
+            "waiting for m3 to have a ready pod",
+        );
         let step1 = rollout(Phase::Progressing, 1, 10, "step 1: 10% of b's users on m3");
         let step2 = rollout(Phase::Progressing, 2, 20, "step 2: 20% of b's users on m3");
         let done = rollout(Phase::Promoted, 2, 100, "step 2 passed: every user on m3");
@@ -340,8 +351,18 @@ mod tests {
     #[test]
     fn a_degraded_endpoint_is_a_warning_once_per_new_message() {
         let invalid = status(&[
-            (READY, "False", REASON_INVALID_SPEC, "spec.variants: weights"),
-            (DEGRADED, "True", REASON_INVALID_SPEC, "spec.variants: weights"),
+            (
+                READY,
+                "False",
+                REASON_INVALID_SPEC,
+                "spec.variants: weights",
+            ),
+            (
+                DEGRADED,
+                "True",
+                REASON_INVALID_SPEC,
+                "spec.variants: weights",
+            ),
         ]);
         let e = endpoint_events(None, &invalid);
         assert_eq!(reasons(&e), [(EventType::Warning, REASON_INVALID_SPEC)]);

@@ -90,7 +90,7 @@ fn pod_failure(pod: &Pod, now_unix: i64) -> Option<(ModelFailure, String)> {
     let status = pod.status.as_ref()?;
     let init = status.init_container_statuses.iter().flatten();
     let main = status.container_statuses.iter().flatten();
-    init.filter_map(|c| init_failure(c))
+    init.filter_map(init_failure)
         .chain(main.filter_map(|c| container_failure(c, now_unix)))
         .max_by_key(|(kind, _)| *kind)
         .map(|(kind, what)| {
@@ -332,7 +332,11 @@ mod tests {
         let f = failure_of(&[p], NOW).unwrap();
         assert!(!f.message.chars().any(char::is_control), "{}", f.message);
         assert!(f.message.contains("first line second "), "{}", f.message);
-        assert!(f.message.len() < MESSAGE_MAX_BYTES + 120, "{}", f.message.len());
+        assert!(
+            f.message.len() < MESSAGE_MAX_BYTES + 120,
+            "{}",
+            f.message.len()
+        );
         let clipped = clip(&"é".repeat(400), MESSAGE_MAX_BYTES);
         assert!(clipped.len() <= MESSAGE_MAX_BYTES && clipped.ends_with('…'));
         assert_eq!(clip("short", MESSAGE_MAX_BYTES), "short");

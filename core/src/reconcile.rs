@@ -378,12 +378,20 @@ mod tests {
         assert_eq!(d.rejected.as_ref().unwrap().reason, REASON_MODEL_NOT_FOUND);
         assert_eq!(d.requeue, Requeue::After(MISSING_MODEL_REQUEUE_SECONDS));
         assert_eq!(d.status.phase.as_deref(), Some("Degraded"));
-        let warned: Vec<_> = d.events.iter().map(|e| (e.type_, e.reason.as_str())).collect();
+        let warned: Vec<_> = d
+            .events
+            .iter()
+            .map(|e| (e.type_, e.reason.as_str()))
+            .collect();
         assert_eq!(
             warned,
             [(crate::events::EventType::Warning, REASON_MODEL_NOT_FOUND)]
         );
-        assert!(d.events[0].note.starts_with("spec.variants[0].model"), "{:?}", d.events);
+        assert!(
+            d.events[0].note.starts_with("spec.variants[0].model"),
+            "{:?}",
+            d.events
+        );
         // What served stays in status.
         assert_eq!(d.status.variants, last.variants);
         assert!(query(&Input {

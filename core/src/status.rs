@@ -404,7 +404,10 @@ mod tests {
             "variant a, model m1: pod p: OomKilled"
         );
         assert_eq!(
-            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            (
+                cond(&s, DEGRADED).status.as_str(),
+                cond(&s, DEGRADED).reason.as_str()
+            ),
             ("True", REASON_MODEL_OOM_KILLED)
         );
         // Served and ready: a stale failure changes nothing.

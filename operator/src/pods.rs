@@ -100,7 +100,10 @@ mod tests {
         }))
         .unwrap();
         let r = endpoint_of(&p).unwrap();
-        assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("titanic", Some("ns")));
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_deref()),
+            ("titanic", Some("ns"))
+        );
         let stray: Pod =
             serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "ns"}})).unwrap();
         assert!(endpoint_of(&stray).is_none());

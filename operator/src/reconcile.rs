@@ -226,7 +226,14 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     patch_status(ctx.as_ref(), &api, &m.name_any(), &status).await?;
     let events = mlep_core::events::model_events(m.status.as_ref(), &status);
     let regarding = m.object_ref(&());
-    crate::events::publish(&ctx.client, &ctx.reporter, &ctx.metrics, &regarding, &events).await;
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        &ctx.metrics,
+        &regarding,
+        &events,
+    )
+    .await;
     Ok(Action::await_change())
 }
 
@@ -293,8 +300,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     }
     let observed = observe(&children.deployments);
     let now = clock();
-    let failures =
-        crate::pods::failures(&ctx.client, ns, &children.deployments, now.unix).await?;
+    let failures = crate::pods::failures(&ctx.client, ns, &children.deployments, now.unix).await?;
     let input = decision::Input {
         endpoint: ep,
         namespace: ns,
@@ -329,7 +335,14 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     write_status(ctx, &endpoints, &name, input.last, &d.status).await?;
     // Written, then told: a failed write decides (and tells) again on the next reconcile.
     let regarding = ep.object_ref(&());
-    crate::events::publish(&ctx.client, &ctx.reporter, &ctx.metrics, &regarding, &d.events).await;
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        &ctx.metrics,
+        &regarding,
+        &d.events,
+    )
+    .await;
     if d.rejected.is_none() {
         // The shared filter objects, with this endpoint's new status (the cache may lag).
         let mut fresh = ep.clone();

@@ -1135,7 +1135,10 @@ async fn a_crash_looping_model_is_named_in_the_endpoint_conditions_and_a_warning
         "{message}"
     );
     let degraded = condition(&client, ns, &ep, "Degraded").await.unwrap();
-    assert_eq!((degraded.0.as_str(), degraded.1.as_str()), ("True", "ModelCrashLooping"));
+    assert_eq!(
+        (degraded.0.as_str(), degraded.1.as_str()),
+        ("True", "ModelCrashLooping")
+    );
     let event = eventually("a ModelCrashLooping event", || async {
         endpoint_events(&client, ns, &ep)
             .await
@@ -1143,6 +1146,9 @@ async fn a_crash_looping_model_is_named_in_the_endpoint_conditions_and_a_warning
             .find(|e| e.1 == "ModelCrashLooping")
     })
     .await;
-    assert_eq!((event.0.as_str(), event.2.as_str()), ("Warning", message.as_str()));
+    assert_eq!(
+        (event.0.as_str(), event.2.as_str()),
+        ("Warning", message.as_str())
+    );
     op.stop().await;
 }

@@ -81,7 +81,8 @@ async fn a_model_that_exits_or_fails_its_artifact_check_is_named_with_an_event()
     });
     let c = b_on(&t, exits, REASON_MODEL_CRASH_LOOPING).await;
     assert!(
-        c.message.starts_with("variant b, model titanic-exits: pod titanic-b-titanic-exits")
+        c.message
+            .starts_with("variant b, model titanic-exits: pod titanic-b-titanic-exits")
             && c.message.contains("container model exited "),
         "{}",
         c.message
@@ -96,7 +97,10 @@ async fn a_model_that_exits_or_fails_its_artifact_check_is_named_with_an_event()
     .await;
     assert_eq!(event.0, "Warning", "{event:?}");
     let (_, described, _) = kubectl(&["-n", &t.ns, "describe", "mle", ENDPOINT]).await;
-    assert!(described.contains(REASON_MODEL_CRASH_LOOPING), "{described}");
+    assert!(
+        described.contains(REASON_MODEL_CRASH_LOOPING),
+        "{described}"
+    );
     ok("a model server that exits: Ready/ModelCrashLooping naming pod, container and exit code; a Warning event kubectl describe lists");
 
     // The artifact's sha256 is wrong: model-init refuses it, the server never starts.
@@ -107,7 +111,8 @@ async fn a_model_that_exits_or_fails_its_artifact_check_is_named_with_an_event()
     }
     let c = b_on(&t, bad, REASON_ARTIFACT_FETCH_FAILED).await;
     assert!(
-        c.message.starts_with("variant b, model titanic-badsha: pod titanic-b-titanic-badsha")
+        c.message
+            .starts_with("variant b, model titanic-badsha: pod titanic-b-titanic-badsha")
             && c.message.contains("init container model-init exited "),
         "{}",
         c.message
