@@ -12,43 +12,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use k8s_openapi::api::core::v1::EnvVar;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use mlep_cluster_e2e::*;
 use mlep_core::crd::conditions::{REASON_ARTIFACT_FETCH_FAILED, REASON_MODEL_CRASH_LOOPING};
-use mlep_core::crd::{Condition, Model};
+use mlep_core::crd::Model;
 use std::time::Duration;
 
 /// How long a failure may take to be named: the pod starts, fails, and the operator reconciles
 /// on the pod's change.
 const NAMED_WITHIN: Duration = Duration::from_secs(180);
 
-/// The Events regarding the endpoint: `(type, reason, note)`.
-async fn endpoint_events(t: &Titanic) -> Vec<(String, String, String)> {
-    t.bed
-        .api::<Event>(&t.ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("ModelEndpoint") && r.name.as_deref() == Some(ENDPOINT)
-            })
-        })
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// Create `model` and make it variant b's; wait until `Ready` carries `reason`.
-async fn b_on(t: &Titanic, model: Model, reason: &str) -> Condition {
+/// Create `model`, make it variant b's, and wait until `Ready` says `reason` with a message
+/// starting `variant b, model <model>: pod <its Deployment's pod>` and containing `what`; then
+/// for the Warning Event with that reason. Returns the message.
+async fn named(t: &Titanic, model: Model, reason: &str, what: &str) -> String {
     let name = model.metadata.name.clone().unwrap();
     t.bed
         .api::<Model>(&t.ns)
@@ -56,13 +33,28 @@ async fn b_on(t: &Titanic, model: Model, reason: &str) -> Condition {
         .await
         .unwrap();
     t.edit(|s| s.variants[1].model.clone_from(&name)).await;
-    eventually(NAMED_WITHIN, &format!("Ready names {reason}"), || async {
+    let c = eventually(NAMED_WITHIN, &format!("Ready names {reason}"), || async {
         let e = t.endpoint().await;
         condition(&e, "Ready")
             .filter(|c| c.status == "False" && c.reason == reason)
             .cloned()
     })
-    .await
+    .await;
+    let prefix = format!("variant b, model {name}: pod titanic-b-{name}");
+    assert!(
+        c.message.starts_with(&prefix) && c.message.contains(what),
+        "{}",
+        c.message
+    );
+    println!("    Ready/{}: {}", c.reason, c.message);
+    eventually(NAMED_WITHIN, &format!("a {reason} event"), || async {
+        endpoint_events(&t.bed, &t.ns)
+            .await
+            .into_iter()
+            .find(|e| e.0 == "Warning" && e.1 == reason)
+    })
+    .await;
+    c.message
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,23 +71,13 @@ async fn a_model_that_exits_or_fails_its_artifact_check_is_named_with_an_event()
         value: Some("not-a-port".into()),
         value_from: None,
     });
-    let c = b_on(&t, exits, REASON_MODEL_CRASH_LOOPING).await;
-    assert!(
-        c.message
-            .starts_with("variant b, model titanic-exits: pod titanic-b-titanic-exits")
-            && c.message.contains("container model exited "),
-        "{}",
-        c.message
-    );
-    println!("    Ready/{}: {}", c.reason, c.message);
-    let event = eventually(NAMED_WITHIN, "a ModelCrashLooping event", || async {
-        endpoint_events(&t)
-            .await
-            .into_iter()
-            .find(|e| e.1 == REASON_MODEL_CRASH_LOOPING)
-    })
+    named(
+        &t,
+        exits,
+        REASON_MODEL_CRASH_LOOPING,
+        "container model exited ",
+    )
     .await;
-    assert_eq!(event.0, "Warning", "{event:?}");
     let (_, described, _) = kubectl(&["-n", &t.ns, "describe", "mle", ENDPOINT]).await;
     assert!(
         described.contains(REASON_MODEL_CRASH_LOOPING),
@@ -109,21 +91,12 @@ async fn a_model_that_exits_or_fails_its_artifact_check_is_named_with_an_event()
     if let Some(a) = bad.spec.artifact.as_mut() {
         a.sha256 = "0".repeat(64);
     }
-    let c = b_on(&t, bad, REASON_ARTIFACT_FETCH_FAILED).await;
-    assert!(
-        c.message
-            .starts_with("variant b, model titanic-badsha: pod titanic-b-titanic-badsha")
-            && c.message.contains("init container model-init exited "),
-        "{}",
-        c.message
-    );
-    println!("    Ready/{}: {}", c.reason, c.message);
-    eventually(NAMED_WITHIN, "an ArtifactFetchFailed event", || async {
-        endpoint_events(&t)
-            .await
-            .into_iter()
-            .find(|e| e.0 == "Warning" && e.1 == REASON_ARTIFACT_FETCH_FAILED)
-    })
+    named(
+        &t,
+        bad,
+        REASON_ARTIFACT_FETCH_FAILED,
+        "init container model-init exited ",
+    )
     .await;
     ok("an artifact failing its sha256: Ready/ArtifactFetchFailed naming model-init and its exit code; a Warning event");
     // Variant a kept serving throughout.

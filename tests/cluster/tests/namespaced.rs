@@ -545,29 +545,16 @@ async fn a_canary_to_a_failing_model_rolls_back() {
 /// The canary's Events on the endpoint: its 50 % step and the rollback with the measured value
 /// against its limit; `kubectl describe mle` lists them.
 async fn rollout_events_are_listed(t: &Titanic) {
-    let events: Vec<(String, String)> = t
-        .bed
-        .api::<k8s_openapi::api::events::v1::Event>(&t.ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding
-                .as_ref()
-                .is_some_and(|r| r.kind.as_deref() == Some("ModelEndpoint"))
-        })
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect();
+    let events = endpoint_events(&t.bed, &t.ns).await;
     assert!(
         events
             .iter()
-            .any(|(r, n)| r == "RolloutStep" && n.contains("50% of a's users")),
+            .any(|(_, r, n)| r == "RolloutStep" && n.contains("50% of a's users")),
         "{events:?}"
     );
     assert!(
-        events.iter().any(|(r, n)| r == "RolledBack"
+        events.iter().any(|(ty, r, n)| ty == "Warning"
+            && r == "RolledBack"
             && n.contains("maxErrorRate: measured ")
             && n.contains("against a limit of 0.1")),
         "{events:?}"
