@@ -415,14 +415,20 @@ async fn a_canary_to_a_failing_model_rolls_back_with_every_user_on_the_old_model
     let from = up.lines();
     edit_endpoint(&dir, "model: titanic-v2", "model: flaky");
     up.wait_for(
-        "rollout titanic: step 1: 50% of b's users on flaky",
+        "rollout titanic: step 1: 50% of b's users on flaky (Normal RolloutStep)",
         from,
         Duration::from_secs(60),
     );
-    up.wait_for(
-        "rolled back b from flaky to titanic-v2: maxErrorRate",
+    // The operator's Event, one line: the measured value against its limit, type and reason.
+    let back = up.wait_for(
+        "rollout titanic: rolled back b from flaky to titanic-v2: maxErrorRate: measured ",
         from,
         Duration::from_secs(60),
+    );
+    let line = up.output().lines().nth(back).unwrap_or_default().to_owned();
+    assert!(
+        line.contains("against a limit of 0.1") && line.ends_with("(Warning RolledBack)"),
+        "{line}"
     );
     let report = load.stop().await;
     assert!(report.succeeded() > 0, "{}", report.summary());

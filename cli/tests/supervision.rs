@@ -146,7 +146,12 @@ async fn a_crash_looping_model_backs_off_and_says_so_once_per_restart() {
     kill9(server_on(&up, b[0]));
     // Exits 1 (the kill), 2 and 3 (the crash file): waits of 1 s, 2 s, then 4 s.
     up.wait_for("exited (signal: 9", from, Duration::from_secs(5));
-    up.wait_for("restart 2 in 2s", from, Duration::from_secs(10));
+    // The cluster's condition reason names it.
+    up.wait_for(
+        "restart 2 in 2s (ModelCrashLooping)",
+        from,
+        Duration::from_secs(10),
+    );
     up.wait_for("restart 3 in 4s", from, Duration::from_secs(10));
     // The cause goes away now; the restart after the 4 s wait will serve.
     std::fs::remove_file(&crash).unwrap();

@@ -576,6 +576,11 @@ pub mod conditions {
     pub const REASON_LAST_GOOD_CONFIG: &str = "ServingLastGoodConfig";
     pub const REASON_ROLLED_BACK: &str = "RolledBack";
     pub const REASON_ABORTED: &str = "Aborted";
+    // A model's pods do not serve (`crate::failure`): the worst of them names the condition.
+    pub const REASON_MODEL_CRASH_LOOPING: &str = "ModelCrashLooping";
+    pub const REASON_MODEL_OOM_KILLED: &str = "ModelOOMKilled";
+    pub const REASON_ARTIFACT_FETCH_FAILED: &str = "ArtifactFetchFailed";
+    pub const REASON_MODEL_NOT_READY: &str = "ModelNotReady";
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! - [`plan`]: which weights and models to route with, given what is ready.
 //! - [`pod_security`]: model pods' security contexts and the Pod Security Standards checks.
 //! - [`status`]: the status to write, with an injected clock.
+//! - [`failure`]: why a model's pods do not serve, from their container statuses.
+//! - [`events`]: the Kubernetes Events a reconcile's change is worth.
 //! - [`envoy`]: the Envoy pieces the operator's Istio objects and local mode's bootstrap share.
 //! - [`filter_config`]: from a spec to the filter's configuration (`mlep-contract` types).
 //! - [`meta`]: what every rendered object shares: field manager, labels, settings.
@@ -27,6 +29,8 @@ pub mod analysis;
 pub mod api_enum;
 pub mod crd;
 pub mod envoy;
+pub mod events;
+pub mod failure;
 pub mod filter_config;
 pub mod host_claims;
 pub mod meta;

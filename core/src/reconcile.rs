@@ -7,6 +7,8 @@
 use crate::analysis::{AnalysisSource, Query, Sample};
 use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_MODEL_NOT_FOUND};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus, ModelSpec};
+use crate::events::{endpoint_events, Event};
+use crate::failure::Failures;
 use crate::host_claims::{Claimant, HostClaims};
 use crate::plan::{plan, retiring, Observed, Plan};
 use crate::rollout::{self, Command, Now, Outcome, Settings};
@@ -45,6 +47,9 @@ pub struct Input<'a> {
     pub claims: Option<&'a HostClaims>,
     /// Readiness of the endpoint's Deployments (local mode: its running servers).
     pub observed: &'a Observed,
+    /// Why a variant-model's pods do not serve (`crate::failure::failure_of` over its pods;
+    /// empty in local mode, whose supervisor names a server that exits).
+    pub failures: &'a Failures,
     /// The one clock read of this reconcile.
     pub now: &'a Now,
     /// How long a removed variant's route outlives it (`RenderSettings::route_grace_seconds`).
@@ -90,6 +95,9 @@ pub struct Decision {
     /// Problems to report that do not reject the spec (e.g. an unknown `mlep.dev/rollout`
     /// value, which is ignored).
     pub warnings: Vec<String>,
+    /// The Kubernetes Events this reconcile's change of status is worth (none when nothing
+    /// changed): publish them once the status is written.
+    pub events: Vec<Event>,
 }
 
 /// The intervention `mlep.dev/rollout` asks for, or the warning for a value that is not one
@@ -215,6 +223,7 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
         input.endpoint,
         &p,
         input.observed,
+        input.failures,
         allocation.clone(),
         input.last,
         input.now.text.clone(),
@@ -234,6 +243,7 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
     };
     Decision {
         plan: p,
+        events: endpoint_events(input.last, &status),
         status,
         requeue,
         rejected: None,
@@ -254,6 +264,7 @@ pub fn rejected(input: &Input, error: SpecError, warnings: Vec<String>) -> Decis
     };
     Decision {
         plan: Plan::assume_ready(&input.endpoint.spec),
+        events: endpoint_events(input.last, &status),
         status,
         requeue,
         rejected: Some(error),
@@ -317,6 +328,8 @@ mod tests {
         }
     }
 
+    static NO_FAILURES: Failures = Failures::new();
+
     fn now() -> Now {
         Now {
             unix: 1_000,
@@ -337,6 +350,7 @@ mod tests {
             models: None,
             claims: None,
             observed,
+            failures: &NO_FAILURES,
             now,
             route_grace_seconds: 30,
             fresh_route_key: "fresh-route-key-0001",
@@ -353,6 +367,11 @@ mod tests {
         assert_eq!(d.plan.variants[1].serving_model, "m2");
         assert_eq!(d.status.variants[1].model, "m2");
         assert!(d.rejected.is_none() && d.warnings.is_empty());
+        let started: Vec<&str> = d.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(started, [crate::events::reasons::ROLLOUT_STARTED]);
+        // The same reconcile again, from the status it wrote: nothing new to report.
+        let again = decide(&input(&ep, &d.status, &obs, &now), None);
+        assert_eq!(again.events, []);
         // The machine comes back soon to see whether m3 is ready.
         assert!(
             matches!(d.requeue, Requeue::After(s) if s <= 10),
@@ -416,6 +435,20 @@ mod tests {
         assert_eq!(d.rejected.as_ref().unwrap().reason, REASON_MODEL_NOT_FOUND);
         assert_eq!(d.requeue, Requeue::After(MISSING_MODEL_REQUEUE_SECONDS));
         assert_eq!(d.status.phase.as_deref(), Some("Degraded"));
+        let warned: Vec<_> = d
+            .events
+            .iter()
+            .map(|e| (e.type_, e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            warned,
+            [(crate::events::EventType::Warning, REASON_MODEL_NOT_FOUND)]
+        );
+        assert!(
+            d.events[0].note.starts_with("spec.variants[0].model"),
+            "{:?}",
+            d.events
+        );
         // What served stays in status.
         assert_eq!(d.status.variants, last.variants);
         assert!(query(&Input {
@@ -490,5 +523,37 @@ mod tests {
         let d = decide(&input(&ep, &last, &obs, &now), None);
         assert_eq!(d.requeue, Requeue::After(SETTLED_REQUEUE_SECONDS));
         assert_eq!(d.status.phase.as_deref(), Some("Ready"));
+    }
+
+    #[test]
+    fn a_crash_looping_new_model_is_named_in_the_conditions_and_an_event() {
+        use crate::crd::conditions::{DEGRADED, READY, REASON_MODEL_CRASH_LOOPING};
+        use crate::failure::{FailureKind, ModelFailure};
+        let mut ep = endpoint("m3", None);
+        ep.spec.rollout = None;
+        let last = serving("m2");
+        let (obs, now) = (observed(&[("a", "m1"), ("b", "m2")]), now());
+        let failures: Failures = [(
+            ("b".to_owned(), "m3".to_owned()),
+            ModelFailure {
+                kind: FailureKind::CrashLooping,
+                message: "pod b-m3-1: container model exited 2 (Error): bad flag".into(),
+            },
+        )]
+        .into();
+        let d = decide(
+            &Input {
+                failures: &failures,
+                ..input(&ep, &last, &obs, &now)
+            },
+            None,
+        );
+        for t in [READY, DEGRADED] {
+            let c = d.status.conditions.iter().find(|c| c.type_ == t).unwrap();
+            assert_eq!(c.reason, REASON_MODEL_CRASH_LOOPING, "{c:?}");
+            assert!(c.message.contains("model m3: pod b-m3-1"), "{c:?}");
+        }
+        let e: Vec<_> = d.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(e, [REASON_MODEL_CRASH_LOOPING]);
     }
 }

@@ -4,6 +4,7 @@ use crate::crd::conditions::*;
 use crate::crd::{
     Condition, Model, ModelEndpoint, ModelEndpointStatus, ModelStatus, StatusSummary, VariantStatus,
 };
+use crate::failure::Failures;
 use crate::plan::{Observed, Plan};
 use crate::pod_security::{check_model, PodSecurityLevel};
 use crate::validate::{validate_model, SpecError};
@@ -42,11 +43,13 @@ fn stamp(
     conditions
 }
 
-/// Status after a reconcile that rendered and applied `plan`.
+/// Status after a reconcile that rendered and applied `plan`; `failures` name why a model's
+/// pods do not serve.
 pub fn endpoint_status(
     ep: &ModelEndpoint,
     plan: &Plan,
     observed: &Observed,
+    failures: &Failures,
     allocation: Allocation,
     last: Option<&ModelEndpointStatus>,
     now: String,
@@ -58,7 +61,10 @@ pub fn endpoint_status(
         && variants
             .iter()
             .all(|v| v.ready_replicas >= v.replicas.max(1));
-    let conditions = applied_conditions(plan, settled, generation);
+    let mut conditions = applied_conditions(plan, settled, generation);
+    if !settled {
+        name_failure(&mut conditions, failures);
+    }
     let host = ep.spec.hosts.first().cloned().unwrap_or_default();
     ModelEndpointStatus {
         observed_generation: generation,
@@ -166,6 +172,27 @@ fn applied_conditions(plan: &Plan, settled: bool, generation: Option<i64>) -> Ve
             generation,
         ),
     ]
+}
+
+/// A failing model names `Ready` and `Degraded` instead of a generic wait: the worst failure,
+/// with its variant and model.
+fn name_failure(conditions: &mut [Condition], failures: &Failures) {
+    let Some(((variant, model), f)) = failures
+        .iter()
+        .max_by(|a, b| a.1.kind.cmp(&b.1.kind).then_with(|| b.0.cmp(a.0)))
+    else {
+        return;
+    };
+    let message = format!("variant {variant}, model {model}: {}", f.message);
+    for c in conditions.iter_mut() {
+        match c.type_.as_str() {
+            READY => {}
+            DEGRADED => c.status = "True".into(),
+            _ => continue,
+        }
+        c.reason = f.kind.reason().into();
+        c.message.clone_from(&message);
+    }
 }
 
 /// Printer-column text: `a=m1,b=m2`, `a=80,b=20`, ready over desired replicas.
@@ -314,7 +341,15 @@ mod tests {
         let o = observed(b_ready);
         let p = plan(&e.spec, last, &o);
         let alloc = Allocation::initial(&p.weights()).unwrap();
-        endpoint_status(&e, &p, &o, alloc, last, "2026-01-01T00:00:00Z".into())
+        endpoint_status(
+            &e,
+            &p,
+            &o,
+            &Failures::new(),
+            alloc,
+            last,
+            "2026-01-01T00:00:00Z".into(),
+        )
     }
 
     fn cond<'a>(s: &'a ModelEndpointStatus, t: &str) -> &'a Condition {
@@ -349,6 +384,44 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_model_names_ready_and_degraded_instead_of_a_generic_wait() {
+        use crate::failure::{FailureKind, ModelFailure};
+        let e = ep();
+        let o = observed(0);
+        let p = plan(&e.spec, None, &o);
+        let alloc = Allocation::initial(&p.weights()).unwrap();
+        let failing = |kind| ModelFailure {
+            kind,
+            message: format!("pod p: {kind:?}"),
+        };
+        let failures: Failures = [
+            (("b".into(), "m2".into()), failing(FailureKind::NotReady)),
+            (("a".into(), "m1".into()), failing(FailureKind::OomKilled)),
+        ]
+        .into();
+        let s = endpoint_status(&e, &p, &o, &failures, alloc, None, "t".into());
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, READY).reason, REASON_MODEL_OOM_KILLED);
+        assert_eq!(
+            cond(&s, READY).message,
+            "variant a, model m1: pod p: OomKilled"
+        );
+        assert_eq!(
+            (
+                cond(&s, DEGRADED).status.as_str(),
+                cond(&s, DEGRADED).reason.as_str()
+            ),
+            ("True", REASON_MODEL_OOM_KILLED)
+        );
+        // Served and ready: a stale failure changes nothing.
+        let o = observed(2);
+        let p = plan(&e.spec, None, &o);
+        let alloc = Allocation::initial(&p.weights()).unwrap();
+        let s = endpoint_status(&e, &p, &o, &failures, alloc, None, "t".into());
+        assert_eq!(cond(&s, READY).reason, REASON_AVAILABLE);
+    }
+
+    #[test]
     fn transition_times_survive_when_the_status_does_not_change() {
         let first = status_for(2, None);
         let e = ep();
@@ -358,6 +431,7 @@ mod tests {
             &e,
             &p,
             &o,
+            &Failures::new(),
             first.allocation.clone().unwrap(),
             Some(&first),
             "2030-01-01T00:00:00Z".into(),

@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod rbac;
 pub mod reconcile;
 pub mod rollout;

@@ -32,6 +32,11 @@ const CLUSTER: &[(&str, &str, &[&str])] = &[
     ("mlep.dev", "models/status", &["get", "patch", "update"]),
     // The endpoint controller owns Deployments (watch, to react to readiness).
     ("apps", "deployments", &["watch"]),
+    // Model pods: watched (a crash reconciles its endpoint) and listed by a Deployment's
+    // selector while it lacks ready replicas, to name the failure (`crate::pods`).
+    ("", "pods", &["list", "watch"]),
+    // Events on ModelEndpoints and Models (`crate::events`): only created, one per change.
+    ("events.k8s.io", "events", &["create"]),
 ];
 
 /// Leader election, in the operator's own namespace only (a Role).

@@ -5,9 +5,11 @@
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
@@ -79,6 +81,8 @@ pub struct Context {
     pub endpoints: Store<ModelEndpoint>,
     /// One rebuild of the shared filter objects at a time.
     pub filters: tokio::sync::Mutex<()>,
+    /// Who publishes the Events core decides (`crate::events`).
+    pub reporter: Reporter,
 }
 
 /// Reconciles running at once.
@@ -153,6 +157,7 @@ pub async fn run(
         models,
         endpoints: endpoint_store.clone(),
         filters: tokio::sync::Mutex::new(()),
+        reporter: crate::events::reporter(),
     });
 
     // Models get a status of their own: Ready when their spec is valid.
@@ -170,6 +175,12 @@ pub async fn run(
         .owns(
             api::<Deployment>(&client, scope),
             watcher::Config::default().labels(LABEL_ENDPOINT),
+        )
+        // A model pod's crash, kill or failed init names the failure in its endpoint's status.
+        .watches(
+            api::<Pod>(&client, scope),
+            watcher::Config::default().labels(LABEL_ENDPOINT),
+            |p: Pod| crate::pods::endpoint_of(&p),
         )
         .watches(
             api::<Model>(&client, scope),
@@ -225,6 +236,16 @@ async fn reconcile_model(m: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Err
     }
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &ns);
     patch_status(ctx.as_ref(), &api, &m.name_any(), &status).await?;
+    let events = mlep_core::events::model_events(m.status.as_ref(), &status);
+    let regarding = m.object_ref(&());
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        &ctx.metrics,
+        &regarding,
+        &events,
+    )
+    .await;
     Ok(Action::await_change())
 }
 
@@ -295,6 +316,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
     let fresh_route_key = mlep_core::envoy::new_route_key(random);
     let claims = host_owners(&with_current(ctx, ep), &ctx.settings.cluster_domain);
+    let failures = crate::pods::failures(&ctx.client, ns, &children.deployments, now.unix).await?;
     let input = decision::Input {
         endpoint: ep,
         namespace: ns,
@@ -302,6 +324,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         models: Some(&models),
         claims: Some(&claims),
         observed: &observed,
+        failures: &failures,
         now: &now,
         route_grace_seconds: ctx.settings.route_grace_seconds,
         fresh_route_key: &fresh_route_key,
@@ -332,6 +355,16 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         }
     }
     write_status(ctx, &endpoints, &name, input.last, &d.status).await?;
+    // Written, then told: a failed write decides (and tells) again on the next reconcile.
+    let regarding = ep.object_ref(&());
+    crate::events::publish(
+        &ctx.client,
+        &ctx.reporter,
+        &ctx.metrics,
+        &regarding,
+        &d.events,
+    )
+    .await;
     if d.rejected.is_none() {
         // The shared filter objects, with this endpoint's new status (the cache may lag).
         let mut fresh = ep.clone();

@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
@@ -1116,5 +1116,152 @@ async fn a_model_breaking_pod_security_is_not_deployed_and_both_conditions_name_
             .collect()
     };
     assert_eq!(spec_of(&after), spec_of(&before), "a Deployment changed");
+    op.stop().await;
+}
+
+/// The Events (events.k8s.io) regarding the ModelEndpoint `ep` in `ns`: (type, reason, note).
+async fn endpoint_events(client: &Client, ns: &str, ep: &str) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("ModelEndpoint") && r.name.as_deref() == Some(ep)
+            })
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_one_warning_event_on_the_endpoint_with_its_reason_and_field() {
+    let client = client().await;
+    let ns = &ns("it-events");
+    let op = Operator::start(&client, ns);
+    let ep = ready_example(&client, ns, &op, |_| {}).await;
+    eventually("an Available event", || async {
+        endpoint_events(&client, ns, &ep)
+            .await
+            .into_iter()
+            .find(|e| e.0 == "Normal" && e.1 == "Available")
+    })
+    .await;
+    let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
+    let over = json!([{"name": "a", "model": "titanic-v1", "weight": 80}, {"name": "b", "model": "titanic-v2", "weight": 30}]);
+    api.patch(
+        &ep,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"variants": over}})),
+    )
+    .await
+    .unwrap();
+    let invalid = || async {
+        endpoint_events(&client, ns, &ep)
+            .await
+            .into_iter()
+            .filter(|e| e.1 == "InvalidSpec")
+            .collect::<Vec<_>>()
+    };
+    let warned = eventually("an InvalidSpec event", || async {
+        Some(invalid().await).filter(|v| !v.is_empty())
+    })
+    .await;
+    assert_eq!(warned[0].0, "Warning");
+    assert!(
+        warned[0].2.starts_with("spec.variants: ") && warned[0].2.contains("110"),
+        "{warned:?}"
+    );
+    // Reconciles of the same spec tell nothing new: no event per reconcile.
+    let before = op.metrics.reconciles();
+    api.patch(
+        &ep,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"touched": "1"}}})),
+    )
+    .await
+    .unwrap();
+    op.reconciled(before + 1).await;
+    assert_eq!(invalid().await.len(), 1, "{:?}", invalid().await);
+    op.stop().await;
+}
+
+/// A pod of `deployment`'s template in `ns` (no kubelet runs here: the test writes its status).
+async fn model_pod(client: &Client, ns: &str, deployment: &str, name: &str) -> Api<Pod> {
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    if sa.get_opt("default").await.unwrap().is_none() {
+        let default = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        sa.create(&PostParams::default(), &default).await.unwrap();
+    }
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(deployment)
+        .await
+        .unwrap();
+    let labels = d.spec.unwrap().template.metadata.unwrap().labels;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "model", "image": "model-server"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods
+}
+
+#[tokio::test]
+async fn a_crash_looping_model_is_named_in_the_endpoint_conditions_and_a_warning_event() {
+    let client = client().await;
+    let ns = &ns("it-crash");
+    let op = Operator::start(&client, ns);
+    let ep = ready_example(&client, ns, &op, |_| {}).await;
+    let pods = model_pod(&client, ns, "titanic-b-titanic-v2", "titanic-b-crash").await;
+    let crashing = json!({"status": {"containerStatuses": [{
+        "name": "model", "ready": false, "restartCount": 4, "image": "model-server", "imageID": "",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                                     "message": "error: unknown flag --bogus\n"}},
+    }]}});
+    pods.patch_status(
+        "titanic-b-crash",
+        &PatchParams::default(),
+        &Patch::Merge(&crashing),
+    )
+    .await
+    .unwrap();
+    set_ready(&client, ns, "titanic-b-titanic-v2", 0).await;
+    let (_, _, message) = eventually("Ready names the crash loop", || async {
+        condition(&client, ns, &ep, "Ready")
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "ModelCrashLooping")
+    })
+    .await;
+    assert!(
+        message.starts_with("variant b, model titanic-v2: pod titanic-b-crash: container model exited 2 (Error): error: unknown flag --bogus"),
+        "{message}"
+    );
+    let degraded = condition(&client, ns, &ep, "Degraded").await.unwrap();
+    assert_eq!(
+        (degraded.0.as_str(), degraded.1.as_str()),
+        ("True", "ModelCrashLooping")
+    );
+    let event = eventually("a ModelCrashLooping event", || async {
+        endpoint_events(&client, ns, &ep)
+            .await
+            .into_iter()
+            .find(|e| e.1 == "ModelCrashLooping")
+    })
+    .await;
+    assert_eq!(
+        (event.0.as_str(), event.2.as_str()),
+        ("Warning", message.as_str())
+    );
     op.stop().await;
 }

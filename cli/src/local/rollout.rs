@@ -383,6 +383,7 @@ impl Session {
             models: None,
             claims: None,
             observed: &observed,
+            failures: &Default::default(),
             now,
             route_grace_seconds: 0,
             fresh_route_key: &self.route_key,
@@ -433,10 +434,9 @@ impl Session {
         status: &RolloutStatus,
     ) -> Result<(), LocalError> {
         let ep_key = format!("{ns}/{name}");
-        if last.map(|l| (l.phase, l.step, l.moved_percent))
-            != Some((status.phase, status.step, status.moved_percent))
-        {
-            self.ui.say(format!("rollout {name}: {}", status.message));
+        // The operator's Events, one line each (`<note> (<type> <reason>)`).
+        for e in mlep_core::events::rollout_events(last, Some(status)) {
+            self.ui.say(format!("rollout {name}: {e}"));
         }
         if last != Some(status) {
             let saved = resume::Saved {

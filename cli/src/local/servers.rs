@@ -13,6 +13,7 @@ use crate::restart::{Policy as RestartPolicy, Restarts};
 use crate::supervisor::{free_port, tail, ProcId, Supervisor};
 use crate::table::Health;
 use crate::{http, upstreams};
+use mlep_core::failure::FailureKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -242,10 +243,12 @@ async fn supervise_replica(
                     .map(|l| format!("    {l}"))
                     .collect::<Vec<_>>()
                     .join("\n");
+                // The cluster's condition reason for a server that exits and is restarted.
                 ui.say(format!(
-                    "warning: {name} exited ({status}); restart {} in {}s; last lines of {}:\n{last}",
+                    "warning: {name} exited ({status}); restart {} in {}s ({}); last lines of {}:\n{last}",
                     r.restarts.total() + 1,
                     delay.as_secs_f64(),
+                    FailureKind::CrashLooping.reason(),
                     log.display()
                 ));
             } else if r.state == ReplicaState::Starting {

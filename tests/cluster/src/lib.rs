@@ -628,6 +628,30 @@ pub fn condition<'a>(e: &'a ModelEndpoint, type_: &str) -> Option<&'a mlep_core:
         .find(|c| c.type_ == type_)
 }
 
+/// The Events (events.k8s.io) regarding the ModelEndpoint `ENDPOINT` in `ns`, as
+/// `(type, reason, note)`: what `kubectl describe mle` lists.
+pub async fn endpoint_events(bed: &Bed, ns: &str) -> Vec<(String, String, String)> {
+    bed.api::<k8s_openapi::api::events::v1::Event>(ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("ModelEndpoint") && r.name.as_deref() == Some(ENDPOINT)
+            })
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// The endpoint's `status.summary.weights` (`a=80,b=20`).
 pub fn weights(e: &ModelEndpoint) -> String {
     e.status

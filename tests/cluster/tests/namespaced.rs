@@ -539,6 +539,32 @@ async fn a_canary_to_a_failing_model_rolls_back() {
     let after = Load::run_for(t.gateway.clone(), true, Duration::from_secs(5)).await;
     after.assert_no_failures("after the rollback");
     ok("after the rollback: no stale route, subset or Deployment; 5 s of load, 0 failed");
+    rollout_events_are_listed(&t).await;
+}
+
+/// The canary's Events on the endpoint: its 50 % step and the rollback with the measured value
+/// against its limit; `kubectl describe mle` lists them.
+async fn rollout_events_are_listed(t: &Titanic) {
+    let events = endpoint_events(&t.bed, &t.ns).await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, r, n)| r == "RolloutStep" && n.contains("50% of a's users")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|(ty, r, n)| ty == "Warning"
+            && r == "RolledBack"
+            && n.contains("maxErrorRate: measured ")
+            && n.contains("against a limit of 0.1")),
+        "{events:?}"
+    );
+    let (_, described, _) = kubectl(&["-n", &t.ns, "describe", "mle", ENDPOINT]).await;
+    assert!(
+        described.contains("RolloutStep") && described.contains("RolledBack"),
+        "{described}"
+    );
+    ok("Events on the endpoint: RolloutStep and RolledBack (measured against its limit); kubectl describe lists them");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
