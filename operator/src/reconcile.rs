@@ -160,16 +160,7 @@ pub async fn run(
         reporter: crate::events::reporter(),
     });
 
-    // Models get a status of their own: Ready when their spec is valid.
-    let models_controller =
-        Controller::new(api::<Model>(&client, scope), watcher::Config::default())
-            .run(reconcile_model, model_error_policy, ctx.clone())
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    warn!(error = %e, "model reconcile stream");
-                }
-            });
-    let models_task = tokio::spawn(models_controller);
+    let models_task = spawn_model_controller(&client, scope, ctx.clone());
 
     controller
         .owns(
@@ -216,6 +207,23 @@ pub async fn run(
         .await;
     models_task.abort();
     model_task.abort();
+}
+
+/// Models get a status of their own: Ready when their spec is valid.
+fn spawn_model_controller(
+    client: &Client,
+    scope: Option<&str>,
+    ctx: Arc<Context>,
+) -> tokio::task::JoinHandle<()> {
+    let models_controller =
+        Controller::new(api::<Model>(client, scope), watcher::Config::default())
+            .run(reconcile_model, model_error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    warn!(error = %e, "model reconcile stream");
+                }
+            });
+    tokio::spawn(models_controller)
 }
 
 fn model_error_policy(m: Arc<Model>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -293,28 +301,12 @@ async fn cleanup(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, 
 
 async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Error> {
     let name = ep.name_any();
-    let models: BTreeMap<String, ModelSpec> = ctx
-        .models
-        .state()
-        .into_iter()
-        .filter(|m| m.namespace().as_deref() == Some(ns))
-        .map(|m| (m.name_any(), m.spec.clone()))
-        .collect();
+    let models = models_in(ctx, ns);
     let endpoints: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), ns);
-    // One list per kind: what exists (to compare and prune) and the Deployments' readiness.
-    let own_selector = format!("{LABEL_ENDPOINT}={name}");
-    let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
-    let mut children = list_existing(ctx, ns, &own_selector, KINDS.iter()).await?;
-    if ctx.settings.gateway_namespace != ns {
-        let gw_ns = &ctx.settings.gateway_namespace;
-        let foreign = list_existing(ctx, gw_ns, &foreign_selector, foreign_kinds()).await?;
-        children.objects.extend(foreign.objects);
-    }
+    let children = children_of(ctx, ns, &name).await?;
     let observed = observe(&children.deployments);
     let now = clock();
-    let mut random = [0u8; 16];
-    getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
-    let fresh_route_key = mlep_core::envoy::new_route_key(random);
+    let fresh_route_key = fresh_route_key()?;
     let claims = host_owners(&with_current(ctx, ep), &ctx.settings.cluster_domain);
     let failures = crate::pods::failures(&ctx.client, ns, &children.deployments, now.unix).await?;
     let input = decision::Input {
@@ -329,17 +321,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         route_grace_seconds: ctx.settings.route_grace_seconds,
         fresh_route_key: &fresh_route_key,
     };
-    // Only a Prometheus the operator's configuration allows is ever contacted.
-    let mut d = match ctx.settings.prometheus.url_for(&ep.spec) {
-        Err(e) => decision::rejected(&input, e, Vec::new()),
-        Ok(url) => {
-            let sample = match decision::query(&input) {
-                Some(q) => Some(crate::rollout::query_prometheus(url, q).await),
-                None => None,
-            };
-            decision::decide(&input, sample)
-        }
-    };
+    let mut d = decide_with_analysis(ctx, &input).await;
     for w in &d.warnings {
         warn!(endpoint = %name, error = %w, "ignoring annotation");
     }
@@ -375,6 +357,52 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         Requeue::After(s) => Action::requeue(Duration::from_secs(s)),
         Requeue::AwaitChange => Action::await_change(),
     })
+}
+
+/// The Models of namespace `ns`, by name.
+fn models_in(ctx: &Context, ns: &str) -> BTreeMap<String, ModelSpec> {
+    ctx.models
+        .state()
+        .into_iter()
+        .filter(|m| m.namespace().as_deref() == Some(ns))
+        .map(|m| (m.name_any(), m.spec.clone()))
+        .collect()
+}
+
+/// Endpoint `name`'s children, one list per kind: what exists (to compare and prune) and the
+/// Deployments' readiness; its gateway-side objects too when the gateway lives elsewhere.
+async fn children_of(ctx: &Context, ns: &str, name: &str) -> Result<Children, Error> {
+    let own_selector = format!("{LABEL_ENDPOINT}={name}");
+    let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
+    let mut children = list_existing(ctx, ns, &own_selector, KINDS.iter()).await?;
+    if ctx.settings.gateway_namespace != ns {
+        let gw_ns = &ctx.settings.gateway_namespace;
+        let foreign = list_existing(ctx, gw_ns, &foreign_selector, foreign_kinds()).await?;
+        children.objects.extend(foreign.objects);
+    }
+    Ok(children)
+}
+
+/// A fresh random route key (`mlep_core::envoy::new_route_key`).
+fn fresh_route_key() -> Result<String, Error> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(mlep_core::envoy::new_route_key(random))
+}
+
+/// The decision, with the rollout analysis's sample when it needs one. Only a Prometheus the
+/// operator's configuration allows is ever contacted.
+async fn decide_with_analysis(ctx: &Context, input: &decision::Input<'_>) -> Decision {
+    match ctx.settings.prometheus.url_for(&input.endpoint.spec) {
+        Err(e) => decision::rejected(input, e, Vec::new()),
+        Ok(url) => {
+            let sample = match decision::query(input) {
+                Some(q) => Some(crate::rollout::query_prometheus(url, q).await),
+                None => None,
+            };
+            decision::decide(input, sample)
+        }
+    }
 }
 
 /// Apply what is out of date among `rendered`, and remove what is no longer rendered (a
