@@ -3,7 +3,7 @@
 
 use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
-use crate::request::{decide, Decision};
+use crate::request::{decide, Decision, FromHost};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
 use mlep_contract::metrics::{Agreement, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
@@ -98,17 +98,26 @@ impl Stream {
         else {
             return RequestAction::Continue;
         };
-        // One host call for every header this needs (target, sticky key, cookies) instead of
-        // one each; a shadow copy reuses the same vector.
-        let headers = h.request_headers();
         let cfg = Rc::clone(&self.cfg);
         let Some(ep) = cfg.endpoints.get(ep_index) else {
             return RequestAction::Continue;
         };
+        // Every header in one host call when the shadow copy will need them all anyway (a
+        // shadow sampling every request); else the two or three assignment needs, one call
+        // each, which costs about half (docs/filter.md, "Instructions per request").
+        let all = ep
+            .shadow
+            .as_ref()
+            .filter(|s| s.per_million >= 1_000_000)
+            .map(|_| h.request_headers());
+        let decision = match &all {
+            Some(headers) => decide(ep, headers, h),
+            None => decide(ep, &FromHost, h),
+        };
         // Clients must not pick a route by sending the routing header themselves: every path
         // below either replaces it (a host "set" replaces all values, one host call instead of
         // remove + set) or removes it.
-        match decide(ep, &headers, h) {
+        match decision {
             Decision::Reject { body } => {
                 h.remove_request_header(VARIANT_HEADER);
                 RequestAction::Reply { status: 400, body }
@@ -136,6 +145,7 @@ impl Stream {
                 self.set_cookie = set_cookie;
                 if let Some(s) = ep.shadow.as_ref().filter(|_| v.mirror) {
                     if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
+                        let headers = all.unwrap_or_else(|| h.request_headers());
                         let headers = shadow_headers(headers, &s.authority, s.forward_credentials);
                         self.capture = Some(Capture {
                             headers,
