@@ -265,7 +265,8 @@ fn endpoint_vhost(
             "name": name,
             "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": routed_value(v, &ep.route_key)}}]},
             "route": route_action("cluster", json!(variant_cluster(&ep.name, v)), &mirror),
-            "request_headers_to_add": [restore(v)]
+            "request_headers_to_add": [restore(v)],
+            "response_headers_to_add": [restore(v)]
         })
     }));
     let weighted: Vec<Value> = plan
@@ -327,7 +328,8 @@ fn variant_routes(
                 ]},
                 "route": route_action("cluster", json!(cluster), mirror),
                 "request_headers_to_add": [restore(&v.name)],
-                "request_headers_to_remove": [MODEL_HEADER]
+                "request_headers_to_remove": [MODEL_HEADER],
+                "response_headers_to_add": [restore(&v.name)]
             }));
         }
         clusters.push(upstreams.cluster(&variant_cluster(&ep.name, &v.name), v.upstream));
@@ -335,7 +337,8 @@ fn variant_routes(
     routes
 }
 
-/// A route's `request_headers_to_add` entry putting the plain variant name back.
+/// A route's `request_headers_to_add` (and `response_headers_to_add`) entry putting the plain
+/// variant name back.
 fn restore(variant: &str) -> Value {
     let (header, value) = restored_variant(variant);
     json!({"header": {"key": header, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})

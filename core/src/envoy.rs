@@ -138,7 +138,8 @@ pub fn filter_enabled(filter_name: &str) -> Value {
 
 /// What a header route puts back before the request leaves the proxy: the plain variant name
 /// instead of the routed value (and a rollout's route removes the model header), so a model
-/// never sees the route key.
+/// never sees the route key. The route also sets it on the response: the client learns which
+/// variant's route served (the filter no longer writes response headers but the cookie).
 pub fn restored_variant(variant: &str) -> (&'static str, String) {
     (mlep_contract::metrics::VARIANT_HEADER, variant.to_owned())
 }

@@ -231,16 +231,15 @@ impl Stream {
     }
 
     pub fn on_response_headers(&mut self, h: &mut dyn Host, end_of_stream: bool) {
-        let Some((ep, variant)) = self.assigned else {
+        if self.assigned.is_none() {
             return;
-        };
+        }
         self.status = h
             .response_header(":status")
             .and_then(|s| s.trim().parse().ok());
-        let cfg = Rc::clone(&self.cfg);
-        if let Some(v) = cfg.endpoints.get(ep).and_then(|e| e.variants.get(variant)) {
-            h.set_response_header(VARIANT_HEADER, &v.name);
-        }
+        // The variant's route, not the filter, names it on the response (`x-mlep-variant`,
+        // `mlep_core::envoy::restored_variant`): one host call less, and the header says
+        // which variant's route served.
         if let Some(c) = self.set_cookie.take() {
             h.add_response_header("set-cookie", &c);
         }
@@ -350,7 +349,7 @@ mod tests {
 
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn assigned_requests_carry_the_variant_both_ways_and_are_counted() {
+    fn assigned_requests_carry_the_routed_variant_and_are_counted() {
         let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 0"));
         request(
             &mut h,
@@ -373,10 +372,8 @@ mod tests {
         // The routes match the variant with the route key; the client's "b" is gone.
         assert_eq!(v, routed(expected));
         s.on_response_headers(&mut h, true);
-        assert_eq!(
-            h.response_header("x-mlep-variant").as_deref(),
-            Some(expected)
-        );
+        // The variant's route names it on the response (Envoy tests), not the filter.
+        assert_eq!(h.response_header("x-mlep-variant"), None);
         assert!(h.response_values("set-cookie").is_empty());
         s.on_log(&mut h);
         let model = if expected == "a" {

@@ -39,11 +39,11 @@ pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
 /// route the model header removed (see [`envoy::restored_variant`]).
 fn restore(variant: &str, rollout: bool) -> Value {
     let (header, value) = envoy::restored_variant(variant);
-    let mut request = json!({ "set": { header: value } });
+    let mut request = json!({ "set": { header: &value } });
     if rollout {
         request["remove"] = json!([MODEL_HEADER]);
     }
-    json!({ "request": request })
+    json!({ "request": request, "response": { "set": { header: value } } })
 }
 
 pub(super) fn virtual_service(

@@ -311,7 +311,7 @@ fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
     assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
     assert_eq!(
         http[1]["headers"],
-        json!({"request": {"set": {"x-mlep-variant": "b"}}})
+        json!({"request": {"set": {"x-mlep-variant": "b"}}, "response": {"set": {"x-mlep-variant": "b"}}})
     );
     let weights: Vec<(&Value, &Value)> = http[2]["route"]
         .as_array()
