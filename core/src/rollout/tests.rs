@@ -244,10 +244,17 @@ fn a_promotion_keeps_the_old_model_for_the_route_grace_period_then_removes_it() 
         vec!["m3", "m2"],
         "proxies still holding the last step's config reach m2"
     );
+    let route = Some(("b".to_owned(), "m3".to_owned()));
+    assert_eq!(
+        w.last.route, route,
+        "proxies with the new clusters but the old routes still reach m3 by the rollout's route"
+    );
     w.tick_at(29, healthy(100));
     assert_eq!(w.models(), vec!["m3", "m2"]);
+    assert_eq!(w.last.route, route);
     w.tick_at(1, healthy(100));
     assert_eq!(w.models(), vec!["m3"], "the old model goes after the grace");
+    assert_eq!(w.last.route, None, "and the rollout's route with it");
 }
 
 #[test]
