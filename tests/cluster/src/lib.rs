@@ -468,6 +468,16 @@ spec:
             .await;
     }
 
+    /// The endpoint's model pods (labelled `mlep.dev/endpoint`).
+    pub async fn model_pods(&self) -> Vec<Pod> {
+        self.bed
+            .api::<Pod>(&self.ns)
+            .list(&ListParams::default().labels(&format!("mlep.dev/endpoint={ENDPOINT}")))
+            .await
+            .unwrap()
+            .items
+    }
+
     /// Wait until Deployment `name` has all its replicas ready.
     pub async fn wait_deployment_ready(&self, name: &str, limit: Duration) {
         let api: Api<Deployment> = self.bed.api(&self.ns);

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use mlep::table::sum_of;
 use mlep_cluster_e2e::load::Load;
 use mlep_cluster_e2e::*;
@@ -23,12 +22,7 @@ async fn the_example_gets_ready_with_verified_artifacts() {
     let bed = Bed::connect().await;
     let ns = TempNs::create(&bed, "example").await;
     let t = Titanic::deploy(&bed, &ns).await;
-    let pods = bed
-        .api::<Pod>(&t.ns)
-        .list(&ListParams::default().labels(&format!("mlep.dev/endpoint={ENDPOINT}")))
-        .await
-        .unwrap()
-        .items;
+    let pods = t.model_pods().await;
     let phases: Vec<_> = pods
         .iter()
         .map(|p| {

@@ -67,12 +67,7 @@ async fn a_namespace_enforcing_restricted_admits_every_model_pod_and_serves_thro
     );
     let t = t.with_example().await;
 
-    let pods = bed
-        .api::<Pod>(&t.ns)
-        .list(&ListParams::default().labels(&format!("mlep.dev/endpoint={ENDPOINT}")))
-        .await
-        .unwrap()
-        .items;
+    let pods = t.model_pods().await;
     assert!(pods.len() >= 2, "{} model pods", pods.len());
     for p in &pods {
         let spec = p.spec.as_ref().unwrap();
