@@ -362,10 +362,18 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
         default_weights(&vs),
         vec![("a".to_owned(), 80), ("b".to_owned(), 20)]
     );
+    // The header route obeys only the value the filter sets, with the endpoint's route key.
+    let key = Api::<ModelEndpoint>::namespaced(client.clone(), ns)
+        .get(&ep)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.route_key)
+        .expect("a route key in status");
     let http = vs.data["spec"]["http"].as_array().unwrap();
     assert_eq!(
         http[0]["match"][0]["headers"]["x-mlep-variant"]["exact"],
-        "a"
+        format!("a.{key}")
     );
     let cfg = filter_config(
         &ef_api(&client, &format!("{ns}-gw"))
@@ -376,6 +384,11 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
     assert_eq!(
         cfg["endpoints"][0]["routing"]["sticky"]["header"],
         "x-user-id"
+    );
+    assert_eq!(
+        cfg["endpoints"][0]["routeKey"],
+        key.as_str(),
+        "the filter sets what the route matches"
     );
     let api: Api<ModelEndpoint> = Api::namespaced(client.clone(), ns);
     let st = api.get(&ep).await.unwrap().status.unwrap();
