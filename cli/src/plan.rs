@@ -331,8 +331,14 @@ pub const TEST_ROUTE_KEY: &str = "local-test-route-key";
 /// The name of an endpoint's virtual host in local mode: its Service's in a mesh
 /// (`<name>.<ns>.svc.cluster.local:80`), so a filter config reads the same in both worlds.
 pub fn local_virtual_host(namespace: &str, name: &str) -> String {
-    let fqdn = format!("{name}.{namespace}.svc.cluster.local");
-    mlep_core::envoy::virtual_host_name(&fqdn, SERVICE_PORT)
+    let mesh = mlep_core::envoy::mesh_virtual_hosts(
+        name,
+        namespace,
+        mlep_core::meta::DEFAULT_CLUSTER_DOMAIN,
+        &[],
+        SERVICE_PORT,
+    );
+    mesh.into_iter().next().unwrap_or_default()
 }
 
 /// The endpoints of local mode's Envoy bootstrap for `d`: per endpoint its virtual host (named

@@ -119,6 +119,9 @@ pub struct Endpoint {
     /// `"validVariants":[...]` rendered once for 400 replies.
     pub valid_variants_json: String,
     pub shadow: Option<Shadow>,
+    /// Read every request header in one host call: the shadow samples every request, so its
+    /// copy needs them all anyway (else the few assignment needs are read one by one).
+    pub read_all_headers: bool,
 }
 
 impl Endpoint {
@@ -332,6 +335,7 @@ impl Compiled {
                 valid_variants_json: serde_json::to_string(&names)
                     .unwrap_or_else(|_| "[]".to_owned()),
                 variants,
+                read_all_headers: shadow.as_ref().is_some_and(|s| s.per_million >= 1_000_000),
                 shadow,
             });
         }

@@ -105,11 +105,7 @@ impl Stream {
         // Every header in one host call when the shadow copy will need them all anyway (a
         // shadow sampling every request); else the two or three assignment needs, one call
         // each, which costs about half (docs/filter.md, "Instructions per request").
-        let all = ep
-            .shadow
-            .as_ref()
-            .filter(|s| s.per_million >= 1_000_000)
-            .map(|_| h.request_headers());
+        let all = ep.read_all_headers.then(|| h.request_headers());
         let decision = match &all {
             Some(headers) => decide(ep, headers, h),
             None => decide(ep, &FromHost, h),
