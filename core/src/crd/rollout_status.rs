@@ -73,6 +73,11 @@ pub struct RolloutStatus {
     /// the new model is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_unix: Option<i64>,
+    /// When the route to the new model goes live and users may move (Unix seconds): a few
+    /// seconds after its first ready pod, so the proxies have its subset's cluster and
+    /// endpoints before any route names them (make before break); absent while it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_from_unix: Option<i64>,
     /// BlueGreen after the switch: when the old model is removed, in Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_model_until_unix: Option<i64>,

@@ -20,9 +20,10 @@ pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
         .chain(plan.retiring.iter().map(|r| (&r.name, &r.model)))
         .map(|(v, m)| json!({ "name": v, "labels": { LABEL_VERSION: v, LABEL_MODEL: m } }))
         .collect();
-    // A rollout's new model gets its own subset while a route, split or mirror may name it
-    // (it is rendered, and applied, before the VirtualService and the filter config).
-    if let Some((variant, model)) = rollout_route(plan) {
+    // A rollout's other model gets its own subset for as long as it runs, from before its
+    // route exists until after the route is gone (make before break: Envoy applies a route
+    // naming a cluster it has not warmed yet, and answers 503; see `ROUTE_WARMUP_SECONDS`).
+    for (variant, model) in rollout_subsets(plan) {
         subsets.push(json!({
             "name": subset_name(variant, model),
             "labels": { LABEL_VERSION: variant, LABEL_MODEL: model },
@@ -144,7 +145,29 @@ pub fn variant_routes(plan: &Plan) -> VariantRoutes {
     VariantRoutes::new(live.chain(retiring))
 }
 
-/// `(variant, model)` of a rollout's own route and subset, if it needs one now.
+/// `(variant, model)` of each subset a rollout needs besides its variant's own: every model
+/// it runs that the variant does not serve, and the model its route names.
+fn rollout_subsets(plan: &Plan) -> Vec<(&str, &str)> {
+    let Some(r) = plan.rollout.as_ref() else {
+        return Vec::new();
+    };
+    let serving = plan
+        .variants
+        .iter()
+        .find(|v| v.name == r.variant)
+        .map(|v| v.serving_model.as_str());
+    let mut models: Vec<&str> = r.models.iter().flatten().map(String::as_str).collect();
+    models.extend(r.route_model.as_deref());
+    models.sort_unstable();
+    models.dedup();
+    models
+        .into_iter()
+        .filter(|m| Some(*m) != serving || r.route_model.as_deref() == Some(*m))
+        .map(|m| (r.variant.as_str(), m))
+        .collect()
+}
+
+/// `(variant, model)` of a rollout's own route, if it needs one now.
 fn rollout_route(plan: &Plan) -> Option<(&str, &str)> {
     let r = plan.rollout.as_ref()?;
     Some((r.variant.as_str(), r.route_model.as_deref()?))

@@ -3,6 +3,7 @@ use crate::aggregate::RBAC_TYPE_URL;
 use crate::crd::FilterWiring;
 use crate::crd::{Artifact, AutoscalingSpec, ModelEndpointSpec, ShadowSpec, VariantSpec};
 use crate::envoy::{STATS_PREFIX, WASM_TYPE_URL};
+use crate::filter_config::RolloutPlan;
 use crate::module;
 use crate::plan::VariantPlan;
 use mlep_contract::names::MODEL_DIR;
@@ -402,6 +403,52 @@ fn a_swap_keeps_the_old_deployment_and_the_subset_on_the_serving_model() {
     assert_eq!(
         subsets[1],
         json!({"name": "b", "labels": {"version": "b", LABEL_MODEL: "m2"}})
+    );
+}
+
+#[test]
+fn a_rollouts_new_model_has_its_subset_before_any_route_names_it() {
+    let mut ep = endpoint();
+    ep.spec.variants[1].model = "m3".into();
+    let mut plan = Plan::assume_ready(&ep.spec);
+    plan.variants[1].serving_model = "m2".into();
+    let mut rollout = RolloutPlan {
+        variant: "b".into(),
+        models: Some(vec!["m2".into(), "m3".into()]),
+        split: None,
+        mirror: None,
+        route_model: None,
+    };
+    plan.rollout = Some(rollout.clone());
+    let subset_names = |plan: &Plan| {
+        let objs = render(&ep, plan);
+        let dr = find(&objs, "DestinationRule", "titanic");
+        let vs = find(&objs, "VirtualService", "titanic");
+        let names: Vec<String> = dr["spec"]["subsets"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|s| s["name"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let routed = vs["spec"]["http"].as_array().is_some_and(|h| {
+            h.iter()
+                .any(|r| r["route"][0]["destination"]["subset"] == "b-m3")
+        });
+        (names, routed)
+    };
+    // Starting (the new model not warm yet): its subset, no route.
+    assert_eq!(
+        subset_names(&plan),
+        (vec!["a".into(), "b".into(), "b-m3".into()], false)
+    );
+    // Users moving: the route names the subset that was already there.
+    rollout.route_model = Some("m3".into());
+    plan.rollout = Some(rollout);
+    assert_eq!(
+        subset_names(&plan),
+        (vec!["a".into(), "b".into(), "b-m3".into()], true)
     );
 }
 

@@ -1,7 +1,7 @@
 //! The state machine: one step from the last status, the spec, readiness and a sample.
 
 use super::judge::{judge, Verdict};
-use super::{Command, Settings, ANNOTATION, DRAIN_SECONDS};
+use super::{Command, Settings, ANNOTATION, DRAIN_SECONDS, ROUTE_WARMUP_SECONDS};
 use crate::analysis::{AnalysisSource, Query, Sample, Traffic};
 use crate::crd::{Phase, RolloutStatus, RolloutStrategy};
 use crate::filter_config::Mirror;
@@ -146,6 +146,7 @@ pub fn advance(input: &Input, sample: Option<Result<Sample, String>>) -> Outcome
         // Nothing is routed to a model that is not ready: the moved users wait on the old
         // model (the split is withheld, not forgotten) and the step starts over once it is.
         r.step_started_unix = None;
+        r.routed_from_unix = None;
         r.message = format!("waiting for {} to have a ready pod", r.to_model);
         return emit(input, r, false, Some(s.step_seconds.min(10)));
     }
@@ -157,6 +158,17 @@ pub fn advance(input: &Input, sample: Option<Result<Sample, String>>) -> Outcome
         return promote(input, r, "the variant has no users (weight 0)".to_owned());
     }
     if r.step == 0 || r.step_started_unix.is_none() {
+        // Make before break: the route to the new model (and with it the first moved users)
+        // goes live only once its subset's endpoints have had time to reach the proxies.
+        let warmup = input.route_grace_seconds.clamp(0, ROUTE_WARMUP_SECONDS);
+        let from = *r.routed_from_unix.get_or_insert(input.now.unix + warmup);
+        if input.now.unix < from {
+            r.message = format!(
+                "{} is ready; users move once its route has reached the proxies",
+                r.to_model
+            );
+            return emit(input, r, false, Some(from - input.now.unix));
+        }
         r.step = r.step.max(1);
         r.step_started_unix = Some(input.now.unix);
         return step_to(input, r);

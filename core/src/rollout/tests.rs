@@ -199,6 +199,49 @@ fn nothing_moves_until_the_new_model_is_ready() {
 }
 
 #[test]
+fn on_a_mesh_the_route_and_the_first_users_wait_until_the_ready_model_is_warm() {
+    let mut w = World::new(rollout(RolloutStrategy::Canary));
+    w.route_grace_seconds = 30;
+    w.tick();
+    assert_eq!(
+        w.models(),
+        vec!["m2", "m3"],
+        "the new model runs from the start"
+    );
+    w.make_ready("m3");
+    let out = w.tick().clone();
+    let warm = ROUTE_WARMUP_SECONDS;
+    assert_eq!(
+        (out.route.clone(), out.split.clone(), w.percent()),
+        (None, None, 0),
+        "no route names the new subset, and nobody moves, right after its first ready pod"
+    );
+    assert_eq!(out.requeue_after_seconds, Some(warm));
+    assert!(w.metrics.asked.is_empty(), "no step runs yet");
+    w.tick_at(warm - 1, Ok(Sample::default()));
+    assert_eq!((w.last.route.clone(), w.percent()), (None, 0));
+    w.tick_at(1, Ok(Sample::default()));
+    assert_eq!(w.last.route, Some(("b".into(), "m3".into())));
+    assert_eq!((w.percent(), split::count(&w.moved())), (10, 200));
+    let started = w.status.as_ref().and_then(|s| s.step_started_unix);
+    assert_eq!(
+        started,
+        Some(w.now),
+        "the step's clock starts with the route"
+    );
+    // A model that loses its pods warms again before its route comes back.
+    w.ready.retain(|(_, m)| m != "m3");
+    w.tick_at(10, Ok(Sample::default()));
+    assert_eq!((w.last.route.clone(), w.last.split.clone()), (None, None));
+    w.make_ready("m3");
+    w.tick_at(1, Ok(Sample::default()));
+    assert_eq!(w.last.route, None, "back, but not warm yet");
+    w.tick_at(warm, Ok(Sample::default()));
+    assert_eq!(w.last.route, Some(("b".into(), "m3".into())));
+    assert_eq!(split::count(&w.moved()), 200, "the same users move again");
+}
+
+#[test]
 fn canary_holds_its_share_for_a_step_then_promotes() {
     let mut w = World::started(RolloutStrategy::Canary);
     let first = w.moved();
