@@ -11,6 +11,7 @@
 #   scripts/cluster.sh leftovers # what of the bed still runs or listens (nothing after `down`)
 #   scripts/cluster.sh build    # only build the binaries and image archives (what `up` does first)
 #   scripts/cluster.sh build-k8s # only the Kubernetes + etcd binaries; prints their directory
+#   scripts/cluster.sh alert-rules # refresh the shipped alert rules' ConfigMap on a running bed
 #
 # Needs root (containerd, CNI, iptables) and Go >= 1.21 on PATH (the modules pin their Go
 # version; GOTOOLCHAIN may fetch it). Traffic stays on 127.0.0.1, the bridge and the service
@@ -509,6 +510,14 @@ rollout() {  # rollout NAMESPACE DEPLOYMENT TIMEOUT_S
   fi
 }
 
+# The shipped alert rules as the ConfigMap the bed's Prometheus reads (also run by the e2e, so
+# a running bed gets this tree's rules).
+alert_rules_configmap() {
+  kc -n istio-system create configmap mlep-alert-rules \
+    --from-file=mlep.rules.yaml="$ROOT/manifests/observability/alerts.rules.yaml" --dry-run=client -o yaml \
+    | kc apply --server-side --force-conflicts -f - >/dev/null
+}
+
 install_addons() {
   log "CoreDNS"
   sed "s/@COREDNS_VERSION@/$COREDNS_VERSION/; s/@DNS_SERVICE_IP@/$DNS_SERVICE_IP/" "$HERE/addons/coredns.yaml" \
@@ -525,7 +534,8 @@ install_addons() {
   sed "s/@GATEWAY_NODE_PORT@/$GATEWAY_NODE_PORT/" "$HERE/addons/gateway.yaml" \
     | kc apply --server-side --force-conflicts -f - >/dev/null
   rollout istio-system istio-ingressgateway 180
-  log "Prometheus $PROMETHEUS_VERSION (scrapes the injected proxies, for rollout analysis)"
+  log "Prometheus $PROMETHEUS_VERSION (scrapes the injected proxies and cAdvisor; the shipped alert rules)"
+  alert_rules_configmap
   sed "s/@PROMETHEUS_VERSION@/$PROMETHEUS_VERSION/" "$HERE/addons/prometheus.yaml" \
     | kc apply --server-side --force-conflicts -f - >/dev/null
   rollout istio-system prometheus 180
@@ -713,6 +723,7 @@ stop() {
 case ${1:-} in
   up) cmd_up ;;
   build) cmd_build ;;
+  alert-rules) alert_rules_configmap ;;
   build-k8s) command -v go >/dev/null || die "Go not found on PATH"; build_k8s; echo "$BIN" ;;
   down) cmd_down ;;
   leftovers) leftovers ;;

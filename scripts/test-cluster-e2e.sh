@@ -63,12 +63,15 @@ EOF
 kc apply -k "$WORK/operator" >/dev/null || fail "kubectl apply -k manifests/"
 kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "operator not Ready"
 
+# The shipped alert rules, as this tree has them (the observability phase reloads Prometheus).
+"$CLUSTER_SH" alert-rules || fail "the alert rules' ConfigMap"
+
 # --- 2. the phases, one test each -------------------------------------------------------------
 # Namespaced phases side by side (MLEP_E2E_THREADS of them), then the cluster-wide ones (the
 # operator's Lease and replicas, the shared filters) one at a time.
 export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
 # The test files whose phases touch only their own namespace(s).
-NAMESPACED=(--test namespaced --test mesh_citizen --test hosts --test pod_security --test events)
+NAMESPACED=(--test namespaced --test mesh_citizen --test hosts --test pod_security --test events --test observability)
 echo "--> cargo test -p mlep-cluster-e2e ${NAMESPACED[*]} (${MLEP_E2E_THREADS:-2} at a time)"
 nice cargo test -p mlep-cluster-e2e "${NAMESPACED[@]}" -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
 echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide (one at a time)"

@@ -26,6 +26,38 @@ pub const CONFIG_ERRORS_TOTAL: &str = "mlep_config_errors_total";
 /// to report).
 pub const VM_MEMORY_BYTES: &str = "mlep_vm_memory_bytes";
 
+/// The operator's gauges of each endpoint's state, read from its status at every scrape of
+/// the operator's `/metrics` (labels `namespace, endpoint` plus the ones noted). Dashboards and
+/// alert rules join the filter's traffic metrics and the kubelet's cAdvisor metrics with them.
+pub mod operator {
+    /// `1` per status condition, like kube-state-metrics' `*_status_condition`.
+    /// + `type`, `status`, `reason`.
+    pub const ENDPOINT_CONDITION: &str = "mlep_endpoint_condition";
+    /// Share of the rollout's variant on its new model while a rollout runs (0-100).
+    /// + `variant`, `from_model`, `to_model`, `phase`.
+    pub const ROLLOUT_MOVED_PERCENT: &str = "mlep_rollout_moved_percent";
+    /// `1` per Deployment of a model the endpoint runs: joins cAdvisor's per-pod CPU and memory
+    /// (`pod` = `<deployment>-<replicaset hash>-<suffix>`) to variant and model.
+    /// + `variant`, `model`, `deployment`.
+    pub const MODEL_DEPLOYMENT_INFO: &str = "mlep_model_deployment_info";
+
+    pub const LABEL_TYPE: &str = "type";
+    pub const LABEL_STATUS: &str = "status";
+    pub const LABEL_FROM_MODEL: &str = "from_model";
+    pub const LABEL_TO_MODEL: &str = "to_model";
+    pub const LABEL_PHASE: &str = "phase";
+    pub const LABEL_DEPLOYMENT: &str = "deployment";
+    /// The model server's container in a model pod (cAdvisor's `container` label).
+    pub const MODEL_CONTAINER: &str = "model";
+
+    /// Every metric name above.
+    pub const ALL: [&str; 3] = [
+        ENDPOINT_CONDITION,
+        ROLLOUT_MOVED_PERCENT,
+        MODEL_DEPLOYMENT_INFO,
+    ];
+}
+
 /// Label keys, in the order every encoded stat name carries them.
 pub const LABEL_ENDPOINT: &str = "endpoint";
 pub const LABEL_NAMESPACE: &str = "namespace";

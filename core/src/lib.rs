@@ -35,6 +35,7 @@ pub mod filter_config;
 pub mod host_claims;
 pub mod meta;
 pub mod module;
+pub mod observe;
 pub mod plan;
 pub mod pod_security;
 pub mod reconcile;

@@ -15,6 +15,13 @@ pub const FIELD_MANAGER: &str = "mlep-operator";
 /// and its version (`version: <variant>`, also what DestinationRule subsets select).
 pub const LABEL_APP: &str = "app";
 pub const LABEL_VERSION: &str = "version";
+/// Istio's canonical service labels, read before `app`/`version` for telemetry's
+/// `destination_canonical_service`/`_revision` (istio pkg/kube/labels/labels.go
+/// `revisionLabels`) and so for Kiali's versioned app graph: the revision is
+/// `<variant>-<model>` (the subset name), so during a rollout the old and the new model of one
+/// variant are two nodes, while `version` stays the variant for the DestinationRule subsets.
+pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 /// Label keys of the operator's own.
 pub const LABEL_ENDPOINT: &str = "mlep.dev/endpoint";
 pub const LABEL_ENDPOINT_NAMESPACE: &str = "mlep.dev/endpoint-namespace";

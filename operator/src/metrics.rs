@@ -1,10 +1,14 @@
 //! Operator metrics in the Prometheus text format: reconciles, failures by reason, reconcile
-//! duration, API writes. Plain atomics and a mutex; no registry crate needed for four series.
+//! duration, API writes; and each endpoint's state read from the controller's cache at every
+//! scrape (`mlep_core::observe`). Plain atomics and a mutex; no registry crate needed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+use kube::runtime::reflector::Store;
+use mlep_core::crd::ModelEndpoint;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
@@ -18,6 +22,8 @@ pub struct Metrics {
     writes: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     duration: Mutex<Histogram>,
+    /// The controller's cache of endpoints, once it runs.
+    endpoints: OnceLock<Store<ModelEndpoint>>,
 }
 
 #[derive(Default)]
@@ -40,6 +46,11 @@ impl Metrics {
             h.sum += s;
             h.count += 1;
         }
+    }
+
+    /// Export the state of the endpoints in `store` (the controller's cache) from now on.
+    pub fn observe_endpoints(&self, store: Store<ModelEndpoint>) {
+        let _ = self.endpoints.set(store);
     }
 
     pub fn failure(&self, reason: &str) {
@@ -101,6 +112,10 @@ impl Metrics {
                 "mlep_operator_reconcile_duration_seconds_count {}",
                 h.count
             );
+        }
+        if let Some(store) = self.endpoints.get() {
+            let all = store.state();
+            out.push_str(&mlep_core::observe::exposition(all.iter().map(|e| &**e)));
         }
         out
     }

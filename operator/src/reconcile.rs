@@ -149,6 +149,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let endpoint_store = controller.store();
+    metrics.observe_endpoints(endpoint_store.clone());
     let neighbours_store = endpoint_store.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),

@@ -3,7 +3,7 @@ use crate::aggregate::RBAC_TYPE_URL;
 use crate::crd::FilterWiring;
 use crate::crd::{Artifact, AutoscalingSpec, ModelEndpointSpec, ShadowSpec, VariantSpec};
 use crate::envoy::{STATS_PREFIX, WASM_TYPE_URL};
-use crate::filter_config::RolloutPlan;
+use crate::meta::{LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION};
 use crate::module;
 use crate::plan::VariantPlan;
 use mlep_contract::names::MODEL_DIR;
@@ -115,6 +115,14 @@ fn deployment_follows_the_sagemaker_contract_and_runs_locked_down() {
     assert_eq!(
         (&labels["app"], &labels["version"]),
         (&json!("titanic"), &json!("a"))
+    );
+    // Telemetry's (and Kiali's) workload and version: one node per variant and model.
+    assert_eq!(
+        (
+            &labels[LABEL_CANONICAL_NAME],
+            &labels[LABEL_CANONICAL_REVISION]
+        ),
+        (&json!("titanic"), &json!("a-m1"))
     );
     assert_eq!(
         (

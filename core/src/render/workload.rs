@@ -5,7 +5,8 @@ use super::Ctx;
 use crate::crd::{Artifact, ModelSpec};
 use crate::envoy::STATS_PREFIX;
 use crate::meta::{
-    labels, LABEL_APP, LABEL_ENDPOINT, LABEL_MODEL, LABEL_VARIANT, LABEL_VERSION, SERVICE_PORT,
+    labels, LABEL_APP, LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION, LABEL_ENDPOINT, LABEL_MODEL,
+    LABEL_VARIANT, LABEL_VERSION, SERVICE_PORT,
 };
 use crate::pod_security::{
     default_container_context, model_container_context, model_pod_context, DEFAULT_UID,
@@ -55,7 +56,13 @@ pub(super) fn deployment(
         (LABEL_VARIANT, variant),
         (LABEL_MODEL, model_name),
     ]);
-    let mut pod_labels = labels([(LABEL_APP, app), (LABEL_VERSION, variant)]);
+    let revision = crate::envoy::subset_name(variant, model_name);
+    let mut pod_labels = labels([
+        (LABEL_APP, app),
+        (LABEL_VERSION, variant),
+        (LABEL_CANONICAL_NAME, app),
+        (LABEL_CANONICAL_REVISION, &revision),
+    ]);
     pod_labels.extend(selector.clone());
     let empty_dir = |name: &str| Volume {
         name: name.into(),
@@ -170,7 +177,7 @@ fn model_container(
         ..Probe::default()
     };
     Container {
-        name: "model".into(),
+        name: mlep_contract::metrics::operator::MODEL_CONTAINER.into(),
         image: Some(model.image.clone()),
         args: Some(vec!["serve".into()]),
         ports: Some(vec![ContainerPort {

@@ -468,6 +468,23 @@ spec:
             .await;
     }
 
+    /// Model `titanic-batch1`: titanic-v1 exported with a fixed batch size of 1, so it fails
+    /// (5xx) on the example's two-row requests (scripts/cluster-e2e/make_batch1_model.py).
+    pub async fn create_batch1_model(&self) {
+        let mut model = self.example_models().remove(0);
+        model.metadata = meta("titanic-batch1");
+        let art = repo().join("scripts/cluster-e2e/titanic-batch1.tar.gz");
+        let sha = sha256_hex(&std::fs::read(art).unwrap());
+        let a = model.spec.artifact.as_mut().unwrap();
+        a.uri = format!("{}/titanic-batch1.tar.gz", self.artifacts);
+        a.sha256 = sha;
+        self.bed
+            .api::<Model>(&self.ns)
+            .create(&PostParams::default(), &model)
+            .await
+            .unwrap();
+    }
+
     /// The endpoint's model pods (labelled `mlep.dev/endpoint`).
     pub async fn model_pods(&self) -> Vec<Pod> {
         self.bed
@@ -907,31 +924,59 @@ pub async fn gateway_stats(bed: &Bed) -> Vec<mlep::table::Sample> {
     mlep::table::parse_prometheus(&out)
 }
 
-/// The bed's Prometheus (`istio-system/prometheus`): the first value of an instant query.
-pub async fn prom_value(bed: &Bed, query: &str) -> Option<f64> {
+/// The bed's Prometheus (`istio-system/prometheus`): its address on the service network.
+pub async fn prometheus(bed: &Bed) -> Option<SocketAddr> {
     let svc = bed
         .api::<Service>("istio-system")
         .get("prometheus")
         .await
         .ok()?;
     let ip = svc.spec?.cluster_ip?;
-    let addr: SocketAddr = format!("{ip}:9090").parse().ok()?;
-    let q: String = query
-        .bytes()
+    format!("{ip}:9090").parse().ok()
+}
+
+/// `text` percent-encoded for a URL query.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 (b as char).to_string()
             }
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    let body = load::get(addr, &format!("/api/v1/query?query={q}"))
-        .await
-        .ok()?;
+        .collect()
+}
+
+/// The result vector of an instant query of the bed's Prometheus (`None` on any failure).
+pub async fn prom_query(bed: &Bed, query: &str) -> Option<Vec<serde_json::Value>> {
+    let addr = prometheus(bed).await?;
+    let path = format!("/api/v1/query?query={}", url_encode(query));
+    let body = load::get(addr, &path).await.ok()?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v["data"]["result"][0]["value"][1]
+    v["data"]["result"].as_array().cloned()
+}
+
+/// The bed's Prometheus: the first value of an instant query.
+pub async fn prom_value(bed: &Bed, query: &str) -> Option<f64> {
+    prom_query(bed, query).await?.first()?["value"][1]
         .as_str()
         .and_then(|s| s.parse().ok())
+}
+
+/// `(alertname, variant or "")` of the alerts firing in the bed's Prometheus for namespace
+/// `ns` (the shipped rules, manifests/observability/alerts.rules.yaml).
+pub async fn firing_alerts(bed: &Bed, ns: &str) -> std::collections::BTreeSet<(String, String)> {
+    let q = format!("ALERTS{{alertstate=\"firing\", namespace=\"{ns}\"}}");
+    prom_query(bed, &q)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let l = &s["metric"];
+            let name = l["alertname"].as_str().unwrap_or_default().to_owned();
+            (name, l["variant"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
 }
 
 /// Delete `name` of `api` if present.

@@ -11,7 +11,7 @@ use mlep_cluster_e2e::load::Load;
 use mlep_cluster_e2e::*;
 use mlep_contract::metrics as m;
 use mlep_core::aggregate::SIDECAR_FILTER;
-use mlep_core::crd::{Model, ModelEndpointSpec};
+use mlep_core::crd::ModelEndpointSpec;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -392,21 +392,6 @@ async fn removing_a_variant_under_load_retires_it_then_removes_it() {
 
 // --- 5b. progressive delivery, analysed by Prometheus -------------------------------------------
 
-async fn batch1_model(t: &Titanic) {
-    let mut model = t.example_models().remove(0);
-    model.metadata = meta("titanic-batch1");
-    let art = repo().join("scripts/cluster-e2e/titanic-batch1.tar.gz");
-    let sha = sha256_hex(&std::fs::read(art).unwrap());
-    let a = model.spec.artifact.as_mut().unwrap();
-    a.uri = format!("{}/titanic-batch1.tar.gz", t.artifacts);
-    a.sha256 = sha;
-    t.bed
-        .api::<Model>(&t.ns)
-        .create(&PostParams::default(), &model)
-        .await
-        .unwrap();
-}
-
 fn rollout(json: serde_json::Value) -> impl Fn(&mut ModelEndpointSpec) {
     move |spec| {
         spec.rollout = serde_json::from_value(json["rollout"].clone()).unwrap();
@@ -433,7 +418,7 @@ async fn rollout_status(t: &Titanic) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_to_a_failing_model_rolls_back() {
     let Stage { bed, ns: _ns, t, s } = Stage::set("canary").await;
-    batch1_model(&t).await;
+    t.create_batch1_model().await;
     // Prometheus has the filter's labelled metrics (the analysis reads them).
     Load::run_for(t.gateway.clone(), true, Duration::from_secs(2)).await;
     let q = format!(
@@ -534,6 +519,33 @@ async fn a_canary_to_a_failing_model_rolls_back() {
     after.assert_no_failures("after the rollback");
     ok("after the rollback: no stale route, subset or Deployment; 5 s of load, 0 failed");
     rollout_events_are_listed(&t).await;
+    rolled_back_alert_fires_then_resolves(&t).await;
+}
+
+/// The shipped `MlepRolloutRolledBack` alert fires on the rollback (the operator's
+/// `mlep_endpoint_condition`), and resolves once the spec names the old model again.
+async fn rolled_back_alert_fires_then_resolves(t: &Titanic) {
+    let alert = || ("MlepRolloutRolledBack".to_owned(), String::new());
+    eventually(
+        Duration::from_secs(120),
+        "MlepRolloutRolledBack fires",
+        || async {
+            firing_alerts(&t.bed, &t.ns)
+                .await
+                .contains(&alert())
+                .then_some(())
+        },
+    )
+    .await;
+    t.edit(|spec| spec.variants[0].model = "titanic-v1".into())
+        .await;
+    eventually(
+        Duration::from_secs(120),
+        "MlepRolloutRolledBack resolves",
+        || async { (!firing_alerts(&t.bed, &t.ns).await.contains(&alert())).then_some(()) },
+    )
+    .await;
+    ok("the shipped MlepRolloutRolledBack alert fired on the rollback and resolved once the spec named titanic-v1 again");
 }
 
 /// The canary's Events on the endpoint: its 50 % step and the rollback with the measured value
