@@ -5,6 +5,7 @@ use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
 use crate::request::{decide, Decision, FromHost};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
+use mlep_contract::latency::{model_duration_us, split, SERVER_TIMING_HEADER};
 use mlep_contract::metrics::{Agreement, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
 use std::cell::RefCell;
@@ -37,6 +38,9 @@ pub struct Stream {
     started_ns: u64,
     set_cookie: Option<String>,
     status: Option<u32>,
+    /// The model's time (µs): its `Server-Timing` report, else request headers -> response
+    /// headers by the host clock; `None` until response headers arrive.
+    model_us: Option<u64>,
     capture: Option<Capture>,
     shadow_id: Option<u64>,
     /// The primary body collected for comparison (`None` once it is over the cap).
@@ -79,6 +83,7 @@ impl Stream {
             started_ns: 0,
             set_cookie: None,
             status: None,
+            model_us: None,
             capture: None,
             shadow_id: None,
             primary: None,
@@ -233,6 +238,7 @@ impl Stream {
         self.status = h
             .response_header(":status")
             .and_then(|s| s.trim().parse().ok());
+        self.model_us = Some(self.model_time(h));
         // The variant's route, not the filter, names it on the response (`x-mlep-variant`,
         // `mlep_core::envoy::restored_variant`): one host call less, and the header says
         // which variant's route served.
@@ -241,6 +247,21 @@ impl Stream {
         }
         if end_of_stream {
             self.primary_finished(h);
+        }
+    }
+
+    /// The model's own time (µs) as its server reports it in a response header (the
+    /// client cannot forge one: only what the upstream, or Envoy's own local reply, sends is
+    /// read), else the upstream time: request headers to response headers, the time the
+    /// model had the request, by the same clock as the total (one more clock read, only for
+    /// containers that do not report).
+    fn model_time(&self, h: &mut dyn Host) -> u64 {
+        match h
+            .response_header(SERVER_TIMING_HEADER)
+            .and_then(|v| model_duration_us(&v))
+        {
+            Some(us) => us,
+            None => h.now_ns().saturating_sub(self.started_ns) / 1_000,
         }
     }
 
@@ -275,7 +296,8 @@ impl Stream {
         }
     }
 
-    /// The stream is over (proxy-wasm `on_log`): count the request and its duration.
+    /// The stream is over (proxy-wasm `on_log`): count the request, its duration and its
+    /// model / overhead split (`mlep_contract::latency`).
     pub fn on_log(&mut self, h: &mut dyn Host) {
         if self.logged {
             return;
@@ -296,8 +318,14 @@ impl Stream {
         };
         let class = self.status.map_or(CodeClass::Other, CodeClass::of);
         h.increment(v.metrics.requests(class));
-        let ms = h.now_ns().saturating_sub(self.started_ns) / 1_000_000;
-        h.record(v.metrics.duration, ms);
+        let total_ns = h.now_ns().saturating_sub(self.started_ns);
+        h.record(v.metrics.duration, total_ns / 1_000_000);
+        // No response headers (the client went away first): no model time to split by.
+        if let Some(model_us) = self.model_us {
+            let s = split(total_ns / 1_000, model_us);
+            h.record(v.metrics.model_latency, s.model_us);
+            h.record(v.metrics.overhead_latency, s.overhead_us);
+        }
     }
 }
 

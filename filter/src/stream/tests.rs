@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::host::MemHost;
+use mlep_contract::metrics::{MODEL_LATENCY_US, OVERHEAD_LATENCY_US, REQUEST_DURATION_MS};
 
 /// The stat name of `metric` for the test endpoint (`default/titanic`), `variant` and
 /// `model`, plus `extra` labels (the contract's encoding).
@@ -405,4 +406,86 @@ fn a_fresh_visitor_gets_a_cookie_on_the_response() {
     let c = h.response_values("set-cookie");
     assert_eq!(c.len(), 1);
     assert!(c[0].starts_with("mlep-titanic="), "{}", c[0]);
+}
+
+/// What the stream records in `metric` for the user `u1` (on `a`, model `titanic-v1`, with
+/// the example's 80/20 split; asserted).
+fn recorded(h: &MemHost, metric: &str) -> Vec<u64> {
+    assert!(mlep_contract::bucket_of("default/titanic", "u1") < 8000);
+    let name = stat(metric, "a", "titanic-v1", &[]);
+    h.names
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| h.records.get(&(i as u32)))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One request of `u1` with `extra` request headers: request headers at t=100 ms, the
+/// upstream's response headers (`response`) at t=`answered`, the end of the stream at t=310.
+fn timed(response: &[(&str, &str)], answered: u64, extra: &[(&str, &str)]) -> MemHost {
+    let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 0"));
+    let mut headers = vec![(":authority", "titanic.example.com"), ("x-user-id", "u1")];
+    headers.extend_from_slice(extra);
+    request(&mut h, &headers);
+    h.response.extend(
+        response
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let mut s = Stream::new(cfg, hub);
+    h.now = 100;
+    s.on_request_headers(&mut h, true);
+    h.now = answered;
+    s.on_response_headers(&mut h, false);
+    h.now = 310;
+    s.on_response_body(&mut h, 0, true);
+    s.on_log(&mut h);
+    h
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn the_models_reported_time_is_model_latency_and_the_rest_is_overhead() {
+    let h = timed(&[("server-timing", "db;dur=1, model;dur=200")], 305, &[]);
+    assert_eq!(recorded(&h, REQUEST_DURATION_MS), [210]);
+    assert_eq!(recorded(&h, MODEL_LATENCY_US), [200_000]);
+    assert_eq!(recorded(&h, OVERHEAD_LATENCY_US), [10_000]);
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn without_a_report_the_upstream_time_is_model_latency_and_a_clients_header_is_ignored() {
+    // The client sends a Server-Timing of its own: a request header, never read.
+    let h = timed(&[], 305, &[("server-timing", "model;dur=1")]);
+    assert_eq!(recorded(&h, MODEL_LATENCY_US), [205_000]);
+    assert_eq!(recorded(&h, OVERHEAD_LATENCY_US), [5_000]);
+    // A malformed report is no report.
+    let h = timed(&[("server-timing", "model;dur=-3")], 305, &[]);
+    assert_eq!(recorded(&h, MODEL_LATENCY_US), [205_000]);
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_report_longer_than_the_request_is_clamped_to_it() {
+    let h = timed(&[("server-timing", "model;dur=99999999")], 305, &[]);
+    assert_eq!(recorded(&h, MODEL_LATENCY_US), [210_000]);
+    assert_eq!(recorded(&h, OVERHEAD_LATENCY_US), [0]);
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_stream_without_response_headers_records_its_duration_but_no_split() {
+    let (cfg, hub, mut h) = setup(|s| s.replace("\"percent\": 10", "\"percent\": 0"));
+    request(
+        &mut h,
+        &[(":authority", "titanic.example.com"), ("x-user-id", "u1")],
+    );
+    let mut s = Stream::new(cfg, hub);
+    s.on_request_headers(&mut h, true);
+    h.now = 50;
+    s.on_log(&mut h);
+    assert_eq!(recorded(&h, REQUEST_DURATION_MS), [50]);
+    assert!(recorded(&h, MODEL_LATENCY_US).is_empty());
+    assert!(recorded(&h, OVERHEAD_LATENCY_US).is_empty());
 }
