@@ -598,7 +598,11 @@ mod tests {
         let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
         let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
         let at = |name| cols[header.iter().position(|h| *h == name).unwrap()];
-        assert_eq!((at("MODEL_P50"), at("OVERHD_P50")), ("175ms", "175us"), "{out}");
+        assert_eq!(
+            (at("MODEL_P50"), at("OVERHD_P50")),
+            ("175ms", "175us"),
+            "{out}"
+        );
     }
 
     #[test]

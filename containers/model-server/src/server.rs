@@ -18,9 +18,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::codec::{self, Format, RequestError};
-use mlep_contract::latency;
 use crate::metrics::Metrics;
 use crate::model::Model;
+use mlep_contract::latency;
 
 /// Response header naming the model that answered: `<name>:<version>` from metadata.json.
 pub const MODEL_HEADER: &str = "x-mlep-model";
