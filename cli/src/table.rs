@@ -9,8 +9,9 @@
 //! has no flushed observations.
 
 use mlep_contract::metrics::{
-    LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_OUTCOME, LABEL_RESULT, LABEL_VARIANT, REQUESTS_TOTAL,
-    REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
+    LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_OUTCOME, LABEL_RESULT, LABEL_VARIANT, MODEL_LATENCY_US,
+    OVERHEAD_LATENCY_US, REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL,
+    SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -194,6 +195,11 @@ pub struct Row {
     pub rps: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Median model latency (`mlep_model_latency_us`: the model server's own time, or the
+    /// upstream time of a container that does not report it), in ms.
+    pub model_p50_ms: Option<f64>,
+    /// Median overhead latency (`mlep_overhead_latency_us`: what the proxy added), in ms.
+    pub overhead_p50_ms: Option<f64>,
     /// Requests answered 5xx since start.
     pub errors: u64,
     /// Requests since start.
@@ -215,9 +221,9 @@ fn of<'a>(ep: &str, v: &'a str) -> impl Fn(&Sample) -> bool + 'a {
     move |x: &Sample| x.label(LABEL_ENDPOINT) == ep && x.label(LABEL_VARIANT) == v
 }
 
-/// Cumulative histogram buckets `(le, count)` of a variant's request duration, sorted by `le`.
-fn buckets(s: &Scrape, ep: &str, v: &str) -> Vec<(f64, f64)> {
-    let name = format!("{REQUEST_DURATION_MS}_bucket");
+/// Cumulative histogram buckets `(le, count)` of a variant's `histogram`, sorted by `le`.
+fn buckets(s: &Scrape, histogram: &str, ep: &str, v: &str) -> Vec<(f64, f64)> {
+    let name = format!("{histogram}_bucket");
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for x in s
         .samples
@@ -268,6 +274,37 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     Some(prev_le)
 }
 
+/// The buckets of a variant's `histogram` to take quantiles from: the window between the two
+/// scrapes when it has observations, else since start.
+fn latency(
+    prev: Option<&Scrape>,
+    cur: &Scrape,
+    histogram: &str,
+    ep: &str,
+    v: &str,
+) -> Vec<(f64, f64)> {
+    let cur_b = buckets(cur, histogram, ep, v);
+    let Some(p) = prev.filter(|p| cur.at_secs > p.at_secs) else {
+        return cur_b;
+    };
+    let prev_b = buckets(p, histogram, ep, v);
+    let window: Vec<(f64, f64)> = cur_b
+        .iter()
+        .map(|&(le, c)| {
+            let before = prev_b
+                .iter()
+                .find(|(l, _)| l.to_bits() == le.to_bits())
+                .map_or(0.0, |x| x.1);
+            (le, (c - before).max(0.0))
+        })
+        .collect();
+    if window.last().is_some_and(|x| x.1 > 0.0) {
+        window
+    } else {
+        cur_b
+    }
+}
+
 /// Rows for `variants` from the current scrape and, when there is one, the previous.
 pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Vec<Row> {
     variants
@@ -292,32 +329,20 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
                     of(ep, v)(x) && x.label(LABEL_CODE_CLASS) == "5xx"
                 })
             };
-            let cur_b = buckets(cur, ep, v);
-            let (rps, window) = match prev {
+            let rps = match prev {
                 Some(p) if cur.at_secs > p.at_secs => {
                     let before = sum_where(p, counted, of(ep, v));
-                    let rps = (total - before).max(0.0) / (cur.at_secs - p.at_secs);
-                    let prev_b = buckets(p, ep, v);
-                    let delta: Vec<(f64, f64)> = cur_b
-                        .iter()
-                        .map(|&(le, c)| {
-                            let before = prev_b
-                                .iter()
-                                .find(|(l, _)| l.to_bits() == le.to_bits())
-                                .map(|x| x.1)
-                                .unwrap_or(0.0);
-                            (le, (c - before).max(0.0))
-                        })
-                        .collect();
-                    (rps, delta)
+                    (total - before).max(0.0) / (cur.at_secs - p.at_secs)
                 }
-                _ => (0.0, cur_b.clone()),
+                _ => 0.0,
             };
-            // Latency over the window when there were requests in it, else since start.
-            let lat = if window.last().is_some_and(|x| x.1 > 0.0) {
-                window
-            } else {
-                cur_b
+            let lat = latency(prev, cur, REQUEST_DURATION_MS, ep, v);
+            let ms_of_us = |h| {
+                let b: Vec<(f64, f64)> = latency(prev, cur, h, ep, v)
+                    .into_iter()
+                    .map(|(le, c)| (le / 1000.0, c))
+                    .collect();
+                quantile(0.5, &b)
             };
             let agreement_of = |x: &Sample| {
                 x.label(LABEL_ENDPOINT) == ep && (shadow || x.label(LABEL_VARIANT) == v)
@@ -334,6 +359,8 @@ pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Ve
                 rps,
                 p50_ms: quantile(0.5, &lat),
                 p99_ms: quantile(0.99, &lat),
+                model_p50_ms: ms_of_us(MODEL_LATENCY_US),
+                overhead_p50_ms: ms_of_us(OVERHEAD_LATENCY_US),
                 errors: errors as u64,
                 total: total as u64,
                 shadow_agreement: (compared > 0.0).then(|| matched / compared),
@@ -363,10 +390,19 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
-/// The table as text, one line per variant, with a header.
+/// A short latency: µs under a millisecond (the proxy's overhead lives there).
+fn short(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 1.0 => format!("{:.0}us", v * 1000.0),
+        v => ms(v),
+    }
+}
+
+/// The table as text, one line per variant, with a header. `MODEL_P50` / `OVERHD_P50`: the
+/// medians of the latency breakdown (the model's own time; what the proxy added).
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
+        "{:<12} {:<8} {:<20} {:>6} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
         "ENDPOINT",
         "VARIANT",
         "MODEL",
@@ -374,6 +410,8 @@ pub fn render(rows: &[Row]) -> String {
         "REQ/S",
         "P50",
         "P99",
+        "MODEL_P50",
+        "OVERHD_P50",
         "REQUESTS",
         "ERRORS",
         "SHADOW",
@@ -383,7 +421,7 @@ pub fn render(rows: &[Row]) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<12} {:<8} {:<20} {:>5}% {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
+            "{:<12} {:<8} {:<20} {:>5}% {:>8.1} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>7} {:>5} {:>8}  {}\n",
             r.info.endpoint,
             r.info.variant,
             r.info.model,
@@ -391,6 +429,8 @@ pub fn render(rows: &[Row]) -> String {
             r.rps,
             ms(r.p50_ms),
             ms(r.p99_ms),
+            short(r.model_p50_ms),
+            short(r.overhead_p50_ms),
             r.total,
             r.errors,
             r.shadow_agreement
@@ -537,6 +577,34 @@ mod tests {
         assert!(lines[1].ends_with("1/1        0  Running"), "{out}");
     }
 
+    /// A model that sleeps ~200 ms behind a proxy adding ~0.1 ms: the columns say which is
+    /// which (model time in ms, overhead in µs), from the contract's histograms.
+    #[test]
+    fn the_latency_breakdown_shows_model_and_overhead_medians() {
+        let l = r#"endpoint="titanic",namespace="default",variant="a",model="titanic-v1""#;
+        let t = format!(
+            "mlep_requests_total{{{l},code_class=\"2xx\"}} 10\n\
+             mlep_model_latency_us_bucket{{{l},le=\"100000\"}} 0\n\
+             mlep_model_latency_us_bucket{{{l},le=\"250000\"}} 10\n\
+             mlep_model_latency_us_bucket{{{l},le=\"+Inf\"}} 10\n\
+             mlep_overhead_latency_us_bucket{{{l},le=\"100\"}} 0\n\
+             mlep_overhead_latency_us_bucket{{{l},le=\"250\"}} 10\n\
+             mlep_overhead_latency_us_bucket{{{l},le=\"+Inf\"}} 10\n"
+        );
+        let rows = rows(None, &Scrape::new(1.0, &t), &[info("a", "titanic-v1", 100)]);
+        assert_eq!(rows[0].model_p50_ms, Some(175.0));
+        assert_eq!(rows[0].overhead_p50_ms, Some(0.175));
+        let out = render(&rows);
+        let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+        let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        let at = |name| cols[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(
+            (at("MODEL_P50"), at("OVERHD_P50")),
+            ("175ms", "175us"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn a_crash_looping_variant_shows_its_restarts_and_back_off() {
         let mut i = info("b", "titanic-v2", 20);
@@ -549,7 +617,7 @@ mod tests {
         let out = render(&rows(None, &Scrape::new(1.0, ""), &[i]));
         let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
-            cols[10..].join(" "),
+            cols[12..].join(" "),
             "1/2 3 CrashLoopBackOff (restart in 4s)",
             "{out}"
         );

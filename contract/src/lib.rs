@@ -6,6 +6,8 @@
 //! - [`hash`]: the stable sticky-key hash and bucket function (documented in the README).
 //! - [`allocation`]: which buckets belong to which variant, and how a new allocation is
 //!   derived from the previous one so that users move only when they must.
+//! - [`latency`]: the model server's timing report (`Server-Timing: model;dur=`) and the
+//!   model / overhead split of a request's time.
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
 //! - [`rollout`]: which of a variant's buckets a rollout has moved to its new model.
 //! - [`names`]: the model directory and environment names shared with the containers.
@@ -15,6 +17,7 @@
 pub mod allocation;
 pub mod config;
 pub mod hash;
+pub mod latency;
 pub mod metrics;
 pub mod names;
 pub mod rollout;

@@ -21,6 +21,48 @@ pub const ASSIGNMENTS_TOTAL: &str = "mlep_assignments_total"; // + reason=sticky
 pub const SHADOW_REQUESTS_TOTAL: &str = "mlep_shadow_requests_total"; // + outcome
 pub const SHADOW_AGREEMENT_TOTAL: &str = "mlep_shadow_agreement_total"; // + result=match|mismatch
 pub const CONFIG_ERRORS_TOTAL: &str = "mlep_config_errors_total";
+/// Histogram, microseconds: the model's own time for a request, as the model server reports it
+/// (`Server-Timing: model;dur=<ms>`, [`crate::latency`]), else the upstream time the proxy
+/// measured (request headers to response headers). SageMaker's `ModelLatency`, in its unit.
+pub const MODEL_LATENCY_US: &str = "mlep_model_latency_us";
+/// Histogram, microseconds: what the proxy added, the request's whole time in the proxy
+/// (request headers to end of stream) minus [`MODEL_LATENCY_US`]. SageMaker's
+/// `OverheadLatency`, in its unit.
+pub const OVERHEAD_LATENCY_US: &str = "mlep_overhead_latency_us";
+/// The latency breakdown's histograms. Their stat names carry the labels before the unit
+/// (see [`stat_name`]), so each has a raw-name prefix of its own ([`stat_prefix`]) that
+/// Envoy's `histogram_bucket_settings` can give [`LATENCY_BUCKETS_US`].
+pub const LATENCY_HISTOGRAMS: [&str; 2] = [MODEL_LATENCY_US, OVERHEAD_LATENCY_US];
+/// Bucket upper bounds of [`LATENCY_HISTOGRAMS`], in µs: 1-2.5-5 steps from 25 µs (the
+/// proxy's own overhead lives in the first buckets) to 10 s (large batches), then 30 s and
+/// 60 s (SageMaker's invocation timeout). Envoy's defaults (0.5 .. 3,600,000) read as µs
+/// would have nothing between 10 ms and 30 ms, or between 60 ms and 300 ms, where most
+/// inference sits.
+pub const LATENCY_BUCKETS_US: [f64; 20] = [
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    25_000.0,
+    50_000.0,
+    100_000.0,
+    250_000.0,
+    500_000.0,
+    1_000_000.0,
+    2_500_000.0,
+    5_000_000.0,
+    10_000_000.0,
+    30_000_000.0,
+    60_000_000.0,
+];
+/// The pod annotation with which istio-agent writes `histogram_bucket_settings` (prefix
+/// matches) into a proxy's bootstrap: see [`istio_histogram_buckets`].
+pub const ISTIO_HISTOGRAM_BUCKETS_ANNOTATION: &str = "sidecar.istio.io/statsHistogramBuckets";
 /// Gauge: the filter VM's linear memory in bytes (Wasm memory never shrinks, so this shows
 /// the high-water mark), set every second by worker VMs (with several workers, the last one
 /// to report).
@@ -111,6 +153,54 @@ pub fn sanitize_label_value(value: &str) -> String {
 /// Every filter metric name starts with this.
 pub const METRIC_PREFIX: &str = "mlep_";
 
+/// The unit suffix of the latency histograms.
+const UNIT_US: &str = "us";
+
+/// Where [`stat_name`] inserts the labels into `metric`'s name: after [`METRIC_PREFIX`], or
+/// for a latency histogram before its unit (`mlep_model_latency_` | labels | `us`).
+fn label_position(metric: &str) -> usize {
+    if LATENCY_HISTOGRAMS.contains(&metric) {
+        metric.len().saturating_sub(UNIT_US.len())
+    } else if metric.starts_with(METRIC_PREFIX) {
+        METRIC_PREFIX.len()
+    } else {
+        0
+    }
+}
+
+/// The start every raw Envoy stat name of `metric` has, whatever its labels:
+/// `wasmcustom.mlep_model_latency_` for a latency histogram (what bucket settings match).
+pub fn stat_prefix(metric: &str) -> String {
+    let head = metric.get(..label_position(metric)).unwrap_or("");
+    format!("{ENVOY_WASM_STAT_PREFIX}{head}")
+}
+
+/// Envoy `stats_config.histogram_bucket_settings` for the latency histograms: one prefix
+/// match per histogram ([`stat_prefix`]; Envoy matches the raw name, before tag extraction)
+/// with [`LATENCY_BUCKETS_US`]. Local mode writes these; in a mesh, the
+/// [`ISTIO_HISTOGRAM_BUCKETS_ANNOTATION`] with [`istio_histogram_buckets`] makes istio-agent
+/// write the same (it knows prefix matches only, hence the labels before the unit).
+pub fn latency_bucket_prefixes() -> Vec<(String, &'static [f64])> {
+    LATENCY_HISTOGRAMS
+        .iter()
+        .map(|m| (stat_prefix(m), &LATENCY_BUCKETS_US[..]))
+        .collect()
+}
+
+/// The value of [`ISTIO_HISTOGRAM_BUCKETS_ANNOTATION`] for a proxy running the filter:
+/// `{"wasmcustom.mlep_model_latency_":[25,...],"wasmcustom.mlep_overhead_latency_":[25,...]}`.
+pub fn istio_histogram_buckets() -> String {
+    let entries: serde_json::Map<String, serde_json::Value> = latency_bucket_prefixes()
+        .into_iter()
+        // Whole microseconds, written as integers (`25`, not `25.0`).
+        .map(|(prefix, buckets)| {
+            let whole: Vec<u64> = buckets.iter().map(|b| *b as u64).collect();
+            (prefix, serde_json::json!(whole))
+        })
+        .collect();
+    serde_json::Value::Object(entries).to_string()
+}
+
 /// The stat name the filter defines for `metric` with `labels`, in Istio's tag encoding: each
 /// label is `key=.=value;.;`, values sanitized (see [`sanitize_label_value`]), inserted right
 /// after [`METRIC_PREFIX`]:
@@ -120,11 +210,15 @@ pub const METRIC_PREFIX: &str = "mlep_";
 /// `mlep_requests_total{endpoint="titanic",...}`. (Envoy removes a tag's capture group and
 /// nothing else: tags placed after the name would leave a trailing `.` that Prometheus output
 /// turns into `_`; measured with Envoy 1.40.)
+///
+/// The latency histograms carry their labels before the unit instead
+/// (`mlep_model_latency_endpoint=.=titanic;.;...;.;us`): the bare name comes out the same, and
+/// every raw name of one histogram starts with the same prefix ([`stat_prefix`]), which
+/// is what bucket settings select by.
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
-    let (head, tail) = match metric.strip_prefix(METRIC_PREFIX) {
-        Some(rest) => (METRIC_PREFIX, rest),
-        None => ("", metric),
-    };
+    let (head, tail) = metric
+        .split_at_checked(label_position(metric))
+        .unwrap_or(("", metric));
     let mut out = String::with_capacity(metric.len() + labels.len() * 28);
     out.push_str(head);
     for (k, v) in labels {
@@ -347,6 +441,54 @@ mod tests {
         assert_eq!(Reason::Random.label(), "random");
         assert_eq!(Outcome::Skipped.label(), "skipped");
         assert_eq!(Agreement::of(false).label(), "mismatch");
+    }
+
+    /// The latency histograms' names are pinned (dashboards and alerts use them), their raw
+    /// stat names share one prefix per histogram whatever the labels, and cutting the tags
+    /// out still leaves the bare name.
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn latency_histograms_keep_their_names_and_a_prefix_per_histogram() {
+        assert_eq!(MODEL_LATENCY_US, "mlep_model_latency_us");
+        assert_eq!(OVERHEAD_LATENCY_US, "mlep_overhead_latency_us");
+        let n = stat_name(
+            MODEL_LATENCY_US,
+            &[("endpoint", "e.1"), ("variant", "a"), ("model", "m")],
+        );
+        assert_eq!(
+            n,
+            "mlep_model_latency_endpoint=.=e_1;.;variant=.=a;.;model=.=m;.;us"
+        );
+        let prefix = stat_prefix(MODEL_LATENCY_US);
+        assert_eq!(prefix, "wasmcustom.mlep_model_latency_");
+        assert!(format!("{ENVOY_WASM_STAT_PREFIX}{n}").starts_with(&prefix));
+        // Neither prefix selects another metric's stats (the ms histogram keeps Envoy's buckets).
+        let other = stat_name(REQUEST_DURATION_MS, &[("endpoint", "e")]);
+        for (p, _) in latency_bucket_prefixes() {
+            assert!(
+                !format!("{ENVOY_WASM_STAT_PREFIX}{other}").starts_with(&p),
+                "{p}"
+            );
+        }
+        let bare = n
+            .replace("endpoint=.=e_1;.;", "")
+            .replace("variant=.=a;.;", "")
+            .replace("model=.=m;.;", "");
+        assert_eq!(bare, MODEL_LATENCY_US);
+        assert_eq!(stat_prefix(REQUESTS_TOTAL), "wasmcustom.mlep_");
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn latency_buckets_ascend_and_the_istio_annotation_names_both_prefixes() {
+        assert!(LATENCY_BUCKETS_US.windows(2).all(|w| w[0] < w[1]));
+        let v: serde_json::Value = serde_json::from_str(&istio_histogram_buckets()).unwrap();
+        for m in LATENCY_HISTOGRAMS {
+            let b = v[stat_prefix(m)].as_array().unwrap();
+            assert_eq!(b.len(), LATENCY_BUCKETS_US.len());
+            assert_eq!(b[0], serde_json::json!(25));
+            assert_eq!(b[19], serde_json::json!(60_000_000));
+        }
     }
 
     #[test]

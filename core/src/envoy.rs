@@ -16,7 +16,7 @@
 //!
 //! The equivalence of the two renderings is tested in `cli/tests/equivalence.rs`.
 
-use mlep_contract::metrics::stats_tags;
+use mlep_contract::metrics::{latency_bucket_prefixes, stats_tags};
 use serde_json::{json, Value};
 
 /// The filter's name in Envoy: root id, VM id, WasmPlugin `pluginName`, local ECDS resource.
@@ -279,14 +279,23 @@ impl ShadowTarget {
 
 /// The bootstrap's `stats_config`: the contract's tag regexes (`mlep_contract::metrics::
 /// stats_tags`) turn the filter's encoded stat names into Prometheus labels, plus Envoy's
-/// default tags. In Istio the same tags go into the proxies' bootstrap once per cluster
-/// (docs/operator.md, "Metrics").
+/// default tags, and the latency histograms' µs buckets (`latency_bucket_prefixes`, prefix
+/// matches on the raw stat name). In Istio the same tags go into the proxies' bootstrap once
+/// per cluster, the buckets through a pod annotation (docs/operator.md, "Metrics").
 pub fn stats_config() -> Value {
     let tags: Vec<Value> = stats_tags()
         .into_iter()
         .map(|t| json!({ "tag_name": t.tag_name, "regex": t.regex }))
         .collect();
-    json!({ "stats_tags": tags, "use_all_default_tags": true })
+    let buckets: Vec<Value> = latency_bucket_prefixes()
+        .into_iter()
+        .map(|(prefix, b)| json!({ "match": { "prefix": prefix }, "buckets": b }))
+        .collect();
+    json!({
+        "stats_tags": tags,
+        "use_all_default_tags": true,
+        "histogram_bucket_settings": buckets,
+    })
 }
 
 /// The DestinationRule subset of a rollout's new model: `<variant>-<model>` (dots become
@@ -303,6 +312,27 @@ pub fn subset_name(variant: &str, model: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The latency histograms get the contract's µs buckets by prefix in local mode's
+    /// bootstrap, and docs/operator.md gives Istio users the same as a pod annotation.
+    #[test]
+    fn latency_histograms_get_the_contracts_buckets_here_and_in_the_documented_annotation() {
+        use mlep_contract::metrics as m;
+        let settings = stats_config()["histogram_bucket_settings"].clone();
+        let settings = settings.as_array().unwrap();
+        assert_eq!(settings.len(), m::LATENCY_HISTOGRAMS.len());
+        for (s, metric) in settings.iter().zip(m::LATENCY_HISTOGRAMS) {
+            assert_eq!(s["match"]["prefix"], json!(m::stat_prefix(metric)));
+            assert_eq!(s["buckets"], json!(m::LATENCY_BUCKETS_US));
+        }
+        let doc = include_str!("../../docs/operator.md");
+        let line = format!(
+            "{}: '{}'",
+            m::ISTIO_HISTOGRAM_BUCKETS_ANNOTATION,
+            m::istio_histogram_buckets()
+        );
+        assert!(doc.contains(&line), "docs/operator.md lacks `{line}`");
+    }
 
     /// `manifests/istio/mesh.yaml` is what users (and the bed) give Istio so the filter's
     /// metrics keep their labels: its tag names must be the contract's label keys and its

@@ -22,6 +22,9 @@ pub struct VariantMetrics {
     /// `mlep_requests_total`, indexed by [`CodeClass::index`].
     pub requests: [MetricId; CodeClass::COUNT],
     pub duration: MetricId,
+    /// `mlep_model_latency_us` and `mlep_overhead_latency_us`.
+    pub model_latency: MetricId,
+    pub overhead_latency: MetricId,
     /// `mlep_assignments_total`, indexed by [`Reason::index`].
     pub assignments: [MetricId; Reason::COUNT],
 }
@@ -214,6 +217,14 @@ impl Compiled {
                     MetricKind::Histogram,
                     name_of(m::REQUEST_DURATION_MS, &labels, None),
                 )?;
+                let model_latency = define(
+                    MetricKind::Histogram,
+                    name_of(m::MODEL_LATENCY_US, &labels, None),
+                )?;
+                let overhead_latency = define(
+                    MetricKind::Histogram,
+                    name_of(m::OVERHEAD_LATENCY_US, &labels, None),
+                )?;
                 let assignments = per_value(Reason::ALL, |r| {
                     define(
                         MetricKind::Counter,
@@ -227,6 +238,8 @@ impl Compiled {
                 Ok::<_, CompileError>(VariantMetrics {
                     requests,
                     duration,
+                    model_latency,
+                    overhead_latency,
                     assignments,
                 })
             };
@@ -367,8 +380,11 @@ mod tests {
     fn compiling_defines_every_label_combination_up_front() {
         let mut host = MemHost::default();
         let c = Compiled::from_json(EXAMPLE.as_bytes(), &mut host).unwrap();
-        // 2 variants x (6 code classes + 1 histogram + 3 reasons) + 4 outcomes + 2 results.
-        assert_eq!(host.names.len(), 2 * 10 + 6);
+        // 2 variants x (6 code classes + 3 histograms + 3 reasons) + 4 outcomes + 2 results.
+        assert_eq!(host.names.len(), 2 * 12 + 6);
+        assert!(host.names.contains(
+            &"mlep_overhead_latency_endpoint=.=titanic;.;namespace=.=default;.;variant=.=b;.;model=.=titanic-v2;.;us".to_owned()
+        ));
         assert!(host.names.contains(
             &"mlep_endpoint=.=titanic;.;namespace=.=default;.;variant=.=a;.;model=.=titanic-v1;.;code_class=.=2xx;.;requests_total".to_owned()
         ));

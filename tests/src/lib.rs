@@ -34,6 +34,11 @@ pub struct Behaviour {
     /// `None`: `{"variant":"<name>"}`.
     pub body: Option<String>,
     pub delay: Duration,
+    /// Report the time it spent on the request (from reading it to answering, the delay
+    /// included) as a model server does: `Server-Timing: model;dur=<ms>`.
+    pub server_timing: bool,
+    /// More response headers, sent as given.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for Behaviour {
@@ -42,6 +47,8 @@ impl Default for Behaviour {
             status: 200,
             body: None,
             delay: Duration::ZERO,
+            server_timing: false,
+            headers: Vec::new(),
         }
     }
 }
@@ -188,11 +195,21 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, count: &AtomicU64, body: &str
             }
         }
         count.fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
         if !b.delay.is_zero() {
             std::thread::sleep(b.delay);
         }
+        let mut extra: String = b
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        if b.server_timing {
+            let timing = mlep_contract::latency::server_timing(started.elapsed());
+            extra.push_str(&format!("server-timing: {timing}\r\n"));
+        }
         let resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{}",
             b.status,
             body.len(),
             body

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use crate::codec::{self, Format, RequestError};
 use crate::metrics::Metrics;
 use crate::model::Model;
+use mlep_contract::latency;
 
 /// Response header naming the model that answered: `<name>:<version>` from metadata.json.
 pub const MODEL_HEADER: &str = "x-mlep-model";
@@ -187,9 +188,15 @@ async fn handle(req: Request<Incoming>, app: Arc<App>) -> Resp {
         (&Method::POST, "/invocations") => {
             app.in_flight.fetch_add(1, Ordering::SeqCst);
             let started = Instant::now();
-            let r = invocations(req, &app).await;
-            app.metrics.latency(started.elapsed());
+            let mut r = invocations(req, &app).await;
+            let elapsed = started.elapsed();
+            app.metrics.latency(elapsed);
             app.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // The proxy's model latency (mlep_contract::latency): this server's own time,
+            // reading the body through encoding the answer, in the W3C Server-Timing form.
+            if let Ok(v) = HeaderValue::from_str(&latency::server_timing(elapsed)) {
+                r.headers_mut().insert(latency::SERVER_TIMING_HEADER, v);
+            }
             ("/invocations", r)
         }
         (&Method::GET, "/metrics") => {

@@ -627,6 +627,55 @@ fn metrics_count_requests_and_latency() {
     );
 }
 
+/// The proxy's model latency comes from this header (mlep_contract::latency): every
+/// /invocations answer reports the server's own time, within what the client waited.
+#[test]
+fn invocations_report_the_servers_own_time_in_server_timing() {
+    use mlep_contract::latency::{model_duration_us, SERVER_TIMING_HEADER};
+    let dir = tempfile::tempdir().unwrap();
+    unpack("v2", dir.path());
+    let server = Server::start(dir.path(), &[]);
+    server.wait_ready();
+    // A batch big enough to take measurable work (thousands of rows), and a bad request.
+    let rows: Vec<Value> = (0..5000)
+        .map(|i| json!({"pclass": 1 + i % 3, "sex": "female", "age": 30, "fare": 10.5, "sibsp": 0, "parch": 0, "embarked": "S"}))
+        .collect();
+    let cases = [
+        (serde_json::to_vec(&rows).unwrap(), 200),
+        (b"[".to_vec(), 400),
+    ];
+    for (body, status) in cases {
+        let t = Instant::now();
+        let r = request(
+            server.addr,
+            "POST",
+            "/invocations",
+            &[("content-type", "application/json")],
+            &body,
+        );
+        let waited_us = t.elapsed().as_micros() as u64;
+        assert_eq!(r.status, status, "{}", r.text());
+        let header = r
+            .headers
+            .get(SERVER_TIMING_HEADER)
+            .unwrap_or_else(|| panic!("no {SERVER_TIMING_HEADER} on a {status}: {:?}", r.headers));
+        let us = model_duration_us(header).unwrap_or_else(|| panic!("unreadable: {header}"));
+        assert!(
+            us <= waited_us,
+            "reported {us} µs, client waited {waited_us} µs"
+        );
+        if status == 200 {
+            assert!(
+                us >= 100,
+                "5000 rows reported as {us} µs of work ({header})"
+            );
+        }
+    }
+    assert!(!get(server.addr, "/ping")
+        .headers
+        .contains_key(SERVER_TIMING_HEADER));
+}
+
 #[test]
 fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() {
     let dir = tempfile::tempdir().unwrap();
