@@ -332,6 +332,8 @@ mod tests {
             m::istio_histogram_buckets()
         );
         assert!(doc.contains(&line), "docs/operator.md lacks `{line}`");
+        let bed = include_str!("../../scripts/cluster/addons/gateway.yaml");
+        assert!(bed.contains(&line), "the bed's gateway lacks `{line}`");
     }
 
     /// `manifests/istio/mesh.yaml` is what users (and the bed) give Istio so the filter's

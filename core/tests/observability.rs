@@ -137,7 +137,11 @@ fn find_keyword(text: &str, word: &str) -> Option<usize> {
 
 #[test]
 fn every_mlep_metric_the_dashboard_and_rules_query_is_a_contract_name() {
-    let histograms = [m::REQUEST_DURATION_MS];
+    let histograms = [
+        m::REQUEST_DURATION_MS,
+        m::MODEL_LATENCY_US,
+        m::OVERHEAD_LATENCY_US,
+    ];
     let mut known: BTreeSet<String> = [
         m::REQUESTS_TOTAL,
         m::ASSIGNMENTS_TOTAL,
@@ -172,6 +176,8 @@ fn every_mlep_metric_the_dashboard_and_rules_query_is_a_contract_name() {
     for needed in [
         m::REQUESTS_TOTAL.to_owned(),
         format!("{}_bucket", m::REQUEST_DURATION_MS),
+        format!("{}_bucket", m::MODEL_LATENCY_US),
+        format!("{}_bucket", m::OVERHEAD_LATENCY_US),
         m::SHADOW_AGREEMENT_TOTAL.to_owned(),
         op::ROLLOUT_MOVED_PERCENT.to_owned(),
         op::MODEL_DEPLOYMENT_INFO.to_owned(),
