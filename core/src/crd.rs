@@ -483,6 +483,11 @@ pub struct ModelEndpointStatus {
     /// chosen). Treat it like the endpoint's VirtualService: readers of either can steer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_key: Option<String>,
+    /// When the routing (bucket allocation, each variant's model and routed weight) last
+    /// changed, in Unix seconds. `Ready` waits a few seconds after it: proxies receive a change
+    /// asynchronously, and a user must not be assigned by the previous routing once `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_since_unix: Option<i64>,
 }
 
 /// A variant on its way out: no request is assigned to it any more, but a proxy that has not
@@ -572,6 +577,8 @@ pub mod conditions {
     pub const REASON_RECONCILED: &str = "Reconciled";
     pub const REASON_RECONCILE_FAILED: &str = "ReconcileFailed";
     pub const REASON_SWAPPING_MODEL: &str = "SwappingModel";
+    /// Everything serves, but the routing changed moments ago: proxies are receiving it.
+    pub const REASON_PROPAGATING: &str = "Propagating";
     pub const REASON_NO_READY_VARIANT: &str = "NoReadyVariant";
     pub const REASON_LAST_GOOD_CONFIG: &str = "ServingLastGoodConfig";
     pub const REASON_ROLLED_BACK: &str = "RolledBack";

@@ -12,7 +12,7 @@ use crate::failure::Failures;
 use crate::host_claims::{Claimant, HostClaims};
 use crate::plan::{plan, retiring, Observed, Plan};
 use crate::rollout::{self, Command, Now, Outcome, Settings};
-use crate::status::{endpoint_status, invalid_status};
+use crate::status::{endpoint_status, hold_while_propagating, invalid_status, routed_since};
 use crate::validate::{host_conflict, validate_endpoint, validate_hosts, SpecError};
 use kube_core::ResourceExt;
 use mlep_contract::{carry_allocation, Allocation};
@@ -230,11 +230,20 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
     );
     rollout::record(&mut status, &outcome, input.last, &input.now.text);
     status.route_key = Some(route_key(input));
+    // Ready once the routing has reached the proxies (none to wait for in local mode).
+    let since = routed_since(&status, input.last, input.now.unix);
+    status.routed_since_unix = Some(since);
+    let warmup = input
+        .route_grace_seconds
+        .clamp(0, rollout::ROUTE_WARMUP_SECONDS);
+    let propagating = since + warmup - input.now.unix;
+    hold_while_propagating(&mut status, input.last, propagating, &input.now.text);
     // A rollout comes back at its next step (or its next look at the analysis), a retiring
     // variant when its routes may go.
     let next = [
         outcome.requeue_after_seconds,
         p.next_retirement_in(input.now.unix).map(|s| s + 1),
+        (propagating > 0).then_some(propagating),
     ];
     let requeue = match next.into_iter().flatten().min() {
         Some(s) => Requeue::After(s.clamp(1, 30) as u64),
@@ -381,6 +390,53 @@ mod tests {
     }
 
     #[test]
+    fn ready_waits_until_a_routing_change_has_reached_the_proxies() {
+        use crate::crd::conditions::{READY, REASON_AVAILABLE, REASON_PROPAGATING};
+        let mut ep = endpoint("m2", None);
+        ep.spec.rollout = None;
+        let obs = observed(&[("a", "m1"), ("b", "m2")]);
+        let ready = |d: &Decision| {
+            let c = d
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY)
+                .cloned();
+            c.map(|c| (c.status, c.reason)).unwrap_or_default()
+        };
+        // b just became ready: its weight and buckets route to it from now on.
+        let mut last = serving("m2");
+        last.variants[1].current_weight = 0;
+        last.allocation = Allocation::initial(&[("a", 100), ("b", 0)]).ok();
+        let t0 = now();
+        let d = decide(&input(&ep, &last, &obs, &t0), None);
+        let warm = rollout::ROUTE_WARMUP_SECONDS;
+        assert_eq!(ready(&d), ("False".into(), REASON_PROPAGATING.into()));
+        assert_eq!(d.status.routed_since_unix, Some(t0.unix));
+        assert_eq!(d.requeue, Requeue::After(warm as u64));
+        // Before the warm-up is over (the status write itself triggers a reconcile): still held.
+        let t1 = Now {
+            unix: t0.unix + warm - 1,
+            text: "t1".into(),
+        };
+        let d1 = decide(&input(&ep, &d.status, &obs, &t1), None);
+        assert_eq!(ready(&d1).1, REASON_PROPAGATING);
+        assert_eq!(
+            d1.status.routed_since_unix,
+            Some(t0.unix),
+            "the routing did not change"
+        );
+        let t2 = Now {
+            unix: t0.unix + warm,
+            text: "t2".into(),
+        };
+        let d2 = decide(&input(&ep, &d1.status, &obs, &t2), None);
+        assert_eq!(ready(&d2), ("True".into(), REASON_AVAILABLE.into()));
+        let available: Vec<&str> = d2.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(available, [REASON_AVAILABLE], "Available once, when it is");
+    }
+
+    #[test]
     fn the_route_key_is_chosen_once_and_kept() {
         let ep = endpoint("m2", None);
         let (mut last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
@@ -520,7 +576,13 @@ mod tests {
         ep.spec.rollout = None;
         let last = serving("m2");
         let (obs, now) = (observed(&[("a", "m1"), ("b", "m2")]), now());
-        let d = decide(&input(&ep, &last, &obs, &now), None);
+        // Its routing settled (written by a reconcile, the proxies' warm-up over).
+        let first = decide(&input(&ep, &last, &obs, &now), None);
+        let later = Now {
+            unix: now.unix + rollout::ROUTE_WARMUP_SECONDS,
+            text: "later".into(),
+        };
+        let d = decide(&input(&ep, &first.status, &obs, &later), None);
         assert_eq!(d.requeue, Requeue::After(SETTLED_REQUEUE_SECONDS));
         assert_eq!(d.status.phase.as_deref(), Some("Ready"));
     }

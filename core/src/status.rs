@@ -77,7 +77,65 @@ pub fn endpoint_status(
         rollout: last.and_then(|l| l.rollout.clone()),
         retiring: plan.retiring.clone(),
         route_key: last.and_then(|l| l.route_key.clone()),
+        routed_since_unix: last.and_then(|l| l.routed_since_unix),
     }
+}
+
+/// When the routing this status reports was last changed: `now` if the allocation or a
+/// variant's routed model or weight differs from `last` (or there is no `last`), else when
+/// `last` says (an older status without the field counts as long settled).
+pub fn routed_since(
+    status: &ModelEndpointStatus,
+    last: Option<&ModelEndpointStatus>,
+    now: i64,
+) -> i64 {
+    fn routing(
+        s: &ModelEndpointStatus,
+    ) -> (Option<&mlep_contract::Allocation>, Vec<(&str, &str, u32)>) {
+        let v = s
+            .variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.model.as_str(), v.current_weight))
+            .collect();
+        (s.allocation.as_ref(), v)
+    }
+    match last {
+        Some(l) if routing(l) == routing(status) => l.routed_since_unix.unwrap_or(0),
+        _ => now,
+    }
+}
+
+/// Hold `Ready` (and keep `Progressing`) for `left_seconds` more while the routing reaches the
+/// proxies (make before break for users: a user's first request after `Ready` gets the same
+/// variant as the ones after it). Transition times follow `last`.
+pub fn hold_while_propagating(
+    status: &mut ModelEndpointStatus,
+    last: Option<&ModelEndpointStatus>,
+    left_seconds: i64,
+    now: &str,
+) {
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True");
+    if left_seconds <= 0 || !ready {
+        return;
+    }
+    let message = format!(
+        "every variant serves its model at its weight; the proxies receive the routing within {left_seconds}s"
+    );
+    for c in &mut status.conditions {
+        let value = match c.type_.as_str() {
+            READY => "False",
+            PROGRESSING => "True",
+            _ => continue,
+        };
+        c.status = value.into();
+        c.reason = REASON_PROPAGATING.into();
+        c.message.clone_from(&message);
+    }
+    status.conditions = stamp(std::mem::take(&mut status.conditions), last, now);
+    status.phase = Some("Progressing".into());
 }
 
 /// Per variant: the model and weight routed now, what the spec asks for, and the replicas of

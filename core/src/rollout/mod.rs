@@ -41,8 +41,9 @@ pub const ANNOTATION: &str = "mlep.dev/rollout";
 /// filter config reaches proxies asynchronously (istiod's push, local mode's ECDS reload), and a
 /// proxy still marking users must find a route and a pod.
 pub const DRAIN_SECONDS: i64 = 15;
-/// How long the new model is ready before its route goes live and the first users move
-/// (capped by the route grace; none in local mode). Its subset exists from the rollout's start,
+/// How long the new model is ready before its route goes live and the first users move, and
+/// how long `Ready` waits after a routing change (`crate::status::hold_while_propagating`);
+/// capped by the route grace, none in local mode. Its subset exists from the rollout's start,
 /// but Envoy applies a route as soon as it arrives, even one naming a cluster it is still
 /// warming or whose endpoints have not arrived yet: such a request gets a 503 (`NC`/`UH`).
 /// Istio's answer is make before break: the subset first, the route after (seen on the bed:
