@@ -310,13 +310,44 @@ impl Titanic {
             "apply -> Ready: {:.1} s",
             t0.elapsed().as_secs_f64()
         ));
+        // Right after Ready, users are assigned by the routing Ready reports (issue 17: a
+        // key's first request used to get the routing from before the last variant was ready).
+        let keys = keys("ready", 40);
+        let first = t.variants_of(&keys).await;
         // The gateway has the endpoint's filter config (it answers with a variant).
         eventually(Duration::from_secs(180), "the gateway assigns", || async {
             let o = t.gateway.invoke(&[("x-user-id", "probe")]).await;
             (o.status() == Some(200) && o.variant().is_some()).then_some(())
         })
         .await;
+        let later = t.variants_of(&keys).await;
+        let unassigned = first.iter().filter(|v| v.is_none()).count();
+        let moved: Vec<_> = keys
+            .iter()
+            .zip(first.iter().zip(&later))
+            .filter(|(_, (f, l))| f.is_some() && f != l)
+            .collect();
+        measure(format!(
+            "right after Ready: {} of {} keys assigned, {} of them later on another variant",
+            keys.len() - unassigned,
+            keys.len(),
+            moved.len()
+        ));
+        assert!(
+            moved.is_empty(),
+            "assigned differently right after Ready: {moved:?}"
+        );
         t
+    }
+
+    /// The variant the gateway assigns each key (one request each; `None`: no assignment).
+    pub async fn variants_of(&self, keys: &[String]) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for k in keys {
+            let o = self.gateway.invoke(&[("x-user-id", k.as_str())]).await;
+            out.push(o.variant().map(str::to_owned));
+        }
+        out
     }
 
     /// Only the artifact server (Envoy from the gateway's image serving the artifacts).
