@@ -39,6 +39,7 @@ NODE_NAME=mlep-node
 API_PORT=16443        # not 6443: the operator tests' API server (scripts/envtest/setup.sh) uses that
 ETCD_PORT=12379       # not 2379/2380, same reason
 GATEWAY_NODE_PORT=30080
+CADVISOR_CONTAINERD_SOCK=/run/containerd/containerd.sock   # where the kubelet's cAdvisor looks
 
 # The pinned version of module $2 in go.mod $1 (one-line `require m v` or a require block).
 pinned() { awk -v m="$2" '{for (i = 1; i < NF; i++) if ($i == m) {print $(i + 1); exit}}' "$1"; }
@@ -463,6 +464,13 @@ start_node() {
   await containerd 30 "containerd socket" ctr_ version
   log "importing images"
   import_images
+  # cAdvisor in the kubelet finds containerd only at its default socket (its own Go flag
+  # `containerd`, which the kubelet does not expose): without it, its per-container metrics
+  # carry no pod, namespace or container label. Point that path at this containerd.
+  if [ ! -e "$CADVISOR_CONTAINERD_SOCK" ]; then
+    mkdir -p "$(dirname "$CADVISOR_CONTAINERD_SOCK")"
+    ln -s "$RUN/containerd/containerd.sock" "$CADVISOR_CONTAINERD_SOCK"
+  fi
   start kubelet "$BIN/kubelet" --config "$RUN/conf/kubelet.yaml" --kubeconfig "$PKI/kubelet.kubeconfig" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --root-dir "$RUN/kubelet" --cert-dir "$RUN/kubelet/pki"
   start kube-proxy "$BIN/kube-proxy" --config "$RUN/conf/kube-proxy.yaml"
@@ -635,6 +643,9 @@ cmd_down() {
     kill -9 "$p" 2>/dev/null || true
   done
   for n in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n"; done
+  if [ "$(readlink "$CADVISOR_CONTAINERD_SOCK" 2>/dev/null)" = "$RUN/containerd/containerd.sock" ]; then
+    rm -f "$CADVISOR_CONTAINERD_SOCK"
+  fi
   # Whatever a shim left behind (a container process re-parented to init when its shim died
   # first) still sits in the pods' cgroups: kill each of them, then remove the cgroups.
   kill_cgroups
