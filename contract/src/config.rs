@@ -548,6 +548,21 @@ pub fn carry_allocation(
 
 #[cfg(test)]
 mod tests {
+    /// A float in a config (a shadow's tolerance) reads back as the f64 written: serde_json's
+    /// `float_roundtrip` (fuzz/filter_config found `1e-60` -> `1.0000000000000001e-60`).
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn config_floats_round_trip_exactly() {
+        for text in ["1e-60", "0.1", "1e-6", "123456.789e-3"] {
+            let v: f64 = serde_json::from_str(text).unwrap_or(f64::NAN);
+            let again: f64 = serde_json::to_string(&v)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(f64::NAN);
+            assert_eq!(v.to_bits(), again.to_bits(), "{text}");
+        }
+    }
+
     use super::*;
 
     fn example() -> &'static str {

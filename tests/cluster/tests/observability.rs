@@ -150,7 +150,7 @@ async fn crash_looping_endpoint(t: &Titanic) {
     let e: ModelEndpoint = serde_json::from_value(serde_json::json!({
         "apiVersion": "mlep.dev/v1alpha1", "kind": "ModelEndpoint",
         "metadata": {"name": "broken"},
-        "spec": {"hosts": [], "variants": [{"name": "a", "model": "titanic-exits", "weight": 100}]}
+        "spec": {"hosts": [format!("broken.{}.mlep.test", t.ns)], "variants": [{"name": "a", "model": "titanic-exits", "weight": 100}]}
     }))
     .unwrap();
     t.bed
@@ -232,6 +232,25 @@ async fn the_shipped_dashboard_and_alerts_work_on_real_prometheus() {
         "alerts firing {:.0} s after the faults: {fired:?}",
         t_fault.elapsed().as_secs_f64()
     ));
+
+    // The latency breakdown in the cluster: the 700 ms the mesh adds in front of titanic-v1 is
+    // overhead, not model latency (the model server reports its own time in Server-Timing).
+    let p50 = |metric: &str| {
+        format!(
+            "histogram_quantile(0.5, sum by (le) (rate({metric}_bucket{{namespace=\"{}\", endpoint=\"{ENDPOINT}\", variant=\"a\"}}[1m])))",
+            t.ns
+        )
+    };
+    let model_us = prom_value(&bed, &p50(mlep_contract::metrics::MODEL_LATENCY_US)).await;
+    let overhead_us = prom_value(&bed, &p50(mlep_contract::metrics::OVERHEAD_LATENCY_US)).await;
+    measure(format!(
+        "variant a behind a 700 ms mesh delay: p50 model latency {model_us:?} µs, overhead {overhead_us:?} µs"
+    ));
+    assert!(
+        model_us.is_some_and(|m| m < 100_000.0) && overhead_us.is_some_and(|o| o >= 500_000.0),
+        "model {model_us:?} µs, overhead {overhead_us:?} µs"
+    );
+    ok("the mesh's delay shows in overhead latency, the model's own time in model latency");
 
     // With traffic, faults and a rollout in place, every panel's query has series.
     let mut empty = Vec::new();
