@@ -499,6 +499,19 @@ spec:
             .await;
     }
 
+    /// Model `titanic-exits`: titanic-v2 whose server refuses its port (`MLEP_PORT`) and exits
+    /// at start, again after every restart (a crash loop).
+    pub fn exiting_model(&self) -> Model {
+        let mut exits = self.example_models().remove(1);
+        exits.metadata = meta("titanic-exits");
+        exits.spec.env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: "MLEP_PORT".into(),
+            value: Some("not-a-port".into()),
+            value_from: None,
+        });
+        exits
+    }
+
     /// Model `titanic-batch1`: titanic-v1 exported with a fixed batch size of 1, so it fails
     /// (5xx) on the example's two-row requests (scripts/cluster-e2e/make_batch1_model.py).
     pub async fn create_batch1_model(&self) {

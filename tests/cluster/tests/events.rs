@@ -11,7 +11,6 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::PostParams;
 use mlep_cluster_e2e::*;
 use mlep_core::crd::conditions::{REASON_ARTIFACT_FETCH_FAILED, REASON_MODEL_CRASH_LOOPING};
@@ -64,13 +63,7 @@ async fn a_model_that_exits_or_fails_its_artifact_check_is_named_with_an_event()
     let t = Titanic::deploy(&bed, &ns).await;
 
     // The model server refuses its port and exits at start, again after every restart.
-    let mut exits = t.example_models().remove(1);
-    exits.metadata = meta("titanic-exits");
-    exits.spec.env.push(EnvVar {
-        name: "MLEP_PORT".into(),
-        value: Some("not-a-port".into()),
-        value_from: None,
-    });
+    let exits = t.exiting_model();
     named(
         &t,
         exits,

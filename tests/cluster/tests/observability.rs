@@ -23,7 +23,6 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::PostParams;
 use mlep_cluster_e2e::*;
 use mlep_core::crd::{Model, ModelEndpoint};
@@ -135,13 +134,7 @@ fn delay_filter(model: &str, ms: u32) -> serde_json::Value {
 
 /// A second endpoint `broken` whose only model's server exits at start, again and again.
 async fn crash_looping_endpoint(t: &Titanic) {
-    let mut exits = t.example_models().remove(1);
-    exits.metadata = meta("titanic-exits");
-    exits.spec.env.push(EnvVar {
-        name: "MLEP_PORT".into(),
-        value: Some("not-a-port".into()),
-        value_from: None,
-    });
+    let exits = t.exiting_model();
     t.bed
         .api::<Model>(&t.ns)
         .create(&PostParams::default(), &exits)
