@@ -549,7 +549,7 @@ pub fn carry_allocation(
 #[cfg(test)]
 mod tests {
     /// A float in a config (a shadow's tolerance) reads back as the f64 written: serde_json's
-    /// `float_roundtrip` (fuzz/filter_config found `1e-60` -> `1.0000000000000001e-60`).
+    /// `float_roundtrip` (fuzz/fuzz_targets/filter_config.rs found `1e-60` -> `1.0000000000000001e-60`).
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn config_floats_round_trip_exactly() {
