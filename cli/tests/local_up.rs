@@ -245,9 +245,10 @@ async fn the_table_shows_shadow_traffic_and_agreement() {
             .rev()
             .find(|l| l.split_whitespace().nth(1) == Some("shadow"))
             .map(str::to_owned);
+        let requests = column(&out, "REQUESTS").unwrap_or(usize::MAX);
         if let Some(row) = row.filter(|r| {
             r.split_whitespace()
-                .nth(7)
+                .nth(requests)
                 .and_then(|n| n.parse::<u64>().ok())
                 >= Some(190)
         }) {
@@ -261,11 +262,13 @@ async fn the_table_shows_shadow_traffic_and_agreement() {
     };
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[2], "titanic-v2", "{row}");
-    let agreement: f64 = cols[9]
+    let out = up.output();
+    let at = |name: &str| column(&out, name).unwrap_or_else(|| panic!("no {name} column"));
+    let agreement: f64 = cols[at("SHADOW")]
         .trim_end_matches('%')
         .parse()
         .unwrap_or_else(|_| panic!("no agreement in {row}"));
-    let compared = cols[7].parse::<f64>().unwrap();
+    let compared = cols[at("REQUESTS")].parse::<f64>().unwrap();
     let want = 100.0 * b as f64 / 200.0;
     eprintln!("measured: shadow copies {compared}, agreement {agreement}% (share of b {want}%)");
     assert!(

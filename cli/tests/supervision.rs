@@ -29,11 +29,12 @@ fn wait_for_row(up: &mut Up, variant: &str, tail: &str, timeout: Duration) -> St
     let start = Instant::now();
     loop {
         let out = up.output();
+        let ready = column(&out, "READY").unwrap_or(usize::MAX);
         let row = out.lines().rev().find(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             cols.get(1) == Some(&variant)
-                && cols.len() > 10
-                && cols[10..].join(" ").starts_with(tail)
+                && cols.len() > ready
+                && cols[ready..].join(" ").starts_with(tail)
         });
         if let Some(row) = row {
             return row.to_owned();

@@ -408,3 +408,11 @@ pub fn invocation<'a>(
         body,
     }
 }
+
+/// Index of the table column headed `name` in local mode's output (its last header line).
+pub fn column(out: &str, name: &str) -> Option<usize> {
+    out.lines()
+        .rev()
+        .find(|l| l.starts_with("ENDPOINT "))
+        .and_then(|h| h.split_whitespace().position(|c| c == name))
+}
