@@ -216,8 +216,11 @@ async fn the_leader_killed_mid_change_converges_and_a_new_leader_writes_nothing(
     .await;
     eventually(SETTLE, "weights a=30,b=70 converged", || async {
         let e = t.endpoint().await;
+        // Converged includes Ready: the operator holds Ready a few seconds after a routing
+        // change (Propagating) and writes it when that is over.
         (observed_generation(&e) >= generation
             && weights(&e) == "a=30,b=70"
+            && condition(&e, "Ready").is_some_and(|c| c.status == "True")
             && t.split_near("a", 30.0).await)
             .then_some(())
     })
