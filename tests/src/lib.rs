@@ -447,6 +447,17 @@ impl Env {
         Self::start_with(endpoints, config, wasm_path(), serde_json::json!({}))
     }
 
+    /// Endpoint `titanic` on `host`: variants `a` and `b` at 50/50, served by `a` and `b`.
+    pub fn titanic_half_and_half(host: &str, a: &Upstream, b: &Upstream) -> Self {
+        let weights = [("a", 50), ("b", 50)];
+        let alloc = mlep_contract::Allocation::initial(&weights).expect("a valid 50/50 allocation");
+        let cfg = filter_config("titanic", &weights, &alloc);
+        Self::start(
+            vec![route("titanic", &[host], &[(a, 50), (b, 50)], None)],
+            &cfg,
+        )
+    }
+
     /// [`Env::start`] with another build of the filter and extra `PluginConfig` fields.
     pub fn start_with(
         endpoints: Vec<RouteEndpoint>,

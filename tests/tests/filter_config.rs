@@ -62,12 +62,7 @@ fn metrics_reach_prometheus_with_endpoint_namespace_variant_and_model_labels() {
             },
         ),
     );
-    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
-    let cfg = filter_config("titanic", &[("a", 50), ("b", 50)], &alloc);
-    let env = Env::start(
-        vec![route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None)],
-        &cfg,
-    );
+    let env = Env::titanic_half_and_half(HOST, &a, &b);
     let mut c = env.client();
     c.get(HOST, &[("x-mlep-target-variant", "a")]);
     c.get(HOST, &[("x-mlep-target-variant", "b")]);

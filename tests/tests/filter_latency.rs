@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use mlep_contract::metrics::{LATENCY_BUCKETS_US, MODEL_LATENCY_US, OVERHEAD_LATENCY_US};
-use mlep_contract::Allocation;
 use mlep_tests::*;
 use std::time::Duration;
 
@@ -34,12 +33,7 @@ fn a_model_that_sleeps_shows_it_in_model_latency_not_in_overhead() {
         Upstream::with("a", sleeper(true)),
         Upstream::with("b", sleeper(false)),
     );
-    let alloc = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();
-    let cfg = filter_config("titanic", &[("a", 50), ("b", 50)], &alloc);
-    let env = Env::start(
-        vec![route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None)],
-        &cfg,
-    );
+    let env = Env::titanic_half_and_half(HOST, &a, &b);
     let mut c = env.client();
     for _ in 0..REQUESTS as u32 {
         let r = c.post(HOST, &[("x-mlep-target-variant", "a")], b"{}");
