@@ -554,6 +554,12 @@ install_addons() {
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "run as root (containerd, CNI and iptables need it)"
   local t0=$SECONDS
+  # State of a bed that never went down (a run killed mid-way, a machine image taken while it
+  # ran): its etcd would bring back that run's namespaces and endpoints. Each `up` starts clean.
+  if [ -d "$RUN" ]; then
+    log "up: clearing the state of an earlier bed that did not go down ($RUN)"
+    cmd_down
+  fi
   cmd_build
   export PATH=$BIN:$PATH   # kubectl matching the server
   ensure_pki

@@ -67,6 +67,13 @@ kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "op
 "$CLUSTER_SH" alert-rules || fail "the alert rules' ConfigMap"
 
 # --- 2. the phases, one test each -------------------------------------------------------------
+# Namespaces an interrupted earlier run left on a bed that stayed up: the cluster-wide phases
+# count every endpoint in the cluster (the last one's deletion removes the shared filters).
+stale=$(kc get namespaces -o name | grep '^namespace/e2e-' || true)
+if [ -n "$stale" ]; then
+  echo "--> delete the namespaces of an earlier run: $(echo $stale)"
+  kc delete --wait=true --timeout=300s $stale >/dev/null || fail "deleting the namespaces of an earlier run"
+fi
 # Namespaced phases side by side (MLEP_E2E_THREADS of them), then the cluster-wide ones (the
 # operator's Lease and replicas, the shared filters) one at a time.
 export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
