@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 pub enum AppError {
     #[error("the mlep.dev CRDs are not installed ({0}); install them first: kubectl apply -k manifests/ (or kubectl apply -f manifests/crds/)")]
     CrdsMissing(String),
-    #[error("the operator may not read {0} (403): a namespaced install needs a RoleBinding in every namespace of --watch-namespaces (manifests/namespaced/); a cluster-wide one its ClusterRoleBinding (manifests/rbac.yaml)")]
+    #[error("the operator may not read {0} (403): a namespaced install needs a RoleBinding in every namespace of --watch-namespaces (manifests/namespaced/); a cluster-wide one its ClusterRoleBinding (manifests/cluster-wide.yaml)")]
     Forbidden(String),
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
@@ -33,7 +33,7 @@ pub enum AppError {
 }
 
 /// The command line. Every option of the operator itself also reads the environment variable
-/// shown in `--help` (flags win); the Deployment in `manifests/operator.yaml` sets them there.
+/// shown in `--help` (flags win); the Deployment in `manifests/operator/operator.yaml` sets them there.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "mlep-operator",
