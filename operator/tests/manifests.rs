@@ -12,11 +12,8 @@ use mlep_core::pod_security::{pod_spec_violations, PodSecurityLevel};
 use serde_json::Value;
 
 fn docs(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(format!(
-        "{}/../{path}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let text =
+        std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
