@@ -4,7 +4,8 @@
 # one test in its own namespace, asserting through typed kube-rs APIs. This script only brings
 # the bed up, builds and imports this tree's operator image, installs the operator the way users
 # do (kubectl apply -k manifests/) and runs the tests: tests/cluster/tests/namespaced.rs a few at a time,
-# then tests/cluster/tests/cluster_wide.rs (the operator's Lease and replicas, the shared filters) one at a time.
+# then tests/cluster/tests/cluster_wide.rs (the operator's Lease and replicas, the shared filters) and
+# install_modes.rs (the namespaced install in place of the cluster-wide one) one at a time.
 #
 #   scripts/test-cluster-e2e.sh               # every phase
 #   scripts/test-cluster-e2e.sh canary        # the tests whose name contains "canary"
@@ -81,5 +82,5 @@ export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
 NAMESPACED=(--test namespaced --test mesh_citizen --test hosts --test pod_security --test events --test observability)
 echo "--> cargo test -p mlep-cluster-e2e ${NAMESPACED[*]} (${MLEP_E2E_THREADS:-2} at a time)"
 nice cargo test -p mlep-cluster-e2e "${NAMESPACED[@]}" -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
-echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide (one at a time)"
-nice cargo test -p mlep-cluster-e2e --test cluster_wide -- --test-threads=1 --nocapture "$@"
+echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide --test install_modes (one at a time)"
+nice cargo test -p mlep-cluster-e2e --test cluster_wide --test install_modes -- --test-threads=1 --nocapture "$@"

@@ -29,7 +29,7 @@ use crate::envoy::{mesh_virtual_hosts, EndpointRoute, ShadowTarget};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::endpoint_config;
 use crate::host_claims::{endpoint_id, host_owners};
-use crate::meta::{RenderSettings, SERVICE_PORT};
+use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
@@ -47,6 +47,37 @@ pub(crate) use wiring::RBAC_TYPE_URL;
 pub const SIDECAR_FILTER: &str = "mlep-sidecars";
 /// Name of the filter object for the ingress gateway (in its namespace).
 pub const GATEWAY_FILTER: &str = "mlep-gateway";
+
+/// One object the operator may write outside endpoints' namespaces: a shared filter object,
+/// by kind, namespace and name. Its RBAC grants these names only (`resourceNames`), and the
+/// operator refuses to write any other object there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SharedObject<'s> {
+    pub kind: &'static Kind,
+    pub namespace: &'s str,
+    pub name: &'static str,
+}
+
+/// Every object [`render_filters`] may render under `settings`: each shared kind (EnvoyFilter,
+/// WasmPlugin) as [`SIDECAR_FILTER`] in the mesh root namespace and as [`GATEWAY_FILTER`] in
+/// the gateway's.
+pub fn shared_objects(settings: &RenderSettings) -> Vec<SharedObject<'_>> {
+    let places = [
+        (settings.mesh_root_namespace.as_str(), SIDECAR_FILTER),
+        (settings.gateway_namespace.as_str(), GATEWAY_FILTER),
+    ];
+    KINDS
+        .iter()
+        .filter(|k| k.shared)
+        .flat_map(|kind| {
+            places.map(|(namespace, name)| SharedObject {
+                kind,
+                namespace,
+                name,
+            })
+        })
+        .collect()
+}
 
 /// The aggregate filter objects, and the endpoints left out with the reason.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -327,6 +358,40 @@ mod tests {
             Some(&cfg.endpoints[1].allocation),
             eps[0].status.as_ref().unwrap().allocation.as_ref()
         );
+    }
+
+    #[test]
+    fn every_rendered_filter_object_is_a_shared_object_by_name() {
+        let settings = RenderSettings {
+            mesh_root_namespace: "mesh-root".into(),
+            gateway_namespace: "gateways".into(),
+            ..RenderSettings::default()
+        };
+        let mut plugin = endpoint("ml", "iris", "iris.example.com", (50, 50));
+        plugin.spec.filter_wiring = FilterWiring::WasmPlugin;
+        let eps = [endpoint("ml", "titanic", "t.example.com", (80, 20)), plugin];
+        let agg = render_filters(&eps, &settings);
+        assert_eq!(agg.objects.len(), 4, "both wirings, both proxy kinds");
+        let allowed = shared_objects(&settings);
+        assert_eq!(allowed.len(), 4);
+        for obj in &agg.objects {
+            let kind = Kind::of(
+                obj["apiVersion"].as_str().unwrap(),
+                obj["kind"].as_str().unwrap(),
+            )
+            .unwrap();
+            let at = (
+                obj["metadata"]["namespace"].as_str(),
+                obj["metadata"]["name"].as_str(),
+            );
+            assert!(
+                allowed
+                    .iter()
+                    .any(|s| s.kind == kind && (Some(s.namespace), Some(s.name)) == at),
+                "{} {at:?} is not a shared object",
+                kind.kind
+            );
+        }
     }
 
     #[test]

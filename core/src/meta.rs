@@ -40,8 +40,9 @@ pub struct Kind {
     pub kind: &'static str,
     /// The resource name in URLs and RBAC rules.
     pub plural: &'static str,
-    /// Also written outside an endpoint's namespace (the shared filter objects).
-    pub foreign: bool,
+    /// Written only as the shared filter objects (`crate::aggregate::shared_objects`): by
+    /// name, in the mesh root and gateway namespaces, never in an endpoint's namespace.
+    pub shared: bool,
 }
 
 impl Kind {
@@ -69,7 +70,7 @@ impl Kind {
             api_version: K::API_VERSION,
             kind: K::KIND,
             plural: K::URL_PATH_SEGMENT,
-            foreign: false,
+            shared: false,
         }
     }
 
@@ -78,7 +79,7 @@ impl Kind {
             api_version,
             kind,
             plural,
-            foreign: false,
+            shared: false,
         }
     }
 }
@@ -93,7 +94,7 @@ pub const VIRTUAL_SERVICE: Kind =
     Kind::istio(ISTIO_NETWORKING, "VirtualService", "virtualservices");
 pub const GATEWAY: Kind = Kind::istio(ISTIO_NETWORKING, "Gateway", "gateways");
 pub const ENVOY_FILTER: Kind = Kind {
-    foreign: true,
+    shared: true,
     ..Kind::istio(
         "networking.istio.io/v1alpha3",
         "EnvoyFilter",
@@ -101,7 +102,7 @@ pub const ENVOY_FILTER: Kind = Kind {
     )
 };
 pub const WASM_PLUGIN: Kind = Kind {
-    foreign: true,
+    shared: true,
     ..Kind::istio("extensions.istio.io/v1alpha1", "WasmPlugin", "wasmplugins")
 };
 

@@ -4,9 +4,10 @@
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::reconcile;
+use crate::scope::Scope;
 use crate::server::{self, Timeouts, WasmModule};
 use crate::server_module::{serve_module, ModuleLimits};
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::Client;
 use mlep_core::analysis::{PrometheusPolicy, DEFAULT_PROMETHEUS_URL};
 use mlep_core::crd::{Model, ModelEndpoint};
@@ -21,6 +22,8 @@ use tracing::{error, info, warn};
 pub enum AppError {
     #[error("the mlep.dev CRDs are not installed ({0}); install them first: kubectl apply -k manifests/ (or kubectl apply -f manifests/crds/)")]
     CrdsMissing(String),
+    #[error("the operator may not read {0} (403): a namespaced install needs a RoleBinding in every namespace of --watch-namespaces (manifests/namespaced/); a cluster-wide one its ClusterRoleBinding (manifests/cluster-wide.yaml)")]
+    Forbidden(String),
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
     #[error("{0}: {1}")]
@@ -30,7 +33,7 @@ pub enum AppError {
 }
 
 /// The command line. Every option of the operator itself also reads the environment variable
-/// shown in `--help` (flags win); the Deployment in `manifests/operator.yaml` sets them there.
+/// shown in `--help` (flags win); the Deployment in `manifests/operator/operator.yaml` sets them there.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "mlep-operator",
@@ -104,6 +107,11 @@ pub struct RunArgs {
     /// http://mlep-operator.<namespace>.svc.<cluster-domain>:8080/mlep_filter/<sha256>.wasm]
     #[arg(long, env = "MLEP_WASM_URL")]
     pub wasm_url: Option<String>,
+    /// Namespaces whose Models and ModelEndpoints the operator serves, comma-separated
+    /// [default: every namespace]. The namespaced install (manifests/namespaced/) grants it
+    /// nothing outside them.
+    #[arg(long, env = "MLEP_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "mlep-system")]
     pub namespace: String,
@@ -161,6 +169,8 @@ pub struct Config {
     pub module_addr: String,
     pub module_limits: ModuleLimits,
     pub wasm_path: String,
+    /// The namespaces served.
+    pub scope: Scope,
     /// Where the Lease lives.
     pub namespace: String,
     /// This replica's identity in the Lease.
@@ -209,6 +219,7 @@ impl RunArgs {
             module_addr: self.module_addr,
             module_limits,
             wasm_path: self.wasm_path,
+            scope: Scope::new(self.watch_namespaces),
             namespace: self.namespace,
             identity,
             leader_elect: self.leader_elect,
@@ -277,34 +288,43 @@ pub fn write_crds(dir: &str) -> Result<Vec<String>, AppError> {
     Ok(written)
 }
 
-/// Fail early, with a hint, when the CRDs are not installed.
-pub async fn check_crds(client: &Client) -> Result<(), AppError> {
+/// Fail early, with a hint, when the CRDs are not installed or the operator may not read them
+/// where it is told to watch.
+pub async fn check_crds(client: &Client, scope: &Scope) -> Result<(), AppError> {
     let lp = ListParams::default().limit(1);
-    for (kind, res) in [
-        (
-            "ModelEndpoint",
-            Api::<ModelEndpoint>::all(client.clone())
-                .list_metadata(&lp)
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "Model",
-            Api::<Model>::all(client.clone())
-                .list_metadata(&lp)
-                .await
-                .map(|_| ()),
-        ),
-    ] {
-        match res {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Err(AppError::CrdsMissing(format!("{kind}: 404")))
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let where_ = |ns: Option<&str>| {
+        ns.map_or_else(
+            || "every namespace".to_owned(),
+            |n| format!("namespace {n}"),
+        )
+    };
+    for api in scope.apis::<ModelEndpoint>(client) {
+        let at = where_(api.namespace());
+        listable(
+            "ModelEndpoints",
+            &at,
+            api.list_metadata(&lp).await.map(|_| ()),
+        )?;
+    }
+    for api in scope.apis::<Model>(client) {
+        let at = where_(api.namespace());
+        listable("Models", &at, api.list_metadata(&lp).await.map(|_| ()))?;
     }
     Ok(())
+}
+
+/// A list's answer as the operator's start-up verdict.
+fn listable(kind: &str, at: &str, r: Result<(), kube::Error>) -> Result<(), AppError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(AppError::CrdsMissing(format!("{kind}: 404")))
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            Err(AppError::Forbidden(format!("{kind} in {at}")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 type Served = tokio::task::JoinHandle<std::io::Result<()>>;
@@ -350,14 +370,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
 
     let client = Client::try_default().await?;
-    check_crds(&client).await?;
+    check_crds(&client, &config.scope).await?;
+    info!(scope = %config.scope, "watching");
     let metrics = Arc::new(Metrics::default());
 
     let (server, module_server) = start_servers(&config, &metrics, wasm, &settings).await?;
     let election = LeaderElection::new(
         client.clone(),
         &config.namespace,
-        "mlep-operator",
+        crate::leader::LEASE,
         config.identity.clone(),
         config.lease,
     );
@@ -379,7 +400,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
         let _ = ctrl_c.await;
     };
-    let controller = reconcile::run(client, settings, metrics, None, shutdown);
+    let controller = reconcile::run(client, settings, metrics, &config.scope, shutdown);
     if config.leader_elect {
         tokio::select! {
             _ = controller => info!("controller stopped"),
@@ -427,9 +448,37 @@ mod tests {
             Cli::try_parse_from(["mlep-operator", "--pod-security-level", "privileged"]).is_err()
         );
         let defaults = Cli::try_parse_from(["mlep-operator"]).unwrap().run.config();
+        assert_eq!(defaults.scope, Scope::All);
         assert_eq!(defaults.settings.pod_security, PodSecurityLevel::Restricted);
         assert_eq!(defaults.settings.prometheus, PrometheusPolicy::default());
         assert_eq!(defaults.module_addr, "0.0.0.0:8081");
+    }
+
+    #[test]
+    fn watch_namespaces_limit_the_scope() {
+        use clap::Parser;
+        let cli =
+            Cli::try_parse_from(["mlep-operator", "--watch-namespaces", "team-b,team-a"]).unwrap();
+        assert_eq!(
+            cli.run.config().scope,
+            Scope::Namespaces(vec!["team-a".into(), "team-b".into()])
+        );
+    }
+
+    #[test]
+    fn a_forbidden_namespace_stops_the_operator_with_a_hint() {
+        let forbidden = kube::Error::Api(Box::new(kube::core::Status {
+            code: 403,
+            message: "forbidden".into(),
+            reason: "Forbidden".into(),
+            ..Default::default()
+        }));
+        let err = listable("ModelEndpoints", "namespace team-c", Err(forbidden)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("namespace team-c") && text.contains("RoleBinding"),
+            "{text}"
+        );
     }
 
     #[test]

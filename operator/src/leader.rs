@@ -9,6 +9,9 @@ use kube::Client;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// Name of the operator's Lease (its RBAC names it: `get`/`update` by `resourceNames`).
+pub const LEASE: &str = "mlep-operator";
+
 pub struct LeaderElection {
     api: Api<Lease>,
     name: String,

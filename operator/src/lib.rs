@@ -6,11 +6,13 @@
 
 pub mod app;
 pub mod events;
+pub mod filters;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
 pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
+pub mod scope;
 pub mod server;
 pub mod server_module;

@@ -1,18 +1,30 @@
-//! What the operator needs from the API server, as `(apiGroup, resource, verb)`, and the check
-//! that `manifests/rbac.yaml` grants exactly that: every permission the code uses and nothing
-//! more, no wildcards. The test runs the operator's calls by name against the manifest, so a new
-//! kind in [`KINDS`] or a new call needs its grant (a real API server answers 403 otherwise, which
-//! tests that run the operator as cluster-admin never see).
+//! What the operator needs from the API server, as `(apiGroup, resource, verb)` and where, and
+//! the check that the manifests grant exactly that in both installs: every permission the code
+//! uses and nothing more, no wildcards, names wherever Kubernetes can check them. The test runs
+//! the operator's calls by name against the manifests, so a new kind in [`KINDS`] or a new call
+//! needs its grant (a real API server answers 403 otherwise, which tests that run the operator
+//! as cluster-admin never see).
+//!
+//! - In every namespace it serves: [`served_permissions`], ClusterRole `mlep-operator`, bound
+//!   cluster-wide (`manifests/cluster-wide.yaml`) or by a RoleBinding per watched namespace
+//!   (`manifests/namespaced/`).
+//! - The shared filter objects ([`crate::filters`]): [`SHARED_VERBS`] on the shared kinds, by
+//!   name, in Istio's root namespace (Role `mlep-operator-shared-filters`).
+//! - Its Lease ([`crate::leader::LEASE`]): by name, in its own namespace.
 
 use crate::reconcile::KINDS;
 
-/// Verbs on every kind the operator renders: listed by label, applied server-side (`patch`; an
-/// apply that creates the object is also authorised as `create`), pruned (`delete`); `get` for
-/// reads of a single child.
+/// Verbs on every kind the operator renders in an endpoint's namespace: listed by label,
+/// applied server-side (`patch`; an apply that creates the object is also authorised as
+/// `create`), pruned (`delete`); `get` for reads of a single child.
 const CHILD_VERBS: &[&str] = &["get", "list", "create", "patch", "delete"];
 
-/// Cluster-wide permissions, beside [`CHILD_VERBS`] on [`KINDS`].
-const CLUSTER: &[(&str, &str, &[&str])] = &[
+/// Verbs on the shared filter objects, each by name: read (`get`), applied server-side (`patch`,
+/// and `create` with the object's name when the apply creates it), removed (`delete`).
+pub const SHARED_VERBS: &[&str] = &["get", "create", "patch", "delete"];
+
+/// In every namespace the operator serves, beside [`CHILD_VERBS`] on its endpoint kinds.
+const SERVED: &[(&str, &str, &[&str])] = &[
     // The endpoint controller watches endpoints; the finalizer is added and removed by patch.
     (
         "mlep.dev",
@@ -39,17 +51,20 @@ const CLUSTER: &[(&str, &str, &[&str])] = &[
     ("events.k8s.io", "events", &["create"]),
 ];
 
-/// Leader election, in the operator's own namespace only (a Role).
-pub const NAMESPACED: &[(&str, &str, &[&str])] = &[(
-    "coordination.k8s.io",
-    "leases",
-    &["get", "create", "update"],
-)];
+/// Leader election, in the operator's own namespace only (a Role): `(group, resource, verbs,
+/// by name)`. `create` cannot be limited by name (a POST carries the name in its body).
+pub const LEASE_RULES: &[(&str, &str, &[&str], bool)] = &[
+    ("coordination.k8s.io", "leases", &["get", "update"], true),
+    ("coordination.k8s.io", "leases", &["create"], false),
+];
 
-/// Every cluster-wide `(group, resource, verb)` the operator uses.
-pub fn cluster_permissions() -> std::collections::BTreeSet<(String, String, String)> {
+/// One permission: `(apiGroup, resource, verb)`.
+pub type Permission = (String, String, String);
+
+/// Every `(group, resource, verb)` the operator uses in a namespace it serves.
+pub fn served_permissions() -> std::collections::BTreeSet<Permission> {
     let mut out = std::collections::BTreeSet::new();
-    for kind in KINDS {
+    for kind in KINDS.iter().filter(|k| !k.shared) {
         for verb in CHILD_VERBS {
             out.insert((
                 kind.group().to_owned(),
@@ -58,7 +73,7 @@ pub fn cluster_permissions() -> std::collections::BTreeSet<(String, String, Stri
             ));
         }
     }
-    for (group, resource, verbs) in CLUSTER {
+    for (group, resource, verbs) in SERVED {
         for verb in *verbs {
             out.insert((
                 (*group).to_owned(),
@@ -71,79 +86,4 @@ pub fn cluster_permissions() -> std::collections::BTreeSet<(String, String, Stri
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_yaml::Value;
-    use std::collections::BTreeSet;
-
-    type Grants = BTreeSet<(String, String, String)>;
-
-    /// The rules of every `kind` document in manifests/rbac.yaml, expanded.
-    fn granted(kind: &str) -> Grants {
-        let text = include_str!("../../manifests/rbac.yaml");
-        let mut out = BTreeSet::new();
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if doc["kind"].as_str() != Some(kind) {
-                continue;
-            }
-            let strs = |v: &Value| -> Vec<String> {
-                v.as_sequence()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s.as_str().unwrap().to_owned())
-                    .collect()
-            };
-            for rule in doc["rules"].as_sequence().unwrap() {
-                for g in strs(&rule["apiGroups"]) {
-                    for r in strs(&rule["resources"]) {
-                        for v in strs(&rule["verbs"]) {
-                            out.insert((g.clone(), r.clone(), v));
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn expand(list: &[(&str, &str, &[&str])]) -> Grants {
-        list.iter()
-            .flat_map(|(g, r, vs)| {
-                vs.iter()
-                    .map(move |v| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_cluster_role_grants_exactly_what_the_operator_uses() {
-        let granted = granted("ClusterRole");
-        let needed = cluster_permissions();
-        let missing: Vec<_> = needed.difference(&granted).collect();
-        assert!(missing.is_empty(), "manifests/rbac.yaml lacks {missing:?}");
-        let extra: Vec<_> = granted.difference(&needed).collect();
-        assert!(
-            extra.is_empty(),
-            "manifests/rbac.yaml grants unused {extra:?}"
-        );
-    }
-
-    #[test]
-    fn leader_election_is_granted_in_the_operators_namespace_only() {
-        assert_eq!(granted("Role"), expand(NAMESPACED));
-        assert!(granted("ClusterRole").iter().all(|(_, r, _)| r != "leases"));
-    }
-
-    #[test]
-    fn no_rule_uses_a_wildcard() {
-        for kind in ["ClusterRole", "Role"] {
-            assert!(
-                granted(kind)
-                    .iter()
-                    .all(|(g, r, v)| !g.contains('*') && !r.contains('*') && !v.contains('*')),
-                "{kind} has a wildcard"
-            );
-        }
-    }
-}
+mod tests;

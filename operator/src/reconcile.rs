@@ -3,6 +3,7 @@
 //! this file talks to the API server.
 
 use crate::metrics::Metrics;
+use crate::scope::{touched, watch, Scope};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -14,7 +15,6 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use mlep_core::aggregate::{render_filters, LABEL_FILTER};
 use mlep_core::crd::conditions::REASON_HOST_CONFLICT;
 use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
 use mlep_core::host_claims::{host_owners, share_a_host};
@@ -22,8 +22,7 @@ use mlep_core::meta::{Kind, DEPLOYMENT};
 use mlep_core::plan::{Observed, Readiness};
 use mlep_core::reconcile::{self as decision, Decision, Requeue};
 use mlep_core::render::{
-    render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
-    LABEL_MODEL, LABEL_VARIANT,
+    render_endpoint, RenderSettings, FIELD_MANAGER, LABEL_ENDPOINT, LABEL_MODEL, LABEL_VARIANT,
 };
 use mlep_core::rollout::Now;
 use mlep_core::status::same_status;
@@ -34,8 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, instrument, warn};
 
-/// Finalizer on every ModelEndpoint: removes the objects in other namespaces (the filter in
-/// the ingress gateway's namespace), which ownerReferences cannot reach.
+/// Finalizer on every ModelEndpoint: removes its entry from the shared filter objects (in the
+/// mesh root and gateway namespaces), which ownerReferences cannot reach.
 pub const FINALIZER: &str = "modelendpoints.mlep.dev";
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +49,8 @@ pub enum Error {
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
     #[error("no randomness for a route key: {0}")]
     Random(String),
+    #[error("refusing to write {0}: not a shared filter object")]
+    NotShared(String),
 }
 
 impl Error {
@@ -61,6 +62,7 @@ impl Error {
             Error::NoNamespace(_) => "NoNamespace",
             Error::Malformed(_) => "Malformed",
             Error::Random(_) => "Random",
+            Error::NotShared(_) => "NotShared",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
@@ -92,9 +94,10 @@ pub const CONCURRENCY: u16 = 4;
 /// the benchmark read).
 pub use mlep_core::meta::KINDS;
 
-/// The kinds the operator puts outside an endpoint's namespace (the gateway-side filter).
-fn foreign_kinds() -> impl Iterator<Item = &'static Kind> {
-    KINDS.iter().filter(|k| k.foreign)
+/// The kinds the operator writes in an endpoint's namespace (not the shared filter objects,
+/// `crate::filters`).
+fn endpoint_kinds() -> impl Iterator<Item = &'static Kind> {
+    KINDS.iter().filter(|k| !k.shared)
 }
 
 fn api_resource(kind: &Kind) -> ApiResource {
@@ -104,29 +107,16 @@ fn api_resource(kind: &Kind) -> ApiResource {
     )
 }
 
-/// An Api of `K` in `scope` (a namespace), or across all namespaces.
-fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// The Model cache, filled once before it is returned, and the task keeping it current.
 async fn model_cache(
     client: &Client,
-    scope: Option<&str>,
+    scope: &Scope,
 ) -> (Store<Model>, tokio::task::JoinHandle<()>) {
     let (models, writer) = reflector::store::<Model>();
     let cache = reflector(
         writer,
-        watcher(api::<Model>(client, scope), watcher::Config::default()),
+        watch::<Model>(scope, client, watcher::Config::default()),
     )
-    .default_backoff()
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
     let task = tokio::spawn(cache);
@@ -134,20 +124,37 @@ async fn model_cache(
     (models, task)
 }
 
+/// The controller of `K` in `scope`: one cache, one trigger stream, however many namespaces.
+fn controller_of<K>(client: &Client, scope: &Scope) -> Controller<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let trigger = reflector(
+        writer,
+        watch::<K>(scope, client, watcher::Config::default()),
+    )
+    .applied_objects();
+    Controller::for_stream(trigger, reader)
+}
+
 /// Run the controller until `shutdown` resolves: a Model cache, and the ModelEndpoint
-/// controller owning Deployments. `scope` limits it to one namespace (tests); `None` watches all.
+/// controller owning Deployments, over the namespaces of `scope`.
 pub async fn run(
     client: Client,
     settings: RenderSettings,
     metrics: Arc<Metrics>,
-    scope: Option<&str>,
+    scope: &Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (models, model_task) = model_cache(&client, scope).await;
-    let controller = Controller::new(
-        api::<ModelEndpoint>(&client, scope),
-        watcher::Config::default(),
-    );
+    let controller = controller_of::<ModelEndpoint>(&client, scope);
     let endpoint_store = controller.store();
     metrics.observe_endpoints(endpoint_store.clone());
     let neighbours_store = endpoint_store.clone();
@@ -163,20 +170,15 @@ pub async fn run(
 
     let models_task = spawn_model_controller(&client, scope, ctx.clone());
 
+    let labelled = || watcher::Config::default().labels(LABEL_ENDPOINT);
     controller
-        .owns(
-            api::<Deployment>(&client, scope),
-            watcher::Config::default().labels(LABEL_ENDPOINT),
-        )
+        .owns_stream(touched::<Deployment>(scope, &client, labelled()))
         // A model pod's crash, kill or failed init names the failure in its endpoint's status.
-        .watches(
-            api::<Pod>(&client, scope),
-            watcher::Config::default().labels(LABEL_ENDPOINT),
-            |p: Pod| crate::pods::endpoint_of(&p),
-        )
-        .watches(
-            api::<Model>(&client, scope),
-            watcher::Config::default(),
+        .watches_stream(touched::<Pod>(scope, &client, labelled()), |p: Pod| {
+            crate::pods::endpoint_of(&p)
+        })
+        .watches_stream(
+            touched::<Model>(scope, &client, watcher::Config::default()),
             move |m: Model| {
                 // A Model change concerns every endpoint of its namespace that names it.
                 let ns = m.namespace();
@@ -190,9 +192,8 @@ pub async fn run(
             },
         )
         // A host handed over: the endpoints waiting for it, or losing it, look again.
-        .watches(
-            api::<ModelEndpoint>(&client, scope),
-            watcher::Config::default(),
+        .watches_stream(
+            touched::<ModelEndpoint>(scope, &client, watcher::Config::default()),
             move |e: ModelEndpoint| host_neighbours(&neighbours_store, &e),
         )
         // A few reconciles at a time: each one lists its children kind by kind, and hundreds
@@ -213,17 +214,16 @@ pub async fn run(
 /// Models get a status of their own: Ready when their spec is valid.
 fn spawn_model_controller(
     client: &Client,
-    scope: Option<&str>,
+    scope: &Scope,
     ctx: Arc<Context>,
 ) -> tokio::task::JoinHandle<()> {
-    let models_controller =
-        Controller::new(api::<Model>(client, scope), watcher::Config::default())
-            .run(reconcile_model, model_error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    warn!(error = %e, "model reconcile stream");
-                }
-            });
+    let models_controller = controller_of::<Model>(client, scope)
+        .run(reconcile_model, model_error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "model reconcile stream");
+            }
+        });
     tokio::spawn(models_controller)
 }
 
@@ -279,7 +279,7 @@ async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, 
     let result = finalizer(&api, FINALIZER, ep, |event| async {
         match event {
             FinalizerEvent::Apply(ep) => apply(&ep, &ns, &ctx).await,
-            FinalizerEvent::Cleanup(ep) => cleanup(&ep, &ns, &ctx).await,
+            FinalizerEvent::Cleanup(ep) => cleanup(&ep, &ctx).await,
         }
     })
     .await
@@ -288,14 +288,9 @@ async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, 
     result
 }
 
-/// Remove what ownerReferences cannot: objects in other namespaces.
-async fn cleanup(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Error> {
-    let selector = format!(
-        "{LABEL_ENDPOINT}={},{LABEL_ENDPOINT_NAMESPACE}={ns}",
-        ep.name_any()
-    );
-    prune(ctx, &ctx.settings.gateway_namespace, &selector).await?;
-    sync_filters(ctx, Some(ep)).await?;
+/// Remove what ownerReferences cannot: the endpoint's entry in the shared filter objects.
+async fn cleanup(ep: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
+    crate::filters::sync(ctx, Some(ep)).await?;
     info!("cleaned up");
     Ok(Action::await_change())
 }
@@ -352,7 +347,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         // The shared filter objects, with this endpoint's new status (the cache may lag).
         let mut fresh = ep.clone();
         fresh.status = Some(d.status.clone());
-        sync_filters(ctx, Some(&fresh)).await?;
+        crate::filters::sync(ctx, Some(&fresh)).await?;
     }
     Ok(match d.requeue {
         Requeue::After(s) => Action::requeue(Duration::from_secs(s)),
@@ -371,17 +366,10 @@ fn models_in(ctx: &Context, ns: &str) -> BTreeMap<String, ModelSpec> {
 }
 
 /// Endpoint `name`'s children, one list per kind: what exists (to compare and prune) and the
-/// Deployments' readiness; its gateway-side objects too when the gateway lives elsewhere.
+/// Deployments' readiness.
 async fn children_of(ctx: &Context, ns: &str, name: &str) -> Result<Children, Error> {
-    let own_selector = format!("{LABEL_ENDPOINT}={name}");
-    let foreign_selector = format!("{LABEL_ENDPOINT}={name},{LABEL_ENDPOINT_NAMESPACE}={ns}");
-    let mut children = list_existing(ctx, ns, &own_selector, KINDS.iter()).await?;
-    if ctx.settings.gateway_namespace != ns {
-        let gw_ns = &ctx.settings.gateway_namespace;
-        let foreign = list_existing(ctx, gw_ns, &foreign_selector, foreign_kinds()).await?;
-        children.objects.extend(foreign.objects);
-    }
-    Ok(children)
+    let selector = format!("{LABEL_ENDPOINT}={name}");
+    list_existing(ctx, ns, &selector, endpoint_kinds()).await
 }
 
 /// A fresh random route key (`mlep_core::envoy::new_route_key`).
@@ -468,7 +456,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     /// The key of a rendered object (of a kind the operator writes).
-    fn of(obj: &Value) -> Result<Self, Error> {
+    pub(crate) fn of(obj: &Value) -> Result<Self, Error> {
         fn s<'v>(v: &'v Value, f: &'static str) -> Result<&'v str, Error> {
             v.as_str().ok_or(Error::Malformed(f))
         }
@@ -484,7 +472,7 @@ impl ObjectKey {
         })
     }
 
-    fn api(&self, client: &Client) -> Api<DynamicObject> {
+    pub(crate) fn api(&self, client: &Client) -> Api<DynamicObject> {
         Api::namespaced_with(client.clone(), &self.namespace, &api_resource(self.kind))
     }
 }
@@ -557,7 +545,7 @@ fn not_served_as_empty<T>(r: Result<T, kube::Error>) -> Result<Option<T>, Error>
     }
 }
 
-async fn apply_object(ctx: &Context, obj: &Value, key: &ObjectKey) -> Result<(), Error> {
+pub(crate) async fn apply_object(ctx: &Context, obj: &Value, key: &ObjectKey) -> Result<(), Error> {
     key.api(&ctx.client)
         .patch(
             &key.name,
@@ -570,58 +558,8 @@ async fn apply_object(ctx: &Context, obj: &Value, key: &ObjectKey) -> Result<(),
     Ok(())
 }
 
-/// Rebuild the shared filter objects (`mlep_core::aggregate`) from every endpoint, `current`
-/// replacing its cached version; apply what changed, delete what is no longer rendered.
-async fn sync_filters(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<(), Error> {
-    let _one_at_a_time = ctx.filters.lock().await;
-    // Before the first full list the cache holds only some endpoints: a rebuild from it would
-    // drop the others' entries.
-    if ctx.endpoints.wait_until_ready().await.is_err() {
-        return Ok(());
-    }
-    let all = match current {
-        Some(c) => with_current(ctx, c),
-        None => ctx
-            .endpoints
-            .state()
-            .iter()
-            .map(|e| (**e).clone())
-            .collect(),
-    };
-    let aggregate = render_filters(&all, &ctx.settings);
-    for (endpoint, why) in &aggregate.excluded {
-        warn!(%endpoint, %why, "left out of the shared filter config");
-    }
-    let mut existing = BTreeMap::new();
-    let namespaces: BTreeSet<&str> = [
-        ctx.settings.mesh_root_namespace.as_str(),
-        ctx.settings.gateway_namespace.as_str(),
-    ]
-    .into_iter()
-    .collect();
-    for ns in namespaces {
-        existing.extend(
-            list_existing(ctx, ns, LABEL_FILTER, foreign_kinds())
-                .await?
-                .objects,
-        );
-    }
-    let mut keep = BTreeSet::new();
-    for obj in &aggregate.objects {
-        let key = ObjectKey::of(obj)?;
-        if !existing.get(&key).is_some_and(|have| contains(have, obj)) {
-            apply_object(ctx, obj, &key).await?;
-        }
-        keep.insert(key);
-    }
-    for key in existing.keys().filter(|k| !keep.contains(*k)) {
-        delete(ctx, key).await?;
-    }
-    Ok(())
-}
-
 /// Every cached endpoint, `current` replacing its cached version (the cache may lag).
-fn with_current(ctx: &Context, current: &ModelEndpoint) -> Vec<ModelEndpoint> {
+pub(crate) fn with_current(ctx: &Context, current: &ModelEndpoint) -> Vec<ModelEndpoint> {
     let mut all: Vec<ModelEndpoint> = ctx
         .endpoints
         .state()
@@ -656,16 +594,7 @@ fn host_neighbours(
         .collect()
 }
 
-/// Delete every object the operator puts outside an endpoint's namespace matching `selector`.
-async fn prune(ctx: &Context, ns: &str, selector: &str) -> Result<(), Error> {
-    let listed = list_existing(ctx, ns, selector, foreign_kinds()).await?;
-    for key in listed.objects.keys() {
-        delete(ctx, key).await?;
-    }
-    Ok(())
-}
-
-async fn delete(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
+pub(crate) async fn delete(ctx: &Context, key: &ObjectKey) -> Result<(), Error> {
     match key
         .api(&ctx.client)
         .delete(&key.name, &DeleteParams::background())

@@ -24,6 +24,7 @@ use mlep_core::render::{render_all, RenderSettings, LABEL_ENDPOINT};
 use mlep_operator::leader::LeaderElection;
 use mlep_operator::metrics::Metrics;
 use mlep_operator::reconcile;
+use mlep_operator::scope::Scope;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,7 @@ impl Operator {
         let (tx, rx) = oneshot::channel::<()>();
         let (c, m, s, scope) = (client.clone(), metrics.clone(), settings, ns.to_owned());
         let task = tokio::spawn(async move {
-            reconcile::run(c, s, m, Some(&scope), async move {
+            reconcile::run(c, s, m, &Scope::namespace(&scope), async move {
                 let _ = rx.await;
             })
             .await

@@ -17,6 +17,7 @@ use mlep_core::crd::{Model, ModelEndpoint};
 use mlep_core::render::RenderSettings;
 use mlep_operator::metrics::Metrics;
 use mlep_operator::reconcile;
+use mlep_operator::scope::Scope;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +52,7 @@ fn start_operator(client: &Client, gw: &str) -> (oneshot::Sender<()>, tokio::tas
             c,
             settings,
             Arc::new(Metrics::default()),
-            None,
+            &Scope::All,
             async move {
                 let _ = rx.await;
             },

@@ -12,11 +12,8 @@ use mlep_core::pod_security::{pod_spec_violations, PodSecurityLevel};
 use serde_json::Value;
 
 fn docs(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(format!(
-        "{}/../manifests/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let text =
+        std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
@@ -29,11 +26,11 @@ fn of_kind<T: serde::de::DeserializeOwned>(path: &str, kind: &str) -> T {
 
 #[test]
 fn the_operators_pod_meets_restricted_and_its_namespace_enforces_it() {
-    let d: Deployment = of_kind("operator.yaml", "Deployment");
+    let d: Deployment = of_kind("manifests/operator/operator.yaml", "Deployment");
     let pod = d.spec.unwrap().template.spec.unwrap();
     let found = pod_spec_violations(&pod, PodSecurityLevel::Restricted);
     assert!(found.is_empty(), "{found:?}");
-    let ns: Namespace = of_kind("namespace.yaml", "Namespace");
+    let ns: Namespace = of_kind("manifests/operator/namespace.yaml", "Namespace");
     let labels = ns.metadata.labels.unwrap();
     assert_eq!(
         labels
@@ -45,14 +42,14 @@ fn the_operators_pod_meets_restricted_and_its_namespace_enforces_it() {
 
 #[test]
 fn the_module_port_is_the_services_and_the_containers() {
-    let svc: Service = of_kind("operator.yaml", "Service");
+    let svc: Service = of_kind("manifests/operator/operator.yaml", "Service");
     let ports = svc.spec.unwrap().ports.unwrap();
     let module = ports
         .iter()
         .find(|p| p.name.as_deref() == Some("module"))
         .unwrap();
     assert_eq!(module.port, i32::from(MODULE_PORT));
-    let d: Deployment = of_kind("operator.yaml", "Deployment");
+    let d: Deployment = of_kind("manifests/operator/operator.yaml", "Deployment");
     let c = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
     let container_port = c
         .ports

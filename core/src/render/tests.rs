@@ -688,16 +688,16 @@ fn rendered_filters_name_the_module_the_operator_serves_by_its_sha256() {
     let ep = endpoint();
     let objs = render_with_filters(&ep, &settings);
     let text = serde_json::to_string(&objs).unwrap();
-    // The operator's Service port (manifests/operator.yaml) and a versioned path.
+    // The operator's Service port (manifests/operator/operator.yaml) and a versioned path.
     let url =
         format!("http://mlep-operator.mlep-system.svc.cluster.local:8081/mlep_filter/{sha}.wasm");
     assert!(text.contains(&url), "{url} not in {text}");
     assert!(text.contains(&format!("\"sha256\":\"{sha}\"")));
     assert!(!text.contains(&"0".repeat(64)));
-    let manifest = include_str!("../../../manifests/operator.yaml");
+    let manifest = include_str!("../../../manifests/operator/operator.yaml");
     assert!(
         manifest.contains(&format!("port: {}", module::OPERATOR_HTTP_PORT)),
-        "manifests/operator.yaml serves on another port"
+        "manifests/operator/operator.yaml serves on another port"
     );
 }
 

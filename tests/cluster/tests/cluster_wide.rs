@@ -20,7 +20,16 @@ use std::time::{Duration, Instant};
 
 // --- 1. the operator ----------------------------------------------------------------------------
 
-async fn can(bed: &Bed, verb: &str, group: &str, resource: &str, sub: Option<&str>) -> bool {
+/// Whether the operator's ServiceAccount may `verb` `resource` (`/sub`), in every namespace or
+/// at `at` (namespace, name).
+async fn can(
+    bed: &Bed,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    sub: Option<&str>,
+    at: Option<(&str, &str)>,
+) -> bool {
     let sar = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR}")),
@@ -34,6 +43,8 @@ async fn can(bed: &Bed, verb: &str, group: &str, resource: &str, sub: Option<&st
                 group: Some(group.into()),
                 resource: Some(resource.into()),
                 subresource: sub.map(str::to_owned),
+                namespace: at.map(|a| a.0.to_owned()),
+                name: at.map(|a| a.1.to_owned()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -61,22 +72,51 @@ async fn operator_runs_as_its_own_service_account_and_is_not_admin() {
         let sa = p.spec.as_ref().and_then(|s| s.service_account_name.clone());
         assert_eq!(sa.as_deref(), Some(OPERATOR), "{:?}", p.metadata.name);
     }
-    for (verb, group, resource, sub) in [
-        ("patch", "mlep.dev", "models", Some("status")),
-        ("patch", "mlep.dev", "modelendpoints", Some("status")),
-        ("update", "mlep.dev", "modelendpoints", Some("finalizers")),
-        ("create", "networking.istio.io", "envoyfilters", None),
+    let shared = Some(("istio-system", SIDECAR_FILTER));
+    for (verb, group, resource, sub, at) in [
+        ("patch", "mlep.dev", "models", Some("status"), None),
+        ("patch", "mlep.dev", "modelendpoints", Some("status"), None),
+        (
+            "update",
+            "mlep.dev",
+            "modelendpoints",
+            Some("finalizers"),
+            None,
+        ),
+        (
+            "create",
+            "networking.istio.io",
+            "envoyfilters",
+            None,
+            shared,
+        ),
     ] {
         assert!(
-            can(&bed, verb, group, resource, sub).await,
-            "the operator's RBAC lacks {verb} {resource}/{sub:?}"
+            can(&bed, verb, group, resource, sub, at).await,
+            "the operator's RBAC lacks {verb} {resource}/{sub:?} at {at:?}"
         );
     }
     assert!(
-        !can(&bed, "*", "*", "*", None).await,
+        !can(&bed, "*", "*", "*", None, None).await,
         "the operator is cluster admin"
     );
-    ok("operator Ready as ServiceAccount mlep-operator, RBAC grants what it uses and is not admin");
+    // Mesh-wide writes by name only: not another EnvoyFilter of the root namespace.
+    let other = Some(("istio-system", "someone-elses"));
+    for verb in ["create", "patch", "delete"] {
+        assert!(
+            !can(
+                &bed,
+                verb,
+                "networking.istio.io",
+                "envoyfilters",
+                None,
+                other
+            )
+            .await,
+            "the operator may {verb} any EnvoyFilter in istio-system"
+        );
+    }
+    ok("operator Ready as ServiceAccount mlep-operator, RBAC grants what it uses, mesh-wide writes by name, not admin");
 }
 
 /// The Lease holder, if it is a pod that exists and is not `not`.
