@@ -411,6 +411,41 @@ impl Load {
         l.stop().await
     }
 
+    /// `rate` requests a second for `d`, each sent at its time whether or not the earlier ones
+    /// have been answered (open loop: a slow answer does not slow the sender, so queueing shows
+    /// in the latencies, which a closed loop would hide). Bounded: `rate * d` requests, each
+    /// with the exchange's own timeout; never retried.
+    pub async fn at_rate(target: Target, shape: Shape, rate: f64, d: Duration) -> Report {
+        let report = Arc::new(Mutex::new(Report::default()));
+        let shape = Arc::new(shape);
+        let n = (rate * d.as_secs_f64()).round() as u64;
+        let start = tokio::time::Instant::now();
+        let mut sent = tokio::task::JoinSet::new();
+        for i in 0..n {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+            let (report, shape, target) = (report.clone(), shape.clone(), target.clone());
+            sent.spawn(async move {
+                let key = shape.key(0, i);
+                let mut headers = vec![("x-user-id", key.as_str())];
+                headers.extend(shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let t0 = Instant::now();
+                let o = target.invoke(&headers).await;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                lock(&report).record(&o, shape.need_variant, ms);
+            });
+        }
+        while let Some(done) = sent.join_next().await {
+            if let Err(e) = done {
+                *lock(&report)
+                    .failures
+                    .entry(format!("load sender failed: {e}"))
+                    .or_default() += 1;
+            }
+        }
+        let taken = std::mem::take(&mut *lock(&report));
+        taken
+    }
+
     /// Requests that succeeded so far.
     pub fn succeeded(&self) -> u64 {
         lock(&self.report).succeeded()
