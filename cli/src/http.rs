@@ -1,9 +1,11 @@
 //! The one HTTP/1.1 client of local mode, its Envoy wrapper and the tests, on hyper: readiness
 //! probes (`GET /ping`), Envoy's admin API (`/ready`, `/stats/prometheus`, `/clusters`,
-//! `/listeners`) and the tests' requests. One request per connection (`connection: close`).
+//! `/listeners`) and the tests' requests. One request per connection (`connection: close`),
+//! or many on one kept-alive [`Connection`] (latency benchmarks: no handshake per request).
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -124,8 +126,12 @@ impl<'a> Request<'a> {
     }
 
     /// The hyper request, with `host` (unless given), `content-length` for a body (or a POST
-    /// or PUT) and `connection: close`.
-    fn build(&self, addr: SocketAddr) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    /// or PUT) and, unless `keep_alive`, `connection: close`.
+    fn build(
+        &self,
+        addr: SocketAddr,
+        keep_alive: bool,
+    ) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
         let mut b = hyper::Request::builder().method(self.method).uri(self.path);
         if !self
             .headers
@@ -140,36 +146,48 @@ impl<'a> Request<'a> {
         if !self.body.is_empty() || self.method == "POST" || self.method == "PUT" {
             b = b.header("content-length", self.body.len());
         }
-        b.header("connection", "close")
-            .body(Full::new(Bytes::copy_from_slice(self.body)))
+        if !keep_alive {
+            b = b.header("connection", "close");
+        }
+        b.body(Full::new(Bytes::copy_from_slice(self.body)))
     }
 }
 
-async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Result<Response, HttpError> {
-    let at = || addr.to_string();
-    let http = |source| HttpError::Http { addr: at(), source };
-    let request = req
-        .build(addr)
-        .map_err(|source| HttpError::Request { addr: at(), source })?;
+/// A TCP connection to `addr` with the HTTP/1.1 handshake done.
+async fn open(
+    addr: SocketAddr,
+) -> Result<
+    (
+        SendRequest<Full<Bytes>>,
+        hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    ),
+    HttpError,
+> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|source| HttpError::Io { addr: at(), source })?;
+        .map_err(|source| HttpError::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
     // Headers and a small body leave in one segment: a server that answers before reading the
     // body (a filter's local reply) and closes has then read everything, and sends no reset.
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(http)?;
-    let response = async move {
-        let r = sender.send_request(request).await?;
-        let (parts, body) = r.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((parts, body))
-    };
-    // The connection is driven beside the exchange; its own end (the server closing, as
-    // asked) is no error once the response is complete.
-    let (response, _) = tokio::join!(response, conn);
-    let (parts, body) = response.map_err(http)?;
+        .map_err(|source| HttpError::Http {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// `request` on `sender`, the answer read to its end.
+async fn round_trip(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<Response, hyper::Error> {
+    let r = sender.send_request(request).await?;
+    let (parts, body) = r.into_parts();
+    let body = body.collect().await?.to_bytes();
     Ok(Response {
         status: parts.status.as_u16(),
         headers: parts
@@ -182,6 +200,79 @@ async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Result<Response, HttpE
             .collect(),
         body: body.to_vec(),
     })
+}
+
+async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Result<Response, HttpError> {
+    let request = req
+        .build(addr, false)
+        .map_err(|source| HttpError::Request {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let (mut sender, conn) = open(addr).await?;
+    // The connection is driven beside the exchange; its own end (the server closing, as
+    // asked) is no error once the response is complete.
+    let (response, _) = tokio::join!(round_trip(&mut sender, request), conn);
+    response.map_err(|source| HttpError::Http {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// One kept-alive HTTP/1.1 connection, one request at a time. What a latency benchmark needs:
+/// no handshake per request, and no server-side TIME_WAIT for a reused source port to run into
+/// (measured on the cluster bed with a connection per request: p99.9 of 1 s and 2 s, the SYN
+/// retransmission timer, `TcpExtTCPSynRetrans` counting them).
+pub struct Connection {
+    addr: SocketAddr,
+    sender: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    /// Connect to `addr` within `timeout`.
+    pub async fn open(addr: SocketAddr, timeout: Duration) -> Result<Connection, HttpError> {
+        let (sender, conn) = tokio::time::timeout(timeout, open(addr))
+            .await
+            .map_err(|_| HttpError::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            })??;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Connection {
+            addr,
+            sender,
+            driver,
+        })
+    }
+
+    /// `req` on this connection within `timeout`. After an error the connection is unusable
+    /// (the caller opens another: that is no retry of the failed request).
+    pub async fn send(
+        &mut self,
+        req: &Request<'_>,
+        timeout: Duration,
+    ) -> Result<Response, HttpError> {
+        let addr = self.addr.to_string();
+        let request = req
+            .build(self.addr, true)
+            .map_err(|source| HttpError::Request {
+                addr: addr.clone(),
+                source,
+            })?;
+        match tokio::time::timeout(timeout, round_trip(&mut self.sender, request)).await {
+            Ok(r) => r.map_err(|source| HttpError::Http { addr, source }),
+            Err(_) => Err(HttpError::Timeout { addr, timeout }),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 #[cfg(test)]

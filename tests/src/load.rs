@@ -4,7 +4,7 @@
 //! server's `name:version`) that answered, or the connection error, reset or timeout — so a
 //! "0 failed" figure means no request failed at all.
 
-use mlep::http::{send_to, HttpError, Request};
+use mlep::http::{send_to, Connection, HttpError, Request, Response};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,20 +35,46 @@ impl Target {
         }
     }
 
-    /// One `POST /invocations` with `headers`, no retry.
-    pub async fn invoke(&self, headers: &[(&str, &str)]) -> Outcome {
+    /// The `POST /invocations` with `headers`.
+    fn request<'a>(&'a self, headers: &[(&'a str, &str)]) -> Request<'a> {
         let mut all = vec![
             ("host", self.host.clone()),
             ("content-type", "application/json".to_owned()),
         ];
         all.extend(headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        let req = Request {
+        Request {
             method: "POST",
             path: "/invocations",
             headers: all,
             body: &self.body,
+        }
+    }
+
+    /// One `POST /invocations` with `headers` on a connection of its own, no retry.
+    pub async fn invoke(&self, headers: &[(&str, &str)]) -> Outcome {
+        outcome(send_to(self.addr, &self.request(headers), TIMEOUT).await)
+    }
+
+    /// The same on the kept-alive `conn`, opened first if there is none. A connection that
+    /// failed is dropped (the next request opens another; the failed one counts, no retry).
+    pub async fn invoke_on(
+        &self,
+        conn: &mut Option<Connection>,
+        headers: &[(&str, &str)],
+    ) -> Outcome {
+        let open = match conn.take() {
+            Some(c) => c,
+            None => match Connection::open(self.addr, TIMEOUT).await {
+                Ok(c) => c,
+                Err(e) => return outcome(Err(e)),
+            },
         };
-        exchange(self.addr, &req).await
+        let mut c = open;
+        let r = c.send(&self.request(headers), TIMEOUT).await;
+        if r.is_ok() {
+            *conn = Some(c);
+        }
+        outcome(r)
     }
 
     /// `x-mlep-variant` for each key (`none-<what>` when unassigned or failed).
@@ -202,10 +228,10 @@ impl Outcome {
     }
 }
 
-/// `req` to `addr` on a fresh connection (local mode's one HTTP client), the answer read to
-/// its end; a body cut short is a reset, not an answer.
-async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Outcome {
-    match send_to(addr, req, TIMEOUT).await {
+/// An exchange of local mode's one HTTP client, the answer read to its end; a body cut short
+/// is a reset, not an answer.
+fn outcome(r: Result<Response, HttpError>) -> Outcome {
+    match r {
         Ok(r) => Outcome::Answered {
             status: r.status,
             variant: r.header("x-mlep-variant").map(str::to_owned),
@@ -225,7 +251,7 @@ async fn exchange(addr: SocketAddr, req: &Request<'_>) -> Outcome {
 
 /// `GET path` on `addr` (a pod's metrics, Prometheus's API): the body of a 200 answer.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    match exchange(addr, &Request::get(path)).await {
+    match outcome(send_to(addr, &Request::get(path), TIMEOUT).await) {
         Outcome::Answered {
             status: 200, body, ..
         } => Ok(body),
@@ -319,6 +345,8 @@ pub struct Shape {
     pub headers: Vec<(String, String)>,
     /// `false` accepts answers without `x-mlep-variant` (no filter ran).
     pub need_variant: bool,
+    /// Each sender keeps one connection open ([`Target::invoke_on`]) instead of one per request.
+    pub keep_alive: bool,
 }
 
 impl Shape {
@@ -329,6 +357,7 @@ impl Shape {
             returning_users: Some(500),
             headers: Vec::new(),
             need_variant,
+            keep_alive: false,
         }
     }
 
@@ -339,6 +368,7 @@ impl Shape {
             returning_users: None,
             headers: Vec::new(),
             need_variant: true,
+            keep_alive: false,
         }
     }
 
@@ -346,6 +376,24 @@ impl Shape {
     pub fn header(mut self, name: &str, value: &str) -> Shape {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// `worker`'s `i`-th request, on `conn` when [`Shape::keep_alive`].
+    async fn send(
+        &self,
+        target: &Target,
+        conn: &mut Option<Connection>,
+        worker: usize,
+        i: u64,
+    ) -> Outcome {
+        let key = self.key(worker, i);
+        let mut headers = vec![("x-user-id", key.as_str())];
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if self.keep_alive {
+            target.invoke_on(conn, &headers).await
+        } else {
+            target.invoke(&headers).await
+        }
     }
 
     /// The user key of `worker`'s `i`-th request.
@@ -381,16 +429,14 @@ impl Load {
                     (stop.clone(), report.clone(), shape.clone(), target.clone());
                 tokio::spawn(async move {
                     let start = Instant::now();
+                    let mut conn = None;
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed)
                         && start.elapsed() < Duration::from_secs(300)
                     {
                         i += 1;
-                        let key = shape.key(w, i);
-                        let mut headers = vec![("x-user-id", key.as_str())];
-                        headers.extend(shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                         let t0 = Instant::now();
-                        let o = target.invoke(&headers).await;
+                        let o = shape.send(&target, &mut conn, w, i).await;
                         let ms = t0.elapsed().as_secs_f64() * 1000.0;
                         lock(&report).record(&o, shape.need_variant, ms);
                     }
@@ -411,39 +457,22 @@ impl Load {
         l.stop().await
     }
 
-    /// `rate` requests a second for `d`, each sent at its time whether or not the earlier ones
-    /// have been answered (open loop: a slow answer does not slow the sender, so queueing shows
-    /// in the latencies, which a closed loop would hide). Bounded: `rate * d` requests, each
-    /// with the exchange's own timeout; never retried.
-    pub async fn at_rate(target: Target, shape: Shape, rate: f64, d: Duration) -> Report {
-        let report = Arc::new(Mutex::new(Report::default()));
-        let shape = Arc::new(shape);
+    /// `rate` requests a second for `d` from one sender (one kept-alive connection when
+    /// [`Shape::keep_alive`]), each timed from when it was due, not from when it left: an answer
+    /// that holds the next request up counts against both (no coordinated omission). Bounded:
+    /// `rate * d` requests; never retried.
+    pub async fn paced(target: Target, shape: Shape, rate: f64, d: Duration) -> Report {
+        let mut report = Report::default();
         let n = (rate * d.as_secs_f64()).round() as u64;
-        let start = tokio::time::Instant::now();
-        let mut sent = tokio::task::JoinSet::new();
+        let start = Instant::now();
+        let mut conn = None;
         for i in 0..n {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-            let (report, shape, target) = (report.clone(), shape.clone(), target.clone());
-            sent.spawn(async move {
-                let key = shape.key(0, i);
-                let mut headers = vec![("x-user-id", key.as_str())];
-                headers.extend(shape.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                let t0 = Instant::now();
-                let o = target.invoke(&headers).await;
-                let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                lock(&report).record(&o, shape.need_variant, ms);
-            });
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let o = shape.send(&target, &mut conn, 0, i).await;
+            report.record(&o, shape.need_variant, due.elapsed().as_secs_f64() * 1000.0);
         }
-        while let Some(done) = sent.join_next().await {
-            if let Err(e) = done {
-                *lock(&report)
-                    .failures
-                    .entry(format!("load sender failed: {e}"))
-                    .or_default() += 1;
-            }
-        }
-        let taken = std::mem::take(&mut *lock(&report));
-        taken
+        report
     }
 
     /// Requests that succeeded so far.
