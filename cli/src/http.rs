@@ -248,6 +248,16 @@ impl Connection {
         })
     }
 
+    /// Whether a request may go on this connection: not closed, and the last answer did not
+    /// announce a close (a proxy draining its listener answers `connection: close`). A
+    /// request sent on such a connection would be cancelled unsent; the caller opens another.
+    pub async fn usable(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.sender.ready()).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// `req` on this connection within `timeout`. After an error the connection is unusable
     /// (the caller opens another: that is no retry of the failed request).
     pub async fn send(

@@ -62,16 +62,25 @@ impl Target {
         conn: &mut Option<Connection>,
         headers: &[(&str, &str)],
     ) -> Outcome {
-        let open = match conn.take() {
+        let mut kept = conn.take();
+        if let Some(c) = kept.as_mut() {
+            if !c.usable().await {
+                kept = None;
+            }
+        }
+        let mut c = match kept {
             Some(c) => c,
             None => match Connection::open(self.addr, TIMEOUT).await {
                 Ok(c) => c,
                 Err(e) => return outcome(Err(e)),
             },
         };
-        let mut c = open;
         let r = c.send(&self.request(headers), TIMEOUT).await;
-        if r.is_ok() {
+        let closing = r.as_ref().map_or(true, |a| {
+            a.header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        });
+        if !closing {
             *conn = Some(c);
         }
         outcome(r)
