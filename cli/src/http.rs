@@ -335,6 +335,46 @@ mod tests {
         assert!(get(port, "/", t).await.is_err(), "a truncated chunk");
     }
 
+    #[tokio::test]
+    async fn a_kept_alive_connection_carries_many_requests_until_the_server_announces_a_close() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                for answer in [
+                    &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1"[..],
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2",
+                    b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n3",
+                ] {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    got.clear();
+                    let _ = s.write_all(answer).await;
+                }
+                let _ = s.shutdown().await;
+            }
+        });
+        let t = Duration::from_secs(5);
+        let mut c = Connection::open(addr, t).await.unwrap();
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            assert!(c.usable().await, "usable before the server's close");
+            bodies.push(c.send(&Request::get("/"), t).await.unwrap().text());
+        }
+        assert_eq!(bodies, ["1", "2", "3"]);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!c.usable().await, "the server announced a close");
+    }
+
     // Two workers: the blocking call holds one, the canned server runs on the other.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_server_times_out_and_blocking_calls_work_inside_a_runtime() {
