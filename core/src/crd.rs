@@ -269,7 +269,8 @@ pub struct AnalysisSpec {
     #[schemars(range(min = 0.0))]
     pub max_p99_latency_ms: Option<f64>,
     /// `BlueGreen` bake: smallest share of mirrored answers agreeing with the old model's,
-    /// 0..1 (default: not checked).
+    /// 0..1 (default: not checked), judged on its 95 % confidence bounds: passes once the lower
+    /// bound reaches it, fails once the upper bound is below it, waits in between.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_agreement: Option<f64>,

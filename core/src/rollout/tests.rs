@@ -506,7 +506,77 @@ fn disagreeing_mirrored_answers_roll_a_blue_green_bake_back() {
         agreed: 60,
         ..Sample::default()
     };
-    rolls_back_on(RolloutStrategy::BlueGreen, s, checks::AGREEMENT, 0.6, 0.9);
+    // 60 of 100: at most 0.6769 (the 95 % upper bound), under 0.9.
+    rolls_back_on(
+        RolloutStrategy::BlueGreen,
+        s,
+        checks::AGREEMENT,
+        0.6769,
+        0.9,
+    );
+}
+
+fn copies(compared: u64, agreed: u64) -> Result<Sample, String> {
+    Ok(Sample {
+        requests: 200,
+        compared,
+        agreed,
+        ..Sample::default()
+    })
+}
+
+#[test]
+fn wilson_bounds_are_those_of_the_textbook() {
+    use super::judge::wilson;
+    assert_eq!(wilson(0, 0), (0.0, 1.0), "nothing compared: nothing known");
+    // All n agreeing: the lower bound is n / (n + z^2).
+    let (low, high) = wilson(20, 20);
+    assert!((low - 20.0 / (20.0 + 1.645 * 1.645)).abs() < 1e-9 && high == 1.0);
+    // 60 of 100 (z = 1.645): 0.5178 .. 0.6769.
+    let (low, high) = wilson(60, 100);
+    assert!(
+        (low - 0.5178).abs() < 1e-4 && (high - 0.6769).abs() < 1e-4,
+        "{low} {high}"
+    );
+    let (low, high) = wilson(0, 50);
+    assert!(low == 0.0 && high > 0.0 && high < 0.06, "{high}");
+}
+
+#[test]
+fn a_bake_passes_on_the_agreement_lower_bound_and_never_on_zero_compared_copies() {
+    let mut w = World::started(RolloutStrategy::BlueGreen);
+    // Past bakeSeconds with enough requests but no compared copy: no evidence, it waits.
+    w.tick_at(130, copies(0, 0));
+    assert_eq!(w.phase(), Phase::Baking);
+    let message = w.status.as_ref().unwrap().message.clone();
+    assert!(
+        message.contains("waiting for more compared copies") && message.contains("0 of 0"),
+        "{message}"
+    );
+    // 20 of 20 agreeing: a raw ratio of 1, but at least 0.8808, not yet 0.9.
+    w.tick_at(10, copies(20, 20));
+    assert_eq!(w.phase(), Phase::Baking);
+    let shown = w.status.clone().unwrap().last_analysis.unwrap();
+    assert_eq!(
+        (shown.check.as_str(), shown.value, shown.limit, shown.passed),
+        (checks::AGREEMENT, 0.8808, 0.9, false)
+    );
+    // 100 of 100: at least 0.9737.
+    w.tick_at(10, copies(100, 100));
+    assert_eq!(w.phase(), Phase::Promoted);
+}
+
+#[test]
+fn an_inconclusive_agreement_waits_and_fails_when_the_step_is_overdue() {
+    let mut w = World::started(RolloutStrategy::BlueGreen);
+    // 45 of 50 (0.9): bounds 0.8085..0.9505 around the limit.
+    w.tick_at(130, copies(50, 45));
+    assert_eq!(w.phase(), Phase::Baking);
+    w.tick_at(200, copies(50, 45));
+    let st = w.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::RolledBack);
+    assert!(st.message.contains("inconclusive"), "{}", st.message);
+    assert_eq!(st.last_analysis.unwrap().check, checks::AGREEMENT);
 }
 
 #[test]
