@@ -67,17 +67,26 @@
 //!    - [x] Linear in 50 % steps: a 50 % step seen, promoted, old Deployment removed, 0 failed
 //!      (`a_linear_rollout_promotes_step_by_step`; bash went v2 -> v1 after the blue/green, a
 //!      fresh namespace goes v1 -> v2)
+//!    - [x] (issue 22, `tests/analysis.rs`) BlueGreen to a model disagreeing with blue: stopped
+//!      by minAgreement on its 95 % upper bound, every user on titanic:v1, 0 failed
+//!      (`a_blue_green_to_a_disagreeing_model_is_stopped_by_min_agreement`); Canary to a model
+//!      50 ms slower (an inbound fault delay on its pods): rolled back by maxP99LatencyMs, p99
+//!      >= 50 ms, 0 failed (`a_canary_to_a_slower_model_is_rolled_back_by_max_p99_latency`)
 //! 7. (6 in bash) faults
 //!    - [x] a module failing its sha256: the pod's outbound HTTP answers 200, the agent logs the
 //!      allow-RBAC fallback (`a_module_failing_its_checksum_fails_open`)
-//!    - [x] operator down: the gateway keeps serving (10 s, 0 failed, > 0 requests); latency
-//!      without the filter (measured); a new sidecar that cannot fetch the module answers 200
+//!    - [x] operator down: the gateway keeps serving (10 s, 0 failed, > 0 requests), and
+//!      without the filter; a new sidecar that cannot fetch the module answers 200
 //!      via the fallback; operator back: Ready, the gateway filter rebuilt, assigning again
 //!      (`with_the_operator_down_traffic_flows_and_it_converges_when_back`)
 //! 8. (7 in bash) [x] deleting the endpoint removes its children and the shared filters
 //!    (`deleting_the_last_endpoint_removes_every_child`)
 //! 9. (8 in bash) [x] `mlep render | kubectl apply`: Ready, the module the operator serves, assigned through
 //!    the gateway, 80/20 ±4 over 1,000 keys (`rendered_yaml_applied_by_kubectl_serves`)
+//! 10. [x] (issue 22) the gateway's latency with and without the filter, 7 interleaved rounds
+//!    on kept-alive connections, fixed rate and saturated; the plain host unassigned, the
+//!    endpoint's host assigned, one model, 0 failed; figures printed
+//!    (`the_gateway_with_and_without_the_filter_in_interleaved_rounds`)
 //!
 //! Sidecar load could not run in: the operator-down phase's "without the filter" latency row
 //! (it measures the gateway alone, as before) — every change phase has it.
@@ -1143,6 +1152,55 @@ pub fn sha256_hex(b: &[u8]) -> String {
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect()
+}
+
+/// An edit starting a rollout: variant a's model becomes `json["model"]`, the rollout settings
+/// `json["rollout"]`.
+pub fn rollout(json: serde_json::Value) -> impl Fn(&mut ModelEndpointSpec) {
+    move |spec| {
+        spec.rollout = serde_json::from_value(json["rollout"].clone()).unwrap();
+        spec.variants[0].model = json["model"].as_str().unwrap().to_owned();
+    }
+}
+
+/// `status.rollout` as JSON (phase, movedPercent, lastAnalysis), `Null` without one.
+pub async fn rollout_status(t: &Titanic) -> serde_json::Value {
+    let e = t.endpoint().await;
+    e.status
+        .and_then(|s| s.rollout)
+        .map(|r| {
+            serde_json::json!({
+                "phase": serde_json::to_value(r.phase).unwrap(),
+                "movedPercent": r.moved_percent,
+                "lastAnalysis": r.last_analysis.map(|a| serde_json::json!({
+                    "check": a.check, "value": a.value, "passed": a.passed})),
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// An Istio fault filter on the inbound sidecar of `model`'s pods: every request waits `ms`.
+pub fn delay_filter(model: &str, ms: u32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": "slow-model"},
+        "spec": {
+            "workloadSelector": {"labels": {"mlep.dev/model": model}},
+            "configPatches": [{
+                "applyTo": "HTTP_FILTER",
+                "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "subFilter": {"name": "envoy.filters.http.router"}}}}},
+                "patch": {"operation": "INSERT_BEFORE", "value": {
+                    "name": "e2e.slow_model",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                        "delay": {"fixed_delay": format!("{}s", f64::from(ms) / 1000.0),
+                                  "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}}
+            }]
+        }
+    })
 }
 
 #[cfg(test)]

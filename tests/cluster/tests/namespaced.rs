@@ -11,7 +11,6 @@ use mlep_cluster_e2e::load::Load;
 use mlep_cluster_e2e::*;
 use mlep_contract::metrics as m;
 use mlep_core::aggregate::SIDECAR_FILTER;
-use mlep_core::crd::ModelEndpointSpec;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -391,29 +390,6 @@ async fn removing_a_variant_under_load_retires_it_then_removes_it() {
 }
 
 // --- 5b. progressive delivery, analysed by Prometheus -------------------------------------------
-
-fn rollout(json: serde_json::Value) -> impl Fn(&mut ModelEndpointSpec) {
-    move |spec| {
-        spec.rollout = serde_json::from_value(json["rollout"].clone()).unwrap();
-        spec.variants[0].model = json["model"].as_str().unwrap().to_owned();
-    }
-}
-
-/// `status.rollout` as JSON (phase, movedPercent, lastAnalysis), `Null` without one.
-async fn rollout_status(t: &Titanic) -> serde_json::Value {
-    let e = t.endpoint().await;
-    e.status
-        .and_then(|s| s.rollout)
-        .map(|r| {
-            serde_json::json!({
-                "phase": serde_json::to_value(r.phase).unwrap(),
-                "movedPercent": r.moved_percent,
-                "lastAnalysis": r.last_analysis.map(|a| serde_json::json!({
-                    "check": a.check, "value": a.value, "passed": a.passed})),
-            })
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_to_a_failing_model_rolls_back() {

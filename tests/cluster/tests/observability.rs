@@ -108,30 +108,6 @@ async fn rules_loaded(bed: &Bed) {
     .await;
 }
 
-/// An Istio fault filter on the inbound sidecar of `model`'s pods: every request waits `ms`.
-fn delay_filter(model: &str, ms: u32) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": {"name": "slow-model"},
-        "spec": {
-            "workloadSelector": {"labels": {"mlep.dev/model": model}},
-            "configPatches": [{
-                "applyTo": "HTTP_FILTER",
-                "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "subFilter": {"name": "envoy.filters.http.router"}}}}},
-                "patch": {"operation": "INSERT_BEFORE", "value": {
-                    "name": "e2e.slow_model",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                        "delay": {"fixed_delay": format!("{}s", f64::from(ms) / 1000.0),
-                                  "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}}
-            }]
-        }
-    })
-}
-
 /// A second endpoint `broken` whose only model's server exits at start, again and again.
 async fn crash_looping_endpoint(t: &Titanic) {
     let exits = t.exiting_model();
