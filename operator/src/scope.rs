@@ -70,6 +70,27 @@ impl std::fmt::Display for Scope {
 
 type WatchItem<K> = Result<Event<K>, watcher::Error>;
 
+/// A namespaced kind the operator watches (its Models, ModelEndpoints, Deployments, Pods).
+pub trait Watched:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static
+{
+}
+
 /// The watch events of `K` in `scope`, as one watch's: what a single reflector store (the
 /// controller's cache) reads. Several namespaces' watches are merged by [`Merge`].
 pub fn watch<K>(
@@ -78,13 +99,7 @@ pub fn watch<K>(
     config: watcher::Config,
 ) -> BoxStream<'static, WatchItem<K>>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + 'static,
-    K::DynamicType: Default,
+    K: Watched,
 {
     let apis = scope.apis::<K>(client);
     let sources = apis.len();
@@ -113,13 +128,7 @@ pub fn touched<K>(
     config: watcher::Config,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + 'static,
-    K::DynamicType: Default,
+    K: Watched,
 {
     stream::select_all(
         scope
