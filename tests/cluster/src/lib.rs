@@ -296,24 +296,8 @@ impl Titanic {
     /// is Ready and the gateway assigns it.
     pub async fn with_example(self) -> Titanic {
         let t = self;
-        let bed = &t.bed.clone();
         let t0 = Instant::now();
-        for m in t.example_models() {
-            bed.api::<Model>(&t.ns)
-                .create(&PostParams::default(), &m)
-                .await
-                .unwrap();
-        }
-        let mut e: ModelEndpoint = serde_yaml::from_str(
-            &std::fs::read_to_string(repo().join("manifests/example/endpoint.yaml")).unwrap(),
-        )
-        .unwrap();
-        e.spec.hosts = vec![t.host.clone()];
-        e.spec.expose = Some(true);
-        bed.api::<ModelEndpoint>(&t.ns)
-            .create(&PostParams::default(), &e)
-            .await
-            .unwrap();
+        t.create_example().await;
         t.wait_ready(Duration::from_secs(300)).await;
         measure(format!(
             "apply -> Ready: {:.1} s",
@@ -347,6 +331,28 @@ impl Titanic {
             "assigned differently right after Ready: {moved:?}"
         );
         t
+    }
+
+    /// The example's Models and its ModelEndpoint (exposed on the gateway as `host`), created.
+    pub async fn create_example(&self) {
+        for m in self.example_models() {
+            self.bed
+                .api::<Model>(&self.ns)
+                .create(&PostParams::default(), &m)
+                .await
+                .unwrap();
+        }
+        let mut e: ModelEndpoint = serde_yaml::from_str(
+            &std::fs::read_to_string(repo().join("manifests/example/endpoint.yaml")).unwrap(),
+        )
+        .unwrap();
+        e.spec.hosts = vec![self.host.clone()];
+        e.spec.expose = Some(true);
+        self.bed
+            .api::<ModelEndpoint>(&self.ns)
+            .create(&PostParams::default(), &e)
+            .await
+            .unwrap();
     }
 
     /// The variant the gateway assigns each key (one request each; `None`: no assignment).
@@ -1177,6 +1183,38 @@ pub async fn rollout_status(t: &Titanic) -> serde_json::Value {
             })
         })
         .unwrap_or_default()
+}
+
+/// Waits (up to 300 s) for the rollout to roll back on `check`; checks the Degraded condition
+/// names the check and every user of a is back on titanic:v1. Returns the last analysis (JSON)
+/// and when the rollback was seen.
+pub async fn rolled_back_on(t: &Titanic, check: &str) -> (serde_json::Value, Instant) {
+    eventually(
+        Duration::from_secs(300),
+        "the rollout rolls back",
+        || async { (rollout_status(t).await["phase"] == "RolledBack").then_some(()) },
+    )
+    .await;
+    let seen = Instant::now();
+    let r = rollout_status(t).await;
+    assert_eq!(r["lastAnalysis"]["check"], check, "{r}");
+    assert_eq!(r["lastAnalysis"]["passed"], false, "{r}");
+    let e = t.endpoint().await;
+    let degraded = condition(&e, "Degraded").expect("a Degraded condition");
+    assert!(
+        degraded.reason == "RolledBack" && degraded.message.contains(check),
+        "Degraded: {} {}",
+        degraded.reason,
+        degraded.message
+    );
+    println!("    Degraded/{}: {}", degraded.reason, degraded.message);
+    eventually(
+        Duration::from_secs(60),
+        "every user of a back on titanic:v1",
+        || async { t.a_all_on("titanic:v1").await.then_some(()) },
+    )
+    .await;
+    (r["lastAnalysis"].clone(), seen)
 }
 
 /// An Istio fault filter on the inbound sidecar of `model`'s pods: every request waits `ms`.

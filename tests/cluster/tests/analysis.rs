@@ -9,42 +9,6 @@
 
 use kube::api::PostParams;
 use mlep_cluster_e2e::*;
-use std::time::{Duration, Instant};
-
-/// Waits for the rollout to roll back on `check`; returns its last analysis (JSON), after
-/// checking the Degraded condition names the check and every user of a is back on titanic:v1.
-async fn rolled_back_on(t: &Titanic, check: &str) -> serde_json::Value {
-    let t0 = Instant::now();
-    eventually(
-        Duration::from_secs(300),
-        "the rollout rolls back",
-        || async { (rollout_status(t).await["phase"] == "RolledBack").then_some(()) },
-    )
-    .await;
-    measure(format!(
-        "rolled back on {check} {:.0} s after the edit",
-        t0.elapsed().as_secs_f64()
-    ));
-    let r = rollout_status(t).await;
-    assert_eq!(r["lastAnalysis"]["check"], check, "{r}");
-    assert_eq!(r["lastAnalysis"]["passed"], false, "{r}");
-    let e = t.endpoint().await;
-    let degraded = condition(&e, "Degraded").expect("a Degraded condition");
-    assert!(
-        degraded.reason == "RolledBack" && degraded.message.contains(check),
-        "Degraded: {} {}",
-        degraded.reason,
-        degraded.message
-    );
-    println!("    Degraded/{}: {}", degraded.reason, degraded.message);
-    eventually(
-        Duration::from_secs(60),
-        "every user of a back on titanic:v1",
-        || async { t.a_all_on("titanic:v1").await.then_some(()) },
-    )
-    .await;
-    r["lastAnalysis"].clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blue_green_to_a_disagreeing_model_is_stopped_by_min_agreement() {
@@ -57,6 +21,7 @@ async fn a_blue_green_to_a_disagreeing_model_is_stopped_by_min_agreement() {
     // titanic-v2 answers the example's rows with other probabilities than titanic-v1: every
     // compared copy disagrees (the observability phase's MlepShadowDisagreement fault).
     let loads = BothLoads::start(&t, &s).await;
+    let t0 = std::time::Instant::now();
     t.edit(rollout(
         serde_json::json!({"model": "titanic-v2", "rollout": {
         "strategy": "BlueGreen", "maxStepSeconds": 180,
@@ -64,7 +29,11 @@ async fn a_blue_green_to_a_disagreeing_model_is_stopped_by_min_agreement() {
         "analysis": {"minRequests": 20, "maxErrorRate": 0.05, "minAgreement": 0.9}}}),
     ))
     .await;
-    let analysis = rolled_back_on(&t, "minAgreement").await;
+    let (analysis, seen) = rolled_back_on(&t, "minAgreement").await;
+    measure(format!(
+        "rolled back on minAgreement {:.0} s after the edit",
+        (seen - t0).as_secs_f64()
+    ));
     let value = analysis["value"].as_f64().unwrap();
     assert!(
         value < 0.9,
@@ -89,6 +58,7 @@ async fn a_canary_to_a_slower_model_is_rolled_back_by_max_p99_latency() {
         .await
         .unwrap();
     let loads = BothLoads::start(&t, &s).await;
+    let t0 = std::time::Instant::now();
     t.edit(rollout(
         serde_json::json!({"model": "titanic-v2", "rollout": {
         "strategy": "Canary", "stepSeconds": 30, "maxStepSeconds": 180,
@@ -96,7 +66,11 @@ async fn a_canary_to_a_slower_model_is_rolled_back_by_max_p99_latency() {
         "analysis": {"minRequests": 20, "maxErrorRate": 0.1, "maxP99LatencyMs": 40}}}),
     ))
     .await;
-    let analysis = rolled_back_on(&t, "maxP99LatencyMs").await;
+    let (analysis, seen) = rolled_back_on(&t, "maxP99LatencyMs").await;
+    measure(format!(
+        "rolled back on maxP99LatencyMs {:.0} s after the edit",
+        (seen - t0).as_secs_f64()
+    ));
     let value = analysis["value"].as_f64().unwrap();
     assert!(
         value >= 50.0,

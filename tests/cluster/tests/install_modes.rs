@@ -11,12 +11,12 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use mlep_cluster_e2e::load::Target;
 use mlep_cluster_e2e::*;
 use mlep_core::aggregate::GATEWAY_FILTER;
-use mlep_core::crd::{Model, ModelEndpoint};
-use std::path::PathBuf;
+use mlep_core::crd::Model;
+use std::path::{Path, PathBuf};
 
 const IMAGE: &str = "ghcr.io/k8smlendpoints/mlep-operator";
 /// The namespace the shipped overlay watches (manifests/namespaced/), retargeted here.
@@ -84,6 +84,29 @@ fn sh(args: &[&str]) {
     assert!(ok, "kubectl {}", args.join(" "));
 }
 
+/// `kubectl apply -k dir`, then the operator's rollout awaited; whether both succeeded.
+fn install(dir: &Path) -> bool {
+    let dir = dir.display().to_string();
+    [
+        vec!["apply", "-k", &dir],
+        vec![
+            "-n",
+            OPERATOR_NS,
+            "rollout",
+            "status",
+            "deploy/mlep-operator",
+            "--timeout=180s",
+        ],
+    ]
+    .iter()
+    .all(|args| {
+        std::process::Command::new("kubectl")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// Puts the cluster-wide install back when dropped (`kubectl apply -k manifests/`, this image):
 /// its ClusterRoleBinding returns and the watch-namespaces setting goes (client-side apply
 /// removes what the previous apply set and this one does not).
@@ -102,19 +125,8 @@ impl Drop for RestoreClusterWide {
                 ])
                 .status();
         }
-        let dir = self.0.display().to_string();
-        for args in [
-            vec!["apply", "-k", &dir],
-            vec![
-                "-n",
-                OPERATOR_NS,
-                "rollout",
-                "status",
-                "deploy/mlep-operator",
-                "--timeout=180s",
-            ],
-        ] {
-            let _ = std::process::Command::new("kubectl").args(args).status();
+        if !install(&self.0) {
+            eprintln!("restoring the cluster-wide install failed");
         }
     }
 }
@@ -232,22 +244,7 @@ async fn example_in(bed: &Bed, ns: &str) -> Titanic {
         host,
         bed: bed.clone(),
     };
-    for m in t.example_models() {
-        bed.api::<Model>(ns)
-            .create(&PostParams::default(), &m)
-            .await
-            .unwrap();
-    }
-    let mut e: ModelEndpoint = serde_yaml::from_str(
-        &std::fs::read_to_string(repo().join("manifests/example/endpoint.yaml")).unwrap(),
-    )
-    .unwrap();
-    e.spec.hosts = vec![t.host.clone()];
-    e.spec.expose = Some(true);
-    bed.api::<ModelEndpoint>(ns)
-        .create(&PostParams::default(), &e)
-        .await
-        .unwrap();
+    t.create_example().await;
     t
 }
 
@@ -295,15 +292,7 @@ async fn the_namespaced_install_serves_its_namespace_and_cannot_touch_the_others
         OPERATOR,
         "--ignore-not-found",
     ]);
-    sh(&["apply", "-k", &namespaced.display().to_string()]);
-    sh(&[
-        "-n",
-        OPERATOR_NS,
-        "rollout",
-        "status",
-        "deploy/mlep-operator",
-        "--timeout=180s",
-    ]);
+    assert!(install(&namespaced), "the namespaced install");
     operator_ready(&bed).await;
     only_the_watched_namespace_and_its_own_objects_are_granted(&watched.name, &off.name).await;
 
