@@ -182,7 +182,7 @@ pub struct ShadowConfig {
     pub compare: CompareConfig,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompareConfig {
     #[serde(default)]
@@ -190,6 +190,30 @@ pub struct CompareConfig {
     /// Absolute numeric tolerance for `json` mode.
     #[serde(default)]
     pub tolerance: f64,
+    /// Share of the mirrored copies compared, 0..=100 (fractions allowed; default 100). The
+    /// others are sent and their outcome counted, but neither the primary's answer nor the
+    /// shadow's is read. Left out of the JSON at 100, so a config that does not sample reads
+    /// as it did before the field existed.
+    #[serde(default = "every", skip_serializing_if = "is_every")]
+    pub percent: f64,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        CompareConfig {
+            mode: CompareMode::default(),
+            tolerance: 0.0,
+            percent: every(),
+        }
+    }
+}
+
+fn every() -> f64 {
+    100.0
+}
+
+fn is_every(percent: &f64) -> bool {
+    *percent == 100.0
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -529,6 +553,12 @@ impl ShadowConfig {
                 "must be a finite number >= 0",
             ));
         }
+        if !(0.0..=100.0).contains(&s.compare.percent) {
+            return Err(ConfigError::new(
+                format!("{at}.compare.percent"),
+                format!("{} must be within 0..=100", s.compare.percent),
+            ));
+        }
         Ok(())
     }
 }
@@ -640,8 +670,31 @@ mod tests {
         assert!(ok.is_ok(), "{ok:?}");
         let e = with(|v| v["endpoints"][0]["shadow"]["variant"] = "zz".into()).unwrap_err();
         assert_eq!(e.field, "endpoints[0].shadow.variant");
+        let e =
+            with(|v| v["endpoints"][0]["shadow"]["compare"]["percent"] = (-1).into()).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].shadow.compare.percent");
         let e = with(|v| v["endpoints"][0]["bogus"] = 1.into()).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    /// Comparing every copy is the default and is left out of the JSON, so a config without
+    /// sampling is the same text as before `compare.percent` existed (and an older module
+    /// reads it); a sampled one carries it.
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn compare_percent_defaults_to_every_copy_and_is_written_only_when_sampled() {
+        let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
+        let shadow = cfg.endpoints[0].shadow.clone().unwrap();
+        assert_eq!(shadow.compare.percent, 100.0);
+        let text = serde_json::to_string(&shadow.compare).unwrap();
+        assert!(!text.contains("percent"), "{text}");
+        let sampled =
+            with(|v| v["endpoints"][0]["shadow"]["compare"]["percent"] = 10.into()).unwrap();
+        let compare = &sampled.endpoints[0].shadow.as_ref().unwrap().compare;
+        assert_eq!(compare.percent, 10.0);
+        assert!(serde_json::to_string(compare)
+            .unwrap()
+            .contains("\"percent\":10"));
     }
 
     #[test]

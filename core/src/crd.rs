@@ -349,6 +349,7 @@ impl ShadowSpec {
             percent,
             compare: None,
             tolerance: None,
+            compare_percent: None,
             max_body_bytes: None,
             forward_credentials: None,
             timeout_ms: None,
@@ -420,6 +421,13 @@ pub struct ShadowSpec {
     /// Absolute numeric tolerance for `Json` comparison (default 1e-6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
+    /// Percent of the mirrored copies compared, 0 to 100 (default 100). The rest are sent and
+    /// their outcomes counted without reading either answer: at 100 % shadow, comparing 10 % of
+    /// the copies still estimates agreement (the count of compared copies is in the metrics)
+    /// at a fraction of the cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub compare_percent: Option<f64>,
     /// Largest request body mirrored in bytes (default 65536); larger requests are not mirrored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u32>,

@@ -70,6 +70,7 @@ pub fn endpoint_config(
                 // The API compares JSON by default; a config without `compare` does not compare.
                 mode: s.compare.unwrap_or(CompareMode::Json),
                 tolerance: s.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+                percent: s.compare_percent.unwrap_or(100.0),
             },
         }),
         _ => None,
@@ -121,6 +122,8 @@ impl Mirror {
             compare: mlep_contract::CompareConfig {
                 mode: mlep_contract::CompareMode::Json,
                 tolerance: DEFAULT_TOLERANCE,
+                // A bake compares every copy: minAgreement is judged on how many were.
+                percent: 100.0,
             },
         }
     }

@@ -386,6 +386,12 @@ fn validate_shadow<'a>(
             format!("{} must be within 0..=100", s.percent),
         ));
     }
+    if let Some(p) = s.compare_percent.filter(|p| !(0.0..=100.0).contains(p)) {
+        return Err(SpecError::invalid(
+            "spec.shadow.comparePercent",
+            format!("{p} must be within 0..=100"),
+        ));
+    }
     if s.tolerance.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
         return Err(SpecError::invalid(
             "spec.shadow.tolerance",
@@ -511,6 +517,22 @@ mod tests {
         let mut e = endpoint();
         e.shadow = Some(ShadowSpec::new("m2", 150.0));
         assert_eq!(check(&e).unwrap_err().field, "spec.shadow.percent");
+        for bad in [-1.0, 100.5, f64::NAN] {
+            e.shadow = Some(ShadowSpec {
+                compare_percent: Some(bad),
+                ..ShadowSpec::new("m2", 50.0)
+            });
+            assert_eq!(
+                check(&e).unwrap_err().field,
+                "spec.shadow.comparePercent",
+                "{bad}"
+            );
+        }
+        e.shadow = Some(ShadowSpec {
+            compare_percent: Some(10.0),
+            ..ShadowSpec::new("m2", 50.0)
+        });
+        assert!(check(&e).is_ok());
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Shadow {
     pub forward_credentials: bool,
     pub compare: CompareMode,
     pub tolerance: f64,
+    /// Share of the copies compared, out of 1,000,000.
+    pub compare_per_million: u64,
     /// `mlep_shadow_requests_total`, indexed by [`Outcome::index`].
     pub outcomes: [MetricId; Outcome::COUNT],
     /// `mlep_shadow_agreement_total`, indexed by [`Agreement::index`].
@@ -326,6 +328,8 @@ impl Compiled {
                         forward_credentials: s.forward_credentials,
                         compare: s.compare.mode,
                         tolerance: s.compare.tolerance,
+                        // validated to 0..=100 as well.
+                        compare_per_million: (s.compare.percent * 10_000.0).round() as u64,
                         outcomes,
                         agreement,
                     })

@@ -202,8 +202,17 @@ impl Stream {
         let Some(s) = self.cfg.endpoints.get(ep).and_then(|e| e.shadow.as_ref()) else {
             return;
         };
+        // Compared, or only sent: the sample is drawn per copy, so the compared ones are a
+        // uniform share of the mirrored traffic.
+        let compared = s.compare != CompareMode::Off
+            && (s.compare_per_million >= 1_000_000
+                || (s.compare_per_million > 0 && h.random() % 1_000_000 < s.compare_per_million));
         let spec = CompareSpec {
-            mode: s.compare,
+            mode: if compared {
+                s.compare
+            } else {
+                CompareMode::Off
+            },
             tolerance: s.tolerance,
             timeout_ms: s.timeout_ms,
         };
@@ -221,7 +230,7 @@ impl Stream {
             None => self.count_outcome(h, Outcome::Skipped),
             Some(id) => {
                 self.shadow_id = Some(id);
-                if s.compare != CompareMode::Off {
+                if compared {
                     self.primary = Some(Vec::new());
                 }
                 if wake {

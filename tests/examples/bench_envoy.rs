@@ -5,6 +5,7 @@
 //! `filter` | `unrelated` (the mlep filter in the chain, but the load's virtual host is not an
 //! endpoint's: the filter stays disabled there, as for every unrelated workload's traffic) |
 //! `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
+//! `shadow-sample10` (100% shadow, 10% of the copies compared) |
 //! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
 //! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
 //! build). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
@@ -53,7 +54,13 @@ fn main() {
     let with_filter = floor_steps.is_some()
         || matches!(
             mode.as_str(),
-            "noop" | "filter" | "unrelated" | "shadow" | "shadow10" | "shadow-nocompare"
+            "noop"
+                | "filter"
+                | "unrelated"
+                | "shadow"
+                | "shadow10"
+                | "shadow-nocompare"
+                | "shadow-sample10"
         );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
@@ -118,9 +125,10 @@ fn main() {
                 "json"
             };
             let percent = if mode == "shadow10" { 10 } else { 100 };
+            let compared = if mode == "shadow-sample10" { 10 } else { 100 };
             cfg["endpoints"][0]["shadow"] = serde_json::json!({
                 "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
-                "compare": {"mode": compare, "tolerance": 0.0}
+                "compare": {"mode": compare, "tolerance": 0.0, "percent": compared}
             });
         }
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), &cfg.to_string(), "1")

@@ -291,6 +291,46 @@ fn a_shadow_limited_to_one_variant_mirrors_only_that_variants_requests() {
     assert_eq!(copies, on_b, "exactly b's requests were mirrored");
 }
 
+/// Over 1,000 requests with every one mirrored and `compare_percent` of the copies compared:
+/// (copies sent, copies whose primary answer is kept for comparison).
+fn mirrored_and_compared(compare_percent: &str) -> (usize, usize) {
+    let (cfg, hub, mut h) = setup(|s| {
+        s.replace("\"percent\": 10", "\"percent\": 100").replace(
+            "\"tolerance\": 0.000001}",
+            &format!("\"tolerance\": 0.000001, \"percent\": {compare_percent}}}"),
+        )
+    });
+    let (mut copies, mut compared) = (0, 0);
+    for i in 0..1000 {
+        let key = format!("user-{i}");
+        request(
+            &mut h,
+            &[
+                (":authority", "titanic.example.com"),
+                ("x-user-id", key.as_str()),
+            ],
+        );
+        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+        s.on_request_headers(&mut h, true);
+        compared += usize::from(s.primary.is_some());
+        copies += hub.borrow_mut().drain().len();
+    }
+    (copies, compared)
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_sampled_comparison_sends_every_copy_and_compares_its_share() {
+    assert_eq!(mirrored_and_compared("100"), (1000, 1000));
+    let (copies, compared) = mirrored_and_compared("10");
+    assert_eq!(copies, 1000, "every request is still mirrored");
+    assert!(
+        (60..=140).contains(&compared),
+        "about 10 % compared: {compared}"
+    );
+    assert_eq!(mirrored_and_compared("0"), (1000, 0));
+}
+
 #[test]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn a_client_sent_variant_header_is_stripped_even_when_assignment_fails() {
