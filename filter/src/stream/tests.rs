@@ -267,26 +267,41 @@ fn targeting_a_variant_with_nothing_moved_serves_its_old_model() {
     );
 }
 
+/// `n` users (`user-<i>`), one request each (headers only); `each` sees the stream, the host
+/// and how many shadow copies the request queued.
+fn users(
+    cfg: &Rc<Compiled>,
+    hub: &Rc<RefCell<Hub>>,
+    h: &mut MemHost,
+    n: usize,
+    mut each: impl FnMut(&Stream, &mut MemHost, usize),
+) {
+    for i in 0..n {
+        let key = format!("user-{i}");
+        request(
+            h,
+            &[
+                (":authority", "titanic.example.com"),
+                ("x-user-id", key.as_str()),
+            ],
+        );
+        let mut s = Stream::new(Rc::clone(cfg), Rc::clone(hub));
+        s.on_request_headers(h, true);
+        let sent = hub.borrow_mut().drain().len();
+        each(&s, h, sent);
+    }
+}
+
 #[test]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn a_shadow_limited_to_one_variant_mirrors_only_that_variants_requests() {
     let (cfg, hub, mut h) =
         setup(|s| s.replace("\"percent\": 10", "\"percent\": 100, \"variant\": \"b\""));
     let (mut on_b, mut copies) = (0, 0);
-    for i in 0..200 {
-        let key = format!("user-{i}");
-        request(
-            &mut h,
-            &[
-                (":authority", "titanic.example.com"),
-                ("x-user-id", key.as_str()),
-            ],
-        );
-        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
-        s.on_request_headers(&mut h, true);
+    users(&cfg, &hub, &mut h, 200, |_, h, sent| {
         on_b += usize::from(h.request_header("x-mlep-variant") == Some(routed("b")));
-        copies += hub.borrow_mut().drain().len();
-    }
+        copies += sent;
+    });
     assert!(on_b > 0, "some users are on b");
     assert_eq!(copies, on_b, "exactly b's requests were mirrored");
 }
@@ -301,20 +316,10 @@ fn mirrored_and_compared(compare_percent: &str) -> (usize, usize) {
         )
     });
     let (mut copies, mut compared) = (0, 0);
-    for i in 0..1000 {
-        let key = format!("user-{i}");
-        request(
-            &mut h,
-            &[
-                (":authority", "titanic.example.com"),
-                ("x-user-id", key.as_str()),
-            ],
-        );
-        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
-        s.on_request_headers(&mut h, true);
+    users(&cfg, &hub, &mut h, 1000, |s, _, sent| {
         compared += usize::from(s.primary.is_some());
-        copies += hub.borrow_mut().drain().len();
-    }
+        copies += sent;
+    });
     (copies, compared)
 }
 
