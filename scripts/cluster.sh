@@ -11,6 +11,7 @@
 #   scripts/cluster.sh leftovers # what of the bed still runs or listens (nothing after `down`)
 #   scripts/cluster.sh build    # only build the binaries and image archives (what `up` does first)
 #   scripts/cluster.sh build-k8s # only the Kubernetes + etcd binaries; prints their directory
+#   scripts/cluster.sh build-s3 # only the S3-protocol server of the tests; prints its path
 #   scripts/cluster.sh alert-rules # refresh the shipped alert rules' ConfigMap on a running bed
 #
 # Needs root (containerd, CNI, iptables) and Go >= 1.21 on PATH (the modules pin their Go
@@ -56,6 +57,7 @@ ISTIO_TAG=1.31-${ISTIO_VERSION##*-}   # image tag: Istio's VERSION at that commi
 ISTIO_HUB=docker.io/mlep
 COREDNS_VERSION=$(pinned "$HERE/coredns/go.mod" github.com/coredns/coredns)
 PROMETHEUS_VERSION=$(pinned "$HERE/prometheus/go.mod" github.com/prometheus/prometheus)
+VERSITYGW_VERSION=$(pinned "$HERE/versitygw/go.mod" github.com/versity/versitygw)
 MLEP_TAG=$(awk -F'"' '/^version = / {print $2; exit}' "$ROOT/Cargo.toml")
 MLEP_HUB=ghcr.io/k8smlendpoints  # the names manifests/ use, so they run unchanged
 
@@ -114,6 +116,14 @@ go_build() {  # go_build NAME MODULE_DIR LDFLAGS OUTPUTS -- PACKAGES...
 build_binaries() {
   build_k8s
   build_istio_coredns
+  build_s3
+}
+
+# The S3-protocol server of the object storage tests (model artifacts from s3://), in local
+# mode's tests and on the bed: Versity's gateway over a directory (scripts/cluster/versitygw).
+build_s3() {
+  go_build versitygw "$HERE/versitygw" "-s -w -X main.Version=$VERSITYGW_VERSION" "versitygw" -- \
+    github.com/versity/versitygw/cmd/versitygw
 }
 
 build_k8s() {
@@ -161,6 +171,9 @@ build_images() {
     --entrypoint '["/coredns"]' --user 65532:65532
   $mk "$IMAGES/prometheus.tar" "docker.io/mlep/prometheus:$PROMETHEUS_VERSION" \
     --bin "$BIN/prometheus:/bin/prometheus" --dir /tmp --entrypoint '["/bin/prometheus"]' --user 65534:65534
+  $mk "$IMAGES/versitygw.tar" "docker.io/mlep/versitygw:$VERSITYGW_VERSION" \
+    --bin "$BIN/versitygw:/usr/local/bin/versitygw" --dir /tmp --entrypoint '["/usr/local/bin/versitygw"]' \
+    --user 65532:65532
   $mk "$IMAGES/pilot.tar" "$ISTIO_HUB/pilot:$ISTIO_TAG" \
     --bin "$BIN/pilot-discovery:/usr/local/bin/pilot-discovery" --dir /tmp \
     --entrypoint '["/usr/local/bin/pilot-discovery"]' --user 1337:1337
@@ -742,9 +755,10 @@ case ${1:-} in
   build) cmd_build ;;
   alert-rules) alert_rules_configmap ;;
   build-k8s) command -v go >/dev/null || die "Go not found on PATH"; build_k8s; echo "$BIN" ;;
+  build-s3) command -v go >/dev/null || die "Go not found on PATH"; build_s3; echo "$BIN/versitygw" ;;
   down) cmd_down ;;
   leftovers) leftovers ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env|leftovers|build|build-k8s" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|leftovers|build|build-k8s|build-s3" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build and test the model containers' binaries natively (no Docker here): mlep-model-init
-# against a real HTTP server started by the tests, mlep-model-server over real HTTP with the
+# against a real HTTP server started by the tests and a real S3-protocol server (versitygw,
+# built from its Go module by scripts/cluster.sh build-s3, cached), mlep-model-server over real HTTP with the
 # committed Titanic artifacts. Installs nothing Python: the artifacts and expected.json are
 # committed (examples/titanic/train.py re-creates them, see its header).
 #
@@ -20,6 +21,10 @@ echo "--> committed artifacts match SHA256SUMS"
 
 echo "--> fmt (clippy runs once for the workspace in scripts/test.sh checks)"
 cargo fmt -p mlep-model-init -p mlep-model-server -- --check
+
+echo "--> the S3 server of the object storage tests (versitygw, Go module, cached)"
+MLEP_S3_SERVER=$(scripts/cluster.sh build-s3)
+export MLEP_S3_SERVER
 
 echo "--> tests"
 cargo test --locked -p mlep-model-init -p mlep-model-server

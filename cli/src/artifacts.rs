@@ -230,6 +230,7 @@ mod tests {
         let art = Artifact {
             uri: "http://127.0.0.1:9/unreachable.tar.gz".into(),
             sha256: sha.clone(),
+            credentials_secret: None,
         };
         let store = ArtifactStore::new(cache.clone(), vec![examples()]);
         let (dir, origin) = store.ensure("titanic-v1", &art, &NoProgress).unwrap();
@@ -254,6 +255,7 @@ mod tests {
         let art = Artifact {
             uri: "http://127.0.0.1:9/nope.tar.gz".into(),
             sha256: "1".repeat(64),
+            credentials_secret: None,
         };
         let mut store = ArtifactStore::new(cache.clone(), vec![examples()]);
         store.retry = RetryPolicy {
@@ -279,6 +281,7 @@ mod tests {
         let art = Artifact {
             uri: format!("file://{}", examples().join(file).display()),
             sha256: "2".repeat(64),
+            credentials_secret: None,
         };
         let store = ArtifactStore::new(cache.clone(), vec![]);
         let err = store.ensure("m", &art, &NoProgress).unwrap_err();

@@ -13,3 +13,24 @@ pub const ENV_ARTIFACT_URI: &str = "MLEP_ARTIFACT_URI";
 pub const ENV_ARTIFACT_SHA256: &str = "MLEP_ARTIFACT_SHA256";
 /// ... and the directory to unpack it into (also read by `mlep-model-server`).
 pub const ENV_MODEL_DIR: &str = "MLEP_MODEL_DIR";
+
+/// Object storage credentials and settings `mlep-model-init` reads for `s3://` and `gs://`
+/// artifacts: the keys a Model's `spec.artifact.credentialsSecret` may hold. The operator maps
+/// each key of that Secret to the same-named environment variable of the init container (only
+/// these keys, each optional); local mode reads them from its own environment. The names are
+/// the AWS CLI's and SDKs' own, so a Secret written for them works unchanged.
+/// `AWS_ENDPOINT_URL` points at any S3-compatible server (path-style requests; `http://` is
+/// allowed because the user wrote it).
+pub const OBJECT_STORE_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    // A Google service account key (its JSON) for `gs://`.
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+];
+
+/// Where the init container mounts the claim of a `pvc://<claim>/<path>` artifact (read-only):
+/// `<PVC_MOUNT_ROOT>/<claim>/<path>` is the file model-init reads.
+pub const PVC_MOUNT_ROOT: &str = "/mnt/mlep-pvc";

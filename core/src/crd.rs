@@ -81,13 +81,23 @@ impl ModelSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
-    /// Artifact location: `https://`, `http://` or `file:///` (more schemes, such as `s3://`,
-    /// `gs://` and `pvc://`, are planned). `.tar.gz`, `.tar` and `.zip` are unpacked; any other
-    /// file is placed as is.
+    /// Artifact location: `https://host/path`, `http://host/path`, `s3://bucket/key` (AWS or
+    /// any S3-compatible server named by `AWS_ENDPOINT_URL` in the credentials Secret),
+    /// `gs://bucket/object`, `pvc://claim/path` (a PersistentVolumeClaim in the Model's
+    /// namespace, mounted read-only into the fetching init container) or `file:///path`.
+    /// `.tar.gz`, `.tar` and `.zip` are unpacked; any other file is placed as is.
     pub uri: String,
     /// Lowercase hex SHA-256 of the artifact file; the download is refused on mismatch.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: String,
+    /// A Secret in the Model's namespace holding object storage credentials for `s3://` and
+    /// `gs://`: its keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL`, `GOOGLE_SERVICE_ACCOUNT_KEY` (each optional) reach the
+    /// fetch as environment variables; no other key does, and the operator never reads the
+    /// Secret. Without it the fetch uses the pod's own identity (instance or workload
+    /// credentials). Local mode reads the same names from its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 /// Observed state of a Model.

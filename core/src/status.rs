@@ -506,6 +506,7 @@ mod tests {
                 artifact: Some(crate::crd::Artifact {
                     uri: "https://x/m.tar.gz".into(),
                     sha256: "a".repeat(64),
+                    credentials_secret: None,
                 }),
                 port: None,
                 env: vec![],
@@ -532,6 +533,7 @@ mod tests {
         m.spec.artifact = Some(crate::crd::Artifact {
             uri: "ftp://x".into(),
             sha256: "a".repeat(64),
+            credentials_secret: None,
         });
         let bad = model_status(&m, PodSecurityLevel::Restricted, "t2".into());
         assert_eq!(bad.conditions[0].status, "False");

@@ -8,6 +8,7 @@ use crate::crd::{
     ShadowSpec,
 };
 use crate::host_claims::{classify, Claimant, HostClaims};
+use mlep_contract::artifact::ArtifactLocation;
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
 use std::collections::BTreeSet;
@@ -32,11 +33,6 @@ impl SpecError {
     }
 }
 
-/// Artifact URI schemes model-init fetches today.
-pub const SUPPORTED_SCHEMES: &[&str] = &["http", "https", "file"];
-/// Schemes designed for but not implemented yet.
-pub const PLANNED_SCHEMES: &[&str] = &["s3", "gs", "pvc"];
-
 pub fn validate_model(spec: &ModelSpec) -> Result<(), SpecError> {
     if spec.image.trim().is_empty() {
         return Err(SpecError::invalid(
@@ -59,34 +55,20 @@ pub fn validate_model(spec: &ModelSpec) -> Result<(), SpecError> {
                 format!("{:?} is not 64 lowercase hex digits", a.sha256),
             ));
         }
-        let scheme = a.uri.split_once("://").map(|(s, _)| s).unwrap_or("");
-        if PLANNED_SCHEMES.contains(&scheme) {
+        if let Err(reason) = ArtifactLocation::parse(&a.uri) {
             return Err(SpecError::invalid(
                 "spec.artifact.uri",
-                format!(
-                    "scheme {scheme}:// is not supported yet (use {})",
-                    SUPPORTED_SCHEMES.join(", ")
-                ),
+                format!("{:?}: {reason}", a.uri),
             ));
         }
-        if !SUPPORTED_SCHEMES.contains(&scheme) {
-            return Err(SpecError::invalid(
-                "spec.artifact.uri",
-                format!("{:?} must start with http://, https:// or file:///", a.uri),
-            ));
-        }
-        let rest = &a.uri[scheme.len() + 3..];
-        if scheme == "file" && !rest.starts_with('/') {
-            return Err(SpecError::invalid(
-                "spec.artifact.uri",
-                format!("{:?}: file URIs must be absolute (file:///path)", a.uri),
-            ));
-        }
-        if scheme != "file" && (rest.is_empty() || rest.starts_with('/')) {
-            return Err(SpecError::invalid(
-                "spec.artifact.uri",
-                format!("{:?} has no host", a.uri),
-            ));
+        if let Some(name) = &a.credentials_secret {
+            // A DNS subdomain (RFC 1123), what Kubernetes accepts as a Secret name.
+            if name.len() > 253 || !name.split('.').all(is_dns_label) {
+                return Err(SpecError::invalid(
+                    "spec.artifact.credentialsSecret",
+                    format!("{name:?} is not a Secret name"),
+                ));
+            }
         }
     }
     Ok(())
@@ -447,6 +429,7 @@ mod tests {
             artifact: Some(Artifact {
                 uri: "https://example.com/m.tar.gz".into(),
                 sha256: "a".repeat(64),
+                credentials_secret: None,
             }),
             port: None,
             env: vec![],
@@ -541,6 +524,7 @@ mod tests {
         m.artifact = Some(Artifact {
             uri: "https://x/m".into(),
             sha256: "ABC".into(),
+            credentials_secret: None,
         });
         assert_eq!(
             validate_model(&m).unwrap_err().field,
@@ -549,13 +533,15 @@ mod tests {
         for uri in [
             "ftp://x/m",
             "file://relative/m",
-            "s3://bucket/m",
+            "s3://bucket",
+            "pvc://claim/../m",
             "https:///m",
             "m.tar.gz",
         ] {
             m.artifact = Some(Artifact {
                 uri: uri.into(),
                 sha256: "0".repeat(64),
+                credentials_secret: None,
             });
             assert_eq!(
                 validate_model(&m).unwrap_err().field,
@@ -563,11 +549,28 @@ mod tests {
                 "{uri}"
             );
         }
+        for uri in [
+            "file:///models/m.tar.gz",
+            "s3://models/titanic/v1.tar.gz",
+            "gs://models/m.onnx",
+            "pvc://model-store/titanic/v1.tar.gz",
+        ] {
+            m.artifact = Some(Artifact {
+                uri: uri.into(),
+                sha256: "0".repeat(64),
+                credentials_secret: Some("s3-creds".into()),
+            });
+            validate_model(&m).unwrap();
+        }
         m.artifact = Some(Artifact {
-            uri: "file:///models/m.tar.gz".into(),
+            uri: "s3://models/m".into(),
             sha256: "0".repeat(64),
+            credentials_secret: Some("S3_Creds".into()),
         });
-        validate_model(&m).unwrap();
+        assert_eq!(
+            validate_model(&m).unwrap_err().field,
+            "spec.artifact.credentialsSecret"
+        );
     }
 
     #[test]

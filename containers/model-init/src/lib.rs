@@ -17,6 +17,8 @@
 
 pub mod publish;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod unpack;
 
 use std::fs::{self, File};
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub use publish::MARKER_FILE;
-pub use source::{source_for, Download, Source};
+pub use source::{source_for, Credentials, Download, Source};
 
 /// Errors of a fetch. Grouped by [`InitError::exit_code`].
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub enum InitError {
     BadDest { path: PathBuf, reason: String },
     #[error("artifact {uri} not available: {reason}")]
     NotFound { uri: String, reason: String },
+    #[error("artifact {uri} refused: {reason} (check the Model's credentialsSecret)")]
+    Denied { uri: String, reason: String },
     // --- transient (exit 3 once retries are exhausted) ---
     #[error("{what}: {reason}")]
     Transient { what: String, reason: String },
@@ -101,7 +105,8 @@ impl InitError {
             | InitError::UnsupportedScheme { .. }
             | InitError::BadSha256 { .. }
             | InitError::BadDest { .. }
-            | InitError::NotFound { .. } => 2,
+            | InitError::NotFound { .. }
+            | InitError::Denied { .. } => 2,
             InitError::Transient { .. }
             | InitError::RetriesExhausted { .. }
             | InitError::LockTimeout { .. } => 3,
@@ -170,8 +175,10 @@ pub struct FetchRequest {
     pub dest: PathBuf,
     pub limits: Limits,
     pub retry: RetryPolicy,
-    /// Connect / response / per-read timeout for HTTP.
+    /// Connect / response / per-read timeout for HTTP and object storage.
     pub http_timeout: Duration,
+    /// Object storage credentials and settings (`s3://`, `gs://`); empty: the ambient identity.
+    pub credentials: Credentials,
     /// A lock whose holder has not refreshed it for this long is stale and taken over.
     pub lock_stale_after: Duration,
     /// How long a second replica waits for the first one before giving up (exit 3).
@@ -191,6 +198,7 @@ impl FetchRequest {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             http_timeout: Duration::from_secs(30),
+            credentials: Credentials::default(),
             lock_stale_after: Duration::from_secs(120),
             lock_wait: Duration::from_secs(3600),
         }
@@ -315,7 +323,7 @@ fn single_file_name(uri: &str) -> String {
 /// Fetch `req.uri` into `req.dest` and return `req.dest`. Blocking.
 pub fn fetch(req: &FetchRequest, progress: &dyn Progress) -> Result<PathBuf, InitError> {
     let sha = normalize_sha256(&req.sha256)?;
-    let source = source_for(&req.uri, req.http_timeout)?;
+    let source = source_for(&req.uri, req.http_timeout, &req.credentials)?;
     fetch_with(req, &sha, source.as_ref(), progress)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
-use mlep_model_init::{fetch, FetchRequest, Limits, LogProgress, RetryPolicy};
+use mlep_model_init::{fetch, Credentials, FetchRequest, Limits, LogProgress, RetryPolicy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,7 +18,10 @@ use mlep_model_init::{fetch, FetchRequest, Limits, LogProgress, RetryPolicy};
     about = "Fetch, verify, unpack and publish a model artifact"
 )]
 struct Args {
-    /// Artifact URI: http(s)://... or file:///absolute/path.
+    /// Artifact URI: http(s)://..., s3://bucket/key, gs://bucket/object, pvc://claim/path or
+    /// file:///absolute/path. Object storage credentials come from the environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+    /// AWS_ENDPOINT_URL, GOOGLE_SERVICE_ACCOUNT_KEY), else the ambient identity.
     #[arg(long, env = ENV_ARTIFACT_URI)]
     uri: String,
     /// Expected sha256 of the artifact (64 hex digits, optional `sha256:` prefix).
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
     };
     req.http_timeout = Duration::from_secs(args.http_timeout_seconds);
+    req.credentials = Credentials::from_env();
     req.lock_stale_after = Duration::from_secs(args.lock_stale_seconds);
     req.lock_wait = Duration::from_secs(args.lock_wait_seconds);
     match fetch(&req, &LogProgress::default()) {

@@ -1,10 +1,19 @@
-//! Where artifacts come from. One [`Source`] per URI scheme; `s3://`, `gs://` and `pvc://`
-//! plug in here later by adding an implementation and a line in [`source_for`].
+//! Where artifacts come from. One [`Source`] per URI scheme, chosen by [`source_for`] from the
+//! contract's parse of the URI (`mlep_contract::artifact`): http(s) with ureq, `file://` and
+//! `pvc://` (a claim the operator mounts under `PVC_MOUNT_ROOT`) from the file system, `s3://`
+//! and `gs://` with Apache Arrow's `object_store`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
+use mlep_contract::artifact::ArtifactLocation;
+use mlep_contract::names::{OBJECT_STORE_ENV, PVC_MOUNT_ROOT};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::InitError;
 
@@ -41,14 +50,272 @@ pub fn scheme_of(uri: &str) -> Result<String, InitError> {
 }
 
 /// The source for a URI's scheme.
-pub fn source_for(uri: &str, http_timeout: Duration) -> Result<Box<dyn Source>, InitError> {
-    match scheme_of(uri)?.as_str() {
-        "http" | "https" => Ok(Box::new(HttpSource::new(http_timeout))),
-        "file" => Ok(Box::new(FileSource)),
-        other => Err(InitError::UnsupportedScheme {
-            scheme: other.to_string(),
-            supported: "http, https, file (s3, gs, pvc are planned)",
+pub fn source_for(
+    uri: &str,
+    timeout: Duration,
+    credentials: &Credentials,
+) -> Result<Box<dyn Source>, InitError> {
+    let scheme = scheme_of(uri)?;
+    if !["http", "https", "file", "s3", "gs", "pvc"].contains(&scheme.as_str()) {
+        return Err(InitError::UnsupportedScheme {
+            scheme,
+            supported: mlep_contract::artifact::SCHEMES,
+        });
+    }
+    // `file:` keeps its own, older rules (`file://localhost/...`); the rest parse as the
+    // operator validated them.
+    if scheme == "file" {
+        return Ok(Box::new(FileSource));
+    }
+    let location = ArtifactLocation::parse(uri).map_err(|reason| InitError::BadUri {
+        uri: uri.to_string(),
+        reason,
+    })?;
+    Ok(match location {
+        ArtifactLocation::Http { .. } => Box::new(HttpSource::new(timeout)),
+        ArtifactLocation::File { .. } => Box::new(FileSource),
+        ArtifactLocation::Pvc { claim, path } => Box::new(PvcSource {
+            file: format!("file://{PVC_MOUNT_ROOT}/{claim}/{path}"),
         }),
+        ArtifactLocation::S3 { .. } | ArtifactLocation::Gs { .. } => {
+            Box::new(ObjectSource::new(timeout, credentials.clone()))
+        }
+    })
+}
+
+/// Object storage settings by their environment names ([`OBJECT_STORE_ENV`]). `Debug` shows
+/// the names only, never a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Credentials {
+    /// The contract's names that are set (and not empty) in this process's environment.
+    pub fn from_env() -> Self {
+        Self::from_pairs(
+            OBJECT_STORE_ENV
+                .iter()
+                .filter_map(|k| Some((*k, std::env::var(k).ok()?))),
+        )
+    }
+
+    /// Only the contract's names are kept; empty values count as unset.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .filter(|(k, v)| OBJECT_STORE_ENV.contains(k) && !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// `pvc://claim/path`: the file under the claim's read-only mount (see `mlep-core`'s render).
+struct PvcSource {
+    file: String,
+}
+
+impl Source for PvcSource {
+    fn open(&self, uri: &str) -> Result<Download, InitError> {
+        FileSource.open(&self.file).map_err(|e| match e {
+            InitError::NotFound { reason, .. } => InitError::NotFound {
+                uri: uri.to_string(),
+                reason: format!(
+                    "{reason} (at {}; is the claim bound and the path right?)",
+                    &self.file["file://".len()..]
+                ),
+            },
+            other => other,
+        })
+    }
+}
+
+/// `s3://` and `gs://` through `object_store`. Its own retries are off (the fetch loop retries
+/// transient failures with its policy) and so is its whole-request timeout (a large model
+/// takes longer than any fixed bound): connect and every body chunk have `timeout` instead.
+pub struct ObjectSource {
+    timeout: Duration,
+    credentials: Credentials,
+}
+
+impl ObjectSource {
+    pub fn new(timeout: Duration, credentials: Credentials) -> Self {
+        Self {
+            timeout,
+            credentials,
+        }
+    }
+
+    fn store(
+        &self,
+        uri: &str,
+        location: &ArtifactLocation,
+    ) -> Result<Arc<dyn ObjectStore>, InitError> {
+        let bad = |reason: String| InitError::BadUri {
+            uri: uri.to_string(),
+            reason,
+        };
+        let options = object_store::ClientOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout_disabled();
+        let retry = object_store::RetryConfig {
+            max_retries: 0,
+            ..object_store::RetryConfig::default()
+        };
+        let c = &self.credentials;
+        match *location {
+            ArtifactLocation::S3 { bucket, .. } => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_client_options(options)
+                    .with_retry(retry);
+                for (key, value) in &c.0 {
+                    if let Ok(k) = key.to_ascii_lowercase().parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                if let Some(endpoint) = c.get("AWS_ENDPOINT_URL") {
+                    // The user named a plain-HTTP endpoint (an in-cluster server); allow it.
+                    b = b.with_allow_http(endpoint.starts_with("http://"));
+                }
+                b.build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                    .map_err(|e| bad(format!("S3 client: {e}")))
+            }
+            ArtifactLocation::Gs { bucket, .. } => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+                    .with_bucket_name(bucket)
+                    .with_client_options(options)
+                    .with_retry(retry);
+                if let Some(key) = c.get("GOOGLE_SERVICE_ACCOUNT_KEY") {
+                    b = b.with_service_account_key(key);
+                }
+                b.build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                    .map_err(|e| bad(format!("GCS client: {e}")))
+            }
+            _ => Err(bad("not an object storage URI".into())),
+        }
+    }
+}
+
+impl Source for ObjectSource {
+    fn open(&self, uri: &str) -> Result<Download, InitError> {
+        let location = ArtifactLocation::parse(uri).map_err(|reason| InitError::BadUri {
+            uri: uri.to_string(),
+            reason,
+        })?;
+        let key = match location {
+            ArtifactLocation::S3 { key, .. } | ArtifactLocation::Gs { key, .. } => key,
+            _ => "",
+        };
+        let store = self.store(uri, &location)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| InitError::Transient {
+                what: "starting the object storage client".into(),
+                reason: e.to_string(),
+            })?;
+        let path = object_store::path::Path::from(key);
+        let got = runtime
+            .block_on(async { tokio::time::timeout(self.timeout, store.get(&path)).await })
+            .map_err(|_| InitError::Transient {
+                what: format!("GET {uri}"),
+                reason: format!("no answer within {:?}", self.timeout),
+            })?
+            .map_err(|e| classify_object_store(uri, e))?;
+        let total = Some(got.meta.size);
+        Ok(Download {
+            reader: Box::new(ObjectReader {
+                runtime,
+                stream: got.into_stream(),
+                chunk: bytes::Bytes::new(),
+                timeout: self.timeout,
+            }),
+            total,
+        })
+    }
+}
+
+/// A blocking reader over an object's body stream: each `read` drives the runtime until the
+/// next chunk arrives (or `timeout` passes without one).
+struct ObjectReader {
+    runtime: tokio::runtime::Runtime,
+    stream: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+    timeout: Duration,
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            let next = self
+                .runtime
+                .block_on(async { tokio::time::timeout(self.timeout, self.stream.next()).await });
+            match next {
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data for {:?}", self.timeout),
+                    ))
+                }
+                Ok(None) => return Ok(0),
+                Ok(Some(Err(e))) => return Err(std::io::Error::other(e.to_string())),
+                Ok(Some(Ok(bytes))) => self.chunk = bytes,
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Missing objects and refused credentials are the user's to fix (not retried); the rest
+/// (connect errors, 5xx, throttling) may pass.
+fn classify_object_store(uri: &str, e: object_store::Error) -> InitError {
+    match e {
+        object_store::Error::NotFound { .. } => InitError::NotFound {
+            uri: uri.to_string(),
+            reason: "no such object".into(),
+        },
+        object_store::Error::PermissionDenied { source, .. }
+        | object_store::Error::Unauthenticated { source, .. } => InitError::Denied {
+            uri: uri.to_string(),
+            reason: concise(&source.to_string()),
+        },
+        other => InitError::Transient {
+            what: format!("GET {uri}"),
+            reason: concise(&other.to_string()),
+        },
+    }
+}
+
+/// An S3 error as `<Code>: <Message>` (the XML body echoes the whole signed request, which is
+/// noise in a status condition); other errors clipped to 300 characters.
+fn concise(error: &str) -> String {
+    let tag = |name: &str| {
+        let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+        let start = error.find(&open)? + open.len();
+        let len = error[start..].find(&close)?;
+        Some(&error[start..start + len])
+    };
+    if let (Some(code), Some(message)) = (tag("Code"), tag("Message")) {
+        return format!("{code}: {message}");
+    }
+    match error.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &error[..i]),
+        None => error.to_string(),
     }
 }
 
@@ -194,6 +461,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn s3_errors_are_told_by_code_and_message_without_the_echoed_request() {
+        let xml = "Error performing GET http://h/b/k - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match.</Message><CanonicalRequest>GET ...</CanonicalRequest></Error>";
+        assert_eq!(
+            concise(xml),
+            "SignatureDoesNotMatch: The request signature we calculated does not match."
+        );
+        assert_eq!(concise(&"x".repeat(400)).len(), 303);
+        assert_eq!(concise("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn a_pvc_artifact_is_read_from_the_claims_mount_and_a_missing_file_names_where() {
+        let src = source_for(
+            "pvc://model-store/titanic/v1.tar.gz",
+            Duration::from_secs(1),
+            &Credentials::default(),
+        )
+        .unwrap();
+        let err = src
+            .open("pvc://model-store/titanic/v1.tar.gz")
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("artifact pvc://model-store/titanic/v1.tar.gz not available"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{PVC_MOUNT_ROOT}/model-store/titanic/v1.tar.gz")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn credentials_keep_only_the_contracts_names_and_never_print_values() {
+        let c = Credentials::from_pairs([
+            ("AWS_ACCESS_KEY_ID", "id".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "very-secret".to_string()),
+            ("AWS_SESSION_TOKEN", String::new()),
+            ("PATH", "/bin".to_string()),
+        ]);
+        let shown = format!("{c:?}");
+        assert_eq!(shown, r#"{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}"#);
+    }
+
+    #[test]
     fn file_uris_must_be_absolute() {
         assert_eq!(
             file_uri_path("file:///opt/m.tar.gz").unwrap(),
@@ -211,11 +525,24 @@ mod tests {
 
     #[test]
     fn unknown_scheme_is_a_clear_bad_input_error() {
-        let err = source_for("s3://bucket/key", Duration::from_secs(1))
-            .err()
-            .unwrap();
+        let err = source_for(
+            "ftp://host/key",
+            Duration::from_secs(1),
+            &Credentials::default(),
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("s3"), "{err}");
+        assert!(err.to_string().contains("ftp"), "{err}");
+        let err = source_for(
+            "pvc://claim/../etc/passwd",
+            Duration::from_secs(1),
+            &Credentials::default(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("`..`"), "{err}");
         assert!(matches!(
             scheme_of("no-scheme"),
             Err(InitError::BadUri { .. })

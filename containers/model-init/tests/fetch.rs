@@ -401,10 +401,10 @@ fn exhausted_retries_exit_3_and_permanent_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(missing.hits.load(Ordering::SeqCst), 1, "404 is not retried");
 
-    let out = run("s3://bucket/titanic.tar.gz", &sum, &dest, &[]);
+    let out = run("ftp://host/titanic.tar.gz", &sum, &dest, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("unsupported artifact URI scheme \"s3\""),
+        stderr(&out).contains("unsupported artifact URI scheme \"ftp\""),
         "{}",
         stderr(&out)
     );

@@ -17,6 +17,7 @@ fn model(name: &str) -> Model {
             artifact: Some(Artifact {
                 uri: format!("https://example.com/{name}.tar.gz"),
                 sha256: "a".repeat(64),
+                credentials_secret: None,
             }),
             port: Some(9000),
             env: vec![],
@@ -172,6 +173,89 @@ fn deployment_follows_the_sagemaker_contract_and_runs_locked_down() {
         cfg["proxyStatsMatcher"]["inclusionPrefixes"],
         json!([STATS_PREFIX])
     );
+}
+
+#[test]
+fn object_storage_credentials_reach_model_init_by_reference_and_a_claim_is_mounted_read_only() {
+    let ep = endpoint();
+    let mut models = models();
+    let art = |uri: &str, secret: Option<&str>| Artifact {
+        uri: uri.into(),
+        sha256: "a".repeat(64),
+        credentials_secret: secret.map(Into::into),
+    };
+    models.get_mut("m1").unwrap().artifact = Some(art("s3://models/m1.tar.gz", Some("s3-creds")));
+    models.get_mut("m2").unwrap().artifact = Some(art("pvc://model-store/m2/v1.tar.gz", None));
+    let objs = render_endpoint(
+        &ep,
+        "ml",
+        &models,
+        &Plan::assume_ready(&ep.spec),
+        None,
+        KEY,
+        &RenderSettings::default(),
+    )
+    .unwrap()
+    .objects;
+    let pod = |name: &str| find(&objs, "Deployment", name)["spec"]["template"]["spec"].clone();
+    let s3 = pod("titanic-a-m1");
+    let init = &s3["initContainers"][0];
+    let env = init["env"].as_array().unwrap();
+    // Every contract key, by reference, optional; nothing else of the Secret; no value inline.
+    let from_secret: Vec<_> = env
+        .iter()
+        .filter(|e| e.get("valueFrom").is_some())
+        .map(|e| {
+            assert_eq!(e["valueFrom"]["secretKeyRef"]["name"], "s3-creds");
+            assert_eq!(e["valueFrom"]["secretKeyRef"]["key"], e["name"]);
+            assert_eq!(e["valueFrom"]["secretKeyRef"]["optional"], true);
+            assert!(e.get("value").is_none());
+            e["name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(from_secret, mlep_contract::names::OBJECT_STORE_ENV);
+    assert!(s3
+        .get("volumes")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["name"] != "artifact-pvc"));
+    // The model container sees none of it.
+    assert!(s3["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e.get("valueFrom").is_none()));
+
+    let pvc = pod("titanic-b-m2");
+    let vol = pvc["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "artifact-pvc")
+        .unwrap();
+    assert_eq!(
+        vol["persistentVolumeClaim"],
+        json!({"claimName": "model-store", "readOnly": true})
+    );
+    let init = &pvc["initContainers"][0];
+    assert!(init["volumeMounts"].as_array().unwrap().contains(&json!({
+        "name": "artifact-pvc",
+        "mountPath": format!("{}/model-store", mlep_contract::names::PVC_MOUNT_ROOT),
+        "readOnly": true
+    })));
+    assert!(init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e.get("valueFrom").is_none()));
+    // Only the init container mounts the claim.
+    assert!(pvc["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["name"] != "artifact-pvc"));
 }
 
 #[test]

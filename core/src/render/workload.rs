@@ -17,15 +17,20 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
-    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::Resource as _;
+use mlep_contract::artifact::ArtifactLocation;
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL as SHADOW;
-use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
+use mlep_contract::names::{
+    ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR, OBJECT_STORE_ENV,
+    PVC_MOUNT_ROOT,
+};
 
 /// Seconds a model pod keeps serving after it is told to stop (preStop sleep).
 pub const DRAIN_SECONDS: i64 = 5;
@@ -75,7 +80,21 @@ pub(super) fn deployment(
     if let Some(a) = &model.artifact {
         volumes.push(empty_dir("model"));
         mounts.push(mount("model", MODEL_DIR, Some(true)));
-        init.push(model_init_container(ctx, a));
+        let claim = match ArtifactLocation::parse(&a.uri) {
+            Ok(ArtifactLocation::Pvc { claim, .. }) => Some(claim),
+            _ => None,
+        };
+        if let Some(claim) = claim {
+            volumes.push(Volume {
+                name: "artifact-pvc".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.into(),
+                    read_only: Some(true),
+                }),
+                ..Volume::default()
+            });
+        }
+        init.push(model_init_container(ctx, a, claim));
     }
     let container = model_container(model, mounts, resources);
     // Istio exports only allow-listed proxy stats; the filter's metrics are `wasmcustom.mlep*`.
@@ -125,25 +144,48 @@ fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMount {
 }
 
 /// The init container fetching and verifying the artifact into the model volume
-/// (`mlep-model-init`, configured through the contract's environment names).
-fn model_init_container(ctx: &Ctx, a: &Artifact) -> Container {
+/// (`mlep-model-init`, configured through the contract's environment names). Object storage
+/// credentials: only the contract's keys of the named Secret, each optional, by reference (the
+/// kubelet resolves them; the operator never reads Secrets). A `pvc://` claim is mounted
+/// read-only under [`PVC_MOUNT_ROOT`].
+fn model_init_container(ctx: &Ctx, a: &Artifact, claim: Option<&str>) -> Container {
     let env = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
         ..EnvVar::default()
     };
+    let mut vars = vec![
+        env(ENV_ARTIFACT_URI, &a.uri),
+        env(ENV_ARTIFACT_SHA256, &a.sha256),
+        env(ENV_MODEL_DIR, MODEL_DIR),
+    ];
+    if let Some(secret) = &a.credentials_secret {
+        vars.extend(OBJECT_STORE_ENV.iter().map(|key| EnvVar {
+            name: (*key).into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: (*key).into(),
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }));
+    }
+    let mut mounts = vec![mount("model", MODEL_DIR, None), mount("tmp", "/tmp", None)];
+    if let Some(claim) = claim {
+        mounts.push(mount(
+            "artifact-pvc",
+            &format!("{PVC_MOUNT_ROOT}/{claim}"),
+            Some(true),
+        ));
+    }
     Container {
         name: "model-init".into(),
         image: Some(ctx.settings.model_init_image.clone()),
-        env: Some(vec![
-            env(ENV_ARTIFACT_URI, &a.uri),
-            env(ENV_ARTIFACT_SHA256, &a.sha256),
-            env(ENV_MODEL_DIR, MODEL_DIR),
-        ]),
-        volume_mounts: Some(vec![
-            mount("model", MODEL_DIR, None),
-            mount("tmp", "/tmp", None),
-        ]),
+        env: Some(vars),
+        volume_mounts: Some(mounts),
         security_context: Some(init_security()),
         ..Container::default()
     }
