@@ -11,12 +11,14 @@
 //! - [`metrics`]: metric and header names, shared by filter, operator and local mode.
 //! - [`rollout`]: which of a variant's buckets a rollout has moved to its new model.
 //! - [`artifact`]: the artifact URI forms (https, file, s3, gs, pvc), parsed once for all.
+//! - [`capture`]: data capture's ingest headers, record shape and object layout.
 //! - [`names`]: the model directory and environment names shared with the containers.
 
 #![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod artifact;
+pub mod capture;
 pub mod config;
 pub mod hash;
 pub mod latency;

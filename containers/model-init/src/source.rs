@@ -115,7 +115,7 @@ impl Credentials {
         )
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
 }
@@ -140,9 +140,8 @@ impl Source for PvcSource {
     }
 }
 
-/// `s3://` and `gs://` through `object_store`. Its own retries are off (the fetch loop retries
-/// transient failures with its policy) and so is its whole-request timeout (a large model
-/// takes longer than any fixed bound): connect and every body chunk have `timeout` instead.
+/// `s3://` and `gs://` through `object_store` ([`object_store_for`]); the fetch loop retries
+/// transient failures, and every body chunk must arrive within `timeout`.
 pub struct ObjectSource {
     timeout: Duration,
     credentials: Credentials,
@@ -155,57 +154,57 @@ impl ObjectSource {
             credentials,
         }
     }
+}
 
-    fn store(
-        &self,
-        uri: &str,
-        location: &ArtifactLocation,
-    ) -> Result<Arc<dyn ObjectStore>, InitError> {
-        let bad = |reason: String| InitError::BadUri {
-            uri: uri.to_string(),
-            reason,
-        };
-        let options = object_store::ClientOptions::new()
-            .with_connect_timeout(self.timeout)
-            .with_timeout_disabled();
-        let retry = object_store::RetryConfig {
-            max_retries: 0,
-            ..object_store::RetryConfig::default()
-        };
-        let c = &self.credentials;
-        match *location {
-            ArtifactLocation::S3 { bucket, .. } => {
-                let mut b = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(bucket)
-                    .with_client_options(options)
-                    .with_retry(retry);
-                for (key, value) in &c.0 {
-                    if let Ok(k) = key.to_ascii_lowercase().parse() {
-                        b = b.with_config(k, value);
-                    }
+/// A client for the bucket of an `s3://` or `gs://` location, configured from `credentials`
+/// (the contract's names): also what the capture sink writes with. `object_store`'s own
+/// retries are off (callers retry with their own policy) and so is its whole-request timeout
+/// (a large model takes longer than any fixed bound): connecting has `connect_timeout`.
+pub fn object_store_for(
+    location: &ArtifactLocation,
+    credentials: &Credentials,
+    connect_timeout: Duration,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let options = object_store::ClientOptions::new()
+        .with_connect_timeout(connect_timeout)
+        .with_timeout_disabled();
+    let retry = object_store::RetryConfig {
+        max_retries: 0,
+        ..object_store::RetryConfig::default()
+    };
+    let c = credentials;
+    match *location {
+        ArtifactLocation::S3 { bucket, .. } => {
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_client_options(options)
+                .with_retry(retry);
+            for (key, value) in &c.0 {
+                if let Ok(k) = key.to_ascii_lowercase().parse() {
+                    b = b.with_config(k, value);
                 }
-                if let Some(endpoint) = c.get("AWS_ENDPOINT_URL") {
-                    // The user named a plain-HTTP endpoint (an in-cluster server); allow it.
-                    b = b.with_allow_http(endpoint.starts_with("http://"));
-                }
-                b.build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                    .map_err(|e| bad(format!("S3 client: {e}")))
             }
-            ArtifactLocation::Gs { bucket, .. } => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
-                    .with_bucket_name(bucket)
-                    .with_client_options(options)
-                    .with_retry(retry);
-                if let Some(key) = c.get("GOOGLE_SERVICE_ACCOUNT_KEY") {
-                    b = b.with_service_account_key(key);
-                }
-                b.build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                    .map_err(|e| bad(format!("GCS client: {e}")))
+            if let Some(endpoint) = c.get("AWS_ENDPOINT_URL") {
+                // The user named a plain-HTTP endpoint (an in-cluster server); allow it.
+                b = b.with_allow_http(endpoint.starts_with("http://"));
             }
-            _ => Err(bad("not an object storage URI".into())),
+            b.build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                .map_err(|e| format!("S3 client: {e}"))
         }
+        ArtifactLocation::Gs { bucket, .. } => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+                .with_bucket_name(bucket)
+                .with_client_options(options)
+                .with_retry(retry);
+            if let Some(key) = c.get("GOOGLE_SERVICE_ACCOUNT_KEY") {
+                b = b.with_service_account_key(key);
+            }
+            b.build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                .map_err(|e| format!("GCS client: {e}"))
+        }
+        _ => Err("not an object storage location (s3:// or gs://)".into()),
     }
 }
 
@@ -219,7 +218,13 @@ impl Source for ObjectSource {
             ArtifactLocation::S3 { key, .. } | ArtifactLocation::Gs { key, .. } => key,
             _ => "",
         };
-        let store = self.store(uri, &location)?;
+        let store =
+            object_store_for(&location, &self.credentials, self.timeout).map_err(|reason| {
+                InitError::BadUri {
+                    uri: uri.to_string(),
+                    reason,
+                }
+            })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
