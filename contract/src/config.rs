@@ -74,6 +74,55 @@ pub struct EndpointConfig {
     pub routing: RoutingConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureConfig>,
+}
+
+/// Data capture: a sampled share of the endpoint's invocations (request and/or response) sent,
+/// after the response, to the capture sink (`crate::capture`), never delaying or failing the
+/// request: a full queue or a failing sink drops the record and counts it
+/// ([`crate::metrics::CAPTURE_RECORDS_TOTAL`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Envoy cluster of the sink.
+    pub cluster: String,
+    /// `:authority` of the calls (defaults to the cluster name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Share of invocations captured, 0..=100 (fractions allowed).
+    pub percent: f64,
+    /// Capture the request body.
+    #[serde(default = "default_true")]
+    pub request: bool,
+    /// Capture the response body.
+    #[serde(default = "default_true")]
+    pub response: bool,
+    /// Largest body captured; a larger one is recorded as skipped (`too_large`).
+    #[serde(default = "default_capture_max_payload_bytes")]
+    pub max_payload_bytes: u32,
+    /// Content types captured (media type essences); others are recorded as skipped
+    /// (`content_type`). Empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_types: Vec<String>,
+    /// Timeout of a call to the sink.
+    #[serde(default = "default_capture_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+/// Default largest captured body (`CaptureConfig::max_payload_bytes`).
+pub const DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES: u32 = 256 * 1024;
+/// Default sink call timeout (`CaptureConfig::timeout_ms`).
+pub const DEFAULT_CAPTURE_TIMEOUT_MS: u32 = 2000;
+/// Largest `maxPayloadBytes` accepted: the filter holds up to two such bodies per captured
+/// invocation in the VM until the sink has them.
+pub const MAX_CAPTURE_PAYLOAD_BYTES: u32 = 4 * 1024 * 1024;
+
+fn default_capture_max_payload_bytes() -> u32 {
+    DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES
+}
+fn default_capture_timeout_ms() -> u32 {
+    DEFAULT_CAPTURE_TIMEOUT_MS
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +430,9 @@ impl EndpointConfig {
             })?;
         self.validate_rollouts(at)?;
         self.validate_routing(at)?;
+        if let Some(c) = &self.capture {
+            c.validate(&format!("{at}.capture"))?;
+        }
         if let Some(s) = &self.shadow {
             s.validate(&format!("{at}.shadow"))?;
             if let Some(v) = &s.variant {
@@ -516,6 +568,46 @@ impl EndpointConfig {
             return Err(ConfigError::new(
                 format!("{at}.routing.sticky.cookie"),
                 format!("{:?} is not a cookie name", self.cookie_name()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CaptureConfig {
+    /// `at` is this capture's path, e.g. `endpoints[0].capture`.
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.cluster.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.cluster"),
+                "must not be empty",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.percent) {
+            return Err(ConfigError::new(
+                format!("{at}.percent"),
+                format!("{} must be within 0..=100", self.percent),
+            ));
+        }
+        if !(self.request || self.response) {
+            return Err(ConfigError::new(
+                format!("{at}.request"),
+                "capture the request, the response or both",
+            ));
+        }
+        if self.max_payload_bytes > MAX_CAPTURE_PAYLOAD_BYTES {
+            return Err(ConfigError::new(
+                format!("{at}.maxPayloadBytes"),
+                format!(
+                    "{} is over the limit of {MAX_CAPTURE_PAYLOAD_BYTES}",
+                    self.max_payload_bytes
+                ),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new(
+                format!("{at}.timeoutMs"),
+                "must be positive",
             ));
         }
         Ok(())

@@ -29,8 +29,8 @@ pub mod rollout;
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
     carry_allocation, is_cookie_name, is_dns_label, is_header_name, is_route_key, routed_value,
-    CompareConfig, CompareMode, ConfigError, EndpointConfig, FilterConfig, RoutingConfig,
-    ShadowConfig, StickyConfig, UnknownTarget, VariantConfig, CONFIG_VERSION,
+    CaptureConfig, CompareConfig, CompareMode, ConfigError, EndpointConfig, FilterConfig,
+    RoutingConfig, ShadowConfig, StickyConfig, UnknownTarget, VariantConfig, CONFIG_VERSION,
 };
 pub use hash::{bucket_of, hash_key};
 pub use rollout::{RolloutSplit, Span};

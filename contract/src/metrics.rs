@@ -21,6 +21,9 @@ pub const ASSIGNMENTS_TOTAL: &str = "mlep_assignments_total"; // + reason=sticky
 pub const SHADOW_REQUESTS_TOTAL: &str = "mlep_shadow_requests_total"; // + outcome
 pub const SHADOW_AGREEMENT_TOTAL: &str = "mlep_shadow_agreement_total"; // + result=match|mismatch
 pub const CONFIG_ERRORS_TOTAL: &str = "mlep_config_errors_total";
+/// Captured invocations by what became of them (`endpoint`, `namespace`, `outcome`: a
+/// [`CaptureOutcome`]).
+pub const CAPTURE_RECORDS_TOTAL: &str = "mlep_capture_records_total";
 /// Histogram, microseconds: the model's own time for a request, as the model server reports it
 /// (`Server-Timing: model;dur=<ms>`, [`crate::latency`]), else the upstream time the proxy
 /// measured (request headers to response headers). SageMaker's `ModelLatency`, in its unit.
@@ -316,6 +319,18 @@ label_values! {
         Error => "error",
         Timeout => "timeout",
         Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// `mlep_capture_records_total{outcome}`.
+    CaptureOutcome {
+        /// The sink took it (2xx).
+        Sent => "sent",
+        /// The VM's capture queue was full: dropped without a call.
+        QueueFull => "queue_full",
+        /// The sink refused it, timed out or could not be reached.
+        SinkError => "sink_error",
     }
 }
 

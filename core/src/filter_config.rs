@@ -84,6 +84,7 @@ pub fn endpoint_config(
         allocation,
         routing,
         shadow,
+        capture: None,
     };
     Ok(cfg)
 }

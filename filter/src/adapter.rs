@@ -14,7 +14,7 @@ use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::{Hub, ENVOY_TIMEOUT_BODY};
 use crate::stream::{count, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
-use mlep_contract::metrics::{CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
+use mlep_contract::metrics::{CaptureOutcome, CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -228,11 +228,43 @@ impl Root {
         }
     }
 
-    /// Send every queued copy; runs only in root callbacks, so the root owns the calls.
+    /// Send every queued copy and capture record; runs only in root callbacks, so the root
+    /// owns the calls.
     fn flush(&mut self) {
         let Some(cfg) = self.config.clone() else {
             return;
         };
+        let records = self.hub.borrow_mut().captures.drain();
+        for (ep, o) in records {
+            let Some(c) = cfg.endpoints.get(ep).and_then(|e| e.capture.as_ref()) else {
+                continue;
+            };
+            let headers: Vec<(&str, &str)> = o
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let timeout = Duration::from_millis(u64::from(c.timeout_ms));
+            match hostcalls::dispatch_http_call(
+                &c.cluster,
+                headers,
+                Some(o.body.as_slice()),
+                vec![],
+                timeout,
+            ) {
+                Ok(token) => self.hub.borrow_mut().captures.sent(token, ep),
+                Err(status) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "mlep: capture call to cluster {} failed: {status:?}",
+                            c.cluster
+                        ),
+                    );
+                    self.host().increment(c.outcome(CaptureOutcome::SinkError));
+                }
+            }
+        }
         let out = self.hub.borrow_mut().drain();
         let mut host = self.host();
         for o in out {
@@ -277,7 +309,11 @@ impl Root {
     fn retune_tick(&mut self) {
         let slow_down = {
             let mut hub = self.hub.borrow_mut();
-            let slow_down = hub.tick_armed && hub.queued() == 0 && hub.in_flight() == 0;
+            let slow_down = hub.tick_armed
+                && hub.queued() == 0
+                && hub.in_flight() == 0
+                && hub.captures.queued() == 0
+                && hub.captures.in_flight() == 0;
             if slow_down {
                 hub.tick_armed = false;
             }
@@ -317,6 +353,14 @@ impl Context for Root {
         } else {
             None
         };
+        let capture = self.hub.borrow_mut().captures.answered(token, status);
+        if let Some((ep, outcome)) = capture {
+            if let Some(c) = cfg.endpoints.get(ep).and_then(|e| e.capture.as_ref()) {
+                self.host().increment(c.outcome(outcome));
+            }
+            self.flush();
+            return;
+        }
         // Envoy's own timeout reply is read too (24 bytes), so it counts as `timeout` however
         // late the event loop delivered it (see `shadow::ENVOY_TIMEOUT_BODY`).
         let envoy_timeout = status == Some(504) && body_size == ENVOY_TIMEOUT_BODY.len();

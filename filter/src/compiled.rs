@@ -3,7 +3,9 @@
 
 use crate::host::{MetricId, MetricKind, MetricSink};
 use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
-use mlep_contract::metrics::{self as m, stat_name, Agreement, CodeClass, Outcome, Reason};
+use mlep_contract::metrics::{
+    self as m, stat_name, Agreement, CaptureOutcome, CodeClass, Outcome, Reason,
+};
 use mlep_contract::{routed_value, CompareMode, ConfigError, FilterConfig, UnknownTarget};
 use std::collections::HashMap;
 
@@ -44,6 +46,8 @@ impl VariantMetrics {
 #[derive(Debug, Clone)]
 pub struct Variant {
     pub name: String,
+    /// The model serving this entry (data capture records name it).
+    pub model: String,
     /// The value of [`m::VARIANT_HEADER`] the routes match (`mlep_contract::routed_value`).
     pub routed: String,
     /// What to do with [`m::MODEL_HEADER`] (only variants with a rollout touch it).
@@ -106,6 +110,28 @@ impl Shadow {
     }
 }
 
+/// An endpoint's data capture (`mlep_contract::CaptureConfig`), compiled.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    pub cluster: String,
+    pub authority: String,
+    /// Sampling threshold out of 1,000,000.
+    pub per_million: u64,
+    pub request: bool,
+    pub response: bool,
+    pub max_payload_bytes: usize,
+    pub content_types: Vec<String>,
+    pub timeout_ms: u32,
+    /// `mlep_capture_records_total`, indexed by [`CaptureOutcome::index`].
+    pub outcomes: [MetricId; CaptureOutcome::COUNT],
+}
+
+impl Capture {
+    pub fn outcome(&self, outcome: CaptureOutcome) -> MetricId {
+        self.outcomes[outcome.index()]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub name: String,
@@ -124,6 +150,7 @@ pub struct Endpoint {
     /// `"validVariants":[...]` rendered once for 400 replies.
     pub valid_variants_json: String,
     pub shadow: Option<Shadow>,
+    pub capture: Option<Capture>,
     /// Read every request header in one host call: the shadow samples every request, so its
     /// copy needs them all anyway (else the few assignment needs are read one by one).
     pub read_all_headers: bool,
@@ -249,6 +276,7 @@ impl Compiled {
             for v in &ep.variants {
                 variants.push(Variant {
                     name: v.name.clone(),
+                    model: v.model.clone(),
                     routed: routed_value(&v.name, &ep.route_key),
                     model_header: match v.rollout {
                         Some(_) => ModelHeader::Remove,
@@ -281,6 +309,7 @@ impl Compiled {
                 }
                 variants.push(Variant {
                     name: v.name.clone(),
+                    model: r.model.clone(),
                     routed: routed_value(&v.name, &ep.route_key),
                     model_header: ModelHeader::Set(routed_value(&r.model, &ep.route_key)),
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
@@ -335,6 +364,32 @@ impl Compiled {
                     })
                 }
             };
+            let capture = match &ep.capture {
+                None => None,
+                Some(cc) => {
+                    let labels = [
+                        (m::LABEL_ENDPOINT, ep.name.as_str()),
+                        (m::LABEL_NAMESPACE, ep.namespace.as_str()),
+                    ];
+                    let outcomes = per_value(CaptureOutcome::ALL, |o| {
+                        let mut l = labels.to_vec();
+                        l.push((m::LABEL_OUTCOME, o.label()));
+                        define(MetricKind::Counter, stat_name(m::CAPTURE_RECORDS_TOTAL, &l))
+                    })?;
+                    Some(Capture {
+                        cluster: cc.cluster.clone(),
+                        authority: cc.authority.clone().unwrap_or_else(|| cc.cluster.clone()),
+                        // percent is validated to 0..=100.
+                        per_million: (cc.percent * 10_000.0).round() as u64,
+                        request: cc.request,
+                        response: cc.response,
+                        max_payload_bytes: cc.max_payload_bytes as usize,
+                        content_types: cc.content_types.clone(),
+                        timeout_ms: cc.timeout_ms,
+                        outcomes,
+                    })
+                }
+            };
             let r = &ep.routing;
             let max_age = r
                 .sticky
@@ -354,6 +409,7 @@ impl Compiled {
                 variants,
                 read_all_headers: shadow.as_ref().is_some_and(|s| s.per_million >= 1_000_000),
                 shadow,
+                capture,
             });
         }
         out.virtual_hosts = cfg

@@ -13,6 +13,7 @@
 //! `adapter` (wasm32 only, not in test builds) is the one file that talks to proxy-wasm.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod compare;
 pub mod compiled;
 pub mod host;

@@ -108,7 +108,11 @@ pub fn decide<H: Headers + ?Sized>(ep: &Endpoint, headers: &H, host: &mut dyn Ho
 }
 
 /// The request's sticky key: the sticky header, else the endpoint's cookie.
-fn sticky_key<H: Headers + ?Sized>(ep: &Endpoint, headers: &H, host: &dyn Host) -> Option<String> {
+pub fn sticky_key<H: Headers + ?Sized>(
+    ep: &Endpoint,
+    headers: &H,
+    host: &dyn Host,
+) -> Option<String> {
     if let Some(key) = ep
         .sticky_header
         .as_ref()
@@ -165,7 +169,7 @@ fn sticky(ep: &Endpoint, key: &str, reason: Reason, set_cookie: Option<String>) 
     }
 }
 
-fn cut(s: &str, max: usize) -> &str {
+pub fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

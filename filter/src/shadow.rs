@@ -77,6 +77,8 @@ pub struct Hub {
     bytes: usize,
     /// Set by whoever arms the root's fast tick; cleared by the root when the queue drains.
     pub tick_armed: bool,
+    /// Data capture records on their way to the sink (same root-owned calls).
+    pub captures: crate::capture::Queue,
 }
 
 impl Hub {

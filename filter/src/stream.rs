@@ -1,12 +1,13 @@
 //! One HTTP stream through the filter, driven by the adapter's callbacks. Pure: all host
 //! access goes through [`Host`], so the whole request path runs in native tests.
 
+use crate::capture::Record;
 use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
 use crate::request::{decide, Decision, FromHost};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
 use mlep_contract::latency::{model_duration_us, split, SERVER_TIMING_HEADER};
-use mlep_contract::metrics::{Agreement, CodeClass, MODEL_HEADER, VARIANT_HEADER};
+use mlep_contract::metrics::{Agreement, CaptureOutcome, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -45,6 +46,8 @@ pub struct Stream {
     shadow_id: Option<u64>,
     /// The primary body collected for comparison (`None` once it is over the cap).
     primary: Option<Vec<u8>>,
+    /// A data capture sample being collected (`crate::capture`).
+    record: Option<Box<Record>>,
     logged: bool,
 }
 
@@ -87,6 +90,7 @@ impl Stream {
             capture: None,
             shadow_id: None,
             primary: None,
+            record: None,
             logged: false,
         }
     }
@@ -157,27 +161,39 @@ impl Stream {
                         }
                     }
                 }
+                if let Some(c) = &ep.capture {
+                    if c.per_million > 0 && h.random() % 1_000_000 < c.per_million {
+                        self.start_record(h, ep_index);
+                    }
+                }
                 RequestAction::Continue
             }
         }
     }
 
     pub fn on_request_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
-        let Some(max) = self
-            .endpoint()
-            .and_then(|e| e.shadow.as_ref())
-            .map(|s| s.max_body_bytes)
-        else {
-            return;
-        };
-        if let Some(c) = &mut self.capture {
+        let Some(ep) = self.endpoint() else { return };
+        let shadow_max = ep.shadow.as_ref().map(|s| s.max_body_bytes);
+        let capture_max = ep.capture.as_ref().map_or(0, |c| c.max_payload_bytes);
+        let record_wants = self.record.as_ref().is_some_and(|r| r.input.wants());
+        // A chunk both the shadow copy and a capture need is read from the host once.
+        let mut shared = None;
+        if let (Some(max), Some(c)) = (shadow_max, &mut self.capture) {
             if c.body.len() + len > max {
                 self.capture = None;
                 self.count_outcome(h, Outcome::Skipped);
-                return;
+            } else if len > 0 {
+                let chunk = h.request_body(len);
+                if record_wants {
+                    shared = Some(chunk.clone());
+                }
+                append(&mut c.body, chunk);
             }
-            if len > 0 {
-                append(&mut c.body, h.request_body(len));
+        }
+        if let Some(r) = self.record.as_mut().filter(|_| record_wants) {
+            match &shared {
+                Some(chunk) => r.input.add_bytes(capture_max, chunk),
+                None => r.input.add(capture_max, len, || h.request_body(len)),
             }
         }
         if end_of_stream {
@@ -254,6 +270,15 @@ impl Stream {
         if let Some(c) = self.set_cookie.take() {
             h.add_response_header("set-cookie", &c);
         }
+        if let Some(r) = self.record.as_mut() {
+            if let Some(spec) = self
+                .assigned
+                .and_then(|(ep, _)| self.cfg.endpoints.get(ep))
+                .and_then(|e| e.capture.as_ref())
+            {
+                r.response_started(spec, h.response_header("content-type").unwrap_or_default());
+            }
+        }
         if end_of_stream {
             self.primary_finished(h);
         }
@@ -275,16 +300,39 @@ impl Stream {
     }
 
     pub fn on_response_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
-        let max = self
-            .endpoint()
-            .and_then(|e| e.shadow.as_ref())
-            .map_or(0, |s| s.max_body_bytes);
+        let (max, capture_max) = self.endpoint().map_or((0, 0), |e| {
+            (
+                e.shadow.as_ref().map_or(0, |s| s.max_body_bytes),
+                e.capture.as_ref().map_or(0, |c| c.max_payload_bytes),
+            )
+        });
+        let record_wants = self
+            .record
+            .as_ref()
+            .and_then(|r| r.output.as_ref())
+            .is_some_and(|(_, side)| side.wants());
+        let mut shared = None;
         if let Some(b) = &mut self.primary {
             if b.len() + len > max {
                 self.primary = None;
                 self.report_primary(h, None);
             } else if len > 0 {
-                append(b, h.response_body(len));
+                let chunk = h.response_body(len);
+                if record_wants {
+                    shared = Some(chunk.clone());
+                }
+                append(b, chunk);
+            }
+        }
+        if let Some((_, side)) = self
+            .record
+            .as_mut()
+            .and_then(|r| r.output.as_mut())
+            .filter(|_| record_wants)
+        {
+            match &shared {
+                Some(chunk) => side.add_bytes(capture_max, chunk),
+                None => side.add(capture_max, len, || h.response_body(len)),
             }
         }
         if end_of_stream {
@@ -295,6 +343,67 @@ impl Stream {
     fn primary_finished(&mut self, h: &mut dyn Host) {
         if let Some(b) = self.primary.take() {
             self.report_primary(h, Some(b));
+        }
+        self.finish_record(h, true);
+    }
+
+    /// Sample this invocation for data capture: its time, sticky key hash and request type.
+    fn start_record(&mut self, h: &mut dyn Host, ep_index: usize) {
+        let cfg = Rc::clone(&self.cfg);
+        let Some(ep) = cfg.endpoints.get(ep_index) else {
+            return;
+        };
+        let Some(spec) = &ep.capture else { return };
+        // The key the assignment used: the client's (header or cookie), else the one the
+        // filter just made for its cookie.
+        let key = crate::request::sticky_key(ep, &FromHost, &*h).or_else(|| {
+            let cookie = self.set_cookie.as_deref()?;
+            let value = cookie.split(';').next()?.split_once('=')?.1;
+            Some(value.to_owned())
+        });
+        let key_hash = key.map(|k| {
+            mlep_contract::hash::hash_key(
+                &ep.salt,
+                crate::request::cut(&k, crate::request::MAX_KEY_BYTES),
+            )
+        });
+        let input_type = h.request_header("content-type").unwrap_or_default();
+        self.record = Some(Box::new(Record::new(
+            spec,
+            h.now_ms(),
+            key_hash,
+            input_type,
+        )));
+    }
+
+    /// Queue the capture record for the sink: once the response ended (`complete`), or when
+    /// the stream ends before it did.
+    fn finish_record(&mut self, h: &mut dyn Host, complete: bool) {
+        let Some(r) = self.record.take() else { return };
+        let Some((ep_index, variant)) = self.assigned else {
+            return;
+        };
+        let cfg = Rc::clone(&self.cfg);
+        let Some(ep) = cfg.endpoints.get(ep_index) else {
+            return;
+        };
+        let (Some(spec), Some(v)) = (&ep.capture, ep.variants.get(variant)) else {
+            return;
+        };
+        let out = r.finish(spec, &ep.name, &v.name, &v.model, self.status, complete);
+        let (queued, wake) = {
+            let mut hub = self.hub.borrow_mut();
+            let queued = hub.captures.submit(ep_index, out);
+            let wake = queued && !hub.tick_armed;
+            if wake {
+                hub.tick_armed = true;
+            }
+            (queued, wake)
+        };
+        if !queued {
+            h.increment(spec.outcome(CaptureOutcome::QueueFull));
+        } else if wake {
+            h.wake_root();
         }
     }
 
@@ -318,6 +427,7 @@ impl Stream {
         if self.capture.take().is_some() {
             self.count_outcome(h, Outcome::Skipped);
         }
+        self.finish_record(h, false);
         let Some((ep, variant)) = self.assigned else {
             return;
         };

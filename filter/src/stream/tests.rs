@@ -534,3 +534,199 @@ fn a_stream_without_response_headers_records_its_duration_but_no_split() {
     assert!(recorded(&h, MODEL_LATENCY_US).is_empty());
     assert!(recorded(&h, OVERHEAD_LATENCY_US).is_empty());
 }
+
+/// The example config with data capture at `percent` (and the shadow off).
+fn with_capture<'a>(percent: &'a str, extra: &'a str) -> impl Fn(&str) -> String + 'a {
+    move |s: &str| {
+        s.replace("\"percent\": 10,", "\"percent\": 0,").replace(
+            "\"shadow\": {",
+            &format!(
+                "\"capture\": {{\"cluster\": \"sink\", \"authority\": \"sink.local\", \"percent\": {percent}, \"maxPayloadBytes\": 16{extra}}},\n\"shadow\": {{"
+            ),
+        )
+    }
+}
+
+fn ingest_header<'a>(o: &'a crate::capture::Outgoing, name: &str) -> Option<&'a str> {
+    o.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_captured_invocation_sends_request_and_response_once_the_response_ends() {
+    use mlep_contract::capture as c;
+    let (cfg, hub, mut h) = setup(with_capture("100", ""));
+    request(
+        &mut h,
+        &[
+            (":authority", "titanic.example.com"),
+            (":method", "POST"),
+            ("x-user-id", "u7"),
+            ("content-type", "text/csv"),
+        ],
+    );
+    h.response
+        .push(("content-type".into(), "application/json".into()));
+    h.now = 1_796_301_296_789;
+    let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+    s.on_request_headers(&mut h, false);
+    h.request_chunk = b"3,1,22".to_vec();
+    s.on_request_body(&mut h, 6, true);
+    s.on_response_headers(&mut h, false);
+    assert_eq!(
+        hub.borrow().captures.queued(),
+        0,
+        "not before the response ends"
+    );
+    h.response_chunk = b"[0.25]".to_vec();
+    s.on_response_body(&mut h, 6, true);
+    s.on_log(&mut h);
+    let sent = hub.borrow_mut().captures.drain();
+    assert_eq!(sent.len(), 1, "one record, not one more at on_log");
+    let (ep, o) = &sent[0];
+    assert_eq!(*ep, 0);
+    assert_eq!(o.body, b"3,1,22[0.25]");
+    let variant = if mlep_contract::bucket_of("default/titanic", "u7") < 8000 {
+        ("a", "titanic-v1")
+    } else {
+        ("b", "titanic-v2")
+    };
+    let want = [
+        (c::H_ENDPOINT, "titanic"),
+        (c::H_VARIANT, variant.0),
+        (c::H_MODEL, variant.1),
+        (c::H_INPUT_LEN, "6"),
+        (c::H_INPUT_TYPE, "text/csv"),
+        (c::H_OUTPUT_TYPE, "application/json"),
+        (c::H_STATUS, "200"),
+        (c::H_TIME_MS, "1796301296789"),
+        (":authority", "sink.local"),
+    ];
+    for (k, v) in want {
+        assert_eq!(ingest_header(o, k), Some(v), "{k}");
+    }
+    let hash = format!(
+        "{:016x}",
+        mlep_contract::hash::hash_key("default/titanic", "u7")
+    );
+    assert_eq!(ingest_header(o, c::H_KEY_HASH), Some(hash.as_str()));
+    assert_eq!(h.woken, 1);
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn capture_samples_its_share_and_a_new_visitor_is_hashed_by_the_cookie_it_gets() {
+    let (cfg, hub, mut h) = setup(with_capture("25", ""));
+    let mut captured = 0;
+    for i in 0..4000 {
+        let key = format!("user-{i}");
+        request(
+            &mut h,
+            &[(":authority", "titanic.example.com"), ("x-user-id", &key)],
+        );
+        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+        s.on_request_headers(&mut h, true);
+        s.on_response_headers(&mut h, true);
+        s.on_log(&mut h);
+        captured += hub.borrow_mut().captures.drain().len();
+    }
+    // 25 % of 4000 = 1000; 4 sigma of a binomial is about 110.
+    assert!((890..=1110).contains(&captured), "{captured}");
+
+    let (cfg, hub, mut h) = setup(with_capture("100", ""));
+    request(&mut h, &[(":authority", "titanic.example.com")]);
+    let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+    s.on_request_headers(&mut h, true);
+    s.on_response_headers(&mut h, true);
+    let cookie = h.response_values("set-cookie")[0].to_owned();
+    let key = cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .unwrap();
+    let sent = hub.borrow_mut().captures.drain();
+    let hash = format!(
+        "{:016x}",
+        mlep_contract::hash::hash_key("default/titanic", &key)
+    );
+    assert_eq!(
+        ingest_header(&sent[0].1, mlep_contract::capture::H_KEY_HASH),
+        Some(hash.as_str())
+    );
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn large_bodies_other_types_and_streams_cut_short_are_recorded_as_skipped() {
+    use mlep_contract::capture as c;
+    let (cfg, hub, mut h) = setup(with_capture("100", ", \"contentTypes\": [\"text/csv\"]"));
+    request(
+        &mut h,
+        &[
+            (":authority", "titanic.example.com"),
+            ("x-user-id", "u1"),
+            ("content-type", "text/csv"),
+        ],
+    );
+    h.response.push(("content-type".into(), "image/png".into()));
+    let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+    s.on_request_headers(&mut h, false);
+    h.request_chunk = vec![b'1'; 17];
+    s.on_request_body(&mut h, 17, true);
+    s.on_response_headers(&mut h, false);
+    h.response_chunk = b"png".to_vec();
+    s.on_response_body(&mut h, 3, true);
+    let sent = hub.borrow_mut().captures.drain();
+    let o = &sent[0].1;
+    assert_eq!(ingest_header(o, c::H_INPUT_SKIPPED), Some("too_large"));
+    assert_eq!(ingest_header(o, c::H_OUTPUT_SKIPPED), Some("content_type"));
+    assert!(o.body.is_empty());
+
+    // The client went away before the response ended: a record, its output `incomplete`.
+    let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+    s.on_request_headers(&mut h, true);
+    h.response = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/csv".into()),
+    ];
+    s.on_response_headers(&mut h, false);
+    h.response_chunk = b"1,".to_vec();
+    s.on_response_body(&mut h, 2, false);
+    s.on_log(&mut h);
+    let sent = hub.borrow_mut().captures.drain();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        ingest_header(&sent[0].1, c::H_OUTPUT_SKIPPED),
+        Some("incomplete")
+    );
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn a_full_capture_queue_drops_and_counts_without_touching_the_request() {
+    let (cfg, hub, mut h) = setup(with_capture("100", ""));
+    for _ in 0..crate::capture::MAX_QUEUED + 3 {
+        request(
+            &mut h,
+            &[(":authority", "titanic.example.com"), ("x-user-id", "u1")],
+        );
+        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+        assert_eq!(s.on_request_headers(&mut h, true), RequestAction::Continue);
+        s.on_response_headers(&mut h, true);
+        s.on_log(&mut h);
+    }
+    let full = mlep_contract::metrics::stat_name(
+        mlep_contract::metrics::CAPTURE_RECORDS_TOTAL,
+        &[
+            ("endpoint", "titanic"),
+            ("namespace", "default"),
+            ("outcome", "queue_full"),
+        ],
+    );
+    assert_eq!(h.counter(&full), 3);
+    assert_eq!(hub.borrow().captures.queued(), crate::capture::MAX_QUEUED);
+}
