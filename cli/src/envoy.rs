@@ -67,9 +67,10 @@ pub struct RouteVariant {
     pub rollout_upstream: Option<SocketAddr>,
 }
 
-/// A shadow upstream; `cluster` must equal the filter config's `shadow.cluster`.
+/// A named upstream cluster: a shadow's (`cluster` equal to the filter config's
+/// `shadow.cluster`) or the capture sink's (`capture.cluster`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShadowUpstream {
+pub struct ClusterUpstream {
     pub cluster: String,
     pub upstream: SocketAddr,
 }
@@ -85,7 +86,9 @@ pub struct RouteEndpoint {
     /// Host names (the virtual host's domains); `*` for any host.
     pub hosts: Vec<String>,
     pub variants: Vec<RouteVariant>,
-    pub shadow: Option<ShadowUpstream>,
+    pub shadow: Option<ClusterUpstream>,
+    /// The data capture sink, called by the filter (no route names it).
+    pub capture: Option<ClusterUpstream>,
 }
 
 /// Where the filter comes from.
@@ -282,7 +285,7 @@ fn endpoint_vhost(
         "match": {"prefix": "/"},
         "route": route_action("weighted_clusters", json!({"clusters": weighted}), &mirror)
     }));
-    if let Some(s) = &ep.shadow {
+    for s in [&ep.shadow, &ep.capture].into_iter().flatten() {
         clusters.push(upstreams.cluster(&s.cluster, s.upstream));
     }
     let mut vhost = json!({
@@ -456,10 +459,11 @@ mod tests {
                         rollout_upstream: None,
                     },
                 ],
-                shadow: Some(ShadowUpstream {
+                shadow: Some(ClusterUpstream {
                     cluster: "shadow".into(),
                     upstream: "127.0.0.1:8003".parse().unwrap(),
                 }),
+                capture: None,
             }],
             mirroring: Mirroring::Filter,
         }

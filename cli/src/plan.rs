@@ -7,7 +7,7 @@
 //! the new set is started and must be ready before traffic moves to it, then the old set stops.
 //! A change of weights only is a filter-config reload.
 
-use crate::envoy::{RouteEndpoint, RouteVariant, ShadowUpstream};
+use crate::envoy::{ClusterUpstream, RouteEndpoint, RouteVariant};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
@@ -378,7 +378,7 @@ pub fn route_endpoints(
             });
         }
         let shadow = match &e.shadow {
-            Some(set) => Some(ShadowUpstream {
+            Some(set) => Some(ClusterUpstream {
                 cluster: shadow_cluster(e.namespace(), e.name()),
                 upstream: running(e, set)?,
             }),
@@ -395,6 +395,7 @@ pub fn route_endpoints(
             hosts,
             variants,
             shadow,
+            capture: None,
         });
     }
     Ok(endpoints)

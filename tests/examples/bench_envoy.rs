@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench tool: fail loudly
 
 use mlep::envoy::{
-    self, BootstrapSpec, Mirroring, RouteEndpoint, RouteVariant, ShadowUpstream, WasmFilter,
+    self, BootstrapSpec, ClusterUpstream, Mirroring, RouteEndpoint, RouteVariant, WasmFilter,
 };
 use mlep_contract::Allocation;
 use std::net::SocketAddr;
@@ -85,10 +85,11 @@ fn main() {
                         rollout_upstream: None,
                     })
                     .collect(),
-                shadow: (e == 0).then(|| ShadowUpstream {
+                shadow: (e == 0).then(|| ClusterUpstream {
                     cluster: shadow_cluster.into(),
                     upstream: addr(us),
                 }),
+                capture: None,
             })
             .collect(),
         mirroring: if mode == "mirror" {

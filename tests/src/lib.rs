@@ -7,7 +7,7 @@
 pub mod load;
 
 use mlep::envoy::{
-    self, BootstrapSpec, EnvoyProcess, RouteEndpoint, RouteVariant, ShadowUpstream, StartOptions,
+    self, BootstrapSpec, ClusterUpstream, EnvoyProcess, RouteEndpoint, RouteVariant, StartOptions,
     WasmFilter,
 };
 use std::collections::BTreeMap;
@@ -85,7 +85,8 @@ impl Upstream {
                 }
                 let Ok(conn) = conn else { continue };
                 let (s3, c3, body, b) = (s2.clone(), c2.clone(), body.clone(), b.clone());
-                std::thread::spawn(move || serve(conn, &s3, &c3, &body, &b));
+                let st3 = st2.clone();
+                std::thread::spawn(move || serve(conn, &s3, &c3, &st3, &body, &b));
             }
         });
         Self {
@@ -176,10 +177,22 @@ fn read_message<R: BufRead>(r: &mut R) -> Option<Message> {
     Some((start, headers, body))
 }
 
-fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, count: &AtomicU64, body: &str, b: &Behaviour) {
+/// Answer requests on `conn` until it closes; once the upstream is dropped (`stop`), its
+/// kept-alive connections close at their next request unanswered, as a killed process's would.
+fn serve(
+    conn: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    count: &AtomicU64,
+    stop: &AtomicBool,
+    body: &str,
+    b: &Behaviour,
+) {
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
     while let Some((start, headers, req_body)) = read_message(&mut r) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let mut parts = start.split_whitespace();
         let method = parts.next().unwrap_or_default().to_owned();
         let path = parts.next().unwrap_or_default().to_owned();
@@ -602,10 +615,11 @@ pub fn route(
                 rollout_upstream: None,
             })
             .collect(),
-        shadow: shadow.map(|(c, a)| ShadowUpstream {
+        shadow: shadow.map(|(c, a)| ClusterUpstream {
             cluster: c.to_owned(),
             upstream: a,
         }),
+        capture: None,
     }
 }
 
