@@ -30,6 +30,10 @@ cargo build --locked --release -p mlep-filter --target wasm32-wasip1
 # The e2e test finds mlep-model-server beside the mlep test binary (same profile).
 cargo build --locked -p mlep -p mlep-model-server
 
+echo "--> the S3 server of the object storage tests (versitygw, Go module, cached)"
+MLEP_S3_SERVER=$(scripts/cluster.sh build-s3)
+export MLEP_S3_SERVER
+
 echo "--> Envoy"
 target/debug/mlep local install
 

@@ -48,6 +48,9 @@ export MLEP_FILTER_PANIC_WASM="$ROOT/target/test-panic/wasm32-wasip1/release/mle
 
 log "unit + property tests, native"
 cargo test -p mlep-contract -p mlep-filter
+# mlep's unit tests fetch an s3:// artifact from a real S3 server (versitygw, cached Go build).
+MLEP_S3_SERVER=$("$ROOT/scripts/cluster.sh" build-s3)
+export MLEP_S3_SERVER
 cargo test -p mlep --lib  # mlep's end-to-end tests run in test-cli.sh
 
 log "unit + property tests, wasm32-unknown-unknown under wasm-bindgen-test (Node)"

@@ -12,7 +12,7 @@
 
 use mlep_core::crd::Artifact;
 use mlep_model_init::{
-    fetch, normalize_sha256, Event, FetchRequest, InitError, Progress, RetryPolicy,
+    fetch, normalize_sha256, Credentials, Event, FetchRequest, InitError, Progress, RetryPolicy,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -52,6 +52,10 @@ pub struct ArtifactStore {
     /// sha256 -> file, filled on first use.
     index: Mutex<Option<BTreeMap<String, PathBuf>>>,
     retry: RetryPolicy,
+    /// Object storage credentials for `s3://` and `gs://` artifacts: this process's
+    /// environment, by the names the cluster's init container gets from the Model's
+    /// `credentialsSecret` (`mlep_contract::names::OBJECT_STORE_ENV`).
+    pub credentials: Credentials,
 }
 
 /// The default cache root: `$XDG_CACHE_HOME/mlep`, else `$HOME/.cache/mlep`.
@@ -97,6 +101,7 @@ impl ArtifactStore {
             cache: cache_root.join("artifacts"),
             search,
             index: Mutex::new(None),
+            credentials: Credentials::from_env(),
             // Local mode fails fast: three tries, short backoff.
             retry: RetryPolicy {
                 attempts: 3,
@@ -164,6 +169,7 @@ impl ArtifactStore {
         let mut req = FetchRequest::new(uri.clone(), sha.clone(), dest.clone());
         req.retry = self.retry;
         req.http_timeout = Duration::from_secs(15);
+        req.credentials = self.credentials.clone();
         fetch(&req, progress).map_err(|source| ArtifactError::Fetch {
             model: model.to_owned(),
             uri,
@@ -272,6 +278,56 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&cache);
+    }
+
+    #[test]
+    fn an_s3_artifact_is_fetched_with_the_environments_credentials() {
+        let s3 = mlep_model_init::testing::S3Server::start();
+        let (sha, file) = sums().remove(0);
+        s3.put(
+            "models",
+            "titanic/v1.tar.gz",
+            &std::fs::read(examples().join(&file)).unwrap(),
+        );
+        let cache = tmp("s3");
+        let art = Artifact {
+            uri: "s3://models/titanic/v1.tar.gz".into(),
+            sha256: sha.clone(),
+            // Local mode reads the environment; the Secret's name is the cluster's business.
+            credentials_secret: Some("s3-creds".into()),
+        };
+        let mut store = ArtifactStore::new(cache.clone(), vec![]);
+        store.credentials = s3.credentials();
+        let (dir, origin) = store.ensure("titanic-v1", &art, &NoProgress).unwrap();
+        assert_eq!(origin, Origin::Uri(art.uri.clone()));
+        assert!(dir.join("model.onnx").is_file());
+
+        // Wrong credentials: the error names the model, the URI and the refusal.
+        let other = tmp("s3-denied");
+        let mut store = ArtifactStore::new(other.clone(), vec![]);
+        store.credentials =
+            mlep_model_init::Credentials::from_pairs(s3.env().into_iter().map(|(k, v)| {
+                (
+                    k,
+                    if k == "AWS_SECRET_ACCESS_KEY" {
+                        "wrong".into()
+                    } else {
+                        v
+                    },
+                )
+            }));
+        let err = store
+            .ensure("titanic-v1", &art, &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Model \"titanic-v1\": artifact s3://models/titanic/v1.tar.gz")
+                && err.contains("refused"),
+            "{err}"
+        );
+        assert!(!store.dir_for(&sha).exists(), "nothing published");
+        let _ = std::fs::remove_dir_all(&cache);
+        let _ = std::fs::remove_dir_all(&other);
     }
 
     #[test]
