@@ -11,7 +11,7 @@ use crate::envoy::{ClusterUpstream, RouteEndpoint, RouteVariant};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
-use mlep_core::envoy::{EndpointRoute, ShadowTarget};
+use mlep_core::envoy::{EndpointRoute, CallTarget};
 use mlep_core::filter_config::{endpoint_config, spec_weights};
 use mlep_core::meta::SERVICE_PORT;
 use std::collections::BTreeMap;
@@ -266,7 +266,7 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
 /// The Envoy cluster of an endpoint's shadow (variant clusters are `envoy::variant_cluster`,
 /// `mlep|<endpoint>|<variant>`; this name cannot collide with them, even for a variant called `shadow`).
 pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
-    ShadowTarget::local(endpoint, namespace).cluster
+    CallTarget::shadow_local(endpoint, namespace).cluster
 }
 
 /// The filter configuration for the local topology, with each endpoint's allocation carried
@@ -285,7 +285,7 @@ pub fn filter_config(
         let target = e
             .shadow
             .as_ref()
-            .map(|_| ShadowTarget::local(e.name(), e.namespace()));
+            .map(|_| CallTarget::shadow_local(e.name(), e.namespace()));
         let cfg = endpoint_config(
             e.name(),
             e.namespace(),
@@ -293,6 +293,11 @@ pub fn filter_config(
             &e.weights(),
             previous.get(&key),
             target,
+            e.endpoint
+                .spec
+                .data_capture
+                .as_ref()
+                .map(|_| CallTarget::capture_local(e.name(), e.namespace())),
             EndpointRoute {
                 virtual_hosts: vec![local_virtual_host(e.namespace(), e.name())],
                 key: route_key.to_owned(),

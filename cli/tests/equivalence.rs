@@ -12,7 +12,7 @@ use mlep::envoy::{self, BootstrapSpec, Mirroring, WasmFilter};
 use mlep::plan::{self, Role};
 use mlep_contract::metrics::MODEL_HEADER;
 use mlep_contract::{EndpointConfig, FilterConfig};
-use mlep_core::envoy::ShadowTarget;
+use mlep_core::envoy::CallTarget;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -324,7 +324,7 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
 
     // The shadow targets both lead to the shadow model. In the mesh: Istio's outbound cluster
     // of the shadow Service, which selects the pods of the Deployment running titanic-v3.
-    let want = ShadowTarget::istio("titanic", "ml", "cluster.local", 80);
+    let want = CallTarget::shadow_istio("titanic", "ml", "cluster.local", 80);
     assert_eq!(shadow_in_istio, (want.cluster, Some(want.authority)));
     let service = find(&objs, "Service", "titanic-shadow");
     let deployment = find(&objs, "Deployment", "titanic-shadow-titanic-v3");
@@ -336,7 +336,7 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
         Some("titanic-shadow.ml.svc.cluster.local")
     );
     // Locally: a cluster of the bootstrap whose upstream is the shadow model's server.
-    let want = ShadowTarget::local("titanic", "ml");
+    let want = CallTarget::shadow_local("titanic", "ml");
     assert_eq!(shadow_locally, (want.cluster.clone(), Some(want.authority)));
     let cluster = local.bootstrap["static_resources"]["clusters"]
         .as_array()

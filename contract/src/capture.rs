@@ -33,6 +33,59 @@ pub const H_OUTPUT_SKIPPED: &str = "x-mlep-capture-output-skipped";
 /// The response status the client got.
 pub const H_STATUS: &str = "x-mlep-capture-status";
 
+/// Where capture files go: `s3://bucket/prefix`, `gs://bucket/prefix` (the prefix may be
+/// empty) or `file:///absolute/dir` (local mode, a mounted volume).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    S3 { bucket: String, prefix: String },
+    Gs { bucket: String, prefix: String },
+    Dir { path: String },
+}
+
+impl Destination {
+    /// Parse a destination URI, or say what is wrong with it.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let Some((scheme, rest)) = value.split_once("://") else {
+            return Err("expected <scheme>://<location> (s3, gs or file)".into());
+        };
+        match scheme {
+            "s3" | "gs" => {
+                let rest = rest.trim_end_matches('/');
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                // The bucket and the prefix follow the artifact URIs' rules for bucket names
+                // and object keys: check them as the URI they would form.
+                let key = if prefix.is_empty() { "k" } else { prefix };
+                crate::artifact::ArtifactLocation::parse(&format!("{scheme}://{bucket}/{key}"))?;
+                let (bucket, prefix) = (bucket.to_owned(), prefix.to_owned());
+                Ok(if scheme == "s3" {
+                    Destination::S3 { bucket, prefix }
+                } else {
+                    Destination::Gs { bucket, prefix }
+                })
+            }
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err("file destinations must be absolute (file:///dir)".into());
+                }
+                let dir = match rest.trim_end_matches('/') {
+                    "" => "/",
+                    d => d,
+                };
+                Ok(Destination::Dir { path: dir.into() })
+            }
+            other => Err(format!("scheme {other:?} is not supported (s3, gs or file)")),
+        }
+    }
+
+    /// The key prefix records go under (empty for a directory).
+    pub fn prefix(&self) -> &str {
+        match self {
+            Destination::S3 { prefix, .. } | Destination::Gs { prefix, .. } => prefix,
+            Destination::Dir { .. } => "",
+        }
+    }
+}
+
 /// The sink's metrics (Prometheus, `GET /metrics` of `mlep-capture-sink`).
 pub mod sink_metrics {
     /// Records accepted for writing, by `endpoint`.
@@ -209,6 +262,30 @@ fn utc_hour(unix_ms: u64) -> (u64, u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destinations_parse_into_bucket_and_prefix_or_a_directory() {
+        assert_eq!(
+            Destination::parse("s3://captures/prod/"),
+            Ok(Destination::S3 {
+                bucket: "captures".into(),
+                prefix: "prod".into()
+            })
+        );
+        assert_eq!(
+            Destination::parse("gs://captures").map(|d| d.prefix().to_owned()),
+            Ok(String::new())
+        );
+        assert_eq!(
+            Destination::parse("file:///var/captures/"),
+            Ok(Destination::Dir {
+                path: "/var/captures".into()
+            })
+        );
+        for bad in ["captures", "s3://Bad/x", "s3://b/../x", "file://rel", "ftp://h/x"] {
+            assert!(Destination::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn capture_paths_and_times_are_utc_by_the_hour() {

@@ -25,7 +25,7 @@
 //! cluster mixing both wirings has at most two filters per proxy.
 
 use crate::crd::{FilterWiring, ModelEndpoint};
-use crate::envoy::{mesh_virtual_hosts, EndpointRoute, ShadowTarget};
+use crate::envoy::{mesh_virtual_hosts, EndpointRoute, CallTarget};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::endpoint_config;
 use crate::host_claims::{endpoint_id, host_owners};
@@ -110,7 +110,7 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
         .spec
         .shadow
         .as_ref()
-        .map(|_| ShadowTarget::istio(&name, &ns, cluster_domain, SERVICE_PORT));
+        .map(|_| CallTarget::shadow_istio(&name, &ns, cluster_domain, SERVICE_PORT));
     // Not before its reconcile chose a route key: the routes would not know the filter's values.
     let key = status
         .route_key
@@ -127,6 +127,10 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
         &weights,
         Some(allocation),
         shadow,
+        ep.spec
+            .data_capture
+            .as_ref()
+            .map(|_| CallTarget::capture_istio(&name, &ns, cluster_domain)),
         route,
     )
     .ok()?;

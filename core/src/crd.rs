@@ -167,6 +167,58 @@ pub struct ModelEndpointSpec {
     /// `BlueGreen`, with metric analysis and automatic rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Capture a sampled share of the invocations (request, response or both) to object
+    /// storage as JSON Lines in SageMaker's capture record shape (docs/capture.md). Sampled
+    /// in the filter and written by the endpoint's capture sink; never slows or fails a
+    /// request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_capture: Option<DataCaptureSpec>,
+}
+
+/// What to capture, how much and where (SageMaker's `DataCaptureConfig`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataCaptureSpec {
+    /// Turn capture off without deleting its settings (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Percent of invocations captured, 0 to 100 (fractions allowed).
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sampling_percent: f64,
+    /// What each record holds: `Input` (the request), `Output` (the response) or both
+    /// (default both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capture: Vec<CaptureMode>,
+    /// Where records go: `s3://bucket/prefix` (AWS or an S3-compatible server named by
+    /// `AWS_ENDPOINT_URL` in the credentials Secret), `gs://bucket/prefix`, or in local mode
+    /// `file:///absolute/dir`. Files land under
+    /// `<prefix>/<endpoint>/<variant>/<yyyy>/<mm>/<dd>/<hh>/`.
+    pub destination_uri: String,
+    /// A Secret in the endpoint's namespace with the object storage credentials (the keys
+    /// `Model.spec.artifact.credentialsSecret` takes). Without it, the sink's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Largest body captured (default 262144, at most 4194304); larger ones are recorded as
+    /// skipped (`too_large`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u32>,
+    /// Content types captured (e.g. `application/json`, `text/csv`); others are recorded as
+    /// skipped (`content_type`). Default: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_types: Vec<String>,
+}
+
+impl DataCaptureSpec {
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// A side of an invocation to capture.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CaptureMode {
+    Input,
+    Output,
 }
 
 impl ModelEndpointSpec {
@@ -333,6 +385,7 @@ impl ModelEndpointSpec {
             filter_wiring: FilterWiring::default(),
             expose: None,
             rollout: None,
+            data_capture: None,
         }
     }
 }

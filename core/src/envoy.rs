@@ -11,7 +11,7 @@
 //!   for requests no filter assigned;
 //! - [`EndpointRoute`] / [`filter_enabled`]: the virtual hosts that are the endpoint's, where
 //!   the filter (disabled everywhere else in the chain) runs and knows the endpoint by name;
-//! - [`ShadowTarget`]: where the filter sends shadow copies (Envoy cluster + `:authority`);
+//! - [`CallTarget`]: where the filter sends shadow copies (Envoy cluster + `:authority`);
 //! - [`stats_config`] / [`STATS_PREFIX`]: the stats tags and the prefix Istio must let through.
 //!
 //! The equivalence of the two renderings is tested in `cli/tests/equivalence.rs`.
@@ -246,36 +246,59 @@ pub fn shadow_service(endpoint: &str) -> String {
     )
 }
 
-/// Where the filter sends shadow copies: an Envoy cluster and the `:authority` to use.
+/// Where the filter calls out to, off the request path: an Envoy cluster and the `:authority`
+/// to use. Shadow copies go to the shadow's Service, capture records to the capture sink's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowTarget {
+pub struct CallTarget {
     pub cluster: String,
     pub authority: String,
 }
 
-impl ShadowTarget {
+impl CallTarget {
     /// In a mesh: Istio's outbound cluster of the shadow Service (`outbound|<port>||<fqdn>`),
     /// addressed by the Service's FQDN.
-    pub fn istio(endpoint: &str, namespace: &str, cluster_domain: &str, port: i32) -> Self {
-        let fqdn = format!(
-            "{}.{namespace}.svc.{cluster_domain}",
-            shadow_service(endpoint)
-        );
-        Self {
-            cluster: format!("outbound|{port}||{fqdn}"),
-            authority: fqdn,
-        }
+    pub fn shadow_istio(endpoint: &str, namespace: &str, cluster_domain: &str, port: i32) -> Self {
+        Self::istio(&shadow_service(endpoint), namespace, cluster_domain, port)
     }
 
     /// Locally: a cluster of local mode's bootstrap. Its name cannot collide with a variant
     /// cluster (`mlep|<endpoint>|<variant>`), even for a variant called `shadow`.
-    pub fn local(endpoint: &str, namespace: &str) -> Self {
+    pub fn shadow_local(endpoint: &str, namespace: &str) -> Self {
         Self {
             cluster: format!("mlep-shadow|{namespace}|{endpoint}"),
             authority: format!("{}.local", shadow_service(endpoint)),
         }
     }
+
+    /// In a mesh: the capture sink's Service ([`capture_service`]).
+    pub fn capture_istio(endpoint: &str, namespace: &str, cluster_domain: &str) -> Self {
+        Self::istio(&capture_service(endpoint), namespace, cluster_domain, CAPTURE_PORT)
+    }
+
+    /// Locally: local mode's capture sink cluster.
+    pub fn capture_local(endpoint: &str, namespace: &str) -> Self {
+        Self {
+            cluster: format!("mlep-capture|{namespace}|{endpoint}"),
+            authority: format!("{}.local", capture_service(endpoint)),
+        }
+    }
+
+    fn istio(service: &str, namespace: &str, cluster_domain: &str, port: i32) -> Self {
+        let fqdn = format!("{service}.{namespace}.svc.{cluster_domain}");
+        Self {
+            cluster: format!("outbound|{port}||{fqdn}"),
+            authority: fqdn,
+        }
+    }
 }
+
+/// The capture sink's Service (and Deployment) of an endpoint.
+pub fn capture_service(endpoint: &str) -> String {
+    format!("{endpoint}-capture")
+}
+
+/// The capture sink's port (its Service's and its container's).
+pub const CAPTURE_PORT: i32 = 9090;
 
 /// The bootstrap's `stats_config`: the contract's tag regexes (`mlep_contract::metrics::
 /// stats_tags`) turn the filter's encoded stat names into Prometheus labels, plus Envoy's
@@ -417,13 +440,13 @@ mod tests {
 
     #[test]
     fn shadow_targets_name_the_shadow_service() {
-        let t = ShadowTarget::istio("titanic", "ml", "cluster.local", 80);
+        let t = CallTarget::shadow_istio("titanic", "ml", "cluster.local", 80);
         assert_eq!(
             t.cluster,
             "outbound|80||titanic-shadow.ml.svc.cluster.local"
         );
         assert_eq!(t.authority, "titanic-shadow.ml.svc.cluster.local");
-        let l = ShadowTarget::local("titanic", "ml");
+        let l = CallTarget::shadow_local("titanic", "ml");
         assert_eq!(l.cluster, "mlep-shadow|ml|titanic");
         assert_eq!(l.authority, "titanic-shadow.local");
     }

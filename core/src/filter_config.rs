@@ -1,15 +1,18 @@
 //! From a ModelEndpoint to the filter's configuration (the `mlep-contract` types). The operator
 //! and local mode both call this; only the shadow target differs between them
-//! ([`ShadowTarget::istio`] / [`ShadowTarget::local`]).
+//! ([`CallTarget::istio`] / [`CallTarget::local`]).
 
-use crate::crd::ModelEndpointSpec;
-use crate::envoy::{EndpointRoute, ShadowTarget};
+use crate::crd::{CaptureMode, ModelEndpointSpec};
+use crate::envoy::{EndpointRoute, CallTarget};
 use crate::meta::SERVICE_PORT;
 use crate::validate::SpecError;
-use mlep_contract::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_SHADOW_TIMEOUT_MS};
+use mlep_contract::config::{
+    DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES, DEFAULT_CAPTURE_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SHADOW_TIMEOUT_MS,
+};
 use mlep_contract::rollout::RolloutSplit;
 use mlep_contract::{
-    carry_allocation, Allocation, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
+    carry_allocation, Allocation, CaptureConfig, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
     ShadowConfig, VariantConfig,
 };
 
@@ -27,7 +30,8 @@ pub fn endpoint_config(
     spec: &ModelEndpointSpec,
     weights: &[(&str, u32)],
     previous: Option<&Allocation>,
-    shadow_target: Option<ShadowTarget>,
+    shadow_target: Option<CallTarget>,
+    capture_target: Option<CallTarget>,
     route: EndpointRoute,
 ) -> Result<EndpointConfig, SpecError> {
     let allocation = carry_allocation(previous, weights)
@@ -75,6 +79,24 @@ pub fn endpoint_config(
         }),
         _ => None,
     };
+    let capture = match (&spec.data_capture, capture_target) {
+        (Some(d), Some(t)) if d.enabled() => {
+            let wants = |m| d.capture.is_empty() || d.capture.contains(&m);
+            Some(CaptureConfig {
+                cluster: t.cluster,
+                authority: Some(t.authority),
+                percent: d.sampling_percent,
+                request: wants(CaptureMode::Input),
+                response: wants(CaptureMode::Output),
+                max_payload_bytes: d
+                    .max_payload_bytes
+                    .unwrap_or(DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES),
+                content_types: d.content_types.clone(),
+                timeout_ms: DEFAULT_CAPTURE_TIMEOUT_MS,
+            })
+        }
+        _ => None,
+    };
     let cfg = EndpointConfig {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
@@ -84,7 +106,7 @@ pub fn endpoint_config(
         allocation,
         routing,
         shadow,
-        capture: None,
+        capture,
     };
     Ok(cfg)
 }
@@ -189,8 +211,8 @@ mod tests {
         s
     }
 
-    fn target() -> Option<ShadowTarget> {
-        Some(ShadowTarget {
+    fn target() -> Option<CallTarget> {
+        Some(CallTarget {
             cluster: "shadow".into(),
             authority: "titanic-shadow".into(),
         })
@@ -213,6 +235,7 @@ mod tests {
             &spec_weights(&s),
             None,
             target(),
+            None,
             route(),
         )
         .unwrap();
@@ -237,6 +260,7 @@ mod tests {
             &[("a", 80), ("b", 20)],
             None,
             None,
+            None,
             route(),
         )
         .unwrap();
@@ -246,6 +270,7 @@ mod tests {
             &s,
             &[("a", 70), ("b", 30)],
             Some(&first.allocation),
+            None,
             None,
             route(),
         )
@@ -272,6 +297,7 @@ mod tests {
             "default",
             &s,
             &spec_weights(&s),
+            None,
             None,
             None,
             route(),

@@ -373,6 +373,7 @@ mod tests {
                 filter_wiring: Default::default(),
                 expose: None,
                 rollout: None,
+                data_capture: None,
             },
         );
         e.metadata.generation = Some(3);

@@ -100,6 +100,59 @@ pub fn validate_endpoint<'a>(
     if let Some(s) = &spec.shadow {
         validate_shadow(s, &model)?;
     }
+    if let Some(d) = &spec.data_capture {
+        validate_capture(d)?;
+    }
+    Ok(())
+}
+
+/// `spec.dataCapture`: a share, a destination the sink can write to, sane limits.
+fn validate_capture(d: &crate::crd::DataCaptureSpec) -> Result<(), SpecError> {
+    if !(0.0..=100.0).contains(&d.sampling_percent) {
+        return Err(SpecError::invalid(
+            "spec.dataCapture.samplingPercent",
+            format!("{} must be within 0..=100", d.sampling_percent),
+        ));
+    }
+    if let Err(reason) = mlep_contract::capture::Destination::parse(&d.destination_uri) {
+        return Err(SpecError::invalid(
+            "spec.dataCapture.destinationUri",
+            format!("{:?}: {reason}", d.destination_uri),
+        ));
+    }
+    if let Some(name) = &d.credentials_secret {
+        if name.len() > 253 || !name.split('.').all(is_dns_label) {
+            return Err(SpecError::invalid(
+                "spec.dataCapture.credentialsSecret",
+                format!("{name:?} is not a Secret name"),
+            ));
+        }
+    }
+    let max = mlep_contract::config::MAX_CAPTURE_PAYLOAD_BYTES;
+    if d.max_payload_bytes.is_some_and(|b| b > max) {
+        return Err(SpecError::invalid(
+            "spec.dataCapture.maxPayloadBytes",
+            format!("at most {max}"),
+        ));
+    }
+    let mut modes = d.capture.clone();
+    modes.dedup();
+    if modes.len() != d.capture.len() {
+        return Err(SpecError::invalid(
+            "spec.dataCapture.capture",
+            "lists a side twice",
+        ));
+    }
+    if let Some(t) = d
+        .content_types
+        .iter()
+        .find(|t| t.split_once('/').is_none_or(|(a, b)| a.is_empty() || b.is_empty()))
+    {
+        return Err(SpecError::invalid(
+            "spec.dataCapture.contentTypes",
+            format!("{t:?} is not a media type (type/subtype)"),
+        ));
+    }
     Ok(())
 }
 
@@ -574,6 +627,40 @@ mod tests {
     }
 
     #[test]
+    fn data_capture_needs_a_share_a_destination_and_sane_limits() {
+        use crate::crd::{CaptureMode, DataCaptureSpec};
+        let models: BTreeMap<&str, ModelSpec> =
+            [("m1", model()), ("m2", model())].into_iter().collect();
+        let check = |d: DataCaptureSpec| {
+            let mut e = endpoint();
+            e.data_capture = Some(d);
+            validate_endpoint(&e, |n| models.get(n)).map_err(|e| e.field)
+        };
+        let good = DataCaptureSpec {
+            enabled: None,
+            sampling_percent: 10.0,
+            capture: vec![CaptureMode::Input, CaptureMode::Output],
+            destination_uri: "s3://captures/prod".into(),
+            credentials_secret: Some("s3-creds".into()),
+            max_payload_bytes: Some(1 << 20),
+            content_types: vec!["application/json".into(), "text/csv".into()],
+        };
+        assert_eq!(check(good.clone()), Ok(()));
+        let bad = [
+            (DataCaptureSpec { sampling_percent: 100.5, ..good.clone() }, "spec.dataCapture.samplingPercent"),
+            (DataCaptureSpec { destination_uri: "ftp://x/y".into(), ..good.clone() }, "spec.dataCapture.destinationUri"),
+            (DataCaptureSpec { destination_uri: "s3://B/y".into(), ..good.clone() }, "spec.dataCapture.destinationUri"),
+            (DataCaptureSpec { credentials_secret: Some("No".into()), ..good.clone() }, "spec.dataCapture.credentialsSecret"),
+            (DataCaptureSpec { max_payload_bytes: Some(5 << 20), ..good.clone() }, "spec.dataCapture.maxPayloadBytes"),
+            (DataCaptureSpec { capture: vec![CaptureMode::Input, CaptureMode::Input], ..good.clone() }, "spec.dataCapture.capture"),
+            (DataCaptureSpec { content_types: vec!["json".into()], ..good.clone() }, "spec.dataCapture.contentTypes"),
+        ];
+        for (d, field) in bad {
+            assert_eq!(check(d), Err(field.to_owned()), "{field}");
+        }
+    }
+
+    #[test]
     fn an_invalid_model_makes_the_endpoint_invalid_naming_the_variant() {
         let mut bad = model();
         bad.image = " ".into();
@@ -622,77 +709,4 @@ mod tests {
             ("iris.team-b", "\"iris\""),
             ("*", "every host"),
         ] {
-            let mut e = endpoint();
-            e.hosts.push(host.into());
-            let err = validate_hosts(&e, &WHO).unwrap_err();
-            assert_eq!(err.field, "spec.hosts[1]", "{host}");
-            assert!(err.message.contains(says), "{host}: {err}");
-        }
-    }
-
-    #[test]
-    fn a_host_held_by_an_endpoint_created_first_is_a_host_conflict_naming_both() {
-        use crate::host_claims::host_owners;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-        let make = |ns: &str, created: &str| {
-            let mut spec = endpoint();
-            spec.hosts = vec!["own.example.com".into(), "Titanic.Example.com".into()];
-            let mut ep = ModelEndpoint::new("titanic", spec);
-            ep.metadata.namespace = Some(ns.into());
-            ep.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
-            ep
-        };
-        let mut first = make("team-a", "2026-01-01T00:00:00Z");
-        first.spec.hosts.remove(0);
-        let second = make("team-b", "2026-01-01T00:01:00Z");
-        let claims = host_owners(&[second.clone(), first.clone()], "cluster.local");
-        host_conflict(&first, &claims).unwrap();
-        let err = host_conflict(&second, &claims).unwrap_err();
-        assert_eq!(
-            (err.field.as_str(), err.reason),
-            ("spec.hosts[1]", REASON_HOST_CONFLICT)
-        );
-        assert!(
-            err.message.contains("\"Titanic.Example.com\"")
-                && err.message.contains("team-a/titanic"),
-            "{err}"
-        );
-    }
-
-    /// A shadow's model is looked up in the endpoint's own namespace, and its copies go to the
-    /// operator's `<endpoint>-shadow` Service of that namespace: forwarded credentials cannot
-    /// leave it. A model "name" pointing elsewhere is simply not found.
-    #[test]
-    fn a_shadow_always_targets_a_service_of_the_endpoints_own_namespace() {
-        use crate::envoy::ShadowTarget;
-        let t = ShadowTarget::istio("titanic", "team-b", "cluster.local", 8080);
-        assert_eq!(t.authority, "titanic-shadow.team-b.svc.cluster.local");
-        assert_eq!(
-            t.cluster,
-            "outbound|8080||titanic-shadow.team-b.svc.cluster.local"
-        );
-        for elsewhere in ["team-a/m2", "m2.team-a", "m2.team-a.svc.cluster.local"] {
-            let mut e = endpoint();
-            let mut shadow = ShadowSpec::new(elsewhere, 10.0);
-            shadow.forward_credentials = Some(true);
-            e.shadow = Some(shadow);
-            let err = check(&e).unwrap_err();
-            assert_eq!(
-                (err.field.as_str(), err.reason),
-                ("spec.shadow.model", REASON_MODEL_NOT_FOUND)
-            );
-        }
-    }
-
-    #[test]
-    fn hosts_and_gateway_are_checked() {
-        let mut e = endpoint();
-        e.hosts = vec!["bad host".into()];
-        assert_eq!(check(&e).unwrap_err().field, "spec.hosts[0]");
-        let mut e = endpoint();
-        e.gateway = Some("gw".into());
-        assert_eq!(check(&e).unwrap_err().field, "spec.gateway");
-        e.gateway = Some("istio-system/ingressgateway".into());
-        check(&e).unwrap();
-    }
-}
+            let mu

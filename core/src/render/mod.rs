@@ -22,7 +22,7 @@ mod tests;
 mod workload;
 
 use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
-use crate::envoy::{self, EndpointRoute, ShadowTarget};
+use crate::envoy::{self, EndpointRoute, CallTarget};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
 use crate::host_claims::Claimant;
 use crate::plan::Plan;
@@ -176,7 +176,7 @@ pub fn render_endpoint(
                 m.resources.as_ref(),
             ))?);
             objects.push(object(&service(&ctx, &app, &app))?);
-            Some(ShadowTarget::istio(
+            Some(CallTarget::shadow_istio(
                 &name,
                 namespace,
                 &settings.cluster_domain,
@@ -198,6 +198,9 @@ pub fn render_endpoint(
         &plan.weights(),
         previous,
         shadow_target,
+        spec.data_capture.as_ref().map(|_| {
+            CallTarget::capture_istio(&name, namespace, &settings.cluster_domain)
+        }),
         EndpointRoute {
             virtual_hosts: envoy::mesh_virtual_hosts(
                 &name,
