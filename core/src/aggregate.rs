@@ -25,7 +25,7 @@
 //! cluster mixing both wirings has at most two filters per proxy.
 
 use crate::crd::{FilterWiring, ModelEndpoint};
-use crate::envoy::{mesh_virtual_hosts, EndpointRoute, CallTarget};
+use crate::envoy::{mesh_virtual_hosts, CallTarget, EndpointRoute};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::endpoint_config;
 use crate::host_claims::{endpoint_id, host_owners};

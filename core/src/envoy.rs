@@ -272,7 +272,12 @@ impl CallTarget {
 
     /// In a mesh: the capture sink's Service ([`capture_service`]).
     pub fn capture_istio(endpoint: &str, namespace: &str, cluster_domain: &str) -> Self {
-        Self::istio(&capture_service(endpoint), namespace, cluster_domain, CAPTURE_PORT)
+        Self::istio(
+            &capture_service(endpoint),
+            namespace,
+            cluster_domain,
+            CAPTURE_PORT,
+        )
     }
 
     /// Locally: local mode's capture sink cluster.

@@ -3,7 +3,7 @@
 //! ([`CallTarget::istio`] / [`CallTarget::local`]).
 
 use crate::crd::{CaptureMode, ModelEndpointSpec};
-use crate::envoy::{EndpointRoute, CallTarget};
+use crate::envoy::{CallTarget, EndpointRoute};
 use crate::meta::SERVICE_PORT;
 use crate::validate::SpecError;
 use mlep_contract::config::{
@@ -12,8 +12,8 @@ use mlep_contract::config::{
 };
 use mlep_contract::rollout::RolloutSplit;
 use mlep_contract::{
-    carry_allocation, Allocation, CaptureConfig, CompareConfig, CompareMode, EndpointConfig, RoutingConfig,
-    ShadowConfig, VariantConfig,
+    carry_allocation, Allocation, CaptureConfig, CompareConfig, CompareMode, EndpointConfig,
+    RoutingConfig, ShadowConfig, VariantConfig,
 };
 
 /// Default absolute tolerance of JSON comparison in the API (`spec.shadow.tolerance`).

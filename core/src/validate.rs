@@ -143,11 +143,10 @@ fn validate_capture(d: &crate::crd::DataCaptureSpec) -> Result<(), SpecError> {
             "lists a side twice",
         ));
     }
-    if let Some(t) = d
-        .content_types
-        .iter()
-        .find(|t| t.split_once('/').is_none_or(|(a, b)| a.is_empty() || b.is_empty()))
-    {
+    if let Some(t) = d.content_types.iter().find(|t| {
+        t.split_once('/')
+            .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+    }) {
         return Err(SpecError::invalid(
             "spec.dataCapture.contentTypes",
             format!("{t:?} is not a media type (type/subtype)"),
@@ -646,17 +645,44 @@ mod tests {
             content_types: vec!["application/json".into(), "text/csv".into()],
         };
         assert_eq!(check(good.clone()), Ok(()));
+        let with = |f: &dyn Fn(&mut DataCaptureSpec)| {
+            let mut d = good.clone();
+            f(&mut d);
+            d
+        };
         let bad = [
-            (DataCaptureSpec { sampling_percent: 100.5, ..good.clone() }, "spec.dataCapture.samplingPercent"),
-            (DataCaptureSpec { destination_uri: "ftp://x/y".into(), ..good.clone() }, "spec.dataCapture.destinationUri"),
-            (DataCaptureSpec { destination_uri: "s3://B/y".into(), ..good.clone() }, "spec.dataCapture.destinationUri"),
-            (DataCaptureSpec { credentials_secret: Some("No".into()), ..good.clone() }, "spec.dataCapture.credentialsSecret"),
-            (DataCaptureSpec { max_payload_bytes: Some(5 << 20), ..good.clone() }, "spec.dataCapture.maxPayloadBytes"),
-            (DataCaptureSpec { capture: vec![CaptureMode::Input, CaptureMode::Input], ..good.clone() }, "spec.dataCapture.capture"),
-            (DataCaptureSpec { content_types: vec!["json".into()], ..good.clone() }, "spec.dataCapture.contentTypes"),
+            (with(&|d| d.sampling_percent = 100.5), "samplingPercent"),
+            (
+                with(&|d| d.destination_uri = "ftp://x/y".into()),
+                "destinationUri",
+            ),
+            (
+                with(&|d| d.destination_uri = "s3://B/y".into()),
+                "destinationUri",
+            ),
+            (
+                with(&|d| d.credentials_secret = Some("No".into())),
+                "credentialsSecret",
+            ),
+            (
+                with(&|d| d.max_payload_bytes = Some(5 << 20)),
+                "maxPayloadBytes",
+            ),
+            (
+                with(&|d| d.capture = vec![CaptureMode::Input, CaptureMode::Input]),
+                "capture",
+            ),
+            (
+                with(&|d| d.content_types = vec!["json".into()]),
+                "contentTypes",
+            ),
         ];
         for (d, field) in bad {
-            assert_eq!(check(d), Err(field.to_owned()), "{field}");
+            assert_eq!(
+                check(d),
+                Err(format!("spec.dataCapture.{field}")),
+                "{field}"
+            );
         }
     }
 
@@ -709,4 +735,77 @@ mod tests {
             ("iris.team-b", "\"iris\""),
             ("*", "every host"),
         ] {
-            let mu
+            let mut e = endpoint();
+            e.hosts.push(host.into());
+            let err = validate_hosts(&e, &WHO).unwrap_err();
+            assert_eq!(err.field, "spec.hosts[1]", "{host}");
+            assert!(err.message.contains(says), "{host}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_host_held_by_an_endpoint_created_first_is_a_host_conflict_naming_both() {
+        use crate::host_claims::host_owners;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let make = |ns: &str, created: &str| {
+            let mut spec = endpoint();
+            spec.hosts = vec!["own.example.com".into(), "Titanic.Example.com".into()];
+            let mut ep = ModelEndpoint::new("titanic", spec);
+            ep.metadata.namespace = Some(ns.into());
+            ep.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            ep
+        };
+        let mut first = make("team-a", "2026-01-01T00:00:00Z");
+        first.spec.hosts.remove(0);
+        let second = make("team-b", "2026-01-01T00:01:00Z");
+        let claims = host_owners(&[second.clone(), first.clone()], "cluster.local");
+        host_conflict(&first, &claims).unwrap();
+        let err = host_conflict(&second, &claims).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason),
+            ("spec.hosts[1]", REASON_HOST_CONFLICT)
+        );
+        assert!(
+            err.message.contains("\"Titanic.Example.com\"")
+                && err.message.contains("team-a/titanic"),
+            "{err}"
+        );
+    }
+
+    /// A shadow's model is looked up in the endpoint's own namespace, and its copies go to the
+    /// operator's `<endpoint>-shadow` Service of that namespace: forwarded credentials cannot
+    /// leave it. A model "name" pointing elsewhere is simply not found.
+    #[test]
+    fn a_shadow_always_targets_a_service_of_the_endpoints_own_namespace() {
+        use crate::envoy::CallTarget;
+        let t = CallTarget::shadow_istio("titanic", "team-b", "cluster.local", 8080);
+        assert_eq!(t.authority, "titanic-shadow.team-b.svc.cluster.local");
+        assert_eq!(
+            t.cluster,
+            "outbound|8080||titanic-shadow.team-b.svc.cluster.local"
+        );
+        for elsewhere in ["team-a/m2", "m2.team-a", "m2.team-a.svc.cluster.local"] {
+            let mut e = endpoint();
+            let mut shadow = ShadowSpec::new(elsewhere, 10.0);
+            shadow.forward_credentials = Some(true);
+            e.shadow = Some(shadow);
+            let err = check(&e).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.reason),
+                ("spec.shadow.model", REASON_MODEL_NOT_FOUND)
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_and_gateway_are_checked() {
+        let mut e = endpoint();
+        e.hosts = vec!["bad host".into()];
+        assert_eq!(check(&e).unwrap_err().field, "spec.hosts[0]");
+        let mut e = endpoint();
+        e.gateway = Some("gw".into());
+        assert_eq!(check(&e).unwrap_err().field, "spec.gateway");
+        e.gateway = Some("istio-system/ingressgateway".into());
+        check(&e).unwrap();
+    }
+}

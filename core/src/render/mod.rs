@@ -22,7 +22,7 @@ mod tests;
 mod workload;
 
 use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
-use crate::envoy::{self, EndpointRoute, CallTarget};
+use crate::envoy::{self, CallTarget, EndpointRoute};
 use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
 use crate::host_claims::Claimant;
 use crate::plan::Plan;
@@ -198,9 +198,9 @@ pub fn render_endpoint(
         &plan.weights(),
         previous,
         shadow_target,
-        spec.data_capture.as_ref().map(|_| {
-            CallTarget::capture_istio(&name, namespace, &settings.cluster_domain)
-        }),
+        spec.data_capture
+            .as_ref()
+            .map(|_| CallTarget::capture_istio(&name, namespace, &settings.cluster_domain)),
         EndpointRoute {
             virtual_hosts: envoy::mesh_virtual_hosts(
                 &name,
