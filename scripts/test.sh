@@ -10,6 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# No incremental caches: they only help edit-compile loops, and grew to 22 GB in the shared
+# build directory (filling this machine's disk mid-session).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 # Cargo's build directories live under ~/.cache, linked as target/ and fuzz/target/, so a second
 # run on the same machine (or a fresh clone there) reuses compiled dependencies; a fresh machine

@@ -12,6 +12,7 @@
 //! configuration stays.
 
 mod apply;
+mod capture;
 mod find;
 mod proxy;
 mod resume;
@@ -153,6 +154,8 @@ struct Session {
     generation: u64,
     /// Canary, Linear and BlueGreen model changes in progress (see `local/rollout.rs`).
     rollouts: rollout::Rollouts,
+    /// Data capture sinks, by endpoint (see `local/capture.rs`).
+    sinks: BTreeMap<capture::SinkKey, capture::RunningSink>,
 }
 
 impl Session {
@@ -363,6 +366,7 @@ impl Session {
             version: 0,
             generation: 0,
             rollouts: rollout::Rollouts::default(),
+            sinks: BTreeMap::new(),
         };
         Ok((s, desired, input))
     }
@@ -399,6 +403,7 @@ impl Session {
             self.running.insert(set.key(), r);
         }
         self.start_resumed(resumed).await;
+        self.start_sinks(&desired).await?;
         self.start_envoy(&desired).await?;
         self.desired = desired;
         Ok(())

@@ -269,6 +269,11 @@ pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
     CallTarget::shadow_local(endpoint, namespace).cluster
 }
 
+/// The Envoy cluster of an endpoint's capture sink in local mode.
+pub fn capture_cluster(namespace: &str, endpoint: &str) -> String {
+    CallTarget::capture_local(endpoint, namespace).cluster
+}
+
 /// The filter configuration for the local topology, with each endpoint's allocation carried
 /// forward from `previous` (keyed `namespace/name`), exactly as the operator does
 /// (`mlep_core::filter_config::endpoint_config`). Each endpoint is served on one virtual host,

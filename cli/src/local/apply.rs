@@ -9,6 +9,15 @@ impl Session {
     /// Apply an edited input. On error the previous configuration keeps serving.
     pub(super) async fn apply(&mut self, new: Desired) -> Result<(), LocalError> {
         let new = self.hold_back_model_changes(new);
+        // Capture sinks the new input needs are up before the filter sends to them; the ones
+        // it no longer needs stop once the filter has stopped sending (or the apply failed).
+        let retired = self.start_sinks(&new).await?;
+        let result = self.apply_started(new).await;
+        self.stop_sinks(retired).await;
+        result
+    }
+
+    async fn apply_started(&mut self, new: Desired) -> Result<(), LocalError> {
         let change = plan::diff(&self.desired, &new);
         if change.is_empty() {
             // Nothing to start, stop or reload; annotations (e.g. mlep.dev/rollout) may differ.

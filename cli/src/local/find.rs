@@ -17,6 +17,14 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// A binary of this project: beside the `mlep` executable, else on `PATH`.
+pub(super) fn exe_dir_or_path(name: &str) -> Option<PathBuf> {
+    exe_dir()
+        .map(|d| d.join(name))
+        .filter(|p| p.is_file())
+        .or_else(|| on_path(name))
+}
+
 /// `mlep-model-server`: `--model-server`, else beside the `mlep` executable, else on `PATH`.
 pub fn find_model_server(explicit: Option<&Path>) -> Result<PathBuf, LocalError> {
     if let Some(p) = explicit {

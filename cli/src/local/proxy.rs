@@ -86,6 +86,12 @@ impl Session {
                 .map(|s| self.addrs_of(e, &s.role))
                 .unwrap_or_else(|| self.mirror_addrs(e.namespace(), e.name()));
             out.push((plan::shadow_cluster(e.namespace(), e.name()), shadow));
+            out.push((
+                plan::capture_cluster(e.namespace(), e.name()),
+                self.sink_addr(e.namespace(), e.name())
+                    .into_iter()
+                    .collect(),
+            ));
         }
         out
     }
@@ -110,11 +116,17 @@ impl Session {
         let spec = self.bootstrap_spec(d, &cfg)?;
         // Every cluster from EDS files; an endpoint without a shadow keeps its shadow cluster
         // on standby (empty), so a shadow can be added with an EDS update.
+        // Every endpoint's capture cluster too (empty while capture is off).
         let standby = d
             .endpoints
             .iter()
             .filter(|e| e.shadow.is_none())
             .map(|e| plan::shadow_cluster(e.namespace(), e.name()))
+            .chain(
+                d.endpoints
+                    .iter()
+                    .map(|e| plan::capture_cluster(e.namespace(), e.name())),
+            )
             .collect();
         let upstreams = Upstreams::Eds {
             dir: self.eds_dir.clone(),

@@ -193,6 +193,7 @@ impl Session {
     /// to the cluster's EDS file); Envoy at once, with the same bootstrap and files.
     pub(super) async fn supervise(&mut self) -> Result<(), LocalError> {
         self.supervise_envoy().await?;
+        self.supervise_sinks().await;
         let now = Instant::now();
         let mut moved: Vec<String> = Vec::new();
         for r in self.running.values_mut() {
