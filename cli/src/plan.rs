@@ -11,7 +11,7 @@ use crate::envoy::{ClusterUpstream, RouteEndpoint, RouteVariant};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
-use mlep_core::envoy::{EndpointRoute, CallTarget};
+use mlep_core::envoy::{CallTarget, EndpointRoute};
 use mlep_core::filter_config::{endpoint_config, spec_weights};
 use mlep_core::meta::SERVICE_PORT;
 use std::collections::BTreeMap;

@@ -77,21 +77,6 @@ async fn first_answers(port: u16, users: Vec<String>, n: usize) -> Vec<(String, 
     out
 }
 
-/// mlep's Envoy's `/stats/prometheus` (its admin port from mlep's output).
-async fn envoy_stats(up: &Up) -> String {
-    let admin: u16 = up
-        .output()
-        .split("Envoy admin: http://127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    mlep::http::get(admin, "/stats/prometheus", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .text()
-}
-
 /// The sum of `metric`'s series for `model` in a `/stats/prometheus` text.
 fn total(text: &str, metric: &str, model: &str) -> f64 {
     mlep::table::parse_prometheus(text)

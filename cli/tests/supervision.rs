@@ -203,7 +203,7 @@ async fn a_killed_envoy_is_restarted_and_users_keep_their_variants() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let mut up = Up::start_with_env(&dir, &[("MLEP_ENVOY", &wrapper)]);
+    let mut up = Up::start_with_env(&dir, &[("MLEP_ENVOY", wrapper.as_os_str())]);
     up.wait_ready();
     let before = split(&up, "user", 200).await;
     assert!(before.values().any(|v| v == "b") && before.values().any(|v| v == "a"));

@@ -44,7 +44,10 @@ impl Session {
     /// point the capture clusters at them once Envoy runs, and return the sinks `d` no longer
     /// needs: the caller stops them once the filter stopped sending to them
     /// ([`Session::stop_sinks`]). On error nothing changed.
-    pub(super) async fn start_sinks(&mut self, d: &Desired) -> Result<Vec<RunningSink>, LocalError> {
+    pub(super) async fn start_sinks(
+        &mut self,
+        d: &Desired,
+    ) -> Result<Vec<RunningSink>, LocalError> {
         let mut started: Vec<(SinkKey, RunningSink)> = Vec::new();
         for e in &d.endpoints {
             let key = (e.namespace().to_owned(), e.name().to_owned());
@@ -116,9 +119,10 @@ impl Session {
     ) -> Result<RunningSink, LocalError> {
         let bin = exe_dir_or_path("mlep-capture-sink").ok_or_else(|| LocalError::Missing {
             what: "mlep-capture-sink".into(),
-            hint: "the endpoint has dataCapture on; looked beside the mlep executable and on PATH; \
+            hint:
+                "the endpoint has dataCapture on; looked beside the mlep executable and on PATH; \
                    build it with `cargo build --release -p mlep-capture-sink`"
-                .into(),
+                    .into(),
         })?;
         let port = free_port().map_err(io_err("find a free port for the capture sink"))?;
         let name = format!("{}/{}/capture", key.0, key.1);
@@ -152,7 +156,9 @@ impl Session {
             .map(|(k, _)| k.clone())
             .collect();
         for key in exited {
-            let Some(s) = self.sinks.get(&key) else { continue };
+            let Some(s) = self.sinks.get(&key) else {
+                continue;
+            };
             let (id, port) = (s.id, s.addr.port());
             self.ui.say(format!(
                 "capture sink {} exited; restarting it (log {})",

@@ -49,7 +49,7 @@ impl Up {
     }
 
     /// Like [`Up::start`], with extra environment variables for mlep.
-    pub fn start_with_env(dir: &Path, env: &[(&str, &Path)]) -> Up {
+    pub fn start_with_env(dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Up {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlep"))
             .envs(env.iter().copied())
@@ -415,4 +415,19 @@ pub fn column(out: &str, name: &str) -> Option<usize> {
         .rev()
         .find(|l| l.starts_with("ENDPOINT "))
         .and_then(|h| h.split_whitespace().position(|c| c == name))
+}
+
+/// mlep's Envoy's `/stats/prometheus` (its admin port from mlep's output).
+pub async fn envoy_stats(up: &Up) -> String {
+    let admin: u16 = up
+        .output()
+        .split("Envoy admin: http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    mlep::http::get(admin, "/stats/prometheus", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .text()
 }

@@ -1,0 +1,227 @@
+//! Data capture in local mode, end to end: `mlep local up` on the Titanic example with
+//! `spec.dataCapture`, the real filter in Envoy and the real capture sink, writing to a
+//! directory and then (changed live) to a real S3 server. Every captured invocation is in a
+//! JSON Lines file under `<endpoint>/<variant>/<yyyy>/<mm>/<dd>/<hh>/` with the request and
+//! the prediction as sent and answered; turning capture off and on again applies live, and no
+//! invocation of the "off" period is captured anywhere.
+//!
+//! Needs (scripts/test-cli.sh does it): `mlep-model-server` and `mlep-capture-sink` beside the
+//! `mlep` test binary, the built filter, and `MLEP_S3_SERVER` (versitygw).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
+mod support;
+
+use mlep_contract::capture::CaptureRecord;
+use mlep_model_init::testing::S3Server;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+
+/// Every `.jsonl` file under `root`, recursively, with its path relative to `root`.
+fn capture_files(root: &Path) -> Vec<(String, Vec<CaptureRecord>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "jsonl") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let records = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+                    .collect();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, records));
+            }
+        }
+    }
+    out
+}
+
+fn records(root: &Path) -> Vec<(String, CaptureRecord)> {
+    capture_files(root)
+        .into_iter()
+        .flat_map(|(f, rs)| rs.into_iter().map(move |r| (f.clone(), r)))
+        .collect()
+}
+
+fn key_hash(user: &str) -> String {
+    format!(
+        "{:016x}",
+        mlep_contract::hash::hash_key("default/titanic", user)
+    )
+}
+
+fn wait_records(root: &Path, n: usize) -> Vec<(String, CaptureRecord)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = records(root);
+        if r.len() >= n || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn capture_yaml(destination: &str, enabled: bool) -> String {
+    format!(
+        "  dataCapture:\n    enabled: {enabled}\n    samplingPercent: 100\n    destinationUri: {destination}\n    contentTypes: [application/json]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
+    let dir = std::env::temp_dir().join(format!("mlep-capture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("input")).unwrap();
+    std::fs::copy(example().join("models.yaml"), dir.join("input/models.yaml")).unwrap();
+    let endpoint = dir.join("input/endpoint.yaml");
+    let base = std::fs::read_to_string(example().join("endpoint.yaml")).unwrap();
+    let local: PathBuf = dir.join("captures");
+    let file_dest = format!("file://{}", local.display());
+    std::fs::write(
+        &endpoint,
+        format!("{base}{}", capture_yaml(&file_dest, true)),
+    )
+    .unwrap();
+
+    let s3 = S3Server::start();
+    std::fs::create_dir_all(s3.root.join("captures")).unwrap();
+    let mut env: Vec<(String, std::ffi::OsString)> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
+    env.push(("MLEP_CAPTURE_MAX_FILE_AGE_MS".into(), "300".into()));
+    let env_refs: Vec<(&str, &std::ffi::OsStr)> = env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_os_str()))
+        .collect();
+    let mut up = Up::start_with_env(&dir, &env_refs);
+    up.wait_ready();
+
+    // 1. Capture on, to a directory: 40 users, each invocation captured once.
+    let request = std::fs::read(example().join("request.json")).unwrap();
+    let mut answers: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for i in 0..40 {
+        let user = format!("on-{i}");
+        let r = up.invoke(Some(&user), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let variant = r.header("x-mlep-variant").unwrap().to_owned();
+        answers.insert(key_hash(&user), (variant, r.text()));
+    }
+    let got = wait_records(&local, 40);
+    assert_eq!(
+        got.len(),
+        40,
+        "records: {:?}",
+        capture_files(&local)
+            .iter()
+            .map(|f| &f.0)
+            .collect::<Vec<_>>()
+    );
+    for (file, r) in &got {
+        let m = &r.event_metadata;
+        let hash = m.sticky_key_hash.clone().unwrap();
+        let (variant, answer) = answers
+            .get(&hash)
+            .unwrap_or_else(|| panic!("no request hashes to {hash}"));
+        assert_eq!(&m.variant_name, variant);
+        assert_eq!(m.endpoint_name, "titanic");
+        assert_eq!(
+            m.model_name,
+            if variant == "a" {
+                "titanic-v1"
+            } else {
+                "titanic-v2"
+            }
+        );
+        assert_eq!(m.status, 200);
+        let input = r.capture_data.endpoint_input.as_ref().unwrap();
+        assert_eq!(input.encoding.as_deref(), Some("JSON"));
+        assert_eq!(
+            input.data.as_deref().unwrap().as_bytes(),
+            request.as_slice(),
+            "request as sent"
+        );
+        let output = r.capture_data.endpoint_output.as_ref().unwrap();
+        assert_eq!(
+            output.data.as_deref(),
+            Some(answer.as_str()),
+            "prediction as answered"
+        );
+        // <endpoint>/<variant>/<yyyy>/<mm>/<dd>/<hh>/<file>.jsonl, the hour of the record's time.
+        let t = &m.inference_time;
+        let want_dir = format!(
+            "titanic/{variant}/{}/{}/{}/{}/",
+            &t[0..4],
+            &t[5..7],
+            &t[8..10],
+            &t[11..13]
+        );
+        assert!(file.starts_with(&want_dir), "{file} not under {want_dir}");
+    }
+
+    // 2. Capture off (live): the sink is retired; these invocations are captured nowhere.
+    let from = up.lines();
+    std::fs::write(
+        &endpoint,
+        format!("{base}{}", capture_yaml(&file_dest, false)),
+    )
+    .unwrap();
+    up.wait_for("stopping capture sink", from, Duration::from_secs(30));
+    up.wait_for("applied:", from, Duration::from_secs(30));
+    for i in 0..20 {
+        let r = up.invoke(Some(&format!("off-{i}")), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // 3. On again, to S3 (a new destination): 10 more, and only those, arrive there.
+    let from = up.lines();
+    let s3_dest = "s3://captures/local-test";
+    std::fs::write(&endpoint, format!("{base}{}", capture_yaml(s3_dest, true))).unwrap();
+    up.wait_for("applied:", from, Duration::from_secs(30));
+    for i in 0..10 {
+        let r = up.invoke(Some(&format!("again-{i}")), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let in_s3 = wait_records(&s3.root.join("captures/local-test"), 10);
+    assert_eq!(in_s3.len(), 10);
+    let again: Vec<String> = (0..10).map(|i| key_hash(&format!("again-{i}"))).collect();
+    for (_, r) in &in_s3 {
+        assert!(again.contains(r.event_metadata.sticky_key_hash.as_ref().unwrap()));
+    }
+    // Nothing of the "off" period anywhere, and nothing was lost on the way.
+    let off: Vec<String> = (0..20).map(|i| key_hash(&format!("off-{i}"))).collect();
+    let everywhere: Vec<_> = records(&local)
+        .into_iter()
+        .chain(records(&s3.root))
+        .collect();
+    assert_eq!(everywhere.len(), 50);
+    assert!(everywhere
+        .iter()
+        .all(|(_, r)| !off.contains(r.event_metadata.sticky_key_hash.as_ref().unwrap())));
+    let stats = envoy_stats(&up).await;
+    let count = |outcome: &str| -> f64 {
+        mlep::table::parse_prometheus(&stats)
+            .iter()
+            .filter(|s| {
+                s.name.ends_with("mlep_capture_records_total")
+                    && s.labels.get("outcome").map(String::as_str) == Some(outcome)
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    assert_eq!(
+        (count("sent"), count("sink_error"), count("queue_full")),
+        (50.0, 0.0, 0.0)
+    );
+    up.stop_with(nix::sys::signal::Signal::SIGINT);
+}
