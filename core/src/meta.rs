@@ -127,6 +127,9 @@ const ISTIO_NETWORKING: &str = "networking.istio.io/v1";
 pub struct RenderSettings {
     /// Image of the init container that fetches and verifies artifacts (`mlep-model-init`).
     pub model_init_image: String,
+    /// Image of the data capture sink (`mlep-capture-sink`), one Deployment per endpoint with
+    /// `spec.dataCapture` on.
+    pub capture_sink_image: String,
     /// Where proxies download the filter module (the operator serves it itself, see
     /// `mlep_operator::server`).
     pub wasm_url: String,
@@ -182,6 +185,7 @@ impl Default for RenderSettings {
         );
         Self {
             model_init_image: "ghcr.io/k8smlendpoints/mlep-model-init:0.1.0".into(),
+            capture_sink_image: "ghcr.io/k8smlendpoints/mlep-capture-sink:0.1.0".into(),
             wasm_url: module::module_url(&base, &zeros),
             wasm_sha256: zeros,
             gateway_namespace: "istio-system".into(),

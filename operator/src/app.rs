@@ -134,6 +134,9 @@ pub struct RunArgs {
     /// Image of the init container that fetches and verifies model artifacts.
     #[arg(long, env = "MLEP_MODEL_INIT_IMAGE", default_value_t = RenderSettings::default().model_init_image)]
     pub model_init_image: String,
+    /// Image of the data capture sink (`mlep-capture-sink`).
+    #[arg(long, env = "MLEP_CAPTURE_SINK_IMAGE", default_value_t = RenderSettings::default().capture_sink_image)]
+    pub capture_sink_image: String,
     /// Namespace of the ingress gateway pods (where gateway-side filters go).
     #[arg(long, env = "MLEP_GATEWAY_NAMESPACE", default_value_t = RenderSettings::default().gateway_namespace)]
     pub gateway_namespace: String,
@@ -190,6 +193,7 @@ impl RunArgs {
         });
         let settings = RenderSettings {
             model_init_image: self.model_init_image,
+            capture_sink_image: self.capture_sink_image,
             gateway_namespace: self.gateway_namespace,
             mesh_root_namespace: self.mesh_root_namespace,
             gateway_selector: self.gateway_selector,

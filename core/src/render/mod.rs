@@ -14,8 +14,10 @@
 //!   weighted default route for requests the filter did not see;
 //! - Gateway `E` when `spec.expose`;
 //! - the filter is shared by every endpoint (one per proxy): see [`crate::aggregate`];
-//! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set.
+//! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set;
+//! - Deployment and Service `E-capture` (the data capture sink) when `dataCapture` is on.
 
+mod capture;
 mod istio;
 #[cfg(test)]
 mod tests;
@@ -185,6 +187,9 @@ pub fn render_endpoint(
         }
         None => None,
     };
+    if let Some(d) = spec.data_capture.as_ref().filter(|d| d.enabled()) {
+        objects.extend(capture::capture_sink(&ctx, d)?);
+    }
     objects.push(destination_rule(&ctx, plan));
     objects.push(virtual_service(&ctx, spec, plan, route_key));
     if spec.expose == Some(true) {

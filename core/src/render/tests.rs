@@ -258,6 +258,98 @@ fn object_storage_credentials_reach_model_init_by_reference_and_a_claim_is_mount
         .all(|m| m["name"] != "artifact-pvc"));
 }
 
+fn capture(destination: &str) -> crate::crd::DataCaptureSpec {
+    crate::crd::DataCaptureSpec {
+        enabled: None,
+        sampling_percent: 10.0,
+        capture: vec![],
+        destination_uri: destination.into(),
+        credentials_secret: Some("s3-creds".into()),
+        max_payload_bytes: None,
+        content_types: vec![],
+    }
+}
+
+#[test]
+fn data_capture_renders_its_sink_and_points_the_filter_at_it() {
+    let mut ep = endpoint();
+    ep.spec.data_capture = Some(capture("s3://captures/prod"));
+    let r = render_endpoint(
+        &ep,
+        "ml",
+        &models(),
+        &Plan::assume_ready(&ep.spec),
+        None,
+        KEY,
+        &RenderSettings::default(),
+    )
+    .unwrap();
+    let d = find(&r.objects, "Deployment", "titanic-capture");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], RenderSettings::default().capture_sink_image);
+    let env = c["env"].as_array().unwrap();
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        value("MLEP_CAPTURE_DESTINATION"),
+        Some(json!("s3://captures/prod"))
+    );
+    assert_eq!(value("MLEP_CAPTURE_LISTEN"), Some(json!("0.0.0.0:9090")));
+    let secret_keys: Vec<_> = env
+        .iter()
+        .filter(|e| e["valueFrom"]["secretKeyRef"]["name"] == "s3-creds")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(secret_keys, mlep_contract::names::OBJECT_STORE_ENV);
+    let svc = find(&r.objects, "Service", "titanic-capture");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9090);
+    let cap = r.filter.capture.as_ref().unwrap();
+    assert_eq!(
+        cap.cluster,
+        "outbound|9090||titanic-capture.ml.svc.cluster.local"
+    );
+    assert_eq!((cap.percent, cap.request, cap.response), (10.0, true, true));
+
+    // Off: no sink, no capture in the filter.
+    ep.spec.data_capture = Some(crate::crd::DataCaptureSpec {
+        enabled: Some(false),
+        ..capture("s3://captures/prod")
+    });
+    let r = render_endpoint(
+        &ep,
+        "ml",
+        &models(),
+        &Plan::assume_ready(&ep.spec),
+        None,
+        KEY,
+        &RenderSettings::default(),
+    )
+    .unwrap();
+    assert!(r
+        .objects
+        .iter()
+        .all(|o| o["metadata"]["name"] != "titanic-capture"));
+    assert!(r.filter.capture.is_none());
+
+    // A local directory cannot be a cluster's destination.
+    ep.spec.data_capture = Some(capture("file:///var/captures"));
+    let err = render_endpoint(
+        &ep,
+        "ml",
+        &models(),
+        &Plan::assume_ready(&ep.spec),
+        None,
+        KEY,
+        &RenderSettings::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "spec.dataCapture.destinationUri");
+    assert!(err.message.contains("local mode"), "{}", err.message);
+}
+
 #[test]
 fn the_model_server_is_told_its_port_and_a_model_can_override_the_security_defaults() {
     let ep = endpoint();
@@ -324,17 +416,19 @@ fn every_rendered_pod_meets_pod_security_restricted() {
     use crate::pod_security::{pod_spec_violations, PodSecurityLevel};
     let mut ep = endpoint();
     ep.spec.shadow = Some(crate::crd::ShadowSpec::new("m3", 10.0));
+    ep.spec.data_capture = Some(capture("s3://captures/prod"));
     let objs = render(&ep, &Plan::assume_ready(&ep.spec));
     let mut pods = 0;
     for d in objs.iter().filter(|o| o["kind"] == "Deployment") {
         let spec: k8s_openapi::api::core::v1::PodSpec =
             serde_json::from_value(d["spec"]["template"]["spec"].clone()).unwrap();
-        assert!(spec.init_containers.is_some(), "{d}");
+        let is_sink = d["metadata"]["name"] == "titanic-capture";
+        assert!(spec.init_containers.is_some() || is_sink, "{d}");
         let found = pod_spec_violations(&spec, PodSecurityLevel::Restricted);
         assert!(found.is_empty(), "{}: {found:?}", d["metadata"]["name"]);
         pods += 1;
     }
-    assert_eq!(pods, 3, "a, b and the shadow");
+    assert_eq!(pods, 4, "a, b, the shadow and the capture sink");
 }
 
 #[test]

@@ -134,7 +134,7 @@ pub(super) fn deployment(
     }
 }
 
-fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -160,18 +160,7 @@ fn model_init_container(ctx: &Ctx, a: &Artifact, claim: Option<&str>) -> Contain
         env(ENV_MODEL_DIR, MODEL_DIR),
     ];
     if let Some(secret) = &a.credentials_secret {
-        vars.extend(OBJECT_STORE_ENV.iter().map(|key| EnvVar {
-            name: (*key).into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: (*key).into(),
-                    optional: Some(true),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }));
+        vars.extend(object_store_env(secret));
     }
     let mut mounts = vec![mount("model", MODEL_DIR, None), mount("tmp", "/tmp", None)];
     if let Some(claim) = claim {
@@ -191,9 +180,30 @@ fn model_init_container(ctx: &Ctx, a: &Artifact, claim: Option<&str>) -> Contain
     }
 }
 
-/// model-init is ours: locked down, and its own user whatever the Model's pod context says
-/// (so a Model running its server as another user cannot make the fetch run as root).
-fn init_security() -> SecurityContext {
+/// Object storage credentials for a container of ours: only the contract's keys of `secret`,
+/// each optional, by reference (the kubelet resolves them; the operator never reads Secrets).
+pub(super) fn object_store_env(secret: &str) -> Vec<EnvVar> {
+    OBJECT_STORE_ENV
+        .iter()
+        .map(|key| EnvVar {
+            name: (*key).into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.to_owned(),
+                    key: (*key).into(),
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        })
+        .collect()
+}
+
+/// model-init (and the capture sink) are ours: locked down, and their own user whatever the
+/// Model's pod context says (so a Model running its server as another user cannot make the
+/// fetch run as root).
+pub(super) fn init_security() -> SecurityContext {
     SecurityContext {
         run_as_user: Some(DEFAULT_UID),
         run_as_group: Some(DEFAULT_UID),
