@@ -2,7 +2,7 @@
 //! and local mode both call this; only the shadow target differs between them
 //! ([`CallTarget::istio`] / [`CallTarget::local`]).
 
-use crate::crd::{CaptureMode, ModelEndpointSpec};
+use crate::crd::{CaptureMode, DataCaptureSpec, ModelEndpointSpec};
 use crate::envoy::{CallTarget, EndpointRoute};
 use crate::meta::SERVICE_PORT;
 use crate::validate::SpecError;
@@ -79,24 +79,7 @@ pub fn endpoint_config(
         }),
         _ => None,
     };
-    let capture = match (&spec.data_capture, capture_target) {
-        (Some(d), Some(t)) if d.enabled() => {
-            let wants = |m| d.capture.is_empty() || d.capture.contains(&m);
-            Some(CaptureConfig {
-                cluster: t.cluster,
-                authority: Some(t.authority),
-                percent: d.sampling_percent,
-                request: wants(CaptureMode::Input),
-                response: wants(CaptureMode::Output),
-                max_payload_bytes: d
-                    .max_payload_bytes
-                    .unwrap_or(DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES),
-                content_types: d.content_types.clone(),
-                timeout_ms: DEFAULT_CAPTURE_TIMEOUT_MS,
-            })
-        }
-        _ => None,
-    };
+    let capture = capture_config(spec.data_capture.as_ref(), capture_target);
     let cfg = EndpointConfig {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
@@ -109,6 +92,24 @@ pub fn endpoint_config(
         capture,
     };
     Ok(cfg)
+}
+
+/// The filter's capture settings of an endpoint whose `dataCapture` is on.
+fn capture_config(d: Option<&DataCaptureSpec>, t: Option<CallTarget>) -> Option<CaptureConfig> {
+    let (d, t) = (d.filter(|d| d.enabled())?, t?);
+    let wants = |m| d.capture.is_empty() || d.capture.contains(&m);
+    Some(CaptureConfig {
+        cluster: t.cluster,
+        authority: Some(t.authority),
+        percent: d.sampling_percent,
+        request: wants(CaptureMode::Input),
+        response: wants(CaptureMode::Output),
+        max_payload_bytes: d
+            .max_payload_bytes
+            .unwrap_or(DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES),
+        content_types: d.content_types.clone(),
+        timeout_ms: DEFAULT_CAPTURE_TIMEOUT_MS,
+    })
 }
 
 /// The spec's own weights, in variant order.

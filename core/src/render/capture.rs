@@ -33,6 +33,27 @@ pub(super) fn capture_sink(ctx: &Ctx, d: &DataCaptureSpec) -> Result<Vec<Value>,
     }
     let app = capture_service(ctx.name);
     let selector = labels([(LABEL_APP, app.as_str())]);
+    let deployment = sink_deployment(ctx, &app, selector.clone(), sink_env(d));
+    let service = Service {
+        metadata: ctx.meta(&app, []),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: CAPTURE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    Ok(vec![object(&deployment)?, object(&service)?])
+}
+
+/// The sink's environment: destination, listener, instance name (the pod's), credentials.
+fn sink_env(d: &DataCaptureSpec) -> Vec<EnvVar> {
     let env = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -56,6 +77,15 @@ pub(super) fn capture_sink(ctx: &Ctx, d: &DataCaptureSpec) -> Result<Vec<Value>,
     if let Some(secret) = &d.credentials_secret {
         vars.extend(object_store_env(secret));
     }
+    vars
+}
+
+fn sink_deployment(
+    ctx: &Ctx,
+    app: &str,
+    selector: std::collections::BTreeMap<String, String>,
+    vars: Vec<EnvVar>,
+) -> Deployment {
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -65,8 +95,8 @@ pub(super) fn capture_sink(ctx: &Ctx, d: &DataCaptureSpec) -> Result<Vec<Value>,
         period_seconds: Some(5),
         ..Probe::default()
     };
-    let deployment = Deployment {
-        metadata: ctx.meta(&app, []),
+    Deployment {
+        metadata: ctx.meta(app, []),
         spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: LabelSelector {
@@ -110,21 +140,5 @@ pub(super) fn capture_sink(ctx: &Ctx, d: &DataCaptureSpec) -> Result<Vec<Value>,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
-    };
-    let service = Service {
-        metadata: ctx.meta(&app, []),
-        spec: Some(ServiceSpec {
-            selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: CAPTURE_PORT,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    };
-    Ok(vec![object(&deployment)?, object(&service)?])
+    }
 }

@@ -165,26 +165,7 @@ pub fn render_endpoint(
     let mut objects = variant_objects(&ctx, spec, plan, models)?;
     objects.push(object(&service(&ctx, &name, &name))?);
     let shadow_target = match &spec.shadow {
-        Some(s) => {
-            let m = checked_model(models, &s.model, "spec.shadow.model".into(), settings)?;
-            let app = envoy::shadow_service(&name);
-            objects.push(object(&deployment(
-                &ctx,
-                SHADOW,
-                &app,
-                &s.model,
-                m,
-                Some(s.replicas.unwrap_or(1)),
-                m.resources.as_ref(),
-            ))?);
-            objects.push(object(&service(&ctx, &app, &app))?);
-            Some(CallTarget::shadow_istio(
-                &name,
-                namespace,
-                &settings.cluster_domain,
-                SERVICE_PORT,
-            ))
-        }
+        Some(s) => Some(shadow_objects(&ctx, s, models, &mut objects)?),
         None => None,
     };
     if let Some(d) = spec.data_capture.as_ref().filter(|d| d.enabled()) {
@@ -225,6 +206,33 @@ pub fn render_endpoint(
         allocation,
         filter,
     })
+}
+
+/// The shadow's Deployment and Service, and where the filter sends its copies.
+fn shadow_objects(
+    ctx: &Ctx,
+    s: &crate::crd::ShadowSpec,
+    models: &BTreeMap<String, ModelSpec>,
+    objects: &mut Vec<Value>,
+) -> Result<CallTarget, SpecError> {
+    let m = checked_model(models, &s.model, "spec.shadow.model".into(), ctx.settings)?;
+    let app = envoy::shadow_service(ctx.name);
+    objects.push(object(&deployment(
+        ctx,
+        SHADOW,
+        &app,
+        &s.model,
+        m,
+        Some(s.replicas.unwrap_or(1)),
+        m.resources.as_ref(),
+    ))?);
+    objects.push(object(&service(ctx, &app, &app))?);
+    Ok(CallTarget::shadow_istio(
+        ctx.name,
+        ctx.namespace,
+        &ctx.settings.cluster_domain,
+        SERVICE_PORT,
+    ))
 }
 
 /// The Model named `name`, valid, its pods meeting the operator's Pod Security level, or an

@@ -80,20 +80,7 @@ pub(super) fn deployment(
     if let Some(a) = &model.artifact {
         volumes.push(empty_dir("model"));
         mounts.push(mount("model", MODEL_DIR, Some(true)));
-        let claim = match ArtifactLocation::parse(&a.uri) {
-            Ok(ArtifactLocation::Pvc { claim, .. }) => Some(claim),
-            _ => None,
-        };
-        if let Some(claim) = claim {
-            volumes.push(Volume {
-                name: "artifact-pvc".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.into(),
-                    read_only: Some(true),
-                }),
-                ..Volume::default()
-            });
-        }
+        let claim = artifact_claim(a, &mut volumes);
         init.push(model_init_container(ctx, a, claim));
     }
     let container = model_container(model, mounts, resources);
@@ -141,6 +128,22 @@ pub(super) fn mount(name: &str, path: &str, read_only: Option<bool>) -> VolumeMo
         read_only,
         ..VolumeMount::default()
     }
+}
+
+/// The claim of a `pvc://` artifact, added to `volumes` (read-only) as `artifact-pvc`.
+fn artifact_claim<'a>(a: &'a Artifact, volumes: &mut Vec<Volume>) -> Option<&'a str> {
+    let ArtifactLocation::Pvc { claim, .. } = ArtifactLocation::parse(&a.uri).ok()? else {
+        return None;
+    };
+    volumes.push(Volume {
+        name: "artifact-pvc".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.into(),
+            read_only: Some(true),
+        }),
+        ..Volume::default()
+    });
+    Some(claim)
 }
 
 /// The init container fetching and verifying the artifact into the model volume
