@@ -5,7 +5,9 @@
 //! `filter` | `unrelated` (the mlep filter in the chain, but the load's virtual host is not an
 //! endpoint's: the filter stays disabled there, as for every unrelated workload's traffic) |
 //! `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
-//! `shadow-sample10` (100% shadow, 10% of the copies compared) |
+//! `shadow-sample10` (100% shadow, 10% of the copies compared) | `capture` (filter + data
+//! capture of every invocation, request and response, to the shadow upstream as the sink) |
+//! `capture10` (10 % captured) |
 //! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
 //! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
 //! build). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
@@ -49,6 +51,7 @@ fn main() {
     let dir = PathBuf::from(dir);
     let addr = |s: &String| -> SocketAddr { s.parse().unwrap() };
     let shadow_cluster = "mlep|titanic|shadow";
+    let capture_cluster = "mlep|titanic|capture";
     let config_path = dir.join("ecds").join("filter.json");
     let floor_steps = mode.strip_prefix("floor.");
     let with_filter = floor_steps.is_some()
@@ -61,6 +64,8 @@ fn main() {
                 | "shadow10"
                 | "shadow-nocompare"
                 | "shadow-sample10"
+                | "capture"
+                | "capture10"
         );
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
@@ -89,7 +94,10 @@ fn main() {
                     cluster: shadow_cluster.into(),
                     upstream: addr(us),
                 }),
-                capture: None,
+                capture: (e == 0).then(|| ClusterUpstream {
+                    cluster: capture_cluster.into(),
+                    upstream: addr(us),
+                }),
             })
             .collect(),
         mirroring: if mode == "mirror" {
@@ -130,6 +138,12 @@ fn main() {
             cfg["endpoints"][0]["shadow"] = serde_json::json!({
                 "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
                 "compare": {"mode": compare, "tolerance": 0.0, "percent": compared}
+            });
+        }
+        if mode.starts_with("capture") {
+            let percent = if mode == "capture10" { 10 } else { 100 };
+            cfg["endpoints"][0]["capture"] = serde_json::json!({
+                "cluster": capture_cluster, "percent": percent, "timeoutMs": 1000
             });
         }
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), &cfg.to_string(), "1")
