@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifacts;
+pub mod capture;
 pub mod envoy;
 pub mod http;
 pub mod load;

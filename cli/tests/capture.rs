@@ -169,6 +169,52 @@ async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
         assert!(file.starts_with(&want_dir), "{file} not under {want_dir}");
     }
 
+    // `mlep capture` prints the same records from the destination the input names.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlep"))
+        .args(["capture", "-f"])
+        .arg(dir.join("input"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<CaptureRecord> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut want: Vec<_> = got
+        .iter()
+        .map(|(_, r)| r.event_metadata.event_id.clone())
+        .collect();
+    let mut seen: Vec<_> = printed
+        .iter()
+        .map(|r| r.event_metadata.event_id.clone())
+        .collect();
+    want.sort();
+    seen.sort();
+    assert_eq!(seen, want, "mlep capture prints every record once");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlep"))
+        .args([
+            "capture",
+            "--destination",
+            &file_dest,
+            "--endpoint",
+            "titanic",
+            "--variant",
+            "a",
+            "--files",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !listed.is_empty() && listed.lines().all(|l| l.starts_with("titanic/a/")),
+        "{listed}"
+    );
+
     // 2. Capture off (live): the sink is retired; these invocations are captured nowhere.
     let from = up.lines();
     std::fs::write(

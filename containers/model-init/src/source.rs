@@ -140,6 +140,42 @@ impl Source for PvcSource {
     }
 }
 
+/// A client for a data capture destination (`mlep_contract::capture::Destination`): the
+/// bucket of `s3://` and `gs://` ([`object_store_for`]); a `file://` directory (created if
+/// missing). Keys are relative to the bucket (the destination's prefix is the caller's) or to
+/// the directory. What the capture sink writes with and `mlep capture` reads with.
+pub fn destination_store(
+    d: &mlep_contract::capture::Destination,
+    credentials: &Credentials,
+    connect_timeout: Duration,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    use mlep_contract::capture::Destination;
+    match d {
+        Destination::S3 { bucket, prefix } => object_store_for(
+            &ArtifactLocation::S3 {
+                bucket,
+                key: prefix,
+            },
+            credentials,
+            connect_timeout,
+        ),
+        Destination::Gs { bucket, prefix } => object_store_for(
+            &ArtifactLocation::Gs {
+                bucket,
+                key: prefix,
+            },
+            credentials,
+            connect_timeout,
+        ),
+        Destination::Dir { path } => {
+            std::fs::create_dir_all(path).map_err(|e| format!("create {path}: {e}"))?;
+            object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// `s3://` and `gs://` through `object_store` ([`object_store_for`]); the fetch loop retries
 /// transient failures, and every body chunk must arrive within `timeout`.
 pub struct ObjectSource {
