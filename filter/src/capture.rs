@@ -65,6 +65,8 @@ impl Side {
 /// A sampled invocation being collected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The invocation's id in its record (`eventMetadata.eventId`), 128 random bits in hex.
+    pub event_id: String,
     pub time_ms: u64,
     pub key_hash: Option<u64>,
     pub input_type: String,
@@ -74,9 +76,16 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(spec: &Spec, time_ms: u64, key_hash: Option<u64>, input_type: String) -> Self {
+    pub fn new(
+        spec: &Spec,
+        event_id: String,
+        time_ms: u64,
+        key_hash: Option<u64>,
+        input_type: String,
+    ) -> Self {
         let input = Side::start(spec, spec.request, &input_type);
         Self {
+            event_id,
             time_ms,
             key_hash,
             input_type,
@@ -102,6 +111,7 @@ impl Record {
         complete: bool,
     ) -> Outgoing {
         let Record {
+            event_id,
             time_ms,
             key_hash,
             input_type,
@@ -126,6 +136,7 @@ impl Record {
             (c::H_ENDPOINT.to_owned(), endpoint.to_owned()),
             (c::H_VARIANT.to_owned(), variant.to_owned()),
             (c::H_MODEL.to_owned(), model.to_owned()),
+            (c::H_EVENT_ID.to_owned(), event_id),
             (c::H_TIME_MS.to_owned(), time_ms.to_string()),
             (c::H_STATUS.to_owned(), status.unwrap_or(0).to_string()),
             (c::H_INPUT_TYPE.to_owned(), input_type),
@@ -248,7 +259,7 @@ mod tests {
     #[test]
     fn both_bodies_travel_in_one_call_split_by_the_input_length() {
         let s = spec(&[], true, true);
-        let mut r = Record::new(&s, 42, Some(0xabc), "text/csv".into());
+        let mut r = Record::new(&s, "e1".into(), 42, Some(0xabc), "text/csv".into());
         r.input.add(8, 3, || b"1,2".to_vec());
         r.input.add(8, 1, || b"\n".to_vec());
         r.response_started(&s, "application/json".into());
@@ -260,6 +271,7 @@ mod tests {
         assert_eq!(header(&o, c::H_INPUT_LEN), Some("4"));
         assert_eq!(header(&o, c::H_KEY_HASH), Some("0000000000000abc"));
         assert_eq!(header(&o, c::H_TIME_MS), Some("42"));
+        assert_eq!(header(&o, c::H_EVENT_ID), Some("e1"));
         assert_eq!(header(&o, c::H_OUTPUT_TYPE), Some("application/json"));
         assert_eq!(header(&o, c::H_INPUT_SKIPPED), None);
         assert_eq!(header(&o, ":path"), Some(c::INGEST_PATH));
@@ -268,7 +280,7 @@ mod tests {
     #[test]
     fn sides_too_large_of_other_types_not_wanted_or_cut_short_are_skipped_with_the_reason() {
         let s = spec(&["text/csv"], true, true);
-        let mut r = Record::new(&s, 0, None, "text/csv".into());
+        let mut r = Record::new(&s, "e2".into(), 0, None, "text/csv".into());
         let mut read = false;
         r.input.add(8, 9, || {
             read = true;
@@ -283,7 +295,7 @@ mod tests {
         assert_eq!((o.body.len(), header(&o, c::H_INPUT_LEN)), (0, Some("0")));
 
         let s = spec(&[], false, true);
-        let r = Record::new(&s, 0, None, "text/csv".into());
+        let r = Record::new(&s, "e2".into(), 0, None, "text/csv".into());
         let o = r.finish(&s, "e", "v", "m", None, false);
         assert_eq!(header(&o, c::H_INPUT_SKIPPED), Some("not_captured"));
         assert_eq!(header(&o, c::H_OUTPUT_SKIPPED), Some("incomplete"));

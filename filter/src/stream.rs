@@ -368,8 +368,10 @@ impl Stream {
             )
         });
         let input_type = h.request_header("content-type").unwrap_or_default();
+        let event_id = format!("{:016x}{:016x}", h.random(), h.random());
         self.record = Some(Box::new(Record::new(
             spec,
+            event_id,
             h.now_ms(),
             key_hash,
             input_type,

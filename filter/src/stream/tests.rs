@@ -613,6 +613,11 @@ fn a_captured_invocation_sends_request_and_response_once_the_response_ends() {
         mlep_contract::hash::hash_key("default/titanic", "u7")
     );
     assert_eq!(ingest_header(o, c::H_KEY_HASH), Some(hash.as_str()));
+    let id = ingest_header(o, c::H_EVENT_ID).unwrap();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     assert_eq!(h.woken, 1);
 }
 
