@@ -2,8 +2,9 @@
 # Build and test the model containers' binaries natively (no Docker here): mlep-model-init
 # against a real HTTP server started by the tests and a real S3-protocol server (versitygw,
 # built from its Go module by scripts/cluster.sh build-s3, cached), mlep-model-server over real HTTP with the
-# committed Titanic artifacts. Installs nothing Python: the artifacts and expected.json are
-# committed (examples/titanic/train.py re-creates them, see its header).
+# committed Titanic artifacts, mlep-capture-sink writing to a directory and to the same S3
+# server. Installs nothing Python: the artifacts and expected.json are committed
+# (examples/titanic/train.py re-creates them, see its header).
 #
 #   scripts/test-containers.sh
 set -euo pipefail
@@ -20,11 +21,11 @@ echo "--> committed artifacts match SHA256SUMS"
 (cd examples/titanic/artifacts && sha256sum -c --quiet SHA256SUMS)
 
 echo "--> fmt (clippy runs once for the workspace in scripts/test.sh checks)"
-cargo fmt -p mlep-model-init -p mlep-model-server -- --check
+cargo fmt -p mlep-model-init -p mlep-model-server -p mlep-capture-sink -- --check
 
 echo "--> the S3 server of the object storage tests (versitygw, Go module, cached)"
 MLEP_S3_SERVER=$(scripts/cluster.sh build-s3)
 export MLEP_S3_SERVER
 
 echo "--> tests"
-cargo test --locked -p mlep-model-init -p mlep-model-server
+cargo test --locked -p mlep-model-init -p mlep-model-server -p mlep-capture-sink

@@ -6,14 +6,17 @@
 //! Pure decisions live apart from I/O: [`record`] (headers and body to a record line),
 //! [`batch`] (which records go in which file, when a file is due, what the memory bound
 //! refuses or gives up; the clock is a parameter), [`destination`]'s parse and
-//! [`metrics`]'s rendering. [`server`] (HTTP) and [`writer`] (the object store) are the shells.
+//! [`metrics`]'s rendering. [`server`] (HTTP) and [`writer`] (the object store) are the
+//! shells, sharing a [`sink::Sink`]; [`app::run`] starts both and orders the shutdown.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod batch;
 pub mod destination;
 pub mod metrics;
 pub mod record;
 pub mod server;
+pub mod sink;
 pub mod writer;
 
 /// Errors of the sink: a bad destination (exit 2 at start), a bad ingest request (400), a
@@ -22,8 +25,8 @@ pub mod writer;
 pub enum SinkError {
     #[error("bad destination {value:?}: {reason} (accepted: s3://<bucket>[/<prefix>], gs://<bucket>[/<prefix>], file:///<absolute dir>)")]
     BadDestination { value: String, reason: String },
-    #[error("cannot open the destination {value:?}: {reason}")]
-    Store { value: String, reason: String },
+    #[error("cannot open the destination: {reason}")]
+    Store { reason: String },
     #[error("missing header {header}")]
     MissingHeader { header: &'static str },
     #[error("bad header {header}: {reason}")]
@@ -60,4 +63,21 @@ pub fn is_key_segment(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && name != "."
         && name != ".."
+}
+
+/// `2 × N` random hex digits: event ids the filter did not send, an instance name when there
+/// is no hostname. Should the system's generator fail, the clock, the process id and a
+/// counter stand in (unique, not unpredictable, which is all these ids need).
+pub fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return bytes.iter().map(|b| format!("{b:02x}")).collect();
+    }
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:x}{:x}{n:x}", std::process::id())
 }
