@@ -73,7 +73,9 @@ impl Destination {
                 };
                 Ok(Destination::Dir { path: dir.into() })
             }
-            other => Err(format!("scheme {other:?} is not supported (s3, gs or file)")),
+            other => Err(format!(
+                "scheme {other:?} is not supported (s3, gs or file)"
+            )),
         }
     }
 
@@ -282,7 +284,13 @@ mod tests {
                 path: "/var/captures".into()
             })
         );
-        for bad in ["captures", "s3://Bad/x", "s3://b/../x", "file://rel", "ftp://h/x"] {
+        for bad in [
+            "captures",
+            "s3://Bad/x",
+            "s3://b/../x",
+            "file://rel",
+            "ftp://h/x",
+        ] {
             assert!(Destination::parse(bad).is_err(), "{bad}");
         }
     }

@@ -34,3 +34,14 @@ pub const OBJECT_STORE_ENV: &[&str] = &[
 /// Where the init container mounts the claim of a `pvc://<claim>/<path>` artifact (read-only):
 /// `<PVC_MOUNT_ROOT>/<claim>/<path>` is the file model-init reads.
 pub const PVC_MOUNT_ROOT: &str = "/mnt/mlep-pvc";
+
+/// Environment of `mlep-capture-sink` (its `--help` shows these names): where records go
+/// (`s3://bucket/prefix`, `gs://bucket/prefix`, `file:///dir`) ...
+pub const ENV_CAPTURE_DESTINATION: &str = "MLEP_CAPTURE_DESTINATION";
+/// ... the address it listens on ...
+pub const ENV_CAPTURE_LISTEN: &str = "MLEP_CAPTURE_LISTEN";
+/// ... and its name in file names (the pod's name in a cluster).
+pub const ENV_CAPTURE_INSTANCE: &str = "MLEP_CAPTURE_INSTANCE";
+/// Where `mlep-model-init` writes its error when it fails (the operator sets the kubelet's
+/// `/dev/termination-log`, so the endpoint's condition names the URI and the reason).
+pub const ENV_TERMINATION_LOG: &str = "MLEP_TERMINATION_LOG";

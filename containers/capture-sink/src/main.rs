@@ -13,6 +13,7 @@ use mlep_capture_sink::app::{run, Settings};
 use mlep_capture_sink::batch::Limits;
 use mlep_capture_sink::destination;
 use mlep_capture_sink::is_key_segment;
+use mlep_contract::names::{ENV_CAPTURE_DESTINATION, ENV_CAPTURE_INSTANCE, ENV_CAPTURE_LISTEN};
 use mlep_model_init::Credentials;
 
 const MIB: u64 = 1024 * 1024;
@@ -28,10 +29,10 @@ struct Args {
     /// file:///<absolute dir>. Object storage credentials come from the environment
     /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
     /// AWS_ENDPOINT_URL, GOOGLE_SERVICE_ACCOUNT_KEY), else the ambient identity.
-    #[arg(long, env = "MLEP_CAPTURE_DESTINATION")]
+    #[arg(long, env = ENV_CAPTURE_DESTINATION)]
     destination: String,
     /// Address to serve POST /v1/capture, /metrics, /healthz and /readyz on (port 0: any).
-    #[arg(long, env = "MLEP_CAPTURE_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = ENV_CAPTURE_LISTEN, default_value = "0.0.0.0:9090")]
     listen: SocketAddr,
     /// A file is written once its batch holds this many bytes...
     #[arg(long, env = "MLEP_CAPTURE_MAX_FILE_BYTES", default_value_t = 8 * MIB,
@@ -51,7 +52,7 @@ struct Args {
     max_body_bytes: usize,
     /// This sink's name in file names, unique among sinks writing to one destination
     /// (default: the hostname, i.e. the pod name; else a random id).
-    #[arg(long, env = "MLEP_CAPTURE_INSTANCE")]
+    #[arg(long, env = ENV_CAPTURE_INSTANCE)]
     instance: Option<String>,
     /// From SIGTERM to exit, at most (requests in flight, then the flush).
     #[arg(

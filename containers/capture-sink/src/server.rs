@@ -24,6 +24,9 @@ use crate::{is_key_segment, record};
 pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
+/// Also answered like `/healthz`: local mode health-checks its upstreams on `GET /ping`
+/// (SageMaker's convention, `cli/src/upstreams.rs`), the capture sink's cluster included.
+pub const PING_PATH: &str = "/ping";
 
 type Resp = Response<Full<Bytes>>;
 
@@ -59,10 +62,10 @@ async fn handle(req: Request<Incoming>, sink: Arc<Sink>, max_body_bytes: usize) 
             r
         }
         // Alive while it answers; ready once listening, which it is when it answers.
-        (&Method::GET, HEALTHZ_PATH | READYZ_PATH) => {
+        (&Method::GET, HEALTHZ_PATH | READYZ_PATH | PING_PATH) => {
             json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
-        (_, INGEST_PATH | METRICS_PATH | HEALTHZ_PATH | READYZ_PATH) => {
+        (_, INGEST_PATH | METRICS_PATH | HEALTHZ_PATH | READYZ_PATH | PING_PATH) => {
             let allow = if path == INGEST_PATH { "POST" } else { "GET" };
             let message = format!("{} is not allowed on {path}; use {allow}", req.method());
             let mut r = error(

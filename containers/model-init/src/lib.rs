@@ -30,9 +30,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub use publish::MARKER_FILE;
-pub use source::{
-    destination_store, object_store_for, source_for, Credentials, Download, Source,
-};
+pub use source::{destination_store, object_store_for, source_for, Credentials, Download, Source};
 
 /// Errors of a fetch. Grouped by [`InitError::exit_code`].
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mlep_contract::names::{ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR};
+use mlep_contract::names::{
+    ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, ENV_TERMINATION_LOG, MODEL_DIR,
+};
 use mlep_model_init::{fetch, Credentials, FetchRequest, Limits, LogProgress, RetryPolicy};
 
 #[derive(Parser, Debug)]
@@ -56,6 +58,9 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "MLEP_LOG_JSON")]
     log_json: bool,
+    /// Write the error here when the fetch fails (in a pod: the kubelet's termination log).
+    #[arg(long, env = ENV_TERMINATION_LOG)]
+    termination_log: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = e.exit_code();
             tracing::error!(error = %e, exit_code = code, "fetch failed");
+            // The kubelet's termination message (the operator points this at
+            // /dev/termination-log): the endpoint's condition then says why, naming the URI.
+            if let Some(path) = &args.termination_log {
+                let _ = std::fs::write(path, e.to_string());
+            }
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
     }

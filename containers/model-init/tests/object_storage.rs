@@ -89,9 +89,18 @@ fn wrong_credentials_exit_2_naming_the_uri_and_publish_nothing() {
     let dest = tmp.path().join("model");
     let mut env = s3.env();
     env[1].1 = "not-the-secret".into();
+    let logs = tempfile::tempdir().unwrap();
+    let term = logs.path().join("termination-log");
+    env.push(("MLEP_TERMINATION_LOG", term.display().to_string()));
     let out = run("s3://models/v1.tar.gz", &sha(&bytes), &dest, &env);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
+    // What the kubelet reports as the container's termination message: the error alone.
+    let message = std::fs::read_to_string(&term).unwrap();
+    assert!(
+        message.starts_with("artifact s3://models/v1.tar.gz refused: SignatureDoesNotMatch:"),
+        "{message}"
+    );
     assert!(
         err.contains("artifact s3://models/v1.tar.gz refused"),
         "{err}"

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mlep_contract::capture::Destination;
+use mlep_contract::names::{ENV_CAPTURE_DESTINATION, ENV_CAPTURE_INSTANCE, ENV_CAPTURE_LISTEN};
 use serde_json::Value;
 
 /// The sink's objects; `file://` destinations are local mode's only.
@@ -60,10 +61,10 @@ fn sink_env(d: &DataCaptureSpec) -> Vec<EnvVar> {
         ..EnvVar::default()
     };
     let mut vars = vec![
-        env("MLEP_CAPTURE_DESTINATION", &d.destination_uri),
-        env("MLEP_CAPTURE_LISTEN", &format!("0.0.0.0:{CAPTURE_PORT}")),
+        env(ENV_CAPTURE_DESTINATION, &d.destination_uri),
+        env(ENV_CAPTURE_LISTEN, &format!("0.0.0.0:{CAPTURE_PORT}")),
         EnvVar {
-            name: "MLEP_CAPTURE_INSTANCE".into(),
+            name: ENV_CAPTURE_INSTANCE.into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".into(),

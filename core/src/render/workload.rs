@@ -28,8 +28,8 @@ use k8s_openapi::Resource as _;
 use mlep_contract::artifact::ArtifactLocation;
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL as SHADOW;
 use mlep_contract::names::{
-    ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, MODEL_DIR, OBJECT_STORE_ENV,
-    PVC_MOUNT_ROOT,
+    ENV_ARTIFACT_SHA256, ENV_ARTIFACT_URI, ENV_MODEL_DIR, ENV_TERMINATION_LOG, MODEL_DIR,
+    OBJECT_STORE_ENV, PVC_MOUNT_ROOT,
 };
 
 /// Seconds a model pod keeps serving after it is told to stop (preStop sleep).
@@ -161,6 +161,7 @@ fn model_init_container(ctx: &Ctx, a: &Artifact, claim: Option<&str>) -> Contain
         env(ENV_ARTIFACT_URI, &a.uri),
         env(ENV_ARTIFACT_SHA256, &a.sha256),
         env(ENV_MODEL_DIR, MODEL_DIR),
+        env(ENV_TERMINATION_LOG, "/dev/termination-log"),
     ];
     if let Some(secret) = &a.credentials_secret {
         vars.extend(object_store_env(secret));
