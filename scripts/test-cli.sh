@@ -27,8 +27,8 @@ cargo fmt -p mlep -- --check
 
 echo "--> building the filter (wasm32-wasip1, release) and the model server"
 cargo build --locked --release -p mlep-filter --target wasm32-wasip1
-# The e2e test finds mlep-model-server beside the mlep test binary (same profile).
-cargo build --locked -p mlep -p mlep-model-server
+# The e2e tests find mlep-model-server and mlep-capture-sink beside the mlep test binary (same profile).
+cargo build --locked -p mlep -p mlep-model-server -p mlep-capture-sink
 
 echo "--> the S3 server of the object storage tests (versitygw, Go module, cached)"
 MLEP_S3_SERVER=$(scripts/cluster.sh build-s3)

@@ -269,5 +269,11 @@ async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
         (count("sent"), count("sink_error"), count("queue_full")),
         (50.0, 0.0, 0.0)
     );
+    eprintln!(
+        "measured: 50 records in {} files (directory) + {} (S3)\n--- mlep's output:\n{}",
+        capture_files(&local).len(),
+        capture_files(&s3.root).len(),
+        up.output()
+    );
     up.stop_with(nix::sys::signal::Signal::SIGINT);
 }
