@@ -277,3 +277,101 @@ async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
     );
     up.stop_with(nix::sys::signal::Signal::SIGINT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_killed_under_load_fails_no_request_and_capture_resumes_after_its_restart() {
+    let dir = std::env::temp_dir().join(format!("mlep-capture-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("input")).unwrap();
+    std::fs::copy(example().join("models.yaml"), dir.join("input/models.yaml")).unwrap();
+    let base = std::fs::read_to_string(example().join("endpoint.yaml")).unwrap();
+    let local = dir.join("captures");
+    let dest = format!("file://{}", local.display());
+    std::fs::write(
+        dir.join("input/endpoint.yaml"),
+        format!("{base}{}", capture_yaml(&dest, true)),
+    )
+    .unwrap();
+    let age = std::ffi::OsString::from("200");
+    let mut up = Up::start_with_env(&dir, &[("MLEP_CAPTURE_MAX_FILE_AGE_MS", age.as_os_str())]);
+    up.wait_ready();
+    let sink = || {
+        children_of(up.child.id())
+            .into_iter()
+            .find(|p| cmdline(*p).contains("mlep-capture-sink"))
+    };
+    let load = load_on(&up, Shape::fresh_users(2));
+    let warm = std::time::Instant::now();
+    while load.succeeded() < 50 {
+        assert!(
+            warm.elapsed() < Duration::from_secs(30),
+            "load did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let from = up.lines();
+    let killed_at = mlep_contract::capture::rfc3339_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    kill9(sink().expect("a capture sink under mlep"));
+    up.wait_for(
+        "capture sink default/titanic/capture exited; restarting",
+        from,
+        Duration::from_secs(10),
+    );
+    let at_restart = load.succeeded();
+    while load.succeeded() < at_restart + 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = load.stop().await;
+    eprintln!(
+        "measured: capture sink killed -9 under load: {}",
+        report.summary()
+    );
+    report.assert_no_failures("the capture sink killed");
+    // What the filter could not hand over while the sink was down is counted, not lost
+    // silently; what the restarted sink took is written.
+    let count = |stats: &str, outcome: &str| -> f64 {
+        mlep::table::parse_prometheus(stats)
+            .iter()
+            .filter(|s| {
+                s.name.ends_with("mlep_capture_records_total")
+                    && s.labels.get("outcome").map(String::as_str) == Some(outcome)
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = envoy_stats(&up).await;
+        let (sent, errors) = (count(&stats, "sent"), count(&stats, "sink_error"));
+        let total = sent + errors + count(&stats, "queue_full");
+        if total == report.succeeded() as f64 {
+            eprintln!("measured: {sent} records sent, {errors} counted sink_error");
+            assert!(sent > 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{total} of {} records accounted for",
+            report.succeeded()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Invocations after the kill are captured again (by the restarted sink).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !records(&local)
+        .iter()
+        .any(|(_, r)| r.event_metadata.inference_time > killed_at)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record of an invocation after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    up.stop_with(nix::sys::signal::Signal::SIGINT);
+}
