@@ -159,9 +159,9 @@ build_images() {
   envoy=$(envoy_path)
   istio_src=$CACHE/gopath/pkg/mod/istio.io/istio@$ISTIO_VERSION
   mkdir -p "$IMAGES"
-  log "cargo build --release (model server, model init, operator) + filter (wasm32-wasip1)"
+  log "cargo build --release (model server, model init, capture sink, operator) + filter (wasm32-wasip1)"
   rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
-  (cd "$ROOT" && nice cargo build --quiet --release -p mlep-model-server -p mlep-model-init -p mlep-operator \
+  (cd "$ROOT" && nice cargo build --quiet --release -p mlep-model-server -p mlep-model-init -p mlep-capture-sink -p mlep-operator \
     && nice cargo build --quiet --release -p mlep-filter --target wasm32-wasip1) \
     || die "cargo build of the project's images failed"
 
@@ -208,6 +208,10 @@ build_images() {
     --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
     --env MLEP_MODEL_DIR=/opt/ml/model --user 65532:65532 \
     --entrypoint '["/usr/local/bin/mlep-model-init"]'
+  $mk "$IMAGES/mlep-capture-sink.tar" "$MLEP_HUB/mlep-capture-sink:$MLEP_TAG" \
+    --bin "$rel/mlep-capture-sink:/usr/local/bin/mlep-capture-sink" \
+    --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt \
+    --user 65532:65532 --entrypoint '["/usr/local/bin/mlep-capture-sink"]'
   $mk "$IMAGES/mlep-operator.tar" "$MLEP_HUB/mlep-operator:$MLEP_TAG" \
     --bin "$rel/mlep-operator:/usr/local/bin/mlep-operator" \
     --file "$ROOT/target/wasm32-wasip1/release/mlep_filter.wasm:/usr/share/mlep/mlep_filter.wasm" \
