@@ -12,7 +12,7 @@ use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use mlep_core::crd::Artifact;
 use mlep_core::envoy::{CallTarget, EndpointRoute};
-use mlep_core::filter_config::{endpoint_config, spec_weights};
+use mlep_core::filter_config::{endpoint_config, spec_weights, Targets};
 use mlep_core::meta::SERVICE_PORT;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -297,12 +297,15 @@ pub fn filter_config(
             &e.endpoint.spec,
             &e.weights(),
             previous.get(&key),
-            target,
-            e.endpoint
-                .spec
-                .data_capture
-                .as_ref()
-                .map(|_| CallTarget::capture_local(e.name(), e.namespace())),
+            Targets {
+                shadow: target,
+                capture: e
+                    .endpoint
+                    .spec
+                    .data_capture
+                    .as_ref()
+                    .map(|_| CallTarget::capture_local(e.name(), e.namespace())),
+            },
             EndpointRoute {
                 virtual_hosts: vec![local_virtual_host(e.namespace(), e.name())],
                 key: route_key.to_owned(),

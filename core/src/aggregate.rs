@@ -27,7 +27,7 @@
 use crate::crd::{FilterWiring, ModelEndpoint};
 use crate::envoy::{mesh_virtual_hosts, CallTarget, EndpointRoute};
 use crate::filter_config::apply_rollout;
-use crate::filter_config::endpoint_config;
+use crate::filter_config::{endpoint_config, Targets};
 use crate::host_claims::{endpoint_id, host_owners};
 use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use kube_core::ResourceExt;
@@ -126,11 +126,14 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
         &ep.spec,
         &weights,
         Some(allocation),
-        shadow,
-        ep.spec
-            .data_capture
-            .as_ref()
-            .map(|_| CallTarget::capture_istio(&name, &ns, cluster_domain)),
+        Targets {
+            shadow,
+            capture: ep
+                .spec
+                .data_capture
+                .as_ref()
+                .map(|_| CallTarget::capture_istio(&name, &ns, cluster_domain)),
+        },
         route,
     )
     .ok()?;

@@ -19,6 +19,14 @@ use mlep_contract::{
 /// Default absolute tolerance of JSON comparison in the API (`spec.shadow.tolerance`).
 pub const DEFAULT_TOLERANCE: f64 = 1e-6;
 
+/// Where the filter calls out for an endpoint: its shadow's Service and its capture sink
+/// (`None`: the endpoint has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub shadow: Option<CallTarget>,
+    pub capture: Option<CallTarget>,
+}
+
 /// Build one endpoint's filter config.
 ///
 /// `weights` are the weights to route with now, in variant order (the spec's weights once
@@ -30,10 +38,13 @@ pub fn endpoint_config(
     spec: &ModelEndpointSpec,
     weights: &[(&str, u32)],
     previous: Option<&Allocation>,
-    shadow_target: Option<CallTarget>,
-    capture_target: Option<CallTarget>,
+    targets: Targets,
     route: EndpointRoute,
 ) -> Result<EndpointConfig, SpecError> {
+    let Targets {
+        shadow: shadow_target,
+        capture: capture_target,
+    } = targets;
     let allocation = carry_allocation(previous, weights)
         .map_err(|e| SpecError::invalid("spec.variants", e.to_string()))?;
     let variants = spec
@@ -235,8 +246,10 @@ mod tests {
             &s,
             &spec_weights(&s),
             None,
-            target(),
-            None,
+            Targets {
+                shadow: target(),
+                capture: None,
+            },
             route(),
         )
         .unwrap();
@@ -260,8 +273,10 @@ mod tests {
             &s,
             &[("a", 80), ("b", 20)],
             None,
-            None,
-            None,
+            Targets {
+                shadow: None,
+                capture: None,
+            },
             route(),
         )
         .unwrap();
@@ -271,8 +286,10 @@ mod tests {
             &s,
             &[("a", 70), ("b", 30)],
             Some(&first.allocation),
-            None,
-            None,
+            Targets {
+                shadow: None,
+                capture: None,
+            },
             route(),
         )
         .unwrap();
@@ -299,8 +316,10 @@ mod tests {
             &s,
             &spec_weights(&s),
             None,
-            None,
-            None,
+            Targets {
+                shadow: None,
+                capture: None,
+            },
             route(),
         )
         .unwrap();

@@ -25,7 +25,7 @@ mod workload;
 
 use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
 use crate::envoy::{self, CallTarget, EndpointRoute};
-use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan};
+use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan, Targets};
 use crate::host_claims::Claimant;
 use crate::plan::Plan;
 use crate::pod_security::check_model;
@@ -183,10 +183,13 @@ pub fn render_endpoint(
         spec,
         &plan.weights(),
         previous,
-        shadow_target,
-        spec.data_capture
-            .as_ref()
-            .map(|_| CallTarget::capture_istio(&name, namespace, &settings.cluster_domain)),
+        Targets {
+            shadow: shadow_target,
+            capture: spec
+                .data_capture
+                .as_ref()
+                .map(|_| CallTarget::capture_istio(&name, namespace, &settings.cluster_domain)),
+        },
         EndpointRoute {
             virtual_hosts: envoy::mesh_virtual_hosts(
                 &name,
