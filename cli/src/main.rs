@@ -29,6 +29,35 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Args)]
+struct CaptureArgs {
+    /// The Model and ModelEndpoint YAML (file or directory) naming the destination.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required_unless_present = "destination"
+    )]
+    input: Option<PathBuf>,
+    /// The destination URI instead of the input (s3://bucket/prefix, gs://..., file:///dir).
+    #[arg(long, requires = "endpoint")]
+    destination: Option<String>,
+    /// The endpoint (needed with --destination, or when several in the input capture).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Only this variant's records.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Only this period: yyyy, yyyy/mm, yyyy/mm/dd or yyyy/mm/dd/hh (UTC; needs --variant).
+    #[arg(long)]
+    period: Option<String>,
+    /// At most this many records (or files).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// List the files (path and size) instead of printing records.
+    #[arg(long)]
+    files: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run endpoints on this machine.
@@ -62,33 +91,7 @@ enum Cmd {
     #[command(after_help = "Examples:\n  \
         mlep capture -f examples/titanic --limit 5 | jq .captureData\n  \
         mlep capture --destination s3://captures/prod --endpoint titanic --variant a --period 2026/12/03 --files")]
-    Capture {
-        /// The Model and ModelEndpoint YAML (file or directory) naming the destination.
-        #[arg(
-            short = 'f',
-            long = "filename",
-            required_unless_present = "destination"
-        )]
-        input: Option<PathBuf>,
-        /// The destination URI instead of the input (s3://bucket/prefix, gs://..., file:///dir).
-        #[arg(long, requires = "endpoint")]
-        destination: Option<String>,
-        /// The endpoint (needed with --destination, or when several in the input capture).
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// Only this variant's records.
-        #[arg(long)]
-        variant: Option<String>,
-        /// Only this period: yyyy, yyyy/mm, yyyy/mm/dd or yyyy/mm/dd/hh (UTC; needs --variant).
-        #[arg(long)]
-        period: Option<String>,
-        /// At most this many records (or files).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// List the files (path and size) instead of printing records.
-        #[arg(long)]
-        files: bool,
-    },
+    Capture(CaptureArgs),
 }
 
 #[derive(Subcommand)]
@@ -178,43 +181,35 @@ struct UpArgs {
     no_table: bool,
 }
 
+/// `mlep capture`: the records (or files) of an endpoint's capture destination.
+fn capture(a: CaptureArgs) -> anyhow::Result<()> {
+    let (endpoint, destination) = match (a.destination, a.input) {
+        (Some(d), _) => (a.endpoint.unwrap_or_default(), d),
+        (None, Some(i)) => mlep::capture::destination_from_input(&i, a.endpoint.as_deref())?,
+        (None, None) => anyhow::bail!("pass -f INPUT or --destination URI --endpoint NAME"),
+    };
+    let q = mlep::capture::Query {
+        destination,
+        endpoint,
+        variant: a.variant,
+        period: a.period,
+        limit: a.limit,
+        files: a.files,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let shown = rt.block_on(mlep::capture::show(&q, &mut std::io::stdout().lock()))?;
+    let what = if q.files { "file(s)" } else { "record(s)" };
+    eprintln!("{shown} {what} from {}", q.destination);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Capture {
-            input,
-            destination,
-            endpoint,
-            variant,
-            period,
-            limit,
-            files,
-        } => {
-            let (endpoint, destination) = match (destination, input) {
-                (Some(d), _) => (endpoint.unwrap_or_default(), d),
-                (None, Some(i)) => mlep::capture::destination_from_input(&i, endpoint.as_deref())?,
-                (None, None) => anyhow::bail!("pass -f INPUT or --destination URI --endpoint NAME"),
-            };
-            let q = mlep::capture::Query {
-                destination,
-                endpoint,
-                variant,
-                period,
-                limit,
-                files,
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("start the async runtime")?;
-            let shown = rt.block_on(mlep::capture::show(&q, &mut std::io::stdout().lock()))?;
-            eprintln!(
-                "{shown} {} from {}",
-                if q.files { "file(s)" } else { "record(s)" },
-                q.destination
-            );
-            Ok(())
-        }
+        Cmd::Capture(a) => capture(a),
         Cmd::Crd => {
             print!("{}", mlep::render::crds_yaml().context("render the CRDs")?);
             Ok(())
