@@ -366,6 +366,13 @@ impl Agreement {
     }
 }
 
+/// A label value in Prometheus' text format: backslash, double quote and newline escaped.
+pub fn escape_label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The `code_class` label of an HTTP status: `1xx`..`5xx`, anything else `other`.
 pub fn code_class(status: u32) -> &'static str {
     CodeClass::of(status).label()

@@ -124,12 +124,7 @@ fn help(metric: &str) -> &'static str {
     }
 }
 
-/// A label value in the text format: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+use mlep_contract::metrics::escape_label_value as escape;
 
 #[cfg(test)]
 mod tests {

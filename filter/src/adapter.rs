@@ -207,6 +207,28 @@ struct Root {
     last_flush_ms: u64,
 }
 
+/// Send one call off the request path (a shadow copy, a capture record); a refusal is logged.
+fn call(
+    what: &str,
+    cluster: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, ()> {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = (!body.is_empty()).then_some(body);
+    let timeout = Duration::from_millis(u64::from(timeout_ms));
+    hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout).map_err(|status| {
+        log(
+            LogLevel::Warn,
+            &format!("mlep: {what} call to cluster {cluster} failed: {status:?}"),
+        );
+    })
+}
+
 impl Root {
     fn new(id: u32) -> Self {
         Self {
@@ -239,30 +261,9 @@ impl Root {
             let Some(c) = cfg.endpoints.get(ep).and_then(|e| e.capture.as_ref()) else {
                 continue;
             };
-            let headers: Vec<(&str, &str)> = o
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let timeout = Duration::from_millis(u64::from(c.timeout_ms));
-            match hostcalls::dispatch_http_call(
-                &c.cluster,
-                headers,
-                Some(o.body.as_slice()),
-                vec![],
-                timeout,
-            ) {
+            match call("capture", &c.cluster, &o.headers, &o.body, c.timeout_ms) {
                 Ok(token) => self.hub.borrow_mut().captures.sent(token, ep),
-                Err(status) => {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "mlep: capture call to cluster {} failed: {status:?}",
-                            c.cluster
-                        ),
-                    );
-                    self.host().increment(c.outcome(CaptureOutcome::SinkError));
-                }
+                Err(()) => self.host().increment(c.outcome(CaptureOutcome::SinkError)),
             }
         }
         let out = self.hub.borrow_mut().drain();
@@ -271,30 +272,12 @@ impl Root {
             let Some(s) = cfg.endpoints.get(o.ep).and_then(|e| e.shadow.as_ref()) else {
                 continue;
             };
-            let headers: Vec<(&str, &str)> = o
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let body = if o.body.is_empty() {
-                None
-            } else {
-                Some(o.body.as_slice())
-            };
-            let timeout = Duration::from_millis(u64::from(s.timeout_ms));
-            match hostcalls::dispatch_http_call(&s.cluster, headers, body, vec![], timeout) {
+            match call("shadow", &s.cluster, &o.headers, &o.body, s.timeout_ms) {
                 Ok(token) => self
                     .hub
                     .borrow_mut()
                     .sent(o.id, o.body.len(), token, now_ms()),
-                Err(status) => {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "mlep: shadow call to cluster {} failed: {status:?}",
-                            s.cluster
-                        ),
-                    );
+                Err(()) => {
                     let events = self.hub.borrow_mut().send_failed(o.id, o.body.len());
                     count(&cfg, &events, &mut host);
                 }

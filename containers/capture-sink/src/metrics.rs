@@ -141,12 +141,7 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
     }
 }
 
-/// A label value in the text format: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+use mlep_contract::metrics::escape_label_value as escape;
 
 #[cfg(test)]
 mod tests {
