@@ -76,22 +76,37 @@ fn capture_yaml(destination: &str, enabled: bool) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
-    let dir = std::env::temp_dir().join(format!("mlep-capture-{}", std::process::id()));
+/// A fresh input directory `<tmp>/<tag>-<pid>/input` with the Titanic models and its endpoint
+/// capturing to `<dir>/captures`; returns the directory, the endpoint file, the endpoint YAML
+/// without capture, and the capture directory with its `file://` URI.
+fn capture_input(tag: &str) -> (PathBuf, PathBuf, String, PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("input")).unwrap();
     std::fs::copy(example().join("models.yaml"), dir.join("input/models.yaml")).unwrap();
     let endpoint = dir.join("input/endpoint.yaml");
     let base = std::fs::read_to_string(example().join("endpoint.yaml")).unwrap();
-    let local: PathBuf = dir.join("captures");
-    let file_dest = format!("file://{}", local.display());
-    std::fs::write(
-        &endpoint,
-        format!("{base}{}", capture_yaml(&file_dest, true)),
-    )
-    .unwrap();
+    let local = dir.join("captures");
+    let dest = format!("file://{}", local.display());
+    std::fs::write(&endpoint, format!("{base}{}", capture_yaml(&dest, true))).unwrap();
+    (dir, endpoint, base, local, dest)
+}
 
+/// `mlep_capture_records_total{outcome}` summed over endpoints, from Envoy's stats text.
+fn capture_count(stats: &str, outcome: &str) -> f64 {
+    mlep::table::parse_prometheus(stats)
+        .iter()
+        .filter(|s| {
+            s.name.ends_with("mlep_capture_records_total")
+                && s.labels.get("outcome").map(String::as_str) == Some(outcome)
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
+    let (dir, endpoint, base, local, file_dest) = capture_input("mlep-capture");
     let s3 = S3Server::start();
     std::fs::create_dir_all(s3.root.join("captures")).unwrap();
     let mut env: Vec<(String, std::ffi::OsString)> = s3
@@ -255,16 +270,7 @@ async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
         .iter()
         .all(|(_, r)| !off.contains(r.event_metadata.sticky_key_hash.as_ref().unwrap())));
     let stats = envoy_stats(&up).await;
-    let count = |outcome: &str| -> f64 {
-        mlep::table::parse_prometheus(&stats)
-            .iter()
-            .filter(|s| {
-                s.name.ends_with("mlep_capture_records_total")
-                    && s.labels.get("outcome").map(String::as_str) == Some(outcome)
-            })
-            .map(|s| s.value)
-            .sum()
-    };
+    let count = |outcome: &str| capture_count(&stats, outcome);
     assert_eq!(
         (count("sent"), count("sink_error"), count("queue_full")),
         (50.0, 0.0, 0.0)
@@ -280,18 +286,7 @@ async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_killed_under_load_fails_no_request_and_capture_resumes_after_its_restart() {
-    let dir = std::env::temp_dir().join(format!("mlep-capture-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("input")).unwrap();
-    std::fs::copy(example().join("models.yaml"), dir.join("input/models.yaml")).unwrap();
-    let base = std::fs::read_to_string(example().join("endpoint.yaml")).unwrap();
-    let local = dir.join("captures");
-    let dest = format!("file://{}", local.display());
-    std::fs::write(
-        dir.join("input/endpoint.yaml"),
-        format!("{base}{}", capture_yaml(&dest, true)),
-    )
-    .unwrap();
+    let (dir, _, _, local, _) = capture_input("mlep-capture-kill");
     let age = std::ffi::OsString::from("200");
     let mut up = Up::start_with_env(&dir, &[("MLEP_CAPTURE_MAX_FILE_AGE_MS", age.as_os_str())]);
     up.wait_ready();
@@ -334,16 +329,7 @@ async fn a_sink_killed_under_load_fails_no_request_and_capture_resumes_after_its
     report.assert_no_failures("the capture sink killed");
     // What the filter could not hand over while the sink was down is counted, not lost
     // silently; what the restarted sink took is written.
-    let count = |stats: &str, outcome: &str| -> f64 {
-        mlep::table::parse_prometheus(stats)
-            .iter()
-            .filter(|s| {
-                s.name.ends_with("mlep_capture_records_total")
-                    && s.labels.get("outcome").map(String::as_str) == Some(outcome)
-            })
-            .map(|s| s.value)
-            .sum()
-    };
+    let count = capture_count;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let stats = envoy_stats(&up).await;
