@@ -207,6 +207,9 @@ fn capture(a: CaptureArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // One TLS crypto provider for the whole process, whatever features the build unified
+    // (see the workspace Cargo.toml's rustls entry); an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Capture(a) => capture(a),

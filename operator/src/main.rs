@@ -9,6 +9,9 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, whatever features the build unified
+    // (see the workspace Cargo.toml's rustls entry); an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match app::main(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

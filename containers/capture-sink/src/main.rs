@@ -73,6 +73,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, whatever features the build unified
+    // (see the workspace Cargo.toml's rustls entry); an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
