@@ -141,6 +141,9 @@ pub struct Bed {
 
 impl Bed {
     pub async fn connect() -> Bed {
+        // One TLS crypto provider for the test process: it links kube (rustls with ring) and,
+        // through mlep, object_store (rustls with aws-lc-rs); see the workspace's rustls entry.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let gw = std::env::var("MLEP_GATEWAY")
             .expect("MLEP_GATEWAY unset: run through scripts/test-cluster-e2e.sh, or export `scripts/cluster.sh env`");
         let gateway = gw
