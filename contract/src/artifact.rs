@@ -129,6 +129,7 @@ mod tests {
     use super::ArtifactLocation as L;
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn every_supported_form_parses_into_its_parts() {
         assert_eq!(
             L::parse("s3://models/titanic/v1.tar.gz"),
@@ -161,6 +162,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn malformed_locations_are_refused_with_the_reason() {
         for (uri, says) in [
             ("s3://bucket", "names no object"),

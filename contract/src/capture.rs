@@ -266,6 +266,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn destinations_parse_into_bucket_and_prefix_or_a_directory() {
         assert_eq!(
             Destination::parse("s3://captures/prod/"),
@@ -296,6 +297,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn capture_paths_and_times_are_utc_by_the_hour() {
         // 2026-12-03T12:34:56.789Z
         let t = 1_796_301_296_789;
@@ -311,6 +313,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn encodings_follow_sagemaker_and_fall_back_to_base64_for_non_text() {
         assert_eq!(encoding_for("application/json", b"{\"a\":1}"), "JSON");
         assert_eq!(
@@ -325,6 +328,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn content_types_match_by_essence() {
         let allowed = vec!["application/json".to_string(), "text/csv".to_string()];
         assert!(content_type_allowed(
@@ -338,6 +342,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn skipped_reasons_round_trip_and_records_keep_sagemakers_field_names() {
         for k in Skipped::ALL {
             assert_eq!(Skipped::parse(k.as_str()), Some(k));

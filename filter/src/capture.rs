@@ -257,6 +257,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn both_bodies_travel_in_one_call_split_by_the_input_length() {
         let s = spec(&[], true, true);
         let mut r = Record::new(&s, "e1".into(), 42, Some(0xabc), "text/csv".into());
@@ -278,6 +279,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn sides_too_large_of_other_types_not_wanted_or_cut_short_are_skipped_with_the_reason() {
         let s = spec(&["text/csv"], true, true);
         let mut r = Record::new(&s, "e2".into(), 0, None, "text/csv".into());
@@ -303,6 +305,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_queue_is_bounded_by_count_and_bytes_and_answers_are_told_by_token() {
         let mut q = Queue::default();
         let big = Outgoing {
