@@ -61,17 +61,20 @@ pub fn validate_model(spec: &ModelSpec) -> Result<(), SpecError> {
                 format!("{:?}: {reason}", a.uri),
             ));
         }
-        if let Some(name) = &a.credentials_secret {
-            // A DNS subdomain (RFC 1123), what Kubernetes accepts as a Secret name.
-            if name.len() > 253 || !name.split('.').all(is_dns_label) {
-                return Err(SpecError::invalid(
-                    "spec.artifact.credentialsSecret",
-                    format!("{name:?} is not a Secret name"),
-                ));
-            }
-        }
+        secret_name("spec.artifact.credentialsSecret", &a.credentials_secret)?;
     }
     Ok(())
+}
+
+/// A Secret name field, when set: a DNS subdomain (RFC 1123), what Kubernetes accepts.
+fn secret_name(field: &str, name: &Option<String>) -> Result<(), SpecError> {
+    match name {
+        Some(n) if n.len() > 253 || !n.split('.').all(is_dns_label) => Err(SpecError::invalid(
+            field,
+            format!("{n:?} is not a Secret name"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn is_host(h: &str) -> bool {
@@ -120,14 +123,7 @@ fn validate_capture(d: &crate::crd::DataCaptureSpec) -> Result<(), SpecError> {
             format!("{:?}: {reason}", d.destination_uri),
         ));
     }
-    if let Some(name) = &d.credentials_secret {
-        if name.len() > 253 || !name.split('.').all(is_dns_label) {
-            return Err(SpecError::invalid(
-                "spec.dataCapture.credentialsSecret",
-                format!("{name:?} is not a Secret name"),
-            ));
-        }
-    }
+    secret_name("spec.dataCapture.credentialsSecret", &d.credentials_secret)?;
     let max = mlep_contract::config::MAX_CAPTURE_PAYLOAD_BYTES;
     if d.max_payload_bytes.is_some_and(|b| b > max) {
         return Err(SpecError::invalid(

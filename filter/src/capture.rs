@@ -177,6 +177,16 @@ pub struct Outgoing {
     pub body: Vec<u8>,
 }
 
+impl Outgoing {
+    /// The value of ingest header `name`, if set.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Records waiting for the root context, and the calls in flight (by token).
 #[derive(Debug, Default)]
 pub struct Queue {
@@ -249,13 +259,6 @@ mod tests {
         }
     }
 
-    fn header<'a>(o: &'a Outgoing, name: &str) -> Option<&'a str> {
-        o.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn both_bodies_travel_in_one_call_split_by_the_input_length() {
@@ -269,13 +272,13 @@ mod tests {
         }
         let o = r.finish(&s, "titanic", "a", "m1", Some(200), true);
         assert_eq!(o.body, b"1,2\n[0.5]");
-        assert_eq!(header(&o, c::H_INPUT_LEN), Some("4"));
-        assert_eq!(header(&o, c::H_KEY_HASH), Some("0000000000000abc"));
-        assert_eq!(header(&o, c::H_TIME_MS), Some("42"));
-        assert_eq!(header(&o, c::H_EVENT_ID), Some("e1"));
-        assert_eq!(header(&o, c::H_OUTPUT_TYPE), Some("application/json"));
-        assert_eq!(header(&o, c::H_INPUT_SKIPPED), None);
-        assert_eq!(header(&o, ":path"), Some(c::INGEST_PATH));
+        assert_eq!(o.header(c::H_INPUT_LEN), Some("4"));
+        assert_eq!(o.header(c::H_KEY_HASH), Some("0000000000000abc"));
+        assert_eq!(o.header(c::H_TIME_MS), Some("42"));
+        assert_eq!(o.header(c::H_EVENT_ID), Some("e1"));
+        assert_eq!(o.header(c::H_OUTPUT_TYPE), Some("application/json"));
+        assert_eq!(o.header(c::H_INPUT_SKIPPED), None);
+        assert_eq!(o.header(":path"), Some(c::INGEST_PATH));
     }
 
     #[test]
@@ -292,16 +295,16 @@ mod tests {
         assert_eq!(r.input, Side::Skipped(Skipped::TooLarge));
         r.response_started(&s, "image/png".into());
         let o = r.finish(&s, "e", "v", "m", Some(200), true);
-        assert_eq!(header(&o, c::H_INPUT_SKIPPED), Some("too_large"));
-        assert_eq!(header(&o, c::H_OUTPUT_SKIPPED), Some("content_type"));
-        assert_eq!((o.body.len(), header(&o, c::H_INPUT_LEN)), (0, Some("0")));
+        assert_eq!(o.header(c::H_INPUT_SKIPPED), Some("too_large"));
+        assert_eq!(o.header(c::H_OUTPUT_SKIPPED), Some("content_type"));
+        assert_eq!((o.body.len(), o.header(c::H_INPUT_LEN)), (0, Some("0")));
 
         let s = spec(&[], false, true);
         let r = Record::new(&s, "e2".into(), 0, None, "text/csv".into());
         let o = r.finish(&s, "e", "v", "m", None, false);
-        assert_eq!(header(&o, c::H_INPUT_SKIPPED), Some("not_captured"));
-        assert_eq!(header(&o, c::H_OUTPUT_SKIPPED), Some("incomplete"));
-        assert_eq!(header(&o, c::H_STATUS), Some("0"));
+        assert_eq!(o.header(c::H_INPUT_SKIPPED), Some("not_captured"));
+        assert_eq!(o.header(c::H_OUTPUT_SKIPPED), Some("incomplete"));
+        assert_eq!(o.header(c::H_STATUS), Some("0"));
     }
 
     #[test]

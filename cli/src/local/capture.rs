@@ -12,7 +12,7 @@ use crate::plan::{self, Desired};
 use crate::supervisor::{free_port, ProcId};
 use mlep_core::crd::DataCaptureSpec;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -129,10 +129,7 @@ impl Session {
         let log = self
             .run_dir
             .join(format!("capture-{}-{}-{port}.log", key.0, key.1));
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--destination", &spec.destination_uri])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--instance", &format!("local-{}", key.1)]);
+        let cmd = sink_command(&bin, &spec.destination_uri, port, &key.1);
         let id = self.sup.spawn(&name, cmd, &log)?;
         if let Err(e) = self.sup.wait_ready(id, port, "/readyz", SINK_READY).await {
             self.sup.stop(id).await;
@@ -168,15 +165,21 @@ impl Session {
             let Some(bin) = exe_dir_or_path("mlep-capture-sink") else {
                 continue;
             };
-            let mut cmd = Command::new(bin);
-            cmd.args(["--destination", &s.destination])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--instance", &format!("local-{}", key.1)]);
+            let cmd = sink_command(&bin, &s.destination, port, &key.1);
             if let Err(e) = self.sup.respawn(id, cmd) {
                 self.ui.say(format!("  restarting {} failed: {e}", s.name));
             }
         }
     }
+}
+
+/// The sink of endpoint `name` writing to `destination`, listening on 127.0.0.1:`port`.
+fn sink_command(bin: &Path, destination: &str, port: u16, name: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--destination", destination])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--instance", &format!("local-{name}")]);
+    cmd
 }
 
 /// The capture settings when capture is on.

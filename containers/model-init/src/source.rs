@@ -56,7 +56,10 @@ pub fn source_for(
     credentials: &Credentials,
 ) -> Result<Box<dyn Source>, InitError> {
     let scheme = scheme_of(uri)?;
-    if !["http", "https", "file", "s3", "gs", "pvc"].contains(&scheme.as_str()) {
+    if !mlep_contract::artifact::SCHEMES
+        .split(", ")
+        .any(|s| s == scheme)
+    {
         return Err(InitError::UnsupportedScheme {
             scheme,
             supported: mlep_contract::artifact::SCHEMES,

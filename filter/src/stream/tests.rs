@@ -547,13 +547,6 @@ fn with_capture<'a>(percent: &'a str, extra: &'a str) -> impl Fn(&str) -> String
     }
 }
 
-fn ingest_header<'a>(o: &'a crate::capture::Outgoing, name: &str) -> Option<&'a str> {
-    o.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[test]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn a_captured_invocation_sends_request_and_response_once_the_response_ends() {
@@ -606,14 +599,14 @@ fn a_captured_invocation_sends_request_and_response_once_the_response_ends() {
         (":authority", "sink.local"),
     ];
     for (k, v) in want {
-        assert_eq!(ingest_header(o, k), Some(v), "{k}");
+        assert_eq!(o.header(k), Some(v), "{k}");
     }
     let hash = format!(
         "{:016x}",
         mlep_contract::hash::hash_key("default/titanic", "u7")
     );
-    assert_eq!(ingest_header(o, c::H_KEY_HASH), Some(hash.as_str()));
-    let id = ingest_header(o, c::H_EVENT_ID).unwrap();
+    assert_eq!(o.header(c::H_KEY_HASH), Some(hash.as_str()));
+    let id = o.header(c::H_EVENT_ID).unwrap();
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{id}"
@@ -659,7 +652,7 @@ fn capture_samples_its_share_and_a_new_visitor_is_hashed_by_the_cookie_it_gets()
         mlep_contract::hash::hash_key("default/titanic", &key)
     );
     assert_eq!(
-        ingest_header(&sent[0].1, mlep_contract::capture::H_KEY_HASH),
+        sent[0].1.header(mlep_contract::capture::H_KEY_HASH),
         Some(hash.as_str())
     );
 }
@@ -687,8 +680,8 @@ fn large_bodies_other_types_and_streams_cut_short_are_recorded_as_skipped() {
     s.on_response_body(&mut h, 3, true);
     let sent = hub.borrow_mut().captures.drain();
     let o = &sent[0].1;
-    assert_eq!(ingest_header(o, c::H_INPUT_SKIPPED), Some("too_large"));
-    assert_eq!(ingest_header(o, c::H_OUTPUT_SKIPPED), Some("content_type"));
+    assert_eq!(o.header(c::H_INPUT_SKIPPED), Some("too_large"));
+    assert_eq!(o.header(c::H_OUTPUT_SKIPPED), Some("content_type"));
     assert!(o.body.is_empty());
 
     // The client went away before the response ended: a record, its output `incomplete`.
@@ -704,10 +697,7 @@ fn large_bodies_other_types_and_streams_cut_short_are_recorded_as_skipped() {
     s.on_log(&mut h);
     let sent = hub.borrow_mut().captures.drain();
     assert_eq!(sent.len(), 1);
-    assert_eq!(
-        ingest_header(&sent[0].1, c::H_OUTPUT_SKIPPED),
-        Some("incomplete")
-    );
+    assert_eq!(sent[0].1.header(c::H_OUTPUT_SKIPPED), Some("incomplete"));
 }
 
 #[test]
