@@ -13,6 +13,7 @@
 mod support;
 
 use mlep_contract::capture::CaptureRecord;
+use mlep_contract::metrics::CAPTURE_RECORDS_TOTAL;
 use mlep_model_init::testing::S3Server;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,14 +95,7 @@ fn capture_input(tag: &str) -> (PathBuf, PathBuf, String, PathBuf, String) {
 
 /// `mlep_capture_records_total{outcome}` summed over endpoints, from Envoy's stats text.
 fn capture_count(stats: &str, outcome: &str) -> f64 {
-    mlep::table::parse_prometheus(stats)
-        .iter()
-        .filter(|s| {
-            s.name.ends_with("mlep_capture_records_total")
-                && s.labels.get("outcome").map(String::as_str) == Some(outcome)
-        })
-        .map(|s| s.value)
-        .sum()
+    metric_sum(stats, CAPTURE_RECORDS_TOTAL, "outcome", outcome)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -417,6 +417,18 @@ pub fn column(out: &str, name: &str) -> Option<usize> {
         .and_then(|h| h.split_whitespace().position(|c| c == name))
 }
 
+/// The sum of counter `name` (Envoy prefixes the filter's metric names) over the samples
+/// whose `label` has `value`, in Envoy's `/stats/prometheus` text.
+pub fn metric_sum(stats: &str, name: &str, label: &str, value: &str) -> f64 {
+    mlep::table::parse_prometheus(stats)
+        .iter()
+        .filter(|s| {
+            s.name.ends_with(name) && s.labels.get(label).map(String::as_str) == Some(value)
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
 /// mlep's Envoy's `/stats/prometheus` (its admin port from mlep's output).
 pub async fn envoy_stats(up: &Up) -> String {
     let admin: u16 = up
