@@ -30,7 +30,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+class S(http.server.ThreadingHTTPServer):
+    def handle_error(self, *a): pass  # Envoy hangs up on answers after its timeout
+S(("127.0.0.1", port), H).serve_forever()
 PY
 elif [ "$SINK" != down ]; then echo "SINK is slow or down, not $SINK" >&2; exit 2; fi
 dir="$WORK/envoy-$MODE"; mkdir -p "$dir"; PORT=$(free_port)
@@ -55,7 +57,7 @@ if [ "$MODE" = shadow ]; then
 else
   metric_name=mlep_capture_records_total; outcomes=(sent queue_full sink_error)
 fi
-sum() { awk -v m="$1" -v o="outcome=\"$2\"" '$1 ~ "^"m"({|$)" && (o == "outcome=\"\"" || index($1, o)) { s += $2 } END { printf "%.0f", s }'; }
+sum() { awk -v m="$1" -v o="outcome=\"${2:-}\"" '$1 ~ "^"m"({|$)" && (o == "outcome=\"\"" || index($1, o)) { s += $2 } END { printf "%.0f", s }'; }
 printf '%6s %14s %14s' t_s vm_memory_MiB envoy_rss_MiB; printf ' %12s' "${outcomes[@]}"; echo
 for t in $(seq 0 "$SAMPLE" "$DURATION"); do
   stats=$(curl -fs "http://$ADMIN/stats/prometheus")

@@ -13,7 +13,7 @@
 mod support;
 
 use mlep_contract::capture::CaptureRecord;
-use mlep_contract::metrics::CAPTURE_RECORDS_TOTAL;
+use mlep_contract::metrics::{CAPTURE_RECORDS_TOTAL, REQUESTS_TOTAL};
 use mlep_model_init::testing::S3Server;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -263,12 +263,24 @@ async fn captured_invocations_land_as_records_and_capture_follows_live_edits() {
     assert!(everywhere
         .iter()
         .all(|(_, r)| !off.contains(r.event_metadata.sticky_key_hash.as_ref().unwrap())));
-    let stats = envoy_stats(&up).await;
-    let count = |outcome: &str| capture_count(&stats, outcome);
-    assert_eq!(
-        (count("sent"), count("sink_error"), count("queue_full")),
-        (50.0, 0.0, 0.0)
-    );
+    // Envoy's counts once settled: the 70 invocations (a stream's last count, handed over
+    // once a second with the streams' `queue_full`) and the sink's 50 answers (the root's).
+    let start = std::time::Instant::now();
+    let counts = loop {
+        let stats = envoy_stats(&up).await;
+        let count = |outcome: &str| capture_count(&stats, outcome);
+        let counts = (count("sent"), count("sink_error"), count("queue_full"));
+        let requests = metric_sum(&stats, REQUESTS_TOTAL, "endpoint", "titanic");
+        if requests == 70.0 && counts.0 + counts.1 + counts.2 >= 50.0 {
+            break counts;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not settled: {requests} of 70 requests counted, capture outcomes {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(counts, (50.0, 0.0, 0.0));
     eprintln!(
         "measured: 50 records in {} files (directory) + {} (S3)\n--- mlep's output:\n{}",
         capture_files(&local).len(),

@@ -149,12 +149,19 @@ fn the_sampling_rate_over_5000_requests_is_within_2_points() {
     let (ok, failures) = post_all(&env, 5000, |_| b"{\"x\":1}".to_vec());
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(ok, 5000);
-    // Every record the filter sent has been answered: sent + errors stop moving at the count.
-    assert!(poll_until(Duration::from_secs(20), || outcome(
-        &env, "sent"
-    ) == sink.count()
-        as f64
-        && sink.count() > 0));
+    // Settled: every request counted (a stream's last count; its `queue_full` is handed over
+    // with it) and every record the sink took answered.
+    assert!(
+        poll_until(Duration::from_secs(20), || env
+            .metric("mlep_requests_total", &[])
+            == 5000.0
+            && outcome(&env, "sent") == sink.count() as f64
+            && sink.count() > 0),
+        "not settled: {} requests counted, {} sent, the sink took {}",
+        env.metric("mlep_requests_total", &[]),
+        outcome(&env, "sent"),
+        sink.count()
+    );
     let rate = sink.count() as f64 / 5000.0;
     assert!(
         (0.08..=0.12).contains(&rate),

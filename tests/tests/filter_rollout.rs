@@ -101,13 +101,15 @@ fn moved_users_reach_the_new_model_the_share_only_grows_and_a_rollback_returns_t
             &[("variant", "b"), ("model", model), ("code_class", "2xx")],
         )
     };
+    // Both counts are the streams', handed to Envoy once a second: wait for both.
     assert!(
         poll_until(std::time::Duration::from_secs(10), || counted("model-b2")
-            == on_b2 as f64),
-        "model-b2 counted {} of {on_b2}",
-        counted("model-b2")
+            == on_b2 as f64
+            && counted("model-b") == on_b as f64),
+        "model-b2 counted {} of {on_b2}, model-b {} of {on_b}",
+        counted("model-b2"),
+        counted("model-b")
     );
-    assert_eq!(counted("model-b"), on_b as f64);
     // What the rollout's analysis sees for the step: exactly the new model's requests.
     stats.observe(160, &env.prometheus());
     let step = query("b", "model-b2", Traffic::Served);
@@ -194,12 +196,14 @@ fn a_targeted_keyed_request_follows_a_half_split_by_its_key() {
         .filter(|k| first[k.as_str()] == "b2")
         .count();
     let want = (on_b2 + first_b2) as f64;
+    let want_b = (800 - on_b2 - first_b2) as f64;
     assert!(
-        poll_until(Duration::from_secs(10), || target("model-b2") == want),
-        "model-b2 counted {} of {want}",
-        target("model-b2")
+        poll_until(Duration::from_secs(10), || target("model-b2") == want
+            && target("model-b") == want_b),
+        "model-b2 counted {} of {want}, model-b {} of {want_b}",
+        target("model-b2"),
+        target("model-b")
     );
-    assert_eq!(target("model-b"), (800 - on_b2 - first_b2) as f64);
 }
 
 fn query(variant: &str, model: &str, traffic: Traffic) -> Query {

@@ -187,19 +187,27 @@ fn agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load(
     for h in handles {
         h.join().unwrap();
     }
-    // Wait until every sampled request has an outcome.
-    let mut last = 0.0;
-    poll_until(Duration::from_secs(15), || {
-        let now = shadow_total(&env);
-        let settled = now > 0.0 && now == last;
-        last = now;
-        settled
+    // Wait until every request is counted (streams hand their counts to Envoy once a second;
+    // `mlep_requests_total` is a stream's last count), every copy the shadow took has an
+    // outcome, and every answered copy its comparison (counted by whichever of the primary and
+    // the shadow finished last: the stream, batched, or the root, at once).
+    let total = f64::from(threads * per_thread);
+    let settled = poll_until(Duration::from_secs(20), || {
+        let ok = env.metric("mlep_shadow_requests_total", &[("outcome", "ok")]);
+        let compared = env.metric("mlep_shadow_agreement_total", &[]);
+        env.metric("mlep_requests_total", &[]) == total && ok == s.count() as f64 && compared == ok
     });
     let sampled = shadow_total(&env);
     let ok = env.metric("mlep_shadow_requests_total", &[("outcome", "ok")]);
     let matched = env.metric("mlep_shadow_agreement_total", &[("result", "match")]);
     let mismatched = env.metric("mlep_shadow_agreement_total", &[("result", "mismatch")]);
-    let total = f64::from(threads * per_thread);
+    assert!(
+        settled,
+        "not settled: {} requests counted of {total}, shadow took {}, {ok} ok, {} compared",
+        env.metric("mlep_requests_total", &[]),
+        s.count(),
+        matched + mismatched
+    );
     assert!(
         (sampled / total - 0.5).abs() < 0.06,
         "{sampled} of {total} sampled at 50%"

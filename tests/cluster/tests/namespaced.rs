@@ -328,9 +328,15 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
     )
     .await;
     loads.stop_without_failures("shadow").await;
-    let stats = gateway_stats(&bed).await;
-    let compared = sum_of(&stats, m::SHADOW_AGREEMENT_TOTAL, &mine);
-    let sent = sum_of(&stats, m::SHADOW_REQUESTS_TOTAL, &mine);
+    // A comparison is counted by whichever side finished last; a stream's count reaches Envoy
+    // up to a second later than the copy's outcome.
+    let (sent, compared) = eventually(SETTLE, "shadow agreement counted", || async {
+        let stats = gateway_stats(&bed).await;
+        let compared = sum_of(&stats, m::SHADOW_AGREEMENT_TOTAL, &mine);
+        let sent = sum_of(&stats, m::SHADOW_REQUESTS_TOTAL, &mine);
+        (compared > 0.0).then_some((sent, compared))
+    })
+    .await;
     measure(format!("shadow: {sent} copies sent, {compared} compared"));
     assert!(
         compared > 0.0,
