@@ -3,6 +3,8 @@
 //! credentials from a Secret the Model names, and the endpoint's invocations captured through
 //! the gateway into `s3://` by the operator's capture sink, checked byte for byte on disk.
 //! Wrong credentials and a missing object get an `ArtifactFetchFailed` condition naming the URI.
+//! Then a model from `pvc://`: a claim bound to a volume on the node, mounted read-only into
+//! the model's init container only.
 //!
 //! ```text
 //! eval "$(scripts/cluster.sh env | sed 's/^/export /')"
@@ -13,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret, Service};
 use kube::api::{Api, PostParams};
 use mlep_cluster_e2e::*;
 use mlep_contract::capture::CaptureRecord;
@@ -35,6 +37,65 @@ impl Drop for HostDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A cluster-scoped PersistentVolume (namespaces do not hold it): deleted on drop.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "delete",
+                "pv",
+                &self.0,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Claim `model-store` in `ns`, bound to a new volume over the node's directory `dir` (the
+/// bed's kubelet runs on this machine; no provisioner: the volume is made for the claim).
+async fn model_store(bed: &Bed, ns: &str, dir: &Path) -> Volume {
+    let name = format!("{ns}-model-store");
+    let pv: PersistentVolume = serde_yaml::from_str(&format!(
+        r#"
+metadata: {{name: {name}}}
+spec:
+  capacity: {{storage: 64Mi}}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {{namespace: {ns}, name: model-store}}
+  hostPath: {{path: {dir}, type: Directory}}
+"#,
+        dir = dir.display()
+    ))
+    .unwrap();
+    Api::<PersistentVolume>::all(bed.client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .unwrap();
+    let guard = Volume(name.clone());
+    let pvc: PersistentVolumeClaim = serde_yaml::from_str(&format!(
+        r#"
+metadata: {{name: model-store}}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: {name}
+  resources: {{requests: {{storage: 64Mi}}}}
+"#
+    ))
+    .unwrap();
+    bed.api::<PersistentVolumeClaim>(ns)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    guard
 }
 
 fn versitygw_image() -> String {
@@ -306,4 +367,36 @@ async fn models_come_from_s3_and_invocations_are_captured_to_s3() {
         );
     }
     ok("wrong credentials and a missing object: ArtifactFetchFailed naming the URI; the last good model serves");
+
+    // A model from a claim: titanic-v1's artifact on the volume, now variant b's model.
+    let _volume = model_store(&bed, &ns.name, &dir.0.join("models")).await;
+    let mut from_pvc = all[0].clone();
+    from_pvc.metadata.name = Some("titanic-pvc".into());
+    if let Some(a) = from_pvc.spec.artifact.as_mut() {
+        a.uri = "pvc://model-store/titanic-v1.tar.gz".into();
+        a.credentials_secret = None;
+    }
+    models
+        .create(&PostParams::default(), &from_pvc)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    t.edit(|s| s.variants[1].model = "titanic-pvc".to_owned())
+        .await;
+    // Ready again, and b answered by the claim's artifact (titanic-v1's model id).
+    eventually(
+        Duration::from_secs(180),
+        "b served from the claim",
+        || async {
+            let ready = condition(&t.endpoint().await, "Ready").is_some_and(|c| c.status == "True");
+            let o = t.gateway.invoke(&[("x-mlep-target-variant", "b")]).await;
+            (ready && o.status() == Some(200) && o.model() == Some("titanic:v1")).then_some(())
+        },
+    )
+    .await;
+    measure(format!(
+        "pvc:// model: edit -> b served from the claim {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    ok("a model from pvc://: the claim mounted read-only into model-init, b serves its artifact");
 }
