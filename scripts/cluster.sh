@@ -12,6 +12,7 @@
 #   scripts/cluster.sh build    # only build the binaries and image archives (what `up` does first)
 #   scripts/cluster.sh build-k8s # only the Kubernetes + etcd binaries; prints their directory
 #   scripts/cluster.sh build-s3 # only the S3-protocol server of the tests; prints its path
+#   scripts/cluster.sh build-gcs # only the GCS-protocol server of model-init's gs:// tests; prints its path
 #   scripts/cluster.sh alert-rules # refresh the shipped alert rules' ConfigMap on a running bed
 #
 # Needs root (containerd, CNI, iptables) and Go >= 1.21 on PATH (the modules pin their Go
@@ -124,6 +125,13 @@ build_binaries() {
 build_s3() {
   go_build versitygw "$HERE/versitygw" "-s -w -X main.Version=$VERSITYGW_VERSION" "versitygw" -- \
     github.com/versity/versitygw/cmd/versitygw
+}
+
+# The GCS-protocol server of model-init's gs:// tests (scripts/cluster/fake-gcs-server); not
+# on the bed.
+build_gcs() {
+  go_build fake-gcs-server "$HERE/fake-gcs-server" "-s -w" "fake-gcs-server" -- \
+    github.com/fsouza/fake-gcs-server
 }
 
 build_k8s() {
@@ -760,9 +768,10 @@ case ${1:-} in
   alert-rules) alert_rules_configmap ;;
   build-k8s) command -v go >/dev/null || die "Go not found on PATH"; build_k8s; echo "$BIN" ;;
   build-s3) command -v go >/dev/null || die "Go not found on PATH"; build_s3; echo "$BIN/versitygw" ;;
+  build-gcs) command -v go >/dev/null || die "Go not found on PATH"; build_gcs; echo "$BIN/fake-gcs-server" ;;
   down) cmd_down ;;
   leftovers) leftovers ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env|leftovers|build|build-k8s|build-s3" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|leftovers|build|build-k8s|build-s3|build-gcs" >&2; exit 2 ;;
 esac

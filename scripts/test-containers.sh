@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and test the model containers' binaries natively (no Docker here): mlep-model-init
-# against a real HTTP server started by the tests and a real S3-protocol server (versitygw,
-# built from its Go module by scripts/cluster.sh build-s3, cached), mlep-model-server over real HTTP with the
+# against a real HTTP server started by the tests, a real S3-protocol server (versitygw,
+# built from its Go module by scripts/cluster.sh build-s3, cached) and a GCS-protocol one
+# (fake-gcs-server, scripts/cluster.sh build-gcs), mlep-model-server over real HTTP with the
 # committed Titanic artifacts, mlep-capture-sink writing to a directory and to the same S3
 # server. Installs nothing Python: the artifacts and expected.json are committed
 # (examples/titanic/train.py re-creates them, see its header).
@@ -25,7 +26,8 @@ cargo fmt -p mlep-model-init -p mlep-model-server -p mlep-capture-sink -- --chec
 
 echo "--> the S3 server of the object storage tests (versitygw, Go module, cached)"
 MLEP_S3_SERVER=$(scripts/cluster.sh build-s3)
-export MLEP_S3_SERVER
+MLEP_GCS_SERVER=$(scripts/cluster.sh build-gcs)   # fake-gcs-server: model-init's gs:// tests
+export MLEP_S3_SERVER MLEP_GCS_SERVER
 
 echo "--> tests"
 cargo test --locked -p mlep-model-init -p mlep-model-server -p mlep-capture-sink

@@ -20,7 +20,7 @@ pub const ENV_MODEL_DIR: &str = "MLEP_MODEL_DIR";
 /// these keys, each optional); local mode reads them from its own environment. The names are
 /// the AWS CLI's and SDKs' own, so a Secret written for them works unchanged.
 /// `AWS_ENDPOINT_URL` points at any S3-compatible server (path-style requests; `http://` is
-/// allowed because the user wrote it).
+/// allowed because the user wrote it); `GOOGLE_BASE_URL` likewise at a GCS-compatible one.
 pub const OBJECT_STORE_ENV: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -29,6 +29,7 @@ pub const OBJECT_STORE_ENV: &[&str] = &[
     "AWS_ENDPOINT_URL",
     // A Google service account key (its JSON) for `gs://`.
     "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_BASE_URL",
 ];
 
 /// Where the init container mounts the claim of a `pvc://<claim>/<path>` artifact (read-only):

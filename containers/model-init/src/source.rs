@@ -204,14 +204,22 @@ pub fn object_store_for(
     credentials: &Credentials,
     connect_timeout: Duration,
 ) -> Result<Arc<dyn ObjectStore>, String> {
+    let c = credentials;
+    // The user named the endpoint (an S3- or GCS-compatible server, maybe in the cluster):
+    // plain `http://` is allowed because they wrote it.
+    let endpoint = match *location {
+        ArtifactLocation::S3 { .. } => c.get("AWS_ENDPOINT_URL"),
+        ArtifactLocation::Gs { .. } => c.get("GOOGLE_BASE_URL"),
+        _ => None,
+    };
     let options = object_store::ClientOptions::new()
         .with_connect_timeout(connect_timeout)
-        .with_timeout_disabled();
+        .with_timeout_disabled()
+        .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")));
     let retry = object_store::RetryConfig {
         max_retries: 0,
         ..object_store::RetryConfig::default()
     };
-    let c = credentials;
     match *location {
         ArtifactLocation::S3 { bucket, .. } => {
             let mut b = object_store::aws::AmazonS3Builder::new()
@@ -222,10 +230,6 @@ pub fn object_store_for(
                 if let Ok(k) = key.to_ascii_lowercase().parse() {
                     b = b.with_config(k, value);
                 }
-            }
-            if let Some(endpoint) = c.get("AWS_ENDPOINT_URL") {
-                // The user named a plain-HTTP endpoint (an in-cluster server); allow it.
-                b = b.with_allow_http(endpoint.starts_with("http://"));
             }
             b.build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
@@ -238,6 +242,9 @@ pub fn object_store_for(
                 .with_retry(retry);
             if let Some(key) = c.get("GOOGLE_SERVICE_ACCOUNT_KEY") {
                 b = b.with_service_account_key(key);
+            }
+            if let Some(url) = endpoint {
+                b = b.with_base_url(url);
             }
             b.build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)

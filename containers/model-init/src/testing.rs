@@ -2,7 +2,8 @@
 //! model-init, local mode and the cluster bed. Versity's gateway (`versitygw`, built by
 //! `scripts/cluster.sh build-s3`, found through `MLEP_S3_SERVER`) serves a directory: each
 //! top-level directory is a bucket, each file below it an object, so a test publishes an
-//! artifact by writing a file. Failures here are test failures: it panics.
+//! artifact by writing a file. And a GCS-protocol server for model-init's `gs://` tests
+//! ([`GcsServer`]). Failures here are test failures: they panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{TcpListener, TcpStream};
@@ -14,6 +15,29 @@ use crate::Credentials;
 
 /// Environment variable naming the `versitygw` binary.
 pub const SERVER_ENV: &str = "MLEP_S3_SERVER";
+/// Environment variable naming the `fake-gcs-server` binary.
+pub const GCS_SERVER_ENV: &str = "MLEP_GCS_SERVER";
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until `port` accepts connections (20 s at most).
+fn wait_listening(bin: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{bin} did not listen on {port} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// A running S3 server on 127.0.0.1, killed on drop.
 pub struct S3Server {
@@ -34,11 +58,7 @@ impl S3Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s3");
         std::fs::create_dir_all(&root).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let (access_key, secret_key) =
             ("mlep-test".to_string(), "mlep-test-secret-key".to_string());
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
@@ -51,14 +71,7 @@ impl S3Server {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{bin} did not listen on {port} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&bin, port);
         Self {
             child,
             root,
@@ -97,6 +110,74 @@ impl S3Server {
 }
 
 impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// fake-gcs-server (built by `scripts/cluster.sh build-gcs`, found through `MLEP_GCS_SERVER`)
+/// on 127.0.0.1 over plain HTTP, holding `objects` (bucket, key, bytes) from its start; killed
+/// on drop. It checks no credentials: what the tests prove is the `gs://` path, the object
+/// key and the service account key's wiring ([`GcsServer::env`]).
+pub struct GcsServer {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl GcsServer {
+    pub fn start(objects: &[(&str, &str, &[u8])]) -> Self {
+        let bin = std::env::var(GCS_SERVER_ENV).unwrap_or_else(|_| {
+            panic!("{GCS_SERVER_ENV} must name the fake-gcs-server binary (scripts/cluster.sh build-gcs prints it; the test scripts set it)")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        for (bucket, key, bytes) in objects {
+            let path = data.join(bucket).join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(&bin)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-backend",
+                "memory",
+            ])
+            .args(["-port", &port.to_string(), "-log-level", "warn"])
+            // Path-style `/<bucket>/<object>` (what object_store requests) is served for the
+            // public host only.
+            .args(["-public-host", &format!("127.0.0.1:{port}"), "-data"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        wait_listening(&bin, port);
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// What a Secret for a GCS-compatible server carries: `GOOGLE_BASE_URL` naming it and a
+    /// service account key without OAuth (the emulator has no token endpoint).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let key = r#"{"disable_oauth": true, "client_email": "tests@mlep.invalid", "private_key": "", "private_key_id": ""}"#;
+        vec![
+            ("GOOGLE_SERVICE_ACCOUNT_KEY", key.to_owned()),
+            ("GOOGLE_BASE_URL", self.endpoint.clone()),
+        ]
+    }
+}
+
+impl Drop for GcsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

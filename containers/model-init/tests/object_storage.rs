@@ -2,14 +2,16 @@
 //! `mlep_model_init::testing`): `s3://` artifacts fetched with the credentials of the
 //! environment (what the operator wires from the Model's Secret), and the failures a user
 //! meets named clearly: wrong credentials and a missing object exit 2 naming the URI with
-//! nothing published; an unreachable server is transient (exit 3).
+//! nothing published; an unreachable server is transient (exit 3). And `gs://` against a
+//! GCS-protocol server (fake-gcs-server): fetched from the endpoint `GOOGLE_BASE_URL` names,
+//! a missing object named.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mlep_model_init::testing::S3Server;
+use mlep_model_init::testing::{GcsServer, S3Server};
 use mlep_model_init::MARKER_FILE;
 use sha2::Digest;
 
@@ -171,6 +173,47 @@ fn a_corrupted_object_fails_its_sha256_and_publishes_nothing() {
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
         err.contains("sha256 mismatch for s3://models/v1.tar.gz"),
+        "{err}"
+    );
+    nothing_published(&dest);
+}
+
+#[test]
+fn a_gs_artifact_is_fetched_from_the_named_endpoint_and_published() {
+    let bytes = titanic_v1();
+    let gcs = GcsServer::start(&[("models", "titanic/v1.tar.gz", &bytes)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("model");
+    let out = run(
+        "gs://models/titanic/v1.tar.gz",
+        &sha(&bytes),
+        &dest,
+        &gcs.env(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dest.join("model.onnx").is_file());
+    let marker = std::fs::read_to_string(dest.join(MARKER_FILE)).unwrap();
+    assert!(
+        marker.starts_with(&format!("sha256 {}\n", sha(&bytes))),
+        "{marker}"
+    );
+}
+
+#[test]
+fn a_missing_gs_object_exits_2_naming_the_uri() {
+    let gcs = GcsServer::start(&[("models", "other.tar.gz", b"x")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("model");
+    let out = run(
+        "gs://models/absent.tar.gz",
+        &"a".repeat(64),
+        &dest,
+        &gcs.env(),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("artifact gs://models/absent.tar.gz not available"),
         "{err}"
     );
     nothing_published(&dest);
