@@ -182,7 +182,16 @@ fn category(f: &Feature, s: &str, row: usize) -> Result<f32, RequestError> {
         })
 }
 
+/// Rows (records or positional) take the streaming path; other shapes, and every error, the
+/// `Value` tree (see `json_rows`).
 fn decode_json(body: &[u8], meta: &Metadata) -> Result<Batch, RequestError> {
+    match crate::json_rows::decode(body, &meta.features) {
+        Some(batch) => Ok(batch),
+        None => decode_json_tree(body, meta),
+    }
+}
+
+fn decode_json_tree(body: &[u8], meta: &Metadata) -> Result<Batch, RequestError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| RequestError::bad("malformed", format!("invalid JSON: {e}")))?;
     match v {
@@ -486,6 +495,53 @@ mod tests {
             assert_eq!(
                 decode(Format::Json, b, &m).unwrap(),
                 want,
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+
+    #[test]
+    fn the_streaming_path_takes_rows_and_agrees_with_the_tree() {
+        let m = meta();
+        let rows: [&[u8]; 7] = [
+            br#"[{"pclass":3,"sex":"male","age":22,"extra":"ignored"},{"age":38.5,"sex":"female","pclass":1}]"#,
+            br#"{"instances":[{"pclass":3,"sex":"male","age":22},{"pclass":1,"sex":"female","age":38.5}]}"#,
+            br#"{"instances":[[3,"male",22],[1,"female",38.5]],"later":{"keys":[1]}}"#,
+            br#"[[3,"male",22],[1.0,"female",38.5]]"#,
+            br#"[{"pclass":2,"sex":"male","age":-1e-3,"pclass":3,"age":1e300}]"#,
+            br#"[[-0,"female",18446744073709551615]]"#,
+            b"[]",
+        ];
+        for b in rows {
+            let fast = crate::json_rows::decode(b, &m.features);
+            let tree = decode_json_tree(b, &m).unwrap();
+            assert_eq!(fast, Some(tree), "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn the_streaming_path_declines_other_shapes_and_every_error() {
+        let m = meta();
+        let declined: [&[u8]; 13] = [
+            br#"{"pclass":[3,1],"sex":["male","female"],"age":[22,38.5]}"#,
+            br#"{"pclass":3,"sex":"male","age":22}"#,
+            br#"{"before":1,"instances":[[3,"male",22]]}"#,
+            br#"{"instances":[[3,"male",22]],"instances":[[1,"male",2]]}"#,
+            br#"{}"#,
+            br#"[{"pclass":3,"sex":"male"}]"#,
+            br#"[{"pclass":3.5,"sex":"male","age":1}]"#,
+            br#"[{"pclass":3,"sex":"robot","age":1}]"#,
+            br#"[{"pclass":3,"sex":"male","age":null}]"#,
+            br#"[[3,"male"]]"#,
+            br#"[[3,"male",22,1]]"#,
+            br#"[[3,"male",22]] trailing"#,
+            b"[{",
+        ];
+        for b in declined {
+            assert_eq!(
+                crate::json_rows::decode(b, &m.features),
+                None,
                 "{}",
                 String::from_utf8_lossy(b)
             );

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+mod json_rows;
 pub mod metadata;
 pub mod metrics;
 pub mod model;
