@@ -27,6 +27,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Start `cmd` (the server `bin`) with its stderr in `log` and wait until it listens on `port`.
+fn serve(bin: &str, mut cmd: Command, log: &Path, port: u16) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    wait_listening(bin, port);
+    child
+}
+
 /// Wait until `port` accepts connections (20 s at most).
 fn wait_listening(bin: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -61,17 +73,12 @@ impl S3Server {
         let port = free_port();
         let (access_key, secret_key) =
             ("mlep-test".to_string(), "mlep-test-secret-key".to_string());
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(&bin)
-            .args(["--access", &access_key, "--secret", &secret_key, "--quiet"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--access", &access_key, "--secret", &secret_key, "--quiet"])
             .args(["--port", &format!("127.0.0.1:{port}")])
             .args(["posix", "--nometa"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        wait_listening(&bin, port);
+            .arg(&root);
+        let child = serve(&bin, cmd, &dir.path().join("server.log"), port);
         Self {
             child,
             root,
@@ -139,26 +146,21 @@ impl GcsServer {
             std::fs::write(path, bytes).unwrap();
         }
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(&bin)
-            .args([
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-backend",
-                "memory",
-            ])
-            .args(["-port", &port.to_string(), "-log-level", "warn"])
-            // Path-style `/<bucket>/<object>` (what object_store requests) is served for the
-            // public host only.
-            .args(["-public-host", &format!("127.0.0.1:{port}"), "-data"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        wait_listening(&bin, port);
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-backend",
+            "memory",
+        ])
+        .args(["-port", &port.to_string(), "-log-level", "warn"])
+        // Path-style `/<bucket>/<object>` (what object_store requests) is served for the
+        // public host only.
+        .args(["-public-host", &format!("127.0.0.1:{port}"), "-data"])
+        .arg(&data);
+        let child = serve(&bin, cmd, &dir.path().join("server.log"), port);
         Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -51,6 +51,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The run succeeded and `dest` holds the unpacked artifact `bytes`, marked with its sha256.
+fn published(out: &Output, dest: &Path, bytes: &[u8]) {
+    assert!(out.status.success(), "{}", stderr(out));
+    assert!(dest.join("model.onnx").is_file());
+    let marker = std::fs::read_to_string(dest.join(MARKER_FILE)).unwrap();
+    assert!(
+        marker.starts_with(&format!("sha256 {}\n", sha(bytes))),
+        "{marker}"
+    );
+}
+
 fn nothing_published(dest: &Path) {
     assert!(!dest.exists(), "{} was published", dest.display());
     let parent: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
@@ -73,13 +84,7 @@ fn an_s3_artifact_is_fetched_with_the_environments_credentials_and_published() {
         &dest,
         &s3.env(),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(dest.join("model.onnx").is_file());
-    let marker = std::fs::read_to_string(dest.join(MARKER_FILE)).unwrap();
-    assert!(
-        marker.starts_with(&format!("sha256 {}\n", sha(&bytes))),
-        "{marker}"
-    );
+    published(&out, &dest, &bytes);
 }
 
 #[test]
@@ -190,13 +195,7 @@ fn a_gs_artifact_is_fetched_from_the_named_endpoint_and_published() {
         &dest,
         &gcs.env(),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(dest.join("model.onnx").is_file());
-    let marker = std::fs::read_to_string(dest.join(MARKER_FILE)).unwrap();
-    assert!(
-        marker.starts_with(&format!("sha256 {}\n", sha(&bytes))),
-        "{marker}"
-    );
+    published(&out, &dest, &bytes);
 }
 
 #[test]
