@@ -1,9 +1,9 @@
 //! Shared pieces of the fuzz targets.
 //!
-//! The model server's request decoding (`codec.rs`, with the `metadata.rs` types it reads) is
-//! compiled here from its own source files: the `mlep-model-server` crate links tract-onnx,
-//! whose sanitizer-instrumented nightly build would cost many minutes per CI run, and these two
-//! modules need only serde. `ServerError` stands in for the crate root's error enum, of which
+//! The model server's request decoding (`codec.rs`, its streaming rows path `json_rows.rs`,
+//! and the `metadata.rs` types they read) is compiled here from its own source files: the
+//! `mlep-model-server` crate links tract-onnx, whose sanitizer-instrumented nightly build would
+//! cost many minutes per CI run, and these modules need only serde. `ServerError` stands in for the crate root's error enum, of which
 //! `metadata.rs` uses the `Metadata` variant.
 #![forbid(unsafe_code)]
 
@@ -18,3 +18,6 @@ pub mod metadata;
 
 #[path = "../../containers/model-server/src/codec.rs"]
 pub mod codec;
+
+#[path = "../../containers/model-server/src/json_rows.rs"]
+pub mod json_rows;
