@@ -62,6 +62,20 @@ fn published(out: &Output, dest: &Path, bytes: &[u8]) {
     );
 }
 
+/// Fetching `uri`, absent from the server `env` names, exits 2 naming it; nothing published.
+fn missing_object_is_named(uri: &str, env: &[(&str, String)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("model");
+    let out = run(uri, &"a".repeat(64), &dest, env);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("artifact {uri} not available")),
+        "{err}"
+    );
+    nothing_published(&dest);
+}
+
 fn nothing_published(dest: &Path) {
     assert!(!dest.exists(), "{} was published", dest.display());
     let parent: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
@@ -132,21 +146,7 @@ fn wrong_credentials_exit_2_naming_the_uri_and_publish_nothing() {
 fn a_missing_object_exits_2_naming_the_uri() {
     let s3 = S3Server::start();
     s3.put("models", "other.tar.gz", b"x");
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join("model");
-    let out = run(
-        "s3://models/absent.tar.gz",
-        &"a".repeat(64),
-        &dest,
-        &s3.env(),
-    );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("artifact s3://models/absent.tar.gz not available"),
-        "{err}"
-    );
-    nothing_published(&dest);
+    missing_object_is_named("s3://models/absent.tar.gz", &s3.env());
 }
 
 #[test]
@@ -201,19 +201,5 @@ fn a_gs_artifact_is_fetched_from_the_named_endpoint_and_published() {
 #[test]
 fn a_missing_gs_object_exits_2_naming_the_uri() {
     let gcs = GcsServer::start(&[("models", "other.tar.gz", b"x")]);
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join("model");
-    let out = run(
-        "gs://models/absent.tar.gz",
-        &"a".repeat(64),
-        &dest,
-        &gcs.env(),
-    );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("artifact gs://models/absent.tar.gz not available"),
-        "{err}"
-    );
-    nothing_published(&dest);
+    missing_object_is_named("gs://models/absent.tar.gz", &gcs.env());
 }
