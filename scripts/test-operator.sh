@@ -35,6 +35,7 @@ cargo test -p mlep-operator --lib --test crds --test cli --test module_server --
 cargo test -p mlep-operator --features envtest --test cluster -- --test-threads=1
 cargo test -p mlep-operator --features envtest --test hosts -- --test-threads=1
 cargo test -p mlep-operator --features envtest --test namespaced -- --test-threads=1
+cargo test -p mlep-operator --features envtest --test autoscale -- --test-threads=1
 cargo clippy -p mlep-core -p mlep-operator --all-targets --features envtest -- -D warnings
 t2=$(date +%s)
 echo "[test-operator] ok: provisioning $((t1-t0)) s, tests $((t2-t1)) s"

@@ -147,7 +147,7 @@ fn quoted(v: &str) -> String {
 }
 
 /// `{__name__=~"(envoy_)?<metric>", endpoint="...", ...}`.
-fn selector(metric: &str, labels: &[(&str, &str)], extra: &str) -> String {
+pub(crate) fn selector(metric: &str, labels: &[(&str, &str)], extra: &str) -> String {
     let mut s = format!("{{__name__=~\"(envoy_)?{metric}\"");
     for (k, v) in labels {
         s.push_str(&format!(",{k}={}", quoted(v)));

@@ -130,6 +130,7 @@ pub struct ModelStatus {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
     printcolumn = r#"{"name":"Moved","type":"string","jsonPath":".status.rollout.moved"}"#,
+    printcolumn = r#"{"name":"Scaling","type":"string","priority":1,"jsonPath":".status.summary.scaling"}"#,
     printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -365,7 +366,9 @@ pub struct VariantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
-    /// Scale between `minReplicas` and `maxReplicas` on CPU utilisation.
+    /// Scale between `minReplicas` and `maxReplicas` on one target: CPU utilisation (a
+    /// HorizontalPodAutoscaler) or requests per second per replica (the operator, from
+    /// Prometheus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Compute resources of this variant's model container (overrides the Model's).
@@ -421,20 +424,81 @@ impl ShadowSpec {
     }
 }
 
-/// Horizontal autoscaling of a variant.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// Horizontal autoscaling of a variant, on exactly one target: `targetCPUUtilizationPercentage`
+/// (the default, 80, when neither is set) or `targetRequestsPerSecond`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[x_kube(validation = Rule::new("!has(self.targetCPUUtilizationPercentage) || !has(self.targetRequestsPerSecond)").message("set one target: targetCPUUtilizationPercentage or targetRequestsPerSecond"))]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
-    /// Lowest replica count.
+    /// Lowest replica count, at least 1 (scaling to zero is not supported).
     #[schemars(range(min = 1))]
     pub min_replicas: i32,
     /// Highest replica count; at least `minReplicas`.
     #[schemars(range(min = 1))]
     pub max_replicas: i32,
-    /// Target average CPU utilisation in percent of the request (default 80).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Target average CPU utilisation in percent of the model container's CPU request (default
+    /// 80 when no target is set). A HorizontalPodAutoscaler scales on it; the container needs
+    /// a CPU request (`resources.requests.cpu` of the variant or its Model).
+    // Spelled as the HorizontalPodAutoscaler spells it. serde's camelCase made it
+    // `targetCpuUtilizationPercentage` before: local mode's files may still say so (an API
+    // server prunes that name, which is not in the schema).
+    #[serde(
+        rename = "targetCPUUtilizationPercentage",
+        alias = "targetCpuUtilizationPercentage",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: Option<i32>,
+    /// Target requests per second per replica (> 0), measured from the filter's
+    /// `mlep_requests_total` in Prometheus over the last minute. The operator sets the
+    /// Deployment's replicas itself every 15 s: ceil(rate / target) within the bounds, kept
+    /// while within 10 % of the current replicas' capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0, "exclusiveMinimum" = true))]
+    pub target_requests_per_second: Option<f64>,
+    /// Seconds a lower recommendation must hold before replicas go down: the highest
+    /// recommendation of this window wins (0..3600, default 300). Scaling up is immediate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
+}
+
+/// CPU utilisation target when an `autoscaling` names no target (percent of the request).
+pub const DEFAULT_TARGET_CPU_PERCENT: i32 = 80;
+/// `scaleDownStabilizationSeconds` when unset: the HPA's own default.
+pub const DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS: i32 = 300;
+/// Largest `scaleDownStabilizationSeconds` (the HPA's limit).
+pub const MAX_SCALE_DOWN_STABILIZATION_SECONDS: i32 = 3600;
+
+/// What a variant scales on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScaleTarget {
+    /// Average CPU utilisation in percent of the request: a HorizontalPodAutoscaler.
+    CpuPercent(i32),
+    /// Requests per second per replica: the operator (`mlep_core::autoscale`).
+    RequestsPerSecond(f64),
+}
+
+impl AutoscalingSpec {
+    /// The target: the request rate when given, else CPU (default 80 %). A spec naming both
+    /// is invalid (`crate::validate`).
+    pub fn target(&self) -> ScaleTarget {
+        match self.target_requests_per_second {
+            Some(rps) => ScaleTarget::RequestsPerSecond(rps),
+            None => ScaleTarget::CpuPercent(
+                self.target_cpu_utilization_percentage
+                    .unwrap_or(DEFAULT_TARGET_CPU_PERCENT),
+            ),
+        }
+    }
+
+    /// `scaleDownStabilizationSeconds`, defaulted.
+    pub fn scale_down_stabilization_seconds(&self) -> i32 {
+        self.scale_down_stabilization_seconds
+            .unwrap_or(DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS)
+    }
 }
 
 /// Request assignment.
@@ -586,6 +650,9 @@ pub struct StatusSummary {
     pub weights: String,
     /// Ready replicas over desired, e.g. `3/3`.
     pub ready: String,
+    /// Autoscaled variants: bounds, measured value and target, e.g. `b=1-10 4.2/5rps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<String>,
 }
 
 /// Observed state of one variant.
@@ -607,6 +674,28 @@ pub struct VariantStatus {
     pub replicas: i32,
     /// Ready replicas of the serving Deployment.
     pub ready_replicas: i32,
+    /// The variant's autoscaling, when `autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<VariantAutoscalingStatus>,
+}
+
+/// What a variant's autoscaler aims at and, where known, what it measures.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantAutoscalingStatus {
+    /// `minReplicas` of the spec.
+    pub min_replicas: i32,
+    /// `maxReplicas` of the spec.
+    pub max_replicas: i32,
+    /// The target, e.g. `cpu 80%` (a HorizontalPodAutoscaler) or `5 rps/replica` (the
+    /// operator).
+    pub target: String,
+    /// The value last measured, in the target's unit, e.g. `4.2 rps/replica` (the serving
+    /// model's request rate over its replicas). Absent when unknown: CPU (read the
+    /// HorizontalPodAutoscaler's status), no data yet, or Prometheus not answering (an Event
+    /// says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
 }
 
 /// A status condition. Condition lists are keyed by `type` (a list-map: server-side apply
@@ -674,5 +763,31 @@ mod tests {
         assert_eq!(ModelEndpoint::api_version(&()), API_VERSION);
         assert_eq!(Model::group(&()), GROUP);
         assert_eq!(ModelEndpoint::version(&()), VERSION);
+    }
+
+    #[test]
+    fn autoscaling_fields_are_spelled_as_kubernetes_spells_them() {
+        let a: AutoscalingSpec = serde_json::from_value(serde_json::json!({
+            "minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 50,
+            "scaleDownStabilizationSeconds": 30
+        }))
+        .unwrap();
+        assert_eq!(a.target(), ScaleTarget::CpuPercent(50));
+        assert_eq!(
+            serde_json::to_value(&a).unwrap(),
+            serde_json::json!({"minReplicas": 1, "maxReplicas": 3,
+                "targetCPUUtilizationPercentage": 50, "scaleDownStabilizationSeconds": 30})
+        );
+        let old: AutoscalingSpec = serde_json::from_value(serde_json::json!({
+            "minReplicas": 1, "maxReplicas": 3, "targetCpuUtilizationPercentage": 60
+        }))
+        .unwrap();
+        assert_eq!(old.target_cpu_utilization_percentage, Some(60));
+        let rps: AutoscalingSpec = serde_json::from_value(serde_json::json!({
+            "minReplicas": 1, "maxReplicas": 3, "targetRequestsPerSecond": 2.5
+        }))
+        .unwrap();
+        assert_eq!(rps.target(), ScaleTarget::RequestsPerSecond(2.5));
+        assert_eq!(rps.scale_down_stabilization_seconds(), 300);
     }
 }

@@ -26,6 +26,14 @@ pub mod reasons {
     pub const ROLLOUT_PROMOTED: &str = "RolloutPromoted";
     pub const ROLLOUT_PAUSED: &str = "RolloutPaused";
     pub const ROLLOUT_RESUMED: &str = "RolloutResumed";
+    /// The request-rate autoscaler changed a Deployment's replicas (the HPA's
+    /// `SuccessfulRescale`).
+    pub const RESCALED: &str = "Rescaled";
+    /// The request-rate autoscaler has no measurement (a failed query, no data): the
+    /// Deployment keeps its replicas. Once per outage.
+    pub const AUTOSCALE_METRICS_UNAVAILABLE: &str = "AutoscaleMetricsUnavailable";
+    /// Measurements came back after [`AUTOSCALE_METRICS_UNAVAILABLE`].
+    pub const AUTOSCALE_METRICS_AVAILABLE: &str = "AutoscaleMetricsAvailable";
     pub use crate::crd::conditions::{REASON_ABORTED, REASON_ROLLED_BACK};
 }
 
@@ -33,6 +41,7 @@ pub mod reasons {
 pub mod actions {
     pub const ROLLOUT: &str = "Rollout";
     pub const RECONCILE: &str = "Reconcile";
+    pub const AUTOSCALE: &str = "Autoscale";
 }
 
 /// `Normal` or `Warning`, as Kubernetes spells them.
@@ -63,7 +72,7 @@ pub struct Event {
 }
 
 impl Event {
-    fn new(type_: EventType, reason: &str, action: &'static str, note: &str) -> Self {
+    pub(crate) fn new(type_: EventType, reason: &str, action: &'static str, note: &str) -> Self {
         Self {
             type_,
             reason: reason.to_owned(),

@@ -21,12 +21,14 @@
 //! - [`render`]: every object the operator applies for an endpoint.
 //! - [`rollout`]: the rollout state machine (Canary, Linear, BlueGreen).
 //! - [`analysis`]: rollout analysis as PromQL, and Prometheus' answers read back.
+//! - [`autoscale`]: a variant's autoscaling target, and the request-rate autoscaler's decisions.
 
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
 pub mod analysis;
 pub mod api_enum;
+pub mod autoscale;
 pub mod crd;
 pub mod envoy;
 pub mod events;

@@ -73,6 +73,10 @@ pub struct Plan {
     pub rollout: Option<crate::filter_config::RolloutPlan>,
     /// Removed variants whose route stays a while (see [`retiring`]); none in a fresh plan.
     pub retiring: Vec<RetiringVariant>,
+    /// Replicas the operator's request-rate autoscaler decided, by (variant, model)
+    /// (`crate::autoscale::apply`); a Deployment of such a variant not in it runs
+    /// `minReplicas`. Empty in a fresh plan.
+    pub scaled: BTreeMap<(String, String), i32>,
 }
 
 impl Plan {
@@ -109,6 +113,18 @@ impl Plan {
                 .collect(),
             rollout: None,
             retiring: Vec::new(),
+            scaled: BTreeMap::new(),
+        }
+    }
+
+    /// Models whose Deployments run for `variant`: a rollout's pair while one moves its
+    /// traffic, else the variant's own ([`VariantPlan::models`]).
+    pub fn running_models<'a>(&'a self, variant: &'a VariantPlan) -> Vec<&'a str> {
+        match self.rollout.as_ref().filter(|r| r.variant == variant.name) {
+            Some(crate::filter_config::RolloutPlan {
+                models: Some(m), ..
+            }) => m.iter().map(String::as_str).collect(),
+            _ => variant.models(),
         }
     }
 
@@ -237,6 +253,7 @@ pub fn plan(
         variants,
         rollout: None,
         retiring: Vec::new(),
+        scaled: BTreeMap::new(),
     }
 }
 

@@ -239,11 +239,12 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
     let propagating = since + warmup - input.now.unix;
     hold_while_propagating(&mut status, input.last, propagating, &input.now.text);
     // A rollout comes back at its next step (or its next look at the analysis), a retiring
-    // variant when its routes may go.
+    // variant when its routes may go, a variant scaling on its request rate every sync period.
     let next = [
         outcome.requeue_after_seconds,
         p.next_retirement_in(input.now.unix).map(|s| s + 1),
         (propagating > 0).then_some(propagating),
+        crate::autoscale::requeue_after_seconds(&input.endpoint.spec),
     ];
     let requeue = match next.into_iter().flatten().min() {
         Some(s) => Requeue::After(s.clamp(1, 30) as u64),
@@ -585,6 +586,44 @@ mod tests {
         let d = decide(&input(&ep, &first.status, &obs, &later), None);
         assert_eq!(d.requeue, Requeue::After(SETTLED_REQUEUE_SECONDS));
         assert_eq!(d.status.phase.as_deref(), Some("Ready"));
+    }
+
+    #[test]
+    fn an_endpoint_scaling_on_its_request_rate_is_looked_at_every_sync_period() {
+        use crate::autoscale::SYNC_PERIOD_SECONDS;
+        use crate::crd::AutoscalingSpec;
+        let mut ep = endpoint("m2", None);
+        ep.spec.rollout = None;
+        ep.spec.variants[1].autoscaling = Some(AutoscalingSpec {
+            min_replicas: 1,
+            max_replicas: 4,
+            target_cpu_utilization_percentage: None,
+            target_requests_per_second: Some(5.0),
+            scale_down_stabilization_seconds: None,
+        });
+        let (obs, now) = (observed(&[("a", "m1"), ("b", "m2")]), now());
+        let first = decide(&input(&ep, &serving("m2"), &obs, &now), None);
+        let later = Now {
+            unix: now.unix + rollout::ROUTE_WARMUP_SECONDS,
+            text: "later".into(),
+        };
+        let d = decide(&input(&ep, &first.status, &obs, &later), None);
+        assert_eq!(d.status.phase.as_deref(), Some("Ready"));
+        assert_eq!(d.requeue, Requeue::After(SYNC_PERIOD_SECONDS));
+        let b = d.status.variants[1].autoscaling.as_ref().unwrap();
+        assert_eq!(
+            (b.min_replicas, b.max_replicas, b.target.as_str()),
+            (1, 4, "5 rps/replica")
+        );
+        // The same endpoint on CPU: the HPA scales, a settled endpoint waits.
+        let a = ep.spec.variants[1].autoscaling.as_mut().unwrap();
+        a.target_requests_per_second = None;
+        let d = decide(&input(&ep, &first.status, &obs, &later), None);
+        assert_eq!(d.requeue, Requeue::After(SETTLED_REQUEUE_SECONDS));
+        assert_eq!(
+            d.status.summary.unwrap().scaling.as_deref(),
+            Some("b=1-4 cpu80%")
+        );
     }
 
     #[test]

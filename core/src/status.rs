@@ -2,7 +2,8 @@
 
 use crate::crd::conditions::*;
 use crate::crd::{
-    Condition, Model, ModelEndpoint, ModelEndpointStatus, ModelStatus, StatusSummary, VariantStatus,
+    Condition, Model, ModelEndpoint, ModelEndpointSpec, ModelEndpointStatus, ModelStatus,
+    StatusSummary, VariantStatus,
 };
 use crate::failure::Failures;
 use crate::plan::{Observed, Plan};
@@ -69,7 +70,7 @@ pub fn endpoint_status(
     ModelEndpointStatus {
         observed_generation: generation,
         conditions: stamp(conditions, last, &now),
-        summary: Some(summary(&variants)),
+        summary: Some(summary(&ep.spec, &variants)),
         variants,
         phase: Some(if settled { "Ready" } else { "Progressing" }.into()),
         url: Some(format!("http://{host}")),
@@ -158,6 +159,7 @@ fn variant_statuses(ep: &ModelEndpoint, plan: &Plan, observed: &Observed) -> Vec
                 current_weight: p.weight,
                 replicas: r.replicas,
                 ready_replicas: r.ready_replicas,
+                autoscaling: s.autoscaling.as_ref().map(crate::autoscale::variant_status),
             }
         })
         .collect()
@@ -253,8 +255,9 @@ fn name_failure(conditions: &mut [Condition], failures: &Failures) {
     }
 }
 
-/// Printer-column text: `a=m1,b=m2`, `a=80,b=20`, ready over desired replicas.
-fn summary(variants: &[VariantStatus]) -> StatusSummary {
+/// Printer-column text: `a=m1,b=m2`, `a=80,b=20`, ready over desired replicas, and the
+/// autoscaled variants' targets (their measurements come with `crate::autoscale::apply`).
+fn summary(spec: &ModelEndpointSpec, variants: &[VariantStatus]) -> StatusSummary {
     let join =
         |f: &dyn Fn(&VariantStatus) -> String| variants.iter().map(f).collect::<Vec<_>>().join(",");
     let ready_total: i32 = variants.iter().map(|v| v.ready_replicas).sum();
@@ -263,6 +266,7 @@ fn summary(variants: &[VariantStatus]) -> StatusSummary {
         variants: join(&|v| format!("{}={}", v.name, v.model)),
         weights: join(&|v| format!("{}={}", v.name, v.current_weight)),
         ready: format!("{ready_total}/{replicas_total}"),
+        scaling: crate::autoscale::summary(spec, &Default::default()),
     }
 }
 

@@ -4,14 +4,15 @@
 
 use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_INVALID_SPEC, REASON_MODEL_NOT_FOUND};
 use crate::crd::{
-    AnalysisSpec, ModelEndpoint, ModelEndpointSpec, ModelSpec, RolloutStrategy, RoutingSpec,
-    ShadowSpec,
+    AnalysisSpec, AutoscalingSpec, ModelEndpoint, ModelEndpointSpec, ModelSpec, RolloutStrategy,
+    RoutingSpec, ScaleTarget, ShadowSpec, VariantSpec, MAX_SCALE_DOWN_STABILIZATION_SECONDS,
 };
 use crate::host_claims::{classify, Claimant, HostClaims};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use mlep_contract::artifact::ArtifactLocation;
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::{is_cookie_name, is_dns_label, is_header_name};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A spec problem: the field (`spec.variants[1].weight`), what is wrong, and the condition
 /// reason to report it under.
@@ -354,20 +355,10 @@ fn validate_variants<'a>(
             ));
         }
         if let Some(a) = &v.autoscaling {
-            if a.min_replicas < 1 {
-                return Err(SpecError::invalid(
-                    format!("{at}.autoscaling.minReplicas"),
-                    "must be at least 1",
-                ));
-            }
-            if a.max_replicas < a.min_replicas {
-                return Err(SpecError::invalid(
-                    format!("{at}.autoscaling.maxReplicas"),
-                    format!("{} is below minReplicas {}", a.max_replicas, a.min_replicas),
-                ));
-            }
+            validate_autoscaling(&at, a)?;
         }
         check_model(&format!("{at}.model"), &v.model, model)?;
+        cpu_request(&at, v, model)?;
     }
     if sum != 100 {
         return Err(SpecError::invalid(
@@ -376,6 +367,92 @@ fn validate_variants<'a>(
         ));
     }
     Ok(())
+}
+
+/// `spec.variants[i].autoscaling`: bounds, one target, a sane window.
+fn validate_autoscaling(at: &str, a: &AutoscalingSpec) -> Result<(), SpecError> {
+    let at = format!("{at}.autoscaling");
+    if a.min_replicas < 1 {
+        return Err(SpecError::invalid(
+            format!("{at}.minReplicas"),
+            "must be at least 1 (scaling to zero is not supported yet)",
+        ));
+    }
+    if a.max_replicas < a.min_replicas {
+        return Err(SpecError::invalid(
+            format!("{at}.maxReplicas"),
+            format!("{} is below minReplicas {}", a.max_replicas, a.min_replicas),
+        ));
+    }
+    if a.target_cpu_utilization_percentage.is_some() && a.target_requests_per_second.is_some() {
+        return Err(SpecError::invalid(
+            at,
+            "set one target: targetCPUUtilizationPercentage or targetRequestsPerSecond",
+        ));
+    }
+    if let Some(p) = a
+        .target_cpu_utilization_percentage
+        .filter(|p| !(1..=100).contains(p))
+    {
+        return Err(SpecError::invalid(
+            format!("{at}.targetCPUUtilizationPercentage"),
+            format!("{p} must be within 1..=100"),
+        ));
+    }
+    if let Some(r) = a
+        .target_requests_per_second
+        .filter(|r| !(*r > 0.0 && r.is_finite()))
+    {
+        return Err(SpecError::invalid(
+            format!("{at}.targetRequestsPerSecond"),
+            format!("{r} must be a positive number of requests per second per replica"),
+        ));
+    }
+    let max = MAX_SCALE_DOWN_STABILIZATION_SECONDS;
+    if let Some(s) = a
+        .scale_down_stabilization_seconds
+        .filter(|s| !(0..=max).contains(s))
+    {
+        return Err(SpecError::invalid(
+            format!("{at}.scaleDownStabilizationSeconds"),
+            format!("{s} must be within 0..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A CPU target is a share of the model container's CPU request: without one (on the variant,
+/// else on its Model) the HorizontalPodAutoscaler cannot compute utilisation and never scales.
+/// A CPU limit counts (Kubernetes sets the request to the limit when only the limit is given).
+fn cpu_request<'a>(
+    at: &str,
+    v: &VariantSpec,
+    model: &impl Fn(&str) -> Option<&'a ModelSpec>,
+) -> Result<(), SpecError> {
+    let Some(a) = &v.autoscaling else {
+        return Ok(());
+    };
+    let ScaleTarget::CpuPercent(p) = a.target() else {
+        return Ok(());
+    };
+    let resources = v
+        .resources
+        .as_ref()
+        .or_else(|| model(&v.model).and_then(|m| m.resources.as_ref()));
+    let has_cpu = |q: Option<&BTreeMap<String, Quantity>>| q.is_some_and(|q| q.contains_key("cpu"));
+    if resources.is_some_and(|r| has_cpu(r.requests.as_ref()) || has_cpu(r.limits.as_ref())) {
+        return Ok(());
+    }
+    Err(SpecError::invalid(
+        format!("{at}.resources.requests.cpu"),
+        format!(
+            "autoscaling on CPU (target {p}%) needs a CPU request on the model container, and \
+             neither this variant's resources nor Model {:?}'s set one: without it the \
+             HorizontalPodAutoscaler cannot compute utilisation; set resources.requests.cpu, \
+             or scale on targetRequestsPerSecond",
+            v.model
+        ),
+    ))
 }
 
 fn validate_routing(r: &RoutingSpec) -> Result<(), SpecError> {
@@ -466,342 +543,4 @@ pub fn weights_text(spec: &ModelEndpointSpec) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{Artifact, ShadowSpec, VariantSpec};
-    use std::collections::BTreeMap;
-
-    fn model() -> ModelSpec {
-        ModelSpec {
-            image: "ghcr.io/k8smlendpoints/mlep-model-server:0.1.0".into(),
-            artifact: Some(Artifact {
-                uri: "https://example.com/m.tar.gz".into(),
-                sha256: "a".repeat(64),
-                credentials_secret: None,
-            }),
-            port: None,
-            env: vec![],
-            resources: None,
-            pod_security_context: None,
-            security_context: None,
-        }
-    }
-
-    fn endpoint() -> ModelEndpointSpec {
-        ModelEndpointSpec::new(
-            vec!["titanic.example.com".into()],
-            vec![
-                VariantSpec::new("a", "m1", 80),
-                VariantSpec::new("b", "m2", 20),
-            ],
-        )
-    }
-
-    fn check(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
-        let models: BTreeMap<&str, ModelSpec> =
-            [("m1", model()), ("m2", model())].into_iter().collect();
-        validate_endpoint(spec, |n| models.get(n))
-    }
-
-    #[test]
-    fn a_valid_endpoint_passes() {
-        check(&endpoint()).unwrap();
-    }
-
-    #[test]
-    fn weights_not_summing_to_100_name_the_variants_field() {
-        let mut e = endpoint();
-        e.variants[1].weight = 30;
-        let err = check(&e).unwrap_err();
-        assert_eq!(err.field, "spec.variants");
-        assert!(
-            err.message.contains("sum to 110") && err.message.contains("a=80,b=30"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn duplicate_and_malformed_variant_names_are_rejected() {
-        let mut e = endpoint();
-        e.variants[1].name = "a".into();
-        assert_eq!(check(&e).unwrap_err().field, "spec.variants[1].name");
-        e.variants[1].name = "B_2".into();
-        assert_eq!(check(&e).unwrap_err().field, "spec.variants[1].name");
-    }
-
-    #[test]
-    fn unknown_models_are_reported_with_their_own_reason() {
-        let mut e = endpoint();
-        e.variants[0].model = "nope".into();
-        let err = check(&e).unwrap_err();
-        assert_eq!(
-            (err.field.as_str(), err.reason),
-            ("spec.variants[0].model", REASON_MODEL_NOT_FOUND)
-        );
-        let mut e = endpoint();
-        e.shadow = Some(ShadowSpec::new("ghost", 10.0));
-        assert_eq!(check(&e).unwrap_err().field, "spec.shadow.model");
-    }
-
-    #[test]
-    fn shadow_percent_must_be_within_0_and_100() {
-        let mut e = endpoint();
-        e.shadow = Some(ShadowSpec::new("m2", 150.0));
-        assert_eq!(check(&e).unwrap_err().field, "spec.shadow.percent");
-        for bad in [-1.0, 100.5, f64::NAN] {
-            e.shadow = Some(ShadowSpec {
-                compare_percent: Some(bad),
-                ..ShadowSpec::new("m2", 50.0)
-            });
-            assert_eq!(
-                check(&e).unwrap_err().field,
-                "spec.shadow.comparePercent",
-                "{bad}"
-            );
-        }
-        e.shadow = Some(ShadowSpec {
-            compare_percent: Some(10.0),
-            ..ShadowSpec::new("m2", 50.0)
-        });
-        assert!(check(&e).is_ok());
-    }
-
-    #[test]
-    fn malformed_sha256_and_uris_are_rejected() {
-        let mut m = model();
-        m.artifact = Some(Artifact {
-            uri: "https://x/m".into(),
-            sha256: "ABC".into(),
-            credentials_secret: None,
-        });
-        assert_eq!(
-            validate_model(&m).unwrap_err().field,
-            "spec.artifact.sha256"
-        );
-        for uri in [
-            "ftp://x/m",
-            "file://relative/m",
-            "s3://bucket",
-            "pvc://claim/../m",
-            "https:///m",
-            "m.tar.gz",
-        ] {
-            m.artifact = Some(Artifact {
-                uri: uri.into(),
-                sha256: "0".repeat(64),
-                credentials_secret: None,
-            });
-            assert_eq!(
-                validate_model(&m).unwrap_err().field,
-                "spec.artifact.uri",
-                "{uri}"
-            );
-        }
-        for uri in [
-            "file:///models/m.tar.gz",
-            "s3://models/titanic/v1.tar.gz",
-            "gs://models/m.onnx",
-            "pvc://model-store/titanic/v1.tar.gz",
-        ] {
-            m.artifact = Some(Artifact {
-                uri: uri.into(),
-                sha256: "0".repeat(64),
-                credentials_secret: Some("s3-creds".into()),
-            });
-            validate_model(&m).unwrap();
-        }
-        m.artifact = Some(Artifact {
-            uri: "s3://models/m".into(),
-            sha256: "0".repeat(64),
-            credentials_secret: Some("S3_Creds".into()),
-        });
-        assert_eq!(
-            validate_model(&m).unwrap_err().field,
-            "spec.artifact.credentialsSecret"
-        );
-    }
-
-    #[test]
-    fn data_capture_needs_a_share_a_destination_and_sane_limits() {
-        use crate::crd::{CaptureMode, DataCaptureSpec};
-        let models: BTreeMap<&str, ModelSpec> =
-            [("m1", model()), ("m2", model())].into_iter().collect();
-        let check = |d: DataCaptureSpec| {
-            let mut e = endpoint();
-            e.data_capture = Some(d);
-            validate_endpoint(&e, |n| models.get(n)).map_err(|e| e.field)
-        };
-        let good = DataCaptureSpec {
-            enabled: None,
-            sampling_percent: 10.0,
-            capture: vec![CaptureMode::Input, CaptureMode::Output],
-            destination_uri: "s3://captures/prod".into(),
-            credentials_secret: Some("s3-creds".into()),
-            max_payload_bytes: Some(1 << 20),
-            content_types: vec!["application/json".into(), "text/csv".into()],
-        };
-        assert_eq!(check(good.clone()), Ok(()));
-        let with = |f: &dyn Fn(&mut DataCaptureSpec)| {
-            let mut d = good.clone();
-            f(&mut d);
-            d
-        };
-        let bad = [
-            (with(&|d| d.sampling_percent = 100.5), "samplingPercent"),
-            (
-                with(&|d| d.destination_uri = "ftp://x/y".into()),
-                "destinationUri",
-            ),
-            (
-                with(&|d| d.destination_uri = "s3://B/y".into()),
-                "destinationUri",
-            ),
-            (
-                with(&|d| d.credentials_secret = Some("No".into())),
-                "credentialsSecret",
-            ),
-            (
-                with(&|d| d.max_payload_bytes = Some(5 << 20)),
-                "maxPayloadBytes",
-            ),
-            (
-                with(&|d| d.capture = vec![CaptureMode::Input, CaptureMode::Input]),
-                "capture",
-            ),
-            (
-                with(&|d| d.content_types = vec!["json".into()]),
-                "contentTypes",
-            ),
-        ];
-        for (d, field) in bad {
-            assert_eq!(
-                check(d),
-                Err(format!("spec.dataCapture.{field}")),
-                "{field}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_invalid_model_makes_the_endpoint_invalid_naming_the_variant() {
-        let mut bad = model();
-        bad.image = " ".into();
-        let models: BTreeMap<&str, ModelSpec> =
-            [("m1", model()), ("m2", bad)].into_iter().collect();
-        let err = validate_endpoint(&endpoint(), |n| models.get(n)).unwrap_err();
-        assert_eq!(err.field, "spec.variants[1].model");
-        assert!(err.message.contains("spec.image"), "{err}");
-    }
-
-    const WHO: Claimant = Claimant {
-        namespace: "team-b",
-        name: "titanic",
-        cluster_domain: "cluster.local",
-    };
-
-    #[test]
-    fn a_host_naming_another_namespaces_service_is_refused_naming_the_field_and_the_host() {
-        let mut e = endpoint();
-        e.hosts = vec![
-            "titanic.example.com".into(),
-            "titanic.team-b".into(),
-            "alpha.team-a.svc.cluster.local".into(),
-        ];
-        let err = validate_hosts(&e, &WHO).unwrap_err();
-        assert_eq!(
-            (err.field.as_str(), err.reason),
-            ("spec.hosts[2]", REASON_INVALID_SPEC)
-        );
-        assert!(
-            err.message.contains("\"alpha.team-a.svc.cluster.local\""),
-            "{err}"
-        );
-        assert!(
-            err.message.contains("namespace") || err.message.contains("in-cluster"),
-            "{err}"
-        );
-        e.hosts.truncate(2);
-        validate_hosts(&e, &WHO).unwrap();
-    }
-
-    #[test]
-    fn a_host_naming_another_service_of_the_own_namespace_or_every_host_is_refused() {
-        for (host, says) in [
-            ("iris", "\"iris\""),
-            ("iris.team-b", "\"iris\""),
-            ("*", "every host"),
-        ] {
-            let mut e = endpoint();
-            e.hosts.push(host.into());
-            let err = validate_hosts(&e, &WHO).unwrap_err();
-            assert_eq!(err.field, "spec.hosts[1]", "{host}");
-            assert!(err.message.contains(says), "{host}: {err}");
-        }
-    }
-
-    #[test]
-    fn a_host_held_by_an_endpoint_created_first_is_a_host_conflict_naming_both() {
-        use crate::host_claims::host_owners;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-        let make = |ns: &str, created: &str| {
-            let mut spec = endpoint();
-            spec.hosts = vec!["own.example.com".into(), "Titanic.Example.com".into()];
-            let mut ep = ModelEndpoint::new("titanic", spec);
-            ep.metadata.namespace = Some(ns.into());
-            ep.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
-            ep
-        };
-        let mut first = make("team-a", "2026-01-01T00:00:00Z");
-        first.spec.hosts.remove(0);
-        let second = make("team-b", "2026-01-01T00:01:00Z");
-        let claims = host_owners(&[second.clone(), first.clone()], "cluster.local");
-        host_conflict(&first, &claims).unwrap();
-        let err = host_conflict(&second, &claims).unwrap_err();
-        assert_eq!(
-            (err.field.as_str(), err.reason),
-            ("spec.hosts[1]", REASON_HOST_CONFLICT)
-        );
-        assert!(
-            err.message.contains("\"Titanic.Example.com\"")
-                && err.message.contains("team-a/titanic"),
-            "{err}"
-        );
-    }
-
-    /// A shadow's model is looked up in the endpoint's own namespace, and its copies go to the
-    /// operator's `<endpoint>-shadow` Service of that namespace: forwarded credentials cannot
-    /// leave it. A model "name" pointing elsewhere is simply not found.
-    #[test]
-    fn a_shadow_always_targets_a_service_of_the_endpoints_own_namespace() {
-        use crate::envoy::CallTarget;
-        let t = CallTarget::shadow_istio("titanic", "team-b", "cluster.local", 8080);
-        assert_eq!(t.authority, "titanic-shadow.team-b.svc.cluster.local");
-        assert_eq!(
-            t.cluster,
-            "outbound|8080||titanic-shadow.team-b.svc.cluster.local"
-        );
-        for elsewhere in ["team-a/m2", "m2.team-a", "m2.team-a.svc.cluster.local"] {
-            let mut e = endpoint();
-            let mut shadow = ShadowSpec::new(elsewhere, 10.0);
-            shadow.forward_credentials = Some(true);
-            e.shadow = Some(shadow);
-            let err = check(&e).unwrap_err();
-            assert_eq!(
-                (err.field.as_str(), err.reason),
-                ("spec.shadow.model", REASON_MODEL_NOT_FOUND)
-            );
-        }
-    }
-
-    #[test]
-    fn hosts_and_gateway_are_checked() {
-        let mut e = endpoint();
-        e.hosts = vec!["bad host".into()];
-        assert_eq!(check(&e).unwrap_err().field, "spec.hosts[0]");
-        let mut e = endpoint();
-        e.gateway = Some("gw".into());
-        assert_eq!(check(&e).unwrap_err().field, "spec.gateway");
-        e.gateway = Some("istio-system/ingressgateway".into());
-        check(&e).unwrap();
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod autoscale;
 pub mod events;
 pub mod filters;
 pub mod leader;

@@ -85,6 +85,8 @@ pub struct Context {
     pub filters: tokio::sync::Mutex<()>,
     /// Who publishes the Events core decides (`crate::events`).
     pub reporter: Reporter,
+    /// The request-rate autoscaler's memory (`crate::autoscale`).
+    pub autoscaler: crate::autoscale::Shared,
 }
 
 /// Reconciles running at once.
@@ -166,6 +168,7 @@ pub async fn run(
         endpoints: endpoint_store.clone(),
         filters: tokio::sync::Mutex::new(()),
         reporter: crate::events::reporter(),
+        autoscaler: Default::default(),
     });
 
     let models_task = spawn_model_controller(&client, scope, ctx.clone());
@@ -291,6 +294,7 @@ async fn reconcile(ep: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, 
 /// Remove what ownerReferences cannot: the endpoint's entry in the shared filter objects.
 async fn cleanup(ep: &ModelEndpoint, ctx: &Context) -> Result<Action, Error> {
     crate::filters::sync(ctx, Some(ep)).await?;
+    crate::autoscale::forget(ctx, &ep.namespace().unwrap_or_default(), &ep.name_any());
     info!("cleaned up");
     Ok(Action::await_change())
 }
@@ -318,6 +322,9 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         fresh_route_key: &fresh_route_key,
     };
     let mut d = decide_with_analysis(ctx, &input).await;
+    if d.rejected.is_none() {
+        crate::autoscale::scale(ctx, ep, ns, &observed, &mut d, &now).await;
+    }
     for w in &d.warnings {
         warn!(endpoint = %name, error = %w, "ignoring annotation");
     }

@@ -14,7 +14,8 @@
 //!   weighted default route for requests the filter did not see;
 //! - Gateway `E` when `spec.expose`;
 //! - the filter is shared by every endpoint (one per proxy): see [`crate::aggregate`];
-//! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` is set;
+//! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` targets CPU (a request-rate
+//!   target renders none: the operator sets the Deployments' replicas, `crate::autoscale`);
 //! - Deployment and Service `E-capture` (the data capture sink) when `dataCapture` is on.
 
 mod capture;
@@ -23,9 +24,9 @@ mod istio;
 mod tests;
 mod workload;
 
-use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, API_VERSION};
+use crate::crd::{Model, ModelEndpoint, ModelEndpointSpec, ModelSpec, ScaleTarget, API_VERSION};
 use crate::envoy::{self, CallTarget, EndpointRoute};
-use crate::filter_config::{apply_rollout, endpoint_config, RolloutPlan, Targets};
+use crate::filter_config::{apply_rollout, endpoint_config, Targets};
 use crate::host_claims::Claimant;
 use crate::plan::Plan;
 use crate::pod_security::check_model;
@@ -267,26 +268,20 @@ fn variant_objects(
 ) -> Result<Vec<Value>, SpecError> {
     let mut objects = Vec::new();
     for (i, (vp, vs)) in plan.variants.iter().zip(&spec.variants).enumerate() {
-        let running: Vec<&str> = match plan.rollout.as_ref().filter(|r| r.variant == vs.name) {
-            Some(RolloutPlan {
-                models: Some(m), ..
-            }) => m.iter().map(String::as_str).collect(),
-            _ => vp.models(),
-        };
-        for model_name in running {
+        for model_name in plan.running_models(vp) {
             let field = format!("spec.variants[{i}].model");
             let m = checked_model(models, model_name, field, ctx.settings)?;
-            let replicas = if vs.autoscaling.is_some() {
-                None
-            } else {
-                Some(vs.replicas.unwrap_or(1))
-            };
+            let replicas = replicas(plan, vs, model_name);
             let resources = vs.resources.as_ref().or(m.resources.as_ref());
             objects.push(object(&deployment(
                 ctx, &vs.name, ctx.name, model_name, m, replicas, resources,
             ))?);
         }
-        if let Some(a) = &vs.autoscaling {
+        let cpu = vs
+            .autoscaling
+            .as_ref()
+            .filter(|a| matches!(a.target(), ScaleTarget::CpuPercent(_)));
+        if let Some(a) = cpu {
             objects.push(object(&autoscaler(
                 ctx,
                 &vs.name,
@@ -296,6 +291,24 @@ fn variant_objects(
         }
     }
     Ok(objects)
+}
+
+/// The replicas a variant's Deployment of `model` renders with: the fixed count (default 1);
+/// none on a CPU target (its HorizontalPodAutoscaler owns them); on a request-rate target the
+/// operator's decision (`Plan::scaled`), `minReplicas` before there is one.
+fn replicas(plan: &Plan, vs: &crate::crd::VariantSpec, model: &str) -> Option<i32> {
+    let Some(a) = &vs.autoscaling else {
+        return Some(vs.replicas.unwrap_or(1));
+    };
+    match a.target() {
+        ScaleTarget::CpuPercent(_) => None,
+        ScaleTarget::RequestsPerSecond(_) => Some(
+            plan.scaled
+                .get(&(vs.name.clone(), model.to_owned()))
+                .copied()
+                .unwrap_or(a.min_replicas),
+        ),
+    }
 }
 
 /// This endpoint's filter entry, checked as the filter will check it.

@@ -1,13 +1,16 @@
 use super::*;
 use crate::aggregate::RBAC_TYPE_URL;
 use crate::crd::FilterWiring;
-use crate::crd::{Artifact, AutoscalingSpec, ModelEndpointSpec, ShadowSpec, VariantSpec};
+use crate::crd::{Artifact, ModelEndpointSpec, ShadowSpec, VariantSpec};
 use crate::envoy::{STATS_PREFIX, WASM_TYPE_URL};
+use crate::filter_config::RolloutPlan;
 use crate::meta::{LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION};
 use crate::module;
 use crate::plan::VariantPlan;
 use mlep_contract::names::MODEL_DIR;
 use serde_json::json;
+
+mod autoscaling;
 
 fn model(name: &str) -> Model {
     let mut m = Model::new(
@@ -740,34 +743,6 @@ fn exposing_adds_a_gateway_and_a_gateway_side_filter_outside_the_namespace() {
     assert_eq!(
         remote["spec"]["selector"]["matchLabels"],
         json!({"istio": "ingressgateway"})
-    );
-}
-
-#[test]
-fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
-    let mut ep = endpoint();
-    ep.spec.variants[0].autoscaling = Some(AutoscalingSpec {
-        min_replicas: 2,
-        max_replicas: 5,
-        target_cpu_utilization_percentage: Some(60),
-    });
-    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a");
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "titanic-a-m1");
-    assert_eq!(
-        (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
-        (&json!(2), &json!(5))
-    );
-    assert_eq!(
-        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
-        60
-    );
-    assert!(find(&objs, "Deployment", "titanic-a-m1")["spec"]
-        .get("replicas")
-        .is_none());
-    assert_eq!(
-        find(&objs, "Deployment", "titanic-b-m2")["spec"]["replicas"],
-        2
     );
 }
 

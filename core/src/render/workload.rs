@@ -2,7 +2,7 @@
 //! Service and autoscaler.
 
 use super::Ctx;
-use crate::crd::{Artifact, ModelSpec};
+use crate::crd::{Artifact, ModelSpec, ScaleTarget, DEFAULT_TARGET_CPU_PERCENT};
 use crate::envoy::STATS_PREFIX;
 use crate::meta::{
     labels, LABEL_APP, LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION, LABEL_ENDPOINT, LABEL_MODEL,
@@ -13,8 +13,9 @@ use crate::pod_security::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
@@ -301,12 +302,18 @@ pub(super) fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
     }
 }
 
+/// The HorizontalPodAutoscaler of a variant scaling on CPU: scale-down stabilized over
+/// `scaleDownStabilizationSeconds`, scale-up at the HPA's defaults.
 pub(super) fn autoscaler(
     ctx: &Ctx,
     variant: &str,
     deployment: &str,
     a: &crate::crd::AutoscalingSpec,
 ) -> HorizontalPodAutoscaler {
+    let utilization = match a.target() {
+        ScaleTarget::CpuPercent(p) => p,
+        ScaleTarget::RequestsPerSecond(_) => DEFAULT_TARGET_CPU_PERCENT,
+    };
     HorizontalPodAutoscaler {
         metadata: ctx.meta(
             &format!("{}-{variant}", ctx.name),
@@ -326,15 +333,19 @@ pub(super) fn autoscaler(
                     name: "cpu".into(),
                     target: MetricTarget {
                         type_: "Utilization".into(),
-                        average_utilization: Some(
-                            a.target_cpu_utilization_percentage.unwrap_or(80),
-                        ),
+                        average_utilization: Some(utilization),
                         ..MetricTarget::default()
                     },
                 }),
                 ..MetricSpec::default()
             }]),
-            ..HorizontalPodAutoscalerSpec::default()
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(HPAScalingRules {
+                    stabilization_window_seconds: Some(a.scale_down_stabilization_seconds()),
+                    ..HPAScalingRules::default()
+                }),
+                scale_up: None,
+            }),
         }),
         ..HorizontalPodAutoscaler::default()
     }
