@@ -59,6 +59,7 @@ ISTIO_HUB=docker.io/mlep
 COREDNS_VERSION=$(pinned "$HERE/coredns/go.mod" github.com/coredns/coredns)
 PROMETHEUS_VERSION=$(pinned "$HERE/prometheus/go.mod" github.com/prometheus/prometheus)
 VERSITYGW_VERSION=$(pinned "$HERE/versitygw/go.mod" github.com/versity/versitygw)
+METRICS_SERVER_VERSION=$(pinned "$HERE/metrics-server/go.mod" sigs.k8s.io/metrics-server)
 MLEP_TAG=$(awk -F'"' '/^version = / {print $2; exit}' "$ROOT/Cargo.toml")
 MLEP_HUB=ghcr.io/k8smlendpoints  # the names manifests/ use, so they run unchanged
 
@@ -156,6 +157,8 @@ build_istio_coredns() {
   # Prometheus's Go module tags are v0.<major*100+minor>.<patch> (v0.316.0 is Prometheus 3.16.0).
   go_build prometheus "$HERE/prometheus" "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
     "prometheus" -- github.com/prometheus/prometheus/cmd/prometheus
+  go_build metrics-server "$HERE/metrics-server" "-s -w" "metrics-server" -- \
+    sigs.k8s.io/metrics-server/cmd/metrics-server
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +182,8 @@ build_images() {
     --entrypoint '["/coredns"]' --user 65532:65532
   $mk "$IMAGES/prometheus.tar" "docker.io/mlep/prometheus:$PROMETHEUS_VERSION" \
     --bin "$BIN/prometheus:/bin/prometheus" --dir /tmp --entrypoint '["/bin/prometheus"]' --user 65534:65534
+  $mk "$IMAGES/metrics-server.tar" "docker.io/mlep/metrics-server:$METRICS_SERVER_VERSION" \
+    --bin "$BIN/metrics-server:/metrics-server" --dir /tmp --entrypoint '["/metrics-server"]' --user 65532:65532
   $mk "$IMAGES/versitygw.tar" "docker.io/mlep/versitygw:$VERSITYGW_VERSION" \
     --bin "$BIN/versitygw:/usr/local/bin/versitygw" --dir /tmp --entrypoint '["/usr/local/bin/versitygw"]' \
     --user 65532:65532
@@ -248,8 +253,8 @@ ctr_() { ctr --address "$RUN/containerd/containerd.sock" -n k8s.io "$@"; }
 # ---------------------------------------------------------------------------------------------
 # PKI: one CA; a certificate per component identity; kubeconfigs.
 
-mkcert() {  # mkcert NAME SUBJECT [SAN]
-  local name=$1 subj=$2 san=${3:-}
+mkcert() {  # mkcert NAME SUBJECT [SAN] [CA]
+  local name=$1 subj=$2 san=${3:-} ca=${4:-ca}
   [ -f "$PKI/$name.crt" ] && return
   openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/$name.key" 2>/dev/null
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
@@ -258,7 +263,7 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth,clientAuth"
   [ -n "$san" ] && ext="$ext
 subjectAltName=$san"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -days 3650 -out "$PKI/$name.crt" -extfile <(echo "$ext") 2>/dev/null
   rm -f "$PKI/$name.csr"
 }
@@ -281,14 +286,19 @@ current-context: mlep
 EOF
 }
 
+mkca() {  # mkca NAME CN
+  [ -f "$PKI/$1.crt" ] && return
+  log "PKI: new CA $1 in $PKI"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/$1.key" 2>/dev/null
+  openssl req -x509 -new -key "$PKI/$1.key" -subj "/CN=$2" -days 3650 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/$1.crt" 2>/dev/null
+}
+
 ensure_pki() {
   mkdir -p "$PKI" && chmod 700 "$PKI"
   if [ ! -f "$PKI/ca.crt" ]; then
-    log "PKI: new CA in $PKI"
-    openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key" 2>/dev/null
-    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=mlep-cluster-ca" -days 3650 \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-      -out "$PKI/ca.crt" 2>/dev/null
+    mkca ca mlep-cluster-ca
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   fi
@@ -300,6 +310,10 @@ ensure_pki() {
   mkcert scheduler "/CN=system:kube-scheduler"
   mkcert kube-proxy "/CN=system:kube-proxy"
   mkcert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME"
+  # The aggregation layer (metrics.k8s.io for the HPA): the API server proxies to extension API
+  # servers with this client certificate, from a CA of its own, as kubeadm sets it up.
+  mkca front-proxy-ca mlep-front-proxy-ca
+  mkcert front-proxy-client "/CN=front-proxy-client" "" front-proxy-ca
   local n
   for n in admin controller-manager scheduler kube-proxy kubelet; do kubeconfig "$n"; done
 }
@@ -420,7 +434,9 @@ healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 authentication:
   anonymous: {enabled: false}
-  webhook: {enabled: false}
+  # Bearer tokens are checked with the API server (TokenReview): metrics-server reads
+  # /metrics/resource with its ServiceAccount token, as on a kubeadm cluster.
+  webhook: {enabled: true}
   x509: {clientCAFile: "$PKI/ca.crt"}
 authorization: {mode: AlwaysAllow}
 tlsCertFile: "$PKI/kubelet.crt"
@@ -474,7 +490,12 @@ start_control_plane() {
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction --allow-privileged=true \
-    --cert-dir "$RUN/apiserver-certs" --profiling=false --event-ttl 1h
+    --cert-dir "$RUN/apiserver-certs" --profiling=false --event-ttl 1h \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true
   await kube-apiserver 120 "kube-apiserver /readyz" api_ready
   start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$PKI/controller-manager.kubeconfig" \
     --secure-port 0 --leader-elect=false --use-service-account-credentials \
@@ -572,6 +593,15 @@ install_addons() {
   sed "s/@PROMETHEUS_VERSION@/$PROMETHEUS_VERSION/" "$HERE/addons/prometheus.yaml" \
     | kc apply --server-side --force-conflicts -f - >/dev/null
   rollout istio-system prometheus 180
+  log "metrics-server $METRICS_SERVER_VERSION (metrics.k8s.io for CPU autoscaling)"
+  sed "s/@METRICS_SERVER_VERSION@/$METRICS_SERVER_VERSION/" "$HERE/addons/metrics-server.yaml" \
+    | kc apply --server-side --force-conflicts -f - >/dev/null
+  rollout kube-system metrics-server 180
+  await "" 120 "APIService v1beta1.metrics.k8s.io Available" metrics_api_available
+}
+
+metrics_api_available() {
+  [ "$(kc get apiservice v1beta1.metrics.k8s.io -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}')" = True ]
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ fi
 # operator's Lease and replicas, the shared filters) one at a time.
 export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
 # The test files whose phases touch only their own namespace(s).
-NAMESPACED=(--test namespaced --test mesh_citizen --test hosts --test pod_security --test events --test observability --test analysis --test object_storage)
+NAMESPACED=(--test autoscaling --test namespaced --test mesh_citizen --test hosts --test pod_security --test events --test observability --test analysis --test object_storage)
 echo "--> cargo test -p mlep-cluster-e2e ${NAMESPACED[*]} (${MLEP_E2E_THREADS:-2} at a time)"
 nice cargo test -p mlep-cluster-e2e "${NAMESPACED[@]}" -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
 echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide --test install_modes (one at a time)"

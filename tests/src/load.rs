@@ -473,15 +473,36 @@ impl Load {
     pub async fn paced(target: Target, shape: Shape, rate: f64, d: Duration) -> Report {
         let mut report = Report::default();
         let n = (rate * d.as_secs_f64()).round() as u64;
-        let start = Instant::now();
-        let mut conn = None;
-        for i in 0..n {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-            let o = shape.send(&target, &mut conn, 0, i).await;
-            report.record(&o, shape.need_variant, due.elapsed().as_secs_f64() * 1000.0);
-        }
+        paced_requests(
+            &target,
+            &shape,
+            rate,
+            n,
+            &AtomicBool::new(false),
+            |o, ms| report.record(o, shape.need_variant, ms),
+        )
+        .await;
         report
+    }
+
+    /// [`Load::paced`] until stopped or 300 s pass: a steady trickle beside a change (pods
+    /// coming and going) whose failures all count.
+    pub fn start_paced(target: Target, shape: Shape, rate: f64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(Report::default()));
+        let (s, r) = (stop.clone(), report.clone());
+        let task = tokio::spawn(async move {
+            let n = (rate * 300.0).round() as u64;
+            paced_requests(&target, &shape, rate, n, &s, |o, ms| {
+                lock(&r).record(o, shape.need_variant, ms)
+            })
+            .await;
+        });
+        Load {
+            stop,
+            report,
+            tasks: vec![task],
+        }
     }
 
     /// Requests that succeeded so far.
@@ -501,6 +522,29 @@ impl Load {
             }
         }
         std::mem::take(&mut *lock(&self.report))
+    }
+}
+
+/// Up to `n` requests at `rate` a second from one sender until `stop`; each one's latency is
+/// timed from when it was due.
+async fn paced_requests(
+    target: &Target,
+    shape: &Shape,
+    rate: f64,
+    n: u64,
+    stop: &AtomicBool,
+    mut record: impl FnMut(&Outcome, f64),
+) {
+    let start = Instant::now();
+    let mut conn = None;
+    for i in 0..n {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let o = shape.send(target, &mut conn, 0, i).await;
+        record(&o, due.elapsed().as_secs_f64() * 1000.0);
     }
 }
 

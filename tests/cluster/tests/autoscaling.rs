@@ -1,0 +1,242 @@
+//! Autoscaling on the bed (issue 20): a variant follows its own load while the other stays put,
+//! first on CPU (a HorizontalPodAutoscaler reading metrics-server through the API server's
+//! aggregation layer, `scripts/cluster/addons/metrics-server.yaml`), then on requests per second
+//! per replica (the operator's own scaler reading the filter's `mlep_requests_total` from
+//! Prometheus). Load through the gateway, never retried; a steady trickle runs while pods come
+//! and go, and not one of its requests may fail (scale-down drains).
+//!
+//! ```text
+//! eval "$(scripts/cluster.sh env | sed 's/^/export /')"
+//! cargo test -p mlep-cluster-e2e --test autoscaling -- --nocapture
+//! ```
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use mlep_cluster_e2e::*;
+use mlep_core::crd::{Model, ModelEndpoint};
+use mlep_tests::load::{Load, Report, Shape};
+use std::time::{Duration, Instant};
+
+/// How a variant scales in each phase: the same bounds, one target or the other.
+const BOUNDS: &str = "minReplicas: 1, maxReplicas: 3, scaleDownStabilizationSeconds: 30";
+
+fn endpoint(host: &str, b_target: &str) -> ModelEndpoint {
+    serde_yaml::from_str(&format!(
+        r#"
+metadata: {{name: {ENDPOINT}}}
+spec:
+  hosts: [{host}]
+  expose: true
+  variants:
+    - name: a
+      model: titanic-v1
+      weight: 80
+      resources: {{requests: {{cpu: 50m, memory: 64Mi}}}}
+      autoscaling: {{{BOUNDS}, targetCPUUtilizationPercentage: 50}}
+    - name: b
+      model: titanic-v2
+      weight: 20
+      resources: {{requests: {{cpu: 50m, memory: 64Mi}}}}
+      autoscaling: {{{BOUNDS}, {b_target}}}
+  routing: {{sticky: {{header: x-user-id}}}}
+"#
+    ))
+    .unwrap()
+}
+
+/// Variant `v`'s serving Deployment: (desired replicas, ready replicas).
+async fn replicas(t: &Titanic, v: &str) -> (i32, i32) {
+    let api: Api<Deployment> = t.bed.api(&t.ns);
+    let d = api
+        .list(&ListParams::default().labels(&format!(
+            "mlep.dev/endpoint={ENDPOINT},mlep.dev/variant={v}"
+        )))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(d.len(), 1, "one Deployment serves {v}");
+    let want = d[0].spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = d[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    (want, ready)
+}
+
+/// Pods of variant `v`, terminating ones included.
+async fn pods_of(t: &Titanic, v: &str) -> usize {
+    t.bed
+        .api::<Pod>(&t.ns)
+        .list(&ListParams::default().labels(&format!(
+            "mlep.dev/endpoint={ENDPOINT},mlep.dev/variant={v}"
+        )))
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// The endpoint's status for variant `v` (as `kubectl get mle -o yaml` shows it).
+async fn variant_status(t: &Titanic, v: &str) -> serde_json::Value {
+    let e = serde_json::to_value(t.endpoint().await).unwrap();
+    e["status"]["variants"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|s| s["name"] == v).cloned())
+        .unwrap_or_default()
+}
+
+/// Load on `b` only (targeted), several senders on kept-alive connections.
+fn heavy_on_b(t: &Titanic) -> Load {
+    let mut shape = Shape::fresh_users(3).header("x-mlep-target-variant", "b");
+    shape.keep_alive = true;
+    Load::start_shaped(t.gateway.clone(), shape)
+}
+
+/// A steady 4 requests a second to `b`, on a kept-alive connection.
+fn trickle_to_b(t: &Titanic) -> Load {
+    let mut shape = Shape::fresh_users(1).header("x-mlep-target-variant", "b");
+    shape.keep_alive = true;
+    Load::start_paced(t.gateway.clone(), shape, 4.0)
+}
+
+/// Under load on `b` alone, `b` grows past one ready replica while `a` stays at one; then, with
+/// only a trickle left, `b` shrinks back to one pod. Returns the trickle's report (every request
+/// it made while pods came and went).
+async fn b_follows_its_load(t: &Titanic, phase: &str) -> Report {
+    let t0 = Instant::now();
+    let load = heavy_on_b(t);
+    let a_most = &std::sync::atomic::AtomicI32::new(0);
+    let grown = eventually(
+        Duration::from_secs(240),
+        &format!("{phase}: b scaled up"),
+        move || async move {
+            let a = replicas(t, "a").await;
+            a_most.fetch_max(a.0, std::sync::atomic::Ordering::Relaxed);
+            let b = replicas(t, "b").await;
+            (b.0 >= 2 && b.1 >= 2).then_some(b)
+        },
+    )
+    .await;
+    let up = t0.elapsed().as_secs_f64();
+    let trickle = trickle_to_b(t);
+    let heavy = load.stop().await;
+    measure(format!(
+        "{phase}: load on b -> {} replicas ({} ready) in {up:.1} s; load {}",
+        grown.0,
+        grown.1,
+        heavy.summary()
+    ));
+    heavy.assert_no_failures(&format!("{phase}: load on b while it scaled up"));
+    assert_eq!(
+        a_most.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "{phase}: a has no load of its own and stays at one replica"
+    );
+    let s = variant_status(t, "b").await;
+    assert!(
+        s["replicas"].as_i64().unwrap_or(0) >= 2,
+        "{phase}: the endpoint's status shows b's replicas: {s}"
+    );
+    ok(format!(
+        "{phase}: b scaled up to {} under its load in {up:.0} s; a stayed at 1",
+        grown.0
+    ));
+
+    let t1 = Instant::now();
+    eventually(
+        Duration::from_secs(240),
+        &format!("{phase}: b back to one pod"),
+        || async {
+            let b = replicas(t, "b").await;
+            (b == (1, 1) && pods_of(t, "b").await == 1).then_some(())
+        },
+    )
+    .await;
+    let down = t1.elapsed().as_secs_f64();
+    let report = trickle.stop().await;
+    measure(format!(
+        "{phase}: load removed -> b at one pod in {down:.1} s; trickle {}",
+        report.summary()
+    ));
+    report.assert_no_failures(&format!("{phase}: trickle to b while its pods went"));
+    assert_eq!(
+        replicas(t, "a").await.0,
+        1,
+        "{phase}: a stayed at one replica"
+    );
+    ok(format!(
+        "{phase}: b back to one pod {down:.0} s after its load went, no request failed"
+    ));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_follows_its_load_on_cpu_then_on_requests_per_second() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "autoscale").await;
+    let t = Titanic::artifacts_only(&bed, &ns).await;
+    let models: Api<Model> = bed.api(&ns.name);
+    for m in t.example_models() {
+        models.create(&PostParams::default(), &m).await.unwrap();
+    }
+    t.endpoints()
+        .create(
+            &PostParams::default(),
+            &endpoint(&t.host, "targetCPUUtilizationPercentage: 50"),
+        )
+        .await
+        .unwrap();
+    t.wait_ready(Duration::from_secs(300)).await;
+    eventually(Duration::from_secs(180), "the gateway assigns", || async {
+        gateway_assigns(&t).await.then_some(())
+    })
+    .await;
+
+    // CPU: the HPA reads b's utilisation from metrics-server (the whole pipeline works).
+    let hpas: Api<HorizontalPodAutoscaler> = bed.api(&ns.name);
+    let t0 = Instant::now();
+    let idle = eventually(
+        Duration::from_secs(180),
+        "the HPA of b reads its CPU utilisation",
+        || async {
+            let h = hpas.get_opt(&format!("{ENDPOINT}-b")).await.ok()??;
+            let m = h.status?.current_metrics?;
+            m.first()?.resource.as_ref()?.current.average_utilization
+        },
+    )
+    .await;
+    measure(format!(
+        "metrics pipeline: Ready -> b's HPA reads CPU ({idle} % idle) in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    b_follows_its_load(&t, "cpu").await;
+
+    // Requests per second: the operator's scaler; b's HPA goes (one scaler per variant).
+    t.edit(|s| {
+        let a = s.variants[1].autoscaling.as_mut().unwrap();
+        a.target_cpu_utilization_percentage = None;
+        a.target_requests_per_second = Some(10.0);
+    })
+    .await;
+    eventually(Duration::from_secs(60), "b's HPA removed", || async {
+        hpas.get_opt(&format!("{ENDPOINT}-b"))
+            .await
+            .ok()
+            .and_then(|h| h.is_none().then_some(()))
+    })
+    .await;
+    assert!(
+        hpas.get_opt(&format!("{ENDPOINT}-a"))
+            .await
+            .unwrap()
+            .is_some(),
+        "a keeps its CPU autoscaler"
+    );
+    b_follows_its_load(&t, "rps").await;
+}
