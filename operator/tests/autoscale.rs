@@ -175,7 +175,12 @@ async fn the_operator_scales_a_variant_on_its_measured_request_rate_and_keeps_it
     .await;
     assert!(queries.load(Ordering::SeqCst) > 0);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    assert!(hpas.get_opt("titanic-b").await.unwrap().is_none());
+    assert!(hpas
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     let s = eventually("b's measurement in status", || async {
         b_status(&client, ns).await.filter(|s| s.current.is_some())
     })

@@ -14,7 +14,8 @@
 //!   weighted default route for requests the filter did not see;
 //! - Gateway `E` when `spec.expose`;
 //! - the filter is shared by every endpoint (one per proxy): see [`crate::aggregate`];
-//! - HorizontalPodAutoscaler `E-<variant>` when `autoscaling` targets CPU (a request-rate
+//! - HorizontalPodAutoscaler `E-<variant>-<model>` (named like the Deployment it scales, one per
+//!   running Deployment) when `autoscaling` targets CPU (a request-rate
 //!   target renders none: the operator sets the Deployments' replicas, `crate::autoscale`);
 //! - Deployment and Service `E-capture` (the data capture sink) when `dataCapture` is on.
 
@@ -268,6 +269,10 @@ fn variant_objects(
 ) -> Result<Vec<Value>, SpecError> {
     let mut objects = Vec::new();
     for (i, (vp, vs)) in plan.variants.iter().zip(&spec.variants).enumerate() {
+        let cpu = vs
+            .autoscaling
+            .as_ref()
+            .filter(|a| matches!(a.target(), ScaleTarget::CpuPercent(_)));
         for model_name in plan.running_models(vp) {
             let field = format!("spec.variants[{i}].model");
             let m = checked_model(models, model_name, field, ctx.settings)?;
@@ -276,18 +281,17 @@ fn variant_objects(
             objects.push(object(&deployment(
                 ctx, &vs.name, ctx.name, model_name, m, replicas, resources,
             ))?);
-        }
-        let cpu = vs
-            .autoscaling
-            .as_ref()
-            .filter(|a| matches!(a.target(), ScaleTarget::CpuPercent(_)));
-        if let Some(a) = cpu {
-            objects.push(object(&autoscaler(
-                ctx,
-                &vs.name,
-                &deployment_name(ctx.name, &vs.name, &vp.desired_model),
-                a,
-            ))?);
+            // One HPA per Deployment: during a rollout both models of the variant keep
+            // scaling on their own load (the old one's traffic shrinks, the new one's grows).
+            if let Some(a) = cpu {
+                objects.push(object(&autoscaler(
+                    ctx,
+                    &vs.name,
+                    model_name,
+                    &deployment_name(ctx.name, &vs.name, model_name),
+                    a,
+                ))?);
+            }
         }
     }
     Ok(objects)

@@ -307,6 +307,7 @@ pub(super) fn service(ctx: &Ctx, name: &str, app: &str) -> Service {
 pub(super) fn autoscaler(
     ctx: &Ctx,
     variant: &str,
+    model: &str,
     deployment: &str,
     a: &crate::crd::AutoscalingSpec,
 ) -> HorizontalPodAutoscaler {
@@ -315,10 +316,7 @@ pub(super) fn autoscaler(
         ScaleTarget::RequestsPerSecond(_) => DEFAULT_TARGET_CPU_PERCENT,
     };
     HorizontalPodAutoscaler {
-        metadata: ctx.meta(
-            &format!("{}-{variant}", ctx.name),
-            [(LABEL_VARIANT, variant)],
-        ),
+        metadata: ctx.meta(deployment, [(LABEL_VARIANT, variant), (LABEL_MODEL, model)]),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some(Deployment::API_VERSION.into()),

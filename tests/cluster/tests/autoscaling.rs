@@ -138,11 +138,17 @@ async fn b_follows_its_load(t: &Titanic, phase: &str) -> Report {
         1,
         "{phase}: a has no load of its own and stays at one replica"
     );
-    let s = variant_status(t, "b").await;
-    assert!(
-        s["replicas"].as_i64().unwrap_or(0) >= 2,
-        "{phase}: the endpoint's status shows b's replicas: {s}"
-    );
+    // The operator writes status when b's Deployment changes: shortly after, not at once.
+    let s = eventually(
+        Duration::from_secs(30),
+        &format!("{phase}: the endpoint's status shows b's replicas"),
+        || async {
+            let s = variant_status(t, "b").await;
+            (s["replicas"].as_i64().unwrap_or(0) >= 2).then_some(s)
+        },
+    )
+    .await;
+    measure(format!("{phase}: b's status {s}"));
     ok(format!(
         "{phase}: b scaled up to {} under its load in {up:.0} s; a stayed at 1",
         grown.0
@@ -205,7 +211,10 @@ async fn a_variant_follows_its_load_on_cpu_then_on_requests_per_second() {
         Duration::from_secs(180),
         "the HPA of b reads its CPU utilisation",
         || async {
-            let h = hpas.get_opt(&format!("{ENDPOINT}-b")).await.ok()??;
+            let h = hpas
+                .get_opt(&format!("{ENDPOINT}-b-titanic-v2"))
+                .await
+                .ok()??;
             let m = h.status?.current_metrics?;
             m.first()?.resource.as_ref()?.current.average_utilization
         },
@@ -225,14 +234,14 @@ async fn a_variant_follows_its_load_on_cpu_then_on_requests_per_second() {
     })
     .await;
     eventually(Duration::from_secs(60), "b's HPA removed", || async {
-        hpas.get_opt(&format!("{ENDPOINT}-b"))
+        hpas.get_opt(&format!("{ENDPOINT}-b-titanic-v2"))
             .await
             .ok()
             .and_then(|h| h.is_none().then_some(()))
     })
     .await;
     assert!(
-        hpas.get_opt(&format!("{ENDPOINT}-a"))
+        hpas.get_opt(&format!("{ENDPOINT}-a-titanic-v1"))
             .await
             .unwrap()
             .is_some(),

@@ -19,7 +19,7 @@ fn a_cpu_target_renders_an_hpa_and_leaves_replicas_to_it() {
     let mut ep = endpoint();
     ep.spec.variants[0].autoscaling = Some(autoscaling(Some(60), None, None));
     let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a");
+    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a-m1");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "titanic-a-m1");
     assert_eq!(
         (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
@@ -43,7 +43,7 @@ fn an_hpa_stabilizes_scale_down_over_the_window_and_leaves_scale_up_at_its_defau
     let mut ep = endpoint();
     ep.spec.variants[0].autoscaling = Some(autoscaling(None, None, None));
     let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a");
+    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a-m1");
     assert_eq!(
         hpa["spec"]["behavior"],
         json!({"scaleDown": {"stabilizationWindowSeconds": 300}}),
@@ -55,7 +55,7 @@ fn an_hpa_stabilizes_scale_down_over_the_window_and_leaves_scale_up_at_its_defau
     );
     ep.spec.variants[0].autoscaling = Some(autoscaling(Some(70), None, Some(30)));
     let objs = render(&ep, &Plan::assume_ready(&ep.spec));
-    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a");
+    let hpa = find(&objs, "HorizontalPodAutoscaler", "titanic-a-m1");
     assert_eq!(
         hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
         30
@@ -111,4 +111,35 @@ fn during_a_rollout_each_deployment_of_the_variant_renders_its_own_decision() {
         (replicas("titanic-b-m2"), replicas("titanic-b-m3")),
         (json!(5), json!(3))
     );
+}
+
+#[test]
+fn during_a_rollout_each_deployment_of_a_cpu_scaled_variant_has_its_own_hpa() {
+    let mut ep = endpoint();
+    ep.spec.variants[1].model = "m3".into();
+    ep.spec.variants[1].autoscaling = Some(autoscaling(Some(50), None, None));
+    let mut plan = Plan::assume_ready(&ep.spec);
+    plan.rollout = Some(RolloutPlan {
+        variant: "b".into(),
+        models: Some(vec!["m2".into(), "m3".into()]),
+        split: None,
+        mirror: None,
+        route_model: None,
+    });
+    let objs = render(&ep, &plan);
+    for d in ["titanic-b-m2", "titanic-b-m3"] {
+        let hpa = find(&objs, "HorizontalPodAutoscaler", d);
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], d);
+        assert!(find(&objs, "Deployment", d)["spec"]
+            .get("replicas")
+            .is_none());
+    }
+    // Once the rollout is over, only the serving model's.
+    let objs = render(&ep, &Plan::assume_ready(&ep.spec));
+    let hpas: Vec<_> = objs
+        .iter()
+        .filter(|o| o["kind"] == "HorizontalPodAutoscaler")
+        .map(|o| o["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(hpas, vec![json!("titanic-b-m3")]);
 }
