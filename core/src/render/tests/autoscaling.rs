@@ -90,11 +90,8 @@ fn a_request_rate_target_renders_no_hpa_and_the_operators_replicas() {
     );
 }
 
-#[test]
-fn during_a_rollout_each_deployment_of_the_variant_renders_its_own_decision() {
-    let mut ep = endpoint();
-    ep.spec.variants[1].model = "m3".into();
-    ep.spec.variants[1].autoscaling = Some(autoscaling(None, Some(5.0), None));
+/// The plan of `ep` while variant b moves from m2 to m3 (both running).
+fn b_rolling_out(ep: &ModelEndpoint) -> Plan {
     let mut plan = Plan::assume_ready(&ep.spec);
     plan.rollout = Some(RolloutPlan {
         variant: "b".into(),
@@ -103,6 +100,15 @@ fn during_a_rollout_each_deployment_of_the_variant_renders_its_own_decision() {
         mirror: None,
         route_model: None,
     });
+    plan
+}
+
+#[test]
+fn during_a_rollout_each_deployment_of_the_variant_renders_its_own_decision() {
+    let mut ep = endpoint();
+    ep.spec.variants[1].model = "m3".into();
+    ep.spec.variants[1].autoscaling = Some(autoscaling(None, Some(5.0), None));
+    let mut plan = b_rolling_out(&ep);
     plan.scaled.insert(("b".into(), "m2".into()), 5);
     plan.scaled.insert(("b".into(), "m3".into()), 3);
     let objs = render(&ep, &plan);
@@ -118,14 +124,7 @@ fn during_a_rollout_each_deployment_of_a_cpu_scaled_variant_has_its_own_hpa() {
     let mut ep = endpoint();
     ep.spec.variants[1].model = "m3".into();
     ep.spec.variants[1].autoscaling = Some(autoscaling(Some(50), None, None));
-    let mut plan = Plan::assume_ready(&ep.spec);
-    plan.rollout = Some(RolloutPlan {
-        variant: "b".into(),
-        models: Some(vec!["m2".into(), "m3".into()]),
-        split: None,
-        mirror: None,
-        route_model: None,
-    });
+    let plan = b_rolling_out(&ep);
     let objs = render(&ep, &plan);
     for d in ["titanic-b-m2", "titanic-b-m3"] {
         let hpa = find(&objs, "HorizontalPodAutoscaler", d);
