@@ -49,13 +49,16 @@ spec:
     .unwrap()
 }
 
+/// The label selector of variant `v`'s objects.
+fn of_variant(v: &str) -> String {
+    format!("mlep.dev/endpoint={ENDPOINT},mlep.dev/variant={v}")
+}
+
 /// Variant `v`'s serving Deployment: (desired replicas, ready replicas).
 async fn replicas(t: &Titanic, v: &str) -> (i32, i32) {
     let api: Api<Deployment> = t.bed.api(&t.ns);
     let d = api
-        .list(&ListParams::default().labels(&format!(
-            "mlep.dev/endpoint={ENDPOINT},mlep.dev/variant={v}"
-        )))
+        .list(&ListParams::default().labels(&of_variant(v)))
         .await
         .unwrap()
         .items;
@@ -73,9 +76,7 @@ async fn replicas(t: &Titanic, v: &str) -> (i32, i32) {
 async fn pods_of(t: &Titanic, v: &str) -> usize {
     t.bed
         .api::<Pod>(&t.ns)
-        .list(&ListParams::default().labels(&format!(
-            "mlep.dev/endpoint={ENDPOINT},mlep.dev/variant={v}"
-        )))
+        .list(&ListParams::default().labels(&of_variant(v)))
         .await
         .unwrap()
         .items
