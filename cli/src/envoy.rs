@@ -146,6 +146,20 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// Add a `STATIC` cluster `name` at `addr` to a rendered bootstrap (local mode's wake server,
+/// which no route names: only the filter calls it).
+pub fn add_static_cluster(
+    bootstrap: &mut Value,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<(), EnvoyError> {
+    let clusters = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .ok_or_else(|| EnvoyError::Spec("the bootstrap has no cluster list".into()))?;
+    clusters.push(static_cluster(name, addr));
+    Ok(())
+}
+
 /// Where the clusters' hosts come from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Upstreams {
@@ -602,6 +616,24 @@ mod tests {
             .unwrap()
             .iter()
             .all(|c| c["type"] == "STATIC"));
+    }
+
+    #[test]
+    fn a_static_cluster_joins_the_rendered_clusters() {
+        let mut b = render_bootstrap(&spec()).unwrap();
+        add_static_cluster(&mut b, "mlep-wake", "127.0.0.1:7000".parse().unwrap()).unwrap();
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let wake = clusters.last().unwrap();
+        assert_eq!(
+            (wake["name"].as_str(), wake["type"].as_str()),
+            (Some("mlep-wake"), Some("STATIC"))
+        );
+        assert_eq!(
+            wake["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"],
+            7000
+        );
+        assert!(add_static_cluster(&mut json!({}), "x", "127.0.0.1:1".parse().unwrap()).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod render;
 pub mod restart;
 pub mod rollout;
+pub mod sleep;
 pub mod supervisor;
 pub mod table;
 pub mod upstreams;

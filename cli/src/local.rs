@@ -18,6 +18,7 @@ mod proxy;
 mod resume;
 mod rollout;
 mod servers;
+mod sleep;
 mod state;
 mod ui;
 
@@ -156,6 +157,12 @@ struct Session {
     rollouts: rollout::Rollouts,
     /// Data capture sinks, by endpoint (see `local/capture.rs`).
     sinks: BTreeMap<capture::SinkKey, capture::RunningSink>,
+    /// Variants that may sleep or sleep (`minReplicas: 0`, see `local/sleep.rs`).
+    sleeps: BTreeMap<crate::sleep::VariantKey, crate::sleep::SleepState>,
+    /// The wake server's address (the bootstrap's wake cluster), once it listens.
+    wake_addr: Option<SocketAddr>,
+    /// When the session started: the clock of sleep decisions.
+    started: Instant,
 }
 
 impl Session {
@@ -179,7 +186,10 @@ impl Session {
                         .summary(e.namespace(), e.name(), &v.name)
                         .unwrap_or_else(|| v.model.clone()),
                     weight: v.weight,
-                    health: health(e, Role::Variant(v.name.clone())),
+                    health: table::Health {
+                        asleep: self.is_asleep(e.namespace(), e.name(), &v.name),
+                        ..health(e, Role::Variant(v.name.clone()))
+                    },
                 });
             }
             if let Some(s) = &e.shadow {
@@ -367,6 +377,9 @@ impl Session {
             generation: 0,
             rollouts: rollout::Rollouts::default(),
             sinks: BTreeMap::new(),
+            sleeps: BTreeMap::new(),
+            wake_addr: None,
+            started: Instant::now(),
         };
         Ok((s, desired, input))
     }
@@ -495,6 +508,9 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     // The input as it was loaded: an edit made while servers and Envoy start (or right after
     // "Endpoint ready") is applied on the first watch tick instead of being missed.
     let mut last_digest = input_digest(&s.opts.input);
+    // Listening before Envoy starts: its bootstrap names the wake server.
+    let mut wakes = sleep::WakeServer::start().await?;
+    s.wake_addr = Some(wakes.addr);
     s.start(desired, &input).await?;
     s.announce(&input);
     let mut watch = tokio::time::interval(s.opts.watch_interval);
@@ -502,6 +518,9 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
     let table_every = s.opts.table_interval.unwrap_or(Duration::from_secs(3600));
     let mut table_tick = tokio::time::interval(table_every);
     let mut table = LiveTable::new();
+    let mut sleep_tick = tokio::time::interval(sleep::SLEEP_INTERVAL);
+    // After a long step (servers starting) one measurement, not a burst of them.
+    sleep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = supervise.tick() => s.supervise().await?,
@@ -515,6 +534,12 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
                 }
                 if let Err(e) = s.drive_rollouts().await {
                     s.ui.say(format!("rollout error: {e}"));
+                }
+            }
+            Some(w) = wakes.calls.recv() => s.wake(w).await,
+            _ = sleep_tick.tick(), if s.may_sleep() => {
+                if let Err(e) = s.check_sleep().await {
+                    s.ui.say(format!("scale to zero: {e}"));
                 }
             }
             _ = table_tick.tick(), if s.opts.table_interval.is_some() => {

@@ -39,12 +39,24 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// Like [`sum_of`], for one of the filter's metrics under either of its names (Envoy may
+/// prefix it, see `is`).
+pub fn metric_sum(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    sum_named(samples, |name| is(name, metric), labels)
+}
+
 /// The sum of the samples of `name` whose labels include every one of `labels` (histogram
 /// series are addressed as `<name>_count` etc.).
 pub fn sum_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    sum_named(samples, |n| n == name, labels)
+}
+
+/// The sum of the samples whose name passes `named` and whose labels include every one of
+/// `labels`.
+fn sum_named(samples: &[Sample], named: impl Fn(&str) -> bool, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .filter(|s| s.name == name)
+        .filter(|s| named(&s.name))
         .filter(|s| {
             labels
                 .iter()
@@ -175,12 +187,16 @@ pub struct Health {
     pub restarts: u32,
     /// Some server crashed and waits this long (the shortest such wait) to be started again.
     pub back_off: Option<Duration>,
+    /// Scaled to zero: the filter holds its requests and wakes it (`crate::sleep`).
+    pub asleep: bool,
 }
 
 impl Health {
-    /// `Running`, `Starting`, or `CrashLoopBackOff (restart in 4s)`, as kubectl would say.
+    /// `Running`, `Starting`, `Asleep` or `CrashLoopBackOff (restart in 4s)`, as kubectl
+    /// would say.
     pub fn status(&self) -> String {
         match self.back_off {
+            _ if self.asleep => "Asleep".into(),
             Some(d) => format!("CrashLoopBackOff (restart in {}s)", d.as_secs_f64().ceil()),
             None if self.ready < self.replicas => "Starting".into(),
             None => "Running".into(),
@@ -613,6 +629,7 @@ mod tests {
             replicas: 2,
             restarts: 3,
             back_off: Some(Duration::from_millis(3200)),
+            asleep: false,
         };
         let out = render(&rows(None, &Scrape::new(1.0, ""), &[i]));
         let cols: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
@@ -627,5 +644,21 @@ mod tests {
             ..Health::default()
         };
         assert_eq!(starting.status(), "Starting");
+        let asleep = Health {
+            asleep: true,
+            ..starting
+        };
+        assert_eq!(asleep.status(), "Asleep");
+    }
+
+    #[test]
+    fn a_metric_is_summed_by_label_under_either_of_its_names() {
+        let text = "envoy_mlep_requests_total{endpoint=\"t\",variant=\"b\"} 2\n\
+                    mlep_requests_total{endpoint=\"t\",variant=\"b\"} 3\n\
+                    mlep_requests_total{endpoint=\"t\",variant=\"a\"} 5\n\
+                    mlep_requests_total_x{endpoint=\"t\",variant=\"b\"} 7\n";
+        let samples = parse_prometheus(text);
+        let b = [("endpoint", "t"), ("variant", "b")];
+        assert_eq!(metric_sum(&samples, "mlep_requests_total", &b), 5.0);
     }
 }

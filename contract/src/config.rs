@@ -32,7 +32,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -140,6 +140,10 @@ pub struct VariantConfig {
     /// model), and counts moved requests under the new model's `model` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSplit>,
+    /// The variant is scaled to zero (or about to be): the filter holds its requests, asks for
+    /// a wake-up and lets each one go once the variant's servers answer (see [`WakeConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asleep: Option<crate::wake::WakeConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,6 +433,11 @@ impl EndpointConfig {
                 ConfigError::new(format!("{at}.allocation"), e.to_string())
             })?;
         self.validate_rollouts(at)?;
+        for (j, v) in self.variants.iter().enumerate() {
+            if let Some(w) = &v.asleep {
+                w.validate(&format!("{at}.variants[{j}].asleep"))?;
+            }
+        }
         self.validate_routing(at)?;
         if let Some(c) = &self.capture {
             c.validate(&format!("{at}.capture"))?;

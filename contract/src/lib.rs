@@ -25,6 +25,7 @@ pub mod latency;
 pub mod metrics;
 pub mod names;
 pub mod rollout;
+pub mod wake;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
@@ -34,3 +35,4 @@ pub use config::{
 };
 pub use hash::{bucket_of, hash_key};
 pub use rollout::{RolloutSplit, Span};
+pub use wake::WakeConfig;

@@ -88,7 +88,8 @@ pub struct Aggregate {
 
 /// The filter entry an endpoint serves with now, from its spec and the status its last
 /// reconcile wrote; `None` before its first successful render.
-pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<EndpointConfig> {
+pub fn served_config(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<EndpointConfig> {
+    let cluster_domain = settings.cluster_domain.as_str();
     let status = ep.status.as_ref()?;
     let allocation = status.allocation.as_ref()?;
     let ns = ep.namespace().unwrap_or_else(|| "default".to_owned());
@@ -141,13 +142,46 @@ pub fn served_config(ep: &ModelEndpoint, cluster_domain: &str) -> Option<Endpoin
         .rollout
         .as_ref()
         .and_then(|r| crate::rollout::served_plan(ep.spec.rollout.as_ref(), r));
-    Some(match rollout {
-        Some((plan, serving)) => {
-            let fqdn = format!("{name}.{ns}.svc.{cluster_domain}");
-            apply_rollout(entry, &plan, Some(&serving), &fqdn)
+    let fqdn = format!("{name}.{ns}.svc.{cluster_domain}");
+    let entry = match rollout {
+        Some((plan, serving)) => apply_rollout(entry, &plan, Some(&serving), &fqdn),
+        None => mark_asleep(entry, status, &settings.wake, &fqdn),
+    };
+    Some(entry)
+}
+
+/// Mark the variants status says sleep (scaled to zero, `crate::autoscale::sleep`): the filter
+/// holds their requests, wakes them through the operator (`wake`) and probes the variant's own
+/// subset cluster (`outbound|80|<variant>|<fqdn>`, checked on the bed: a name Envoy does not
+/// know makes the call fail at once) until it answers.
+fn mark_asleep(
+    mut entry: EndpointConfig,
+    status: &crate::crd::ModelEndpointStatus,
+    wake: &CallTarget,
+    fqdn: &str,
+) -> EndpointConfig {
+    for v in &mut entry.variants {
+        let asleep = status
+            .variants
+            .iter()
+            .find(|s| s.name == v.name)
+            .and_then(|s| s.autoscaling.as_ref())
+            .is_some_and(|a| a.asleep_since_unix.is_some());
+        if asleep {
+            // The variant's own subset is named after it (`crate::render`'s DestinationRule);
+            // only a rollout's other model has a `<variant>-<model>` subset.
+            let subset = &v.name;
+            v.asleep = Some(mlep_contract::WakeConfig {
+                cluster: wake.cluster.clone(),
+                authority: wake.authority.clone(),
+                path: mlep_contract::wake::wake_path(&entry.namespace, &entry.name, &v.name),
+                probe_cluster: format!("outbound|{SERVICE_PORT}|{subset}|{fqdn}"),
+                probe_authority: fqdn.to_owned(),
+                timeout_ms: mlep_contract::wake::DEFAULT_WAKE_TIMEOUT_MS,
+            });
         }
-        None => entry,
-    })
+    }
+    entry
 }
 
 /// The filter objects for all these endpoints (any order; the result is sorted).
@@ -167,7 +201,7 @@ pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) ->
             }
         })
         .filter_map(|e| {
-            let cfg = served_config(e, &settings.cluster_domain)?;
+            let cfg = served_config(e, settings)?;
             Some((e.spec.filter_wiring, cfg))
         })
         .collect();
@@ -364,6 +398,32 @@ mod tests {
         assert_eq!(
             Some(&cfg.endpoints[1].allocation),
             eps[0].status.as_ref().unwrap().allocation.as_ref()
+        );
+    }
+
+    #[test]
+    fn a_sleeping_variant_is_marked_with_how_to_wake_it_and_probe_it() {
+        let mut ep = endpoint("ml", "titanic", "t.example.com", (80, 20));
+        if let Some(st) = ep.status.as_mut() {
+            st.variants[1].autoscaling = Some(crate::crd::VariantAutoscalingStatus {
+                asleep_since_unix: Some(100),
+                ..Default::default()
+            });
+        }
+        let settings = RenderSettings::default().with_module(&"ab".repeat(32), "ops");
+        let cfg = served_config(&ep, &settings).unwrap();
+        assert_eq!(cfg.variants[0].asleep, None);
+        let fqdn = "titanic.ml.svc.cluster.local";
+        assert_eq!(
+            cfg.variants[1].asleep,
+            Some(mlep_contract::WakeConfig {
+                cluster: "outbound|8080||mlep-operator.ops.svc.cluster.local".into(),
+                authority: "mlep-operator.ops.svc.cluster.local".into(),
+                path: "/wake/ml/titanic/b".into(),
+                probe_cluster: format!("outbound|80|b|{fqdn}"),
+                probe_authority: fqdn.into(),
+                timeout_ms: mlep_contract::wake::DEFAULT_WAKE_TIMEOUT_MS,
+            })
         );
     }
 

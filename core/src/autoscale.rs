@@ -29,6 +29,8 @@ use mlep_contract::metrics::{
 };
 use std::collections::{BTreeMap, VecDeque};
 
+pub mod sleep;
+
 /// How often the operator measures and decides (the HPA's `--horizontal-pod-autoscaler-sync-period`).
 pub const SYNC_PERIOD_SECONDS: u64 = 15;
 /// Within this share of the current replicas' capacity the count stays (the HPA's tolerance).
@@ -68,6 +70,9 @@ pub struct RpsRule {
     pub max: i32,
     /// The scale-down stabilization window.
     pub window_seconds: i64,
+    /// `minReplicas: 0`: seconds without a request before the variant sleeps
+    /// ([`sleep`]). The request rate itself never recommends fewer than one replica.
+    pub zero_after_seconds: Option<i32>,
 }
 
 impl RpsRule {
@@ -77,9 +82,10 @@ impl RpsRule {
             ScaleTarget::CpuPercent(_) => None,
             ScaleTarget::RequestsPerSecond(target) => Some(Self {
                 target,
-                min: a.min_replicas,
-                max: a.max_replicas.max(a.min_replicas),
+                min: a.min_replicas.max(1),
+                max: a.max_replicas.max(a.min_replicas).max(1),
                 window_seconds: i64::from(a.scale_down_stabilization_seconds()),
+                zero_after_seconds: a.scale_to_zero_after_seconds(),
             }),
         }
     }
@@ -118,6 +124,17 @@ impl ScaleKey {
     /// The requests per second this Deployment's model served over the last
     /// [`RATE_WINDOW_SECONDS`], summed over every proxy reporting it.
     pub fn promql(&self) -> String {
+        self.requests_over("rate", RATE_WINDOW_SECONDS)
+    }
+
+    /// The requests this Deployment's model served over the last `seconds`, summed over every
+    /// proxy reporting it (0: idle).
+    pub fn idle_promql(&self, seconds: i32) -> String {
+        self.requests_over("increase", i64::from(seconds))
+    }
+
+    /// `sum(<function>(mlep_requests_total{<this Deployment>}[<seconds>s]))`.
+    fn requests_over(&self, function: &str, seconds: i64) -> String {
         let labels = [
             (LABEL_ENDPOINT, self.endpoint.as_str()),
             (LABEL_NAMESPACE, self.namespace.as_str()),
@@ -125,7 +142,7 @@ impl ScaleKey {
             (LABEL_MODEL, self.model.as_str()),
         ];
         format!(
-            "sum(rate({}[{RATE_WINDOW_SECONDS}s]))",
+            "sum({function}({}[{seconds}s]))",
             selector(REQUESTS_TOTAL, &labels, "")
         )
     }
@@ -421,17 +438,28 @@ pub fn variant_status(a: &AutoscalingSpec) -> VariantAutoscalingStatus {
         max_replicas: a.max_replicas,
         target: target_text(a.target()),
         current: None,
+        asleep_since_unix: None,
     }
 }
 
 /// The printer column: each autoscaled variant's bounds, measured value (where known) and
 /// target, e.g. `a=1-5 cpu80%,b=1-10 4.2/5rps`; `None` when no variant autoscales.
-pub fn summary(spec: &ModelEndpointSpec, per_replica: &BTreeMap<String, f64>) -> Option<String> {
+/// A sleeping variant (`asleep` names them) says so: `b=0-3 10rps asleep`.
+pub fn summary(
+    spec: &ModelEndpointSpec,
+    per_replica: &BTreeMap<String, f64>,
+    asleep: &[String],
+) -> Option<String> {
     let parts: Vec<String> = spec
         .variants
         .iter()
         .filter_map(|v| {
             let a = v.autoscaling.as_ref()?;
+            let asleep = if a.min_replicas == 0 && asleep.contains(&v.name) {
+                " asleep"
+            } else {
+                ""
+            };
             let target = match a.target() {
                 ScaleTarget::CpuPercent(p) => format!("cpu{p}%"),
                 ScaleTarget::RequestsPerSecond(t) => match per_replica.get(&v.name) {
@@ -440,7 +468,7 @@ pub fn summary(spec: &ModelEndpointSpec, per_replica: &BTreeMap<String, f64>) ->
                 },
             };
             Some(format!(
-                "{}={}-{} {target}",
+                "{}={}-{} {target}{asleep}",
                 v.name, a.min_replicas, a.max_replicas
             ))
         })
@@ -449,12 +477,14 @@ pub fn summary(spec: &ModelEndpointSpec, per_replica: &BTreeMap<String, f64>) ->
 }
 
 /// Put the autoscaler's decisions on a reconcile's plan (the replicas each Deployment renders
-/// with) and status (each variant's measurement, from its serving model's Deployment).
+/// with) and status (each variant's measurement, from its serving model's Deployment, and
+/// since when a variant sleeps: `asleep`, by variant).
 pub fn apply(
     spec: &ModelEndpointSpec,
     plan: &mut Plan,
     status: &mut ModelEndpointStatus,
     scaled: &BTreeMap<ScaleKey, Scaled>,
+    asleep: &BTreeMap<String, i64>,
 ) {
     plan.scaled = scaled
         .iter()
@@ -470,9 +500,13 @@ pub fn apply(
             a.current = Some(format!("{} rps/replica", number(r)));
             per_replica.insert(v.name.clone(), r);
         }
+        if let Some(a) = v.autoscaling.as_mut() {
+            a.asleep_since_unix = asleep.get(&v.name).copied();
+        }
     }
+    let names: Vec<String> = asleep.keys().cloned().collect();
     if let Some(s) = status.summary.as_mut() {
-        s.scaling = summary(spec, &per_replica);
+        s.scaling = summary(spec, &per_replica, &names);
     }
 }
 

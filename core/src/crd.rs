@@ -429,10 +429,13 @@ impl ShadowSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[x_kube(validation = Rule::new("!has(self.targetCPUUtilizationPercentage) || !has(self.targetRequestsPerSecond)").message("set one target: targetCPUUtilizationPercentage or targetRequestsPerSecond"))]
+#[x_kube(validation = Rule::new("self.minReplicas > 0 || has(self.targetRequestsPerSecond)").message("minReplicas 0 (scale to zero) needs targetRequestsPerSecond"))]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
-    /// Lowest replica count, at least 1 (scaling to zero is not supported).
-    #[schemars(range(min = 1))]
+    /// Lowest replica count. 0 scales the variant to zero after `scaleToZeroAfterSeconds`
+    /// without a request (needs `targetRequestsPerSecond`): its requests are then held by the
+    /// proxies while a pod starts, and answered once it is ready.
+    #[schemars(range(min = 0))]
     pub min_replicas: i32,
     /// Highest replica count; at least `minReplicas`.
     #[schemars(range(min = 1))]
@@ -463,7 +466,19 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: Option<i32>,
+    /// With `minReplicas: 0`: seconds without a request before the variant goes to zero
+    /// (30..86400, default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub scale_to_zero_after_seconds: Option<i32>,
 }
+
+/// `scaleToZeroAfterSeconds` when unset.
+pub const DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS: i32 = 300;
+/// Shortest `scaleToZeroAfterSeconds`: a few of Prometheus' scrapes.
+pub const MIN_SCALE_TO_ZERO_AFTER_SECONDS: i32 = 30;
+/// Longest `scaleToZeroAfterSeconds` (a day).
+pub const MAX_SCALE_TO_ZERO_AFTER_SECONDS: i32 = 86_400;
 
 /// CPU utilisation target when an `autoscaling` names no target (percent of the request).
 pub const DEFAULT_TARGET_CPU_PERCENT: i32 = 80;
@@ -498,6 +513,14 @@ impl AutoscalingSpec {
     pub fn scale_down_stabilization_seconds(&self) -> i32 {
         self.scale_down_stabilization_seconds
             .unwrap_or(DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS)
+    }
+
+    /// Seconds without a request before going to zero; `None` unless `minReplicas` is 0.
+    pub fn scale_to_zero_after_seconds(&self) -> Option<i32> {
+        (self.min_replicas == 0).then(|| {
+            self.scale_to_zero_after_seconds
+                .unwrap_or(DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS)
+        })
     }
 }
 
@@ -696,6 +719,11 @@ pub struct VariantAutoscalingStatus {
     /// says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<String>,
+    /// Since when (Unix seconds) the variant sleeps (`minReplicas: 0` and idle): the proxies
+    /// hold its requests and wake it; its pods go a few seconds after it falls asleep, and it
+    /// stays asleep until a woken pod is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asleep_since_unix: Option<i64>,
 }
 
 /// A status condition. Condition lists are keyed by `type` (a list-map: server-side apply

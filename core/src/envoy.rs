@@ -288,6 +288,27 @@ impl CallTarget {
         }
     }
 
+    /// Locally: the wake server of `mlep local up` (`POST /wake/<namespace>/<endpoint>/<variant>`),
+    /// a static cluster of local mode's bootstrap; the operator's Service plays this part in a
+    /// mesh ([`CallTarget::operator_istio`]). Its name cannot collide with a variant cluster
+    /// (`mlep|<endpoint>|<variant>`).
+    pub fn wake_local() -> Self {
+        Self {
+            cluster: "mlep-wake".to_owned(),
+            authority: "mlep-wake.local".to_owned(),
+        }
+    }
+
+    /// In a mesh: the operator's Service, admin port (where the proxies wake variants).
+    pub fn operator_istio(namespace: &str, cluster_domain: &str) -> Self {
+        Self::istio(
+            crate::module::OPERATOR_SERVICE,
+            namespace,
+            cluster_domain,
+            i32::from(crate::module::OPERATOR_HTTP_PORT),
+        )
+    }
+
     fn istio(service: &str, namespace: &str, cluster_domain: &str, port: i32) -> Self {
         let fqdn = format!("{service}.{namespace}.svc.{cluster_domain}");
         Self {

@@ -34,6 +34,13 @@ pub mod reasons {
     pub const AUTOSCALE_METRICS_UNAVAILABLE: &str = "AutoscaleMetricsUnavailable";
     /// Measurements came back after [`AUTOSCALE_METRICS_UNAVAILABLE`].
     pub const AUTOSCALE_METRICS_AVAILABLE: &str = "AutoscaleMetricsAvailable";
+    /// An idle variant with `minReplicas: 0` fell asleep: the proxies hold its requests, its
+    /// pods go shortly after.
+    pub const FELL_ASLEEP: &str = "FellAsleep";
+    /// A sleeping variant's pods are gone.
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// A sleeping variant was woken by a held request and has a ready pod again.
+    pub const WOKE: &str = "Woke";
     pub use crate::crd::conditions::{REASON_ABORTED, REASON_ROLLED_BACK};
 }
 

@@ -59,6 +59,7 @@ pub fn endpoint_config(
                 .map(|(_, w)| *w)
                 .unwrap_or(0),
             rollout: None,
+            asleep: None,
         })
         .collect();
     let r = &spec.routing;

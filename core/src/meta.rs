@@ -153,6 +153,9 @@ pub struct RenderSettings {
     /// The Prometheus servers rollout analysis may query: the operator's own configuration,
     /// never a URL a tenant chooses.
     pub prometheus: PrometheusPolicy,
+    /// Where the proxies ask to wake a variant scaled to zero: the operator's Service, admin
+    /// port (`POST /wake/<namespace>/<endpoint>/<variant>`).
+    pub wake: crate::envoy::CallTarget,
 }
 
 impl RenderSettings {
@@ -166,6 +169,8 @@ impl RenderSettings {
         );
         self.wasm_url = module::module_url(&base, sha256);
         self.wasm_sha256 = sha256.to_owned();
+        self.wake =
+            crate::envoy::CallTarget::operator_istio(operator_namespace, &self.cluster_domain);
         self
     }
 }
@@ -197,6 +202,10 @@ impl Default for RenderSettings {
             route_grace_seconds: 30,
             pod_security: PodSecurityLevel::default(),
             prometheus: PrometheusPolicy::default(),
+            wake: crate::envoy::CallTarget::operator_istio(
+                module::OPERATOR_NAMESPACE,
+                DEFAULT_CLUSTER_DOMAIN,
+            ),
         }
     }
 }

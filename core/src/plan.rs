@@ -3,7 +3,8 @@
 //!
 //! Rules (each has a test below):
 //! - never route to a variant with no ready pod; its share goes to the ready variants, in
-//!   proportion to their spec weights, until it is ready;
+//!   proportion to their spec weights, until it is ready; a sleeping variant (scaled to zero,
+//!   its requests held by the proxies) counts as ready;
 //! - a variant whose model changes keeps serving its previous model (and that Deployment
 //!   stays) until the new model's Deployment has a ready pod, then switches;
 //! - while nothing is ready, keep the last routed weights (or the spec's on a first rollout);
@@ -19,6 +20,8 @@ use std::collections::BTreeMap;
 pub struct Readiness {
     pub replicas: i32,
     pub ready_replicas: i32,
+    /// The last wake-up of a variant scaled to zero (`crate::autoscale::sleep`), Unix seconds.
+    pub woken_at: Option<i64>,
 }
 
 /// What the endpoint looks like now: Deployment readiness by (variant, model).
@@ -200,7 +203,12 @@ pub fn plan(
                 Some(prev) if !desired_ready && observed.ready(&v.name, prev) => prev.to_owned(),
                 _ => v.model.clone(),
             };
-            let ready = observed.ready(&v.name, &serving);
+            // A sleeping variant (scaled to zero) serves: the proxies hold its requests while a
+            // pod starts (`crate::autoscale::sleep`), so it keeps its route and its users.
+            let asleep = last_variant(&v.name)
+                .and_then(|s| s.autoscaling.as_ref())
+                .is_some_and(|a| a.asleep_since_unix.is_some());
+            let ready = observed.ready(&v.name, &serving) || asleep;
             VariantPlan {
                 name: v.name.clone(),
                 desired_model: v.model.clone(),
@@ -304,6 +312,7 @@ mod tests {
                         Readiness {
                             replicas: 1,
                             ready_replicas: *r,
+                            woken_at: None,
                         },
                     )
                 })
@@ -324,6 +333,27 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_sleeping_variant_keeps_its_weight_without_a_ready_pod() {
+        let s = spec(&[("a", "m1", 50), ("b", "m2", 50)]);
+        let mut last = status(&[("a", "m1", 50), ("b", "m2", 50)]);
+        last.variants[1].autoscaling = Some(crate::crd::VariantAutoscalingStatus {
+            asleep_since_unix: Some(100),
+            ..Default::default()
+        });
+        let now = observed(&[("a", "m1", 1), ("b", "m2", 0)]);
+        assert_eq!(
+            plan(&s, Some(&last), &now).weights(),
+            vec![("a", 50), ("b", 50)]
+        );
+        // Awake again (no mark) and not ready: its share goes to `a` as for any variant.
+        last.variants[1].autoscaling = None;
+        assert_eq!(
+            plan(&s, Some(&last), &now).weights(),
+            vec![("a", 100), ("b", 0)]
+        );
     }
 
     #[test]

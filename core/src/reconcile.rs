@@ -329,6 +329,7 @@ mod tests {
         let ready = Readiness {
             replicas: 1,
             ready_replicas: 1,
+            woken_at: None,
         };
         Observed {
             deployments: pairs
@@ -600,6 +601,7 @@ mod tests {
             target_cpu_utilization_percentage: None,
             target_requests_per_second: Some(5.0),
             scale_down_stabilization_seconds: None,
+            scale_to_zero_after_seconds: None,
         });
         let (obs, now) = (observed(&[("a", "m1"), ("b", "m2")]), now());
         let first = decide(&input(&ep, &serving("m2"), &obs, &now), None);

@@ -57,11 +57,19 @@ pub fn endpoint_status(
 ) -> ModelEndpointStatus {
     let generation = ep.metadata.generation;
     let variants = variant_statuses(ep, plan, observed);
-    // Ready: every variant routes its spec weight to its spec model with all replicas ready.
+    // Ready: every variant routes its spec weight to its spec model with all replicas ready
+    // (none, for a variant scaled to zero: the proxies hold its requests while it wakes).
+    let floor = |name: &str| {
+        let zero =
+            ep.spec.variants.iter().any(|s| {
+                s.name == name && s.autoscaling.as_ref().is_some_and(|a| a.min_replicas == 0)
+            });
+        i32::from(!zero)
+    };
     let settled = plan.settled(&ep.spec)
         && variants
             .iter()
-            .all(|v| v.ready_replicas >= v.replicas.max(1));
+            .all(|v| v.ready_replicas >= v.replicas.max(floor(&v.name)));
     let mut conditions = applied_conditions(plan, settled, generation);
     if !settled {
         name_failure(&mut conditions, failures);
@@ -266,7 +274,7 @@ fn summary(spec: &ModelEndpointSpec, variants: &[VariantStatus]) -> StatusSummar
         variants: join(&|v| format!("{}={}", v.name, v.model)),
         weights: join(&|v| format!("{}={}", v.name, v.current_weight)),
         ready: format!("{ready_total}/{replicas_total}"),
-        scaling: crate::autoscale::summary(spec, &Default::default()),
+        scaling: crate::autoscale::summary(spec, &Default::default(), &[]),
     }
 }
 
@@ -388,6 +396,7 @@ mod tests {
         let r = |ready| Readiness {
             replicas: 2,
             ready_replicas: ready,
+            woken_at: None,
         };
         Observed {
             deployments: [
@@ -417,6 +426,42 @@ mod tests {
 
     fn cond<'a>(s: &'a ModelEndpointStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_variant_asleep_at_zero_keeps_the_endpoint_ready_only_if_it_may_scale_to_zero() {
+        let mut e = ep();
+        e.spec.variants[1].autoscaling = Some(crate::crd::AutoscalingSpec {
+            min_replicas: 0,
+            max_replicas: 2,
+            target_cpu_utilization_percentage: None,
+            target_requests_per_second: Some(5.0),
+            scale_down_stabilization_seconds: None,
+            scale_to_zero_after_seconds: None,
+        });
+        let mut o = observed(0);
+        o.deployments.insert(
+            ("b".into(), "m2".into()),
+            Readiness {
+                replicas: 0,
+                ready_replicas: 0,
+                woken_at: None,
+            },
+        );
+        let mut last = status_for(2, None);
+        last.variants[1].autoscaling = Some(crate::crd::VariantAutoscalingStatus {
+            asleep_since_unix: Some(1),
+            ..Default::default()
+        });
+        let status = |e: &ModelEndpoint| {
+            let p = plan(&e.spec, Some(&last), &o);
+            let alloc = Allocation::initial(&p.weights()).unwrap();
+            endpoint_status(e, &p, &o, &Failures::new(), alloc, Some(&last), "t".into())
+        };
+        assert_eq!(cond(&status(&e), READY).status, "True");
+        // The same 0 of 0 for a variant that may not scale to zero is not ready.
+        e.spec.variants[1].autoscaling = None;
+        assert_eq!(cond(&status(&e), READY).status, "False");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_INVALID_SPEC, REASON_M
 use crate::crd::{
     AnalysisSpec, AutoscalingSpec, ModelEndpoint, ModelEndpointSpec, ModelSpec, RolloutStrategy,
     RoutingSpec, ScaleTarget, ShadowSpec, VariantSpec, MAX_SCALE_DOWN_STABILIZATION_SECONDS,
+    MAX_SCALE_TO_ZERO_AFTER_SECONDS, MIN_SCALE_TO_ZERO_AFTER_SECONDS,
 };
 use crate::host_claims::{classify, Claimant, HostClaims};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -372,10 +373,36 @@ fn validate_variants<'a>(
 /// `spec.variants[i].autoscaling`: bounds, one target, a sane window.
 fn validate_autoscaling(at: &str, a: &AutoscalingSpec) -> Result<(), SpecError> {
     let at = format!("{at}.autoscaling");
-    if a.min_replicas < 1 {
+    if a.min_replicas < 0 {
         return Err(SpecError::invalid(
             format!("{at}.minReplicas"),
-            "must be at least 1 (scaling to zero is not supported yet)",
+            format!("{} must be at least 0", a.min_replicas),
+        ));
+    }
+    if a.min_replicas == 0 && a.target_requests_per_second.is_none() {
+        return Err(SpecError::invalid(
+            format!("{at}.minReplicas"),
+            "0 (scale to zero) needs targetRequestsPerSecond: a CPU target cannot wake a \
+             variant with no pod",
+        ));
+    }
+    if a.max_replicas < 1 {
+        return Err(SpecError::invalid(
+            format!("{at}.maxReplicas"),
+            format!("{} must be at least 1", a.max_replicas),
+        ));
+    }
+    let (lo, hi) = (
+        MIN_SCALE_TO_ZERO_AFTER_SECONDS,
+        MAX_SCALE_TO_ZERO_AFTER_SECONDS,
+    );
+    if let Some(s) = a
+        .scale_to_zero_after_seconds
+        .filter(|s| !(lo..=hi).contains(s))
+    {
+        return Err(SpecError::invalid(
+            format!("{at}.scaleToZeroAfterSeconds"),
+            format!("{s} must be within {lo}..={hi}"),
         ));
     }
     if a.max_replicas < a.min_replicas {

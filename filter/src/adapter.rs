@@ -12,8 +12,9 @@
 use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::{Hub, ENVOY_TIMEOUT_BODY};
-use crate::stream::{count, RequestAction, Stream};
+use crate::stream::{count, Flow, HoldAction, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
+use crate::wake::Call;
 use mlep_contract::metrics::{CaptureOutcome, CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -458,7 +459,72 @@ struct Http {
     host: EnvoyHost,
 }
 
-impl Context for Http {}
+impl Http {
+    /// Send a held request's next call from this stream's context (its answer comes back to
+    /// this context's `on_http_call_response`); a refused call counts as a failed answer
+    /// (bounded: see `Stream::on_call_refused`).
+    fn send(&mut self, c: &Call) -> Action {
+        let timeout = u32::try_from(c.timeout_ms).unwrap_or(u32::MAX);
+        if call("wake", &c.cluster, &c.headers, &[], timeout).is_ok() {
+            return Action::Pause;
+        }
+        match self
+            .stream
+            .as_mut()
+            .map(|s| s.on_call_refused(&mut self.host))
+        {
+            Some(a) => self.act(a),
+            None => Action::Pause,
+        }
+    }
+
+    /// Carry out what a held request needs next.
+    fn act(&mut self, a: HoldAction) -> Action {
+        match a {
+            HoldAction::Call(c) => self.send(&c),
+            HoldAction::Resume => {
+                let _ = hostcalls::resume_http_request();
+                Action::Continue
+            }
+            HoldAction::Reply { status, body } => reply(status, &body),
+            HoldAction::Wait => Action::Pause,
+        }
+    }
+}
+
+/// Answer the request locally with a JSON body.
+fn reply(status: u32, body: &str) -> Action {
+    let _ = hostcalls::send_http_response(
+        status,
+        vec![("content-type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    Action::Pause
+}
+
+fn flow(f: Flow) -> Action {
+    match f {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
+    }
+}
+
+impl Context for Http {
+    /// The answer to a held request's wake call or probe (calls made from this stream's
+    /// context come back here; if the stream ended first, Envoy drops them).
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, _body: usize, _t: usize) {
+        // No headers: the call failed without an answer (see the root's guard).
+        let status = if headers > 0 {
+            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
+        } else {
+            None
+        };
+        if let Some(s) = &mut self.stream {
+            let a = s.on_call_answer(&mut self.host, status);
+            self.act(a);
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
@@ -469,29 +535,29 @@ impl HttpContext for Http {
         };
         match s.on_request_headers(&mut self.host, end_of_stream) {
             RequestAction::Continue => Action::Continue,
-            RequestAction::Reply { status, body } => {
-                let _ = hostcalls::send_http_response(
-                    status,
-                    vec![("content-type", "application/json")],
-                    Some(body.as_bytes()),
-                );
-                Action::Pause
-            }
+            RequestAction::Reply { status, body } => reply(status, &body),
+            RequestAction::Hold(c) => self.send(&c),
         }
     }
 
+    /// A held request's body stays paused. Envoy 1.40 does not call this while the headers
+    /// are paused at all: proxy-wasm-cpp-host turns a headers `Pause` into
+    /// `StopAllIterationAndWatermark` (`convertVmCallResultToFilterHeadersStatus`), so Envoy
+    /// buffers the body with flow control and hands it here after the resume (checked by
+    /// `tests/tests/filter_wake.rs`: a build answering `Continue` here passes it too). The
+    /// `Pause` is for a host that delivers it, where `Continue` would let the request go.
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        if let Some(s) = &mut self.stream {
-            s.on_request_body(&mut self.host, size, end_of_stream);
+        match &mut self.stream {
+            Some(s) => flow(s.on_body(&mut self.host, size, end_of_stream)),
+            None => Action::Continue,
         }
-        Action::Continue
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        if let Some(s) = &mut self.stream {
-            s.on_request_trailers(&mut self.host);
+        match &mut self.stream {
+            Some(s) => flow(s.on_trailers(&mut self.host)),
+            None => Action::Continue,
         }
-        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {

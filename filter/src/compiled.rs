@@ -2,12 +2,14 @@
 //! precomputed header strings and every metric id the request path can need.
 
 use crate::host::{MetricId, MetricKind, MetricSink};
+use crate::wake::Wake;
 use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
 use mlep_contract::metrics::{
     self as m, stat_name, Agreement, CaptureOutcome, CodeClass, Outcome, Reason,
 };
 use mlep_contract::{routed_value, CompareMode, ConfigError, FilterConfig, UnknownTarget};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,6 +60,9 @@ pub struct Variant {
     /// On a variant being rolled out: how requests targeting it by name follow the split
     /// (see [`Endpoint::targeted`]). `None` on rollout entries and variants with no rollout.
     pub rollout: Option<TargetedRollout>,
+    /// The variant is asleep: its requests are held until it wakes (`crate::wake`). Shared by
+    /// the variant and its rollout entry, so the VM's "awake" memory is per variant.
+    pub wake: Option<Rc<Wake>>,
 }
 
 /// What a variant being rolled out needs to send targeted requests by the rollout's share.
@@ -288,6 +293,10 @@ impl Compiled {
                         .is_some_and(|s| s.variant.as_ref().is_none_or(|only| *only == v.name)),
                     metrics: variant_metrics(&v.name, &v.model)?,
                     rollout: None,
+                    wake: v
+                        .asleep
+                        .as_ref()
+                        .map(|w| Rc::new(Wake::new(&ep.name, &v.name, w))),
                 });
             }
             let names: Vec<&str> = ep.variants.iter().map(|v| v.name.as_str()).collect();
@@ -315,6 +324,7 @@ impl Compiled {
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
                     metrics: variant_metrics(&v.name, &r.model)?,
                     rollout: None,
+                    wake: variants.get(j).and_then(|own| own.wake.clone()),
                 });
                 for span in &r.buckets {
                     let (start, end) = (span.start as usize, span.end as usize);

@@ -8,7 +8,8 @@
 //! - [`stream`]: one HTTP stream's callbacks over the [`host::Host`] trait;
 //! - [`shadow`]: shadow copies queued per VM and sent by the root context, with agreement;
 //! - [`compare`]: response agreement (exact or JSON with tolerance);
-//! - [`tally`]: per-request counter increments kept in Wasm memory, flushed from the root.
+//! - [`tally`]: per-request counter increments kept in Wasm memory, flushed from the root;
+//! - [`wake`]: holding a request of a variant scaled to zero until it wakes.
 //!
 //! `adapter` (wasm32 only, not in test builds) is the one file that talks to proxy-wasm.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod request;
 pub mod shadow;
 pub mod stream;
 pub mod tally;
+pub mod wake;
 
 // Not in test builds: the wasm32 test binaries run under wasm-bindgen-test's runner, which has no
 // proxy-wasm host functions to import.

@@ -6,6 +6,7 @@ use crate::compiled::{Compiled, Endpoint, ModelHeader};
 use crate::host::Host;
 use crate::request::{decide, Decision, FromHost};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
+use crate::wake::{Call, Hold, Step, Wake};
 use mlep_contract::latency::{model_duration_us, split, SERVER_TIMING_HEADER};
 use mlep_contract::metrics::{Agreement, CaptureOutcome, CodeClass, MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::CompareMode;
@@ -21,6 +22,47 @@ pub enum RequestAction {
         status: u32,
         body: String,
     },
+    /// The variant is asleep: pause the request and send this call (from the stream's
+    /// context); its answer goes to [`Stream::on_call_answer`].
+    Hold(Call),
+}
+
+/// What the adapter must do after the answer to a held request's call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldAction {
+    /// Send this call next.
+    Call(Call),
+    /// Let the request go (it carries the headers the assignment set).
+    Resume,
+    /// Answer locally with this status and JSON body.
+    Reply { status: u32, body: String },
+    /// Nothing now: the request goes at its next body callback (or is no longer held).
+    Wait,
+}
+
+/// Whether a request body or trailers callback lets the request go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// A request held while its variant wakes. Envoy 1.40 delivers no body while the headers are
+/// paused (it stops all iteration and hands the buffered body over after the resume, see
+/// `adapter.rs`). For a host that does, body callbacks while held pause and each reports
+/// (and reads from offset 0) everything buffered so far, as Envoy's Wasm `decodeData` does
+/// once a body callback paused; the body is then handed to the shadow and capture logic
+/// once, whole, when the request is let go.
+#[derive(Debug)]
+struct Held {
+    wake: Rc<Wake>,
+    hold: Hold,
+    body_len: usize,
+    body_end: bool,
+    trailers: bool,
+    /// Awake while the body was still arriving: the request goes at its next body callback
+    /// (resuming from the call's answer would leave Envoy's Wasm context buffering the rest).
+    ready: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +90,7 @@ pub struct Stream {
     primary: Option<Vec<u8>>,
     /// A data capture sample being collected (`crate::capture`).
     record: Option<Box<Record>>,
+    held: Option<Box<Held>>,
     logged: bool,
 }
 
@@ -91,6 +134,7 @@ impl Stream {
             shadow_id: None,
             primary: None,
             record: None,
+            held: None,
             logged: false,
         }
     }
@@ -166,9 +210,105 @@ impl Stream {
                         self.start_record(h, ep_index);
                     }
                 }
-                RequestAction::Continue
+                match &v.wake {
+                    None => RequestAction::Continue,
+                    Some(w) => self.hold_if_asleep(h, w, end_of_stream),
+                }
             }
         }
+    }
+
+    /// Hold the request unless its variant was seen awake in this VM a moment ago.
+    fn hold_if_asleep(&mut self, h: &mut dyn Host, w: &Rc<Wake>, end: bool) -> RequestAction {
+        let now = h.now_ms();
+        if w.is_awake(now) {
+            return RequestAction::Continue;
+        }
+        let (hold, call) = Hold::start(w, now);
+        self.held = Some(Box::new(Held {
+            wake: Rc::clone(w),
+            hold,
+            body_len: 0,
+            body_end: end,
+            trailers: false,
+            ready: false,
+        }));
+        RequestAction::Hold(call)
+    }
+
+    /// The answer to a held request's call (`status` `None`: the call failed without one).
+    pub fn on_call_answer(&mut self, h: &mut dyn Host, status: Option<u32>) -> HoldAction {
+        let now = h.now_ms();
+        let Some(held) = self.held.as_mut() else {
+            return HoldAction::Wait;
+        };
+        match held.hold.answered(&held.wake, status, now) {
+            Step::Call(c) => HoldAction::Call(c),
+            Step::Reply { status, body } => {
+                self.held = None;
+                HoldAction::Reply { status, body }
+            }
+            Step::Resume => self.let_go(h).unwrap_or(HoldAction::Wait),
+        }
+    }
+
+    /// The host refused to send a held request's call.
+    pub fn on_call_refused(&mut self, h: &mut dyn Host) -> HoldAction {
+        // Envoy refuses a call it fails at once (a cluster with no endpoint: the async client
+        // answers "no healthy upstream" inline and `httpCall` returns InternalFailure; an
+        // unknown cluster: BadArgument): that is an answer that is not 200, so a refused
+        // probe asks the control plane again, and refused wake calls end the hold after
+        // `MAX_WAKE_FAILURES` (`crate::wake`).
+        self.on_call_answer(h, None)
+    }
+
+    /// The variant is awake: hand the buffered body on and let the request go, or, while its
+    /// body is still arriving, let it go at the next body callback (`Some(Wait)`).
+    fn let_go(&mut self, h: &mut dyn Host) -> Option<HoldAction> {
+        let held = self.held.as_mut()?;
+        if held.body_len > 0 && !held.body_end && !held.trailers {
+            held.ready = true;
+            return Some(HoldAction::Wait);
+        }
+        let held = self.held.take()?;
+        if held.body_len > 0 {
+            self.on_request_body(h, held.body_len, held.body_end);
+        }
+        if held.trailers {
+            self.on_request_trailers(h);
+        }
+        Some(HoldAction::Resume)
+    }
+
+    /// A request body callback; `len` is the chunk, or while held everything buffered so far.
+    pub fn on_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) -> Flow {
+        if let Some(held) = self.held.as_mut() {
+            held.body_len = len;
+            held.body_end = end_of_stream;
+            if !held.ready {
+                return Flow::Pause;
+            }
+            self.held = None;
+        }
+        self.on_request_body(h, len, end_of_stream);
+        Flow::Continue
+    }
+
+    /// Request trailers (the body, if any, has ended).
+    pub fn on_trailers(&mut self, h: &mut dyn Host) -> Flow {
+        if let Some(held) = self.held.as_mut() {
+            held.trailers = true;
+            if !held.ready {
+                return Flow::Pause;
+            }
+            let len = held.body_len;
+            self.held = None;
+            if len > 0 {
+                self.on_request_body(h, len, false);
+            }
+        }
+        self.on_request_trailers(h);
+        Flow::Continue
     }
 
     pub fn on_request_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
@@ -423,6 +563,7 @@ impl Stream {
             return;
         }
         self.logged = true;
+        self.held = None;
         // A stream that ended before its response finished cannot be compared.
         self.primary = None;
         self.report_primary(h, None);
@@ -455,3 +596,6 @@ mod tests;
 
 #[cfg(test)]
 mod props;
+
+#[cfg(test)]
+mod hold_tests;

@@ -95,7 +95,8 @@ fuzz_target!(|input: Input| {
                 assert_eq!(status, 400);
                 assert!(variants.is_empty(), "a rejected request keeps no variant");
             }
-            RequestAction::Continue => {
+            // A held request (its variant asleep) is assigned like any other.
+            RequestAction::Continue | RequestAction::Hold(_) => {
                 let ours = h.vhost.as_deref().and_then(|v| cfg.endpoint_for(v));
                 if let Some(ep) = ours {
                     assert_eq!(variants.len(), 1, "{variants:?}");

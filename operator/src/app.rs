@@ -339,6 +339,7 @@ async fn start_servers(
     metrics: &Arc<Metrics>,
     wasm: Arc<WasmModule>,
     settings: &RenderSettings,
+    client: &Client,
 ) -> Result<(Served, Served), AppError> {
     let bind = |addr: String| async move {
         tokio::net::TcpListener::bind(&addr)
@@ -349,7 +350,16 @@ async fn start_servers(
     let module = bind(config.module_addr.clone()).await?;
     info!(addr = %config.http_addr, "serving /healthz and /metrics");
     info!(addr = %config.module_addr, wasm_sha256 = %wasm.sha256, wasm_url = %settings.wasm_url, pod_security = %settings.pod_security, "serving the filter module");
-    let server = tokio::spawn(server::serve(admin, metrics.clone(), wasm.clone()));
+    let waker = Arc::new(crate::wake::Waker::new(
+        client.clone(),
+        config.scope.clone(),
+    ));
+    let server = tokio::spawn(server::serve(
+        admin,
+        metrics.clone(),
+        wasm.clone(),
+        Some(waker),
+    ));
     let module_server = tokio::spawn(serve_module(module, wasm, config.module_limits));
     Ok((server, module_server))
 }
@@ -378,7 +388,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     info!(scope = %config.scope, "watching");
     let metrics = Arc::new(Metrics::default());
 
-    let (server, module_server) = start_servers(&config, &metrics, wasm, &settings).await?;
+    let (server, module_server) =
+        start_servers(&config, &metrics, wasm, &settings, &client).await?;
     let election = LeaderElection::new(
         client.clone(),
         &config.namespace,

@@ -8,9 +8,12 @@
 
 use crate::reconcile::Context;
 use kube::ResourceExt;
-use mlep_core::autoscale::{apply, rps_deployments, Autoscaler, Observation, ScaleKey};
+use mlep_core::autoscale::sleep::{self, sleeping_at_zero, Sleeper};
+use mlep_core::autoscale::{
+    apply, rps_deployments, Autoscaler, Observation, RpsRule, ScaleKey, Scaled,
+};
 use mlep_core::crd::ModelEndpoint;
-use mlep_core::plan::Observed;
+use mlep_core::plan::{Observed, Plan, Readiness};
 use mlep_core::reconcile::Decision;
 use mlep_core::rollout::Now;
 use std::collections::BTreeMap;
@@ -29,7 +32,9 @@ fn lock(ctx: &Context) -> MutexGuard<'_, Autoscaler> {
 }
 
 /// Decide the replicas of every Deployment of `ep` scaling on its request rate, and put them
-/// on `d` (plan, status, events). `observed` holds the live Deployments' replicas.
+/// on `d` (plan, status, events). `observed` holds the live Deployments' replicas. A variant
+/// with `minReplicas: 0` also goes to sleep and wakes (`mlep_core::autoscale::sleep`) while it
+/// runs one model and no rollout.
 pub(crate) async fn scale(
     ctx: &Context,
     ep: &ModelEndpoint,
@@ -48,36 +53,139 @@ pub(crate) async fn scale(
     // Validated by the decision already (a URL the operator does not allow rejects the spec).
     let url = ctx.settings.prometheus.url_for(&ep.spec).ok();
     let mut scaled = BTreeMap::new();
+    let mut asleep = BTreeMap::new();
     for (key, rule) in targets {
-        let current = observed
+        let live = observed
             .deployments
             .get(&(key.variant.clone(), key.model.clone()))
-            .map_or(rule.min, |r| r.replicas);
+            .copied();
+        let current = live.map_or(rule.min, |r| r.replicas);
+        let sleeps = sleep_of(ep, &d.plan, &key, &rule, live, now.unix);
+        if let Some(s) = sleeps.filter(|s| sleeping_at_zero(s.since, current, s.woken_at, now.unix))
+        {
+            let zero = Scaled {
+                replicas: 0,
+                per_replica: None,
+            };
+            asleep.extend(s.since.map(|t| (key.variant.clone(), t)));
+            scaled.insert(key, zero);
+            continue;
+        }
         let due = lock(ctx).due(&key, &rule, now.unix);
         let observation = match (&url, due) {
             (_, false) => None,
-            (Some(url), true) => Some(measure(url, &key, now.unix).await),
+            (Some(url), true) => Some(measure(url, key.promql(), now.unix).await),
             (None, true) => Some(Observation::Failed("no Prometheus allowed".into())),
         };
-        let step = lock(ctx).step(&key, &rule, current, observation, now.unix);
+        let step = lock(ctx).step(&key, &rule, current.max(1), observation, now.unix);
         if let Some(w) = &step.warning {
             warn!(variant = %key.variant, model = %key.model, warning = %w, "autoscaler keeps the replicas");
         }
-        if step.scaled.replicas != current {
-            info!(variant = %key.variant, model = %key.model, from = current, to = step.scaled.replicas, "rescaled");
-        }
         d.events.extend(step.events);
-        scaled.insert(key, step.scaled);
+        let mut decided = step.scaled;
+        if let Some(s) = sleeps {
+            let idle = match (&url, due) {
+                (Some(url), true) => idle(url, &key, s.idle_seconds, now.unix).await,
+                _ => None,
+            };
+            let sleeper = Sleeper {
+                scaled: decided.replicas,
+                current,
+                ready: live.map_or(0, |r| r.ready_replicas),
+                idle,
+                asleep_since: s.since,
+                woken_at: s.woken_at,
+                now: now.unix,
+            };
+            let what = format!("variant {}, model {}", key.variant, key.model);
+            let step = sleep::decide(&sleeper, &what, s.idle_seconds);
+            decided.replicas = step.replicas;
+            asleep.extend(step.asleep_since.map(|t| (key.variant.clone(), t)));
+            d.events.extend(step.event);
+        }
+        if decided.replicas != current {
+            info!(variant = %key.variant, model = %key.model, from = current, to = decided.replicas, "rescaled");
+        }
+        scaled.insert(key, decided);
     }
-    apply(&ep.spec, &mut d.plan, &mut d.status, &scaled);
+    apply(&ep.spec, &mut d.plan, &mut d.status, &scaled, &asleep);
 }
 
-/// The request rate of `key`'s Deployment now.
-async fn measure(url: &str, key: &ScaleKey, now_unix: i64) -> Observation {
-    match crate::rollout::query_value(url.to_owned(), key.promql(), now_unix).await {
+/// What the sleep of one Deployment of a variant with `minReplicas: 0` depends on.
+#[derive(Clone, Copy)]
+struct SleepOf {
+    since: Option<i64>,
+    woken_at: Option<i64>,
+    idle_seconds: i32,
+}
+
+/// The sleep inputs of `key`'s Deployment, `None` when it neither sleeps nor may sleep now.
+fn sleep_of(
+    ep: &ModelEndpoint,
+    plan: &Plan,
+    key: &ScaleKey,
+    rule: &RpsRule,
+    live: Option<Readiness>,
+    now: i64,
+) -> Option<SleepOf> {
+    let idle_seconds = rule.zero_after_seconds?;
+    let since = asleep_since(ep, &key.variant);
+    let allowed = may_sleep(plan, &key.variant);
+    if !allowed && since.is_none() {
+        return None;
+    }
+    // A sleeping variant that may not sleep now (a rollout or a model swap began) wakes as if
+    // a request had asked: its mark stays until a pod is ready, so nothing meets an empty
+    // subset, and the rollout's analysis never sees a cold start.
+    let woken_at = if allowed {
+        live.and_then(|r| r.woken_at)
+    } else {
+        Some(now)
+    };
+    Some(SleepOf {
+        since,
+        woken_at,
+        idle_seconds,
+    })
+}
+
+/// Whether `variant` may sleep now: it runs one model, with no rollout under way.
+fn may_sleep(plan: &Plan, variant: &str) -> bool {
+    plan.rollout.as_ref().is_none_or(|r| r.variant != variant)
+        && plan
+            .variants
+            .iter()
+            .find(|v| v.name == variant)
+            .is_some_and(|v| plan.running_models(v).len() == 1)
+}
+
+/// Since when the last status says `variant` sleeps.
+fn asleep_since(ep: &ModelEndpoint, variant: &str) -> Option<i64> {
+    ep.status
+        .as_ref()?
+        .variants
+        .iter()
+        .find(|v| v.name == variant)?
+        .autoscaling
+        .as_ref()?
+        .asleep_since_unix
+}
+
+/// A measurement of `promql` now.
+async fn measure(url: &str, promql: String, now_unix: i64) -> Observation {
+    match crate::rollout::query_value(url.to_owned(), promql, now_unix).await {
         Ok(Some(rps)) => Observation::Rate(rps),
         Ok(None) => Observation::NoData,
         Err(failure) => Observation::Failed(failure),
+    }
+}
+
+/// Whether `key`'s Deployment served no request in the last `seconds` (`None`: unknown).
+async fn idle(url: &str, key: &ScaleKey, seconds: i32, now_unix: i64) -> Option<bool> {
+    match measure(url, key.idle_promql(seconds), now_unix).await {
+        // `increase` extrapolates: one request can read 0.9 or 1.4, none reads 0.
+        Observation::Rate(n) => Some(n < 0.5),
+        Observation::NoData | Observation::Failed(_) => None,
     }
 }
 

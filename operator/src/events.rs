@@ -1,10 +1,12 @@
 //! Publishing the Events core decided (`mlep_core::events`) with kube's recorder, on the
 //! ModelEndpoint or Model they concern; `kubectl describe` lists them.
 //!
-//! A fresh recorder per reconcile: kube's recorder folds events with the same reason into one
-//! series and keeps the first note, which would show a rollout's first step for every step.
+//! A fresh recorder per Event: kube's recorder folds events with the same reason on the same
+//! object into one series (a patch of the first) and keeps the first note, which would show a
+//! rollout's first step for every step, and two variants' `Rescaled` of one reconcile as one.
 //! Core emits an event only when the status changes, so there is nothing to fold; the events
-//! are only created (RBAC: `events.k8s.io` `events` `create`). A failed publish is logged and
+//! are only created (RBAC: `events.k8s.io` `events` `create`; seen on the bed: a second
+//! `FellAsleep` of one reconcile was a forbidden patch while one recorder served both). A failed publish is logged and
 //! counted, never a failed reconcile.
 
 use crate::metrics::Metrics;
@@ -34,8 +36,8 @@ pub async fn publish(
     if events.is_empty() {
         return;
     }
-    let recorder = Recorder::new(client.clone(), reporter.clone());
     for e in events {
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         let event = Event {
             type_: match e.type_ {
                 decided::EventType::Normal => EventType::Normal,

@@ -17,3 +17,4 @@ pub mod rollout;
 pub mod scope;
 pub mod server;
 pub mod server_module;
+pub mod wake;

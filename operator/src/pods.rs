@@ -42,13 +42,8 @@ pub async fn failures(
 }
 
 fn fully_ready(d: &Deployment) -> bool {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let ready = d
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    ready >= want
+    let r = crate::reconcile::readiness(d);
+    r.ready_replicas >= r.replicas
 }
 
 /// The Deployment's `matchLabels` as a label selector (`None` when it has none: listing every

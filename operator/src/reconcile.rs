@@ -625,17 +625,27 @@ fn observe(deployments: &[Deployment]) -> Observed {
         let (Some(v), Some(m)) = (labels.get(LABEL_VARIANT), labels.get(LABEL_MODEL)) else {
             continue;
         };
-        let r = Readiness {
-            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            ready_replicas: d
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        };
-        observed.deployments.insert((v.clone(), m.clone()), r);
+        observed
+            .deployments
+            .insert((v.clone(), m.clone()), readiness(d));
     }
     observed
+}
+
+/// One Deployment's desired and ready replicas (1 and 0 when unset) and its last wake-up.
+pub(crate) fn readiness(d: &Deployment) -> Readiness {
+    Readiness {
+        replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ready_replicas: d
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+        woken_at: d
+            .annotations()
+            .get(mlep_core::autoscale::sleep::WOKEN_AT_ANNOTATION)
+            .and_then(|t| t.parse().ok()),
+    }
 }
 
 /// Write an endpoint's status, only when it changed.

@@ -43,6 +43,14 @@ impl Scope {
         Scope::new([ns])
     }
 
+    /// Whether namespace `ns` is served.
+    pub fn contains(&self, ns: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespaces(list) => list.iter().any(|n| n == ns),
+        }
+    }
+
     /// An Api of `K` per watched namespace, or one across all namespaces.
     pub fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
     where

@@ -1,6 +1,6 @@
 //! The operator's HTTP/1.1 servers, one request per connection:
 //! - the admin port (`--http-addr`): `/healthz`, `/metrics` and `/mlep_filter.wasm.sha256` for
-//!   people and scripts;
+//!   people and scripts, and `POST /wake/...` for the proxies ([`crate::wake`]);
 //! - the module port (`--module-addr`, [`crate::server_module`]): only the filter module that
 //!   Istio's agent downloads, at its path versioned by its sha256
 //!   (`/mlep_filter/<sha256>.wasm`, see `mlep_core::module`).
@@ -9,6 +9,7 @@
 //! client that connects and sends nothing, or a header byte at a time, is closed.
 
 use crate::metrics::Metrics;
+use crate::wake::{Waker, WAKE_PREFIX};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,12 +209,14 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     wasm: Arc<WasmModule>,
+    waker: Option<Arc<Waker>>,
 ) -> std::io::Result<()> {
     let t = Timeouts::default();
     loop {
         let (mut sock, _) = listener.accept().await?;
         let metrics = metrics.clone();
         let wasm = wasm.clone();
+        let waker = waker.clone();
         tokio::spawn(async move {
             let read = read_head(&mut sock, &t).await;
             let Some(head) = head_or_refusal(&mut sock, read, &t).await else {
@@ -222,6 +225,10 @@ pub async fn serve(
             let answer = match head.method.as_str() {
                 "GET" | "HEAD" => route(&head.path, &metrics, &wasm)
                     .unwrap_or_else(|| Answer::text("404 Not Found", "not found\n".into())),
+                "POST" if head.path.starts_with(WAKE_PREFIX) => match &waker {
+                    Some(w) => w.answer(&head.path).await,
+                    None => Answer::text("404 Not Found", "not found\n".into()),
+                },
                 _ => Answer {
                     extra: "allow: GET, HEAD\r\n",
                     ..Answer::text("405 Method Not Allowed", "only GET and HEAD\n".into())

@@ -53,6 +53,10 @@ impl Default for Behaviour {
     }
 }
 
+/// Called with each request an upstream receives, once it is counted and before it is
+/// answered (e.g. a wake server that starts another upstream).
+pub type Hook = Arc<dyn Fn(&Seen) + Send + Sync>;
+
 /// An HTTP/1.1 upstream (keep-alive, thread per connection) on 127.0.0.1:0.
 pub struct Upstream {
     pub name: String,
@@ -68,7 +72,25 @@ impl Upstream {
     }
 
     pub fn with(name: &str, b: Behaviour) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::listen(
+            name,
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            b,
+            Arc::new(|_| {}),
+        )
+    }
+
+    /// An upstream on a given address (e.g. one reserved with [`dead_addr`] and started later).
+    pub fn at(name: &str, addr: SocketAddr, b: Behaviour) -> Self {
+        Self::listen(name, TcpListener::bind(addr).unwrap(), b, Arc::new(|_| {}))
+    }
+
+    /// An upstream on 127.0.0.1:0 that calls `hook` with each request before answering it.
+    pub fn with_hook(name: &str, b: Behaviour, hook: Hook) -> Self {
+        Self::listen(name, TcpListener::bind("127.0.0.1:0").unwrap(), b, hook)
+    }
+
+    fn listen(name: &str, l: TcpListener, b: Behaviour, hook: Hook) -> Self {
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let count = Arc::new(AtomicU64::new(0));
@@ -85,8 +107,8 @@ impl Upstream {
                 }
                 let Ok(conn) = conn else { continue };
                 let (s3, c3, body, b) = (s2.clone(), c2.clone(), body.clone(), b.clone());
-                let st3 = st2.clone();
-                std::thread::spawn(move || serve(conn, &s3, &c3, &st3, &body, &b));
+                let (st3, h3) = (st2.clone(), hook.clone());
+                std::thread::spawn(move || serve(conn, &s3, &c3, &st3, &body, &b, &*h3));
             }
         });
         Self {
@@ -186,6 +208,7 @@ fn serve(
     stop: &AtomicBool,
     body: &str,
     b: &Behaviour,
+    hook: &(dyn Fn(&Seen) + Send + Sync),
 ) {
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
@@ -194,20 +217,20 @@ fn serve(
             return;
         }
         let mut parts = start.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let path = parts.next().unwrap_or_default().to_owned();
+        let request = Seen {
+            method: parts.next().unwrap_or_default().to_owned(),
+            path: parts.next().unwrap_or_default().to_owned(),
+            headers: fold(&headers),
+            body: req_body,
+        };
         {
             let mut s = seen.lock().unwrap();
             if s.len() < 100_000 {
-                s.push(Seen {
-                    method,
-                    path,
-                    headers: fold(&headers),
-                    body: req_body,
-                });
+                s.push(request.clone());
             }
         }
         count.fetch_add(1, Ordering::SeqCst);
+        hook(&request);
         let started = Instant::now();
         if !b.delay.is_zero() {
             std::thread::sleep(b.delay);

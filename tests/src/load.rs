@@ -52,7 +52,13 @@ impl Target {
 
     /// One `POST /invocations` with `headers` on a connection of its own, no retry.
     pub async fn invoke(&self, headers: &[(&str, &str)]) -> Outcome {
-        outcome(send_to(self.addr, &self.request(headers), TIMEOUT).await)
+        self.invoke_within(headers, TIMEOUT).await
+    }
+
+    /// The same, allowed `limit` for the whole answer (a request held while its variant
+    /// wakes from zero).
+    pub async fn invoke_within(&self, headers: &[(&str, &str)], limit: Duration) -> Outcome {
+        outcome(send_to(self.addr, &self.request(headers), limit).await)
     }
 
     /// The same on the kept-alive `conn`, opened first if there is none. A connection that

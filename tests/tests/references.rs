@@ -9,7 +9,7 @@
 //!   (`tests/tests/filter_*.rs` needs an entry of `tests/tests/` starting with `filter_`);
 //!   build and output directories (`target/`, the root `.gitignore`'s `/dir/` entries) are
 //!   not checked;
-//! - bare markdown file names (`rollouts.md`, `DESIGN.md`), which must name a file of the
+//! - bare markdown file names (`rollouts.md`, `filter.md`), which must name a file of the
 //!   repository.
 //!
 //! Run by `scripts/test.sh checks`.

@@ -69,6 +69,8 @@ impl Session {
         let started_keys: Vec<_> = started.iter().map(|r| r.set.key()).collect();
         let mut old_running = Vec::new();
         for r in started {
+            // New servers: a variant that slept is awake (its mark goes with the reload).
+            self.forget_sleep(&r.set.key());
             if let Some(old) = self.running.insert(r.set.key(), r) {
                 old_running.push(old);
             }

@@ -34,6 +34,7 @@ impl Session {
     ) -> Result<(mlep_contract::FilterConfig, String), LocalError> {
         let mut cfg = plan::filter_config(d, &self.allocations, &self.route_key)?;
         self.put_splits(&mut cfg);
+        self.put_sleep_marks(&mut cfg);
         let json = serde_json::to_string(&cfg).map_err(|source| LocalError::Json {
             what: "the filter configuration",
             source,
@@ -48,7 +49,15 @@ impl Session {
         cfg: &mlep_contract::FilterConfig,
     ) -> Result<BootstrapSpec, LocalError> {
         let endpoints = plan::route_endpoints(d, cfg, |e, set| {
-            self.addrs_of(e, &set.role).first().copied()
+            let asleep = || match &set.role {
+                // Scaled to zero: no server, and none needed (EDS clusters take their hosts
+                // from files; a static one would get this address, nothing listens there).
+                Role::Variant(v) => self
+                    .is_asleep(e.namespace(), e.name(), v)
+                    .then_some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                Role::Shadow => None,
+            };
+            self.addrs_of(e, &set.role).first().copied().or_else(asleep)
         })?;
         Ok(BootstrapSpec {
             listener_port: self.opts.port,
@@ -132,7 +141,11 @@ impl Session {
             dir: self.eds_dir.clone(),
             standby,
         };
-        let bootstrap = envoy::render_bootstrap_with(&spec, &upstreams)?;
+        let mut bootstrap = envoy::render_bootstrap_with(&spec, &upstreams)?;
+        if let Some(addr) = self.wake_addr {
+            let wake = mlep_core::envoy::CallTarget::wake_local();
+            envoy::add_static_cluster(&mut bootstrap, &wake.cluster, addr)?;
+        }
         let version = self.next_version();
         for (cluster, addrs) in self.cluster_addrs(d) {
             upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;

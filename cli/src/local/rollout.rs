@@ -353,6 +353,7 @@ impl Session {
         let running = Readiness {
             replicas: 1,
             ready_replicas: 1,
+            woken_at: None,
         };
         let blue = self
             .rollouts

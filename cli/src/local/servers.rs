@@ -51,7 +51,17 @@ impl RunningSet {
                     _ => None,
                 })
                 .min(),
+            asleep: false,
         }
+    }
+
+    /// Take every server out of the set (scaled to zero: nothing left to supervise or route
+    /// to); their processes are still running, to be stopped with the supervisor.
+    pub(super) fn take_servers(&mut self) -> Vec<ProcId> {
+        std::mem::take(&mut self.replicas)
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
     }
 }
 

@@ -10,6 +10,7 @@ fn rule() -> RpsRule {
         min: 1,
         max: 20,
         window_seconds: WINDOW,
+        zero_after_seconds: None,
     }
 }
 
@@ -276,6 +277,11 @@ fn the_request_rate_is_the_filters_counter_of_that_deployment_by_label() {
         key().promql(),
         "sum(rate({__name__=~\"(envoy_)?mlep_requests_total\",endpoint=\"titanic\",namespace=\"ml\",variant=\"b\",model=\"m2\"}[60s]))"
     );
+    // Idle for scale to zero: no request counted over the idle time.
+    assert_eq!(
+        key().idle_promql(30),
+        "sum(increase({__name__=~\"(envoy_)?mlep_requests_total\",endpoint=\"titanic\",namespace=\"ml\",variant=\"b\",model=\"m2\"}[30s]))"
+    );
 }
 
 fn autoscaling(rps: Option<f64>, cpu: Option<i32>) -> AutoscalingSpec {
@@ -285,6 +291,7 @@ fn autoscaling(rps: Option<f64>, cpu: Option<i32>) -> AutoscalingSpec {
         target_cpu_utilization_percentage: cpu,
         target_requests_per_second: rps,
         scale_down_stabilization_seconds: None,
+        scale_to_zero_after_seconds: None,
     }
 }
 
@@ -388,7 +395,7 @@ fn decisions_reach_the_plan_and_the_serving_models_measurement_reaches_status() 
         ),
     ]
     .into();
-    apply(&spec, &mut plan, &mut status, &scaled);
+    apply(&spec, &mut plan, &mut status, &scaled, &BTreeMap::new());
     assert_eq!(plan.scaled.get(&("b".into(), "m2".into())), Some(&3));
     assert_eq!(plan.scaled.get(&("b".into(), "m0".into())), Some(&1));
     let b = status.variants[1].autoscaling.as_ref().unwrap();

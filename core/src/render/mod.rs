@@ -299,7 +299,8 @@ fn variant_objects(
 
 /// The replicas a variant's Deployment of `model` renders with: the fixed count (default 1);
 /// none on a CPU target (its HorizontalPodAutoscaler owns them); on a request-rate target the
-/// operator's decision (`Plan::scaled`), `minReplicas` before there is one.
+/// operator's decision (`Plan::scaled`), `minReplicas` before there is one (at least one: a
+/// variant that may scale to zero starts awake, so its model is proven to start).
 fn replicas(plan: &Plan, vs: &crate::crd::VariantSpec, model: &str) -> Option<i32> {
     let Some(a) = &vs.autoscaling else {
         return Some(vs.replicas.unwrap_or(1));
@@ -310,7 +311,7 @@ fn replicas(plan: &Plan, vs: &crate::crd::VariantSpec, model: &str) -> Option<i3
             plan.scaled
                 .get(&(vs.name.clone(), model.to_owned()))
                 .copied()
-                .unwrap_or(a.min_replicas),
+                .unwrap_or(a.min_replicas.max(1)),
         ),
     }
 }

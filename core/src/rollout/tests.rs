@@ -880,6 +880,7 @@ fn render_world(w: &World) -> Rendered {
                     Readiness {
                         replicas: 1,
                         ready_replicas: 1,
+                        woken_at: None,
                     },
                 )
             })

@@ -345,6 +345,7 @@ fn autoscaled(
         target_cpu_utilization_percentage: cpu,
         target_requests_per_second: rps,
         scale_down_stabilization_seconds: None,
+        scale_to_zero_after_seconds: None,
     };
     f(&mut a);
     let mut e = endpoint();
@@ -377,9 +378,8 @@ fn autoscaling_takes_one_target_and_names_the_field() {
 fn autoscaling_bounds_targets_and_window_are_checked() {
     let at = "spec.variants[1].autoscaling";
     let field = |e: ModelEndpointSpec| check(&e).map_err(|e| (e.field, e.message));
-    let (f, m) = field(autoscaled(None, Some(1.0), |a| a.min_replicas = 0)).unwrap_err();
+    let (f, _) = field(autoscaled(None, Some(1.0), |a| a.min_replicas = -1)).unwrap_err();
     assert_eq!(f, format!("{at}.minReplicas"));
-    assert!(m.contains("scaling to zero is not supported"), "{m}");
     let (f, _) = field(autoscaled(None, Some(1.0), |a| a.max_replicas = 0)).unwrap_err();
     assert_eq!(f, format!("{at}.maxReplicas"));
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -401,6 +401,27 @@ fn autoscaling_bounds_targets_and_window_are_checked() {
     }
     let (f, _) = field(autoscaled(Some(0), None, |_| {})).unwrap_err();
     assert_eq!(f, format!("{at}.targetCPUUtilizationPercentage"));
+}
+
+#[test]
+fn scale_to_zero_needs_a_request_rate_target_and_a_sane_idle_time() {
+    let at = "spec.variants[1].autoscaling";
+    let field = |e: ModelEndpointSpec| check(&e).map_err(|e| (e.field, e.message));
+    let zero = |a: &mut AutoscalingSpec| a.min_replicas = 0;
+    assert_eq!(field(autoscaled(None, Some(1.0), zero)), Ok(()));
+    let mut cpu = autoscaled(Some(60), None, zero);
+    cpu.variants[1].resources = Some(cpu_request("100m"));
+    let (f, m) = field(cpu).unwrap_err();
+    assert_eq!(f, format!("{at}.minReplicas"));
+    assert!(m.contains("needs targetRequestsPerSecond"), "{m}");
+    for bad in [29, 86_401] {
+        let e = autoscaled(None, Some(1.0), |a| {
+            a.min_replicas = 0;
+            a.scale_to_zero_after_seconds = Some(bad);
+        });
+        let (f, _) = field(e).unwrap_err();
+        assert_eq!(f, format!("{at}.scaleToZeroAfterSeconds"), "{bad}");
+    }
 }
 
 #[test]

@@ -49,6 +49,26 @@ spec:
     .unwrap()
 }
 
+/// The example Models and the endpoint `endpoint(host)` in `ns`, once it is Ready and the
+/// gateway assigns its requests.
+async fn serving(bed: &Bed, ns: &TempNs, endpoint: impl Fn(&str) -> ModelEndpoint) -> Titanic {
+    let t = Titanic::artifacts_only(bed, ns).await;
+    let models: Api<Model> = bed.api(&ns.name);
+    for m in t.example_models() {
+        models.create(&PostParams::default(), &m).await.unwrap();
+    }
+    t.endpoints()
+        .create(&PostParams::default(), &endpoint(&t.host))
+        .await
+        .unwrap();
+    t.wait_ready(Duration::from_secs(300)).await;
+    eventually(Duration::from_secs(180), "the gateway assigns", || async {
+        gateway_assigns(&t).await.then_some(())
+    })
+    .await;
+    t
+}
+
 /// The label selector of variant `v`'s objects.
 fn of_variant(v: &str) -> String {
     format!("mlep.dev/endpoint={ENDPOINT},mlep.dev/variant={v}")
@@ -187,21 +207,8 @@ async fn b_follows_its_load(t: &Titanic, phase: &str) -> Report {
 async fn a_variant_follows_its_load_on_cpu_then_on_requests_per_second() {
     let bed = Bed::connect().await;
     let ns = TempNs::create(&bed, "autoscale").await;
-    let t = Titanic::artifacts_only(&bed, &ns).await;
-    let models: Api<Model> = bed.api(&ns.name);
-    for m in t.example_models() {
-        models.create(&PostParams::default(), &m).await.unwrap();
-    }
-    t.endpoints()
-        .create(
-            &PostParams::default(),
-            &endpoint(&t.host, "targetCPUUtilizationPercentage: 50"),
-        )
-        .await
-        .unwrap();
-    t.wait_ready(Duration::from_secs(300)).await;
-    eventually(Duration::from_secs(180), "the gateway assigns", || async {
-        gateway_assigns(&t).await.then_some(())
+    let t = serving(&bed, &ns, |host| {
+        endpoint(host, "targetCPUUtilizationPercentage: 50")
     })
     .await;
 
@@ -249,4 +256,135 @@ async fn a_variant_follows_its_load_on_cpu_then_on_requests_per_second() {
         "a keeps its CPU autoscaler"
     );
     b_follows_its_load(&t, "rps").await;
+}
+
+/// An endpoint whose `b` and `c` scale to zero after 30 s without a request (the shortest
+/// idle time the API takes); `a` keeps one replica.
+fn sleepy_endpoint(host: &str) -> ModelEndpoint {
+    let zero = "minReplicas: 0, maxReplicas: 2, targetRequestsPerSecond: 10, \
+                scaleToZeroAfterSeconds: 30, scaleDownStabilizationSeconds: 0";
+    serde_yaml::from_str(&format!(
+        r#"
+metadata: {{name: {ENDPOINT}}}
+spec:
+  hosts: [{host}]
+  expose: true
+  variants:
+    - {{name: a, model: titanic-v1, weight: 50}}
+    - {{name: b, model: titanic-v2, weight: 25, autoscaling: {{{zero}}}}}
+    - {{name: c, model: titanic-v1, weight: 25, autoscaling: {{{zero}}}}}
+  routing: {{sticky: {{header: x-user-id}}}}
+"#
+    ))
+    .unwrap()
+}
+
+/// Wake-ups of one variant measured on the bed.
+const WAKE_UPS: usize = 5;
+
+/// `WAKE_UPS` times: wait until `v` sleeps with no pod left, then send it one request (targeted
+/// on even rounds, by its sticky `key` on odd ones) and time its answer, which `model` (the
+/// server's `x-mlep-model`) must give. Returns the cold-start latencies in ms.
+async fn wake_ups(t: &Titanic, v: &str, model: &str, key: &str) -> Vec<f64> {
+    let mut cold = Vec::new();
+    for i in 0..WAKE_UPS {
+        let t0 = Instant::now();
+        eventually(
+            Duration::from_secs(300),
+            &format!("{v} asleep with no pod (round {i})"),
+            || async {
+                let s = variant_status(t, v).await;
+                let asleep = s["autoscaling"]["asleepSinceUnix"].as_i64().is_some();
+                (asleep && replicas(t, v).await.0 == 0 && pods_of(t, v).await == 0).then_some(())
+            },
+        )
+        .await;
+        let idle = t0.elapsed().as_secs_f64();
+        let headers = if i % 2 == 0 {
+            [("x-mlep-target-variant", v)]
+        } else {
+            [("x-user-id", key)]
+        };
+        let started = Instant::now();
+        let o = t
+            .gateway
+            .invoke_within(&headers, Duration::from_secs(150))
+            .await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(o.status(), Some(200), "{v}, wake-up {i}: {o:?}");
+        assert_eq!(o.variant(), Some(v), "{v}, wake-up {i}: assigned to {v}");
+        assert_eq!(
+            o.model(),
+            Some(model),
+            "{v}, wake-up {i}: answered by {v}'s model"
+        );
+        measure(format!(
+            "{v}: wake-up {i}: asleep with 0 pods {idle:.0} s after the round began; the held \
+             request answered 200 by {model} in {ms:.0} ms"
+        ));
+        cold.push(ms);
+    }
+    cold
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_variants_go_to_zero_and_a_held_request_wakes_them() {
+    let bed = Bed::connect().await;
+    let ns = TempNs::create(&bed, "zero").await;
+    let t = serving(&bed, &ns, sleepy_endpoint).await;
+    // Keys the gateway assigns to b and to c (sticky: they keep them while asleep).
+    let ks = keys("zero", 64);
+    let assigned = t.variants_of(&ks).await;
+    let key_of = |v: &str| {
+        ks.iter()
+            .zip(&assigned)
+            .find(|(_, a)| a.as_deref() == Some(v))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| panic!("no key of 64 assigned to {v}: {assigned:?}"))
+    };
+    let (kb, kc) = (key_of("b"), key_of("c"));
+
+    // a never sleeps and never waits: a paced trickle runs the whole time.
+    let mut shape = Shape::fresh_users(1).header("x-mlep-target-variant", "a");
+    shape.keep_alive = true;
+    let trickle = Load::start_paced(t.gateway.clone(), shape, 2.0);
+    let (b, c) = tokio::join!(
+        wake_ups(&t, "b", "titanic:v2", &kb),
+        wake_ups(&t, "c", "titanic:v1", &kc)
+    );
+    let a = trickle.stop().await;
+
+    let mut cold: Vec<f64> = b.into_iter().chain(c).collect();
+    assert_eq!(cold.len(), 2 * WAKE_UPS);
+    cold.sort_by(f64::total_cmp);
+    let median = (cold[WAKE_UPS - 1] + cold[WAKE_UPS]) / 2.0;
+    let max = cold[cold.len() - 1];
+    measure(format!(
+        "scale to zero: {} wake-ups, cold start median {median:.0} ms, max {max:.0} ms, 0 failed",
+        cold.len()
+    ));
+    a.assert_no_failures("a while b and c slept and woke");
+    let a_max = a.latencies_ms.iter().copied().fold(0.0, f64::max);
+    measure(format!("a meanwhile: {}, max {a_max:.0} ms", a.summary()));
+    assert_eq!(
+        a.by_variant.keys().collect::<Vec<_>>(),
+        ["a"],
+        "only a was asked"
+    );
+    assert!(
+        a_max < 2000.0,
+        "a's requests never wait for b or c to wake: slowest {a_max:.0} ms"
+    );
+    let reasons: Vec<String> = endpoint_events(&bed, &ns.name)
+        .await
+        .into_iter()
+        .map(|(_, r, _)| r)
+        .collect();
+    for r in ["FellAsleep", "ScaledToZero", "Woke"] {
+        assert!(reasons.iter().any(|x| x == r), "a {r} Event: {reasons:?}");
+    }
+    ok(format!(
+        "b and c went to zero {} times and every held request was answered (median {median:.0} ms, max {max:.0} ms); a never waited",
+        cold.len()
+    ));
 }

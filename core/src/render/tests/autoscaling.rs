@@ -11,6 +11,7 @@ fn autoscaling(cpu: Option<i32>, rps: Option<f64>, window: Option<i32>) -> Autos
         target_cpu_utilization_percentage: cpu,
         target_requests_per_second: rps,
         scale_down_stabilization_seconds: window,
+        scale_to_zero_after_seconds: None,
     }
 }
 
