@@ -353,6 +353,7 @@ async fn start_servers(
     let waker = Arc::new(crate::wake::Waker::new(
         client.clone(),
         config.scope.clone(),
+        metrics.clone(),
     ));
     let server = tokio::spawn(server::serve(
         admin,

@@ -1,5 +1,5 @@
 //! Operator metrics in the Prometheus text format: reconciles, failures by reason, reconcile
-//! duration, API writes; and each endpoint's state read from the controller's cache at every
+//! duration, API writes, wake calls and waits; and each endpoint's state read from the controller's cache at every
 //! scrape (`mlep_core::observe`). Plain atomics and a mutex; no registry crate needed.
 
 use std::collections::BTreeMap;
@@ -24,6 +24,10 @@ pub struct Metrics {
     duration: Mutex<Histogram>,
     /// The controller's cache of endpoints, once it runs.
     endpoints: OnceLock<Store<ModelEndpoint>>,
+    /// Wake calls answered, by status code (`crate::wake`).
+    wake_calls: Mutex<BTreeMap<u16, u64>>,
+    /// Waits for a variant's ready pod started (calls that came during one shared it).
+    wake_waits: AtomicU64,
 }
 
 #[derive(Default)]
@@ -66,6 +70,18 @@ impl Metrics {
 
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    /// One wake call answered with `code`.
+    pub fn wake_call(&self, code: u16) {
+        if let Ok(mut w) = self.wake_calls.lock() {
+            *w.entry(code).or_default() += 1;
+        }
+    }
+
+    /// One wait for a variant's ready pod started.
+    pub fn wake_wait(&self) {
+        self.wake_waits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn reconciles(&self) -> u64 {
@@ -113,6 +129,15 @@ impl Metrics {
                 h.count
             );
         }
+        let _ = writeln!(out, "# HELP mlep_operator_wake_calls_total Wake calls from proxies holding a request for a sleeping variant, by answer.\n# TYPE mlep_operator_wake_calls_total counter");
+        if let Ok(w) = self.wake_calls.lock() {
+            for (code, n) in w.iter() {
+                let _ = writeln!(out, "mlep_operator_wake_calls_total{{code=\"{code}\"}} {n}");
+            }
+        }
+        let _ = writeln!(out, "# HELP mlep_operator_wake_waits_total Waits for a variant's ready pod; wake calls that come while one runs share it.\n# TYPE mlep_operator_wake_waits_total counter");
+        let waits = self.wake_waits.load(Ordering::Relaxed);
+        let _ = writeln!(out, "mlep_operator_wake_waits_total {waits}");
         if let Some(store) = self.endpoints.get() {
             let all = store.state();
             out.push_str(&mlep_core::observe::exposition(all.iter().map(|e| &**e)));
@@ -132,7 +157,14 @@ mod tests {
         m.reconciled(Duration::from_secs(3));
         m.failure("ApiError");
         m.write();
+        m.wake_call(200);
+        m.wake_call(200);
+        m.wake_call(503);
+        m.wake_wait();
         let text = m.render();
+        assert!(text.contains("mlep_operator_wake_calls_total{code=\"200\"} 2\n"));
+        assert!(text.contains("mlep_operator_wake_calls_total{code=\"503\"} 1\n"));
+        assert!(text.contains("mlep_operator_wake_waits_total 1\n"));
         assert!(
             text.contains("mlep_operator_reconciles_total 2\n"),
             "{text}"

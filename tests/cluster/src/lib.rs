@@ -1080,6 +1080,54 @@ pub async fn operator_ready(bed: &Bed) {
     .await;
 }
 
+/// The samples of the operator's /metrics on `pod`, read from the pod's IP.
+async fn operator_samples(pod: &Pod) -> Option<Vec<mlep::table::Sample>> {
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    let text = mlep_tests::load::get(format!("{ip}:8080").parse().ok()?, "/metrics")
+        .await
+        .ok()?;
+    Some(mlep::table::parse_prometheus(&text))
+}
+
+/// A counter of the operator's /metrics on the pod named `pod`.
+pub async fn op_metric(bed: &Bed, pod: &str, name: &str) -> Option<f64> {
+    let p = bed.api::<Pod>(OPERATOR_NS).get(pod).await.ok()?;
+    operator_samples(&p)
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.value)
+}
+
+/// A counter of the operator summed over its running pods and over its samples named `name`
+/// whose labels include `labels`. A pod that does not answer fails the test: a sum that left
+/// one out would be a wrong figure, not a smaller one.
+pub async fn op_metric_sum(bed: &Bed, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lp = ListParams::default().labels("app=mlep-operator");
+    let pods = bed.api::<Pod>(OPERATOR_NS).list(&lp).await.unwrap();
+    let mut sum = 0.0;
+    for p in pods.items.iter().filter(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    }) {
+        let pod = p.metadata.name.clone().unwrap_or_default();
+        let samples = operator_samples(p)
+            .await
+            .unwrap_or_else(|| panic!("operator pod {pod} answers /metrics"));
+        sum += samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+            .sum::<f64>();
+    }
+    sum
+}
+
 /// Load through the gateway and through a sidecar caller while a change runs.
 pub struct BothLoads {
     gateway: Load,

@@ -282,9 +282,14 @@ spec:
 /// Wake-ups of one variant measured on the bed.
 const WAKE_UPS: usize = 5;
 
+/// Requests sent at once on a variant's last wake-up: the proxy holds each and makes a wake call
+/// for each; the operator's replicas share one wait per variant among the calls.
+const BURST: usize = 8;
+
 /// `WAKE_UPS` times: wait until `v` sleeps with no pod left, then send it one request (targeted
-/// on even rounds, by its sticky `key` on odd ones) and time its answer, which `model` (the
-/// server's `x-mlep-model`) must give. Returns the cold-start latencies in ms.
+/// on even rounds, by its sticky `key` on odd ones; [`BURST`] targeted requests at once on the
+/// last) and time its answer, which `model` (the server's `x-mlep-model`) must give. Returns the
+/// cold-start latencies in ms (the slowest of a burst).
 async fn wake_ups(t: &Titanic, v: &str, model: &str, key: &str) -> Vec<f64> {
     let mut cold = Vec::new();
     for i in 0..WAKE_UPS {
@@ -300,27 +305,37 @@ async fn wake_ups(t: &Titanic, v: &str, model: &str, key: &str) -> Vec<f64> {
         )
         .await;
         let idle = t0.elapsed().as_secs_f64();
-        let headers = if i % 2 == 0 {
-            [("x-mlep-target-variant", v)]
+        let header = if i % 2 == 0 {
+            ("x-mlep-target-variant", v)
         } else {
-            [("x-user-id", key)]
+            ("x-user-id", key)
         };
+        let n = if i + 1 == WAKE_UPS { BURST } else { 1 };
         let started = Instant::now();
-        let o = t
-            .gateway
-            .invoke_within(&headers, Duration::from_secs(150))
-            .await;
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (gateway, header) = (t.gateway.clone(), (header.0, header.1.to_owned()));
+            burst.spawn(async move {
+                let headers = [(header.0, header.1.as_str())];
+                gateway
+                    .invoke_within(&headers, Duration::from_secs(150))
+                    .await
+            });
+        }
+        let answers = burst.join_all().await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(o.status(), Some(200), "{v}, wake-up {i}: {o:?}");
-        assert_eq!(o.variant(), Some(v), "{v}, wake-up {i}: assigned to {v}");
-        assert_eq!(
-            o.model(),
-            Some(model),
-            "{v}, wake-up {i}: answered by {v}'s model"
-        );
+        for o in &answers {
+            assert_eq!(o.status(), Some(200), "{v}, wake-up {i}: {o:?}");
+            assert_eq!(o.variant(), Some(v), "{v}, wake-up {i}: assigned to {v}");
+            assert_eq!(
+                o.model(),
+                Some(model),
+                "{v}, wake-up {i}: answered by {v}'s model"
+            );
+        }
         measure(format!(
-            "{v}: wake-up {i}: asleep with 0 pods {idle:.0} s after the round began; the held \
-             request answered 200 by {model} in {ms:.0} ms"
+            "{v}: wake-up {i}: asleep with 0 pods {idle:.0} s after the round began; {n} held \
+             request(s) answered 200 by {model} within {ms:.0} ms"
         ));
         cold.push(ms);
     }
@@ -348,6 +363,9 @@ async fn idle_variants_go_to_zero_and_a_held_request_wakes_them() {
     let mut shape = Shape::fresh_users(1).header("x-mlep-target-variant", "a");
     shape.keep_alive = true;
     let trickle = Load::start_paced(t.gateway.clone(), shape, 2.0);
+    let calls = || op_metric_sum(&bed, "mlep_operator_wake_calls_total", &[("code", "200")]);
+    let waits = || op_metric_sum(&bed, "mlep_operator_wake_waits_total", &[]);
+    let (calls0, waits0) = (calls().await, waits().await);
     let (b, c) = tokio::join!(
         wake_ups(&t, "b", "titanic:v2", &kb),
         wake_ups(&t, "c", "titanic:v1", &kc)
@@ -363,6 +381,19 @@ async fn idle_variants_go_to_zero_and_a_held_request_wakes_them() {
         "scale to zero: {} wake-ups, cold start median {median:.0} ms, max {max:.0} ms, 0 failed",
         cold.len()
     ));
+    let (calls, waits) = (calls().await - calls0, waits().await - waits0);
+    measure(format!(
+        "the operator answered {calls} wake calls with {waits} waits for a ready pod"
+    ));
+    let held = (2 * (WAKE_UPS - 1 + BURST)) as f64;
+    assert!(
+        calls >= held,
+        "every held request made a wake call answered 200: {calls} of {held}"
+    );
+    assert!(
+        waits < calls,
+        "calls for one variant share a wait: {waits} waits for {calls} calls"
+    );
     a.assert_no_failures("a while b and c slept and woke");
     let a_max = a.latencies_ms.iter().copied().fold(0.0, f64::max);
     measure(format!("a meanwhile: {}, max {a_max:.0} ms", a.summary()));

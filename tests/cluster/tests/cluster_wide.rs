@@ -196,19 +196,6 @@ fn observed_generation(e: &ModelEndpoint) -> i64 {
         .unwrap_or(0)
 }
 
-/// A counter of the operator's /metrics, read from the pod's IP.
-async fn op_metric(bed: &Bed, pod: &str, name: &str) -> Option<f64> {
-    let p = bed.api::<Pod>(OPERATOR_NS).get(pod).await.ok()?;
-    let ip = p.status?.pod_ip?;
-    let text = load::get(format!("{ip}:8080").parse().ok()?, "/metrics")
-        .await
-        .ok()?;
-    mlep::table::parse_prometheus(&text)
-        .into_iter()
-        .find(|s| s.name == name)
-        .map(|s| s.value)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_mid_change_converges_and_a_new_leader_writes_nothing() {
     let bed = Bed::connect().await;
