@@ -21,6 +21,9 @@ pub const ASSIGNMENTS_TOTAL: &str = "mlep_assignments_total"; // + reason=sticky
 pub const SHADOW_REQUESTS_TOTAL: &str = "mlep_shadow_requests_total"; // + outcome
 pub const SHADOW_AGREEMENT_TOTAL: &str = "mlep_shadow_agreement_total"; // + result=match|mismatch
 pub const CONFIG_ERRORS_TOTAL: &str = "mlep_config_errors_total";
+/// Requests held while their variant woke from zero replicas, by what became of them (+
+/// `outcome`: a [`HoldOutcome`]). Defined only for variants marked asleep.
+pub const WAKE_HOLDS_TOTAL: &str = "mlep_wake_holds_total";
 /// Captured invocations by what became of them (`endpoint`, `namespace`, `outcome`: a
 /// [`CaptureOutcome`]).
 pub const CAPTURE_RECORDS_TOTAL: &str = "mlep_capture_records_total";
@@ -319,6 +322,20 @@ label_values! {
         Error => "error",
         Timeout => "timeout",
         Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// `mlep_wake_holds_total{outcome}`.
+    HoldOutcome {
+        /// The variant woke and the request went on to it.
+        Woken => "woken",
+        /// The hold's time ran out: answered 503.
+        TimedOut => "timed_out",
+        /// The control plane refused or failed the wake call in a row: answered 503.
+        Refused => "refused",
+        /// The request ended while held (the client went away).
+        Abandoned => "abandoned",
     }
 }
 

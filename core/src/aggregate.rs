@@ -145,9 +145,12 @@ pub fn served_config(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<En
     let fqdn = format!("{name}.{ns}.svc.{cluster_domain}");
     let entry = match rollout {
         Some((plan, serving)) => apply_rollout(entry, &plan, Some(&serving), &fqdn),
-        None => mark_asleep(entry, status, &settings.wake, &fqdn),
+        None => entry,
     };
-    Some(entry)
+    // Marks stay whatever rolls out: another variant's rollout must not leave a sleeping one
+    // unheld (its subset has no pod), and one whose rollout began while it slept keeps its mark
+    // until a pod is ready (`crate::autoscale::sleep`).
+    Some(mark_asleep(entry, status, &settings.wake, &fqdn))
 }
 
 /// Mark the variants status says sleep (scaled to zero, `crate::autoscale::sleep`): the filter
@@ -424,6 +427,25 @@ mod tests {
                 probe_authority: fqdn.into(),
                 timeout_ms: mlep_contract::wake::DEFAULT_WAKE_TIMEOUT_MS,
             })
+        );
+        // Another variant's rollout leaves the mark: b's subset still has no pod.
+        if let Some(st) = ep.status.as_mut() {
+            st.rollout = Some(crate::crd::RolloutStatus {
+                phase: crate::crd::Phase::Progressing,
+                variant: "a".into(),
+                from_model: "m1".into(),
+                to_model: "m3".into(),
+                step: 1,
+                moved_buckets: vec![mlep_contract::rollout::Span { start: 0, end: 500 }],
+                step_started_unix: Some(1),
+                ..Default::default()
+            });
+        }
+        let cfg = served_config(&ep, &settings).unwrap();
+        assert!(cfg.variants[0].rollout.is_some(), "a rolls out");
+        assert!(
+            cfg.variants[1].asleep.is_some(),
+            "b is still held while a rolls out"
         );
     }
 

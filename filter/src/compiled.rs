@@ -5,7 +5,7 @@ use crate::host::{MetricId, MetricKind, MetricSink};
 use crate::wake::Wake;
 use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
 use mlep_contract::metrics::{
-    self as m, stat_name, Agreement, CaptureOutcome, CodeClass, Outcome, Reason,
+    self as m, stat_name, Agreement, CaptureOutcome, CodeClass, HoldOutcome, Outcome, Reason,
 };
 use mlep_contract::{routed_value, CompareMode, ConfigError, FilterConfig, UnknownTarget};
 use std::collections::HashMap;
@@ -235,7 +235,9 @@ impl Compiled {
                 }
                 stat_name(metric, &l)
             };
-            let mut variant_metrics = |variant: &str, model: &str| {
+            // `asleep`: the variant is marked asleep and defines `mlep_wake_holds_total` too
+            // (Envoy keeps a stat once defined, so its series outlive the mark).
+            let mut variant_metrics = |variant: &str, model: &str, asleep: bool| {
                 let labels = base(variant, model);
                 let requests = per_value(CodeClass::ALL, |cc| {
                     define(
@@ -269,16 +271,33 @@ impl Compiled {
                         ),
                     )
                 })?;
-                Ok::<_, CompileError>(VariantMetrics {
-                    requests,
-                    duration,
-                    model_latency,
-                    overhead_latency,
-                    assignments,
-                })
+                let holds = match asleep {
+                    true => Some(per_value(HoldOutcome::ALL, |o| {
+                        define(
+                            MetricKind::Counter,
+                            name_of(
+                                m::WAKE_HOLDS_TOTAL,
+                                &labels,
+                                Some((m::LABEL_OUTCOME, o.label())),
+                            ),
+                        )
+                    })?),
+                    false => None,
+                };
+                Ok::<_, CompileError>((
+                    VariantMetrics {
+                        requests,
+                        duration,
+                        model_latency,
+                        overhead_latency,
+                        assignments,
+                    },
+                    holds,
+                ))
             };
             let mut variants = Vec::with_capacity(ep.variants.len());
             for v in &ep.variants {
+                let (metrics, holds) = variant_metrics(&v.name, &v.model, v.asleep.is_some())?;
                 variants.push(Variant {
                     name: v.name.clone(),
                     model: v.model.clone(),
@@ -291,12 +310,12 @@ impl Compiled {
                         .shadow
                         .as_ref()
                         .is_some_and(|s| s.variant.as_ref().is_none_or(|only| *only == v.name)),
-                    metrics: variant_metrics(&v.name, &v.model)?,
+                    metrics,
                     rollout: None,
-                    wake: v
-                        .asleep
-                        .as_ref()
-                        .map(|w| Rc::new(Wake::new(&ep.name, &v.name, w))),
+                    wake: match (&v.asleep, holds) {
+                        (Some(w), Some(ids)) => Some(Rc::new(Wake::new(&ep.name, &v.name, w, ids))),
+                        _ => None,
+                    },
                 });
             }
             let names: Vec<&str> = ep.variants.iter().map(|v| v.name.as_str()).collect();
@@ -322,7 +341,7 @@ impl Compiled {
                     routed: routed_value(&v.name, &ep.route_key),
                     model_header: ModelHeader::Set(routed_value(&r.model, &ep.route_key)),
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
-                    metrics: variant_metrics(&v.name, &r.model)?,
+                    metrics: variant_metrics(&v.name, &r.model, false)?.0,
                     rollout: None,
                     wake: variants.get(j).and_then(|own| own.wake.clone()),
                 });

@@ -8,7 +8,9 @@ use crate::request::{decide, Decision, FromHost};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
 use crate::wake::{Call, Hold, Step, Wake};
 use mlep_contract::latency::{model_duration_us, split, SERVER_TIMING_HEADER};
-use mlep_contract::metrics::{Agreement, CaptureOutcome, CodeClass, MODEL_HEADER, VARIANT_HEADER};
+use mlep_contract::metrics::{
+    Agreement, CaptureOutcome, CodeClass, HoldOutcome, MODEL_HEADER, VARIANT_HEADER,
+};
 use mlep_contract::CompareMode;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -244,11 +246,19 @@ impl Stream {
         };
         match held.hold.answered(&held.wake, status, now) {
             Step::Call(c) => HoldAction::Call(c),
-            Step::Reply { status, body } => {
+            Step::Reply {
+                status,
+                body,
+                outcome,
+            } => {
+                h.increment(held.wake.holds(outcome));
                 self.held = None;
                 HoldAction::Reply { status, body }
             }
-            Step::Resume => self.let_go(h).unwrap_or(HoldAction::Wait),
+            Step::Resume => {
+                h.increment(held.wake.holds(HoldOutcome::Woken));
+                self.let_go(h).unwrap_or(HoldAction::Wait)
+            }
         }
     }
 
@@ -563,7 +573,10 @@ impl Stream {
             return;
         }
         self.logged = true;
-        self.held = None;
+        // Still held (not yet let go): the client went away while its variant woke.
+        if let Some(held) = self.held.take().filter(|held| !held.ready) {
+            h.increment(held.wake.holds(HoldOutcome::Abandoned));
+        }
         // A stream that ended before its response finished cannot be compared.
         self.primary = None;
         self.report_primary(h, None);

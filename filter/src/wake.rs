@@ -3,6 +3,8 @@
 //! servers, then let the request go, or answer 503 once the hold's time is up. Pure: the
 //! stream turns each [`Step`] into host calls through the adapter.
 
+use crate::host::MetricId;
+use mlep_contract::metrics::HoldOutcome;
 use mlep_contract::WakeConfig;
 use std::cell::Cell;
 
@@ -37,10 +39,17 @@ pub struct Wake {
     timeout_ms: u64,
     /// Until when (host clock, ms) this VM holds no request of the variant.
     awake_until: Cell<u64>,
+    /// `mlep_wake_holds_total`, indexed by [`HoldOutcome::index`].
+    holds: [MetricId; HoldOutcome::COUNT],
 }
 
 impl Wake {
-    pub fn new(endpoint: &str, variant: &str, w: &WakeConfig) -> Self {
+    pub fn new(
+        endpoint: &str,
+        variant: &str,
+        w: &WakeConfig,
+        holds: [MetricId; HoldOutcome::COUNT],
+    ) -> Self {
         let sep = if w.path.contains('?') { '&' } else { '?' };
         Self {
             endpoint: endpoint.to_owned(),
@@ -53,7 +62,13 @@ impl Wake {
             probe_authority: w.probe_authority.clone(),
             timeout_ms: u64::from(w.timeout_ms),
             awake_until: Cell::new(0),
+            holds,
         }
+    }
+
+    /// The counter of holds that ended so.
+    pub fn holds(&self, outcome: HoldOutcome) -> MetricId {
+        self.holds[outcome.index()]
     }
 
     /// Whether a probe of this variant succeeded in this VM less than [`AWAKE_FOR_MS`] ago.
@@ -74,7 +89,7 @@ impl Wake {
     }
 
     /// The 503 answered when the variant did not wake in time (or cannot be asked to).
-    fn reply(&self, why: &str) -> Step {
+    fn reply(&self, outcome: HoldOutcome, why: &str) -> Step {
         let body = serde_json::json!({
             "error": format!(
                 "variant {:?} of endpoint {:?} {why}",
@@ -86,6 +101,7 @@ impl Wake {
         Step::Reply {
             status: 503,
             body: body.to_string(),
+            outcome,
         }
     }
 }
@@ -109,6 +125,7 @@ pub enum Step {
     Reply {
         status: u32,
         body: String,
+        outcome: HoldOutcome,
     },
 }
 
@@ -148,13 +165,15 @@ impl Hold {
         }
         let left = self.deadline_ms.saturating_sub(now_ms);
         if left == 0 {
-            return w.reply(&format!("did not wake within {} ms", w.timeout_ms));
+            let why = format!("did not wake within {} ms", w.timeout_ms);
+            return w.reply(HoldOutcome::TimedOut, &why);
         }
         if self.phase == Phase::Waking {
             self.wake_failures = if ok { 0 } else { self.wake_failures + 1 };
             if self.wake_failures >= MAX_WAKE_FAILURES {
                 let answer = status.map_or("no answer".to_owned(), |s| format!("status {s}"));
-                return w.reply(&format!("could not be woken: the wake call got {answer}"));
+                let why = format!("could not be woken: the wake call got {answer}");
+                return w.reply(HoldOutcome::Refused, &why);
             }
         }
         if ok {
@@ -185,6 +204,7 @@ mod tests {
                 probe_authority: "titanic-b".into(),
                 timeout_ms: 1_500,
             },
+            [1, 2, 3, 4],
         )
     }
 
@@ -244,7 +264,10 @@ mod tests {
         let probe = h.answered(&w, Some(200), 400);
         assert_eq!(call(&probe).0, "mlep|titanic|b");
         assert!(!w.is_awake(400), "only a passed probe marks it awake");
-        assert_eq!(Wake::new("e", "v", &cfg("/w")).retry_path, "/w?retry=1");
+        assert_eq!(
+            Wake::new("e", "v", &cfg("/w"), [0; 4]).retry_path,
+            "/w?retry=1"
+        );
     }
 
     #[test]
@@ -259,7 +282,12 @@ mod tests {
         assert!(matches!(h.answered(&w, Some(502), 40), Step::Call(_)));
         assert!(matches!(h.answered(&w, None, 50), Step::Call(_)));
         match h.answered(&w, Some(404), 60) {
-            Step::Reply { status, body } => {
+            Step::Reply {
+                status,
+                body,
+                outcome,
+            } => {
+                assert_eq!(outcome, HoldOutcome::Refused);
                 assert_eq!(status, 503);
                 assert!(
                     body.contains("could not be woken: the wake call got status 404"),
@@ -286,9 +314,15 @@ mod tests {
     fn once_the_time_is_up_the_request_gets_a_503_naming_endpoint_and_variant() {
         let w = wake("/wake");
         let (mut h, _) = Hold::start(&w, 0);
-        let Step::Reply { status, body } = h.answered(&w, Some(504), 1_500) else {
+        let Step::Reply {
+            status,
+            body,
+            outcome,
+        } = h.answered(&w, Some(504), 1_500)
+        else {
             panic!("no reply after the deadline")
         };
+        assert_eq!(outcome, HoldOutcome::TimedOut);
         assert_eq!(status, 503);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(
@@ -313,7 +347,7 @@ mod tests {
     fn a_probe_never_waits_longer_than_its_own_cap() {
         let mut c = cfg("/w");
         c.timeout_ms = 60_000;
-        let w = Wake::new("e", "v", &c);
+        let w = Wake::new("e", "v", &c, [0; 4]);
         let (mut h, _) = Hold::start(&w, 0);
         assert_eq!(call(&h.answered(&w, Some(200), 0)).3, PROBE_TIMEOUT_MS);
     }

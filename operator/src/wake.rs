@@ -24,6 +24,7 @@ use mlep_core::plan::Readiness;
 use mlep_core::render::deployment_name;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -40,8 +41,13 @@ pub const WAKE_WAIT: Duration = Duration::from_millis(mlep_contract::wake::CONTR
 pub const POLL: Duration = Duration::from_millis(250);
 /// The pause of a retried wake call when the variant is ready already.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(mlep_contract::wake::RETRY_PAUSE_MS);
-/// Most wake calls waiting at once per replica; more get 503.
-pub const MAX_WAITING: usize = 1024;
+/// Most wake calls waiting at once per replica; more get 503. A bound on the memory they hold:
+/// a call waiting costs a task and a socket, not API server reads ([`Flights`]).
+pub const MAX_WAITING: usize = 4096;
+/// Most wake calls waiting at once for one variant per replica; more get 503. One caller
+/// flooding its own variant with calls (one that never gets ready, say) takes at most this
+/// many of [`MAX_WAITING`] from everyone else's.
+pub const MAX_WAITING_PER_VARIANT: usize = 256;
 /// A wake stamp younger than this is not written again.
 const RESTAMP_SECONDS: i64 = 5;
 /// The field manager of the stamp (not the reconciler's: its applies must not drop it).
@@ -50,10 +56,7 @@ const WAKE_MANAGER: &str = "mlep-operator-wake";
 /// What one wait for a variant's ready pod ended with; every call that joined it gets it.
 #[derive(Clone, Debug, PartialEq)]
 enum Outcome {
-    Ready {
-        model: String,
-        ready: i32,
-    },
+    Ready,
     Refused {
         status: &'static str,
         message: String,
@@ -64,18 +67,22 @@ enum Outcome {
 /// its own task, so a caller that goes away does not stop it for the others), every call that
 /// comes while it runs waits for the same result, and the next call after it ended starts it
 /// anew. A burst of held requests for one sleeping variant thus reads its Deployment once every
-/// [`POLL`], not once per request.
+/// [`POLL`], not once per request. At most `per_key` calls wait on one key: a caller that
+/// floods its own variant with calls is refused there and takes nothing from the others.
 pub struct Flights<V> {
-    running: Mutex<HashMap<String, watch::Receiver<Option<V>>>>,
+    running: Mutex<HashMap<String, Flight<V>>>,
+    per_key: usize,
 }
 
-impl<V> Default for Flights<V> {
-    fn default() -> Self {
-        Self {
-            running: Mutex::new(HashMap::new()),
-        }
-    }
+/// One running flight: its result when it lands, and how many calls wait on it.
+struct Flight<V> {
+    rx: watch::Receiver<Option<V>>,
+    callers: Arc<AtomicUsize>,
 }
+
+/// Why a call did not join.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Crowded;
 
 /// Takes a finished (or dropped) flight off the table.
 struct Landing<V> {
@@ -89,8 +96,24 @@ impl<V> Drop for Landing<V> {
     }
 }
 
+/// One waiting call, counted on its flight until it returns.
+struct Seat(Arc<AtomicUsize>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl<V> Flights<V> {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<V>>>> {
+    pub fn new(per_key: usize) -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            per_key,
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight<V>>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -101,36 +124,60 @@ impl<V> Flights<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Flights<V> {
-    /// The result of the flight for `key`, starting it with `work` when none runs. `None` when
-    /// the flight ended without one (its task was cancelled at shutdown).
-    pub async fn join<F>(self: &Arc<Self>, key: &str, work: impl FnOnce() -> F) -> Option<V>
+    /// The result of the flight for `key`, starting it with `work` when none runs. `Ok(None)`
+    /// when the flight ended without one (its task was cancelled at shutdown).
+    pub async fn join<F>(
+        self: &Arc<Self>,
+        key: &str,
+        work: impl FnOnce() -> F,
+    ) -> Result<Option<V>, Crowded>
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let mut rx = {
+        let (mut rx, seat, start) = {
             let mut table = self.table();
             match table.get(key) {
-                Some(rx) => rx.clone(),
+                Some(f) => {
+                    if f.callers.load(Ordering::SeqCst) >= self.per_key {
+                        return Err(Crowded);
+                    }
+                    f.callers.fetch_add(1, Ordering::SeqCst);
+                    (f.rx.clone(), Seat(f.callers.clone()), None)
+                }
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    table.insert(key.to_owned(), rx.clone());
-                    let landing = Landing {
-                        flights: Arc::clone(self),
-                        key: key.to_owned(),
+                    let callers = Arc::new(AtomicUsize::new(1));
+                    let flight = Flight {
+                        rx: rx.clone(),
+                        callers: callers.clone(),
                     };
-                    let work = work();
-                    tokio::spawn(async move {
-                        let value = work.await;
-                        drop(landing);
-                        // No one left to tell is fine: every caller went away.
-                        let _ = tx.send(Some(value));
-                    });
-                    rx
+                    table.insert(key.to_owned(), flight);
+                    (rx, Seat(callers), Some(tx))
                 }
             }
         };
-        let value = rx.wait_for(Option::is_some).await.ok()?;
-        value.clone()
+        // Spawned with the table unlocked: a runtime shutting down drops the task at once, and
+        // its `Landing` locks the table.
+        if let Some(tx) = start {
+            let landing = Landing {
+                flights: Arc::clone(self),
+                key: key.to_owned(),
+            };
+            let work = work();
+            tokio::spawn(async move {
+                let value = work.await;
+                drop(landing);
+                // No one left to tell is fine: every caller went away.
+                let _ = tx.send(Some(value));
+            });
+        }
+        let value = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        drop(seat);
+        Ok(value)
     }
 }
 
@@ -167,7 +214,7 @@ impl Waker {
             scope,
             metrics,
             waiting: Semaphore::new(MAX_WAITING),
-            flights: Arc::default(),
+            flights: Arc::new(Flights::new(MAX_WAITING_PER_VARIANT)),
         }
     }
 
@@ -206,15 +253,19 @@ impl Waker {
         };
         let client = self.client.clone();
         let metrics = self.metrics.clone();
-        let outcome = self
+        let joined = self
             .flights
             .join(&key, move || {
                 metrics.wake_wait();
                 wait_ready(client, variant)
             })
             .await;
+        let Ok(outcome) = joined else {
+            let message = format!("too many wake calls waiting for variant {}", call.variant);
+            return error("503 Service Unavailable", message);
+        };
         match outcome {
-            Some(Outcome::Ready { model, ready }) => {
+            Some(Outcome::Ready) => {
                 if call.retry {
                     // The proxy's probe found no pod although the Deployment had one: do not
                     // let its loop of wake and probe spin.
@@ -223,7 +274,7 @@ impl Waker {
                 let waited_ms = started.elapsed().as_millis() as u64;
                 json(
                     "200 OK",
-                    serde_json::json!({ "variant": call.variant, "model": model, "readyReplicas": ready, "waitedMs": waited_ms }),
+                    serde_json::json!({ "variant": call.variant, "waitedMs": waited_ms }),
                 )
             }
             Some(Outcome::Refused { status, message }) => error(status, message),
@@ -254,22 +305,28 @@ async fn wait_ready(client: Client, v: Variant) -> Outcome {
 }
 
 async fn wake(client: Client, v: &Variant) -> Result<Outcome, kube::Error> {
+    // One answer for "no such endpoint", "no such variant" and "does not scale to zero": the
+    // caller may be any workload of the mesh, and learns nothing of other namespaces from it.
+    let missing = || {
+        let message = format!(
+            "no variant {}/{}/{} that scales to zero",
+            v.namespace, v.endpoint, v.name
+        );
+        Ok(refused("404 Not Found", message))
+    };
     let eps: Api<ModelEndpoint> = Api::namespaced(client.clone(), &v.namespace);
     let Some(ep) = eps.get_opt(&v.endpoint).await? else {
-        let message = format!("no endpoint {}/{}", v.namespace, v.endpoint);
-        return Ok(refused("404 Not Found", message));
+        return missing();
     };
     let Some(spec) = ep.spec.variants.iter().find(|s| s.name == v.name) else {
-        let message = format!("endpoint {} has no variant {}", v.endpoint, v.name);
-        return Ok(refused("404 Not Found", message));
+        return missing();
     };
     if spec
         .autoscaling
         .as_ref()
         .is_none_or(|a| a.min_replicas != 0)
     {
-        let message = format!("variant {} does not scale to zero", v.name);
-        return Ok(refused("409 Conflict", message));
+        return missing();
     }
     let status = ep
         .status
@@ -282,19 +339,25 @@ async fn wake(client: Client, v: &Variant) -> Result<Outcome, kube::Error> {
     let name = deployment_name(&v.endpoint, &v.name, model);
     let deployments: Api<Deployment> = Api::namespaced(client, &v.namespace);
     let deadline = Instant::now() + WAKE_WAIT;
-    let mut first = true;
     loop {
         let Some(d) = deployments.get_opt(&name).await? else {
             return Ok(refused("404 Not Found", format!("no Deployment {name}")));
         };
         let live = crate::reconcile::readiness(&d);
-        if asleep && first {
-            stamp(&deployments, &name, live).await?;
-        }
         if live.ready_replicas > 0 {
-            let model = model.to_owned();
-            let ready = live.ready_replicas;
-            return Ok(Outcome::Ready { model, ready });
+            return Ok(Outcome::Ready);
+        }
+        if asleep {
+            if let Some(patch) = wake_patch(live, unix_now()) {
+                let params = PatchParams {
+                    field_manager: Some(WAKE_MANAGER.to_owned()),
+                    ..PatchParams::default()
+                };
+                deployments
+                    .patch(&name, &params, &Patch::Merge(&patch))
+                    .await?;
+                info!(deployment = name, from = live.replicas, "woken");
+            }
         }
         if Instant::now() >= deadline {
             let message = format!(
@@ -304,32 +367,30 @@ async fn wake(client: Client, v: &Variant) -> Result<Outcome, kube::Error> {
             );
             return Ok(refused("504 Gateway Timeout", message));
         }
-        first = false;
         sleep(POLL).await;
     }
 }
 
-/// Stamp the wake-up on the Deployment (one replica when it has none), unless a fresh stamp is
-/// there.
-async fn stamp(api: &Api<Deployment>, name: &str, live: Readiness) -> Result<(), kube::Error> {
-    let now = std::time::SystemTime::now()
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What wakes a sleeping Deployment (`live`, no ready pod) at `now`: one replica when it has
+/// none, and the wake-up stamp, unless one younger than [`RESTAMP_SECONDS`] is there. Renewed
+/// at every poll of a wait, so a server slower to get ready than the wake floor
+/// (`WAKE_FLOOR_SECONDS`) is not scaled back to zero while requests wait for it.
+fn wake_patch(live: Readiness, now: i64) -> Option<serde_json::Value> {
     let replicas = live.replicas;
     if replicas > 0 && live.woken_at.is_some_and(|t| now - t < RESTAMP_SECONDS) {
-        return Ok(());
+        return None;
     }
     let mut patch = serde_json::json!({ "metadata": { "annotations": { WOKEN_AT_ANNOTATION: now.to_string() } } });
     if replicas == 0 {
         patch["spec"] = serde_json::json!({ "replicas": 1 });
     }
-    let params = PatchParams {
-        field_manager: Some(WAKE_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch(name, &params, &Patch::Merge(&patch)).await?;
-    info!(deployment = name, from = replicas, "woken");
-    Ok(())
+    Some(patch)
 }
 
 #[cfg(test)]
@@ -359,9 +420,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_wait_renews_the_wake_stamp_so_a_slow_server_is_not_put_back_to_sleep() {
+        let at = |replicas, woken_at| Readiness {
+            replicas,
+            woken_at,
+            ..Readiness::default()
+        };
+        let one = |p: Option<serde_json::Value>| p.map(|p| p["spec"]["replicas"].clone());
+        // At zero: one replica and a stamp.
+        assert_eq!(
+            one(wake_patch(at(0, None), 100)),
+            Some(serde_json::json!(1))
+        );
+        // Starting, stamped 2 s ago: nothing to write.
+        assert_eq!(wake_patch(at(1, Some(98)), 100), None);
+        // Still not ready 5 s after the stamp: the stamp again, the replicas untouched.
+        let renewed = wake_patch(at(1, Some(95)), 100);
+        assert_eq!(
+            renewed
+                .as_ref()
+                .map(|p| p["metadata"]["annotations"][WOKEN_AT_ANNOTATION].clone()),
+            Some(serde_json::json!("100"))
+        );
+        assert_eq!(one(renewed), Some(serde_json::Value::Null));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn calls_that_come_while_a_flight_runs_share_it_and_the_next_starts_anew() {
-        let flights: Arc<Flights<u32>> = Arc::default();
+        let flights: Arc<Flights<u32>> = Arc::new(Flights::new(8));
         let started = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let work = |n: u32| {
             let started = started.clone();
@@ -376,16 +463,16 @@ mod tests {
             flights.join("ml/t/b", work(2)),
             flights.join("ml/t/a", work(3)),
         );
-        assert_eq!((a, b, c), (Some(1), Some(1), Some(3)));
+        assert_eq!((a, b, c), (Ok(Some(1)), Ok(Some(1)), Ok(Some(3))));
         assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(flights.running(), 0);
-        assert_eq!(flights.join("ml/t/b", work(4)).await, Some(4));
+        assert_eq!(flights.join("ml/t/b", work(4)).await, Ok(Some(4)));
         assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_flight_goes_on_for_the_others_when_its_first_caller_goes_away() {
-        let flights: Arc<Flights<&'static str>> = Arc::default();
+        let flights: Arc<Flights<&'static str>> = Arc::new(Flights::new(8));
         let slow = || async {
             sleep(Duration::from_millis(500)).await;
             "ready"
@@ -394,7 +481,33 @@ mod tests {
         assert!(first.await.is_err(), "the first caller gave up");
         assert_eq!(flights.running(), 1);
         let other = flights.join("k", || async { "a second flight" }).await;
-        assert_eq!(other, Some("ready"));
+        assert_eq!(other, Ok(Some("ready")));
         assert_eq!(flights.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_key_takes_at_most_its_seats_and_leaves_the_others_theirs() {
+        let flights: Arc<Flights<u8>> = Arc::new(Flights::new(2));
+        let slow = |v: u8| {
+            move || async move {
+                sleep(Duration::from_millis(500)).await;
+                v
+            }
+        };
+        let (a, b, c, other) = tokio::join!(
+            flights.join("flood", slow(1)),
+            flights.join("flood", slow(2)),
+            flights.join("flood", slow(3)),
+            flights.join("quiet", slow(4)),
+        );
+        assert_eq!((a, b), (Ok(Some(1)), Ok(Some(1))));
+        assert_eq!(c, Err(Crowded), "a third call on a key with two seats");
+        assert_eq!(other, Ok(Some(4)));
+        // Seats are given back: the next flight on the key has both.
+        let (d, e) = tokio::join!(
+            flights.join("flood", slow(5)),
+            flights.join("flood", slow(6))
+        );
+        assert_eq!((d, e), (Ok(Some(5)), Ok(Some(5))));
     }
 }

@@ -121,6 +121,13 @@ fn a_sleeping_variants_request_is_held_until_it_wakes_then_served_with_its_body(
     assert_eq!((r.status, served_by(&r)), (200, "b".to_owned()));
     assert_eq!(wake.count(), calls, "no wake call for a variant just woken");
     assert_eq!(invocations(b.lock().unwrap().as_ref().unwrap()).len(), 2);
+    // One hold, counted once as woken (the second request was not held).
+    let woken = || env.metric("mlep_wake_holds_total", &[("outcome", "woken")]);
+    assert!(
+        poll_until(Duration::from_secs(10), || woken() == 1.0),
+        "mlep_wake_holds_total{{outcome=\"woken\"}} is {}",
+        woken()
+    );
 }
 
 #[test]
@@ -197,4 +204,10 @@ fn a_variant_that_does_not_wake_in_time_answers_503_naming_it() {
         .count();
     assert!(retried >= 1, "{:?}", wake.seen());
     assert_eq!(a.count(), 0);
+    let timed_out = || env.metric("mlep_wake_holds_total", &[("outcome", "timed_out")]);
+    assert!(
+        poll_until(Duration::from_secs(10), || timed_out() == 1.0),
+        "mlep_wake_holds_total{{outcome=\"timed_out\"}} is {}",
+        timed_out()
+    );
 }

@@ -183,3 +183,71 @@ fn a_hold_that_runs_out_or_cannot_call_answers_503_and_is_counted_as_the_variant
         "{body}"
     );
 }
+
+/// `mlep_wake_holds_total{outcome}` of the (one) sleeping variant.
+fn holds(h: &MemHost, outcome: HoldOutcome) -> u64 {
+    let label = format!(
+        "{}{}{}",
+        mlep_contract::metrics::LABEL_OUTCOME,
+        mlep_contract::metrics::TAG_VALUE_SEPARATOR,
+        outcome.label()
+    );
+    let names: Vec<&String> = h
+        .names
+        .iter()
+        // The labels sit inside the name (`mlep_contract::metrics::stat_name`).
+        .filter(|n| n.ends_with("wake_holds_total") && n.contains(&label))
+        .collect();
+    assert_eq!(names.len(), 1, "one counter per outcome: {names:?}");
+    h.counter(names[0])
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn every_hold_is_counted_once_by_how_it_ended() {
+    let (cfg, hub, mut h) = asleep();
+    targeting(&mut h, "b");
+    let held = |h: &mut MemHost| {
+        let mut s = Stream::new(Rc::clone(&cfg), Rc::clone(&hub));
+        assert!(matches!(
+            s.on_request_headers(h, true),
+            RequestAction::Hold(_)
+        ));
+        s
+    };
+    // Woken: the probe passed.
+    let mut s = held(&mut h);
+    let _probe = s.on_call_answer(&mut h, Some(200));
+    assert_eq!(s.on_call_answer(&mut h, Some(200)), HoldAction::Resume);
+    s.on_log(&mut h);
+    // Timed out.
+    h.now = 5_000;
+    let mut s = held(&mut h);
+    h.now = 6_500;
+    assert!(matches!(
+        s.on_call_answer(&mut h, Some(200)),
+        HoldAction::Reply { .. }
+    ));
+    s.on_log(&mut h);
+    // Refused: three failed wake calls in a row.
+    let mut s = held(&mut h);
+    for _ in 0..2 {
+        assert!(matches!(s.on_call_refused(&mut h), HoldAction::Call(_)));
+    }
+    assert!(matches!(
+        s.on_call_refused(&mut h),
+        HoldAction::Reply { .. }
+    ));
+    // Abandoned: the stream ended while held.
+    let mut s = held(&mut h);
+    s.on_log(&mut h);
+    s.on_log(&mut h);
+    for outcome in HoldOutcome::ALL {
+        assert_eq!(holds(&h, outcome), 1, "{}", outcome.label());
+    }
+    // Variant a never sleeps: it defines no such counter.
+    assert!(!h
+        .names
+        .iter()
+        .any(|n| n.ends_with("wake_holds_total") && n.contains("variant=.=a;")));
+}
