@@ -293,13 +293,26 @@ struct Variant {
     name: String,
 }
 
-/// Wake the variant (when it sleeps) and wait until its Deployment has a ready pod.
+/// Wake the variant (when it sleeps) and wait until its Deployment has a ready pod; bounded
+/// even when the API server stops answering mid-request (its reads have no deadline of
+/// their own shorter than the client's).
 async fn wait_ready(client: Client, v: Variant) -> Outcome {
-    match wake(client, &v).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
+    let bound = WAKE_WAIT + Duration::from_secs(5);
+    match tokio::time::timeout(bound, wake(client, &v)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
             warn!(namespace = v.namespace, endpoint = v.endpoint, variant = v.name, error = %e, "wake failed");
             refused("502 Bad Gateway", format!("the API server failed: {e}"))
+        }
+        Err(_) => {
+            warn!(
+                namespace = v.namespace,
+                endpoint = v.endpoint,
+                variant = v.name,
+                "wake timed out: the API server did not answer"
+            );
+            let message = "the API server did not answer in time".to_owned();
+            refused("504 Gateway Timeout", message)
         }
     }
 }
