@@ -69,6 +69,8 @@ pub struct SleepState {
     pub asleep_since: Option<i64>,
     /// The last wake call that found it asleep.
     pub woken_at: Option<i64>,
+    /// When the last scrape was read: idleness is judged only on the tick that read one.
+    measured_at: Option<i64>,
 }
 
 impl SleepState {
@@ -83,10 +85,24 @@ impl SleepState {
         if self.seen.is_none_or(|(c, _)| c != count) {
             self.seen = Some((count, now));
         }
+        self.measured_at = Some(now);
     }
 
-    /// Whether no request was counted for `after` seconds; `None` before any scrape.
+    /// The variant may not sleep now (a rollout runs on it, as in the cluster): its idle time
+    /// starts anew, and one that sleeps is woken as if a request had asked.
+    pub fn busy(&mut self, now: i64) {
+        self.seen = self.seen.map(|(count, _)| (count, now));
+        if self.is_asleep() {
+            self.woken_at = Some(now);
+        }
+    }
+
+    /// Whether no request was counted for `after` seconds; `None` without a scrape read at
+    /// `now` (none yet, or the admin port did not answer this time: no guess).
     pub fn idle(&self, now: i64, after: i32) -> Option<bool> {
+        if self.measured_at != Some(now) {
+            return None;
+        }
         self.seen
             .map(|(_, since)| now.saturating_sub(since) >= i64::from(after))
     }
@@ -208,25 +224,30 @@ mod tests {
         s
     }
 
+    /// One tick of the session: a scrape read `count` at `now`, then the decision.
+    fn tick(s: &mut SleepState, count: f64, servers: Servers, now: i64) -> Step {
+        s.observe(count, now);
+        step(s, servers, 30, now, "t/b")
+    }
+
     #[test]
     fn a_variant_without_requests_for_its_idle_time_is_marked_then_loses_its_servers_after_the_grace(
     ) {
         let mut s = seen_at_zero(5.0);
-        s.observe(5.0, 29);
-        assert_eq!(step(&mut s, ONE, 30, 29, "t/b"), Step::default());
-        let marked = step(&mut s, ONE, 30, 30, "t/b");
+        assert_eq!(tick(&mut s, 5.0, ONE, 29), Step::default());
+        let marked = tick(&mut s, 5.0, ONE, 30);
         assert_eq!((marked.mark, marked.stop), (Some(true), false));
         assert_eq!(
             marked.say.as_deref(),
             Some("t/b: no request for 30 s, asleep (its requests are held and wake it; its servers stop in 10 s)")
         );
-        let grace = step(&mut s, ONE, 30, 30 + SLEEP_GRACE_SECONDS - 1, "t/b");
+        let grace = tick(&mut s, 5.0, ONE, 30 + SLEEP_GRACE_SECONDS - 1);
         assert_eq!(grace, Step::default());
-        let zero = step(&mut s, ONE, 30, 30 + SLEEP_GRACE_SECONDS, "t/b");
+        let zero = tick(&mut s, 5.0, ONE, 30 + SLEEP_GRACE_SECONDS);
         assert_eq!((zero.mark, zero.stop, zero.start), (None, true, false));
         assert_eq!(zero.say.as_deref(), Some("t/b: 0 servers (asleep)"));
         // At zero it stays there, quietly.
-        assert_eq!(step(&mut s, NONE, 30, 100, "t/b"), Step::default());
+        assert_eq!(tick(&mut s, 5.0, NONE, 100), Step::default());
         assert!(s.is_asleep());
     }
 
@@ -237,18 +258,40 @@ mod tests {
         assert_eq!(step(&mut s, ONE, 30, 1000, "t/b"), Step::default());
         s.observe(1.0, 0);
         s.observe(2.0, 25);
+        s.observe(2.0, 54);
         assert_eq!(s.idle(54, 30), Some(false));
+        s.observe(2.0, 55);
         assert_eq!(s.idle(55, 30), Some(true));
+        // A tick whose scrape failed judges nothing: no falling asleep on an old count.
+        assert_eq!(s.idle(56, 30), None);
+        assert_eq!(step(&mut s, ONE, 30, 56, "t/b"), Step::default());
         // Envoy restarted: its counters start at zero again, which is a change too.
-        s.observe(0.0, 50);
+        s.observe(0.0, 57);
+        s.observe(0.0, 60);
         assert_eq!(s.idle(60, 30), Some(false));
+    }
+
+    #[test]
+    fn a_variant_under_rollout_does_not_fall_asleep_and_a_sleeping_one_is_woken() {
+        let mut s = seen_at_zero(5.0);
+        s.busy(100);
+        s.observe(5.0, 100);
+        assert_eq!(step(&mut s, ONE, 30, 100, "t/b"), Step::default());
+        // Once the rollout is over, the idle time counts from its end.
+        assert_eq!(tick(&mut s, 5.0, ONE, 129), Step::default());
+        assert_eq!(tick(&mut s, 5.0, ONE, 130).mark, Some(true));
+        tick(&mut s, 5.0, ONE, 140);
+        assert!(s.is_asleep());
+        s.busy(200);
+        let start = step(&mut s, NONE, 30, 200, "t/b");
+        assert!(start.start, "a rollout wakes a sleeping variant");
     }
 
     #[test]
     fn a_wake_starts_a_server_keeps_the_mark_until_it_is_ready_and_then_holds_the_floor() {
         let mut s = seen_at_zero(5.0);
-        step(&mut s, ONE, 30, 30, "t/b");
-        step(&mut s, ONE, 30, 40, "t/b");
+        tick(&mut s, 5.0, ONE, 30);
+        tick(&mut s, 5.0, ONE, 40);
         s.woken_at = Some(100);
         let start = step(&mut s, NONE, 30, 100, "t/b");
         assert_eq!((start.start, start.mark, start.stop), (true, None, false));
@@ -258,18 +301,18 @@ mod tests {
         assert_eq!((woke.mark, woke.stop), (Some(false), false));
         assert_eq!(woke.say.as_deref(), Some("t/b: awake, 1 server(s) ready"));
         // Still no request counted: not asleep again within the floor, asleep after it.
-        let floor = step(&mut s, ONE, 30, 100 + WAKE_FLOOR_SECONDS - 1, "t/b");
+        let floor = tick(&mut s, 5.0, ONE, 100 + WAKE_FLOOR_SECONDS - 1);
         assert_eq!(floor, Step::default());
-        let again = step(&mut s, ONE, 30, 100 + WAKE_FLOOR_SECONDS, "t/b");
+        let again = tick(&mut s, 5.0, ONE, 100 + WAKE_FLOOR_SECONDS);
         assert_eq!(again.mark, Some(true));
     }
 
     #[test]
     fn a_request_during_the_grace_takes_the_mark_away_without_stopping_a_server() {
         let mut s = seen_at_zero(5.0);
-        step(&mut s, ONE, 30, 30, "t/b");
+        tick(&mut s, 5.0, ONE, 30);
         s.observe(6.0, 33);
-        let back = step(&mut s, ONE, 30, 34, "t/b");
+        let back = tick(&mut s, 6.0, ONE, 34);
         assert_eq!(
             (back.mark, back.stop, back.start),
             (Some(false), false, false)

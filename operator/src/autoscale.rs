@@ -128,25 +128,40 @@ fn sleep_of(
     live: Option<Readiness>,
     now: i64,
 ) -> Option<SleepOf> {
-    let idle_seconds = rule.zero_after_seconds?;
     let since = asleep_since(ep, &key.variant);
     let allowed = may_sleep(plan, &key.variant);
-    if !allowed && since.is_none() {
-        return None;
+    let woken_at = live.and_then(|r| r.woken_at);
+    sleep_inputs(since, allowed, rule.zero_after_seconds, woken_at, now)
+}
+
+/// [`sleep_of`] on its inputs: since when the status says the variant sleeps, whether it may
+/// sleep now, its `scaleToZeroAfterSeconds` (`None`: `minReplicas` is no longer 0), the
+/// Deployment's last wake stamp.
+fn sleep_inputs(
+    since: Option<i64>,
+    allowed: bool,
+    zero_after: Option<i32>,
+    stamped: Option<i64>,
+    now: i64,
+) -> Option<SleepOf> {
+    match (zero_after, since) {
+        (Some(idle_seconds), _) if allowed => Some(SleepOf {
+            since,
+            woken_at: stamped,
+            idle_seconds,
+        }),
+        // A sleeping variant that may not sleep now (a rollout or a model swap began, or an
+        // edit took `minReplicas: 0` away) wakes as if a request had asked: its mark stays
+        // until a pod is ready, so nothing meets an empty subset, and a rollout's analysis
+        // never sees a cold start.
+        (zero_after, Some(_)) => Some(SleepOf {
+            since,
+            woken_at: Some(now),
+            idle_seconds: zero_after
+                .unwrap_or(mlep_core::autoscale::sleep::WAKE_FLOOR_SECONDS as i32),
+        }),
+        _ => None,
     }
-    // A sleeping variant that may not sleep now (a rollout or a model swap began) wakes as if
-    // a request had asked: its mark stays until a pod is ready, so nothing meets an empty
-    // subset, and the rollout's analysis never sees a cold start.
-    let woken_at = if allowed {
-        live.and_then(|r| r.woken_at)
-    } else {
-        Some(now)
-    };
-    Some(SleepOf {
-        since,
-        woken_at,
-        idle_seconds,
-    })
 }
 
 /// Whether `variant` may sleep now: it runs one model, with no rollout under way.
@@ -192,4 +207,37 @@ async fn idle(url: &str, key: &ScaleKey, seconds: i32, now_unix: i64) -> Option<
 /// Forget endpoint `ns/name` (deleted).
 pub(crate) fn forget(ctx: &Context, ns: &str, name: &str) {
     lock(ctx).retain(ns, name, &[]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn woken(s: Option<SleepOf>) -> Option<(Option<i64>, Option<i64>)> {
+        s.map(|s| (s.since, s.woken_at))
+    }
+
+    #[test]
+    fn a_sleeping_variant_that_may_no_longer_sleep_is_woken_and_keeps_its_mark() {
+        // May sleep: the Deployment's stamp decides.
+        assert_eq!(
+            woken(sleep_inputs(Some(50), true, Some(300), Some(40), 100)),
+            Some((Some(50), Some(40)))
+        );
+        assert_eq!(
+            woken(sleep_inputs(None, true, Some(300), None, 100)),
+            Some((None, None))
+        );
+        // A rollout began on it, or an edit took minReplicas 0 away: woken now, mark kept.
+        for (allowed, zero_after) in [(false, Some(300)), (true, None), (false, None)] {
+            assert_eq!(
+                woken(sleep_inputs(Some(50), allowed, zero_after, None, 100)),
+                Some((Some(50), Some(100))),
+                "allowed {allowed}, zero after {zero_after:?}"
+            );
+        }
+        // Awake and not allowed to sleep (or not asked to): nothing to decide.
+        assert_eq!(woken(sleep_inputs(None, false, Some(300), None, 100)), None);
+        assert_eq!(woken(sleep_inputs(None, true, None, None, 100)), None);
+    }
 }

@@ -357,9 +357,8 @@ async fn wake(client: Client, v: &Variant) -> Result<Outcome, kube::Error> {
             return Ok(refused("404 Not Found", format!("no Deployment {name}")));
         };
         let live = crate::reconcile::readiness(&d);
-        if live.ready_replicas > 0 {
-            return Ok(Outcome::Ready);
-        }
+        // Stamped even when a pod is ready: a request woken in the grace before the pods go
+        // (still ready) must keep them, as one woken from zero does.
         if asleep {
             if let Some(patch) = wake_patch(live, unix_now()) {
                 let params = PatchParams {
@@ -371,6 +370,9 @@ async fn wake(client: Client, v: &Variant) -> Result<Outcome, kube::Error> {
                     .await?;
                 info!(deployment = name, from = live.replicas, "woken");
             }
+        }
+        if live.ready_replicas > 0 {
+            return Ok(Outcome::Ready);
         }
         if Instant::now() >= deadline {
             let message = format!(
@@ -390,7 +392,7 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// What wakes a sleeping Deployment (`live`, no ready pod) at `now`: one replica when it has
+/// What wakes a sleeping Deployment (`live`) at `now`: one replica when it has
 /// none, and the wake-up stamp, unless one younger than [`RESTAMP_SECONDS`] is there. Renewed
 /// at every poll of a wait, so a server slower to get ready than the wake floor
 /// (`WAKE_FLOOR_SECONDS`) is not scaled back to zero while requests wait for it.

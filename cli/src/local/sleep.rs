@@ -248,8 +248,12 @@ impl Session {
                 state.woken_at = Some(now);
             }
         }
-        self.sleeps
-            .retain(|k, s| sleepers.contains_key(k) || s.is_asleep());
+        // A sleeping variant that is gone from the spec (not just its `minReplicas: 0`) has
+        // nothing left to wake.
+        let running = &self.running;
+        self.sleeps.retain(|k, s| {
+            sleepers.contains_key(k) || (s.is_asleep() && running.contains_key(&role_key(k)))
+        });
         let mut judged = sleepers.clone();
         for k in self.sleeps.keys() {
             judged.entry(k.clone()).or_insert(i32::MAX);
@@ -259,11 +263,17 @@ impl Session {
             // A variant under rollout is not judged (as in the cluster).
             let rolling = self.rollouts.summary(ns, ep, v).is_some();
             let state = self.sleeps.entry(key.clone()).or_default();
-            if let Some(s) = samples.as_ref().filter(|_| !rolling) {
+            if rolling {
+                state.busy(now);
+            } else if let Some(s) = samples.as_ref() {
                 state.observe(pure::requests_of(s, &key), now);
             }
-            if self.decide_sleep(&key, after, now).await?.mark == Some(false) {
-                self.unmark(&key).await;
+            // One variant's failure (say, its server does not start) is reported and leaves the
+            // others judged.
+            match self.decide_sleep(&key, after, now).await {
+                Ok(step) if step.mark == Some(false) => self.unmark(&key).await,
+                Ok(_) => {}
+                Err(e) => self.ui.say(format!("{}: {e}", what(&key))),
             }
         }
         Ok(())

@@ -74,8 +74,14 @@ pub fn decide(s: &Sleeper, what: &str, idle_seconds: i32) -> SleepStep {
         event: None,
     };
     let woken = recently_woken(s.woken_at, s.now);
+    // A wake-up is a request the metrics may not show yet (counted when it ends, scraped
+    // later): no falling asleep within the idle time after it either.
+    let woken_within_idle = s.woken_at.is_some_and(|w| {
+        let window = i64::from(idle_seconds).max(WAKE_FLOOR_SECONDS);
+        s.now - w.min(s.now) < window
+    });
     match s.asleep_since {
-        None if s.idle == Some(true) && !woken => SleepStep {
+        None if s.idle == Some(true) && !woken && !woken_within_idle => SleepStep {
             replicas: s.current,
             asleep_since: Some(s.now),
             event: Some(event(
@@ -224,6 +230,14 @@ mod tests {
             decide(&after, "b", 30).asleep_since,
             Some(200 + WAKE_FLOOR_SECONDS)
         );
+        // With a longer idle time, the wake-up counts as the last request: still awake after
+        // the floor, asleep once the idle time has passed since it.
+        assert_eq!(decide(&after, "b", 300).asleep_since, None);
+        let idle_after_wake = Sleeper {
+            now: 200 + 300,
+            ..floor
+        };
+        assert_eq!(decide(&idle_after_wake, "b", 300).asleep_since, Some(500));
     }
 
     #[test]
