@@ -27,23 +27,9 @@ async fn pings(port: u16) -> bool {
 
 /// Wait for a table row of `variant`, after output line `from`, whose STATUS reads `status`.
 fn wait_for_status(up: &Up, variant: &str, status: &str, from: usize, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let out = up.output();
-        let at = column(&out, "STATUS").unwrap_or(usize::MAX);
-        let found = out.lines().skip(from).any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.get(1) == Some(&variant) && cols.get(at) == Some(&status)
-        });
-        if found {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "no row of {variant} with STATUS {status} within {timeout:?}:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("with STATUS {status}");
+    let fits = |cols: &[&str]| cols.first() == Some(&status);
+    wait_for_table_row(up, variant, from, "STATUS", fits, &what, timeout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

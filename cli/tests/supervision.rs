@@ -26,25 +26,9 @@ fn count(up: &Up, needle: &str) -> usize {
 
 /// Wait for a table row of `variant` whose columns from READY on read `tail`.
 fn wait_for_row(up: &mut Up, variant: &str, tail: &str, timeout: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let out = up.output();
-        let ready = column(&out, "READY").unwrap_or(usize::MAX);
-        let row = out.lines().rev().find(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.get(1) == Some(&variant)
-                && cols.len() > ready
-                && cols[ready..].join(" ").starts_with(tail)
-        });
-        if let Some(row) = row {
-            return row.to_owned();
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "no table row for {variant} ending {tail:?} within {timeout:?}:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("ending {tail:?}");
+    let fits = |cols: &[&str]| cols.join(" ").starts_with(tail);
+    wait_for_table_row(up, variant, 0, "READY", fits, &what, timeout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -387,9 +387,7 @@ async fn wake(client: Client, v: &Variant) -> Result<Outcome, kube::Error> {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    jiff::Timestamp::now().as_second()
 }
 
 /// What wakes a sleeping Deployment (`live`) at `now`: one replica when it has

@@ -417,6 +417,42 @@ pub fn column(out: &str, name: &str) -> Option<usize> {
         .and_then(|h| h.split_whitespace().position(|c| c == name))
 }
 
+/// Wait for a table row of `variant` in the output after line `from` (the latest first) whose
+/// columns from the one headed `column` on pass `fits`; `what` names the wait in the failure.
+pub fn wait_for_table_row(
+    up: &Up,
+    variant: &str,
+    from: usize,
+    column_name: &str,
+    fits: impl Fn(&[&str]) -> bool,
+    what: &str,
+    timeout: Duration,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let out = up.output();
+        let at = column(&out, column_name).unwrap_or(usize::MAX);
+        let row = out
+            .lines()
+            .skip(from)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .find(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(1) == Some(&variant) && cols.len() > at && fits(&cols[at..])
+            });
+        if let Some(row) = row {
+            return row.to_owned();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no table row of {variant} {what} within {timeout:?}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The sum of counter `name` (Envoy prefixes the filter's metric names) over the samples
 /// whose `label` has `value`, in Envoy's `/stats/prometheus` text.
 pub fn metric_sum(stats: &str, name: &str, label: &str, value: &str) -> f64 {
