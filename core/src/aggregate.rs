@@ -30,11 +30,12 @@ use crate::filter_config::apply_rollout;
 use crate::filter_config::{endpoint_config, Targets};
 use crate::host_claims::{endpoint_id, host_owners};
 use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
+use crate::mirror::NativeMirror;
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use wiring::{filter_object, shared_meta};
+use wiring::{filter_object, shared_meta, Routes};
 
 mod wiring;
 
@@ -248,14 +249,26 @@ pub fn filters_for(
             list.push(cfg);
         }
     }
-    for (wiring, configs) in by_wiring {
+    for (wiring, mut configs) in by_wiring {
         if configs.is_empty() {
             continue;
         }
-        let virtual_hosts: Vec<String> = configs
-            .iter()
-            .flat_map(|c| c.virtual_hosts.iter().cloned())
-            .collect();
+        let mut routes = Routes::default();
+        for c in &mut configs {
+            // Routes carry an uncompared shadow as Envoy's own mirror where the wiring can
+            // patch them (crate::mirror); the filter then leaves that shadow alone.
+            let mirror = match wiring {
+                FilterWiring::EnvoyFilter => NativeMirror::take(&mut c.shadow),
+                FilterWiring::WasmPlugin => None,
+            };
+            if let Some(m) = mirror {
+                let policy = m.policy();
+                routes
+                    .mirrors
+                    .extend(c.virtual_hosts.iter().map(|v| (v.clone(), policy.clone())));
+            }
+            routes.virtual_hosts.extend(c.virtual_hosts.iter().cloned());
+        }
         let config = json!(FilterConfig {
             version: CONFIG_VERSION,
             endpoints: configs,
@@ -265,7 +278,7 @@ pub fn filters_for(
             shared_meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
             None,
             &config,
-            &virtual_hosts,
+            &routes,
             settings,
         ));
         out.objects.push(filter_object(
@@ -273,7 +286,7 @@ pub fn filters_for(
             shared_meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
             Some(&settings.gateway_selector),
             &config,
-            &virtual_hosts,
+            &routes,
             settings,
         ));
     }
@@ -402,6 +415,56 @@ mod tests {
             Some(&cfg.endpoints[1].allocation),
             eps[0].status.as_ref().unwrap().allocation.as_ref()
         );
+    }
+
+    #[test]
+    fn an_uncompared_shadow_is_envoys_mirror_on_every_route_where_routes_can_be_patched() {
+        let mut titanic = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+        let mut iris = endpoint("ml", "iris", "iris.example.com", (50, 50));
+        let shadow = json!({"model": "m3", "percent": 25.0, "compare": "Off"});
+        titanic.spec.shadow = serde_json::from_value(shadow.clone()).ok();
+        iris.spec.shadow = serde_json::from_value(json!({"model": "m3", "percent": 25.0})).ok();
+        let agg = render_filters(&[titanic.clone(), iris], &RenderSettings::default());
+        for obj in &agg.objects {
+            let cfg = config_of(obj);
+            let shadows: Vec<_> = cfg.endpoints.iter().map(|e| e.shadow.is_some()).collect();
+            assert_eq!(
+                shadows,
+                [true, false],
+                "iris compares (the filter copies), titanic not"
+            );
+            let patches = obj["spec"]["configPatches"].as_array().unwrap();
+            let mirrored: Vec<_> = patches
+                .iter()
+                .filter(|p| p["applyTo"] == "HTTP_ROUTE")
+                .map(|p| {
+                    assert_eq!(p["match"]["context"], patches[1]["match"]["context"]);
+                    assert!(p["match"]["routeConfiguration"]["vhost"]
+                        .get("route")
+                        .is_none());
+                    let policy = &p["patch"]["value"]["route"]["request_mirror_policies"][0];
+                    assert_eq!(
+                        policy["cluster"],
+                        "outbound|80||titanic-shadow.ml.svc.cluster.local"
+                    );
+                    assert_eq!(
+                        policy["runtime_fraction"]["default_value"]["numerator"],
+                        250_000
+                    );
+                    p["match"]["routeConfiguration"]["vhost"]["name"].clone()
+                })
+                .collect();
+            assert_eq!(
+                mirrored,
+                ["titanic.ml.svc.cluster.local:80", "titanic.example.com:80"]
+            );
+        }
+        // A WasmPlugin cannot patch routes: its filter keeps copying.
+        titanic.spec.filter_wiring = FilterWiring::WasmPlugin;
+        let agg = render_filters(&[titanic], &RenderSettings::default());
+        let cfg: FilterConfig =
+            serde_json::from_value(agg.objects[0]["spec"]["pluginConfig"].clone()).unwrap();
+        assert!(cfg.endpoints[0].shadow.is_some());
     }
 
     #[test]

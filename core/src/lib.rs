@@ -36,6 +36,7 @@ pub mod failure;
 pub mod filter_config;
 pub mod host_claims;
 pub mod meta;
+pub mod mirror;
 pub mod module;
 pub mod observe;
 pub mod plan;

@@ -22,15 +22,24 @@ const MODULE_FETCH_TIMEOUT: &str = "10s";
 /// How long a listener waits for the filter's first config before serving without it.
 const INITIAL_FETCH_TIMEOUT: &str = "15s";
 
+/// What the EnvoyFilter wiring patches into routes: the endpoints' virtual hosts, the only
+/// ones the filter runs on, and per virtual host an uncompared shadow's mirror policy
+/// ([`crate::mirror::NativeMirror::policy`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Routes {
+    pub virtual_hosts: Vec<String>,
+    pub mirrors: Vec<(String, Value)>,
+}
+
 /// A filter object of this wiring for the sidecars (`selector` None: every sidecar, outbound)
-/// or for the gateway pods `selector` selects (see [`crate::aggregate`]); `virtual_hosts`:
-/// the endpoints' virtual hosts, the only ones the filter runs on (EnvoyFilter wiring).
+/// or for the gateway pods `selector` selects (see [`crate::aggregate`]); `routes`: what the
+/// EnvoyFilter wiring patches into the endpoints' virtual hosts and routes.
 pub(crate) fn filter_object(
     wiring: FilterWiring,
     metadata: ObjectMeta,
     selector: Option<&BTreeMap<String, String>>,
     config: &Value,
-    virtual_hosts: &[String],
+    routes: &Routes,
     settings: &RenderSettings,
 ) -> Value {
     let ext = metadata
@@ -46,7 +55,8 @@ pub(crate) fn filter_object(
         FilterWiring::EnvoyFilter => {
             let mut object = envoy_filter(metadata, selector, context, &ext, config, settings);
             if let Some(patches) = object["spec"]["configPatches"].as_array_mut() {
-                patches.extend(virtual_host_patches(context, &ext, virtual_hosts));
+                patches.extend(virtual_host_patches(context, &ext, &routes.virtual_hosts));
+                patches.extend(mirror_patches(context, &routes.mirrors));
             }
             object
         }
@@ -184,6 +194,29 @@ fn virtual_host_patches<'a>(
             "patch": {
                 "operation": "MERGE",
                 "value": { "typed_per_filter_config": envoy::filter_enabled(ext_name) },
+            },
+        })
+    })
+}
+
+/// One `HTTP_ROUTE` MERGE per virtual host of an endpoint whose shadow Envoy mirrors: matched
+/// by the virtual host alone, it applies to every route there (Istio's `routeMatch`,
+/// pilot/pkg/networking/core/envoyfilter/rc_patch.go: no `route` in the match matches any
+/// route), so the header routes and the weighted default all copy. Istio's own
+/// `HTTPMirrorPolicy` cannot drop headers from the copy (istio/istio#50811); the
+/// VirtualService's 0 % mirror only keeps the shadow's cluster built
+/// (`crate::render::istio`), and Istio renders no policy for 0 %, so this is the only one.
+fn mirror_patches<'a>(
+    context: &'a str,
+    mirrors: &'a [(String, Value)],
+) -> impl Iterator<Item = Value> + 'a {
+    mirrors.iter().map(move |(vhost, policy)| {
+        json!({
+            "applyTo": "HTTP_ROUTE",
+            "match": { "context": context, "routeConfiguration": { "vhost": { "name": vhost } } },
+            "patch": {
+                "operation": "MERGE",
+                "value": { "route": { "request_mirror_policies": [policy] } },
             },
         })
     })

@@ -1,0 +1,170 @@
+//! Envoy's own request mirroring for a shadow that compares nothing (issue 22).
+//!
+//! A shadow with `compare: Off` needs no answer read and no Wasm: Envoy's native
+//! `request_mirror_policies` copies the request from the router, at ~120k instructions per copy
+//! against ~170k for the least a Wasm-side copy can do (docs/filter.md "Shadowing"). So wherever
+//! routes can carry a mirror policy (local mode's bootstrap, the EnvoyFilter wiring's
+//! `HTTP_ROUTE` patches) the shadow leaves the filter config ([`NativeMirror::take`]) and becomes
+//! one policy ([`NativeMirror::policy`]) on every route of the endpoint's virtual hosts. The
+//! WasmPlugin wiring cannot patch routes, so there the filter keeps copying.
+//!
+//! What differs from the filter's copy (docs/filter.md "Native mirror"): Envoy streams the body,
+//! so `maxBodyBytes` does not apply; the copy's timeout is the route's; outcomes are the shadow
+//! cluster's own stats, not `mlep_shadow_requests_total`.
+
+use mlep_contract::{CompareMode, ShadowConfig};
+use serde_json::{json, Value};
+
+/// Headers a copy never carries unless the shadow forwards credentials: the filter's list
+/// (`filter/src/shadow.rs`).
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// An endpoint's shadow as Envoy's mirror: every route of the endpoint's virtual hosts copies
+/// `percent` of its requests to `cluster`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NativeMirror {
+    /// The shadow's Envoy cluster (the filter config's `shadow.cluster`).
+    pub cluster: String,
+    /// The copies' `:authority`; `None`: Envoy's default (the request's, `-shadow` appended).
+    pub authority: Option<String>,
+    /// Share of requests copied, 0..=100.
+    pub percent: f64,
+    pub forward_credentials: bool,
+}
+
+impl NativeMirror {
+    /// Take an endpoint config's `shadow` out of the filter's hands when it compares nothing
+    /// and copies every variant's traffic (a BlueGreen bake's mirror of one variant, compared,
+    /// stays the filter's). Returns the mirror Envoy's routes must then carry.
+    pub fn take(shadow: &mut Option<ShadowConfig>) -> Option<NativeMirror> {
+        let native = |s: &ShadowConfig| s.compare.mode == CompareMode::Off && s.variant.is_none();
+        let s = shadow.take_if(|s| native(s))?;
+        Some(NativeMirror {
+            cluster: s.cluster,
+            authority: s.authority,
+            percent: s.percent,
+            forward_credentials: s.forward_credentials,
+        })
+    }
+
+    /// One `envoy.config.route.v3.RouteAction.RequestMirrorPolicy` (checked with Envoy 1.40:
+    /// `request_headers_mutations` applies to the copy only, `host_rewrite_literal` sets its
+    /// `:authority` without the `-shadow` suffix). The share is in millionths, so fractions of
+    /// a percent survive.
+    pub fn policy(&self) -> Value {
+        let numerator = (self.percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
+        // The routing header carries the endpoint's route key: the copy's server has no use
+        // for it, and the filter's copy drops it too.
+        let mut removed = vec![mlep_contract::metrics::VARIANT_HEADER];
+        if !self.forward_credentials {
+            removed.extend(CREDENTIAL_HEADERS);
+        }
+        let mut policy = json!({
+            "cluster": self.cluster,
+            "runtime_fraction": {
+                "default_value": { "numerator": numerator, "denominator": "MILLION" },
+            },
+            "request_headers_mutations": removed
+                .iter()
+                .map(|h| json!({ "remove": h }))
+                .collect::<Vec<_>>(),
+        });
+        if let Some(a) = &self.authority {
+            policy["host_rewrite_literal"] = json!(a);
+        }
+        policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlep_contract::CompareConfig;
+
+    fn shadow(mode: CompareMode, variant: Option<&str>) -> ShadowConfig {
+        ShadowConfig {
+            cluster: "outbound|80||titanic-shadow.ns.svc.cluster.local".into(),
+            authority: Some("titanic-shadow.ns.svc.cluster.local".into()),
+            model: "m".into(),
+            percent: 12.5,
+            variant: variant.map(str::to_owned),
+            max_body_bytes: 65_536,
+            timeout_ms: 1000,
+            forward_credentials: false,
+            compare: CompareConfig {
+                mode,
+                tolerance: 0.0,
+                percent: 100.0,
+            },
+        }
+    }
+
+    #[test]
+    fn only_an_uncompared_shadow_of_every_variant_becomes_envoys_mirror() {
+        for mode in [CompareMode::Exact, CompareMode::Json] {
+            let mut e = Some(shadow(mode, None));
+            assert_eq!(NativeMirror::take(&mut e), None, "{mode:?}");
+            assert!(e.is_some(), "a compared shadow stays the filter's");
+        }
+        let mut bake = Some(shadow(CompareMode::Off, Some("a")));
+        assert_eq!(NativeMirror::take(&mut bake), None);
+        assert!(bake.is_some(), "one variant's mirror stays the filter's");
+
+        let mut e = Some(shadow(CompareMode::Off, None));
+        let m = NativeMirror::take(&mut e);
+        assert_eq!(e, None, "the filter no longer copies");
+        assert_eq!(
+            m.map(|m| (m.cluster, m.percent)),
+            Some((
+                "outbound|80||titanic-shadow.ns.svc.cluster.local".into(),
+                12.5
+            ))
+        );
+    }
+
+    #[test]
+    fn the_policy_copies_its_share_in_millionths_to_the_shadow_without_credentials() {
+        let mut e = Some(shadow(CompareMode::Off, None));
+        let Some(mut m) = NativeMirror::take(&mut e) else {
+            panic!("not native")
+        };
+        let p = m.policy();
+        assert_eq!(
+            p["cluster"],
+            "outbound|80||titanic-shadow.ns.svc.cluster.local"
+        );
+        assert_eq!(
+            p["runtime_fraction"]["default_value"],
+            json!({"numerator": 125_000, "denominator": "MILLION"})
+        );
+        assert_eq!(
+            p["host_rewrite_literal"],
+            "titanic-shadow.ns.svc.cluster.local"
+        );
+        let removed = |p: &Value| -> Vec<String> {
+            p["request_headers_mutations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["remove"].as_str().map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(
+            removed(&p),
+            [
+                "x-mlep-variant",
+                "authorization",
+                "cookie",
+                "proxy-authorization"
+            ]
+        );
+        m.forward_credentials = true;
+        m.percent = 100.0;
+        let p = m.policy();
+        assert_eq!(removed(&p), ["x-mlep-variant"]);
+        assert_eq!(
+            p["runtime_fraction"]["default_value"]["numerator"],
+            1_000_000
+        );
+    }
+}
