@@ -19,6 +19,7 @@ use mlep_core::envoy::{
     self as vocabulary, filter_enabled, restored_variant, stats_config, wasm_filter, RouteInput,
     VariantRoutes, WasmCode, DEFAULT_ROUTE, WASM_TYPE_URL,
 };
+pub use mlep_core::mirror::NativeMirror;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,7 +77,7 @@ pub struct ClusterUpstream {
 }
 
 /// One endpoint (a virtual host).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RouteEndpoint {
     pub name: String,
     /// The virtual host's name: the filter config's `virtualHosts` entry for this endpoint.
@@ -87,6 +88,9 @@ pub struct RouteEndpoint {
     pub hosts: Vec<String>,
     pub variants: Vec<RouteVariant>,
     pub shadow: Option<ClusterUpstream>,
+    /// Envoy's own mirror on every route of the endpoint (an uncompared shadow,
+    /// `mlep_core::mirror`); its cluster is `shadow`'s.
+    pub mirror: Option<NativeMirror>,
     /// The data capture sink, called by the filter (no route names it).
     pub capture: Option<ClusterUpstream>,
 }
@@ -100,18 +104,7 @@ pub struct WasmFilter {
     pub config_path: PathBuf,
 }
 
-/// How Envoy mirrors traffic, if at all.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mirroring {
-    /// The filter does it (or nothing does).
-    #[default]
-    Filter,
-    /// Envoy's own `request_mirror_policies` copies every request to each endpoint's shadow
-    /// cluster (for benchmarks against the filter).
-    Native,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BootstrapSpec {
     /// Listener port on 127.0.0.1 (0: any free port, see [`EnvoyProcess::listener_addr`]).
     pub listener_port: u16,
@@ -120,7 +113,6 @@ pub struct BootstrapSpec {
     /// `None`: no filter at all (benchmark baseline).
     pub filter: Option<WasmFilter>,
     pub endpoints: Vec<RouteEndpoint>,
-    pub mirroring: Mirroring,
 }
 
 /// The Envoy cluster name of a variant.
@@ -202,12 +194,7 @@ pub fn render_bootstrap_with(
     let mut clusters = Vec::new();
     let mut vhosts = Vec::new();
     for ep in &spec.endpoints {
-        vhosts.push(endpoint_vhost(
-            ep,
-            spec.mirroring,
-            upstreams,
-            &mut clusters,
-        )?);
+        vhosts.push(endpoint_vhost(ep, upstreams, &mut clusters)?);
     }
     if let Upstreams::Eds { dir, standby } = upstreams {
         clusters.extend(standby.iter().map(|c| upstreams::eds_cluster(c, dir)));
@@ -252,7 +239,6 @@ pub fn render_bootstrap_with(
 /// One endpoint's virtual host; its clusters go to `clusters`.
 fn endpoint_vhost(
     ep: &RouteEndpoint,
-    mirroring: Mirroring,
     upstreams: &Upstreams,
     clusters: &mut Vec<Value>,
 ) -> Result<Value, EnvoyError> {
@@ -263,13 +249,11 @@ fn endpoint_vhost(
     if ep.hosts.is_empty() {
         return refuse(" has no hosts");
     }
-    let mirror = match (&ep.shadow, mirroring) {
-        (Some(s), Mirroring::Native) => json!([{
-            "cluster": s.cluster,
-            "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
-        }]),
-        _ => json!([]),
-    };
+    let mirror = json!(ep
+        .mirror
+        .iter()
+        .map(NativeMirror::policy)
+        .collect::<Vec<_>>());
     let mut routes = variant_routes(ep, &mirror, upstreams, clusters);
     // Local mode starts Envoy once every server is ready: every variant is routable.
     let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
@@ -477,9 +461,9 @@ mod tests {
                     cluster: "shadow".into(),
                     upstream: "127.0.0.1:8003".parse().unwrap(),
                 }),
+                mirror: None,
                 capture: None,
             }],
-            mirroring: Mirroring::Filter,
         }
     }
 
@@ -553,19 +537,29 @@ mod tests {
     }
 
     #[test]
-    fn native_mirroring_adds_mirror_policies_and_no_filter_means_router_only() {
+    fn a_native_mirror_is_on_every_route_and_no_filter_means_router_only() {
         let mut s = spec();
-        s.mirroring = Mirroring::Native;
+        s.endpoints[0].mirror = Some(NativeMirror {
+            cluster: "shadow".into(),
+            authority: None,
+            percent: 100.0,
+            forward_credentials: false,
+        });
         s.filter = None;
         let b = render_bootstrap(&s).unwrap();
         let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         assert_eq!(hcm["http_filters"].as_array().unwrap().len(), 1);
-        assert_eq!(
-            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-                ["request_mirror_policies"][0]["cluster"],
-            "shadow"
-        );
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        assert_eq!(routes.len(), 3);
+        for r in routes {
+            assert_eq!(
+                r["route"]["request_mirror_policies"],
+                json!([s.endpoints[0].mirror.as_ref().unwrap().policy()])
+            );
+        }
     }
 
     #[test]

@@ -490,8 +490,9 @@ impl LiveTable {
     }
 
     /// Draw the rates between the last scrape and `stats` (Envoy's `/stats/prometheus`).
-    fn draw(&mut self, stats: &str, infos: &[VariantInfo]) {
-        let cur = Scrape::new(self.started.elapsed().as_secs_f64(), stats);
+    fn draw(&mut self, stats: &str, infos: &[VariantInfo], mirrored: &[table::MirroredShadow]) {
+        let mut cur = Scrape::new(self.started.elapsed().as_secs_f64(), stats);
+        table::add_mirrored(&mut cur, mirrored);
         let out = table::render(&table::rows(self.prev.as_ref(), &cur, infos));
         if self.tty {
             if self.drawn_lines > 0 {
@@ -544,7 +545,7 @@ async fn run(s: &mut Session, desired: Desired, input: Input) -> Result<(), Loca
             }
             _ = table_tick.tick(), if s.opts.table_interval.is_some() => {
                 if let Ok(text) = s.admin_get("/stats/prometheus").await {
-                    table.draw(&text, &s.table_infos());
+                    table.draw(&text, &s.table_infos(), &s.desired.mirrored_shadows());
                 }
             }
         }

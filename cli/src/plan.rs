@@ -7,10 +7,10 @@
 //! the new set is started and must be ready before traffic moves to it, then the old set stops.
 //! A change of weights only is a filter-config reload.
 
-use crate::envoy::{ClusterUpstream, RouteEndpoint, RouteVariant};
+use crate::envoy::{ClusterUpstream, NativeMirror, RouteEndpoint, RouteVariant};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
-use mlep_core::crd::Artifact;
+use mlep_core::crd::{Artifact, ShadowSpec};
 use mlep_core::envoy::{CallTarget, EndpointRoute};
 use mlep_core::filter_config::{endpoint_config, spec_weights, Targets};
 use mlep_core::meta::SERVICE_PORT;
@@ -263,6 +263,24 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
     Ok(Desired { endpoints })
 }
 
+impl Desired {
+    /// The shadows Envoy's routes mirror (`compare: Off`), with their clusters.
+    pub fn mirrored_shadows(&self) -> Vec<crate::table::MirroredShadow> {
+        self.endpoints
+            .iter()
+            .filter_map(|e| {
+                let s = e.endpoint.spec.shadow.as_ref()?;
+                s.mirrored_by_envoy().then(|| crate::table::MirroredShadow {
+                    namespace: e.namespace().to_owned(),
+                    endpoint: e.name().to_owned(),
+                    model: s.model.clone(),
+                    cluster: shadow_cluster(e.namespace(), e.name()),
+                })
+            })
+            .collect()
+    }
+}
+
 /// The Envoy cluster of an endpoint's shadow (variant clusters are `envoy::variant_cluster`,
 /// `mlep|<endpoint>|<variant>`; this name cannot collide with them, even for a variant called `shadow`).
 pub fn shadow_cluster(namespace: &str, endpoint: &str) -> String {
@@ -408,6 +426,9 @@ pub fn route_endpoints(
             hosts,
             variants,
             shadow,
+            // The filter config still holds the shadow (local mode takes it out as it writes
+            // the config, `local::proxy`): Envoy mirrors it when it compares nothing.
+            mirror: NativeMirror::take(&mut c.shadow.clone()),
             capture: None,
         });
     }
@@ -452,11 +473,13 @@ impl Change {
     }
 }
 
-/// One endpoint's route layout: namespace, name, hosts, variant names.
-type RouteLayout = (String, String, Vec<String>, Vec<String>);
+/// One endpoint's route layout: namespace, name, hosts, variant names, and the shadow when
+/// Envoy's routes mirror it.
+type RouteLayout = (String, String, Vec<String>, Vec<String>, Option<ShadowSpec>);
 
 /// The route layout: endpoints, their hosts and variants. (Every endpoint has a shadow cluster
-/// in local mode, empty without a shadow, so adding or removing a shadow changes no route.)
+/// in local mode, empty without a shadow, so adding or removing a shadow the filter copies
+/// changes no route; one Envoy mirrors, `compare: Off`, is on the routes.)
 fn routes(d: &Desired) -> Vec<RouteLayout> {
     d.endpoints
         .iter()
@@ -466,6 +489,11 @@ fn routes(d: &Desired) -> Vec<RouteLayout> {
                 e.name().to_owned(),
                 e.endpoint.spec.hosts.clone(),
                 e.variants.iter().map(|v| v.role.to_string()).collect(),
+                e.endpoint
+                    .spec
+                    .shadow
+                    .clone()
+                    .filter(ShadowSpec::mirrored_by_envoy),
             )
         })
         .collect()

@@ -321,6 +321,63 @@ fn latency(
     }
 }
 
+/// An endpoint's shadow Envoy mirrors itself (`compare: Off`, `mlep_core::mirror`): its copies
+/// are counted by the shadow cluster, not the filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirroredShadow {
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
+    /// The shadow's Envoy cluster.
+    pub cluster: String,
+}
+
+/// Put each mirrored shadow's copies into `scrape` under the filter's name and labels,
+/// `mlep_shadow_requests_total{namespace,endpoint,variant="shadow",model,outcome}`, from the
+/// shadow cluster's own stats (Envoy's default tags): `timeout` its `upstream_rq_timeout`,
+/// `error` its 5xx answers but those (Envoy charges a timeout as a 504), `ok` every other
+/// answer. So the table, and anything reading the filter's names, sees native copies as it
+/// sees the filter's.
+pub fn add_mirrored(scrape: &mut Scrape, mirrors: &[MirroredShadow]) {
+    const CLUSTER: &str = "envoy_cluster_name";
+    const CLASS: &str = "envoy_response_code_class";
+    for m in mirrors {
+        let of_cluster = |x: &Sample| x.label(CLUSTER) == m.cluster;
+        let answers = |class: Option<&str>| {
+            sum_where(scrape, "cluster_upstream_rq_xx", |x| {
+                of_cluster(x) && class.is_none_or(|c| x.label(CLASS) == c)
+            })
+        };
+        let timeout = sum_where(scrape, "cluster_upstream_rq_timeout", of_cluster);
+        let server_errors = answers(Some("5"));
+        let outcomes = [
+            ("ok", answers(None) - server_errors),
+            ("error", (server_errors - timeout).max(0.0)),
+            ("timeout", timeout),
+        ];
+        for (outcome, value) in outcomes {
+            let labels = [
+                (
+                    mlep_contract::metrics::LABEL_NAMESPACE,
+                    m.namespace.as_str(),
+                ),
+                (LABEL_ENDPOINT, &m.endpoint),
+                (LABEL_VARIANT, SHADOW_ROW),
+                (mlep_contract::metrics::LABEL_MODEL, &m.model),
+                (LABEL_OUTCOME, outcome),
+            ];
+            scrape.samples.push(Sample {
+                name: SHADOW_REQUESTS_TOTAL.to_owned(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                value,
+            });
+        }
+    }
+}
+
 /// Rows for `variants` from the current scrape and, when there is one, the previous.
 pub fn rows(prev: Option<&Scrape>, cur: &Scrape, variants: &[VariantInfo]) -> Vec<Row> {
     variants

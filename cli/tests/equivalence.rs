@@ -8,7 +8,7 @@
 // Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test]s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mlep::envoy::{self, BootstrapSpec, Mirroring, WasmFilter};
+use mlep::envoy::{self, BootstrapSpec, WasmFilter};
 use mlep::plan::{self, Role};
 use mlep_contract::metrics::MODEL_HEADER;
 use mlep_contract::{EndpointConfig, FilterConfig};
@@ -130,7 +130,6 @@ fn local(dir: &Path) -> Local {
             config_path: "/cfg/filter.json".into(),
         }),
         endpoints,
-        mirroring: Mirroring::Filter,
     })
     .unwrap();
     let json = serde_json::to_string(&cfg).unwrap();

@@ -300,3 +300,66 @@ async fn the_table_shows_shadow_traffic_and_agreement() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A shadow that compares nothing is Envoy's own mirror (`mlep_core::mirror`): the filter
+/// copies nothing, the shadow cluster counts the copies at the configured share, and the table
+/// shows them under the filter's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
+    let dir = test_dir("native-mirror");
+    titanic_input(&dir, |e| {
+        format!("{e}  shadow:\n    model: titanic-v2\n    percent: 50\n    compare: Off\n")
+    });
+    let mut up = Up::start(&dir);
+    up.wait_ready();
+    const N: f64 = 200.0;
+    for i in 0..N as usize {
+        let auth = [("authorization", "Bearer secret".to_owned())];
+        let r = up.invoke(Some(&format!("n-{i}")), &auth).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let cluster = "mlep-shadow|default|titanic";
+    let of = |stats: &str, name: &str| metric_sum(stats, name, "envoy_cluster_name", cluster);
+    let start = Instant::now();
+    let (copies, by_filter) = loop {
+        let stats = envoy_stats(&up).await;
+        let (done, active) = (
+            of(&stats, "cluster_upstream_rq_completed"),
+            of(&stats, "cluster_upstream_rq_active"),
+        );
+        let by_filter: f64 = Outcome::ALL
+            .iter()
+            .map(|o| metric_sum(&stats, SHADOW_REQUESTS_TOTAL, LABEL_OUTCOME, o.label()))
+            .sum();
+        if done > 0.0 && active == 0.0 {
+            break (done, by_filter);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "copies completed {done}, in flight {active}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("measured: native mirror at 50 %: {copies} copies of {N} requests");
+    assert_eq!(
+        by_filter, 0.0,
+        "the filter copied too ({copies} copies by Envoy)"
+    );
+    // 50 % of 200: a binomial count far outside 100 +- 40 means the share is wrong.
+    assert!(
+        (60.0..=140.0).contains(&copies),
+        "{copies} copies of {N} at 50 %"
+    );
+    let want = format!("{copies}");
+    let row = wait_for_table_row(
+        &up,
+        "shadow",
+        0,
+        "REQUESTS",
+        |cols| cols.first() == Some(&want.as_str()),
+        &format!("with {copies} copies"),
+        Duration::from_secs(20),
+    );
+    assert!(row.contains("titanic-v2"), "{row}");
+    up.stop_with(nix::sys::signal::Signal::SIGINT);
+}

@@ -14,10 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn test_dir(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("mlep-e2e-{name}-{}", std::process::id()))
-}
-
 /// Whether a server answers `GET /ping` with 200 on `port`.
 async fn pings(port: u16) -> bool {
     http::get(port, "/ping", Duration::from_millis(500))

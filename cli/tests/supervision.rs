@@ -15,10 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn test_dir(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("mlep-e2e-{name}-{}", std::process::id()))
-}
-
 /// Lines of the output that contain `needle`.
 fn count(up: &Up, needle: &str) -> usize {
     up.output().lines().filter(|l| l.contains(needle)).count()

@@ -592,6 +592,15 @@ pub struct ShadowSpec {
     pub replicas: Option<i32>,
 }
 
+impl ShadowSpec {
+    /// Envoy's own mirror copies this shadow where routes can carry it (`compare: Off`:
+    /// nothing to read from either answer), the filter otherwise: the rule
+    /// [`crate::mirror::NativeMirror::take`] applies to the filter config.
+    pub fn mirrored_by_envoy(&self) -> bool {
+        self.compare == Some(CompareMode::Off)
+    }
+}
+
 /// How the filter reaches Envoy.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum FilterWiring {

@@ -509,7 +509,6 @@ impl Env {
             admin_port: 0,
             filter: Some(WasmFilter { wasm, config_path }),
             endpoints,
-            mirroring: envoy::Mirroring::Filter,
         };
         let mut env = Self {
             envoy: None,
@@ -642,6 +641,7 @@ pub fn route(
             cluster: c.to_owned(),
             upstream: a,
         }),
+        mirror: None,
         capture: None,
     }
 }

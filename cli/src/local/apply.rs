@@ -95,8 +95,9 @@ impl Session {
         touched: &[&ServerSet],
     ) -> Result<(), LocalError> {
         if change.routes_changed {
-            self.ui
-                .say("routes changed (variants or shadow added or removed): restarting Envoy");
+            self.ui.say(
+                "routes changed (variants, hosts, or a shadow Envoy mirrors): restarting Envoy",
+            );
             return self.start_envoy(new).await;
         }
         let mut clusters: Vec<String> = touched.iter().map(|s| set_cluster(s)).collect();

@@ -3,9 +3,7 @@
 //! its watched files: EDS for upstreams, the filter config for weights and splits.
 
 use super::{state, task_err, LocalError, RunningSet, Session};
-use crate::envoy::{
-    self, BootstrapSpec, EnvoyProcess, Mirroring, StartOptions, Upstreams, WasmFilter,
-};
+use crate::envoy::{self, BootstrapSpec, EnvoyProcess, StartOptions, Upstreams, WasmFilter};
 use crate::plan::{self, Desired, Role};
 use crate::{http, upstreams};
 use serde_json::Value;
@@ -35,7 +33,13 @@ impl Session {
         let mut cfg = plan::filter_config(d, &self.allocations, &self.route_key)?;
         self.put_splits(&mut cfg);
         self.put_sleep_marks(&mut cfg);
-        let json = serde_json::to_string(&cfg).map_err(|source| LocalError::Json {
+        // A shadow that compares nothing is Envoy's mirror on the routes
+        // (`plan::route_endpoints`), not the filter's: the written config leaves it out.
+        let mut served = cfg.clone();
+        for ep in &mut served.endpoints {
+            let _on_the_routes = envoy::NativeMirror::take(&mut ep.shadow);
+        }
+        let json = serde_json::to_string(&served).map_err(|source| LocalError::Json {
             what: "the filter configuration",
             source,
         })?;
@@ -67,7 +71,6 @@ impl Session {
                 config_path: self.filter_path.clone(),
             }),
             endpoints,
-            mirroring: Mirroring::Filter,
         })
     }
 

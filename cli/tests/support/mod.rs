@@ -382,6 +382,11 @@ pub async fn serving_again(
 }
 
 /// A copy of the Titanic example's input in `dir/input`, `endpoint.yaml` passed through `edit`.
+/// A directory of its own for one test of this process.
+pub fn test_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("mlep-e2e-{name}-{}", std::process::id()))
+}
+
 pub fn titanic_input(dir: &Path, edit: impl Fn(String) -> String) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("input")).unwrap();
