@@ -4,7 +4,7 @@
 //! mode: `nofilter` | `noop` (a Wasm filter that does nothing; pass the `bench-noop` build) |
 //! `filter` | `unrelated` (the mlep filter in the chain, but the load's virtual host is not an
 //! endpoint's: the filter stays disabled there, as for every unrelated workload's traffic) |
-//! `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` |
+//! `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` (100 %, rendered as the product does: Envoy's mirror) |
 //! `shadow-sample10` (100% shadow, 10% of the copies compared) | `capture` (filter + data
 //! capture of every invocation, request and response, to the shadow upstream as the sink) |
 //! `capture10` (10 % captured) |
@@ -18,9 +18,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench tool: fail loudly
 
 use mlep::envoy::{
-    self, BootstrapSpec, ClusterUpstream, Mirroring, RouteEndpoint, RouteVariant, WasmFilter,
+    self, BootstrapSpec, ClusterUpstream, NativeMirror, RouteEndpoint, RouteVariant, WasmFilter,
 };
 use mlep_contract::Allocation;
+use mlep_contract::ShadowConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -67,6 +68,31 @@ fn main() {
                 | "capture"
                 | "capture10"
         );
+    // The shadow as the product renders it: compared copies are the filter's, an uncompared
+    // shadow is Envoy's mirror (`mlep_core::mirror`); `mirror` is Envoy's mirror, no filter.
+    let mut shadow: Option<ShadowConfig> = mode.starts_with("shadow").then(|| {
+        let compare = if mode == "shadow-nocompare" {
+            "off"
+        } else {
+            "json"
+        };
+        let percent = if mode == "shadow10" { 10 } else { 100 };
+        let compared = if mode == "shadow-sample10" { 10 } else { 100 };
+        serde_json::from_value(serde_json::json!({
+            "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
+            "compare": {"mode": compare, "tolerance": 0.0, "percent": compared}
+        }))
+        .unwrap()
+    });
+    let mut mirror = NativeMirror::take(&mut shadow);
+    if mode == "mirror" {
+        mirror = Some(NativeMirror {
+            cluster: shadow_cluster.into(),
+            authority: None,
+            percent: 100.0,
+            forward_credentials: true,
+        });
+    }
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
         admin_port: 0,
@@ -94,17 +120,13 @@ fn main() {
                     cluster: shadow_cluster.into(),
                     upstream: addr(us),
                 }),
+                mirror: mirror.clone().filter(|_| e == 0),
                 capture: (e == 0).then(|| ClusterUpstream {
                     cluster: capture_cluster.into(),
                     upstream: addr(us),
                 }),
             })
             .collect(),
-        mirroring: if mode == "mirror" {
-            Mirroring::Native
-        } else {
-            Mirroring::Filter
-        },
     };
     std::fs::create_dir_all(dir.join("ecds")).unwrap();
     let mut bootstrap = envoy::render_bootstrap(&spec).unwrap();
@@ -127,18 +149,8 @@ fn main() {
         };
         let mut cfg = mlep_tests::filter_config("titanic", &weights, &alloc);
         cfg["endpoints"] = (0..n_endpoints).map(one).collect();
-        if mode.starts_with("shadow") {
-            let compare = if mode == "shadow-nocompare" {
-                "off"
-            } else {
-                "json"
-            };
-            let percent = if mode == "shadow10" { 10 } else { 100 };
-            let compared = if mode == "shadow-sample10" { 10 } else { 100 };
-            cfg["endpoints"][0]["shadow"] = serde_json::json!({
-                "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
-                "compare": {"mode": compare, "tolerance": 0.0, "percent": compared}
-            });
+        if let Some(s) = &shadow {
+            cfg["endpoints"][0]["shadow"] = serde_json::json!(s);
         }
         if mode.starts_with("capture") {
             let percent = if mode == "capture10" { 10 } else { 100 };
