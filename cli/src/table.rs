@@ -335,23 +335,23 @@ pub struct MirroredShadow {
 /// Put each mirrored shadow's copies into `scrape` under the filter's name and labels,
 /// `mlep_shadow_requests_total{namespace,endpoint,variant="shadow",model,outcome}`, from the
 /// shadow cluster's own stats (Envoy's default tags): `timeout` its `upstream_rq_timeout`,
-/// `error` its 5xx answers but those (Envoy charges a timeout as a 504), `ok` every other
-/// answer. So the table, and anything reading the filter's names, sees native copies as it
+/// `error` its 5xx answers less the timeouts (a timeout charged as a 504 is not counted
+/// twice), `ok` every answer below 500. So the table, and anything reading the filter's names, sees native copies as it
 /// sees the filter's.
 pub fn add_mirrored(scrape: &mut Scrape, mirrors: &[MirroredShadow]) {
-    const CLUSTER: &str = "envoy_cluster_name";
-    const CLASS: &str = "envoy_response_code_class";
     for m in mirrors {
-        let of_cluster = |x: &Sample| x.label(CLUSTER) == m.cluster;
-        let answers = |class: Option<&str>| {
-            sum_where(scrape, "cluster_upstream_rq_xx", |x| {
-                of_cluster(x) && class.is_none_or(|c| x.label(CLASS) == c)
+        let of_cluster = |x: &Sample| x.label("envoy_cluster_name") == m.cluster;
+        // Per status code: `envoy_cluster_upstream_rq{envoy_response_code="200", ...}`.
+        let answers = |server_error: bool| {
+            sum_where(scrape, "cluster_upstream_rq", |x| {
+                let code = x.label("envoy_response_code").parse::<u16>().unwrap_or(0);
+                of_cluster(x) && code > 0 && (code >= 500) == server_error
             })
         };
         let timeout = sum_where(scrape, "cluster_upstream_rq_timeout", of_cluster);
-        let server_errors = answers(Some("5"));
+        let server_errors = answers(true);
         let outcomes = [
-            ("ok", answers(None) - server_errors),
+            ("ok", answers(false)),
             ("error", (server_errors - timeout).max(0.0)),
             ("timeout", timeout),
         ];
@@ -520,6 +520,37 @@ pub fn render(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirrored_shadows_copies_read_as_the_filters_outcomes_from_its_cluster_only() {
+        let c = "mlep-shadow|default|titanic";
+        let text = format!(
+            "envoy_cluster_upstream_rq{{envoy_response_code=\"200\",envoy_cluster_name=\"{c}\"}} 7\n\
+             envoy_cluster_upstream_rq{{envoy_response_code=\"404\",envoy_cluster_name=\"{c}\"}} 1\n\
+             envoy_cluster_upstream_rq{{envoy_response_code=\"503\",envoy_cluster_name=\"{c}\"}} 2\n\
+             envoy_cluster_upstream_rq{{envoy_response_code=\"504\",envoy_cluster_name=\"{c}\"}} 1\n\
+             envoy_cluster_upstream_rq_timeout{{envoy_cluster_name=\"{c}\"}} 1\n\
+             envoy_cluster_upstream_rq{{envoy_response_code=\"200\",envoy_cluster_name=\"other\"}} 50\n"
+        );
+        let mut scrape = Scrape::new(1.0, &text);
+        let m = MirroredShadow {
+            namespace: "default".into(),
+            endpoint: "titanic".into(),
+            model: "m2".into(),
+            cluster: c.into(),
+        };
+        add_mirrored(&mut scrape, &[m]);
+        assert_eq!(
+            shadow_outcomes(&scrape, "titanic"),
+            BTreeMap::from([
+                ("error".to_owned(), 2),
+                ("ok".to_owned(), 8),
+                ("timeout".to_owned(), 1)
+            ])
+        );
+        let r = &rows(None, &scrape, &[info(SHADOW_ROW, "m2", 0)])[0];
+        assert_eq!((r.total, r.errors), (11, 3));
+    }
 
     fn info(v: &str, m: &str, w: u32) -> VariantInfo {
         VariantInfo {

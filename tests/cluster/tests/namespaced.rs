@@ -346,27 +346,62 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
         "shadow copies sent ({sent}) and agreement counted ({compared})"
     ));
 
-    // Comparison off: Envoy's own mirror copies (`mlep_core::mirror`: an HTTP_ROUTE patch on
-    // the endpoint's virtual hosts), the filter none; the gateway's shadow cluster counts the
-    // copies (manifests/istio/mesh.yaml lets its stats through).
-    t.edit(|spec| {
-        if let Some(s) = spec.shadow.as_mut() {
-            s.compare = Some(mlep_contract::CompareMode::Off);
-        }
-    })
-    .await;
+    native_mirror_copies_without_credentials(&bed, &t).await;
+}
+
+/// Comparison off: Envoy's own mirror copies (`mlep_core::mirror`: an HTTP_ROUTE patch on the
+/// endpoint's virtual hosts), the filter none, and the copies carry no credentials. A policy
+/// on the shadow's pods refuses requests that carry `authorization`: with
+/// `forwardCredentials: true` the copies are refused (so the policy is in force), then
+/// without it they are answered. The gateway's shadow cluster counts the copies by status
+/// (manifests/istio/mesh.yaml lets its stats through).
+async fn native_mirror_copies_without_credentials(bed: &Bed, t: &Titanic) {
+    let policy = serde_json::json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "shadow-refuses-credentials"},
+        "spec": {
+            "selector": {"matchLabels": {"mlep.dev/endpoint": "titanic", "mlep.dev/variant": "shadow"}},
+            "action": "DENY",
+            "rules": [{"when": [{"key": "request.headers[authorization]", "values": ["*"]}]}],
+        },
+    });
+    let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+    ));
+    let policies: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(bed.client.clone(), &t.ns, &ar);
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(policy).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mine = [(m::LABEL_NAMESPACE, t.ns.as_str())];
     let cluster = format!("titanic-shadow.{}.svc", t.ns);
-    let copies = |stats: &[mlep::table::Sample]| -> f64 {
+    // Copies answered by the shadow cluster, refused (4xx) or not.
+    let copies = |stats: &[mlep::table::Sample], refused: bool| -> f64 {
         stats
             .iter()
-            .filter(|x| x.name.ends_with("cluster_upstream_rq_completed"))
+            .filter(|x| x.name.ends_with("cluster_upstream_rq"))
             .filter(|x| x.labels.values().any(|v| v.contains(&cluster)))
+            .filter(|x| {
+                let code = x
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k.ends_with("response_code"))
+                    .and_then(|(_, v)| v.parse::<u16>().ok());
+                code.is_some_and(|c| (400..500).contains(&c) == refused)
+            })
             .map(|x| x.value)
             .sum()
     };
     const BATCH: usize = 10;
-    let native = eventually(SETTLE, "copies by Envoy's mirror only", || async {
-        let before = gateway_stats(&bed).await;
+    let batch = |refused: bool| async move {
+        let before = gateway_stats(bed).await;
         for i in 0..BATCH {
             let key = format!("native-{i}");
             let o = t
@@ -375,15 +410,33 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
                 .await;
             assert_eq!(o.status(), Some(200), "{o:?}");
         }
-        let after = gateway_stats(&bed).await;
-        let native = copies(&after) - copies(&before);
+        let after = gateway_stats(bed).await;
+        let delta = |refused| copies(&after, refused) - copies(&before, refused);
         let by_filter = sum_of(&after, m::SHADOW_REQUESTS_TOTAL, &mine)
             - sum_of(&before, m::SHADOW_REQUESTS_TOTAL, &mine);
-        (native >= BATCH as f64 && by_filter == 0.0).then_some(native)
+        let n = BATCH as f64;
+        (delta(refused) >= n && delta(!refused) == 0.0 && by_filter == 0.0)
+            .then_some(delta(refused))
+    };
+    let compare_off = |forward: bool| {
+        move |spec: &mut mlep_core::crd::ModelEndpointSpec| {
+            if let Some(s) = spec.shadow.as_mut() {
+                s.compare = Some(mlep_contract::CompareMode::Off);
+                s.forward_credentials = Some(forward);
+            }
+        }
+    };
+    t.edit(compare_off(true)).await;
+    let refused = eventually(SETTLE, "credentialed copies refused", || batch(true)).await;
+    t.edit(compare_off(false)).await;
+    let answered = eventually(SETTLE, "copies without credentials answered", || {
+        batch(false)
     })
     .await;
     ok(format!(
-        "comparison off: {native} copies of {BATCH} requests by Envoy's mirror, none by the filter"
+        "comparison off: Envoy's mirror copied every request, none by the filter; with \
+         credentials {refused} of {BATCH} refused by the shadow's policy, without them \
+         {answered} of {BATCH} answered"
     ));
 }
 
