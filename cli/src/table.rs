@@ -335,17 +335,18 @@ pub struct MirroredShadow {
 /// Put each mirrored shadow's copies into `scrape` under the filter's name and labels,
 /// `mlep_shadow_requests_total{namespace,endpoint,variant="shadow",model,outcome}`, from the
 /// shadow cluster's own stats (Envoy's default tags): `timeout` its `upstream_rq_timeout`,
-/// `error` its 5xx answers less the timeouts (a timeout charged as a 504 is not counted
-/// twice), `ok` every answer below 500. So the table, and anything reading the filter's names, sees native copies as it
+/// `error` its other answers but 200..500 less the timeouts (Envoy charges a timeout as a 504
+/// too: router.cc `onResponseTimeout`), `ok` every answer 200..500, as the filter counts. So the table, and anything reading the filter's names, sees native copies as it
 /// sees the filter's.
 pub fn add_mirrored(scrape: &mut Scrape, mirrors: &[MirroredShadow]) {
     for m in mirrors {
         let of_cluster = |x: &Sample| x.label("envoy_cluster_name") == m.cluster;
         // Per status code: `envoy_cluster_upstream_rq{envoy_response_code="200", ...}`.
-        let answers = |server_error: bool| {
+        // The filter's classes (`filter/src/shadow.rs`): an answer 200..500 is `ok`.
+        let answers = |failed: bool| {
             sum_where(scrape, "cluster_upstream_rq", |x| {
                 let code = x.label("envoy_response_code").parse::<u16>().unwrap_or(0);
-                of_cluster(x) && code > 0 && (code >= 500) == server_error
+                of_cluster(x) && code > 0 && !(200..500).contains(&code) == failed
             })
         };
         let timeout = sum_where(scrape, "cluster_upstream_rq_timeout", of_cluster);

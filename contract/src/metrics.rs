@@ -88,6 +88,10 @@ pub mod operator {
     /// (`pod` = `<deployment>-<replicaset hash>-<suffix>`) to variant and model.
     /// + `variant`, `model`, `deployment`.
     pub const MODEL_DEPLOYMENT_INFO: &str = "mlep_model_deployment_info";
+    /// `1` per endpoint whose shadow Envoy's own mirror copies (`compare: Off` through the
+    /// EnvoyFilter wiring): the shipped recording rules join the shadow cluster's stats with it
+    /// to count those copies as `mlep_shadow_requests_total`. + `model` (the shadow's).
+    pub const SHADOW_MIRRORED_INFO: &str = "mlep_shadow_mirrored_info";
 
     pub const LABEL_TYPE: &str = "type";
     pub const LABEL_STATUS: &str = "status";
@@ -99,10 +103,11 @@ pub mod operator {
     pub const MODEL_CONTAINER: &str = "model";
 
     /// Every metric name above.
-    pub const ALL: [&str; 3] = [
+    pub const ALL: [&str; 4] = [
         ENDPOINT_CONDITION,
         ROLLOUT_MOVED_PERCENT,
         MODEL_DEPLOYMENT_INFO,
+        SHADOW_MIRRORED_INFO,
     ];
 }
 

@@ -9,7 +9,7 @@ use crate::render::deployment_name;
 use kube_core::ResourceExt;
 use mlep_contract::metrics::operator::{
     ENDPOINT_CONDITION, LABEL_DEPLOYMENT, LABEL_FROM_MODEL, LABEL_PHASE, LABEL_STATUS,
-    LABEL_TO_MODEL, LABEL_TYPE, MODEL_DEPLOYMENT_INFO, ROLLOUT_MOVED_PERCENT,
+    LABEL_TO_MODEL, LABEL_TYPE, MODEL_DEPLOYMENT_INFO, ROLLOUT_MOVED_PERCENT, SHADOW_MIRRORED_INFO,
 };
 use mlep_contract::metrics::{LABEL_ENDPOINT, LABEL_MODEL, LABEL_NAMESPACE, LABEL_VARIANT};
 use std::collections::BTreeSet;
@@ -72,6 +72,18 @@ pub fn endpoint_series(ep: &ModelEndpoint) -> Vec<Series> {
             value: f64::from(r.moved_percent),
         });
     }
+    // The shadow Envoy mirrors (as `crate::aggregate` renders it: compare Off, EnvoyFilter).
+    if let Some(s) = ep.spec.shadow.as_ref().filter(|s| s.mirrored_by_envoy()) {
+        if ep.spec.filter_wiring == crate::crd::FilterWiring::EnvoyFilter {
+            let mut labels = base();
+            labels.push((LABEL_MODEL, s.model.clone()));
+            out.push(Series {
+                metric: SHADOW_MIRRORED_INFO,
+                labels,
+                value: 1.0,
+            });
+        }
+    }
     for (variant, model) in running {
         let mut labels = base();
         labels.extend([
@@ -120,6 +132,7 @@ fn help(metric: &str) -> &'static str {
     match metric {
         ENDPOINT_CONDITION => "A ModelEndpoint status condition (1 per condition).",
         ROLLOUT_MOVED_PERCENT => "Percent of a rolling-out variant's users on its new model.",
+        SHADOW_MIRRORED_INFO => "An endpoint whose shadow Envoy's own mirror copies.",
         _ => "A Deployment of a model an endpoint runs (joins cAdvisor metrics by pod).",
     }
 }
@@ -201,6 +214,32 @@ mod tests {
         let text = exposition([&ep]);
         assert!(!text.contains("mlep_rollout_moved_percent{"), "{text}");
         assert!(!text.contains("titanic-b-m3"), "{text}");
+    }
+
+    #[test]
+    fn only_a_shadow_envoy_mirrors_is_marked_for_the_recording_rules() {
+        let mut ep = endpoint();
+        ep.status = Some(ModelEndpointStatus::default());
+        let marked = |ep: &ModelEndpoint| {
+            exposition([ep])
+                .lines()
+                .filter(|l| l.starts_with("mlep_shadow_mirrored_info{"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        ep.spec.shadow =
+            serde_json::from_value(serde_json::json!({"model": "m9", "percent": 5.0})).ok();
+        assert!(marked(&ep).is_empty(), "a compared shadow is the filter's");
+        ep.spec.shadow = serde_json::from_value(
+            serde_json::json!({"model": "m9", "percent": 5.0, "compare": "Off"}),
+        )
+        .ok();
+        assert_eq!(
+            marked(&ep),
+            ["mlep_shadow_mirrored_info{namespace=\"ml\",endpoint=\"titanic\",model=\"m9\"} 1"]
+        );
+        ep.spec.filter_wiring = crate::crd::FilterWiring::WasmPlugin;
+        assert!(marked(&ep).is_empty(), "a WasmPlugin's filter copies");
     }
 
     #[test]

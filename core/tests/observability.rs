@@ -205,6 +205,9 @@ fn every_label_the_queries_match_or_group_by_is_a_contract_label_or_a_standard_o
         "container",
         "kubernetes_namespace",
         "kubernetes_pod_name",
+        // Istio's tags of Envoy's cluster stats (the native mirror's recording rules).
+        "cluster_name",
+        "response_code",
     ]);
     for e in expressions() {
         for l in label_names(&e) {

@@ -438,6 +438,23 @@ async fn native_mirror_copies_without_credentials(bed: &Bed, t: &Titanic) {
          credentials {refused} of {BATCH} refused by the shadow's policy, without them \
          {answered} of {BATCH} answered"
     ));
+    // Prometheus counts them under the filter's name and labels: the shipped recording rules
+    // (manifests/observability) join the shadow cluster's stats with the operator's
+    // `mlep_shadow_mirrored_info`, which names the model.
+    let q = format!(
+        "sum({}{{namespace=\"{}\",variant=\"shadow\",model=\"titanic-v2\",outcome=\"ok\",cluster_name!=\"\"}})",
+        m::SHADOW_REQUESTS_TOTAL,
+        t.ns
+    );
+    let want = refused + answered;
+    let recorded = eventually(SETTLE, "native copies recorded by Prometheus", || async {
+        prom_value(bed, &q).await.filter(|v| *v >= want)
+    })
+    .await;
+    ok(format!(
+        "Prometheus: {recorded} native copies as {} (outcome ok)",
+        m::SHADOW_REQUESTS_TOTAL
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
