@@ -346,7 +346,7 @@ pub fn add_mirrored(scrape: &mut Scrape, mirrors: &[MirroredShadow]) {
         let answers = |failed: bool| {
             sum_where(scrape, "cluster_upstream_rq", |x| {
                 let code = x.label("envoy_response_code").parse::<u16>().unwrap_or(0);
-                of_cluster(x) && code > 0 && !(200..500).contains(&code) == failed
+                of_cluster(x) && code > 0 && (200..500).contains(&code) != failed
             })
         };
         let timeout = sum_where(scrape, "cluster_upstream_rq_timeout", of_cluster);
