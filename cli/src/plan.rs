@@ -10,7 +10,7 @@
 use crate::envoy::{ClusterUpstream, NativeMirror, RouteEndpoint, RouteVariant};
 use crate::load::{Input, LoadedEndpoint};
 use mlep_contract::{Allocation, EndpointConfig, FilterConfig, CONFIG_VERSION};
-use mlep_core::crd::{Artifact, ShadowSpec};
+use mlep_core::crd::Artifact;
 use mlep_core::envoy::{CallTarget, EndpointRoute};
 use mlep_core::filter_config::{endpoint_config, spec_weights, Targets};
 use mlep_core::meta::SERVICE_PORT;
@@ -473,9 +473,15 @@ impl Change {
     }
 }
 
-/// One endpoint's route layout: namespace, name, hosts, variant names, and the shadow when
-/// Envoy's routes mirror it.
-type RouteLayout = (String, String, Vec<String>, Vec<String>, Option<ShadowSpec>);
+/// One endpoint's route layout: namespace, name, hosts, variant names, and what the routes
+/// carry of a shadow Envoy mirrors (its share, as bits, and whether credentials go along).
+type RouteLayout = (
+    String,
+    String,
+    Vec<String>,
+    Vec<String>,
+    Option<(u64, bool)>,
+);
 
 /// The route layout: endpoints, their hosts and variants. (Every endpoint has a shadow cluster
 /// in local mode, empty without a shadow, so adding or removing a shadow the filter copies
@@ -492,8 +498,9 @@ fn routes(d: &Desired) -> Vec<RouteLayout> {
                 e.endpoint
                     .spec
                     .shadow
-                    .clone()
-                    .filter(ShadowSpec::mirrored_by_envoy),
+                    .as_ref()
+                    .filter(|s| s.mirrored_by_envoy())
+                    .map(|s| (s.percent.to_bits(), s.forward_credentials.unwrap_or(false))),
             )
         })
         .collect()
@@ -653,6 +660,28 @@ spec:
         let back = diff(&new, &old);
         assert_eq!(back.stop.len(), 1);
         assert!(back.start.is_empty() && !back.routes_changed && back.config_changed);
+    }
+
+    #[test]
+    fn only_what_envoys_mirror_carries_on_the_routes_changes_them() {
+        let with = |shadow: &str| plan(&endpoint(("m1", 80), ("m2", 20), shadow));
+        let off = "  shadow: {model: m2, percent: 10, compare: Off}\n";
+        let compared = "  shadow: {model: m2, percent: 10}\n";
+        for (from, to, routes) in [
+            (compared, off, true),
+            (off, &off.replace("10", "20"), true),
+            (
+                off,
+                &off.replace("Off", "Off, forwardCredentials: true"),
+                true,
+            ),
+            (off, &off.replace("Off", "Off, timeoutMs: 300"), false),
+            (compared, &compared.replace("10", "20"), false),
+        ] {
+            let c = diff(&with(from), &with(to));
+            assert_eq!(c.routes_changed, routes, "{from} -> {to}");
+            assert!(c.config_changed, "{from} -> {to}");
+        }
     }
 
     #[test]

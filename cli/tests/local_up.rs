@@ -323,9 +323,11 @@ async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
     let start = Instant::now();
     let (copies, by_filter) = loop {
         let stats = envoy_stats(&up).await;
+        // In flight: sent, or waiting for a connection.
         let (done, active) = (
             of(&stats, "cluster_upstream_rq_completed"),
-            of(&stats, "cluster_upstream_rq_active"),
+            of(&stats, "cluster_upstream_rq_active")
+                + of(&stats, "cluster_upstream_rq_pending_active"),
         );
         let by_filter: f64 = Outcome::ALL
             .iter()

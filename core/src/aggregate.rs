@@ -439,9 +439,11 @@ mod tests {
                 .filter(|p| p["applyTo"] == "HTTP_ROUTE")
                 .map(|p| {
                     assert_eq!(p["match"]["context"], patches[1]["match"]["context"]);
-                    assert!(p["match"]["routeConfiguration"]["vhost"]
-                        .get("route")
-                        .is_none());
+                    // Every routing route, whatever its name; never a redirect.
+                    assert_eq!(
+                        p["match"]["routeConfiguration"]["vhost"]["route"],
+                        json!({"action": "ROUTE"})
+                    );
                     let policy = &p["patch"]["value"]["route"]["request_mirror_policies"][0];
                     assert_eq!(
                         policy["cluster"],

@@ -200,9 +200,9 @@ fn virtual_host_patches<'a>(
 }
 
 /// One `HTTP_ROUTE` MERGE per virtual host of an endpoint whose shadow Envoy mirrors: matched
-/// by the virtual host alone, it applies to every route there (Istio's `routeMatch`,
-/// pilot/pkg/networking/core/envoyfilter/rc_patch.go: no `route` in the match matches any
-/// route), so the header routes and the weighted default all copy. Istio's own
+/// by the virtual host and the action `ROUTE` only (no route name), it applies to every
+/// routing route there (Istio's `routeMatch`, pilot/pkg/networking/core/envoyfilter/
+/// rc_patch.go), so the header routes and the weighted default all copy. Istio's own
 /// `HTTPMirrorPolicy` cannot drop headers from the copy (istio/istio#50811); the
 /// VirtualService's 0 % mirror only keeps the shadow's cluster built
 /// (`crate::render::istio`), and Istio renders no policy for 0 %, so this is the only one.
@@ -213,7 +213,13 @@ fn mirror_patches<'a>(
     mirrors.iter().map(move |(vhost, policy)| {
         json!({
             "applyTo": "HTTP_ROUTE",
-            "match": { "context": context, "routeConfiguration": { "vhost": { "name": vhost } } },
+            // Only routing routes: on a gateway, other VirtualServices of the same host share
+            // the virtual host, and a `route` merged into a redirect or direct response would
+            // make it an action without a cluster, which Envoy rejects with the whole config.
+            "match": {
+                "context": context,
+                "routeConfiguration": { "vhost": { "name": vhost, "route": { "action": "ROUTE" } } },
+            },
             "patch": {
                 "operation": "MERGE",
                 "value": { "route": { "request_mirror_policies": [policy] } },

@@ -440,19 +440,26 @@ async fn native_mirror_copies_without_credentials(bed: &Bed, t: &Titanic) {
     ));
     // Prometheus counts them under the filter's name and labels: the shipped recording rules
     // (manifests/observability) join the shadow cluster's stats with the operator's
-    // `mlep_shadow_mirrored_info`, which names the model.
-    let q = format!(
+    // `mlep_shadow_mirrored_info`, which names the model. Every answered copy the proxies
+    // counted (the native ones above among them) is recorded, no more, no less.
+    let recorded_q = format!(
         "sum({}{{namespace=\"{}\",variant=\"shadow\",model=\"titanic-v2\",outcome=\"ok\",cluster_name!=\"\"}})",
         m::SHADOW_REQUESTS_TOTAL,
         t.ns
     );
+    let raw_q = format!(
+        "sum(envoy_cluster_upstream_rq{{cluster_name=~\"outbound\\\\|80\\\\|\\\\|titanic-shadow\\\\.{}\\\\.svc\\\\..+\",response_code=~\"[2-4][0-9][0-9]\"}})",
+        t.ns
+    );
     let want = refused + answered;
     let recorded = eventually(SETTLE, "native copies recorded by Prometheus", || async {
-        prom_value(bed, &q).await.filter(|v| *v >= want)
+        let recorded = prom_value(bed, &recorded_q).await?;
+        let raw = prom_value(bed, &raw_q).await?;
+        (recorded == raw && recorded >= want).then_some(recorded)
     })
     .await;
     ok(format!(
-        "Prometheus: {recorded} native copies as {} (outcome ok)",
+        "Prometheus: all {recorded} answered copies the proxies counted as {} (outcome ok)",
         m::SHADOW_REQUESTS_TOTAL
     ));
 }
