@@ -9,9 +9,9 @@
 //! has no flushed observations.
 
 use mlep_contract::metrics::{
-    LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_OUTCOME, LABEL_RESULT, LABEL_VARIANT, MODEL_LATENCY_US,
-    OVERHEAD_LATENCY_US, REQUESTS_TOTAL, REQUEST_DURATION_MS, SHADOW_AGREEMENT_TOTAL,
-    SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
+    LABEL_CODE_CLASS, LABEL_ENDPOINT, LABEL_MODEL, LABEL_NAMESPACE, LABEL_OUTCOME, LABEL_RESULT,
+    LABEL_VARIANT, MODEL_LATENCY_US, OVERHEAD_LATENCY_US, REQUESTS_TOTAL, REQUEST_DURATION_MS,
+    SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL, SHADOW_VARIANT_LABEL,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -336,8 +336,8 @@ pub struct MirroredShadow {
 /// `mlep_shadow_requests_total{namespace,endpoint,variant="shadow",model,outcome}`, from the
 /// shadow cluster's own stats (Envoy's default tags): `timeout` its `upstream_rq_timeout`,
 /// `error` its other answers but 200..500 less the timeouts (Envoy charges a timeout as a 504
-/// too: router.cc `onResponseTimeout`), `ok` every answer 200..500, as the filter counts. So the table, and anything reading the filter's names, sees native copies as it
-/// sees the filter's.
+/// too: router.cc `onResponseTimeout`), `ok` every answer 200..500, as the filter counts. So
+/// the table, and anything reading the filter's names, sees native copies as the filter's.
 pub fn add_mirrored(scrape: &mut Scrape, mirrors: &[MirroredShadow]) {
     for m in mirrors {
         let of_cluster = |x: &Sample| x.label("envoy_cluster_name") == m.cluster;
@@ -350,21 +350,18 @@ pub fn add_mirrored(scrape: &mut Scrape, mirrors: &[MirroredShadow]) {
             })
         };
         let timeout = sum_where(scrape, "cluster_upstream_rq_timeout", of_cluster);
-        let server_errors = answers(true);
+        let failed = answers(true);
         let outcomes = [
             ("ok", answers(false)),
-            ("error", (server_errors - timeout).max(0.0)),
+            ("error", (failed - timeout).max(0.0)),
             ("timeout", timeout),
         ];
         for (outcome, value) in outcomes {
             let labels = [
-                (
-                    mlep_contract::metrics::LABEL_NAMESPACE,
-                    m.namespace.as_str(),
-                ),
+                (LABEL_NAMESPACE, m.namespace.as_str()),
                 (LABEL_ENDPOINT, &m.endpoint),
                 (LABEL_VARIANT, SHADOW_ROW),
-                (mlep_contract::metrics::LABEL_MODEL, &m.model),
+                (LABEL_MODEL, &m.model),
                 (LABEL_OUTCOME, outcome),
             ];
             scrape.samples.push(Sample {

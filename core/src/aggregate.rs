@@ -257,11 +257,10 @@ pub fn filters_for(
         for c in &mut configs {
             // Routes carry an uncompared shadow as Envoy's own mirror where the wiring can
             // patch them (crate::mirror); the filter then leaves that shadow alone.
-            let mirror = match wiring {
-                FilterWiring::EnvoyFilter => NativeMirror::take(&mut c.shadow),
-                FilterWiring::WasmPlugin => None,
-            };
-            if let Some(m) = mirror {
+            let mirror = wiring
+                .patches_routes()
+                .then(|| NativeMirror::take(&mut c.shadow));
+            if let Some(m) = mirror.flatten() {
                 let policy = m.policy();
                 routes
                     .mirrors

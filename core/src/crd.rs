@@ -611,6 +611,15 @@ pub enum FilterWiring {
     WasmPlugin,
 }
 
+impl FilterWiring {
+    /// Whether this wiring can patch the endpoint's routes (an EnvoyFilter can; a WasmPlugin
+    /// only delivers the filter): where it can, Envoy mirrors an uncompared shadow
+    /// (`crate::mirror`).
+    pub fn patches_routes(self) -> bool {
+        self == FilterWiring::EnvoyFilter
+    }
+}
+
 /// Observed state of a ModelEndpoint.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -72,17 +72,16 @@ pub fn endpoint_series(ep: &ModelEndpoint) -> Vec<Series> {
             value: f64::from(r.moved_percent),
         });
     }
-    // The shadow Envoy mirrors (as `crate::aggregate` renders it: compare Off, EnvoyFilter).
-    if let Some(s) = ep.spec.shadow.as_ref().filter(|s| s.mirrored_by_envoy()) {
-        if ep.spec.filter_wiring == crate::crd::FilterWiring::EnvoyFilter {
-            let mut labels = base();
-            labels.push((LABEL_MODEL, s.model.clone()));
-            out.push(Series {
-                metric: SHADOW_MIRRORED_INFO,
-                labels,
-                value: 1.0,
-            });
-        }
+    // The shadow Envoy mirrors (as `crate::aggregate` renders it: compare Off, routes patched).
+    let mirrored = ep.spec.shadow.as_ref().filter(|s| s.mirrored_by_envoy());
+    if let Some(s) = mirrored.filter(|_| ep.spec.filter_wiring.patches_routes()) {
+        let mut labels = base();
+        labels.push((LABEL_MODEL, s.model.clone()));
+        out.push(Series {
+            metric: SHADOW_MIRRORED_INFO,
+            labels,
+            value: 1.0,
+        });
     }
     for (variant, model) in running {
         let mut labels = base();
