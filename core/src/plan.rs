@@ -8,11 +8,13 @@
 //! - a variant whose model changes keeps serving its previous model (and that Deployment
 //!   stays) until the new model's Deployment has a ready pod, then switches;
 //! - while nothing is ready, keep the last routed weights (or the spec's on a first rollout);
+//! - the shadow gets copies only once its Deployment has a ready pod (`Plan::shadow_ready`);
 //! - the bucket allocation is derived from the previous one (see `mlep_contract::carry_allocation`);
 //! - a variant removed from the spec stops being assigned at once but keeps its route, subset
 //!   and Deployment for a grace period (see [`retiring`]).
 
 use crate::crd::{ModelEndpointSpec, ModelEndpointStatus, RetiringVariant};
+use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use std::collections::BTreeMap;
 
 /// Readiness of one Deployment as observed.
@@ -80,6 +82,10 @@ pub struct Plan {
     /// (`crate::autoscale::apply`); a Deployment of such a variant not in it runs
     /// `minReplicas`. Empty in a fresh plan.
     pub scaled: BTreeMap<(String, String), i32>,
+    /// Whether the shadow's Deployment has a ready pod (false without a shadow). Copies go to
+    /// the shadow only then: before, every copy would end in a 503 from a Service with no
+    /// endpoints, counted against the shadow's agreement and error rate.
+    pub shadow_ready: bool,
 }
 
 impl Plan {
@@ -117,6 +123,7 @@ impl Plan {
             rollout: None,
             retiring: Vec::new(),
             scaled: BTreeMap::new(),
+            shadow_ready: spec.shadow.is_some(),
         }
     }
 
@@ -238,21 +245,7 @@ pub fn plan(
             .collect();
         spread(&shares)
     } else {
-        // Nothing can serve: keep what routed last (nothing changes for clients), else the spec.
-        let last_weights: Vec<u32> = spec
-            .variants
-            .iter()
-            .map(|s| {
-                last_variant(&s.name)
-                    .map(|l| l.current_weight)
-                    .unwrap_or(s.weight)
-            })
-            .collect();
-        if last_weights.iter().sum::<u32>() == 100 {
-            last_weights
-        } else {
-            spec_weights
-        }
+        unready_weights(spec, last)
     };
     for (p, w) in variants.iter_mut().zip(weights) {
         p.weight = w;
@@ -262,7 +255,33 @@ pub fn plan(
         rollout: None,
         retiring: Vec::new(),
         scaled: BTreeMap::new(),
+        shadow_ready: shadow_ready(spec, observed),
     }
+}
+
+/// Nothing can serve: keep what routed last (nothing changes for clients), else the spec.
+fn unready_weights(spec: &ModelEndpointSpec, last: Option<&ModelEndpointStatus>) -> Vec<u32> {
+    let last_weights: Vec<u32> = spec
+        .variants
+        .iter()
+        .map(|s| {
+            last.and_then(|l| l.variants.iter().find(|v| v.name == s.name))
+                .map(|l| l.current_weight)
+                .unwrap_or(s.weight)
+        })
+        .collect();
+    if last_weights.iter().sum::<u32>() == 100 {
+        last_weights
+    } else {
+        spec.variants.iter().map(|s| s.weight).collect()
+    }
+}
+
+/// Whether the spec's shadow model has a ready pod in the shadow's Deployment.
+fn shadow_ready(spec: &ModelEndpointSpec, observed: &Observed) -> bool {
+    spec.shadow
+        .as_ref()
+        .is_some_and(|s| observed.ready(SHADOW_VARIANT_LABEL, &s.model))
 }
 
 /// Scale `shares` to percentages summing to exactly 100 (largest remainder, ties to the first).
@@ -473,5 +492,28 @@ mod tests {
         }];
         assert!(retiring(&s, Some(&last), 1_000, 30).is_empty());
         assert!(retiring(&s, None, 1_000, 30).is_empty());
+    }
+
+    #[test]
+    fn the_shadow_gets_copies_only_once_its_own_model_has_a_ready_pod() {
+        let mut s = spec(&[("a", "m1", 100)]);
+        assert!(!plan(&s, None, &observed(&[("a", "m1", 1)])).shadow_ready);
+        s.shadow = Some(crate::crd::ShadowSpec::new("m3", 100.0));
+        let ready = |pods: &[(&str, &str, i32)]| plan(&s, None, &observed(pods)).shadow_ready;
+        assert!(!ready(&[("a", "m1", 1)]), "no shadow Deployment yet");
+        assert!(
+            !ready(&[("a", "m1", 1), ("shadow", "m3", 0)]),
+            "not ready yet"
+        );
+        assert!(
+            !ready(&[("a", "m1", 1), ("shadow", "m2", 1)]),
+            "the previous shadow model's pod is not this one"
+        );
+        assert!(
+            !ready(&[("shadow", "m1", 0), ("a", "m3", 1)]),
+            "a variant serving the same model is not the shadow"
+        );
+        assert!(ready(&[("a", "m1", 1), ("shadow", "m3", 1)]));
+        assert!(Plan::assume_ready(&s).shadow_ready);
     }
 }

@@ -74,6 +74,7 @@ pub fn endpoint_status(
     if !settled {
         name_failure(&mut conditions, failures);
     }
+    conditions.extend(shadow_condition(ep, plan, generation));
     let host = ep.spec.hosts.first().cloned().unwrap_or_default();
     ModelEndpointStatus {
         observed_generation: generation,
@@ -240,6 +241,33 @@ fn applied_conditions(plan: &Plan, settled: bool, generation: Option<i64>) -> Ve
             generation,
         ),
     ]
+}
+
+/// `ShadowReady`, with a shadow: copies start once its model has a ready pod
+/// (`Plan::shadow_ready`); until then the endpoint serves without copying.
+fn shadow_condition(ep: &ModelEndpoint, plan: &Plan, generation: Option<i64>) -> Option<Condition> {
+    let shadow = ep.spec.shadow.as_ref()?;
+    let (reason, message) = if plan.shadow_ready {
+        (
+            REASON_AVAILABLE,
+            format!("copies go to model {}", shadow.model),
+        )
+    } else {
+        (
+            REASON_WAITING_FOR_REPLICAS,
+            format!(
+                "no copies until the shadow model {} has a ready pod",
+                shadow.model
+            ),
+        )
+    };
+    Some(condition(
+        SHADOW_READY,
+        plan.shadow_ready,
+        reason,
+        message,
+        generation,
+    ))
 }
 
 /// A failing model names `Ready` and `Degraded` instead of a generic wait: the worst failure,
@@ -426,6 +454,46 @@ mod tests {
 
     fn cond<'a>(s: &'a ModelEndpointStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn shadow_ready_says_whether_copies_go_and_leaves_ready_to_the_variants() {
+        let mut e = ep();
+        let status = |e: &ModelEndpoint, o: &Observed| {
+            let p = plan(&e.spec, None, o);
+            let alloc = Allocation::initial(&p.weights()).unwrap();
+            endpoint_status(e, &p, o, &Failures::new(), alloc, None, "t".into())
+        };
+        let s = status(&e, &observed(2));
+        assert!(
+            s.conditions.iter().all(|c| c.type_ != SHADOW_READY),
+            "no shadow, no condition"
+        );
+        e.spec.shadow = Some(crate::crd::ShadowSpec::new("m3", 100.0));
+        let mut o = observed(2);
+        let s = status(&e, &o);
+        let c = cond(&s, SHADOW_READY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", REASON_WAITING_FOR_REPLICAS)
+        );
+        assert!(c.message.contains("m3"), "{}", c.message);
+        assert_eq!(
+            cond(&s, READY).status,
+            "True",
+            "the variants serve without the shadow"
+        );
+        o.deployments.insert(
+            ("shadow".into(), "m3".into()),
+            Readiness {
+                replicas: 1,
+                ready_replicas: 1,
+                woken_at: None,
+            },
+        );
+        let s = status(&e, &o);
+        assert_eq!(cond(&s, SHADOW_READY).status, "True");
+        assert_eq!(cond(&s, SHADOW_READY).observed_generation, Some(3));
     }
 
     #[test]

@@ -186,7 +186,8 @@ pub fn render_endpoint(
         &plan.weights(),
         previous,
         Targets {
-            shadow: shadow_target,
+            // Copies wait for a ready shadow pod (`Plan::shadow_ready`); its objects do not.
+            shadow: shadow_target.filter(|_| plan.shadow_ready),
             capture: spec
                 .data_capture
                 .as_ref()

@@ -785,6 +785,38 @@ fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
 }
 
 #[test]
+fn a_shadow_without_a_ready_pod_runs_but_gets_no_copies_from_the_filter_or_envoy() {
+    let settings = RenderSettings::default();
+    for compare in ["json", "off"] {
+        let mut ep = endpoint();
+        let mut shadow = ShadowSpec::new("m3", 100.0);
+        shadow.compare = serde_json::from_value(json!(compare)).unwrap();
+        ep.spec.shadow = Some(shadow);
+        for ready in [false, true] {
+            let mut plan = Plan::assume_ready(&ep.spec);
+            plan.shadow_ready = ready;
+            let r = render_endpoint(&ep, "ml", &models(), &plan, None, KEY, &settings).unwrap();
+            find(&r.objects, "Deployment", "titanic-shadow-m3");
+            find(&r.objects, "Service", "titanic-shadow");
+            let copies = r.filter.shadow.is_some();
+            let wiring = vec![(ep.spec.filter_wiring, r.filter)];
+            let shared = crate::aggregate::filters_for(wiring, &settings).objects;
+            let mirrors = serde_json::to_string(&shared)
+                .unwrap()
+                .contains("request_mirror_policies");
+            // Ready: the endpoint's filter config names the shadow, and the aggregate hands an
+            // uncompared one to Envoy's mirror.
+            let expected = (ready, ready && compare == "off");
+            assert_eq!(
+                (copies, mirrors),
+                expected,
+                "compare {compare}, ready {ready}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_allocation_is_carried_from_the_previous_one() {
     let ep = endpoint();
     let prev = Allocation::initial(&[("a", 50), ("b", 50)]).unwrap();

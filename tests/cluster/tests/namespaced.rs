@@ -342,8 +342,34 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
         compared > 0.0,
         "no shadow agreement counted ({sent} copies sent)"
     );
+    // Copies start only once the shadow has a ready pod (`Plan::shadow_ready`): the load ran
+    // while its pod started, and not one copy met a Service without endpoints (a 503, counted
+    // as `error`) or waited out its timeout.
+    let stats = gateway_stats(&bed).await;
+    let by_outcome = |outcome| {
+        sum_of(
+            &stats,
+            m::SHADOW_REQUESTS_TOTAL,
+            &[mine[0], (m::LABEL_OUTCOME, outcome)],
+        )
+    };
+    let (answered, failed) = (
+        by_outcome("ok"),
+        by_outcome("error") + by_outcome("timeout"),
+    );
+    assert!(
+        answered > 0.0 && failed == 0.0,
+        "copies answered {answered}, failed {failed}"
+    );
+    let e = t.endpoint().await;
+    let shadow_ready = condition(&e, "ShadowReady");
+    assert!(
+        shadow_ready.is_some_and(|c| c.status == "True"),
+        "{shadow_ready:?}"
+    );
     ok(format!(
-        "shadow copies sent ({sent}) and agreement counted ({compared})"
+        "shadow copies sent ({sent}, none failed while its pod started) and agreement \
+         counted ({compared}); ShadowReady True"
     ));
 
     native_mirror_copies_without_credentials(&bed, &t).await;
