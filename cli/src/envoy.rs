@@ -301,7 +301,8 @@ fn endpoint_vhost(
 /// A route's action: `target` under `key` (a cluster, or weighted clusters), the timeout, the
 /// mirror.
 fn route_action(key: &str, target: Value, mirror: &Value) -> Value {
-    let mut action = json!({"timeout": "60s", "request_mirror_policies": mirror});
+    let mut action =
+        json!({"timeout": vocabulary::ROUTE_TIMEOUT, "request_mirror_policies": mirror});
     action[key] = target;
     action
 }

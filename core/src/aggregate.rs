@@ -108,10 +108,10 @@ pub fn served_config(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<En
             (v.name.as_str(), w)
         })
         .collect();
-    let shadow = ep
-        .spec
-        .shadow
-        .as_ref()
+    // Copies go to the shadow once its model has a ready pod, as the reconcile recorded
+    // (`crate::plan::Plan::shadow_ready`): before, every copy would be a 503.
+    let shadow = (ep.spec.shadow.as_ref())
+        .filter(|s| status.shadow_model.as_ref() == Some(&s.model))
         .map(|_| CallTarget::shadow_istio(&name, &ns, cluster_domain, SERVICE_PORT));
     // Not before its reconcile chose a route key: the routes would not know the filter's values.
     let key = status
@@ -423,6 +423,9 @@ mod tests {
         let shadow = json!({"model": "m3", "percent": 25.0, "compare": "Off"});
         titanic.spec.shadow = serde_json::from_value(shadow.clone()).ok();
         iris.spec.shadow = serde_json::from_value(json!({"model": "m3", "percent": 25.0})).ok();
+        for e in [&mut titanic, &mut iris] {
+            e.status.as_mut().unwrap().shadow_model = Some("m3".into());
+        }
         let agg = render_filters(&[titanic.clone(), iris], &RenderSettings::default());
         for obj in &agg.objects {
             let cfg = config_of(obj);
@@ -462,10 +465,41 @@ mod tests {
         }
         // A WasmPlugin cannot patch routes: its filter keeps copying.
         titanic.spec.filter_wiring = FilterWiring::WasmPlugin;
-        let agg = render_filters(&[titanic], &RenderSettings::default());
+        let agg = render_filters(&[titanic.clone()], &RenderSettings::default());
         let cfg: FilterConfig =
             serde_json::from_value(agg.objects[0]["spec"]["pluginConfig"].clone()).unwrap();
         assert!(cfg.endpoints[0].shadow.is_some());
+    }
+
+    #[test]
+    fn a_shadow_gets_copies_only_once_status_says_its_model_has_a_ready_pod() {
+        let mut titanic = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+        let mut iris = endpoint("ml", "iris", "iris.example.com", (50, 50));
+        titanic.spec.shadow =
+            serde_json::from_value(json!({"model": "m3", "percent": 25.0, "compare": "Off"})).ok();
+        iris.spec.shadow = serde_json::from_value(json!({"model": "m3", "percent": 25.0})).ok();
+        let copies = |eps: &[ModelEndpoint]| {
+            let agg = render_filters(eps, &RenderSettings::default());
+            let cfg = config_of(&agg.objects[0]);
+            let filter: Vec<_> = cfg.endpoints.iter().map(|e| e.shadow.is_some()).collect();
+            let mirror = serde_json::to_string(&agg.objects[0])
+                .unwrap()
+                .contains("request_mirror_policies");
+            (filter, mirror)
+        };
+        // Not ready yet, or only the model the shadow had before (a swap of shadow models).
+        for ready in [None, Some("m2")] {
+            for e in [&mut titanic, &mut iris] {
+                e.status.as_mut().unwrap().shadow_model = ready.map(Into::into);
+            }
+            let eps = [titanic.clone(), iris.clone()];
+            assert_eq!(copies(&eps), (vec![false, false], false), "{ready:?}");
+        }
+        for e in [&mut titanic, &mut iris] {
+            e.status.as_mut().unwrap().shadow_model = Some("m3".into());
+        }
+        let eps = [titanic.clone(), iris.clone()];
+        assert_eq!(copies(&eps), (vec![true, false], true));
     }
 
     #[test]

@@ -665,6 +665,10 @@ pub struct ModelEndpointStatus {
     /// asynchronously, and a user must not be assigned by the previous routing once `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routed_since_unix: Option<i64>,
+    /// The shadow model copies go to: set once its Deployment has a ready pod (condition
+    /// `ShadowReady`); absent before that and without a shadow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_model: Option<String>,
 }
 
 /// A variant on its way out: no request is assigned to it any more, but a proxy that has not

@@ -36,6 +36,12 @@ pub const ROUTER: &str = "envoy.filters.http.router";
 pub const STATS_PREFIX: &str = "wasmcustom.mlep";
 /// Name of the weighted default route (requests the filter did not assign).
 pub const DEFAULT_ROUTE: &str = "weighted-default";
+/// Every route of an endpoint, local and on a cluster, answers within this (Envoy's route
+/// `timeout`, Istio's VirtualService `timeout`): SageMaker's invocation timeout (60 s). Istio
+/// sets none by default. Envoy gives a native mirror's copy the route's timeout too
+/// (router.cc: the shadow's options take `timeout_.global_timeout_`), so this also bounds
+/// how long a copy to a hung shadow is held.
+pub const ROUTE_TIMEOUT: &str = "60s";
 /// Type URL of Envoy's per-route wrapper for a filter's route-level settings.
 pub const FILTER_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 

@@ -88,6 +88,9 @@ pub fn endpoint_status(
         retiring: plan.retiring.clone(),
         route_key: last.and_then(|l| l.route_key.clone()),
         routed_since_unix: last.and_then(|l| l.routed_since_unix),
+        shadow_model: (ep.spec.shadow.as_ref())
+            .filter(|_| plan.shadow_ready)
+            .map(|s| s.model.clone()),
     }
 }
 
@@ -491,8 +494,10 @@ mod tests {
                 woken_at: None,
             },
         );
+        assert_eq!(s.shadow_model, None);
         let s = status(&e, &o);
         assert_eq!(cond(&s, SHADOW_READY).status, "True");
+        assert_eq!(s.shadow_model.as_deref(), Some("m3"));
         assert_eq!(cond(&s, SHADOW_READY).observed_generation, Some(3));
     }
 

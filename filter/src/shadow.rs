@@ -18,7 +18,7 @@ use mlep_contract::CompareMode;
 use std::collections::{HashMap, VecDeque};
 
 /// Most shadow copies queued or in flight per VM.
-pub const MAX_PENDING: usize = 1024;
+pub const MAX_PENDING: usize = mlep_contract::config::MAX_SHADOW_COPIES_IN_FLIGHT as usize;
 /// Most body bytes (request copies + primary responses) held per VM.
 pub const MAX_HUB_BYTES: usize = 16 * 1024 * 1024;
 /// How long after its timeout an entry waiting for the primary's body is kept.

@@ -36,6 +36,40 @@ pub(super) fn destination_rule(ctx: &Ctx, plan: &Plan) -> Value {
     )
 }
 
+/// The filter (or Envoy's mirror, patched in by `crate::aggregate`) copies to the shadow's
+/// Envoy cluster itself; a 0% mirror on the weighted default makes the shadow a destination
+/// of the VirtualService, so proxies that only build clusters their routes reference
+/// (gateways with cluster filtering) have it. Istio counts mirror hosts as destinations
+/// (pilot/pkg/model/push_context.go) and renders no mirror policy for 0%
+/// (pilot/pkg/networking/core/route/route.go `MirrorPercent`).
+fn shadow_destination(ctx: &Ctx) -> Value {
+    json!([{
+        "destination": { "host": ctx.fqdn(&envoy::shadow_service(ctx.name)), "port": { "number": SERVICE_PORT } },
+        "percentage": { "value": 0.0 },
+    }])
+}
+
+/// The shadow Service's DestinationRule: Istio's default circuit breakers are unlimited, so
+/// a shadow that stops answering would have Envoy's native mirror hold every copy for the
+/// route's timeout. At most `MAX_SHADOW_COPIES_IN_FLIGHT` copies are in flight or queued per
+/// proxy, as the filter's own copies are; the others fail at once (`upstream_rq_pending_overflow`,
+/// counted as the shadow's errors). The primary's clusters are untouched.
+pub(super) fn shadow_destination_rule(ctx: &Ctx) -> Value {
+    let shadow = envoy::shadow_service(ctx.name);
+    let most = mlep_contract::config::MAX_SHADOW_COPIES_IN_FLIGHT;
+    istio(
+        &DESTINATION_RULE,
+        ctx.meta(&shadow, []),
+        json!({
+            "host": ctx.fqdn(&shadow),
+            "trafficPolicy": { "connectionPool": { "http": {
+                "http2MaxRequests": most,
+                "http1MaxPendingRequests": most,
+            } } },
+        }),
+    )
+}
+
 /// A header route's `headers` manipulation: the plain variant name back, and on a rollout's
 /// route the model header removed (see [`envoy::restored_variant`]).
 fn restore(variant: &str, rollout: bool) -> Value {
@@ -100,17 +134,12 @@ pub(super) fn virtual_service(
     };
     let mut fallback = json!({ "name": DEFAULT_ROUTE, "route": default });
     if spec.shadow.is_some() {
-        // The filter mirrors to the shadow's Envoy cluster itself; a 0% mirror here makes the
-        // shadow a destination of this VirtualService, so proxies that only build clusters
-        // their routes reference (gateways with cluster filtering) have it. Istio counts mirror
-        // hosts as destinations (pilot/pkg/model/push_context.go) and renders no mirror policy
-        // for 0% (pilot/pkg/networking/core/route/route.go `MirrorPercent`).
-        fallback["mirrors"] = json!([{
-            "destination": { "host": ctx.fqdn(&envoy::shadow_service(ctx.name)), "port": { "number": SERVICE_PORT } },
-            "percentage": { "value": 0.0 },
-        }]);
+        fallback["mirrors"] = shadow_destination(ctx);
     }
     http.push(fallback);
+    for route in &mut http {
+        route["timeout"] = json!(envoy::ROUTE_TIMEOUT);
+    }
     let mut hosts = spec.hosts.clone();
     hosts.push(host.clone());
     let mut gateways = vec!["mesh".to_owned()];

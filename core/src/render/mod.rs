@@ -233,6 +233,7 @@ fn shadow_objects(
         m.resources.as_ref(),
     ))?);
     objects.push(object(&service(ctx, &app, &app))?);
+    objects.push(istio::shadow_destination_rule(ctx));
     Ok(CallTarget::shadow_istio(
         ctx.name,
         ctx.namespace,

@@ -782,6 +782,17 @@ fn a_shadow_gets_its_own_deployment_service_and_filter_target() {
         "titanic-shadow.ml.svc.cluster.local"
     );
     assert_eq!(mirror["percentage"]["value"], 0.0);
+    // Envoy's mirror holds a copy for the route's timeout (60 s, as every route of the
+    // endpoint), and at most the filter's bound of copies per proxy.
+    let routes = http.as_array().unwrap();
+    assert!(routes.len() >= 3, "{routes:?}");
+    assert!(routes.iter().all(|r| r["timeout"] == "60s"), "{routes:?}");
+    let dr = find(&objs, "DestinationRule", "titanic-shadow");
+    assert_eq!(dr["spec"]["host"], "titanic-shadow.ml.svc.cluster.local");
+    assert_eq!(
+        dr["spec"]["trafficPolicy"]["connectionPool"]["http"],
+        json!({"http2MaxRequests": 1024, "http1MaxPendingRequests": 1024})
+    );
 }
 
 #[test]

@@ -970,8 +970,13 @@ pub async fn gateway_pod(bed: &Bed) -> String {
 
 /// The gateway proxy's `/stats/prometheus`, parsed.
 pub async fn gateway_stats(bed: &Bed) -> Vec<mlep::table::Sample> {
+    mlep::table::parse_prometheus(&gateway_admin(bed, "stats/prometheus").await)
+}
+
+/// What the gateway proxy's admin `path` answers (through `pilot-agent request`).
+pub async fn gateway_admin(bed: &Bed, path: &str) -> String {
     let pod = gateway_pod(bed).await;
-    let (_, out, _) = kubectl(&[
+    let args = [
         "-n",
         "istio-system",
         "exec",
@@ -980,10 +985,9 @@ pub async fn gateway_stats(bed: &Bed) -> Vec<mlep::table::Sample> {
         "pilot-agent",
         "request",
         "GET",
-        "stats/prometheus",
-    ])
-    .await;
-    mlep::table::parse_prometheus(&out)
+        path,
+    ];
+    kubectl(&args).await.1
 }
 
 /// The bed's Prometheus (`istio-system/prometheus`): its address on the service network.

@@ -464,6 +464,7 @@ async fn native_mirror_copies_without_credentials(bed: &Bed, t: &Titanic) {
          credentials {refused} of {BATCH} refused by the shadow's policy, without them \
          {answered} of {BATCH} answered"
     ));
+    mirror_is_bounded(bed, t).await;
     // Prometheus counts them under the filter's name and labels: the shipped recording rules
     // (manifests/observability) join the shadow cluster's stats with the operator's
     // `mlep_shadow_mirrored_info`, which names the model. Every answered copy the proxies
@@ -487,6 +488,56 @@ async fn native_mirror_copies_without_credentials(bed: &Bed, t: &Titanic) {
     ok(format!(
         "Prometheus: all {recorded} answered copies the proxies counted as {} (outcome ok)",
         m::SHADOW_REQUESTS_TOTAL
+    ));
+}
+
+/// What bounds the copies Envoy's mirror holds for a shadow that stops answering, as the
+/// gateway has it: every route that mirrors has the endpoint's 60 s timeout (the copy's
+/// too), and the shadow's cluster has circuit breakers at the filter's 1,024 (the shadow's
+/// DestinationRule; Istio's defaults are unlimited).
+async fn mirror_is_bounded(bed: &Bed, t: &Titanic) {
+    let dump: serde_json::Value =
+        serde_json::from_str(&gateway_admin(bed, "config_dump").await).unwrap();
+    let shadow = format!("outbound|80||titanic-shadow.{}.svc.cluster.local", t.ns);
+    let mut routes = Vec::new();
+    let mut thresholds = None;
+    let mut walk = vec![&dump];
+    while let Some(v) = walk.pop() {
+        match v {
+            serde_json::Value::Object(o) => {
+                let mirrors_to_shadow = o["request_mirror_policies"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|p| p["cluster"] == shadow.as_str()));
+                if mirrors_to_shadow {
+                    routes.push(o["timeout"].clone());
+                }
+                if o.get("name").is_some_and(|n| n == shadow.as_str()) && o.contains_key("type") {
+                    thresholds = Some(o["circuit_breakers"]["thresholds"][0].clone());
+                }
+                walk.extend(o.values());
+            }
+            serde_json::Value::Array(a) => walk.extend(a),
+            _ => {}
+        }
+    }
+    assert!(
+        !routes.is_empty(),
+        "no route of the gateway mirrors to {shadow}"
+    );
+    assert!(routes.iter().all(|r| r == "60s"), "{routes:?}");
+    let thresholds = thresholds.unwrap_or_else(|| panic!("no cluster {shadow} in the gateway"));
+    assert_eq!(
+        (
+            &thresholds["max_requests"],
+            &thresholds["max_pending_requests"]
+        ),
+        (&serde_json::json!(1024), &serde_json::json!(1024)),
+        "{thresholds}"
+    );
+    ok(format!(
+        "the gateway's {} mirroring routes time out at 60 s; the shadow's cluster holds at \
+         most 1024 copies",
+        routes.len()
     ));
 }
 
