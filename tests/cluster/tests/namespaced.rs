@@ -505,14 +505,15 @@ async fn mirror_is_bounded(bed: &Bed, t: &Titanic) {
     while let Some(v) = walk.pop() {
         match v {
             serde_json::Value::Object(o) => {
-                let mirrors_to_shadow = o["request_mirror_policies"]
-                    .as_array()
+                let mirrors_to_shadow = (o.get("request_mirror_policies"))
+                    .and_then(|m| m.as_array())
                     .is_some_and(|m| m.iter().any(|p| p["cluster"] == shadow.as_str()));
                 if mirrors_to_shadow {
-                    routes.push(o["timeout"].clone());
+                    routes.push(o.get("timeout").cloned().unwrap_or_default());
                 }
                 if o.get("name").is_some_and(|n| n == shadow.as_str()) && o.contains_key("type") {
-                    thresholds = Some(o["circuit_breakers"]["thresholds"][0].clone());
+                    let breakers = o.get("circuit_breakers").cloned().unwrap_or_default();
+                    thresholds = Some(breakers["thresholds"][0].clone());
                 }
                 walk.extend(o.values());
             }
