@@ -298,9 +298,10 @@ fn default_true() -> bool {
 
 /// Default largest request body mirrored to a shadow (`ShadowConfig::max_body_bytes`).
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
-/// Most shadow copies queued or in flight per proxy: the filter's per-VM bound, and the
-/// circuit breaker (`max_requests`, `max_pending_requests`) on the shadow's cluster that
-/// bounds Envoy's native mirror on a cluster.
+/// Most shadow copies queued or in flight: the filter's bound per VM (one per worker), and
+/// on a cluster the circuit breakers (`max_requests`, `max_pending_requests`) of the shadow's
+/// cluster, which count per proxy (all workers) and bound Envoy's native mirror and the
+/// filter's copies alike.
 pub const MAX_SHADOW_COPIES_IN_FLIGHT: u32 = 1024;
 /// Default shadow call timeout (`ShadowConfig::timeout_ms`).
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u32 = 1000;

@@ -339,6 +339,9 @@ pub fn invalid_status(
             ..condition(DEGRADED, true, error.reason, message, generation)
         },
     ];
+    // The shadow keeps what it had too (`shadowModel` stays with the rest of the status).
+    let shadow = last.and_then(|l| l.conditions.iter().find(|c| c.type_ == SHADOW_READY));
+    let conditions = conditions.into_iter().chain(shadow.cloned()).collect();
     status.observed_generation = generation;
     status.conditions = stamp(conditions, last, &now);
     status.phase = Some("Degraded".into());
@@ -710,5 +713,18 @@ mod tests {
             (s.variants.clone(), s.allocation.clone()),
             (good.variants.clone(), good.allocation.clone())
         );
+        // The shadow's copies keep going as they did, and its condition says so.
+        let mut good = good;
+        good.shadow_model = Some("m3".into());
+        good.conditions.push(condition(
+            SHADOW_READY,
+            true,
+            REASON_AVAILABLE,
+            "copies go to model m3".into(),
+            Some(2),
+        ));
+        let s = invalid_status(&ep(), Some(&good), &err, "t".into());
+        assert_eq!(s.shadow_model.as_deref(), Some("m3"));
+        assert_eq!(cond(&s, SHADOW_READY), &good.conditions[3]);
     }
 }

@@ -190,6 +190,20 @@ fn validate_exposure(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
 /// Check that every host of `spec.hosts` is one `who` may claim (`crate::host_claims`): its own
 /// Service names and external hosts, never another Service of the cluster.
 pub fn validate_hosts(spec: &ModelEndpointSpec, who: &Claimant) -> Result<(), SpecError> {
+    // An endpoint's Service and DestinationRule take its name, and `<E>-shadow` are those of
+    // endpoint `E`'s shadow: an endpoint with that name would claim them (each reconcile
+    // overwriting the other's subsets).
+    let reserved = format!("-{SHADOW_VARIANT_LABEL}");
+    if let Some(owner) = who.name.strip_suffix(&reserved) {
+        return Err(SpecError::invalid(
+            "metadata.name",
+            format!(
+                "{:?} ends in {reserved:?}, reserved: it is the name of the Service and \
+                 DestinationRule of endpoint {owner:?}'s shadow",
+                who.name
+            ),
+        ));
+    }
     for (i, h) in spec.hosts.iter().enumerate() {
         classify(h, who).map_err(|why| SpecError::invalid(format!("spec.hosts[{i}]"), why))?;
     }

@@ -41,7 +41,7 @@ pub async fn sync(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<(), 
         let have = get(ctx, &key).await?;
         match (rendered.get(&key), have) {
             (Some(want), have) => {
-                if !have.is_some_and(|h| contains(&h, want)) {
+                if !have.is_some_and(|h| up_to_date(&h, want)) {
                     apply_object(ctx, want, &key).await?;
                 }
             }
@@ -53,6 +53,16 @@ pub async fn sync(ctx: &Context, current: Option<&ModelEndpoint>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Whether the shared object on the server already says what `want` says. `contains` ignores
+/// fields the server added, and so would also miss a field `want` dropped: a WasmPlugin's
+/// `pluginConfig` is structured JSON where a shadow that stops (not ready, removed, swapped)
+/// is a key that goes away. So the filter config is compared whole (an EnvoyFilter carries it
+/// as one string, compared whole by `contains` already).
+fn up_to_date(have: &Value, want: &Value) -> bool {
+    let config = |o: &Value| o["spec"].get("pluginConfig").cloned();
+    contains(have, want) && config(have) == config(want)
 }
 
 fn key_of(slot: &SharedObject<'_>) -> ObjectKey {
@@ -114,6 +124,26 @@ mod tests {
     fn obj(kind: &mlep_core::meta::Kind, ns: &str, name: &str) -> Value {
         json!({"apiVersion": kind.api_version, "kind": kind.kind,
                "metadata": {"namespace": ns, "name": name}})
+    }
+
+    #[test]
+    fn a_key_dropped_from_a_wasm_plugins_config_is_applied() {
+        let with_shadow = json!({"spec": {"pluginConfig": {"endpoints": [{"name": "t", "shadow": {"cluster": "c"}}]}},
+                                 "metadata": {"name": "mlep-gateway"}});
+        let without = json!({"spec": {"pluginConfig": {"endpoints": [{"name": "t"}]}},
+                             "metadata": {"name": "mlep-gateway"}});
+        let mut served = with_shadow.clone();
+        served["metadata"]["resourceVersion"] = json!("7");
+        assert!(
+            up_to_date(&served, &with_shadow),
+            "fields the server adds are ignored"
+        );
+        assert!(
+            contains(&served, &without),
+            "what `contains` alone would miss"
+        );
+        assert!(!up_to_date(&served, &without));
+        assert!(!up_to_date(&without, &with_shadow));
     }
 
     #[test]

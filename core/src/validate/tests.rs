@@ -230,6 +230,21 @@ const WHO: Claimant = Claimant {
 };
 
 #[test]
+fn an_endpoint_may_not_take_the_name_of_another_ones_shadow_objects() {
+    let who = Claimant {
+        name: "titanic-shadow",
+        ..WHO
+    };
+    let err = validate_hosts(&endpoint(), &who).unwrap_err();
+    assert_eq!(err.field, "metadata.name");
+    assert!(err.message.contains("\"titanic\"'s shadow"), "{err}");
+    for name in ["shadow", "titanic-shadows", "shadow-titanic"] {
+        let who = Claimant { name, ..WHO };
+        assert!(validate_hosts(&endpoint(), &who).is_ok(), "{name}");
+    }
+}
+
+#[test]
 fn a_host_naming_another_namespaces_service_is_refused_naming_the_field_and_the_host() {
     let mut e = endpoint();
     e.hosts = vec![

@@ -300,13 +300,26 @@ async fn a_model_swap_under_load_fails_nothing() {
 async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
     let Stage { bed, ns: _ns, t, s } = Stage::set("shadow").await;
     let loads = BothLoads::start(&t, &s).await;
+    let mine = [(m::LABEL_NAMESPACE, t.ns.as_str())];
+    // The gateway's counters outlive a namespace of the same name (a rerun on the same bed).
+    let by_outcome = |stats: &[mlep::table::Sample], outcome| {
+        sum_of(
+            stats,
+            m::SHADOW_REQUESTS_TOTAL,
+            &[mine[0], (m::LABEL_OUTCOME, outcome)],
+        )
+    };
+    let counts = |stats: &[mlep::table::Sample]| {
+        let failed = by_outcome(stats, "error") + by_outcome(stats, "timeout");
+        (by_outcome(stats, "ok"), failed)
+    };
+    let before = counts(&gateway_stats(&bed).await);
     t.edit(|spec| {
         spec.shadow =
             serde_json::from_value(serde_json::json!({"model": "titanic-v2", "percent": 100.0}))
                 .unwrap()
     })
     .await;
-    let mine = [(m::LABEL_NAMESPACE, t.ns.as_str())];
     eventually(
         SETTLE,
         "shadow Deployment ready and copies sent",
@@ -345,18 +358,8 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
     // Copies start only once the shadow has a ready pod (`Plan::shadow_ready`): the load ran
     // while its pod started, and not one copy met a Service without endpoints (a 503, counted
     // as `error`) or waited out its timeout.
-    let stats = gateway_stats(&bed).await;
-    let by_outcome = |outcome| {
-        sum_of(
-            &stats,
-            m::SHADOW_REQUESTS_TOTAL,
-            &[mine[0], (m::LABEL_OUTCOME, outcome)],
-        )
-    };
-    let (answered, failed) = (
-        by_outcome("ok"),
-        by_outcome("error") + by_outcome("timeout"),
-    );
+    let after = counts(&gateway_stats(&bed).await);
+    let (answered, failed) = (after.0 - before.0, after.1 - before.1);
     assert!(
         answered > 0.0 && failed == 0.0,
         "copies answered {answered}, failed {failed}"
