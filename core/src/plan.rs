@@ -13,7 +13,7 @@
 //! - a variant removed from the spec stops being assigned at once but keeps its route, subset
 //!   and Deployment for a grace period (see [`retiring`]).
 
-use crate::crd::{ModelEndpointSpec, ModelEndpointStatus, RetiringVariant};
+use crate::crd::{ModelEndpointSpec, ModelEndpointStatus, RetiringVariant, ShadowSpec};
 use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use std::collections::BTreeMap;
 
@@ -89,6 +89,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The shadow that gets copies now: the spec's, once its pod is ready ([`Plan::shadow_ready`]).
+    pub fn copied_shadow<'s>(&self, spec: &'s ModelEndpointSpec) -> Option<&'s ShadowSpec> {
+        spec.shadow.as_ref().filter(|_| self.shadow_ready)
+    }
+
+    /// Whether a shadow waits for its pod (its copies start at the reconcile that sees it).
+    pub fn shadow_waiting(&self, spec: &ModelEndpointSpec) -> bool {
+        spec.shadow.is_some() && !self.shadow_ready
+    }
+
     /// Routed weights, in variant order.
     pub fn weights(&self) -> Vec<(&str, u32)> {
         self.variants

@@ -248,11 +248,8 @@ pub fn decide(input: &Input, sample: Option<Result<Sample, String>>) -> Decision
     ];
     let requeue = match next.into_iter().flatten().min() {
         Some(s) => Requeue::After(s.clamp(1, 30) as u64),
-        // A shadow waiting for its pod keeps the converging pace too (its copies start at the
-        // reconcile that sees the pod ready).
-        None if p.settled(&input.endpoint.spec)
-            && (input.endpoint.spec.shadow.is_none() || p.shadow_ready) =>
-        {
+        // A shadow waiting for its pod keeps the converging pace too.
+        None if p.settled(&input.endpoint.spec) && !p.shadow_waiting(&input.endpoint.spec) => {
             Requeue::After(SETTLED_REQUEUE_SECONDS)
         }
         None => Requeue::After(CONVERGING_REQUEUE_SECONDS),

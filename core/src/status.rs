@@ -88,9 +88,7 @@ pub fn endpoint_status(
         retiring: plan.retiring.clone(),
         route_key: last.and_then(|l| l.route_key.clone()),
         routed_since_unix: last.and_then(|l| l.routed_since_unix),
-        shadow_model: (ep.spec.shadow.as_ref())
-            .filter(|_| plan.shadow_ready)
-            .map(|s| s.model.clone()),
+        shadow_model: plan.copied_shadow(&ep.spec).map(|s| s.model.clone()),
     }
 }
 

@@ -187,7 +187,7 @@ pub fn render_endpoint(
         previous,
         Targets {
             // Copies wait for a ready shadow pod (`Plan::shadow_ready`); its objects do not.
-            shadow: shadow_target.filter(|_| plan.shadow_ready),
+            shadow: shadow_target.filter(|_| plan.copied_shadow(spec).is_some()),
             capture: spec
                 .data_capture
                 .as_ref()
