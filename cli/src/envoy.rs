@@ -14,12 +14,12 @@
 
 use crate::upstreams;
 use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
-use mlep_contract::routed_value;
+use mlep_contract::{mirror_twin, routed_value};
 use mlep_core::envoy::{
     self as vocabulary, filter_enabled, restored_variant, stats_config, wasm_filter, RouteInput,
     VariantRoutes, WasmCode, DEFAULT_ROUTE, WASM_TYPE_URL,
 };
-pub use mlep_core::mirror::NativeMirror;
+pub use mlep_core::mirror::{MirrorOn, NativeMirror};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -182,7 +182,8 @@ pub fn render_bootstrap(spec: &BootstrapSpec) -> Result<Value, EnvoyError> {
 
 /// Render the bootstrap. Routes: per endpoint a virtual host, the only place the filter runs
 /// (off in the chain, enabled per virtual host: `mlep_core::envoy::EndpointRoute`), whose
-/// first routes match `x-mlep-variant: <v>.<route key>` exactly (the value the filter sets;
+/// first routes match `x-mlep-variant` by the prefix `<v>.<route key>` (the value the filter sets,
+/// and its mirroring twin's, `mlep_core::mirror`;
 /// Envoy route matching sees a header set in the filter's `on_http_request_headers`) and put
 /// the plain name back, then a weighted default route for requests no filter assigned. Hosts match with any port (`strip_any_host_port`). Other
 /// hosts get a 404. Stats tags from [`stats_config`] turn the filter's metrics into labels.
@@ -249,11 +250,18 @@ fn endpoint_vhost(
     if ep.hosts.is_empty() {
         return refuse(" has no hosts");
     }
-    let mirror = json!(ep
-        .mirror
-        .iter()
-        .map(NativeMirror::policy)
-        .collect::<Vec<_>>());
+    let on_every_route = |on: MirrorOn| {
+        json!(ep
+            .mirror
+            .iter()
+            .filter(|m| m.on == on)
+            .map(NativeMirror::policy)
+            .collect::<Vec<_>>())
+    };
+    let (mirror, twin_mirror) = (
+        on_every_route(MirrorOn::EveryRoute),
+        on_every_route(MirrorOn::Twins),
+    );
     let mut routes = variant_routes(ep, &mirror, upstreams, clusters);
     // Local mode starts Envoy once every server is ready: every variant is routable.
     let plan = VariantRoutes::new(ep.variants.iter().map(|v| RouteInput {
@@ -264,12 +272,21 @@ fn endpoint_vhost(
     routes.extend(plan.header_routes().map(|(name, v)| {
         json!({
             "name": name,
-            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"exact": routed_value(v, &ep.route_key)}}]},
+            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"prefix": routed_value(v, &ep.route_key)}}]},
             "route": route_action("cluster", json!(variant_cluster(&ep.name, v)), &mirror),
             "request_headers_to_add": [restore(v)],
             "response_headers_to_add": [restore(v)]
         })
     }));
+    if twin_mirror.as_array().is_some_and(|a| !a.is_empty()) {
+        routes = routes
+            .into_iter()
+            .flat_map(|r| {
+                let twin = mirror_twin_route(&r, &twin_mirror);
+                twin.into_iter().chain(std::iter::once(r))
+            })
+            .collect();
+    }
     let weighted: Vec<Value> = plan
         .weighted
         .iter()
@@ -296,6 +313,19 @@ fn endpoint_vhost(
         vhost["retry_policy"] = upstreams::retry_policy();
     }
     Ok(vhost)
+}
+
+/// A header route's mirroring twin (`mlep_core::mirror`), which goes before it: named after
+/// it, matching the twin of its routed variant value (its first header match) exactly, and
+/// carrying `mirror`. Its route's prefix match takes the twin's value while it has no twin.
+fn mirror_twin_route(route: &Value, mirror: &Value) -> Option<Value> {
+    let name = route["name"].as_str()?;
+    let value = route["match"]["headers"][0]["string_match"]["prefix"].as_str()?;
+    let mut twin = route.clone();
+    twin["name"] = json!(mirror_twin(name));
+    twin["match"]["headers"][0]["string_match"] = json!({ "exact": mirror_twin(value) });
+    twin["route"]["request_mirror_policies"] = mirror.clone();
+    Some(twin)
 }
 
 /// A route's action: `target` under `key` (a cluster, or weighted clusters), the timeout, the
@@ -325,7 +355,7 @@ fn variant_routes(
             routes.push(json!({
                 "name": format!("{}-{}-rollout", ep.name, v.name),
                 "match": {"prefix": "/", "headers": [
-                    {"name": VARIANT_HEADER, "string_match": {"exact": routed_value(&v.name, &ep.route_key)}},
+                    {"name": VARIANT_HEADER, "string_match": {"prefix": routed_value(&v.name, &ep.route_key)}},
                     {"name": MODEL_HEADER, "string_match": {"suffix": format!(".{}", ep.route_key)}}
                 ]},
                 "route": route_action("cluster", json!(cluster), mirror),
@@ -476,9 +506,10 @@ mod tests {
         let vhost = &hcm["route_config"]["virtual_hosts"][0];
         let routes = &vhost["routes"];
         assert_eq!(routes[0]["match"]["headers"][0]["name"], "x-mlep-variant");
-        // Only the value the filter sets (with the route key) selects a; the plain name goes on.
+        // Only the value the filter sets (with the route key; the prefix takes its mirroring
+        // twin's too) selects a; the plain name goes on.
         assert_eq!(
-            routes[0]["match"]["headers"][0]["string_match"]["exact"],
+            routes[0]["match"]["headers"][0]["string_match"]["prefix"],
             "a.envoy-test-route-key"
         );
         assert_eq!(
@@ -522,7 +553,7 @@ mod tests {
         assert_eq!(
             routes[0]["match"]["headers"],
             json!([
-                {"name": "x-mlep-variant", "string_match": {"exact": "b.envoy-test-route-key"}},
+                {"name": "x-mlep-variant", "string_match": {"prefix": "b.envoy-test-route-key"}},
                 {"name": "x-mlep-model", "string_match": {"suffix": ".envoy-test-route-key"}}
             ])
         );
@@ -545,6 +576,7 @@ mod tests {
             authority: None,
             percent: 100.0,
             forward_credentials: false,
+            on: MirrorOn::EveryRoute,
         });
         s.filter = None;
         let b = render_bootstrap(&s).unwrap();
@@ -561,6 +593,73 @@ mod tests {
                 json!([s.endpoints[0].mirror.as_ref().unwrap().policy()])
             );
         }
+    }
+
+    #[test]
+    fn a_sampled_comparisons_mirror_is_on_a_twin_of_each_header_route_only() {
+        let mut s = spec();
+        s.endpoints[0].variants[0].rollout_upstream = Some("127.0.0.1:8001".parse().unwrap());
+        let m = NativeMirror {
+            cluster: "shadow".into(),
+            authority: None,
+            percent: 100.0,
+            forward_credentials: false,
+            on: MirrorOn::Twins,
+        };
+        s.endpoints[0].mirror = Some(m.clone());
+        let b = render_bootstrap(&s).unwrap();
+        let routes = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let key = &s.endpoints[0].route_key;
+        let by_name = |name: &str| routes.iter().find(|r| r["name"] == name).unwrap().clone();
+        let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "titanic-a-rollout.mirror",
+                "titanic-a-rollout",
+                "variant-a.mirror",
+                "variant-a",
+                "variant-b.mirror",
+                "variant-b",
+                "weighted-default"
+            ],
+            "a twin first (its route's prefix match would take its value too)"
+        );
+        for (name, variant) in [
+            ("variant-a", "a"),
+            ("variant-b", "b"),
+            ("titanic-a-rollout", "a"),
+        ] {
+            let (plain, twin) = (by_name(name), by_name(&format!("{name}.mirror")));
+            let matched = |r: &Value| r["match"]["headers"][0]["string_match"].clone();
+            assert_eq!(
+                matched(&plain),
+                json!({"prefix": format!("{variant}.{key}")})
+            );
+            assert_eq!(
+                matched(&twin),
+                json!({"exact": format!("{variant}.{key}.mirror")})
+            );
+            assert_eq!(plain["route"]["request_mirror_policies"], json!([]));
+            assert_eq!(
+                twin["route"]["request_mirror_policies"],
+                json!([m.policy()])
+            );
+            assert_eq!(twin["route"]["cluster"], plain["route"]["cluster"]);
+            assert_eq!(
+                twin["request_headers_to_add"],
+                plain["request_headers_to_add"]
+            );
+        }
+        assert_eq!(
+            by_name("weighted-default")["route"]["request_mirror_policies"],
+            json!([]),
+            "requests the filter did not see are not copied"
+        );
     }
 
     #[test]

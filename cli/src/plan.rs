@@ -264,7 +264,8 @@ pub fn desired(input: &Input) -> Result<Desired, PlanError> {
 }
 
 impl Desired {
-    /// The shadows Envoy's routes mirror (`compare: Off`), with their clusters.
+    /// The shadows whose copies Envoy's routes mirror, all (`compare: Off`) or the uncompared
+    /// ones (a sampled comparison), with their clusters: the clusters count every copy.
     pub fn mirrored_shadows(&self) -> Vec<crate::table::MirroredShadow> {
         self.endpoints
             .iter()
@@ -480,12 +481,13 @@ type RouteLayout = (
     String,
     Vec<String>,
     Vec<String>,
-    Option<(u64, bool)>,
+    Option<(Option<u64>, bool)>,
 );
 
 /// The route layout: endpoints, their hosts and variants. (Every endpoint has a shadow cluster
 /// in local mode, empty without a shadow, so adding or removing a shadow the filter copies
-/// changes no route; one Envoy mirrors, `compare: Off`, is on the routes.)
+/// changes no route; one Envoy mirrors is on the routes: its share with `compare: Off`, the
+/// twin routes when it compares a sample.)
 fn routes(d: &Desired) -> Vec<RouteLayout> {
     d.endpoints
         .iter()
@@ -500,7 +502,11 @@ fn routes(d: &Desired) -> Vec<RouteLayout> {
                     .shadow
                     .as_ref()
                     .filter(|s| s.mirrored_by_envoy())
-                    .map(|s| (s.percent.to_bits(), s.forward_credentials.unwrap_or(false))),
+                    // Twins mirror all they are sent whatever the share (`mlep_core::mirror`).
+                    .map(|s| {
+                        let share = (!s.compares_a_sample()).then_some(s.percent.to_bits());
+                        (share, s.forward_credentials.unwrap_or(false))
+                    }),
             )
         })
         .collect()

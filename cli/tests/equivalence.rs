@@ -166,7 +166,7 @@ fn istio_routes(vs: &Value, key: &str) -> Routes {
     let by_header = by_header
         .iter()
         .map(|r| {
-            let m = &r["match"][0]["headers"]["x-mlep-variant"]["exact"];
+            let m = &r["match"][0]["headers"]["x-mlep-variant"]["prefix"];
             let subset = &r["route"][0]["destination"]["subset"];
             (
                 r["name"].as_str().unwrap().to_owned(),
@@ -221,7 +221,7 @@ fn envoy_routes(bootstrap: &Value, endpoint: &str, virtual_host: &str, key: &str
             assert_eq!(h["name"], "x-mlep-variant");
             (
                 r["name"].as_str().unwrap().to_owned(),
-                unkeyed(&h["string_match"]["exact"], key),
+                unkeyed(&h["string_match"]["prefix"], key),
                 variant_of(&r["route"]["cluster"]),
             )
         })

@@ -10,7 +10,7 @@
 mod support;
 
 use mlep_contract::metrics::{
-    Outcome, LABEL_OUTCOME, LABEL_RESULT, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
+    Agreement, Outcome, LABEL_OUTCOME, LABEL_RESULT, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
 };
 use std::time::{Duration, Instant};
 use support::*;
@@ -351,6 +351,87 @@ async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
     assert!(
         (60.0..=140.0).contains(&copies),
         "{copies} copies of {N} at 50 %"
+    );
+    let want = format!("{copies}");
+    let row = wait_for_table_row(
+        &up,
+        "shadow",
+        0,
+        "REQUESTS",
+        |cols| cols.first() == Some(&want.as_str()),
+        &format!("with {copies} copies"),
+        Duration::from_secs(20),
+    );
+    assert!(row.contains("titanic-v2"), "{row}");
+    up.stop_with(nix::sys::signal::Signal::SIGINT);
+}
+
+/// A shadow comparing a sample (`comparePercent`): the filter copies and compares the sampled
+/// share itself and routes every other copied request to its route's mirroring twin, where
+/// Envoy's mirror copies it (`mlep_core::mirror`). One draw decides both: at 100 % every
+/// request is copied exactly once, about `comparePercent` of them compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_comparison_copies_every_request_once_and_compares_its_share() {
+    let dir = test_dir("sampled-mirror");
+    titanic_input(&dir, |e| {
+        format!("{e}  shadow:\n    model: titanic-v2\n    percent: 100\n    comparePercent: 20\n")
+    });
+    let mut up = Up::start(&dir);
+    up.wait_ready();
+    const N: usize = 200;
+    for i in 0..N {
+        let r = up.invoke(Some(&format!("s-{i}")), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.header("x-mlep-variant").unwrap_or_default();
+        assert!(
+            v == "a" || v == "b",
+            "the plain variant name, not a twin's value: {v}"
+        );
+    }
+    let cluster = "mlep-shadow|default|titanic";
+    let of = |stats: &str, name: &str| metric_sum(stats, name, "envoy_cluster_name", cluster);
+    let compared = |stats: &str| -> f64 {
+        Agreement::ALL
+            .iter()
+            .map(|r| metric_sum(stats, SHADOW_AGREEMENT_TOTAL, LABEL_RESULT, r.label()))
+            .sum()
+    };
+    let start = Instant::now();
+    let mut last = None;
+    let (copies, compared, by_filter) = loop {
+        let stats = envoy_stats(&up).await;
+        let (done, active) = (
+            of(&stats, "cluster_upstream_rq_completed"),
+            of(&stats, "cluster_upstream_rq_active")
+                + of(&stats, "cluster_upstream_rq_pending_active"),
+        );
+        let by_filter: f64 = Outcome::ALL
+            .iter()
+            .map(|o| metric_sum(&stats, SHADOW_REQUESTS_TOTAL, LABEL_OUTCOME, o.label()))
+            .sum();
+        let now = (done, compared(&stats), by_filter);
+        // Settled: every copy answered and the comparisons' count no longer moving.
+        if done >= N as f64 && active == 0.0 && last == Some(now) {
+            break now;
+        }
+        last = Some(now);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "copies completed {done}, in flight {active}, compared {}",
+            now.1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("measured: sampled comparison at 20 %: {copies} copies, {compared} compared, of {N} requests");
+    assert_eq!(copies, N as f64, "each request copied exactly once");
+    assert_eq!(
+        by_filter, 0.0,
+        "the shadow cluster counts every copy's outcome, the filter none"
+    );
+    // 20 % of 200: a binomial count far outside 40 +- 20 means the share is wrong.
+    assert!(
+        (20.0..=60.0).contains(&compared),
+        "{compared} compared of {N} at 20 %"
     );
     let want = format!("{copies}");
     let row = wait_for_table_row(

@@ -233,6 +233,14 @@ pub struct ShadowConfig {
     pub forward_credentials: bool,
     #[serde(default)]
     pub compare: CompareConfig,
+    /// Each header route of the endpoint has a mirroring twin (matching
+    /// [`mirror_twin`]`(routed value)`, copying every request it serves with Envoy's own
+    /// mirror): a copy not drawn for comparison goes that way, the filter sends only the
+    /// compared ones. The shadow's Envoy cluster then counts every copy's outcome (its stats
+    /// are read under this shadow's metric names), so the filter counts only the copies it
+    /// skips. Set by the wiring that renders the twins (`mlep_core::mirror`), never by users.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror_routes: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -354,6 +362,16 @@ pub fn is_route_key(s: &str) -> bool {
 /// so a model never sees the key.
 pub fn routed_value(name: &str, route_key: &str) -> String {
     format!("{name}.{route_key}")
+}
+
+/// Suffix of a mirroring twin's routed value and route name ([`mirror_twin`]).
+pub const MIRROR_TWIN_SUFFIX: &str = ".mirror";
+
+/// The routed value (or route name) of a header route's mirroring twin: the same route, plus
+/// Envoy's mirror of every request it serves (see [`ShadowConfig::mirror_routes`]). A route
+/// key has no `.`, so a twin's value matches no plain route's and no client can write either.
+pub fn mirror_twin(routed: &str) -> String {
+    format!("{routed}{MIRROR_TWIN_SUFFIX}")
 }
 
 /// A cookie name: RFC 6265 token characters (letters of either case, digits, token punctuation).

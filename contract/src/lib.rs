@@ -29,9 +29,10 @@ pub mod wake;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
-    carry_allocation, is_cookie_name, is_dns_label, is_header_name, is_route_key, routed_value,
-    CaptureConfig, CompareConfig, CompareMode, ConfigError, EndpointConfig, FilterConfig,
-    RoutingConfig, ShadowConfig, StickyConfig, UnknownTarget, VariantConfig, CONFIG_VERSION,
+    carry_allocation, is_cookie_name, is_dns_label, is_header_name, is_route_key, mirror_twin,
+    routed_value, CaptureConfig, CompareConfig, CompareMode, ConfigError, EndpointConfig,
+    FilterConfig, RoutingConfig, ShadowConfig, StickyConfig, UnknownTarget, VariantConfig,
+    CONFIG_VERSION, MIRROR_TWIN_SUFFIX,
 };
 pub use hash::{bucket_of, hash_key};
 pub use rollout::{RolloutSplit, Span};

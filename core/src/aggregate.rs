@@ -25,22 +25,42 @@
 //! cluster mixing both wirings has at most two filters per proxy.
 
 use crate::crd::{FilterWiring, ModelEndpoint};
-use crate::envoy::{mesh_virtual_hosts, CallTarget, EndpointRoute};
+use crate::envoy::{self, mesh_virtual_hosts, CallTarget, EndpointRoute};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::{endpoint_config, Targets};
 use crate::host_claims::{endpoint_id, host_owners};
 use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
-use crate::mirror::NativeMirror;
+use crate::mirror::{MirrorOn, NativeMirror};
 use kube_core::ResourceExt;
 use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use wiring::{filter_object, shared_meta, Routes};
+use wiring::{filter_object, shared_meta, RouteMirror, Routes};
 
 mod wiring;
 
 pub use crate::meta::LABEL_FILTER;
 pub use wiring::FALLBACK_STAT_PREFIX;
+/// Where the EnvoyFilter wiring puts an endpoint's [`NativeMirror`]: every routing route of
+/// its virtual hosts, or only the twins of the header routes the filter can name.
+fn route_mirrors(c: &EndpointConfig, m: &NativeMirror) -> Vec<RouteMirror> {
+    let policy = m.policy();
+    let names = match m.on {
+        MirrorOn::EveryRoute => vec![None],
+        MirrorOn::Twins => envoy::twin_route_names(c).into_iter().map(Some).collect(),
+    };
+    c.virtual_hosts
+        .iter()
+        .flat_map(|vhost| {
+            names.iter().map(|route| RouteMirror {
+                vhost: vhost.clone(),
+                route: route.clone(),
+                policy: policy.clone(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) use wiring::RBAC_TYPE_URL;
 
@@ -261,10 +281,7 @@ pub fn filters_for(
                 .patches_routes()
                 .then(|| NativeMirror::take(&mut c.shadow));
             if let Some(m) = mirror.flatten() {
-                let policy = m.policy();
-                routes
-                    .mirrors
-                    .extend(c.virtual_hosts.iter().map(|v| (v.clone(), policy.clone())));
+                routes.mirrors.extend(route_mirrors(c, &m));
             }
             routes.virtual_hosts.extend(c.virtual_hosts.iter().cloned());
         }
@@ -469,6 +486,53 @@ mod tests {
         let cfg: FilterConfig =
             serde_json::from_value(agg.objects[0]["spec"]["pluginConfig"].clone()).unwrap();
         assert!(cfg.endpoints[0].shadow.is_some());
+    }
+
+    #[test]
+    fn a_sampled_comparison_stays_the_filters_and_envoy_mirrors_on_each_header_routes_twin() {
+        let mut iris = endpoint("ml", "iris", "iris.example.com", (50, 50));
+        iris.spec.shadow =
+            serde_json::from_value(json!({"model": "m3", "percent": 25.0, "comparePercent": 10.0}))
+                .ok();
+        iris.status.as_mut().unwrap().shadow_model = Some("m3".into());
+        let agg = render_filters(&[iris.clone()], &RenderSettings::default());
+        for obj in &agg.objects {
+            let shadow = config_of(obj).endpoints[0].shadow.clone().unwrap();
+            assert!(
+                shadow.mirror_routes,
+                "the filter sends uncompared copies to the twins"
+            );
+            assert_eq!((shadow.percent, shadow.compare.percent), (25.0, 10.0));
+            let patches = obj["spec"]["configPatches"].as_array().unwrap();
+            let mut twins: Vec<(String, String)> = patches
+                .iter()
+                .filter(|p| p["applyTo"] == "HTTP_ROUTE")
+                .map(|p| {
+                    let policy = &p["patch"]["value"]["route"]["request_mirror_policies"][0];
+                    assert_eq!(
+                        policy["runtime_fraction"]["default_value"]["numerator"], 1_000_000,
+                        "a twin copies every request the filter sends it"
+                    );
+                    let vhost = &p["match"]["routeConfiguration"]["vhost"];
+                    assert_eq!(vhost["route"]["action"], "ROUTE");
+                    let name = |v: &Value| v.as_str().unwrap().to_owned();
+                    (name(&vhost["name"]), name(&vhost["route"]["name"]))
+                })
+                .collect();
+            twins.sort();
+            let expected: Vec<(String, String)> =
+                ["iris.example.com:80", "iris.ml.svc.cluster.local:80"]
+                    .iter()
+                    .flat_map(|v| {
+                        ["variant-a.mirror", "variant-b.mirror"]
+                            .map(|r| ((*v).to_owned(), r.to_owned()))
+                    })
+                    .collect();
+            assert_eq!(twins, expected);
+        }
+        // The mark that has the recording rules read the shadow's cluster: all its copies.
+        let text = crate::observe::exposition([&iris]);
+        assert!(text.contains("mlep_shadow_mirrored_info{"), "{text}");
     }
 
     #[test]

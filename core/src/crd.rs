@@ -572,9 +572,10 @@ pub struct ShadowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
     /// Percent of the mirrored copies compared, 0 to 100 (default 100). The rest are sent and
-    /// their outcomes counted without reading either answer: at 100 % shadow, comparing 10 % of
-    /// the copies still estimates agreement (the count of compared copies is in the metrics)
-    /// at a fraction of the cost.
+    /// their outcomes counted without reading either answer (by Envoy's own mirror where the
+    /// filter wiring can patch routes): at 100 % shadow, comparing 10 % of the copies still
+    /// estimates agreement (the count of compared copies is in the metrics) at a fraction of
+    /// the cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub compare_percent: Option<f64>,
@@ -593,11 +594,21 @@ pub struct ShadowSpec {
 }
 
 impl ShadowSpec {
-    /// Envoy's own mirror copies this shadow where routes can carry it (`compare: Off`:
-    /// nothing to read from either answer), the filter otherwise: the rule
-    /// [`crate::mirror::NativeMirror::take`] applies to the filter config.
+    /// Envoy's own mirror sends this shadow's copies where routes can carry it, all of them
+    /// (`compare: Off`: nothing to read from either answer) or those not drawn for
+    /// comparison ([`Self::compares_a_sample`]); the filter sends the rest. The rule
+    /// [`crate::mirror::NativeMirror::take`] applies to the filter config. The shadow's
+    /// Envoy cluster then counts the outcomes of every copy.
     pub fn mirrored_by_envoy(&self) -> bool {
-        self.compare == Some(CompareMode::Off)
+        self.compare == Some(CompareMode::Off) || self.compares_a_sample()
+    }
+
+    /// Compares some of its copies, not all (`comparePercent` below 100): where routes can
+    /// carry a mirror, each header route gets a mirroring twin for the others.
+    pub fn compares_a_sample(&self) -> bool {
+        self.compare != Some(CompareMode::Off)
+            && self.percent > 0.0
+            && self.compare_percent.is_some_and(|p| p < 100.0)
     }
 }
 

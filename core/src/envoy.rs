@@ -244,6 +244,27 @@ pub fn variant_route_name(variant: &str) -> String {
     format!("variant-{variant}")
 }
 
+/// Name of the route sending a rollout's moved users of `variant` to `model`.
+pub fn rollout_route_name(variant: &str, model: &str) -> String {
+    format!("rollout-{}", subset_name(variant, model))
+}
+
+/// The header routes of an endpoint's filter config that the filter may send copies through
+/// (its variants' and their rollouts'), by name: a mirroring twin each when the shadow
+/// compares a sample ([`mlep_contract::ShadowConfig::mirror_routes`], `crate::mirror`).
+pub fn twin_route_names(cfg: &mlep_contract::EndpointConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &cfg.variants {
+        if let Some(r) = &v.rollout {
+            out.push(mlep_contract::mirror_twin(&rollout_route_name(
+                &v.name, &r.model,
+            )));
+        }
+        out.push(mlep_contract::mirror_twin(&variant_route_name(&v.name)));
+    }
+    out
+}
+
 /// The Service (in a cluster) or host name (locally) of an endpoint's shadow model.
 pub fn shadow_service(endpoint: &str) -> String {
     format!(

@@ -88,6 +88,8 @@ pub fn endpoint_config(
                 tolerance: s.tolerance.unwrap_or(DEFAULT_TOLERANCE),
                 percent: s.compare_percent.unwrap_or(100.0),
             },
+            // Where routes can carry Envoy's mirror, `crate::mirror::NativeMirror::take`.
+            mirror_routes: false,
         }),
         _ => None,
     };
@@ -161,6 +163,7 @@ impl Mirror {
                 // A bake compares every copy: minAgreement is judged on how many were.
                 percent: 100.0,
             },
+            mirror_routes: false,
         }
     }
 }

@@ -1,12 +1,20 @@
-//! Envoy's own request mirroring for a shadow that compares nothing (issue 22).
+//! Envoy's own request mirroring for the copies no one compares (issue 22).
 //!
-//! A shadow with `compare: Off` needs no answer read and no Wasm: Envoy's native
+//! A copy whose answer is not compared needs no answer read and no Wasm: Envoy's native
 //! `request_mirror_policies` copies the request from the router, at ~120k instructions per copy
 //! against ~170k for the least a Wasm-side copy can do (docs/filter.md "Shadowing"). So wherever
 //! routes can carry a mirror policy (local mode's bootstrap, the EnvoyFilter wiring's
-//! `HTTP_ROUTE` patches) the shadow leaves the filter config ([`NativeMirror::take`]) and becomes
-//! one policy ([`NativeMirror::policy`]) on every route of the endpoint's virtual hosts. The
-//! WasmPlugin wiring cannot patch routes, so there the filter keeps copying.
+//! `HTTP_ROUTE` patches):
+//! - a shadow with `compare: Off` leaves the filter config ([`NativeMirror::take`]) and becomes
+//!   one policy ([`NativeMirror::policy`]) on every route of the endpoint's virtual hosts;
+//! - a shadow comparing a sample (`comparePercent` below 100) stays the filter's, which copies
+//!   and compares the sample, and every header route gets a mirroring twin (the same route,
+//!   matching [`mlep_contract::mirror_twin`] of its routed value, the policy at 100 %): the
+//!   filter sends a copy it did not draw for comparison there, so Envoy's mirror sends it. One
+//!   draw, the filter's, decides both, so no request is copied twice (Envoy's own
+//!   `runtime_fraction` draw is on the stream's random id, which Wasm cannot read).
+//!
+//! The WasmPlugin wiring cannot patch routes, so there the filter keeps copying.
 //!
 //! What differs from the filter's copy (docs/filter.md "Native mirror"): Envoy streams the body,
 //! so `maxBodyBytes` does not apply; the copy's timeout is the route's; outcomes are the shadow
@@ -19,31 +27,57 @@ use serde_json::{json, Value};
 /// (`filter/src/shadow.rs`).
 pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
-/// An endpoint's shadow as Envoy's mirror: every route of the endpoint's virtual hosts copies
-/// `percent` of its requests to `cluster`.
+/// An endpoint's shadow as Envoy's mirror: the routes it is on ([`MirrorOn`]) copy `percent`
+/// of their requests to `cluster`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NativeMirror {
     /// The shadow's Envoy cluster (the filter config's `shadow.cluster`).
     pub cluster: String,
     /// The copies' `:authority`; `None`: Envoy's default (the request's, `-shadow` appended).
     pub authority: Option<String>,
-    /// Share of requests copied, 0..=100.
+    /// Share of the requests of the routes carrying it, 0..=100.
     pub percent: f64,
     pub forward_credentials: bool,
+    pub on: MirrorOn,
+}
+
+/// Which routes of an endpoint carry its [`NativeMirror`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorOn {
+    /// Every route (`compare: Off`: the filter has no part in the shadow).
+    EveryRoute,
+    /// Only the header routes' mirroring twins, at 100 %: the filter draws, and routes the
+    /// copies it does not compare to a twin.
+    Twins,
 }
 
 impl NativeMirror {
-    /// Take an endpoint config's `shadow` out of the filter's hands when it compares nothing
-    /// and copies every variant's traffic (a BlueGreen bake's mirror of one variant, compared,
-    /// stays the filter's). Returns the mirror Envoy's routes must then carry.
+    /// Take what Envoy can copy out of the filter's hands, for a shadow of every variant's
+    /// traffic (a BlueGreen bake's mirror of one variant stays the filter's): a shadow that
+    /// compares nothing leaves the filter config; one that compares a sample stays, marked
+    /// [`ShadowConfig::mirror_routes`]. Returns the mirror Envoy's routes must then carry.
     pub fn take(shadow: &mut Option<ShadowConfig>) -> Option<NativeMirror> {
-        let native = |s: &ShadowConfig| s.compare.mode == CompareMode::Off && s.variant.is_none();
-        let s = shadow.take_if(|s| native(s))?;
+        let s = shadow.as_mut().filter(|s| s.variant.is_none())?;
+        if s.compare.mode != CompareMode::Off {
+            if s.compare.percent >= 100.0 || s.percent <= 0.0 {
+                return None;
+            }
+            s.mirror_routes = true;
+            return Some(NativeMirror {
+                cluster: s.cluster.clone(),
+                authority: s.authority.clone(),
+                percent: 100.0,
+                forward_credentials: s.forward_credentials,
+                on: MirrorOn::Twins,
+            });
+        }
+        let s = shadow.take()?;
         Some(NativeMirror {
             cluster: s.cluster,
             authority: s.authority,
             percent: s.percent,
             forward_credentials: s.forward_credentials,
+            on: MirrorOn::EveryRoute,
         })
     }
 
@@ -96,6 +130,7 @@ mod tests {
                 tolerance: 0.0,
                 percent: 100.0,
             },
+            mirror_routes: false,
         }
     }
 
@@ -119,6 +154,42 @@ mod tests {
                 "outbound|80||titanic-shadow.ns.svc.cluster.local".into(),
                 12.5
             ))
+        );
+    }
+
+    #[test]
+    fn a_sampled_comparison_stays_the_filters_and_its_uncompared_copies_go_to_the_twins() {
+        let sampled = |percent: f64, compared: f64| {
+            let mut s = shadow(CompareMode::Json, None);
+            s.percent = percent;
+            s.compare.percent = compared;
+            Some(s)
+        };
+        let mut e = sampled(50.0, 10.0);
+        let m = NativeMirror::take(&mut e);
+        assert_eq!(
+            m.map(|m| (m.on, m.percent)),
+            Some((MirrorOn::Twins, 100.0)),
+            "the filter draws the share; a twin copies all it is sent"
+        );
+        assert_eq!(e.map(|s| (s.mirror_routes, s.percent)), Some((true, 50.0)));
+        for (percent, compared) in [(50.0, 100.0), (0.0, 10.0)] {
+            let mut e = sampled(percent, compared);
+            assert_eq!(NativeMirror::take(&mut e), None, "{percent} {compared}");
+            assert_eq!(
+                e.map(|s| s.mirror_routes),
+                Some(false),
+                "no twin to send to"
+            );
+        }
+        let mut bake = Some(shadow(CompareMode::Json, Some("a")));
+        if let Some(b) = bake.as_mut() {
+            b.compare.percent = 10.0;
+        }
+        assert_eq!(
+            NativeMirror::take(&mut bake),
+            None,
+            "a bake's mirror is one variant's"
         );
     }
 

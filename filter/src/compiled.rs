@@ -7,7 +7,9 @@ use mlep_contract::config::DEFAULT_COOKIE_MAX_AGE_SECONDS;
 use mlep_contract::metrics::{
     self as m, stat_name, Agreement, CaptureOutcome, CodeClass, HoldOutcome, Outcome, Reason,
 };
-use mlep_contract::{routed_value, CompareMode, ConfigError, FilterConfig, UnknownTarget};
+use mlep_contract::{
+    mirror_twin, routed_value, CompareMode, ConfigError, FilterConfig, UnknownTarget,
+};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -52,6 +54,9 @@ pub struct Variant {
     pub model: String,
     /// The value of [`m::VARIANT_HEADER`] the routes match (`mlep_contract::routed_value`).
     pub routed: String,
+    /// `routed`'s mirroring twin (`mlep_contract::mirror_twin`): the same route plus Envoy's
+    /// mirror, for copies not compared when the shadow has [`Shadow::mirror_routes`].
+    pub routed_twin: String,
     /// What to do with [`m::MODEL_HEADER`] (only variants with a rollout touch it).
     pub model_header: ModelHeader,
     /// Whether the endpoint's shadow (if any) samples this entry's requests.
@@ -100,6 +105,9 @@ pub struct Shadow {
     pub tolerance: f64,
     /// Share of the copies compared, out of 1,000,000.
     pub compare_per_million: u64,
+    /// A copy not compared goes through the variant route's mirroring twin (Envoy copies it),
+    /// and the shadow's Envoy cluster counts the outcomes (`mlep_contract::ShadowConfig`).
+    pub mirror_routes: bool,
     /// `mlep_shadow_requests_total`, indexed by [`Outcome::index`].
     pub outcomes: [MetricId; Outcome::COUNT],
     /// `mlep_shadow_agreement_total`, indexed by [`Agreement::index`].
@@ -107,6 +115,21 @@ pub struct Shadow {
 }
 
 impl Shadow {
+    /// Whether a copy is compared: the sample is drawn per copy, so the compared ones are a
+    /// uniform share of the mirrored traffic.
+    pub fn draw_compared(&self, random: impl FnOnce() -> u64) -> bool {
+        self.compare != CompareMode::Off
+            && (self.compare_per_million >= 1_000_000
+                || (self.compare_per_million > 0
+                    && random() % 1_000_000 < self.compare_per_million))
+    }
+
+    /// Whether this filter counts `outcome`: with [`Self::mirror_routes`] the shadow's Envoy
+    /// cluster counts every copy it sent, so only a copy never sent (skipped) is the filter's.
+    pub fn counts(&self, outcome: Outcome) -> bool {
+        !self.mirror_routes || outcome == Outcome::Skipped
+    }
+
     pub fn outcome(&self, outcome: Outcome) -> MetricId {
         self.outcomes[outcome.index()]
     }
@@ -302,6 +325,7 @@ impl Compiled {
                     name: v.name.clone(),
                     model: v.model.clone(),
                     routed: routed_value(&v.name, &ep.route_key),
+                    routed_twin: mirror_twin(&routed_value(&v.name, &ep.route_key)),
                     model_header: match v.rollout {
                         Some(_) => ModelHeader::Remove,
                         None => ModelHeader::Untouched,
@@ -339,6 +363,7 @@ impl Compiled {
                     name: v.name.clone(),
                     model: r.model.clone(),
                     routed: routed_value(&v.name, &ep.route_key),
+                    routed_twin: mirror_twin(&routed_value(&v.name, &ep.route_key)),
                     model_header: ModelHeader::Set(routed_value(&r.model, &ep.route_key)),
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
                     metrics: variant_metrics(&v.name, &r.model, false)?.0,
@@ -388,6 +413,7 @@ impl Compiled {
                         tolerance: s.compare.tolerance,
                         // validated to 0..=100 as well.
                         compare_per_million: (s.compare.percent * 10_000.0).round() as u64,
+                        mirror_routes: s.mirror_routes,
                         outcomes,
                         agreement,
                     })
@@ -436,7 +462,11 @@ impl Compiled {
                 valid_variants_json: serde_json::to_string(&names)
                     .unwrap_or_else(|_| "[]".to_owned()),
                 variants,
-                read_all_headers: shadow.as_ref().is_some_and(|s| s.per_million >= 1_000_000),
+                // Only when every request is copied by the filter itself.
+                read_all_headers: shadow.as_ref().is_some_and(|s| {
+                    s.per_million >= 1_000_000
+                        && (!s.mirror_routes || s.compare_per_million >= 1_000_000)
+                }),
                 shadow,
                 capture,
             });

@@ -71,6 +71,8 @@ struct Held {
 struct Capture {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Drawn for comparison ([`crate::compiled::Shadow::draw_compared`]).
+    compared: bool,
 }
 
 #[derive(Debug)]
@@ -106,6 +108,7 @@ pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
             continue;
         };
         host.increment(match *e {
+            Event::Outcome { outcome, .. } if !s.counts(outcome) => continue,
             Event::Outcome { outcome, .. } => s.outcome(outcome),
             Event::Agreement { matched, .. } => s.agreement(Agreement::of(matched)),
         });
@@ -182,7 +185,20 @@ impl Stream {
                     h.remove_request_header(VARIANT_HEADER);
                     return RequestAction::Continue;
                 };
-                h.set_request_header(VARIANT_HEADER, &v.routed);
+                // One draw decides the copy, another whether it is compared. A copy not
+                // compared goes through the route's mirroring twin when the routes have them
+                // (`mlep_core::mirror`): Envoy sends it, the filter never sees its answer.
+                let copy = ep
+                    .shadow
+                    .as_ref()
+                    .filter(|s| v.mirror && s.per_million > 0)
+                    .filter(|s| h.random() % 1_000_000 < s.per_million)
+                    .map(|s| (s.draw_compared(|| h.random()), s.mirror_routes));
+                let by_envoy = copy.is_some_and(|(compared, twins)| twins && !compared);
+                h.set_request_header(
+                    VARIANT_HEADER,
+                    if by_envoy { &v.routed_twin } else { &v.routed },
+                );
                 match &v.model_header {
                     ModelHeader::Untouched => {}
                     ModelHeader::Remove => h.remove_request_header(MODEL_HEADER),
@@ -194,17 +210,16 @@ impl Stream {
                 // answer is copied into memory the host must first allocate inside the VM.
                 self.started_ns = h.now_ns();
                 self.set_cookie = set_cookie;
-                if let Some(s) = ep.shadow.as_ref().filter(|_| v.mirror) {
-                    if s.per_million > 0 && h.random() % 1_000_000 < s.per_million {
-                        let headers = all.unwrap_or_else(|| h.request_headers());
-                        let headers = shadow_headers(headers, &s.authority, s.forward_credentials);
-                        self.capture = Some(Capture {
-                            headers,
-                            body: Vec::new(),
-                        });
-                        if end_of_stream {
-                            self.submit(h);
-                        }
+                if let (Some(s), Some((compared, _))) = (&ep.shadow, copy.filter(|_| !by_envoy)) {
+                    let headers = all.unwrap_or_else(|| h.request_headers());
+                    let headers = shadow_headers(headers, &s.authority, s.forward_credentials);
+                    self.capture = Some(Capture {
+                        headers,
+                        body: Vec::new(),
+                        compared,
+                    });
+                    if end_of_stream {
+                        self.submit(h);
                     }
                 }
                 if let Some(c) = &ep.capture {
@@ -368,11 +383,7 @@ impl Stream {
         let Some(s) = self.cfg.endpoints.get(ep).and_then(|e| e.shadow.as_ref()) else {
             return;
         };
-        // Compared, or only sent: the sample is drawn per copy, so the compared ones are a
-        // uniform share of the mirrored traffic.
-        let compared = s.compare != CompareMode::Off
-            && (s.compare_per_million >= 1_000_000
-                || (s.compare_per_million > 0 && h.random() % 1_000_000 < s.compare_per_million));
+        let compared = c.compared;
         let spec = CompareSpec {
             mode: if compared {
                 s.compare

@@ -1,6 +1,7 @@
 //! The request path: arbitrary headers, cookies, statuses, chunked bodies and shadow answers
 //! through the stream logic with the in-memory host. Never panics; an assigned request
-//! carries exactly one valid `x-mlep-variant`; a rejected one carries none; shadow copies
+//! carries exactly one valid `x-mlep-variant` (a variant's routed value or, with twin routes,
+//! its mirroring twin's); a rejected one carries none; shadow copies
 //! carry no credentials; the hub stays within its bounds and drains.
 #![no_main]
 
@@ -56,15 +57,24 @@ impl Name {
 #[derive(Arbitrary, Debug)]
 struct Input {
     percent: u8,
+    /// `Some(p)`: `p` % of the copies compared, the rest sent through the routes' mirroring
+    /// twins (`mirrorRoutes`).
+    twins: Option<u8>,
     seed: u64,
     requests: Vec<Request>,
 }
 
 fuzz_target!(|input: Input| {
-    let cfg = CONFIG.replace(
+    let mut cfg = CONFIG.replace(
         "\"percent\": 10",
         &format!("\"percent\": {}", input.percent % 101),
     );
+    if let Some(p) = input.twins {
+        cfg = cfg.replace(
+            "\"tolerance\": 0.000001}",
+            &format!("\"tolerance\": 0.000001, \"percent\": {}}}, \"mirrorRoutes\": true", p % 101),
+        );
+    }
     let mut h = MemHost {
         seed: input.seed,
         ..MemHost::default()
@@ -102,8 +112,10 @@ fuzz_target!(|input: Input| {
                     assert_eq!(variants.len(), 1, "{variants:?}");
                     let entries = &cfg.endpoints[ep].variants;
                     assert!(
-                        entries.iter().any(|v| v.routed == variants[0]),
-                        "the routed value of a variant: {variants:?}"
+                        entries
+                            .iter()
+                            .any(|v| v.routed == variants[0] || v.routed_twin == variants[0]),
+                        "the routed value of a variant or its mirroring twin: {variants:?}"
                     );
                 }
             }

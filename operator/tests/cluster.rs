@@ -373,7 +373,7 @@ async fn the_example_renders_accepted_children_and_becomes_ready_once_deployment
         .expect("a route key in status");
     let http = vs.data["spec"]["http"].as_array().unwrap();
     assert_eq!(
-        http[0]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+        http[0]["match"][0]["headers"]["x-mlep-variant"]["prefix"],
         format!("a.{key}")
     );
     let cfg = filter_config(

@@ -5,7 +5,9 @@
 //! `filter` | `unrelated` (the mlep filter in the chain, but the load's virtual host is not an
 //! endpoint's: the filter stays disabled there, as for every unrelated workload's traffic) |
 //! `shadow` (filter + 100% shadow, JSON comparison) | `shadow10` (10%) | `shadow-nocompare` (100 %, rendered as the product does: Envoy's mirror) |
-//! `shadow-sample10` (100% shadow, 10% of the copies compared) | `capture` (filter + data
+//! `shadow-sample10` (100% shadow, 10% of the copies compared, rendered as the product does:
+//! the uncompared copies go through the twin routes to Envoy's mirror) | `shadow-sample10-wasm`
+//! (the same, every copy sent by the filter: the WasmPlugin wiring's way) | `capture` (filter + data
 //! capture of every invocation, request and response, to the shadow upstream as the sink) |
 //! `capture10` (10 % captured) |
 //! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
@@ -18,7 +20,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench tool: fail loudly
 
 use mlep::envoy::{
-    self, BootstrapSpec, ClusterUpstream, NativeMirror, RouteEndpoint, RouteVariant, WasmFilter,
+    self, BootstrapSpec, ClusterUpstream, MirrorOn, NativeMirror, RouteEndpoint, RouteVariant,
+    WasmFilter,
 };
 use mlep_contract::Allocation;
 use mlep_contract::ShadowConfig;
@@ -65,6 +68,7 @@ fn main() {
                 | "shadow10"
                 | "shadow-nocompare"
                 | "shadow-sample10"
+                | "shadow-sample10-wasm"
                 | "capture"
                 | "capture10"
         );
@@ -77,20 +81,28 @@ fn main() {
             "json"
         };
         let percent = if mode == "shadow10" { 10 } else { 100 };
-        let compared = if mode == "shadow-sample10" { 10 } else { 100 };
+        let compared = if mode.starts_with("shadow-sample10") {
+            10
+        } else {
+            100
+        };
         serde_json::from_value(serde_json::json!({
             "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
             "compare": {"mode": compare, "tolerance": 0.0, "percent": compared}
         }))
         .unwrap()
     });
-    let mut mirror = NativeMirror::take(&mut shadow);
+    let mut mirror = match mode.as_str() {
+        "shadow-sample10-wasm" => None,
+        _ => NativeMirror::take(&mut shadow),
+    };
     if mode == "mirror" {
         mirror = Some(NativeMirror {
             cluster: shadow_cluster.into(),
             authority: None,
             percent: 100.0,
             forward_credentials: true,
+            on: MirrorOn::EveryRoute,
         });
     }
     let spec = BootstrapSpec {

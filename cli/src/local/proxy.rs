@@ -33,8 +33,9 @@ impl Session {
         let mut cfg = plan::filter_config(d, &self.allocations, &self.route_key)?;
         self.put_splits(&mut cfg);
         self.put_sleep_marks(&mut cfg);
-        // A shadow that compares nothing is Envoy's mirror on the routes
-        // (`plan::route_endpoints`), not the filter's: the written config leaves it out.
+        // What Envoy's mirror on the routes copies (`plan::route_endpoints`) is not the
+        // filter's: the written config leaves out a shadow that compares nothing, and marks
+        // one that compares a sample (its other copies go through the twin routes).
         let mut served = cfg.clone();
         for ep in &mut served.endpoints {
             let _on_the_routes = envoy::NativeMirror::take(&mut ep.shadow);

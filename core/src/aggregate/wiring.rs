@@ -28,7 +28,16 @@ const INITIAL_FETCH_TIMEOUT: &str = "15s";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Routes {
     pub virtual_hosts: Vec<String>,
-    pub mirrors: Vec<(String, Value)>,
+    pub mirrors: Vec<RouteMirror>,
+}
+
+/// Envoy's mirror on the routing routes of a virtual host: every one (`route` None), or the
+/// one named `route` (a mirroring twin, `crate::mirror::MirrorOn::Twins`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RouteMirror {
+    pub vhost: String,
+    pub route: Option<String>,
+    pub policy: Value,
 }
 
 /// A filter object of this wiring for the sidecars (`selector` None: every sidecar, outbound)
@@ -199,18 +208,24 @@ fn virtual_host_patches<'a>(
     })
 }
 
-/// One `HTTP_ROUTE` MERGE per virtual host of an endpoint whose shadow Envoy mirrors: matched
-/// by the virtual host and the action `ROUTE` only (no route name), it applies to every
-/// routing route there (Istio's `routeMatch`, pilot/pkg/networking/core/envoyfilter/
-/// rc_patch.go), so the header routes and the weighted default all copy. Istio's own
-/// `HTTPMirrorPolicy` cannot drop headers from the copy (istio/istio#50811); the
+/// One `HTTP_ROUTE` MERGE per [`RouteMirror`]: matched by the virtual host, the action
+/// `ROUTE` and, for a twin, the route's name (Istio names a route after the VirtualService's
+/// HTTP route, pilot/pkg/networking/core/route/route.go, and `routeMatch` in
+/// pilot/pkg/networking/core/envoyfilter/rc_patch.go compares it); without a name it applies
+/// to every routing route there, so the header routes and the weighted default all copy.
+/// Istio's own `HTTPMirrorPolicy` cannot drop headers from the copy (istio/istio#50811); the
 /// VirtualService's 0 % mirror only keeps the shadow's cluster built
 /// (`crate::render::istio`), and Istio renders no policy for 0 %, so this is the only one.
 fn mirror_patches<'a>(
     context: &'a str,
-    mirrors: &'a [(String, Value)],
+    mirrors: &'a [RouteMirror],
 ) -> impl Iterator<Item = Value> + 'a {
-    mirrors.iter().map(move |(vhost, policy)| {
+    mirrors.iter().map(move |m| {
+        let mut route = json!({ "action": "ROUTE" });
+        if let Some(name) = &m.route {
+            route["name"] = json!(name);
+        }
+        let policy = &m.policy;
         json!({
             "applyTo": "HTTP_ROUTE",
             // Only routing routes: on a gateway, other VirtualServices of the same host share
@@ -218,7 +233,7 @@ fn mirror_patches<'a>(
             // make it an action without a cluster, which Envoy rejects with the whole config.
             "match": {
                 "context": context,
-                "routeConfiguration": { "vhost": { "name": vhost, "route": { "action": "ROUTE" } } },
+                "routeConfiguration": { "vhost": { "name": m.vhost, "route": route } },
             },
             "patch": {
                 "operation": "MERGE",

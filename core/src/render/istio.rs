@@ -2,7 +2,7 @@
 //! header routes and weighted default, the Gateway.
 
 use super::Ctx;
-use crate::crd::ModelEndpointSpec;
+use crate::crd::{ModelEndpointSpec, ShadowSpec};
 use crate::envoy::{self, subset_name, RouteInput, VariantRoutes, DEFAULT_ROUTE};
 use crate::meta::{
     istio, DESTINATION_RULE, GATEWAY, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT, VIRTUAL_SERVICE,
@@ -90,13 +90,17 @@ pub(super) fn virtual_service(
     let host = ctx.fqdn(ctx.name);
     let dest = |subset: &str| json!({ "host": host, "subset": subset, "port": { "number": SERVICE_PORT } });
     let keyed = |name: &str| json!({ "exact": routed_value(name, route_key) });
+    // A prefix: the value and its mirroring twin's (`<value>.mirror`, `crate::mirror`), so a
+    // proxy whose filter config names twins before its routes have them still routes each
+    // request to its variant (without the copy). Both carry the key, which no client has.
+    let variant_keyed = |name: &str| json!({ "prefix": routed_value(name, route_key) });
     let routes = variant_routes(plan);
     let mut http: Vec<Value> = routes
         .header_routes()
         .map(|(name, v)| {
             json!({
                 "name": name,
-                "match": [{ "headers": { VARIANT_HEADER: keyed(v) } }],
+                "match": [{ "headers": { VARIANT_HEADER: variant_keyed(v) } }],
                 "route": [{ "destination": dest(v) }],
                 "headers": restore(v, false),
             })
@@ -114,9 +118,9 @@ pub(super) fn virtual_service(
         http.insert(
             at,
             json!({
-                "name": format!("rollout-{subset}"),
+                "name": envoy::rollout_route_name(variant, model),
                 "match": [{ "headers": {
-                    VARIANT_HEADER: keyed(variant),
+                    VARIANT_HEADER: variant_keyed(variant),
                     MODEL_HEADER: keyed(model),
                 } }],
                 "route": [{ "destination": dest(&subset) }],
@@ -124,6 +128,7 @@ pub(super) fn virtual_service(
             }),
         );
     }
+    let mut http = with_mirror_twins(spec, http);
     // Fallback for requests the filter did not see: the routed weights, ready variants only.
     let default: Vec<Value> = match routes.weighted.as_slice() {
         [(one, _)] => vec![json!({ "destination": dest(one) })],
@@ -154,6 +159,38 @@ pub(super) fn virtual_service(
         ctx.meta(ctx.name, []),
         json!({ "hosts": hosts, "gateways": gateways, "http": http }),
     )
+}
+
+/// The header routes `http`, each preceded by its mirroring twin when the shadow compares a
+/// sample and the wiring patches routes: the filter sends the copies it does not compare to
+/// the twins, which the EnvoyFilter wiring gives Envoy's mirror (`crate::mirror`). A twin
+/// matches its value exactly and comes first; its route's prefix match would take it too.
+fn with_mirror_twins(spec: &ModelEndpointSpec, http: Vec<Value>) -> Vec<Value> {
+    let sampled = spec
+        .shadow
+        .as_ref()
+        .is_some_and(ShadowSpec::compares_a_sample);
+    if !(sampled && spec.filter_wiring.patches_routes()) {
+        return http;
+    }
+    http.into_iter()
+        .flat_map(|r| {
+            let twin = mirror_twin_route(&r);
+            twin.into_iter().chain(std::iter::once(r))
+        })
+        .collect()
+}
+
+/// A header route's mirroring twin: the same route, named after it and matching the twin
+/// ([`mlep_contract::mirror_twin`]) of its routed variant value exactly.
+fn mirror_twin_route(route: &Value) -> Option<Value> {
+    let name = route["name"].as_str()?;
+    let value = route["match"][0]["headers"][VARIANT_HEADER]["prefix"].as_str()?;
+    let mut twin = route.clone();
+    twin["name"] = json!(mlep_contract::mirror_twin(name));
+    twin["match"][0]["headers"][VARIANT_HEADER] =
+        json!({ "exact": mlep_contract::mirror_twin(value) });
+    Some(twin)
 }
 
 /// The per-variant routes of a plan (see [`VariantRoutes`]): by header to ready variants, by

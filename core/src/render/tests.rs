@@ -492,11 +492,11 @@ fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
         .unwrap()
         .clone();
     assert_eq!(http.len(), 3);
-    // Only the value the filter sets, with the route key, selects b; the route puts the plain
-    // name back for the model.
+    // Only the value the filter sets, with the route key (and, the prefix, its mirroring
+    // twin's), selects b; the route puts the plain name back for the model.
     assert_eq!(
-        http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
-        format!("b.{KEY}")
+        http[1]["match"][0]["headers"]["x-mlep-variant"],
+        json!({"prefix": format!("b.{KEY}")})
     );
     assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
     assert_eq!(
@@ -556,7 +556,7 @@ fn a_retiring_variant_keeps_its_header_route_and_subset_but_no_weight_or_assignm
     .unwrap();
     let http = find(&r.objects, "VirtualService", "titanic")["spec"]["http"].clone();
     assert_eq!(
-        http[1]["match"][0]["headers"]["x-mlep-variant"]["exact"],
+        http[1]["match"][0]["headers"]["x-mlep-variant"]["prefix"],
         format!("b.{KEY}")
     );
     assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
@@ -638,6 +638,86 @@ fn a_rollouts_new_model_has_its_subset_before_any_route_names_it() {
     assert_eq!(
         subset_names(&plan),
         (vec!["a".into(), "b".into(), "b-m3".into()], true)
+    );
+}
+
+#[test]
+fn a_sampled_comparison_gives_each_header_route_a_twin_matching_its_mirrored_value() {
+    let mut ep = endpoint();
+    ep.spec.variants[1].model = "m3".into();
+    ep.spec.shadow = serde_json::from_value(
+        serde_json::json!({"model": "m3", "percent": 50.0, "comparePercent": 10.0}),
+    )
+    .ok();
+    let mut plan = Plan::assume_ready(&ep.spec);
+    plan.variants[1].serving_model = "m2".into();
+    plan.rollout = Some(RolloutPlan {
+        variant: "b".into(),
+        models: Some(vec!["m2".into(), "m3".into()]),
+        split: None,
+        mirror: None,
+        route_model: Some("m3".into()),
+    });
+    let http = |ep: &ModelEndpoint| {
+        find(&render(ep, &plan), "VirtualService", "titanic")["spec"]["http"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let routes = http(&ep);
+    let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "variant-a.mirror",
+            "variant-a",
+            "rollout-b-m3.mirror",
+            "rollout-b-m3",
+            "variant-b.mirror",
+            "variant-b",
+            "weighted-default"
+        ],
+        "a twin first: its route's prefix match would take its value too"
+    );
+    for pair in routes[..6].chunks(2) {
+        let (twin, plain) = (&pair[0], &pair[1]);
+        let value = |r: &Value, how: &str| r["match"][0]["headers"]["x-mlep-variant"][how].clone();
+        let plain_value = value(plain, "prefix")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(plain_value.ends_with(KEY), "{plain_value}");
+        assert_eq!(
+            value(twin, "exact"),
+            mlep_contract::mirror_twin(&plain_value)
+        );
+        assert_eq!(twin["route"], plain["route"], "the same destination");
+        assert_eq!(
+            twin["headers"], plain["headers"],
+            "the plain variant name restored"
+        );
+        assert_eq!(
+            twin["match"][0]["headers"]["x-mlep-model"],
+            plain["match"][0]["headers"]["x-mlep-model"]
+        );
+    }
+    // Every copy compared, none to compare, or no route patches: no twins.
+    for shadow in [
+        serde_json::json!({"model": "m3", "percent": 50.0}),
+        serde_json::json!({"model": "m3", "percent": 50.0, "compare": "Off", "comparePercent": 10.0}),
+    ] {
+        ep.spec.shadow = serde_json::from_value(shadow).ok();
+        assert_eq!(http(&ep).len(), 4);
+    }
+    ep.spec.shadow = serde_json::from_value(
+        serde_json::json!({"model": "m3", "percent": 50.0, "comparePercent": 10.0}),
+    )
+    .ok();
+    ep.spec.filter_wiring = crate::crd::FilterWiring::WasmPlugin;
+    assert_eq!(
+        http(&ep).len(),
+        4,
+        "a WasmPlugin's filter copies everything itself"
     );
 }
 

@@ -338,6 +338,73 @@ fn a_sampled_comparison_sends_every_copy_and_compares_its_share() {
 
 #[test]
 #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn with_twin_routes_a_copy_not_compared_is_routed_to_envoys_mirror_not_sent() {
+    let (cfg, hub, mut h) = setup(|s| {
+        s.replace("\"percent\": 10", "\"percent\": 100").replace(
+            "\"tolerance\": 0.000001}",
+            "\"tolerance\": 0.000001, \"percent\": 10}, \"mirrorRoutes\": true",
+        )
+    });
+    let (mut twins, mut sent, mut compared) = (0, 0, 0);
+    users(&cfg, &hub, &mut h, 1000, |s, h, copies| {
+        let value = h.request_header("x-mlep-variant").unwrap_or_default();
+        let twin = value.ends_with(".mirror");
+        if twin {
+            assert!(
+                value == mlep_contract::mirror_twin(&routed("a"))
+                    || value == mlep_contract::mirror_twin(&routed("b")),
+                "{value}"
+            );
+            assert_eq!(
+                copies, 0,
+                "Envoy copies a twin's request, the filter does not"
+            );
+        } else {
+            assert_eq!(
+                copies, 1,
+                "a plain route's request was drawn for comparison"
+            );
+            assert!(s.primary.is_some(), "and its answer is kept for comparing");
+        }
+        twins += usize::from(twin);
+        sent += copies;
+        compared += usize::from(s.primary.is_some());
+    });
+    assert_eq!(
+        twins + sent,
+        1000,
+        "every request copied once, by one of the two"
+    );
+    assert_eq!(compared, sent);
+    assert!((60..=140).contains(&sent), "about 10 % compared: {sent}");
+    // Envoy's shadow cluster counts every copy's outcome; the filter only what it skips.
+    let events = [
+        Event::Outcome {
+            ep: 0,
+            outcome: Outcome::Ok,
+        },
+        Event::Outcome {
+            ep: 0,
+            outcome: Outcome::Skipped,
+        },
+    ];
+    count(&cfg, &events, &mut h);
+    let outcome = |o| {
+        stat(
+            "mlep_shadow_requests_total",
+            "shadow",
+            "titanic-v2",
+            &[("outcome", o)],
+        )
+    };
+    assert_eq!(
+        (h.counter(&outcome("ok")), h.counter(&outcome("skipped"))),
+        (0, 1)
+    );
+}
+
+#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn a_client_sent_variant_header_is_stripped_even_when_assignment_fails() {
     let (cfg, hub, mut h) = setup(|s| s.to_owned());
     request(

@@ -492,6 +492,117 @@ async fn native_mirror_copies_without_credentials(bed: &Bed, t: &Titanic) {
         "Prometheus: all {recorded} answered copies the proxies counted as {} (outcome ok)",
         m::SHADOW_REQUESTS_TOTAL
     ));
+    a_sampled_comparison_copies_each_request_once(bed, t).await;
+}
+
+/// Comparison on a sample (`comparePercent: 20`, `mlep_core::mirror`): the filter copies and
+/// compares the sampled requests and routes the other copied ones to their route's mirroring
+/// twin, where Envoy's mirror copies them. Once the gateway has the twins (with the mirror)
+/// and the filter config that uses them, each of a batch of requests is copied exactly once
+/// (the gateway's shadow cluster answers as many copies as requests), some are compared, and
+/// the filter counts no outcome (the cluster counts every copy).
+async fn a_sampled_comparison_copies_each_request_once(bed: &Bed, t: &Titanic) {
+    t.edit(|spec| {
+        if let Some(s) = spec.shadow.as_mut() {
+            s.compare = None;
+            s.compare_percent = Some(20.0);
+            s.forward_credentials = Some(false);
+        }
+    })
+    .await;
+    let shadow = format!("outbound|80||titanic-shadow.{}.svc.cluster.local", t.ns);
+    let twins = eventually(
+        SETTLE,
+        "twin routes and a filter config using them",
+        || async {
+            let dump: serde_json::Value =
+                serde_json::from_str(&gateway_admin(bed, "config_dump").await).ok()?;
+            let (mut twins, mut plain, mut uses_twins) = (0, 0, false);
+            let mut walk = vec![&dump];
+            while let Some(v) = walk.pop() {
+                match v {
+                    serde_json::Value::Object(o) => {
+                        let mirrors = (o.get("route"))
+                            .and_then(|r| r["request_mirror_policies"].as_array())
+                            .is_some_and(|m| m.iter().any(|p| p["cluster"] == shadow.as_str()));
+                        let name = o.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                        match (mirrors, name.ends_with(mlep_contract::MIRROR_TWIN_SUFFIX)) {
+                            (true, true) => twins += 1,
+                            (true, false) => plain += 1,
+                            _ => {}
+                        }
+                        walk.extend(o.values());
+                    }
+                    serde_json::Value::Array(a) => walk.extend(a),
+                    // The filter's config, a JSON string inside the ECDS resource.
+                    serde_json::Value::String(text) if text.contains("\"routeKey\"") => {
+                        let cfg: mlep_contract::FilterConfig = serde_json::from_str(text).ok()?;
+                        uses_twins |= cfg.endpoints.iter().any(|e| {
+                            e.namespace == t.ns
+                                && e.shadow.as_ref().is_some_and(|s| s.mirror_routes)
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            (twins >= 2 && plain == 0 && uses_twins).then_some(twins)
+        },
+    )
+    .await;
+    const BATCH: usize = 100;
+    let mine = [(m::LABEL_NAMESPACE, t.ns.as_str())];
+    let cluster = format!("titanic-shadow.{}.svc", t.ns);
+    let of_shadow = |stats: &[mlep::table::Sample], suffix: &str| -> f64 {
+        stats
+            .iter()
+            .filter(|x| x.name.ends_with(suffix))
+            .filter(|x| x.labels.values().any(|v| v.contains(&cluster)))
+            .map(|x| x.value)
+            .sum()
+    };
+    let counts = |stats: &[mlep::table::Sample]| {
+        (
+            of_shadow(stats, "cluster_upstream_rq_completed"),
+            sum_of(stats, m::SHADOW_AGREEMENT_TOTAL, &mine),
+            sum_of(stats, m::SHADOW_REQUESTS_TOTAL, &mine),
+        )
+    };
+    let before = counts(&gateway_stats(bed).await);
+    for i in 0..BATCH {
+        let key = format!("sampled-{i}");
+        let o = (t.gateway)
+            .invoke(&[("x-user-id", &key), ("authorization", "Bearer secret")])
+            .await;
+        assert_eq!(o.status(), Some(200), "{o:?}");
+    }
+    // Settled: no copy in flight, and the comparisons' count (a stream's count reaches Envoy
+    // up to a second after its copy's answer) read after that.
+    let (copies, compared, by_filter) = eventually(SETTLE, "every copy answered", || async {
+        let stats = gateway_stats(bed).await;
+        let in_flight = of_shadow(&stats, "cluster_upstream_rq_active")
+            + of_shadow(&stats, "cluster_upstream_rq_pending_active");
+        let now = counts(&stats);
+        let delta = (now.0 - before.0, now.1 - before.1, now.2 - before.2);
+        (in_flight == 0.0 && delta.0 >= BATCH as f64 && delta.1 > 0.0).then_some(delta)
+    })
+    .await;
+    measure(format!(
+        "sampled comparison at 20 %: {copies} copies of {BATCH} requests, {compared} compared"
+    ));
+    assert_eq!(copies, BATCH as f64, "each request copied exactly once");
+    assert_eq!(
+        by_filter, 0.0,
+        "the shadow's cluster counts the copies, not the filter"
+    );
+    // 20 % of 100: a binomial count far outside 20 +- 17 means the share is wrong.
+    assert!(
+        (3.0..=37.0).contains(&compared),
+        "{compared} compared of {BATCH}"
+    );
+    ok(format!(
+        "comparison on a 20 % sample: {twins} twin routes mirror in the gateway; each of \
+         {BATCH} requests copied once ({compared} compared by the filter, the rest by Envoy)"
+    ));
 }
 
 /// What bounds the copies Envoy's mirror holds for a shadow that stops answering, as the
