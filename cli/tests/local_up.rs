@@ -318,30 +318,11 @@ async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
         let r = up.invoke(Some(&format!("n-{i}")), &auth).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let cluster = "mlep-shadow|default|titanic";
-    let of = |stats: &str, name: &str| metric_sum(stats, name, "envoy_cluster_name", cluster);
-    let start = Instant::now();
-    let (copies, by_filter) = loop {
-        let stats = envoy_stats(&up).await;
-        // In flight: sent, or waiting for a connection.
-        let (done, active) = (
-            of(&stats, "cluster_upstream_rq_completed"),
-            of(&stats, "cluster_upstream_rq_active")
-                + of(&stats, "cluster_upstream_rq_pending_active"),
-        );
-        let by_filter: f64 = Outcome::ALL
-            .iter()
-            .map(|o| metric_sum(&stats, SHADOW_REQUESTS_TOTAL, LABEL_OUTCOME, o.label()))
-            .sum();
-        if done > 0.0 && active == 0.0 {
-            break (done, by_filter);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "copies completed {done}, in flight {active}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let Copies {
+        answered: copies,
+        by_filter,
+        ..
+    } = settled_copies(&up, 1).await;
     eprintln!("measured: native mirror at 50 %: {copies} copies of {N} requests");
     assert_eq!(
         by_filter, 0.0,
@@ -352,17 +333,7 @@ async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
         (60.0..=140.0).contains(&copies),
         "{copies} copies of {N} at 50 %"
     );
-    let want = format!("{copies}");
-    let row = wait_for_table_row(
-        &up,
-        "shadow",
-        0,
-        "REQUESTS",
-        |cols| cols.first() == Some(&want.as_str()),
-        &format!("with {copies} copies"),
-        Duration::from_secs(20),
-    );
-    assert!(row.contains("titanic-v2"), "{row}");
+    the_table_shows_the_shadows_copies(&up, copies);
     up.stop_with(nix::sys::signal::Signal::SIGINT);
 }
 
@@ -388,40 +359,11 @@ async fn a_sampled_comparison_copies_every_request_once_and_compares_its_share()
             "the plain variant name, not a twin's value: {v}"
         );
     }
-    let cluster = "mlep-shadow|default|titanic";
-    let of = |stats: &str, name: &str| metric_sum(stats, name, "envoy_cluster_name", cluster);
-    let compared = |stats: &str| -> f64 {
-        Agreement::ALL
-            .iter()
-            .map(|r| metric_sum(stats, SHADOW_AGREEMENT_TOTAL, LABEL_RESULT, r.label()))
-            .sum()
-    };
-    let start = Instant::now();
-    let mut last = None;
-    let (copies, compared, by_filter) = loop {
-        let stats = envoy_stats(&up).await;
-        let (done, active) = (
-            of(&stats, "cluster_upstream_rq_completed"),
-            of(&stats, "cluster_upstream_rq_active")
-                + of(&stats, "cluster_upstream_rq_pending_active"),
-        );
-        let by_filter: f64 = Outcome::ALL
-            .iter()
-            .map(|o| metric_sum(&stats, SHADOW_REQUESTS_TOTAL, LABEL_OUTCOME, o.label()))
-            .sum();
-        let now = (done, compared(&stats), by_filter);
-        // Settled: every copy answered and the comparisons' count no longer moving.
-        if done >= N as f64 && active == 0.0 && last == Some(now) {
-            break now;
-        }
-        last = Some(now);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "copies completed {done}, in flight {active}, compared {}",
-            now.1
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let Copies {
+        answered: copies,
+        compared,
+        by_filter,
+    } = settled_copies(&up, N).await;
     eprintln!("measured: sampled comparison at 20 %: {copies} copies, {compared} compared, of {N} requests");
     assert_eq!(copies, N as f64, "each request copied exactly once");
     assert_eq!(
@@ -433,9 +375,72 @@ async fn a_sampled_comparison_copies_every_request_once_and_compares_its_share()
         (20.0..=60.0).contains(&compared),
         "{compared} compared of {N} at 20 %"
     );
+    the_table_shows_the_shadows_copies(&up, copies);
+    up.stop_with(nix::sys::signal::Signal::SIGINT);
+}
+
+/// The local shadow cluster's copies once settled, and what the filter counted.
+struct Copies {
+    /// Copies the shadow cluster completed (whoever sent them).
+    answered: f64,
+    /// Copies the filter compared (`mlep_shadow_agreement_total`).
+    compared: f64,
+    /// Outcomes the filter counted (`mlep_shadow_requests_total`).
+    by_filter: f64,
+}
+
+/// Poll Envoy's stats until at least `at_least` copies completed, none is in flight (sent or
+/// waiting for a connection) and the counts held still between two reads (a comparison is
+/// counted right after its copy's answer).
+async fn settled_copies(up: &Up, at_least: usize) -> Copies {
+    let cluster = "mlep-shadow|default|titanic";
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let stats = envoy_stats(up).await;
+        let of = |name: &str| metric_sum(&stats, name, "envoy_cluster_name", cluster);
+        let (done, active) = (
+            of("cluster_upstream_rq_completed"),
+            of("cluster_upstream_rq_active") + of("cluster_upstream_rq_pending_active"),
+        );
+        let sum = |metric: &str, label: &str, values: &mut dyn Iterator<Item = &str>| -> f64 {
+            values.map(|v| metric_sum(&stats, metric, label, v)).sum()
+        };
+        let now = (
+            done,
+            sum(
+                SHADOW_AGREEMENT_TOTAL,
+                LABEL_RESULT,
+                &mut Agreement::ALL.iter().map(|a| a.label()),
+            ),
+            sum(
+                SHADOW_REQUESTS_TOTAL,
+                LABEL_OUTCOME,
+                &mut Outcome::ALL.iter().map(|o| o.label()),
+            ),
+        );
+        if done >= at_least as f64 && active == 0.0 && last == Some(now) {
+            return Copies {
+                answered: now.0,
+                compared: now.1,
+                by_filter: now.2,
+            };
+        }
+        last = Some(now);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "copies completed {done}, in flight {active}, compared {}",
+            now.1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The table's shadow row counts `copies` requests, of the shadow model.
+fn the_table_shows_the_shadows_copies(up: &Up, copies: f64) {
     let want = format!("{copies}");
     let row = wait_for_table_row(
-        &up,
+        up,
         "shadow",
         0,
         "REQUESTS",
@@ -444,5 +449,4 @@ async fn a_sampled_comparison_copies_every_request_once_and_compares_its_share()
         Duration::from_secs(20),
     );
     assert!(row.contains("titanic-v2"), "{row}");
-    up.stop_with(nix::sys::signal::Signal::SIGINT);
 }

@@ -9,6 +9,7 @@ use crate::failure::Failures;
 use crate::plan::{Observed, Plan};
 use crate::pod_security::{check_model, PodSecurityLevel};
 use crate::validate::{validate_model, SpecError};
+use mlep_contract::metrics::SHADOW_VARIANT_LABEL;
 use mlep_contract::Allocation;
 
 fn condition(
@@ -74,7 +75,7 @@ pub fn endpoint_status(
     if !settled {
         name_failure(&mut conditions, failures);
     }
-    conditions.extend(shadow_condition(ep, plan, generation));
+    conditions.extend(shadow_condition(ep, plan, failures, generation));
     let host = ep.spec.hosts.first().cloned().unwrap_or_default();
     ModelEndpointStatus {
         observed_generation: generation,
@@ -246,21 +247,31 @@ fn applied_conditions(plan: &Plan, settled: bool, generation: Option<i64>) -> Ve
 
 /// `ShadowReady`, with a shadow: copies start once its model has a ready pod
 /// (`Plan::shadow_ready`); until then the endpoint serves without copying.
-fn shadow_condition(ep: &ModelEndpoint, plan: &Plan, generation: Option<i64>) -> Option<Condition> {
+fn shadow_condition(
+    ep: &ModelEndpoint,
+    plan: &Plan,
+    failures: &Failures,
+    generation: Option<i64>,
+) -> Option<Condition> {
     let shadow = ep.spec.shadow.as_ref()?;
-    let (reason, message) = if plan.shadow_ready {
-        (
+    let failure = failures.get(&(SHADOW_VARIANT_LABEL.to_owned(), shadow.model.clone()));
+    let (reason, message) = match failure {
+        _ if plan.shadow_ready => (
             REASON_AVAILABLE,
             format!("copies go to model {}", shadow.model),
-        )
-    } else {
-        (
+        ),
+        // Why its pod does not serve, as `Ready` names a variant's (`MlepShadowFailing`).
+        Some(f) => (
+            f.kind.reason(),
+            format!("no copies: shadow model {}: {}", shadow.model, f.message),
+        ),
+        None => (
             REASON_WAITING_FOR_REPLICAS,
             format!(
                 "no copies until the shadow model {} has a ready pod",
                 shadow.model
             ),
-        )
+        ),
     };
     Some(condition(
         SHADOW_READY,
@@ -274,8 +285,10 @@ fn shadow_condition(ep: &ModelEndpoint, plan: &Plan, generation: Option<i64>) ->
 /// A failing model names `Ready` and `Degraded` instead of a generic wait: the worst failure,
 /// with its variant and model.
 fn name_failure(conditions: &mut [Condition], failures: &Failures) {
+    // The shadow serves no user: `ShadowReady` names its failure, not `Ready`.
     let Some(((variant, model), f)) = failures
         .iter()
+        .filter(|((variant, _), _)| variant != SHADOW_VARIANT_LABEL)
         .max_by(|a, b| a.1.kind.cmp(&b.1.kind).then_with(|| b.0.cmp(a.0)))
     else {
         return;
@@ -601,6 +614,39 @@ mod tests {
         let alloc = Allocation::initial(&p.weights()).unwrap();
         let s = endpoint_status(&e, &p, &o, &failures, alloc, None, "t".into());
         assert_eq!(cond(&s, READY).reason, REASON_AVAILABLE);
+    }
+
+    #[test]
+    fn a_failing_shadow_names_shadow_ready_and_leaves_ready_to_the_variants() {
+        use crate::failure::{FailureKind, ModelFailure};
+        let mut e = ep();
+        e.spec.shadow = Some(crate::crd::ShadowSpec::new("m3", 100.0));
+        let crash = ModelFailure {
+            kind: FailureKind::CrashLooping,
+            message: "pod t-shadow-m3-x: exit 1".into(),
+        };
+        let failures: Failures = [(("shadow".into(), "m3".into()), crash)].into();
+        for (replicas, ready) in [(0, "False"), (2, "True")] {
+            let o = observed(replicas);
+            let p = plan(&e.spec, None, &o);
+            let alloc = Allocation::initial(&p.weights()).unwrap();
+            let s = endpoint_status(&e, &p, &o, &failures, alloc, None, "t".into());
+            let c = cond(&s, SHADOW_READY);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", REASON_MODEL_CRASH_LOOPING)
+            );
+            assert_eq!(
+                c.message,
+                "no copies: shadow model m3: pod t-shadow-m3-x: exit 1"
+            );
+            assert_eq!(cond(&s, READY).status, ready, "replicas {replicas}");
+            assert!(
+                cond(&s, READY).reason != REASON_MODEL_CRASH_LOOPING,
+                "Ready names no shadow failure: {:?}",
+                cond(&s, READY)
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - a disagreeing shadow (`titanic-v2` shadowing `titanic-v1`, compared as JSON)
 //!   -> `MlepShadowDisagreement`;
 //! - a crash-looping model (a second endpoint whose model server exits at start)
-//!   -> `MlepModelFailing`.
+//!   -> `MlepModelFailing`;
+//! - the same model as the shadow of a third endpoint that serves from a healthy model
+//!   -> `MlepShadowFailing` (`ShadowReady` names the failure; `Ready` stays the variants').
 //!
 //! (`MlepRolloutRolledBack` fires and resolves in the canary test, tests/namespaced.rs.) The
 //! shipped Istio `Telemetry` passes the bed's Telemetry CRD schema (a server-side dry run).
@@ -127,6 +129,20 @@ async fn crash_looping_endpoint(t: &Titanic) {
         .create(&PostParams::default(), &e)
         .await
         .unwrap();
+    // The same model as a shadow of an endpoint that serves from a healthy one.
+    let e: ModelEndpoint = serde_json::from_value(serde_json::json!({
+        "apiVersion": "mlep.dev/v1alpha1", "kind": "ModelEndpoint",
+        "metadata": {"name": "shadowed"},
+        "spec": {"hosts": [format!("shadowed.{}.mlep.test", t.ns)],
+                 "variants": [{"name": "a", "model": "titanic-v1", "weight": 100}],
+                 "shadow": {"model": "titanic-exits", "percent": 100.0}}
+    }))
+    .unwrap();
+    t.bed
+        .api::<ModelEndpoint>(&t.ns)
+        .create(&PostParams::default(), &e)
+        .await
+        .unwrap();
 }
 
 /// Load through the gateway that keeps every variant busy: four senders, returning users.
@@ -188,6 +204,7 @@ async fn the_shipped_dashboard_and_alerts_work_on_real_prometheus() {
         ("MlepHighLatencyP99", "a"),
         ("MlepShadowDisagreement", ""),
         ("MlepModelFailing", ""),
+        ("MlepShadowFailing", ""),
     ]
     .iter()
     .map(|(a, v)| ((*a).to_owned(), (*v).to_owned()))
@@ -200,6 +217,23 @@ async fn the_shipped_dashboard_and_alerts_work_on_real_prometheus() {
     measure(format!(
         "alerts firing {:.0} s after the faults: {fired:?}",
         t_fault.elapsed().as_secs_f64()
+    ));
+    // The failing shadow is named on ShadowReady; Ready stays its healthy variant's.
+    let (ready, shadow) = eventually(FIRES_WITHIN, "the shadowed endpoint Ready", || async {
+        let e = bed.api::<ModelEndpoint>(&t.ns).get("shadowed").await.ok()?;
+        let ready = condition(&e, "Ready")?.clone();
+        let shadow = condition(&e, "ShadowReady")?.clone();
+        (ready.status == "True").then_some((ready, shadow))
+    })
+    .await;
+    assert_eq!(shadow.status, "False", "{shadow:?}");
+    assert!(
+        shadow.message.contains("titanic-exits") && shadow.reason != "WaitingForReplicas",
+        "{shadow:?}"
+    );
+    ok(format!(
+        "a crash-looping shadow: ShadowReady {} ({}), Ready {} ({})",
+        shadow.status, shadow.reason, ready.status, ready.reason
     ));
 
     // The latency breakdown in the cluster: the 700 ms the mesh adds in front of titanic-v1 is
@@ -250,10 +284,12 @@ async fn the_shipped_dashboard_and_alerts_work_on_real_prometheus() {
         .delete("slow-model", &Default::default())
         .await
         .unwrap();
-    bed.api::<ModelEndpoint>(&t.ns)
-        .delete("broken", &Default::default())
-        .await
-        .unwrap();
+    for name in ["broken", "shadowed"] {
+        bed.api::<ModelEndpoint>(&t.ns)
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+    }
     let t_fix = Instant::now();
     let running = load(&t);
     eventually(RESOLVES_WITHIN, "every alert resolves", || async {
