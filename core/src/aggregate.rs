@@ -164,6 +164,12 @@ pub fn served_config(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<En
         .as_ref()
         .and_then(|r| crate::rollout::served_plan(ep.spec.rollout.as_ref(), r));
     let fqdn = format!("{name}.{ns}.svc.{cluster_domain}");
+    let mut entry = entry;
+    // Twins only once the reconcile that applied them says so: before, the VirtualService
+    // serving may be one without them (an upgrade, an invalid spec asking for them).
+    if let Some(s) = entry.shadow.as_mut() {
+        s.mirror_routes &= status.mirror_twins;
+    }
     let entry = match rollout {
         Some((plan, serving)) => apply_rollout(entry, &plan, Some(&serving), &fqdn),
         None => entry,
@@ -495,6 +501,18 @@ mod tests {
             serde_json::from_value(json!({"model": "m3", "percent": 25.0, "comparePercent": 10.0}))
                 .ok();
         iris.status.as_mut().unwrap().shadow_model = Some("m3".into());
+        // Before the reconcile that applied the twins says so (an operator upgrade, an invalid
+        // spec asking for them): the routes may have none, so the filter sends every copy.
+        let agg = render_filters(&[iris.clone()], &RenderSettings::default());
+        for obj in &agg.objects {
+            let shadow = config_of(obj).endpoints[0].shadow.clone().unwrap();
+            assert!(!shadow.mirror_routes);
+            let json = serde_json::to_string(obj).unwrap();
+            assert!(!json.contains("request_mirror_policies"), "{json}");
+        }
+        let text = crate::observe::exposition([&iris]);
+        assert!(!text.contains("mlep_shadow_mirrored_info{"), "{text}");
+        iris.status.as_mut().unwrap().mirror_twins = true;
         let agg = render_filters(&[iris.clone()], &RenderSettings::default());
         for obj in &agg.objects {
             let shadow = config_of(obj).endpoints[0].shadow.clone().unwrap();

@@ -377,6 +377,16 @@ pub struct VariantSpec {
 }
 
 impl ModelEndpointSpec {
+    /// Whether this endpoint's routes get mirroring twins (`crate::mirror`): its shadow
+    /// compares a sample and the filter wiring can patch Envoy's mirror onto them.
+    pub fn renders_mirror_twins(&self) -> bool {
+        let sampled = self
+            .shadow
+            .as_ref()
+            .is_some_and(ShadowSpec::compares_a_sample);
+        sampled && self.filter_wiring.patches_routes()
+    }
+
     /// An endpoint with these hosts and variants and every option at its default.
     pub fn new(hosts: Vec<String>, variants: Vec<VariantSpec>) -> Self {
         Self {
@@ -594,11 +604,9 @@ pub struct ShadowSpec {
 }
 
 impl ShadowSpec {
-    /// Envoy's own mirror sends this shadow's copies where routes can carry it, all of them
-    /// (`compare: Off`: nothing to read from either answer) or those not drawn for
-    /// comparison ([`Self::compares_a_sample`]); the filter sends the rest. The rule
-    /// [`crate::mirror::NativeMirror::take`] applies to the filter config. The shadow's
-    /// Envoy cluster then counts the outcomes of every copy.
+    /// Envoy's own mirror sends this shadow's copies where routes can carry it: all (`compare:
+    /// Off`) or the uncompared ones ([`Self::compares_a_sample`]); its cluster then counts every
+    /// copy. The rule [`crate::mirror::NativeMirror::take`] applies to the filter config.
     pub fn mirrored_by_envoy(&self) -> bool {
         self.compare == Some(CompareMode::Off) || self.compares_a_sample()
     }
@@ -680,6 +688,11 @@ pub struct ModelEndpointStatus {
     /// `ShadowReady`); absent before that and without a shadow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_model: Option<String>,
+    /// The applied VirtualService has mirroring twins (`crate::mirror`): only then does the
+    /// shared filter send uncompared copies through them (not after an upgrade, before this
+    /// endpoint's reconcile, nor for an invalid spec asking for them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror_twins: bool,
 }
 
 /// A variant on its way out: no request is assigned to it any more, but a proxy that has not

@@ -88,8 +88,9 @@ pub fn endpoint_config(
                 tolerance: s.tolerance.unwrap_or(DEFAULT_TOLERANCE),
                 percent: s.compare_percent.unwrap_or(100.0),
             },
-            // Where routes can carry Envoy's mirror, `crate::mirror::NativeMirror::take`.
-            mirror_routes: false,
+            // The routes rendered from this spec have mirroring twins for the uncompared copies
+            // (`crate::mirror::NativeMirror::take`); the shared filter also asks the status.
+            mirror_routes: spec.renders_mirror_twins(),
         }),
         _ => None,
     };

@@ -54,15 +54,18 @@ pub enum MirrorOn {
 impl NativeMirror {
     /// Take what Envoy can copy out of the filter's hands, for a shadow of every variant's
     /// traffic (a BlueGreen bake's mirror of one variant stays the filter's): a shadow that
-    /// compares nothing leaves the filter config; one that compares a sample stays, marked
-    /// [`ShadowConfig::mirror_routes`]. Returns the mirror Envoy's routes must then carry.
+    /// compares nothing leaves the filter config; one that compares a sample stays, and when
+    /// the routes have mirroring twins for it ([`ShadowConfig::mirror_routes`], set by whoever
+    /// rendered the routes) the twins get Envoy's mirror. Returns the mirror Envoy's routes must
+    /// then carry.
     pub fn take(shadow: &mut Option<ShadowConfig>) -> Option<NativeMirror> {
         let s = shadow.as_mut().filter(|s| s.variant.is_none())?;
         if s.compare.mode != CompareMode::Off {
-            if s.compare.percent >= 100.0 || s.percent <= 0.0 {
+            let sampled = s.compare.percent < 100.0 && s.percent > 0.0;
+            s.mirror_routes &= sampled;
+            if !s.mirror_routes {
                 return None;
             }
-            s.mirror_routes = true;
             return Some(NativeMirror {
                 cluster: s.cluster.clone(),
                 authority: s.authority.clone(),
@@ -87,9 +90,12 @@ impl NativeMirror {
     /// a percent survive.
     pub fn policy(&self) -> Value {
         let numerator = (self.percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
-        // The routing header carries the endpoint's route key: the copy's server has no use
-        // for it, and the filter's copy drops it too.
-        let mut removed = vec![mlep_contract::metrics::VARIANT_HEADER];
+        // The routing headers carry the endpoint's route key: the copy's server has no use
+        // for them, and the filter's copy drops them too.
+        let mut removed = vec![
+            mlep_contract::metrics::VARIANT_HEADER,
+            mlep_contract::metrics::MODEL_HEADER,
+        ];
         if !self.forward_credentials {
             removed.extend(CREDENTIAL_HEADERS);
         }
@@ -159,10 +165,12 @@ mod tests {
 
     #[test]
     fn a_sampled_comparison_stays_the_filters_and_its_uncompared_copies_go_to_the_twins() {
+        // `mirror_routes`: whoever rendered the routes gave them twins.
         let sampled = |percent: f64, compared: f64| {
             let mut s = shadow(CompareMode::Json, None);
             s.percent = percent;
             s.compare.percent = compared;
+            s.mirror_routes = true;
             Some(s)
         };
         let mut e = sampled(50.0, 10.0);
@@ -190,6 +198,20 @@ mod tests {
             NativeMirror::take(&mut bake),
             None,
             "a bake's mirror is one variant's"
+        );
+        let mut no_twins = sampled(50.0, 10.0);
+        if let Some(s) = no_twins.as_mut() {
+            s.mirror_routes = false;
+        }
+        assert_eq!(
+            NativeMirror::take(&mut no_twins),
+            None,
+            "routes without twins"
+        );
+        assert_eq!(
+            no_twins.map(|s| s.mirror_routes),
+            Some(false),
+            "the filter copies all"
         );
     }
 
@@ -224,6 +246,7 @@ mod tests {
             removed(&p),
             [
                 "x-mlep-variant",
+                "x-mlep-model",
                 "authorization",
                 "cookie",
                 "proxy-authorization"
@@ -232,7 +255,7 @@ mod tests {
         m.forward_credentials = true;
         m.percent = 100.0;
         let p = m.policy();
-        assert_eq!(removed(&p), ["x-mlep-variant"]);
+        assert_eq!(removed(&p), ["x-mlep-variant", "x-mlep-model"]);
         assert_eq!(
             p["runtime_fraction"]["default_value"]["numerator"],
             1_000_000

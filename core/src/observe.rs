@@ -72,8 +72,11 @@ pub fn endpoint_series(ep: &ModelEndpoint) -> Vec<Series> {
             value: f64::from(r.moved_percent),
         });
     }
-    // The shadow Envoy mirrors (as `crate::aggregate` renders it: compare Off, routes patched).
-    let mirrored = ep.spec.shadow.as_ref().filter(|s| s.mirrored_by_envoy());
+    // The shadow whose copies Envoy's mirror sends, as `crate::aggregate` serves it: compare
+    // Off where routes are patched, or a sample compared once the applied routes have twins.
+    let twins = ep.status.as_ref().is_some_and(|s| s.mirror_twins);
+    let mirrored = (ep.spec.shadow.as_ref())
+        .filter(|s| s.mirrored_by_envoy() && (!s.compares_a_sample() || twins));
     if let Some(s) = mirrored.filter(|_| ep.spec.filter_wiring.patches_routes()) {
         let mut labels = base();
         labels.push((LABEL_MODEL, s.model.clone()));

@@ -90,6 +90,7 @@ pub fn endpoint_status(
         route_key: last.and_then(|l| l.route_key.clone()),
         routed_since_unix: last.and_then(|l| l.routed_since_unix),
         shadow_model: plan.copied_shadow(&ep.spec).map(|s| s.model.clone()),
+        mirror_twins: ep.spec.renders_mirror_twins(),
     }
 }
 
@@ -614,6 +615,27 @@ mod tests {
         let alloc = Allocation::initial(&p.weights()).unwrap();
         let s = endpoint_status(&e, &p, &o, &failures, alloc, None, "t".into());
         assert_eq!(cond(&s, READY).reason, REASON_AVAILABLE);
+    }
+
+    #[test]
+    fn the_status_says_when_the_applied_routes_have_mirroring_twins() {
+        let mut e = ep();
+        let twins = |e: &ModelEndpoint| {
+            let o = observed(2);
+            let p = plan(&e.spec, None, &o);
+            let alloc = Allocation::initial(&p.weights()).unwrap();
+            endpoint_status(e, &p, &o, &Failures::new(), alloc, None, "t".into()).mirror_twins
+        };
+        e.spec.shadow = serde_json::from_value(
+            serde_json::json!({"model": "m3", "percent": 50.0, "comparePercent": 10.0}),
+        )
+        .ok();
+        assert!(twins(&e));
+        e.spec.filter_wiring = crate::crd::FilterWiring::WasmPlugin;
+        assert!(!twins(&e), "a WasmPlugin's routes are not patched");
+        e.spec.filter_wiring = crate::crd::FilterWiring::EnvoyFilter;
+        e.spec.shadow = Some(crate::crd::ShadowSpec::new("m3", 50.0));
+        assert!(!twins(&e), "every copy compared");
     }
 
     #[test]

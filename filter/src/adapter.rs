@@ -12,7 +12,7 @@
 use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::{Hub, ENVOY_TIMEOUT_BODY};
-use crate::stream::{count, Flow, HoldAction, RequestAction, Stream};
+use crate::stream::{count, count_unsent, Flow, HoldAction, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
 use crate::wake::Call;
 use mlep_contract::metrics::{CaptureOutcome, CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
@@ -280,7 +280,7 @@ impl Root {
                     .sent(o.id, o.body.len(), token, now_ms()),
                 Err(()) => {
                     let events = self.hub.borrow_mut().send_failed(o.id, o.body.len());
-                    count(&cfg, &events, &mut host);
+                    count_unsent(&cfg, &events, &mut host);
                 }
             }
         }

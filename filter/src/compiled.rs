@@ -124,8 +124,10 @@ impl Shadow {
                     && random() % 1_000_000 < self.compare_per_million))
     }
 
-    /// Whether this filter counts `outcome`: with [`Self::mirror_routes`] the shadow's Envoy
-    /// cluster counts every copy it sent, so only a copy never sent (skipped) is the filter's.
+    /// Whether this filter counts `outcome` of a copy that reached the host: with
+    /// [`Self::mirror_routes`] the shadow's Envoy cluster counts every copy it sent, so only a
+    /// copy never sent (skipped; a send the host refused is counted by the caller) is the
+    /// filter's.
     pub fn counts(&self, outcome: Outcome) -> bool {
         !self.mirror_routes || outcome == Outcome::Skipped
     }

@@ -289,14 +289,15 @@ pub fn classify(status: Option<u32>, elapsed_ms: u64, timeout_ms: u64) -> Outcom
 }
 
 /// Headers of the shadow copy: the client's headers minus hop-by-hop ones, framing (the
-/// host sets `content-length` for the copied body), our own routing header and, unless
+/// host sets `content-length` for the copied body), our own routing headers (`x-mlep-model`
+/// carries the route key for a rollout's moved users: no model may see it) and, unless
 /// `forward_credentials`, `authorization` and `cookie`; `:authority` becomes `authority`.
 pub fn shadow_headers(
     headers: Vec<(String, String)>,
     authority: &str,
     forward_credentials: bool,
 ) -> Vec<(String, String)> {
-    const DROP: [&str; 9] = [
+    const DROP: [&str; 10] = [
         "connection",
         "keep-alive",
         "proxy-connection",
@@ -304,7 +305,8 @@ pub fn shadow_headers(
         "te",
         "upgrade",
         "content-length",
-        "x-mlep-variant",
+        mlep_contract::metrics::VARIANT_HEADER,
+        mlep_contract::metrics::MODEL_HEADER,
         ":authority",
     ];
     const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
@@ -489,7 +491,7 @@ mod tests {
 
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn credentials_and_framing_are_dropped_from_copies() {
+    fn credentials_framing_and_routing_headers_are_dropped_from_copies() {
         let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let input = vec![
             h(":method", "POST"),
@@ -499,6 +501,7 @@ mod tests {
             h("content-length", "3"),
             h("x-user-id", "u"),
             h("x-mlep-variant", "a"),
+            h("x-mlep-model", "m2.Zm9yLXRoZS1leGFtcGxlLW9ubHk"),
         ];
         let out = shadow_headers(input.clone(), "shadow", false);
         assert_eq!(

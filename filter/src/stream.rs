@@ -100,6 +100,16 @@ pub struct Stream {
 
 /// Count `events` on the metrics of `cfg`.
 pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
+    count_events(cfg, events, host, true);
+}
+
+/// Count `events` of copies the host refused to send: no Envoy cluster saw them, so the
+/// filter counts them even where the shadow's cluster counts the copies sent.
+pub fn count_unsent(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
+    count_events(cfg, events, host, false);
+}
+
+fn count_events(cfg: &Compiled, events: &[Event], host: &mut dyn Host, sent: bool) {
     for e in events {
         let ep = match *e {
             Event::Outcome { ep, .. } | Event::Agreement { ep, .. } => ep,
@@ -108,7 +118,7 @@ pub fn count(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
             continue;
         };
         host.increment(match *e {
-            Event::Outcome { outcome, .. } if !s.counts(outcome) => continue,
+            Event::Outcome { outcome, .. } if sent && !s.counts(outcome) => continue,
             Event::Outcome { outcome, .. } => s.outcome(outcome),
             Event::Agreement { matched, .. } => s.agreement(Agreement::of(matched)),
         });

@@ -401,6 +401,13 @@ fn with_twin_routes_a_copy_not_compared_is_routed_to_envoys_mirror_not_sent() {
         (h.counter(&outcome("ok")), h.counter(&outcome("skipped"))),
         (0, 1)
     );
+    // A copy the host refused to send reached no cluster: the filter counts it.
+    let refused = [Event::Outcome {
+        ep: 0,
+        outcome: Outcome::Error,
+    }];
+    count_unsent(&cfg, &refused, &mut h);
+    assert_eq!(h.counter(&outcome("error")), 1);
 }
 
 #[test]
