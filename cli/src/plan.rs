@@ -270,8 +270,8 @@ impl Desired {
         self.endpoints
             .iter()
             .filter_map(|e| {
-                let s = e.endpoint.spec.shadow.as_ref()?;
-                s.mirrored_by_envoy().then(|| crate::table::MirroredShadow {
+                let s = e.endpoint.spec.mirrored_shadow()?;
+                Some(crate::table::MirroredShadow {
                     namespace: e.namespace().to_owned(),
                     endpoint: e.name().to_owned(),
                     model: s.model.clone(),
@@ -499,9 +499,7 @@ fn routes(d: &Desired) -> Vec<RouteLayout> {
                 e.variants.iter().map(|v| v.role.to_string()).collect(),
                 e.endpoint
                     .spec
-                    .shadow
-                    .as_ref()
-                    .filter(|s| s.mirrored_by_envoy())
+                    .mirrored_shadow()
                     // Twins mirror all they are sent whatever the share (`mlep_core::mirror`).
                     .map(|s| {
                         let share = (!s.compares_a_sample()).then_some(s.percent.to_bits());

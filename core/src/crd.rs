@@ -387,6 +387,14 @@ impl ModelEndpointSpec {
         sampled && self.filter_wiring.patches_routes()
     }
 
+    /// The shadow whose copies (all, or the uncompared ones) Envoy's mirror sends.
+    pub fn mirrored_shadow(&self) -> Option<&ShadowSpec> {
+        let off = |s: &&ShadowSpec| s.compare == Some(CompareMode::Off);
+        self.shadow
+            .as_ref()
+            .filter(|s| off(s) || self.renders_mirror_twins())
+    }
+
     /// An endpoint with these hosts and variants and every option at its default.
     pub fn new(hosts: Vec<String>, variants: Vec<VariantSpec>) -> Self {
         Self {
@@ -604,13 +612,6 @@ pub struct ShadowSpec {
 }
 
 impl ShadowSpec {
-    /// Envoy's own mirror sends this shadow's copies where routes can carry it: all (`compare:
-    /// Off`) or the uncompared ones ([`Self::compares_a_sample`]); its cluster then counts every
-    /// copy. The rule [`crate::mirror::NativeMirror::take`] applies to the filter config.
-    pub fn mirrored_by_envoy(&self) -> bool {
-        self.compare == Some(CompareMode::Off) || self.compares_a_sample()
-    }
-
     /// Compares some of its copies, not all (`comparePercent` below 100): where routes can
     /// carry a mirror, each header route gets a mirroring twin for the others.
     pub fn compares_a_sample(&self) -> bool {

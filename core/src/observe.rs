@@ -75,8 +75,7 @@ pub fn endpoint_series(ep: &ModelEndpoint) -> Vec<Series> {
     // The shadow whose copies Envoy's mirror sends, as `crate::aggregate` serves it: compare
     // Off where routes are patched, or a sample compared once the applied routes have twins.
     let twins = ep.status.as_ref().is_some_and(|s| s.mirror_twins);
-    let mirrored = (ep.spec.shadow.as_ref())
-        .filter(|s| s.mirrored_by_envoy() && (!s.compares_a_sample() || twins));
+    let mirrored = (ep.spec.mirrored_shadow()).filter(|s| !s.compares_a_sample() || twins);
     if let Some(s) = mirrored.filter(|_| ep.spec.filter_wiring.patches_routes()) {
         let mut labels = base();
         labels.push((LABEL_MODEL, s.model.clone()));

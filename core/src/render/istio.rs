@@ -2,7 +2,7 @@
 //! header routes and weighted default, the Gateway.
 
 use super::Ctx;
-use crate::crd::{ModelEndpointSpec, ShadowSpec};
+use crate::crd::ModelEndpointSpec;
 use crate::envoy::{self, subset_name, RouteInput, VariantRoutes, DEFAULT_ROUTE};
 use crate::meta::{
     istio, DESTINATION_RULE, GATEWAY, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT, VIRTUAL_SERVICE,
@@ -166,11 +166,7 @@ pub(super) fn virtual_service(
 /// the twins, which the EnvoyFilter wiring gives Envoy's mirror (`crate::mirror`). A twin
 /// matches its value exactly and comes first; its route's prefix match would take it too.
 fn with_mirror_twins(spec: &ModelEndpointSpec, http: Vec<Value>) -> Vec<Value> {
-    let sampled = spec
-        .shadow
-        .as_ref()
-        .is_some_and(ShadowSpec::compares_a_sample);
-    if !(sampled && spec.filter_wiring.patches_routes()) {
+    if !spec.renders_mirror_twins() {
         return http;
     }
     http.into_iter()
