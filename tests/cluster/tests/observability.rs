@@ -118,31 +118,30 @@ async fn crash_looping_endpoint(t: &Titanic) {
         .create(&PostParams::default(), &exits)
         .await
         .unwrap();
-    let e: ModelEndpoint = serde_json::from_value(serde_json::json!({
-        "apiVersion": "mlep.dev/v1alpha1", "kind": "ModelEndpoint",
-        "metadata": {"name": "broken"},
-        "spec": {"hosts": [format!("broken.{}.mlep.test", t.ns)], "variants": [{"name": "a", "model": "titanic-exits", "weight": 100}]}
-    }))
-    .unwrap();
-    t.bed
-        .api::<ModelEndpoint>(&t.ns)
-        .create(&PostParams::default(), &e)
-        .await
+    // The model serving an endpoint, and as the shadow of one that serves from a healthy one.
+    let variant = |model: &str| serde_json::json!([{"name": "a", "model": model, "weight": 100}]);
+    let specs = [
+        ("broken", variant("titanic-exits"), None),
+        ("shadowed", variant("titanic-v1"), Some("titanic-exits")),
+    ];
+    for (name, variants, shadow) in specs {
+        let mut spec = serde_json::json!({
+            "hosts": [format!("{name}.{}.mlep.test", t.ns)], "variants": variants,
+        });
+        if let Some(model) = shadow {
+            spec["shadow"] = serde_json::json!({"model": model, "percent": 100.0});
+        }
+        let e: ModelEndpoint = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlep.dev/v1alpha1", "kind": "ModelEndpoint",
+            "metadata": {"name": name}, "spec": spec,
+        }))
         .unwrap();
-    // The same model as a shadow of an endpoint that serves from a healthy one.
-    let e: ModelEndpoint = serde_json::from_value(serde_json::json!({
-        "apiVersion": "mlep.dev/v1alpha1", "kind": "ModelEndpoint",
-        "metadata": {"name": "shadowed"},
-        "spec": {"hosts": [format!("shadowed.{}.mlep.test", t.ns)],
-                 "variants": [{"name": "a", "model": "titanic-v1", "weight": 100}],
-                 "shadow": {"model": "titanic-exits", "percent": 100.0}}
-    }))
-    .unwrap();
-    t.bed
-        .api::<ModelEndpoint>(&t.ns)
-        .create(&PostParams::default(), &e)
-        .await
-        .unwrap();
+        t.bed
+            .api::<ModelEndpoint>(&t.ns)
+            .create(&PostParams::default(), &e)
+            .await
+            .unwrap();
+    }
 }
 
 /// Load through the gateway that keeps every variant busy: four senders, returning users.
