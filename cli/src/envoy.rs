@@ -250,7 +250,8 @@ fn endpoint_vhost(
     if ep.hosts.is_empty() {
         return refuse(" has no hosts");
     }
-    let on_every_route = |on: MirrorOn| {
+    // The mirror policy of the routes `on` names (none when the endpoint's mirror is elsewhere).
+    let policies_on = |on: MirrorOn| {
         json!(ep
             .mirror
             .iter()
@@ -259,8 +260,8 @@ fn endpoint_vhost(
             .collect::<Vec<_>>())
     };
     let (mirror, twin_mirror) = (
-        on_every_route(MirrorOn::EveryRoute),
-        on_every_route(MirrorOn::Twins),
+        policies_on(MirrorOn::EveryRoute),
+        policies_on(MirrorOn::Twins),
     );
     let mut routes = variant_routes(ep, &mirror, upstreams, clusters);
     // Local mode starts Envoy once every server is ready: every variant is routable.
@@ -278,7 +279,7 @@ fn endpoint_vhost(
             "response_headers_to_add": [restore(v)]
         })
     }));
-    if twin_mirror.as_array().is_some_and(|a| !a.is_empty()) {
+    if ep.mirror.as_ref().is_some_and(|m| m.on == MirrorOn::Twins) {
         routes = routes
             .into_iter()
             .flat_map(|r| {

@@ -256,23 +256,25 @@ fn shadow_condition(
 ) -> Option<Condition> {
     let shadow = ep.spec.shadow.as_ref()?;
     let failure = failures.get(&(SHADOW_VARIANT_LABEL.to_owned(), shadow.model.clone()));
-    let (reason, message) = match failure {
-        _ if plan.shadow_ready => (
+    let (reason, message) = if plan.shadow_ready {
+        (
             REASON_AVAILABLE,
             format!("copies go to model {}", shadow.model),
-        ),
+        )
+    } else if let Some(f) = failure {
         // Why its pod does not serve, as `Ready` names a variant's (`MlepShadowFailing`).
-        Some(f) => (
+        (
             f.kind.reason(),
             format!("no copies: shadow model {}: {}", shadow.model, f.message),
-        ),
-        None => (
+        )
+    } else {
+        (
             REASON_WAITING_FOR_REPLICAS,
             format!(
                 "no copies until the shadow model {} has a ready pod",
                 shadow.model
             ),
-        ),
+        )
     };
     Some(condition(
         SHADOW_READY,

@@ -323,11 +323,12 @@ impl Compiled {
             let mut variants = Vec::with_capacity(ep.variants.len());
             for v in &ep.variants {
                 let (metrics, holds) = variant_metrics(&v.name, &v.model, v.asleep.is_some())?;
+                let routed = routed_value(&v.name, &ep.route_key);
                 variants.push(Variant {
                     name: v.name.clone(),
                     model: v.model.clone(),
-                    routed: routed_value(&v.name, &ep.route_key),
-                    routed_twin: mirror_twin(&routed_value(&v.name, &ep.route_key)),
+                    routed_twin: mirror_twin(&routed),
+                    routed,
                     model_header: match v.rollout {
                         Some(_) => ModelHeader::Remove,
                         None => ModelHeader::Untouched,
@@ -361,11 +362,12 @@ impl Compiled {
                         owned,
                     });
                 }
+                let routed = routed_value(&v.name, &ep.route_key);
                 variants.push(Variant {
                     name: v.name.clone(),
                     model: r.model.clone(),
-                    routed: routed_value(&v.name, &ep.route_key),
-                    routed_twin: mirror_twin(&routed_value(&v.name, &ep.route_key)),
+                    routed_twin: mirror_twin(&routed),
+                    routed,
                     model_header: ModelHeader::Set(routed_value(&r.model, &ep.route_key)),
                     mirror: ep.shadow.as_ref().is_some_and(|s| s.variant.is_none()),
                     metrics: variant_metrics(&v.name, &r.model, false)?.0,
