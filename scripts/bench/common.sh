@@ -1,7 +1,7 @@
 # Shared by scripts/bench-filter.sh and scripts/count-filter.sh (sourced, not run).
 # Installs what the benchmarks need, builds the filter (and its empty `bench-noop` twin) and
 # the config renderer, and starts one nginx worker as the fixed-response upstreams
-# (127.0.0.1, free ports). Sets ROOT ENVOY WASM NOOP_WASM FLOOR_WASM RENDER WORK UA UB US PIDS.
+# (127.0.0.1, free ports). Sets ROOT ENVOY WASM NOOP_WASM FLOOR_WASM NATIVE_SO RENDER WORK UA UB US PIDS.
 # Builds go to $CARGO_TARGET_DIR when set (else target/). UPSTREAM_SERVER_TIMING=1: the
 # variants' upstreams answer with `Server-Timing: model;dur=0.250`, as the model server does
 # (the filter then reads the model's time instead of taking the upstream time).
@@ -27,12 +27,17 @@ cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-
 # it: linted here, where it is built; modes `floor.<steps>`).
 cargo clippy -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --target-dir "$TARGET/floor" -- -D warnings
 cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --release --target-dir "$TARGET/floor"
+# The same steps as an Envoy dynamic module (filter/native-floor, its own workspace; modes
+# `native.<steps>`): what leaving the Wasm VM would save.
+cargo clippy -q --manifest-path filter/native-floor/Cargo.toml --target-dir "$TARGET/native-floor" -- -D warnings
+cargo build -q --manifest-path filter/native-floor/Cargo.toml --release --target-dir "$TARGET/native-floor"
 # A config renderer only: the debug build is as good and shares the test build's artifacts.
 cargo build -q -p mlep-tests --example bench_envoy
 # MLEP_FILTER_WASM: measure another build of the filter (e.g. a saved baseline).
 WASM=${MLEP_FILTER_WASM:-$TARGET/wasm32-wasip1/release/mlep_filter.wasm}
 NOOP_WASM=$TARGET/bench-noop/wasm32-wasip1/release/mlep_filter.wasm
 FLOOR_WASM=$TARGET/floor/wasm32-wasip1/release/mlep_filter_floor.wasm
+NATIVE_SO=$TARGET/native-floor/release/libmlep_native_floor.so
 RENDER=$TARGET/debug/examples/bench_envoy
 
 WORK=$(mktemp -d /tmp/mlep-bench.XXXXXX)
@@ -69,6 +74,7 @@ render() {
   [[ $1 == *:* ]] && shape=${1#*:}
   [ "$mode" = noop ] && wasm=$NOOP_WASM
   [[ $mode == floor.* ]] && wasm=$FLOOR_WASM
+  [[ $mode == native.* ]] && wasm=$NATIVE_SO
   [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
   # shellcheck disable=SC2086
   "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }

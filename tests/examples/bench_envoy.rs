@@ -12,7 +12,9 @@
 //! `capture10` (10 % captured) |
 //! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
 //! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
-//! build). Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
+//! build) | `native.<steps>` (the same steps as an Envoy dynamic module, `filter/native-floor`,
+//! in the filter's place; pass the module's `.so` instead of a Wasm build).
+//! Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 //! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
 //! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
 //! `variants` (default 2): `a` gets 80%, the rest share 20%; variants alternate between the
@@ -57,7 +59,8 @@ fn main() {
     let shadow_cluster = "mlep|titanic|shadow";
     let capture_cluster = "mlep|titanic|capture";
     let config_path = dir.join("ecds").join("filter.json");
-    let floor_steps = mode.strip_prefix("floor.");
+    let native_steps = mode.strip_prefix("native.");
+    let floor_steps = mode.strip_prefix("floor.").or(native_steps);
     let with_filter = floor_steps.is_some()
         || matches!(
             mode.as_str(),
@@ -86,9 +89,12 @@ fn main() {
         } else {
             100
         };
+        // `mirrorRoutes`: these routes get the twins (as local mode and the operator say once
+        // they render them); without it the filter sends every copy itself.
         serde_json::from_value(serde_json::json!({
             "cluster": shadow_cluster, "model": "model-s", "percent": percent, "timeoutMs": 1000,
-            "compare": {"mode": compare, "tolerance": 0.0, "percent": compared}
+            "compare": {"mode": compare, "tolerance": 0.0, "percent": compared},
+            "mirrorRoutes": mode == "shadow-sample10"
         }))
         .unwrap()
     });
@@ -151,8 +157,26 @@ fn main() {
             .remove("typed_per_filter_config")
             .unwrap();
     }
+    if let Some(steps) = native_steps {
+        // The dynamic module in the Wasm filter's place: same name, disabled in the chain and
+        // enabled by the endpoint's virtual host as the Wasm filter is.
+        let filters = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
+            ["filters"][0]["typed_config"]["http_filters"];
+        let name = filters[0]["name"].clone();
+        filters[0] = serde_json::json!({
+            "name": name,
+            "disabled": true,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"module": {"local": {"filename": wasm}}},
+                "filter_name": "floor",
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": steps}
+            }
+        });
+    }
     std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
-    if let Some(steps) = floor_steps {
+    if native_steps.is_some() {
+    } else if let Some(steps) = floor_steps {
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), steps, "1").unwrap();
     } else if with_filter {
         let alloc = Allocation::initial(&weights).unwrap();
