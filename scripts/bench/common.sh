@@ -28,7 +28,8 @@ cargo build -q -p mlep-filter --target wasm32-wasip1 --release --features bench-
 cargo clippy -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --target-dir "$TARGET/floor" -- -D warnings
 cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --release --target-dir "$TARGET/floor"
 # The same steps as an Envoy dynamic module (filter/native-floor, its own workspace; modes
-# `native.<steps>`): what leaving the Wasm VM would save.
+# `native.<steps>`; `native-filter`: the filter's own request path natively): what leaving the
+# Wasm VM would save.
 cargo clippy -q --manifest-path filter/native-floor/Cargo.toml --target-dir "$TARGET/native-floor" -- -D warnings
 cargo build -q --manifest-path filter/native-floor/Cargo.toml --release --target-dir "$TARGET/native-floor"
 # A config renderer only: the debug build is as good and shares the test build's artifacts.
@@ -74,7 +75,7 @@ render() {
   [[ $1 == *:* ]] && shape=${1#*:}
   [ "$mode" = noop ] && wasm=$NOOP_WASM
   [[ $mode == floor.* ]] && wasm=$FLOOR_WASM
-  [[ $mode == native.* ]] && wasm=$NATIVE_SO
+  [[ $mode == native.* || $mode == native-filter ]] && wasm=$NATIVE_SO
   [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
   # shellcheck disable=SC2086
   "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }

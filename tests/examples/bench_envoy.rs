@@ -13,7 +13,8 @@
 //! `mirror` (Envoy's native request mirroring) | `floor.<steps>` (the floor filter,
 //! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
 //! build) | `native.<steps>` (the same steps as an Envoy dynamic module, `filter/native-floor`,
-//! in the filter's place; pass the module's `.so` instead of a Wasm build).
+//! in the filter's place; pass the module's `.so` instead of a Wasm build) | `native-filter`
+//! (`filter`'s config, served by that module's native build of the filter's request path).
 //! Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 //! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
 //! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
@@ -66,6 +67,7 @@ fn main() {
             mode.as_str(),
             "noop"
                 | "filter"
+                | "native-filter"
                 | "unrelated"
                 | "shadow"
                 | "shadow10"
@@ -158,21 +160,7 @@ fn main() {
             .unwrap();
     }
     if let Some(steps) = native_steps {
-        // The dynamic module in the Wasm filter's place: same name, disabled in the chain and
-        // enabled by the endpoint's virtual host as the Wasm filter is.
-        let filters = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
-            ["filters"][0]["typed_config"]["http_filters"];
-        let name = filters[0]["name"].clone();
-        filters[0] = serde_json::json!({
-            "name": name,
-            "disabled": true,
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                "dynamic_module_config": {"module": {"local": {"filename": wasm}}},
-                "filter_name": "floor",
-                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": steps}
-            }
-        });
+        native_module(&mut bootstrap, wasm, "floor", steps);
     }
     std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
     if native_steps.is_some() {
@@ -196,7 +184,29 @@ fn main() {
         }
         envoy::write_filter_config(&config_path, &PathBuf::from(wasm), &cfg.to_string(), "1")
             .unwrap();
+        if mode == "native-filter" {
+            native_module(&mut bootstrap, wasm, "mlep", &cfg.to_string());
+            std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
+        }
     }
+}
+
+/// The dynamic module `so` in the Wasm filter's place: same name, disabled in the chain and
+/// enabled by the endpoint's virtual host as the Wasm filter is.
+fn native_module(bootstrap: &mut serde_json::Value, so: &str, filter: &str, config: &str) {
+    let filters = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        [0]["typed_config"]["http_filters"];
+    let name = filters[0]["name"].clone();
+    filters[0] = serde_json::json!({
+        "name": name,
+        "disabled": true,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"module": {"local": {"filename": so}}},
+            "filter_name": filter,
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}
+        }
+    });
 }
 
 /// `titanic` (the endpoint the load targets), then `ep1`, `ep2`, ...

@@ -17,6 +17,8 @@
 use std::ffi::c_void;
 use std::ptr;
 
+mod mlep;
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Buffer {
@@ -26,6 +28,12 @@ pub struct Buffer {
 
 impl Buffer {
     const fn of(s: &'static str) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            length: s.len(),
+        }
+    }
+    fn str(s: &str) -> Self {
         Self {
             ptr: s.as_ptr(),
             length: s.len(),
@@ -42,7 +50,7 @@ const RESPONSE_HEADER: u32 = 2;
 const CONTINUE: u32 = 0;
 
 extern "C" {
-    fn envoy_dynamic_module_callback_http_get_header(
+    pub fn envoy_dynamic_module_callback_http_get_header(
         filter: *mut c_void,
         header_type: u32,
         key: Buffer,
@@ -50,12 +58,30 @@ extern "C" {
         index: usize,
         optional_size: *mut usize,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_set_header(
+    pub fn envoy_dynamic_module_callback_http_set_header(
         filter: *mut c_void,
         header_type: u32,
         key: Buffer,
         value: Buffer,
     ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_add_header(
+        filter: *mut c_void,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+}
+
+/// A filter config: the floor's steps, or the mlep filter's JSON.
+enum Config {
+    Floor(Steps),
+    Mlep(Vec<u8>),
+}
+
+/// One stream.
+enum Filter {
+    Floor(Steps),
+    Mlep(Box<mlep::Native>),
 }
 
 #[derive(Clone, Copy, Default)]
@@ -112,19 +138,27 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const std::ffi::c_c
     c"v0.1.0".as_ptr()
 }
 
+unsafe fn bytes<'a>(b: Buffer) -> &'a [u8] {
+    if b.ptr.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(b.ptr, b.length)
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _envoy: *mut c_void,
-    _name: Buffer,
+    name: Buffer,
     config: Buffer,
 ) -> *const c_void {
-    let bytes = if config.ptr.is_null() {
-        &[][..]
-    } else {
-        std::slice::from_raw_parts(config.ptr, config.length)
+    let config = match bytes(name) {
+        b"floor" => Steps::parse(bytes(config)).map(Config::Floor),
+        b"mlep" => mlep::check(bytes(config)).map(Config::Mlep),
+        _ => None,
     };
-    match Steps::parse(bytes) {
-        Some(s) => Box::into_raw(Box::new(s)) as *const c_void,
+    match config {
+        Some(c) => Box::into_raw(Box::new(c)) as *const c_void,
         None => ptr::null(),
     }
 }
@@ -132,26 +166,52 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *mut c_void) {
     if !config.is_null() {
-        drop(Box::from_raw(config as *mut Steps));
+        drop(Box::from_raw(config as *mut Config));
     }
 }
 
-/// The stream's state is the config's steps: nothing is allocated per request.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
-    _envoy: *mut c_void,
+    envoy: *mut c_void,
 ) -> *const c_void {
-    config
+    let filter = match &*(config as *const Config) {
+        Config::Floor(s) => Filter::Floor(*s),
+        Config::Mlep(json) => match mlep::Native::new(config as usize, json, envoy) {
+            Some(n) => Filter::Mlep(Box::new(n)),
+            None => return ptr::null(),
+        },
+    };
+    Box::into_raw(Box::new(filter)) as *const c_void
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *mut c_void) {
+    if !filter.is_null() {
+        drop(Box::from_raw(filter as *mut Filter));
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    envoy: *mut c_void,
+    filter: *mut c_void,
+) {
+    if let Filter::Mlep(m) = &mut *(filter as *mut Filter) {
+        m.on_log(envoy);
+    }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     envoy: *mut c_void,
     filter: *const c_void,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> u32 {
-    let s = *(filter as *const Steps);
+    let s = match floor_steps(filter, |m| m.on_request_headers(envoy, end_of_stream)) {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
     if s.key {
         read(envoy, REQUEST_HEADER, "x-user-id");
     }
@@ -162,33 +222,49 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         read(envoy, REQUEST_HEADER, "x-mlep-target-variant");
     }
     if s.set_req {
-        envoy_dynamic_module_callback_http_set_header(
-            envoy,
-            REQUEST_HEADER,
-            Buffer::of("x-mlep-variant"),
-            Buffer::of("a"),
-        );
+        set_variant(envoy, REQUEST_HEADER);
+        // As the Wasm host does on every request-header write: the route is chosen again.
+        mlep::clear_route_cache(envoy);
     }
     CONTINUE
+}
+
+/// The floor's steps, or (`Err`) what the mlep stream answered for this hook.
+unsafe fn floor_steps(
+    filter: *const c_void,
+    mlep: impl FnOnce(&mut mlep::Native) -> u32,
+) -> Result<Steps, u32> {
+    match &mut *(filter as *mut Filter) {
+        Filter::Floor(s) => Ok(*s),
+        Filter::Mlep(m) => Err(mlep(m)),
+    }
+}
+
+/// Set `x-mlep-variant: a` on the request or the response.
+unsafe fn set_variant(envoy: *mut c_void, header_type: u32) {
+    envoy_dynamic_module_callback_http_set_header(
+        envoy,
+        header_type,
+        Buffer::of("x-mlep-variant"),
+        Buffer::of("a"),
+    );
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     envoy: *mut c_void,
     filter: *const c_void,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> u32 {
-    let s = *(filter as *const Steps);
+    let s = match floor_steps(filter, |m| m.on_response_headers(envoy, end_of_stream)) {
+        Ok(s) => s,
+        Err(status) => return status,
+    };
     if s.status {
         read(envoy, RESPONSE_HEADER, ":status");
     }
     if s.set_resp {
-        envoy_dynamic_module_callback_http_set_header(
-            envoy,
-            RESPONSE_HEADER,
-            Buffer::of("x-mlep-variant"),
-            Buffer::of("a"),
-        );
+        set_variant(envoy, RESPONSE_HEADER);
     }
     CONTINUE
 }
@@ -218,8 +294,6 @@ macro_rules! empty_hooks {
     )*};
 }
 empty_hooks!(
-    envoy_dynamic_module_on_http_filter_stream_complete,
-    envoy_dynamic_module_on_http_filter_destroy,
     envoy_dynamic_module_on_http_filter_scheduled,
     envoy_dynamic_module_on_http_filter_http_callout_done,
     envoy_dynamic_module_on_http_filter_http_stream_headers,
