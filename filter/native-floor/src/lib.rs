@@ -75,7 +75,7 @@ extern "C" {
 /// A filter config: the floor's steps, or the mlep filter's JSON.
 enum Config {
     Floor(Steps),
-    Mlep(Vec<u8>),
+    Mlep(mlep::Config),
 }
 
 /// One stream.
@@ -148,13 +148,13 @@ unsafe fn bytes<'a>(b: Buffer) -> &'a [u8] {
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _envoy: *mut c_void,
+    envoy: *mut c_void,
     name: Buffer,
     config: Buffer,
 ) -> *const c_void {
     let config = match bytes(name) {
         b"floor" => Steps::parse(bytes(config)).map(Config::Floor),
-        b"mlep" => mlep::check(bytes(config)).map(Config::Mlep),
+        b"mlep" => mlep::Config::new(envoy, bytes(config)).map(Config::Mlep),
         _ => None,
     };
     match config {
@@ -173,13 +173,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
-    envoy: *mut c_void,
+    _envoy: *mut c_void,
 ) -> *const c_void {
     let filter = match &*(config as *const Config) {
         Config::Floor(s) => Filter::Floor(*s),
-        Config::Mlep(json) => match mlep::Native::new(config as usize, json, envoy) {
+        // A worker that cannot compile what the main thread compiled passes requests on.
+        Config::Mlep(c) => match mlep::Native::new(c) {
             Some(n) => Filter::Mlep(Box::new(n)),
-            None => return ptr::null(),
+            None => Filter::Floor(Steps::default()),
         },
     };
     Box::into_raw(Box::new(filter)) as *const c_void

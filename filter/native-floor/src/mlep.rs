@@ -6,15 +6,17 @@
 //!   no header read); Envoy's `xds.virtual_host_name` attribute for dynamic modules returns the
 //!   *virtual cluster's* name (`stream_info.virtualClusterName()` in Envoy's ABI
 //!   implementation, read in the stored source), so it cannot serve;
-//! - counters and histogram samples stay in module memory (the Wasm filter tallies counters
-//!   too and flushes them from its tick; it records histogram samples per request, which
-//!   Envoy's `record_histogram_value` callback would do here at a native call's price);
+//! - histogram samples go to Envoy per request, as the Wasm filter records them
+//!   (`define_histogram` on the main thread, `record_histogram_value`); counters stay in
+//!   module memory (the Wasm filter tallies them too, and flushes them once a second from its
+//!   tick, which this spike does not do);
 //! - no shadow copies, captures, held requests or local replies (no callouts, no scheduler):
 //!   a config using them is served as if they were absent, and a request the filter would
 //!   answer itself (400) goes on. None of these are on the measured path.
 //!
 //! Streams run on Envoy's worker threads; the compiled config and the (unused) shadow hub are
-//! kept per thread, as the Wasm filter has one VM per worker.
+//! kept per thread and per config (a number given when Envoy creates the config), as the
+//! Wasm filter has one VM per worker.
 
 use crate::{Buffer, REQUEST_HEADER, RESPONSE_HEADER};
 use mlep_filter::compiled::Compiled;
@@ -26,6 +28,8 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const CONTINUE: u32 = 0;
 
@@ -48,44 +52,92 @@ struct PerThread {
 }
 
 thread_local! {
-    static CONFIGS: RefCell<HashMap<usize, PerThread>> = RefCell::new(HashMap::new());
+    static CONFIGS: RefCell<HashMap<u64, PerThread>> = RefCell::new(HashMap::new());
     static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
     static RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9e37_79b9_7f4a_7c15) };
 }
 
-/// The config must compile (on the main thread, where Envoy calls `config_new`).
-pub fn check(json: &[u8]) -> Option<Vec<u8>> {
-    Compiled::from_json(json, &mut Metrics::default()).ok()?;
-    Some(json.to_vec())
+/// Envoy's histogram ids by the filter's metric ids (definition order), `None` for the
+/// metrics kept in module memory.
+struct EnvoySink {
+    config: *mut c_void,
+    histograms: Vec<Option<usize>>,
+}
+
+impl MetricSink for EnvoySink {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<MetricId, String> {
+        let mut id = 0usize;
+        // SAFETY: Envoy's config pointer is valid during `config_new`, where this runs.
+        let defined = kind == MetricKind::Histogram
+            && unsafe {
+                envoy_dynamic_module_callback_http_filter_config_define_histogram(
+                    self.config,
+                    Buffer::str(name),
+                    ptr::null(),
+                    0,
+                    &mut id,
+                )
+            } == METRICS_SUCCESS;
+        self.histograms.push(defined.then_some(id));
+        Ok((self.histograms.len() - 1) as MetricId)
+    }
+}
+
+static NEXT_CONFIG: AtomicU64 = AtomicU64::new(0);
+
+/// The mlep filter's config as Envoy created it: compiled once on the main thread (which
+/// defines the histograms in Envoy), again on each worker.
+pub struct Config {
+    id: u64,
+    json: Vec<u8>,
+    histograms: Arc<[Option<usize>]>,
+}
+
+impl Config {
+    pub fn new(envoy: *mut c_void, json: &[u8]) -> Option<Self> {
+        let mut sink = EnvoySink {
+            config: envoy,
+            histograms: Vec::new(),
+        };
+        Compiled::from_json(json, &mut sink).ok()?;
+        Some(Self {
+            id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
+            json: json.to_vec(),
+            histograms: sink.histograms.into(),
+        })
+    }
 }
 
 pub struct Native {
     stream: Stream,
+    /// Shared with the config across Envoy's threads.
+    histograms: Arc<[Option<usize>]>,
 }
 
 impl Native {
-    pub fn new(key: usize, json: &[u8], _envoy: *mut c_void) -> Option<Self> {
+    pub fn new(config: &Config) -> Option<Self> {
         let (cfg, hub) = CONFIGS.with(|c| {
             let mut c = c.borrow_mut();
-            if let std::collections::hash_map::Entry::Vacant(e) = c.entry(key) {
+            if let std::collections::hash_map::Entry::Vacant(e) = c.entry(config.id) {
                 let cfg = METRICS
-                    .with(|m| Compiled::from_json(json, &mut *m.borrow_mut()))
+                    .with(|m| Compiled::from_json(&config.json, &mut *m.borrow_mut()))
                     .ok()?;
                 e.insert(PerThread {
                     cfg: Rc::new(cfg),
                     hub: Rc::new(RefCell::new(Hub::new())),
                 });
             }
-            let t = c.get(&key)?;
+            let t = c.get(&config.id)?;
             Some((Rc::clone(&t.cfg), Rc::clone(&t.hub)))
         })?;
         Some(Self {
             stream: Stream::new(cfg, hub),
+            histograms: Arc::clone(&config.histograms),
         })
     }
 
     pub fn on_request_headers(&mut self, envoy: *mut c_void, end_of_stream: bool) -> u32 {
-        let mut host = Envoy(envoy, false);
+        let mut host = Envoy(envoy, false, &self.histograms);
         let action = self.stream.on_request_headers(&mut host, end_of_stream);
         // Envoy picked the route before this filter ran: a changed `x-mlep-variant` only
         // steers once the cache is cleared (the Wasm host clears it on every request-header
@@ -102,17 +154,34 @@ impl Native {
 
     pub fn on_response_headers(&mut self, envoy: *mut c_void, end_of_stream: bool) -> u32 {
         self.stream
-            .on_response_headers(&mut Envoy(envoy, false), end_of_stream);
+            .on_response_headers(&mut Envoy(envoy, false, &self.histograms), end_of_stream);
         CONTINUE
     }
 
     pub fn on_log(&mut self, envoy: *mut c_void) {
-        self.stream.on_log(&mut Envoy(envoy, false));
+        self.stream
+            .on_log(&mut Envoy(envoy, false, &self.histograms));
     }
 }
 
+const METRICS_SUCCESS: u32 = 0;
+
 extern "C" {
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
 
 /// Have Envoy choose the route again (after a request-header write).
@@ -121,10 +190,11 @@ pub fn clear_route_cache(envoy: *mut c_void) {
     unsafe { envoy_dynamic_module_callback_http_clear_route_cache(envoy) };
 }
 
-/// The host: this stream's Envoy filter object, and whether a request header was written.
-struct Envoy(*mut c_void, bool);
+/// The host: this stream's Envoy filter object, whether a request header was written, and
+/// Envoy's histogram ids.
+struct Envoy<'a>(*mut c_void, bool, &'a [Option<usize>]);
 
-impl Envoy {
+impl Envoy<'_> {
     fn get(&self, header_type: u32, name: &str) -> Option<String> {
         let mut out = Buffer {
             ptr: ptr::null(),
@@ -171,7 +241,7 @@ impl Envoy {
     }
 }
 
-impl Host for Envoy {
+impl Host for Envoy<'_> {
     fn virtual_host_name(&self) -> Option<String> {
         let authority = self.get(REQUEST_HEADER, ":authority")?;
         let name = authority.strip_suffix(".local")?;
@@ -221,11 +291,18 @@ impl Host for Envoy {
         });
     }
     fn record(&mut self, metric: MetricId, value: u64) {
-        METRICS.with(|m| {
-            if let Some(v) = m.borrow_mut().values.get_mut(metric as usize) {
-                *v = std::hint::black_box(value);
+        if let Some(Some(id)) = self.2.get(metric as usize) {
+            // SAFETY: Envoy's filter pointer is valid during the callback; no labels.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                    self.0,
+                    *id,
+                    ptr::null(),
+                    0,
+                    value,
+                );
             }
-        });
+        }
     }
     fn now_ms(&self) -> u64 {
         self.now_ns() / 1_000_000
