@@ -60,8 +60,10 @@ fn main() {
     let shadow_cluster = "mlep|titanic|shadow";
     let capture_cluster = "mlep|titanic|capture";
     let config_path = dir.join("ecds").join("filter.json");
-    let native_steps = mode.strip_prefix("native.");
-    let floor_steps = mode.strip_prefix("floor.").or(native_steps);
+    // The floor's steps, for its Wasm build (`floor.`) or its dynamic module (`native.`).
+    let floor_steps = mode
+        .strip_prefix("floor.")
+        .or_else(|| mode.strip_prefix("native."));
     let with_filter = floor_steps.is_some()
         || matches!(
             mode.as_str(),
@@ -159,13 +161,8 @@ fn main() {
             .remove("typed_per_filter_config")
             .unwrap();
     }
-    if let Some(steps) = native_steps {
-        native_module(&mut bootstrap, wasm, "floor", steps);
-    }
-    std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
-    if native_steps.is_some() {
-    } else if let Some(steps) = floor_steps {
-        envoy::write_filter_config(&config_path, &PathBuf::from(wasm), steps, "1").unwrap();
+    let filter_config = if let Some(steps) = floor_steps {
+        Some(steps.to_owned())
     } else if with_filter {
         let alloc = Allocation::initial(&weights).unwrap();
         let one = |e: usize| {
@@ -182,13 +179,26 @@ fn main() {
                 "cluster": capture_cluster, "percent": percent, "timeoutMs": 1000
             });
         }
-        envoy::write_filter_config(&config_path, &PathBuf::from(wasm), &cfg.to_string(), "1")
-            .unwrap();
-        if mode == "native-filter" {
-            native_module(&mut bootstrap, wasm, "mlep", &cfg.to_string());
-            std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
+        Some(cfg.to_string())
+    } else {
+        None
+    };
+    // The Wasm builds take their config through ECDS, the dynamic module inline.
+    match (mode.starts_with("native"), &filter_config) {
+        (true, Some(c)) => {
+            let filter = if mode == "native-filter" {
+                "mlep"
+            } else {
+                "floor"
+            };
+            native_module(&mut bootstrap, wasm, filter, c);
         }
+        (false, Some(c)) => {
+            envoy::write_filter_config(&config_path, &PathBuf::from(wasm), c, "1").unwrap()
+        }
+        (_, None) => {}
     }
+    std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();
 }
 
 /// The dynamic module `so` in the Wasm filter's place: same name, disabled in the chain and

@@ -27,19 +27,13 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    const fn of(s: &'static str) -> Self {
-        Self {
-            ptr: s.as_ptr(),
-            length: s.len(),
-        }
-    }
     fn str(s: &str) -> Self {
         Self {
             ptr: s.as_ptr(),
             length: s.len(),
         }
     }
-    const NULL: Self = Self {
+    pub(crate) const NULL: Self = Self {
         ptr: ptr::null(),
         length: 0,
     };
@@ -118,19 +112,23 @@ impl Steps {
     }
 }
 
-/// One read: the value's length (Envoy's memory, valid during the callback), 0 if absent.
-unsafe fn read(filter: *mut c_void, header_type: u32, key: &'static str) -> usize {
+/// One header's first value, in Envoy's memory (valid during the callback), if present.
+unsafe fn get_header<'a>(filter: *mut c_void, header_type: u32, key: &str) -> Option<&'a [u8]> {
     let mut out = Buffer::NULL;
-    envoy_dynamic_module_callback_http_get_header(
+    let found = envoy_dynamic_module_callback_http_get_header(
         filter,
         header_type,
-        Buffer::of(key),
+        Buffer::str(key),
         &mut out,
         0,
         ptr::null_mut(),
     );
-    std::hint::black_box(out.ptr);
-    out.length
+    (found && !out.ptr.is_null()).then(|| bytes(out))
+}
+
+/// One read whose answer the floor does not use.
+unsafe fn read(filter: *mut c_void, header_type: u32, key: &str) {
+    std::hint::black_box(get_header(filter, header_type, key));
 }
 
 #[no_mangle]
@@ -246,8 +244,8 @@ unsafe fn set_variant(envoy: *mut c_void, header_type: u32) {
     envoy_dynamic_module_callback_http_set_header(
         envoy,
         header_type,
-        Buffer::of("x-mlep-variant"),
-        Buffer::of("a"),
+        Buffer::str("x-mlep-variant"),
+        Buffer::str("a"),
     );
 }
 

@@ -18,7 +18,7 @@
 //! kept per thread and per config (a number given when Envoy creates the config), as the
 //! Wasm filter has one VM per worker.
 
-use crate::{Buffer, REQUEST_HEADER, RESPONSE_HEADER};
+use crate::{get_header, Buffer, REQUEST_HEADER, RESPONSE_HEADER};
 use mlep_filter::compiled::Compiled;
 use mlep_filter::host::{Host, MetricId, MetricKind, MetricSink};
 use mlep_filter::shadow::Hub;
@@ -33,27 +33,28 @@ use std::sync::Arc;
 
 const CONTINUE: u32 = 0;
 
-/// Metric ids numbered in definition order; values kept here.
+/// Counter values by metric id (definition order, the same on every thread as in
+/// [`EnvoySink`]); the histograms' slots stay unused.
 #[derive(Default)]
-struct Metrics {
-    values: Vec<u64>,
-}
+struct Counters(Vec<u64>);
 
-impl MetricSink for Metrics {
+impl MetricSink for Counters {
     fn define(&mut self, _kind: MetricKind, _name: &str) -> Result<MetricId, String> {
-        self.values.push(0);
-        Ok((self.values.len() - 1) as MetricId)
+        self.0.push(0);
+        Ok((self.0.len() - 1) as MetricId)
     }
 }
 
+/// One config compiled on one worker.
+#[derive(Clone)]
 struct PerThread {
     cfg: Rc<Compiled>,
     hub: Rc<RefCell<Hub>>,
+    counters: Rc<RefCell<Counters>>,
 }
 
 thread_local! {
     static CONFIGS: RefCell<HashMap<u64, PerThread>> = RefCell::new(HashMap::new());
-    static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
     static RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9e37_79b9_7f4a_7c15) };
 }
 
@@ -110,39 +111,59 @@ impl Config {
 
 pub struct Native {
     stream: Stream,
-    /// Shared with the config across Envoy's threads.
+    metrics: Metrics,
+}
+
+/// Where a stream's metrics go.
+struct Metrics {
+    counters: Rc<RefCell<Counters>>,
+    /// Envoy's histogram ids by metric id, shared with the config across Envoy's threads.
     histograms: Arc<[Option<usize>]>,
+}
+
+impl Metrics {
+    /// The host for one callback.
+    fn host(&self, envoy: *mut c_void) -> Envoy<'_> {
+        Envoy {
+            filter: envoy,
+            wrote_request: false,
+            counters: &self.counters,
+            histograms: &self.histograms,
+        }
+    }
 }
 
 impl Native {
     pub fn new(config: &Config) -> Option<Self> {
-        let (cfg, hub) = CONFIGS.with(|c| {
+        let t = CONFIGS.with(|c| {
             let mut c = c.borrow_mut();
             if let std::collections::hash_map::Entry::Vacant(e) = c.entry(config.id) {
-                let cfg = METRICS
-                    .with(|m| Compiled::from_json(&config.json, &mut *m.borrow_mut()))
-                    .ok()?;
+                let mut counters = Counters::default();
+                let cfg = Compiled::from_json(&config.json, &mut counters).ok()?;
                 e.insert(PerThread {
                     cfg: Rc::new(cfg),
                     hub: Rc::new(RefCell::new(Hub::new())),
+                    counters: Rc::new(RefCell::new(counters)),
                 });
             }
-            let t = c.get(&config.id)?;
-            Some((Rc::clone(&t.cfg), Rc::clone(&t.hub)))
+            c.get(&config.id).cloned()
         })?;
         Some(Self {
-            stream: Stream::new(cfg, hub),
-            histograms: Arc::clone(&config.histograms),
+            stream: Stream::new(t.cfg, t.hub),
+            metrics: Metrics {
+                counters: t.counters,
+                histograms: Arc::clone(&config.histograms),
+            },
         })
     }
 
     pub fn on_request_headers(&mut self, envoy: *mut c_void, end_of_stream: bool) -> u32 {
-        let mut host = Envoy(envoy, false, &self.histograms);
+        let mut host = self.metrics.host(envoy);
         let action = self.stream.on_request_headers(&mut host, end_of_stream);
         // Envoy picked the route before this filter ran: a changed `x-mlep-variant` only
         // steers once the cache is cleared (the Wasm host clears it on every request-header
         // write; this ABI leaves it to the module, once per stream here).
-        if host.1 {
+        if host.wrote_request {
             clear_route_cache(envoy);
         }
         match action {
@@ -154,13 +175,12 @@ impl Native {
 
     pub fn on_response_headers(&mut self, envoy: *mut c_void, end_of_stream: bool) -> u32 {
         self.stream
-            .on_response_headers(&mut Envoy(envoy, false, &self.histograms), end_of_stream);
+            .on_response_headers(&mut self.metrics.host(envoy), end_of_stream);
         CONTINUE
     }
 
     pub fn on_log(&mut self, envoy: *mut c_void) {
-        self.stream
-            .on_log(&mut Envoy(envoy, false, &self.histograms));
+        self.stream.on_log(&mut self.metrics.host(envoy));
     }
 }
 
@@ -190,49 +210,32 @@ pub fn clear_route_cache(envoy: *mut c_void) {
     unsafe { envoy_dynamic_module_callback_http_clear_route_cache(envoy) };
 }
 
-/// The host: this stream's Envoy filter object, whether a request header was written, and
-/// Envoy's histogram ids.
-struct Envoy<'a>(*mut c_void, bool, &'a [Option<usize>]);
+/// The host: this stream's Envoy filter object for one callback.
+struct Envoy<'a> {
+    filter: *mut c_void,
+    /// A request header was written (the route must be chosen again).
+    wrote_request: bool,
+    counters: &'a RefCell<Counters>,
+    /// Envoy's histogram ids by metric id.
+    histograms: &'a [Option<usize>],
+}
 
 impl Envoy<'_> {
     fn get(&self, header_type: u32, name: &str) -> Option<String> {
-        let mut out = Buffer {
-            ptr: ptr::null(),
-            length: 0,
-        };
-        // SAFETY: Envoy's filter pointer is valid during the callback; the answer points into
-        // Envoy's header map, valid until the map changes, and is copied at once.
-        let found = unsafe {
-            crate::envoy_dynamic_module_callback_http_get_header(
-                self.0,
-                header_type,
-                Buffer::str(name),
-                &mut out,
-                0,
-                ptr::null_mut(),
-            )
-        };
-        if !found || out.ptr.is_null() {
-            return None;
-        }
-        // SAFETY: as above.
-        let bytes = unsafe { std::slice::from_raw_parts(out.ptr, out.length) };
+        // SAFETY: Envoy's filter pointer is valid during the callback; the answer is copied
+        // at once.
+        let bytes = unsafe { get_header(self.filter, header_type, name) }?;
         Some(String::from_utf8_lossy(bytes).into_owned())
     }
 
     fn set(&mut self, header_type: u32, name: &str, value: Option<&str>) {
-        self.1 |= header_type == REQUEST_HEADER;
-        let value = value.map_or(
-            Buffer {
-                ptr: ptr::null(),
-                length: 0,
-            },
-            Buffer::str,
-        );
-        // SAFETY: as in `get`; Envoy copies the key and value.
+        self.wrote_request |= header_type == REQUEST_HEADER;
+        let value = value.map_or(Buffer::NULL, Buffer::str);
+        // SAFETY: Envoy's filter pointer is valid during the callback; Envoy copies the key
+        // and value.
         unsafe {
             crate::envoy_dynamic_module_callback_http_set_header(
-                self.0,
+                self.filter,
                 header_type,
                 Buffer::str(name),
                 value,
@@ -267,10 +270,10 @@ impl Host for Envoy<'_> {
         self.set(RESPONSE_HEADER, name, Some(value));
     }
     fn add_response_header(&mut self, name: &str, value: &str) {
-        // SAFETY: as in `get`; Envoy copies the key and value.
+        // SAFETY: as in `set`.
         unsafe {
             crate::envoy_dynamic_module_callback_http_add_header(
-                self.0,
+                self.filter,
                 RESPONSE_HEADER,
                 Buffer::str(name),
                 Buffer::str(value),
@@ -284,18 +287,16 @@ impl Host for Envoy<'_> {
         Vec::new()
     }
     fn increment(&mut self, metric: MetricId) {
-        METRICS.with(|m| {
-            if let Some(v) = m.borrow_mut().values.get_mut(metric as usize) {
-                *v += 1;
-            }
-        });
+        if let Some(v) = self.counters.borrow_mut().0.get_mut(metric as usize) {
+            *v += 1;
+        }
     }
     fn record(&mut self, metric: MetricId, value: u64) {
-        if let Some(Some(id)) = self.2.get(metric as usize) {
+        if let Some(Some(id)) = self.histograms.get(metric as usize) {
             // SAFETY: Envoy's filter pointer is valid during the callback; no labels.
             unsafe {
                 envoy_dynamic_module_callback_http_filter_record_histogram_value(
-                    self.0,
+                    self.filter,
                     *id,
                     ptr::null(),
                     0,
