@@ -10,7 +10,8 @@
 mod support;
 
 use mlep_contract::metrics::{
-    Agreement, Outcome, LABEL_OUTCOME, LABEL_RESULT, SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
+    Agreement, Outcome, LABEL_ENDPOINT, LABEL_OUTCOME, LABEL_RESULT, REQUESTS_TOTAL,
+    SHADOW_AGREEMENT_TOTAL, SHADOW_REQUESTS_TOTAL,
 };
 use std::time::{Duration, Instant};
 use support::*;
@@ -322,7 +323,7 @@ async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
         answered: copies,
         by_filter,
         ..
-    } = settled_copies(&up, 1).await;
+    } = settled_copies(&up, 1, N as usize).await;
     eprintln!("measured: native mirror at 50 %: {copies} copies of {N} requests");
     assert_eq!(
         by_filter, 0.0,
@@ -363,7 +364,7 @@ async fn a_sampled_comparison_copies_every_request_once_and_compares_its_share()
         answered: copies,
         compared,
         by_filter,
-    } = settled_copies(&up, N).await;
+    } = settled_copies(&up, N, N).await;
     eprintln!("measured: sampled comparison at 20 %: {copies} copies, {compared} compared, of {N} requests");
     assert_eq!(copies, N as f64, "each request copied exactly once");
     assert_eq!(
@@ -390,9 +391,11 @@ struct Copies {
 }
 
 /// Poll Envoy's stats until at least `at_least` copies completed, none is in flight (sent or
-/// waiting for a connection) and the counts held still between two reads (a comparison is
-/// counted right after its copy's answer).
-async fn settled_copies(up: &Up, at_least: usize) -> Copies {
+/// waiting for a connection), the filter counted all `requests` and the counts held still
+/// between two reads. A comparison is counted by whichever of the primary and the copy's
+/// answer comes last: the root at once, or the stream, batched with the request's own count
+/// (flushed once a second), hence the wait for every request to be counted.
+async fn settled_copies(up: &Up, at_least: usize, requests: usize) -> Copies {
     let cluster = "mlep-shadow|default|titanic";
     let start = Instant::now();
     let mut last = None;
@@ -403,6 +406,7 @@ async fn settled_copies(up: &Up, at_least: usize) -> Copies {
             of("cluster_upstream_rq_completed"),
             of("cluster_upstream_rq_active") + of("cluster_upstream_rq_pending_active"),
         );
+        let counted = metric_sum(&stats, REQUESTS_TOTAL, LABEL_ENDPOINT, "titanic");
         let sum = |metric: &str, label: &str, values: &mut dyn Iterator<Item = &str>| -> f64 {
             values.map(|v| metric_sum(&stats, metric, label, v)).sum()
         };
@@ -419,7 +423,11 @@ async fn settled_copies(up: &Up, at_least: usize) -> Copies {
                 &mut Outcome::ALL.iter().map(|o| o.label()),
             ),
         );
-        if done >= at_least as f64 && active == 0.0 && last == Some(now) {
+        if done >= at_least as f64
+            && active == 0.0
+            && counted >= requests as f64
+            && last == Some(now)
+        {
             return Copies {
                 answered: now.0,
                 compared: now.1,
@@ -429,7 +437,7 @@ async fn settled_copies(up: &Up, at_least: usize) -> Copies {
         last = Some(now);
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "copies completed {done}, in flight {active}, compared {}",
+            "copies completed {done}, in flight {active}, compared {}, requests counted {counted}",
             now.1
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -72,7 +72,7 @@ impl Host for Lean {
         self.seed = self.seed.wrapping_add(1);
         self.seed
     }
-    fn wake_root(&mut self) {}
+    fn send_queued(&mut self) {}
 }
 
 /// Counts calls the way the adapter turns them into host calls.
@@ -128,7 +128,7 @@ impl Host for Counting {
         add_response_header(name: &str, value: &str) -> ();
         record(m: MetricId, v: u64) -> ();
         random() -> u64;
-        wake_root() -> ();
+        send_queued() -> ();
     }
 }
 

@@ -181,9 +181,6 @@ pub struct Endpoint {
     pub valid_variants_json: String,
     pub shadow: Option<Shadow>,
     pub capture: Option<Capture>,
-    /// Read every request header in one host call: the shadow samples every request, so its
-    /// copy needs them all anyway (else the few assignment needs are read one by one).
-    pub read_all_headers: bool,
 }
 
 impl Endpoint {
@@ -466,11 +463,6 @@ impl Compiled {
                 valid_variants_json: serde_json::to_string(&names)
                     .unwrap_or_else(|_| "[]".to_owned()),
                 variants,
-                // Only when every request is copied by the filter itself.
-                read_all_headers: shadow.as_ref().is_some_and(|s| {
-                    s.per_million >= 1_000_000
-                        && (!s.mirror_routes || s.compare_per_million >= 1_000_000)
-                }),
                 shadow,
                 capture,
             });

@@ -1,6 +1,7 @@
 //! What the pure filter logic needs from its host, as a small trait, plus an in-memory host
 //! for tests. The proxy-wasm adapter (`adapter.rs`) is the only other implementation.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 /// A metric handle handed out by the host when the metric is defined (at configure time).
@@ -44,8 +45,9 @@ pub trait Host {
     /// The same clock in nanoseconds (request durations).
     fn now_ns(&self) -> u64;
     fn random(&mut self) -> u64;
-    /// Ask the root context to send queued shadow copies soon.
-    fn wake_root(&mut self);
+    /// Have the root context send what this stream queued (shadow copies, capture records)
+    /// once the current callback's work is done.
+    fn send_queued(&mut self);
 }
 
 /// An in-memory host: headers in vectors, metrics in maps, a settable clock and a
@@ -64,8 +66,11 @@ pub struct MemHost {
     pub now: u64,
     pub seed: u64,
     pub names: Vec<String>,
-    /// How often `wake_root` was called.
-    pub woken: u32,
+    /// How often `send_queued` was called.
+    pub sends: u32,
+    /// Request header reads: one by name, and all at once.
+    pub reads: Cell<u32>,
+    pub bulk_reads: Cell<u32>,
 }
 
 impl MemHost {
@@ -128,9 +133,11 @@ impl Host for MemHost {
         self.vhost.clone()
     }
     fn request_header(&self, name: &str) -> Option<String> {
+        self.reads.set(self.reads.get() + 1);
         get(&self.request, name).cloned()
     }
     fn request_headers(&self) -> Vec<(String, String)> {
+        self.bulk_reads.set(self.bulk_reads.get() + 1);
         self.request.clone()
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -170,8 +177,8 @@ impl Host for MemHost {
         self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         splitmix(self.seed)
     }
-    fn wake_root(&mut self) {
-        self.woken += 1;
+    fn send_queued(&mut self) {
+        self.sends += 1;
     }
 }
 

@@ -5,8 +5,9 @@
 //! each call token to the context that was active when it was made, `dispatcher.rs`
 //! `register_callout`, and silently drops the response once that context is deleted). The
 //! root context outlives streams, so streams only *queue* copies here; the root context
-//! sends them from its own callbacks (`on_tick`, `on_http_call_response`), which makes the
-//! root the owner of the call and of its response. Responses and primary bodies meet here
+//! sends them from its own callbacks (its `on_tick`, which a stream runs at the end of the
+//! callback that queued a copy, and `on_http_call_response`), which makes the root the
+//! owner of the call and of its response. Responses and primary bodies meet here
 //! by id, and the comparison runs when both have arrived. Everything is bounded: at most
 //! [`MAX_PENDING`] copies in flight and [`MAX_HUB_BYTES`] of buffered bodies; beyond that a
 //! copy is counted `skipped` instead of sent.
@@ -75,8 +76,6 @@ pub struct Hub {
     tokens: HashMap<u32, (u64, u64)>,
     next_id: u64,
     bytes: usize,
-    /// Set by whoever arms the root's fast tick; cleared by the root when the queue drains.
-    pub tick_armed: bool,
     /// Data capture records on their way to the sink (same root-owned calls).
     pub captures: crate::capture::Queue,
 }

@@ -170,10 +170,19 @@ impl Stream {
         let Some(ep) = cfg.endpoints.get(ep_index) else {
             return RequestAction::Continue;
         };
-        // Every header in one host call when the shadow copy will need them all anyway (a
-        // shadow sampling every request); else the two or three assignment needs, one call
-        // each, which costs about half (docs/filter.md, "Instructions per request").
-        let all = ep.read_all_headers.then(|| h.request_headers());
+        // Whether this request is copied, and compared, is drawn first (its variant only
+        // decides whether its traffic is mirrored at all). A copy the filter sends itself needs
+        // every header: one bulk read then serves assignment too. Else the two or three
+        // headers assignment needs, one call each, which costs about half (docs/filter.md,
+        // "Instructions per request").
+        let drawn = ep.shadow.as_ref().filter(|s| s.per_million > 0).map(|s| {
+            let copy = h.random() % 1_000_000 < s.per_million;
+            let compared = copy && s.draw_compared(|| h.random());
+            (copy, compared, s.mirror_routes)
+        });
+        let sent_by_filter =
+            drawn.is_some_and(|(copy, compared, twins)| copy && (compared || !twins));
+        let all = sent_by_filter.then(|| h.request_headers());
         let decision = match &all {
             Some(headers) => decide(ep, headers, h),
             None => decide(ep, &FromHost, h),
@@ -195,15 +204,12 @@ impl Stream {
                     h.remove_request_header(VARIANT_HEADER);
                     return RequestAction::Continue;
                 };
-                // One draw decides the copy, another whether it is compared. A copy not
+                // One draw decided the copy, another whether it is compared. A copy not
                 // compared goes through the route's mirroring twin when the routes have them
                 // (`mlep_core::mirror`): Envoy sends it, the filter never sees its answer.
-                let copy = ep
-                    .shadow
-                    .as_ref()
-                    .filter(|s| v.mirror && s.per_million > 0)
-                    .filter(|s| h.random() % 1_000_000 < s.per_million)
-                    .map(|s| (s.draw_compared(|| h.random()), s.mirror_routes));
+                let copy = drawn
+                    .filter(|&(copy, _, _)| copy && v.mirror)
+                    .map(|(_, compared, twins)| (compared, twins));
                 let by_envoy = copy.is_some_and(|(compared, twins)| twins && !compared);
                 h.set_request_header(
                     VARIANT_HEADER,
@@ -404,15 +410,10 @@ impl Stream {
             timeout_ms: s.timeout_ms,
         };
         let now = h.now_ms();
-        let (id, wake) = {
-            let mut hub = self.hub.borrow_mut();
-            let id = hub.submit(ep, spec, c.headers, c.body, now);
-            let wake = id.is_some() && !hub.tick_armed;
-            if wake {
-                hub.tick_armed = true;
-            }
-            (id, wake)
-        };
+        let id = self
+            .hub
+            .borrow_mut()
+            .submit(ep, spec, c.headers, c.body, now);
         match id {
             None => self.count_outcome(h, Outcome::Skipped),
             Some(id) => {
@@ -420,9 +421,7 @@ impl Stream {
                 if compared {
                     self.primary = Some(Vec::new());
                 }
-                if wake {
-                    h.wake_root();
-                }
+                h.send_queued();
             }
         }
     }
@@ -564,19 +563,11 @@ impl Stream {
             return;
         };
         let out = r.finish(spec, &ep.name, &v.name, &v.model, self.status, complete);
-        let (queued, wake) = {
-            let mut hub = self.hub.borrow_mut();
-            let queued = hub.captures.submit(ep_index, out);
-            let wake = queued && !hub.tick_armed;
-            if wake {
-                hub.tick_armed = true;
-            }
-            (queued, wake)
-        };
-        if !queued {
+        let queued = self.hub.borrow_mut().captures.submit(ep_index, out);
+        if queued {
+            h.send_queued();
+        } else {
             h.increment(spec.outcome(CaptureOutcome::QueueFull));
-        } else if wake {
-            h.wake_root();
         }
     }
 

@@ -88,6 +88,61 @@ fn the_shadow_receives_method_path_and_body_intact_without_credentials() {
         == 1.0));
 }
 
+/// A compared copy leaves while its request is being served: the primary answers only once
+/// it has seen its copy arrive at the shadow (or after 500 ms). Copies sent by the root's
+/// counter tick (once a second) instead of from the stream's own callback would miss that
+/// window about half the time, so 20 requests in a row would not all see theirs.
+#[test]
+fn a_copy_leaves_while_its_request_is_in_flight() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    let copies: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let seen_in_time: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let key = |r: &Seen| r.headers.get("x-user-id").cloned().unwrap_or_default();
+    let c2 = copies.clone();
+    let s = Upstream::with_hook(
+        "shadow",
+        Behaviour {
+            body: Some("{\"variant\":\"a\"}".into()),
+            ..Behaviour::default()
+        },
+        Arc::new(move |r: &Seen| {
+            c2.lock().unwrap().insert(key(r));
+        }),
+    );
+    let (c3, t3) = (copies.clone(), seen_in_time.clone());
+    let a = Upstream::with_hook(
+        "a",
+        Behaviour::default(),
+        Arc::new(move |r: &Seen| {
+            let k = key(r);
+            let arrived = poll_until(Duration::from_millis(500), || {
+                c3.lock().unwrap().contains(&k)
+            });
+            t3.lock().unwrap().push(arrived);
+        }),
+    );
+    let env = env_with_shadow(&a, Some(s.addr), 100.0, 2000);
+    let mut c = env.client();
+    for i in 0..20 {
+        let r = c.post(HOST, &[("x-user-id", &format!("u{i}"))], b"{\"x\": 1}");
+        assert_eq!((r.status, served_by(&r)), (200, "a".to_owned()));
+    }
+    let in_time = seen_in_time.lock().unwrap().clone();
+    assert_eq!(in_time.len(), 20, "the primary served every request");
+    assert!(
+        in_time.iter().all(|&x| x),
+        "copies that reached the shadow while their request was served: {in_time:?}"
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), || env
+            .metric("mlep_shadow_agreement_total", &[("result", "match")])
+            == 20.0),
+        "every copy's answer came back to the filter and was compared: {}",
+        env.metric("mlep_shadow_agreement_total", &[])
+    );
+}
+
 /// Median latency and statuses of `n` sequential requests.
 fn run(env: &Env, n: usize) -> (Duration, Vec<u16>) {
     let mut c = env.client();

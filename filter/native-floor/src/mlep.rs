@@ -323,5 +323,5 @@ impl Host for Envoy<'_> {
             x
         })
     }
-    fn wake_root(&mut self) {}
+    fn send_queued(&mut self) {}
 }

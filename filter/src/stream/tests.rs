@@ -39,6 +39,8 @@ fn request(host: &mut MemHost, headers: &[(&str, &str)]) {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     host.response = vec![(":status".into(), "200".into())];
+    host.reads.set(0);
+    host.bulk_reads.set(0);
 }
 
 #[test]
@@ -347,8 +349,16 @@ fn with_twin_routes_a_copy_not_compared_is_routed_to_envoys_mirror_not_sent() {
     });
     let (mut twins, mut sent, mut compared) = (0, 0, 0);
     users(&cfg, &hub, &mut h, 1000, |s, h, copies| {
+        let (reads, bulk) = (h.reads.get(), h.bulk_reads.get());
         let value = h.request_header("x-mlep-variant").unwrap_or_default();
         let twin = value.ends_with(".mirror");
+        // A copy the filter sends needs every header: one bulk read serves assignment too.
+        // A twin's request reads only what assignment needs, one header at a time.
+        if twin {
+            assert_eq!((bulk, reads > 0), (0, true), "twin: one by one");
+        } else {
+            assert_eq!((bulk, reads), (1, 0), "compared: all at once, once");
+        }
         if twin {
             assert!(
                 value == mlep_contract::mirror_twin(&routed("a"))
@@ -469,7 +479,7 @@ fn a_sampled_request_queues_a_copy_and_agreement_is_counted() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body, br#"{"x": 1}"#.to_vec());
     assert!(!sent[0].headers.iter().any(|(k, _)| k == "authorization"));
-    assert_eq!(h.woken, 1);
+    assert_eq!(h.sends, 1);
     hub.borrow_mut().sent(sent[0].id, 8, 42, 0);
     s.on_response_headers(&mut h, false);
     h.response_chunk = br#"{"p": 0.5}"#.to_vec();
@@ -685,7 +695,7 @@ fn a_captured_invocation_sends_request_and_response_once_the_response_ends() {
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{id}"
     );
-    assert_eq!(h.woken, 1);
+    assert_eq!(h.sends, 1);
 }
 
 #[test]

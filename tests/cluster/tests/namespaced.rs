@@ -565,6 +565,7 @@ async fn a_sampled_comparison_copies_each_request_once(bed: &Bed, t: &Titanic) {
             of_shadow(stats, "cluster_upstream_rq_completed"),
             sum_of(stats, m::SHADOW_AGREEMENT_TOTAL, &mine),
             sum_of(stats, m::SHADOW_REQUESTS_TOTAL, &mine),
+            sum_of(stats, m::REQUESTS_TOTAL, &mine),
         )
     };
     let before = counts(&gateway_stats(bed).await);
@@ -575,15 +576,18 @@ async fn a_sampled_comparison_copies_each_request_once(bed: &Bed, t: &Titanic) {
             .await;
         assert_eq!(o.status(), Some(200), "{o:?}");
     }
-    // Settled: no copy in flight, and the comparisons' count (a stream's count reaches Envoy
-    // up to a second after its copy's answer) read after that.
+    // Settled: no copy in flight, and every request counted: a comparison the stream counts
+    // (its copy answered before the primary's body ended) reaches Envoy with the request's
+    // own count, batched, up to a second later; the root counts the others at once.
     let (copies, compared, by_filter) = eventually(SETTLE, "every copy answered", || async {
         let stats = gateway_stats(bed).await;
         let in_flight = of_shadow(&stats, "cluster_upstream_rq_active")
             + of_shadow(&stats, "cluster_upstream_rq_pending_active");
         let now = counts(&stats);
         let delta = (now.0 - before.0, now.1 - before.1, now.2 - before.2);
-        (in_flight == 0.0 && delta.0 >= BATCH as f64 && delta.1 > 0.0).then_some(delta)
+        let counted = now.3 - before.3;
+        (in_flight == 0.0 && delta.0 >= BATCH as f64 && delta.1 > 0.0 && counted >= BATCH as f64)
+            .then_some(delta)
     })
     .await;
     measure(format!(
