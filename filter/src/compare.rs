@@ -8,10 +8,16 @@ use serde_json::Value;
 /// parses both and compares structurally, numbers equal within `tolerance` (absolute), object
 /// keys order-insensitive. Bodies that do not parse as JSON fall back to byte equality.
 /// `Off` never agrees (callers do not compare when comparison is off).
+///
+/// In JSON mode identical bytes agree without being parsed: the same bytes parse to the same
+/// value, which agrees with itself at any tolerance (the property test below checks that the
+/// structural comparison says so too). A shadow that answers as the primary does, the usual
+/// case, then costs a byte comparison instead of two parses.
 pub fn agree(mode: CompareMode, tolerance: f64, primary: &[u8], shadow: &[u8]) -> bool {
     match mode {
         CompareMode::Off => false,
         CompareMode::Exact => primary == shadow,
+        CompareMode::Json if primary == shadow => true,
         CompareMode::Json => match (
             serde_json::from_slice::<Value>(primary),
             serde_json::from_slice::<Value>(shadow),
@@ -112,8 +118,24 @@ mod tests {
         fn arbitrary_bodies_never_panic_and_agree_with_themselves(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             prop_assert!(agree(CompareMode::Exact, 0.0, &body, &body));
             let _ = agree(CompareMode::Json, 0.001, &body, b"[1]");
-            // Same bytes always agree, in JSON mode too (NaN cannot appear in parsed JSON).
+            // Same bytes always agree, in JSON mode too (NaN cannot appear in parsed JSON),
+            // and the structural comparison (which the byte fast path skips) says so as well.
             prop_assert!(agree(CompareMode::Json, 0.0, &body, &body));
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                prop_assert!(json_agree(&v, &v, 0.0, 0));
+            }
+        }
+
+        #[test]
+        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+        fn a_json_answer_agrees_with_itself_structurally(
+            numbers in proptest::collection::vec(any::<f64>().prop_filter("finite", |x| x.is_finite()), 0..16),
+            labels in proptest::collection::vec("[a-z]{0,8}", 0..8),
+        ) {
+            let body = serde_json::json!({"predictions": numbers, "labels": labels, "nested": [{"k": numbers.first()}]}).to_string();
+            let v: Value = serde_json::from_str(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(json_agree(&v, &v, 0.0, 0));
+            prop_assert!(agree(CompareMode::Json, 0.0, body.as_bytes(), body.as_bytes()));
         }
     }
 }

@@ -726,20 +726,24 @@ fn spread(v: &[f64]) -> String {
 }
 
 /// Issue 22: the filter's added gateway latency, measured so it can be trusted. One gateway, the
-/// same model pods, two hosts: the endpoint's (its virtual host enables the filter) and a plain
-/// VirtualService to the very same destination (its virtual host does not: no VM entry).
-/// Rounds alternate the two (and which goes first), at a fixed rate (timed from when each
-/// request was due) and at saturation (4 senders), on kept-alive connections. Checked: the plain host's answers carry no assignment and
-/// the endpoint's all do, from the same model, and nothing fails; the figures are printed
-/// (speed is reported, never asserted).
+/// same model pods, three hosts: the endpoint's (its virtual host enables the filter), one whose
+/// virtual host enables the filter but names no endpoint (every request enters the Wasm VM,
+/// the filter reads the virtual host's name, finds nothing and does nothing more: the price of
+/// entering the VM at all), and a plain VirtualService to the very same destination (its
+/// virtual host does not enable the filter: no VM entry). Rounds rotate the three (and which
+/// goes first), at a fixed rate (timed from when each request was due) and at saturation (4
+/// senders), on kept-alive connections. Checked: only the endpoint's answers carry an
+/// assignment, all from the same model, and nothing fails; the figures are printed (speed is
+/// reported, never asserted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
     const ROUNDS: usize = 7;
     const RATE: f64 = 100.0;
+    const VM_ONLY: &str = "latency-vm-only";
     let bed = Bed::connect().await;
     let ns = TempNs::create(&bed, "latency").await;
     let t = Titanic::deploy(&bed, &ns).await;
-    // Every user on variant a, so both hosts reach the same pods.
+    // Every user on variant a, so all hosts reach the same pods.
     t.edit(|s| {
         for v in &mut s.variants {
             v.weight = if v.name == "a" { 100 } else { 0 };
@@ -752,11 +756,12 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
     })
     .await;
 
-    // The plain host: the endpoint's own Gateway server and variant a's route destination.
+    // The other hosts: the endpoint's own Gateway server and variant a's route destination.
     let plain_host = format!("plain.{}", t.host);
+    let vm_host = format!("vm.{}", t.host);
     let mut gw_spec = t.istio_object("Gateway").await.unwrap()["spec"].clone();
     for server in gw_spec["servers"].as_array_mut().unwrap() {
-        server["hosts"] = serde_json::json!([plain_host]);
+        server["hosts"] = serde_json::json!([plain_host, vm_host]);
     }
     create_istio(&bed, &t.ns, "Gateway", "plain", gw_spec).await;
     let vs = t.istio_object("VirtualService").await.unwrap();
@@ -767,27 +772,75 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
         .find(|r| r["name"] == "variant-a")
         .unwrap()["route"]
         .clone();
-    create_istio(
-        &bed,
-        &t.ns,
-        "VirtualService",
-        "plain",
-        serde_json::json!({
-            "hosts": [plain_host],
+    for (name, host) in [("plain", &plain_host), ("vm", &vm_host)] {
+        let spec = serde_json::json!({
+            "hosts": [host],
             "gateways": ["plain"],
-            "http": [{"name": "plain", "route": route_a}],
-        }),
-    )
-    .await;
+            "http": [{"name": name, "route": route_a}],
+        });
+        create_istio(&bed, &t.ns, "VirtualService", name, spec).await;
+    }
+    // The vm host's virtual host enables the gateway's filter, as the operator's patches do
+    // for an endpoint's (same selector, same per-filter config).
+    let vm_vhost = mlep_core::envoy::virtual_host_name(&vm_host, 80);
+    let filters = bed.istio("istio-system", "EnvoyFilter");
+    let gateway_filter = filters.get(GATEWAY_FILTER).await.unwrap();
+    let _ = filters.delete(VM_ONLY, &Default::default()).await; // a rerun's leftover
+    let vm_only: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+    "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+    "metadata": {"name": VM_ONLY, "namespace": "istio-system"},
+    "spec": {
+        "workloadSelector": gateway_filter.data["spec"]["workloadSelector"].clone(),
+        "configPatches": [{
+            "applyTo": "VIRTUAL_HOST",
+            "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"name": vm_vhost}}},
+            "patch": {"operation": "MERGE", "value": {
+                "typed_per_filter_config": mlep_core::envoy::filter_enabled(GATEWAY_FILTER)}},
+        }],
+    }}))
+    .unwrap();
+    filters
+        .create(&PostParams::default(), &vm_only)
+        .await
+        .unwrap();
     let with = t.gateway.clone();
-    let without = load::Target {
-        host: plain_host.clone(),
+    let target = |host: &str| load::Target {
+        host: host.to_owned(),
         ..with.clone()
     };
+    let (vm, without) = (target(&vm_host), target(&plain_host));
+    for (what, host) in [("the plain host", &without), ("the vm host", &vm)] {
+        eventually(Duration::from_secs(120), what, || async {
+            (host.invoke(&[]).await.status() == Some(200)).then_some(())
+        })
+        .await;
+    }
+    // The filter runs for the vm host once the gateway's virtual host carries the patch (the
+    // filter does nothing visible there, so the gateway's own configuration is the proof).
     eventually(
         Duration::from_secs(120),
-        "the plain host answers",
-        || async { (without.invoke(&[]).await.status() == Some(200)).then_some(()) },
+        "the gateway's vm virtual host enables the filter",
+        || async {
+            let dump: serde_json::Value =
+                serde_json::from_str(&gateway_admin(&bed, "config_dump").await).ok()?;
+            let mut walk = vec![&dump];
+            while let Some(v) = walk.pop() {
+                match v {
+                    serde_json::Value::Object(o) => {
+                        if o.get("name").is_some_and(|n| *n == vm_vhost.as_str())
+                            && o.get("typed_per_filter_config")
+                                .is_some_and(|c| c.get(GATEWAY_FILTER).is_some())
+                        {
+                            return Some(());
+                        }
+                        walk.extend(o.values());
+                    }
+                    serde_json::Value::Array(a) => walk.extend(a),
+                    _ => {}
+                }
+            }
+            None
+        },
     )
     .await;
 
@@ -798,19 +851,18 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
         keep_alive: true,
         ..load::Shape::returning(filtered)
     };
+    // mode: 0 the endpoint's host, 1 the vm host, 2 the plain host.
+    let targets = [(&with, true), (&vm, false), (&without, false)];
+    let name = ["with the filter", "entering the VM only", "without"];
     // [mode][round] -> quantiles, for the fixed rate and the saturated runs.
-    let mut fixed: [Vec<[f64; 3]>; 2] = [Vec::new(), Vec::new()];
-    let mut saturated: [Vec<[f64; 3]>; 2] = [Vec::new(), Vec::new()];
-    let mut throughput: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let mut pooled: [load::Report; 2] = [load::Report::default(), load::Report::default()];
+    let mut fixed: [Vec<[f64; 3]>; 3] = Default::default();
+    let mut saturated: [Vec<[f64; 3]>; 3] = Default::default();
+    let mut throughput: [Vec<f64>; 3] = Default::default();
+    let mut pooled: [load::Report; 3] = Default::default();
     for round in 0..ROUNDS {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for mode in order {
-            let (target, filtered) = if mode == 0 {
-                (&with, true)
-            } else {
-                (&without, false)
-            };
+        for step in 0..3 {
+            let mode = (round + step) % 3;
+            let (target, filtered) = targets[mode];
             let r = Load::paced(
                 target.clone(),
                 shape(filtered),
@@ -818,19 +870,19 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
                 Duration::from_secs(4),
             )
             .await;
-            check_mode(&r, filtered);
+            check_mode(&r, filtered, name[mode]);
             fixed[mode].push(quantiles(&r));
             pooled[mode].latencies_ms.extend(&r.latencies_ms);
             pooled[mode].requests += r.requests;
             let l = Load::start_shaped(target.clone(), shape(filtered));
             tokio::time::sleep(Duration::from_secs(3)).await;
             let r = l.stop().await;
-            check_mode(&r, filtered);
+            check_mode(&r, filtered, name[mode]);
             saturated[mode].push(quantiles(&r));
             throughput[mode].push(r.requests as f64 / 3.0);
         }
     }
-    let name = ["with the filter", "without"];
+    filters.delete(VM_ONLY, &Default::default()).await.unwrap();
     for (what, runs) in [
         (
             format!("{RATE} req/s, one kept-alive connection, 4 s"),
@@ -841,7 +893,7 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
             &saturated,
         ),
     ] {
-        for mode in 0..2 {
+        for mode in 0..3 {
             let col = |q: usize| runs[mode].iter().map(|r| r[q]).collect::<Vec<_>>();
             measure(format!(
                 "gateway {what}, {ROUNDS} rounds, {}: p50 {:.2} ms ({}), p99 {:.2} ms ({}), p99.9 {:.2} ms ({})",
@@ -851,57 +903,61 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
                 median(col(2)), spread(&col(2)),
             ));
         }
-        let diff = |q: usize| {
+        // Per-round differences against the plain host, their median.
+        let diff = |mode: usize, q: usize| {
             median(
-                runs[0]
+                runs[mode]
                     .iter()
-                    .zip(&runs[1])
-                    .map(|(w, wo)| w[q] - wo[q])
+                    .zip(&runs[2])
+                    .map(|(m, wo)| m[q] - wo[q])
                     .collect(),
             )
         };
         measure(format!(
-            "gateway {what}: the filter adds p50 {:+.3} ms, p99 {:+.3} ms (medians of per-round differences)",
-            diff(0),
-            diff(1)
+            "gateway {what}: the filter adds p50 {:+.3} ms, p99 {:+.3} ms; entering the VM alone adds p50 {:+.3} ms, p99 {:+.3} ms (medians of per-round differences)",
+            diff(0, 0),
+            diff(0, 1),
+            diff(1, 0),
+            diff(1, 1)
         ));
     }
     measure(format!(
-        "gateway at a fixed rate, all rounds pooled: with the filter {} requests p99.9 {:.2} ms; without {} requests p99.9 {:.2} ms",
-        pooled[0].requests,
+        "gateway at a fixed rate, all rounds pooled, p99.9: with the filter {:.2} ms ({} requests), entering the VM only {:.2} ms ({}), without {:.2} ms ({})",
         pooled[0].percentile(0.999),
+        pooled[0].requests,
+        pooled[1].percentile(0.999),
         pooled[1].requests,
-        pooled[1].percentile(0.999)
+        pooled[2].percentile(0.999),
+        pooled[2].requests,
     ));
+    let tp = |mode: usize| median(throughput[mode].clone());
     measure(format!(
-        "gateway saturated throughput: with the filter {:.0} req/s ({}), without {:.0} req/s ({}), ratio {:.3}",
-        median(throughput[0].clone()),
+        "gateway saturated throughput: with the filter {:.0} req/s ({}), entering the VM only {:.0} req/s ({}), without {:.0} req/s ({}), ratio with/without {:.3}",
+        tp(0),
         spread(&throughput[0]),
-        median(throughput[1].clone()),
+        tp(1),
         spread(&throughput[1]),
-        median(throughput[0].clone()) / median(throughput[1].clone())
+        tp(2),
+        spread(&throughput[2]),
+        tp(0) / tp(2)
     ));
-    ok("the gateway serves the endpoint's host through the filter and the plain host around it, 0 failed");
+    ok("the gateway serves the endpoint's host through the filter, the vm host through the VM with no endpoint, and the plain host around it, 0 failed");
 }
 
 /// A run's answers: none failed, all from variant a's model, assigned exactly when `filtered`.
-fn check_mode(r: &load::Report, filtered: bool) {
-    r.assert_no_failures(if filtered {
-        "with the filter"
-    } else {
-        "without"
-    });
+fn check_mode(r: &load::Report, filtered: bool, what: &str) {
+    r.assert_no_failures(what);
     assert_eq!(
         r.by_model.keys().collect::<Vec<_>>(),
         ["titanic:v1"],
-        "answered by {:?}",
+        "{what}: answered by {:?}",
         r.by_model
     );
     let expect = if filtered { "a" } else { "unassigned" };
     assert_eq!(
         r.by_variant.keys().collect::<Vec<_>>(),
         [expect],
-        "assignments with filtered={filtered}: {:?}",
+        "{what}: assignments {:?}",
         r.by_variant
     );
 }
