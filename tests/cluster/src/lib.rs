@@ -83,9 +83,10 @@
 //!    (`deleting_the_last_endpoint_removes_every_child`)
 //! 9. (8 in bash) [x] `mlep render | kubectl apply`: Ready, the module the operator serves, assigned through
 //!    the gateway, 80/20 ±4 over 1,000 keys (`rendered_yaml_applied_by_kubectl_serves`)
-//! 10. [x] (issue 22) the gateway's latency with and without the filter, 7 interleaved rounds
-//!     on kept-alive connections, fixed rate and saturated; the plain host unassigned, the
-//!     endpoint's host assigned, one model, 0 failed; figures printed
+//! 10. [x] (issue 22) the gateway's latency with the filter, entering the VM only (a virtual
+//!     host that enables the filter but names no endpoint) and without, 7 rotated rounds on
+//!     kept-alive connections, fixed rate and saturated; only the endpoint's host assigned,
+//!     one model, 0 failed; figures printed
 //!     (`the_gateway_with_and_without_the_filter_in_interleaved_rounds`)
 //!
 //! Sidecar load could not run in: the operator-down phase's "without the filter" latency row
