@@ -175,13 +175,13 @@ impl Stream {
         // every header: one bulk read then serves assignment too. Else the two or three
         // headers assignment needs, one call each, which costs about half (docs/filter.md,
         // "Instructions per request").
-        let drawn = ep.shadow.as_ref().filter(|s| s.per_million > 0).map(|s| {
-            let copy = h.random() % 1_000_000 < s.per_million;
-            let compared = copy && s.draw_compared(|| h.random());
-            (copy, compared, s.mirror_routes)
-        });
-        let sent_by_filter =
-            drawn.is_some_and(|(copy, compared, twins)| copy && (compared || !twins));
+        // `(compared, twins)` of a request drawn for a copy.
+        let drawn = ep
+            .shadow
+            .as_ref()
+            .filter(|s| s.per_million > 0 && h.random() % 1_000_000 < s.per_million)
+            .map(|s| (s.draw_compared(|| h.random()), s.mirror_routes));
+        let sent_by_filter = drawn.is_some_and(|(compared, twins)| compared || !twins);
         let all = sent_by_filter.then(|| h.request_headers());
         let decision = match &all {
             Some(headers) => decide(ep, headers, h),
@@ -207,9 +207,7 @@ impl Stream {
                 // One draw decided the copy, another whether it is compared. A copy not
                 // compared goes through the route's mirroring twin when the routes have them
                 // (`mlep_core::mirror`): Envoy sends it, the filter never sees its answer.
-                let copy = drawn
-                    .filter(|&(copy, _, _)| copy && v.mirror)
-                    .map(|(_, compared, twins)| (compared, twins));
+                let copy = drawn.filter(|_| v.mirror);
                 let by_envoy = copy.is_some_and(|(compared, twins)| twins && !compared);
                 h.set_request_header(
                     VARIANT_HEADER,

@@ -969,6 +969,20 @@ pub async fn gateway_pod(bed: &Bed) -> String {
         .unwrap()
 }
 
+/// Every value inside `root`, itself included, depth first (searching Envoy's `config_dump`).
+pub fn every_value(root: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let (mut out, mut stack) = (Vec::new(), vec![root]);
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(o) => stack.extend(o.values()),
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+        out.push(v);
+    }
+    out
+}
+
 /// The gateway proxy's `/stats/prometheus`, parsed.
 pub async fn gateway_stats(bed: &Bed) -> Vec<mlep::table::Sample> {
     mlep::table::parse_prometheus(&gateway_admin(bed, "stats/prometheus").await)

@@ -823,23 +823,13 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
         || async {
             let dump: serde_json::Value =
                 serde_json::from_str(&gateway_admin(&bed, "config_dump").await).ok()?;
-            let mut walk = vec![&dump];
-            while let Some(v) = walk.pop() {
-                match v {
-                    serde_json::Value::Object(o) => {
-                        if o.get("name").is_some_and(|n| *n == vm_vhost.as_str())
-                            && o.get("typed_per_filter_config")
-                                .is_some_and(|c| c.get(GATEWAY_FILTER).is_some())
-                        {
-                            return Some(());
-                        }
-                        walk.extend(o.values());
-                    }
-                    serde_json::Value::Array(a) => walk.extend(a),
-                    _ => {}
-                }
-            }
-            None
+            every_value(&dump)
+                .into_iter()
+                .any(|v| {
+                    v["name"] == vm_vhost.as_str()
+                        && v["typed_per_filter_config"].get(GATEWAY_FILTER).is_some()
+                })
+                .then_some(())
         },
     )
     .await;

@@ -518,8 +518,7 @@ async fn a_sampled_comparison_copies_each_request_once(bed: &Bed, t: &Titanic) {
             let dump: serde_json::Value =
                 serde_json::from_str(&gateway_admin(bed, "config_dump").await).ok()?;
             let (mut twins, mut plain, mut uses_twins) = (0, 0, false);
-            let mut walk = vec![&dump];
-            while let Some(v) = walk.pop() {
+            for v in every_value(&dump) {
                 match v {
                     serde_json::Value::Object(o) => {
                         let mirrors = (o.get("route"))
@@ -531,9 +530,7 @@ async fn a_sampled_comparison_copies_each_request_once(bed: &Bed, t: &Titanic) {
                             (true, false) => plain += 1,
                             _ => {}
                         }
-                        walk.extend(o.values());
                     }
-                    serde_json::Value::Array(a) => walk.extend(a),
                     // The filter's config, a JSON string inside the ECDS resource.
                     serde_json::Value::String(text) if text.contains("\"routeKey\"") => {
                         let cfg: mlep_contract::FilterConfig = serde_json::from_str(text).ok()?;
@@ -619,24 +616,16 @@ async fn mirror_is_bounded(bed: &Bed, t: &Titanic) {
     let shadow = format!("outbound|80||titanic-shadow.{}.svc.cluster.local", t.ns);
     let mut routes = Vec::new();
     let mut thresholds = None;
-    let mut walk = vec![&dump];
-    while let Some(v) = walk.pop() {
-        match v {
-            serde_json::Value::Object(o) => {
-                let mirrors_to_shadow = (o.get("request_mirror_policies"))
-                    .and_then(|m| m.as_array())
-                    .is_some_and(|m| m.iter().any(|p| p["cluster"] == shadow.as_str()));
-                if mirrors_to_shadow {
-                    routes.push(o.get("timeout").cloned().unwrap_or_default());
-                }
-                if o.get("name").is_some_and(|n| n == shadow.as_str()) && o.contains_key("type") {
-                    let breakers = o.get("circuit_breakers").cloned().unwrap_or_default();
-                    thresholds = Some(breakers["thresholds"][0].clone());
-                }
-                walk.extend(o.values());
-            }
-            serde_json::Value::Array(a) => walk.extend(a),
-            _ => {}
+    for o in every_value(&dump).into_iter().filter_map(|v| v.as_object()) {
+        let mirrors_to_shadow = (o.get("request_mirror_policies"))
+            .and_then(|m| m.as_array())
+            .is_some_and(|m| m.iter().any(|p| p["cluster"] == shadow.as_str()));
+        if mirrors_to_shadow {
+            routes.push(o.get("timeout").cloned().unwrap_or_default());
+        }
+        if o.get("name").is_some_and(|n| n == shadow.as_str()) && o.contains_key("type") {
+            let breakers = o.get("circuit_breakers").cloned().unwrap_or_default();
+            thresholds = Some(breakers["thresholds"][0].clone());
         }
     }
     assert!(
