@@ -531,8 +531,11 @@ impl Load {
     }
 }
 
-/// Up to `n` requests at `rate` a second from one sender until `stop`; each one's latency is
-/// timed from when it was due.
+/// Up to `n` requests at `rate` a second from one sender until `stop`. A request held past its
+/// time by the previous answer is timed from when it was due (the server's slowness counts
+/// against every request it delayed: no coordinated omission); one sent on time is timed
+/// from when it left, since tokio's timer wakes up to a millisecond late and that lateness is
+/// the client's, not the server's (timed from due, it added 0-1 ms to every sample).
 async fn paced_requests(
     target: &Target,
     shape: &Shape,
@@ -548,9 +551,14 @@ async fn paced_requests(
             break;
         }
         let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
+        let from = if Instant::now() < due {
+            tokio::time::sleep_until(due.into()).await;
+            Instant::now()
+        } else {
+            due
+        };
         let o = shape.send(target, &mut conn, 0, i).await;
-        record(&o, due.elapsed().as_secs_f64() * 1000.0);
+        record(&o, from.elapsed().as_secs_f64() * 1000.0);
     }
 }
 
