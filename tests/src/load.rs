@@ -473,9 +473,9 @@ impl Load {
     }
 
     /// `rate` requests a second for `d` from one sender (one kept-alive connection when
-    /// [`Shape::keep_alive`]), each timed from when it was due, not from when it left: an answer
-    /// that holds the next request up counts against both (no coordinated omission). Bounded:
-    /// `rate * d` requests; never retried.
+    /// [`Shape::keep_alive`]). A request an answer held up is timed from when it was due, so
+    /// the slow answer counts against both (no coordinated omission); one sent on time, from
+    /// when it left. Bounded: `rate * d` requests; never retried.
     pub async fn paced(target: Target, shape: Shape, rate: f64, d: Duration) -> Report {
         let mut report = Report::default();
         let n = (rate * d.as_secs_f64()).round() as u64;
