@@ -22,7 +22,7 @@ mod sleep;
 mod state;
 mod ui;
 
-pub use find::{check_port_free, find_filter_wasm, find_model_server};
+pub use find::{check_port_free, find_filter_wasm, find_model_server, reserve_port};
 
 use crate::artifacts::ArtifactStore;
 use crate::envoy::{self, EnvoyProcess};
@@ -163,6 +163,8 @@ struct Session {
     wake_addr: Option<SocketAddr>,
     /// When the session started: the clock of sleep decisions.
     started: Instant,
+    /// The listener port, held from the checks until Envoy first starts (`reserve_port`).
+    port_hold: Option<std::net::TcpListener>,
 }
 
 impl Session {
@@ -336,7 +338,7 @@ impl Session {
             ));
         }
         let desired = plan::desired(&input)?;
-        check_port_free(opts.port)?;
+        let port_hold = reserve_port(opts.port)?;
         let wasm = find_filter_wasm(opts.filter_wasm.as_deref())?;
         let model_server = if desired.sets().any(|s| s.runtime == Runtime::ModelServer) {
             Some(find_model_server(opts.model_server.as_deref())?)
@@ -380,6 +382,7 @@ impl Session {
             sleeps: BTreeMap::new(),
             wake_addr: None,
             started: Instant::now(),
+            port_hold: Some(port_hold),
         };
         Ok((s, desired, input))
     }

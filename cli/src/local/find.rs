@@ -78,7 +78,15 @@ pub fn find_filter_wasm(explicit: Option<&Path>) -> Result<PathBuf, LocalError> 
 
 /// Fail early and clearly when the listener port is taken.
 pub fn check_port_free(port: u16) -> Result<(), LocalError> {
+    reserve_port(port).map(drop)
+}
+
+/// Bind the listener port and keep it bound: while held, the kernel hands it to no other
+/// socket (a model server's free port, a connection's ephemeral source port), which it could
+/// between a check and Envoy's own bind seconds later (seen in CI: Envoy's listener failed
+/// with "Address already in use" after the model servers started). Dropped just before
+/// Envoy starts.
+pub fn reserve_port(port: u16) -> Result<std::net::TcpListener, LocalError> {
     std::net::TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
         .map_err(|source| LocalError::PortInUse { port, source })
 }

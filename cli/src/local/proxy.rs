@@ -160,6 +160,8 @@ impl Session {
                 .await
                 .map_err(task_err("stopping Envoy"))?;
         }
+        // Free the port only now, for Envoy to bind (see `reserve_port`).
+        drop(self.port_hold.take());
         self.envoy = Some(self.spawn_envoy(bootstrap.clone()).await?);
         self.envoy_bootstrap = Some(bootstrap);
         self.remember(&cfg)?;
