@@ -731,8 +731,8 @@ fn spread(v: &[f64]) -> String {
 /// the filter reads the virtual host's name, finds nothing and does nothing more: the price of
 /// entering the VM at all), and a plain VirtualService to the very same destination (its
 /// virtual host does not enable the filter: no VM entry). Rounds rotate the three (and which
-/// goes first), at a fixed rate (a request held up by the previous answer timed from when it was due) and at saturation (4
-/// senders), on kept-alive connections. Checked: only the endpoint's answers carry an
+/// goes first), at a fixed rate (a request held up by the previous answer timed from when it
+/// was due) and at saturation (4 senders), on kept-alive connections. Checked: only the endpoint's answers carry an
 /// assignment, all from the same model, and nothing fails; the figures are printed (speed is
 /// reported, never asserted). CI runs 7 rounds of 4 s at the fixed rate (a round's p99 is then
 /// its 4th slowest request); `scripts/bench-gateway-latency.sh` runs the same test longer
