@@ -280,7 +280,10 @@ impl Response {
     }
 }
 
-/// A keep-alive HTTP/1.1 client to one address (reconnects when the server closes).
+/// A keep-alive HTTP/1.1 client to one address. Every request is sent once: a connection the
+/// server closed while idle is replaced *before* the request goes out (seen closed by a
+/// non-blocking peek), and a response carrying `connection: close` ends the connection; a
+/// request that fails after it was sent is a failure, never sent again.
 pub struct Client {
     addr: SocketAddr,
     conn: Option<(TcpStream, BufReader<TcpStream>)>,
@@ -299,6 +302,7 @@ impl Client {
         self.send("POST", host, "/invocations", headers, body)
     }
 
+    /// One request; panics naming what failed (the test fails: nothing is retried).
     pub fn send(
         &mut self,
         method: &str,
@@ -307,16 +311,16 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        for _ in 0..2 {
-            if let Some(r) = self.try_send(method, host, path, headers, body) {
-                return r;
-            }
-            self.conn = None;
-        }
-        panic!("request to {} failed twice", self.addr);
+        self.attempt(method, host, path, headers, body)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path} to {}: {e} (sent once, not retried)",
+                    self.addr
+                )
+            })
     }
 
-    /// One attempt, no retry (`None`: the connection failed or was closed mid-request).
+    /// One request, `None` if it failed (connect, send, or no complete answer).
     pub fn try_send(
         &mut self,
         method: &str,
@@ -325,14 +329,51 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Option<Response> {
+        self.attempt(method, host, path, headers, body).ok()
+    }
+
+    fn attempt(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|(s, r)| !r.buffer().is_empty() || !open_and_idle(s))
+        {
+            self.conn = None;
+        }
         if self.conn.is_none() {
-            let s = TcpStream::connect(self.addr).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-            s.set_nodelay(true).ok()?;
-            let r = BufReader::new(s.try_clone().ok()?);
+            let s = TcpStream::connect(self.addr).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .and_then(|()| s.set_nodelay(true))
+                .map_err(|e| format!("socket options: {e}"))?;
+            let r = BufReader::new(s.try_clone().map_err(|e| format!("socket: {e}"))?);
             self.conn = Some((s, r));
         }
-        let (w, r) = self.conn.as_mut()?;
+        let result = self.exchange(method, host, path, headers, body);
+        if result.as_ref().map_or(true, |r| {
+            r.header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        }) {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        let (w, r) = self.conn.as_mut().ok_or("no connection")?;
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n",
             body.len()
@@ -343,19 +384,36 @@ impl Client {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        w.write_all(&bytes).ok()?;
-        let (start, raw, body) = read_message(r)?;
-        let status = start.split_whitespace().nth(1)?.parse().ok()?;
+        w.write_all(&bytes).map_err(|e| format!("send: {e}"))?;
+        let (start, raw, body) =
+            read_message(r).ok_or("the connection ended before a complete answer")?;
+        let status = start
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP status line: {start:?}"))?;
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in raw {
             headers.entry(k).or_default().push(v);
         }
-        Some(Response {
+        Ok(Response {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
+}
+
+/// Whether a kept-alive connection is still open with nothing unread: a peek that would block.
+/// End of stream (the server closed it while idle), an error, or stray bytes all say: do not
+/// send on it.
+fn open_and_idle(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let idle =
+        matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).is_ok() && idle
 }
 
 /// The built filter: `$MLEP_FILTER_WASM`, else the workspace's release wasm32-wasip1 build.
