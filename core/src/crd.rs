@@ -11,7 +11,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod rollout_status;
+mod schema;
+mod status_parts;
 pub use rollout_status::{AnalysisResult, Phase, RolloutStatus};
+pub use status_parts::{RetiringVariant, StatusSummary};
 
 /// The API group, version and `apiVersion` of both kinds. The `#[kube(group, version)]`
 /// attributes below must spell the same (a derive attribute takes only literals); the test
@@ -694,35 +697,12 @@ pub struct ModelEndpointStatus {
     /// endpoint's reconcile, nor for an invalid spec asking for them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mirror_twins: bool,
-}
-
-/// A variant on its way out: no request is assigned to it any more, but a proxy that has not
-/// yet received the filter config without it may still send one, so its route stays until
-/// `untilUnix`.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RetiringVariant {
-    /// Variant name.
-    pub name: String,
-    /// The model it served.
-    pub model: String,
-    /// When its route, subset and Deployment go (Unix seconds).
-    pub until_unix: i64,
-}
-
-/// Printer-column text.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusSummary {
-    /// e.g. `a=titanic-v1,b=titanic-v2`.
-    pub variants: String,
-    /// Current weights, e.g. `a=80,b=20`.
-    pub weights: String,
-    /// Ready replicas over desired, e.g. `3/3`.
-    pub ready: String,
-    /// Autoscaled variants: bounds, measured value and target, e.g. `b=1-10 4.2/5rps`.
+    /// The spec the operator last accepted, the one that serves: the shared filter entry is
+    /// built from it, never from a spec that was rejected since (its hosts, shadow, routing
+    /// and capture would otherwise reach every proxy unchecked). Written by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scaling: Option<String>,
+    #[schemars(schema_with = "schema::opaque_object")]
+    pub served_spec: Option<ModelEndpointSpec>,
 }
 
 /// Observed state of one variant.

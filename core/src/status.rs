@@ -91,6 +91,7 @@ pub fn endpoint_status(
         routed_since_unix: last.and_then(|l| l.routed_since_unix),
         shadow_model: plan.copied_shadow(&ep.spec).map(|s| s.model.clone()),
         mirror_twins: ep.spec.renders_mirror_twins(),
+        served_spec: Some(ep.spec.clone()),
     }
 }
 

@@ -318,3 +318,69 @@ async fn an_endpoint_listing_another_namespaces_service_is_invalid_and_not_wired
     delete_endpoint(&client, &victim).await;
     stop_operator(op).await;
 }
+
+/// A tenant whose endpoint was accepted then claims another namespace's Service: the spec is
+/// rejected, and a neighbour's reconcile, which rebuilds the shared filter, must not carry
+/// the rejected hosts to the proxies. The accepted ones keep serving.
+#[tokio::test]
+async fn a_host_claimed_by_a_rejected_edit_never_reaches_the_shared_filter() {
+    let _one = SERIAL.lock().await;
+    let client = client().await;
+    let (victim, tenant, third, gw) = (
+        ns("edit-victim"),
+        ns("edit-tenant"),
+        ns("edit-third"),
+        ns("hosts-gw3"),
+    );
+    namespace(&client, &gw).await;
+    let op = start_operator(&client, &gw);
+    let pid = std::process::id();
+    apply_example(&client, &victim, &[&format!("victim-{pid}.example.com")]).await;
+    let own = format!("tenant-{pid}.example.com");
+    apply_example(&client, &tenant, &[&own]).await;
+    let tenant_id = format!("{tenant}/{ENDPOINT}");
+    eventually(
+        "the tenant's accepted host in the shared filter",
+        || async {
+            filter_holders(&client, &gw, &own)
+                .await
+                .filter(|h| h == std::slice::from_ref(&tenant_id))
+        },
+    )
+    .await;
+
+    let stolen = format!("{ENDPOINT}.{victim}.svc.cluster.local");
+    apply_example(&client, &tenant, &[&own, &stolen]).await;
+    eventually("InvalidSpec naming the host", || async {
+        ready(&client, &tenant)
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "InvalidSpec" && c.2.contains(&stolen))
+    })
+    .await;
+    // A third endpoint's reconcile rebuilds the shared filter after the rejection.
+    let third_host = format!("third-{pid}.example.com");
+    apply_example(&client, &third, &[&third_host]).await;
+    let third_id = format!("{third}/{ENDPOINT}");
+    eventually("the third endpoint in the shared filter", || async {
+        filter_holders(&client, &gw, &third_host)
+            .await
+            .filter(|h| h == std::slice::from_ref(&third_id))
+    })
+    .await;
+    let holders = filter_holders(&client, &gw, &stolen).await.unwrap();
+    assert_eq!(
+        holders,
+        [format!("{victim}/{ENDPOINT}")],
+        "only the Service's own endpoint"
+    );
+    assert_eq!(
+        filter_holders(&client, &gw, &own).await.unwrap(),
+        [tenant_id],
+        "the tenant's accepted spec keeps serving"
+    );
+
+    for n in [&third, &tenant, &victim] {
+        delete_endpoint(&client, n).await;
+    }
+    stop_operator(op).await;
+}
