@@ -29,19 +29,16 @@ const SERVED: &[(&str, &str, &[&str])] = &[
     (
         "mlep.dev",
         "modelendpoints",
-        &["get", "list", "watch", "patch", "update"],
+        &["get", "list", "watch", "patch"],
     ),
-    (
-        "mlep.dev",
-        "modelendpoints/status",
-        &["get", "patch", "update"],
-    ),
+    // Status is written by server-side apply (a patch); nothing here is ever replaced.
+    ("mlep.dev", "modelendpoints/status", &["get", "patch"]),
     // ownerReferences with blockOwnerDeletion need `update` on the owner's finalizers where the
     // OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, hardened clusters).
     ("mlep.dev", "modelendpoints/finalizers", &["update"]),
     ("mlep.dev", "models", &["get", "list", "watch"]),
     // The Model controller writes Model status (`Ready`, `observedGeneration`).
-    ("mlep.dev", "models/status", &["get", "patch", "update"]),
+    ("mlep.dev", "models/status", &["get", "patch"]),
     // The endpoint controller owns Deployments (watch, to react to readiness).
     ("apps", "deployments", &["watch"]),
     // Model pods: watched (a crash reconciles its endpoint) and listed by a Deployment's
