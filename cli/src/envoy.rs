@@ -16,7 +16,7 @@ use crate::upstreams;
 use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::{mirror_twin, routed_value};
 use mlep_core::envoy::{
-    self as vocabulary, filter_enabled, restored_variant, stats_config, wasm_filter, RouteInput,
+    self as vocabulary, filter_enabled, stats_config, wasm_filter, RouteHeaders, RouteInput,
     VariantRoutes, WasmCode, DEFAULT_ROUTE, WASM_TYPE_URL,
 };
 pub use mlep_core::mirror::{MirrorOn, NativeMirror};
@@ -270,15 +270,10 @@ fn endpoint_vhost(
         weight: v.weight,
         ready: true,
     }));
-    routes.extend(plan.header_routes().map(|(name, v)| {
-        json!({
-            "name": name,
-            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"prefix": routed_value(v, &ep.route_key)}}]},
-            "route": route_action("cluster", json!(variant_cluster(&ep.name, v)), &mirror),
-            "request_headers_to_add": [restore(v)],
-            "response_headers_to_add": [restore(v)]
-        })
-    }));
+    routes.extend(
+        plan.header_routes()
+            .map(|(name, v)| variant_header_route(ep, name, v, &mirror)),
+    );
     if ep.mirror.as_ref().is_some_and(|m| m.on == MirrorOn::Twins) {
         routes = routes
             .into_iter()
@@ -296,11 +291,14 @@ fn endpoint_vhost(
     if weighted.is_empty() {
         return refuse(": all weights are 0");
     }
-    routes.push(json!({
-        "name": DEFAULT_ROUTE,
-        "match": {"prefix": "/"},
-        "route": route_action("weighted_clusters", json!({"clusters": weighted}), &mirror)
-    }));
+    routes.push(with_headers(
+        json!({
+            "name": DEFAULT_ROUTE,
+            "match": {"prefix": "/"},
+            "route": route_action("weighted_clusters", json!({"clusters": weighted}), &mirror)
+        }),
+        &RouteHeaders::weighted_default(),
+    ));
     for s in [&ep.shadow, &ep.capture].into_iter().flatten() {
         clusters.push(upstreams.cluster(&s.cluster, s.upstream));
     }
@@ -314,6 +312,19 @@ fn endpoint_vhost(
         vhost["retry_policy"] = upstreams::retry_policy();
     }
     Ok(vhost)
+}
+
+/// The route named `name` sending the requests the filter assigned to `variant` to its
+/// cluster.
+fn variant_header_route(ep: &RouteEndpoint, name: String, variant: &str, mirror: &Value) -> Value {
+    with_headers(
+        json!({
+            "name": name,
+            "match": {"prefix": "/", "headers": [{"name": VARIANT_HEADER, "string_match": {"prefix": routed_value(variant, &ep.route_key)}}]},
+            "route": route_action("cluster", json!(variant_cluster(&ep.name, variant)), mirror),
+        }),
+        &RouteHeaders::header_route(variant),
+    )
 }
 
 /// A header route's mirroring twin (`mlep_core::mirror`), which goes before it: named after
@@ -353,28 +364,35 @@ fn variant_routes(
             // it from the others), and a rollout then changes no route, only EDS and the config.
             let cluster = rollout_cluster(&ep.name, &v.name);
             clusters.push(upstreams.cluster(&cluster, next));
-            routes.push(json!({
-                "name": format!("{}-{}-rollout", ep.name, v.name),
-                "match": {"prefix": "/", "headers": [
-                    {"name": VARIANT_HEADER, "string_match": {"prefix": routed_value(&v.name, &ep.route_key)}},
-                    {"name": MODEL_HEADER, "string_match": {"suffix": format!(".{}", ep.route_key)}}
-                ]},
-                "route": route_action("cluster", json!(cluster), mirror),
-                "request_headers_to_add": [restore(&v.name)],
-                "request_headers_to_remove": [MODEL_HEADER],
-                "response_headers_to_add": [restore(&v.name)]
-            }));
+            routes.push(with_headers(
+                json!({
+                    "name": format!("{}-{}-rollout", ep.name, v.name),
+                    "match": {"prefix": "/", "headers": [
+                        {"name": VARIANT_HEADER, "string_match": {"prefix": routed_value(&v.name, &ep.route_key)}},
+                        {"name": MODEL_HEADER, "string_match": {"suffix": format!(".{}", ep.route_key)}}
+                    ]},
+                    "route": route_action("cluster", json!(cluster), mirror),
+                }),
+                &RouteHeaders::header_route(&v.name),
+            ));
         }
         clusters.push(upstreams.cluster(&variant_cluster(&ep.name, &v.name), v.upstream));
     }
     routes
 }
 
-/// A route's `request_headers_to_add` (and `response_headers_to_add`) entry putting the plain
-/// variant name back.
-fn restore(variant: &str) -> Value {
-    let (header, value) = restored_variant(variant);
-    json!({"header": {"key": header, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})
+/// `route` with what it does to the routing headers ([`RouteHeaders`], the operator's
+/// VirtualService `headers`): `request_headers_to_remove`, and the header set on request and
+/// response (`request_headers_to_add` / `response_headers_to_add`, overwriting). Envoy
+/// removes before it adds.
+fn with_headers(mut route: Value, h: &RouteHeaders) -> Value {
+    route["request_headers_to_remove"] = json!(h.remove);
+    if let Some((header, value)) = &h.set {
+        let set = json!([{"header": {"key": header, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]);
+        route["request_headers_to_add"] = set.clone();
+        route["response_headers_to_add"] = set;
+    }
+    route
 }
 
 /// The filter (through ECDS from its watched file), if any, then the router.
@@ -567,6 +585,107 @@ mod tests {
             b["static_resources"]["clusters"].as_array().unwrap().len(),
             4
         );
+    }
+
+    /// The routing headers a model gets through Envoy route `route` from a request carrying
+    /// `sent`: Envoy removes `request_headers_to_remove`, then adds `request_headers_to_add`.
+    fn forwarded(
+        route: &Value,
+        sent: &[(&str, &str)],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut out: std::collections::BTreeMap<String, String> = sent
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        for h in route["request_headers_to_remove"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            out.remove(h.as_str().unwrap());
+        }
+        for a in route["request_headers_to_add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let h = &a["header"];
+            out.insert(
+                h["key"].as_str().unwrap().to_owned(),
+                h["value"].as_str().unwrap().to_owned(),
+            );
+        }
+        out
+    }
+
+    /// What the filter sets, key and all, for a variant with no header route here (targeted
+    /// while it has no ready pod) and for a rollout's moved user.
+    const KEYED: [(&str, &str); 2] = [
+        ("x-mlep-variant", "c.envoy-test-route-key"),
+        ("x-mlep-model", "model-b2.envoy-test-route-key"),
+    ];
+
+    #[test]
+    fn the_weighted_default_route_strips_the_routing_headers_so_no_model_sees_the_route_key() {
+        let b = render_bootstrap(&spec()).unwrap();
+        let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        let default = &routes[2];
+        assert_eq!(default["name"], DEFAULT_ROUTE);
+        assert_eq!(
+            default["request_headers_to_remove"],
+            json!(["x-mlep-variant", "x-mlep-model"])
+        );
+        assert!(default.get("request_headers_to_add").is_none());
+        assert!(
+            default.get("response_headers_to_add").is_none(),
+            "the response is left as the model sends it"
+        );
+        assert!(forwarded(default, &KEYED).is_empty());
+        assert!(forwarded(default, &KEYED[..1]).is_empty());
+    }
+
+    #[test]
+    fn a_variant_route_strips_x_mlep_model_and_no_route_forwards_the_route_key() {
+        let mut s = spec();
+        s.endpoints[0].variants[1].rollout_upstream = Some("127.0.0.1:8009".parse().unwrap());
+        s.endpoints[0].mirror = Some(NativeMirror {
+            cluster: "shadow".into(),
+            authority: None,
+            percent: 100.0,
+            forward_credentials: false,
+            on: MirrorOn::Twins,
+        });
+        let b = render_bootstrap(&s).unwrap();
+        let routes = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let (default, header_routes) = routes.split_last().unwrap();
+        assert_eq!(header_routes.len(), 6, "variant, rollout and their twins");
+        for r in header_routes {
+            // `mlep|<endpoint>|<variant>`, a rollout's with `|rollout` after it.
+            let variant = r["route"]["cluster"].as_str().unwrap().split('|').nth(2);
+            assert_eq!(
+                r["request_headers_to_remove"],
+                json!(["x-mlep-model"]),
+                "{}",
+                r["name"]
+            );
+            let set = json!([{"header": {"key": "x-mlep-variant", "value": variant}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]);
+            assert_eq!(r["request_headers_to_add"], set, "{}", r["name"]);
+            assert_eq!(r["response_headers_to_add"], set, "{}", r["name"]);
+        }
+        for r in header_routes.iter().chain([default]) {
+            let got = forwarded(r, &KEYED);
+            assert!(
+                got.values().all(|v| !v.contains("envoy-test-route-key")),
+                "{}: {got:?}",
+                r["name"]
+            );
+            assert!(!got.contains_key("x-mlep-model"), "{}", r["name"]);
+        }
     }
 
     #[test]

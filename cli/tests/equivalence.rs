@@ -148,9 +148,63 @@ fn input_dir() -> std::path::PathBuf {
     dir
 }
 
-/// `(route name, x-mlep-variant value without the route key, variant routed to)` and the
-/// default's `(variant, weight)`.
-type Routes = (Vec<(String, String, String)>, Vec<(String, u64)>);
+/// What a route does to the headers: `(set on the request, removed from the request, set on
+/// the response)`.
+type Rewrite = (Vec<(String, String)>, Vec<String>, Vec<(String, String)>);
+
+/// `(route name, x-mlep-variant value without the route key, variant routed to, rewrite)` and
+/// the default's `(variant, weight)` and rewrite.
+type Routes = (
+    Vec<(String, String, String, Rewrite)>,
+    Vec<(String, u64)>,
+    Rewrite,
+);
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A VirtualService route's `headers`.
+fn istio_rewrite(route: &Value) -> Rewrite {
+    let set = |v: &Value| -> Vec<(String, String)> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let h = &route["headers"];
+    (
+        set(&h["request"]["set"]),
+        strings(&h["request"]["remove"]),
+        set(&h["response"]["set"]),
+    )
+}
+
+/// An Envoy route's header fields (all overwriting, as Istio's `set` renders).
+fn envoy_rewrite(route: &Value) -> Rewrite {
+    let set = |v: &Value| -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                assert_eq!(a["append_action"], "OVERWRITE_IF_EXISTS_OR_ADD");
+                let h = &a["header"];
+                let s = |k: &str| h[k].as_str().unwrap().to_owned();
+                (s("key"), s("value"))
+            })
+            .collect()
+    };
+    (
+        set(&route["request_headers_to_add"]),
+        strings(&route["request_headers_to_remove"]),
+        set(&route["response_headers_to_add"]),
+    )
+}
 
 /// The variant of a header route's match value, which must carry `key`.
 fn unkeyed(value: &Value, key: &str) -> String {
@@ -172,6 +226,7 @@ fn istio_routes(vs: &Value, key: &str) -> Routes {
                 r["name"].as_str().unwrap().to_owned(),
                 unkeyed(m, key),
                 subset.as_str().unwrap().to_owned(),
+                istio_rewrite(r),
             )
         })
         .collect();
@@ -184,7 +239,7 @@ fn istio_routes(vs: &Value, key: &str) -> Routes {
             (subset, r["weight"].as_u64().unwrap_or(100))
         })
         .collect();
-    (by_header, weighted)
+    (by_header, weighted, istio_rewrite(default))
 }
 
 fn envoy_routes(bootstrap: &Value, endpoint: &str, virtual_host: &str, key: &str) -> Routes {
@@ -223,6 +278,7 @@ fn envoy_routes(bootstrap: &Value, endpoint: &str, virtual_host: &str, key: &str
                 r["name"].as_str().unwrap().to_owned(),
                 unkeyed(&h["string_match"]["prefix"], key),
                 variant_of(&r["route"]["cluster"]),
+                envoy_rewrite(r),
             )
         })
         .collect();
@@ -232,7 +288,7 @@ fn envoy_routes(bootstrap: &Value, endpoint: &str, virtual_host: &str, key: &str
         .iter()
         .map(|c| (variant_of(&c["name"]), c["weight"].as_u64().unwrap()))
         .collect();
-    (by_header, weighted)
+    (by_header, weighted, envoy_rewrite(default))
 }
 
 #[test]
@@ -303,7 +359,8 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
     assert_eq!(istio.shadow.as_ref().unwrap().model, "titanic-v3");
     assert_eq!(istio.variants[1].weight, 30);
 
-    // The same routes: by header to every (ready) variant, then the same weighted default.
+    // The same routes: by header to every (ready) variant, then the same weighted default,
+    // each doing the same to the routing headers (none forwards the route key).
     let istio_routes = istio_routes(find(&objs, "VirtualService", "titanic"), &keys.0);
     let local_routes = envoy_routes(
         &local.bootstrap,
@@ -312,6 +369,24 @@ fn operator_and_local_mode_render_the_same_filter_config_routes_and_shadow_targe
         &keys.1,
     );
     assert_eq!(istio_routes, local_routes);
+    let plain = |v: &str| vec![("x-mlep-variant".to_owned(), v.to_owned())];
+    for (name, variant, _, rewrite) in &istio_routes.0 {
+        let model_removed = vec![MODEL_HEADER.to_owned()];
+        assert_eq!(
+            rewrite,
+            &(plain(variant), model_removed, plain(variant)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        istio_routes.2,
+        (
+            vec![],
+            vec!["x-mlep-variant".to_owned(), MODEL_HEADER.to_owned()],
+            vec![]
+        ),
+        "the weighted default removes both routing headers"
+    );
     assert_eq!(
         istio_routes.1,
         istio

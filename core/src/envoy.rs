@@ -9,6 +9,8 @@
 //! - [`VariantRoutes`]: one route per variant matching the `x-mlep-variant` value the filter
 //!   sets (with the endpoint's route key, [`EndpointRoute`]), then a weighted default route
 //!   for requests no filter assigned;
+//! - [`RouteHeaders`]: what each of those routes does to the routing headers, so no model sees
+//!   the route key;
 //! - [`EndpointRoute`] / [`filter_enabled`]: the virtual hosts that are the endpoint's, where
 //!   the filter (disabled everywhere else in the chain) runs and knows the endpoint by name;
 //! - [`CallTarget`]: where the filter sends shadow copies (Envoy cluster + `:authority`);
@@ -16,7 +18,7 @@
 //!
 //! The equivalence of the two renderings is tested in `cli/tests/equivalence.rs`.
 
-use mlep_contract::metrics::{latency_bucket_prefixes, stats_tags};
+use mlep_contract::metrics::{latency_bucket_prefixes, stats_tags, MODEL_HEADER, VARIANT_HEADER};
 use serde_json::{json, Value};
 
 /// The filter's name in Envoy: root id, VM id, WasmPlugin `pluginName`, local ECDS resource.
@@ -143,11 +145,52 @@ pub fn filter_enabled(filter_name: &str) -> Value {
 }
 
 /// What a header route puts back before the request leaves the proxy: the plain variant name
-/// instead of the routed value (and a rollout's route removes the model header), so a model
-/// never sees the route key. The route also sets it on the response: the client learns which
-/// variant's route served (the filter no longer writes response headers but the cookie).
+/// instead of the routed value, so a model never sees the route key ([`RouteHeaders`]). The
+/// route also sets it on the response: the client learns which variant's route served (the
+/// filter no longer writes response headers but the cookie).
 pub fn restored_variant(variant: &str) -> (&'static str, String) {
-    (mlep_contract::metrics::VARIANT_HEADER, variant.to_owned())
+    (VARIANT_HEADER, variant.to_owned())
+}
+
+/// The headers the routes match. The filter's values carry the endpoint's route key
+/// ([`mlep_contract::routed_value`]), so every route of an endpoint rewrites or removes both
+/// before the request leaves the proxy ([`RouteHeaders`]).
+pub const ROUTING_HEADERS: [&str; 2] = [VARIANT_HEADER, MODEL_HEADER];
+
+/// What a route of an endpoint does to the routing headers ([`ROUTING_HEADERS`]) so that no
+/// model sees the route key, whichever route serves: the operator renders it as a
+/// VirtualService route's `headers`, local mode as Envoy's `request_headers_to_remove` /
+/// `request_headers_to_add` / `response_headers_to_add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHeaders {
+    /// Set (overwriting) on the request and on the response.
+    pub set: Option<(&'static str, String)>,
+    /// Removed from the request.
+    pub remove: Vec<&'static str>,
+}
+
+impl RouteHeaders {
+    /// A header route to `variant` (its own, a rollout's, and their mirroring twins): the plain
+    /// variant name back ([`restored_variant`]) and the model header removed. A rollout's route
+    /// matched the model header; a variant's own route sees it too when the filter moved the
+    /// user but this proxy has no rollout route (yet, or any more).
+    pub fn header_route(variant: &str) -> Self {
+        Self {
+            set: Some(restored_variant(variant)),
+            remove: vec![MODEL_HEADER],
+        }
+    }
+
+    /// The weighted default: it takes whatever no header route matched, including a value the
+    /// filter set, key and all, for a variant with no header route here (targeting a variant
+    /// with no ready pod) or a model with no rollout route here, and a client's own. It removes
+    /// both routing headers and sets nothing: the response says nothing about the variant.
+    pub fn weighted_default() -> Self {
+        Self {
+            set: None,
+            remove: ROUTING_HEADERS.to_vec(),
+        }
+    }
 }
 
 /// Where the Wasm module comes from.
@@ -463,6 +506,24 @@ mod tests {
         assert_eq!(
             r.header_routes().collect::<Vec<_>>(),
             [("variant-a".to_owned(), "a"), ("variant-c".to_owned(), "c")]
+        );
+    }
+
+    #[test]
+    fn header_routes_put_the_plain_variant_back_and_the_default_removes_both_routing_headers() {
+        assert_eq!(
+            RouteHeaders::header_route("b"),
+            RouteHeaders {
+                set: Some(("x-mlep-variant", "b".to_owned())),
+                remove: vec!["x-mlep-model"],
+            }
+        );
+        assert_eq!(
+            RouteHeaders::weighted_default(),
+            RouteHeaders {
+                set: None,
+                remove: vec!["x-mlep-variant", "x-mlep-model"],
+            }
         );
     }
 

@@ -307,6 +307,33 @@ fn without_the_filter_no_client_sent_header_picks_a_variant_or_model() {
     assert_eq!(b.count(), 0, "no client-sent header reached b");
 }
 
+/// A client targets a variant that has no header route here (in a cluster: one with no ready
+/// pod). The filter sets `x-mlep-variant: b.<routeKey>`, no header route matches, and the
+/// weighted default serves; it removes both routing headers, so the model that answers never
+/// sees the route key (nor a client's own routing headers).
+#[test]
+fn a_request_for_a_variant_without_a_route_reaches_the_default_without_the_route_key() {
+    let a = Upstream::start("a");
+    let alloc = Allocation::initial(&[("a", 100), ("b", 0)]).unwrap();
+    let cfg = filter_config("titanic", &[("a", 100), ("b", 0)], &alloc);
+    let env = Env::start(vec![route("titanic", &[HOST], &[(&a, 100)], None)], &cfg);
+    let mut c = env.client();
+    let r = c.get(
+        HOST,
+        &[
+            ("x-mlep-target-variant", "b"),
+            ("x-mlep-model", "model-b.guessed-route-key-0001"),
+        ],
+    );
+    assert_eq!((r.status, served_by(&r).as_str()), (200, "a"));
+    let seen = a.seen();
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0].headers;
+    assert_eq!(h.get("x-mlep-variant"), None, "{h:?}");
+    assert_eq!(h.get("x-mlep-model"), None, "{h:?}");
+    assert!(h.values().all(|v| !v.contains(ROUTE_KEY)), "{h:?}");
+}
+
 /// Envoy passes header values with bytes that are not UTF-8 (obs-text); the proxy-wasm SDK's
 /// plain header getters `unwrap` a UTF-8 conversion, so such a value used to panic the VM,
 /// after which Envoy answered 503 to every request of that worker. Found while reading the

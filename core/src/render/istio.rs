@@ -3,7 +3,7 @@
 
 use super::Ctx;
 use crate::crd::ModelEndpointSpec;
-use crate::envoy::{self, subset_name, RouteInput, VariantRoutes, DEFAULT_ROUTE};
+use crate::envoy::{self, subset_name, RouteHeaders, RouteInput, VariantRoutes, DEFAULT_ROUTE};
 use crate::meta::{
     istio, DESTINATION_RULE, GATEWAY, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT, VIRTUAL_SERVICE,
 };
@@ -70,15 +70,17 @@ pub(super) fn shadow_destination_rule(ctx: &Ctx) -> Value {
     )
 }
 
-/// A header route's `headers` manipulation: the plain variant name back, and on a rollout's
-/// route the model header removed (see [`envoy::restored_variant`]).
-fn restore(variant: &str, rollout: bool) -> Value {
-    let (header, value) = envoy::restored_variant(variant);
-    let mut request = json!({ "set": { header: &value } });
-    if rollout {
-        request["remove"] = json!([MODEL_HEADER]);
+/// A route's `headers` manipulation ([`RouteHeaders`]): on a header route the plain variant
+/// name back (request and response) and the model header removed; on the weighted default
+/// both routing headers removed. Istio renders `set` as Envoy's `request_headers_to_add`
+/// (overwrite) and `remove` as `request_headers_to_remove`, as local mode does itself.
+fn headers(h: &RouteHeaders) -> Value {
+    let mut out = json!({ "request": { "remove": h.remove } });
+    if let Some((header, value)) = &h.set {
+        out["request"]["set"] = json!({ *header: value });
+        out["response"] = json!({ "set": { *header: value } });
     }
-    json!({ "request": request, "response": { "set": { header: value } } })
+    out
 }
 
 pub(super) fn virtual_service(
@@ -102,7 +104,7 @@ pub(super) fn virtual_service(
                 "name": name,
                 "match": [{ "headers": { VARIANT_HEADER: variant_keyed(v) } }],
                 "route": [{ "destination": dest(v) }],
-                "headers": restore(v, false),
+                "headers": headers(&RouteHeaders::header_route(v)),
             })
         })
         .collect();
@@ -124,24 +126,12 @@ pub(super) fn virtual_service(
                     MODEL_HEADER: keyed(model),
                 } }],
                 "route": [{ "destination": dest(&subset) }],
-                "headers": restore(variant, true),
+                "headers": headers(&RouteHeaders::header_route(variant)),
             }),
         );
     }
     let mut http = with_mirror_twins(spec, http);
-    // Fallback for requests the filter did not see: the routed weights, ready variants only.
-    let default: Vec<Value> = match routes.weighted.as_slice() {
-        [(one, _)] => vec![json!({ "destination": dest(one) })],
-        many => many
-            .iter()
-            .map(|(v, w)| json!({ "destination": dest(v), "weight": w }))
-            .collect(),
-    };
-    let mut fallback = json!({ "name": DEFAULT_ROUTE, "route": default });
-    if spec.shadow.is_some() {
-        fallback["mirrors"] = shadow_destination(ctx);
-    }
-    http.push(fallback);
+    http.push(default_route(ctx, spec, &routes, dest));
     for route in &mut http {
         route["timeout"] = json!(envoy::ROUTE_TIMEOUT);
     }
@@ -159,6 +149,33 @@ pub(super) fn virtual_service(
         ctx.meta(ctx.name, []),
         json!({ "hosts": hosts, "gateways": gateways, "http": http }),
     )
+}
+
+/// The fallback for requests no header route took (the filter did not see them, or named a
+/// variant or model with no route here): the routed weights, ready variants only, with both
+/// routing headers removed so no model sees the route key.
+fn default_route(
+    ctx: &Ctx,
+    spec: &ModelEndpointSpec,
+    routes: &VariantRoutes,
+    dest: impl Fn(&str) -> Value,
+) -> Value {
+    let default: Vec<Value> = match routes.weighted.as_slice() {
+        [(one, _)] => vec![json!({ "destination": dest(one) })],
+        many => many
+            .iter()
+            .map(|(v, w)| json!({ "destination": dest(v), "weight": w }))
+            .collect(),
+    };
+    let mut fallback = json!({
+        "name": DEFAULT_ROUTE,
+        "route": default,
+        "headers": headers(&RouteHeaders::weighted_default()),
+    });
+    if spec.shadow.is_some() {
+        fallback["mirrors"] = shadow_destination(ctx);
+    }
+    fallback
 }
 
 /// The header routes `http`, each preceded by its mirroring twin when the shadow compares a

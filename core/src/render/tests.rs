@@ -501,7 +501,10 @@ fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
     assert_eq!(http[1]["route"][0]["destination"]["subset"], "b");
     assert_eq!(
         http[1]["headers"],
-        json!({"request": {"set": {"x-mlep-variant": "b"}}, "response": {"set": {"x-mlep-variant": "b"}}})
+        json!({
+            "request": {"set": {"x-mlep-variant": "b"}, "remove": ["x-mlep-model"]},
+            "response": {"set": {"x-mlep-variant": "b"}},
+        })
     );
     let weights: Vec<(&Value, &Value)> = http[2]["route"]
         .as_array()
@@ -531,6 +534,120 @@ fn routing_uses_the_variant_header_then_a_weighted_default_of_ready_variants() {
         http[1]["route"],
         json!([{"destination": {"host": "titanic.ml.svc.cluster.local", "subset": "a", "port": {"number": 80}}}])
     );
+}
+
+/// The routing headers a model gets through VirtualService route `route` from a request
+/// carrying `sent`: Envoy removes `headers.request.remove`, then sets `headers.request.set`.
+fn forwarded(route: &Value, sent: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let request = &route["headers"]["request"];
+    let mut out: BTreeMap<String, String> = sent
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    for h in request["remove"].as_array().into_iter().flatten() {
+        out.remove(h.as_str().unwrap_or_default());
+    }
+    for (k, v) in request["set"].as_object().into_iter().flatten() {
+        out.insert(k.clone(), v.as_str().unwrap_or_default().to_owned());
+    }
+    out
+}
+
+/// What the filter sets, key and all, that no header route may match: a targeted variant with
+/// no ready pod (`b`), and a rollout's model whose route this proxy lacks.
+fn keyed_routing_headers() -> [(&'static str, String); 2] {
+    [
+        ("x-mlep-variant", format!("b.{KEY}")),
+        ("x-mlep-model", format!("m3.{KEY}")),
+    ]
+}
+
+#[test]
+fn the_weighted_default_route_strips_the_routing_headers_so_no_model_sees_the_route_key() {
+    let ep = endpoint();
+    let mut plan = Plan::assume_ready(&ep.spec);
+    // b has no ready pod: no header route to it, so a request the filter targeted at b
+    // (`x-mlep-variant: b.<key>`) is the weighted default's, which sends it to a.
+    plan.variants[1].ready = false;
+    plan.variants[1].weight = 0;
+    plan.variants[0].weight = 100;
+    let objs = render(&ep, &plan);
+    let http = find(&objs, "VirtualService", "titanic")["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let default = http.last().unwrap();
+    assert_eq!(default["name"], "weighted-default");
+    assert_eq!(
+        default["headers"],
+        json!({"request": {"remove": ["x-mlep-variant", "x-mlep-model"]}}),
+        "both routing headers removed, nothing set, the response left as the model sends it"
+    );
+    let [variant, model] = keyed_routing_headers();
+    for sent in [
+        vec![(variant.0, variant.1.as_str())],
+        vec![(variant.0, variant.1.as_str()), (model.0, model.1.as_str())],
+        vec![("x-mlep-variant", "b"), ("x-mlep-model", "m2")],
+    ] {
+        assert_eq!(forwarded(default, &sent), BTreeMap::new(), "{sent:?}");
+    }
+}
+
+#[test]
+fn a_variant_route_strips_x_mlep_model_and_no_route_forwards_the_route_key() {
+    let mut ep = endpoint();
+    ep.spec.variants[1].model = "m3".into();
+    // A sampled comparison: every header route gets a mirroring twin too.
+    ep.spec.shadow = serde_json::from_value(
+        serde_json::json!({"model": "m3", "percent": 50.0, "comparePercent": 10.0}),
+    )
+    .ok();
+    let mut plan = Plan::assume_ready(&ep.spec);
+    plan.variants[1].serving_model = "m2".into();
+    plan.rollout = Some(RolloutPlan {
+        variant: "b".into(),
+        models: Some(vec!["m2".into(), "m3".into()]),
+        split: None,
+        mirror: None,
+        route_model: Some("m3".into()),
+    });
+    let objs = render(&ep, &plan);
+    let http = find(&objs, "VirtualService", "titanic")["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let (default, header_routes) = http.split_last().unwrap();
+    assert_eq!(header_routes.len(), 6, "variant, rollout and their twins");
+    for r in header_routes {
+        let variant = r["route"][0]["destination"]["subset"]
+            .as_str()
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            r["headers"],
+            json!({
+                "request": {"set": {"x-mlep-variant": variant}, "remove": ["x-mlep-model"]},
+                "response": {"set": {"x-mlep-variant": variant}},
+            }),
+            "{}",
+            r["name"]
+        );
+    }
+    // Whatever a request carries into whichever route serves it, no model sees the key.
+    let sent = keyed_routing_headers();
+    let sent: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for r in header_routes.iter().chain([default]) {
+        let got = forwarded(r, &sent);
+        assert!(
+            got.values().all(|v| !v.contains(KEY)),
+            "{}: {got:?}",
+            r["name"]
+        );
+        assert!(!got.contains_key("x-mlep-model"), "{}", r["name"]);
+    }
 }
 
 #[test]
