@@ -313,6 +313,18 @@ pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
 pub const MAX_SHADOW_COPIES_IN_FLIGHT: u32 = 1024;
 /// Default shadow call timeout (`ShadowConfig::timeout_ms`).
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u32 = 1000;
+/// Most body bytes a filter VM (one per worker) holds for shadowing at a time: request copies
+/// not yet taken by Envoy, primary answers and shadow answers awaiting their comparison.
+/// Beyond it a copy is `skipped` or its comparison dropped (the filter's `shadow::Hub`).
+pub const MAX_SHADOW_HUB_BYTES: u32 = 16 * 1024 * 1024;
+/// Largest `maxBodyBytes` accepted. The cap applies to each of a compared copy's three
+/// bodies (the request copied, the primary's answer, the shadow's answer), and the filter
+/// holds all three in the VM until the comparison runs: at 4 MiB one copy of the largest
+/// bodies needs 12 MiB, so it still fits the VM's [`MAX_SHADOW_HUB_BYTES`] whole, while a
+/// larger cap would let a single sampled stream buffer up to 4 GiB (`u32::MAX`) and exhaust
+/// the VM's memory. The same bound as data capture's ([`MAX_CAPTURE_PAYLOAD_BYTES`]).
+pub const MAX_SHADOW_BODY_BYTES: u32 = 4 * 1024 * 1024;
+const _: () = assert!(3 * MAX_SHADOW_BODY_BYTES as u64 <= MAX_SHADOW_HUB_BYTES as u64);
 
 fn default_max_body_bytes() -> u32 {
     DEFAULT_MAX_BODY_BYTES
@@ -665,6 +677,15 @@ impl ShadowConfig {
                 format!("{} must be within 0..=100", s.percent),
             ));
         }
+        if s.max_body_bytes > MAX_SHADOW_BODY_BYTES {
+            return Err(ConfigError::new(
+                format!("{at}.maxBodyBytes"),
+                format!(
+                    "{} is over the limit of {MAX_SHADOW_BODY_BYTES}",
+                    s.max_body_bytes
+                ),
+            ));
+        }
         if s.timeout_ms == 0 {
             return Err(ConfigError::new(
                 format!("{at}.timeoutMs"),
@@ -701,138 +722,4 @@ pub fn carry_allocation(
 }
 
 #[cfg(test)]
-mod tests {
-    /// A float in a config (a shadow's tolerance) reads back as the f64 written: serde_json's
-    /// `float_roundtrip` (fuzz/fuzz_targets/filter_config.rs found `1e-60` -> `1.0000000000000001e-60`).
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn config_floats_round_trip_exactly() {
-        for text in ["1e-60", "0.1", "1e-6", "123456.789e-3"] {
-            let v: f64 = serde_json::from_str(text).unwrap_or(f64::NAN);
-            let again: f64 = serde_json::to_string(&v)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(f64::NAN);
-            assert_eq!(v.to_bits(), again.to_bits(), "{text}");
-        }
-    }
-
-    use super::*;
-
-    fn example() -> &'static str {
-        include_str!("../../examples/filter-config.json")
-    }
-
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn documented_example_config_is_valid() {
-        let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
-        assert_eq!(cfg.endpoints[0].variants.len(), 2);
-        assert_eq!(cfg.endpoints[0].cookie_name(), "mlep-titanic");
-    }
-
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn config_round_trips_through_json() {
-        let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
-        let again = FilterConfig::from_json(&serde_json::to_vec(&cfg).unwrap()).unwrap();
-        assert_eq!(cfg, again);
-    }
-
-    fn with(f: impl FnOnce(&mut serde_json::Value)) -> Result<FilterConfig, ConfigError> {
-        let mut v: serde_json::Value = serde_json::from_str(example()).unwrap();
-        f(&mut v);
-        FilterConfig::from_json(&serde_json::to_vec(&v).unwrap())
-    }
-
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn errors_name_the_offending_field() {
-        let e = with(|v| v["endpoints"][0]["variants"][1]["weight"] = 30.into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].variants");
-        assert!(e.message.contains("sum to 110"), "{e}");
-        let e = with(|v| v["endpoints"][0]["variants"][1]["name"] = "a".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].variants[1].name");
-        let e = with(|v| v["endpoints"][0]["variants"][1]["name"] = "B!".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].variants[1].name");
-        let e = with(|v| v["endpoints"][0]["shadow"]["percent"] = 101.into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].shadow.percent");
-        let e = with(|v| v["endpoints"][0]["routing"]["sticky"]["header"] = "X User".into())
-            .unwrap_err();
-        assert_eq!(e.field, "endpoints[0].routing.sticky.header");
-        let e = with(|v| v["version"] = 2.into()).unwrap_err();
-        assert_eq!(e.field, "version");
-        let e = with(|v| v["endpoints"][0]["allocation"][0]["end"] = 7000.into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].allocation");
-        let e = with(|v| v["endpoints"][0]["virtualHosts"][0] = "a b:80".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].virtualHosts[0]");
-        let e = with(|v| v["endpoints"][0]["virtualHosts"] = serde_json::json!([])).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].virtualHosts");
-        with(|v| v["endpoints"][0]["virtualHosts"][0] = "*.example.com:80".into()).unwrap();
-        let e = with(|v| v["endpoints"][0]["routeKey"] = "short".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].routeKey");
-        let e = with(|v| v["endpoints"][0]["routeKey"] = "a.b-c_d-e-f-g-h-i-j".into()).unwrap_err();
-        assert_eq!(
-            e.field, "endpoints[0].routeKey",
-            "a `.` would make the routed value ambiguous"
-        );
-        let e = with(|v| {
-            v["endpoints"][0]["variants"][1]["rollout"] =
-                serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 7999, "end": 9000}]})
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "endpoints[0].variants[1].rollout.buckets");
-        assert!(e.message.contains("does not own"), "{e}");
-        let e = with(|v| {
-            v["endpoints"][0]["variants"][1]["rollout"] = serde_json::json!({"model": "titanic-v2"})
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "endpoints[0].variants[1].rollout.model");
-        let ok = with(|v| {
-            v["endpoints"][0]["variants"][1]["rollout"] = serde_json::json!({"model": "titanic-v3", "buckets": [{"start": 8000, "end": 9000}]})
-        });
-        assert!(ok.is_ok(), "{ok:?}");
-        let e = with(|v| v["endpoints"][0]["shadow"]["variant"] = "zz".into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].shadow.variant");
-        let e =
-            with(|v| v["endpoints"][0]["shadow"]["compare"]["percent"] = (-1).into()).unwrap_err();
-        assert_eq!(e.field, "endpoints[0].shadow.compare.percent");
-        let e = with(|v| v["endpoints"][0]["bogus"] = 1.into()).unwrap_err();
-        assert!(e.message.contains("bogus"), "{e}");
-    }
-
-    /// Comparing every copy is the default and is left out of the JSON, so a config without
-    /// sampling is the same text as before `compare.percent` existed (and an older module
-    /// reads it); a sampled one carries it.
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn compare_percent_defaults_to_every_copy_and_is_written_only_when_sampled() {
-        let cfg = FilterConfig::from_json(example().as_bytes()).unwrap();
-        let shadow = cfg.endpoints[0].shadow.clone().unwrap();
-        assert_eq!(shadow.compare.percent, 100.0);
-        let text = serde_json::to_string(&shadow.compare).unwrap();
-        assert!(!text.contains("percent"), "{text}");
-        let sampled =
-            with(|v| v["endpoints"][0]["shadow"]["compare"]["percent"] = 10.into()).unwrap();
-        let compare = &sampled.endpoints[0].shadow.as_ref().unwrap().compare;
-        assert_eq!(compare.percent, 10.0);
-        assert!(serde_json::to_string(compare)
-            .unwrap()
-            .contains("\"percent\":10"));
-    }
-
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn non_json_is_rejected_with_position() {
-        let e = FilterConfig::from_json(b"{\"version\": 1,\n  nope").unwrap_err();
-        assert!(e.field.starts_with("line 2"), "{e}");
-    }
-
-    proptest::proptest! {
-        #[test]
-        #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let _ = FilterConfig::from_json(&bytes);
-        }
-    }
-}
+mod tests;

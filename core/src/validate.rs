@@ -546,6 +546,13 @@ fn validate_shadow<'a>(
             "must be a finite number >= 0",
         ));
     }
+    let max = mlep_contract::config::MAX_SHADOW_BODY_BYTES;
+    if let Some(b) = s.max_body_bytes.filter(|b| *b > max) {
+        return Err(SpecError::invalid(
+            "spec.shadow.maxBodyBytes",
+            format!("{b} is over the limit of {max}"),
+        ));
+    }
     if s.timeout_ms == Some(0) {
         return Err(SpecError::invalid(
             "spec.shadow.timeoutMs",

@@ -13,7 +13,7 @@
 
 use crate::compiled::Compiled;
 use crate::host::{splitmix, Host, MetricId, MetricKind, MetricSink};
-use crate::shadow::{Hub, ENVOY_TIMEOUT_BODY};
+use crate::shadow::Hub;
 use crate::stream::{count, count_unsent, Flow, HoldAction, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
 use crate::wake::Call;
@@ -366,21 +366,26 @@ impl Context for Root {
             self.flush();
             return;
         }
-        // Envoy's own timeout reply is read too (24 bytes), so it counts as `timeout` however
-        // late the event loop delivered it (see `shadow::ENVOY_TIMEOUT_BODY`).
-        let envoy_timeout = status == Some(504) && body_size == ENVOY_TIMEOUT_BODY.len();
-        let body = if body_size > 0 && (envoy_timeout || self.hub.borrow().wants_body(token)) {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+        // Only a body the hub asks for is copied into the VM: a compared answer within the
+        // shadow's `maxBodyBytes` and the VM's budget, or Envoy's own timeout reply (24
+        // bytes, so it counts as `timeout` however late the event loop delivered it, see
+        // `shadow::ENVOY_TIMEOUT_BODY`). Any other answer counts its outcome unread.
+        let read = self.hub.borrow().reads_answer(token, status, body_size);
+        let events = if read {
+            let body = if body_size > 0 {
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            self.hub
+                .borrow_mut()
+                .shadow_done(token, status, body, now_ms())
         } else {
-            Vec::new()
+            self.hub.borrow_mut().shadow_unread(token, status, now_ms())
         };
-        let events = self
-            .hub
-            .borrow_mut()
-            .shadow_done(token, status, body, now_ms());
         count(&cfg, &events, &mut self.host());
         // Under load, answers arrive often: send what queued up meanwhile.
         self.flush();

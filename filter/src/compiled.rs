@@ -98,6 +98,7 @@ pub struct Shadow {
     pub authority: String,
     /// Sampling threshold out of 1,000,000.
     pub per_million: u64,
+    /// As configured; read it through [`Shadow::body_cap`].
     pub max_body_bytes: usize,
     pub timeout_ms: u32,
     pub forward_credentials: bool,
@@ -115,6 +116,13 @@ pub struct Shadow {
 }
 
 impl Shadow {
+    /// The largest body collected for this shadow (request copy, primary answer, shadow
+    /// answer): `maxBodyBytes`, which the contract caps at `MAX_SHADOW_BODY_BYTES`, and
+    /// defensively never more than the VM's whole budget ([`crate::shadow::MAX_HUB_BYTES`]).
+    pub fn body_cap(&self) -> usize {
+        self.max_body_bytes.min(crate::shadow::MAX_HUB_BYTES)
+    }
+
     /// Whether a copy is compared: the sample is drawn per copy, so the compared ones are a
     /// uniform share of the mirrored traffic.
     pub fn draw_compared(&self, random: impl FnOnce() -> u64) -> bool {

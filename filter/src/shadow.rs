@@ -9,8 +9,10 @@
 //! callback that queued a copy, and `on_http_call_response`), which makes the root the
 //! owner of the call and of its response. Responses and primary bodies meet here
 //! by id, and the comparison runs when both have arrived. Everything is bounded: at most
-//! [`MAX_PENDING`] copies in flight and [`MAX_HUB_BYTES`] of buffered bodies; beyond that a
-//! copy is counted `skipped` instead of sent.
+//! [`MAX_PENDING`] copies in flight and [`MAX_HUB_BYTES`] of buffered bodies (request copies,
+//! primary answers as the stream collects them, shadow answers); beyond that a copy is counted
+//! `skipped` instead of sent, or its comparison is dropped (the outcome is still counted, no
+//! agreement), as for an answer over the shadow's `maxBodyBytes`.
 
 use crate::compare::agree;
 /// The `outcome` label of `mlep_shadow_requests_total`.
@@ -20,8 +22,8 @@ use std::collections::{HashMap, VecDeque};
 
 /// Most shadow copies queued or in flight per VM.
 pub const MAX_PENDING: usize = mlep_contract::config::MAX_SHADOW_COPIES_IN_FLIGHT as usize;
-/// Most body bytes (request copies + primary responses) held per VM.
-pub const MAX_HUB_BYTES: usize = 16 * 1024 * 1024;
+/// Most body bytes (request copies, primary and shadow answers) held per VM.
+pub const MAX_HUB_BYTES: usize = mlep_contract::config::MAX_SHADOW_HUB_BYTES as usize;
 /// How long after its timeout an entry waiting for the primary's body is kept.
 pub const GRACE_MS: u64 = 5_000;
 /// The body of the 504 Envoy answers itself when a call's timeout fires. Envoy arms that timer
@@ -58,6 +60,10 @@ struct Pending {
     primary: Option<Option<Vec<u8>>>,
     /// The shadow's body once it answered OK.
     shadow: Option<Option<Vec<u8>>>,
+    /// Largest answer (primary or shadow) compared.
+    max_body_bytes: usize,
+    /// Bytes of the primary's body its stream is collecting ([`Hub::hold_primary`]).
+    held: usize,
     bytes: usize,
 }
 
@@ -67,6 +73,9 @@ pub struct CompareSpec {
     pub mode: CompareMode,
     pub tolerance: f64,
     pub timeout_ms: u32,
+    /// Largest answer compared (the shadow's `maxBodyBytes`): a larger primary or shadow
+    /// answer is not read, and the copy counts its outcome but no agreement.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +135,8 @@ impl Hub {
                     None
                 },
                 shadow: None,
+                max_body_bytes: spec.max_body_bytes.min(MAX_HUB_BYTES),
+                held: 0,
                 bytes: body.len(),
             },
         );
@@ -164,20 +175,48 @@ impl Hub {
         }
     }
 
-    /// Whether the response to `token` is worth reading a body for.
-    pub fn wants_body(&self, token: u32) -> bool {
+    /// Whether to read the body, `size` bytes, of the answer to `token` (`status`) into the
+    /// VM and hand it to [`Hub::shadow_done`]; else it goes to [`Hub::shadow_unread`]. Read:
+    /// Envoy's own timeout reply (to tell it apart), and the answer of a copy still compared
+    /// whose body is within the shadow's `maxBodyBytes` and the VM's [`MAX_HUB_BYTES`].
+    pub fn reads_answer(&self, token: u32, status: Option<u32>, size: usize) -> bool {
+        if status == Some(504) && size == ENVOY_TIMEOUT_BODY.len() {
+            return true;
+        }
         self.tokens
             .get(&token)
             .and_then(|(id, _)| self.pending.get(id))
-            .is_some_and(|p| p.compare != CompareMode::Off && !matches!(p.primary, Some(None)))
+            .is_some_and(|p| {
+                p.compare != CompareMode::Off
+                    && !matches!(p.primary, Some(None))
+                    && size <= p.max_body_bytes
+                    && self.bytes.saturating_add(size) <= MAX_HUB_BYTES
+            })
     }
 
-    /// The shadow answered `token` (`status` `None`: no response at all) at `now_ms`.
+    /// The shadow answered `token` (`status` `None`: no response at all) at `now_ms`, with
+    /// `body` read whole.
     pub fn shadow_done(
         &mut self,
         token: u32,
         status: Option<u32>,
         body: Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        self.answered(token, status, Some(body), now_ms)
+    }
+
+    /// The shadow answered `token` and its body was not read ([`Hub::reads_answer`]): the
+    /// outcome counts, the copy is not compared (as for a primary answer over the cap).
+    pub fn shadow_unread(&mut self, token: u32, status: Option<u32>, now_ms: u64) -> Vec<Event> {
+        self.answered(token, status, None, now_ms)
+    }
+
+    fn answered(
+        &mut self,
+        token: u32,
+        status: Option<u32>,
+        body: Option<Vec<u8>>,
         now_ms: u64,
     ) -> Vec<Event> {
         let Some((id, sent_ms)) = self.tokens.remove(&token) else {
@@ -186,17 +225,22 @@ impl Hub {
         let Some(p) = self.pending.get_mut(&id) else {
             return vec![];
         };
-        let outcome = if status == Some(504) && body == ENVOY_TIMEOUT_BODY {
+        let outcome = if status == Some(504) && body.as_deref() == Some(ENVOY_TIMEOUT_BODY) {
             Outcome::Timeout
         } else {
             classify(status, now_ms.saturating_sub(sent_ms), p.timeout_ms)
         };
         let ep = p.ep;
         let mut events = vec![Event::Outcome { ep, outcome }];
-        if outcome != Outcome::Ok {
+        // Over the cap or the VM's budget, the answer is not kept: no comparison.
+        let room = MAX_HUB_BYTES
+            .saturating_sub(self.bytes)
+            .min(p.max_body_bytes);
+        let body = body.filter(|b| b.len() <= room);
+        let Some(body) = body.filter(|_| outcome == Outcome::Ok) else {
             self.remove(id);
             return events;
-        }
+        };
         self.bytes += body.len();
         p.bytes += body.len();
         p.shadow = Some(Some(body));
@@ -204,7 +248,28 @@ impl Hub {
         events
     }
 
-    /// The primary response of copy `id` finished, with `body` (`None`: not comparable).
+    /// Room for `len` more bytes of copy `id`'s primary answer, which its stream collects:
+    /// counted against [`MAX_HUB_BYTES`] from now on. `false`: over the shadow's
+    /// `maxBodyBytes` or the VM's budget, or no longer compared; the stream stops collecting
+    /// and reports the primary not comparable.
+    pub fn hold_primary(&mut self, id: u64, len: usize) -> bool {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return false;
+        };
+        let fits = p.primary.is_none()
+            && p.held.saturating_add(len) <= p.max_body_bytes
+            && self.bytes.saturating_add(len) <= MAX_HUB_BYTES;
+        if fits {
+            p.held += len;
+            p.bytes += len;
+            self.bytes += len;
+        }
+        fits
+    }
+
+    /// The primary response of copy `id` finished, with `body` (`None`: not comparable). The
+    /// bytes held for it ([`Hub::hold_primary`]) become the body's; a body over the shadow's
+    /// `maxBodyBytes` or the VM's budget is not comparable.
     pub fn primary_done(&mut self, id: u64, body: Option<Vec<u8>>) -> Vec<Event> {
         let Some(p) = self.pending.get_mut(&id) else {
             return vec![];
@@ -212,6 +277,13 @@ impl Hub {
         if p.primary.is_some() {
             return vec![];
         }
+        let held = std::mem::take(&mut p.held);
+        p.bytes = p.bytes.saturating_sub(held);
+        self.bytes = self.bytes.saturating_sub(held);
+        let room = MAX_HUB_BYTES
+            .saturating_sub(self.bytes)
+            .min(p.max_body_bytes);
+        let body = body.filter(|b| b.len() <= room);
         let len = body.as_ref().map_or(0, Vec::len);
         self.bytes += len;
         p.bytes += len;
@@ -326,7 +398,133 @@ mod tests {
             mode,
             tolerance: 0.0,
             timeout_ms: 1000,
+            max_body_bytes: 64,
         }
+    }
+
+    /// One compared copy, sent with call token 7; its id.
+    fn compared_copy(hub: &mut Hub) -> u64 {
+        let id = hub
+            .submit(0, spec(CompareMode::Exact), vec![], b"in".to_vec(), 0)
+            .unwrap();
+        hub.drain();
+        hub.sent(id, 2, 7, 0);
+        id
+    }
+
+    const OK: Event = Event::Outcome {
+        ep: 0,
+        outcome: Outcome::Ok,
+    };
+
+    /// Bodies of uncompared copies holding all but `left` bytes of the VM's budget.
+    fn fill_leaving(hub: &mut Hub, left: usize) {
+        let filler = MAX_HUB_BYTES - hub.bytes() - left;
+        hub.submit(1, spec(CompareMode::Off), vec![], vec![0; filler], 0)
+            .unwrap();
+        assert_eq!(hub.bytes(), MAX_HUB_BYTES - left);
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn a_shadow_answer_over_the_cap_is_not_read_and_counts_its_outcome_but_no_agreement() {
+        let mut hub = Hub::new();
+        let id = compared_copy(&mut hub);
+        assert!(hub.reads_answer(7, Some(200), 64), "within the cap");
+        assert!(!hub.reads_answer(7, Some(200), 65), "over the cap");
+        assert_eq!(hub.shadow_unread(7, Some(200), 1), vec![OK]);
+        assert_eq!((hub.in_flight(), hub.bytes()), (0, 0));
+        assert!(hub.primary_done(id, Some(b"x".to_vec())).is_empty());
+        // A body handed over anyway is not kept either.
+        let id = compared_copy(&mut hub);
+        assert!(hub.primary_done(id, Some(b"x".to_vec())).is_empty());
+        assert_eq!(hub.shadow_done(7, Some(200), vec![b'x'; 65], 1), vec![OK]);
+        assert_eq!((hub.in_flight(), hub.bytes()), (0, 0));
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn envoys_timeout_reply_is_read_whatever_the_cap() {
+        let mut hub = Hub::new();
+        let id = hub
+            .submit(
+                0,
+                CompareSpec {
+                    max_body_bytes: 4,
+                    ..spec(CompareMode::Off)
+                },
+                vec![],
+                vec![],
+                0,
+            )
+            .unwrap();
+        hub.sent(id, 0, 7, 0);
+        assert!(hub.reads_answer(7, Some(504), ENVOY_TIMEOUT_BODY.len()));
+        assert!(!hub.reads_answer(7, Some(200), 2), "not compared: not read");
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn a_shadow_answer_the_vms_budget_cannot_hold_drops_the_comparison() {
+        let mut hub = Hub::new();
+        let id = compared_copy(&mut hub);
+        assert!(hub.primary_done(id, Some(b"xy".to_vec())).is_empty());
+        fill_leaving(&mut hub, 1);
+        assert!(
+            !hub.reads_answer(7, Some(200), 2),
+            "within the cap, not the budget"
+        );
+        assert_eq!(hub.shadow_done(7, Some(200), b"xy".to_vec(), 1), vec![OK]);
+        assert_eq!(hub.in_flight(), 1, "only the filler is left");
+        assert_eq!(hub.bytes(), MAX_HUB_BYTES - 3, "the filler's bytes");
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn a_primary_answer_the_vms_budget_cannot_hold_is_not_comparable() {
+        let mut hub = Hub::new();
+        let id = compared_copy(&mut hub);
+        fill_leaving(&mut hub, 1);
+        assert!(hub.primary_done(id, Some(b"xy".to_vec())).is_empty());
+        assert!(hub.bytes() <= MAX_HUB_BYTES);
+        assert!(
+            !hub.reads_answer(7, Some(200), 2),
+            "no comparison left to read for"
+        );
+        assert_eq!(hub.shadow_unread(7, Some(200), 1), vec![OK]);
+        assert_eq!(hub.bytes(), MAX_HUB_BYTES - 1);
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn a_primary_answer_is_counted_against_the_budget_as_it_is_collected() {
+        let mut hub = Hub::new();
+        let id = compared_copy(&mut hub);
+        assert!(hub.hold_primary(id, 40));
+        assert_eq!(hub.bytes(), 40);
+        assert!(!hub.hold_primary(id, 25), "40 + 25 is over the cap of 64");
+        assert!(hub.hold_primary(id, 24));
+        // The held bytes become the body's, not counted twice.
+        assert!(hub.primary_done(id, Some(vec![b'x'; 64])).is_empty());
+        assert_eq!(hub.bytes(), 64);
+        assert_eq!(
+            hub.shadow_done(7, Some(200), vec![b'x'; 64], 1),
+            vec![
+                OK,
+                Event::Agreement {
+                    ep: 0,
+                    matched: true
+                }
+            ]
+        );
+        assert_eq!(hub.bytes(), 0);
+        // Given up part way (not comparable): what was held is released.
+        let id = compared_copy(&mut hub);
+        assert!(hub.hold_primary(id, 30));
+        fill_leaving(&mut hub, 10);
+        assert!(!hub.hold_primary(id, 11), "over the VM's budget");
+        assert!(hub.primary_done(id, None).is_empty());
+        assert_eq!(hub.bytes(), MAX_HUB_BYTES - 40);
     }
 
     #[test]
@@ -437,7 +635,7 @@ mod tests {
             .submit(0, spec(CompareMode::Off), vec![], vec![], 0)
             .unwrap();
         hub.sent(a, 0, 1, 0);
-        assert!(!hub.wants_body(1));
+        assert!(!hub.reads_answer(1, Some(200), 0));
         assert_eq!(
             hub.shadow_done(1, Some(200), vec![], 1),
             vec![Event::Outcome {

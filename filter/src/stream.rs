@@ -2,7 +2,7 @@
 //! access goes through [`Host`], so the whole request path runs in native tests.
 
 use crate::capture::Record;
-use crate::compiled::{Compiled, Endpoint, ModelHeader};
+use crate::compiled::{Compiled, Endpoint, ModelHeader, Shadow};
 use crate::host::Host;
 use crate::request::{decide, Decision, FromHost};
 use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
@@ -352,7 +352,7 @@ impl Stream {
 
     pub fn on_request_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
         let Some(ep) = self.endpoint() else { return };
-        let shadow_max = ep.shadow.as_ref().map(|s| s.max_body_bytes);
+        let shadow_max = ep.shadow.as_ref().map(Shadow::body_cap);
         let capture_max = ep.capture.as_ref().map_or(0, |c| c.max_payload_bytes);
         let record_wants = self.record.as_ref().is_some_and(|r| r.input.wants());
         // A chunk both the shadow copy and a capture need is read from the host once.
@@ -406,6 +406,7 @@ impl Stream {
             },
             tolerance: s.tolerance,
             timeout_ms: s.timeout_ms,
+            max_body_bytes: s.body_cap(),
         };
         let now = h.now_ms();
         let id = self
@@ -470,7 +471,7 @@ impl Stream {
     pub fn on_response_body(&mut self, h: &mut dyn Host, len: usize, end_of_stream: bool) {
         let (max, capture_max) = self.endpoint().map_or((0, 0), |e| {
             (
-                e.shadow.as_ref().map_or(0, |s| s.max_body_bytes),
+                e.shadow.as_ref().map_or(0, Shadow::body_cap),
                 e.capture.as_ref().map_or(0, |c| c.max_payload_bytes),
             )
         });
@@ -481,7 +482,9 @@ impl Stream {
             .is_some_and(|(_, side)| side.wants());
         let mut shared = None;
         if let Some(b) = &mut self.primary {
-            if b.len() + len > max {
+            // The hub counts the bytes collected against the VM's budget as they arrive.
+            let held = |id| self.hub.borrow_mut().hold_primary(id, len);
+            if b.len() + len > max || !self.shadow_id.is_some_and(held) {
                 self.primary = None;
                 self.report_primary(h, None);
             } else if len > 0 {
@@ -622,3 +625,6 @@ mod props;
 
 #[cfg(test)]
 mod hold_tests;
+
+#[cfg(test)]
+mod shadow_tests;

@@ -98,6 +98,29 @@ fn shadow_percent_must_be_within_0_and_100() {
 }
 
 #[test]
+fn a_shadow_body_cap_over_the_limit_is_an_invalid_spec_naming_the_field() {
+    let max = mlep_contract::config::MAX_SHADOW_BODY_BYTES;
+    let mut e = endpoint();
+    e.shadow = Some(ShadowSpec {
+        max_body_bytes: Some(max),
+        ..ShadowSpec::new("m2", 50.0)
+    });
+    assert!(check(&e).is_ok());
+    for over in [max + 1, u32::MAX] {
+        e.shadow = Some(ShadowSpec {
+            max_body_bytes: Some(over),
+            ..ShadowSpec::new("m2", 50.0)
+        });
+        let err = check(&e).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason),
+            ("spec.shadow.maxBodyBytes", REASON_INVALID_SPEC)
+        );
+        assert!(err.message.contains(&max.to_string()), "{err}");
+    }
+}
+
+#[test]
 fn malformed_sha256_and_uris_are_rejected() {
     let mut m = model();
     m.artifact = Some(Artifact {
