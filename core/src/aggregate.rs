@@ -316,44 +316,78 @@ pub fn filters_for(
             list.push(cfg);
         }
     }
-    for (wiring, mut configs) in by_wiring {
-        if configs.is_empty() {
-            continue;
+    for (wiring, configs) in by_wiring {
+        if !configs.is_empty() {
+            out.objects
+                .extend(filter_objects(wiring, configs, settings));
         }
-        let mut routes = Routes::default();
-        for c in &mut configs {
-            // Routes carry an uncompared shadow as Envoy's own mirror where the wiring can
-            // patch them (crate::mirror); the filter then leaves that shadow alone.
-            let mirror = wiring
-                .patches_routes()
-                .then(|| NativeMirror::take(&mut c.shadow));
-            if let Some(m) = mirror.flatten() {
-                routes.mirrors.extend(route_mirrors(c, &m));
-            }
-            routes.virtual_hosts.extend(c.virtual_hosts.iter().cloned());
+    }
+    out
+}
+
+/// The sidecars' and the gateway's filter objects of `wiring` for these entries.
+fn filter_objects(
+    wiring: FilterWiring,
+    mut configs: Vec<EndpointConfig>,
+    settings: &RenderSettings,
+) -> [Value; 2] {
+    let mut routes = Routes::default();
+    let mut own_services = Vec::new();
+    for c in &mut configs {
+        // Routes carry an uncompared shadow as Envoy's own mirror where the wiring can
+        // patch them (crate::mirror); the filter then leaves that shadow alone.
+        let mirror = wiring
+            .patches_routes()
+            .then(|| NativeMirror::take(&mut c.shadow));
+        if let Some(m) = mirror.flatten() {
+            routes.mirrors.extend(route_mirrors(c, &m));
         }
-        let config = json!(FilterConfig {
-            version: CONFIG_VERSION,
-            endpoints: configs,
-        });
-        out.objects.push(filter_object(
+        routes.virtual_hosts.extend(c.virtual_hosts.iter().cloned());
+        own_services.push(envoy::service_virtual_host(
+            &c.name,
+            &c.namespace,
+            &settings.cluster_domain,
+            SERVICE_PORT,
+        ));
+    }
+    // A sidecar serves an endpoint on its own Service names only: its external hosts are
+    // the gateway's (`crate::render`), and a virtual host of that name on a sidecar is
+    // someone else's (a ServiceEntry, another team's VirtualService), never patched.
+    let sidecar_routes = routes.on(&own_services);
+    // The same on sidecars, where the filter knows an endpoint by its Service only (a
+    // WasmPlugin runs on every virtual host there).
+    let sidecar_configs = (configs.iter().cloned())
+        .map(|mut c| {
+            c.virtual_hosts.retain(|v| own_services.contains(v));
+            c
+        })
+        .collect();
+    let sidecar_config = json!(FilterConfig {
+        version: CONFIG_VERSION,
+        endpoints: sidecar_configs,
+    });
+    let config = json!(FilterConfig {
+        version: CONFIG_VERSION,
+        endpoints: configs,
+    });
+    [
+        filter_object(
             wiring,
             shared_meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
             None,
-            &config,
-            &routes,
+            &sidecar_config,
+            &sidecar_routes,
             settings,
-        ));
-        out.objects.push(filter_object(
+        ),
+        filter_object(
             wiring,
             shared_meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
             Some(&settings.gateway_selector),
             &config,
             &routes,
             settings,
-        ));
-    }
-    out
+        ),
+    ]
 }
 
 #[cfg(test)]

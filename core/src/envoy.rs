@@ -76,6 +76,17 @@ pub fn virtual_host_name(host: &str, port: i32) -> String {
     format!("{host}:{port}")
 }
 
+/// The virtual host of endpoint `name`'s own Service on `port` (every spelling of its name
+/// reaches it: Istio lists them all among its domains).
+pub fn service_virtual_host(
+    name: &str,
+    namespace: &str,
+    cluster_domain: &str,
+    port: i32,
+) -> String {
+    virtual_host_name(&format!("{name}.{namespace}.svc.{cluster_domain}"), port)
+}
+
 /// The virtual hosts that serve endpoint `name` in a mesh: its Service's FQDN and each of its
 /// `hosts` (a gateway's or the mesh's virtual host), on `port`. The endpoint's own short and
 /// partly qualified Service names are the FQDN's virtual host (Istio expands them so).
@@ -92,7 +103,7 @@ pub fn mesh_virtual_hosts(
         format!("{name}.{namespace}"),
         format!("{name}.{namespace}.svc"),
     ];
-    let mut out = vec![virtual_host_name(&fqdn, port)];
+    let mut out = vec![service_virtual_host(name, namespace, cluster_domain, port)];
     for h in hosts {
         let h = h.trim_end_matches('.').to_ascii_lowercase();
         let host = if own.contains(&h) { fqdn.clone() } else { h };

@@ -121,6 +121,10 @@ pub fn classify(host: &str, who: &Claimant) -> Result<HostKind, String> {
             "{h:?} is Service {service:?} of namespace {other:?} (two labels are \
              <service>.<namespace> in the mesh)"
         ),
+        _ if labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) => format!(
+            "{h:?} is an IP address: a Host header naming an address is no host of this \
+             endpoint (a gateway serves names)"
+        ),
         _ => return Ok(HostKind::External),
     };
     Err(format!("{why}; {only_own}"))

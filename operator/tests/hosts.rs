@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
-use mlep_core::aggregate::SIDECAR_FILTER;
+use mlep_core::aggregate::GATEWAY_FILTER;
 use mlep_core::crd::{Model, ModelEndpoint};
 use mlep_core::render::RenderSettings;
 use mlep_operator::metrics::Metrics;
@@ -152,10 +152,11 @@ async fn vs_hosts(client: &Client, ns: &str) -> Option<Vec<String>> {
     serde_json::from_value(vs.data["spec"]["hosts"].clone()).ok()
 }
 
-/// `namespace/name` of the endpoints in the shared sidecar filter whose hosts hold `host`.
+/// `namespace/name` of the endpoints in the shared gateway filter whose hosts hold `host`
+/// (the sidecars' knows an endpoint by its own Service only).
 async fn filter_holders(client: &Client, gw: &str, host: &str) -> Option<Vec<String>> {
     let ef = istio_api(client, gw, "v1alpha3", "EnvoyFilter", "envoyfilters")
-        .get_opt(SIDECAR_FILTER)
+        .get_opt(GATEWAY_FILTER)
         .await
         .ok()??;
     let text = ef.data["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]

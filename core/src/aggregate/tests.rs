@@ -35,6 +35,11 @@ fn endpoint(ns: &str, name: &str, host: &str, weights: (u32, u32)) -> ModelEndpo
     e
 }
 
+/// Whether `obj` is the sidecars' filter object (else the gateway's).
+fn on_sidecars(obj: &Value) -> bool {
+    obj["metadata"]["name"] == SIDECAR_FILTER
+}
+
 fn config_of(obj: &Value) -> FilterConfig {
     let text = obj["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
         ["configuration"]["value"]
@@ -101,16 +106,21 @@ fn every_endpoint_shares_one_filter_per_proxy_kind() {
                     .unwrap()
             })
             .collect();
+        let all = [
+            "iris.ml.svc.cluster.local:80",
+            "iris.example.com:80",
+            "titanic.ml.svc.cluster.local:80",
+            "titanic.example.com:80",
+            "churn.other.svc.cluster.local:80",
+            "*.churn.example.com:80",
+        ];
+        // A sidecar enables it on the endpoints' own Services only: external hosts are the
+        // gateway's, and a sidecar's virtual host of that name is someone else's.
         assert_eq!(
             enabled,
-            [
-                "iris.ml.svc.cluster.local:80",
-                "iris.example.com:80",
-                "titanic.ml.svc.cluster.local:80",
-                "titanic.example.com:80",
-                "churn.other.svc.cluster.local:80",
-                "*.churn.example.com:80",
-            ]
+            all.into_iter()
+                .filter(|v| !on_sidecars(obj) || v.contains(".svc."))
+                .collect::<Vec<_>>()
         );
     }
     // The persisted allocation and route key: the filter agrees with the status.
@@ -164,10 +174,12 @@ fn an_uncompared_shadow_is_envoys_mirror_on_every_route_where_routes_can_be_patc
                 p["match"]["routeConfiguration"]["vhost"]["name"].clone()
             })
             .collect();
-        assert_eq!(
-            mirrored,
-            ["titanic.ml.svc.cluster.local:80", "titanic.example.com:80"]
-        );
+        let expected = if on_sidecars(obj) {
+            vec!["titanic.ml.svc.cluster.local:80"]
+        } else {
+            vec!["titanic.ml.svc.cluster.local:80", "titanic.example.com:80"]
+        };
+        assert_eq!(mirrored, expected);
     }
     // A WasmPlugin cannot patch routes: its filter keeps copying.
     titanic.spec.filter_wiring = FilterWiring::WasmPlugin;
@@ -221,14 +233,17 @@ fn a_sampled_comparison_stays_the_filters_and_envoy_mirrors_on_each_header_route
             })
             .collect();
         twins.sort();
-        let expected: Vec<(String, String)> =
-            ["iris.example.com:80", "iris.ml.svc.cluster.local:80"]
-                .iter()
-                .flat_map(|v| {
-                    ["variant-a.mirror", "variant-b.mirror"]
-                        .map(|r| ((*v).to_owned(), r.to_owned()))
-                })
-                .collect();
+        let vhosts: &[&str] = if on_sidecars(obj) {
+            &["iris.ml.svc.cluster.local:80"]
+        } else {
+            &["iris.example.com:80", "iris.ml.svc.cluster.local:80"]
+        };
+        let expected: Vec<(String, String)> = vhosts
+            .iter()
+            .flat_map(|v| {
+                ["variant-a.mirror", "variant-b.mirror"].map(|r| ((*v).to_owned(), r.to_owned()))
+            })
+            .collect();
         assert_eq!(twins, expected);
     }
     // The mark that has the recording rules read the shadow's cluster: all its copies.
@@ -459,7 +474,7 @@ fn the_shared_filter_serves_the_accepted_spec_not_one_rejected_since() {
     let foreign = "payments.team-a.svc.cluster.local";
     ep.spec.hosts.push(foreign.into());
     let agg = render_filters(&[ep.clone()], &RenderSettings::default());
-    let cfg = config_of(&agg.objects[0]);
+    let cfg = config_of(&agg.objects[1]);
     let served = &cfg.endpoints[0];
     assert!(
         !served.virtual_hosts.iter().any(|h| h.contains("payments")),

@@ -31,6 +31,22 @@ pub(crate) struct Routes {
     pub mirrors: Vec<RouteMirror>,
 }
 
+impl Routes {
+    /// Only what is patched into `virtual_hosts`.
+    pub fn on(&self, virtual_hosts: &[String]) -> Routes {
+        Routes {
+            virtual_hosts: (self.virtual_hosts.iter())
+                .filter(|v| virtual_hosts.contains(v))
+                .cloned()
+                .collect(),
+            mirrors: (self.mirrors.iter())
+                .filter(|m| virtual_hosts.contains(&m.vhost))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// Envoy's mirror on the routing routes of a virtual host: every one (`route` None), or the
 /// one named `route` (a mirroring twin, `crate::mirror::MirrorOn::Twins`).
 #[derive(Clone, Debug, PartialEq)]

@@ -200,3 +200,13 @@ fn service_names_are_never_claims_so_namesakes_in_two_namespaces_do_not_conflict
         share_a_host(&a, &b) && !share_a_host(&a, &endpoint("c", "d", &["x.example.com"], None))
     );
 }
+
+#[test]
+fn an_ip_address_is_refused_as_a_host() {
+    for h in ["169.254.169.254", "10.96.0.1", "1.2.3.4"] {
+        let why = refused(h);
+        assert!(why.contains("is an IP address"), "{h}: {why}");
+    }
+    // A name that merely starts with digits is a name.
+    assert_eq!(classify("1.example.com", &WHO), Ok(HostKind::External));
+}

@@ -4,6 +4,7 @@
 use super::Ctx;
 use crate::crd::ModelEndpointSpec;
 use crate::envoy::{self, subset_name, RouteHeaders, RouteInput, VariantRoutes, DEFAULT_ROUTE};
+use crate::host_claims::{classify, Claimant, HostKind};
 use crate::meta::{
     istio, DESTINATION_RULE, GATEWAY, LABEL_MODEL, LABEL_VERSION, SERVICE_PORT, VIRTUAL_SERVICE,
 };
@@ -88,7 +89,7 @@ pub(super) fn virtual_service(
     spec: &ModelEndpointSpec,
     plan: &Plan,
     route_key: &str,
-) -> Value {
+) -> Vec<Value> {
     let host = ctx.fqdn(ctx.name);
     let dest = |subset: &str| json!({ "host": host, "subset": subset, "port": { "number": SERVICE_PORT } });
     let keyed = |name: &str| json!({ "exact": routed_value(name, route_key) });
@@ -135,20 +136,59 @@ pub(super) fn virtual_service(
     for route in &mut http {
         route["timeout"] = json!(envoy::ROUTE_TIMEOUT);
     }
-    let mut hosts = spec.hosts.clone();
-    hosts.push(host.clone());
-    let mut gateways = vec!["mesh".to_owned()];
+    bind(ctx, spec, host, &http)
+}
+
+/// The endpoint's VirtualServices for `http`: the mesh's on its Service's names, and, when it
+/// has gateways, theirs on its hosts.
+fn bind(ctx: &Ctx, spec: &ModelEndpointSpec, host: String, http: &[Value]) -> Vec<Value> {
+    let mut gateways = Vec::new();
     if let Some(g) = &spec.gateway {
         gateways.push(g.clone());
     }
     if spec.expose == Some(true) {
         gateways.push(format!("{}/{}", ctx.namespace, ctx.name));
     }
-    istio(
+    // In the mesh the endpoint answers on its own Service's names only: an external host
+    // bound to `mesh` would reach every sidecar and take in-mesh calls to that name (another
+    // team's API, a cloud metadata name) from workloads that never asked for this endpoint.
+    // External hosts are the gateway's, in a VirtualService of their own.
+    let who = Claimant {
+        namespace: ctx.namespace,
+        name: ctx.name,
+        cluster_domain: &ctx.settings.cluster_domain,
+    };
+    let mut mesh_hosts: Vec<String> = (spec.hosts.iter())
+        .filter(|h| classify(h, &who) == Ok(HostKind::OwnService))
+        .cloned()
+        .collect();
+    if !mesh_hosts.contains(&host) {
+        mesh_hosts.push(host.clone());
+    }
+    let mut out = vec![istio(
         &VIRTUAL_SERVICE,
         ctx.meta(ctx.name, []),
-        json!({ "hosts": hosts, "gateways": gateways, "http": http }),
-    )
+        json!({ "hosts": mesh_hosts, "gateways": ["mesh"], "http": http }),
+    )];
+    if !gateways.is_empty() {
+        let mut hosts = spec.hosts.clone();
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+        out.push(istio(
+            &VIRTUAL_SERVICE,
+            ctx.meta(&gateway_virtual_service(ctx.name), []),
+            json!({ "hosts": hosts, "gateways": gateways, "http": http }),
+        ));
+    }
+    out
+}
+
+/// The name of the VirtualService binding endpoint `name` to its gateways. The dot keeps it
+/// from ever being another endpoint's VirtualService: an endpoint's name is its Service's, a
+/// DNS label.
+pub fn gateway_virtual_service(name: &str) -> String {
+    format!("{name}.gateway")
 }
 
 /// The fallback for requests no header route took (the filter did not see them, or named a

@@ -174,7 +174,7 @@ pub fn render_endpoint(
         objects.extend(capture::capture_sink(&ctx, d)?);
     }
     objects.push(destination_rule(&ctx, plan));
-    objects.push(virtual_service(&ctx, spec, plan, route_key));
+    objects.extend(virtual_service(&ctx, spec, plan, route_key));
     if spec.expose == Some(true) {
         objects.push(gateway(&ctx, spec));
     }

@@ -923,8 +923,20 @@ fn exposing_adds_a_gateway_and_a_gateway_side_filter_outside_the_namespace() {
         gw["spec"]["servers"][0]["hosts"],
         json!(["titanic.example.com"])
     );
-    let vs = find(&objs, "VirtualService", "titanic");
-    assert_eq!(vs["spec"]["gateways"], json!(["mesh", "ml/titanic"]));
+    // The mesh knows the endpoint by its Service's names, the gateway by its hosts too.
+    let mesh = find(&objs, "VirtualService", "titanic");
+    assert_eq!(mesh["spec"]["gateways"], json!(["mesh"]));
+    assert_eq!(
+        mesh["spec"]["hosts"],
+        json!(["titanic.ml.svc.cluster.local"])
+    );
+    let edge = find(&objs, "VirtualService", "titanic.gateway");
+    assert_eq!(edge["spec"]["gateways"], json!(["ml/titanic"]));
+    assert_eq!(
+        edge["spec"]["hosts"],
+        json!(["titanic.example.com", "titanic.ml.svc.cluster.local"])
+    );
+    assert_eq!(edge["spec"]["http"], mesh["spec"]["http"]);
     let local = find(&objs, "WasmPlugin", crate::aggregate::SIDECAR_FILTER);
     assert_eq!(local["spec"]["url"], RenderSettings::default().wasm_url);
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Hosts belong to their endpoint (issue 17, item 4), on the bed with two namespaces each:
 //! - an endpoint listing another namespace's in-mesh FQDN gets `InvalidSpec` naming the host, is
 //!   not wired, and that namespace's in-mesh callers are still answered by their own endpoint;
+//!   its external host is the gateway's only: a sidecar caller naming it is not assigned;
 //! - two endpoints claiming one external host: the first created serves it through the
 //!   gateway, the second has `HostConflict`; deleting the first hands the host to the second.
 //!
@@ -98,6 +99,17 @@ async fn a_claim_on_another_namespaces_service_is_refused_and_its_callers_keep_t
     );
     ok(format!(
         "the owner's sidecar callers stay on the owner's variants: {seen:?}"
+    ));
+    // The owner's external host is the gateway's: in the mesh it names nothing of the
+    // endpoint's, so a sidecar caller sending it is neither assigned nor routed by it.
+    let o = s
+        .invoke(&[("host", t.host.as_str()), ("x-user-id", "by-external-name")])
+        .await;
+    assert!(o.variant().is_none(), "{o:?}");
+    ok(format!(
+        "through a sidecar, the external host {} is not the endpoint's: {:?}",
+        t.host,
+        o.status()
     ));
 }
 
