@@ -40,11 +40,20 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
+/// The host's clock, never behind an earlier reading in this VM. The ABI offers only wall
+/// time (Envoy's `timeSource().systemTime()`), which an NTP step can move backwards: a hold
+/// would then outlive its timeout, a variant stay "awake" too long, and the shadow hub's
+/// eviction stall (`Host::now_ms` promises a clock that does not go back).
 fn now_ns() -> u64 {
-    hostcalls::get_current_time()
+    let wall = hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    CLOCK.with(|c| {
+        let now = wall.max(c.get());
+        c.set(now);
+        now
+    })
 }
 
 fn now_ms() -> u64 {
@@ -67,6 +76,8 @@ impl MetricSink for Sink {
 thread_local! {
     /// The VM's random state (one VM per worker thread).
     static RNG: Cell<u64> = const { Cell::new(0) };
+    /// The latest clock reading (`now_ns`).
+    static CLOCK: Cell<u64> = const { Cell::new(0) };
     /// Per-request counter increments of every stream of this VM, flushed by a root context.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
     /// Whether this VM serves streams (a worker's); the main thread's VM only configures.
