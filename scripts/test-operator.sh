@@ -34,6 +34,7 @@ cargo test -p mlep-operator --lib --test crds --test cli --test module_server --
 # Integration tests: one API server, so one test at a time (one restarts the API server).
 cargo test -p mlep-operator --features envtest --test cluster -- --test-threads=1
 cargo test -p mlep-operator --features envtest --test hosts -- --test-threads=1
+cargo test -p mlep-operator --features envtest --test names -- --test-threads=1
 cargo test -p mlep-operator --features envtest --test namespaced -- --test-threads=1
 cargo test -p mlep-operator --features envtest --test autoscale -- --test-threads=1
 cargo clippy -p mlep-core -p mlep-operator --all-targets --features envtest -- -D warnings

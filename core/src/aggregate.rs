@@ -28,7 +28,7 @@ use crate::crd::{FilterWiring, ModelEndpoint};
 use crate::envoy::{self, mesh_virtual_hosts, CallTarget, EndpointRoute};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::{endpoint_config, Targets};
-use crate::host_claims::{endpoint_id, host_owners, Claimant};
+use crate::host_claims::{classify, endpoint_id, host_owners, permitted, Claimant, HostKind};
 use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use crate::mirror::{MirrorOn, NativeMirror};
 use crate::validate::validate_hosts;
@@ -224,9 +224,9 @@ pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) ->
     let endpoints: Vec<ModelEndpoint> = endpoints
         .iter()
         .filter_map(|e| {
-            let served = as_served(e, &settings.cluster_domain);
+            let served = as_served(e, settings);
             if served.is_none() {
-                let why = "no accepted spec: its spec claims a host it may not".to_owned();
+                let why = "no accepted spec, or it claims a host it may not".to_owned();
                 conflicts.push((endpoint_id(e), why));
             }
             served
@@ -258,24 +258,31 @@ pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) ->
 
 /// `ep` with the spec that serves: the one its last successful reconcile accepted
 /// (`status.servedSpec`). A status written before that field existed has none: then the
-/// current spec, if its hosts are its own to claim (else `None`: left out until a reconcile
-/// accepts a spec).
-pub fn as_served(ep: &ModelEndpoint, cluster_domain: &str) -> Option<ModelEndpoint> {
+/// current spec, if its hosts are its own to claim. `None` (left out until a reconcile
+/// accepts a spec) also when a host is no longer among `settings.allowed_hosts` (the
+/// operator's policy was narrowed since).
+pub fn as_served(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<ModelEndpoint> {
+    let ns = ep.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = ep.name_any();
+    let who = Claimant {
+        namespace: &ns,
+        name: &name,
+        cluster_domain: &settings.cluster_domain,
+    };
     let served = ep.status.as_ref().and_then(|s| s.served_spec.clone());
     let spec = match served {
         Some(spec) => spec,
         None => {
-            let ns = ep.namespace().unwrap_or_else(|| "default".to_owned());
-            let name = ep.name_any();
-            let who = Claimant {
-                namespace: &ns,
-                name: &name,
-                cluster_domain,
-            };
             validate_hosts(&ep.spec, &who).ok()?;
             ep.spec.clone()
         }
     };
+    let external = |h: &&String| classify(h, &who) == Ok(HostKind::External);
+    if (spec.hosts.iter().filter(external))
+        .any(|h| permitted(h, &ns, &settings.allowed_hosts).is_err())
+    {
+        return None;
+    }
     let mut ep = ep.clone();
     ep.spec = spec;
     Some(ep)

@@ -130,6 +130,36 @@ pub fn classify(host: &str, who: &Claimant) -> Result<HostKind, String> {
     Err(format!("{why}; {only_own}"))
 }
 
+/// Whether namespace `namespace` may claim external host `host` under the operator's
+/// `patterns` (`RenderSettings::allowed_hosts`; empty: any). A pattern is a name, or `*.`
+/// and a name for every name below it, with `{namespace}` standing for the namespace: so a
+/// platform hands each team its own part of the DNS, and no tenant can take a name another
+/// team serves on the shared gateway (`api.bank.example` through `spec.expose`). A wildcard
+/// host needs a wildcard pattern covering it. `Err` names the patterns.
+pub fn permitted(host: &str, namespace: &str, patterns: &[String]) -> Result<(), String> {
+    if patterns.is_empty() {
+        return Ok(());
+    }
+    let h = normalize(host);
+    let covers = |pattern: &String| {
+        let p = normalize(&pattern.replace("{namespace}", namespace));
+        match (p.strip_prefix("*."), h.strip_prefix("*.")) {
+            (Some(domain), Some(hd)) => hd == domain || hd.ends_with(&format!(".{domain}")),
+            (Some(domain), None) => h.ends_with(&format!(".{domain}")),
+            (None, Some(_)) => false,
+            (None, None) => h == p,
+        }
+    };
+    if patterns.iter().any(covers) {
+        return Ok(());
+    }
+    Err(format!(
+        "{h:?} is not among the external hosts namespace {namespace:?} may claim: {} \
+         (the operator's MLEP_ALLOWED_HOSTS)",
+        patterns.join(", ")
+    ))
+}
+
 /// `namespace/name` of an endpoint (no namespace: `default`).
 pub fn endpoint_id(ep: &ModelEndpoint) -> String {
     format!(
@@ -168,6 +198,8 @@ impl Holder {
 pub struct HostClaims {
     cluster_domain: String,
     holders: BTreeMap<String, Holder>,
+    /// The operator's host patterns ([`permitted`]).
+    patterns: Vec<String>,
 }
 
 /// A host of an endpoint held by another endpoint.
@@ -183,13 +215,27 @@ pub struct Held {
 /// Resolve every external host these endpoints claim (any order; endpoints being deleted hold
 /// nothing): the endpoint created first keeps it.
 pub fn host_owners(endpoints: &[ModelEndpoint], cluster_domain: &str) -> HostClaims {
+    host_owners_under(endpoints, cluster_domain, &[])
+}
+
+/// [`host_owners`] under the operator's host `patterns` ([`permitted`]): a host an endpoint
+/// may not claim holds nothing, and [`HostClaims::not_permitted`] names it.
+pub fn host_owners_under(
+    endpoints: &[ModelEndpoint],
+    cluster_domain: &str,
+    patterns: &[String],
+) -> HostClaims {
     let mut holders: BTreeMap<String, Holder> = BTreeMap::new();
     for ep in endpoints
         .iter()
         .filter(|e| e.metadata.deletion_timestamp.is_none())
     {
         let candidate = Holder::of(ep);
-        for host in external_hosts(ep, cluster_domain) {
+        let ns = ep.namespace().unwrap_or_else(|| "default".to_owned());
+        for host in external_hosts(ep, cluster_domain)
+            .into_iter()
+            .filter(|h| permitted(h, &ns, patterns).is_ok())
+        {
             match holders.get(&host) {
                 Some(current) if *current <= candidate => {}
                 _ => {
@@ -201,6 +247,7 @@ pub fn host_owners(endpoints: &[ModelEndpoint], cluster_domain: &str) -> HostCla
     HostClaims {
         cluster_domain: cluster_domain.to_owned(),
         holders,
+        patterns: patterns.to_vec(),
     }
 }
 
@@ -224,6 +271,24 @@ fn external_hosts(ep: &ModelEndpoint, cluster_domain: &str) -> Vec<String> {
 }
 
 impl HostClaims {
+    /// The first external host of `ep`'s spec the operator's patterns do not let its
+    /// namespace claim: its index in `spec.hosts` and why.
+    pub fn not_permitted(&self, ep: &ModelEndpoint) -> Option<(usize, String)> {
+        let ns = ep.namespace().unwrap_or_else(|| "default".to_owned());
+        let name = ep.name_any();
+        let who = Claimant {
+            namespace: &ns,
+            name: &name,
+            cluster_domain: &self.cluster_domain,
+        };
+        ep.spec.hosts.iter().enumerate().find_map(|(i, h)| {
+            (classify(h, &who) == Ok(HostKind::External))
+                .then(|| permitted(h, &ns, &self.patterns).err())
+                .flatten()
+                .map(|why| (i, why))
+        })
+    }
+
     /// The cluster domain the claims were resolved with.
     pub fn cluster_domain(&self) -> &str {
         &self.cluster_domain

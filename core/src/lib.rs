@@ -7,6 +7,7 @@
 //! - [`crd`]: the `mlep.dev/v1alpha1` API types, the single source of truth for the CRDs.
 //! - [`validate`]: spec checks naming the offending field.
 //! - [`host_claims`]: which hosts an endpoint may claim, and who keeps a contested one.
+//! - [`ownership`]: whether an existing object of a rendered name is the endpoint's to apply.
 //! - [`plan`]: which weights and models to route with, given what is ready.
 //! - [`pod_security`]: model pods' security contexts and the Pod Security Standards checks.
 //! - [`status`]: the status to write, with an injected clock.
@@ -39,6 +40,7 @@ pub mod meta;
 pub mod mirror;
 pub mod module;
 pub mod observe;
+pub mod ownership;
 pub mod plan;
 pub mod pod_security;
 pub mod reconcile;

@@ -156,6 +156,10 @@ pub struct RenderSettings {
     /// Where the proxies ask to wake a variant scaled to zero: the operator's Service, admin
     /// port (`POST /wake/<namespace>/<endpoint>/<variant>`).
     pub wake: crate::envoy::CallTarget,
+    /// The external hosts an endpoint may claim, as patterns with `{namespace}` standing for
+    /// its namespace (`*.{namespace}.models.example.com`, [`crate::host_claims::permitted`]);
+    /// empty: any external host, first come first served.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl RenderSettings {
@@ -206,6 +210,7 @@ impl Default for RenderSettings {
                 module::OPERATOR_NAMESPACE,
                 DEFAULT_CLUSTER_DOMAIN,
             ),
+            allowed_hosts: Vec::new(),
         }
     }
 }

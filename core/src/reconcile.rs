@@ -5,7 +5,7 @@
 //! the decision to its processes. Every rollout decision, annotations included, is made here.
 
 use crate::analysis::{AnalysisSource, Query, Sample};
-use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_MODEL_NOT_FOUND};
+use crate::crd::conditions::{REASON_HOST_CONFLICT, REASON_MODEL_NOT_FOUND, REASON_NAME_CONFLICT};
 use crate::crd::{ModelEndpoint, ModelEndpointStatus, ModelSpec};
 use crate::events::{endpoint_events, Event};
 use crate::failure::Failures;
@@ -29,6 +29,9 @@ pub const MISSING_MODEL_REQUEUE_SECONDS: u64 = 5;
 /// Seconds before an endpoint in `HostConflict` is looked at again: the operator also
 /// reconciles it when an endpoint sharing its host changes or goes; this is the safety net.
 pub const HOST_CONFLICT_REQUEUE_SECONDS: u64 = 30;
+/// Seconds before an endpoint in `NameConflict` is looked at again: the other owner's object
+/// may go (its endpoint deleted or renamed) without any event of this endpoint's.
+pub const NAME_CONFLICT_REQUEUE_SECONDS: u64 = 30;
 
 /// Everything a reconcile reads.
 #[derive(Clone, Copy)]
@@ -196,6 +199,9 @@ fn validity(input: &Input) -> Result<(), SpecError> {
             cluster_domain: claims.cluster_domain(),
         };
         validate_hosts(&input.endpoint.spec, &who)?;
+        if let Some((i, why)) = claims.not_permitted(input.endpoint) {
+            return Err(SpecError::invalid(format!("spec.hosts[{i}]"), why));
+        }
         host_conflict(input.endpoint, claims)?;
     }
     Ok(())
@@ -273,6 +279,7 @@ pub fn rejected(input: &Input, error: SpecError, warnings: Vec<String>) -> Decis
     let requeue = match error.reason {
         REASON_MODEL_NOT_FOUND => Requeue::After(MISSING_MODEL_REQUEUE_SECONDS),
         REASON_HOST_CONFLICT => Requeue::After(HOST_CONFLICT_REQUEUE_SECONDS),
+        REASON_NAME_CONFLICT => Requeue::After(NAME_CONFLICT_REQUEUE_SECONDS),
         _ => Requeue::AwaitChange,
     };
     Decision {
@@ -573,6 +580,81 @@ mod tests {
             ("spec.hosts[1]", REASON_INVALID_SPEC)
         );
         assert_eq!(d.requeue, Requeue::AwaitChange);
+    }
+
+    #[test]
+    fn a_host_outside_the_operators_patterns_is_an_invalid_spec_naming_it() {
+        use crate::crd::conditions::REASON_INVALID_SPEC;
+        use crate::host_claims::host_owners_under;
+        let mut ep = endpoint("m2", None);
+        ep.spec.rollout = None;
+        let (last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
+        let ns = input(&ep, &last, &obs, &now).namespace.to_owned();
+        let patterns = ["*.{namespace}.models.example.com".to_owned()];
+        let claims = host_owners_under(&[ep.clone()], "cluster.local", &patterns);
+        let d = decide(
+            &Input {
+                claims: Some(&claims),
+                ..input(&ep, &last, &obs, &now)
+            },
+            None,
+        );
+        let e = d.rejected.unwrap();
+        assert_eq!(
+            (e.field.as_str(), e.reason),
+            ("spec.hosts[0]", REASON_INVALID_SPEC)
+        );
+        assert!(e.message.contains("t.example.com") && e.message.contains("MLEP_ALLOWED_HOSTS"));
+        assert_eq!(d.status.variants, last.variants, "what served stays");
+        // A host in the namespace's part of the DNS is accepted.
+        ep.spec.hosts = vec![format!("t.{ns}.models.example.com")];
+        let claims = host_owners_under(&[ep.clone()], "cluster.local", &patterns);
+        let d = decide(
+            &Input {
+                claims: Some(&claims),
+                ..input(&ep, &last, &obs, &now)
+            },
+            None,
+        );
+        assert!(d.rejected.is_none(), "{:?}", d.rejected);
+    }
+
+    #[test]
+    fn a_name_held_by_another_owner_rejects_the_endpoint_keeps_what_serves_and_looks_again() {
+        use crate::crd::conditions::READY;
+        use crate::ownership::{check_owner, Applier};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let ep = endpoint("m2", None);
+        let (last, obs, now) = (serving("m2"), observed(&[("a", "m1"), ("b", "m2")]), now());
+        let held = ObjectMeta {
+            name: Some("t-a-m1".into()),
+            labels: Some([(crate::meta::LABEL_ENDPOINT.to_owned(), "t-a".to_owned())].into()),
+            ..ObjectMeta::default()
+        };
+        let ours = Applier {
+            name: "t",
+            uid: "uid-t",
+        };
+        let e = check_owner(&ours, "Deployment", &held).unwrap_err();
+        let d = rejected(&input(&ep, &last, &obs, &now), e, Vec::new());
+        assert_eq!(d.requeue, Requeue::After(NAME_CONFLICT_REQUEUE_SECONDS));
+        let ready = d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", REASON_NAME_CONFLICT)
+        );
+        assert!(
+            ready.message.contains("Deployment \"t-a-m1\"")
+                && ready.message.contains("ModelEndpoint \"t-a\""),
+            "{ready:?}"
+        );
+        assert_eq!(d.status.variants, last.variants, "what served stays");
+        assert!(d.allocation.is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::crd::{
     RoutingSpec, ScaleTarget, ShadowSpec, VariantSpec, MAX_SCALE_DOWN_STABILIZATION_SECONDS,
     MAX_SCALE_TO_ZERO_AFTER_SECONDS, MIN_SCALE_TO_ZERO_AFTER_SECONDS,
 };
+use crate::envoy::capture_service;
 use crate::host_claims::{classify, Claimant, HostClaims};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use mlep_contract::artifact::ArtifactLocation;
@@ -190,19 +191,33 @@ fn validate_exposure(spec: &ModelEndpointSpec) -> Result<(), SpecError> {
 /// Check that every host of `spec.hosts` is one `who` may claim (`crate::host_claims`): its own
 /// Service names and external hosts, never another Service of the cluster.
 pub fn validate_hosts(spec: &ModelEndpointSpec, who: &Claimant) -> Result<(), SpecError> {
-    // An endpoint's Service and DestinationRule take its name, and `<E>-shadow` are those of
-    // endpoint `E`'s shadow: an endpoint with that name would claim them (each reconcile
-    // overwriting the other's subsets).
-    let reserved = format!("-{SHADOW_VARIANT_LABEL}");
-    if let Some(owner) = who.name.strip_suffix(&reserved) {
-        return Err(SpecError::invalid(
-            "metadata.name",
-            format!(
-                "{:?} ends in {reserved:?}, reserved: it is the name of the Service and \
-                 DestinationRule of endpoint {owner:?}'s shadow",
-                who.name
-            ),
-        ));
+    // An endpoint's Service and DestinationRule take its name; `<E>-shadow` are those of
+    // endpoint `E`'s shadow, and `<E>-capture` the Deployment and Service of its data capture
+    // sink (`capture_service`): an endpoint with such a name would claim them (each reconcile
+    // overwriting the other's).
+    let reserved = [
+        (
+            format!("-{SHADOW_VARIANT_LABEL}"),
+            "Service and DestinationRule",
+            "shadow",
+        ),
+        (
+            capture_service(""),
+            "Deployment and Service",
+            "data capture sink",
+        ),
+    ];
+    for (suffix, objects, of) in &reserved {
+        if let Some(owner) = who.name.strip_suffix(suffix.as_str()) {
+            return Err(SpecError::invalid(
+                "metadata.name",
+                format!(
+                    "{:?} ends in {suffix:?}, reserved: it is the name of the {objects} of \
+                     endpoint {owner:?}'s {of}",
+                    who.name
+                ),
+            ));
+        }
     }
     for (i, h) in spec.hosts.iter().enumerate() {
         classify(h, who).map_err(|why| SpecError::invalid(format!("spec.hosts[{i}]"), why))?;

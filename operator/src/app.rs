@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// comma-separated; any other URL is an invalid spec and is never contacted.
     #[arg(long, env = "MLEP_PROMETHEUS_ALLOWED_URLS", value_delimiter = ',')]
     pub prometheus_allowed_urls: Vec<String>,
+    /// The external hosts an endpoint may claim, comma-separated patterns with `{namespace}`
+    /// for its namespace, e.g. `*.{namespace}.models.example.com`; unset: any external host,
+    /// first come first served (set it on a cluster shared by teams).
+    #[arg(long, env = "MLEP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// The filter module (mlep_filter.wasm) to serve to the proxies.
     #[arg(
         long,
@@ -200,6 +205,10 @@ impl RunArgs {
             cluster_domain: self.cluster_domain,
             route_grace_seconds: self.route_grace_seconds.max(0),
             pod_security: self.pod_security_level,
+            allowed_hosts: (self.allowed_hosts.into_iter())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
             prometheus: PrometheusPolicy {
                 default_url: self.prometheus_url,
                 allowed: self

@@ -10,6 +10,7 @@ pub mod events;
 pub mod filters;
 pub mod leader;
 pub mod metrics;
+mod ownership;
 pub mod pods;
 pub mod rbac;
 pub mod reconcile;

@@ -17,7 +17,7 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use mlep_core::crd::conditions::REASON_HOST_CONFLICT;
 use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
-use mlep_core::host_claims::{host_owners, share_a_host};
+use mlep_core::host_claims::{host_owners_under, share_a_host};
 use mlep_core::meta::{Kind, DEPLOYMENT};
 use mlep_core::plan::{Observed, Readiness};
 use mlep_core::reconcile::{self as decision, Decision, Requeue};
@@ -43,6 +43,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("{0} has no uid")]
+    NoUid(String),
     #[error("rendered object has no {0}")]
     Malformed(&'static str),
     #[error("finalizer: {0}")]
@@ -60,6 +62,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "ApiError",
             Error::Kube(_) => "ApiUnreachable",
             Error::NoNamespace(_) => "NoNamespace",
+            Error::NoUid(_) => "NoUid",
             Error::Malformed(_) => "Malformed",
             Error::Random(_) => "Random",
             Error::NotShared(_) => "NotShared",
@@ -307,7 +310,11 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
     let observed = observe(&children.deployments);
     let now = clock();
     let fresh_route_key = fresh_route_key()?;
-    let claims = host_owners(&with_current(ctx, ep), &ctx.settings.cluster_domain);
+    let claims = host_owners_under(
+        &with_current(ctx, ep),
+        &ctx.settings.cluster_domain,
+        &ctx.settings.allowed_hosts,
+    );
     let failures = crate::pods::failures(&ctx.client, ns, &children.deployments, now.unix).await?;
     let input = decision::Input {
         endpoint: ep,
@@ -332,12 +339,7 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         // Nothing rendered changes: the last good configuration keeps serving.
         info!(field = %e.field, reason = e.reason, "invalid spec");
     } else {
-        let previous = input.last.and_then(|s| s.allocation.as_ref());
-        let key = decision::route_key(&input);
-        match render_endpoint(ep, ns, &models, &d.plan, previous, &key, &ctx.settings) {
-            Ok(rendered) => sync_children(ctx, &d, rendered.objects, &children.objects).await?,
-            Err(e) => d = decision::rejected(&input, e, Vec::new()),
-        }
+        render_and_sync(ctx, &input, &models, &mut d, &children).await?;
     }
     write_status(ctx, &endpoints, &name, input.last, &d.status).await?;
     // Written, then told: a failed write decides (and tells) again on the next reconcile.
@@ -360,6 +362,35 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         Requeue::After(s) => Action::requeue(Duration::from_secs(s)),
         Requeue::AwaitChange => Action::await_change(),
     })
+}
+
+/// Render `d`'s plan and apply it. When rendering fails, or a rendered name is held by an
+/// object that is not this endpoint's (`NameConflict`: force-applying would take it over),
+/// nothing is applied and `d` becomes the rejection.
+async fn render_and_sync(
+    ctx: &Context,
+    input: &decision::Input<'_>,
+    models: &BTreeMap<String, ModelSpec>,
+    d: &mut Decision,
+    children: &Children,
+) -> Result<(), Error> {
+    let (ep, ns) = (input.endpoint, input.namespace);
+    let previous = input.last.and_then(|s| s.allocation.as_ref());
+    let key = decision::route_key(input);
+    let checked = match render_endpoint(ep, ns, models, &d.plan, previous, &key, &ctx.settings) {
+        Ok(r) => crate::ownership::name_conflict(ctx, ep, &r.objects, &children.objects)
+            .await?
+            .map(|()| r),
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(rendered) => sync_children(ctx, d, rendered.objects, &children.objects).await,
+        Err(e) => {
+            warn!(field = %e.field, reason = e.reason, error = %e.message, "not applied");
+            *d = decision::rejected(input, e, Vec::new());
+            Ok(())
+        }
+    }
 }
 
 /// The Models of namespace `ns`, by name.

@@ -14,18 +14,17 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use mlep_core::aggregate::GATEWAY_FILTER;
 use mlep_core::crd::{Model, ModelEndpoint};
-use mlep_core::render::RenderSettings;
+use mlep_core::render::{gateway_virtual_service, RenderSettings};
 use mlep_operator::metrics::Metrics;
 use mlep_operator::reconcile;
 use mlep_operator::scope::Scope;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::oneshot;
 
 mod support;
 
-use support::{client, eventually, yaml_docs};
+use support::{client, eventually, stop_operator, yaml_docs, RunningOperator};
 
 const ENDPOINT: &str = "titanic";
 
@@ -37,8 +36,14 @@ fn ns(base: &str) -> String {
 }
 
 /// The operator on every namespace, its shared filters in `gw`; stopped by sending.
-fn start_operator(client: &Client, gw: &str) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn start_operator(client: &Client, gw: &str) -> RunningOperator {
+    start_operator_allowing(client, gw, &[])
+}
+
+/// [`start_operator`] with the operator's external host patterns (`MLEP_ALLOWED_HOSTS`).
+fn start_operator_allowing(client: &Client, gw: &str, allowed_hosts: &[&str]) -> RunningOperator {
     let settings = RenderSettings {
+        allowed_hosts: allowed_hosts.iter().map(|h| (*h).to_owned()).collect(),
         wasm_url: "http://127.0.0.1:9/mlep_filter.wasm".into(),
         wasm_sha256: "ab".repeat(32),
         gateway_namespace: gw.to_owned(),
@@ -60,13 +65,6 @@ fn start_operator(client: &Client, gw: &str) -> (oneshot::Sender<()>, tokio::tas
         .await
     });
     (tx, task)
-}
-
-async fn stop_operator(op: (oneshot::Sender<()>, tokio::task::JoinHandle<()>)) {
-    let (tx, mut task) = op;
-    let _ = tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(20), &mut task).await;
-    task.abort();
 }
 
 async fn namespace(client: &Client, name: &str) {
@@ -93,6 +91,8 @@ async fn apply_example(client: &Client, ns: &str, hosts: &[&str]) {
     assert_eq!(ep["metadata"]["name"], ENDPOINT);
     ep["metadata"]["namespace"] = json!(ns);
     ep["spec"]["hosts"] = json!(hosts);
+    // External hosts are bound on a gateway only (the mesh knows the Service's names).
+    ep["spec"]["expose"] = json!(true);
     Api::<ModelEndpoint>::namespaced(client.clone(), ns)
         .patch(ENDPOINT, &pp, &Patch::Apply(&ep))
         .await
@@ -143,13 +143,19 @@ fn istio_api(
     )
 }
 
-/// The hosts of the endpoint's VirtualService; `None` while it has none.
+/// The hosts of the endpoint's VirtualServices (the mesh's and its gateway's); `None` while it
+/// has none.
 async fn vs_hosts(client: &Client, ns: &str) -> Option<Vec<String>> {
-    let vs = istio_api(client, ns, "v1", "VirtualService", "virtualservices")
-        .get_opt(ENDPOINT)
-        .await
-        .ok()??;
-    serde_json::from_value(vs.data["spec"]["hosts"].clone()).ok()
+    let api = istio_api(client, ns, "v1", "VirtualService", "virtualservices");
+    let mut hosts: Vec<String> = Vec::new();
+    for name in [ENDPOINT.to_owned(), gateway_virtual_service(ENDPOINT)] {
+        if let Some(vs) = api.get_opt(&name).await.ok()? {
+            hosts.extend(
+                serde_json::from_value::<Vec<String>>(vs.data["spec"]["hosts"].clone()).ok()?,
+            );
+        }
+    }
+    (!hosts.is_empty()).then_some(hosts)
 }
 
 /// `namespace/name` of the endpoints in the shared gateway filter whose hosts hold `host`
@@ -383,5 +389,40 @@ async fn a_host_claimed_by_a_rejected_edit_never_reaches_the_shared_filter() {
     for n in [&third, &tenant, &victim] {
         delete_endpoint(&client, n).await;
     }
+    stop_operator(op).await;
+}
+
+/// The operator's host patterns give each namespace its own names: a host outside them is an
+/// invalid spec naming it, and nothing is wired; one inside them is wired on the gateway.
+#[tokio::test]
+async fn an_external_host_outside_the_operators_patterns_is_refused_naming_them() {
+    let _one = SERIAL.lock().await;
+    let client = client().await;
+    let (team, gw) = (ns("policy-team"), ns("hosts-gw4"));
+    namespace(&client, &gw).await;
+    let op = start_operator_allowing(&client, &gw, &["*.{namespace}.models.example.com"]);
+    apply_example(&client, &team, &["api.bank.example"]).await;
+    let (_, _, message) = eventually("InvalidSpec naming the host and the patterns", || async {
+        ready(&client, &team)
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "InvalidSpec")
+    })
+    .await;
+    assert!(
+        message.contains("spec.hosts[0]")
+            && message.contains("api.bank.example")
+            && message.contains("MLEP_ALLOWED_HOSTS"),
+        "{message}"
+    );
+    assert_eq!(vs_hosts(&client, &team).await, None, "nothing is wired");
+
+    let own = format!("titanic.{team}.models.example.com");
+    apply_example(&client, &team, &[&own]).await;
+    eventually("the namespace's own name on the gateway", || async {
+        vs_hosts(&client, &team).await.filter(|h| h.contains(&own))
+    })
+    .await;
+
+    delete_endpoint(&client, &team).await;
     stop_operator(op).await;
 }

@@ -506,3 +506,19 @@ fn without_an_accepted_spec_on_record_a_spec_with_its_own_hosts_serves() {
     let cfg = config_of(&render_filters(&[ep], &RenderSettings::default()).objects[0]);
     assert_eq!(cfg.endpoints[0].name, "titanic");
 }
+
+#[test]
+fn a_served_host_the_operators_policy_no_longer_allows_leaves_the_shared_filter() {
+    let mut ep = endpoint("team-b", "e", "api.bank.example", (80, 20));
+    let accepted = ep.spec.clone();
+    ep.status.as_mut().unwrap().served_spec = Some(accepted);
+    let open = render_filters(&[ep.clone()], &RenderSettings::default());
+    assert_eq!(config_of(&open.objects[1]).endpoints.len(), 1, "no policy: served");
+    let narrowed = RenderSettings {
+        allowed_hosts: vec!["*.{namespace}.models.example.com".into()],
+        ..RenderSettings::default()
+    };
+    let agg = render_filters(&[ep], &narrowed);
+    assert!(agg.objects.is_empty(), "{:?}", agg.objects);
+    assert_eq!(agg.excluded[0].0, "team-b/e");
+}

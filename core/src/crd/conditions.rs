@@ -10,6 +10,9 @@ pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 pub const REASON_MODEL_NOT_FOUND: &str = "ModelNotFound";
 /// Another endpoint, created first, keeps an external host this one lists.
 pub const REASON_HOST_CONFLICT: &str = "HostConflict";
+/// An object this endpoint renders exists and is another owner's (`crate::ownership`), or the
+/// endpoint renders one name twice: nothing of it is applied.
+pub const REASON_NAME_CONFLICT: &str = "NameConflict";
 /// A Model's pods would break the operator's Pod Security level (`--pod-security-level`).
 pub const REASON_POD_SECURITY: &str = "PodSecurity";
 pub const REASON_AVAILABLE: &str = "Available";

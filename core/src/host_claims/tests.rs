@@ -210,3 +210,40 @@ fn an_ip_address_is_refused_as_a_host() {
     // A name that merely starts with digits is a name.
     assert_eq!(classify("1.example.com", &WHO), Ok(HostKind::External));
 }
+
+#[test]
+fn the_operators_host_patterns_give_each_namespace_its_own_names() {
+    let patterns = [
+        "*.{namespace}.models.example.com".to_owned(),
+        "{namespace}.mlep.test".to_owned(),
+    ];
+    for ok in [
+        "titanic.team-b.models.example.com",
+        "a.b.team-b.models.example.com",
+        "*.team-b.models.example.com",
+        "*.x.team-b.models.example.com",
+        "team-b.mlep.test",
+        "Team-B.mlep.test.",
+    ] {
+        assert_eq!(permitted(ok, "team-b", &patterns), Ok(()), "{ok}");
+    }
+    for refused in [
+        "titanic.team-a.models.example.com",
+        "team-b.models.example.com",
+        "*.models.example.com",
+        "api.bank.example",
+        "x.team-b.mlep.test",
+        "*.team-b.mlep.test",
+    ] {
+        let why = permitted(refused, "team-b", &patterns).expect_err(refused);
+        assert!(
+            why.contains("MLEP_ALLOWED_HOSTS") && why.contains("{namespace}.mlep.test"),
+            "{why}"
+        );
+    }
+    assert_eq!(
+        permitted("api.bank.example", "team-b", &[]),
+        Ok(()),
+        "no patterns: any"
+    );
+}

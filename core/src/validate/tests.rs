@@ -268,6 +268,27 @@ fn an_endpoint_may_not_take_the_name_of_another_ones_shadow_objects() {
 }
 
 #[test]
+fn an_endpoint_may_not_take_the_name_of_another_ones_capture_sink() {
+    // The name of the sink's Deployment and Service, as rendered: `titanic-capture`.
+    let sink = crate::envoy::capture_service("titanic");
+    let who = Claimant { name: &sink, ..WHO };
+    let err = validate_hosts(&endpoint(), &who).unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.reason),
+        ("metadata.name", REASON_INVALID_SPEC)
+    );
+    assert!(
+        err.message.contains("\"-capture\"")
+            && err.message.contains("\"titanic\"'s data capture sink"),
+        "{err}"
+    );
+    for name in ["capture", "titanic-captures", "capture-titanic"] {
+        let who = Claimant { name, ..WHO };
+        assert!(validate_hosts(&endpoint(), &who).is_ok(), "{name}");
+    }
+}
+
+#[test]
 fn a_host_naming_another_namespaces_service_is_refused_naming_the_field_and_the_host() {
     let mut e = endpoint();
     e.hosts = vec![

@@ -141,3 +141,19 @@ pub async fn install_crds(client: &Client, manager: &str) {
         }
     }
 }
+
+/// An operator running in the test: stop it by sending, then await its task.
+#[allow(dead_code)] // not every test binary starts one this way
+pub type RunningOperator = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Stop an operator started by a test; a task that does not end within 20 s is aborted.
+#[allow(dead_code)] // not every test binary starts one this way
+pub async fn stop_operator(op: RunningOperator) {
+    let (tx, mut task) = op;
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), &mut task).await;
+    task.abort();
+}
