@@ -513,7 +513,11 @@ fn a_served_host_the_operators_policy_no_longer_allows_leaves_the_shared_filter(
     let accepted = ep.spec.clone();
     ep.status.as_mut().unwrap().served_spec = Some(accepted);
     let open = render_filters(&[ep.clone()], &RenderSettings::default());
-    assert_eq!(config_of(&open.objects[1]).endpoints.len(), 1, "no policy: served");
+    assert_eq!(
+        config_of(&open.objects[1]).endpoints.len(),
+        1,
+        "no policy: served"
+    );
     let narrowed = RenderSettings {
         allowed_hosts: vec!["*.{namespace}.models.example.com".into()],
         ..RenderSettings::default()
