@@ -139,8 +139,13 @@ pub fn served_config(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<En
         .route_key
         .clone()
         .filter(|k| mlep_contract::is_route_key(k))?;
+    // External hosts are served on the endpoint's gateways only (`crate::render`): without one
+    // they name nothing of the endpoint's anywhere, and a gateway virtual host of that name is
+    // someone else's, never patched.
+    let on_gateway = ep.spec.gateway.is_some() || ep.spec.expose == Some(true);
+    let hosts: &[String] = if on_gateway { &ep.spec.hosts } else { &[] };
     let route = EndpointRoute {
-        virtual_hosts: mesh_virtual_hosts(&name, &ns, cluster_domain, &ep.spec.hosts, SERVICE_PORT),
+        virtual_hosts: mesh_virtual_hosts(&name, &ns, cluster_domain, hosts, SERVICE_PORT),
         key,
     };
     let entry = endpoint_config(
@@ -269,14 +274,12 @@ pub fn as_served(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<ModelE
         name: &name,
         cluster_domain: &settings.cluster_domain,
     };
-    let served = ep.status.as_ref().and_then(|s| s.served_spec.clone());
-    let spec = match served {
-        Some(spec) => spec,
-        None => {
-            validate_hosts(&ep.spec, &who).ok()?;
-            ep.spec.clone()
-        }
-    };
+    // The accepted spec's hosts are checked again: status is writable by whoever may write
+    // `modelendpoints/status`, which should be the operator alone, but is not proof.
+    let spec = (ep.status.as_ref())
+        .and_then(|s| s.served_spec.clone())
+        .unwrap_or_else(|| ep.spec.clone());
+    validate_hosts(&spec, &who).ok()?;
     let external = |h: &&String| classify(h, &who) == Ok(HostKind::External);
     if (spec.hosts.iter().filter(external))
         .any(|h| permitted(h, &ns, &settings.allowed_hosts).is_err())

@@ -79,7 +79,11 @@ pub fn endpoint_config(
             model: s.model.clone(),
             percent: s.percent,
             variant: None,
-            max_body_bytes: s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            // A spec accepted before the cap (by an older operator) serves on with the cap: a
+            // new spec above it is refused (`crate::validate`), an old one must not leave the
+            // shared filter over it.
+            max_body_bytes: (s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES))
+                .min(mlep_contract::config::MAX_SHADOW_BODY_BYTES),
             timeout_ms: s.timeout_ms.unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS),
             forward_credentials: s.forward_credentials.unwrap_or(false),
             compare: CompareConfig {

@@ -83,6 +83,12 @@ pub fn classify(host: &str, who: &Claimant) -> Result<HostKind, String> {
         ));
     }
     if let Some(suffix) = h.strip_prefix("*.") {
+        if (suffix.rsplit('.').next()).is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!(
+                "{h:?} matches IP addresses: a Host header naming an address is no host of \
+                 this endpoint (a gateway serves names); {only_own}"
+            ));
+        }
         let labels = suffix.split('.').count();
         let in_cluster = labels == 1
             || suffix.ends_with(".svc")
@@ -251,7 +257,7 @@ pub fn host_owners_under(
     }
 }
 
-/// The normalized external hosts of an endpoint's spec.
+/// The normalized external hosts an endpoint claims: its spec's and its served spec's.
 fn external_hosts(ep: &ModelEndpoint, cluster_domain: &str) -> Vec<String> {
     let (ns, name) = (
         ep.namespace().unwrap_or_else(|| "default".to_owned()),
@@ -262,12 +268,18 @@ fn external_hosts(ep: &ModelEndpoint, cluster_domain: &str) -> Vec<String> {
         name: &name,
         cluster_domain,
     };
-    ep.spec
-        .hosts
-        .iter()
+    // What it serves holds too: a rejected edit that dropped a host does not let it go while
+    // the accepted spec still binds it (`status.servedSpec`).
+    let served = (ep.status.as_ref())
+        .and_then(|s| s.served_spec.as_ref())
+        .map_or(&[][..], |s| s.hosts.as_slice());
+    let mut out: Vec<String> = (ep.spec.hosts.iter().chain(served))
         .filter(|h| classify(h, &who) == Ok(HostKind::External))
         .map(|h| normalize(h))
-        .collect()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl HostClaims {

@@ -40,18 +40,20 @@ fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
 
-/// The host's clock, never behind an earlier reading in this VM. The ABI offers only wall
-/// time (Envoy's `timeSource().systemTime()`), which an NTP step can move backwards: a hold
-/// would then outlive its timeout, a variant stay "awake" too long, and the shadow hub's
-/// eviction stall (`Host::now_ms` promises a clock that does not go back).
+/// The host's clock, never behind an earlier reading in this VM and never frozen. The ABI
+/// offers only wall time (Envoy's `timeSource().systemTime()`), which an NTP step can move
+/// backwards: a hold would then outlive its timeout, a variant stay "awake" too long, and the
+/// shadow hub's eviction stall (`Host::now_ms` promises a clock that does not go back). A
+/// backward step is absorbed into an offset kept from then on, so time goes on advancing at
+/// the wall clock's rate ([`crate::host::monotonic`]).
 fn now_ns() -> u64 {
     let wall = hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     CLOCK.with(|c| {
-        let now = wall.max(c.get());
-        c.set(now);
+        let (now, state) = crate::host::monotonic(c.get(), wall);
+        c.set(state);
         now
     })
 }
@@ -78,8 +80,8 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// The secret keys of this VM's random draws ([`next_random`]).
     static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
-    /// The latest clock reading (`now_ns`).
-    static CLOCK: Cell<u64> = const { Cell::new(0) };
+    /// The clock's last reading and offset (`now_ns`).
+    static CLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     /// Per-request counter increments of every stream of this VM, flushed by a root context.
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
     /// Whether this VM serves streams (a worker's); the main thread's VM only configures.

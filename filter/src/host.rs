@@ -188,3 +188,33 @@ pub fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// One reading of a clock that never goes back, from the wall clock's reading `wall` and the
+/// state `(last, offset)` of the previous one: a backward step adds to the offset (kept), so
+/// the result goes on advancing with the wall clock instead of standing still until the wall
+/// clock catches up. Returns the reading and the next state.
+pub fn monotonic((last, offset): (u64, u64), wall: u64) -> (u64, (u64, u64)) {
+    let offset = offset.max(last.saturating_sub(wall));
+    let now = wall.saturating_add(offset).max(last);
+    (now, (now, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monotonic;
+
+    #[test]
+    fn a_clock_stepped_back_goes_on_advancing_from_where_it_was() {
+        let (t1, s) = monotonic((0, 0), 1_000);
+        assert_eq!(t1, 1_000);
+        // The wall clock steps back by 500: the reading neither goes back nor stands still.
+        let (t2, s) = monotonic(s, 510);
+        assert_eq!(t2, 1_000);
+        let (t3, s) = monotonic(s, 520);
+        assert_eq!(t3, 1_010, "advances with the wall clock");
+        let (t4, _) = monotonic(s, 600);
+        assert_eq!(t4, 1_090);
+        // Without a step it is the wall clock.
+        assert_eq!(monotonic((0, 0), 7).0, 7);
+    }
+}

@@ -18,7 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use mlep_core::crd::conditions::REASON_HOST_CONFLICT;
 use mlep_core::crd::{Model, ModelEndpoint, ModelEndpointStatus, ModelSpec};
 use mlep_core::host_claims::{host_owners_under, share_a_host};
-use mlep_core::meta::{Kind, DEPLOYMENT};
+use mlep_core::meta::{Kind, DEPLOYMENT, VIRTUAL_SERVICE};
 use mlep_core::plan::{Observed, Readiness};
 use mlep_core::reconcile::{self as decision, Decision, Requeue};
 use mlep_core::render::{
@@ -336,8 +336,10 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         warn!(endpoint = %name, error = %w, "ignoring annotation");
     }
     if let Some(e) = &d.rejected {
-        // Nothing rendered changes: the last good configuration keeps serving.
+        // Nothing rendered changes: the last good configuration keeps serving, except that
+        // external hosts leave the mesh (an older operator bound them there).
         info!(field = %e.field, reason = e.reason, "invalid spec");
+        unbind_external_from_mesh(ctx, ns, &name, &children).await?;
     } else {
         render_and_sync(ctx, &input, &models, &mut d, &children).await?;
     }
@@ -362,6 +364,31 @@ async fn apply(ep: &ModelEndpoint, ns: &str, ctx: &Context) -> Result<Action, Er
         Requeue::After(s) => Action::requeue(Duration::from_secs(s)),
         Requeue::AwaitChange => Action::await_change(),
     })
+}
+
+/// Split the endpoint's VirtualService if an older operator bound its external hosts to
+/// `mesh` (`mlep_core::render::unbind_external_from_mesh`); the routes stay as they were.
+async fn unbind_external_from_mesh(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    children: &Children,
+) -> Result<(), Error> {
+    let key = ObjectKey {
+        kind: &VIRTUAL_SERVICE,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+    };
+    let Some(split) = children.objects.get(&key).and_then(|vs| {
+        mlep_core::render::unbind_external_from_mesh(vs, &ctx.settings.cluster_domain)
+    }) else {
+        return Ok(());
+    };
+    for obj in &split {
+        apply_object(ctx, obj, &ObjectKey::of(obj)?).await?;
+    }
+    info!("external hosts moved out of the mesh");
+    Ok(())
 }
 
 /// Render `d`'s plan and apply it. When rendering fails, or a rendered name is held by an

@@ -426,3 +426,67 @@ async fn an_external_host_outside_the_operators_patterns_is_refused_naming_them(
     delete_endpoint(&client, &team).await;
     stop_operator(op).await;
 }
+
+/// An operator upgraded from one that bound every host to `mesh` in one VirtualService: an
+/// endpoint whose spec is rejected renders nothing, yet its external hosts leave the mesh
+/// (split into `E.gateway`), with its routes as they were.
+#[tokio::test]
+async fn a_rejected_endpoint_still_takes_its_external_hosts_out_of_the_mesh() {
+    let _one = SERIAL.lock().await;
+    let client = client().await;
+    let (team, gw) = (ns("legacy-team"), ns("hosts-gw5"));
+    namespace(&client, &gw).await;
+    let op = start_operator(&client, &gw);
+    let ext = format!("legacy-{}.example.com", std::process::id());
+    apply_example(&client, &team, &[&ext]).await;
+    eventually("wired on the gateway", || async {
+        vs_hosts(&client, &team).await.filter(|h| h.contains(&ext))
+    })
+    .await;
+    apply_example(&client, &team, &[&ext, "1.2.3.4"]).await;
+    eventually("InvalidSpec", || async {
+        ready(&client, &team)
+            .await
+            .filter(|c| c.0 == "False" && c.1 == "InvalidSpec")
+    })
+    .await;
+    // The upgrade: the operator stops, and what the previous one left is one VirtualService
+    // binding everything to `mesh` too; the new one starts and looks at every endpoint.
+    stop_operator(op).await;
+    let api = istio_api(&client, &team, "v1", "VirtualService", "virtualservices");
+    let fqdn = format!("{ENDPOINT}.{team}.svc.cluster.local");
+    let legacy = json!({"spec": {
+        "hosts": [ext, fqdn],
+        "gateways": ["mesh", format!("{team}/{ENDPOINT}")],
+    }});
+    api.patch(ENDPOINT, &PatchParams::default(), &Patch::Merge(&legacy))
+        .await
+        .unwrap();
+    let _ = api
+        .delete(&gateway_virtual_service(ENDPOINT), &DeleteParams::default())
+        .await;
+    let op = start_operator(&client, &gw);
+    let mesh = eventually(
+        "the mesh's VirtualService binds only the Service",
+        || async {
+            let vs = api.get_opt(ENDPOINT).await.ok()??;
+            (vs.data["spec"]["gateways"] == json!(["mesh"])).then_some(vs)
+        },
+    )
+    .await;
+    assert_eq!(mesh.data["spec"]["hosts"], json!([fqdn]));
+    let edge = api
+        .get_opt(&gateway_virtual_service(ENDPOINT))
+        .await
+        .unwrap()
+        .expect("the gateway's VirtualService, recreated from the legacy one");
+    assert_eq!(
+        edge.data["spec"]["gateways"],
+        json!([format!("{team}/{ENDPOINT}")])
+    );
+    assert!(edge.data["spec"]["hosts"].to_string().contains(&ext));
+    assert_eq!(edge.data["spec"]["http"], mesh.data["spec"]["http"]);
+
+    delete_endpoint(&client, &team).await;
+    stop_operator(op).await;
+}

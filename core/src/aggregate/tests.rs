@@ -16,6 +16,8 @@ fn endpoint(ns: &str, name: &str, host: &str, weights: (u32, u32)) -> ModelEndpo
         ),
     );
     e.metadata.namespace = Some(ns.into());
+    // On the gateway: external hosts are served there only.
+    e.spec.expose = Some(true);
     let status_variant = |n: &str, w: u32| VariantStatus {
         name: n.into(),
         model: "m".into(),
@@ -525,4 +527,39 @@ fn a_served_host_the_operators_policy_no_longer_allows_leaves_the_shared_filter(
     let agg = render_filters(&[ep], &narrowed);
     assert!(agg.objects.is_empty(), "{:?}", agg.objects);
     assert_eq!(agg.excluded[0].0, "team-b/e");
+}
+
+#[test]
+fn without_a_gateway_no_proxy_names_the_endpoints_external_hosts() {
+    let mut ep = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+    ep.spec.expose = None;
+    let agg = render_filters(&[ep], &RenderSettings::default());
+    for obj in &agg.objects {
+        assert_eq!(
+            config_of(obj).endpoints[0].virtual_hosts,
+            ["titanic.ml.svc.cluster.local:80"]
+        );
+        let text = obj.to_string();
+        assert!(!text.contains("titanic.example.com"), "{text}");
+    }
+}
+
+#[test]
+fn a_shadow_body_cap_accepted_before_the_limit_serves_on_at_the_limit() {
+    let mut ep = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+    ep.spec.shadow = serde_json::from_value(
+        json!({"model": "m3", "percent": 10.0, "maxBodyBytes": 64 * 1024 * 1024}),
+    )
+    .ok();
+    ep.status.as_mut().unwrap().shadow_model = Some("m3".into());
+    let agg = render_filters(&[ep], &RenderSettings::default());
+    assert!(agg.excluded.is_empty(), "{:?}", agg.excluded);
+    let shadow = config_of(&agg.objects[0]).endpoints[0]
+        .shadow
+        .clone()
+        .unwrap();
+    assert_eq!(
+        shadow.max_body_bytes,
+        mlep_contract::config::MAX_SHADOW_BODY_BYTES
+    );
 }

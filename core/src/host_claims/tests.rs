@@ -207,6 +207,10 @@ fn an_ip_address_is_refused_as_a_host() {
         let why = refused(h);
         assert!(why.contains("is an IP address"), "{h}: {why}");
     }
+    for h in ["*.0.0.1", "*.168.1.10"] {
+        let why = refused(h);
+        assert!(why.contains("matches IP addresses"), "{h}: {why}");
+    }
     // A name that merely starts with digits is a name.
     assert_eq!(classify("1.example.com", &WHO), Ok(HostKind::External));
 }
@@ -246,4 +250,23 @@ fn the_operators_host_patterns_give_each_namespace_its_own_names() {
         Ok(()),
         "no patterns: any"
     );
+}
+
+#[test]
+fn a_host_the_accepted_spec_still_serves_is_held_after_an_edit_dropped_it() {
+    let mut older = endpoint("a", "older", &["h.example.com"], EARLY);
+    let served = older.spec.clone();
+    older.spec.hosts = vec!["other.example.com".into()];
+    older.status = Some(crate::crd::ModelEndpointStatus {
+        served_spec: Some(served),
+        ..Default::default()
+    });
+    let younger = endpoint("b", "younger", &["h.example.com"], LATE);
+    let claims = host_owners(&[younger.clone(), older.clone()], "cluster.local");
+    assert_eq!(claims.holder("h.example.com"), Some("a/older"));
+    assert_eq!(claims.held_by_others(&younger)[0].holder, "a/older");
+    // Once the edit is accepted, the host is free.
+    older.status = None;
+    let claims = host_owners(&[younger.clone(), older], "cluster.local");
+    assert_eq!(claims.holder("h.example.com"), Some("b/younger"));
 }

@@ -165,15 +165,13 @@ fn bind(ctx: &Ctx, spec: &ModelEndpointSpec, host: String, http: &[Value]) -> Ve
     if !mesh_hosts.contains(&host) {
         mesh_hosts.push(host.clone());
     }
-    let mut out = vec![istio(
-        &VIRTUAL_SERVICE,
-        ctx.meta(ctx.name, []),
-        json!({ "hosts": mesh_hosts, "gateways": ["mesh"], "http": http }),
-    )];
+    // The gateway's first: an operator upgraded from one that bound every host in `E` moves
+    // the external hosts to `E.gateway` before `E` lets them go (objects apply in order).
+    let mut out = Vec::new();
     if !gateways.is_empty() {
         let mut hosts = spec.hosts.clone();
         if !hosts.contains(&host) {
-            hosts.push(host);
+            hosts.push(host.clone());
         }
         out.push(istio(
             &VIRTUAL_SERVICE,
@@ -181,7 +179,64 @@ fn bind(ctx: &Ctx, spec: &ModelEndpointSpec, host: String, http: &[Value]) -> Ve
             json!({ "hosts": hosts, "gateways": gateways, "http": http }),
         ));
     }
+    out.push(istio(
+        &VIRTUAL_SERVICE,
+        ctx.meta(ctx.name, []),
+        json!({ "hosts": mesh_hosts, "gateways": ["mesh"], "http": http }),
+    ));
     out
+}
+
+/// An endpoint's VirtualService `existing` as an operator before the split rendered it (every
+/// host bound to `mesh` and its gateways in one object) made into the two of today: `E.gateway`
+/// (its gateways, every host; when it had any) and `E` (`mesh`, the endpoint's own Service names
+/// only), with the same routes. `None` when `existing` binds no external host to `mesh`. For an
+/// endpoint whose spec is rejected, which renders nothing: else such an endpoint kept binding
+/// its external hosts in every sidecar across an upgrade.
+pub fn unbind_external_from_mesh(existing: &Value, cluster_domain: &str) -> Option<Vec<Value>> {
+    let meta = &existing["metadata"];
+    let (name, namespace) = (meta["name"].as_str()?, meta["namespace"].as_str()?);
+    let spec = &existing["spec"];
+    let strings = |v: &Value| -> Vec<String> {
+        (v.as_array().into_iter().flatten())
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect()
+    };
+    let (hosts, gateways) = (strings(&spec["hosts"]), strings(&spec["gateways"]));
+    let who = Claimant {
+        namespace,
+        name,
+        cluster_domain,
+    };
+    let own = |h: &&String| classify(h, &who) == Ok(HostKind::OwnService);
+    let mesh_hosts: Vec<&String> = hosts.iter().filter(own).collect();
+    if !gateways.iter().any(|g| g == "mesh") || mesh_hosts.len() == hosts.len() {
+        return None;
+    }
+    let object = |name: String, hosts: Value, gateways: Value| {
+        json!({
+            "apiVersion": existing["apiVersion"],
+            "kind": existing["kind"],
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": meta["labels"],
+                "ownerReferences": meta["ownerReferences"],
+            },
+            "spec": { "hosts": hosts, "gateways": gateways, "http": spec["http"] },
+        })
+    };
+    let others: Vec<&String> = gateways.iter().filter(|g| *g != "mesh").collect();
+    let mut out = Vec::new();
+    if !others.is_empty() {
+        out.push(object(
+            gateway_virtual_service(name),
+            json!(hosts),
+            json!(others),
+        ));
+    }
+    out.push(object(name.to_owned(), json!(mesh_hosts), json!(["mesh"])));
+    Some(out)
 }
 
 /// The name of the VirtualService binding endpoint `name` to its gateways. The dot keeps it

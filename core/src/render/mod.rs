@@ -47,7 +47,7 @@ pub use crate::meta::{
     labels, RenderSettings, FIELD_MANAGER, LABEL_APP, LABEL_ENDPOINT, LABEL_ENDPOINT_NAMESPACE,
     LABEL_MANAGED_BY, LABEL_MODEL, LABEL_VARIANT, LABEL_VERSION, SERVICE_PORT,
 };
-pub use istio::{gateway_virtual_service, variant_routes};
+pub use istio::{gateway_virtual_service, unbind_external_from_mesh, variant_routes};
 pub use workload::{deployment_name, DRAIN_SECONDS, PORT_ENV};
 
 /// What rendering one endpoint produced.

@@ -1128,3 +1128,51 @@ fn crds_carry_cel_rules_and_no_null_enum_values() {
     assert!(text.contains("exists_one"));
     assert!(!text.contains(",null]"), "null in an enum");
 }
+
+#[test]
+fn a_virtual_service_binding_external_hosts_in_the_mesh_is_split_in_two() {
+    let legacy = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": "titanic", "namespace": "ml", "labels": {"mlep.dev/endpoint": "titanic"},
+            "ownerReferences": [{"uid": "u"}], "resourceVersion": "7",
+        },
+        "spec": {
+            "hosts": ["titanic.example.com", "titanic.ml.svc.cluster.local"],
+            "gateways": ["mesh", "ml/titanic"],
+            "http": [{"name": "default"}],
+        },
+    });
+    let split = crate::render::unbind_external_from_mesh(&legacy, "cluster.local").unwrap();
+    assert_eq!(split.len(), 2);
+    let (edge, mesh) = (&split[0], &split[1]);
+    assert_eq!(edge["metadata"]["name"], "titanic.gateway");
+    assert_eq!(edge["spec"]["gateways"], json!(["ml/titanic"]));
+    assert_eq!(edge["spec"]["hosts"], legacy["spec"]["hosts"]);
+    assert_eq!(mesh["metadata"]["name"], "titanic");
+    assert_eq!(mesh["spec"]["gateways"], json!(["mesh"]));
+    assert_eq!(
+        mesh["spec"]["hosts"],
+        json!(["titanic.ml.svc.cluster.local"])
+    );
+    for o in &split {
+        assert_eq!(o["spec"]["http"], legacy["spec"]["http"]);
+        assert_eq!(o["metadata"]["ownerReferences"], json!([{"uid": "u"}]));
+        assert!(o["metadata"].get("resourceVersion").is_none());
+    }
+    // Today's VirtualService binds no external host in the mesh: nothing to do.
+    assert_eq!(
+        crate::render::unbind_external_from_mesh(mesh, "cluster.local"),
+        None
+    );
+    // A mesh-only one keeps its own names and loses the rest.
+    let mut mesh_only = legacy.clone();
+    mesh_only["spec"]["gateways"] = json!(["mesh"]);
+    let split = crate::render::unbind_external_from_mesh(&mesh_only, "cluster.local").unwrap();
+    assert_eq!(split.len(), 1);
+    assert_eq!(
+        split[0]["spec"]["hosts"],
+        json!(["titanic.ml.svc.cluster.local"])
+    );
+}
