@@ -204,6 +204,7 @@ mod tests {
     use super::monotonic;
 
     #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_clock_stepped_back_goes_on_advancing_from_where_it_was() {
         let (t1, s) = monotonic((0, 0), 1_000);
         assert_eq!(t1, 1_000);
