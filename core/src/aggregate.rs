@@ -28,7 +28,7 @@ use crate::crd::{FilterWiring, ModelEndpoint};
 use crate::envoy::{self, mesh_virtual_hosts, CallTarget, EndpointRoute};
 use crate::filter_config::apply_rollout;
 use crate::filter_config::{endpoint_config, Targets};
-use crate::host_claims::{classify, endpoint_id, host_owners, permitted, Claimant, HostKind};
+use crate::host_claims::{endpoint_id, first_not_permitted, host_owners, Claimant};
 use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use crate::mirror::{MirrorOn, NativeMirror};
 use crate::validate::validate_hosts;
@@ -280,10 +280,7 @@ pub fn as_served(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<ModelE
         .and_then(|s| s.served_spec.clone())
         .unwrap_or_else(|| ep.spec.clone());
     validate_hosts(&spec, &who).ok()?;
-    let external = |h: &&String| classify(h, &who) == Ok(HostKind::External);
-    if (spec.hosts.iter().filter(external))
-        .any(|h| permitted(h, &ns, &settings.allowed_hosts).is_err())
-    {
+    if first_not_permitted(&spec.hosts, &who, &settings.allowed_hosts).is_some() {
         return None;
     }
     let mut ep = ep.clone();

@@ -166,6 +166,21 @@ pub fn permitted(host: &str, namespace: &str, patterns: &[String]) -> Result<(),
     ))
 }
 
+/// The first of `hosts` that is external and that `patterns` ([`permitted`]) do not let
+/// `who`'s namespace claim: its index and why.
+pub fn first_not_permitted(
+    hosts: &[String],
+    who: &Claimant,
+    patterns: &[String],
+) -> Option<(usize, String)> {
+    hosts.iter().enumerate().find_map(|(i, h)| {
+        (classify(h, who) == Ok(HostKind::External))
+            .then(|| permitted(h, who.namespace, patterns).err())
+            .flatten()
+            .map(|why| (i, why))
+    })
+}
+
 /// `namespace/name` of an endpoint (no namespace: `default`).
 pub fn endpoint_id(ep: &ModelEndpoint) -> String {
     format!(
@@ -293,12 +308,7 @@ impl HostClaims {
             name: &name,
             cluster_domain: &self.cluster_domain,
         };
-        ep.spec.hosts.iter().enumerate().find_map(|(i, h)| {
-            (classify(h, &who) == Ok(HostKind::External))
-                .then(|| permitted(h, &ns, &self.patterns).err())
-                .flatten()
-                .map(|why| (i, why))
-        })
+        first_not_permitted(&ep.spec.hosts, &who, &self.patterns)
     }
 
     /// The cluster domain the claims were resolved with.

@@ -15,16 +15,15 @@ use kube::Client;
 use mlep_core::aggregate::GATEWAY_FILTER;
 use mlep_core::crd::{Model, ModelEndpoint};
 use mlep_core::render::{gateway_virtual_service, RenderSettings};
-use mlep_operator::metrics::Metrics;
-use mlep_operator::reconcile;
 use mlep_operator::scope::Scope;
 use serde_json::{json, Value};
-use std::sync::Arc;
-use tokio::sync::oneshot;
 
 mod support;
 
-use support::{client, eventually, stop_operator, yaml_docs, RunningOperator};
+use support::{
+    client, eventually, operator_settings, start_operator_with, stop_operator, yaml_docs,
+    RunningOperator,
+};
 
 const ENDPOINT: &str = "titanic";
 
@@ -44,27 +43,9 @@ fn start_operator(client: &Client, gw: &str) -> RunningOperator {
 fn start_operator_allowing(client: &Client, gw: &str, allowed_hosts: &[&str]) -> RunningOperator {
     let settings = RenderSettings {
         allowed_hosts: allowed_hosts.iter().map(|h| (*h).to_owned()).collect(),
-        wasm_url: "http://127.0.0.1:9/mlep_filter.wasm".into(),
-        wasm_sha256: "ab".repeat(32),
-        gateway_namespace: gw.to_owned(),
-        mesh_root_namespace: gw.to_owned(),
-        ..Default::default()
+        ..operator_settings(gw)
     };
-    let (tx, rx) = oneshot::channel::<()>();
-    let c = client.clone();
-    let task = tokio::spawn(async move {
-        reconcile::run(
-            c,
-            settings,
-            Arc::new(Metrics::default()),
-            &Scope::All,
-            async move {
-                let _ = rx.await;
-            },
-        )
-        .await
-    });
-    (tx, task)
+    start_operator_with(client, settings, Scope::All)
 }
 
 async fn namespace(client: &Client, name: &str) {

@@ -13,36 +13,20 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mlep_core::crd::{Model, ModelEndpoint};
-use mlep_core::render::{deployment_name, RenderSettings, LABEL_ENDPOINT};
-use mlep_operator::metrics::Metrics;
-use mlep_operator::reconcile;
+use mlep_core::render::{deployment_name, LABEL_ENDPOINT};
 use mlep_operator::scope::Scope;
 use serde_json::json;
-use std::sync::Arc;
-use tokio::sync::oneshot;
 
 mod support;
 
-use support::{client, eventually, stop_operator, yaml_docs, RunningOperator};
+use support::{
+    client, eventually, operator_settings, start_operator_with, stop_operator, yaml_docs,
+    RunningOperator,
+};
 
 /// The operator on namespace `ns` (its shared filters there too); stopped by sending.
 fn start_operator(client: &Client, ns: &str) -> RunningOperator {
-    let settings = RenderSettings {
-        wasm_url: "http://127.0.0.1:9/mlep_filter.wasm".into(),
-        wasm_sha256: "ab".repeat(32),
-        gateway_namespace: ns.to_owned(),
-        mesh_root_namespace: ns.to_owned(),
-        ..Default::default()
-    };
-    let (tx, rx) = oneshot::channel::<()>();
-    let (c, scope) = (client.clone(), Scope::namespace(ns));
-    let task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = rx.await;
-        };
-        reconcile::run(c, settings, Arc::new(Metrics::default()), &scope, stop).await
-    });
-    (tx, task)
+    start_operator_with(client, operator_settings(ns), Scope::namespace(ns))
 }
 
 /// Namespace `ns` with Model `d` (the example's first model under another name).

@@ -158,10 +158,7 @@ fn bind(ctx: &Ctx, spec: &ModelEndpointSpec, host: String, http: &[Value]) -> Ve
         name: ctx.name,
         cluster_domain: &ctx.settings.cluster_domain,
     };
-    let mut mesh_hosts: Vec<String> = (spec.hosts.iter())
-        .filter(|h| classify(h, &who) == Ok(HostKind::OwnService))
-        .cloned()
-        .collect();
+    let mut mesh_hosts = own_service_hosts(&spec.hosts, &who);
     if !mesh_hosts.contains(&host) {
         mesh_hosts.push(host.clone());
     }
@@ -208,8 +205,7 @@ pub fn unbind_external_from_mesh(existing: &Value, cluster_domain: &str) -> Opti
         name,
         cluster_domain,
     };
-    let own = |h: &&String| classify(h, &who) == Ok(HostKind::OwnService);
-    let mesh_hosts: Vec<&String> = hosts.iter().filter(own).collect();
+    let mesh_hosts = own_service_hosts(&hosts, &who);
     if !gateways.iter().any(|g| g == "mesh") || mesh_hosts.len() == hosts.len() {
         return None;
     }
@@ -237,6 +233,14 @@ pub fn unbind_external_from_mesh(existing: &Value, cluster_domain: &str) -> Opti
     }
     out.push(object(name.to_owned(), json!(mesh_hosts), json!(["mesh"])));
     Some(out)
+}
+
+/// Those of `hosts` that name `who`'s own Service: the hosts the mesh knows it by.
+fn own_service_hosts(hosts: &[String], who: &Claimant) -> Vec<String> {
+    (hosts.iter())
+        .filter(|h| classify(h, who) == Ok(HostKind::OwnService))
+        .cloned()
+        .collect()
 }
 
 /// The name of the VirtualService binding endpoint `name` to its gateways. The dot keeps it

@@ -157,3 +157,35 @@ pub async fn stop_operator(op: RunningOperator) {
     let _ = tokio::time::timeout(Duration::from_secs(20), &mut task).await;
     task.abort();
 }
+
+/// Settings for an operator under test whose shared filters go to namespace `filters`
+/// (a module URL nothing serves: proxies are not part of these tests).
+#[allow(dead_code)] // not every test binary starts one this way
+pub fn operator_settings(filters: &str) -> mlep_core::render::RenderSettings {
+    mlep_core::render::RenderSettings {
+        wasm_url: "http://127.0.0.1:9/mlep_filter.wasm".into(),
+        wasm_sha256: "ab".repeat(32),
+        gateway_namespace: filters.to_owned(),
+        mesh_root_namespace: filters.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The operator with `settings` on `scope`, running until [`stop_operator`].
+#[allow(dead_code)] // not every test binary starts one this way
+pub fn start_operator_with(
+    client: &Client,
+    settings: mlep_core::render::RenderSettings,
+    scope: mlep_operator::scope::Scope,
+) -> RunningOperator {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let c = client.clone();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.await;
+        };
+        let metrics = std::sync::Arc::new(mlep_operator::metrics::Metrics::default());
+        mlep_operator::reconcile::run(c, settings, metrics, &scope, stop).await
+    });
+    (tx, task)
+}
