@@ -16,8 +16,9 @@ use crate::upstreams;
 use mlep_contract::metrics::{MODEL_HEADER, VARIANT_HEADER};
 use mlep_contract::{mirror_twin, routed_value};
 use mlep_core::envoy::{
-    self as vocabulary, filter_enabled, stats_config, wasm_filter, RouteHeaders, RouteInput,
-    VariantRoutes, WasmCode, DEFAULT_ROUTE, WASM_TYPE_URL,
+    self as vocabulary, filter_enabled, native_filter, native_filter_enabled, stats_config,
+    wasm_filter, RouteHeaders, RouteInput, VariantRoutes, WasmCode, DEFAULT_ROUTE,
+    DYNAMIC_MODULE_TYPE_URL, STRIP_MODULE_STAT_PREFIX, WASM_TYPE_URL,
 };
 pub use mlep_core::mirror::{MirrorOn, NativeMirror};
 use serde_json::{json, Value};
@@ -95,11 +96,16 @@ pub struct RouteEndpoint {
     pub capture: Option<ClusterUpstream>,
 }
 
-/// Where the filter comes from.
+/// Where the filter comes from: its Wasm build, which serves every config, and, when given,
+/// its native build (an Envoy dynamic module serving the request path at about a quarter of
+/// the cost, `mlep_contract::build`). Each config runs on the build
+/// [`mlep_contract::build_for`] picks for it; the routes are the same for both.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WasmFilter {
+pub struct FilterBuilds {
     /// The built `mlep_filter.wasm`.
     pub wasm: PathBuf,
+    /// The built `libmlep_filter_native.so`, if any.
+    pub native: Option<PathBuf>,
     /// The ECDS file (see [`write_filter_config`]); its directory is watched.
     pub config_path: PathBuf,
 }
@@ -111,7 +117,7 @@ pub struct BootstrapSpec {
     /// Admin port on 127.0.0.1 (0: any free port; the process wrapper finds it).
     pub admin_port: u16,
     /// `None`: no filter at all (benchmark baseline).
-    pub filter: Option<WasmFilter>,
+    pub filter: Option<FilterBuilds>,
     pub endpoints: Vec<RouteEndpoint>,
 }
 
@@ -195,7 +201,8 @@ pub fn render_bootstrap_with(
     let mut clusters = Vec::new();
     let mut vhosts = Vec::new();
     for ep in &spec.endpoints {
-        vhosts.push(endpoint_vhost(ep, upstreams, &mut clusters)?);
+        let native = spec.filter.as_ref().and_then(|f| f.native.as_deref());
+        vhosts.push(endpoint_vhost(ep, native, upstreams, &mut clusters)?);
     }
     if let Upstreams::Eds { dir, standby } = upstreams {
         clusters.extend(standby.iter().map(|c| upstreams::eds_cluster(c, dir)));
@@ -211,9 +218,12 @@ pub fn render_bootstrap_with(
             "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no endpoint serves this host\n"}}}]
         }));
     }
+    let native = spec.filter.as_ref().is_some_and(|f| f.native.is_some());
     Ok(json!({
         // xDS from files (the ECDS filter config) needs a node identity.
         "node": {"id": "mlep-local", "cluster": "mlep"},
+        // The native build's metrics under the Wasm filter's Prometheus names.
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {STRIP_MODULE_STAT_PREFIX: native}}]},
         "admin": {"address": socket(SocketAddr::from(([127, 0, 0, 1], spec.admin_port)))},
         "stats_config": stats_config(),
         "static_resources": {
@@ -237,9 +247,11 @@ pub fn render_bootstrap_with(
     }))
 }
 
-/// One endpoint's virtual host; its clusters go to `clusters`.
+/// One endpoint's virtual host, enabling the filter (with the native build's identity when
+/// there is one, `native`); its clusters go to `clusters`.
 fn endpoint_vhost(
     ep: &RouteEndpoint,
+    native: Option<&Path>,
     upstreams: &Upstreams,
     clusters: &mut Vec<Value>,
 ) -> Result<Value, EnvoyError> {
@@ -306,7 +318,10 @@ fn endpoint_vhost(
         "name": ep.virtual_host,
         "domains": ep.hosts,
         "routes": routes,
-        "typed_per_filter_config": filter_enabled(FILTER_NAME),
+        "typed_per_filter_config": match native {
+            Some(module) => native_filter_enabled(FILTER_NAME, &module.to_string_lossy(), &ep.virtual_host),
+            None => filter_enabled(FILTER_NAME),
+        },
     });
     if matches!(upstreams, Upstreams::Eds { .. }) {
         vhost["retry_policy"] = upstreams::retry_policy();
@@ -396,7 +411,7 @@ fn with_headers(mut route: Value, h: &RouteHeaders) -> Value {
 }
 
 /// The filter (through ECDS from its watched file), if any, then the router.
-fn http_filters(filter: Option<&WasmFilter>) -> Result<Vec<Value>, EnvoyError> {
+fn http_filters(filter: Option<&FilterBuilds>) -> Result<Vec<Value>, EnvoyError> {
     let mut out = Vec::new();
     if let Some(f) = filter {
         let dir = f.config_path.parent().ok_or_else(|| {
@@ -411,7 +426,7 @@ fn http_filters(filter: Option<&WasmFilter>) -> Result<Vec<Value>, EnvoyError> {
                     "path_config_source": {"path": f.config_path, "watched_directory": {"path": dir}},
                     "resource_api_version": "V3"
                 },
-                "type_urls": [WASM_TYPE_URL]
+                "type_urls": [WASM_TYPE_URL, DYNAMIC_MODULE_TYPE_URL]
             }
         }));
     }
@@ -443,26 +458,38 @@ fn local_wasm_filter(filename: &str, filter_config_json: &str) -> Value {
     typed
 }
 
-pub fn render_filter_config(wasm: &Path, filter_config_json: &str, version: &str) -> Value {
+/// The ECDS resource file for `filter_config_json` on the build it needs: the native one when
+/// there is one and the config asks for nothing only Wasm serves
+/// ([`mlep_contract::build_for`]); else (and for a config that does not parse, which the
+/// Wasm build then refuses, keeping the last good one) the Wasm one.
+pub fn render_filter_config(filter: &FilterBuilds, filter_config_json: &str, version: &str) -> Value {
+    let native = filter.native.as_ref().filter(|_| {
+        mlep_contract::FilterConfig::from_json(filter_config_json.as_bytes())
+            .is_ok_and(|c| mlep_contract::build_for(&c) == mlep_contract::FilterBuild::Native)
+    });
+    let typed = match native {
+        Some(module) => native_filter(&module.to_string_lossy(), filter_config_json),
+        None => local_wasm_filter(&filter.wasm.to_string_lossy(), filter_config_json),
+    };
     json!({
         "version_info": version,
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
             "name": FILTER_NAME,
-            "typed_config": local_wasm_filter(&wasm.to_string_lossy(), filter_config_json)
+            "typed_config": typed
         }]
     })
 }
 
 /// Atomically replace the ECDS file: write `.<name>.tmp` in the same directory, then rename
-/// it over `path` (the rename is what Envoy's directory watch reacts to).
+/// it over `filter.config_path` (the rename is what Envoy's directory watch reacts to).
 pub fn write_filter_config(
-    path: &Path,
-    wasm: &Path,
+    filter: &FilterBuilds,
     filter_config_json: &str,
     version: &str,
 ) -> Result<(), EnvoyError> {
-    let body = render_filter_config(wasm, filter_config_json, version).to_string();
+    let path = &filter.config_path;
+    let body = render_filter_config(filter, filter_config_json, version).to_string();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -484,8 +511,9 @@ mod tests {
         BootstrapSpec {
             listener_port: 10000,
             admin_port: 9901,
-            filter: Some(WasmFilter {
+            filter: Some(FilterBuilds {
                 wasm: "/x/f.wasm".into(),
+                native: None,
                 config_path: "/cfg/mlep/filter.json".into(),
             }),
             endpoints: vec![RouteEndpoint {
@@ -859,11 +887,41 @@ mod tests {
 
     #[test]
     fn the_filter_config_travels_as_a_string_value() {
-        let v = render_filter_config(Path::new("/f.wasm"), "{\"version\":1}", "7");
+        let builds = FilterBuilds {
+            wasm: "/f.wasm".into(),
+            native: None,
+            config_path: "/cfg/filter.json".into(),
+        };
+        let v = render_filter_config(&builds, "{\"version\":1}", "7");
         let c = &v["resources"][0]["typed_config"]["config"];
         assert_eq!(c["configuration"]["value"], "{\"version\":1}");
         assert_eq!(c["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
         assert_eq!(v["version_info"], "7");
+    }
+
+    /// With a native build at hand, a config it serves runs on it, one that needs Wasm (the
+    /// example compares a shadow) on the Wasm build, as does one that does not parse.
+    #[test]
+    fn each_config_runs_on_the_build_it_needs() {
+        let builds = FilterBuilds {
+            wasm: "/f.wasm".into(),
+            native: Some("/libmlep_filter_native.so".into()),
+            config_path: "/cfg/filter.json".into(),
+        };
+        let example = include_str!("../../examples/filter-config.json");
+        let mut plain: Value = serde_json::from_str(example).unwrap();
+        plain["endpoints"][0].as_object_mut().unwrap().remove("shadow");
+        let type_of = |json: &str| {
+            let v = render_filter_config(&builds, json, "1");
+            v["resources"][0]["typed_config"]["@type"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(type_of(&plain.to_string()), DYNAMIC_MODULE_TYPE_URL);
+        assert_eq!(type_of(example), WASM_TYPE_URL);
+        assert_eq!(type_of("{"), WASM_TYPE_URL);
+        let v = render_filter_config(&builds, &plain.to_string(), "1");
+        let m = &v["resources"][0]["typed_config"];
+        assert_eq!(m["dynamic_module_config"]["module"]["local"]["filename"], "/libmlep_filter_native.so");
+        assert_eq!(m["filter_config"]["value"], plain.to_string());
     }
 
     #[test]

@@ -22,7 +22,9 @@ mod sleep;
 mod state;
 mod ui;
 
-pub use find::{check_port_free, find_filter_wasm, find_model_server, reserve_port};
+pub use find::{
+    check_port_free, find_filter_native, find_filter_wasm, find_model_server, reserve_port,
+};
 
 use crate::artifacts::ArtifactStore;
 use crate::envoy::{self, EnvoyProcess};
@@ -115,6 +117,10 @@ pub struct UpOptions {
     pub cache_dir: PathBuf,
     pub state_dir: PathBuf,
     pub filter_wasm: Option<PathBuf>,
+    /// The native build (`--filter-native`); found beside `mlep` when not given.
+    pub filter_native: Option<PathBuf>,
+    /// Run every config on the Wasm build, even where the native one would serve.
+    pub wasm_only: bool,
     pub model_server: Option<PathBuf>,
     pub ready_timeout: Duration,
     pub watch_interval: Duration,
@@ -138,8 +144,8 @@ struct Session {
     store: Arc<ArtifactStore>,
     run_dir: PathBuf,
     eds_dir: PathBuf,
-    filter_path: PathBuf,
-    wasm: PathBuf,
+    /// The filter's builds and its ECDS file.
+    filter: envoy::FilterBuilds,
     envoy_bin: PathBuf,
     model_server: Option<PathBuf>,
     desired: Desired,
@@ -340,6 +346,10 @@ impl Session {
         let desired = plan::desired(&input)?;
         let port_hold = reserve_port(opts.port)?;
         let wasm = find_filter_wasm(opts.filter_wasm.as_deref())?;
+        let native = match opts.wasm_only {
+            true => None,
+            false => find_filter_native(opts.filter_native.as_deref())?,
+        };
         let model_server = if desired.sets().any(|s| s.runtime == Runtime::ModelServer) {
             Some(find_model_server(opts.model_server.as_deref())?)
         } else {
@@ -366,8 +376,11 @@ impl Session {
             sup: Supervisor::new(),
             run_dir,
             eds_dir,
-            filter_path: filter_dir.join("mlep-filter.json"),
-            wasm,
+            filter: envoy::FilterBuilds {
+                wasm,
+                native,
+                config_path: filter_dir.join("mlep-filter.json"),
+            },
             envoy_bin,
             model_server,
             desired: Desired::default(),

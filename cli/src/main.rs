@@ -164,6 +164,14 @@ struct UpArgs {
     /// The built filter (default: `$MLEP_FILTER_WASM`, beside mlep, or target/wasm32-wasip1/release/mlep_filter.wasm).
     #[arg(long)]
     filter_wasm: Option<PathBuf>,
+    /// The filter's native build, an Envoy dynamic module serving endpoints without a compared
+    /// shadow, capture or scale to zero at about a quarter of the Wasm build's cost (default:
+    /// `$MLEP_FILTER_NATIVE`, else libmlep_filter_native.so beside mlep; none: Wasm only).
+    #[arg(long, conflicts_with = "wasm_only")]
+    filter_native: Option<PathBuf>,
+    /// Run the filter's Wasm build for every endpoint.
+    #[arg(long)]
+    wasm_only: bool,
     /// The `mlep-model-server` binary (default: beside mlep, then PATH).
     #[arg(long)]
     model_server: Option<PathBuf>,
@@ -253,6 +261,8 @@ fn main() -> anyhow::Result<()> {
                 cache_dir: a.cache_dir.unwrap_or_else(default_cache_dir),
                 state_dir: a.state_dir.unwrap_or_else(default_state_dir),
                 filter_wasm: a.filter_wasm,
+                filter_native: a.filter_native,
+                wasm_only: a.wasm_only,
                 model_server: a.model_server,
                 ready_timeout: Duration::from_secs(a.ready_timeout_secs),
                 watch_interval: Duration::from_millis(a.watch_interval_ms.max(50)),

@@ -8,7 +8,7 @@
 // Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test]s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mlep::envoy::{self, BootstrapSpec, WasmFilter};
+use mlep::envoy::{self, BootstrapSpec, FilterBuilds};
 use mlep::plan::{self, Role};
 use mlep_contract::metrics::MODEL_HEADER;
 use mlep_contract::{EndpointConfig, FilterConfig};
@@ -125,19 +125,25 @@ fn local(dir: &Path) -> Local {
     let bootstrap = envoy::render_bootstrap(&BootstrapSpec {
         listener_port: 0,
         admin_port: 0,
-        filter: Some(WasmFilter {
-            wasm: "/x/mlep_filter.wasm".into(),
-            config_path: "/cfg/filter.json".into(),
-        }),
+        filter: Some(builds()),
         endpoints,
     })
     .unwrap();
     let json = serde_json::to_string(&cfg).unwrap();
-    let ecds = envoy::render_filter_config(Path::new("/x/mlep_filter.wasm"), &json, "1");
+    let ecds = envoy::render_filter_config(&builds(), &json, "1");
     Local {
         bootstrap,
         ecds,
         shadow_addr: addr_of(&Role::Shadow),
+    }
+}
+
+/// Local mode's filter: the Wasm build only, the one the operator's wiring runs.
+fn builds() -> FilterBuilds {
+    FilterBuilds {
+        wasm: "/x/mlep_filter.wasm".into(),
+        native: None,
+        config_path: "/cfg/filter.json".into(),
     }
 }
 

@@ -12,12 +12,14 @@
 //! - [`rollout`]: which of a variant's buckets a rollout has moved to its new model.
 //! - [`artifact`]: the artifact URI forms (https, file, s3, gs, pvc), parsed once for all.
 //! - [`capture`]: data capture's ingest headers, record shape and object layout.
+//! - [`build`]: which build of the filter (dynamic module or Wasm) serves a configuration.
 //! - [`names`]: the model directory and environment names shared with the containers.
 
 #![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod artifact;
+pub mod build;
 pub mod capture;
 pub mod config;
 pub mod hash;
@@ -27,6 +29,7 @@ pub mod names;
 pub mod rollout;
 pub mod wake;
 
+pub use build::{build_for, needs_wasm, FilterBuild, NeedsWasm};
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
 pub use config::{
     carry_allocation, is_cookie_name, is_dns_label, is_header_name, is_route_key, mirror_twin,

@@ -5,7 +5,9 @@
 //! defined once:
 //!
 //! - [`wasm_filter`]: the `envoy.extensions.filters.http.wasm.v3.Wasm` envelope carrying the
-//!   filter config (a `StringValue` the filter reads in `on_configure`);
+//!   filter config (a `StringValue` the filter reads in `on_configure`), and [`native_filter`]
+//!   / [`native_filter_enabled`]: the same config for the filter's native build (an Envoy
+//!   dynamic module, `mlep_contract::build`) and its per-virtual-host identity;
 //! - [`VariantRoutes`]: one route per variant matching the `x-mlep-variant` value the filter
 //!   sets (with the endpoint's route key, [`EndpointRoute`]), then a weighted default route
 //!   for requests no filter assigned;
@@ -245,6 +247,64 @@ pub fn wasm_filter(name: &str, code: WasmCode, filter_config_json: &str, fail_op
         config["fail_open"] = json!(true);
     }
     json!({ "@type": WASM_TYPE_URL, "config": config })
+}
+
+/// Type URLs of Envoy's dynamic-module HTTP filter (the filter's native build,
+/// `filter/native`) and of its per-route config.
+pub const DYNAMIC_MODULE_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+pub const DYNAMIC_MODULE_PER_ROUTE_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute";
+/// The native build's stat namespace: the Wasm filter's (`wasmcustom`), so both builds put
+/// their metrics under one set of names: the same Prometheus series, Istio's
+/// `proxyStatsMatcher` prefix ([`STATS_PREFIX`]) and the histogram bucket prefixes
+/// (`mlep_contract::metrics::stat_prefix`) serve both.
+pub const NATIVE_METRICS_NAMESPACE: &str = "wasmcustom";
+/// Envoy 1.40's runtime flag (default off) under which a dynamic module's metrics namespace
+/// is registered as a custom stat namespace: Prometheus output then drops the namespace and
+/// the `envoy_` prefix (`mlep_requests_total`, as the Wasm filter's), where by default the
+/// names would be `envoy_wasmcustom_mlep_requests_total` (both observed on 1.40).
+pub const STRIP_MODULE_STAT_PREFIX: &str =
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
+
+/// The native build's `DynamicModuleConfig`: the module at `module` (a file path), never
+/// unloaded (its per-thread state outlives a config), metrics under
+/// [`NATIVE_METRICS_NAMESPACE`].
+fn dynamic_module(module: &str) -> Value {
+    json!({
+        "name": FILTER_NAME,
+        "module": { "local": { "filename": module } },
+        "do_not_close": true,
+        "metrics_namespace": NATIVE_METRICS_NAMESPACE,
+    })
+}
+
+/// The native build's filter config (with its `@type`) running the module at `module` with
+/// `filter_config_json` (the contract's `FilterConfig`, as for [`wasm_filter`]).
+pub fn native_filter(module: &str, filter_config_json: &str) -> Value {
+    json!({
+        "@type": DYNAMIC_MODULE_TYPE_URL,
+        "dynamic_module_config": dynamic_module(module),
+        "filter_name": FILTER_NAME,
+        "filter_config": { "@type": STRING_VALUE_TYPE_URL, "value": filter_config_json },
+    })
+}
+
+/// `typed_per_filter_config` of an endpoint's virtual host `virtual_host` where the native
+/// build may run: its per-route config names the virtual host, so the module knows the
+/// endpoint by a lookup Envoy answers from the stream's route (where the Wasm build reads
+/// `xds.virtual_host_name`). Like [`filter_enabled`], it enables the filter, whichever build
+/// the filter's config currently is: Envoy enables a disabled filter for any per-route
+/// config of it (`per_filter_config.cc`: "If a filter is explicitly configured we treat it as
+/// enabled"), and the Wasm build reads no per-route config. Envoy builds this config when it
+/// loads the routes, so the module must be loadable there.
+pub fn native_filter_enabled(filter_name: &str, module: &str, virtual_host: &str) -> Value {
+    json!({ filter_name: {
+        "@type": DYNAMIC_MODULE_PER_ROUTE_TYPE_URL,
+        "dynamic_module_config": dynamic_module(module),
+        "filter_name": FILTER_NAME,
+        "filter_config": { "@type": STRING_VALUE_TYPE_URL, "value": virtual_host },
+    } })
 }
 
 /// The routes of one endpoint, in match order: a route per variant in `by_header` matching

@@ -12,7 +12,7 @@
 //!   stream's copies are sent by running the root's callback (see [`send_from_root`]).
 
 use crate::compiled::Compiled;
-use crate::host::{Host, MetricId, MetricKind, MetricSink};
+use crate::host::{Draws, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::Hub;
 use crate::stream::{count, count_unsent, Flow, HoldAction, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
@@ -77,9 +77,7 @@ impl MetricSink for Sink {
 
 thread_local! {
     /// The VM's random state (one VM per worker thread).
-    static RNG: Cell<u64> = const { Cell::new(0) };
-    /// The secret keys of this VM's random draws ([`next_random`]).
-    static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    static DRAWS: RefCell<Draws> = RefCell::new(Draws::new());
     /// The clock's last reading and offset (`now_ns`).
     static CLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     /// Per-request counter increments of every stream of this VM, flushed by a root context.
@@ -143,24 +141,12 @@ fn seed_rng(context_id: u32) {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms());
     h.write_u32(context_id);
-    RNG.with(|r| r.set(h.finish()));
+    DRAWS.with(|d| *d.borrow_mut() = Draws::starting_at(h.finish()));
 }
 
-/// A keyed hash (SipHash, keys from WASI `random_get`) of a counter: a client that sees one
-/// draw (a fresh cookie's key) learns nothing of the next ones, where an invertible mixer of
-/// a stepped state would give the state away, and with it other visitors' keys and which
-/// requests are copied or captured (review finding, 2026-12-05). ~0.2k instructions a draw.
+/// This VM's next draw ([`Draws`]: a keyed hash of a counter).
 fn next_random() -> u64 {
-    let n = RNG.with(|r| {
-        let s = r.get().wrapping_add(1);
-        r.set(s);
-        s
-    });
-    KEYS.with(|k| {
-        let mut h = k.build_hasher();
-        h.write_u64(n);
-        h.finish()
-    })
+    DRAWS.with(|d| d.borrow_mut().next())
 }
 
 /// A header value as text. Header values may carry bytes that are not UTF-8 (obs-text), and

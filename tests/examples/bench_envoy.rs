@@ -23,8 +23,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench tool: fail loudly
 
 use mlep::envoy::{
-    self, BootstrapSpec, ClusterUpstream, MirrorOn, NativeMirror, RouteEndpoint, RouteVariant,
-    WasmFilter,
+    self, BootstrapSpec, ClusterUpstream, FilterBuilds, MirrorOn, NativeMirror, RouteEndpoint,
+    RouteVariant,
 };
 use mlep_contract::Allocation;
 use mlep_contract::ShadowConfig;
@@ -118,8 +118,9 @@ fn main() {
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
         admin_port: 0,
-        filter: with_filter.then(|| WasmFilter {
+        filter: with_filter.then(|| FilterBuilds {
             wasm: PathBuf::from(wasm),
+            native: None,
             config_path: config_path.clone(),
         }),
         endpoints: (0..n_endpoints)
@@ -194,7 +195,12 @@ fn main() {
             native_module(&mut bootstrap, wasm, filter, c);
         }
         (false, Some(c)) => {
-            envoy::write_filter_config(&config_path, &PathBuf::from(wasm), c, "1").unwrap()
+            let builds = FilterBuilds {
+                wasm: PathBuf::from(wasm),
+                native: None,
+                config_path: config_path.clone(),
+            };
+            envoy::write_filter_config(&builds, c, "1").unwrap()
         }
         (_, None) => {}
     }

@@ -7,8 +7,8 @@
 pub mod load;
 
 use mlep::envoy::{
-    self, BootstrapSpec, ClusterUpstream, EnvoyProcess, RouteEndpoint, RouteVariant, StartOptions,
-    WasmFilter,
+    self, BootstrapSpec, ClusterUpstream, EnvoyProcess, FilterBuilds, RouteEndpoint, RouteVariant,
+    StartOptions,
 };
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -435,6 +435,16 @@ pub fn panic_wasm_path() -> PathBuf {
     )
 }
 
+/// The filter's native build (an Envoy dynamic module): `$MLEP_FILTER_NATIVE`, else the
+/// workspace's release build.
+pub fn native_path() -> PathBuf {
+    built_wasm(
+        "MLEP_FILTER_NATIVE",
+        "target/release/libmlep_filter_native.so",
+        "cargo build -p mlep-filter-native --release",
+    )
+}
+
 /// `$<env>`, else `<workspace>/<default>`; fails naming the command that builds it.
 fn built_wasm(env: &str, default: &str, build: &str) -> PathBuf {
     let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
@@ -559,13 +569,34 @@ impl Env {
         wasm: PathBuf,
         plugin: serde_json::Value,
     ) -> Self {
+        Self::start_builds(endpoints, config, wasm, None, plugin)
+    }
+
+    /// [`Env::start`] with the native build beside the Wasm one, as local mode runs: each
+    /// config on the build `mlep_contract::build_for` picks.
+    pub fn start_native(endpoints: Vec<RouteEndpoint>, config: &serde_json::Value) -> Self {
+        let plugin = serde_json::json!({});
+        Self::start_builds(endpoints, config, wasm_path(), Some(native_path()), plugin)
+    }
+
+    fn start_builds(
+        endpoints: Vec<RouteEndpoint>,
+        config: &serde_json::Value,
+        wasm: PathBuf,
+        native: Option<PathBuf>,
+        plugin: serde_json::Value,
+    ) -> Self {
         let dir = temp_dir("envoy");
         let config_path = dir.join("ecds").join("filter.json");
         std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
         let spec = BootstrapSpec {
             listener_port: 0,
             admin_port: 0,
-            filter: Some(WasmFilter { wasm, config_path }),
+            filter: Some(FilterBuilds {
+                wasm,
+                native,
+                config_path,
+            }),
             endpoints,
         };
         let mut env = Self {
@@ -598,10 +629,9 @@ impl Env {
         self.version += 1;
         let f = self.spec.filter.as_ref().unwrap();
         let mut ecds =
-            envoy::render_filter_config(&f.wasm, &config.to_string(), &self.version.to_string());
-        let plugin = &mut ecds["resources"][0]["typed_config"]["config"];
+            envoy::render_filter_config(f, &config.to_string(), &self.version.to_string());
         for (k, v) in self.plugin.as_object().unwrap() {
-            plugin[k] = v.clone();
+            ecds["resources"][0]["typed_config"]["config"][k] = v.clone();
         }
         // Atomic replace, as `envoy::write_filter_config` does: the rename is what Envoy sees.
         let tmp = f.config_path.with_extension("tmp");

@@ -76,6 +76,26 @@ pub fn find_filter_wasm(explicit: Option<&Path>) -> Result<PathBuf, LocalError> 
     })
 }
 
+/// The filter's native build (`mlep_contract::build`): `--filter-native`, else
+/// `$MLEP_FILTER_NATIVE`, else `libmlep_filter_native.so` beside the executable (where
+/// `cargo build --release` puts both). `None` when there is none: every config then runs on
+/// the Wasm build. A path given explicitly must exist.
+pub fn find_filter_native(explicit: Option<&Path>) -> Result<Option<PathBuf>, LocalError> {
+    const FILE: &str = "libmlep_filter_native.so";
+    if let Some(p) = explicit {
+        return match p.is_file() {
+            true => Ok(Some(p.to_owned())),
+            false => Err(LocalError::Missing {
+                what: format!("the filter's native build {}", p.display()),
+                hint: "build it with `cargo build -p mlep-filter-native --release`".into(),
+            }),
+        };
+    }
+    let env = std::env::var_os("MLEP_FILTER_NATIVE").map(PathBuf::from);
+    let beside = exe_dir().map(|d| d.join(FILE));
+    Ok(env.into_iter().chain(beside).find(|p| p.is_file()))
+}
+
 /// Fail early and clearly when the listener port is taken.
 pub fn check_port_free(port: u16) -> Result<(), LocalError> {
     reserve_port(port).map(drop)

@@ -3,7 +3,7 @@
 //! its watched files: EDS for upstreams, the filter config for weights and splits.
 
 use super::{state, task_err, LocalError, RunningSet, Session};
-use crate::envoy::{self, BootstrapSpec, EnvoyProcess, StartOptions, Upstreams, WasmFilter};
+use crate::envoy::{self, BootstrapSpec, EnvoyProcess, StartOptions, Upstreams};
 use crate::plan::{self, Desired, Role};
 use crate::{http, upstreams};
 use serde_json::Value;
@@ -67,10 +67,7 @@ impl Session {
         Ok(BootstrapSpec {
             listener_port: self.opts.port,
             admin_port: self.opts.admin_port,
-            filter: Some(WasmFilter {
-                wasm: self.wasm.clone(),
-                config_path: self.filter_path.clone(),
-            }),
+            filter: Some(self.filter.clone()),
             endpoints,
         })
     }
@@ -154,7 +151,7 @@ impl Session {
         for (cluster, addrs) in self.cluster_addrs(d) {
             upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;
         }
-        envoy::write_filter_config(&self.filter_path, &self.wasm, &json, &version)?;
+        envoy::write_filter_config(&self.filter, &json, &version)?;
         if let Some(old) = self.envoy.take() {
             tokio::task::spawn_blocking(move || old.stop())
                 .await
@@ -274,7 +271,7 @@ impl Session {
         let (cfg, json) = self.filter_json(d)?;
         let (reloads, fails) = self.ecds_counters().await;
         let version = self.next_version();
-        envoy::write_filter_config(&self.filter_path, &self.wasm, &json, &version)?;
+        envoy::write_filter_config(&self.filter, &json, &version)?;
         let start = Instant::now();
         loop {
             let (r, f) = self.ecds_counters().await;

@@ -1,0 +1,95 @@
+//! Which build of the filter can serve a configuration.
+//!
+//! The filter comes in two builds over the same pure core (`filter/src`): the proxy-wasm
+//! module (`mlep_filter.wasm`), which serves everything, and the Envoy dynamic module
+//! (`filter/native`, `libmlep_filter_native.so`), native code with no VM boundary, which
+//! serves the request path: assignment, targeting (and its 400s), cookies, rollouts' moved
+//! users, and every request metric. What needs work after the stream or outside it (copies
+//! the filter sends and compares, capture records, requests held while a variant wakes) is
+//! the Wasm build's alone for now: the dynamic module refuses a configuration that asks for
+//! it (Envoy then keeps the last good one), and whoever renders Envoy's config picks the
+//! build with [`build_for`].
+
+use crate::config::FilterConfig;
+
+/// A build of the filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterBuild {
+    /// The Envoy dynamic module: the request path natively.
+    Native,
+    /// The proxy-wasm module: everything.
+    Wasm,
+}
+
+/// What in a configuration only the Wasm build serves, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("endpoint {endpoint} uses {feature}, which only the Wasm build of the filter serves")]
+pub struct NeedsWasm {
+    /// `<namespace>/<name>`.
+    pub endpoint: String,
+    pub feature: &'static str,
+}
+
+/// The first thing in `cfg` the native build cannot serve, if any.
+pub fn needs_wasm(cfg: &FilterConfig) -> Option<NeedsWasm> {
+    cfg.endpoints.iter().find_map(|e| {
+        let feature = if e.shadow.is_some() {
+            "a shadow whose copies the filter sends (one that compares answers)"
+        } else if e.capture.is_some() {
+            "data capture"
+        } else if e.variants.iter().any(|v| v.asleep.is_some()) {
+            "scale to zero (requests held while a variant wakes)"
+        } else {
+            return None;
+        };
+        Some(NeedsWasm {
+            endpoint: format!("{}/{}", e.namespace, e.name),
+            feature,
+        })
+    })
+}
+
+/// The build that serves `cfg` at least cost: native unless something needs Wasm.
+pub fn build_for(cfg: &FilterConfig) -> FilterBuild {
+    match needs_wasm(cfg) {
+        Some(_) => FilterBuild::Wasm,
+        None => FilterBuild::Native,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> FilterConfig {
+        let cfg = include_str!("../../examples/filter-config.json");
+        FilterConfig::from_json(cfg.as_bytes()).unwrap()
+    }
+
+    #[test]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn the_request_path_alone_is_served_natively_and_each_feature_needing_wasm_is_named() {
+        let mut cfg = example();
+        assert_eq!(build_for(&cfg), FilterBuild::Wasm, "the example compares a shadow");
+        let needs = needs_wasm(&cfg).unwrap();
+        assert_eq!(needs.endpoint, "default/titanic");
+        assert!(needs.to_string().contains("only the Wasm build"), "{needs}");
+
+        cfg.endpoints[0].shadow = None;
+        assert_eq!(build_for(&cfg), FilterBuild::Native);
+
+        let mut asleep = cfg.clone();
+        asleep.endpoints[0].variants[1].asleep = Some(crate::WakeConfig {
+            cluster: "wake".into(),
+            authority: "wake".into(),
+            path: "/wake".into(),
+            probe_cluster: "b".into(),
+            probe_authority: "b".into(),
+            timeout_ms: 1000,
+        });
+        assert_eq!(
+            needs_wasm(&asleep).map(|n| n.feature),
+            Some("scale to zero (requests held while a variant wakes)")
+        );
+    }
+}

