@@ -27,8 +27,10 @@ cargo fmt -p mlep -- --check
 
 echo "--> building the filter (wasm32-wasip1, release) and the model server"
 cargo build --locked --release -p mlep-filter --target wasm32-wasip1
-# The e2e tests find mlep-model-server and mlep-capture-sink beside the mlep test binary (same profile).
-cargo build --locked -p mlep -p mlep-model-server -p mlep-capture-sink
+# The e2e tests find mlep-model-server, mlep-capture-sink and the filter's native build
+# (libmlep_filter_native.so, which serves endpoints without a compared shadow, capture or
+# scale to zero) beside the mlep test binary (same profile).
+cargo build --locked -p mlep -p mlep-model-server -p mlep-capture-sink -p mlep-filter-native
 
 echo "--> the S3 server of the object storage tests (versitygw, Go module, cached)"
 MLEP_S3_SERVER=$(scripts/cluster.sh build-s3)

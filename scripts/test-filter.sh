@@ -85,7 +85,9 @@ done
 unset CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER
 
 log "Envoy integration tests"
-cargo test -p mlep-tests --test filter_routing --test filter_shadow --test filter_config --test filter_panic --test filter_rollout --test filter_latency --test filter_capture --test filter_wake
+# The native build (an Envoy dynamic module) for filter_native.rs.
+cargo build -p mlep-filter-native --release
+cargo test -p mlep-tests --test filter_native --test filter_routing --test filter_shadow --test filter_config --test filter_panic --test filter_rollout --test filter_latency --test filter_capture --test filter_wake
 
 log "fuzzing: every target for ${FUZZ_SECONDS:-30}s (scripts/fuzz.sh; FUZZ_SECONDS=0 skips)"
 if [ "${FUZZ_SECONDS:-30}" != 0 ]; then

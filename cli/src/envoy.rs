@@ -462,7 +462,11 @@ fn local_wasm_filter(filename: &str, filter_config_json: &str) -> Value {
 /// there is one and the config asks for nothing only Wasm serves
 /// ([`mlep_contract::build_for`]); else (and for a config that does not parse, which the
 /// Wasm build then refuses, keeping the last good one) the Wasm one.
-pub fn render_filter_config(filter: &FilterBuilds, filter_config_json: &str, version: &str) -> Value {
+pub fn render_filter_config(
+    filter: &FilterBuilds,
+    filter_config_json: &str,
+    version: &str,
+) -> Value {
     let native = filter.native.as_ref().filter(|_| {
         mlep_contract::FilterConfig::from_json(filter_config_json.as_bytes())
             .is_ok_and(|c| mlep_contract::build_for(&c) == mlep_contract::FilterBuild::Native)
@@ -910,17 +914,26 @@ mod tests {
         };
         let example = include_str!("../../examples/filter-config.json");
         let mut plain: Value = serde_json::from_str(example).unwrap();
-        plain["endpoints"][0].as_object_mut().unwrap().remove("shadow");
+        plain["endpoints"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("shadow");
         let type_of = |json: &str| {
             let v = render_filter_config(&builds, json, "1");
-            v["resources"][0]["typed_config"]["@type"].as_str().unwrap().to_owned()
+            v["resources"][0]["typed_config"]["@type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         };
         assert_eq!(type_of(&plain.to_string()), DYNAMIC_MODULE_TYPE_URL);
         assert_eq!(type_of(example), WASM_TYPE_URL);
         assert_eq!(type_of("{"), WASM_TYPE_URL);
         let v = render_filter_config(&builds, &plain.to_string(), "1");
         let m = &v["resources"][0]["typed_config"];
-        assert_eq!(m["dynamic_module_config"]["module"]["local"]["filename"], "/libmlep_filter_native.so");
+        assert_eq!(
+            m["dynamic_module_config"]["module"]["local"]["filename"],
+            "/libmlep_filter_native.so"
+        );
         assert_eq!(m["filter_config"]["value"], plain.to_string());
     }
 

@@ -248,6 +248,10 @@ fn main() -> anyhow::Result<()> {
             println!("envoy:             {}", envoy.display());
             let wasm = local::find_filter_wasm(filter_wasm.as_deref())?;
             println!("filter:            {}", wasm.display());
+            match local::find_filter_native(None)? {
+                Some(so) => println!("filter (native):   {}", so.display()),
+                None => println!("filter (native):   none (every endpoint runs on the Wasm build)"),
+            }
             let server = local::find_model_server(None)?;
             println!("mlep-model-server: {}", server.display());
             Ok(())

@@ -70,7 +70,11 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn the_request_path_alone_is_served_natively_and_each_feature_needing_wasm_is_named() {
         let mut cfg = example();
-        assert_eq!(build_for(&cfg), FilterBuild::Wasm, "the example compares a shadow");
+        assert_eq!(
+            build_for(&cfg),
+            FilterBuild::Wasm,
+            "the example compares a shadow"
+        );
         let needs = needs_wasm(&cfg).unwrap();
         assert_eq!(needs.endpoint, "default/titanic");
         assert!(needs.to_string().contains("only the Wasm build"), "{needs}");

@@ -242,35 +242,6 @@ pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
     out
 }
 
-/// The inverse of [`stat_name`]: the bare metric name and the labels, in order, as Envoy's
-/// tag regexes ([`stats_tags`]) cut them out. A filter build that hands labels to Envoy as
-/// real labels (the dynamic module, `filter/native`) defines the same series from the same
-/// names: `mlep_requests_total{endpoint="titanic",...}` either way.
-pub fn split_stat_name(stat: &str) -> (String, Vec<(String, String)>) {
-    let mut labels = Vec::new();
-    let mut head = "";
-    let mut rest = stat;
-    while let Some((before, after)) = rest.split_once(TAG_VALUE_SEPARATOR) {
-        let Some((value, tail)) = after.split_once(TAG_FIELD_SEPARATOR) else {
-            break;
-        };
-        // The first key follows the name's head (`mlep_`, `mlep_model_latency_`); the others
-        // follow the previous label.
-        let key = if labels.is_empty() {
-            let Some(key) = ALL_LABELS.iter().find(|k| before.ends_with(*k)) else {
-                break;
-            };
-            head = before.get(..before.len() - key.len()).unwrap_or("");
-            key
-        } else {
-            before
-        };
-        labels.push((key.to_owned(), value.to_owned()));
-        rest = tail;
-    }
-    (format!("{head}{rest}"), labels)
-}
-
 /// Istio's tag encoding inside stat names (`key=.=value;.;`): the form its bootstrap template
 /// (`tools/packaging/common/envoy_bootstrap.json`) writes a regex for, per name in
 /// `meshConfig.defaultConfig.extraStatTags`.
@@ -466,27 +437,6 @@ mod tests {
             let istio: String = serde_json::from_str(&istio_json).unwrap();
             assert_eq!(t.regex, istio);
         }
-    }
-
-    /// The dynamic module defines real labels from the same names: splitting a name gives
-    /// back the metric and the labels `stat_name` put in, for plain and latency metrics.
-    #[test]
-    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn a_stat_name_splits_back_into_its_metric_and_labels() {
-        for metric in [REQUESTS_TOTAL, MODEL_LATENCY_US, SHADOW_AGREEMENT_TOTAL] {
-            let labels = [("endpoint", "titanic"), ("model", "m.v1"), ("code_class", "2xx")];
-            let (name, got) = split_stat_name(&stat_name(metric, &labels));
-            assert_eq!(name, metric);
-            let want: Vec<(String, String)> = labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), sanitize_label_value(v)))
-                .collect();
-            assert_eq!(got, want, "{metric}");
-        }
-        assert_eq!(
-            split_stat_name(CONFIG_ERRORS_TOTAL),
-            (CONFIG_ERRORS_TOTAL.to_owned(), vec![])
-        );
     }
 
     /// Cut every `key=.=value;.;` out the way Envoy applies the tag regexes: the labels come

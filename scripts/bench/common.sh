@@ -32,6 +32,8 @@ cargo build -q --manifest-path filter/floor/Cargo.toml --target wasm32-wasip1 --
 # Wasm VM would save.
 cargo clippy -q --manifest-path filter/native-floor/Cargo.toml --target-dir "$TARGET/native-floor" -- -D warnings
 cargo build -q --manifest-path filter/native-floor/Cargo.toml --release --target-dir "$TARGET/native-floor"
+# The product's native build (filter/native, mode `filter-native`).
+cargo build -q -p mlep-filter-native --release
 # A config renderer only: the debug build is as good and shares the test build's artifacts.
 cargo build -q -p mlep-tests --example bench_envoy
 # MLEP_FILTER_WASM: measure another build of the filter (e.g. a saved baseline).
@@ -39,6 +41,7 @@ WASM=${MLEP_FILTER_WASM:-$TARGET/wasm32-wasip1/release/mlep_filter.wasm}
 NOOP_WASM=$TARGET/bench-noop/wasm32-wasip1/release/mlep_filter.wasm
 FLOOR_WASM=$TARGET/floor/wasm32-wasip1/release/mlep_filter_floor.wasm
 NATIVE_SO=$TARGET/native-floor/release/libmlep_native_floor.so
+PRODUCT_SO=$TARGET/release/libmlep_filter_native.so
 RENDER=$TARGET/debug/examples/bench_envoy
 
 WORK=$(mktemp -d /tmp/mlep-bench.XXXXXX)
@@ -76,6 +79,7 @@ render() {
   [ "$mode" = noop ] && wasm=$NOOP_WASM
   [[ $mode == floor.* ]] && wasm=$FLOOR_WASM
   [[ $mode == native.* || $mode == native-filter ]] && wasm=$NATIVE_SO
+  [ "$mode" = filter-native ] && wasm=$PRODUCT_SO
   [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
   # shellcheck disable=SC2086
   "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }

@@ -14,7 +14,9 @@
 //! `filter/floor`, doing only `<steps>`, e.g. `floor.key+setreq+setresp+status+record`; pass its
 //! build) | `native.<steps>` (the same steps as an Envoy dynamic module, `filter/native-floor`,
 //! in the filter's place; pass the module's `.so` instead of a Wasm build) | `native-filter`
-//! (`filter`'s config, served by that module's native build of the filter's request path).
+//! (`filter`'s config, served by that module's native build of the filter's request path) |
+//! `filter-native` (`filter`'s config on the product's native build, `filter/native`, rendered
+//! as local mode renders it; pass `libmlep_filter_native.so`).
 //! Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 //! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
 //! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
@@ -69,6 +71,7 @@ fn main() {
             mode.as_str(),
             "noop"
                 | "filter"
+                | "filter-native"
                 | "native-filter"
                 | "unrelated"
                 | "shadow"
@@ -115,14 +118,17 @@ fn main() {
             on: MirrorOn::EveryRoute,
         });
     }
+    // `filter-native`: the product's renderer with the native build (the config needs no
+    // Wasm, so the Wasm path is never loaded).
+    let builds = FilterBuilds {
+        wasm: PathBuf::from(wasm),
+        native: (mode == "filter-native").then(|| PathBuf::from(wasm)),
+        config_path: config_path.clone(),
+    };
     let spec = BootstrapSpec {
         listener_port: port.parse().unwrap(),
         admin_port: 0,
-        filter: with_filter.then(|| FilterBuilds {
-            wasm: PathBuf::from(wasm),
-            native: None,
-            config_path: config_path.clone(),
-        }),
+        filter: with_filter.then(|| builds.clone()),
         endpoints: (0..n_endpoints)
             .map(|e| RouteEndpoint {
                 name: endpoint_name(e),
@@ -185,23 +191,14 @@ fn main() {
         None
     };
     // The Wasm builds take their config through ECDS, the dynamic module inline.
-    match (mode.starts_with("native"), &filter_config) {
+    match (mode.starts_with("native."), &filter_config) {
         (true, Some(c)) => {
-            let filter = if mode == "native-filter" {
-                "mlep"
-            } else {
-                "floor"
-            };
-            native_module(&mut bootstrap, wasm, filter, c);
+            native_module(&mut bootstrap, wasm, "floor", c);
         }
-        (false, Some(c)) => {
-            let builds = FilterBuilds {
-                wasm: PathBuf::from(wasm),
-                native: None,
-                config_path: config_path.clone(),
-            };
-            envoy::write_filter_config(&builds, c, "1").unwrap()
+        (false, Some(c)) if mode == "native-filter" => {
+            native_module(&mut bootstrap, wasm, "mlep", c);
         }
+        (false, Some(c)) => envoy::write_filter_config(&builds, c, "1").unwrap(),
         (_, None) => {}
     }
     std::fs::write(dir.join("envoy.json"), bootstrap.to_string()).unwrap();

@@ -8,6 +8,7 @@ use mlep_contract::Allocation;
 use mlep_tests::*;
 
 const HOST: &str = "titanic.local";
+const WASM: &str = mlep_core::envoy::WASM_TYPE_URL;
 const DYNAMIC_MODULE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 
@@ -29,7 +30,13 @@ fn start(native: bool) -> (Upstream, Upstream, Env) {
 /// The `@type` of the filter config Envoy runs now.
 fn running_build(env: &Env) -> String {
     let admin = env.envoy().admin_addr();
-    let r = Client::new(admin).send("GET", "admin", "/config_dump?resource=ecds_filters", &[], b"");
+    let r = Client::new(admin).send(
+        "GET",
+        "admin",
+        "/config_dump?resource=ecds_filters",
+        &[],
+        b"",
+    );
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     v["configs"][0]["ecds_filter"]["typed_config"]["@type"]
         .as_str()
@@ -65,10 +72,19 @@ fn the_native_build_assigns_every_key_as_the_wasm_build_does() {
     let requests = |variant| {
         native.metric(
             "mlep_requests_total",
-            &[("endpoint", "titanic"), ("variant", variant), ("code_class", "2xx")],
+            &[
+                ("endpoint", "titanic"),
+                ("variant", variant),
+                ("code_class", "2xx"),
+            ],
         )
     };
-    assert_eq!(requests("a") + requests("b"), 60.0, "{}", native.prometheus());
+    assert_eq!(
+        requests("a") + requests("b"),
+        60.0,
+        "{}",
+        native.prometheus()
+    );
     assert_eq!(requests("a"), f64::from(served["a"]));
     let sticky = native.metric(
         "mlep_assignments_total",
@@ -94,7 +110,9 @@ fn targeting_cookies_and_unknown_targets_on_the_native_build() {
 
     // A keyless visitor gets a cookie and sticks to its variant by it.
     let r = c.get(HOST, &[]);
-    let cookie = r.header("set-cookie").expect("a keyless visitor gets a cookie");
+    let cookie = r
+        .header("set-cookie")
+        .expect("a keyless visitor gets a cookie");
     assert!(cookie.starts_with("mlep-titanic="), "{cookie}");
     let pair = cookie.split(';').next().unwrap().to_owned();
     let first = served_by(&r);
@@ -106,7 +124,7 @@ fn targeting_cookies_and_unknown_targets_on_the_native_build() {
 }
 
 #[test]
-fn a_config_only_wasm_serves_moves_the_filter_to_wasm_and_back() {
+fn a_config_only_wasm_serves_moves_the_filter_to_wasm_and_back_and_no_count_is_lost() {
     let (_a, _b, mut env) = start(true);
     let weights = [("a", 50), ("b", 50)];
     let alloc = Allocation::initial(&weights).unwrap();
@@ -116,13 +134,32 @@ fn a_config_only_wasm_serves_moves_the_filter_to_wasm_and_back() {
         "cluster": "capture", "percent": 0.0, "request": true, "response": true,
         "maxPayloadBytes": 1024, "contentTypes": [], "timeoutMs": 1000
     });
+    let send = |env: &Env, n: usize| {
+        let mut c = env.client();
+        for i in 0..n {
+            let r = c.get(HOST, &[("x-user-id", &format!("k{i}"))]);
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    send(&env, 5);
     env.reload(&captured);
-    assert_eq!(running_build(&env), mlep_core::envoy::WASM_TYPE_URL, "{}", env.log());
-    let r = env.client().get(HOST, &[("x-user-id", "k1")]);
-    assert_eq!(r.status, 200, "still serving, on the Wasm build");
+    assert_eq!(running_build(&env), WASM, "{}", env.log());
+    send(&env, 7);
     env.reload(&plain);
     assert_eq!(running_build(&env), DYNAMIC_MODULE);
-    let r = env.client().get(HOST, &[("x-user-id", "k1")]);
-    assert_eq!(r.status, 200);
+    send(&env, 11);
     assert_eq!(env.rejected_updates(), 0.0, "{}", env.log());
+    // Every request counted once and timed once, whichever build served it: both builds
+    // define the same Envoy stats, which outlive each config update (histograms show after
+    // Envoy's 5 s stats flush).
+    let total = |m| env.metric(m, &[("endpoint", "titanic")]);
+    let settled =
+        || total("mlep_requests_total") == 23.0 && total("mlep_request_duration_ms_count") == 23.0;
+    assert!(
+        poll_until(std::time::Duration::from_secs(15), settled),
+        "{} requests and {} durations of 23 counted:\n{}",
+        total("mlep_requests_total"),
+        total("mlep_request_duration_ms_count"),
+        env.prometheus()
+    );
 }

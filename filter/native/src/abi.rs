@@ -14,9 +14,9 @@
 //! - A request-header write does not re-route by itself (the Wasm host clears the route
 //!   cache on every such write; this ABI leaves it to the module: `clear_route_cache`).
 //! - Metrics are defined only in `config_new` (later: `Frozen`); labelled and unlabelled
-//!   metrics have separate id tables, and a labelled id incremented with no label values
-//!   silently counts the unlabelled metric of the same id, so every call here passes the
-//!   labels the metric was defined with.
+//!   metrics have separate id tables (a labelled id incremented with no label values silently
+//!   counts the unlabelled metric of the same id). This filter defines every metric without
+//!   labels (`filter.rs`, `Definer`, says why) and always calls with none.
 //! - `get_most_specific_route_config` returns exactly the pointer `per_route_config_new`
 //!   returned for the route's (or virtual host's) `DynamicModuleFilterPerRoute`; such a
 //!   per-route config also enables a filter that is `disabled: true` in the chain.
@@ -108,8 +108,6 @@ pub enum Level {
 }
 
 const METRICS_SUCCESS: u32 = 0;
-/// Most labels any mlep metric has (contract `ALL_LABELS` has 8).
-const MAX_LABELS: usize = 8;
 
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
@@ -187,17 +185,6 @@ pub fn log(level: Level, message: &str) {
     unsafe { envoy_dynamic_module_callback_log(level as u32, Buffer::of(message.as_bytes())) }
 }
 
-/// Up to [`MAX_LABELS`] strings as ABI buffers, on the stack.
-fn buffers<'a>(items: impl IntoIterator<Item = &'a str>) -> ([Buffer; MAX_LABELS], usize) {
-    let mut out = [Buffer::NULL; MAX_LABELS];
-    let mut n = 0;
-    for (slot, s) in out.iter_mut().zip(items) {
-        *slot = Buffer::of(s.as_bytes());
-        n += 1;
-    }
-    (out, n)
-}
-
 /// Envoy's object for a filter config being created (`config_new`, main thread): where the
 /// config's metrics are defined.
 pub struct ConfigEnvoy(*mut c_void);
@@ -217,20 +204,17 @@ impl ConfigEnvoy {
         Self(envoy)
     }
 
-    /// Define `name` with `labels` (names); Envoy's id for it.
-    pub fn define(&self, family: Family, name: &str, labels: &[&str]) -> Result<usize, u32> {
-        let (names, n) = buffers(labels.iter().copied());
-        if n < labels.len() {
-            return Err(u32::MAX);
-        }
+    /// Define `name` without labels (the filter's stat names carry theirs, Istio's way);
+    /// Envoy's id for it.
+    pub fn define(&self, family: Family, name: &str) -> Result<usize, u32> {
         let mut id = 0usize;
         let define = match family {
             Family::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter,
             Family::Histogram => envoy_dynamic_module_callback_http_filter_config_define_histogram,
         };
         // SAFETY: the config pointer is valid during `config_new` (the constructor's promise);
-        // Envoy copies the name and label names into its symbol table.
-        let r = unsafe { define(self.0, Buffer::of(name.as_bytes()), names.as_ptr(), n, &mut id) };
+        // Envoy copies the name into its symbol table.
+        let r = unsafe { define(self.0, Buffer::of(name.as_bytes()), ptr::null(), 0, &mut id) };
         if r == METRICS_SUCCESS {
             Ok(id)
         } else {
@@ -281,19 +265,34 @@ impl StreamEnvoy {
         // Envoy's header map and are copied before anything else happens.
         let ok = n > 0
             && unsafe {
-                envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, slots.as_mut_ptr())
+                envoy_dynamic_module_callback_http_get_headers(
+                    self.0,
+                    map as u32,
+                    slots.as_mut_ptr(),
+                )
             };
         if !ok {
             return Vec::new();
         }
         let text = |p: *const u8, len| {
             // SAFETY: Envoy's key/value buffers, valid during the hook.
-            let b = unsafe { Buffer { ptr: p, length: len }.bytes() };
+            let b = unsafe {
+                Buffer {
+                    ptr: p,
+                    length: len,
+                }
+                .bytes()
+            };
             String::from_utf8_lossy(b).into_owned()
         };
         slots
             .iter()
-            .map(|h| (text(h.key_ptr, h.key_length), text(h.value_ptr, h.value_length)))
+            .map(|h| {
+                (
+                    text(h.key_ptr, h.key_length),
+                    text(h.value_ptr, h.value_length),
+                )
+            })
             .collect()
     }
 
@@ -362,15 +361,14 @@ impl StreamEnvoy {
         }
     }
 
-    /// Add `value` to a counter or record it in a histogram, with the label values it was
-    /// defined with.
-    pub fn metric(self, family: Family, id: usize, labels: &[String], value: u64) {
-        let (values, n) = buffers(labels.iter().map(String::as_str));
+    /// Add `value` to a counter or record it in a histogram (defined without labels: the
+    /// unlabelled id table).
+    pub fn metric(self, family: Family, id: usize, value: u64) {
         let call = match family {
             Family::Counter => envoy_dynamic_module_callback_http_filter_increment_counter,
             Family::Histogram => envoy_dynamic_module_callback_http_filter_record_histogram_value,
         };
         // SAFETY: the filter pointer is valid during the hook; Envoy copies the values.
-        unsafe { call(self.0, id, values.as_ptr(), n, value) };
+        unsafe { call(self.0, id, ptr::null(), 0, value) };
     }
 }

@@ -4,7 +4,6 @@
 //! each stream driving the pure core's [`Stream`] through an [`Envoy`] host.
 
 use crate::abi::{ConfigEnvoy, Family, Map, StreamEnvoy};
-use mlep_contract::metrics::split_stat_name;
 use mlep_contract::{needs_wasm, FilterConfig};
 use mlep_filter::compiled::Compiled;
 use mlep_filter::host::{Draws, Host, MetricId, MetricKind, MetricSink};
@@ -16,23 +15,25 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-/// One series as Envoy knows it: the family's id and this series' label values.
+/// One metric as Envoy knows it.
 #[derive(Debug)]
 struct Series {
     family: Family,
     id: usize,
-    labels: Vec<String>,
     /// The core's stat name (what a worker's compile must define at this index).
     stat: String,
 }
 
-/// Defines the core's metrics in Envoy (main thread, `config_new`): each stat name the core
-/// builds (labels encoded Istio's way, `mlep_contract::metrics::stat_name`) is split back into
-/// its metric and labels, and the metric defined once per label set with real labels, so the
-/// Prometheus series are the Wasm filter's (`mlep_requests_total{endpoint=...}`).
+/// Defines the core's metrics in Envoy (main thread, `config_new`) under the very stat names
+/// the Wasm build defines (labels encoded Istio's way, `mlep_contract::metrics::stat_name`,
+/// cut out into Prometheus labels by the `stats_tags` regexes), without ABI labels: a metric
+/// without labels exists from its definition, so each one the new config defines while the
+/// previous config is still alive is the same Envoy stat (Envoy shares stats by name), and
+/// counts and histograms carry on across config updates, across the two builds too. Labels
+/// handed to Envoy as ABI labels make a series only at its first use: a weight edit then
+/// reset every count and histogram (observed on 1.40, `filter_native.rs`).
 struct Definer<'a> {
     envoy: &'a ConfigEnvoy,
-    families: HashMap<(Family, String, Vec<String>), usize>,
     series: Vec<Series>,
 }
 
@@ -43,23 +44,11 @@ impl MetricSink for Definer<'_> {
             MetricKind::Histogram => Family::Histogram,
             MetricKind::Gauge => return Err("gauges are not used by the request path".into()),
         };
-        let (metric, labels) = split_stat_name(name);
-        let (keys, values): (Vec<String>, Vec<String>) = labels.into_iter().unzip();
-        let key = (family, metric, keys);
-        let id = match self.families.get(&key) {
-            Some(id) => *id,
-            None => {
-                let names: Vec<&str> = key.2.iter().map(String::as_str).collect();
-                let id = (self.envoy.define(family, &key.1, &names))
-                    .map_err(|code| format!("Envoy refused metric {} (code {code})", key.1))?;
-                self.families.insert(key, id);
-                id
-            }
-        };
+        let id = (self.envoy.define(family, name))
+            .map_err(|code| format!("Envoy refused metric {name} (code {code})"))?;
         self.series.push(Series {
             family,
             id,
-            labels: values,
             stat: name.to_owned(),
         });
         MetricId::try_from(self.series.len() - 1).map_err(|e| e.to_string())
@@ -108,7 +97,6 @@ impl Config {
         }
         let mut definer = Definer {
             envoy,
-            families: HashMap::new(),
             series: Vec::new(),
         };
         Compiled::compile(&cfg, &mut definer).map_err(|e| e.to_string())?;
@@ -174,7 +162,10 @@ pub struct Filter {
 pub enum Then {
     Continue,
     /// Answer locally (after every borrow of the filter has ended: Envoy calls back in).
-    Reply { status: u32, body: String },
+    Reply {
+        status: u32,
+        body: String,
+    },
 }
 
 impl Filter {
@@ -246,7 +237,7 @@ struct Envoy<'a> {
 impl Envoy<'_> {
     fn metric(&self, metric: MetricId, value: u64) {
         if let Some(s) = self.series.get(metric as usize) {
-            self.envoy.metric(s.family, s.id, &s.labels, value);
+            self.envoy.metric(s.family, s.id, value);
         }
     }
 }

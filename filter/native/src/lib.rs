@@ -51,7 +51,10 @@ mod hooks {
         // SAFETY: Envoy's buffers, valid during this hook.
         let (name, config) = unsafe { (name.bytes(), config.bytes()) };
         if name != FILTER_NAME {
-            abi::log(Level::Error, "mlep: unknown filter name (expected \"mlep\")");
+            abi::log(
+                Level::Error,
+                "mlep: unknown filter name (expected \"mlep\")",
+            );
             return ptr::null();
         }
         // SAFETY: Envoy's config pointer, used only during this hook.
@@ -66,7 +69,9 @@ mod hooks {
     }
 
     #[no_mangle]
-    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *mut c_void) {
+    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+        config: *mut c_void,
+    ) {
         if !config.is_null() {
             // SAFETY: a pointer `config_new` made with `Box::into_raw`, destroyed once.
             drop(unsafe { Box::from_raw(config as *mut Config) });
