@@ -110,6 +110,19 @@ pub struct FilterBuilds {
     pub config_path: PathBuf,
 }
 
+impl FilterBuilds {
+    /// Keep to the Wasm build from now on if `filter_config_json` needs it: returns why, the
+    /// first time. A session that went to Wasm stays there: the Wasm VM outlives its configs
+    /// and keeps the metrics only it defines (shadow, capture, held requests) alive across
+    /// them; going back to the native build would end that VM and drop those counts, where
+    /// the request metrics both builds define carry on either way (`filter_native.rs`).
+    pub fn stay_on_wasm_if_needed(&mut self, filter_config_json: &str) -> Option<String> {
+        let cfg = mlep_contract::FilterConfig::from_json(filter_config_json.as_bytes()).ok()?;
+        let why = mlep_contract::needs_wasm(&cfg)?;
+        self.native.take().map(|_| why.to_string())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct BootstrapSpec {
     /// Listener port on 127.0.0.1 (0: any free port, see [`EnvoyProcess::listener_addr`]).
@@ -901,6 +914,30 @@ mod tests {
         assert_eq!(c["configuration"]["value"], "{\"version\":1}");
         assert_eq!(c["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
         assert_eq!(v["version_info"], "7");
+    }
+
+    /// A session that needed the Wasm build once stays on it, and says why only once.
+    #[test]
+    fn once_a_config_needs_wasm_the_session_stays_on_it() {
+        let mut builds = FilterBuilds {
+            wasm: "/f.wasm".into(),
+            native: Some("/libmlep_filter_native.so".into()),
+            config_path: "/cfg/filter.json".into(),
+        };
+        let example = include_str!("../../examples/filter-config.json");
+        let mut plain: Value = serde_json::from_str(example).unwrap();
+        plain["endpoints"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("shadow");
+        assert_eq!(builds.stay_on_wasm_if_needed(&plain.to_string()), None);
+        assert!(builds.native.is_some());
+        let why = builds.stay_on_wasm_if_needed(example).unwrap();
+        assert!(why.contains("default/titanic"), "{why}");
+        assert_eq!(builds.native, None);
+        assert_eq!(builds.stay_on_wasm_if_needed(example), None);
+        let v = render_filter_config(&builds, &plain.to_string(), "2");
+        assert_eq!(v["resources"][0]["typed_config"]["@type"], WASM_TYPE_URL);
     }
 
     /// With a native build at hand, a config it serves runs on it, one that needs Wasm (the

@@ -151,6 +151,7 @@ impl Session {
         for (cluster, addrs) in self.cluster_addrs(d) {
             upstreams::write_eds(&self.eds_dir, &cluster, &addrs, &version)?;
         }
+        self.settle_build(&json);
         envoy::write_filter_config(&self.filter, &json, &version)?;
         if let Some(old) = self.envoy.take() {
             tokio::task::spawn_blocking(move || old.stop())
@@ -266,11 +267,22 @@ impl Session {
         (value("config_reload"), value("config_fail"))
     }
 
+    /// The filter's build for `json` (`envoy::FilterBuilds::stay_on_wasm_if_needed`), saying
+    /// so when the session moves to the Wasm build.
+    fn settle_build(&mut self, json: &str) {
+        if let Some(why) = self.filter.stay_on_wasm_if_needed(json) {
+            self.ui.say(format!(
+                "note: the filter runs its Wasm build from now on: {why}"
+            ));
+        }
+    }
+
     /// Swap the filter config and wait until Envoy took it (or refused it).
     pub(super) async fn reload_filter(&mut self, d: &Desired) -> Result<(), LocalError> {
         let (cfg, json) = self.filter_json(d)?;
         let (reloads, fails) = self.ecds_counters().await;
         let version = self.next_version();
+        self.settle_build(&json);
         envoy::write_filter_config(&self.filter, &json, &version)?;
         let start = Instant::now();
         loop {
