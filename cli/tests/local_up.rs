@@ -30,6 +30,14 @@ async fn local_up_serves_the_titanic_ab_test_applies_edits_live_and_stops_cleanl
     let mut up = Up::start(&dir);
     up.wait_ready();
     eprintln!("measured: ready after {:?}", t0.elapsed());
+    // The example asks for nothing only the Wasm build serves: the native build runs it
+    // (scripts/test-cli.sh builds it beside mlep, where local mode looks).
+    assert_eq!(
+        filter_build(&up),
+        mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL,
+        "{}",
+        up.output()
+    );
 
     // A prediction, with the variant on the response, equal to that variant's model's answer.
     let r = up.invoke(Some("alice"), &[]).await;

@@ -309,6 +309,22 @@ pub fn share(m: &BTreeMap<String, String>, variant: &str) -> f64 {
 }
 
 /// The command line of process `pid`, its arguments joined by spaces.
+/// The `@type` of the filter config local mode last wrote for Envoy (its ECDS file under
+/// `<state>/run/<pid>/filter/`): which build of the filter serves.
+pub fn filter_build(up: &Up) -> String {
+    let path = up
+        .dir
+        .join("state/run")
+        .join(up.child.id().to_string())
+        .join("filter/mlep-filter.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["resources"][0]["typed_config"]["@type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
