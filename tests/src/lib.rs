@@ -633,10 +633,34 @@ impl Env {
         for (k, v) in self.plugin.as_object().unwrap() {
             ecds["resources"][0]["typed_config"]["config"][k] = v.clone();
         }
-        // Atomic replace, as `envoy::write_filter_config` does: the rename is what Envoy sees.
+        self.write_ecds(&ecds);
+    }
+
+    /// Atomic replace, as `envoy::write_filter_config` does: the rename is what Envoy sees.
+    fn write_ecds(&self, ecds: &serde_json::Value) {
+        let f = self.spec.filter.as_ref().unwrap();
         let tmp = f.config_path.with_extension("tmp");
         std::fs::write(&tmp, ecds.to_string()).unwrap();
         std::fs::rename(&tmp, &f.config_path).unwrap();
+    }
+
+    /// Hand Envoy this filter config as the `typed_config` of the filter's ECDS resource,
+    /// whatever the renderer would choose, and wait until Envoy has processed it.
+    pub fn reload_typed(&mut self, typed_config: serde_json::Value) {
+        let before = self.ecds_updates();
+        self.version += 1;
+        let mut ecds = envoy::render_filter_config(
+            self.spec.filter.as_ref().unwrap(),
+            "{}",
+            &self.version.to_string(),
+        );
+        ecds["resources"][0]["typed_config"] = typed_config;
+        self.write_ecds(&ecds);
+        assert!(
+            poll_until(Duration::from_secs(15), || self.ecds_updates() > before),
+            "Envoy did not process the config update:\n{}",
+            self.log()
+        );
     }
 
     /// Swap the filter config live (atomic rename into the watched directory) and wait until

@@ -163,3 +163,35 @@ fn a_config_only_wasm_serves_moves_the_filter_to_wasm_and_back_and_no_count_is_l
         env.prometheus()
     );
 }
+
+/// Handed a config only the Wasm build serves (no renderer does that), the native build
+/// refuses it naming the endpoint and the feature: Envoy rejects the update and the last good
+/// config keeps serving, assignments unchanged.
+#[test]
+fn the_native_build_refuses_what_it_cannot_serve_and_the_last_good_config_serves_on() {
+    let (_a, _b, mut env) = start(true);
+    let before = served_by(&env.client().get(HOST, &[("x-user-id", "u1")]));
+    let weights = [("a", 50), ("b", 50)];
+    let alloc = Allocation::initial(&weights).unwrap();
+    let mut captured = filter_config("titanic", &weights, &alloc);
+    captured["endpoints"][0]["capture"] = serde_json::json!({
+        "cluster": "capture", "percent": 100.0, "timeoutMs": 1000
+    });
+    let module = native_path();
+    env.reload_typed(mlep_core::envoy::native_filter(
+        &module.to_string_lossy(),
+        &captured.to_string(),
+    ));
+    assert_eq!(env.rejected_updates(), 1.0, "{}", env.log());
+    assert!(
+        env.log()
+            .contains("endpoint default/titanic uses data capture"),
+        "the reason is logged:\n{}",
+        env.log()
+    );
+    assert_eq!(running_build(&env), DYNAMIC_MODULE);
+    for _ in 0..5 {
+        let r = env.client().get(HOST, &[("x-user-id", "u1")]);
+        assert_eq!((r.status, served_by(&r)), (200, before.clone()));
+    }
+}
