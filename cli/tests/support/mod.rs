@@ -316,7 +316,8 @@ pub fn filter_build(up: &Up) -> String {
         .dir
         .join("state/run")
         .join(up.child.id().to_string())
-        .join("filter/mlep-filter.json");
+        .join("filter")
+        .join("mlep-filter.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["resources"][0]["typed_config"]["@type"]
