@@ -916,10 +916,10 @@ mod tests {
         assert_eq!(v["version_info"], "7");
     }
 
-    /// A session that needed the Wasm build once stays on it, and says why only once.
-    #[test]
-    fn once_a_config_needs_wasm_the_session_stays_on_it() {
-        let mut builds = FilterBuilds {
+    /// Both builds at hand; the example config (its shadow compares: Wasm only) and the same
+    /// without the shadow (native).
+    fn with_native() -> (FilterBuilds, &'static str, Value) {
+        let builds = FilterBuilds {
             wasm: "/f.wasm".into(),
             native: Some("/libmlep_filter_native.so".into()),
             config_path: "/cfg/filter.json".into(),
@@ -930,6 +930,13 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("shadow");
+        (builds, example, plain)
+    }
+
+    /// A session that needed the Wasm build once stays on it, and says why only once.
+    #[test]
+    fn once_a_config_needs_wasm_the_session_stays_on_it() {
+        let (mut builds, example, plain) = with_native();
         assert_eq!(builds.stay_on_wasm_if_needed(&plain.to_string()), None);
         assert!(builds.native.is_some());
         let why = builds.stay_on_wasm_if_needed(example).unwrap();
@@ -944,17 +951,7 @@ mod tests {
     /// example compares a shadow) on the Wasm build, as does one that does not parse.
     #[test]
     fn each_config_runs_on_the_build_it_needs() {
-        let builds = FilterBuilds {
-            wasm: "/f.wasm".into(),
-            native: Some("/libmlep_filter_native.so".into()),
-            config_path: "/cfg/filter.json".into(),
-        };
-        let example = include_str!("../../examples/filter-config.json");
-        let mut plain: Value = serde_json::from_str(example).unwrap();
-        plain["endpoints"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("shadow");
+        let (builds, example, plain) = with_native();
         let type_of = |json: &str| {
             let v = render_filter_config(&builds, json, "1");
             v["resources"][0]["typed_config"]["@type"]
