@@ -122,15 +122,17 @@ thread_local! {
     static DRAWS: RefCell<Draws> = RefCell::new(Draws::new());
 }
 
-/// This worker's compiled copy of `config`, compiled now if it is new here. Copies of
-/// configs Envoy has since destroyed are dropped on the way.
+/// This worker's compiled copy of `config`, compiled now if it is new here (copies of
+/// configs Envoy has since destroyed are dropped then).
 fn per_thread(config: &Config) -> Option<PerThread> {
     COMPILED.with(|c| {
         let mut c = c.borrow_mut();
-        c.retain(|_, t| t.alive.strong_count() > 0);
         if let Some(t) = c.get(&config.id) {
             return Some(t.clone());
         }
+        // A new config here: the copies of those Envoy has destroyed go (once per config, not
+        // per stream).
+        c.retain(|_, t| t.alive.strong_count() > 0);
         let mut replay = Replay {
             series: &config.series,
             next: 0,
@@ -185,12 +187,7 @@ impl Filter {
         route: Option<&RouteConfig>,
         end_of_stream: bool,
     ) -> Then {
-        let mut host = Envoy {
-            envoy,
-            route,
-            series: &self.series,
-            wrote_request: false,
-        };
+        let mut host = Envoy::new(envoy, route, &self.series);
         let action = self.stream.on_request_headers(&mut host, end_of_stream);
         // Envoy chose the route before this filter ran: the routing headers just written
         // steer only once the cache is cleared.
@@ -205,22 +202,12 @@ impl Filter {
     }
 
     pub fn on_response_headers(&mut self, envoy: StreamEnvoy, end_of_stream: bool) {
-        let mut host = Envoy {
-            envoy,
-            route: None,
-            series: &self.series,
-            wrote_request: false,
-        };
+        let mut host = Envoy::new(envoy, None, &self.series);
         self.stream.on_response_headers(&mut host, end_of_stream);
     }
 
     pub fn on_log(&mut self, envoy: StreamEnvoy) {
-        let mut host = Envoy {
-            envoy,
-            route: None,
-            series: &self.series,
-            wrote_request: false,
-        };
+        let mut host = Envoy::new(envoy, None, &self.series);
         self.stream.on_log(&mut host);
     }
 }
@@ -234,7 +221,16 @@ struct Envoy<'a> {
     wrote_request: bool,
 }
 
-impl Envoy<'_> {
+impl<'a> Envoy<'a> {
+    fn new(envoy: StreamEnvoy, route: Option<&'a RouteConfig>, series: &'a [Series]) -> Self {
+        Self {
+            envoy,
+            route,
+            series,
+            wrote_request: false,
+        }
+    }
+
     fn metric(&self, metric: MetricId, value: u64) {
         if let Some(s) = self.series.get(metric as usize) {
             self.envoy.metric(s.family, s.id, value);

@@ -68,14 +68,23 @@ mod hooks {
         }
     }
 
+    /// Drop a `T` the module handed Envoy with `Box::into_raw` (null: nothing).
+    ///
+    /// # Safety
+    /// `p` is null or a `Box<T>` pointer from `Box::into_raw`, not yet dropped.
+    unsafe fn drop_boxed<T>(p: *mut c_void) {
+        if !p.is_null() {
+            // SAFETY: the caller's promise.
+            drop(unsafe { Box::from_raw(p as *mut T) });
+        }
+    }
+
     #[no_mangle]
     pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
         config: *mut c_void,
     ) {
-        if !config.is_null() {
-            // SAFETY: a pointer `config_new` made with `Box::into_raw`, destroyed once.
-            drop(unsafe { Box::from_raw(config as *mut Config) });
-        }
+        // SAFETY: a pointer `config_new` made with `Box::into_raw`, destroyed once.
+        unsafe { drop_boxed::<Config>(config) }
     }
 
     /// Main thread, per `DynamicModuleFilterPerRoute`: its config is the virtual host's name.
@@ -96,10 +105,8 @@ mod hooks {
     pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
         config: *mut c_void,
     ) {
-        if !config.is_null() {
-            // SAFETY: a pointer `per_route_config_new` made with `Box::into_raw`.
-            drop(unsafe { Box::from_raw(config as *mut RouteConfig) });
-        }
+        // SAFETY: a pointer `per_route_config_new` made with `Box::into_raw`, destroyed once.
+        unsafe { drop_boxed::<RouteConfig>(config) }
     }
 
     /// Worker. Null: no filter for this stream (it passes untouched).
@@ -121,10 +128,8 @@ mod hooks {
 
     #[no_mangle]
     pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *mut c_void) {
-        if !filter.is_null() {
-            // SAFETY: a pointer `filter_new` made with `Box::into_raw`, destroyed once.
-            drop(unsafe { Box::from_raw(filter as *mut Filter) });
-        }
+        // SAFETY: a pointer `filter_new` made with `Box::into_raw`, destroyed once.
+        unsafe { drop_boxed::<Filter>(filter) }
     }
 
     /// The stream's filter.
