@@ -215,7 +215,8 @@ fn judged_step(
             }
             r.step += 1;
             r.step_started_unix = Some(input.now.unix);
-            r.last_analysis = None;
+            // The passed analysis stays shown until the next step is judged: it is what let
+            // this step advance (a BlueGreen's promotion shows the bake's passed check).
             step_to(input, r)
         }
     }
