@@ -172,7 +172,7 @@ build_images() {
   mkdir -p "$IMAGES"
   log "cargo build --release (model server, model init, capture sink, operator) + filter (wasm32-wasip1)"
   rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
-  (cd "$ROOT" && nice cargo build --quiet --release -p mlep-model-server -p mlep-model-init -p mlep-capture-sink -p mlep-operator \
+  (cd "$ROOT" && nice cargo build --quiet --release -p mlep-model-server -p mlep-model-init -p mlep-capture-sink -p mlep-operator -p mlep-filter-native \
     && nice cargo build --quiet --release -p mlep-filter --target wasm32-wasip1) \
     || die "cargo build of the project's images failed"
 
@@ -191,7 +191,8 @@ build_images() {
     --bin "$BIN/pilot-discovery:/usr/local/bin/pilot-discovery" --dir /tmp \
     --entrypoint '["/usr/local/bin/pilot-discovery"]' --user 1337:1337
   # The proxy: pilot-agent + the PyPI Envoy (as Istio's proxyv2 image lays them out), plus the
-  # iptables tools the injected istio-init container runs (`pilot-agent istio-iptables`).
+  # iptables tools the injected istio-init container runs (`pilot-agent istio-iptables`), and
+  # the filter's native build where the operator is told to find it (MLEP_NATIVE_FILTER_PATH).
   local ipt=() b
   for b in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
     ipt+=(--link "xtables-nft-multi:/usr/sbin/$b" --link "xtables-nft-multi:/usr/sbin/${b/tables/tables-nft}"
@@ -200,6 +201,7 @@ build_images() {
   $mk "$IMAGES/proxyv2.tar" "$ISTIO_HUB/proxyv2:$ISTIO_TAG" \
     --bin "$BIN/pilot-agent:/usr/local/bin/pilot-agent" --bin "$envoy:/usr/local/bin/envoy" \
     --file "$istio_src/tools/packaging/common/envoy_bootstrap.json:/var/lib/istio/envoy/envoy_bootstrap_tmpl.json" \
+    --bin "$rel/libmlep_filter_native.so:/usr/local/lib/mlep/libmlep_filter_native.so" \
     --bin /usr/sbin/xtables-nft-multi:/usr/sbin/xtables-nft-multi \
     --bin /usr/sbin/xtables-legacy-multi:/usr/sbin/xtables-legacy-multi \
     --file /usr/lib/x86_64-linux-gnu/xtables:/usr/lib/x86_64-linux-gnu/xtables "${ipt[@]}" \

@@ -60,6 +60,14 @@ resources: [../../../manifests]
 images:
   - name: ghcr.io/k8smlendpoints/mlep-operator
     newTag: "$TAG"
+# The bed's proxy image carries the filter's native build (scripts/cluster.sh): the operator
+# runs endpoints that need nothing Wasm-only on it, as a platform team whose proxies have it.
+patches:
+  - target: {kind: Deployment, name: mlep-operator}
+    patch: |
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {name: MLEP_NATIVE_FILTER_PATH, value: /usr/local/lib/mlep/libmlep_filter_native.so}
 EOF
 kc apply -k "$WORK/operator" >/dev/null || fail "kubectl apply -k manifests/"
 kc -n mlep-system rollout status deploy/mlep-operator --timeout=180s || fail "operator not Ready"

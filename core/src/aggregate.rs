@@ -33,7 +33,7 @@ use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use crate::mirror::{MirrorOn, NativeMirror};
 use crate::validate::validate_hosts;
 use kube_core::ResourceExt;
-use mlep_contract::{EndpointConfig, FilterConfig, CONFIG_VERSION};
+use mlep_contract::{needs_wasm, CompareMode, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use wiring::{filter_object, shared_meta, RouteMirror, Routes};
@@ -41,7 +41,7 @@ use wiring::{filter_object, shared_meta, RouteMirror, Routes};
 mod wiring;
 
 pub use crate::meta::LABEL_FILTER;
-pub use wiring::FALLBACK_STAT_PREFIX;
+pub use wiring::{FALLBACK_STAT_PREFIX, NATIVE_SUFFIX};
 /// Where the EnvoyFilter wiring puts an endpoint's [`NativeMirror`]: every routing route of
 /// its virtual hosts, or only the twins of the header routes the filter can name.
 fn route_mirrors(c: &EndpointConfig, m: &NativeMirror) -> Vec<RouteMirror> {
@@ -99,6 +99,20 @@ pub fn shared_objects(settings: &RenderSettings) -> Vec<SharedObject<'_>> {
             })
         })
         .collect()
+}
+
+/// Whether `ep`'s spec needs the filter's Wasm build whatever its state: a shadow whose
+/// answers are compared (copies the filter sends), data capture, or a variant that may sleep
+/// (held requests). From the spec, so an endpoint does not move between the builds when its
+/// shadow becomes ready or a variant falls asleep (`mlep_contract::needs_wasm` judges a
+/// config's current state; this one its possible states).
+pub fn spec_needs_wasm(ep: &ModelEndpoint) -> bool {
+    let spec = &ep.spec;
+    let compared = (spec.shadow.as_ref()).is_some_and(|s| s.compare != Some(CompareMode::Off));
+    let may_sleep =
+        (spec.variants.iter()).any(|v| v.autoscaling.as_ref().is_some_and(|a| a.min_replicas == 0));
+    let captures = (spec.data_capture.as_ref()).is_some_and(|c| c.enabled());
+    compared || captures || may_sleep
 }
 
 /// The aggregate filter objects, and the endpoints left out with the reason.
@@ -256,7 +270,11 @@ pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) ->
             Some((e.spec.filter_wiring, cfg))
         })
         .collect();
-    let mut out = filters_for(entries, settings);
+    let wasm_only = (endpoints.iter())
+        .filter(|e| spec_needs_wasm(e))
+        .map(endpoint_id)
+        .collect();
+    let mut out = filters_for(entries, &wasm_only, settings);
     out.excluded.extend(conflicts);
     out
 }
@@ -289,9 +307,12 @@ pub fn as_served(ep: &ModelEndpoint, settings: &RenderSettings) -> Option<ModelE
 }
 
 /// The filter objects for these endpoint entries (any order; the result is sorted by
-/// `namespace/name`).
+/// `namespace/name`). `wasm_only`: the endpoints (`namespace/name`) whose spec needs the Wasm
+/// build ([`spec_needs_wasm`]); the others run on the native build where
+/// `settings.native_filter` says the proxies have it.
 pub fn filters_for(
     mut entries: Vec<(FilterWiring, EndpointConfig)>,
+    wasm_only: &BTreeSet<String>,
     settings: &RenderSettings,
 ) -> Aggregate {
     entries.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
@@ -326,20 +347,42 @@ pub fn filters_for(
     for (wiring, configs) in by_wiring {
         if !configs.is_empty() {
             out.objects
-                .extend(filter_objects(wiring, configs, settings));
+                .extend(filter_objects(wiring, configs, wasm_only, settings));
         }
     }
     out
+}
+
+/// Whether `c` runs on the native build, where the proxies have it (`available`): the
+/// EnvoyFilter wiring (a WasmPlugin cannot patch virtual hosts), and neither its spec
+/// (`wasm_only`) nor its current config needs the Wasm build.
+fn on_native(
+    wiring: FilterWiring,
+    c: &EndpointConfig,
+    wasm_only: &BTreeSet<String>,
+    available: bool,
+) -> bool {
+    let id = format!("{}/{}", c.namespace, c.name);
+    let single = FilterConfig {
+        version: CONFIG_VERSION,
+        endpoints: vec![c.clone()],
+    };
+    available
+        && wiring.patches_routes()
+        && !wasm_only.contains(&id)
+        && needs_wasm(&single).is_none()
 }
 
 /// The sidecars' and the gateway's filter objects of `wiring` for these entries.
 fn filter_objects(
     wiring: FilterWiring,
     mut configs: Vec<EndpointConfig>,
+    wasm_only: &BTreeSet<String>,
     settings: &RenderSettings,
 ) -> [Value; 2] {
     let mut routes = Routes::default();
     let mut own_services = Vec::new();
+    let mut native = Vec::new();
     for c in &mut configs {
         // Routes carry an uncompared shadow as Envoy's own mirror where the wiring can
         // patch them (crate::mirror); the filter then leaves that shadow alone.
@@ -349,7 +392,13 @@ fn filter_objects(
         if let Some(m) = mirror.flatten() {
             routes.mirrors.extend(route_mirrors(c, &m));
         }
-        routes.virtual_hosts.extend(c.virtual_hosts.iter().cloned());
+        let on_native = on_native(wiring, c, wasm_only, settings.native_filter.is_some());
+        let hosts = match on_native {
+            true => &mut routes.native_hosts,
+            false => &mut routes.virtual_hosts,
+        };
+        hosts.extend(c.virtual_hosts.iter().cloned());
+        native.push(on_native);
         own_services.push(envoy::service_virtual_host(
             &c.name,
             &c.namespace,
@@ -363,26 +412,20 @@ fn filter_objects(
     let sidecar_routes = routes.on(&own_services);
     // The same on sidecars, where the filter knows an endpoint by its Service only (a
     // WasmPlugin runs on every virtual host there).
-    let sidecar_configs = (configs.iter().cloned())
+    let sidecar_configs: Vec<EndpointConfig> = (configs.iter().cloned())
         .map(|mut c| {
             c.virtual_hosts.retain(|v| own_services.contains(v));
             c
         })
         .collect();
-    let sidecar_config = json!(FilterConfig {
-        version: CONFIG_VERSION,
-        endpoints: sidecar_configs,
-    });
-    let config = json!(FilterConfig {
-        version: CONFIG_VERSION,
-        endpoints: configs,
-    });
+    let sidecar = Builds::split(sidecar_configs, &native);
+    let gateway = Builds::split(configs, &native);
     [
         filter_object(
             wiring,
             shared_meta(SIDECAR_FILTER, &settings.mesh_root_namespace, "sidecars"),
             None,
-            &sidecar_config,
+            &sidecar,
             &sidecar_routes,
             settings,
         ),
@@ -390,11 +433,37 @@ fn filter_objects(
             wiring,
             shared_meta(GATEWAY_FILTER, &settings.gateway_namespace, "gateway"),
             Some(&settings.gateway_selector),
-            &config,
+            &gateway,
             &routes,
             settings,
         ),
     ]
+}
+
+/// One proxy class's filter configs: the Wasm build's and, when any endpoint runs natively,
+/// the native build's.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Builds {
+    pub wasm: Value,
+    pub native: Option<Value>,
+}
+
+impl Builds {
+    /// `configs` split by `native` (one flag per config, in order).
+    fn split(configs: Vec<EndpointConfig>, native: &[bool]) -> Self {
+        let (on_native, on_wasm): (Vec<_>, Vec<_>) =
+            (configs.into_iter().zip(native)).partition(|(_, n)| **n);
+        let config = |list: Vec<(EndpointConfig, &bool)>| {
+            json!(FilterConfig {
+                version: CONFIG_VERSION,
+                endpoints: list.into_iter().map(|(c, _)| c).collect(),
+            })
+        };
+        Self {
+            native: (!on_native.is_empty()).then(|| config(on_native)),
+            wasm: config(on_wasm),
+        }
+    }
 }
 
 #[cfg(test)]

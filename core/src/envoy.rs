@@ -545,6 +545,12 @@ mod tests {
             mesh.contains(&prefix),
             "manifests/istio/mesh.yaml lacks `{prefix}`"
         );
+        // The native build's metrics keep the Wasm build's names only with this flag on.
+        let flag = format!("{STRIP_MODULE_STAT_PREFIX}: \"true\"");
+        assert!(
+            mesh.contains(&flag),
+            "manifests/istio/mesh.yaml lacks `{flag}`"
+        );
     }
 
     #[test]

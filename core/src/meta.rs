@@ -160,6 +160,12 @@ pub struct RenderSettings {
     /// its namespace (`*.{namespace}.models.example.com`, [`crate::host_claims::permitted`]);
     /// empty: any external host, first come first served.
     pub allowed_hosts: Vec<String>,
+    /// Where the filter's native build (`libmlep_filter_native.so`, an Envoy dynamic module)
+    /// sits on every proxy in the mesh, if it does: endpoints whose spec needs nothing only
+    /// the Wasm build serves then run on it (EnvoyFilter wiring). `None`: the Wasm build only.
+    /// Set it only when every proxy image carries the file: a proxy that cannot load it
+    /// refuses the routes that name it.
+    pub native_filter: Option<String>,
 }
 
 impl RenderSettings {
@@ -211,6 +217,7 @@ impl Default for RenderSettings {
                 DEFAULT_CLUSTER_DOMAIN,
             ),
             allowed_hosts: Vec::new(),
+            native_filter: None,
         }
     }
 }

@@ -100,6 +100,13 @@ pub struct RunArgs {
     /// first come first served (set it on a cluster shared by teams).
     #[arg(long, env = "MLEP_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Where the filter's native build (libmlep_filter_native.so, an Envoy dynamic module)
+    /// sits on every proxy of the mesh; unset: the Wasm build only. Endpoints that need no
+    /// compared shadow, capture or scale to zero then run on it at about a quarter of the
+    /// Wasm build's cost. Set it only when every proxy image carries the file: a proxy that
+    /// cannot load it refuses the routes naming it.
+    #[arg(long, env = "MLEP_NATIVE_FILTER_PATH")]
+    pub native_filter_path: Option<String>,
     /// The filter module (mlep_filter.wasm) to serve to the proxies.
     #[arg(
         long,
@@ -218,6 +225,7 @@ impl RunArgs {
                     .filter(|u| !u.is_empty())
                     .collect(),
             },
+            native_filter: self.native_filter_path.filter(|p| !p.trim().is_empty()),
             ..RenderSettings::default()
         };
         let module_limits = ModuleLimits {

@@ -37,6 +37,7 @@ fn help_prints_usage_with_every_setting_and_its_environment_variable() {
         "MLEP_PROMETHEUS_ALLOWED_URLS",
         "MLEP_WASM_PATH",
         "MLEP_WASM_URL",
+        "MLEP_NATIVE_FILTER_PATH",
         "POD_NAMESPACE",
         "POD_NAME",
         "MLEP_LEADER_ELECT",

@@ -563,3 +563,92 @@ fn a_shadow_body_cap_accepted_before_the_limit_serves_on_at_the_limit() {
         mlep_contract::config::MAX_SHADOW_BODY_BYTES
     );
 }
+
+/// The patches of `obj` that apply to `what`, by `applyTo`.
+fn patches<'a>(obj: &'a Value, what: &str) -> Vec<&'a Value> {
+    (obj["spec"]["configPatches"].as_array().unwrap().iter())
+        .filter(|p| p["applyTo"] == what)
+        .collect()
+}
+
+/// Where the proxies carry the native build, an endpoint whose spec needs nothing only Wasm
+/// serves runs on it: a second filter in the chain (`<ext>-native`, off, its config through
+/// ECDS naming only those endpoints) enabled on their virtual hosts with the per-route config
+/// naming the virtual host; an endpoint with capture (or a compared shadow, or a variant that
+/// may sleep) stays on the Wasm build, whose config names only it.
+#[test]
+fn endpoints_that_need_no_wasm_run_on_the_native_build_where_the_proxies_have_it() {
+    let plain = endpoint("ml", "titanic", "titanic.example.com", (80, 20));
+    let mut capturing = endpoint("ml", "iris", "iris.example.com", (50, 50));
+    capturing.spec.data_capture = Some(crate::crd::DataCaptureSpec {
+        enabled: None,
+        sampling_percent: 10.0,
+        capture: vec![],
+        destination_uri: "s3://b/p".into(),
+        credentials_secret: None,
+        max_payload_bytes: None,
+        content_types: vec![],
+    });
+    assert!(spec_needs_wasm(&capturing) && !spec_needs_wasm(&plain));
+    let module = "/usr/local/lib/mlep/libmlep_filter_native.so";
+    let settings = RenderSettings {
+        native_filter: Some(module.into()),
+        ..RenderSettings::default()
+    };
+    let agg = render_filters(&[plain.clone(), capturing.clone()], &settings);
+    for obj in &agg.objects {
+        let ext = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        let native_ext = format!("{ext}-native");
+        let configs = patches(obj, "EXTENSION_CONFIG");
+        assert_eq!(configs.len(), 2, "{obj}");
+        let native = configs[1]["patch"]["value"].clone();
+        assert_eq!(native["name"], native_ext.as_str());
+        let typed = &native["typed_config"];
+        assert_eq!(typed["@type"], envoy::DYNAMIC_MODULE_TYPE_URL);
+        assert_eq!(
+            typed["dynamic_module_config"]["module"]["local"]["filename"],
+            module
+        );
+        let served: FilterConfig =
+            serde_json::from_str(typed["filter_config"]["value"].as_str().unwrap()).unwrap();
+        let names = |c: &FilterConfig| {
+            c.endpoints
+                .iter()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&served), ["titanic"]);
+        assert_eq!(
+            names(&config_of(obj)),
+            ["iris"],
+            "the Wasm build serves the rest"
+        );
+        let filters = patches(obj, "HTTP_FILTER");
+        assert_eq!(filters[1]["patch"]["value"]["name"], native_ext.as_str());
+        assert_eq!(filters[1]["patch"]["value"]["disabled"], true);
+        // Each endpoint's virtual hosts enable exactly one of the two.
+        for vhost in patches(obj, "VIRTUAL_HOST") {
+            let name = vhost["match"]["routeConfiguration"]["vhost"]["name"]
+                .as_str()
+                .unwrap();
+            let per_filter = vhost["patch"]["value"]["typed_per_filter_config"]
+                .as_object()
+                .unwrap();
+            assert_eq!(per_filter.len(), 1, "{vhost}");
+            match name.contains("titanic") {
+                true => {
+                    let c = &per_filter[&native_ext];
+                    assert_eq!(c["@type"], envoy::DYNAMIC_MODULE_PER_ROUTE_TYPE_URL);
+                    assert_eq!(c["filter_config"]["value"], name);
+                }
+                false => assert!(per_filter.contains_key(&ext), "{vhost}"),
+            }
+        }
+    }
+    // Without the setting: the Wasm build alone, as before.
+    let wasm_only = render_filters(&[plain, capturing], &RenderSettings::default());
+    for obj in &wasm_only.objects {
+        assert_eq!(patches(obj, "EXTENSION_CONFIG").len(), 1);
+        assert_eq!(config_of(obj).endpoints.len(), 2);
+    }
+}

@@ -1,8 +1,9 @@
 //! The shared filter objects: an EnvoyFilter (ECDS) or a WasmPlugin delivering the filter
 //! module and one config carrying every endpoint, for the sidecars or the gateway pods.
 
+use super::Builds;
 use crate::crd::FilterWiring;
-use crate::envoy::{self, WasmCode, FILTER_NAME, WASM_TYPE_URL};
+use crate::envoy::{self, WasmCode, DYNAMIC_MODULE_TYPE_URL, FILTER_NAME, WASM_TYPE_URL};
 use crate::meta::{
     istio, labels, RenderSettings, ENVOY_FILTER, FIELD_MANAGER, LABEL_FILTER, LABEL_MANAGED_BY,
     WASM_PLUGIN,
@@ -27,18 +28,25 @@ const INITIAL_FETCH_TIMEOUT: &str = "15s";
 /// ([`crate::mirror::NativeMirror::policy`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Routes {
+    /// The virtual hosts of endpoints on the Wasm build.
     pub virtual_hosts: Vec<String>,
+    /// The virtual hosts of endpoints on the native build (`RenderSettings::native_filter`).
+    pub native_hosts: Vec<String>,
     pub mirrors: Vec<RouteMirror>,
 }
 
 impl Routes {
     /// Only what is patched into `virtual_hosts`.
     pub fn on(&self, virtual_hosts: &[String]) -> Routes {
-        Routes {
-            virtual_hosts: (self.virtual_hosts.iter())
+        let within = |list: &[String]| {
+            (list.iter())
                 .filter(|v| virtual_hosts.contains(v))
                 .cloned()
-                .collect(),
+                .collect()
+        };
+        Routes {
+            virtual_hosts: within(&self.virtual_hosts),
+            native_hosts: within(&self.native_hosts),
             mirrors: (self.mirrors.iter())
                 .filter(|m| virtual_hosts.contains(&m.vhost))
                 .cloned()
@@ -63,10 +71,11 @@ pub(crate) fn filter_object(
     wiring: FilterWiring,
     metadata: ObjectMeta,
     selector: Option<&BTreeMap<String, String>>,
-    config: &Value,
+    builds: &Builds,
     routes: &Routes,
     settings: &RenderSettings,
 ) -> Value {
+    let config = &builds.wasm;
     let ext = metadata
         .name
         .clone()
@@ -82,6 +91,16 @@ pub(crate) fn filter_object(
             if let Some(patches) = object["spec"]["configPatches"].as_array_mut() {
                 patches.extend(virtual_host_patches(context, &ext, &routes.virtual_hosts));
                 patches.extend(mirror_patches(context, &routes.mirrors));
+                if let (Some(native), Some(module)) = (&builds.native, &settings.native_filter) {
+                    let native_ext = format!("{ext}{NATIVE_SUFFIX}");
+                    patches.extend(native_patches(context, &native_ext, module, native));
+                    patches.extend(native_host_patches(
+                        context,
+                        &native_ext,
+                        module,
+                        &routes.native_hosts,
+                    ));
+                }
             }
             object
         }
@@ -202,6 +221,72 @@ fn envoy_filter(
         spec["workloadSelector"] = json!({ "labels": labels });
     }
     istio(&ENVOY_FILTER, metadata, spec)
+}
+
+/// The native build's filter beside the Wasm one: `<ext>-native`.
+pub const NATIVE_SUFFIX: &str = "-native";
+
+/// The native build in the chain: its ECDS resource (the module at `module` on the proxy,
+/// `config` the endpoints it serves) and its place before the router, off except where a
+/// virtual host enables it ([`native_host_patches`]). Until its config arrives, and if the
+/// module cannot be loaded (Envoy refuses the resource), the default is the same pass-through
+/// RBAC filter as the Wasm build's fallback.
+fn native_patches(context: &str, ext_name: &str, module: &str, config: &Value) -> [Value; 2] {
+    let typed = envoy::native_filter(module, &config.to_string());
+    [
+        json!({
+            "applyTo": "EXTENSION_CONFIG",
+            "patch": { "operation": "ADD", "value": { "name": ext_name, "typed_config": typed } },
+        }),
+        json!({
+            "applyTo": "HTTP_FILTER",
+            "match": {
+                "context": context,
+                "listener": { "filterChain": { "filter": {
+                    "name": envoy::HTTP_CONNECTION_MANAGER,
+                    "subFilter": { "name": envoy::ROUTER },
+                } } },
+            },
+            "patch": {
+                "operation": "INSERT_BEFORE",
+                "value": {
+                    "name": ext_name,
+                    "disabled": true,
+                    "config_discovery": {
+                        "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
+                        "type_urls": [DYNAMIC_MODULE_TYPE_URL, RBAC_TYPE_URL],
+                        "default_config": {
+                            "@type": RBAC_TYPE_URL,
+                            "rules_stat_prefix": FALLBACK_STAT_PREFIX,
+                        },
+                    },
+                },
+            },
+        }),
+    ]
+}
+
+/// One `VIRTUAL_HOST` MERGE per virtual host of an endpoint on the native build, enabling
+/// `ext_name` there with the per-route config naming the virtual host (the module's
+/// endpoint identity, [`envoy::native_filter_enabled`]).
+fn native_host_patches<'a>(
+    context: &'a str,
+    ext_name: &'a str,
+    module: &'a str,
+    virtual_hosts: &'a [String],
+) -> impl Iterator<Item = Value> + 'a {
+    virtual_hosts.iter().map(move |v| {
+        json!({
+            "applyTo": "VIRTUAL_HOST",
+            "match": { "context": context, "routeConfiguration": { "vhost": { "name": v } } },
+            "patch": {
+                "operation": "MERGE",
+                "value": {
+                    "typed_per_filter_config": envoy::native_filter_enabled(ext_name, module, v),
+                },
+            },
+        })
+    })
 }
 
 /// One `VIRTUAL_HOST` MERGE per endpoint virtual host, enabling the filter `ext_name` there.

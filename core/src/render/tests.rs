@@ -91,7 +91,12 @@ fn render_with_filters(ep: &ModelEndpoint, settings: &RenderSettings) -> Vec<Val
     .unwrap();
     let mut objs = r.objects;
     objs.extend(
-        crate::aggregate::filters_for(vec![(ep.spec.filter_wiring, r.filter)], settings).objects,
+        crate::aggregate::filters_for(
+            vec![(ep.spec.filter_wiring, r.filter)],
+            &Default::default(),
+            settings,
+        )
+        .objects,
     );
     objs
 }
@@ -1020,7 +1025,8 @@ fn a_shadow_without_a_ready_pod_runs_but_gets_no_copies_from_the_filter_or_envoy
             find(&r.objects, "Service", "titanic-shadow");
             let copies = r.filter.shadow.is_some();
             let wiring = vec![(ep.spec.filter_wiring, r.filter)];
-            let shared = crate::aggregate::filters_for(wiring, &settings).objects;
+            let shared =
+                crate::aggregate::filters_for(wiring, &Default::default(), &settings).objects;
             let mirrors = serde_json::to_string(&shared)
                 .unwrap()
                 .contains("request_mirror_policies");

@@ -299,3 +299,37 @@ fn monotonic_ns() -> u64 {
     let start = START.get_or_init(std::time::Instant::now);
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(stats: &[&str]) -> Vec<Series> {
+        (stats.iter().enumerate())
+            .map(|(i, s)| Series {
+                family: Family::Counter,
+                id: i + 1,
+                stat: (*s).to_owned(),
+            })
+            .collect()
+    }
+
+    /// A worker's compile gets the main thread's metric ids in order, and a definition out of
+    /// step (another config, a changed core) is an error, never another metric's id.
+    #[test]
+    fn a_workers_definitions_replay_the_main_threads_in_order_or_fail() {
+        let table = series(&["mlep_a", "mlep_b"]);
+        let mut replay = Replay {
+            series: &table,
+            next: 0,
+        };
+        assert_eq!(replay.define(MetricKind::Counter, "mlep_a"), Ok(0));
+        assert_eq!(replay.define(MetricKind::Counter, "mlep_b"), Ok(1));
+        assert!(replay.define(MetricKind::Counter, "mlep_c").is_err());
+        let mut out_of_step = Replay {
+            series: &table,
+            next: 0,
+        };
+        assert!(out_of_step.define(MetricKind::Counter, "mlep_b").is_err());
+    }
+}

@@ -206,6 +206,7 @@ async fn no_client_sent_header_picks_a_variant_or_model() {
     )
     .await;
     let vhost = format!("{ENDPOINT}.{}.svc.cluster.local:80", t.ns);
+    let native = format!("{SIDECAR_FILTER}{}", mlep_core::aggregate::NATIVE_SUFFIX);
     let off: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
         "metadata": {"name": "filter-off", "namespace": t.ns},
@@ -214,8 +215,10 @@ async fn no_client_sent_header_picks_a_variant_or_model() {
             "configPatches": [{
                 "applyTo": "VIRTUAL_HOST",
                 "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {"vhost": {"name": vhost}}},
-                "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {SIDECAR_FILTER: {
-                    "@type": mlep_core::envoy::FILTER_CONFIG_TYPE_URL, "disabled": true}}}},
+                // Both builds off (where the proxies have the native one, it serves the endpoint).
+                "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": {
+                    SIDECAR_FILTER: {"@type": mlep_core::envoy::FILTER_CONFIG_TYPE_URL, "disabled": true},
+                    native: {"@type": mlep_core::envoy::FILTER_CONFIG_TYPE_URL, "disabled": true}}}},
             }],
         }}))
     .unwrap();
@@ -241,5 +244,56 @@ async fn no_client_sent_header_picks_a_variant_or_model() {
     ok(format!(
         "filter off on the caller's proxy: {} requests naming b's variant and model (plain and keyed) all served by {a_model}",
         served.len()
+    ));
+}
+
+/// Where the operator knows the proxies carry the filter's native build (the bed's proxy image
+/// does, and scripts/test-cluster-e2e.sh tells the operator, `MLEP_NATIVE_FILTER_PATH`), the
+/// example endpoint, which needs nothing only the Wasm build serves, runs on it: the gateway's
+/// native filter (`mlep-gateway-native`, an Envoy dynamic module) has its config, sidecar
+/// callers get the gateway's assignment for every key, and Prometheus counts the requests under
+/// the Wasm build's metric names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_runs_on_the_native_build() {
+    let Stage { bed, ns: _ns, t, s } = Stage::set("native").await;
+    let native = format!("{}-native", mlep_core::aggregate::GATEWAY_FILTER);
+    let mine = format!("\"namespace\":\"{}\"", t.ns);
+    eventually(
+        SETTLE,
+        "the gateway's native filter serves the endpoint",
+        || async {
+            let dump: serde_json::Value =
+                serde_json::from_str(&gateway_admin(&bed, "config_dump").await).ok()?;
+            every_value(&dump)
+                .into_iter()
+                .any(|v| {
+                    let typed = &v["typed_config"];
+                    v["name"] == native.as_str()
+                        && typed["@type"] == mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL
+                        && (typed["filter_config"]["value"].as_str())
+                            .is_some_and(|c| c.contains(&mine))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let twenty = keys("native", 20);
+    let via_gateway = t.gateway.assign(&twenty).await;
+    for k in &twenty {
+        let o = s.invoke(&[("x-user-id", k)]).await;
+        assert_eq!(
+            (o.status(), o.variant()),
+            (Some(200), Some(via_gateway[k].as_str())),
+            "key {k}"
+        );
+    }
+    let query = format!("sum(mlep_requests_total{{namespace=\"{}\"}})", t.ns);
+    let counted = eventually(SETTLE, "Prometheus counts the requests", || async {
+        prom_value(&bed, &query).await.filter(|v| *v >= 40.0)
+    })
+    .await;
+    ok(format!(
+        "on the native build: the gateway's {native} serves it, 20 keys assigned alike through \
+         the gateway and a sidecar, {counted} requests counted in Prometheus"
     ));
 }
