@@ -344,7 +344,10 @@ fn blue_green_bakes_on_mirrored_traffic_switches_and_removes_blue_after_the_wait
     assert_eq!(out.mirror, None);
     assert_eq!(w.models(), vec!["m3", "m2"], "blue keeps running");
     let shown = w.status.clone().unwrap().last_analysis.unwrap();
-    assert!(shown.passed, "the promotion shows the bake's passed check: {shown:?}");
+    assert!(
+        shown.passed,
+        "the promotion shows the bake's passed check: {shown:?}"
+    );
     w.tick_at(50, healthy(100));
     assert_eq!(w.models(), vec!["m3", "m2"]);
     w.tick_at(51, healthy(100));
