@@ -176,51 +176,61 @@ fn envoy_filter(
         json!(MODULE_FETCH_TIMEOUT);
     let mut spec = json!({
         "configPatches": [
-            {
-                "applyTo": "EXTENSION_CONFIG",
-                "patch": { "operation": "ADD", "value": { "name": ext_name, "typed_config": wasm } },
-            },
-            {
-                "applyTo": "HTTP_FILTER",
-                "match": {
-                    "context": context,
-                    "listener": { "filterChain": { "filter": {
-                        "name": envoy::HTTP_CONNECTION_MANAGER,
-                        "subFilter": { "name": envoy::ROUTER },
-                    } } },
-                },
-                "patch": {
-                    "operation": "INSERT_BEFORE",
-                    "value": {
-                        "name": ext_name,
-                        // Off in every chain; the endpoints' virtual hosts turn it on
-                        // (`virtual_host_patches`, `crate::envoy::EndpointRoute`).
-                        "disabled": true,
-                        "config_discovery": {
-                            // Bounded: a listener waits at most this long for the first
-                            // config, then serves with `default_config`.
-                            "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
-                            // The agent's fallback is an RBAC filter: Envoy must accept that
-                            // type here, or it rejects the fallback and the filter has no
-                            // config: every request on the listener gets a 500 (measured on
-                            // the bed, docs/operator.md).
-                            "type_urls": [WASM_TYPE_URL, RBAC_TYPE_URL],
-                            // Until (or unless) a config arrives: pass everything, unassigned
-                            // (the VirtualService's weighted default route still splits).
-                            "default_config": {
-                                "@type": RBAC_TYPE_URL,
-                                "rules_stat_prefix": FALLBACK_STAT_PREFIX,
-                            },
-                        },
-                    },
-                },
-            },
+            extension_patch(ext_name, &wasm),
+            chain_patch(context, ext_name, WASM_TYPE_URL),
         ],
     });
     if let Some(labels) = selector {
         spec["workloadSelector"] = json!({ "labels": labels });
     }
     istio(&ENVOY_FILTER, metadata, spec)
+}
+
+/// The ECDS resource `ext_name`: the filter's `typed_config`.
+fn extension_patch(ext_name: &str, typed: &Value) -> Value {
+    json!({
+        "applyTo": "EXTENSION_CONFIG",
+        "patch": { "operation": "ADD", "value": { "name": ext_name, "typed_config": typed } },
+    })
+}
+
+/// The filter `ext_name` in the HTTP chain before the router: off in every chain (the
+/// endpoints' virtual hosts turn it on: `virtual_host_patches`, `native_host_patches`,
+/// `crate::envoy::EndpointRoute`), its config from ECDS as a `type_url` resource.
+fn chain_patch(context: &str, ext_name: &str, type_url: &str) -> Value {
+    json!({
+        "applyTo": "HTTP_FILTER",
+        "match": {
+            "context": context,
+            "listener": { "filterChain": { "filter": {
+                "name": envoy::HTTP_CONNECTION_MANAGER,
+                "subFilter": { "name": envoy::ROUTER },
+            } } },
+        },
+        "patch": {
+            "operation": "INSERT_BEFORE",
+            "value": {
+                "name": ext_name,
+                "disabled": true,
+                "config_discovery": {
+                    // Bounded: a listener waits at most this long for the first config, then
+                    // serves with `default_config`.
+                    "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
+                    // The agent's fallback for a Wasm module it cannot fetch is an RBAC
+                    // filter: Envoy must accept that type here, or it rejects the fallback and
+                    // the filter has no config: every request on the listener gets a 500
+                    // (measured on the bed, docs/operator.md).
+                    "type_urls": [type_url, RBAC_TYPE_URL],
+                    // Until (or unless) a config arrives: pass everything, unassigned (the
+                    // VirtualService's weighted default route still splits).
+                    "default_config": {
+                        "@type": RBAC_TYPE_URL,
+                        "rules_stat_prefix": FALLBACK_STAT_PREFIX,
+                    },
+                },
+            },
+        },
+    })
 }
 
 /// The native build's filter beside the Wasm one: `<ext>-native`.
@@ -234,35 +244,8 @@ pub const NATIVE_SUFFIX: &str = "-native";
 fn native_patches(context: &str, ext_name: &str, module: &str, config: &Value) -> [Value; 2] {
     let typed = envoy::native_filter(module, &config.to_string());
     [
-        json!({
-            "applyTo": "EXTENSION_CONFIG",
-            "patch": { "operation": "ADD", "value": { "name": ext_name, "typed_config": typed } },
-        }),
-        json!({
-            "applyTo": "HTTP_FILTER",
-            "match": {
-                "context": context,
-                "listener": { "filterChain": { "filter": {
-                    "name": envoy::HTTP_CONNECTION_MANAGER,
-                    "subFilter": { "name": envoy::ROUTER },
-                } } },
-            },
-            "patch": {
-                "operation": "INSERT_BEFORE",
-                "value": {
-                    "name": ext_name,
-                    "disabled": true,
-                    "config_discovery": {
-                        "config_source": { "ads": {}, "initial_fetch_timeout": INITIAL_FETCH_TIMEOUT },
-                        "type_urls": [DYNAMIC_MODULE_TYPE_URL, RBAC_TYPE_URL],
-                        "default_config": {
-                            "@type": RBAC_TYPE_URL,
-                            "rules_stat_prefix": FALLBACK_STAT_PREFIX,
-                        },
-                    },
-                },
-            },
-        }),
+        extension_patch(ext_name, &typed),
+        chain_patch(context, ext_name, DYNAMIC_MODULE_TYPE_URL),
     ]
 }
 

@@ -1005,6 +1005,17 @@ pub async fn gateway_admin(bed: &Bed, path: &str) -> String {
     kubectl(&args).await.1
 }
 
+/// Whether some value anywhere in the gateway's `config_dump` satisfies `found` (`None`
+/// while the dump cannot be read).
+pub async fn gateway_config_has(
+    bed: &Bed,
+    found: impl Fn(&serde_json::Value) -> bool,
+) -> Option<()> {
+    let dump: serde_json::Value =
+        serde_json::from_str(&gateway_admin(bed, "config_dump").await).ok()?;
+    every_value(&dump).into_iter().any(found).then_some(())
+}
+
 /// The bed's Prometheus (`istio-system/prometheus`): its address on the service network.
 pub async fn prometheus(bed: &Bed) -> Option<SocketAddr> {
     let svc = bed

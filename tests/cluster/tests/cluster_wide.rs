@@ -830,16 +830,11 @@ async fn the_gateway_with_and_without_the_filter_in_interleaved_rounds() {
     eventually(
         Duration::from_secs(120),
         "the gateway's vm virtual host enables the filter",
-        || async {
-            let dump: serde_json::Value =
-                serde_json::from_str(&gateway_admin(&bed, "config_dump").await).ok()?;
-            every_value(&dump)
-                .into_iter()
-                .any(|v| {
-                    v["name"] == vm_vhost.as_str()
-                        && v["typed_per_filter_config"].get(GATEWAY_FILTER).is_some()
-                })
-                .then_some(())
+        || {
+            gateway_config_has(&bed, |v| {
+                v["name"] == vm_vhost.as_str()
+                    && v["typed_per_filter_config"].get(GATEWAY_FILTER).is_some()
+            })
         },
     )
     .await;

@@ -261,19 +261,13 @@ async fn the_example_runs_on_the_native_build() {
     eventually(
         SETTLE,
         "the gateway's native filter serves the endpoint",
-        || async {
-            let dump: serde_json::Value =
-                serde_json::from_str(&gateway_admin(&bed, "config_dump").await).ok()?;
-            every_value(&dump)
-                .into_iter()
-                .any(|v| {
-                    let typed = &v["typed_config"];
-                    v["name"] == native.as_str()
-                        && typed["@type"] == mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL
-                        && (typed["filter_config"]["value"].as_str())
-                            .is_some_and(|c| c.contains(&mine))
-                })
-                .then_some(())
+        || {
+            gateway_config_has(&bed, |v| {
+                let typed = &v["typed_config"];
+                v["name"] == native.as_str()
+                    && typed["@type"] == mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL
+                    && (typed["filter_config"]["value"].as_str()).is_some_and(|c| c.contains(&mine))
+            })
         },
     )
     .await;
