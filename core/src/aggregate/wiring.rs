@@ -259,36 +259,34 @@ fn native_host_patches<'a>(
     virtual_hosts: &'a [String],
 ) -> impl Iterator<Item = Value> + 'a {
     virtual_hosts.iter().map(move |v| {
-        json!({
-            "applyTo": "VIRTUAL_HOST",
-            "match": { "context": context, "routeConfiguration": { "vhost": { "name": v } } },
-            "patch": {
-                "operation": "MERGE",
-                "value": {
-                    "typed_per_filter_config": envoy::native_filter_enabled(ext_name, module, v),
-                },
-            },
-        })
+        host_patch(
+            context,
+            v,
+            envoy::native_filter_enabled(ext_name, module, v),
+        )
     })
 }
 
 /// One `VIRTUAL_HOST` MERGE per endpoint virtual host, enabling the filter `ext_name` there.
-/// Matched by name: Istio names sidecar and gateway virtual hosts `<host>:<port>`
-/// ([`envoy::virtual_host_name`]); a patch naming a virtual host a proxy lacks does nothing.
 fn virtual_host_patches<'a>(
     context: &'a str,
     ext_name: &'a str,
     virtual_hosts: &'a [String],
 ) -> impl Iterator<Item = Value> + 'a {
-    virtual_hosts.iter().map(move |v| {
-        json!({
-            "applyTo": "VIRTUAL_HOST",
-            "match": { "context": context, "routeConfiguration": { "vhost": { "name": v } } },
-            "patch": {
-                "operation": "MERGE",
-                "value": { "typed_per_filter_config": envoy::filter_enabled(ext_name) },
-            },
-        })
+    virtual_hosts
+        .iter()
+        .map(move |v| host_patch(context, v, envoy::filter_enabled(ext_name)))
+}
+
+/// A `VIRTUAL_HOST` MERGE of `per_filter` into the virtual host `vhost`'s
+/// `typed_per_filter_config`. Matched by name: Istio names sidecar and gateway virtual hosts
+/// `<host>:<port>` ([`envoy::virtual_host_name`]); a patch naming a virtual host a proxy lacks
+/// does nothing.
+fn host_patch(context: &str, vhost: &str, per_filter: Value) -> Value {
+    json!({
+        "applyTo": "VIRTUAL_HOST",
+        "match": { "context": context, "routeConfiguration": { "vhost": { "name": vhost } } },
+        "patch": { "operation": "MERGE", "value": { "typed_per_filter_config": per_filter } },
     })
 }
 
