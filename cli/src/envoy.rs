@@ -916,42 +916,43 @@ mod tests {
         assert_eq!(v["version_info"], "7");
     }
 
-    /// Both builds at hand; the example config (its shadow compares: Wasm only) and the same
-    /// without the shadow (native).
-    fn with_native() -> (FilterBuilds, &'static str, Value) {
+    /// Both builds at hand; the example config (its shadow compares: native) and the same
+    /// with a variant asleep (requests held while it wakes: Wasm only).
+    fn with_native() -> (FilterBuilds, String, String) {
         let builds = FilterBuilds {
             wasm: "/f.wasm".into(),
             native: Some("/libmlep_filter_native.so".into()),
             config_path: "/cfg/filter.json".into(),
         };
         let example = include_str!("../../examples/filter-config.json");
-        let mut plain: Value = serde_json::from_str(example).unwrap();
-        plain["endpoints"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("shadow");
-        (builds, example, plain)
+        let mut asleep: Value = serde_json::from_str(example).unwrap();
+        asleep["endpoints"][0]["variants"][1]["asleep"] = serde_json::json!({
+            "cluster": "wake", "authority": "wake", "path": "/wake",
+            "probeCluster": "b", "probeAuthority": "b",
+        });
+        (builds, asleep.to_string(), example.to_owned())
     }
 
     /// A session that needed the Wasm build once stays on it, and says why only once.
     #[test]
     fn once_a_config_needs_wasm_the_session_stays_on_it() {
-        let (mut builds, example, plain) = with_native();
-        assert_eq!(builds.stay_on_wasm_if_needed(&plain.to_string()), None);
+        let (mut builds, asleep, example) = with_native();
+        assert_eq!(builds.stay_on_wasm_if_needed(&example), None);
         assert!(builds.native.is_some());
-        let why = builds.stay_on_wasm_if_needed(example).unwrap();
+        let why = builds.stay_on_wasm_if_needed(&asleep).unwrap();
         assert!(why.contains("default/titanic"), "{why}");
         assert_eq!(builds.native, None);
-        assert_eq!(builds.stay_on_wasm_if_needed(example), None);
-        let v = render_filter_config(&builds, &plain.to_string(), "2");
+        assert_eq!(builds.stay_on_wasm_if_needed(&asleep), None);
+        let v = render_filter_config(&builds, &example, "2");
         assert_eq!(v["resources"][0]["typed_config"]["@type"], WASM_TYPE_URL);
     }
 
-    /// With a native build at hand, a config it serves runs on it, one that needs Wasm (the
-    /// example compares a shadow) on the Wasm build, as does one that does not parse.
+    /// With a native build at hand, a config it serves (the example, whose shadow compares)
+    /// runs on it, one that needs Wasm (a variant asleep) on the Wasm build, as does one
+    /// that does not parse.
     #[test]
     fn each_config_runs_on_the_build_it_needs() {
-        let (builds, example, plain) = with_native();
+        let (builds, asleep, example) = with_native();
         let type_of = |json: &str| {
             let v = render_filter_config(&builds, json, "1");
             v["resources"][0]["typed_config"]["@type"]
@@ -959,16 +960,16 @@ mod tests {
                 .unwrap()
                 .to_owned()
         };
-        assert_eq!(type_of(&plain.to_string()), DYNAMIC_MODULE_TYPE_URL);
-        assert_eq!(type_of(example), WASM_TYPE_URL);
+        assert_eq!(type_of(&example), DYNAMIC_MODULE_TYPE_URL);
+        assert_eq!(type_of(&asleep), WASM_TYPE_URL);
         assert_eq!(type_of("{"), WASM_TYPE_URL);
-        let v = render_filter_config(&builds, &plain.to_string(), "1");
+        let v = render_filter_config(&builds, &example, "1");
         let m = &v["resources"][0]["typed_config"];
         assert_eq!(
             m["dynamic_module_config"]["module"]["local"]["filename"],
             "/libmlep_filter_native.so"
         );
-        assert_eq!(m["filter_config"]["value"], plain.to_string());
+        assert_eq!(m["filter_config"]["value"], example);
     }
 
     #[test]

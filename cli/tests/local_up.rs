@@ -242,6 +242,11 @@ async fn the_table_shows_shadow_traffic_and_agreement() {
     .unwrap();
     let mut up = Up::start(&dir);
     up.wait_ready();
+    assert_eq!(
+        filter_build(&up),
+        mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL,
+        "a compared shadow runs on the native build"
+    );
     const N: f64 = 200.0;
     let mut b = 0.0;
     for i in 0..N as usize {
@@ -321,6 +326,11 @@ async fn an_uncompared_shadow_is_envoys_own_mirror_at_its_share() {
     });
     let mut up = Up::start(&dir);
     up.wait_ready();
+    assert_eq!(
+        filter_build(&up),
+        mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL,
+        "a compared shadow runs on the native build"
+    );
     const N: f64 = 200.0;
     for i in 0..N as usize {
         let auth = [("authorization", "Bearer secret".to_owned())];
@@ -358,6 +368,11 @@ async fn a_sampled_comparison_copies_every_request_once_and_compares_its_share()
     });
     let mut up = Up::start(&dir);
     up.wait_ready();
+    assert_eq!(
+        filter_build(&up),
+        mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL,
+        "a compared shadow runs on the native build"
+    );
     const N: usize = 200;
     for i in 0..N {
         let r = up.invoke(Some(&format!("s-{i}")), &[]).await;

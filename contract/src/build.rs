@@ -3,12 +3,11 @@
 //! The filter comes in two builds over the same pure core (`filter/src`): the proxy-wasm
 //! module (`mlep_filter.wasm`), which serves everything, and the Envoy dynamic module
 //! (`filter/native`, `libmlep_filter_native.so`), native code with no VM boundary, which
-//! serves the request path: assignment, targeting (and its 400s), cookies, rollouts' moved
-//! users, and every request metric. What needs work after the stream or outside it (copies
-//! the filter sends and compares, capture records, requests held while a variant wakes) is
-//! the Wasm build's alone for now: the dynamic module refuses a configuration that asks for
-//! it (Envoy then keeps the last good one), and whoever renders Envoy's config picks the
-//! build with [`build_for`].
+//! serves the request path (assignment, targeting and its 400s, cookies, rollouts' moved
+//! users, every request metric) and the shadow copies the filter sends and compares. Capture
+//! records and requests held while a variant wakes are the Wasm build's alone for now: the
+//! dynamic module refuses a configuration that asks for them (Envoy then keeps the last good
+//! one), and whoever renders Envoy's config picks the build with [`build_for`].
 
 use crate::config::FilterConfig;
 
@@ -33,9 +32,7 @@ pub struct NeedsWasm {
 /// The first thing in `cfg` the native build cannot serve, if any.
 pub fn needs_wasm(cfg: &FilterConfig) -> Option<NeedsWasm> {
     cfg.endpoints.iter().find_map(|e| {
-        let feature = if e.shadow.is_some() {
-            "a shadow whose copies the filter sends (one that compares answers)"
-        } else if e.capture.is_some() {
+        let feature = if e.capture.is_some() {
             "data capture"
         } else if e.variants.iter().any(|v| v.asleep.is_some()) {
             "scale to zero (requests held while a variant wakes)"
@@ -68,18 +65,12 @@ mod tests {
 
     #[test]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn the_request_path_alone_is_served_natively_and_each_feature_needing_wasm_is_named() {
-        let mut cfg = example();
-        assert_eq!(
-            build_for(&cfg),
-            FilterBuild::Wasm,
+    fn the_request_path_and_compared_shadows_are_served_natively_and_what_needs_wasm_is_named() {
+        let cfg = example();
+        assert!(
+            cfg.endpoints[0].shadow.is_some(),
             "the example compares a shadow"
         );
-        let needs = needs_wasm(&cfg).unwrap();
-        assert_eq!(needs.endpoint, "default/titanic");
-        assert!(needs.to_string().contains("only the Wasm build"), "{needs}");
-
-        cfg.endpoints[0].shadow = None;
         assert_eq!(build_for(&cfg), FilterBuild::Native);
 
         let mut asleep = cfg.clone();
@@ -91,9 +82,13 @@ mod tests {
             probe_authority: "b".into(),
             timeout_ms: 1000,
         });
+        let needs = needs_wasm(&asleep).unwrap();
+        assert_eq!(needs.endpoint, "default/titanic");
+        assert!(needs.to_string().contains("only the Wasm build"), "{needs}");
         assert_eq!(
-            needs_wasm(&asleep).map(|n| n.feature),
-            Some("scale to zero (requests held while a variant wakes)")
+            needs.feature,
+            "scale to zero (requests held while a variant wakes)"
         );
+        assert_eq!(build_for(&asleep), FilterBuild::Wasm);
     }
 }

@@ -18,7 +18,31 @@ use crate::compare::agree;
 /// The `outcome` label of `mlep_shadow_requests_total`.
 pub use mlep_contract::metrics::Outcome;
 use mlep_contract::CompareMode;
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Where a stream finds its hub: one per Wasm VM (`Rc<RefCell<Hub>>`, a VM is one thread), or
+/// one per filter config shared by Envoy's workers and its main thread, which sends the
+/// copies (`Arc<Mutex<Hub>>`, the native build: `filter/native/src/filter.rs`).
+pub trait SharedHub {
+    fn with<R>(&self, f: impl FnOnce(&mut Hub) -> R) -> R;
+}
+
+impl SharedHub for Rc<RefCell<Hub>> {
+    fn with<R>(&self, f: impl FnOnce(&mut Hub) -> R) -> R {
+        f(&mut self.borrow_mut())
+    }
+}
+
+impl SharedHub for Arc<Mutex<Hub>> {
+    /// A poisoned lock (a panic while it was held, which no hub method has) still serves: the
+    /// hub's state is bookkeeping that is whole between calls.
+    fn with<R>(&self, f: impl FnOnce(&mut Hub) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// Most shadow copies queued or in flight per VM.
 pub const MAX_PENDING: usize = mlep_contract::config::MAX_SHADOW_COPIES_IN_FLIGHT as usize;

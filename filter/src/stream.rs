@@ -4,8 +4,9 @@
 use crate::capture::Record;
 use crate::compiled::{Compiled, Endpoint, ModelHeader, Shadow};
 use crate::host::Host;
+use crate::host::MetricId;
 use crate::request::{decide, Decision, FromHost};
-use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome};
+use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome, SharedHub};
 use crate::wake::{Call, Hold, Step, Wake};
 use mlep_contract::latency::{model_duration_us, split, SERVER_TIMING_HEADER};
 use mlep_contract::metrics::{
@@ -75,10 +76,11 @@ struct Capture {
     compared: bool,
 }
 
+/// One stream; `H` is where its shadow hub lives ([`SharedHub`]).
 #[derive(Debug)]
-pub struct Stream {
+pub struct Stream<H = Rc<RefCell<Hub>>> {
     cfg: Rc<Compiled>,
-    hub: Rc<RefCell<Hub>>,
+    hub: H,
     /// `(endpoint, variant)` once assigned.
     assigned: Option<(usize, usize)>,
     /// When the request headers arrived (host clock, ns), for `mlep_request_duration_ms`.
@@ -110,19 +112,26 @@ pub fn count_unsent(cfg: &Compiled, events: &[Event], host: &mut dyn Host) {
 }
 
 fn count_events(cfg: &Compiled, events: &[Event], host: &mut dyn Host, sent: bool) {
-    for e in events {
+    for m in shadow_metrics(cfg, events, sent) {
+        host.increment(m);
+    }
+}
+
+/// The counters `events` increment (`sent`: the copies reached the host, whose shadow
+/// cluster may count their outcomes itself, [`crate::compiled::Shadow::counts`]).
+pub fn shadow_metrics(cfg: &Compiled, events: &[Event], sent: bool) -> Vec<MetricId> {
+    let metric = |e: &Event| {
         let ep = match *e {
             Event::Outcome { ep, .. } | Event::Agreement { ep, .. } => ep,
         };
-        let Some(s) = cfg.endpoints.get(ep).and_then(|x| x.shadow.as_ref()) else {
-            continue;
-        };
-        host.increment(match *e {
-            Event::Outcome { outcome, .. } if sent && !s.counts(outcome) => continue,
-            Event::Outcome { outcome, .. } => s.outcome(outcome),
-            Event::Agreement { matched, .. } => s.agreement(Agreement::of(matched)),
-        });
-    }
+        let s = cfg.endpoints.get(ep)?.shadow.as_ref()?;
+        match *e {
+            Event::Outcome { outcome, .. } if sent && !s.counts(outcome) => None,
+            Event::Outcome { outcome, .. } => Some(s.outcome(outcome)),
+            Event::Agreement { matched, .. } => Some(s.agreement(Agreement::of(matched))),
+        }
+    };
+    events.iter().filter_map(metric).collect()
 }
 
 /// Add a body chunk read from the host: the first chunk is kept as read (a one-chunk body,
@@ -135,8 +144,8 @@ fn append(body: &mut Vec<u8>, chunk: Vec<u8>) {
     }
 }
 
-impl Stream {
-    pub fn new(cfg: Rc<Compiled>, hub: Rc<RefCell<Hub>>) -> Self {
+impl<H: SharedHub> Stream<H> {
+    pub fn new(cfg: Rc<Compiled>, hub: H) -> Self {
         Self {
             cfg,
             hub,
@@ -152,6 +161,18 @@ impl Stream {
             held: None,
             logged: false,
         }
+    }
+
+    /// Whether request body callbacks have anything to do (a copy or a capture record to
+    /// fill, a held request): a host may skip them otherwise.
+    pub fn wants_request_body(&self) -> bool {
+        self.capture.is_some() || self.record.is_some() || self.held.is_some()
+    }
+
+    /// Whether response body callbacks have anything to do (a primary answer to compare, a
+    /// capture record to fill).
+    pub fn wants_response_body(&self) -> bool {
+        self.primary.is_some() || self.record.is_some()
     }
 
     fn endpoint(&self) -> Option<&Endpoint> {
@@ -409,10 +430,7 @@ impl Stream {
             max_body_bytes: s.body_cap(),
         };
         let now = h.now_ms();
-        let id = self
-            .hub
-            .borrow_mut()
-            .submit(ep, spec, c.headers, c.body, now);
+        let id = (self.hub).with(|hub| hub.submit(ep, spec, c.headers, c.body, now));
         match id {
             None => self.count_outcome(h, Outcome::Skipped),
             Some(id) => {
@@ -483,7 +501,7 @@ impl Stream {
         let mut shared = None;
         if let Some(b) = &mut self.primary {
             // The hub counts the bytes collected against the VM's budget as they arrive.
-            let held = |id| self.hub.borrow_mut().hold_primary(id, len);
+            let held = |id| self.hub.with(|hub| hub.hold_primary(id, len));
             if b.len() + len > max || !self.shadow_id.is_some_and(held) {
                 self.primary = None;
                 self.report_primary(h, None);
@@ -564,7 +582,7 @@ impl Stream {
             return;
         };
         let out = r.finish(spec, &ep.name, &v.name, &v.model, self.status, complete);
-        let queued = self.hub.borrow_mut().captures.submit(ep_index, out);
+        let queued = (self.hub).with(|hub| hub.captures.submit(ep_index, out));
         if queued {
             h.send_queued();
         } else {
@@ -574,7 +592,7 @@ impl Stream {
 
     fn report_primary(&mut self, h: &mut dyn Host, body: Option<Vec<u8>>) {
         if let Some(id) = self.shadow_id.take() {
-            let events = self.hub.borrow_mut().primary_done(id, body);
+            let events = self.hub.with(|hub| hub.primary_done(id, body));
             count(&self.cfg, &events, h);
         }
     }

@@ -79,7 +79,7 @@ render() {
   [ "$mode" = noop ] && wasm=$NOOP_WASM
   [[ $mode == floor.* ]] && wasm=$FLOOR_WASM
   [[ $mode == native.* || $mode == native-filter ]] && wasm=$NATIVE_SO
-  [ "$mode" = filter-native ] && wasm=$PRODUCT_SO
+  [[ $mode == *-native ]] && wasm=$PRODUCT_SO
   [ "$mode" = old ] && { mode=filter; wasm=${OLD_WASM:?OLD_WASM names the other build}; }
   # shellcheck disable=SC2086
   "$RENDER" "$mode" "$2" "$3" "127.0.0.1:$UA" "127.0.0.1:$UB" "127.0.0.1:$US" "$wasm" ${shape//:/ }

@@ -15,8 +15,9 @@
 //! build) | `native.<steps>` (the same steps as an Envoy dynamic module, `filter/native-floor`,
 //! in the filter's place; pass the module's `.so` instead of a Wasm build) | `native-filter`
 //! (`filter`'s config, served by that module's native build of the filter's request path) |
-//! `filter-native` (`filter`'s config on the product's native build, `filter/native`, rendered
-//! as local mode renders it; pass `libmlep_filter_native.so`).
+//! `<mode>-native` (`<mode>`'s config on the product's native build, `filter/native`, rendered
+//! as local mode renders it; pass `libmlep_filter_native.so`), e.g. `filter-native`,
+//! `shadow-sample10-native`.
 //! Writes `<dir>/envoy.json` (and `<dir>/ecds/filter.json`).
 //! `endpoints` (default 1): the first is `titanic` on `titanic.local` (what the load targets),
 //! the others `ep<i>` on `ep<i>.local`, so the filter's host table has that many entries.
@@ -38,6 +39,11 @@ fn main() {
     let (fixed, rest) = args.split_at(args.len().min(8));
     let [_, mode, dir, port, ua, ub, us, wasm] = fixed else {
         panic!("usage: bench_envoy <mode> <dir> <listener-port> <upstream-a> <upstream-b> <upstream-shadow> <wasm> [endpoints [variants]]")
+    };
+    // `<mode>-native`: the product's native build serves `<mode>`'s config.
+    let (mode, on_native) = match mode.strip_suffix("-native") {
+        Some(m) => (&m.to_owned(), true),
+        None => (mode, false),
     };
     let n_endpoints: usize = rest.first().map_or(1, |s| s.parse().unwrap());
     let n_variants: usize = rest.get(1).map_or(2, |s| s.parse().unwrap());
@@ -71,7 +77,6 @@ fn main() {
             mode.as_str(),
             "noop"
                 | "filter"
-                | "filter-native"
                 | "native-filter"
                 | "unrelated"
                 | "shadow"
@@ -118,11 +123,11 @@ fn main() {
             on: MirrorOn::EveryRoute,
         });
     }
-    // `filter-native`: the product's renderer with the native build (the config needs no
+    // `<mode>-native`: the product's renderer with the native build (the config needs no
     // Wasm, so the Wasm path is never loaded).
     let builds = FilterBuilds {
         wasm: PathBuf::from(wasm),
-        native: (mode == "filter-native").then(|| PathBuf::from(wasm)),
+        native: on_native.then(|| PathBuf::from(wasm)),
         config_path: config_path.clone(),
     };
     let spec = BootstrapSpec {

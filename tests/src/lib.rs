@@ -684,6 +684,23 @@ impl Env {
             .sum()
     }
 
+    /// The `@type` of the filter config Envoy runs now (the Wasm or the native build).
+    pub fn filter_type(&self) -> String {
+        let admin = self.envoy().admin_addr();
+        let r = Client::new(admin).send(
+            "GET",
+            "admin",
+            "/config_dump?resource=ecds_filters",
+            &[],
+            b"",
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        v["configs"][0]["ecds_filter"]["typed_config"]["@type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// ECDS updates of the filter Envoy rejected (its config failed `on_configure`).
     pub fn rejected_updates(&self) -> f64 {
         self.metric(&ecds_stat("update_rejected"), &[])

@@ -9,8 +9,7 @@ use mlep_tests::*;
 
 const HOST: &str = "titanic.local";
 const WASM: &str = mlep_core::envoy::WASM_TYPE_URL;
-const DYNAMIC_MODULE: &str =
-    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+const DYNAMIC_MODULE: &str = mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL;
 
 /// `titanic` at 50/50 (served by `a` and `b`) and, on `other.local`, a plain endpoint-less
 /// host whose virtual host does not enable the filter.
@@ -27,27 +26,10 @@ fn start(native: bool) -> (Upstream, Upstream, Env) {
     (a, b, env)
 }
 
-/// The `@type` of the filter config Envoy runs now.
-fn running_build(env: &Env) -> String {
-    let admin = env.envoy().admin_addr();
-    let r = Client::new(admin).send(
-        "GET",
-        "admin",
-        "/config_dump?resource=ecds_filters",
-        &[],
-        b"",
-    );
-    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    v["configs"][0]["ecds_filter"]["typed_config"]["@type"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[test]
 fn the_native_build_assigns_every_key_as_the_wasm_build_does() {
     let (_a, _b, native) = start(true);
-    assert_eq!(running_build(&native), DYNAMIC_MODULE, "{}", native.log());
+    assert_eq!(native.filter_type(), DYNAMIC_MODULE, "{}", native.log());
     let (_a2, _b2, wasm) = start(false);
     let (mut n, mut w) = (native.client(), wasm.client());
     let mut served = std::collections::BTreeMap::new();
@@ -143,10 +125,10 @@ fn a_config_only_wasm_serves_moves_the_filter_to_wasm_and_back_and_no_count_is_l
     };
     send(&env, 5);
     env.reload(&captured);
-    assert_eq!(running_build(&env), WASM, "{}", env.log());
+    assert_eq!(env.filter_type(), WASM, "{}", env.log());
     send(&env, 7);
     env.reload(&plain);
-    assert_eq!(running_build(&env), DYNAMIC_MODULE);
+    assert_eq!(env.filter_type(), DYNAMIC_MODULE);
     send(&env, 11);
     assert_eq!(env.rejected_updates(), 0.0, "{}", env.log());
     // Every request counted once and timed once, whichever build served it: both builds
@@ -189,7 +171,7 @@ fn the_native_build_refuses_what_it_cannot_serve_and_the_last_good_config_serves
         "the reason is logged:\n{}",
         env.log()
     );
-    assert_eq!(running_build(&env), DYNAMIC_MODULE);
+    assert_eq!(env.filter_type(), DYNAMIC_MODULE);
     for _ in 0..5 {
         let r = env.client().get(HOST, &[("x-user-id", "u1")]);
         assert_eq!((r.status, served_by(&r)), (200, before.clone()));

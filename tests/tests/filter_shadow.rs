@@ -1,5 +1,7 @@
-//! Shadowing through a real Envoy: copies arrive intact and without credentials, a slow or
-//! dead shadow does not touch the primary, and agreement is recorded under load.
+//! Shadowing through a real Envoy, on each build of the filter (the Wasm module sends copies
+//! from its root context, the native module from Envoy's main thread): copies arrive intact
+//! and without credentials, a slow or dead shadow does not touch the primary, and agreement
+//! is recorded under load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use mlep_contract::Allocation;
@@ -10,25 +12,82 @@ use std::time::{Duration, Instant};
 const HOST: &str = "titanic.local";
 const SHADOW: &str = "mlep|titanic|shadow";
 
-/// One variant `a` (100%) and a shadow at `shadow` mirroring `percent` with `compare`.
-fn env_with_shadow(a: &Upstream, shadow: Option<SocketAddr>, percent: f64, timeout_ms: u32) -> Env {
+/// Each test below runs once per build: `<test>::wasm` and `<test>::native`.
+macro_rules! on_both_builds {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn wasm() {
+                super::$name(super::Build::Wasm)
+            }
+            #[test]
+            fn native() {
+                super::$name(super::Build::Native)
+            }
+        }
+    )*};
+}
+
+on_both_builds!(
+    the_shadow_receives_method_path_and_body_intact_without_credentials,
+    a_copy_leaves_while_its_request_is_in_flight,
+    a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged,
+    agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load,
+    a_sampled_comparison_copies_every_request_and_compares_its_share,
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    Wasm,
+    Native,
+}
+
+/// One variant `a` (100%) and a shadow at `shadow` mirroring `percent` with `compare`, on
+/// `build`.
+fn env_with_shadow(
+    build: Build,
+    a: &Upstream,
+    shadow: Option<SocketAddr>,
+    percent: f64,
+    timeout_ms: u32,
+) -> Env {
+    env_comparing(build, a, shadow, percent, timeout_ms, 100.0)
+}
+
+/// [`env_with_shadow`] comparing `compared` % of the copies.
+fn env_comparing(
+    build: Build,
+    a: &Upstream,
+    shadow: Option<SocketAddr>,
+    percent: f64,
+    timeout_ms: u32,
+    compared: f64,
+) -> Env {
     let alloc = Allocation::initial(&[("a", 100)]).unwrap();
     let mut cfg = filter_config("titanic", &[("a", 100)], &alloc);
     if shadow.is_some() {
         cfg["endpoints"][0]["shadow"] = serde_json::json!({
             "cluster": SHADOW, "model": "model-s", "percent": percent, "timeoutMs": timeout_ms,
-            "maxBodyBytes": 65536, "compare": {"mode": "json", "tolerance": 0.001}
+            "maxBodyBytes": 65536,
+            "compare": {"mode": "json", "tolerance": 0.001, "percent": compared}
         });
     }
-    Env::start(
-        vec![route(
-            "titanic",
-            &[HOST],
-            &[(a, 100)],
-            shadow.map(|s| (SHADOW, s)),
-        )],
-        &cfg,
-    )
+    let routes = vec![route(
+        "titanic",
+        &[HOST],
+        &[(a, 100)],
+        shadow.map(|s| (SHADOW, s)),
+    )];
+    let env = match build {
+        Build::Wasm => Env::start(routes, &cfg),
+        Build::Native => Env::start_native(routes, &cfg),
+    };
+    let expected = match build {
+        Build::Wasm => mlep_core::envoy::WASM_TYPE_URL,
+        Build::Native => mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL,
+    };
+    assert_eq!(env.filter_type(), expected, "{}", env.log());
+    env
 }
 
 fn shadow_total(env: &Env) -> f64 {
@@ -38,8 +97,7 @@ fn shadow_total(env: &Env) -> f64 {
     )
 }
 
-#[test]
-fn the_shadow_receives_method_path_and_body_intact_without_credentials() {
+fn the_shadow_receives_method_path_and_body_intact_without_credentials(build: Build) {
     let a = Upstream::start("a");
     let s = Upstream::with(
         "shadow",
@@ -48,7 +106,7 @@ fn the_shadow_receives_method_path_and_body_intact_without_credentials() {
             ..Behaviour::default()
         },
     );
-    let env = env_with_shadow(&a, Some(s.addr), 100.0, 1000);
+    let env = env_with_shadow(build, &a, Some(s.addr), 100.0, 1000);
     let mut c = env.client();
     let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let r = c.send(
@@ -92,8 +150,7 @@ fn the_shadow_receives_method_path_and_body_intact_without_credentials() {
 /// it has seen its copy arrive at the shadow (or after 500 ms). Copies sent by the root's
 /// counter tick (once a second) instead of from the stream's own callback would miss that
 /// window about half the time, so 20 requests in a row would not all see theirs.
-#[test]
-fn a_copy_leaves_while_its_request_is_in_flight() {
+fn a_copy_leaves_while_its_request_is_in_flight(build: Build) {
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
     let copies: Arc<Mutex<BTreeSet<String>>> = Arc::default();
@@ -122,7 +179,7 @@ fn a_copy_leaves_while_its_request_is_in_flight() {
             t3.lock().unwrap().push(arrived);
         }),
     );
-    let env = env_with_shadow(&a, Some(s.addr), 100.0, 2000);
+    let env = env_with_shadow(build, &a, Some(s.addr), 100.0, 2000);
     let mut c = env.client();
     for i in 0..20 {
         let r = c.post(HOST, &[("x-user-id", &format!("u{i}"))], b"{\"x\": 1}");
@@ -159,10 +216,9 @@ fn run(env: &Env, n: usize) -> (Duration, Vec<u16>) {
     (times[n / 2], statuses)
 }
 
-#[test]
-fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
+fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged(build: Build) {
     let a = Upstream::start("a");
-    let baseline = env_with_shadow(&a, None, 0.0, 1000);
+    let baseline = env_with_shadow(build, &a, None, 0.0, 1000);
     let (base_p50, base_status) = run(&baseline, 40);
     drop(baseline);
     assert!(base_status.iter().all(|s| *s == 200));
@@ -175,7 +231,7 @@ fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
             ..Behaviour::default()
         },
     );
-    let env = env_with_shadow(&a, Some(slow.addr), 100.0, 300);
+    let env = env_with_shadow(build, &a, Some(slow.addr), 100.0, 300);
     let (slow_p50, slow_status) = run(&env, 40);
     assert_eq!(slow_status, base_status);
     // Generous bound: the shadow is 2000 ms slow, a blocking copy would add at least 300 ms.
@@ -193,7 +249,7 @@ fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
     drop(env);
 
     // Dead: nothing listens.
-    let env = env_with_shadow(&a, Some(dead_addr()), 100.0, 300);
+    let env = env_with_shadow(build, &a, Some(dead_addr()), 100.0, 300);
     let (dead_p50, dead_status) = run(&env, 40);
     assert_eq!(dead_status, base_status);
     assert!(
@@ -209,8 +265,7 @@ fn a_slow_or_dead_shadow_leaves_primary_status_and_latency_unchanged() {
     );
 }
 
-#[test]
-fn agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load() {
+fn agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load(build: Build) {
     let a = Upstream::start("a");
     // Same answer as the primary, a little slower, so most copies finish after their stream.
     let s = Upstream::with(
@@ -221,7 +276,7 @@ fn agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load(
             ..Behaviour::default()
         },
     );
-    let env = env_with_shadow(&a, Some(s.addr), 50.0, 2000);
+    let env = env_with_shadow(build, &a, Some(s.addr), 50.0, 2000);
     let (threads, per_thread) = (8, 300);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -276,5 +331,41 @@ fn agreement_is_recorded_for_at_least_99_percent_of_sampled_requests_under_load(
         s.count() as f64,
         ok,
         "every copy the shadow answered was counted"
+    );
+}
+
+/// 100 % of requests copied, 30 % of the copies compared, against a shadow that always
+/// disagrees: the shadow gets every copy once, every outcome is counted, and the compared
+/// share (within four standard deviations of 30 % of 200) all count as mismatches; none is
+/// compared twice or counted as a match.
+fn a_sampled_comparison_copies_every_request_and_compares_its_share(build: Build) {
+    let a = Upstream::start("a");
+    let s = Upstream::with(
+        "shadow",
+        Behaviour {
+            body: Some("{\"variant\":\"s\"}".into()),
+            ..Behaviour::default()
+        },
+    );
+    let env = env_comparing(build, &a, Some(s.addr), 100.0, 2000, 30.0);
+    let mut c = env.client();
+    let n: u32 = 200;
+    for i in 0..n {
+        let r = c.post(HOST, &[("x-user-id", &format!("u{i}"))], b"{\"x\": 1}");
+        assert_eq!((r.status, served_by(&r)), (200, "a".to_owned()));
+    }
+    let total = f64::from(n);
+    let ok = || env.metric("mlep_shadow_requests_total", &[("outcome", "ok")]);
+    let settled = poll_until(Duration::from_secs(20), || {
+        ok() == total && env.metric("mlep_requests_total", &[]) == total
+    });
+    assert!(settled, "{} of {total} copies answered ok", ok());
+    assert_eq!(s.count(), u64::from(n), "the shadow got every copy once");
+    let matched = env.metric("mlep_shadow_agreement_total", &[("result", "match")]);
+    let mismatched = env.metric("mlep_shadow_agreement_total", &[("result", "mismatch")]);
+    assert_eq!(matched, 0.0, "a disagreeing shadow never matches");
+    assert!(
+        (34.0..=86.0).contains(&mismatched),
+        "{mismatched} of {total} copies compared at 30 %"
     );
 }

@@ -48,6 +48,14 @@ impl Buffer {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.length
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+
     const NULL: Self = Self {
         ptr: ptr::null(),
         length: 0,
@@ -78,6 +86,16 @@ struct Header {
 }
 
 impl Header {
+    /// A header the module hands Envoy (which copies it during the call).
+    fn of(key: &str, value: &str) -> Self {
+        Self {
+            key_ptr: key.as_ptr(),
+            key_length: key.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        }
+    }
+
     const EMPTY: Self = Self {
         key_ptr: ptr::null(),
         key_length: 0,
@@ -93,6 +111,20 @@ pub enum Map {
     Request = 0,
     Response = 2,
 }
+
+/// Which body (`envoy_dynamic_module_type_http_body_type`): the chunk the running body hook
+/// was handed (not what earlier hooks buffered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Body {
+    ReceivedRequest = 0,
+    ReceivedResponse = 2,
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+const CALLOUT_STARTED: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result_Success`: an answer arrived (any status).
+pub const CALLOUT_ANSWERED: u32 = 0;
 
 /// Hook results (`envoy_dynamic_module_type_on_http_filter_*_status`): every hook's
 /// `Continue` is 0; `StopIteration` is 1 (after a local reply).
@@ -177,6 +209,40 @@ extern "C" {
         label_values_len: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: *mut c_void,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_get_body_size(filter: *mut c_void, body: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: *mut c_void,
+        body: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: *mut c_void,
+        body: u32,
+        result: *mut Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: *mut c_void,
+        callout_id: *mut u64,
+        cluster: Buffer,
+        headers: *mut Header,
+        headers_len: usize,
+        body: Buffer,
+        timeout_ms: u64,
+    ) -> u32;
 }
 
 /// Write a line to Envoy's log (the `dynamic_modules` logger).
@@ -221,6 +287,153 @@ impl ConfigEnvoy {
             Err(r)
         }
     }
+
+    /// Add `value` to a counter this config defined (main thread: no stream to count on).
+    pub fn increment(&self, id: usize, value: u64) {
+        // SAFETY: the config pointer is valid during the hook (the constructor's promise).
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.0,
+                id,
+                ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+
+    /// Send a request to `cluster` from the main thread (Envoy's config-level callout, which
+    /// it makes with the main thread's cluster manager and answers in
+    /// `on_http_filter_config_http_callout_done`, whatever became of the stream that asked
+    /// for it); its callout id, or Envoy's reason for refusing it.
+    pub fn callout(
+        &self,
+        cluster: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, u32> {
+        let mut hs: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k, v)).collect();
+        let mut id = 0u64;
+        // SAFETY: the config pointer is valid during the hook; Envoy copies cluster name,
+        // headers and body into its request before returning.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                hs.as_mut_ptr(),
+                hs.len(),
+                Buffer::of(body),
+                timeout_ms,
+            )
+        };
+        if r == CALLOUT_STARTED {
+            Ok(id)
+        } else {
+            Err(r)
+        }
+    }
+}
+
+/// A config's main-thread scheduler: [`Scheduler::commit`] from any thread makes Envoy call
+/// `on_http_filter_config_scheduled` on the main thread (it posts to the main dispatcher
+/// holding a weak reference to the config, so a commit after the config is gone does
+/// nothing). Deleted with the value.
+pub struct Scheduler(*mut c_void);
+
+// SAFETY: Envoy's config scheduler is made to be committed from worker threads (a post to
+// the main thread's dispatcher, which is thread-safe); it is deleted once, by `Drop`, when
+// the config is destroyed on the main thread after its last stream.
+unsafe impl Send for Scheduler {}
+// SAFETY: as above; `commit` takes `&self` and Envoy synchronises the post.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    /// `None` if Envoy made none.
+    pub fn new(config: &ConfigEnvoy) -> Option<Self> {
+        // SAFETY: the config pointer is valid during the hook.
+        let p = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config.0) };
+        (!p.is_null()).then_some(Self(p))
+    }
+
+    pub fn commit(&self) {
+        // SAFETY: a live scheduler (deleted only by `Drop`).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, 0) }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// A callout's answer as Envoy hands it to `on_http_filter_config_http_callout_done`.
+///
+/// # Safety
+/// `headers` / `chunks` are null or point to `headers_len` / `chunks_len` entries Envoy owns,
+/// valid during the hook.
+pub unsafe fn callout_answer(
+    headers: *const c_void,
+    headers_len: usize,
+    chunks: *const c_void,
+    chunks_len: usize,
+) -> (Vec<(String, String)>, Vec<Buffer>) {
+    let hs: &[Header] = if headers.is_null() || headers_len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts(headers as *const Header, headers_len) }
+    };
+    let cs: &[Buffer] = if chunks.is_null() || chunks_len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts(chunks as *const Buffer, chunks_len) }
+    };
+    // SAFETY: the entries point into Envoy's answer, valid during the hook.
+    (unsafe { pairs(hs) }, cs.to_vec())
+}
+
+/// The bytes of Envoy's body chunks, copied into one buffer.
+///
+/// # Safety
+/// Every chunk is a buffer Envoy handed over that is still valid.
+pub unsafe fn concat(chunks: &[Buffer]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+    for c in chunks {
+        // SAFETY: the caller's promise.
+        out.extend_from_slice(unsafe { c.bytes() });
+    }
+    out
+}
+
+/// Copy header entries Envoy handed over.
+///
+/// # Safety
+/// Every entry points to key and value bytes valid now.
+unsafe fn pairs(slots: &[Header]) -> Vec<(String, String)> {
+    let text = |p: *const u8, len| {
+        // SAFETY: the caller's promise.
+        let b = unsafe {
+            Buffer {
+                ptr: p,
+                length: len,
+            }
+            .bytes()
+        };
+        String::from_utf8_lossy(b).into_owned()
+    };
+    (slots.iter())
+        .map(|h| {
+            (
+                text(h.key_ptr, h.key_length),
+                text(h.value_ptr, h.value_length),
+            )
+        })
+        .collect()
 }
 
 /// One stream's Envoy filter object, during one hook.
@@ -274,26 +487,38 @@ impl StreamEnvoy {
         if !ok {
             return Vec::new();
         }
-        let text = |p: *const u8, len| {
-            // SAFETY: Envoy's key/value buffers, valid during the hook.
-            let b = unsafe {
-                Buffer {
-                    ptr: p,
-                    length: len,
-                }
-                .bytes()
-            };
-            String::from_utf8_lossy(b).into_owned()
+        // SAFETY: Envoy's key/value buffers, valid during the hook.
+        unsafe { pairs(&slots) }
+    }
+
+    /// The length of the body chunk the running body hook was handed.
+    pub fn body_size(self, which: Body) -> usize {
+        // SAFETY: the filter pointer is valid during the hook.
+        unsafe { envoy_dynamic_module_callback_http_get_body_size(self.0, which as u32) }
+    }
+
+    /// The body chunk the running body hook was handed, copied.
+    pub fn body(self, which: Body) -> Vec<u8> {
+        // SAFETY: the filter pointer is valid during the hook.
+        let n = unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, which as u32)
         };
-        slots
-            .iter()
-            .map(|h| {
-                (
-                    text(h.key_ptr, h.key_length),
-                    text(h.value_ptr, h.value_length),
+        let mut chunks = vec![Buffer::NULL; n];
+        // SAFETY: `chunks` has room for the `n` slices Envoy reported; they point into its
+        // buffer and are copied before anything else happens.
+        let ok = n > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.0,
+                    which as u32,
+                    chunks.as_mut_ptr(),
                 )
-            })
-            .collect()
+            };
+        if !ok {
+            return Vec::new();
+        }
+        // SAFETY: as above.
+        unsafe { concat(&chunks) }
     }
 
     /// Set (replacing every value) or, with `None`, remove a header.
@@ -338,15 +563,7 @@ impl StreamEnvoy {
     /// Answer the request locally. Envoy runs this filter's `local_reply` hook before this
     /// returns: the caller must hold no borrow of the filter's state across the call.
     pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &str) {
-        let mut hs: Vec<Header> = headers
-            .iter()
-            .map(|(k, v)| Header {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut hs: Vec<Header> = headers.iter().map(|(k, v)| Header::of(k, v)).collect();
         // SAFETY: the filter pointer is valid during the hook; Envoy copies headers, body
         // and details before returning.
         unsafe {

@@ -2,18 +2,28 @@
 //! validates it and defines its metrics in Envoy) and again on each worker at its first
 //! stream (the compiled form is per thread, as the Wasm filter has one VM per worker), and
 //! each stream driving the pure core's [`Stream`] through an [`Envoy`] host.
+//!
+//! Shadow copies the filter sends (those it compares) go from the main thread: a stream
+//! queues its copy in the config's one [`Hub`] and wakes the main thread through Envoy's
+//! config scheduler; the main thread sends it as a config-level callout, whose answer Envoy
+//! delivers to the config, not to the stream, so a shadow slower than the primary is still
+//! compared after the client has its answer (a stream's own callouts end with it). The
+//! primary's answer reaches the same hub from the stream's worker; the hub compares when
+//! both are in (`mlep_filter::shadow`).
 
-use crate::abi::{ConfigEnvoy, Family, Map, StreamEnvoy};
+use crate::abi::{
+    Body, Buffer, ConfigEnvoy, Family, Map, Scheduler, StreamEnvoy, CALLOUT_ANSWERED,
+};
 use mlep_contract::{needs_wasm, FilterConfig};
 use mlep_filter::compiled::Compiled;
 use mlep_filter::host::{Draws, Host, MetricId, MetricKind, MetricSink};
-use mlep_filter::shadow::Hub;
-use mlep_filter::stream::{RequestAction, Stream};
+use mlep_filter::shadow::{Event, Hub, SharedHub};
+use mlep_filter::stream::{shadow_metrics, Flow, RequestAction, Stream};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// One metric as Envoy knows it.
 #[derive(Debug)]
@@ -77,6 +87,25 @@ impl MetricSink for Replay<'_> {
 
 static NEXT_CONFIG: AtomicU64 = AtomicU64::new(0);
 
+/// What a config's threads share: the shadow hub and the way to wake the main thread.
+pub struct Shared {
+    hub: Arc<Mutex<Hub>>,
+    scheduler: Option<Scheduler>,
+    /// A wake-up is on its way: one serves every copy queued before it runs.
+    woken: AtomicBool,
+}
+
+impl Shared {
+    /// Have the main thread send what is queued (`Config::on_scheduled`).
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            if let Some(s) = &self.scheduler {
+                s.commit();
+            }
+        }
+    }
+}
+
 /// A filter config as Envoy created it.
 pub struct Config {
     id: u64,
@@ -84,6 +113,7 @@ pub struct Config {
     series: Arc<[Series]>,
     /// Dropped with the config: workers drop their compiled copy when this is gone.
     alive: Arc<()>,
+    shared: Arc<Shared>,
 }
 
 impl Config {
@@ -99,21 +129,114 @@ impl Config {
             envoy,
             series: Vec::new(),
         };
-        Compiled::compile(&cfg, &mut definer).map_err(|e| e.to_string())?;
-        Ok(Self {
+        let compiled = Compiled::compile(&cfg, &mut definer).map_err(|e| e.to_string())?;
+        let scheduler = Scheduler::new(envoy);
+        if scheduler.is_none() && cfg.endpoints.iter().any(|e| e.shadow.is_some()) {
+            return Err("Envoy made no main-thread scheduler to send shadow copies from".into());
+        }
+        let config = Self {
             id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
             json: json.to_vec(),
             series: definer.series.into(),
             alive: Arc::new(()),
-        })
+            shared: Arc::new(Shared {
+                hub: Arc::new(Mutex::new(Hub::new())),
+                scheduler,
+                woken: AtomicBool::new(false),
+            }),
+        };
+        // The main thread's compiled copy: it sends the copies and counts their answers.
+        keep_compiled(&config, compiled);
+        Ok(config)
+    }
+
+    /// Main thread, woken by a stream: send the copies queued.
+    pub fn on_scheduled(&self, envoy: &ConfigEnvoy) {
+        self.shared.woken.store(false, Ordering::Release);
+        self.flush(envoy);
+    }
+
+    /// Main thread: a copy's answer (`result` Envoy's callout result, `chunks` its body, read
+    /// only if the hub will compare it).
+    pub fn on_callout_done(
+        &self,
+        envoy: &ConfigEnvoy,
+        callout: u64,
+        result: u32,
+        headers: &[(String, String)],
+        chunks: &[Buffer],
+        read: impl FnOnce() -> Vec<u8>,
+    ) {
+        let Some(t) = per_thread(self) else { return };
+        let status = (result == CALLOUT_ANSWERED)
+            .then(|| headers.iter().find(|(k, _)| k == ":status"))
+            .flatten()
+            .and_then(|(_, v)| v.trim().parse().ok());
+        let size = chunks.iter().map(Buffer::len).sum();
+        let (token, now) = (token(callout), monotonic_ns() / 1_000_000);
+        let events = self.shared.hub.with(|hub| {
+            if hub.reads_answer(token, status, size) {
+                hub.shadow_done(token, status, read(), now)
+            } else {
+                hub.shadow_unread(token, status, now)
+            }
+        });
+        self.count(envoy, &t.cfg, &events, true);
+        self.flush(envoy);
+    }
+
+    /// Main thread: send every queued copy (a refusal counts as the copy's error) and drop
+    /// what waited past its timeout.
+    fn flush(&self, envoy: &ConfigEnvoy) {
+        let Some(t) = per_thread(self) else { return };
+        let now = monotonic_ns() / 1_000_000;
+        let hub = &self.shared.hub;
+        let (out, evicted) = hub.with(|h| (h.drain(), h.evict(now)));
+        let mut unsent = Vec::new();
+        for o in out {
+            let Some(s) = (t.cfg.endpoints.get(o.ep)).and_then(|e| e.shadow.as_ref()) else {
+                continue;
+            };
+            let timeout = u64::from(s.timeout_ms);
+            match envoy.callout(&s.cluster, &o.headers, &o.body, timeout) {
+                Ok(id) => hub.with(|h| h.sent(o.id, o.body.len(), token(id), now)),
+                Err(code) => {
+                    crate::abi::log(
+                        crate::abi::Level::Error,
+                        &format!(
+                            "mlep: shadow copy to cluster {} refused (code {code})",
+                            s.cluster
+                        ),
+                    );
+                    unsent.extend(hub.with(|h| h.send_failed(o.id, o.body.len())));
+                }
+            }
+        }
+        self.count(envoy, &t.cfg, &evicted, true);
+        self.count(envoy, &t.cfg, &unsent, false);
+    }
+
+    /// Count shadow events on the main thread.
+    fn count(&self, envoy: &ConfigEnvoy, cfg: &Compiled, events: &[Event], sent: bool) {
+        for m in shadow_metrics(cfg, events, sent) {
+            if let Some(s) = self.series.get(m as usize) {
+                envoy.increment(s.id, 1);
+            }
+        }
     }
 }
 
-/// A config compiled on one worker.
+/// The hub's call token for Envoy's callout id (ids count up from 1 per config; the low 32
+/// bits stay unique among the copies in flight, at most
+/// `mlep_filter::shadow::MAX_PENDING`).
+fn token(callout: u64) -> u32 {
+    (callout & u64::from(u32::MAX)) as u32
+}
+
+/// A config compiled on one thread.
 #[derive(Clone)]
 struct PerThread {
     cfg: Rc<Compiled>,
-    hub: Rc<RefCell<Hub>>,
     alive: Weak<()>,
 }
 
@@ -140,12 +263,24 @@ fn per_thread(config: &Config) -> Option<PerThread> {
         let cfg = Compiled::from_json(&config.json, &mut replay).ok()?;
         let t = PerThread {
             cfg: Rc::new(cfg),
-            hub: Rc::new(RefCell::new(Hub::new())),
             alive: Arc::downgrade(&config.alive),
         };
         c.insert(config.id, t.clone());
         Some(t)
     })
+}
+
+/// Keep `compiled` as this thread's copy of `config` (the main thread's, from `Config::new`).
+fn keep_compiled(config: &Config, compiled: Compiled) {
+    COMPILED.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|_, t| t.alive.strong_count() > 0);
+        let t = PerThread {
+            cfg: Rc::new(compiled),
+            alive: Arc::downgrade(&config.alive),
+        };
+        c.insert(config.id, t);
+    });
 }
 
 /// The per-route config: the name of the virtual host that enables the filter
@@ -156,8 +291,9 @@ pub struct RouteConfig {
 
 /// One stream.
 pub struct Filter {
-    stream: Stream,
+    stream: Stream<Arc<Mutex<Hub>>>,
     series: Arc<[Series]>,
+    shared: Arc<Shared>,
 }
 
 /// What the request-headers hook must do after the stream's decision.
@@ -176,8 +312,9 @@ impl Filter {
     pub fn new(config: &Config) -> Option<Self> {
         let t = per_thread(config)?;
         Some(Self {
-            stream: Stream::new(t.cfg, t.hub),
+            stream: Stream::new(t.cfg, Arc::clone(&config.shared.hub)),
             series: Arc::clone(&config.series),
+            shared: Arc::clone(&config.shared),
         })
     }
 
@@ -187,7 +324,7 @@ impl Filter {
         route: Option<&RouteConfig>,
         end_of_stream: bool,
     ) -> Then {
-        let mut host = Envoy::new(envoy, route, &self.series);
+        let mut host = Envoy::new(envoy, route, &self.series, &self.shared);
         let action = self.stream.on_request_headers(&mut host, end_of_stream);
         // Envoy chose the route before this filter ran: the routing headers just written
         // steer only once the cache is cleared.
@@ -201,32 +338,67 @@ impl Filter {
         }
     }
 
+    /// A request body chunk: read only while a copy wants it (holds are the Wasm build's,
+    /// so the request always goes on).
+    pub fn on_request_body(&mut self, envoy: StreamEnvoy, end_of_stream: bool) {
+        if self.stream.wants_request_body() {
+            let len = envoy.body_size(Body::ReceivedRequest);
+            let mut host = Envoy::new(envoy, None, &self.series, &self.shared);
+            let _: Flow = self.stream.on_body(&mut host, len, end_of_stream);
+        }
+    }
+
+    pub fn on_request_trailers(&mut self, envoy: StreamEnvoy) {
+        if self.stream.wants_request_body() {
+            let mut host = Envoy::new(envoy, None, &self.series, &self.shared);
+            let _: Flow = self.stream.on_trailers(&mut host);
+        }
+    }
+
     pub fn on_response_headers(&mut self, envoy: StreamEnvoy, end_of_stream: bool) {
-        let mut host = Envoy::new(envoy, None, &self.series);
+        let mut host = Envoy::new(envoy, None, &self.series, &self.shared);
         self.stream.on_response_headers(&mut host, end_of_stream);
     }
 
+    /// A response body chunk: read only while the primary's answer is being collected for
+    /// comparison.
+    pub fn on_response_body(&mut self, envoy: StreamEnvoy, end_of_stream: bool) {
+        if self.stream.wants_response_body() {
+            let len = envoy.body_size(Body::ReceivedResponse);
+            let mut host = Envoy::new(envoy, None, &self.series, &self.shared);
+            self.stream.on_response_body(&mut host, len, end_of_stream);
+        }
+    }
+
     pub fn on_log(&mut self, envoy: StreamEnvoy) {
-        let mut host = Envoy::new(envoy, None, &self.series);
+        let mut host = Envoy::new(envoy, None, &self.series, &self.shared);
         self.stream.on_log(&mut host);
     }
 }
 
-/// The host for one hook: Envoy's filter object, the route's config and the series table.
+/// The host for one hook: Envoy's filter object, the route's config, the series table and
+/// what the config's threads share.
 struct Envoy<'a> {
     envoy: StreamEnvoy,
     route: Option<&'a RouteConfig>,
     series: &'a [Series],
+    shared: &'a Shared,
     /// A request header was written (the route must be chosen again).
     wrote_request: bool,
 }
 
 impl<'a> Envoy<'a> {
-    fn new(envoy: StreamEnvoy, route: Option<&'a RouteConfig>, series: &'a [Series]) -> Self {
+    fn new(
+        envoy: StreamEnvoy,
+        route: Option<&'a RouteConfig>,
+        series: &'a [Series],
+        shared: &'a Shared,
+    ) -> Self {
         Self {
             envoy,
             route,
             series,
+            shared,
             wrote_request: false,
         }
     }
@@ -265,12 +437,12 @@ impl Host for Envoy<'_> {
     fn add_response_header(&mut self, name: &str, value: &str) {
         self.envoy.add_header(Map::Response, name, value);
     }
-    /// Bodies are read only for copies and capture records (the Wasm build's).
+    /// The chunk the running body hook was handed (the core asks for all of it).
     fn request_body(&self, _len: usize) -> Vec<u8> {
-        Vec::new()
+        self.envoy.body(Body::ReceivedRequest)
     }
     fn response_body(&self, _len: usize) -> Vec<u8> {
-        Vec::new()
+        self.envoy.body(Body::ReceivedResponse)
     }
     /// Natively a counter increment costs a few hundred instructions: no tally to flush.
     fn increment(&mut self, metric: MetricId) {
@@ -289,8 +461,11 @@ impl Host for Envoy<'_> {
     fn random(&mut self) -> u64 {
         DRAWS.with(|d| d.borrow_mut().next())
     }
-    /// Nothing is ever queued: copies and records are the Wasm build's.
-    fn send_queued(&mut self) {}
+    /// Copies go from the main thread ([`Config::on_scheduled`]); capture records are the
+    /// Wasm build's (`mlep_contract::needs_wasm`).
+    fn send_queued(&mut self) {
+        self.shared.wake();
+    }
 }
 
 /// Nanoseconds since the first reading in this process, on the OS's monotonic clock.

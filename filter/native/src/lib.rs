@@ -7,10 +7,10 @@
 //! instructions (docs/filter.md, "The native build").
 //!
 //! What it serves: the request path (assignment, targeting and its 400s, cookies, rollouts'
-//! moved users, every request metric under the Wasm filter's Prometheus names). A config
-//! that needs work after the stream or outside it (copies the filter sends, capture, held
-//! requests) is refused with its reason (`mlep_contract::needs_wasm`): Envoy keeps serving
-//! the last good config, and renderers pick the Wasm build for such configs
+//! moved users, every request metric under the Wasm filter's Prometheus names) and shadow
+//! copies it compares (sent from the main thread, `filter.rs`). A config that needs capture
+//! records or held requests is refused with its reason (`mlep_contract::needs_wasm`): Envoy
+//! keeps serving the last good config, and renderers pick the Wasm build for such configs
 //! (`mlep_contract::build_for`).
 //!
 //! - [`abi`]: the ABI declarations and their safe wrappers;
@@ -190,23 +190,94 @@ mod hooks {
         }
     }
 
-    /// Hooks with a status and nothing to do: bodies and trailers are read only for copies
-    /// and capture records (the Wasm build's); `local_reply` runs inside `send_response`
-    /// and must not touch the filter.
-    macro_rules! continue_hooks {
-        ($($name:ident),*) => {$(
-            #[no_mangle]
-            pub extern "C" fn $name(_: *mut c_void, _: *const c_void, _: bool) -> u32 {
-                CONTINUE
-            }
-        )*};
+    /// Body chunks are read only while a shadow copy wants them (`Filter::on_request_body`);
+    /// the request always goes on.
+    #[no_mangle]
+    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+        envoy: *mut c_void,
+        filter: *const c_void,
+        end_of_stream: bool,
+    ) -> u32 {
+        // SAFETY: as in `request_headers`.
+        if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
+            f.on_request_body(envoy, end_of_stream);
+        }
+        CONTINUE
     }
-    continue_hooks!(
-        envoy_dynamic_module_on_http_filter_request_body,
-        envoy_dynamic_module_on_http_filter_request_trailers,
-        envoy_dynamic_module_on_http_filter_response_body,
-        envoy_dynamic_module_on_http_filter_response_trailers
-    );
+
+    #[no_mangle]
+    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+        envoy: *mut c_void,
+        filter: *const c_void,
+    ) -> u32 {
+        // SAFETY: as in `request_headers`.
+        if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
+            f.on_request_trailers(envoy);
+        }
+        CONTINUE
+    }
+
+    #[no_mangle]
+    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+        envoy: *mut c_void,
+        filter: *const c_void,
+        end_of_stream: bool,
+    ) -> u32 {
+        // SAFETY: as in `request_headers`.
+        if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
+            f.on_response_body(envoy, end_of_stream);
+        }
+        CONTINUE
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+        _: *mut c_void,
+        _: *const c_void,
+    ) -> u32 {
+        CONTINUE
+    }
+
+    /// Main thread, after a stream woke it (`Shared::wake`): send the queued copies.
+    #[no_mangle]
+    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+        envoy: *mut c_void,
+        config: *const c_void,
+        _event: u64,
+    ) {
+        // SAFETY: Envoy's config pointer during this hook; our config, alive while Envoy
+        // holds it (it schedules only for a live config).
+        let (envoy, config) =
+            unsafe { (ConfigEnvoy::new(envoy), (config as *const Config).as_ref()) };
+        if let Some(c) = config {
+            c.on_scheduled(&envoy);
+        }
+    }
+
+    /// Main thread: a shadow copy's answer (or its failure).
+    #[no_mangle]
+    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+        envoy: *mut c_void,
+        config: *const c_void,
+        callout: u64,
+        result: u32,
+        headers: *const c_void,
+        headers_len: usize,
+        chunks: *const c_void,
+        chunks_len: usize,
+    ) {
+        // SAFETY: as in `config_scheduled`; the answer's headers and chunks are Envoy's,
+        // valid during this hook, and read only during it.
+        let (envoy, config) =
+            unsafe { (ConfigEnvoy::new(envoy), (config as *const Config).as_ref()) };
+        let Some(c) = config else { return };
+        // SAFETY: as above.
+        let (headers, chunks) =
+            unsafe { abi::callout_answer(headers, headers_len, chunks, chunks_len) };
+        // SAFETY: as above (called within this hook).
+        let read = || unsafe { abi::concat(&chunks) };
+        c.on_callout_done(&envoy, callout, result, &headers, &chunks, read);
+    }
 
     #[no_mangle]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
@@ -219,8 +290,8 @@ mod hooks {
         CONTINUE
     }
 
-    /// Hooks Envoy resolves by name that this filter never needs (no callouts, schedulers
-    /// or streams of its own).
+    /// Hooks Envoy resolves by name that this filter never needs (no stream-level callouts,
+    /// schedulers or streams; its copies are the config's callouts).
     macro_rules! empty_hooks {
         ($($name:ident),*) => {$(
             #[no_mangle]
@@ -237,8 +308,6 @@ mod hooks {
         envoy_dynamic_module_on_http_filter_http_stream_reset,
         envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark,
         envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark,
-        envoy_dynamic_module_on_http_filter_config_scheduled,
-        envoy_dynamic_module_on_http_filter_config_http_callout_done,
         envoy_dynamic_module_on_http_filter_config_http_stream_headers,
         envoy_dynamic_module_on_http_filter_config_http_stream_data,
         envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
