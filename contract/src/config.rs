@@ -313,8 +313,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u32 = 64 * 1024;
 pub const MAX_SHADOW_COPIES_IN_FLIGHT: u32 = 1024;
 /// Default shadow call timeout (`ShadowConfig::timeout_ms`).
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u32 = 1000;
-/// Most body bytes a filter VM (one per worker) holds for shadowing at a time: request copies
-/// not yet taken by Envoy, primary answers and shadow answers awaiting their comparison.
+/// Most body bytes a filter VM (one per worker; the native build: one per config, shared by
+/// the workers) holds for shadowing at a time: request copies not yet taken by Envoy, primary
+/// answers and shadow answers awaiting their comparison.
 /// Beyond it a copy is `skipped` or its comparison dropped (the filter's `shadow::Hub`).
 pub const MAX_SHADOW_HUB_BYTES: u32 = 16 * 1024 * 1024;
 /// Largest `maxBodyBytes` accepted. The cap applies to each of a compared copy's three

@@ -44,9 +44,10 @@ impl SharedHub for Arc<Mutex<Hub>> {
     }
 }
 
-/// Most shadow copies queued or in flight per VM.
+/// Most shadow copies queued or in flight per hub (a Wasm VM; a native config).
 pub const MAX_PENDING: usize = mlep_contract::config::MAX_SHADOW_COPIES_IN_FLIGHT as usize;
-/// Most body bytes (request copies, primary and shadow answers) held per VM.
+/// Most body bytes (request copies, primary and shadow answers) held per hub (a Wasm VM; a
+/// native config).
 pub const MAX_HUB_BYTES: usize = mlep_contract::config::MAX_SHADOW_HUB_BYTES as usize;
 /// How long after its timeout an entry waiting for the primary's body is kept.
 pub const GRACE_MS: u64 = 5_000;
