@@ -33,7 +33,7 @@ use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use crate::mirror::{MirrorOn, NativeMirror};
 use crate::validate::validate_hosts;
 use kube_core::ResourceExt;
-use mlep_contract::{needs_wasm, CompareMode, EndpointConfig, FilterConfig, CONFIG_VERSION};
+use mlep_contract::{needs_wasm, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use wiring::{filter_object, shared_meta, RouteMirror, Routes};
@@ -101,18 +101,17 @@ pub fn shared_objects(settings: &RenderSettings) -> Vec<SharedObject<'_>> {
         .collect()
 }
 
-/// Whether `ep`'s spec needs the filter's Wasm build whatever its state: a shadow whose
-/// answers are compared (copies the filter sends), data capture, or a variant that may sleep
-/// (held requests). From the spec, so an endpoint does not move between the builds when its
-/// shadow becomes ready or a variant falls asleep (`mlep_contract::needs_wasm` judges a
-/// config's current state; this one its possible states).
+/// Whether `ep`'s spec needs the filter's Wasm build whatever its state: data capture, or a
+/// variant that may sleep (held requests); a compared shadow runs on either build. From the
+/// spec, so an endpoint does not move between the builds when a variant falls asleep
+/// (`mlep_contract::needs_wasm` judges a config's current state; this one its possible
+/// states).
 pub fn spec_needs_wasm(ep: &ModelEndpoint) -> bool {
     let spec = &ep.spec;
-    let compared = (spec.shadow.as_ref()).is_some_and(|s| s.compare != Some(CompareMode::Off));
     let may_sleep =
         (spec.variants.iter()).any(|v| v.autoscaling.as_ref().is_some_and(|a| a.min_replicas == 0));
     let captures = (spec.data_capture.as_ref()).is_some_and(|c| c.enabled());
-    compared || captures || may_sleep
+    captures || may_sleep
 }
 
 /// The aggregate filter objects, and the endpoints left out with the reason.

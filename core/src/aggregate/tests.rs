@@ -590,6 +590,12 @@ fn endpoints_that_need_no_wasm_run_on_the_native_build_where_the_proxies_have_it
         content_types: vec![],
     });
     assert!(spec_needs_wasm(&capturing) && !spec_needs_wasm(&plain));
+    let mut comparing = plain.clone();
+    comparing.spec.shadow = serde_json::from_value(json!({"model": "m3", "percent": 25.0})).ok();
+    assert!(
+        comparing.spec.shadow.is_some() && !spec_needs_wasm(&comparing),
+        "a compared shadow runs on the native build"
+    );
     let module = "/usr/local/lib/mlep/libmlep_filter_native.so";
     let settings = RenderSettings {
         native_filter: Some(module.into()),
