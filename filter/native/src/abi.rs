@@ -397,6 +397,17 @@ pub unsafe fn callout_answer(
     (unsafe { pairs(hs) }, cs.to_vec())
 }
 
+/// Envoy's array answers: `n` entries (as Envoy counted them), which `fill` has Envoy write
+/// through the pointer; none if it says it could not.
+fn filled<T: Copy>(n: usize, empty: T, fill: impl FnOnce(*mut T) -> bool) -> Vec<T> {
+    let mut slots = vec![empty; n];
+    if n > 0 && fill(slots.as_mut_ptr()) {
+        slots
+    } else {
+        Vec::new()
+    }
+}
+
 /// The bytes of Envoy's body chunks, copied into one buffer.
 ///
 /// # Safety
@@ -473,20 +484,11 @@ impl StreamEnvoy {
     pub fn headers(self, map: Map) -> Vec<(String, String)> {
         // SAFETY: the filter pointer is valid during the hook.
         let n = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map as u32) };
-        let mut slots = vec![Header::EMPTY; n];
-        // SAFETY: `slots` has room for the `n` entries Envoy reported; they point into
-        // Envoy's header map and are copied before anything else happens.
-        let ok = n > 0
-            && unsafe {
-                envoy_dynamic_module_callback_http_get_headers(
-                    self.0,
-                    map as u32,
-                    slots.as_mut_ptr(),
-                )
-            };
-        if !ok {
-            return Vec::new();
-        }
+        // SAFETY: `filled` hands a pointer to room for the `n` entries Envoy reported; they
+        // point into Envoy's header map and are copied before anything else happens.
+        let slots = filled(n, Header::EMPTY, |p| unsafe {
+            envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, p)
+        });
         // SAFETY: Envoy's key/value buffers, valid during the hook.
         unsafe { pairs(&slots) }
     }
@@ -503,20 +505,11 @@ impl StreamEnvoy {
         let n = unsafe {
             envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, which as u32)
         };
-        let mut chunks = vec![Buffer::NULL; n];
-        // SAFETY: `chunks` has room for the `n` slices Envoy reported; they point into its
-        // buffer and are copied before anything else happens.
-        let ok = n > 0
-            && unsafe {
-                envoy_dynamic_module_callback_http_get_body_chunks(
-                    self.0,
-                    which as u32,
-                    chunks.as_mut_ptr(),
-                )
-            };
-        if !ok {
-            return Vec::new();
-        }
+        // SAFETY: `filled` hands a pointer to room for the `n` slices Envoy reported; they
+        // point into its buffer and are copied before anything else happens.
+        let chunks = filled(n, Buffer::NULL, |p| unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks(self.0, which as u32, p)
+        });
         // SAFETY: as above.
         unsafe { concat(&chunks) }
     }
