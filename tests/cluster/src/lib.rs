@@ -1016,6 +1016,20 @@ pub async fn gateway_config_has(
     every_value(&dump).into_iter().any(found).then_some(())
 }
 
+/// Whether the gateway runs the filter's native build (`<GATEWAY_FILTER>-native`, a dynamic
+/// module) with a config containing every one of `needles`.
+pub async fn gateway_native_config_has(bed: &Bed, needles: &[&str]) -> Option<()> {
+    let native = format!("{}-native", mlep_core::aggregate::GATEWAY_FILTER);
+    gateway_config_has(bed, |v| {
+        let typed = &v["typed_config"];
+        v["name"] == native.as_str()
+            && typed["@type"] == mlep_core::envoy::DYNAMIC_MODULE_TYPE_URL
+            && (typed["filter_config"]["value"].as_str())
+                .is_some_and(|c| needles.iter().all(|n| c.contains(n)))
+    })
+    .await
+}
+
 /// The bed's Prometheus (`istio-system/prometheus`): its address on the service network.
 pub async fn prometheus(bed: &Bed) -> Option<SocketAddr> {
     let svc = bed

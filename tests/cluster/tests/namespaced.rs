@@ -355,6 +355,15 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
         compared > 0.0,
         "no shadow agreement counted ({sent} copies sent)"
     );
+    // The bed's proxies carry the native build and the operator is told so: the gateway
+    // compares this endpoint's copies there (sent from Envoy's main thread).
+    let mine = format!("\"namespace\":\"{}\"", t.ns);
+    assert!(
+        gateway_native_config_has(&bed, &[&mine, "\"shadow\":"])
+            .await
+            .is_some(),
+        "the gateway's native filter does not hold the endpoint's shadow"
+    );
     // Copies start only once the shadow has a ready pod (`Plan::shadow_ready`): the load ran
     // while its pod started, and not one copy met a Service without endpoints (a 503, counted
     // as `error`) or waited out its timeout.
@@ -372,7 +381,7 @@ async fn a_shadow_added_under_load_is_sent_copies_and_compared() {
     );
     ok(format!(
         "shadow copies sent ({sent}, none failed while its pod started) and agreement \
-         counted ({compared}); ShadowReady True"
+         counted ({compared}) by the gateway's native build; ShadowReady True"
     ));
 
     native_mirror_copies_without_credentials(&bed, &t).await;
