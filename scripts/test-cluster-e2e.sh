@@ -88,7 +88,11 @@ fi
 export MLEP_FILTER_WASM=$WASM MLEP_BIN=$TARGET/$PROFILE/mlep
 # The test files whose phases touch only their own namespace(s).
 NAMESPACED=(--test autoscaling --test namespaced --test mesh_citizen --test hosts --test pod_security --test events --test observability --test analysis --test object_storage)
+# --no-fail-fast, and the cluster-wide phases after failed namespaced ones: one run reports
+# every failure (a bed run is long); the script fails if any did.
+status=0
 echo "--> cargo test -p mlep-cluster-e2e ${NAMESPACED[*]} (${MLEP_E2E_THREADS:-2} at a time)"
-nice cargo test -p mlep-cluster-e2e "${NAMESPACED[@]}" -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@"
+nice cargo test --no-fail-fast -p mlep-cluster-e2e "${NAMESPACED[@]}" -- --test-threads="${MLEP_E2E_THREADS:-2}" --nocapture "$@" || status=$?
 echo "--> cargo test -p mlep-cluster-e2e --test cluster_wide --test install_modes (one at a time)"
-nice cargo test -p mlep-cluster-e2e --test cluster_wide --test install_modes -- --test-threads=1 --nocapture "$@"
+nice cargo test --no-fail-fast -p mlep-cluster-e2e --test cluster_wide --test install_modes -- --test-threads=1 --nocapture "$@" || status=$?
+exit "$status"
