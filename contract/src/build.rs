@@ -9,7 +9,7 @@
 //! dynamic module refuses a configuration that asks for them (Envoy then keeps the last good
 //! one), and whoever renders Envoy's config picks the build with [`build_for`].
 
-use crate::config::FilterConfig;
+use crate::config::{EndpointConfig, FilterConfig};
 
 /// A build of the filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,18 +32,22 @@ pub struct NeedsWasm {
 /// The first thing in `cfg` the native build cannot serve, if any.
 pub fn needs_wasm(cfg: &FilterConfig) -> Option<NeedsWasm> {
     cfg.endpoints.iter().find_map(|e| {
-        let feature = if e.capture.is_some() {
-            "data capture"
-        } else if e.variants.iter().any(|v| v.asleep.is_some()) {
-            "scale to zero (requests held while a variant wakes)"
-        } else {
-            return None;
-        };
-        Some(NeedsWasm {
+        endpoint_needs_wasm(e).map(|feature| NeedsWasm {
             endpoint: format!("{}/{}", e.namespace, e.name),
             feature,
         })
     })
+}
+
+/// What in one endpoint's entry only the Wasm build serves, if anything.
+pub fn endpoint_needs_wasm(e: &EndpointConfig) -> Option<&'static str> {
+    if e.capture.is_some() {
+        Some("data capture")
+    } else if e.variants.iter().any(|v| v.asleep.is_some()) {
+        Some("scale to zero (requests held while a variant wakes)")
+    } else {
+        None
+    }
 }
 
 /// The build that serves `cfg` at least cost: native unless something needs Wasm.

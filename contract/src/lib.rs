@@ -30,7 +30,7 @@ pub mod rollout;
 pub mod wake;
 
 pub use allocation::{Allocation, AllocationError, BucketRange, BUCKETS};
-pub use build::{build_for, needs_wasm, FilterBuild, NeedsWasm};
+pub use build::{build_for, endpoint_needs_wasm, needs_wasm, FilterBuild, NeedsWasm};
 pub use config::{
     carry_allocation, is_cookie_name, is_dns_label, is_header_name, is_route_key, mirror_twin,
     routed_value, CaptureConfig, CompareConfig, CompareMode, ConfigError, EndpointConfig,

@@ -33,7 +33,7 @@ use crate::meta::{Kind, RenderSettings, KINDS, SERVICE_PORT};
 use crate::mirror::{MirrorOn, NativeMirror};
 use crate::validate::validate_hosts;
 use kube_core::ResourceExt;
-use mlep_contract::{needs_wasm, EndpointConfig, FilterConfig, CONFIG_VERSION};
+use mlep_contract::{endpoint_needs_wasm, EndpointConfig, FilterConfig, CONFIG_VERSION};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use wiring::{filter_object, shared_meta, RouteMirror, Routes};
@@ -112,6 +112,15 @@ pub fn spec_needs_wasm(ep: &ModelEndpoint) -> bool {
         (spec.variants.iter()).any(|v| v.autoscaling.as_ref().is_some_and(|a| a.min_replicas == 0));
     let captures = (spec.data_capture.as_ref()).is_some_and(|c| c.enabled());
     captures || may_sleep
+}
+
+/// The endpoints (`namespace/name`) among `endpoints` whose spec needs the Wasm build
+/// ([`spec_needs_wasm`]), as [`filters_for`] takes them.
+pub fn wasm_only<'a>(endpoints: impl IntoIterator<Item = &'a ModelEndpoint>) -> BTreeSet<String> {
+    (endpoints.into_iter())
+        .filter(|e| spec_needs_wasm(e))
+        .map(endpoint_id)
+        .collect()
 }
 
 /// The aggregate filter objects, and the endpoints left out with the reason.
@@ -269,11 +278,7 @@ pub fn render_filters(endpoints: &[ModelEndpoint], settings: &RenderSettings) ->
             Some((e.spec.filter_wiring, cfg))
         })
         .collect();
-    let wasm_only = (endpoints.iter())
-        .filter(|e| spec_needs_wasm(e))
-        .map(endpoint_id)
-        .collect();
-    let mut out = filters_for(entries, &wasm_only, settings);
+    let mut out = filters_for(entries, &wasm_only(endpoints), settings);
     out.excluded.extend(conflicts);
     out
 }
@@ -361,15 +366,10 @@ fn on_native(
     wasm_only: &BTreeSet<String>,
     available: bool,
 ) -> bool {
-    let id = format!("{}/{}", c.namespace, c.name);
-    let single = FilterConfig {
-        version: CONFIG_VERSION,
-        endpoints: vec![c.clone()],
-    };
     available
         && wiring.patches_routes()
-        && !wasm_only.contains(&id)
-        && needs_wasm(&single).is_none()
+        && !wasm_only.contains(&format!("{}/{}", c.namespace, c.name))
+        && endpoint_needs_wasm(c).is_none()
 }
 
 /// The sidecars' and the gateway's filter objects of `wiring` for these entries.

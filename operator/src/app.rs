@@ -102,8 +102,8 @@ pub struct RunArgs {
     pub allowed_hosts: Vec<String>,
     /// Where the filter's native build (libmlep_filter_native.so, an Envoy dynamic module)
     /// sits on every proxy of the mesh; unset: the Wasm build only. Endpoints that need no
-    /// compared shadow, capture or scale to zero then run on it at about a quarter of the
-    /// Wasm build's cost. Set it only when every proxy image carries the file: a proxy that
+    /// data capture or scale to zero then run on it at about a quarter of the Wasm build's
+    /// cost. Set it only when every proxy image carries the file: a proxy that
     /// cannot load it refuses the routes naming it.
     #[arg(long, env = "MLEP_NATIVE_FILTER_PATH")]
     pub native_filter_path: Option<String>,

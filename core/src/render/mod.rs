@@ -74,7 +74,6 @@ pub fn render_all(
     let ns_of = |m: Option<&String>| m.cloned().unwrap_or_else(|| "default".to_owned());
     let mut out = Vec::new();
     let mut filters = Vec::new();
-    let mut wasm_only = std::collections::BTreeSet::new();
     for ep in endpoints {
         let ns = ns_of(ep.metadata.namespace.as_ref());
         let in_ns: BTreeMap<String, ModelSpec> = models
@@ -101,11 +100,9 @@ pub fn render_all(
         };
         let rendered = render_endpoint(ep, &ns, &in_ns, &plan, None, &key, settings)?;
         out.extend(rendered.objects);
-        if crate::aggregate::spec_needs_wasm(ep) {
-            wasm_only.insert(format!("{ns}/{}", ep.name_any()));
-        }
         filters.push((ep.spec.filter_wiring, rendered.filter));
     }
+    let wasm_only = crate::aggregate::wasm_only(endpoints);
     let aggregate = crate::aggregate::filters_for(filters, &wasm_only, settings);
     if let Some((id, why)) = aggregate.excluded.first() {
         return Err(SpecError::invalid(
