@@ -14,7 +14,7 @@
 use crate::compiled::Compiled;
 use crate::host::{Draws, Host, MetricId, MetricKind, MetricSink};
 use crate::shadow::Hub;
-use crate::stream::{count, count_unsent, Flow, HoldAction, RequestAction, Stream};
+use crate::stream::{count, count_unsent, send_copies, Flow, HoldAction, RequestAction, Stream};
 use crate::tally::{Tally, FLUSH_EVERY_MS};
 use crate::wake::Call;
 use mlep_contract::metrics::{CaptureOutcome, CONFIG_ERRORS_TOTAL, VM_MEMORY_BYTES};
@@ -314,23 +314,10 @@ impl Root {
                 Err(()) => self.host().increment(c.outcome(CaptureOutcome::SinkError)),
             }
         }
-        let out = self.hub.borrow_mut().drain();
-        let mut host = self.host();
-        for o in out {
-            let Some(s) = cfg.endpoints.get(o.ep).and_then(|e| e.shadow.as_ref()) else {
-                continue;
-            };
-            match call("shadow", &s.cluster, &o.headers, &o.body, s.timeout_ms) {
-                Ok(token) => self
-                    .hub
-                    .borrow_mut()
-                    .sent(o.id, o.body.len(), token, now_ms()),
-                Err(()) => {
-                    let events = self.hub.borrow_mut().send_failed(o.id, o.body.len());
-                    count_unsent(&cfg, &events, &mut host);
-                }
-            }
-        }
+        let unsent = send_copies(&cfg, &self.hub, now_ms, |s, o| {
+            call("shadow", &s.cluster, &o.headers, &o.body, s.timeout_ms)
+        });
+        count_unsent(&cfg, &unsent, &mut self.host());
     }
 }
 
@@ -380,22 +367,14 @@ impl Context for Root {
         // shadow's `maxBodyBytes` and the VM's budget, or Envoy's own timeout reply (24
         // bytes, so it counts as `timeout` however late the event loop delivered it, see
         // `shadow::ENVOY_TIMEOUT_BODY`). Any other answer counts its outcome unread.
-        let read = self.hub.borrow().reads_answer(token, status, body_size);
-        let events = if read {
-            let body = if body_size > 0 {
-                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            self.hub
-                .borrow_mut()
-                .shadow_done(token, status, body, now_ms())
-        } else {
-            self.hub.borrow_mut().shadow_unread(token, status, now_ms())
+        let read = || match body_size {
+            0 => Vec::new(),
+            _ => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
         };
+        let events = (self.hub.borrow_mut()).answer(token, status, body_size, read, now_ms());
         count(&cfg, &events, &mut self.host());
         // Under load, answers arrive often: send what queued up meanwhile.
         self.flush();

@@ -221,6 +221,24 @@ impl Hub {
 
     /// The shadow answered `token` (`status` `None`: no response at all) at `now_ms`, with
     /// `body` read whole.
+    /// A copy's answer: its body is read (`read`, the host's copy) only if
+    /// [`Self::reads_answer`] says the comparison needs it, else the outcome counts unread.
+    pub fn answer(
+        &mut self,
+        token: u32,
+        status: Option<u32>,
+        size: usize,
+        read: impl FnOnce() -> Vec<u8>,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        if self.reads_answer(token, status, size) {
+            let body = read();
+            self.shadow_done(token, status, body, now_ms)
+        } else {
+            self.shadow_unread(token, status, now_ms)
+        }
+    }
+
     pub fn shadow_done(
         &mut self,
         token: u32,

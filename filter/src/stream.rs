@@ -6,7 +6,7 @@ use crate::compiled::{Compiled, Endpoint, ModelHeader, Shadow};
 use crate::host::Host;
 use crate::host::MetricId;
 use crate::request::{decide, Decision, FromHost};
-use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome, SharedHub};
+use crate::shadow::{shadow_headers, CompareSpec, Event, Hub, Outcome, Outgoing, SharedHub};
 use crate::wake::{Call, Hold, Step, Wake};
 use mlep_contract::latency::{model_duration_us, split, SERVER_TIMING_HEADER};
 use mlep_contract::metrics::{
@@ -115,6 +115,28 @@ fn count_events(cfg: &Compiled, events: &[Event], host: &mut dyn Host, sent: boo
     for m in shadow_metrics(cfg, events, sent) {
         host.increment(m);
     }
+}
+
+/// Send every copy `hub` has queued with `send` (the host's call to the shadow's cluster: its
+/// token, or `Err` when the host refused it), recording each in the hub at `now_ms()`; the
+/// events of the copies the host refused, for [`count_unsent`].
+pub fn send_copies(
+    cfg: &Compiled,
+    hub: &impl SharedHub,
+    now_ms: impl Fn() -> u64,
+    mut send: impl FnMut(&Shadow, &Outgoing) -> Result<u32, ()>,
+) -> Vec<Event> {
+    let mut unsent = Vec::new();
+    for o in hub.with(Hub::drain) {
+        let Some(s) = cfg.endpoints.get(o.ep).and_then(|e| e.shadow.as_ref()) else {
+            continue;
+        };
+        match send(s, &o) {
+            Ok(token) => hub.with(|h| h.sent(o.id, o.body.len(), token, now_ms())),
+            Err(()) => unsent.extend(hub.with(|h| h.send_failed(o.id, o.body.len()))),
+        }
+    }
+    unsent
 }
 
 /// The counters `events` increment (`sent`: the copies reached the host, whose shadow

@@ -18,7 +18,7 @@ use mlep_contract::{needs_wasm, FilterConfig};
 use mlep_filter::compiled::Compiled;
 use mlep_filter::host::{Draws, Host, MetricId, MetricKind, MetricSink};
 use mlep_filter::shadow::{Event, Hub, SharedHub};
-use mlep_filter::stream::{shadow_metrics, Flow, RequestAction, Stream};
+use mlep_filter::stream::{send_copies, shadow_metrics, Flow, RequestAction, Stream};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -173,14 +173,8 @@ impl Config {
             .flatten()
             .and_then(|(_, v)| v.trim().parse().ok());
         let size = chunks.iter().map(Buffer::len).sum();
-        let (token, now) = (token(callout), monotonic_ns() / 1_000_000);
-        let events = self.shared.hub.with(|hub| {
-            if hub.reads_answer(token, status, size) {
-                hub.shadow_done(token, status, read(), now)
-            } else {
-                hub.shadow_unread(token, status, now)
-            }
-        });
+        let events = (self.shared.hub)
+            .with(|hub| hub.answer(token(callout), status, size, read, monotonic_ms()));
         self.count(envoy, &t.cfg, &events, true);
         self.flush(envoy);
     }
@@ -189,29 +183,22 @@ impl Config {
     /// what waited past its timeout.
     fn flush(&self, envoy: &ConfigEnvoy) {
         let Some(t) = per_thread(self) else { return };
-        let now = monotonic_ns() / 1_000_000;
         let hub = &self.shared.hub;
-        let (out, evicted) = hub.with(|h| (h.drain(), h.evict(now)));
-        let mut unsent = Vec::new();
-        for o in out {
-            let Some(s) = (t.cfg.endpoints.get(o.ep)).and_then(|e| e.shadow.as_ref()) else {
-                continue;
-            };
+        let unsent = send_copies(&t.cfg, hub, monotonic_ms, |s, o| {
             let timeout = u64::from(s.timeout_ms);
             match envoy.callout(&s.cluster, &o.headers, &o.body, timeout) {
-                Ok(id) => hub.with(|h| h.sent(o.id, o.body.len(), token(id), now)),
+                Ok(id) => Ok(token(id)),
                 Err(code) => {
-                    crate::abi::log(
-                        crate::abi::Level::Error,
-                        &format!(
-                            "mlep: shadow copy to cluster {} refused (code {code})",
-                            s.cluster
-                        ),
+                    let why = format!(
+                        "mlep: shadow copy to cluster {} refused (code {code})",
+                        s.cluster
                     );
-                    unsent.extend(hub.with(|h| h.send_failed(o.id, o.body.len())));
+                    crate::abi::log(crate::abi::Level::Error, &why);
+                    Err(())
                 }
             }
-        }
+        });
+        let evicted = hub.with(|h| h.evict(monotonic_ms()));
         self.count(envoy, &t.cfg, &evicted, true);
         self.count(envoy, &t.cfg, &unsent, false);
     }
@@ -245,42 +232,35 @@ thread_local! {
     static DRAWS: RefCell<Draws> = RefCell::new(Draws::new());
 }
 
-/// This worker's compiled copy of `config`, compiled now if it is new here (copies of
-/// configs Envoy has since destroyed are dropped then).
+/// This thread's compiled copy of `config`, compiled now if it is new here
+/// ([`keep_compiled`]).
 fn per_thread(config: &Config) -> Option<PerThread> {
-    COMPILED.with(|c| {
-        let mut c = c.borrow_mut();
-        if let Some(t) = c.get(&config.id) {
-            return Some(t.clone());
-        }
-        // A new config here: the copies of those Envoy has destroyed go (once per config, not
-        // per stream).
-        c.retain(|_, t| t.alive.strong_count() > 0);
-        let mut replay = Replay {
-            series: &config.series,
-            next: 0,
-        };
-        let cfg = Compiled::from_json(&config.json, &mut replay).ok()?;
-        let t = PerThread {
-            cfg: Rc::new(cfg),
-            alive: Arc::downgrade(&config.alive),
-        };
-        c.insert(config.id, t.clone());
-        Some(t)
-    })
+    let known = COMPILED.with(|c| c.borrow().get(&config.id).cloned());
+    if known.is_some() {
+        return known;
+    }
+    let mut replay = Replay {
+        series: &config.series,
+        next: 0,
+    };
+    let cfg = Compiled::from_json(&config.json, &mut replay).ok()?;
+    Some(keep_compiled(config, cfg))
 }
 
-/// Keep `compiled` as this thread's copy of `config` (the main thread's, from `Config::new`).
-fn keep_compiled(config: &Config, compiled: Compiled) {
+/// Keep `compiled` as this thread's copy of `config` (the main thread's comes from
+/// `Config::new`, a worker's from [`per_thread`]); the copies of configs Envoy has destroyed
+/// go (once per new config, not per stream).
+fn keep_compiled(config: &Config, compiled: Compiled) -> PerThread {
+    let t = PerThread {
+        cfg: Rc::new(compiled),
+        alive: Arc::downgrade(&config.alive),
+    };
     COMPILED.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|_, t| t.alive.strong_count() > 0);
-        let t = PerThread {
-            cfg: Rc::new(compiled),
-            alive: Arc::downgrade(&config.alive),
-        };
-        c.insert(config.id, t);
+        c.insert(config.id, t.clone());
     });
+    t
 }
 
 /// The per-route config: the name of the virtual host that enables the filter
@@ -452,7 +432,7 @@ impl Host for Envoy<'_> {
         self.metric(metric, value);
     }
     fn now_ms(&self) -> u64 {
-        self.now_ns() / 1_000_000
+        monotonic_ms()
     }
     /// A monotonic clock (durations only, as the core uses it).
     fn now_ns(&self) -> u64 {
@@ -466,6 +446,10 @@ impl Host for Envoy<'_> {
     fn send_queued(&mut self) {
         self.shared.wake();
     }
+}
+
+fn monotonic_ms() -> u64 {
+    monotonic_ns() / 1_000_000
 }
 
 /// Nanoseconds since the first reading in this process, on the OS's monotonic clock.
