@@ -166,18 +166,30 @@ mod hooks {
         }
     }
 
-    #[no_mangle]
-    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-        envoy: *mut c_void,
-        filter: *const c_void,
-        end_of_stream: bool,
-    ) -> u32 {
-        // SAFETY: as in `request_headers`.
-        if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
-            f.on_response_headers(envoy, end_of_stream);
-        }
-        CONTINUE
+    /// Hooks that hand `end_of_stream` to a [`Filter`] method and let the stream go on. Body
+    /// chunks are read only while a shadow copy or comparison wants them
+    /// (`Filter::on_request_body`, `Filter::on_response_body`).
+    macro_rules! continue_hooks {
+        ($($hook:ident => $method:ident),* $(,)?) => {$(
+            #[no_mangle]
+            pub unsafe extern "C" fn $hook(
+                envoy: *mut c_void,
+                filter: *const c_void,
+                end_of_stream: bool,
+            ) -> u32 {
+                // SAFETY: as in `request_headers`.
+                if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
+                    f.$method(envoy, end_of_stream);
+                }
+                CONTINUE
+            }
+        )*};
     }
+    continue_hooks!(
+        envoy_dynamic_module_on_http_filter_response_headers => on_response_headers,
+        envoy_dynamic_module_on_http_filter_request_body => on_request_body,
+        envoy_dynamic_module_on_http_filter_response_body => on_response_body,
+    );
 
     #[no_mangle]
     pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
@@ -190,21 +202,6 @@ mod hooks {
         }
     }
 
-    /// Body chunks are read only while a shadow copy wants them (`Filter::on_request_body`);
-    /// the request always goes on.
-    #[no_mangle]
-    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-        envoy: *mut c_void,
-        filter: *const c_void,
-        end_of_stream: bool,
-    ) -> u32 {
-        // SAFETY: as in `request_headers`.
-        if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
-            f.on_request_body(envoy, end_of_stream);
-        }
-        CONTINUE
-    }
-
     #[no_mangle]
     pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         envoy: *mut c_void,
@@ -213,19 +210,6 @@ mod hooks {
         // SAFETY: as in `request_headers`.
         if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
             f.on_request_trailers(envoy);
-        }
-        CONTINUE
-    }
-
-    #[no_mangle]
-    pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-        envoy: *mut c_void,
-        filter: *const c_void,
-        end_of_stream: bool,
-    ) -> u32 {
-        // SAFETY: as in `request_headers`.
-        if let (envoy, Some(f)) = unsafe { (StreamEnvoy::new(envoy), stream(filter)) } {
-            f.on_response_body(envoy, end_of_stream);
         }
         CONTINUE
     }
