@@ -42,8 +42,8 @@ fn main() {
     };
     // `<mode>-native`: the product's native build serves `<mode>`'s config.
     let (mode, on_native) = match mode.strip_suffix("-native") {
-        Some(m) => (&m.to_owned(), true),
-        None => (mode, false),
+        Some(m) => (m, true),
+        None => (mode.as_str(), false),
     };
     let n_endpoints: usize = rest.first().map_or(1, |s| s.parse().unwrap());
     let n_variants: usize = rest.get(1).map_or(2, |s| s.parse().unwrap());
@@ -74,7 +74,7 @@ fn main() {
         .or_else(|| mode.strip_prefix("native."));
     let with_filter = floor_steps.is_some()
         || matches!(
-            mode.as_str(),
+            mode,
             "noop"
                 | "filter"
                 | "native-filter"
@@ -110,7 +110,7 @@ fn main() {
         }))
         .unwrap()
     });
-    let mut mirror = match mode.as_str() {
+    let mut mirror = match mode {
         "shadow-sample10-wasm" => None,
         _ => NativeMirror::take(&mut shadow),
     };

@@ -1019,7 +1019,8 @@ pub async fn gateway_config_has(
 /// Whether the gateway runs the filter's native build (`<GATEWAY_FILTER>-native`, a dynamic
 /// module) with a config containing every one of `needles`.
 pub async fn gateway_native_config_has(bed: &Bed, needles: &[&str]) -> Option<()> {
-    let native = format!("{}-native", mlep_core::aggregate::GATEWAY_FILTER);
+    use mlep_core::aggregate::{GATEWAY_FILTER, NATIVE_SUFFIX};
+    let native = format!("{GATEWAY_FILTER}{NATIVE_SUFFIX}");
     gateway_config_has(bed, |v| {
         let typed = &v["typed_config"];
         v["name"] == native.as_str()

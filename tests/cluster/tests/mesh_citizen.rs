@@ -279,8 +279,9 @@ async fn the_example_runs_on_the_native_build() {
     })
     .await;
     ok(format!(
-        "on the native build: the gateway's {}-native serves it, 20 keys assigned alike through \
+        "on the native build: the gateway's {}{} serves it, 20 keys assigned alike through \
          the gateway and a sidecar, {counted} requests counted in Prometheus",
-        mlep_core::aggregate::GATEWAY_FILTER
+        mlep_core::aggregate::GATEWAY_FILTER,
+        mlep_core::aggregate::NATIVE_SUFFIX
     ));
 }
